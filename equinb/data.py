@@ -1,0 +1,538 @@
+"""Datasets, one data root, and random group transforms that simulate a transformed test distribution.
+
+Data root: ``data_root()`` is ``$EQUINB_DATA`` or ``~/.cache/equinb``. Every loader takes ``root=None``
+meaning that folder, and keeps each dataset in its own subfolder:
+
+    <root>/cifar100/cifar-100-python/{train,test,meta}                 (torchvision's CIFAR100 layout)
+    <root>/imagenetv2/imagenetv2-matched-frequency-format-val/<0..999>/*.jpeg
+    <root>/isic2018/ISIC2018_Task3_{Training,Validation}_GroundTruth.csv
+    <root>/isic2018/ISIC2018_Task3_{Training,Validation}_Input/<image>.jpg
+
+The bundled scikit-learn digits (``load_digits``) need no download; they are the offline small profile.
+``get_dataset(name, split, **kwargs)`` dispatches by name; ``dataset_classes(name)`` gives class names.
+
+Random group transforms (article spec section 1): the article's ``RandomRot90``/``RandomFlip`` draw ONE
+element with ``np.random.randint(0, G)`` per batch of 32 and transform the whole batch ("as published");
+the text describes an independently transformed test set ("as described", one element per image).
+``random_group_transform`` does either; ``group_transform_indices`` gives the element index of every image
+of a dataset evaluated in order, so per-view results cached once can be picked without re-running a model.
+
+torchvision and scikit-learn are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from .groups import Group, get_group
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DIGITS_CLASSES",
+    "CIFAR100_CLASSES",
+    "ISIC2018_CLASSES",
+    "DATASET_NAMES",
+    "DATASET_SPLITS",
+    "TRANSFORM_PER",
+    "data_root",
+    "load_digits",
+    "cifar100",
+    "ImageNetV2",
+    "ISIC2018",
+    "get_dataset",
+    "dataset_classes",
+    "random_group_transform",
+    "group_transform_indices",
+]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+DIGITS_CLASSES: list[str] = [str(i) for i in range(10)]
+
+# torchvision's CIFAR100 fine labels (meta b"fine_label_names", alphabetical) in index order, "_" -> " ".
+CIFAR100_CLASSES: list[str] = [
+    "apple", "aquarium fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
+    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
+    "lamp", "lawn mower", "leopard", "lion", "lizard", "lobster", "man", "maple tree", "motorcycle", "mountain",
+    "mouse", "mushroom", "oak tree", "orange", "orchid", "otter", "palm tree", "pear", "pickup truck", "pine tree",
+    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
+    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
+    "squirrel", "streetcar", "sunflower", "sweet pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow tree", "wolf", "woman", "worm",
+]  # fmt: skip
+
+# Same order as the CSV columns MEL, NV, BCC, AKIEC, BKL, DF, VASC.
+ISIC2018_CLASSES: list[str] = [
+    "Melanoma",
+    "Nevus",
+    "Basal Cell Carcinoma",
+    "Actinic Keratosis",
+    "Benign Keratosis",
+    "Dermatofibroma",
+    "Vascular Lesion",
+]
+ISIC2018_COLUMNS: tuple[str, ...] = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
+
+DATASET_NAMES: tuple[str, ...] = ("digits", "cifar100", "imagenetv2", "isic2018")
+# ImageNetV2 is a test set only; the article's ISIC "test" set is the official validation set (193 images).
+DATASET_SPLITS: dict[str, tuple[str, ...]] = {
+    "digits": ("train", "test"),
+    "cifar100": ("train", "test"),
+    "imagenetv2": ("test",),
+    "isic2018": ("train", "val"),
+}
+TRANSFORM_PER: tuple[str, ...] = ("image", "batch")
+
+_CIFAR100_FILES = ("train", "test", "meta")
+_IMAGENETV2_FOLDER = "imagenetv2-matched-frequency-format-val"
+_IMAGENETV2_URL = "https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/imagenetv2-matched-frequency.tar.gz"
+_IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+_ISIC_SPLITS = {"train": "Training", "val": "Validation"}
+
+
+# --------------------------------------------------------------------------------------------------
+# data root and validation helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def data_root() -> Path:
+    """The folder that holds every dataset: ``$EQUINB_DATA`` if set and non-empty, else ``~/.cache/equinb``."""
+    return Path(os.environ.get("EQUINB_DATA") or "~/.cache/equinb").expanduser()
+
+
+def _resolve_root(root: str | Path | None) -> Path:
+    return data_root() if root is None else Path(root).expanduser()
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or name not in DATASET_NAMES:
+        valid = ", ".join(repr(n) for n in DATASET_NAMES)
+        raise ValueError(f"unknown dataset {name!r}; valid names: {valid}")
+    return name
+
+
+def _check_split(name: str, split: str) -> str:
+    valid = DATASET_SPLITS[name]
+    if not isinstance(split, str) or split not in valid:
+        raise ValueError(f"unknown split {split!r} for dataset {name!r}; valid splits: {', '.join(map(repr, valid))}")
+    return split
+
+
+def _check_per(per: str) -> str:
+    if not isinstance(per, str) or per not in TRANSFORM_PER:
+        raise ValueError(f"unknown per={per!r}; valid choices: {', '.join(map(repr, TRANSFORM_PER))}")
+    return per
+
+
+def _load_rgb(path: Path) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as img:  # close the file handle now, not when the object is collected
+        return img.convert("RGB")
+
+
+# --------------------------------------------------------------------------------------------------
+# digits (bundled with scikit-learn; the offline small profile)
+# --------------------------------------------------------------------------------------------------
+
+
+def load_digits(
+    split: str,
+    size: int = 64,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    test_fraction: float = 0.4,
+    seed: int = 0,
+) -> TensorDataset:
+    """scikit-learn's 8x8 digits (1,797 images), as normalised 3-channel images ready for an ImageNet model.
+
+    Pixels 0..16 are scaled to [0, 1], bilinearly resized to ``size`` (``align_corners=False``), repeated to
+    3 channels and normalised with ``mean``/``std``. The split is stratified and fixed by ``seed``
+    (``train_test_split(..., stratify=labels, random_state=seed)``); each split keeps scikit-learn's order,
+    so it is a fixed subset rather than also a permutation. Deterministic.
+
+    Shapes: images [N, 3, size, size] float32, labels [N] int64; N = 1078 (train) / 719 (test) by default.
+    """
+    _check_split("digits", split)
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    if not 0.0 < float(test_fraction) < 1.0:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
+    mean_t = torch.as_tensor(mean, dtype=torch.float32)
+    std_t = torch.as_tensor(std, dtype=torch.float32)
+    if mean_t.shape != (3,) or std_t.shape != (3,):
+        raise ValueError(f"mean and std need 3 values (one per RGB channel), got {list(mean)} and {list(std)}")
+    if not bool((std_t > 0).all()):
+        raise ValueError(f"std must be positive, got {list(std)}")
+
+    from sklearn.datasets import load_digits as _sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = _sk_load_digits()
+    labels = np.asarray(bunch.target, dtype=np.int64)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=float(test_fraction), stratify=labels, random_state=seed
+    )
+    idx = np.sort(train_idx if split == "train" else test_idx)
+
+    x = torch.from_numpy(bunch.images[idx].astype(np.float32) / 16.0).unsqueeze(1)  # [N, 1, 8, 8] in [0, 1]
+    if size != x.shape[-1]:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    x = x.repeat(1, 3, 1, 1)
+    x = (x - mean_t.view(1, 3, 1, 1)) / std_t.view(1, 3, 1, 1)
+    return TensorDataset(x.contiguous(), torch.from_numpy(labels[idx]))
+
+
+# --------------------------------------------------------------------------------------------------
+# CIFAR100 (torchvision)
+# --------------------------------------------------------------------------------------------------
+
+
+def _make_cifar100_files_class() -> type:
+    from torchvision.datasets import CIFAR100
+
+    class CIFAR100Files(CIFAR100):
+        """torchvision's CIFAR100 with an opt-out of its MD5 checks (``verify_md5=False``).
+
+        With ``verify_md5=True`` (the default) every method is torchvision's own. With ``False``,
+        ``train``/``test``/``meta`` must still exist, but their MD5 sums are not compared with the official
+        release; this is for hand-made files in the same pickle format (tests, subsets).
+        """
+
+        def __init__(
+            self,
+            root: str | Path,
+            train: bool = True,
+            transform: Callable | None = None,
+            download: bool = False,
+            verify_md5: bool = True,
+        ) -> None:
+            self.verify_md5 = bool(verify_md5)  # set first: CIFAR10.__init__ calls the checks below
+            super().__init__(root, train=train, transform=transform, download=download)
+
+        def _check_integrity(self) -> bool:
+            if self.verify_md5:
+                return super()._check_integrity()
+            folder = Path(self.root) / self.base_folder
+            return all((folder / f).is_file() for f, _ in self.train_list + self.test_list)
+
+        def _load_meta(self) -> None:
+            if self.verify_md5:
+                return super()._load_meta()
+            import pickle
+
+            with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    CIFAR100Files.__module__ = __name__
+    CIFAR100Files.__qualname__ = "CIFAR100Files"
+    return CIFAR100Files
+
+
+def _cifar100_files_class() -> type:
+    cls = globals().get("CIFAR100Files")
+    if cls is None:
+        cls = globals()["CIFAR100Files"] = _make_cifar100_files_class()
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: the torchvision subclass is built on first use (torchvision stays a lazy import) and is
+    # still reachable as ``equinb.data.CIFAR100Files``, so datasets pickle into DataLoader workers.
+    if name == "CIFAR100Files":
+        return _cifar100_files_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def cifar100(
+    split: str,
+    root: str | Path | None = None,
+    transform: Callable | None = None,
+    download: bool = False,
+    verify_md5: bool = True,
+) -> Dataset:
+    """torchvision's CIFAR100 stored under ``<root>/cifar100``; items are ``(transform(PIL image), label)``.
+
+    ``split`` is ``"train"`` (50,000) or ``"test"`` (10,000). ``download=True`` fetches the official
+    archive (needs internet). ``verify_md5=False`` skips torchvision's checksum of the files (they must
+    still exist): only for hand-made files in CIFAR's format.
+
+    Shapes: untransformed images are 32x32 RGB PIL images; labels are ints 0..99 (``CIFAR100_CLASSES``).
+    """
+    _check_split("cifar100", split)
+    base = _resolve_root(root) / "cifar100"
+    folder = base / "cifar-100-python"
+    if not download:
+        missing = [f for f in _CIFAR100_FILES if not (folder / f).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"CIFAR100 not found: expected the folder {folder} with files {', '.join(_CIFAR100_FILES)} "
+                f"(missing: {', '.join(missing)}). Pass download=True on a machine with internet to fetch it "
+                f"there, or set EQUINB_DATA (or root=) to a data root that holds cifar100/cifar-100-python."
+            )
+    try:
+        return _cifar100_files_class()(
+            str(base), train=(split == "train"), transform=transform, download=download, verify_md5=verify_md5
+        )
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted" (MD5 mismatch)
+        raise RuntimeError(
+            f"CIFAR100 files in {folder} do not match the official release ({err}). Delete the folder and "
+            f"pass download=True to fetch it again; for hand-made files in CIFAR's format pass verify_md5=False."
+        ) from err
+
+
+# --------------------------------------------------------------------------------------------------
+# ImageNetV2 (matched frequency)
+# --------------------------------------------------------------------------------------------------
+
+
+class ImageNetV2(Dataset):
+    """ImageNetV2 matched-frequency (10,000 images): ``<root>/imagenetv2/imagenetv2-matched-frequency-format-val``.
+
+    Each subfolder is named by its ImageNet class index 0..999, and that integer is the label. Folder names
+    are read as integers (``ImageFolder`` would sort "10" before "2" and mislabel them); samples are sorted
+    by (label, file name), so the order does not depend on the file system.
+
+    Shapes: items are ``(transform(RGB PIL image), label int)``; ``targets`` [N] list of ints.
+    """
+
+    def __init__(self, root: str | Path | None = None, transform: Callable | None = None) -> None:
+        self.folder = _resolve_root(root) / "imagenetv2" / _IMAGENETV2_FOLDER
+        how = (
+            f"Download imagenetv2-matched-frequency.tar.gz from the ImageNetV2 release "
+            f"(https://github.com/modestyachts/ImageNetV2; {_IMAGENETV2_URL}) and extract it into "
+            f"{self.folder.parent}, so that {self.folder}/<class index>/*.jpeg exist (or set EQUINB_DATA)."
+        )
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"ImageNetV2 not found: expected the folder {self.folder}. {how}")
+        samples: list[tuple[Path, int]] = []
+        for sub in self.folder.iterdir():
+            if not sub.is_dir() or sub.name.startswith("."):
+                continue
+            if not (sub.name.isascii() and sub.name.isdigit()):
+                raise ValueError(f"ImageNetV2 class folders must be named by class index 0..999, found {sub}")
+            label = int(sub.name)
+            files = sorted(p for p in sub.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+            samples.extend((p, label) for p in files)
+        if not samples:
+            raise FileNotFoundError(f"ImageNetV2: no images found under {self.folder}. {how}")
+        samples.sort(key=lambda s: (s[1], s[0].name))
+        self.samples = samples
+        self.targets = [label for _, label in samples]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        img = _load_rgb(path)
+        return (self.transform(img) if self.transform is not None else img), label
+
+
+# --------------------------------------------------------------------------------------------------
+# ISIC 2018 Task 3
+# --------------------------------------------------------------------------------------------------
+
+
+class ISIC2018(Dataset):
+    """ISIC 2018 Task 3 (lesion diagnosis): ``"train"`` = official training set (10,015 images), ``"val"`` =
+    official validation set (193 images; the article's test set).
+
+    Reads ``<root>/isic2018/ISIC2018_Task3_{Training|Validation}_GroundTruth.csv`` (columns image, MEL, NV,
+    BCC, AKIEC, BKL, DF, VASC; one-hot floats) and ``..._Input/<image>.jpg``. The label is the index of the
+    first 1.0 among the 7 columns (order of ``ISIC2018_CLASSES``). Samples follow the CSV order and are
+    built once here (the article's code rebuilt a key list on every item, O(N) per item).
+
+    Shapes: items are ``(transform(RGB PIL image), label int)``; ``targets`` [N] list of ints.
+    """
+
+    def __init__(self, split: str, root: str | Path | None = None, transform: Callable | None = None) -> None:
+        _check_split("isic2018", split)
+        folder = _resolve_root(root) / "isic2018"
+        part = _ISIC_SPLITS[split]
+        self.csv_path = folder / f"ISIC2018_Task3_{part}_GroundTruth.csv"
+        self.image_dir = folder / f"ISIC2018_Task3_{part}_Input"
+        how = (
+            f"Get the ISIC 2018 Task 3 challenge data (https://challenge.isic-archive.com/data/#2018): "
+            f"Training and Validation Input images and Ground Truth CSVs, extracted into {folder} as "
+            f"ISIC2018_Task3_<Training|Validation>_GroundTruth.csv and ISIC2018_Task3_<Training|Validation>_Input/ "
+            f"(or set EQUINB_DATA)."
+        )
+        for path in (self.csv_path, self.image_dir):
+            if not path.exists():
+                raise FileNotFoundError(f"ISIC 2018 {split!r} split not found: missing {path}. {how}")
+
+        samples: list[tuple[Path, int]] = []
+        with open(self.csv_path, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or [h.strip() for h in header] != ["image", *ISIC2018_COLUMNS]:
+                raise ValueError(
+                    f"{self.csv_path}: expected the header image,{','.join(ISIC2018_COLUMNS)}, got {header}"
+                )
+            for row in reader:
+                if not row:
+                    continue
+                image, values = row[0].strip(), row[1:]
+                if len(values) != len(ISIC2018_COLUMNS):
+                    raise ValueError(
+                        f"{self.csv_path}: row for image {image!r} has {len(values)} label columns, expected 7"
+                    )
+                label = next((i for i, v in enumerate(values) if float(v) == 1.0), None)
+                if label is None:
+                    raise ValueError(f"{self.csv_path}: image {image!r} has no label column equal to 1.0: {values}")
+                samples.append((self.image_dir / f"{image}.jpg", label))
+        missing = [p for p, _ in samples if not p.is_file()]  # fail now, not in a DataLoader worker mid-epoch
+        if missing:
+            shown = ", ".join(str(p) for p in missing[:3])
+            raise FileNotFoundError(
+                f"ISIC 2018: {len(missing)} image(s) listed in {self.csv_path} are missing, e.g. {shown}. {how}"
+            )
+        self.samples = samples
+        self.targets = [label for _, label in samples]
+        self.classes = list(ISIC2018_CLASSES)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        img = _load_rgb(path)
+        return (self.transform(img) if self.transform is not None else img), label
+
+
+# --------------------------------------------------------------------------------------------------
+# registry
+# --------------------------------------------------------------------------------------------------
+
+_DATASET_KWARGS: dict[str, tuple[str, ...]] = {
+    "digits": ("size", "mean", "std", "test_fraction", "seed"),
+    "cifar100": ("root", "transform", "download", "verify_md5"),
+    "imagenetv2": ("root", "transform"),
+    "isic2018": ("root", "transform"),
+}
+
+
+def get_dataset(name: str, split: str, **kwargs: Any) -> Dataset:
+    """The dataset ``name`` (one of ``DATASET_NAMES``), split ``split`` (see ``DATASET_SPLITS``).
+
+    kwargs: digits: size, mean, std, test_fraction, seed; cifar100: root, transform, download, verify_md5;
+    imagenetv2 and isic2018: root, transform. Names, splits and kwargs are checked before any loading.
+    """
+    _check_name(name)
+    _check_split(name, split)
+    unknown = sorted(set(kwargs) - set(_DATASET_KWARGS[name]))
+    if unknown:
+        raise TypeError(
+            f"get_dataset({name!r}) got unexpected keyword(s) {unknown}; valid: {', '.join(_DATASET_KWARGS[name])}"
+        )
+    if name == "digits":
+        return load_digits(split, **kwargs)
+    if name == "cifar100":
+        return cifar100(split, **kwargs)
+    if name == "imagenetv2":
+        return ImageNetV2(**kwargs)
+    return ISIC2018(split, **kwargs)
+
+
+def dataset_classes(name: str) -> list[str]:
+    """Class names of dataset ``name`` in label order (a new list)."""
+    _check_name(name)
+    if name == "digits":
+        return list(DIGITS_CLASSES)
+    if name == "cifar100":
+        return list(CIFAR100_CLASSES)
+    if name == "isic2018":
+        return list(ISIC2018_CLASSES)
+    from .prompts import IMAGENET_CLASSES  # the 1000 curated CLIP ImageNet names live with the prompts
+
+    return list(IMAGENET_CLASSES)
+
+
+# --------------------------------------------------------------------------------------------------
+# random group transforms (a transformed test distribution)
+# --------------------------------------------------------------------------------------------------
+
+Rng = np.random.Generator | np.random.RandomState
+
+
+def _draw(rng: Rng | None, high: int, size: int | None) -> Any:
+    if rng is None:  # numpy's global RNG, like the article's np.random.randint
+        return np.random.randint(0, high, size=size)
+    if isinstance(rng, np.random.RandomState):
+        return rng.randint(0, high, size=size)
+    if isinstance(rng, np.random.Generator):
+        return rng.integers(0, high, size=size)
+    raise TypeError(f"rng must be a numpy Generator, a numpy RandomState or None, got {type(rng).__name__}")
+
+
+def random_group_transform(
+    x: torch.Tensor,
+    group: Group | str,
+    per: str = "image",
+    rng: Rng | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply a random group element to every image: ``out[b] = group.act(x[b], k[b])``.
+
+    ``per="image"``: independent k[b] ~ U{0..G-1} (the article's text). ``per="batch"``: ONE k for the whole
+    batch (the article's code, one ``np.random.randint(0, G)`` per batch; with
+    ``rng=numpy.random.RandomState(seed)`` this reproduces its draw sequence). ``rng=None`` uses numpy's
+    global RNG, as the article's code does.
+
+    Shapes: x [B, ..., H, W] -> (x_transformed [B, ..., H, W], k [B] int64 on x.device).
+    """
+    _check_per(per)
+    if isinstance(group, str):
+        group = get_group(group)
+    if not isinstance(x, torch.Tensor) or x.ndim < 2:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a batched tensor [B, ..., H, W], got {shape}")
+    b = x.shape[0]
+    if per == "batch":
+        k = int(_draw(rng, group.order, None))
+        return group.act(x, k), torch.full((b,), k, dtype=torch.int64, device=x.device)
+    ks = torch.as_tensor(np.asarray(_draw(rng, group.order, b), dtype=np.int64), device=x.device)
+    out = torch.empty_like(x)
+    for k in torch.unique(ks).tolist():  # one vectorised action per element present, not one per image
+        mask = ks == k
+        out[mask] = group.act(x[mask], k)
+    return out, ks
+
+
+def group_transform_indices(
+    n: int, group_order: int, per: str, batch_size: int = 32, seed: int = 0
+) -> np.ndarray:
+    """Element index of each of ``n`` images evaluated in order in batches of ``batch_size``.
+
+    ``per="batch"``: ``RandomState(seed).randint(0, G)`` once per batch, repeated for the batch's images
+    (the article's ``RandomRot90``/``RandomFlip``; the last batch may be short). ``per="image"``:
+    ``RandomState(seed).randint(0, G, size=n)``. Both equal what ``random_group_transform`` draws batch by
+    batch from one ``RandomState(seed)``, so per-view outputs cached once can be indexed with the result.
+
+    Shapes: -> [n] int64.
+    """
+    _check_per(per)
+    for label, value, low in (("n", n, 0), ("group_order", group_order, 1), ("batch_size", batch_size, 1)):
+        if not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{label} must be an int >= {low}, got {value!r}")
+    rs = np.random.RandomState(seed)
+    if per == "image":
+        return rs.randint(0, group_order, size=n).astype(np.int64)
+    # Drawing all batches at once gives the same stream as one scalar randint per batch (MT19937, 32-bit draws).
+    per_batch = rs.randint(0, group_order, size=math.ceil(n / batch_size)).astype(np.int64)
+    return np.repeat(per_batch, batch_size)[:n]

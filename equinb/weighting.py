@@ -1,0 +1,140 @@
+"""Networks that give each view of an orbit a weight: the lambda networks and the view attention.
+
+All modules take the per-view features of one orbit and return one score per view, computed
+from each view independently (lambda networks) or permutation-equivariantly (attention), so that
+permuting the views permutes the scores. That is what makes the wrappers invariant.
+
+Sizes are derived from the arguments (channels, map size), never from a backbone's name. The
+article's CLIP-RN50 sizes are the defaults where the article fixes them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["EmbeddingWeightNet", "FeatureMapWeightNet", "ViewAttention", "MapEncoder"]
+
+
+def _check_rank(x: torch.Tensor, rank: int, what: str) -> None:
+    if x.ndim != rank:
+        raise ValueError(f"{what} expects a tensor of rank {rank}, got shape {tuple(x.shape)}")
+
+
+class EmbeddingWeightNet(nn.Module):
+    """The article's invariant lambda network: one raw scalar per view embedding.
+
+    ``Linear(D, h) -> ReLU -> Dropout -> Linear(h, h) -> Dropout -> Linear(h, 1)`` (no ReLU after the
+    second layer, as in the article's code). h = 100 and dropout 0.5 by default.
+
+    Shapes: feats [B, G, D] -> lambda [B, G].
+    """
+
+    def __init__(self, dim: int, hidden: int = 100, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.Dropout(dropout),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        _check_rank(feats, 3, "EmbeddingWeightNet")
+        dtype = self.net[0].weight.dtype
+        return self.net(feats.to(dtype)).squeeze(-1)
+
+
+class MapEncoder(nn.Module):
+    """Encodes each view's feature map into a vector, channel by channel.
+
+    Every channel map is processed on its own by ``Conv2d(1 -> conv_channels, k) -> ReLU`` and
+    ``Linear(conv_channels * (h-k+1) * (w-k+1) -> per_channel) -> ReLU``; the C results are
+    concatenated and passed through ``Linear(C * per_channel -> hidden) -> ReLU -> Linear(hidden ->
+    out_dim)``. Article sizes (CLIP-RN50 layer4, C = 2048, 7x7): 32 conv channels, k = 3,
+    800 -> 8, 16384 -> 128 -> 128.
+
+    Shapes: maps [B, G, C, h, w] -> [B, G, out_dim].
+    """
+
+    def __init__(self, channels: int, map_size: tuple[int, int], conv_channels: int = 32, kernel: int = 3,
+                 per_channel: int = 8, hidden: int = 128, out_dim: int = 128) -> None:
+        super().__init__()
+        h, w = map_size
+        if h < kernel or w < kernel:
+            raise ValueError(
+                f"feature maps of size {h}x{w} are smaller than the {kernel}x{kernel} kernel; "
+                f"use a larger input so the map is at least {kernel}x{kernel}"
+            )
+        self.channels, self.map_size = int(channels), (int(h), int(w))
+        self.conv = nn.Conv2d(1, conv_channels, kernel)
+        self.pre_proj = nn.Linear(conv_channels * (h - kernel + 1) * (w - kernel + 1), per_channel)
+        self.mlp = nn.Sequential(
+            nn.Linear(channels * per_channel, hidden), nn.ReLU(), nn.Linear(hidden, out_dim),
+        )
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        _check_rank(maps, 5, "MapEncoder")
+        b, g, c, h, w = maps.shape
+        if (c, (h, w)) != (self.channels, self.map_size):
+            raise ValueError(f"MapEncoder was built for [*, *, {self.channels}, {self.map_size[0]}, "
+                             f"{self.map_size[1]}] maps, got {tuple(maps.shape)}")
+        x = maps.to(self.conv.weight.dtype).reshape(b * g * c, 1, h, w)
+        x = torch.relu(self.conv(x)).flatten(1)
+        x = torch.relu(self.pre_proj(x)).reshape(b, g, c * self.pre_proj.out_features)
+        return self.mlp(x)
+
+
+class FeatureMapWeightNet(nn.Module):
+    """The article's feature-map lambda network: ``MapEncoder`` then ``ReLU -> Linear(hidden, 1)``.
+
+    Article sizes: 2,120,649 parameters for C = 2048 and 7x7 maps. No dropout.
+
+    Shapes: maps [B, G, C, h, w] -> lambda [B, G] (raw; the wrapper normalises, softmax in the article).
+    """
+
+    def __init__(self, channels: int, map_size: tuple[int, int], conv_channels: int = 32, kernel: int = 3,
+                 per_channel: int = 8, hidden: int = 128) -> None:
+        super().__init__()
+        self.encoder = MapEncoder(channels, map_size, conv_channels, kernel, per_channel, hidden, out_dim=hidden)
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.encoder(maps))).squeeze(-1)
+
+
+class ViewAttention(nn.Module):
+    """Equiattention's aggregator: one-head attention between the views, values are the views.
+
+    ``A = softmax(Q K^T / sqrt(d))`` with ``Q = q_net(views)``, ``K = k_net(views)`` ([B, G, G]; row i
+    is query view i). The output ``mean_i (A V)_i = sum_j w_j V_j`` with ``w_j = mean_i A_ij``: the
+    column means of A are the effective view weights (they sum to 1). Permuting the views gives
+    ``A -> P A P^T``, so the weights permute with the views.
+
+    ``q_net``/``k_net`` are ``MapEncoder``s for feature maps (article sizes by default) or MLPs
+    ``D -> hidden -> out_dim`` for embeddings (``map_size=None``).
+
+    Shapes: views [B, G, C, h, w] or [B, G, D] -> weights [B, G] (and attention [B, G, G]).
+    """
+
+    def __init__(self, channels: int, map_size: tuple[int, int] | None = None, hidden: int = 128,
+                 out_dim: int = 128, **map_kwargs: int) -> None:
+        super().__init__()
+
+        def make() -> nn.Module:
+            if map_size is None:
+                return nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+            return MapEncoder(channels, map_size, hidden=hidden, out_dim=out_dim, **map_kwargs)
+
+        self.q_net, self.k_net = make(), make()
+        self.scale = 1.0 / math.sqrt(out_dim)
+
+    def attention(self, views: torch.Tensor) -> torch.Tensor:
+        """Shapes: views [B, G, ...] -> A [B, G, G] (rows sum to 1)."""
+        q, k = self.q_net(views), self.k_net(views)
+        return torch.softmax(q @ k.transpose(1, 2) * self.scale, dim=-1)
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        """Effective per-view weights, the column means of A. Shapes: [B, G, ...] -> [B, G]."""
+        return self.attention(views).mean(dim=1)

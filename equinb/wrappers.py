@@ -1,0 +1,325 @@
+"""Make any model invariant (or, with aligned feature maps, equivariant) to a finite group.
+
+Every wrapper runs the same pipeline (one orbit pass; the weights come from the *unaligned* views,
+so that they permute with the views when the input is transformed):
+
+    x [B, C, H, W] -> orbit [B, G, C, H, W] -> trunk per view -> views V [B, G, ...]
+      -> view weights w [B, G] (method-specific)
+      -> values U_k = g_k^-1 V_k if align_views else V_k
+      -> out = logit_factor * head( sum_k w_k U_k )                         (default)
+         out = sum_k w_k softmax(logit_factor * head(U_k))                  (output_softmax=True)
+
+Methods:
+  - ``Equitune``: w_k = 1/G  (Basu et al. eq. 2: M_G(x) = 1/|G| sum_g g^-1 M(g x)).
+  - ``EquiZero``: w = one-hot on the view chosen by a proxy (Basu et al. eq. 4).
+  - ``LambdaEquitune``: w_k = lambda(V_k) / normaliser (Basu et al. eq. 6); normalisation
+    ``sum`` (article text), ``softmax`` (the feature-map code) or ``none`` (the invariant code: lambda
+    is a raw per-view factor on the features, then a plain mean).
+  - ``EquiAttention``: w = column means of the attention between views (Vlasenko et al. sec. 4.3).
+
+Levels (one code path; the trunk decides):
+  - simplest contract: ``Wrapper(model, group)`` with ``model`` mapping [B, C, H, W] -> [B, K];
+    the views are the outputs and the head is the identity.
+  - embedding level: ``trunk`` maps images to embeddings [B, D], ``head`` maps [B, D] -> [B, K].
+  - feature-map level: ``trunk`` maps images to maps [B, C, h, w], ``head`` maps them to [B, K];
+    ``align_views=True`` is the method as described (Z = sum_k w_k g_k^-1 M1(g_k x) is equivariant),
+    ``align_views=False`` is the method as published (the article's inverse rotation is a no-op, so Z
+    is exactly invariant).
+
+Call ``wrapper(x)`` for outputs [B, K], or ``wrapper(x, return_weights=True)`` for
+``(outputs, weights [B, G])``, the per-view weights or selections used for plots.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .groups import Group
+
+__all__ = [
+    "OrbitWrapper",
+    "Equitune",
+    "EquiZero",
+    "LambdaEquitune",
+    "EquiAttention",
+    "PROXIES",
+    "NORMALISATIONS",
+    "proxy_scores",
+    "normalise_weights",
+]
+
+Tensor = torch.Tensor
+
+
+def _entropy_score(logits: Tensor) -> Tensor:
+    logp = torch.log_softmax(logits, dim=-1)
+    return (logp.exp() * logp).sum(dim=-1)  # = -entropy: higher is more confident
+
+
+# Each proxy scores a view from its outputs [..., K]; EquiZero picks the view with the highest score.
+PROXIES: dict[str, Callable[[Tensor], Tensor]] = {
+    # the article code's choice: the view whose largest class probability is highest
+    "max_prob": lambda logits: torch.softmax(logits, dim=-1).amax(dim=-1),
+    # the lowest predictive entropy (Basu et al.'s entropy proxy)
+    "entropy": _entropy_score,
+    "max_logit": lambda logits: logits.amax(dim=-1),
+}
+NORMALISATIONS = ("none", "softmax", "sum")
+
+
+def proxy_scores(outputs: Tensor, proxy: str) -> Tensor:
+    """Score every view for EquiZero (higher = chosen). Shapes: outputs [B, G, K] -> scores [B, G]."""
+    if proxy not in PROXIES:
+        raise ValueError(f"unknown proxy {proxy!r}; valid proxies: {', '.join(PROXIES)}")
+    return PROXIES[proxy](outputs)
+
+
+def normalise_weights(raw: Tensor, normalisation: str) -> Tensor:
+    """Normalise raw lambda values over the views.
+
+    ``softmax``: softmax over G. ``sum``: lambda / sum(lambda) (the article's text; lambda should be
+    positive). ``none``: lambda / G, so that sum_k (lambda_k / G) V_k is the article code's plain
+    mean of lambda-scaled views.
+
+    Shapes: raw [B, G] -> weights [B, G].
+    """
+    if normalisation == "softmax":
+        return torch.softmax(raw, dim=-1)
+    if normalisation == "sum":
+        return raw / raw.sum(dim=-1, keepdim=True)
+    if normalisation == "none":
+        return raw / raw.shape[-1]
+    raise ValueError(f"unknown normalisation {normalisation!r}; valid: {', '.join(NORMALISATIONS)}")
+
+
+def _weighted_sum(values: Tensor, weights: Tensor) -> Tensor:
+    """Shapes: values [B, G, ...], weights [B, G] -> [B, ...]."""
+    w = weights.to(values.dtype).reshape(*weights.shape, *([1] * (values.ndim - 2)))
+    return (w * values).sum(dim=1)
+
+
+class OrbitWrapper(nn.Module):
+    """Shared pipeline of all wrappers; subclasses define ``view_weights``.
+
+    Args:
+        model: the trunk; maps images [N, C, H, W] to outputs, embeddings [N, D] or maps [N, C', h, w].
+        group: the group acting on the input images (and on the feature maps when aligning).
+        head: maps the combined trunk output to the final output; identity when ``None``.
+        align_views: map view k back with g_k^-1 before combining (feature maps only). Default False
+            (as published; a no-op in the article's code). True = as described.
+        output_softmax: apply softmax to each view's head output and combine probabilities (as published
+            in the article's zero-shot and "original" code). Default False.
+        logit_factor: multiplies the head output (as published: 1.0, i.e. raw cosine similarities).
+
+    Shapes: x [B, C, H, W] -> out [B, K]; weights [B, G].
+    """
+
+    def __init__(self, model: nn.Module, group: Group, *, head: nn.Module | None = None,
+                 align_views: bool = False, output_softmax: bool = False, logit_factor: float = 1.0) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(group, Group):
+            raise TypeError(f"group must be an equinb.groups.Group (see get_group), got {type(group).__name__}")
+        self.trunk = model
+        self.head = head if head is not None else nn.Identity()
+        self.group = group
+        self.align_views = bool(align_views)
+        self.output_softmax = bool(output_softmax)
+        self.logit_factor = float(logit_factor)
+
+    def views(self, x: Tensor, trunk: nn.Module | None = None) -> Tensor:
+        """Trunk outputs of every transformed copy of x, in one batched pass (``trunk``: default self.trunk).
+
+        Shapes: x [B, C, H, W] -> views [B, G, ...].
+        """
+        if not isinstance(x, Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if x.ndim != 4:
+            raise ValueError(f"input must be an image batch [B, C, H, W], got shape {tuple(x.shape)}")
+        b, g = x.shape[0], self.group.order
+        orbit = self.group.orbit(x)  # [B, G, C, H, W]
+        out = (trunk if trunk is not None else self.trunk)(orbit.flatten(0, 1))
+        return out.reshape(b, g, *out.shape[1:])
+
+    def align(self, views: Tensor) -> Tensor:
+        """``g_k^-1`` applied to view k when ``align_views``; identity otherwise. Shapes: [B, G, ...]."""
+        if not self.align_views:
+            return views
+        if views.ndim < 4:
+            raise ValueError(
+                "align_views=True needs spatial trunk outputs [B, G, C, h, w]; this trunk gives "
+                f"{tuple(views.shape)}. Use a feature-map trunk or align_views=False."
+            )
+        return self.group.invert_orbit(views)
+
+    def view_weights(self, views: Tensor) -> Tensor:
+        """Per-view combination weights from the unaligned views. Shapes: [B, G, ...] -> [B, G]."""
+        raise NotImplementedError
+
+    def view_scales(self, views: Tensor, weights: Tensor) -> tuple[Tensor | None, Tensor]:
+        """Optional per-view factors on the values, and the combination weights. Default: none."""
+        return None, weights
+
+    def per_view_outputs(self, values: Tensor, scales: Tensor | None = None) -> Tensor:
+        """Head outputs of every view, ``logit_factor * head(scale_k U_k)``. Shapes: [B, G, ...] -> [B, G, K]."""
+        if scales is not None:
+            values = values * scales.to(values.dtype).reshape(*scales.shape, *([1] * (values.ndim - 2)))
+        out = self.head(values.flatten(0, 1))
+        return self.logit_factor * out.reshape(*values.shape[:2], *out.shape[1:])
+
+    def combine(self, views: Tensor, weights: Tensor) -> Tensor:
+        """Combine the views with the weights and apply the head. Shapes: [B, G, ...], [B, G] -> [B, K]."""
+        values = self.align(views)
+        scales, weights = self.view_scales(views, weights)
+        if self.output_softmax:
+            probs = torch.softmax(self.per_view_outputs(values, scales), dim=-1)
+            return _weighted_sum(probs, weights)
+        if scales is not None:
+            weights = weights * scales
+        return self.logit_factor * self.head(_weighted_sum(values, weights))
+
+    def forward(self, x: Tensor, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        views = self.views(x)
+        weights = self.view_weights(views)
+        out = self.combine(views, weights)
+        return (out, weights) if return_weights else out
+
+
+class Equitune(OrbitWrapper):
+    """Equitune: the mean over the orbit, ``M_G(x) = 1/|G| sum_k g_k^-1 M(g_k x)`` (Basu et al. eq. 2).
+
+    See ``OrbitWrapper`` for the arguments. Shapes: x [B, C, H, W] -> [B, K].
+    """
+
+    def view_weights(self, views: Tensor) -> Tensor:
+        b, g = views.shape[:2]
+        return torch.full((b, g), 1.0 / g, dtype=views.dtype, device=views.device)
+
+
+class EquiZero(OrbitWrapper):
+    """Equizero: keep the single view that a proxy prefers (Basu et al. eq. 4).
+
+    The proxy scores each view's head output (computed from the unaligned view): ``max_prob``
+    (the article's code), ``entropy`` (lowest entropy) or ``max_logit``. Ties go to the lowest index.
+
+    Args (besides ``OrbitWrapper``'s):
+        proxy: one of ``PROXIES``. Default ``"max_prob"``.
+        straight_through: in training mode, return ``mean + (selected - mean).detach()`` so gradients
+            flow to every view (the article's finetuning trick). Default False.
+        elementwise_max: as published in the article's zero-shot code, return the element-wise max of
+            per-view probabilities over G instead of the selected view's probabilities (requires
+            ``output_softmax=True``; its top-1 equals selection by ``max_prob``). Default False.
+
+    Shapes: x [B, C, H, W] -> [B, K]; weights one-hot [B, G].
+    """
+
+    def __init__(self, model: nn.Module, group: Group, *, proxy: str = "max_prob", straight_through: bool = False,
+                 elementwise_max: bool = False, **kwargs) -> None:
+        super().__init__(model, group, **kwargs)
+        if proxy not in PROXIES:
+            raise ValueError(f"unknown proxy {proxy!r}; valid proxies: {', '.join(PROXIES)}")
+        if elementwise_max and not self.output_softmax:
+            raise ValueError("elementwise_max=True is the article's max over probabilities; set output_softmax=True")
+        self.proxy = proxy
+        self.straight_through = bool(straight_through)
+        self.elementwise_max = bool(elementwise_max)
+
+    def view_weights(self, views: Tensor) -> Tensor:
+        with torch.no_grad():
+            scores = proxy_scores(self.per_view_outputs(views), self.proxy)
+        return nn.functional.one_hot(scores.argmax(dim=1), views.shape[1]).to(views.dtype)
+
+    def combine(self, views: Tensor, weights: Tensor) -> Tensor:
+        if self.elementwise_max:
+            return torch.softmax(self.per_view_outputs(self.align(views)), dim=-1).amax(dim=1)
+        selected = super().combine(views, weights)
+        if self.straight_through and self.training:
+            mean = super().combine(views, torch.full_like(weights, 1.0 / weights.shape[1]))
+            return mean + (selected - mean).detach()
+        return selected
+
+
+class LambdaEquitune(OrbitWrapper):
+    """Lambda-equitune: views weighted by a learned network, ``sum_k lambda(V_k) g_k^-1 V_k / Z``.
+
+    Args (besides ``OrbitWrapper``'s):
+        weight_net: maps unaligned views [B, G, ...] to raw lambda [B, G] (``equinb.weighting``).
+        normalisation: ``"sum"`` (article text, default) | ``"softmax"`` (feature-map code) | ``"none"``
+            (invariant code: lambda_k multiplies view k, which acts as a per-view inverse temperature of
+            the logits, then a plain mean; with ``output_softmax`` the softmax sees the scaled logits).
+        lambda_trunk: as published ("original" code), lambda is computed from the views of this frozen
+            copy of the trunk instead of the trainable trunk. Default None (the trainable trunk).
+        dropout_in_eval: as published, keep the weight network in training mode (dropout active)
+            during evaluation too. Default False.
+
+    Shapes: x [B, C, H, W] -> [B, K]; weights [B, G] (raw lambda for ``none``, else normalised).
+    """
+
+    def __init__(self, model: nn.Module, group: Group, weight_net: nn.Module, *, normalisation: str = "sum",
+                 lambda_trunk: nn.Module | None = None, dropout_in_eval: bool = False, **kwargs) -> None:
+        super().__init__(model, group, **kwargs)
+        if normalisation not in NORMALISATIONS:
+            raise ValueError(f"unknown normalisation {normalisation!r}; valid: {', '.join(NORMALISATIONS)}")
+        if not isinstance(weight_net, nn.Module):
+            raise TypeError(f"weight_net must be a torch.nn.Module, got {type(weight_net).__name__}")
+        self.weight_net = weight_net
+        self.normalisation = normalisation
+        self.dropout_in_eval = bool(dropout_in_eval)
+        self.lambda_trunk = lambda_trunk
+        if lambda_trunk is not None:
+            lambda_trunk.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "LambdaEquitune":
+        super().train(mode)
+        if self.dropout_in_eval:
+            self.weight_net.train(True)
+        if self.lambda_trunk is not None:
+            self.lambda_trunk.eval()
+        return self
+
+    def view_weights(self, views: Tensor) -> Tensor:
+        lam = self.weight_net(views)
+        return lam if self.normalisation == "none" else normalise_weights(lam, self.normalisation)
+
+    def view_scales(self, views: Tensor, weights: Tensor) -> tuple[Tensor | None, Tensor]:
+        if self.normalisation == "none":  # lambda scales each view; the combination is a plain mean
+            return weights, torch.full_like(weights, 1.0 / weights.shape[1])
+        return None, weights
+
+    def forward(self, x: Tensor, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        views = self.views(x)
+        if self.lambda_trunk is None:
+            weights = self.view_weights(views)
+        else:  # as published: lambda sees a frozen copy's views, the head sees the trainable ones
+            with torch.no_grad():
+                frozen = self.views(x, trunk=self.lambda_trunk)
+            weights = self.view_weights(frozen)
+        out = self.combine(views, weights)
+        return (out, weights) if return_weights else out
+
+
+class EquiAttention(OrbitWrapper):
+    """Equiattention: attention between the views; values are the (aligned) views.
+
+    ``Z = mean_i (A V)_i = sum_j w_j V_j`` with ``w_j`` the column means of the attention matrix A
+    (``equinb.weighting.ViewAttention``); ``A`` is computed from the unaligned views.
+
+    Args (besides ``OrbitWrapper``'s):
+        attention: a ``ViewAttention`` (or any module mapping views [B, G, ...] to weights [B, G] that
+            permute with the views and sum to 1).
+
+    Shapes: x [B, C, H, W] -> [B, K]; weights [B, G].
+    """
+
+    def __init__(self, model: nn.Module, group: Group, attention: nn.Module, **kwargs) -> None:
+        super().__init__(model, group, **kwargs)
+        if not isinstance(attention, nn.Module):
+            raise TypeError(f"attention must be a torch.nn.Module, got {type(attention).__name__}")
+        self.attention = attention
+
+    def view_weights(self, views: Tensor) -> Tensor:
+        return self.attention(views)

@@ -1,0 +1,204 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Zero-shot robustness with equitune and equizero (Basu et al., Figure 4)
+#
+# **Claim.** A pretrained classifier loses accuracy when its test images are rotated or flipped.
+# Averaging over the group orbit (*equitune*) recovers part of that loss without any training.
+# Keeping the single most confident view (*equizero*) recovers most of it. Vlasenko et al. re-ran this
+# experiment with CLIP (RN50, RN101, ViT-B/32, ViT-B/16) on CIFAR100 and ImageNetV2, and matched the
+# original figure to within 0.11 pp on every deterministic bar.
+#
+# **What runs here.**
+# - One encoder pass per image and view gives per-view logits `[N, views, classes]`, cached on disk.
+#   Every method, transformation and setting is derived from those logits; the article's code instead
+#   ran a separate evaluation for each of them.
+# - *As published* is the article's code: softmax of 1x cosine logits, then the mean (equitune) or
+#   the element-wise max (equizero), with one random transformation per batch of 32 (seed 0).
+# - *As described* draws a random transformation per image. We report its exact expectation, which is
+#   deterministic, and equizero keeps the single chosen view.
+# - Besides the article's "flip", which is really a 180-degree rotation, we add a true mirror flip
+#   (`hflip`).
+#
+# **Profiles.**
+# - *small* (default; CPU, offline, about 30 s): MobileNetV2 with its official ImageNet weights, used
+#   frozen. A linear head, fitted once on the **upright** training digits, stands in for CLIP's text
+#   head; it never sees a rotated image. Test set: scikit-learn digits (719 images). This is a small
+#   analog of the experiment: it shows the same mechanism on real pretrained features, but its numbers
+#   are not the article's.
+# - *paper* (GPU, internet; about 10 minutes on one H100): CLIP RN50, RN101, ViT-B/32 and ViT-B/16 on
+#   CIFAR100 (test, 10,000) and ImageNetV2 matched-frequency (10,000), with prompt-ensemble text heads.
+
+# %% tags=["parameters"]
+profile: str = "small"  # "small" (MobileNetV2 + digits, CPU, offline) or "paper" (CLIP, GPU, internet)
+backbones: list = ["mobilenet_v2"]  # backbone names (equinb.backbones.BACKBONE_NAMES)
+datasets: list = ["digits"]  # dataset names: digits | cifar100 | imagenetv2
+transforms: list = ["none", "rot180", "rot90", "hflip"]  # test transformations; rot180 = the article's "flip"
+image_size: int = 64  # MobileNetV2 input size in px (CLIP backbones use their own resolution)
+batch_size: int = 256  # encoder batch; the random draws always follow the article's batches of 32
+seed: int = 0  # seed of the random test transformations (the article used 0)
+device: str = "cpu"  # "cpu" or "cuda"
+data_root: str = ""  # datasets and caches; "" = $EQUINB_DATA or ~/.cache/equinb
+clip_paths: dict = {}  # backbone name -> local CLIP weight file (TorchScript or state dict); {} = download
+clip_download_root: str = ""  # folder for CLIP downloads; "" = ~/.cache/clip
+num_workers: int = 0  # DataLoader workers for decoding images (paper profile)
+download: bool = False  # let torchvision download CIFAR100 into data_root (needs internet)
+
+# %%
+import pandas as pd
+import torch
+from IPython.display import display
+from myst_nb import glue
+
+from equinb import EquiZero, Equitune, get_group, viz
+from equinb import zeroshot as zs
+
+zs.validate_zeroshot_params(backbones, datasets, transforms, device, clip_paths)
+if profile not in ("small", "paper"):
+    raise ValueError(f"unknown profile {profile!r}; valid: 'small', 'paper'")
+torch.manual_seed(seed)
+torch.set_num_threads(max(1, torch.get_num_threads()))
+viz.book_style()
+pd.set_option("display.precision", 2)
+print(f"profile={profile} backbones={backbones} datasets={datasets} device={device}")
+
+# %% [markdown]
+# ## The article's numbers
+# These are the top-1 accuracies in the reproduction's result files ("seed") and the values plotted by
+# Basu et al. ("paper"), in percent. Here `rot180` is the transformation the article calls "flip".
+
+# %%
+article = zs.article_fig4()
+display(article[article.backbone == "RN50"].pivot_table(
+    index=["dataset", "transform"], columns="method", values="seed_top1"))
+
+# %% [markdown]
+# ## Symmetry check on real inputs
+# We wrap the first backbone, with its head, in `Equitune` and `EquiZero` over C4. For a few test
+# images we print the largest change of the outputs when the input is rotated. The wrappers are
+# invariant up to float rounding. The bare model is not, and that shows the check can fail.
+
+# %%
+backbone, head, root, cache_dir = zs.load_zeroshot_model(
+    backbones[0], datasets[0], device=device, image_size=image_size, data_root=data_root or None,
+    clip_path=clip_paths.get(backbones[0]), clip_download_root=clip_download_root or None,
+    num_workers=num_workers, download=download)
+loader, _ = zs.dataset_batches(backbone, datasets[0], "test", 8, str(root), 0, download)
+x = next(iter(loader))[0].to(device)
+rot90 = get_group("rot90")
+model = torch.nn.Sequential(backbone.encoder, head)
+with torch.no_grad():
+    for label, f in [("bare model", model), ("equitune", Equitune(model, rot90)), ("equizero", EquiZero(model, rot90))]:
+        out = f(x)
+        err = max((f(rot90.act(x, k)) - out).abs().max().item() for k in range(1, 4))
+        print(f"{label:>10}: max |f(g x) - f(x)| over C4 = {err:.1e}  (output scale {out.abs().max().item():.1f})")
+
+# %% [markdown]
+# ## One orbit pass, every method and setting
+
+# %%
+rows = []
+for name in backbones:
+    for dataset in datasets:
+        rows += zs.run_zeroshot(
+            name, dataset, transforms=transforms, device=device, batch_size=batch_size, seed=seed,
+            image_size=image_size, data_root=str(root), cache_dir=cache_dir, clip_path=clip_paths.get(name),
+            clip_download_root=clip_download_root or None, num_workers=num_workers, download=download,
+            progress=False)
+ours = pd.DataFrame(rows).assign(profile=profile)
+display(ours.pivot_table(index=["backbone", "dataset", "transform", "method"], columns="reading",
+                         values=["top1", "top5"]))
+
+# %% [markdown]
+# ## This run beside the article
+# `delta` is ours (as published) minus the article's result files. In the small profile the backbone
+# and data differ from the article's, so no row lines up. The article's RN50 numbers are shown below
+# ours for orientation, not as a target.
+
+# %%
+table = zs.compare_fig4(ours, article)
+print(f"profile: {profile}")
+if table["article (seed files)"].notna().any():
+    display(table)
+else:
+    orientation = article[article.backbone == "RN50"].pivot_table(
+        index=["transform", "method"], columns="dataset", values="seed_top1")
+    mine = ours[ours.reading == "as_published"].pivot_table(index=["transform", "method"],
+                                                            columns=["backbone", "dataset"], values="top1")
+    mine.columns = [f"this build: {b} / {d}" for b, d in mine.columns]
+    orientation.columns = [f"article: RN50 / {d}" for d in orientation.columns]
+    display(mine.join(orientation, how="outer"))
+
+# %% [markdown]
+# ## Figure: the four panels of Figure 4
+# Solid bars are this run (as published); hatched bars are the article's result files.
+
+# %%
+published = ours[ours.reading == "as_published"]
+ref_bars = article.rename(columns={"seed_top1": "top1"})
+none_rows = ref_bars[ref_bars["transform"] == "none"]  # the article lists "none" once: all methods coincide
+ref_bars = pd.concat([ref_bars] + [none_rows.assign(method=m) for m in ("equitune", "equizero")])
+fig = viz.zeroshot_panels(published, ref_bars, transforms=("rot90", "rot180"),
+                          title=f"Top-1 under random transformations (profile: {profile})")
+glue("fig4_panels", fig, display=False)
+
+# %% [markdown]
+# ## Figure: the pretrained model is not robust
+# Vanilla top-1 without a transformation, and under random 180-degree rotations, 90-degree rotations and
+# mirror flips. The article has no mirror-flip numbers.
+
+# %%
+fig = viz.robustness_plot(published[published.method == "vanilla"], ref_bars[ref_bars.method == "vanilla"],
+                          transforms=[t for t in ("none", "rot180", "rot90", "hflip") if t in transforms])
+
+# %% [markdown]
+# ## Headline numbers
+# The values below are glued into the reproduction summary, together with the profile.
+
+# %%
+head_row = published[(published.backbone == backbones[0]) & (published.dataset == datasets[0])]
+glue("profile", profile, display=False)
+glue("setting", f"{backbones[0]} / {datasets[0]}", display=False)
+for transform in ("rot90", "rot180"):
+    for method in ("vanilla", "equitune", "equizero"):
+        hit = head_row[(head_row["transform"] == transform) & (head_row.method == method)]
+        if len(hit):
+            glue(f"{transform}_{method}_top1", float(hit.top1.iloc[0]), display=False)
+summary = head_row.pivot_table(index="transform", columns="method", values="top1")
+print(f"profile: {profile}, {backbones[0]} / {datasets[0]}, as published")
+summary
+
+# %% [markdown]
+# ## Deviations and notes
+# - **"flip" is a 180-degree rotation.** The article's code flips both image axes, which is the
+#   rotation by 180 degrees, not a mirror. We label it `rot180` and add the true mirror flip (`hflip`)
+#   as its own column.
+# - **Softmax before combining.** As published, equitune averages per-view *probabilities* of 1x cosine
+#   logits, and equizero takes their element-wise maximum over the group, so the top-5 classes can come
+#   from different views. As described, equizero keeps one view: its top-1 is the same, its top-5 can
+#   differ (compare the `top5` columns above).
+# - **Random transformations only change vanilla.** Each method uses the transformation's own group, so
+#   a transformed image has the same set of views as the original, only permuted. Equitune and equizero
+#   therefore do not depend on the random draw. Vanilla as published depends on the per-batch draws:
+#   the article's 0.74 pp gap on ViT-B/16 ImageNetV2 rot90 is of that kind. Its exact expectation is
+#   the "as described" column.
+# - **Work done once.** With the transformations none, rot180, rot90 and hflip, this chapter runs the
+#   encoder 5 times per image. The article's scheme runs one evaluation per (method, transformation),
+#   which is 22 encoder passes per image for the same table (`bench/zeroshot.py` measures both).
+# - **Small profile.** A linear head fitted on upright digits stands in for CLIP's text head. Digits
+#   have a preferred orientation, as natural images do, so the ordering vanilla < equitune < equizero
+#   under rotations is the phenomenon under test. The absolute numbers are not comparable with the
+#   article's.

@@ -1,0 +1,341 @@
+"""Exact symmetry properties of every wrapper, at every level, for every image group (float64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from equinb.groups import get_group
+from equinb.weighting import EmbeddingWeightNet, FeatureMapWeightNet, ViewAttention
+from equinb.wrappers import (
+    EquiAttention,
+    EquiZero,
+    Equitune,
+    LambdaEquitune,
+    OrbitWrapper,
+    proxy_scores,
+)
+
+IMAGE_GROUPS = ["trivial", "rot90", "rot180", "hflip", "vflip", "d4"]
+SIZE, K, D, C, MAP = 12, 5, 6, 4, 6  # image size, classes, embedding dim, map channels, map size
+TOL = dict(rtol=1e-9, atol=1e-10)
+
+
+def _trunk_maps(seed: int) -> nn.Module:
+    """A random CNN with no symmetry of its own: [B, 3, 12, 12] -> maps [B, 4, 6, 6]."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 5, 3, padding=1), nn.Tanh(), nn.Conv2d(5, C, 3, stride=2, padding=1), nn.Tanh(),
+    ).double()
+
+
+def _head_maps(seed: int) -> nn.Module:
+    """Position-sensitive head (like attnpool's absolute positional embedding): maps -> [B, K]."""
+    torch.manual_seed(seed + 100)
+    return nn.Sequential(nn.Flatten(), nn.Linear(C * MAP * MAP, K)).double()
+
+
+def _trunk_embed(seed: int) -> nn.Module:
+    return nn.Sequential(_trunk_maps(seed), nn.Flatten(), nn.Linear(C * MAP * MAP, D).double())
+
+
+def _model(seed: int) -> nn.Module:
+    """The simplest contract: images -> outputs [B, K]."""
+    return nn.Sequential(_trunk_embed(seed), nn.Linear(D, K).double())
+
+
+def _images(seed: int = 0, b: int = 3) -> torch.Tensor:
+    return torch.randn(b, 3, SIZE, SIZE, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def _build(method: str, level: str, group_name: str, *, align: bool = False, **options) -> OrbitWrapper:
+    """One wrapper per (method, level). Levels: model (simplest contract), embedding, feature_map."""
+    group = get_group(group_name)
+    if level == "model":
+        trunk, head, views_dim = _model(0), None, K
+    elif level == "embedding":
+        trunk, head, views_dim = _trunk_embed(0), nn.Linear(D, K).double(), D
+    else:
+        trunk, head, views_dim = _trunk_maps(0), _head_maps(0), C
+    torch.manual_seed(1)
+    spatial = level == "feature_map"
+    common = dict(head=head, align_views=align, **options)
+    if method == "equitune":
+        return Equitune(trunk, group, **common)
+    if method.startswith("equizero"):
+        proxy = method.split(":")[1] if ":" in method else "max_prob"
+        return EquiZero(trunk, group, proxy=proxy, **common)
+    if method.startswith("lambda"):
+        normalisation = method.split(":")[1]
+        net = FeatureMapWeightNet(C, (MAP, MAP), conv_channels=3, per_channel=2, hidden=8) if spatial \
+            else EmbeddingWeightNet(views_dim, hidden=7)
+        return LambdaEquitune(trunk, group, net.double(), normalisation=normalisation, **common).eval()
+    if method == "attention":
+        att = ViewAttention(C, (MAP, MAP), hidden=8, out_dim=8, conv_channels=3, per_channel=2) if spatial \
+            else ViewAttention(views_dim, None, hidden=8, out_dim=8)
+        return EquiAttention(trunk, group, att.double(), **common)
+    raise AssertionError(method)
+
+
+METHODS = ["equitune", "equizero:max_prob", "equizero:entropy", "equizero:max_logit",
+           "lambda:none", "lambda:softmax", "lambda:sum", "attention"]
+
+
+@pytest.mark.parametrize("group_name", IMAGE_GROUPS)
+@pytest.mark.parametrize("level", ["model", "embedding", "feature_map"])
+@pytest.mark.parametrize("method", METHODS)
+def test_invariance(method: str, level: str, group_name: str) -> None:
+    wrapper = _build(method, level, group_name)
+    group, x = wrapper.group, _images()
+    with torch.no_grad():
+        out, weights = wrapper(x, return_weights=True)
+        assert out.shape == (3, K) and weights.shape == (3, group.order)
+        for k in range(group.order):
+            moved, moved_w = wrapper(group.act(x, k), return_weights=True)
+            torch.testing.assert_close(moved, out, **TOL)
+            # the weights travel with their views: weight of view j for g_k x = weight of view j*g_k for x
+            perm = [group.compose(j, k) for j in range(group.order)]
+            torch.testing.assert_close(moved_w, weights[:, perm], **TOL)
+
+
+@pytest.mark.parametrize("level", ["model", "embedding", "feature_map"])
+def test_negative_control_bare_model_is_not_invariant(level: str) -> None:
+    wrapper = _build("equitune", level, "rot90")
+    x = _images()
+    with torch.no_grad():
+        bare = lambda z: wrapper.head(wrapper.trunk(z))  # noqa: E731
+        assert (bare(get_group("rot90").act(x, 1)) - bare(x)).abs().max() > 1e-3
+
+
+def _combined_map(wrapper: OrbitWrapper, x: torch.Tensor) -> torch.Tensor:
+    """Z, the combined feature map before the head. Shapes: x [B, 3, H, W] -> [B, C, h, w]."""
+    views = wrapper.views(x)
+    return wrapper.combine(views, wrapper.view_weights(views)) if isinstance(wrapper.head, nn.Identity) else None
+
+
+@pytest.mark.parametrize("group_name", ["rot90", "rot180", "hflip", "d4"])
+@pytest.mark.parametrize("method", ["equitune", "equizero:max_prob", "lambda:softmax", "lambda:sum", "attention"])
+def test_feature_map_alignment(method: str, group_name: str) -> None:
+    """Aligned: Z(g x) = g Z(x) (equivariant). As published (no-op inverse): Z(g x) = Z(x) (invariant)."""
+    x = _images(1)
+    for align in (True, False):
+        wrapper = _build(method, "feature_map", group_name, align=align)
+        head = wrapper.head
+        wrapper.head = nn.Identity()  # expose Z; the weights and selections still use the real head
+        if isinstance(wrapper, EquiZero):  # the proxy needs class outputs: score views through the real head
+            wrapper.per_view_outputs = lambda values, scales=None, h=head: h(values.flatten(0, 1)).reshape(
+                *values.shape[:2], -1)
+        group = wrapper.group
+        with torch.no_grad():
+            z = _combined_map(wrapper, x)
+            assert z.shape == (3, C, MAP, MAP)
+            for k in range(1, group.order):
+                z_moved = _combined_map(wrapper, group.act(x, k))
+                if align:
+                    torch.testing.assert_close(z_moved, group.act(z, k), **TOL)
+                    assert (z_moved - z).abs().max() > 1e-3  # equivariant, hence not invariant
+                else:
+                    torch.testing.assert_close(z_moved, z, **TOL)
+                    if not torch.equal(group.act(z, k), z):
+                        assert (z_moved - group.act(z, k)).abs().max() > 1e-3
+
+
+def test_aligned_views_break_logit_invariance_through_a_positional_head() -> None:
+    """As described (aligned) + a position-sensitive head: the logits are no longer invariant."""
+    wrapper = _build("lambda:softmax", "feature_map", "rot90", align=True)
+    x = _images()
+    with torch.no_grad():
+        assert (wrapper(get_group("rot90").act(x, 1)) - wrapper(x)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("level", ["model", "embedding", "feature_map"])
+def test_lambda_special_cases(level: str) -> None:
+    x = _images(2)
+    equitune = _build("equitune", level, "d4")
+    equizero = _build("equizero:max_prob", level, "d4")
+
+    class Constant(nn.Module):
+        def __init__(self, value: float = 2.5) -> None:
+            super().__init__()
+            self.value = value
+
+        def forward(self, views: torch.Tensor) -> torch.Tensor:
+            return torch.full(views.shape[:2], self.value, dtype=views.dtype)
+
+    class OneHotLikeEquiZero(nn.Module):
+        def forward(self, views: torch.Tensor) -> torch.Tensor:
+            return equizero.view_weights(views)
+
+    with torch.no_grad():
+        for normalisation in ("softmax", "sum"):
+            lam = LambdaEquitune(equitune.trunk, equitune.group, Constant(), head=equitune.head,
+                                 normalisation=normalisation)
+            torch.testing.assert_close(lam(x), equitune(x), **TOL)
+        # unnormalised lambda = 1 on every view is the plain mean, i.e. equitune
+        ones = LambdaEquitune(equitune.trunk, equitune.group, Constant(1.0), head=equitune.head, normalisation="none")
+        torch.testing.assert_close(ones(x), equitune(x), **TOL)
+        one_hot = LambdaEquitune(equizero.trunk, equizero.group, OneHotLikeEquiZero(), head=equizero.head,
+                                 normalisation="sum")
+        torch.testing.assert_close(one_hot(x), equizero(x), **TOL)
+
+
+def test_equizero_picks_the_view_its_proxy_names() -> None:
+    for proxy in ("max_prob", "entropy", "max_logit"):
+        wrapper = _build(f"equizero:{proxy}", "model", "d4")
+        x = _images(3, b=6)
+        with torch.no_grad():
+            per_view = wrapper.trunk(wrapper.group.orbit(x).flatten(0, 1)).reshape(6, 8, K)
+            scores = proxy_scores(per_view, proxy)
+            chosen = scores.argmax(dim=1)
+            out, weights = wrapper(x, return_weights=True)
+            assert torch.equal(weights.argmax(dim=1), chosen)
+            torch.testing.assert_close(out, per_view[torch.arange(6), chosen], **TOL)
+            # the chosen view is the best one: no other view scores higher
+            assert torch.all(scores.gather(1, chosen[:, None]) >= scores)
+    # max_prob picks the most confident view; entropy the least uncertain
+    logits = torch.tensor([[[0.0, 0.0, 0.0], [3.0, 0.0, 0.0], [1.0, 1.0, -5.0]]])
+    assert proxy_scores(logits, "max_prob").argmax() == 1
+    assert proxy_scores(logits, "entropy").argmax() == 1
+    assert proxy_scores(logits, "max_logit").argmax() == 1
+
+
+def test_output_softmax_and_elementwise_max_as_published() -> None:
+    x = _images(4)
+    eq = _build("equitune", "model", "rot90", output_softmax=True, logit_factor=1.0)
+    with torch.no_grad():
+        per_view = eq.trunk(eq.group.orbit(x).flatten(0, 1)).reshape(3, 4, K)
+        torch.testing.assert_close(eq(x), torch.softmax(per_view, -1).mean(1), **TOL)
+        ez = _build("equizero", "model", "rot90", output_softmax=True, elementwise_max=True)
+        elementwise = ez(x)
+        torch.testing.assert_close(elementwise, torch.softmax(per_view, -1).amax(1), **TOL)
+        # its top-1 equals selection by max_prob
+        assert torch.equal(elementwise.argmax(1), _build("equizero", "model", "rot90")(x).argmax(1))
+    with pytest.raises(ValueError, match="output_softmax"):
+        _build("equizero", "model", "rot90", elementwise_max=True)
+
+
+def test_lambda_none_is_the_article_code() -> None:
+    """normalisation='none': mean_k head(lambda_k f_k), i.e. lambda is a per-view factor on the logits."""
+    wrapper = _build("lambda:none", "embedding", "rot90")
+    x = _images(5)
+    with torch.no_grad():
+        views = wrapper.views(x)
+        lam = wrapper.weight_net(views)
+        head = wrapper.head
+        expected = torch.stack([head(lam[:, k, None] * views[:, k]) for k in range(4)], 1).mean(1)
+        out, weights = wrapper(x, return_weights=True)
+        torch.testing.assert_close(out, expected, **TOL)
+        torch.testing.assert_close(weights, lam, **TOL)
+        wrapper.output_softmax = True
+        expected = torch.stack([torch.softmax(head(lam[:, k, None] * views[:, k]), -1) for k in range(4)], 1).mean(1)
+        torch.testing.assert_close(wrapper(x), expected, **TOL)
+
+
+def test_attention_weights_are_permutation_equivariant() -> None:
+    torch.manual_seed(0)
+    att = ViewAttention(C, (MAP, MAP), hidden=8, out_dim=8, conv_channels=3, per_channel=2).double()
+    views = torch.randn(2, 5, C, MAP, MAP, dtype=torch.float64)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    a, a_perm = att.attention(views), att.attention(views[:, perm])
+    torch.testing.assert_close(a_perm, a[:, perm][:, :, perm], **TOL)
+    torch.testing.assert_close(att(views[:, perm]), att(views)[:, perm], **TOL)
+    torch.testing.assert_close(att(views).sum(1), torch.ones(2, dtype=torch.float64), **TOL)
+
+
+def test_dropout_in_eval_and_frozen_lambda_trunk() -> None:
+    group = get_group("rot90")
+    trunk, frozen = _trunk_embed(0), _trunk_embed(7)
+    net = EmbeddingWeightNet(D, hidden=7).double()
+    wrapper = LambdaEquitune(trunk, group, net, head=nn.Linear(D, K).double(), normalisation="none",
+                             dropout_in_eval=True, lambda_trunk=frozen).eval()
+    assert net.training and not frozen.training and not trunk.training
+    assert not any(p.requires_grad for p in frozen.parameters())
+    x = _images(6)
+    torch.manual_seed(0)
+    a = wrapper(x)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, wrapper(x))  # dropout active at evaluation, as published
+    wrapper.dropout_in_eval = False
+    wrapper.eval()
+    assert not net.training
+    with torch.no_grad():  # lambda comes from the frozen copy's views, not the trainable trunk's
+        _, weights = wrapper(x, return_weights=True)
+        torch.testing.assert_close(weights, net(wrapper.views(x, trunk=frozen)), **TOL)
+        assert not torch.allclose(weights, net(wrapper.views(x)))
+
+
+def test_straight_through_gradient() -> None:
+    wrapper = _build("equizero", "model", "rot90", straight_through=True).train()
+    x = _images(7)
+    out = wrapper(x)
+    with torch.no_grad():
+        torch.testing.assert_close(out, wrapper.eval()(x), **TOL)  # forward value = the selected view
+    wrapper.train()
+    out = wrapper(x)
+    out.sum().backward()
+    grads = [p.grad for p in wrapper.trunk.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_bad_inputs() -> None:
+    wrapper = _build("equitune", "model", "rot90")
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        wrapper(torch.zeros(3, SIZE, SIZE, dtype=torch.float64))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        wrapper([[0.0]])
+    with pytest.raises(TypeError, match="nn.Module"):
+        Equitune(lambda z: z, get_group("rot90"))
+    with pytest.raises(TypeError, match="get_group"):
+        Equitune(nn.Identity(), "rot90")
+    with pytest.raises(ValueError, match="valid proxies"):
+        EquiZero(nn.Identity(), get_group("rot90"), proxy="variance")
+    with pytest.raises(ValueError, match="valid: none, softmax, sum"):
+        LambdaEquitune(nn.Identity(), get_group("rot90"), nn.Identity(), normalisation="l2")
+    aligned = _build("equitune", "embedding", "rot90", align=True)
+    with pytest.raises(ValueError, match="spatial trunk outputs"):
+        aligned(_images())
+    with pytest.raises(ValueError, match="smaller than the 3x3 kernel"):
+        FeatureMapWeightNet(8, (2, 2))
+    with pytest.raises(ValueError, match="rank 5"):
+        FeatureMapWeightNet(C, (MAP, MAP))(torch.zeros(2, C, MAP, MAP))
+
+
+@pytest.mark.parametrize("group_name", IMAGE_GROUPS)
+def test_invariance_on_a_tiny_random_clip(group_name: str) -> None:
+    """Every wrapper, at the embedding level (encoder -> cosine text head) and the feature-map level
+    (ModifiedResNet stem..layer4 -> attnpool), is exactly invariant on a random CLIP in float64."""
+    from equinb.backbones import load_backbone
+    from equinb.zeroshot import CosineHead
+
+    backbone = load_backbone("tiny-clip-rn")
+    backbone.model.double()
+    trunk, pool = backbone.feature_split()
+    channels, h, w = backbone.feature_map_shape()
+    torch.manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(backbone.embed_dim, K, dtype=torch.float64), dim=0)
+    head = CosineHead(text)
+    group = get_group(group_name)
+    s = backbone.input_size
+    x = torch.randn(2, 3, s, s, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    small = dict(conv_channels=2, kernel=1, per_channel=2, hidden=8)
+    wrappers = [
+        Equitune(backbone.encoder, group, head=head),
+        EquiZero(backbone.encoder, group, head=head, output_softmax=True),
+        LambdaEquitune(backbone.encoder, group, EmbeddingWeightNet(backbone.embed_dim, 7).double(), head=head,
+                       normalisation="none").eval(),
+        EquiAttention(backbone.encoder, group, ViewAttention(backbone.embed_dim, None, 8, 8).double(), head=head),
+        Equitune(trunk, group, head=nn.Sequential(pool, head)),
+        LambdaEquitune(trunk, group, FeatureMapWeightNet(channels, (h, w), **small).double(),
+                       head=nn.Sequential(pool, head), normalisation="softmax"),
+        EquiAttention(trunk, group, ViewAttention(channels, (h, w), 8, 8, conv_channels=2, kernel=1,
+                                                  per_channel=2).double(), head=nn.Sequential(pool, head)),
+    ]
+    with torch.no_grad():
+        bare = head(backbone.encoder(x))
+        if group.order > 1:  # negative control: CLIP itself is not invariant
+            assert (head(backbone.encoder(group.act(x, 1))) - bare).abs().max() > 1e-6
+        for wrapper in wrappers:
+            out = wrapper(x)
+            for k in range(group.order):
+                torch.testing.assert_close(wrapper(group.act(x, k)), out, **TOL)

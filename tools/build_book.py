@@ -1,0 +1,180 @@
+"""Execute the book's notebooks with papermill and build the HTML book with Jupyter Book 1.
+
+Usage (from the repository root; `make book` calls this):
+
+    .venv/bin/python tools/build_book.py [--profile small|paper] [--no-execute]
+
+Steps:
+  1. Read the chapter ids from `_toc.yml` (every `file: notebooks/<id>` entry).
+  2. Execute each `notebooks/<id>.py` (jupytext py:percent) with papermill into
+     `_build/executed/notebooks/<id>.ipynb`, in `notebooks/` as working directory. The small profile uses the
+     notebook's own defaults; any other profile passes `-f notebooks/params/<id>.<profile>.yaml`.
+     The committed paired `notebooks/<id>.ipynb` is never written.
+  3. Stage `_build/src/` = `_config.yml` + `_toc.yml` + `book/` + the executed notebooks, and run
+     `jupyter-book build _build/src -W --path-output _build/jb` (execution is off in `_config.yml`).
+  4. Copy the HTML to `_build/html/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # the venv's bin/, where jupytext, papermill and jupyter-book live
+PROFILES = ("small", "paper")
+BUILD = ROOT / "_build"
+EXECUTED = BUILD / "executed"
+STAGE = BUILD / "src"
+JB_OUT = BUILD / "jb"
+HTML = BUILD / "html"
+
+
+def rel(path: Path) -> str:
+    """A path relative to the repository root when it is inside it (for messages)."""
+    path = Path(path)
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def fail(msg: str) -> None:
+    print(f"build_book: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def toc_files(node) -> list[str]:
+    """Every `file:` entry of a jb-book `_toc.yml`, in reading order."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        for key in ("root", "file"):
+            if isinstance(node.get(key), str):
+                found.append(node[key])
+        for value in node.values():
+            if isinstance(value, (list, dict)):
+                found += toc_files(value)
+    elif isinstance(node, list):
+        for item in node:
+            found += toc_files(item)
+    return found
+
+
+def notebook_ids(toc_path: Path = ROOT / "_toc.yml") -> list[str]:
+    """The notebook ids listed in `_toc.yml` (entries `notebooks/<id>`, extension optional)."""
+    toc = yaml.safe_load(toc_path.read_text())
+    ids = []
+    for entry in toc_files(toc):
+        path = Path(entry)
+        if path.parent == Path("notebooks"):
+            ids.append(path.stem if path.suffix in (".ipynb", ".py", ".md") else path.name)
+    return ids
+
+
+def params_file(nb_id: str, profile: str) -> Path | None:
+    """The papermill parameter file of a profile (None for small: the notebook's defaults are small)."""
+    if profile == "small":
+        return None
+    path = ROOT / "notebooks" / "params" / f"{nb_id}.{profile}.yaml"
+    if not path.is_file():
+        fail(f"profile {profile!r} needs the parameter file {rel(path)} for notebook {nb_id!r}, "
+             "and it does not exist")
+    return path
+
+
+def execute(nb_id: str, profile: str, out: Path) -> None:
+    """notebooks/<id>.py -> (jupytext) -> papermill -> out; fails if either step fails."""
+    source = ROOT / "notebooks" / f"{nb_id}.py"
+    if not source.is_file():
+        fail(f"_toc.yml lists notebooks/{nb_id} but {rel(source)} does not exist")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    to_ipynb = [str(BIN / "jupytext"), "--quiet", "--to", "ipynb", "-o", "-", str(source)]
+    # --language: a .py without a kernelspec gives papermill no language, which it needs to inject parameters.
+    run_pm = [str(BIN / "papermill"), "-", str(out), "-k", "python3", "--language", "python",
+              "--cwd", str(ROOT / "notebooks"), "--progress-bar"]
+    params = params_file(nb_id, profile)
+    if params is not None:
+        run_pm += ["-f", str(params)]
+    print(f"build_book: executing notebooks/{nb_id}.py -> {rel(out)}"
+          + (f" with {rel(params)}" if params else ""), flush=True)
+    start = time.perf_counter()
+    jt = subprocess.Popen(to_ipynb, stdout=subprocess.PIPE)
+    # papermill warns that "-" (stdin) has no extension; that is intended here.
+    env = dict(os.environ, PYTHONWARNINGS="ignore:the file is not specified with any extension")
+    pm = subprocess.run(run_pm, stdin=jt.stdout, env=env)
+    jt.stdout.close()
+    if jt.wait() != 0:
+        fail(f"jupytext could not convert {rel(source)}")
+    if pm.returncode != 0:
+        fail(f"papermill failed on notebooks/{nb_id} (profile {profile}); see its message above"
+             + (f"; the partly executed notebook is {rel(out)}" if out.is_file() else ""))
+    print(f"build_book: notebooks/{nb_id} done in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def stage(ids: list[str]) -> None:
+    """_build/src = _config.yml + _toc.yml + book/ + executed notebooks (the repo's relative layout)."""
+    if STAGE.exists():
+        shutil.rmtree(STAGE)
+    (STAGE / "notebooks").mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(ROOT / name, STAGE / name)
+    shutil.copytree(ROOT / "book", STAGE / "book")
+    for nb_id in ids:
+        shutil.copy2(EXECUTED / "notebooks" / f"{nb_id}.ipynb", STAGE / "notebooks" / f"{nb_id}.ipynb")
+
+
+def build_html() -> None:
+    if JB_OUT.exists():
+        shutil.rmtree(JB_OUT)
+    cmd = [str(BIN / "jupyter-book"), "build", str(STAGE), "--all", "-W", "--path-output", str(JB_OUT)]
+    print("build_book: " + " ".join(rel(Path(c)) if c.startswith(str(ROOT)) else c
+                                    for c in cmd), flush=True)
+    if subprocess.run(cmd).returncode != 0:
+        fail("jupyter-book build failed (warnings are errors: see the messages above)")
+    if HTML.exists():
+        shutil.rmtree(HTML)
+    shutil.copytree(JB_OUT / "_build" / "html", HTML)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="small", help=f"one of {', '.join(PROFILES)} (default small)")
+    parser.add_argument("--no-execute", action="store_true",
+                        help="reuse the notebooks already in _build/executed (same profile) and only rebuild HTML")
+    args = parser.parse_args(argv)
+    if args.profile not in PROFILES:
+        fail(f"unknown PROFILE {args.profile!r}; valid profiles: {', '.join(PROFILES)}")
+    ids = notebook_ids()
+    print(f"build_book: profile {args.profile}; notebooks: {', '.join(ids) or '(none)'}", flush=True)
+    for nb_id in ids:  # check every source and parameter file before running anything
+        if not (ROOT / "notebooks" / f"{nb_id}.py").is_file():
+            fail(f"_toc.yml lists notebooks/{nb_id} but notebooks/{nb_id}.py does not exist")
+        params_file(nb_id, args.profile)
+
+    start = time.perf_counter()
+    marker = EXECUTED / "PROFILE"
+    if args.no_execute:
+        built = marker.read_text().strip() if marker.is_file() else None
+        if built != args.profile:
+            fail(f"--no-execute: _build/executed holds profile {built!r}, not {args.profile!r}; run without it")
+        missing = [i for i in ids if not (EXECUTED / "notebooks" / f"{i}.ipynb").is_file()]
+        if missing:
+            fail(f"--no-execute: no executed copy of {', '.join(missing)} in _build/executed/notebooks")
+    else:
+        if EXECUTED.exists():
+            shutil.rmtree(EXECUTED)
+        for nb_id in ids:
+            execute(nb_id, args.profile, EXECUTED / "notebooks" / f"{nb_id}.ipynb")
+        marker.write_text(args.profile + "\n")
+    stage(ids)
+    build_html()
+    print(f"build_book: profile {args.profile}: {rel(HTML)}/index.html built in "
+          f"{time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
