@@ -245,8 +245,10 @@ def validate_zeroshot_params(backbones: Sequence[str], datasets: Sequence[str], 
 
 
 def dataset_batches(backbone, dataset: str, split: str, batch_size: int, data_root: str | None, num_workers: int,
-                  download: bool):
+                  options: dict | None = None):
     """A loader of normalised images of one split for a backbone, and an id describing them for cache keys.
+
+    ``options``: extra keyword arguments of ``equinb.data.get_dataset`` (e.g. ``download=True`` for CIFAR100).
 
     Shapes: batches of (images [B, 3, S, S], labels [B]), S = ``backbone.input_size``.
     """
@@ -257,10 +259,7 @@ def dataset_batches(backbone, dataset: str, split: str, batch_size: int, data_ro
     if dataset == "digits":
         ds = get_dataset("digits", split, size=backbone.input_size, mean=backbone.mean, std=backbone.std)
     else:
-        kwargs = dict(root=data_root, transform=backbone.preprocess)
-        if dataset == "cifar100":
-            kwargs["download"] = download
-        ds = get_dataset(dataset, split, **kwargs)
+        ds = get_dataset(dataset, split, root=data_root, transform=backbone.preprocess, **(options or {}))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=torch.cuda.is_available())
     ident = dict(dataset=dataset, split=split, n=len(ds), size=backbone.input_size, root=str(data_root),
@@ -269,7 +268,7 @@ def dataset_batches(backbone, dataset: str, split: str, batch_size: int, data_ro
 
 
 def zeroshot_head(backbone, dataset: str, cache_dir: str | Path, *, batch_size: int = 256, data_root: str | None = None,
-                  num_workers: int = 0, download: bool = False) -> nn.Module:
+                  num_workers: int = 0, dataset_options: dict | None = None) -> nn.Module:
     """The frozen classification head of a backbone on a dataset, cached on disk.
 
     CLIP: the prompt-ensemble text head (``CosineHead``, logit factor 1 as in the article).
@@ -286,7 +285,8 @@ def zeroshot_head(backbone, dataset: str, cache_dir: str | Path, *, batch_size: 
         weights = load_or_compute(Path(cache_dir) / f"text_head_{key}.pt", lambda: prompt_ensemble_weights(
             backbone.text_model, classes, templates, backbone.device).cpu())
         return CosineHead(weights.to(backbone.device))
-    loader, ident = dataset_batches(backbone, dataset, "train", batch_size, data_root, num_workers, download)
+    loader, ident = dataset_batches(backbone, dataset, "train", batch_size, data_root, num_workers,
+                                    dataset_options)
     key = cache_key(kind="linear_head", encoder=module_fingerprint(backbone.encoder), data=ident)
 
     def fit() -> dict:
@@ -304,7 +304,7 @@ def zeroshot_head(backbone, dataset: str, cache_dir: str | Path, *, batch_size: 
 def load_zeroshot_model(backbone_name: str, dataset: str, *, device: str = "cpu", image_size: int | None = None,
                         data_root: str | None = None, cache_dir: str | Path | None = None,
                         clip_path: str | None = None, clip_download_root: str | None = None, batch_size: int = 256,
-                        num_workers: int = 0, download: bool = False):
+                        num_workers: int = 0, dataset_options: dict | None = None):
     """The frozen backbone and its zero-shot head (see ``zeroshot_head``) for one dataset.
 
     Returns ``(backbone, head, root, cache_dir)``; ``head(backbone.encoder(x))`` gives logits [B, C].
@@ -319,14 +319,14 @@ def load_zeroshot_model(backbone_name: str, dataset: str, *, device: str = "cpu"
                              input_size=size)
     backbone.model.requires_grad_(False)  # frozen: no autograd through the encoder
     head = zeroshot_head(backbone, dataset, cache_dir, batch_size=batch_size, data_root=str(root),
-                         num_workers=num_workers, download=download)
+                         num_workers=num_workers, dataset_options=dataset_options)
     return backbone, head, root, cache_dir
 
 
 def run_zeroshot(backbone_name: str, dataset: str, *, transforms: Sequence[str] = TRANSFORMS,
                  device: str = "cpu", batch_size: int = 256, seed: int = 0, image_size: int | None = None,
                  data_root: str | None = None, cache_dir: str | Path | None = None, clip_path: str | None = None,
-                 clip_download_root: str | None = None, num_workers: int = 0, download: bool = False,
+                 clip_download_root: str | None = None, num_workers: int = 0, dataset_options: dict | None = None,
                  progress: bool = True) -> list[dict]:
     """Figure 4 for one (backbone, dataset): one cached orbit pass, then every method and setting.
 
@@ -336,8 +336,8 @@ def run_zeroshot(backbone_name: str, dataset: str, *, transforms: Sequence[str] 
     backbone, head, root, cache_dir = load_zeroshot_model(
         backbone_name, dataset, device=device, image_size=image_size, data_root=data_root, cache_dir=cache_dir,
         clip_path=clip_path, clip_download_root=clip_download_root, batch_size=batch_size,
-        num_workers=num_workers, download=download)
-    loader, ident = dataset_batches(backbone, dataset, "test", batch_size, str(root), num_workers, download)
+        num_workers=num_workers, dataset_options=dataset_options)
+    loader, ident = dataset_batches(backbone, dataset, "test", batch_size, str(root), num_workers, dataset_options)
     elements = view_elements(transforms)
     logits, labels = cached_per_view_logits(cache_dir, backbone.encoder, head, loader, elements, ident, device,
                                             progress)

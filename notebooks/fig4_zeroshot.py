@@ -43,19 +43,19 @@
 #   CIFAR100 (test, 10,000) and ImageNetV2 matched-frequency (10,000), with prompt-ensemble text heads.
 
 # %% tags=["parameters"]
-profile: str = "small"  # "small" (MobileNetV2 + digits, CPU, offline) or "paper" (CLIP, GPU, internet)
+profile: str = "small"  # small (MobileNetV2 + digits, CPU, offline) or paper (CLIP, GPU, internet)
 backbones: list = ["mobilenet_v2"]  # backbone names (equinb.backbones.BACKBONE_NAMES)
 datasets: list = ["digits"]  # dataset names: digits | cifar100 | imagenetv2
-transforms: list = ["none", "rot180", "rot90", "hflip"]  # test transformations; rot180 = the article's "flip"
+transforms: list = ["none", "rot180", "rot90", "hflip"]  # test transformations; rot180 is the article's flip
 image_size: int = 64  # MobileNetV2 input size in px (CLIP backbones use their own resolution)
 batch_size: int = 256  # encoder batch; the random draws always follow the article's batches of 32
 seed: int = 0  # seed of the random test transformations (the article used 0)
-device: str = "cpu"  # "cpu" or "cuda"
-data_root: str = ""  # datasets and caches; "" = $EQUINB_DATA or ~/.cache/equinb
-clip_paths: dict = {}  # backbone name -> local CLIP weight file (TorchScript or state dict); {} = download
-clip_download_root: str = ""  # folder for CLIP downloads; "" = ~/.cache/clip
+device: str = "cpu"  # cpu or cuda
+data_root: str = ""  # folder of datasets and caches; empty means $EQUINB_DATA or ~/.cache/equinb
+clip_paths: dict = {}  # backbone name to a local CLIP weight file (TorchScript or state dict); empty means download
+clip_download_root: str = ""  # folder for CLIP downloads; empty means ~/.cache/clip
 num_workers: int = 0  # DataLoader workers for decoding images (paper profile)
-download: bool = False  # let torchvision download CIFAR100 into data_root (needs internet)
+dataset_options: dict = {}  # per dataset, extra get_dataset options, for example cifar100: download True
 
 # %%
 import pandas as pd
@@ -95,8 +95,8 @@ display(article[article.backbone == "RN50"].pivot_table(
 backbone, head, root, cache_dir = zs.load_zeroshot_model(
     backbones[0], datasets[0], device=device, image_size=image_size, data_root=data_root or None,
     clip_path=clip_paths.get(backbones[0]), clip_download_root=clip_download_root or None,
-    num_workers=num_workers, download=download)
-loader, _ = zs.dataset_batches(backbone, datasets[0], "test", 8, str(root), 0, download)
+    num_workers=num_workers, dataset_options=dataset_options.get(datasets[0]))
+loader, _ = zs.dataset_batches(backbone, datasets[0], "test", 8, str(root), 0, dataset_options.get(datasets[0]))
 x = next(iter(loader))[0].to(device)
 rot90 = get_group("rot90")
 model = torch.nn.Sequential(backbone.encoder, head)
@@ -116,7 +116,8 @@ for name in backbones:
         rows += zs.run_zeroshot(
             name, dataset, transforms=transforms, device=device, batch_size=batch_size, seed=seed,
             image_size=image_size, data_root=str(root), cache_dir=cache_dir, clip_path=clip_paths.get(name),
-            clip_download_root=clip_download_root or None, num_workers=num_workers, download=download,
+            clip_download_root=clip_download_root or None, num_workers=num_workers,
+            dataset_options=dataset_options.get(dataset),
             progress=False)
 ours = pd.DataFrame(rows).assign(profile=profile)
 display(ours.pivot_table(index=["backbone", "dataset", "transform", "method"], columns="reading",
