@@ -358,7 +358,10 @@ def article_fig4():
     ref = ref.assign(dataset=ref.dataset.str.lower(), transform=ref["transform"].replace({"flip": "rot180"}),
                      column=ref.variant + "_" + ref.metric)
     wide = ref.pivot_table(index=["backbone", "dataset", "transform", "method"], columns="column", values="value")
-    return wide.reset_index().rename_axis(columns=None)
+    wide = wide.reset_index().rename_axis(columns=None)
+    order = {name: i for i, name in enumerate(("RN50", "RN101", "ViT-B/32", "ViT-B/16"))}  # the article's order
+    return wide.sort_values(["backbone", "dataset", "transform", "method"], key=lambda col: col.map(order)
+                            if col.name == "backbone" else col, ignore_index=True)
 
 
 def compare_fig4(ours, article):
