@@ -1,0 +1,514 @@
+"""Training engine for lambda-equitune: cached prefinetuning, finetuning, evaluation, selection.
+
+The article's protocol (spec of its code, Vlasenko et al. sec. 4.1) has two stages:
+
+1. *prefinetune*: only the lambda network is trained (SGD, ``prelr``) for ``rounds x steps`` steps; before
+   each round the network is evaluated on a selection set and the best copy is kept;
+2. *finetune*: the backbone (and, in the updated code, the lambda network) is trained (SGD, ``lr``).
+
+The backbone is frozen during prefinetuning, and a random group transformation of a batch only permutes
+its views. So prefinetuning on *cached* per-view features is exact: the same losses and gradients as the
+full forward (``tests/test_train.py`` checks this), for a fraction of the cost.
+
+Inputs of the engine are *per-view inputs* ``[N, G, ...]``: the orbit of each image (computed on the fly
+from images) or the cached output of a frozen prefix of the backbone for every view. A trainable
+``trunk`` maps them to embeddings; the embeddings are L2-normalised as CLIP's are; a fixed linear ``head``
+(CLIP's text head, or a stand-in) gives logits.
+
+Every as-published quirk is a field of ``TrainConfig`` with its default stated; ``TrainConfig.original()``
+and ``TrainConfig.updated()`` give the article's two code versions.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from .groups import Group
+from .wrappers import LambdaEquitune
+
+__all__ = ["TrainConfig", "ViewData", "LambdaModel", "batch_schedule", "extract_view_features", "evaluate",
+           "prefinetune", "finetune", "train_step_loss"]
+
+Tensor = torch.Tensor
+
+_CHOICES = {
+    "lambda_input": ("trainable", "frozen_copy"),
+    "finetune_params": ("backbone", "backbone+lambda"),
+    "data_order": ("restart", "shuffle"),
+    "selection": ("train_first_batches", "heldout"),
+    "param_dtype": ("fp32", "fp16_inplace"),
+    "normalisation": ("none", "softmax", "sum"),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters and as-published options of lambda-equitune training (defaults: the updated code).
+
+    Attributes:
+        prefinetune_rounds, prefinetune_steps: 20 x 100 (article).
+        prelr: SGD learning rate of the lambda network in prefinetuning, 0.33 (article, CIFAR100).
+        finetune_rounds, finetune_steps: 8 x 500 (article).
+        lr: finetuning learning rate: 5e-8 (updated code); the original code used 5e-7.
+        momentum: SGD momentum, 0.9 (no weight decay, no schedule, state kept across rounds).
+        batch_size: 32.
+        softmax_before_loss: as published in the original code: mean of per-view *probabilities*, then
+            cross-entropy (a double softmax). Updated code: False.
+        lambda_input: ``"frozen_copy"`` (original: lambda sees a frozen copy of the backbone) or
+            ``"trainable"`` (updated: lambda sees the trainable backbone's features).
+        finetune_params: ``"backbone"`` (original) or ``"backbone+lambda"`` (updated).
+        data_order: ``"restart"`` (as published: an unshuffled loader restarted every round, so only the
+            first ``steps`` batches are ever seen, and a round ends early when the data run out) or
+            ``"shuffle"`` (shuffled epochs that continue across rounds).
+        selection: ``"train_first_batches"`` (as published: the first ``selection_batches`` training
+            batches, a subset of what prefinetuning trains on) or ``"heldout"`` (a held-out split).
+        selection_batches: 50.
+        dropout_in_eval: as published, the lambda network's dropout stays active in every evaluation.
+        param_dtype: ``"fp16_inplace"`` (as published on CUDA: SGD updates fp16 weights in place, so tiny
+            updates round away) or ``"fp32"``.
+        logit_factor: multiplies the cosine logits, 1.0 (article).
+        normalisation: lambda normalisation, ``"none"`` in the invariant code.
+        seed: seeds data order, dropout and the per-batch random group element.
+    """
+
+    prefinetune_rounds: int = 20
+    prefinetune_steps: int = 100
+    prelr: float = 0.33
+    finetune_rounds: int = 8
+    finetune_steps: int = 500
+    lr: float = 5e-8
+    momentum: float = 0.9
+    batch_size: int = 32
+    softmax_before_loss: bool = False
+    lambda_input: str = "trainable"
+    finetune_params: str = "backbone+lambda"
+    data_order: str = "restart"
+    selection: str = "train_first_batches"
+    selection_batches: int = 50
+    dropout_in_eval: bool = True
+    param_dtype: str = "fp32"
+    logit_factor: float = 1.0
+    normalisation: str = "none"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, valid in _CHOICES.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is not valid; choose one of {valid}")
+        for name in ("prefinetune_rounds", "prefinetune_steps", "finetune_rounds", "finetune_steps"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "selection_batches"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("prelr", "lr", "momentum"):
+            if not float(getattr(self, name)) >= 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def original(cls, **overrides) -> "TrainConfig":
+        """The article's "original code": double softmax, frozen-copy lambda input, lr 5e-7, backbone only."""
+        return replace(cls(softmax_before_loss=True, lambda_input="frozen_copy", finetune_params="backbone", lr=5e-7),
+                       **overrides)
+
+    @classmethod
+    def updated(cls, **overrides) -> "TrainConfig":
+        """The article's "updated code": no softmax, trainable lambda input, lr 5e-8, backbone + lambda."""
+        return replace(cls(), **overrides)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ViewData:
+    """Per-view inputs of a split and their labels.
+
+    ``inputs`` [N, G, ...]: view k of image i is the input of ``g_k x_i`` (images, or cached outputs of a
+    frozen prefix of the backbone). ``labels`` [N].
+    """
+
+    inputs: Tensor
+    labels: Tensor
+
+    def __post_init__(self) -> None:
+        if self.inputs.ndim < 3 or self.inputs.shape[0] != self.labels.shape[0]:
+            raise ValueError(f"ViewData needs inputs [N, G, ...] and labels [N]; got {tuple(self.inputs.shape)} "
+                             f"and {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batch(self, index: Tensor, element: int | None = None, group: Group | None = None) -> tuple[Tensor, Tensor]:
+        """Inputs of ``index`` after the random group element ``element``: view j of g x is view j*g of x."""
+        views = self.inputs[index]
+        if element:
+            views = views[:, [group.compose(j, element) for j in range(group.order)]]
+        return views, self.labels[index]
+
+    def select_views(self, columns: list[int]) -> "ViewData":
+        """The same data restricted to some views (e.g. rot180's views 0 and 2 out of rot90's four)."""
+        return ViewData(self.inputs[:, columns], self.labels)
+
+    def subset(self, index: Tensor) -> "ViewData":
+        return ViewData(self.inputs[index], self.labels[index])
+
+
+class ImageViewData(ViewData):
+    """Per-view inputs built on the fly from images: ``batch`` returns the orbit of the (transformed) images.
+
+    For data too large to hold as views (CIFAR100 at 224 px). ``prepare`` maps a raw image batch to the
+    backbone's input (e.g. resize and normalise on the GPU). Shapes: images [N, C, H, W] -> views [B, G, ...].
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, group: Group,
+                 prepare: Callable[[Tensor], Tensor] | None = None) -> None:
+        if images.ndim != 4 or images.shape[0] != labels.shape[0]:
+            raise ValueError(f"ImageViewData needs images [N, C, H, W] and labels [N]; got {tuple(images.shape)}")
+        self.inputs, self.labels, self.group, self.prepare = images, labels, group, prepare
+
+    def batch(self, index: Tensor, element: int | None = None, group: Group | None = None) -> tuple[Tensor, Tensor]:
+        x = self.inputs[index]
+        x = self.prepare(x) if self.prepare is not None else x
+        if element:
+            x = self.group.act(x, element)
+        return self.group.orbit(x), self.labels[index]
+
+
+class LambdaModel(nn.Module):
+    """Trainable trunk + lambda network + fixed head, on per-view inputs (the invariant lambda-equitune).
+
+    ``f_k = normalise(trunk(v_k))`` for each view input ``v_k``; lambda from ``f_k`` (or from the frozen
+    copy's features, ``lambda_feats``); logits as ``LambdaEquitune.combine`` (``normalisation="none"``:
+    ``mean_k logit_factor * head(lambda_k f_k)``, with a softmax per view first if ``softmax_before_loss``).
+
+    Shapes: views [B, G, ...] -> logits [B, K]; lambda [B, G].
+    """
+
+    def __init__(self, trunk: nn.Module, weight_net: nn.Module, head: nn.Module, group: Group,
+                 config: TrainConfig) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.combiner = LambdaEquitune(nn.Identity(), group, weight_net, head=head.requires_grad_(False),
+                                       normalisation=config.normalisation, output_softmax=config.softmax_before_loss,
+                                       logit_factor=config.logit_factor, dropout_in_eval=config.dropout_in_eval)
+        self.group, self.config = group, config
+
+    @property
+    def weight_net(self) -> nn.Module:
+        return self.combiner.weight_net
+
+    def features(self, views: Tensor) -> Tensor:
+        """Shapes: views [B, G, ...] -> normalised embeddings [B, G, D] (float32)."""
+        b, g = views.shape[:2]
+        dtype = next(self.trunk.parameters(), torch.empty(0)).dtype
+        feats = self.trunk(views.flatten(0, 1).to(dtype)).float()
+        return nn.functional.normalize(feats, dim=-1).reshape(b, g, -1)
+
+    def forward(self, views: Tensor, lambda_feats: Tensor | None = None, feats: Tensor | None = None,
+                return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        feats = self.features(views) if feats is None else feats
+        weights = self.combiner.view_weights(feats if lambda_feats is None else lambda_feats)
+        out = self.combiner.combine(feats, weights)
+        return (out, weights) if return_weights else out
+
+    def train(self, mode: bool = True) -> "LambdaModel":
+        super().train(mode)
+        self.combiner.train(mode)  # keeps dropout on in evaluation when dropout_in_eval
+        # as published, the backbone is never put in training mode: BatchNorm keeps its running statistics
+        self.trunk.eval()
+        return self
+
+
+def batch_schedule(n: int, batch_size: int, rounds: int, steps: int, order: str, seed: int) -> list[list[Tensor]]:
+    """Index batches of every round.
+
+    ``restart``: every round restarts an unshuffled loader: batches 0..steps-1 of the data in order (fewer
+    when the data run out, as ``islice`` over a fresh iterator does). ``shuffle``: shuffled epochs that
+    continue across rounds, ``steps`` batches per round (the last batch of an epoch may be short).
+    """
+    starts = range(0, n, batch_size)
+    if order == "restart":
+        batches = [torch.arange(s, min(s + batch_size, n)) for s in starts][:steps]
+        return [batches for _ in range(rounds)]
+    if order != "shuffle":
+        raise ValueError(f"unknown data order {order!r}; valid: 'restart', 'shuffle'")
+    gen = torch.Generator().manual_seed(seed)
+
+    def epochs() -> Iterator[Tensor]:
+        while True:
+            perm = torch.randperm(n, generator=gen)
+            yield from (perm[s:s + batch_size] for s in starts)
+
+    stream = epochs()
+    return [list(itertools.islice(stream, steps)) for _ in range(rounds)]
+
+
+@torch.no_grad()
+def extract_view_features(trunk: Callable[[Tensor], Tensor], data: ViewData, batch_size: int = 256,
+                          device: str | torch.device = "cpu", progress: bool = False) -> Tensor:
+    """Run a frozen trunk once on every view. Shapes: views [N, G, ...] -> outputs [N, G, ...] (CPU)."""
+    from tqdm import tqdm
+
+    outs = []
+    for start in tqdm(range(0, len(data), batch_size), desc="features", disable=not progress, ascii=True):
+        chunk, _ = data.batch(torch.arange(start, min(start + batch_size, len(data))))
+        b, g = chunk.shape[:2]
+        out = trunk(chunk.to(device).flatten(0, 1))
+        outs.append(out.reshape(b, g, *out.shape[1:]).cpu())
+    return torch.cat(outs)
+
+
+def _draw_elements(n_batches: int, order: int, rng: np.random.RandomState) -> list[int]:
+    """The article's random transformation: one group element per batch (``np.random.randint``)."""
+    return [int(rng.randint(0, order)) for _ in range(n_batches)]
+
+
+def train_step_loss(model: LambdaModel, views: Tensor, labels: Tensor, lambda_feats: Tensor | None = None,
+                    feats: Tensor | None = None) -> Tensor:
+    """Cross-entropy of one batch (``softmax_before_loss``: the article's CE applied to probabilities)."""
+    return nn.functional.cross_entropy(model(views, lambda_feats=lambda_feats, feats=feats), labels)
+
+
+def evaluate(model: LambdaModel, data: ViewData, batch_size: int = 256, feats: Tensor | None = None,
+             lambda_feats: Tensor | None = None, max_batches: int | None = None, seed: int = 0) -> float:
+    """Top-1 accuracy (%) in eval mode (the lambda network's dropout stays on if ``dropout_in_eval``).
+
+    ``feats``: cached normalised features [N, G, D] of ``data`` (a frozen trunk); else the trunk runs.
+    ``lambda_feats``: what lambda sees (the frozen copy's cached features); default: the features.
+    ``max_batches``: only the first batches (the article's selection set). Seeded for the dropout.
+    """
+    was_training = model.training
+    model.eval()
+    correct, total = 0, 0
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i, start in enumerate(range(0, len(data), batch_size)):
+            if max_batches is not None and i >= max_batches:
+                break
+            index = torch.arange(start, min(start + batch_size, len(data)))
+            views, labels = data.batch(index)
+            f = feats[index] if feats is not None else model.features(views)
+            logits = model(views, lambda_feats=None if lambda_feats is None else lambda_feats[index], feats=f)
+            correct += int((logits.argmax(-1) == labels).sum())
+            total += len(index)
+    model.train(was_training)
+    return 100.0 * correct / max(total, 1)
+
+
+def _sgd(params, lr: float, momentum: float) -> torch.optim.SGD:
+    return torch.optim.SGD([p for p in params if p.requires_grad], lr=lr, momentum=momentum)
+
+
+def prefinetune(model: LambdaModel, train_feats: Tensor, train_labels: Tensor, select_feats: Tensor,
+                select_labels: Tensor, config: TrainConfig, progress: bool = False) -> tuple[dict, list[dict]]:
+    """Train only the lambda network on cached normalised features; keep the best by selection accuracy.
+
+    The backbone is frozen here, so its features are cached ([N, G, D]); a random group element per batch
+    permutes the views exactly as the full forward would. As published, the selection accuracy is
+    computed *before* each round, so the last round's training is never eligible.
+
+    Returns the best lambda-network state and a tidy history (round, step, loss, select_top1).
+    """
+    from tqdm import tqdm
+
+    torch.manual_seed(config.seed)
+    rng = np.random.RandomState(config.seed)
+    opt = _sgd(model.weight_net.parameters(), config.prelr, config.momentum)
+    schedule = batch_schedule(len(train_labels), config.batch_size, config.prefinetune_rounds,
+                              config.prefinetune_steps, config.data_order, config.seed)
+    train = ViewData(train_feats, train_labels)
+    select = ViewData(select_feats, select_labels)
+    max_sel = config.selection_batches if config.selection == "train_first_batches" else None
+    best, best_state, history, step = -1.0, copy.deepcopy(model.weight_net.state_dict()), [], 0
+    for r, batches in enumerate(tqdm(schedule, desc="prefinetune", disable=not progress, ascii=True)):
+        acc = evaluate(model, select, config.batch_size, feats=select_feats, max_batches=max_sel,
+                       seed=config.seed + r)
+        history.append(dict(stage="prefinetune", round=r, step=step, select_top1=acc))
+        if acc > best:
+            best, best_state = acc, copy.deepcopy(model.weight_net.state_dict())
+        model.train()
+        for index, element in zip(batches, _draw_elements(len(batches), model.group.order, rng)):
+            feats, labels = train.batch(index, element, model.group)
+            loss = train_step_loss(model, None, labels, lambda_feats=feats, feats=feats)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            history.append(dict(stage="prefinetune", round=r, step=step, loss=loss.item()))
+    return best_state, history
+
+
+def finetune(model: LambdaModel, train: ViewData, test: ViewData, config: TrainConfig,
+             train_lambda_feats: Tensor | None = None, test_lambda_feats: Tensor | None = None,
+             eval_every_round: bool = True, progress: bool = False) -> list[dict]:
+    """Finetune the trunk (and the lambda network for ``backbone+lambda``) with the full forward.
+
+    ``*_lambda_feats``: cached features of the frozen copy [N, G, D] that feed lambda when
+    ``lambda_input="frozen_copy"`` (the frozen copy never changes, so caching it is exact).
+    ``param_dtype="fp16_inplace"`` casts the trunk to fp16 before training, as CLIP is on CUDA.
+
+    Returns a tidy history (stage, round, step, loss, test_top1).
+    """
+    from tqdm import tqdm
+
+    if config.lambda_input == "frozen_copy" and (train_lambda_feats is None or test_lambda_feats is None):
+        raise ValueError("lambda_input='frozen_copy' needs the frozen copy's cached features "
+                         "(train_lambda_feats and test_lambda_feats)")
+    if config.param_dtype == "fp16_inplace":
+        model.trunk.half()
+    torch.manual_seed(config.seed)
+    rng = np.random.RandomState(config.seed + 1)
+    params = list(model.trunk.parameters())
+    if config.finetune_params == "backbone+lambda":
+        params += list(model.weight_net.parameters())
+    opt = _sgd(params, config.lr, config.momentum)
+    schedule = batch_schedule(len(train), config.batch_size, config.finetune_rounds, config.finetune_steps,
+                              config.data_order, config.seed)
+    history, step = [], 0
+    for r, batches in enumerate(tqdm(schedule, desc="finetune", disable=not progress, ascii=True)):
+        model.train()
+        for index, element in zip(batches, _draw_elements(len(batches), model.group.order, rng)):
+            views, labels = train.batch(index, element, model.group)
+            lam = None
+            if train_lambda_feats is not None and config.lambda_input == "frozen_copy":
+                lam = ViewData(train_lambda_feats, train.labels).batch(index, element, model.group)[0]
+            feats = model.features(views)
+            loss = train_step_loss(model, views, labels, lambda_feats=feats if lam is None else lam, feats=feats)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            history.append(dict(stage="finetune", round=r, step=step, loss=loss.item()))
+        if eval_every_round or r == len(schedule) - 1:
+            frozen = test_lambda_feats if config.lambda_input == "frozen_copy" else None
+            acc = evaluate(model, test, lambda_feats=frozen, seed=config.seed)
+            history.append(dict(stage="finetune", round=r, step=step, test_top1=acc))
+    return history
+
+
+# ------------------------------------------------------------------------------------------ experiments
+
+
+@dataclass
+class LambdaSetup:
+    """Everything an invariant lambda-equitune run needs, built once and shared by all configurations.
+
+    Attributes:
+        group: the group of the views (and of the random training transformation).
+        make_trunk: returns a fresh trainable copy of the trunk (finetuning changes it).
+        head: the fixed linear head on normalised embeddings (CLIP's text head, or its stand-in).
+        train, test: per-view trunk inputs.
+        train_feats, test_feats: normalised embeddings of every view under the frozen model [N, G, D]:
+            the exact cache used by prefinetuning and by the frozen-copy lambda input.
+        description: what the trunk, head and data are (printed by the chapters).
+    """
+
+    group: Group
+    make_trunk: Callable[[], nn.Module]
+    head: nn.Module
+    train: ViewData
+    test: ViewData
+    train_feats: Tensor
+    test_feats: Tensor
+    description: str = ""
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.train_feats.shape[-1])
+
+    def restricted(self, group: Group, columns: list[int]) -> "LambdaSetup":
+        """The same setup on a subgroup whose elements are the views ``columns`` (no recomputation)."""
+        pick = lambda data: data.select_views(columns)  # noqa: E731
+        return replace(self, group=group, train=pick(self.train), test=pick(self.test),
+                       train_feats=self.train_feats[:, columns], test_feats=self.test_feats[:, columns])
+
+
+def small_lambda_setup(group: Group, *, image_size: int = 64, split_block: int = 16, cache_dir=None,
+                       progress: bool = False) -> LambdaSetup:
+    """The small profile: frozen MobileNetV2 blocks 0..split_block-1 cached per view; the rest is trainable.
+
+    The head is a linear layer fitted on the normalised embeddings of the upright training digits (it
+    stands in for CLIP's text head and is never trained). Caches are keyed by everything that changes them.
+    """
+    from .backbones import load_backbone
+    from .data import data_root, load_digits
+    from .report import cache_key, load_or_compute, module_fingerprint
+    from .zeroshot import fit_linear_head
+
+    backbone = load_backbone("mobilenet_v2", input_size=image_size)
+    model = backbone.model.eval().requires_grad_(False)
+    prefix = model.features[:split_block]
+    suffix = nn.Sequential(model.features[split_block:], nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    cache_dir = data_root() / "cache" if cache_dir is None else cache_dir
+    key = cache_key(kind="lambda_small", weights=module_fingerprint(model), size=image_size, split=split_block,
+                    elements=group.elements)
+    splits = {s: load_digits(s, image_size, backbone.mean, backbone.std) for s in ("train", "test")}
+
+    def compute() -> dict:
+        out = {}
+        for split, ds in splits.items():
+            images = ViewData(group.orbit(ds.tensors[0]), ds.tensors[1])
+            maps = extract_view_features(prefix, images, progress=progress)
+            feats = extract_view_features(lambda v: nn.functional.normalize(suffix(v), dim=-1), ViewData(maps, ds.tensors[1]))
+            out[f"{split}_maps"], out[f"{split}_feats"] = maps, feats
+        return out
+
+    cached = load_or_compute(Path(cache_dir) / f"lambda_small_{key}.pt", compute)
+    labels = {s: ds.tensors[1] for s, ds in splits.items()}
+    head = fit_linear_head(cached["train_feats"][:, 0], labels["train"])  # upright views only
+
+    def make_trunk() -> nn.Module:
+        return copy.deepcopy(suffix).requires_grad_(True)
+
+    return LambdaSetup(
+        group=group, make_trunk=make_trunk, head=head,
+        train=ViewData(cached["train_maps"], labels["train"]), test=ViewData(cached["test_maps"], labels["test"]),
+        train_feats=cached["train_feats"], test_feats=cached["test_feats"],
+        description=(f"MobileNetV2 (ImageNet weights) at {image_size} px on digits; blocks 0-{split_block - 1} frozen "
+                     f"and cached per view, blocks {split_block}-18 finetuned; linear head fitted on upright digits"),
+    )
+
+
+def run_lambda_equitune(setup: LambdaSetup, config: TrainConfig, *, progress: bool = False,
+                        heldout_fraction: float = 0.2) -> tuple[dict, list[dict], dict]:
+    """Prefinetune (cached), select the best lambda network, evaluate, finetune, evaluate.
+
+    Returns ``(row, history, weight_net_state)`` with row keys ``prefinetune_top1`` (the article's
+    "Prefinetune": the selected lambda network on the full test set) and ``finetune_top1`` (after the last
+    finetuning round), in percent.
+    """
+    from .weighting import EmbeddingWeightNet
+
+    torch.manual_seed(config.seed)
+    weight_net = EmbeddingWeightNet(setup.embed_dim)
+    model = LambdaModel(setup.make_trunk(), weight_net, setup.head, setup.group, config)
+    labels = setup.train.labels
+    if config.selection == "heldout":  # a fixed held-out part of the training split, never trained on
+        n_sel = max(1, int(round(heldout_fraction * len(labels))))
+        perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(config.seed))
+        sel, fit = perm[:n_sel], perm[n_sel:]
+        train_feats, train_labels = setup.train_feats[fit], labels[fit]
+        sel_feats, sel_labels = setup.train_feats[sel], labels[sel]
+        train = setup.train.subset(fit)
+    else:
+        train_feats, train_labels, sel_feats, sel_labels = setup.train_feats, labels, setup.train_feats, labels
+        train = setup.train
+    best, history = prefinetune(model, train_feats, train_labels, sel_feats, sel_labels, config, progress)
+    model.weight_net.load_state_dict(best)
+    pre = evaluate(model, setup.test, feats=setup.test_feats, seed=config.seed)
+    history.append(dict(stage="prefinetune", round=config.prefinetune_rounds, step=None, test_top1=pre))
+    history += finetune(model, train, setup.test, config, train_lambda_feats=setup.train_feats[
+        fit] if config.selection == "heldout" else setup.train_feats, test_lambda_feats=setup.test_feats,
+        progress=progress)
+    tests = [h["test_top1"] for h in history if h["stage"] == "finetune" and "test_top1" in h]
+    row = dict(prefinetune_top1=pre, finetune_top1=tests[-1] if tests else pre)
+    return row, history, copy.deepcopy(model.weight_net.state_dict())

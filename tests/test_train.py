@@ -1,0 +1,208 @@
+"""The lambda-equitune training engine: exact caching, frozen parts, each as-published option, seeding."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from equinb.groups import get_group
+from equinb.train import (
+    LambdaModel,
+    LambdaSetup,
+    TrainConfig,
+    ViewData,
+    batch_schedule,
+    evaluate,
+    extract_view_features,
+    finetune,
+    prefinetune,
+    run_lambda_equitune,
+    train_step_loss,
+)
+from equinb.weighting import EmbeddingWeightNet
+
+D, K, N = 6, 4, 40
+
+
+def _trunk(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 8 * 8, D))
+
+
+def _setup(group_name: str = "rot90") -> LambdaSetup:
+    group = get_group(group_name)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(N, 3, 8, 8, generator=gen)
+    labels = torch.randint(0, K, (N,), generator=gen)
+    trunk = _trunk().requires_grad_(False)
+    train = ViewData(group.orbit(images[:30]), labels[:30])
+    test = ViewData(group.orbit(images[30:]), labels[30:])
+    feats = lambda data: extract_view_features(lambda v: nn.functional.normalize(trunk(v), dim=-1), data)  # noqa: E731
+    torch.manual_seed(1)
+    head = nn.Linear(D, K).requires_grad_(False)
+    return LambdaSetup(group, lambda: copy.deepcopy(trunk).requires_grad_(True), head, train, test, feats(train),
+                       feats(test), "toy")
+
+
+def _model(setup: LambdaSetup, config: TrainConfig) -> LambdaModel:
+    torch.manual_seed(3)
+    return LambdaModel(setup.make_trunk(), EmbeddingWeightNet(D, hidden=5), setup.head, setup.group, config)
+
+
+SMALL = dict(prefinetune_rounds=3, prefinetune_steps=4, finetune_rounds=2, finetune_steps=3, batch_size=8,
+             selection_batches=2, lr=0.05, prelr=0.1)
+
+
+@pytest.mark.parametrize("group_name", ["rot90", "d4"])
+@pytest.mark.parametrize("config", [TrainConfig.original(), TrainConfig.updated()])
+def test_cached_prefinetune_step_equals_full_forward(config: TrainConfig, group_name: str) -> None:
+    """Loss and lambda gradients from cached per-view features equal those of the full forward."""
+    setup = _setup(group_name)
+    model = _model(setup, config).train()
+    index, element = torch.arange(8), 5 if group_name == "d4" else 3
+    views, labels = setup.train.batch(index, element, setup.group)
+    # full forward: the random group element applied to the images, then the orbit through the trunk
+    images = setup.train.inputs[index, 0]
+    full_views = setup.group.orbit(setup.group.act(images, element))
+    torch.testing.assert_close(full_views, views)
+    torch.manual_seed(7)
+    full = train_step_loss(model, full_views, labels)
+    full.backward()
+    grads_full = [p.grad.clone() for p in model.weight_net.parameters()]
+    model.zero_grad()
+    cached, _ = ViewData(setup.train_feats, setup.train.labels).batch(index, element, setup.group)
+    torch.manual_seed(7)  # same dropout masks
+    loss = train_step_loss(model, None, labels, lambda_feats=cached, feats=cached)
+    loss.backward()
+    torch.testing.assert_close(loss, full)
+    for g_cached, g_full in zip([p.grad for p in model.weight_net.parameters()], grads_full):
+        torch.testing.assert_close(g_cached, g_full)
+
+
+def test_prefinetune_never_touches_the_backbone_and_finetune_respects_its_parameter_set() -> None:
+    setup = _setup()
+    for finetune_params in ("backbone", "backbone+lambda"):
+        config = TrainConfig.updated(finetune_params=finetune_params, **SMALL)
+        model = _model(setup, config)
+        trunk0, lam0 = copy.deepcopy(model.trunk.state_dict()), copy.deepcopy(model.weight_net.state_dict())
+        best, _ = prefinetune(model, setup.train_feats, setup.train.labels, setup.train_feats, setup.train.labels,
+                              config)
+        assert all(torch.equal(v, model.trunk.state_dict()[k]) for k, v in trunk0.items())
+        assert any(not torch.equal(v, model.weight_net.state_dict()[k]) for k, v in lam0.items())
+        model.weight_net.load_state_dict(best)
+        lam1 = copy.deepcopy(model.weight_net.state_dict())
+        finetune(model, setup.train, setup.test, config, train_lambda_feats=setup.train_feats,
+                 test_lambda_feats=setup.test_feats)
+        assert any(not torch.equal(v, model.trunk.state_dict()[k]) for k, v in trunk0.items())
+        lambda_changed = any(not torch.equal(v, model.weight_net.state_dict()[k]) for k, v in lam1.items())
+        assert lambda_changed == (finetune_params == "backbone+lambda")
+        assert not any(p.requires_grad for p in setup.head.parameters())
+
+
+def test_softmax_before_loss_is_the_double_softmax() -> None:
+    setup = _setup()
+    feats = setup.train_feats[:8]
+    labels = setup.train.labels[:8]
+    for softmax in (False, True):
+        model = _model(setup, TrainConfig.updated(softmax_before_loss=softmax)).eval()
+        model.combiner.weight_net.eval()
+        lam = model.weight_net(feats)
+        per_view = setup.head(lam[..., None] * feats)  # [B, G, K]
+        expected = (torch.softmax(per_view, -1) if softmax else per_view).mean(1)
+        loss = train_step_loss(model, None, labels, lambda_feats=feats, feats=feats)
+        torch.testing.assert_close(loss, nn.functional.cross_entropy(expected, labels))
+
+
+def test_lambda_input_frozen_copy_ignores_the_trainable_features() -> None:
+    setup = _setup()
+    feats = setup.train_feats[:8]
+    model = _model(setup, TrainConfig.original(dropout_in_eval=False)).eval()
+    moved = feats + 0.5
+    _, w_frozen = model(None, lambda_feats=feats, feats=moved, return_weights=True)
+    _, w_trainable = model(None, feats=moved, return_weights=True)
+    torch.testing.assert_close(w_frozen, model.weight_net(feats))
+    assert not torch.allclose(w_frozen, w_trainable)
+    with pytest.raises(ValueError, match="frozen copy"):
+        finetune(model, setup.train, setup.test, TrainConfig.original(**SMALL))
+
+
+def test_data_order_and_selection() -> None:
+    restart = batch_schedule(30, 8, rounds=3, steps=10, order="restart", seed=0)
+    assert len(restart[0]) == 4  # a round ends when the unshuffled loader runs out (30 images, batch 8)
+    assert all(torch.equal(a, b) for a, b in zip(restart[0], restart[2]))  # every round restarts at batch 0
+    first = batch_schedule(100, 8, rounds=2, steps=3, order="restart", seed=0)
+    assert torch.equal(torch.cat(first[0]), torch.arange(24))  # only the first steps * batch images are seen
+    shuffled = batch_schedule(30, 8, rounds=3, steps=10, order="shuffle", seed=0)
+    assert len(shuffled[0]) == 10 and not torch.equal(shuffled[0][0], shuffled[1][0])
+    seen = torch.cat([i for r in shuffled for i in r])
+    assert set(seen.tolist()) == set(range(30))
+    with pytest.raises(ValueError, match="data order"):
+        batch_schedule(30, 8, 1, 1, "random", 0)
+
+
+def test_dropout_in_eval_makes_evaluation_stochastic() -> None:
+    setup = _setup()
+    on = _model(setup, TrainConfig.updated(dropout_in_eval=True))
+    off = _model(setup, TrainConfig.updated(dropout_in_eval=False))
+    accs_on = {evaluate(on, setup.train, feats=setup.train_feats, seed=s) for s in range(6)}
+    accs_off = {evaluate(off, setup.train, feats=setup.train_feats, seed=s) for s in range(6)}
+    assert len(accs_off) == 1 and len(accs_on) > 1
+
+
+def test_fp16_inplace_rounds_away_tiny_updates() -> None:
+    """As published on CUDA: SGD on fp16 weights in place; an update below half an ULP changes nothing."""
+    for dtype, changes in ((torch.float16, False), (torch.float32, True)):
+        layer = nn.Linear(4, 1).to(dtype)
+        with torch.no_grad():
+            layer.weight.fill_(0.5)
+        before = layer.weight.clone()
+        opt = torch.optim.SGD(layer.parameters(), lr=5e-8, momentum=0.9)
+        layer(torch.ones(1, 4, dtype=dtype)).sum().backward()
+        opt.step()
+        assert (not torch.equal(layer.weight, before)) == changes
+    setup = _setup()
+    config = TrainConfig.updated(param_dtype="fp16_inplace", **SMALL)
+    model = _model(setup, config)
+    finetune(model, setup.train, setup.test, replace_steps(config), train_lambda_feats=setup.train_feats,
+             test_lambda_feats=setup.test_feats)
+    assert all(p.dtype == torch.float16 for p in model.trunk.parameters())
+
+
+def replace_steps(config: TrainConfig) -> TrainConfig:
+    from dataclasses import replace
+
+    return replace(config, finetune_rounds=1, finetune_steps=1)
+
+
+def test_seeded_runs_are_identical_and_heldout_selection_runs() -> None:
+    setup = _setup()
+    config = TrainConfig.updated(**SMALL)
+    a = run_lambda_equitune(setup, config)
+    b = run_lambda_equitune(setup, config)
+    assert a[0] == b[0] and a[1] == b[1]
+    for k in a[2]:
+        assert torch.equal(a[2][k], b[2][k])
+    row, history, _ = run_lambda_equitune(setup, TrainConfig.updated(selection="heldout", **SMALL))
+    assert set(row) == {"prefinetune_top1", "finetune_top1"}
+    assert any("select_top1" in h for h in history)
+
+
+def test_subgroup_setup_reuses_views() -> None:
+    setup = _setup("rot90")
+    rot180 = setup.restricted(get_group("rot180"), [0, 2])
+    assert rot180.train.inputs.shape[1] == 2 and rot180.train_feats.shape[1] == 2
+    torch.testing.assert_close(rot180.train.inputs[:, 1], get_group("rot180").act(setup.train.inputs[:, 0], 1))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("lambda_input", "copy", "lambda_input"), ("data_order", "random", "data_order"),
+     ("param_dtype", "bf16", "param_dtype"), ("selection", "test", "selection"),
+     ("batch_size", 0, "batch_size"), ("lr", -1.0, "lr"), ("prefinetune_rounds", -1, "prefinetune_rounds")],
+)
+def test_bad_configuration_fails_early(field: str, value, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
