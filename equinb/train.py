@@ -154,8 +154,8 @@ class ViewData:
             views = views[:, [group.compose(j, element) for j in range(group.order)]]
         return views, self.labels[index]
 
-    def select_views(self, columns: list[int]) -> "ViewData":
-        """The same data restricted to some views (e.g. rot180's views 0 and 2 out of rot90's four)."""
+    def restrict(self, group: Group, columns: list[int]) -> "ViewData":
+        """The same data on a subgroup whose elements are the views ``columns`` (rot180 = views 0, 2 of rot90)."""
         return ViewData(self.inputs[:, columns], self.labels)
 
     def subset(self, index: Tensor) -> "ViewData":
@@ -174,6 +174,12 @@ class ImageViewData(ViewData):
         if images.ndim != 4 or images.shape[0] != labels.shape[0]:
             raise ValueError(f"ImageViewData needs images [N, C, H, W] and labels [N]; got {tuple(images.shape)}")
         self.inputs, self.labels, self.group, self.prepare = images, labels, group, prepare
+
+    def restrict(self, group: Group, columns: list[int]) -> "ImageViewData":
+        return ImageViewData(self.inputs, self.labels, group, self.prepare)
+
+    def subset(self, index: Tensor) -> "ImageViewData":
+        return ImageViewData(self.inputs[index], self.labels[index], self.group, self.prepare)
 
     def batch(self, index: Tensor, element: int | None = None, group: Group | None = None) -> tuple[Tensor, Tensor]:
         x = self.inputs[index]
@@ -210,11 +216,17 @@ class LambdaModel(nn.Module):
         """Shapes: views [B, G, ...] -> normalised embeddings [B, G, D] (float32)."""
         b, g = views.shape[:2]
         dtype = next(self.trunk.parameters(), torch.empty(0)).dtype
-        feats = self.trunk(views.flatten(0, 1).to(dtype)).float()
+        feats = self.trunk(views.to(self.device).flatten(0, 1).to(dtype)).float()
         return nn.functional.normalize(feats, dim=-1).reshape(b, g, -1)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.combiner.head.parameters()).device
 
     def forward(self, views: Tensor, lambda_feats: Tensor | None = None, feats: Tensor | None = None,
                 return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        move = lambda t: None if t is None else t.to(self.device, non_blocking=True)  # noqa: E731
+        views, lambda_feats, feats = move(views), move(lambda_feats), move(feats)
         feats = self.features(views) if feats is None else feats
         weights = self.combiner.view_weights(feats if lambda_feats is None else lambda_feats)
         out = self.combiner.combine(feats, weights)
@@ -275,14 +287,17 @@ def _draw_elements(n_batches: int, order: int, rng: np.random.RandomState) -> li
 def train_step_loss(model: LambdaModel, views: Tensor, labels: Tensor, lambda_feats: Tensor | None = None,
                     feats: Tensor | None = None) -> Tensor:
     """Cross-entropy of one batch (``softmax_before_loss``: the article's CE applied to probabilities)."""
-    return nn.functional.cross_entropy(model(views, lambda_feats=lambda_feats, feats=feats), labels)
+    logits = model(views, lambda_feats=lambda_feats, feats=feats)
+    return nn.functional.cross_entropy(logits, labels.to(logits.device))
 
 
 def evaluate(model: LambdaModel, data: ViewData, batch_size: int = 256, feats: Tensor | None = None,
-             lambda_feats: Tensor | None = None, max_batches: int | None = None, seed: int = 0) -> float:
+             lambda_feats: Tensor | None = None, max_batches: int | None = None, seed: int = 0,
+             data_are_features: bool = False) -> float:
     """Top-1 accuracy (%) in eval mode (the lambda network's dropout stays on if ``dropout_in_eval``).
 
-    ``feats``: cached normalised features [N, G, D] of ``data`` (a frozen trunk); else the trunk runs.
+    ``feats``: cached normalised features [N, G, D] of ``data`` (a frozen trunk); else the trunk runs,
+    unless ``data_are_features`` (the batches of ``data`` already are normalised features).
     ``lambda_feats``: what lambda sees (the frozen copy's cached features); default: the features.
     ``max_batches``: only the first batches (the article's selection set). Seeded for the dropout.
     """
@@ -296,9 +311,9 @@ def evaluate(model: LambdaModel, data: ViewData, batch_size: int = 256, feats: T
                 break
             index = torch.arange(start, min(start + batch_size, len(data)))
             views, labels = data.batch(index)
-            f = feats[index] if feats is not None else model.features(views)
+            f = feats[index] if feats is not None else views if data_are_features else model.features(views)
             logits = model(views, lambda_feats=None if lambda_feats is None else lambda_feats[index], feats=f)
-            correct += int((logits.argmax(-1) == labels).sum())
+            correct += int((logits.argmax(-1).cpu() == labels).sum())
             total += len(index)
     model.train(was_training)
     return 100.0 * correct / max(total, 1)
@@ -308,13 +323,14 @@ def _sgd(params, lr: float, momentum: float) -> torch.optim.SGD:
     return torch.optim.SGD([p for p in params if p.requires_grad], lr=lr, momentum=momentum)
 
 
-def prefinetune(model: LambdaModel, train_feats: Tensor, train_labels: Tensor, select_feats: Tensor,
-                select_labels: Tensor, config: TrainConfig, progress: bool = False) -> tuple[dict, list[dict]]:
-    """Train only the lambda network on cached normalised features; keep the best by selection accuracy.
+def prefinetune(model: LambdaModel, train: ViewData, select: ViewData, config: TrainConfig,
+                progress: bool = False) -> tuple[dict, list[dict]]:
+    """Train only the lambda network on normalised features; keep the best by selection accuracy.
 
-    The backbone is frozen here, so its features are cached ([N, G, D]); a random group element per batch
-    permutes the views exactly as the full forward would. As published, the selection accuracy is
-    computed *before* each round, so the last round's training is never eligible.
+    ``train`` and ``select`` yield normalised features [B, G, D]: the backbone is frozen here, so they are
+    cached (``ViewData(feats, labels)``); a random group element per batch permutes the views exactly as
+    the full forward would. As published, the selection accuracy is computed *before* each round, so the
+    last round's training is never eligible.
 
     Returns the best lambda-network state and a tidy history (round, step, loss, select_top1).
     """
@@ -323,15 +339,13 @@ def prefinetune(model: LambdaModel, train_feats: Tensor, train_labels: Tensor, s
     torch.manual_seed(config.seed)
     rng = np.random.RandomState(config.seed)
     opt = _sgd(model.weight_net.parameters(), config.prelr, config.momentum)
-    schedule = batch_schedule(len(train_labels), config.batch_size, config.prefinetune_rounds,
+    schedule = batch_schedule(len(train), config.batch_size, config.prefinetune_rounds,
                               config.prefinetune_steps, config.data_order, config.seed)
-    train = ViewData(train_feats, train_labels)
-    select = ViewData(select_feats, select_labels)
     max_sel = config.selection_batches if config.selection == "train_first_batches" else None
     best, best_state, history, step = -1.0, copy.deepcopy(model.weight_net.state_dict()), [], 0
     for r, batches in enumerate(tqdm(schedule, desc="prefinetune", disable=not progress, ascii=True)):
-        acc = evaluate(model, select, config.batch_size, feats=select_feats, max_batches=max_sel,
-                       seed=config.seed + r)
+        acc = evaluate(model, select, config.batch_size, max_batches=max_sel, seed=config.seed + r,
+                       data_are_features=True)
         history.append(dict(stage="prefinetune", round=r, step=step, select_top1=acc))
         if acc > best:
             best, best_state = acc, copy.deepcopy(model.weight_net.state_dict())
@@ -427,12 +441,16 @@ class LambdaSetup:
 
     def restricted(self, group: Group, columns: list[int]) -> "LambdaSetup":
         """The same setup on a subgroup whose elements are the views ``columns`` (no recomputation)."""
-        pick = lambda data: data.select_views(columns)  # noqa: E731
+        pick = lambda data: data.restrict(group, columns)  # noqa: E731
         return replace(self, group=group, train=pick(self.train), test=pick(self.test),
                        train_feats=self.train_feats[:, columns], test_feats=self.test_feats[:, columns])
 
 
-def small_lambda_setup(group: Group, *, image_size: int = 64, split_block: int = 16, cache_dir=None,
+def _block_range(first: int, count: int) -> str:
+    return f"block {first}" if first == count - 1 else f"blocks {first}-{count - 1}"
+
+
+def small_lambda_setup(group: Group, *, image_size: int = 64, split_block: int = 18, cache_dir=None,
                        progress: bool = False) -> LambdaSetup:
     """The small profile: frozen MobileNetV2 blocks 0..split_block-1 cached per view; the rest is trainable.
 
@@ -474,7 +492,8 @@ def small_lambda_setup(group: Group, *, image_size: int = 64, split_block: int =
         train=ViewData(cached["train_maps"], labels["train"]), test=ViewData(cached["test_maps"], labels["test"]),
         train_feats=cached["train_feats"], test_feats=cached["test_feats"],
         description=(f"MobileNetV2 (ImageNet weights) at {image_size} px on digits; blocks 0-{split_block - 1} frozen "
-                     f"and cached per view, blocks {split_block}-18 finetuned; linear head fitted on upright digits"),
+                     f"and cached per view, {_block_range(split_block, len(model.features))} finetuned; "
+                     "linear head fitted on upright digits"),
     )
 
 
@@ -489,7 +508,7 @@ def run_lambda_equitune(setup: LambdaSetup, config: TrainConfig, *, progress: bo
     from .weighting import EmbeddingWeightNet
 
     torch.manual_seed(config.seed)
-    weight_net = EmbeddingWeightNet(setup.embed_dim)
+    weight_net = EmbeddingWeightNet(setup.embed_dim).to(next(setup.head.parameters()).device)
     model = LambdaModel(setup.make_trunk(), weight_net, setup.head, setup.group, config)
     labels = setup.train.labels
     if config.selection == "heldout":  # a fixed held-out part of the training split, never trained on
@@ -502,7 +521,8 @@ def run_lambda_equitune(setup: LambdaSetup, config: TrainConfig, *, progress: bo
     else:
         train_feats, train_labels, sel_feats, sel_labels = setup.train_feats, labels, setup.train_feats, labels
         train = setup.train
-    best, history = prefinetune(model, train_feats, train_labels, sel_feats, sel_labels, config, progress)
+    best, history = prefinetune(model, ViewData(train_feats, train_labels), ViewData(sel_feats, sel_labels), config,
+                                progress)
     model.weight_net.load_state_dict(best)
     pre = evaluate(model, setup.test, feats=setup.test_feats, seed=config.seed)
     history.append(dict(stage="prefinetune", round=config.prefinetune_rounds, step=None, test_top1=pre))
@@ -512,3 +532,57 @@ def run_lambda_equitune(setup: LambdaSetup, config: TrainConfig, *, progress: bo
     tests = [h["test_top1"] for h in history if h["stage"] == "finetune" and "test_top1" in h]
     row = dict(prefinetune_top1=pre, finetune_top1=tests[-1] if tests else pre)
     return row, history, copy.deepcopy(model.weight_net.state_dict())
+
+
+def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = "cifar100", *,
+                      device: str = "cpu", data_root=None, cache_dir=None, clip_path: str | None = None,
+                      clip_download_root: str | None = None, max_train: int | None = 16_000,
+                      dataset_options: dict | None = None, batch_size: int = 256,
+                      progress: bool = False) -> LambdaSetup:
+    """The paper profile: CLIP's whole image encoder is the trunk; the prompt-ensemble text head is fixed.
+
+    Images are kept as uint8 and resized (bicubic) and normalised on the device per batch. As published,
+    only the first 16,000 training images are ever used (unshuffled loader restarted every round), so
+    ``max_train`` bounds what is loaded and cached. The frozen model's normalised features of every view
+    are cached on disk (atomic, keyed by the weights, data and group).
+    """
+    from .data import data_root as default_root
+    from .data import get_dataset
+    from .report import cache_key, load_or_compute, module_fingerprint
+    from .zeroshot import load_zeroshot_model
+
+    backbone, text_head, root, cache_dir = load_zeroshot_model(
+        backbone_name, dataset, device=device, data_root=str(data_root or default_root()), cache_dir=cache_dir,
+        clip_path=clip_path, clip_download_root=clip_download_root, dataset_options=dataset_options)
+    if backbone.text_model is None:
+        raise ValueError(f"clip_lambda_setup needs a CLIP backbone, got {backbone_name!r}")
+    head = nn.Linear(text_head.weights.shape[0], text_head.weights.shape[1], bias=False)
+    with torch.no_grad():
+        head.weight.copy_(text_head.weights.float().T)  # logits = f_hat @ W, logit factor 1 as in the article
+    head = head.to(device).requires_grad_(False)
+    mean = torch.tensor(backbone.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(backbone.std, device=device).view(1, 3, 1, 1)
+
+    def prepare(x: Tensor) -> Tensor:  # uint8 [B, H, W, 3] -> normalised [B, 3, S, S] on the device
+        x = x.to(device).permute(0, 3, 1, 2).float() / 255
+        x = nn.functional.interpolate(x, size=backbone.input_size, mode="bicubic", align_corners=False)
+        return ((x.clamp(0, 1) - mean) / std).to(backbone.dtype)
+
+    def split_data(split: str, limit: int | None) -> ImageViewData:
+        ds = get_dataset(dataset, split, root=str(root), **(dataset_options or {}))
+        images, labels = torch.as_tensor(ds.data[:limit]), torch.as_tensor(ds.targets[:limit])
+        return ImageViewData(images, labels, group, prepare)
+
+    train, test = split_data("train", max_train), split_data("test", None)
+    encoder = backbone.encoder.requires_grad_(False)
+    key = cache_key(kind="lambda_clip", weights=module_fingerprint(encoder), dataset=dataset, root=str(root),
+                    n_train=len(train), n_test=len(test), elements=group.elements, device=torch.device(device).type)
+    embed = lambda v: nn.functional.normalize(encoder(v).float(), dim=-1)  # noqa: E731
+    cached = load_or_compute(Path(cache_dir) / f"lambda_clip_{key}.pt", lambda: {
+        split: extract_view_features(embed, data, batch_size, device, progress)
+        for split, data in (("train", train), ("test", test))})
+    return LambdaSetup(
+        group=group, make_trunk=lambda: copy.deepcopy(encoder).requires_grad_(True), head=head, train=train,
+        test=test, train_feats=cached["train"], test_feats=cached["test"],
+        description=f"CLIP {backbone_name} image encoder (finetuned whole), prompt-ensemble text head, {dataset}",
+    )

