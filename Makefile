@@ -13,6 +13,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PROFILE ?= small
+# Notebook kernels must use matplotlib's inline backend, or figures vanish from the outputs (and nbval fails):
+# never pass a backend such as Agg down from the environment.
+unexport MPLBACKEND
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

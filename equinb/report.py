@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 import tempfile
@@ -75,3 +76,14 @@ def compare_with_reference(ours, reference, on: list[str], ours_col: str = "ours
     table = left.merge(right, on=on, how="outer")
     table["delta"] = table[ours_col] - table[ref_col]
     return table
+
+
+def format_error(err: float, scale: float = 1.0, rtol: float = 1e-5) -> str:
+    """A symmetry error for printing: the value when it is real, else ``< bound`` (float rounding).
+
+    Errors at float-rounding level differ between machines and runs (summation order), so a notebook that
+    printed them would fail its regression test. ``bound = rtol * 10^ceil(log10(max(scale, 1)))``: a power of
+    ten, so that a small change of the scale does not change the printed bound.
+    """
+    bound = rtol * 10.0 ** math.ceil(math.log10(max(abs(scale), 1.0)))
+    return f"< {bound:.0e} (float rounding)" if err < bound else f"{err:.2g}"

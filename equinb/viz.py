@@ -5,9 +5,10 @@ Numbers are never hard-coded here: every bar comes from a results or reference D
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
-__all__ = ["book_style", "zeroshot_panels", "robustness_plot", "learning_curves", "METHOD_COLORS"]
+__all__ = ["book_style", "zeroshot_panels", "robustness_plot", "learning_curves", "label_bars", "fairness_gap_plot",
+           "METHOD_COLORS"]
 
 METHOD_COLORS = {"vanilla": "#8c8c8c", "equitune": "#4c72b0", "equizero": "#dd8452"}
 TRANSFORM_LABELS = {"none": "no transformation", "rot180": "rot180 (the article's 'flip')", "rot90": "rot90",
@@ -130,4 +131,71 @@ def learning_curves(history, title: str = ""):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def label_bars(panels: Sequence[tuple[str, Any]], demographics: Sequence[str], title: str = "",
+               labels: Sequence[str] = ("other", "positive", "neutral", "negative")):
+    """Stacked label bars in the style of Figure 6(a): one cluster per model, one bar per demographic.
+
+    ``panels``: (model label, shares) pairs, where shares is indexed by demographic with ``labels`` columns (a
+    demographic missing from a model is left empty). Stack bottom to top: other (dotted), positive (black),
+    neutral (hatched), negative (gray), as the article.
+    """
+    import matplotlib.pyplot as plt
+
+    styles = {"other": dict(color="white", hatch=".."), "positive": dict(color="black"),
+              "neutral": dict(color="none", hatch="//"), "negative": dict(color="gray")}
+    width, gap = 0.2, 0.35
+    fig, ax = plt.subplots(figsize=(min(12.0, 1.5 + 0.55 * len(panels) * len(demographics)), 4.2))
+    for p, (name, shares) in enumerate(panels):
+        origin = p * (len(demographics) * width + gap)
+        for j, demographic in enumerate(demographics):
+            if demographic not in shares.index:
+                continue
+            bottom = 0.0
+            for label in labels:
+                value = float(shares.loc[demographic, label])
+                ax.bar(origin + j * width, value, width * 0.9, bottom=bottom, edgecolor="black", linewidth=0.6,
+                       label=label if p == 0 and j == 0 else None, **styles[label])
+                bottom += value
+            ax.text(origin + j * width, -0.04, demographic, ha="center", va="top", fontsize=7, rotation=0)
+        ax.text(origin + (len(demographics) - 1) * width / 2, -0.12, name, ha="center", va="top", fontsize=8)
+    ax.set_xticks([])
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("share of samples")
+    ax.legend(loc="upper center", ncol=4, frameon=False)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def fairness_gap_plot(gaps, article_gaps: dict[str, float] | None = None, title: str = ""):
+    """The fairness gap of each model with its bootstrap interval (horizontal error bars), and the article's gaps
+    (open diamonds, no interval: its samples are not available in paired form).
+
+    ``gaps``: the DataFrame of ``fairness_gaps`` (index = model label). ``article_gaps``: model label -> gap.
+    """
+    import matplotlib.pyplot as plt
+
+    labels = list(gaps.index) + [k for k in (article_gaps or {}) if k not in gaps.index]
+    fig, ax = plt.subplots(figsize=(7.0, 0.45 * len(labels) + 1.2))
+    for y, label in enumerate(labels):
+        if label in gaps.index:
+            row = gaps.loc[label]
+            ax.errorbar(row["gap"], y, xerr=[[row["gap"] - row["ci_low"]], [row["ci_high"] - row["gap"]]],
+                        fmt="o", color="black", capsize=3, label="this build (95% bootstrap interval)" if y == 0
+                        else None)
+        if article_gaps and label in article_gaps:
+            ax.plot(article_gaps[label], y, "D", mfc="none", color="#c44e52",
+                    label="article" if label == next(k for k in labels if k in article_gaps) else None)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("fairness gap: max - min share of positive samples across demographics")
+    ax.set_xlim(left=-0.02)
+    fig.legend(frameon=False, fontsize=8, loc="lower center", ncol=2, bbox_to_anchor=(0.5, 0.0))
+    if title:
+        ax.set_title(title)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig

@@ -65,6 +65,7 @@ from myst_nb import glue
 
 from equinb import EquiZero, Equitune, get_group, viz
 from equinb import zeroshot as zs
+from equinb.report import format_error
 
 zs.validate_zeroshot_params(backbones, datasets, transforms, device, clip_paths)
 if profile not in ("small", "paper"):
@@ -104,7 +105,8 @@ with torch.no_grad():
     for label, f in [("bare model", model), ("equitune", Equitune(model, rot90)), ("equizero", EquiZero(model, rot90))]:
         out = f(x)
         err = max((f(rot90.act(x, k)) - out).abs().max().item() for k in range(1, 4))
-        print(f"{label:>10}: max |f(g x) - f(x)| over C4 = {err:.1e}  (output scale {out.abs().max().item():.1f})")
+        scale = out.abs().max().item()
+        print(f"{label:>10}: max |f(g x) - f(x)| over C4 = {format_error(err, scale)}  (output scale {scale:.1f})")
 
 # %% [markdown]
 # ## One orbit pass, every method and setting

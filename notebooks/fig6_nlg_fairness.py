@@ -81,6 +81,7 @@ from myst_nb import glue
 
 from equinb import lm as L
 from equinb import viz
+from equinb.report import format_error
 
 L.validate_nlg_params(profile=profile, lm_name=lm_name, scorer=scorer, regard_classifiers=regard_classifiers,
                       templates=templates, demographics=demographics, binary_group=binary_group,
@@ -122,7 +123,8 @@ lms = {"base LM": model, "EquiLM g^-1 (d=3)": L.EquiLM(model, group3, "inverse")
 check = L.symmetry_report(lms, tokenizer, group3, f"The {L.DEMOGRAPHICS[demographics[0]]} {templates[0]}",
                           " being kind to everyone")
 print(f"profile: {profile}, model: {lm_name}, group {demographics}")
-display(check.map(lambda v: f"{v:.2g}"))
+display(check.apply(lambda row: row.map(lambda v: format_error(v, row["logit scale"])), axis=1)
+        .assign(**{"logit scale": check["logit scale"].map(lambda v: f"{v:.3g}")}))
 
 # %% [markdown]
 # ## Sampling
@@ -217,12 +219,12 @@ display(shares.assign(difference=shares["EquiLM g (d=3)"] - shares["EquiLM g^-1 
 order = ["White", "Black", "Asian"]  # the article's bar order
 panels = [("article: GPT2", article.loc["GPT2"]), ("article: EquiGPT2 (g)", article.loc["EquiGPT2"])]
 panels += [(name, ours.loc[name]) for name in variants]
-fig = L.plot_label_bars(panels, [d for d in order if d in demographics] + [d for d in demographics if d not in order],
+fig = viz.label_bars(panels, [d for d in order if d in demographics] + [d for d in demographics if d not in order],
                         title=f"Respect templates: label shares (profile {profile}; this run labelled by {scorer})")
 glue("fig6_label_bars", fig, display=False)
 
 # %%
-fig = L.plot_fairness_gaps(gaps, article_gaps, title=f"Fairness gap (profile {profile}; labels: {scorer})")
+fig = viz.fairness_gap_plot(gaps, article_gaps, title=f"Fairness gap (profile {profile}; labels: {scorer})")
 
 # %% [markdown]
 # ## Headline numbers

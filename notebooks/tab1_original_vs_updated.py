@@ -79,6 +79,7 @@ from myst_nb import glue
 from equinb import get_group, viz
 from equinb import train as tr
 from equinb.reference import reference_table
+from equinb.report import format_error
 from equinb.weighting import EmbeddingWeightNet
 
 if profile not in ("small", "paper"):
@@ -126,6 +127,7 @@ else:
 setups = {name: full if name == base else full.restricted(g, [full.group.elements.index(e) for e in g.elements])
           for name, g in group_objects.items()}
 print(full.description)
+torch.manual_seed(seed)
 model = tr.LambdaModel(full.make_trunk(), EmbeddingWeightNet(full.embed_dim), full.head, full.group,
                        tr.TrainConfig.updated(dropout_in_eval=False)).to(full.head.weight.device).eval()
 with torch.no_grad():
@@ -134,7 +136,7 @@ with torch.no_grad():
         ref_out = f(views)
         err = max((f(full.test.batch(torch.arange(8), k, full.group)[0]) - ref_out).abs().max().item()
                   for k in range(1, full.group.order))
-        print(f"{label:>16}: max change over the group = {err:.1e}")
+        print(f"{label:>16}: max change over the group = {format_error(err, ref_out.abs().max().item())}")
 
 # %% [markdown]
 # ## Train both code versions on each group
