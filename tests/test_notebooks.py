@@ -48,12 +48,23 @@ def _outputs(nb: dict) -> str:
     return "\n".join(texts)
 
 
-def test_help_notebook_documents_every_parameter(tmp_path: Path) -> None:
-    path = _ipynb("fig4_zeroshot", tmp_path)
+def _chapter_ids() -> list[str]:
+    """Every notebook the book lists in _toc.yml."""
+    import yaml
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    return [f.split("/", 1)[1] for f in files if f.startswith("notebooks/")]
+
+
+@pytest.mark.parametrize("nb_id", _chapter_ids())
+def test_help_notebook_documents_every_parameter(tmp_path: Path, nb_id: str) -> None:
+    path = _ipynb(nb_id, tmp_path)
     result = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(path)],
                             capture_output=True, text=True, check=True)
     params = pm.inspect_notebook(str(path))
-    assert {"profile", "backbones", "datasets", "transforms", "device", "clip_paths"} <= set(params)
+    assert {"profile", "device"} <= set(params)
+    assert (NOTEBOOKS / "params" / f"{nb_id}.paper.yaml").is_file()
     for name, spec in params.items():
         assert name in result.stdout
         assert spec["help"], f"parameter {name!r} has no comment"
@@ -71,13 +82,30 @@ def test_help_notebook_documents_every_parameter(tmp_path: Path) -> None:
     ],
 )
 def test_bad_parameters_fail_in_the_first_cells(tmp_path: Path, parameters: dict, message: str) -> None:
+    _expect_early_failure(tmp_path, "fig4_zeroshot", parameters, message)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        (dict(groups=["rot45"]), "unknown group 'rot45'; valid names:"),
+        (dict(device="cuda"), "no CUDA GPU is available"),
+        (dict(profile="huge"), "unknown profile 'huge'"),
+        (dict(lr_updated=-1.0), "TrainConfig.lr must be >= 0"),
+    ],
+)
+def test_tab1_bad_parameters_fail_in_the_first_cells(tmp_path: Path, parameters: dict, message: str) -> None:
+    _expect_early_failure(tmp_path, "tab1_original_vs_updated", parameters, message)
+
+
+def _expect_early_failure(tmp_path: Path, nb_id: str, parameters: dict, message: str) -> None:
     if parameters.get("device") == "cuda" and torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(pm.PapermillExecutionError) as info:
-        _run("fig4_zeroshot", tmp_path, **parameters)
+        _run(nb_id, tmp_path, **parameters)
     assert message in str(info.value)
     # it fails in the setup cell, right after the parameters: no heavy work ran before
-    nb = json.loads((tmp_path / "fig4_zeroshot.out.ipynb").read_text())
+    nb = json.loads((tmp_path / f"{nb_id}.out.ipynb").read_text())
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     failed = [i for i, c in enumerate(code) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
     assert failed and failed[0] <= 2, f"failed in code cell {failed}"
