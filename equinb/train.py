@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .groups import Group
-from .wrappers import LambdaEquitune
+from .wrappers import EquiAttention, LambdaEquitune
 
 __all__ = ["TrainConfig", "ViewData", "LambdaModel", "batch_schedule", "extract_view_features", "evaluate",
            "prefinetune", "finetune", "train_step_loss"]
@@ -190,34 +190,50 @@ class ImageViewData(ViewData):
 
 
 class LambdaModel(nn.Module):
-    """Trainable trunk + lambda network + fixed head, on per-view inputs (the invariant lambda-equitune).
+    """Trainable trunk + view-weighting module + fixed head, on per-view inputs.
 
-    ``f_k = normalise(trunk(v_k))`` for each view input ``v_k``; lambda from ``f_k`` (or from the frozen
-    copy's features, ``lambda_feats``); logits as ``LambdaEquitune.combine`` (``normalisation="none"``:
-    ``mean_k logit_factor * head(lambda_k f_k)``, with a softmax per view first if ``softmax_before_loss``).
+    Embedding level (the invariant lambda-equitune, default): ``f_k = normalise(trunk(v_k))``; lambda from
+    ``f_k`` (or from the frozen copy's features, ``lambda_feats``); logits as ``LambdaEquitune.combine``
+    (``normalisation="none"``: ``mean_k logit_factor * head(lambda_k f_k)``, with a softmax per view first if
+    ``softmax_before_loss``).
 
-    Shapes: views [B, G, ...] -> logits [B, K]; lambda [B, G].
+    Feature-map level (``normalise_features=False``, the article's feature-map code): the trunk gives maps
+    ``[C, h, w]``; ``method="lambda"`` weights them with a feature-map lambda network (``normalisation``
+    softmax in the article), ``method="attention"`` with ``ViewAttention``; ``align_views`` maps view k back
+    by ``g_k^-1`` before combining (as described) or not (as published); the head pools and classifies.
+
+    Shapes: views [B, G, ...] -> logits [B, K]; weights [B, G].
     """
 
     def __init__(self, trunk: nn.Module, weight_net: nn.Module, head: nn.Module, group: Group,
-                 config: TrainConfig) -> None:
+                 config: TrainConfig, *, method: str = "lambda", align_views: bool = False,
+                 normalise_features: bool = True) -> None:
         super().__init__()
         self.trunk = trunk
-        self.combiner = LambdaEquitune(nn.Identity(), group, weight_net, head=head.requires_grad_(False),
-                                       normalisation=config.normalisation, output_softmax=config.softmax_before_loss,
-                                       logit_factor=config.logit_factor, dropout_in_eval=config.dropout_in_eval)
-        self.group, self.config = group, config
+        common = dict(head=head.requires_grad_(False), output_softmax=config.softmax_before_loss,
+                      logit_factor=config.logit_factor, align_views=align_views)
+        if method == "lambda":
+            self.combiner = LambdaEquitune(nn.Identity(), group, weight_net, normalisation=config.normalisation,
+                                           dropout_in_eval=config.dropout_in_eval, **common)
+        elif method == "attention":
+            self.combiner = EquiAttention(nn.Identity(), group, weight_net, **common)
+        else:
+            raise ValueError(f"unknown method {method!r}; valid: 'lambda', 'attention'")
+        self.group, self.config, self.normalise_features = group, config, bool(normalise_features)
 
     @property
     def weight_net(self) -> nn.Module:
-        return self.combiner.weight_net
+        """The trainable view-weighting module (the lambda network or the view attention)."""
+        return self.combiner.weight_net if isinstance(self.combiner, LambdaEquitune) else self.combiner.attention
 
     def features(self, views: Tensor) -> Tensor:
-        """Shapes: views [B, G, ...] -> normalised embeddings [B, G, D] (float32)."""
+        """Shapes: views [B, G, ...] -> trunk outputs [B, G, ...] (float32; L2-normalised embeddings by default)."""
         b, g = views.shape[:2]
         dtype = next(self.trunk.parameters(), torch.empty(0)).dtype
         feats = self.trunk(views.to(self.device).flatten(0, 1).to(dtype)).float()
-        return nn.functional.normalize(feats, dim=-1).reshape(b, g, -1)
+        if self.normalise_features:
+            feats = nn.functional.normalize(feats, dim=-1)
+        return feats.reshape(b, g, *feats.shape[1:])
 
     @property
     def device(self) -> torch.device:
@@ -421,9 +437,11 @@ class LambdaSetup:
         make_trunk: returns a fresh trainable copy of the trunk (finetuning changes it).
         head: the fixed linear head on normalised embeddings (CLIP's text head, or its stand-in).
         train, test: per-view trunk inputs.
-        train_feats, test_feats: normalised embeddings of every view under the frozen model [N, G, D]:
-            the exact cache used by prefinetuning and by the frozen-copy lambda input.
+        train_feats, test_feats: trunk outputs of every view under the frozen model, [N, G, D] normalised
+            embeddings (or [N, G, C, h, w] maps at the feature-map level): the exact cache used by
+            prefinetuning and by the frozen-copy lambda input.
         description: what the trunk, head and data are (printed by the chapters).
+        normalise_features: True at the embedding level (CLIP's normalised embeddings), False for maps.
     """
 
     group: Group
@@ -434,10 +452,19 @@ class LambdaSetup:
     train_feats: Tensor
     test_feats: Tensor
     description: str = ""
+    normalise_features: bool = True
 
     @property
     def embed_dim(self) -> int:
         return int(self.train_feats.shape[-1])
+
+    @property
+    def map_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of the trunk's maps (feature-map setups only)."""
+        if self.train_feats.ndim != 5:
+            raise ValueError("this setup holds embeddings, not feature maps; use small_feature_map_setup")
+        c, h, w = self.train_feats.shape[2:]
+        return int(c), int(h), int(w)
 
     def restricted(self, group: Group, columns: list[int]) -> "LambdaSetup":
         """The same setup on a subgroup whose elements are the views ``columns`` (no recomputation)."""
@@ -498,18 +525,24 @@ def small_lambda_setup(group: Group, *, image_size: int = 64, split_block: int =
 
 
 def run_lambda_equitune(setup: LambdaSetup, config: TrainConfig, *, progress: bool = False,
-                        heldout_fraction: float = 0.2) -> tuple[dict, list[dict], dict]:
-    """Prefinetune (cached), select the best lambda network, evaluate, finetune, evaluate.
+                        heldout_fraction: float = 0.2, method: str = "lambda", align_views: bool = False,
+                        weight_net: Callable[[], nn.Module] | None = None) -> tuple[dict, list[dict], dict]:
+    """Prefinetune (cached), select the best weighting module, evaluate, finetune, evaluate.
+
+    ``weight_net``: builds the module (default: the article's invariant lambda network for embeddings).
+    ``method`` and ``align_views``: see ``LambdaModel`` (feature-map setups).
 
     Returns ``(row, history, weight_net_state)`` with row keys ``prefinetune_top1`` (the article's
-    "Prefinetune": the selected lambda network on the full test set) and ``finetune_top1`` (after the last
+    "Prefinetune": the selected module on the full test set) and ``finetune_top1`` (after the last
     finetuning round), in percent.
     """
     from .weighting import EmbeddingWeightNet
 
     torch.manual_seed(config.seed)
-    weight_net = EmbeddingWeightNet(setup.embed_dim).to(next(setup.head.parameters()).device)
-    model = LambdaModel(setup.make_trunk(), weight_net, setup.head, setup.group, config)
+    module = weight_net() if weight_net is not None else EmbeddingWeightNet(setup.embed_dim)
+    model = LambdaModel(setup.make_trunk(), module.to(next(setup.head.parameters()).device), setup.head,
+                        setup.group, config, method=method, align_views=align_views,
+                        normalise_features=setup.normalise_features)
     labels = setup.train.labels
     if config.selection == "heldout":  # a fixed held-out part of the training split, never trained on
         n_sel = max(1, int(round(heldout_fraction * len(labels))))
@@ -585,4 +618,53 @@ def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = 
         group=group, make_trunk=lambda: copy.deepcopy(encoder).requires_grad_(True), head=head, train=train,
         test=test, train_feats=cached["train"], test_feats=cached["test"],
         description=f"CLIP {backbone_name} image encoder (finetuned whole), prompt-ensemble text head, {dataset}",
+    )
+
+
+def small_feature_map_setup(group: Group, *, image_size: int = 96, split_block: int = 18, cache_dir=None,
+                            progress: bool = False) -> LambdaSetup:
+    """The small profile at the feature-map level (the article's layer4 -> attnpool split, on MobileNetV2).
+
+    Blocks 0..split_block-1 are frozen and their per-view outputs cached; the remaining blocks are the
+    trainable trunk M1 (maps [C, h, w]; at least 3x3 at 96 px); the head M2 is global average pooling and a
+    linear layer fitted on the pooled *unnormalised* maps of the upright training digits (as in the
+    article's feature-map code, logits come from an unnormalised embedding). The frozen trunk's maps of
+    every view are cached too (prefinetuning trains only the weighting module on them).
+    """
+    from .backbones import load_backbone
+    from .data import data_root, load_digits
+    from .report import cache_key, load_or_compute, module_fingerprint
+    from .zeroshot import fit_linear_head
+
+    backbone = load_backbone("mobilenet_v2", input_size=image_size)
+    model = backbone.model.eval().requires_grad_(False)
+    prefix, trunk = model.features[:split_block], model.features[split_block:]
+    cache_dir = data_root() / "cache" if cache_dir is None else cache_dir
+    key = cache_key(kind="feature_map_small", weights=module_fingerprint(model), size=image_size, split=split_block,
+                    elements=group.elements)
+    splits = {s: load_digits(s, image_size, backbone.mean, backbone.std) for s in ("train", "test")}
+
+    def compute() -> dict:
+        out = {}
+        for split, ds in splits.items():
+            inputs = extract_view_features(prefix, ViewData(group.orbit(ds.tensors[0]), ds.tensors[1]),
+                                           progress=progress)
+            out[f"{split}_inputs"] = inputs
+            out[f"{split}_maps"] = extract_view_features(trunk, ViewData(inputs, ds.tensors[1]))
+        return out
+
+    cached = load_or_compute(Path(cache_dir) / f"feature_map_small_{key}.pt", compute)
+    if min(cached["train_maps"].shape[-2:]) < 3:
+        raise ValueError(f"{image_size} px gives {tuple(cached['train_maps'].shape[-2:])} maps; the weighting "
+                         "networks need at least 3x3: use image_size >= 96")
+    labels = {s: ds.tensors[1] for s, ds in splits.items()}
+    pooled = cached["train_maps"][:, 0].mean(dim=(-2, -1))  # upright views, global average pooling
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), fit_linear_head(pooled, labels["train"]))
+    return LambdaSetup(
+        group=group, make_trunk=lambda: copy.deepcopy(trunk).requires_grad_(True), head=head,
+        train=ViewData(cached["train_inputs"], labels["train"]), test=ViewData(cached["test_inputs"], labels["test"]),
+        train_feats=cached["train_maps"], test_feats=cached["test_maps"], normalise_features=False,
+        description=(f"MobileNetV2 (ImageNet weights) at {image_size} px on digits; maps of "
+                     f"{_block_range(split_block, len(model.features))} combined over the views, then average "
+                     "pooling and a linear head fitted on upright digits"),
     )

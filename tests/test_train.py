@@ -206,3 +206,70 @@ def test_subgroup_setup_reuses_views() -> None:
 def test_bad_configuration_fails_early(field: str, value, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{field: value})
+
+
+def _map_setup(group_name: str = "rot90") -> LambdaSetup:
+    """A toy feature-map setup: the trunk gives [3, 4, 4] maps; the head is position-sensitive (like attnpool's
+    positional embedding), so aligned views change the logits while pooling would hide it."""
+    from equinb.weighting import FeatureMapWeightNet  # noqa: F401  (used by the tests below)
+
+    group = get_group(group_name)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(N, 3, 4, 4, generator=gen)
+    labels = torch.randint(0, K, (N,), generator=gen)
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Tanh()).requires_grad_(False)
+    head = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, K)).requires_grad_(False)
+    train, test = ViewData(group.orbit(images[:30]), labels[:30]), ViewData(group.orbit(images[30:]), labels[30:])
+    return LambdaSetup(group, lambda: copy.deepcopy(trunk).requires_grad_(True), head, train, test,
+                       extract_view_features(trunk, train), extract_view_features(trunk, test), "toy maps",
+                       normalise_features=False)
+
+
+@pytest.mark.parametrize("method", ["lambda", "attention"])
+@pytest.mark.parametrize("align", [False, True])
+def test_feature_map_model_cached_step_and_invariance(method: str, align: bool) -> None:
+    """Feature-map level: cached maps give the full forward's loss and gradients; with the as-published
+    no-op alignment the logits are exactly invariant, aligned they are not (the head is position-sensitive)."""
+    from equinb.weighting import FeatureMapWeightNet, ViewAttention
+
+    setup = _map_setup("d4")
+    torch.manual_seed(3)
+    module = FeatureMapWeightNet(3, (4, 4), conv_channels=2, per_channel=2, hidden=8) if method == "lambda" \
+        else ViewAttention(3, (4, 4), hidden=8, out_dim=8, conv_channels=2, per_channel=2)
+    config = TrainConfig.updated(normalisation="softmax", dropout_in_eval=False)
+    model = LambdaModel(setup.make_trunk(), module, setup.head, setup.group, config, method=method,
+                        align_views=align, normalise_features=False).train()
+    index, element = torch.arange(8), 5
+    views, labels = setup.train.batch(index, element, setup.group)
+    full = train_step_loss(model, views, labels)
+    full.backward()
+    grads = [p.grad.clone() for p in model.weight_net.parameters()]
+    model.zero_grad()
+    cached, _ = ViewData(setup.train_feats, setup.train.labels).batch(index, element, setup.group)
+    loss = train_step_loss(model, None, labels, lambda_feats=cached, feats=cached)
+    loss.backward()
+    torch.testing.assert_close(loss, full)
+    for g_cached, g_full in zip([p.grad for p in model.weight_net.parameters()], grads):
+        torch.testing.assert_close(g_cached, g_full)
+    with torch.no_grad():
+        base = model(setup.test.batch(torch.arange(5))[0])
+        errors = [(model(setup.test.batch(torch.arange(5), k, setup.group)[0]) - base).abs().max().item()
+                  for k in range(1, setup.group.order)]
+    assert max(errors) < 1e-5 if not align else max(errors) > 1e-4, errors
+
+
+def test_feature_map_run_and_bad_method() -> None:
+    from equinb.weighting import FeatureMapWeightNet
+
+    setup = _map_setup()
+    config = TrainConfig.updated(normalisation="softmax", **SMALL)
+    row, _, state = run_lambda_equitune(setup, config, align_views=True,
+                                        weight_net=lambda: FeatureMapWeightNet(3, (4, 4), conv_channels=2,
+                                                                               per_channel=2, hidden=8))
+    assert set(row) == {"prefinetune_top1", "finetune_top1"} and state
+    assert setup.map_shape == (3, 4, 4)
+    with pytest.raises(ValueError, match="valid: 'lambda', 'attention'"):
+        LambdaModel(nn.Identity(), nn.Identity(), setup.head, setup.group, config, method="mean")
+    with pytest.raises(ValueError, match="not feature maps"):
+        _ = _setup().map_shape
