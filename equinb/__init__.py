@@ -3,6 +3,7 @@
 Modules: ``groups`` (image and token-permutation groups), ``wrappers`` (equitune, equizero,
 lambda-equitune, equiattention), ``weighting`` (lambda networks, view attention), ``backbones``
 (MobileNetV2, CLIP), ``data`` (dataset registry), ``zeroshot`` (one-pass zero-shot evaluation),
+``train`` (lambda-equitune training on cached per-view features), ``lm`` (EquiLM for language models),
 ``report`` and ``reference`` (results, caches, the articles' numbers), ``viz`` (plots).
 
 ``import equinb`` stays light: it does not import clip, matplotlib or transformers.
