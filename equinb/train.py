@@ -477,6 +477,40 @@ def _block_range(first: int, count: int) -> str:
     return f"block {first}" if first == count - 1 else f"blocks {first}-{count - 1}"
 
 
+def _cached_digit_views(group: Group, kind: str, image_size: int, split_block: int, cache_dir, progress: bool,
+                        trunk_of: Callable[[nn.Module], nn.Module], normalise: bool) -> tuple[dict, dict, nn.Module, int]:
+    """Digits through a frozen MobileNetV2 split before block ``split_block``, cached on disk once.
+
+    Returns ``(cached, labels, trunk, n_blocks)``: per split, ``{split}_inputs`` (the frozen prefix's output
+    for every view, [N, G, ...]: the trainable trunk's inputs) and ``{split}_outputs`` (the frozen trunk's
+    outputs for every view, L2-normalised if ``normalise``); ``trunk = trunk_of(remaining blocks)``.
+    """
+    from .backbones import load_backbone
+    from .data import data_root, load_digits
+    from .report import cache_key, load_or_compute, module_fingerprint
+
+    backbone = load_backbone("mobilenet_v2", input_size=image_size)
+    model = backbone.model.eval().requires_grad_(False)
+    prefix, trunk = model.features[:split_block], trunk_of(model.features[split_block:])
+    cache_dir = data_root() / "cache" if cache_dir is None else cache_dir
+    key = cache_key(kind=kind, weights=module_fingerprint(model), size=image_size, split=split_block,
+                    elements=group.elements, normalise=normalise)
+    splits = {s: load_digits(s, image_size, backbone.mean, backbone.std) for s in ("train", "test")}
+    embed = (lambda v: nn.functional.normalize(trunk(v), dim=-1)) if normalise else trunk
+
+    def compute() -> dict:
+        out = {}
+        for split, ds in splits.items():
+            inputs = extract_view_features(prefix, ViewData(group.orbit(ds.tensors[0]), ds.tensors[1]),
+                                           progress=progress)
+            out[f"{split}_inputs"] = inputs
+            out[f"{split}_outputs"] = extract_view_features(embed, ViewData(inputs, ds.tensors[1]))
+        return out
+
+    cached = load_or_compute(Path(cache_dir) / f"{kind}_{key}.pt", compute)
+    return cached, {s: ds.tensors[1] for s, ds in splits.items()}, trunk, len(model.features)
+
+
 def small_lambda_setup(group: Group, *, image_size: int = 64, split_block: int = 18, cache_dir=None,
                        progress: bool = False) -> LambdaSetup:
     """The small profile: frozen MobileNetV2 blocks 0..split_block-1 cached per view; the rest is trainable.
@@ -484,42 +518,18 @@ def small_lambda_setup(group: Group, *, image_size: int = 64, split_block: int =
     The head is a linear layer fitted on the normalised embeddings of the upright training digits (it
     stands in for CLIP's text head and is never trained). Caches are keyed by everything that changes them.
     """
-    from .backbones import load_backbone
-    from .data import data_root, load_digits
-    from .report import cache_key, load_or_compute, module_fingerprint
     from .zeroshot import fit_linear_head
 
-    backbone = load_backbone("mobilenet_v2", input_size=image_size)
-    model = backbone.model.eval().requires_grad_(False)
-    prefix = model.features[:split_block]
-    suffix = nn.Sequential(model.features[split_block:], nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    cache_dir = data_root() / "cache" if cache_dir is None else cache_dir
-    key = cache_key(kind="lambda_small", weights=module_fingerprint(model), size=image_size, split=split_block,
-                    elements=group.elements)
-    splits = {s: load_digits(s, image_size, backbone.mean, backbone.std) for s in ("train", "test")}
-
-    def compute() -> dict:
-        out = {}
-        for split, ds in splits.items():
-            images = ViewData(group.orbit(ds.tensors[0]), ds.tensors[1])
-            maps = extract_view_features(prefix, images, progress=progress)
-            feats = extract_view_features(lambda v: nn.functional.normalize(suffix(v), dim=-1), ViewData(maps, ds.tensors[1]))
-            out[f"{split}_maps"], out[f"{split}_feats"] = maps, feats
-        return out
-
-    cached = load_or_compute(Path(cache_dir) / f"lambda_small_{key}.pt", compute)
-    labels = {s: ds.tensors[1] for s, ds in splits.items()}
-    head = fit_linear_head(cached["train_feats"][:, 0], labels["train"])  # upright views only
-
-    def make_trunk() -> nn.Module:
-        return copy.deepcopy(suffix).requires_grad_(True)
-
+    cached, labels, trunk, n_blocks = _cached_digit_views(
+        group, "lambda_small", image_size, split_block, cache_dir, progress,
+        trunk_of=lambda rest: nn.Sequential(rest, nn.AdaptiveAvgPool2d(1), nn.Flatten()), normalise=True)
+    head = fit_linear_head(cached["train_outputs"][:, 0], labels["train"])  # upright views only
     return LambdaSetup(
-        group=group, make_trunk=make_trunk, head=head,
-        train=ViewData(cached["train_maps"], labels["train"]), test=ViewData(cached["test_maps"], labels["test"]),
-        train_feats=cached["train_feats"], test_feats=cached["test_feats"],
+        group=group, make_trunk=lambda: copy.deepcopy(trunk).requires_grad_(True), head=head,
+        train=ViewData(cached["train_inputs"], labels["train"]), test=ViewData(cached["test_inputs"], labels["test"]),
+        train_feats=cached["train_outputs"], test_feats=cached["test_outputs"],
         description=(f"MobileNetV2 (ImageNet weights) at {image_size} px on digits; blocks 0-{split_block - 1} frozen "
-                     f"and cached per view, {_block_range(split_block, len(model.features))} finetuned; "
+                     f"and cached per view, {_block_range(split_block, n_blocks)} finetuned; "
                      "linear head fitted on upright digits"),
     )
 
@@ -631,40 +641,21 @@ def small_feature_map_setup(group: Group, *, image_size: int = 96, split_block: 
     article's feature-map code, logits come from an unnormalised embedding). The frozen trunk's maps of
     every view are cached too (prefinetuning trains only the weighting module on them).
     """
-    from .backbones import load_backbone
-    from .data import data_root, load_digits
-    from .report import cache_key, load_or_compute, module_fingerprint
     from .zeroshot import fit_linear_head
 
-    backbone = load_backbone("mobilenet_v2", input_size=image_size)
-    model = backbone.model.eval().requires_grad_(False)
-    prefix, trunk = model.features[:split_block], model.features[split_block:]
-    cache_dir = data_root() / "cache" if cache_dir is None else cache_dir
-    key = cache_key(kind="feature_map_small", weights=module_fingerprint(model), size=image_size, split=split_block,
-                    elements=group.elements)
-    splits = {s: load_digits(s, image_size, backbone.mean, backbone.std) for s in ("train", "test")}
-
-    def compute() -> dict:
-        out = {}
-        for split, ds in splits.items():
-            inputs = extract_view_features(prefix, ViewData(group.orbit(ds.tensors[0]), ds.tensors[1]),
-                                           progress=progress)
-            out[f"{split}_inputs"] = inputs
-            out[f"{split}_maps"] = extract_view_features(trunk, ViewData(inputs, ds.tensors[1]))
-        return out
-
-    cached = load_or_compute(Path(cache_dir) / f"feature_map_small_{key}.pt", compute)
-    if min(cached["train_maps"].shape[-2:]) < 3:
-        raise ValueError(f"{image_size} px gives {tuple(cached['train_maps'].shape[-2:])} maps; the weighting "
+    cached, labels, trunk, n_blocks = _cached_digit_views(
+        group, "feature_map_small", image_size, split_block, cache_dir, progress, trunk_of=lambda rest: rest,
+        normalise=False)
+    if min(cached["train_outputs"].shape[-2:]) < 3:
+        raise ValueError(f"{image_size} px gives {tuple(cached['train_outputs'].shape[-2:])} maps; the weighting "
                          "networks need at least 3x3: use image_size >= 96")
-    labels = {s: ds.tensors[1] for s, ds in splits.items()}
-    pooled = cached["train_maps"][:, 0].mean(dim=(-2, -1))  # upright views, global average pooling
+    pooled = cached["train_outputs"][:, 0].mean(dim=(-2, -1))  # upright views, global average pooling
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), fit_linear_head(pooled, labels["train"]))
     return LambdaSetup(
         group=group, make_trunk=lambda: copy.deepcopy(trunk).requires_grad_(True), head=head,
         train=ViewData(cached["train_inputs"], labels["train"]), test=ViewData(cached["test_inputs"], labels["test"]),
-        train_feats=cached["train_maps"], test_feats=cached["test_maps"], normalise_features=False,
+        train_feats=cached["train_outputs"], test_feats=cached["test_outputs"], normalise_features=False,
         description=(f"MobileNetV2 (ImageNet weights) at {image_size} px on digits; maps of "
-                     f"{_block_range(split_block, len(model.features))} combined over the views, then average "
+                     f"{_block_range(split_block, n_blocks)} combined over the views, then average "
                      "pooling and a linear head fitted on upright digits"),
     )
