@@ -15,7 +15,6 @@ import argparse
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from equinb.data import group_transform_indices
@@ -97,5 +96,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     main()

@@ -1,9 +1,9 @@
-"""Tidy results: cache keys, atomic saving and loading, comparison with the article's numbers."""
+"""Results and caches: cache keys, atomic saving and loading, printing of symmetry errors."""
 
 from __future__ import annotations
 
 import hashlib
-import math
+import json
 import json
 import os
 import tempfile
@@ -13,7 +13,7 @@ from typing import Any, Callable, TypeVar
 import torch
 
 __all__ = ["cache_key", "atomic_save", "load_or_compute", "tensor_fingerprint", "module_fingerprint",
-           "compare_with_reference"]
+           "format_error"]
 
 T = TypeVar("T")
 
@@ -64,18 +64,6 @@ def load_or_compute(path: str | Path, compute: Callable[[], T]) -> T:
     result = compute()
     atomic_save(result, path)
     return result
-
-
-def compare_with_reference(ours, reference, on: list[str], ours_col: str = "ours", ref_col: str = "article"):
-    """Join our results with the article's on ``on`` columns and add ``delta = ours - article``.
-
-    Shapes: two pandas DataFrames with a ``value`` column each -> one DataFrame.
-    """
-    left = ours.rename(columns={"value": ours_col})
-    right = reference[on + ["value"]].rename(columns={"value": ref_col})
-    table = left.merge(right, on=on, how="outer")
-    table["delta"] = table[ours_col] - table[ref_col]
-    return table
 
 
 def format_error(err: float, scale: float = 1.0, rtol: float = 1e-5) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 

@@ -46,7 +46,6 @@ __all__ = [
 # Input transformations of the test set. "rot180" is the article's "flip"; "hflip" is a true mirror.
 TRANSFORMS = ("none", "rot180", "rot90", "hflip")
 METHODS = ("vanilla", "equitune", "equizero")
-READINGS = ("as_published", "as_described")
 
 
 def transform_group(name: str) -> Group:

@@ -46,7 +46,7 @@ def digits() -> dict[str, torch.utils.data.TensorDataset]:
 
 
 def test_digits_sizes_and_stratification(digits: dict) -> None:
-    (xtr, ytr), (xte, yte) = digits["train"].tensors, digits["test"].tensors
+    (xtr, ytr), (_, yte) = digits["train"].tensors, digits["test"].tensors
     assert len(ytr) + len(yte) == 1797 and len(yte) == 719  # ceil(0.4 * 1797)
     assert xtr.shape == (1078, 3, 16, 16) and xtr.dtype == torch.float32 and ytr.dtype == torch.int64
     # stratified: each class's test share is within one image of 40 %
