@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import json
+import math
 import os
 import tempfile
 from pathlib import Path
