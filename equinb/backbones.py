@@ -272,18 +272,20 @@ def load_backbone(name: str, device: str | torch.device = "cpu", *, download_roo
     return _clip_backbone(name, model.eval(), input_size)
 
 
-def tiny_clip(kind: str = "rn", seed: int = 0) -> nn.Module:
+def tiny_clip(kind: str = "rn", seed: int = 0, image_resolution: int | None = None) -> nn.Module:
     """A tiny randomly initialised ``clip.model.CLIP`` (fp32, CPU, eval), seeded without touching global RNG.
 
     ``kind``: ``"rn"`` (ModifiedResNet, 64 px, D = 32, maps [B, 256, 2, 2]) or ``"vit"`` (ViT, 32 px,
-    D = 32). Its state dict loads back with ``load_backbone(<CLIP name>, path=...)``.
+    D = 32). ``image_resolution`` overrides the input size (``"rn"`` at 96 px gives 3x3 maps, enough for
+    the feature-map weighting networks). Its state dict loads back with ``load_backbone(<CLIP name>, path=...)``.
     """
     if kind not in _TINY_VISION:
         raise ValueError(f"Unknown tiny CLIP kind {kind!r}; valid kinds: {list(_TINY_VISION)}.")
     clip = _import_clip()
+    vision = dict(_TINY_VISION[kind], **({} if image_resolution is None else {"image_resolution": image_resolution}))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = clip.model.CLIP(**_TINY_VISION[kind], **_TINY_TEXT)
+        model = clip.model.CLIP(**vision, **_TINY_TEXT)
     return model.eval()
 
 

@@ -117,6 +117,14 @@ class Group:
         """Index of ``g_k^-1``."""
         return self._inverse[self._check_index(k)]
 
+    def view_permutation(self, k: int) -> list[int]:
+        """Orbit columns of ``g_k x`` in terms of those of ``x``: view j of ``g_k x`` is view ``j*k`` of x.
+
+        So ``orbit(act(x, k)) == orbit(x)[:, view_permutation(k)]``: transforming an input only permutes
+        its cached views.
+        """
+        return [self.compose(j, k) for j in range(self.order)]
+
     def _check_index(self, k: int) -> int:
         if not 0 <= int(k) < self.order:
             raise ValueError(f"group {self.name!r} has elements 0..{self.order - 1}, got {k}")

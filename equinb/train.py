@@ -151,7 +151,7 @@ class ViewData:
         """Inputs of ``index`` after the random group element ``element``: view j of g x is view j*g of x."""
         views = self.inputs[index]
         if element:
-            views = views[:, [group.compose(j, element) for j in range(group.order)]]
+            views = views[:, group.view_permutation(element)]
         return views, self.labels[index]
 
     def restrict(self, group: Group, columns: list[int]) -> "ViewData":
@@ -442,6 +442,7 @@ class LambdaSetup:
             prefinetuning and by the frozen-copy lambda input.
         description: what the trunk, head and data are (printed by the chapters).
         normalise_features: True at the embedding level (CLIP's normalised embeddings), False for maps.
+        key: names the setup's data and weights in cache keys of training runs ("" = runs are not cached).
     """
 
     group: Group
@@ -453,6 +454,7 @@ class LambdaSetup:
     test_feats: Tensor
     description: str = ""
     normalise_features: bool = True
+    key: str = ""
 
     @property
     def embed_dim(self) -> int:
@@ -470,20 +472,47 @@ class LambdaSetup:
         """The same setup on a subgroup whose elements are the views ``columns`` (no recomputation)."""
         pick = lambda data: data.restrict(group, columns)  # noqa: E731
         return replace(self, group=group, train=pick(self.train), test=pick(self.test),
-                       train_feats=self.train_feats[:, columns], test_feats=self.test_feats[:, columns])
+                       train_feats=self.train_feats[:, columns], test_feats=self.test_feats[:, columns],
+                       key=self.key and f"{self.key}-views{columns}")
+
+    def reoriented(self, seed: int = 0) -> "LambdaSetup":
+        """The same images, each turned by its own uniformly random group element: orientation-free data.
+
+        Image i becomes ``h_i x_i`` with ``h_i`` drawn uniformly (seeded, independently for train and
+        test), so a dataset's natural orientation carries no information any more. No recomputation: the
+        views of ``h x`` are the views of ``x`` permuted (view j of h x = view j*h of x).
+        """
+        if isinstance(self.train, ImageViewData):
+            raise ValueError("reoriented() needs cached per-view inputs; this setup builds views from images")
+        gen = torch.Generator().manual_seed(seed)
+
+        def turn(inputs: Tensor, feats: Tensor) -> tuple[Tensor, Tensor]:
+            h = torch.randint(self.group.order, (inputs.shape[0],), generator=gen)
+            table = torch.tensor([self.group.view_permutation(e) for e in range(self.group.order)])
+            cols = table[h]  # [N, G]: view j of h_i x_i is view cols[i, j] of x_i
+            rows = torch.arange(inputs.shape[0])[:, None]
+            return inputs[rows, cols], feats[rows, cols]
+
+        train_in, train_feats = turn(self.train.inputs, self.train_feats)
+        test_in, test_feats = turn(self.test.inputs, self.test_feats)
+        return replace(self, train=ViewData(train_in, self.train.labels), test=ViewData(test_in, self.test.labels),
+                       train_feats=train_feats, test_feats=test_feats, key=self.key and f"{self.key}-turned{seed}",
+                       description=f"{self.description}; every image turned by a random element of "
+                                   f"{self.group.name} (seed {seed})")
 
 
 def _block_range(first: int, count: int) -> str:
     return f"block {first}" if first == count - 1 else f"blocks {first}-{count - 1}"
 
 
-def _cached_digit_views(group: Group, kind: str, image_size: int, split_block: int, cache_dir, progress: bool,
-                        trunk_of: Callable[[nn.Module], nn.Module], normalise: bool) -> tuple[dict, dict, nn.Module, int]:
+def _cached_digit_maps(group: Group, image_size: int, split_block: int, cache_dir,
+                       progress: bool) -> tuple[dict, dict, nn.Module, int, str]:
     """Digits through a frozen MobileNetV2 split before block ``split_block``, cached on disk once.
 
-    Returns ``(cached, labels, trunk, n_blocks)``: per split, ``{split}_inputs`` (the frozen prefix's output
-    for every view, [N, G, ...]: the trainable trunk's inputs) and ``{split}_outputs`` (the frozen trunk's
-    outputs for every view, L2-normalised if ``normalise``); ``trunk = trunk_of(remaining blocks)``.
+    Returns ``(cached, labels, trunk, n_blocks, key)``: per split, ``{split}_inputs`` (the frozen prefix's
+    output for every view, [N, G, ...]: the trainable trunk's inputs) and ``{split}_maps`` (the frozen
+    trunk's maps of every view, [N, G, C, h, w]); ``trunk`` = the remaining blocks; ``key`` names the cache.
+    The embedding and feature-map setups share one cache per (image size, split, group).
     """
     from .backbones import load_backbone
     from .data import data_root, load_digits
@@ -491,12 +520,11 @@ def _cached_digit_views(group: Group, kind: str, image_size: int, split_block: i
 
     backbone = load_backbone("mobilenet_v2", input_size=image_size)
     model = backbone.model.eval().requires_grad_(False)
-    prefix, trunk = model.features[:split_block], trunk_of(model.features[split_block:])
+    prefix, trunk = model.features[:split_block], model.features[split_block:]
     cache_dir = data_root() / "cache" if cache_dir is None else cache_dir
-    key = cache_key(kind=kind, weights=module_fingerprint(model), size=image_size, split=split_block,
-                    elements=group.elements, normalise=normalise)
+    key = cache_key(kind="digit_maps", weights=module_fingerprint(model), size=image_size, split=split_block,
+                    elements=group.elements)
     splits = {s: load_digits(s, image_size, backbone.mean, backbone.std) for s in ("train", "test")}
-    embed = (lambda v: nn.functional.normalize(trunk(v), dim=-1)) if normalise else trunk
 
     def compute() -> dict:
         out = {}
@@ -504,52 +532,105 @@ def _cached_digit_views(group: Group, kind: str, image_size: int, split_block: i
             inputs = extract_view_features(prefix, ViewData(group.orbit(ds.tensors[0]), ds.tensors[1]),
                                            progress=progress)
             out[f"{split}_inputs"] = inputs
-            out[f"{split}_outputs"] = extract_view_features(embed, ViewData(inputs, ds.tensors[1]))
+            out[f"{split}_maps"] = extract_view_features(trunk, ViewData(inputs, ds.tensors[1]))
         return out
 
-    cached = load_or_compute(Path(cache_dir) / f"{kind}_{key}.pt", compute)
-    return cached, {s: ds.tensors[1] for s, ds in splits.items()}, trunk, len(model.features)
+    cached = load_or_compute(Path(cache_dir) / f"digit_maps_{key}.pt", compute)
+    return cached, {s: ds.tensors[1] for s, ds in splits.items()}, trunk, len(model.features), key
+
+
+def _small_digit_setup(group: Group, level: str, image_size: int, split_block: int, cache_dir,
+                       progress: bool) -> LambdaSetup:
+    """The small profile's setup at the ``"embeddings"`` or ``"maps"`` level (one shared cache)."""
+    from .zeroshot import fit_linear_head
+
+    cached, labels, trunk, n_blocks, key = _cached_digit_maps(group, image_size, split_block, cache_dir, progress)
+    pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    blocks = _block_range(split_block, n_blocks)
+    if level == "embeddings":  # global average pooling, then CLIP-like L2-normalised embeddings
+        feats = {s: nn.functional.normalize(pool(cached[f"{s}_maps"].flatten(0, 1)), dim=-1).reshape(
+            *cached[f"{s}_maps"].shape[:3]) for s in ("train", "test")}
+        head = fit_linear_head(feats["train"][:, 0], labels["train"])  # upright views only
+        trunk = nn.Sequential(trunk, pool)
+        description = (f"MobileNetV2 (ImageNet weights) at {image_size} px on digits; blocks 0-{split_block - 1} "
+                       f"frozen and cached per view, {blocks} finetuned; linear head fitted on upright digits")
+    elif level == "maps":  # as in the article's feature-map code, logits come from the unnormalised pooled map
+        feats = {s: cached[f"{s}_maps"] for s in ("train", "test")}
+        head = nn.Sequential(pool, fit_linear_head(pool(feats["train"][:, 0]), labels["train"]))
+        description = (f"MobileNetV2 (ImageNet weights) at {image_size} px on digits; maps of {blocks} "
+                       "combined over the views, then average pooling and a linear head fitted on upright digits")
+    else:
+        raise ValueError(f"unknown level {level!r}; valid: 'embeddings', 'maps'")
+    return LambdaSetup(
+        group=group, make_trunk=lambda: copy.deepcopy(trunk).requires_grad_(True), head=head,
+        train=ViewData(cached["train_inputs"], labels["train"]), test=ViewData(cached["test_inputs"], labels["test"]),
+        train_feats=feats["train"], test_feats=feats["test"], description=description,
+        normalise_features=level == "embeddings", key=f"small-{level}-{key}")
 
 
 def small_lambda_setup(group: Group, *, image_size: int = 64, split_block: int = 18, cache_dir=None,
                        progress: bool = False) -> LambdaSetup:
     """The small profile: frozen MobileNetV2 blocks 0..split_block-1 cached per view; the rest is trainable.
 
-    The head is a linear layer fitted on the normalised embeddings of the upright training digits (it
-    stands in for CLIP's text head and is never trained). Caches are keyed by everything that changes them.
+    The trunk is the remaining blocks and global average pooling; its embeddings are L2-normalised. The
+    head is a linear layer fitted on the embeddings of the upright training digits (it stands in for
+    CLIP's text head and is never trained). Caches are keyed by everything that changes them.
     """
-    from .zeroshot import fit_linear_head
-
-    cached, labels, trunk, n_blocks = _cached_digit_views(
-        group, "lambda_small", image_size, split_block, cache_dir, progress,
-        trunk_of=lambda rest: nn.Sequential(rest, nn.AdaptiveAvgPool2d(1), nn.Flatten()), normalise=True)
-    head = fit_linear_head(cached["train_outputs"][:, 0], labels["train"])  # upright views only
-    return LambdaSetup(
-        group=group, make_trunk=lambda: copy.deepcopy(trunk).requires_grad_(True), head=head,
-        train=ViewData(cached["train_inputs"], labels["train"]), test=ViewData(cached["test_inputs"], labels["test"]),
-        train_feats=cached["train_outputs"], test_feats=cached["test_outputs"],
-        description=(f"MobileNetV2 (ImageNet weights) at {image_size} px on digits; blocks 0-{split_block - 1} frozen "
-                     f"and cached per view, {_block_range(split_block, n_blocks)} finetuned; "
-                     "linear head fitted on upright digits"),
-    )
+    return _small_digit_setup(group, "embeddings", image_size, split_block, cache_dir, progress)
 
 
 def run_lambda_equitune(setup: LambdaSetup, config: TrainConfig, *, progress: bool = False,
                         heldout_fraction: float = 0.2, method: str = "lambda", align_views: bool = False,
-                        weight_net: Callable[[], nn.Module] | None = None) -> tuple[dict, list[dict], dict]:
+                        weight_net: Callable[[], nn.Module] | None = None,
+                        cache_dir: str | Path | None = None) -> tuple[dict, list[dict], dict]:
     """Prefinetune (cached), select the best weighting module, evaluate, finetune, evaluate.
 
     ``weight_net``: builds the module (default: the article's invariant lambda network for embeddings).
     ``method`` and ``align_views``: see ``LambdaModel`` (feature-map setups).
+    ``cache_dir``: save the run (row, history, module states) there, atomically, keyed by the setup's key,
+    the configuration, the method, the alignment, the module's architecture and the engine's source code;
+    a later call with the same settings loads it instead of training (other chapters reuse trained modules
+    this way).
 
-    Returns ``(row, history, weight_net_state)`` with row keys ``prefinetune_top1`` (the article's
-    "Prefinetune": the selected module on the full test set) and ``finetune_top1`` (after the last
-    finetuning round), in percent.
+    Returns ``(row, history, states)`` with row keys ``prefinetune_top1`` (the article's "Prefinetune":
+    the selected module on the full test set) and ``finetune_top1`` (after the last finetuning round), in
+    percent; ``states["prefinetune"]`` is the selected module's state dict (what the article's lambda
+    plots load), ``states["finetune"]`` the module's after finetuning.
     """
     from .weighting import EmbeddingWeightNet
 
-    torch.manual_seed(config.seed)
-    module = weight_net() if weight_net is not None else EmbeddingWeightNet(setup.embed_dim)
+    make_net = weight_net if weight_net is not None else lambda: EmbeddingWeightNet(setup.embed_dim)
+
+    def train() -> dict:
+        torch.manual_seed(config.seed)
+        row, history, states = _run(setup, config, make_net(), progress, heldout_fraction, method, align_views)
+        return dict(row=row, history=history, states=states)
+
+    if cache_dir is None:
+        out = train()
+    else:
+        from .report import cache_key, load_or_compute
+
+        if not setup.key:
+            raise ValueError("this setup has no key, so its runs cannot be cached; pass cache_dir=None")
+        key = cache_key(setup=setup.key, config=config.as_dict(), method=method, align_views=align_views,
+                        weight_net=repr(make_net()), heldout_fraction=heldout_fraction, code=_code_fingerprint())
+        out = load_or_compute(Path(cache_dir) / f"run_{key}.pt", train)
+    return out["row"], out["history"], out["states"]
+
+
+def _code_fingerprint() -> str:
+    """Hash of the sources that define a training run, so that a cached run never outlives a code change."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("train.py", "wrappers.py", "weighting.py", "groups.py"):
+        digest.update((Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _run(setup: LambdaSetup, config: TrainConfig, module: nn.Module, progress: bool, heldout_fraction: float,
+         method: str, align_views: bool) -> tuple[dict, list[dict], dict]:
     model = LambdaModel(setup.make_trunk(), module.to(next(setup.head.parameters()).device), setup.head,
                         setup.group, config, method=method, align_views=align_views,
                         normalise_features=setup.normalise_features)
@@ -566,37 +647,44 @@ def run_lambda_equitune(setup: LambdaSetup, config: TrainConfig, *, progress: bo
         train = setup.train
     best, history = prefinetune(model, ViewData(train_feats, train_labels), ViewData(sel_feats, sel_labels), config,
                                 progress)
-    model.weight_net.load_state_dict(best)
+    model.weight_net.load_state_dict(best)  # copies: finetuning leaves ``best`` as selected
     pre = evaluate(model, setup.test, feats=setup.test_feats, seed=config.seed)
     history.append(dict(stage="prefinetune", round=config.prefinetune_rounds, step=None, test_top1=pre))
-    history += finetune(model, train, setup.test, config, train_lambda_feats=setup.train_feats[
-        fit] if config.selection == "heldout" else setup.train_feats, test_lambda_feats=setup.test_feats,
-        progress=progress)
+    history += finetune(model, train, setup.test, config, train_lambda_feats=train_feats, test_lambda_feats=setup.test_feats,
+                        progress=progress)
     tests = [h["test_top1"] for h in history if h["stage"] == "finetune" and "test_top1" in h]
     row = dict(prefinetune_top1=pre, finetune_top1=tests[-1] if tests else pre)
-    return row, history, copy.deepcopy(model.weight_net.state_dict())
+    return row, history, dict(prefinetune=best, finetune=copy.deepcopy(model.weight_net.state_dict()))
 
 
 def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = "cifar100", *,
                       device: str = "cpu", data_root=None, cache_dir=None, clip_path: str | None = None,
                       clip_download_root: str | None = None, max_train: int | None = 16_000,
-                      dataset_options: dict | None = None, batch_size: int = 256,
+                      dataset_options: dict | None = None, batch_size: int = 256, level: str = "embeddings",
                       progress: bool = False) -> LambdaSetup:
-    """The paper profile: CLIP's whole image encoder is the trunk; the prompt-ensemble text head is fixed.
+    """The paper profile: CLIP's image encoder is the trunk; the prompt-ensemble text head is fixed.
+
+    ``level="embeddings"`` (the invariant lambda-equitune): the whole encoder is the trunk, its
+    embeddings are L2-normalised. ``level="maps"`` (the feature-map methods, article sec. 4.2): the trunk
+    M1 ends at layer4 (maps [2048, 7, 7] for RN50); the head is ``attnpool`` then the text head, fixed, on
+    the unnormalised pooled embedding as in the article's code. Maps are cached in the trunk's dtype (fp16
+    on CUDA, as the article computes them): about 0.8 MB per image for the four views of RN50.
 
     Images are kept as uint8 and resized (bicubic) and normalised on the device per batch. As published,
     only the first 16,000 training images are ever used (unshuffled loader restarted every round), so
     ``max_train`` bounds what is loaded and cached. The frozen model's normalised features of every view
     are cached on disk (atomic, keyed by the weights, data and group).
     """
+    from .data import DATASET_SPLITS, get_dataset
     from .data import data_root as default_root
-    from .data import get_dataset
     from .report import cache_key, load_or_compute, module_fingerprint
     from .zeroshot import load_zeroshot_model
 
     backbone, text_head, root, cache_dir = load_zeroshot_model(
         backbone_name, dataset, device=device, data_root=str(data_root or default_root()), cache_dir=cache_dir,
         clip_path=clip_path, clip_download_root=clip_download_root, dataset_options=dataset_options)
+    if level not in ("embeddings", "maps"):
+        raise ValueError(f"unknown level {level!r}; valid: 'embeddings', 'maps'")
     if backbone.text_model is None:
         raise ValueError(f"clip_lambda_setup needs a CLIP backbone, got {backbone_name!r}")
     head = nn.Linear(text_head.weights.shape[0], text_head.weights.shape[1], bias=False)
@@ -613,22 +701,60 @@ def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = 
 
     def split_data(split: str, limit: int | None) -> ImageViewData:
         ds = get_dataset(dataset, split, root=str(root), **(dataset_options or {}))
-        images, labels = torch.as_tensor(ds.data[:limit]), torch.as_tensor(ds.targets[:limit])
-        return ImageViewData(images, labels, group, prepare)
+        if hasattr(ds, "data"):  # CIFAR100: uint8 [N, 32, 32, 3] in memory
+            images = torch.as_tensor(ds.data[:limit])
+        else:  # image files (ISIC2018): decoded once, resized and centre-cropped as CLIP's preprocessing
+            images = _decode_uint8(ds, limit, backbone.input_size)
+        return ImageViewData(images, torch.as_tensor(ds.targets[:limit]), group, prepare)
 
-    train, test = split_data("train", max_train), split_data("test", None)
+    test_split = "test" if "test" in DATASET_SPLITS[dataset] else "val"  # ISIC2018: the validation split
+    train, test = split_data("train", max_train), split_data(test_split, None)
     encoder = backbone.encoder.requires_grad_(False)
-    key = cache_key(kind="lambda_clip", weights=module_fingerprint(encoder), dataset=dataset, root=str(root),
-                    n_train=len(train), n_test=len(test), elements=group.elements, device=torch.device(device).type)
-    embed = lambda v: nn.functional.normalize(encoder(v).float(), dim=-1)  # noqa: E731
+    if level == "maps":
+        encoder, pool = backbone.feature_split()  # stem..layer4 and attnpool (frozen with the encoder)
+        head = _PooledHead(pool, head)
+        embed = encoder
+        description = (f"CLIP {backbone_name} up to layer4 (finetuned), maps combined over the views, then "
+                       f"attnpool and the prompt-ensemble text head (fixed), {dataset}")
+    else:
+        embed = lambda v: nn.functional.normalize(encoder(v).float(), dim=-1)  # noqa: E731
+        description = f"CLIP {backbone_name} image encoder (finetuned whole), prompt-ensemble text head, {dataset}"
+    key = cache_key(kind="lambda_clip", weights=module_fingerprint(backbone.encoder), dataset=dataset,
+                    root=str(root), n_train=len(train), n_test=len(test), elements=group.elements,
+                    device=torch.device(device).type, **({"level": level} if level == "maps" else {}))
     cached = load_or_compute(Path(cache_dir) / f"lambda_clip_{key}.pt", lambda: {
         split: extract_view_features(embed, data, batch_size, device, progress)
         for split, data in (("train", train), ("test", test))})
     return LambdaSetup(
         group=group, make_trunk=lambda: copy.deepcopy(encoder).requires_grad_(True), head=head, train=train,
-        test=test, train_feats=cached["train"], test_feats=cached["test"],
-        description=f"CLIP {backbone_name} image encoder (finetuned whole), prompt-ensemble text head, {dataset}",
+        test=test, train_feats=cached["train"], test_feats=cached["test"], description=description,
+        normalise_features=level == "embeddings", key=f"clip-{level}-{key}",
     )
+
+
+def _decode_uint8(ds, limit: int | None, size: int) -> Tensor:
+    """Images of a file-backed dataset as uint8 [N, size, size, 3]: bicubic resize of the short side, centre crop."""
+    from torchvision import transforms
+
+    ds.transform = transforms.Compose([transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
+                                       transforms.CenterCrop(size), transforms.PILToTensor()])
+    n = len(ds) if limit is None else min(limit, len(ds))
+    return torch.stack([ds[i][0].permute(1, 2, 0) for i in range(n)])
+
+
+class _PooledHead(nn.Module):
+    """The feature-map head: a frozen pooling module (CLIP's attnpool) then the linear text head.
+
+    Shapes: maps [B, C, h, w] (any float dtype; cast to the pool's) -> logits [B, K] (float32).
+    """
+
+    def __init__(self, pool: nn.Module, linear: nn.Linear) -> None:
+        super().__init__()
+        self.pool, self.linear = pool.requires_grad_(False), linear
+
+    def forward(self, maps: Tensor) -> Tensor:
+        dtype = next(self.pool.parameters()).dtype
+        return self.linear(self.pool(maps.to(dtype)).float())
 
 
 def small_feature_map_setup(group: Group, *, image_size: int = 96, split_block: int = 18, cache_dir=None,
@@ -639,23 +765,76 @@ def small_feature_map_setup(group: Group, *, image_size: int = 96, split_block: 
     trainable trunk M1 (maps [C, h, w]; at least 3x3 at 96 px); the head M2 is global average pooling and a
     linear layer fitted on the pooled *unnormalised* maps of the upright training digits (as in the
     article's feature-map code, logits come from an unnormalised embedding). The frozen trunk's maps of
-    every view are cached too (prefinetuning trains only the weighting module on them).
+    every view are cached too (prefinetuning trains only the weighting module on them). The embedding
+    setup at the same ``image_size`` (``small_lambda_setup``) shares this cache.
     """
-    from .zeroshot import fit_linear_head
+    side = -(-int(image_size) // 32)  # MobileNetV2's last blocks have stride 32
+    if side < 3:
+        raise ValueError(f"{image_size} px gives {side}x{side} maps; the weighting networks need at least 3x3: "
+                         "use image_size >= 65 (96 in the book)")
+    return _small_digit_setup(group, "maps", image_size, split_block, cache_dir, progress)
 
-    cached, labels, trunk, n_blocks = _cached_digit_views(
-        group, "feature_map_small", image_size, split_block, cache_dir, progress, trunk_of=lambda rest: rest,
-        normalise=False)
-    if min(cached["train_outputs"].shape[-2:]) < 3:
-        raise ValueError(f"{image_size} px gives {tuple(cached['train_outputs'].shape[-2:])} maps; the weighting "
-                         "networks need at least 3x3: use image_size >= 96")
-    pooled = cached["train_outputs"][:, 0].mean(dim=(-2, -1))  # upright views, global average pooling
-    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), fit_linear_head(pooled, labels["train"]))
-    return LambdaSetup(
-        group=group, make_trunk=lambda: copy.deepcopy(trunk).requires_grad_(True), head=head,
-        train=ViewData(cached["train_inputs"], labels["train"]), test=ViewData(cached["test_inputs"], labels["test"]),
-        train_feats=cached["train_outputs"], test_feats=cached["test_outputs"], normalise_features=False,
-        description=(f"MobileNetV2 (ImageNet weights) at {image_size} px on digits; maps of "
-                     f"{_block_range(split_block, n_blocks)} combined over the views, then average "
-                     "pooling and a linear head fitted on upright digits"),
-    )
+
+def feature_map_weight_net(method: str, map_shape: tuple[int, int, int]) -> Callable[[], nn.Module]:
+    """A factory of the article's weighting module for maps of ``map_shape`` (C, h, w).
+
+    ``"lambda"``: ``FeatureMapWeightNet`` (softmax over the views in the wrapper); ``"attention"``:
+    ``ViewAttention``. Article sizes (32 conv channels, 8 per channel, 128 hidden) for any C, h, w.
+    """
+    from .weighting import FeatureMapWeightNet, ViewAttention
+
+    c, h, w = map_shape
+    if method == "lambda":
+        return lambda: FeatureMapWeightNet(c, (h, w))
+    if method == "attention":
+        return lambda: ViewAttention(c, (h, w))
+    raise ValueError(f"unknown method {method!r}; valid: 'lambda', 'attention'")
+
+
+def feature_map_config(**overrides) -> TrainConfig:
+    """The article's feature-map runs: the updated code with softmax-normalised weights and prelr 0.1.
+
+    As published (spec of its code, sec. 5.5): SGD with momentum for the module (prelr 0.1), selection on
+    the first 50 training batches before each round, lambda fed by the trainable trunk. The finetuning
+    of the article's Tables 2-3 is unrecorded; the default here is the full finetune (trunk and module)
+    at lr 5e-8, as the article's ISIC feature-map run.
+    """
+    return TrainConfig.updated(**{"normalisation": "softmax", "prelr": 0.1, **overrides})
+
+
+def build_setup(profile: str, level: str, group: Group, *, backbone: str = "RN50", dataset: str = "cifar100",
+                image_size: int = 96, split_block: int = 18, device: str = "cpu", data_root: str = "",
+                clip_path: str = "", max_train: int | None = 16_000, dataset_options: dict | None = None,
+                progress: bool = False) -> LambdaSetup:
+    """The chapters' setups: ``profile`` small (MobileNetV2 on digits) or paper (CLIP on ``dataset``),
+    ``level`` embeddings or maps. Empty strings mean defaults (``$EQUINB_DATA``, download CLIP)."""
+    cache = f"{data_root}/cache" if data_root else None
+    if profile == "small":
+        if level == "maps":
+            return small_feature_map_setup(group, image_size=image_size, split_block=split_block, cache_dir=cache,
+                                           progress=progress)
+        return small_lambda_setup(group, image_size=image_size, split_block=split_block, cache_dir=cache,
+                                  progress=progress)
+    if profile == "paper":
+        return clip_lambda_setup(group, backbone, dataset, device=device, data_root=data_root or None,
+                                 cache_dir=cache, clip_path=clip_path or None, max_train=max_train,
+                                 dataset_options=dataset_options, level=level, progress=progress)
+    raise ValueError(f"unknown profile {profile!r}; valid: 'small', 'paper'")
+
+
+def run_cache_dir(data_root: str = "") -> Path:
+    """Where the chapters save trained runs (``<data root>/cache/runs``; empty: ``$EQUINB_DATA``)."""
+    from .data import data_root as default_root
+
+    return Path(data_root or default_root()) / "cache" / "runs"
+
+
+def trained_model(setup: LambdaSetup, config: TrainConfig, method: str, align_views: bool,
+                  state: dict) -> LambdaModel:
+    """A feature-map ``LambdaModel`` on ``setup`` with a saved weighting-module state (from
+    ``run_lambda_equitune``), in evaluation mode on the head's device."""
+    module = feature_map_weight_net(method, setup.map_shape)()
+    module.load_state_dict(state)
+    model = LambdaModel(setup.make_trunk(), module, setup.head, setup.group, config, method=method,
+                        align_views=align_views, normalise_features=False)
+    return model.to(next(setup.head.parameters()).device).eval()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 __all__ = ["book_style", "zeroshot_panels", "robustness_plot", "learning_curves", "label_bars", "fairness_gap_plot",
-           "METHOD_COLORS"]
+           "weight_means_plot", "weight_histograms", "METHOD_COLORS"]
 
 METHOD_COLORS = {"vanilla": "#8c8c8c", "equitune": "#4c72b0", "equizero": "#dd8452"}
 TRANSFORM_LABELS = {"none": "no transformation", "rot180": "rot180 (the article's 'flip')", "rot90": "rot90",
@@ -198,4 +198,63 @@ def fairness_gap_plot(gaps, article_gaps: dict[str, float] | None = None, title:
     if title:
         ax.set_title(title)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
+
+
+def weight_means_plot(means, title: str = ""):
+    """Mean weight of each view (rotation in numeric order), one panel per method, ours beside the article.
+
+    ``means``: tidy rows with columns method, rotation (str, in plotting order), source ("this build" or
+    "article") and mean. The article's bars are hatched; a missing article value is simply not drawn.
+    """
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(means["method"]))
+    rotations = list(dict.fromkeys(means["rotation"]))
+    sources = list(dict.fromkeys(means["source"]))
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.2), squeeze=False, sharey=True)
+    width = 0.8 / len(sources)
+    for ax, method in zip(axes[0], methods):
+        for j, source in enumerate(sources):
+            rows = means[(means["method"] == method) & (means["source"] == source)].set_index("rotation")
+            values = [float(rows["mean"].get(r, float("nan"))) for r in rotations]
+            ax.bar([i + j * width for i in range(len(rotations))], values, width, color="#4c72b0" if j == 0
+                   else "#dd8452", hatch="" if j == 0 else "///", edgecolor="white", label=source)
+        ax.set_xticks([i + width * (len(sources) - 1) / 2 for i in range(len(rotations))], rotations)
+        ax.set(xlabel="view: rotation of the input (degrees)", title=method)
+        ax.axhline(1 / len(rotations), color="gray", lw=0.8, ls=":")
+    axes[0][0].set_ylabel("mean weight")
+    axes[0][-1].legend(frameon=False, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def weight_histograms(weights, bins: int = 20, title: str = ""):
+    """Histogram of the weights of each view: one row per rotation, one column per method (article style).
+
+    ``weights``: tidy rows with columns method, rotation (str, in plotting order) and weight.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    methods = list(dict.fromkeys(weights["method"]))
+    rotations = list(dict.fromkeys(weights["rotation"]))
+    fig, axes = plt.subplots(len(rotations), len(methods), figsize=(4.2 * len(methods), 1.3 * len(rotations) + 0.8),
+                             squeeze=False, sharex=True)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for r, rotation in enumerate(rotations):
+        for c, method in enumerate(methods):
+            values = weights[(weights["method"] == method) & (weights["rotation"] == rotation)]["weight"]
+            ax = axes[r][c]
+            ax.hist(values.clip(0.0, 1.0), bins=edges, color="#4c72b0")
+            ax.set_ylabel(f"{rotation} deg\ncount", fontsize=8)
+            if r == 0:
+                ax.set_title(method)
+    for ax in axes[-1]:
+        ax.set_xlabel("weight of the view")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return fig

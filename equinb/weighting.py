@@ -80,10 +80,27 @@ class MapEncoder(nn.Module):
         if (c, (h, w)) != (self.channels, self.map_size):
             raise ValueError(f"MapEncoder was built for [*, *, {self.channels}, {self.map_size[0]}, "
                              f"{self.map_size[1]}] maps, got {tuple(maps.shape)}")
-        x = maps.to(self.conv.weight.dtype).reshape(b * g * c, 1, h, w)
-        x = torch.relu(self.conv(x)).flatten(1)
-        x = torch.relu(self.pre_proj(x)).reshape(b, g, c * self.pre_proj.out_features)
-        return self.mlp(x)
+        x = self._per_channel_features(maps.to(self.conv.weight.dtype).reshape(b * g * c, h, w))
+        return self.mlp(x.reshape(b, g, c * self.pre_proj.out_features))
+
+    def _per_channel_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``relu(pre_proj(flatten(relu(conv(x)))))`` of every one-channel map, as two matrix products.
+
+        Millions of one-channel maps make a poor batch for a convolution kernel. Here the convolution is a
+        product with the unfolded k x k patches, and its output stays position-major ([M, h'w', K]): the
+        columns of ``pre_proj``'s weight are permuted to match (a small copy) instead of transposing the
+        large activation. Same parameters and same numbers as Conv2d's channel-major flatten
+        (``tests/test_wrappers.py``), faster on a CPU (``bench/map_encoder.py``).
+
+        Shapes: x [M, h, w] -> [M, per_channel].
+        """
+        k, channels = self.conv.kernel_size[0], self.conv.out_channels
+        patches = x.unfold(1, k, 1).unfold(2, k, 1)  # [M, h', w', k, k]
+        m, hh, ww = patches.shape[:3]
+        conv = torch.relu(patches.reshape(m, hh * ww, k * k) @ self.conv.weight.reshape(channels, -1).T
+                          + self.conv.bias)  # [M, h'w', K]
+        weight = self.pre_proj.weight.reshape(-1, channels, hh * ww).transpose(1, 2).reshape(-1, hh * ww * channels)
+        return torch.relu(nn.functional.linear(conv.reshape(m, -1), weight, self.pre_proj.bias))
 
 
 class FeatureMapWeightNet(nn.Module):

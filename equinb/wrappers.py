@@ -171,16 +171,21 @@ class OrbitWrapper(nn.Module):
         out = self.head(values.flatten(0, 1))
         return self.logit_factor * out.reshape(*values.shape[:2], *out.shape[1:])
 
+    def combined_views(self, views: Tensor, weights: Tensor) -> Tensor:
+        """The head's input ``Z = sum_k w_k U_k`` (invariant, or equivariant when aligned).
+
+        Shapes: views [B, G, ...], weights [B, G] -> Z [B, ...].
+        """
+        scales, weights = self.view_scales(views, weights)
+        return _weighted_sum(self.align(views), weights if scales is None else weights * scales)
+
     def combine(self, views: Tensor, weights: Tensor) -> Tensor:
         """Combine the views with the weights and apply the head. Shapes: [B, G, ...], [B, G] -> [B, K]."""
-        values = self.align(views)
-        scales, weights = self.view_scales(views, weights)
         if self.output_softmax:
-            probs = torch.softmax(self.per_view_outputs(values, scales), dim=-1)
+            scales, weights = self.view_scales(views, weights)
+            probs = torch.softmax(self.per_view_outputs(self.align(views), scales), dim=-1)
             return _weighted_sum(probs, weights)
-        if scales is not None:
-            weights = weights * scales
-        return self.logit_factor * self.head(_weighted_sum(values, weights))
+        return self.logit_factor * self.head(self.combined_views(views, weights))
 
     def forward(self, x: Tensor, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         views = self.views(x)

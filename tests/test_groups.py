@@ -75,6 +75,7 @@ def test_orbit_and_inverse_round_trip(name: str, image: torch.Tensor) -> None:
         moved = group.orbit(group.act(image, h))
         for k in range(group.order):
             assert torch.equal(moved[:, k], orbit[:, group.compose(k, h)])
+        assert torch.equal(moved, orbit[:, group.view_permutation(h)])
 
 
 def test_bad_inputs() -> None:

@@ -171,3 +171,65 @@ def test_tab1_paper_profile_code_path_on_fakes(tmp_path: Path) -> None:
     assert "profile: paper" in text and "CLIP RN50 image encoder" in text
     assert "31.42" in text and "56.15" in text  # the article's values beside ours
     assert len(list((data / "cache").glob("lambda_clip_*.pt"))) == 1
+
+
+@pytest.mark.parametrize(
+    ("nb_id", "parameters", "message"),
+    [
+        ("tab2_featuremap", dict(group="rot45"), "unknown group 'rot45'; valid names:"),
+        ("tab2_featuremap", dict(profile="huge"), "unknown profile 'huge'"),
+        ("tab2_featuremap", dict(device="cuda"), "no CUDA GPU is available"),
+        ("tab2_featuremap", dict(prelr=-1.0), "TrainConfig.prelr must be >= 0"),
+        ("tab2_featuremap", dict(image_size=64), "use image_size >= 65"),
+        ("tab3_equiattention", dict(group="rot45"), "unknown group 'rot45'; valid names:"),
+        ("tab3_equiattention", dict(finetune_rounds=-1), "TrainConfig.finetune_rounds must be >= 0"),
+        ("fig2_3_lambda_weights", dict(orientation_free="mnist"), "unknown orientation_free 'mnist'"),
+        ("fig2_3_lambda_weights", dict(orientation_free="isic2018"), "the small profile has no ISIC2018"),
+        ("fig2_3_lambda_weights", dict(profile="huge"), "unknown profile 'huge'"),
+    ],
+)
+def test_feature_map_chapters_fail_early_on_bad_parameters(tmp_path: Path, nb_id: str, parameters: dict,
+                                                           message: str) -> None:
+    _expect_early_failure(tmp_path, nb_id, parameters, message)
+
+
+def _tiny_clip_96(tmp_path: Path) -> Path:
+    """A tiny random CLIP ResNet at 96 px (3x3 layer4 maps: the feature-map networks need at least 3x3)."""
+    from equinb.backbones import tiny_clip
+
+    weights = tmp_path / "tiny_rn50_96.pt"
+    torch.save(tiny_clip("rn", image_resolution=96).state_dict(), weights)
+    return weights
+
+
+FEATURE_MAP_FAKE = dict(profile="paper", backbone="RN50", dataset="cifar100", prefinetune_rounds=2, prefinetune_steps=2,
+                        finetune_rounds=1, finetune_steps=1, dataset_options={"verify_md5": False})
+
+
+@pytest.mark.parametrize("nb_id", ["tab2_featuremap", "tab3_equiattention"])
+def test_feature_map_tables_paper_code_path_on_fakes(tmp_path: Path, nb_id: str) -> None:
+    """CLIP layer4 maps -> weighting module -> attnpool and the text head, on a tiny CLIP and a CIFAR100 fake."""
+    data = tmp_path / "data"
+    _fake_cifar100(data)
+    nb = _run(nb_id, tmp_path, clip_path=str(_tiny_clip_96(tmp_path)), data_root=str(data), **FEATURE_MAP_FAKE)
+    text = _outputs(nb)
+    assert "profile: paper" in text and "up to layer4" in text and "attnpool" in text
+    assert "40.95" in text and "47.55" in text  # the article's values beside ours
+    assert "Z equivariance error" in text and "positional" not in text  # attnpool is the positional head here
+    assert len(list((data / "cache" / "runs").glob("run_*.pt"))) == 4  # tab2: invariant at two rates, two maps
+
+
+def test_lambda_weights_paper_code_path_on_fakes(tmp_path: Path) -> None:
+    """Figure 2 on a CIFAR100 fake and Figure 3 on an ISIC2018 fake (the validation split), tiny CLIP at 96 px."""
+    from test_data import _one_hot, _write_isic
+
+    data = tmp_path / "data"
+    _fake_cifar100(data)
+    for part, n in (("Training", 6), ("Validation", 5)):
+        _write_isic(data, part, [(f"ISIC_{part[0]}{i:06d}", _one_hot(i % 7)) for i in range(n)])
+    nb = _run("fig2_3_lambda_weights", tmp_path, clip_path=str(_tiny_clip_96(tmp_path)), data_root=str(data),
+              orientation_free="isic2018", **{**FEATURE_MAP_FAKE, "dataset_options": {"cifar100": {"verify_md5": False}}})
+    text = _outputs(nb)
+    assert "profile: paper" in text and "0.721" in text and "0.328" in text
+    assert "orientation-free: CLIP RN50 up to layer4" in text and "isic2018" in text
+    assert not any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", []))

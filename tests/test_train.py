@@ -183,8 +183,9 @@ def test_seeded_runs_are_identical_and_heldout_selection_runs() -> None:
     a = run_lambda_equitune(setup, config)
     b = run_lambda_equitune(setup, config)
     assert a[0] == b[0] and a[1] == b[1]
-    for k in a[2]:
-        assert torch.equal(a[2][k], b[2][k])
+    for stage in ("prefinetune", "finetune"):
+        for k in a[2][stage]:
+            assert torch.equal(a[2][stage][k], b[2][stage][k])
     row, history, _ = run_lambda_equitune(setup, TrainConfig.updated(selection="heldout", **SMALL))
     assert set(row) == {"prefinetune_top1", "finetune_top1"}
     assert any("select_top1" in h for h in history)
@@ -264,10 +265,10 @@ def test_feature_map_run_and_bad_method() -> None:
 
     setup = _map_setup()
     config = TrainConfig.updated(normalisation="softmax", **SMALL)
-    row, _, state = run_lambda_equitune(setup, config, align_views=True,
+    row, _, states = run_lambda_equitune(setup, config, align_views=True,
                                         weight_net=lambda: FeatureMapWeightNet(3, (4, 4), conv_channels=2,
                                                                                per_channel=2, hidden=8))
-    assert set(row) == {"prefinetune_top1", "finetune_top1"} and state
+    assert set(row) == {"prefinetune_top1", "finetune_top1"} and set(states) == {"prefinetune", "finetune"}
     assert setup.map_shape == (3, 4, 4)
     with pytest.raises(ValueError, match="valid: 'lambda', 'attention'"):
         LambdaModel(nn.Identity(), nn.Identity(), setup.head, setup.group, config, method="mean")

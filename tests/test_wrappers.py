@@ -95,8 +95,7 @@ def test_invariance(method: str, level: str, group_name: str) -> None:
             moved, moved_w = wrapper(group.act(x, k), return_weights=True)
             torch.testing.assert_close(moved, out, **TOL)
             # the weights travel with their views: weight of view j for g_k x = weight of view j*g_k for x
-            perm = [group.compose(j, k) for j in range(group.order)]
-            torch.testing.assert_close(moved_w, weights[:, perm], **TOL)
+            torch.testing.assert_close(moved_w, weights[:, group.view_permutation(k)], **TOL)
 
 
 @pytest.mark.parametrize("level", ["model", "embedding", "feature_map"])
@@ -339,3 +338,22 @@ def test_invariance_on_a_tiny_random_clip(group_name: str) -> None:
             out = wrapper(x)
             for k in range(group.order):
                 torch.testing.assert_close(wrapper(group.act(x, k)), out, **TOL)
+
+
+def test_weighting_modules_have_the_article_sizes() -> None:
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(FeatureMapWeightNet(2048, (7, 7))) == 2_120_649
+    assert count(ViewAttention(2048, (7, 7))) == 4_241_040
+
+
+@pytest.mark.parametrize("map_size", [(3, 3), (5, 4), (7, 7)])
+def test_map_encoder_matches_a_per_channel_convolution(map_size: tuple[int, int]) -> None:
+    """The matrix-product convolution equals Conv2d(1 -> k) per channel, flattened channel-major."""
+    from equinb.weighting import MapEncoder
+
+    torch.manual_seed(0)
+    enc = MapEncoder(3, map_size, conv_channels=4, per_channel=2, hidden=8, out_dim=5).double()
+    maps = torch.randn(2, 4, 3, *map_size, dtype=torch.float64)
+    x = torch.relu(enc.conv(maps.reshape(-1, 1, *map_size))).flatten(1)  # the article's formulation
+    x = torch.relu(enc.pre_proj(x)).reshape(2, 4, -1)
+    torch.testing.assert_close(enc(maps), enc.mlp(x), **TOL)

@@ -1,0 +1,152 @@
+"""What trained view-weighting models do: per-view weights, their statistics, and measured symmetries.
+
+Everything works on cached per-view trunk outputs ``feats`` [N, G, ...] of a test set: the views of a
+transformed input ``g x`` are the views of ``x`` permuted, so every input transformation is a column
+permutation and no backbone pass is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .groups import Group
+from .report import format_error
+from .train import LambdaModel, LambdaSetup
+
+__all__ = ["view_weights", "weight_summary", "rotation_labels", "combined_map_symmetry", "plain_head_top1",
+           "positional_head", "symmetry_tables"]
+
+Tensor = torch.Tensor
+
+
+def rotation_labels(group: Group) -> list[str]:
+    """Column names of the views: degrees ("0", "90", ...) for rotation groups, else the (r, s) elements."""
+    if all(s == 0 for _, s in group.elements):
+        return [str(90 * r) for r, _ in group.elements]
+    return [str(e) for e in group.elements]
+
+
+@torch.no_grad()
+def view_weights(model: LambdaModel, feats: Tensor, batch_size: int = 256, seed: int = 0) -> Tensor:
+    """The weight of every view of every image, in evaluation mode (seeded, for an active dropout).
+
+    lambda-equitune: the normalised lambda weights; equiattention: the column means of the attention
+    matrix (the effective weight of each view, article sec. 4.4). Shapes: feats [N, G, ...] -> [N, G].
+    """
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for start in range(0, feats.shape[0], batch_size):
+            chunk = feats[start:start + batch_size].to(model.device)
+            out.append(model.combiner.view_weights(chunk).float().cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def weight_summary(weights: Tensor, labels: Sequence[str]) -> dict[str, float]:
+    """Mean weight per view and the two "not upright" statistics of the article's Figure 2 discussion.
+
+    - ``share_argmax_not_upright``: the share of images whose largest weight is not on view 0 (ties go to
+      view 0: ``argmax`` returns the first maximum). This is what the text describes.
+    - ``share_upright_smallest``: the share whose view 0 has a strictly smaller weight than every other
+      view: the definition in the article's surviving notebook.
+
+    Shapes: weights [N, G] -> ``{"mean_<label>": ..., "share_argmax_not_upright": ..., ...}`` (fractions).
+    """
+    if weights.ndim != 2 or weights.shape[1] != len(labels):
+        raise ValueError(f"weights must be [N, {len(labels)}], got {tuple(weights.shape)}")
+    out = {f"mean_{label}": float(weights[:, k].mean()) for k, label in enumerate(labels)}
+    out["share_argmax_not_upright"] = float((weights.argmax(dim=1) != 0).double().mean())
+    out["share_upright_smallest"] = float((weights[:, 0] < weights[:, 1:].amin(dim=1)).double().mean())
+    return out
+
+
+@torch.no_grad()
+def combined_map_symmetry(model: LambdaModel, feats: Tensor, labels: Tensor, heads: dict[str, nn.Module],
+                          batch_size: int = 256) -> list[dict]:
+    """Measure, for each group element g, what turning every input by g does to the combined map and logits.
+
+    ``Z(x) = sum_k w_k U_k`` is the head's input (``U_k = g_k^-1 V_k`` when the model aligns its views).
+    Per element: ``invariance`` = max |Z(gx) - Z(x)|, ``equivariance`` = max |Z(gx) - g Z(x)|, then for
+    each head its largest logit change max |head(Z(gx)) - head(Z(x))| and its top-1 (%) on the turned
+    inputs; ``scale_*`` are the magnitudes to judge float rounding by. Shapes: feats [N, G, C, h, w].
+    """
+    group, combiner = model.group, model.combiner
+    was_training = model.training
+    model.eval()
+    rows = [dict(element=e, invariance=0.0, equivariance=0.0, scale_map=0.0,
+                 **{f"{n}_{k}": 0.0 for n in heads for k in ("logit_change", "scale", "top1")})
+            for e in range(group.order)]
+    for start in range(0, feats.shape[0], batch_size):
+        chunk = feats[start:start + batch_size].to(model.device)
+        truth = labels[start:start + batch_size]
+        base = combiner.combined_views(chunk, combiner.view_weights(chunk))
+        base_logits = {name: head(base) for name, head in heads.items()}
+        for element, row in enumerate(rows):
+            moved = chunk[:, group.view_permutation(element)]
+            z = combiner.combined_views(moved, combiner.view_weights(moved))
+            row["invariance"] = max(row["invariance"], (z - base).abs().max().item())
+            row["equivariance"] = max(row["equivariance"], (z - group.act(base, element)).abs().max().item())
+            row["scale_map"] = max(row["scale_map"], base.abs().max().item())
+            for name, head in heads.items():
+                logits = head(z)
+                row[f"{name}_logit_change"] = max(row[f"{name}_logit_change"],
+                                                  (logits - base_logits[name]).abs().max().item())
+                row[f"{name}_scale"] = max(row[f"{name}_scale"], base_logits[name].abs().max().item())
+                row[f"{name}_top1"] += 100.0 * float((logits.argmax(-1).cpu() == truth).sum()) / len(labels)
+    model.train(was_training)
+    return rows
+
+
+@torch.no_grad()
+def plain_head_top1(head: nn.Module, feats: Tensor, labels: Tensor, batch_size: int = 256) -> dict[str, float]:
+    """Reference points without any weighting network, from cached per-view outputs [N, G, ...].
+
+    ``upright``: the head on view 0 (the images as given); ``rotated``: the head on one view, averaged
+    over the views (a test set turned by a uniformly random element); ``mean_of_views``: the head on the
+    mean of the views (equitune of unaligned views, what a constant weighting gives). Top-1 in %.
+    """
+    device = next(head.parameters()).device
+    hits = {"upright": 0, "rotated": 0.0, "mean_of_views": 0}
+    for start in range(0, feats.shape[0], batch_size):
+        chunk = feats[start:start + batch_size].to(device)
+        truth = labels[start:start + batch_size]
+        per_view = torch.stack([head(chunk[:, k]).argmax(-1).cpu() == truth for k in range(chunk.shape[1])], 1)
+        hits["upright"] += int(per_view[:, 0].sum())
+        hits["rotated"] += float(per_view.double().mean(1).sum())
+        hits["mean_of_views"] += int((head(chunk.mean(1)).argmax(-1).cpu() == truth).sum())
+    return {k: 100.0 * v / len(labels) for k, v in hits.items()}
+
+
+def positional_head(setup: LambdaSetup) -> nn.Module:
+    """A head that sees *where* a feature is: a linear classifier on the flattened map [C*h*w], fitted on
+    the upright training maps (a stand-in for attnpool's absolute positional embedding)."""
+    from .zeroshot import fit_linear_head
+
+    return nn.Sequential(nn.Flatten(), fit_linear_head(setup.train_feats[:, 0].flatten(1), setup.train.labels))
+
+
+def symmetry_tables(models: dict[str, LambdaModel], setup: LambdaSetup, heads: dict[str, nn.Module]):
+    """``combined_map_symmetry`` of several trained models on the test set, as two DataFrames.
+
+    Returns ``(errors, top1)``: per model the largest change over the non-identity elements, printed with
+    ``format_error`` (float rounding shows as a bound), and each head's top-1 (%) per input element.
+    """
+    import pandas as pd
+
+    records = [dict(model=name, **r) for name, model in models.items()
+               for r in combined_map_symmetry(model, setup.test_feats, setup.test.labels, heads)]
+    frame = pd.DataFrame(records)
+    worst = frame[frame.element > 0].groupby("model", sort=False).agg("max")
+    show = lambda col, scale: [format_error(e, s) for e, s in zip(worst[col], worst[scale])]  # noqa: E731
+    errors = pd.DataFrame({"Z invariance error": show("invariance", "scale_map"),
+                           "Z equivariance error": show("equivariance", "scale_map"),
+                           **{f"{h} logit change": show(f"{h}_logit_change", f"{h}_scale") for h in heads}},
+                          index=worst.index)
+    top1 = frame.pivot_table(index="model", columns="element", values=[f"{h}_top1" for h in heads], sort=False)
+    return errors, top1
