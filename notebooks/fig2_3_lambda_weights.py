@@ -190,12 +190,12 @@ for figure in setups:
 #   The second is the share whose upright view has the smallest weight, which is what the article's
 #   surviving notebook computes. For nearly one-hot weights the two differ by the images whose weight sits
 #   on a third view.
-# - **Orientation-free data.** In the small profile, turning every image at random makes the mean weight
-#   of each column uniform by construction, whatever the module learned. The histograms show what it
-#   learned: if they stay bimodal, the module still picks one view per image (the one the upright-fitted
-#   head likes best), only no longer the column of the image as given. Uniform means therefore do not
-#   imply uniform weights. The article's ISIC2018 attention weights, all within [0.225, 0.275], are
-#   uniform per image, a different finding.
+# - **Orientation-free data.** In the small profile, every image is turned by a uniformly random
+#   rotation. The mean weight of each column is then close to uniform by construction, whatever the
+#   module learned. The histograms show what it learned: where they stay bimodal, the module still picks
+#   one view per image, only no longer the column of the image as given. Uniform means therefore do not
+#   imply uniform weights per image. The article's ISIC2018 attention weights, all within
+#   [0.225, 0.275], are uniform per image, which is a different finding.
 # - **Modules plotted.** As in the article, these are the modules selected by prefinetuning, with
 #   unaligned views (as published). The weights are computed from unaligned views in both variants, so
 #   aligning would change what the module is trained on, not how its weights are read.

@@ -149,7 +149,8 @@ for name in variants:
 loss = curves[curves.loss.notna()].groupby(["run", "stage"], sort=False).loss
 print("largest training loss per stage (an unbounded, unnormalised lambda shows here):")
 display(loss.max().unstack().map(lambda v: f"{v:.3g}"))
-glue_names = {f"updated_invariant (prelr {prelr_embedding:g})": "invariant", "feature_map (as published)": "published",
+glue_names = {f"updated_invariant (prelr {prelr:g})": "invariant_map_rate",
+              f"updated_invariant (prelr {prelr_embedding:g})": "invariant", "feature_map (as published)": "published",
               "feature_map (as described)": "described"}
 for _, r in ours[ours.variant.isin(glue_names)].iterrows():
     glue(f"{glue_names[r.variant]}_prefinetune_top1", float(r.prefinetune_top1), display=False)
@@ -210,6 +211,11 @@ fig = viz.learning_curves(curves, title=f"Table 2 runs (profile: {profile})")
 #   different logits, and a different accuracy, for every rotation of the same image. Average pooling
 #   hides this: with it, both variants are invariant classifiers, and they differ only in what the
 #   weighting network learns.
+# - **Unnormalised λ.** The invariant row keeps the article's raw, unbounded λ, which acts as a per-view
+#   inverse temperature. The table of largest losses shows whether it stayed bounded at each learning
+#   rate. That is why the invariant row is also run at the feature-map rows' rate. When the loss runs
+#   away, the selection before each round still keeps the best network seen, but finetuning starts from
+#   a network whose logits are already huge.
 # - **Heads and temperatures** (deviation A.7). As in the article's code, the feature-map logits come
 #   from the *unnormalised* pooled map, and the embedding-level logits from the normalised embedding. The
 #   two rows therefore train at different effective temperatures, and the learning rates are not
