@@ -129,8 +129,8 @@ display(table[["profile", "method", "alignment", "prefinetune (ours)", "prefinet
                "finetune (article)"]])
 pre = ours.pivot_table(index="alignment", columns="method", values="prefinetune_top1")
 diff = pre["equiattention"] - pre["lambda_equitune"]
-print("equiattention minus lambda-equitune, prefinetune (article, as published: -0.30 pp):")
-display(diff.map(lambda v: f"{v:+.2f} pp"))
+display(diff.map(lambda v: f"{v:+.2f} pp").to_frame("equiattention minus lambda-equitune, prefinetune "
+                                                      "(article, as published: -0.30 pp)"))
 for _, r in ours.iterrows():
     key = f"{r.method}_{'described' if r.alignment == 'as described' else 'published'}"
     glue(f"{key}_prefinetune_top1", float(r.prefinetune_top1), display=False)

@@ -233,3 +233,19 @@ def test_lambda_weights_paper_code_path_on_fakes(tmp_path: Path) -> None:
     assert "profile: paper" in text and "0.721" in text and "0.328" in text
     assert "orientation-free: CLIP RN50 up to layer4" in text and "isic2018" in text
     assert not any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", []))
+
+
+def test_feature_map_chapters_share_their_run_settings(tmp_path: Path) -> None:
+    """fig2_3 reuses tab3's runs and tab3 reuses tab2's only if they build identical configurations, in the
+    notebook defaults (small profile) and in the paper parameter files."""
+    import yaml
+
+    ids = ("tab2_featuremap", "tab3_equiattention", "fig2_3_lambda_weights")
+    defaults = {nb_id: pm.inspect_notebook(str(_ipynb(nb_id, tmp_path))) for nb_id in ids}
+    papers = {nb_id: yaml.safe_load((NOTEBOOKS / "params" / f"{nb_id}.paper.yaml").read_text()) for nb_id in ids}
+    for name in ("prefinetune_rounds", "prefinetune_steps", "prelr", "finetune_rounds", "finetune_steps", "lr",
+                 "seed", "image_size", "split_block", "group", "backbone", "dataset"):
+        small = {nb_id: params[name]["default"] for nb_id, params in defaults.items()}
+        assert len(set(small.values())) == 1, f"default {name} differs between the chapters: {small}"
+        paper = {nb_id: str(p.get(name)) for nb_id, p in papers.items()}
+        assert len(set(paper.values())) == 1, f"paper {name} differs between the chapters: {paper}"
