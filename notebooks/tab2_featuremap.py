@@ -133,7 +133,10 @@ curves = pd.DataFrame(curves)
 # ## This run beside the article
 
 # %%
-table = ours.assign(article_variant=ours.variant.str.replace(r" \(.*\)", "", regex=True)).merge(
+# the article's numbers sit beside the runs that match them: its rates, and its unaligned feature maps
+same_as_article = {f"updated_invariant (prelr {prelr_embedding:g})": "updated_invariant",
+                   "feature_map (as published)": "feature_map"}
+table = ours.assign(article_variant=ours.variant.map(same_as_article)).merge(
     article.reset_index(), left_on="article_variant", right_on="variant", how="left", suffixes=("", "_article"))
 table = table.rename(columns={"prefinetune_top1": "prefinetune (ours)", "finetune_top1": "finetune (ours)",
                               "prefinetune_top1_article": "prefinetune (article)",
