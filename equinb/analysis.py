@@ -48,21 +48,25 @@ def view_weights(model: LambdaModel, feats: Tensor, batch_size: int = 256, seed:
     return torch.cat(out)
 
 
-def weight_summary(weights: Tensor, labels: Sequence[str]) -> dict[str, float]:
+def weight_summary(weights: Tensor, labels: Sequence[str], original: Tensor | None = None) -> dict[str, float]:
     """Mean weight per view and the two "not upright" statistics of the article's Figure 2 discussion.
 
-    - ``share_argmax_not_upright``: the share of images whose largest weight is not on view 0 (ties go to
-      view 0: ``argmax`` returns the first maximum). This is what the text describes.
+    - ``share_argmax_not_upright``: the share of images whose largest weight is not on view 0, the image as
+      given (ties go to view 0: ``argmax`` returns the first maximum). This is what the text describes.
     - ``share_upright_smallest``: the share whose view 0 has a strictly smaller weight than every other
       view: the definition in the article's surviving notebook.
+    - ``share_argmax_on_original``: the share whose largest weight is on view ``original[i]``, the view
+      that shows image i as it was before a known random turn (default: view 0).
 
-    Shapes: weights [N, G] -> ``{"mean_<label>": ..., "share_argmax_not_upright": ..., ...}`` (fractions).
+    Shapes: weights [N, G], original [N] -> ``{"mean_<label>": ..., "share_...": ...}`` (fractions).
     """
     if weights.ndim != 2 or weights.shape[1] != len(labels):
         raise ValueError(f"weights must be [N, {len(labels)}], got {tuple(weights.shape)}")
+    original = torch.zeros(len(weights), dtype=torch.long) if original is None else original
     out = {f"mean_{label}": float(weights[:, k].mean()) for k, label in enumerate(labels)}
     out["share_argmax_not_upright"] = float((weights.argmax(dim=1) != 0).double().mean())
     out["share_upright_smallest"] = float((weights[:, 0] < weights[:, 1:].amin(dim=1)).double().mean())
+    out["share_argmax_on_original"] = float((weights.argmax(dim=1) == original).double().mean())
     return out
 
 

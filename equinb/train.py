@@ -443,6 +443,7 @@ class LambdaSetup:
         description: what the trunk, head and data are (printed by the chapters).
         normalise_features: True at the embedding level (CLIP's normalised embeddings), False for maps.
         key: names the setup's data and weights in cache keys of training runs ("" = runs are not cached).
+        turns: for ``reoriented`` setups, per split ("train", "test") the element each image was turned by.
     """
 
     group: Group
@@ -455,6 +456,7 @@ class LambdaSetup:
     description: str = ""
     normalise_features: bool = True
     key: str = ""
+    turns: dict[str, Tensor] | None = None
 
     @property
     def embed_dim(self) -> int:
@@ -479,24 +481,26 @@ class LambdaSetup:
         """The same images, each turned by its own uniformly random group element: orientation-free data.
 
         Image i becomes ``h_i x_i`` with ``h_i`` drawn uniformly (seeded, independently for train and
-        test), so a dataset's natural orientation carries no information any more. No recomputation: the
-        views of ``h x`` are the views of ``x`` permuted (view j of h x = view j*h of x).
+        test; kept in ``turns``), so a dataset's natural orientation carries no information any more. No
+        recomputation: the views of ``h x`` are the views of ``x`` permuted (view j of h x = view j*h of x),
+        and the original image is view ``h_i^-1``.
         """
         if isinstance(self.train, ImageViewData):
             raise ValueError("reoriented() needs cached per-view inputs; this setup builds views from images")
         gen = torch.Generator().manual_seed(seed)
 
-        def turn(inputs: Tensor, feats: Tensor) -> tuple[Tensor, Tensor]:
+        def turn(inputs: Tensor, feats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             h = torch.randint(self.group.order, (inputs.shape[0],), generator=gen)
             table = torch.tensor([self.group.view_permutation(e) for e in range(self.group.order)])
             cols = table[h]  # [N, G]: view j of h_i x_i is view cols[i, j] of x_i
             rows = torch.arange(inputs.shape[0])[:, None]
-            return inputs[rows, cols], feats[rows, cols]
+            return inputs[rows, cols], feats[rows, cols], h
 
-        train_in, train_feats = turn(self.train.inputs, self.train_feats)
-        test_in, test_feats = turn(self.test.inputs, self.test_feats)
+        train_in, train_feats, train_turns = turn(self.train.inputs, self.train_feats)
+        test_in, test_feats, test_turns = turn(self.test.inputs, self.test_feats)
         return replace(self, train=ViewData(train_in, self.train.labels), test=ViewData(test_in, self.test.labels),
                        train_feats=train_feats, test_feats=test_feats, key=self.key and f"{self.key}-turned{seed}",
+                       turns={"train": train_turns, "test": test_turns},
                        description=f"{self.description}; every image turned by a random element of "
                                    f"{self.group.name} (seed {seed})")
 

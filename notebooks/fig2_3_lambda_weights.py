@@ -142,9 +142,18 @@ display(pd.DataFrame(accuracy).assign(profile=profile))
 
 # %% [markdown]
 # ## Mean weight per rotation, and how often the upright view is not preferred
+# Shares are fractions of the test images. `share_argmax_on_original` is the share whose largest weight
+# sits on the view that shows the image as it was before its random turn. On the natural set that view
+# is the upright one, so this share is one minus the argmax share. On the turned digits it shows
+# whether the module still finds each digit's upright orientation.
 
 # %%
-summary = pd.DataFrame([dict(figure=f, method=m, **weight_summary(w, columns)) for (f, m), w in weights.items()])
+# the view that shows each test image as it was before its random turn (view 0 when nothing was turned)
+original = {figure: None if setup.turns is None else torch.tensor([group_object.inverse(int(h))
+                                                                   for h in setup.turns["test"]])
+            for figure, (setup, _) in setups.items()}
+summary = pd.DataFrame([dict(figure=f, method=m, **weight_summary(w, columns, original[f]))
+                        for (f, m), w in weights.items()])
 summary = summary.assign(profile=profile, images=[len(w) for w in weights.values()])
 article_wide = article_means.pivot_table(index=["figure", "method"], columns="rotation", values="value")[columns]
 article_wide.columns = [f"article_{c}" for c in columns]
@@ -154,12 +163,17 @@ table = summary.merge(article_wide.reset_index(), on=["figure", "method"], how="
 print(f"profile: {profile} ({natural.description})")
 display(table[["profile", "figure", "method", "images", *[f"mean_{c}" for c in columns],
                *[c for c in table.columns if c.startswith("article_") and c != "article_share"],
-               "share_argmax_not_upright", "share_upright_smallest", "article_share"]])
+               "share_argmax_not_upright", "share_upright_smallest", "article_share", "share_argmax_on_original"]])
+for _, r in summary[summary.figure == "orientation-free"].iterrows():
+    what = "undoes the random turn" if free.turns is not None else "shows the image as given"
+    print(f"{r.method}, orientation-free: the largest weight is on the view that {what} for "
+          f"{100 * r.share_argmax_on_original:.1f}% of the test images (chance: {100 / len(columns):.0f}%)")
 for _, r in summary.iterrows():
     key = f"{'natural' if r.figure == 'natural orientation' else 'free'}_{r.method.split('-')[0]}"
     glue(f"{key}_mean_0", float(r[f"mean_{columns[0]}"]), display=False)
     glue(f"{key}_share_argmax", 100 * float(r.share_argmax_not_upright), display=False)
     glue(f"{key}_share_smallest", 100 * float(r.share_upright_smallest), display=False)
+    glue(f"{key}_share_original", 100 * float(r.share_argmax_on_original), display=False)
 glue("profile", profile, display=False)
 
 # %% [markdown]
@@ -193,8 +207,8 @@ for figure in setups:
 # - **Orientation-free data.** In the small profile, every image is turned by a uniformly random
 #   rotation. The mean weight of each column is then close to uniform by construction, whatever the
 #   module learned. The histograms show what it learned: where they stay bimodal, the module still picks
-#   one view per image, only no longer the column of the image as given. Uniform means therefore do not
-#   imply uniform weights per image. The article's ISIC2018 attention weights, all within
+#   one view per image, only no longer the column of the image as given. `share_argmax_on_original`
+#   says which view that is. Uniform means therefore do not imply uniform weights per image. The article's ISIC2018 attention weights, all within
 #   [0.225, 0.275], are uniform per image, which is a different finding.
 # - **Modules plotted.** As in the article, these are the modules selected by prefinetuning, with
 #   unaligned views (as published). The weights are computed from unaligned views in both variants, so

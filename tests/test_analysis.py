@@ -51,6 +51,9 @@ def test_weight_summary_definitions() -> None:
     assert s["share_argmax_not_upright"] == pytest.approx(0.5)
     assert s["share_upright_smallest"] == pytest.approx(0.25)
     assert s["mean_0"] == pytest.approx(w[:, 0].mean().item()) and s["mean_270"] == pytest.approx(0.15)
+    assert s["share_argmax_on_original"] == pytest.approx(0.5)
+    moved = analysis.weight_summary(w, ["0", "90", "180", "270"], original=torch.tensor([0, 1, 1, 1]))
+    assert moved["share_argmax_on_original"] == pytest.approx(0.75)  # rows 0, 2 and 3 (the tie goes to view 0)
     with pytest.raises(ValueError, match=r"weights must be \[N, 4\]"):
         analysis.weight_summary(w[:, :3], ["0", "90", "180", "270"])
     assert analysis.rotation_labels(get_group("rot90")) == ["0", "90", "180", "270"]
@@ -117,6 +120,9 @@ def test_reoriented_setup_is_the_orbit_of_turned_images() -> None:
         assert len(matches) == 1
         assert torch.equal(turned.train_feats[i], turned.train.inputs[i] * 2)
     assert torch.equal(turned.train.labels, labels)
+    for i in range(10):  # the original image is view h_i^-1 of the turned one
+        original = group.inverse(int(turned.turns["train"][i]))
+        assert torch.equal(turned.train.inputs[i, original], images[i])
     assert turned.key == "k-turned3" and setup.reoriented(seed=3).key == turned.key
     turns = {h for i in range(10) for h in range(4)
              if torch.equal(turned.test.inputs[i], group.orbit(group.act(images[i:i + 1], h))[0])}
