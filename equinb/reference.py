@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-__all__ = ["REFERENCE_CSV", "reference_rows", "reference_table"]
+__all__ = ["REFERENCE_CSV", "reference_rows", "reference_table", "beside_article"]
 
 REFERENCE_CSV = Path(__file__).with_name("article_numbers.csv")
 
@@ -31,3 +31,22 @@ def reference_table(artifact: str | None = None):
     import pandas as pd
 
     return pd.DataFrame(reference_rows(artifact))
+
+
+def beside_article(ours, article, on: str | list[str], article_on: str | list[str] | None = None,
+                   show: tuple[str, ...] = (), stages: tuple[str, ...] = ("prefinetune", "finetune")):
+    """Our runs beside the article's numbers, one row per run, with the differences.
+
+    ``ours``: columns ``on``, ``show`` and ``<stage>_top1``. ``article``: the article's values, one column per
+    metric (``<stage>_top1``), indexed by ``article_on`` (default ``on``). A run whose key is missing (NaN)
+    in ``on`` gets no article value. Returns the ``show`` columns, then per stage "(ours)", "(article)" and
+    "delta".
+    """
+    merged = ours.merge(article.reset_index(), left_on=on, right_on=article_on or on, how="left",
+                        suffixes=("", "_article"))
+    table = merged[list(show)].copy()
+    for stage in stages:
+        table[f"{stage} (ours)"] = merged[f"{stage}_top1"]
+        table[f"{stage} (article)"] = merged[f"{stage}_top1_article"]
+        table[f"{stage} delta"] = table[f"{stage} (ours)"] - table[f"{stage} (article)"]
+    return table

@@ -35,7 +35,7 @@ from .groups import Group
 from .wrappers import EquiAttention, LambdaEquitune
 
 __all__ = ["TrainConfig", "ViewData", "LambdaModel", "batch_schedule", "extract_view_features", "evaluate",
-           "prefinetune", "finetune", "train_step_loss"]
+           "prefinetune", "finetune", "train_step_loss", "check_chapter_params"]
 
 Tensor = torch.Tensor
 
@@ -654,8 +654,8 @@ def _run(setup: LambdaSetup, config: TrainConfig, module: nn.Module, progress: b
     model.weight_net.load_state_dict(best)  # copies: finetuning leaves ``best`` as selected
     pre = evaluate(model, setup.test, feats=setup.test_feats, seed=config.seed)
     history.append(dict(stage="prefinetune", round=config.prefinetune_rounds, step=None, test_top1=pre))
-    history += finetune(model, train, setup.test, config, train_lambda_feats=train_feats, test_lambda_feats=setup.test_feats,
-                        progress=progress)
+    history += finetune(model, train, setup.test, config, train_lambda_feats=train_feats,
+                        test_lambda_feats=setup.test_feats, progress=progress)
     tests = [h["test_top1"] for h in history if h["stage"] == "finetune" and "test_top1" in h]
     row = dict(prefinetune_top1=pre, finetune_top1=tests[-1] if tests else pre)
     return row, history, dict(prefinetune=best, finetune=copy.deepcopy(model.weight_net.state_dict()))
@@ -772,11 +772,28 @@ def small_feature_map_setup(group: Group, *, image_size: int = 96, split_block: 
     every view are cached too (prefinetuning trains only the weighting module on them). The embedding
     setup at the same ``image_size`` (``small_lambda_setup``) shares this cache.
     """
+    _check_map_image_size(image_size)
+    return _small_digit_setup(group, "maps", image_size, split_block, cache_dir, progress)
+
+
+def _check_map_image_size(image_size: int) -> None:
     side = -(-int(image_size) // 32)  # MobileNetV2's last blocks have stride 32
     if side < 3:
-        raise ValueError(f"{image_size} px gives {side}x{side} maps; the weighting networks need at least 3x3: "
-                         "use image_size >= 65 (96 in the book)")
-    return _small_digit_setup(group, "maps", image_size, split_block, cache_dir, progress)
+        raise ValueError(f"image_size={image_size} gives {side}x{side} maps; the weighting networks need at least "
+                         "3x3: use image_size >= 65 (96 in the book)")
+
+
+def check_chapter_params(profile: str, device: str, *, map_image_size: int | None = None) -> None:
+    """The training chapters' early checks, so that bad parameters fail in the first cell, before any work.
+
+    ``map_image_size``: the small profile's input size at the feature-map level (maps must be >= 3x3).
+    """
+    if profile not in ("small", "paper"):
+        raise ValueError(f"unknown profile {profile!r}; valid: 'small', 'paper'")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but no CUDA GPU is available; use device='cpu'")
+    if profile == "small" and map_image_size is not None:
+        _check_map_image_size(map_image_size)
 
 
 def feature_map_weight_net(method: str, map_shape: tuple[int, int, int]) -> Callable[[], nn.Module]:

@@ -79,20 +79,15 @@ from equinb import train as tr
 from equinb.analysis import rotation_labels, view_weights, weight_summary
 from equinb.reference import reference_table
 
-if profile not in ("small", "paper"):
-    raise ValueError(f"unknown profile {profile!r}; valid: 'small', 'paper'")
+tr.check_chapter_params(profile, device, map_image_size=image_size)
 if orientation_free not in ("turned", "isic2018"):
     raise ValueError(f"unknown orientation_free {orientation_free!r}; valid: 'turned', 'isic2018'")
 if profile == "small" and orientation_free != "turned":
     raise ValueError("the small profile has no ISIC2018; use orientation_free='turned'")
 group_object = get_group(group)  # an unknown name fails here, listing the valid ones
-if device.startswith("cuda") and not torch.cuda.is_available():
-    raise ValueError(f"device={device!r} was requested but no CUDA GPU is available; use device='cpu'")
 config = tr.feature_map_config(prelr=prelr, prefinetune_rounds=prefinetune_rounds, prefinetune_steps=prefinetune_steps,
                                finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, lr=lr, seed=seed)
 free_config = replace(config, prelr=prelr_orientation_free)
-if profile == "small" and image_size < 65:
-    raise ValueError(f"image_size={image_size} gives maps smaller than 3x3; use image_size >= 65 (96 by default)")
 runs = tr.run_cache_dir(data_root)
 viz.book_style()
 pd.set_option("display.float_format", "{:.3f}".format)
@@ -202,14 +197,16 @@ for figure in setups:
 # - **Two definitions** (deviation B.20). "Not the natural orientation" is reported two ways. The first
 #   is the share of images whose largest weight is not on the upright view (ties go to the upright view).
 #   The second is the share whose upright view has the smallest weight, which is what the article's
-#   surviving notebook computes. For nearly one-hot weights the two differ by the images whose weight sits
-#   on a third view.
+#   surviving notebook computes. For nearly one-hot weights they can differ a lot: the views that are not
+#   chosen all sit near 0, and the upright view is the *strictly* smallest only when it is the lowest of
+#   those near-zero weights.
 # - **Orientation-free data.** In the small profile, every image is turned by a uniformly random
 #   rotation. The mean weight of each column is then close to uniform by construction, whatever the
 #   module learned. The histograms show what it learned: where they stay bimodal, the module still picks
 #   one view per image, only no longer the column of the image as given. `share_argmax_on_original`
-#   says which view that is. Uniform means therefore do not imply uniform weights per image. The article's ISIC2018 attention weights, all within
-#   [0.225, 0.275], are uniform per image, which is a different finding.
+#   says which view that is. Uniform means therefore do not imply uniform weights per image. The
+#   article's ISIC2018 attention weights, all within [0.225, 0.275], are uniform per image, which is a
+#   different finding.
 # - **Modules plotted.** As in the article, these are the modules selected by prefinetuning, with
 #   unaligned views (as published). The weights are computed from unaligned views in both variants, so
 #   aligning would change what the module is trained on, not how its weights are read.

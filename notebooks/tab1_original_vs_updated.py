@@ -78,15 +78,12 @@ from myst_nb import glue
 
 from equinb import get_group, viz
 from equinb import train as tr
-from equinb.reference import reference_table
+from equinb.reference import beside_article, reference_table
 from equinb.report import format_error
 from equinb.weighting import EmbeddingWeightNet
 
-if profile not in ("small", "paper"):
-    raise ValueError(f"unknown profile {profile!r}; valid: 'small', 'paper'")
+tr.check_chapter_params(profile, device)
 group_objects = {name: get_group(name) for name in groups}  # unknown names fail here, listing valid ones
-if device.startswith("cuda") and not torch.cuda.is_available():
-    raise ValueError(f"device={device!r} was requested but no CUDA GPU is available; use device='cpu'")
 configs = {"original": tr.TrainConfig.original(lr=lr_original), "updated": tr.TrainConfig.updated(lr=lr_updated)}
 configs = {k: replace(c, prefinetune_rounds=prefinetune_rounds, prefinetune_steps=prefinetune_steps, prelr=prelr,
                       finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, seed=seed)
@@ -156,15 +153,8 @@ display(ours)
 # ## This run beside the article
 
 # %%
-table = ours.merge(article.reset_index(), on=["group", "code"], how="left", suffixes=("", "_article"))
-table = table.rename(columns={"prefinetune_top1": "prefinetune (ours)", "finetune_top1": "finetune (ours)",
-                              "prefinetune_top1_article": "prefinetune (article)",
-                              "finetune_top1_article": "finetune (article)"})
-for stage in ("prefinetune", "finetune"):
-    table[f"{stage} delta"] = table[f"{stage} (ours)"] - table[f"{stage} (article)"]
 print(f"profile: {profile} ({full.description})")
-display(table[["profile", "group", "code", "prefinetune (ours)", "prefinetune (article)", "prefinetune delta",
-               "finetune (ours)", "finetune (article)", "finetune delta"]])
+display(beside_article(ours, article, on=["group", "code"], show=("profile", "group", "code")))
 
 # %% [markdown]
 # ### Does the updated code win?

@@ -68,20 +68,16 @@ dataset_options: dict = {}  # extra get_dataset options, for example download Tr
 from dataclasses import replace
 
 import pandas as pd
-import torch
 from IPython.display import display
 from myst_nb import glue
 
 from equinb import get_group, viz
 from equinb import train as tr
 from equinb.analysis import plain_head_top1, positional_head, symmetry_tables
-from equinb.reference import reference_table
+from equinb.reference import beside_article, reference_table
 
-if profile not in ("small", "paper"):
-    raise ValueError(f"unknown profile {profile!r}; valid: 'small', 'paper'")
+tr.check_chapter_params(profile, device, map_image_size=image_size)
 group_object = get_group(group)  # an unknown name fails here, listing the valid ones
-if device.startswith("cuda") and not torch.cuda.is_available():
-    raise ValueError(f"device={device!r} was requested but no CUDA GPU is available; use device='cpu'")
 schedule = dict(prefinetune_rounds=prefinetune_rounds, prefinetune_steps=prefinetune_steps,
                 finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, lr=lr, seed=seed)
 map_config = tr.feature_map_config(prelr=prelr, **schedule)  # bad values fail here
@@ -89,8 +85,6 @@ embedding_config = tr.TrainConfig.updated(prelr=prelr_embedding, **schedule)
 setup_options = dict(backbone=backbone, dataset=dataset, image_size=image_size, split_block=split_block,
                      device=device, data_root=data_root, clip_path=clip_path, max_train=max_train,
                      dataset_options=dataset_options)
-if profile == "small" and image_size < 65:
-    raise ValueError(f"image_size={image_size} gives maps smaller than 3x3; use image_size >= 65 (96 by default)")
 runs = tr.run_cache_dir(data_root)
 viz.book_style()
 pd.set_option("display.precision", 2)
@@ -136,14 +130,9 @@ curves = pd.DataFrame(curves)
 # the article's numbers sit beside the runs that match them: its rates, and its unaligned feature maps
 same_as_article = {f"updated_invariant (prelr {prelr_embedding:g})": "updated_invariant",
                    "feature_map (as published)": "feature_map"}
-table = ours.assign(article_variant=ours.variant.map(same_as_article)).merge(
-    article.reset_index(), left_on="article_variant", right_on="variant", how="left", suffixes=("", "_article"))
-table = table.rename(columns={"prefinetune_top1": "prefinetune (ours)", "finetune_top1": "finetune (ours)",
-                              "prefinetune_top1_article": "prefinetune (article)",
-                              "finetune_top1_article": "finetune (article)"})
 print(f"profile: {profile} ({maps.description})")
-display(table[["profile", "variant", "prefinetune (ours)", "prefinetune (article)", "finetune (ours)",
-               "finetune (article)"]])
+display(beside_article(ours.assign(article_variant=ours.variant.map(same_as_article)), article, on="article_variant",
+                       article_on="variant", show=("profile", "variant")))
 pre = ours.set_index("variant").prefinetune_top1
 for name in variants:
     if name.startswith("updated_invariant"):
@@ -217,8 +206,8 @@ fig = viz.learning_curves(curves, title=f"Table 2 runs (profile: {profile})")
 # - **Unnormalised λ.** The invariant row keeps the article's raw, unbounded λ, which acts as a per-view
 #   inverse temperature. The table of largest losses shows whether it stayed bounded at each learning
 #   rate. That is why the invariant row is also run at the feature-map rows' rate. When the loss runs
-#   away, the selection before each round still keeps the best network seen, but finetuning starts from
-#   a network whose logits are already huge.
+#   away, the selection before each round still keeps the best network seen, but finetuning then starts
+#   from a network trained on that runaway λ, and its own loss and accuracy show whether it recovers.
 # - **Heads and temperatures** (deviation A.7). As in the article's code, the feature-map logits come
 #   from the *unnormalised* pooled map, and the embedding-level logits from the normalised embedding. The
 #   two rows therefore train at different effective temperatures, and the learning rates are not

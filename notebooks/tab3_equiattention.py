@@ -59,24 +59,18 @@ dataset_options: dict = {}  # extra get_dataset options, for example download Tr
 
 # %%
 import pandas as pd
-import torch
 from IPython.display import display
 from myst_nb import glue
 
 from equinb import get_group, viz
 from equinb import train as tr
 from equinb.analysis import positional_head, symmetry_tables
-from equinb.reference import reference_table
+from equinb.reference import beside_article, reference_table
 
-if profile not in ("small", "paper"):
-    raise ValueError(f"unknown profile {profile!r}; valid: 'small', 'paper'")
+tr.check_chapter_params(profile, device, map_image_size=image_size)
 group_object = get_group(group)  # an unknown name fails here, listing the valid ones
-if device.startswith("cuda") and not torch.cuda.is_available():
-    raise ValueError(f"device={device!r} was requested but no CUDA GPU is available; use device='cpu'")
 config = tr.feature_map_config(prelr=prelr, prefinetune_rounds=prefinetune_rounds, prefinetune_steps=prefinetune_steps,
                                finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, lr=lr, seed=seed)
-if profile == "small" and image_size < 65:
-    raise ValueError(f"image_size={image_size} gives maps smaller than 3x3; use image_size >= 65 (96 by default)")
 runs = tr.run_cache_dir(data_root)
 viz.book_style()
 pd.set_option("display.precision", 2)
@@ -109,8 +103,8 @@ for label, method in methods.items():
     for align in (False, True):
         name = f"{label} ({'as described' if align else 'as published'})"
         row, history, states[name] = tr.run_lambda_equitune(
-            maps, config, method=method, align_views=align, weight_net=tr.feature_map_weight_net(method, maps.map_shape),
-            cache_dir=runs)
+            maps, config, method=method, align_views=align, cache_dir=runs,
+            weight_net=tr.feature_map_weight_net(method, maps.map_shape))
         rows.append(dict(method=label, alignment="as described" if align else "as published", **row))
         curves += [dict(run=name, **h) for h in history]
 ours = pd.DataFrame(rows).assign(profile=profile)
@@ -121,14 +115,9 @@ curves = pd.DataFrame(curves)
 
 # %%
 # the article's numbers sit beside the runs that match them: unaligned views, as its code
-table = ours.assign(article_method=ours.method.where(ours.alignment == "as published")).merge(
-    article.reset_index(), left_on="article_method", right_on="method", how="left", suffixes=("", "_article"))
-table = table.rename(columns={"prefinetune_top1": "prefinetune (ours)", "finetune_top1": "finetune (ours)",
-                              "prefinetune_top1_article": "prefinetune (article)",
-                              "finetune_top1_article": "finetune (article)"})
 print(f"profile: {profile} ({maps.description})")
-display(table[["profile", "method", "alignment", "prefinetune (ours)", "prefinetune (article)", "finetune (ours)",
-               "finetune (article)"]])
+display(beside_article(ours.assign(article_method=ours.method.where(ours.alignment == "as published")), article,
+                       on="article_method", article_on="method", show=("profile", "method", "alignment")))
 pre = ours.pivot_table(index="alignment", columns="method", values="prefinetune_top1")
 diff = pre["equiattention"] - pre["lambda_equitune"]
 display(diff.map(lambda v: f"{v:+.2f} pp").to_frame("equiattention minus lambda-equitune, prefinetune "

@@ -228,7 +228,8 @@ def test_lambda_weights_paper_code_path_on_fakes(tmp_path: Path) -> None:
     for part, n in (("Training", 6), ("Validation", 5)):
         _write_isic(data, part, [(f"ISIC_{part[0]}{i:06d}", _one_hot(i % 7)) for i in range(n)])
     nb = _run("fig2_3_lambda_weights", tmp_path, clip_path=str(_tiny_clip_96(tmp_path)), data_root=str(data),
-              orientation_free="isic2018", **{**FEATURE_MAP_FAKE, "dataset_options": {"cifar100": {"verify_md5": False}}})
+              orientation_free="isic2018",
+              **{**FEATURE_MAP_FAKE, "dataset_options": {"cifar100": {"verify_md5": False}}})
     text = _outputs(nb)
     assert "profile: paper" in text and "0.721" in text and "0.328" in text
     assert "orientation-free: CLIP RN50 up to layer4" in text and "isic2018" in text
