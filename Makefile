@@ -2,7 +2,9 @@
 #
 #   make book                 execute every chapter (small profile: CPU, offline) and build _build/html
 #   make book PROFILE=paper   the same with notebooks/params/<id>.paper.yaml (GPU + internet)
-#   make test                 unit tests + nbval regression of the committed notebooks
+#   make test                 unit tests + nbval regression of the committed notebooks (trained numbers
+#                             within their measured tolerance, everything else exactly)
+#   make test-portable        make book + make test under each numerical mode (tools/numerical_modes.py)
 #   make notebooks            refresh the committed small-profile outputs notebooks/<id>.ipynb
 #   make clean                remove _build
 #
@@ -22,10 +24,10 @@ STAMP := $(VENV)/.installed
 # pip on the build machine prints many harmless "Location ... is ignored" warnings; drop only those lines.
 PIP_FILTER := { grep -v -E 'Location .* is ignored' || true; }
 
-.PHONY: help venv test book notebooks clean
+.PHONY: help venv test test-portable book notebooks clean
 
 help:
-	@sed -n '3,8p' Makefile | sed 's/^# *//'
+	@sed -n '3,10p' Makefile | sed 's/^# *//'
 
 venv: $(STAMP)
 
@@ -42,9 +44,12 @@ test: $(STAMP)
 	$(PY) -m pytest tests
 	@if compgen -G "notebooks/*.ipynb" > /dev/null; then \
 	  echo "nbval: notebooks/*.ipynb"; \
-	  $(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
-	    notebooks/*.ipynb -p no:cacheprovider; \
+	  PYTHONPATH=tests $(PY) -m pytest -p nbval_tolerance --nbval --nbval-current-env \
+	    --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/*.ipynb -p no:cacheprovider; \
 	else echo "nbval: no notebooks/*.ipynb to check"; fi
+
+test-portable: $(STAMP)
+	$(PY) tools/test_portable.py
 
 book: $(STAMP)
 	$(PY) tools/build_book.py --profile "$(PROFILE)"

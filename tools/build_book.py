@@ -86,8 +86,12 @@ def params_file(nb_id: str, profile: str) -> Path | None:
     return path
 
 
-def execute(nb_id: str, profile: str, out: Path) -> None:
-    """notebooks/<id>.py -> (jupytext) -> papermill -> out; fails if either step fails."""
+def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None, env: dict | None = None) -> None:
+    """notebooks/<id>.py -> (jupytext) -> papermill -> out; fails if either step fails.
+
+    ``parameters`` override the notebook's (after the profile's file); ``env`` is added to the environment of
+    the kernel (numerical modes, data folders).
+    """
     source = ROOT / "notebooks" / f"{nb_id}.py"
     if not source.is_file():
         fail(f"_toc.yml lists notebooks/{nb_id} but {rel(source)} does not exist")
@@ -99,12 +103,15 @@ def execute(nb_id: str, profile: str, out: Path) -> None:
     params = params_file(nb_id, profile)
     if params is not None:
         run_pm += ["-f", str(params)]
+    if parameters:
+        run_pm += ["-y", yaml.safe_dump(parameters)]
     print(f"build_book: executing notebooks/{nb_id}.py -> {rel(out)}"
-          + (f" with {rel(params)}" if params else ""), flush=True)
+          + (f" with {rel(params)}" if params else "") + (f" and {parameters}" if parameters else "")
+          + (f" under {env}" if env else ""), flush=True)
     start = time.perf_counter()
     jt = subprocess.Popen(to_ipynb, stdout=subprocess.PIPE)
     # papermill warns that "-" (stdin) has no extension; that is intended here.
-    env = dict(os.environ, PYTHONWARNINGS="ignore:the file is not specified with any extension")
+    env = dict(os.environ, PYTHONWARNINGS="ignore:the file is not specified with any extension", **(env or {}))
     pm = subprocess.run(run_pm, stdin=jt.stdout, env=env)
     jt.stdout.close()
     if jt.wait() != 0:

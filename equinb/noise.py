@@ -1,0 +1,171 @@
+"""Noise of trained results: tolerances, tolerance-aware text comparison, and computed verdicts.
+
+Trained numbers move with the machine (vector kernels, thread counts) and with the seed, while exact outputs
+(symmetry checks, counts, frozen-model tables, the article's numbers) do not. Each class of trained number gets
+one tolerance, derived from spreads measured by ``tools/measure_noise.py`` and stored beside this module in
+``noise_measured.json``:
+
+    tolerance = max(floor, factor * largest |difference| seen across seeds and numerical modes)
+
+The same file serves three readers: the notebook regression (``tests/nbval_tolerance.py`` compares the numbers
+of cells tagged with a tolerance class within that tolerance, and everything else exactly), the chapters
+(which print the tolerance next to the numbers), and the verdicts (a difference smaller than the noise is
+"within noise").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Tolerance", "tolerance", "tolerances", "verdict", "compare_directions", "noise_note", "loss_label",
+           "split_numbers",
+           "snap_numbers", "NUMBER"]
+
+MEASURED = Path(__file__).with_name("noise_measured.json")
+
+# A number as printed by Python, pandas and f-strings: sign, digits, optional decimals, optional exponent.
+# A sign glued to a word is a hyphen ("top-1" holds the number 1, not -1). Thousands separators are not part
+# of a number ("1,328,073" is three numbers, each compared).
+NUMBER = re.compile(r"(?:(?<![\w.])[-+])?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
+
+# Verdict words that a number moving within its tolerance may turn into one another (a difference near the
+# noise level can read "within noise" on one machine and "agrees" on another; never "agrees" vs "reversed").
+_ADJACENT_VERDICTS = {("agrees", "within noise"), ("reversed", "within noise")}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a class of trained numbers may move between machines and seeds.
+
+    ``absolute`` is in the printed unit (percentage points for top-1, weight units for view weights);
+    ``relative`` adds a share of the reference value (for scale-free quantities such as logit changes).
+    """
+
+    name: str
+    absolute: float
+    relative: float
+    unit: str
+    basis: str  # how it was derived, for the reader
+
+    def allows(self, reference: float, value: float) -> bool:
+        """Whether ``value`` is within this tolerance of ``reference`` (non-finite values must match)."""
+        if not (math.isfinite(reference) and math.isfinite(value)):
+            return reference == value or (math.isnan(reference) and math.isnan(value))
+        return abs(value - reference) <= self.absolute + self.relative * abs(reference) + 1e-12
+
+    def describe(self) -> str:
+        """'±2.5 pp' or '±0.05 + 10%', for printing beside the numbers it covers."""
+        parts = [f"±{self.absolute:g}{(' ' + self.unit) if self.unit else ''}"] if self.absolute else []
+        if self.relative:
+            parts.append(f"{100 * self.relative:g}% of the value")
+        return " + ".join(parts) if parts else "exact"
+
+
+def tolerances(path: Path = MEASURED) -> dict[str, Tolerance]:
+    """Every tolerance class of ``noise_measured.json`` (written by ``tools/measure_noise.py``)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; run `.venv/bin/python tools/measure_noise.py` to measure it")
+    data = json.loads(path.read_text())
+    return {name: Tolerance(name, float(t["absolute"]), float(t.get("relative", 0.0)), t.get("unit", ""),
+                            t["basis"]) for name, t in data["classes"].items()}
+
+
+def tolerance(name: str) -> Tolerance:
+    """The tolerance class ``name`` (for example ``"top1"``); unknown names list the valid ones."""
+    known = tolerances()
+    if name not in known:
+        raise KeyError(f"unknown tolerance class {name!r}; known: {', '.join(sorted(known))}")
+    return known[name]
+
+
+def verdict(ours: float, article: float | None, noise: float) -> str:
+    """Compare the direction of our difference with the article's: agrees, reversed or within noise.
+
+    ``ours`` and ``article`` are signed differences (for example "updated minus original", in pp);
+    ``noise`` is the size below which ours is not distinguishable from zero. ``article=None`` or 0 (no
+    direction to compare with) gives "no article direction" unless ours is within noise.
+    """
+    if not math.isfinite(ours) or abs(ours) <= noise:
+        return "within noise"
+    if article is None or article == 0 or not math.isfinite(article):
+        return "no article direction"
+    return "agrees" if (ours > 0) == (article > 0) else "reversed"
+
+
+def split_numbers(text: str) -> tuple[list[str], list[str]]:
+    """``text`` -> (the text between numbers, the numbers as printed); ``len(texts) == len(numbers) + 1``.
+
+    Runs of white space in the texts are folded to one space, so that a number printed one character wider
+    (which shifts a pandas column) does not count as a change of text.
+    """
+    texts, numbers, last = [], [], 0
+    for match in NUMBER.finditer(text):
+        texts.append(text[last:match.start()])
+        numbers.append(match.group())
+        last = match.end()
+    texts.append(text[last:])
+    return [re.sub(r"\s+", " ", t) for t in texts], numbers
+
+
+def _same_text(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    for x, y in _ADJACENT_VERDICTS:
+        if a.replace(x, y) == b.replace(x, y):
+            return True
+    return False
+
+
+def snap_numbers(test: str, reference: str, tol: Tolerance) -> str:
+    """``test`` with every number that is within ``tol`` of the reference's replaced by the reference's.
+
+    The text between numbers must match (white space folded; adjacent verdict words allowed). If it does,
+    the result is the reference's text with the test's numbers where they are outside the tolerance, so an
+    exact comparison afterwards fails exactly on those. If the texts or the count of numbers differ, ``test``
+    comes back unchanged (and fails an exact comparison with its own diff).
+    """
+    t_texts, t_nums = split_numbers(test)
+    r_texts, r_nums = split_numbers(reference)
+    if len(t_nums) != len(r_nums) or not all(_same_text(a, b) for a, b in zip(t_texts, r_texts)):
+        return test
+    out, last, i = [], 0, 0
+    for match in NUMBER.finditer(reference):
+        out.append(reference[last:match.start()])
+        ours = t_nums[i]
+        out.append(match.group() if tol.allows(float(match.group()), float(ours)) else ours)
+        last, i = match.end(), i + 1
+    out.append(reference[last:])
+    return "".join(out)
+
+
+def noise_note(tol: Tolerance, what: str = "trained numbers") -> str:
+    """One line for the reader, printed above the numbers a tolerance covers."""
+    return f"{what} below move within {tol.describe()} between CPUs and seeds ({tol.basis})"
+
+
+def compare_directions(ours, article, noise: float):
+    """Our signed differences beside the article's, with a computed verdict per row.
+
+    ``ours`` and ``article``: pandas Series of signed differences on the same index (the claims; a missing
+    article value gives "no article direction"). Returns a DataFrame with columns ``ours``, ``article``,
+    ``noise`` and ``verdict`` (see ``verdict``).
+    """
+    import pandas as pd
+
+    table = pd.DataFrame({"ours": ours, "article": article.reindex(ours.index)})
+    table["noise"] = noise
+    table["verdict"] = [verdict(o, None if pd.isna(a) else a, noise) for o, a in zip(table.ours, table.article)]
+    return table
+
+
+def loss_label(loss: float, limit: float = 1e6) -> str:
+    """A training loss for printing: ``diverged (> 1e+06)`` past ``limit``, where its size is chaotic.
+
+    A runaway loss (an unbounded λ multiplying the logits) reaches 1e16 or 1e28 depending on the last bits of
+    every earlier step, so its value differs between CPUs; that it ran away does not.
+    """
+    return f"diverged (> {limit:.0e})" if not math.isfinite(loss) or loss > limit else f"{loss:.3g}"

@@ -1,0 +1,57 @@
+"""pytest plugin: nbval compares trained numbers within their measured tolerance, everything else exactly.
+
+Load it with ``-p nbval_tolerance`` (``tests/`` on ``PYTHONPATH``), as ``make test`` does. A notebook cell
+tagged ``tolerance-<class>`` (a class of ``equinb/noise_measured.json``, for example ``tolerance-top1``) has
+each number of its text outputs compared with the committed one within that class's tolerance; the text
+between the numbers must still match (white space folded). Cells without such a tag are compared exactly by
+nbval as usual, so symmetry checks, counts and frozen-model tables stay exact.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from nbval.plugin import IPyNbCell
+
+from equinb.noise import Tolerance, snap_numbers, tolerance
+
+TAG_PREFIX = "tolerance-"
+
+
+def cell_tolerance(cell) -> Tolerance | None:
+    """The tolerance class named by a cell's ``tolerance-<class>`` tag (None: compare exactly)."""
+    names = [t[len(TAG_PREFIX):] for t in cell.metadata.get("tags", []) if t.startswith(TAG_PREFIX)]
+    if len(names) > 1:
+        raise ValueError(f"a cell has several tolerance tags: {names}")
+    return tolerance(names[0]) if names else None
+
+
+def snap_outputs(test: list, reference: list, tol: Tolerance) -> list:
+    """Copies of the test outputs whose numbers within ``tol`` of the reference's are the reference's."""
+    snapped = copy.deepcopy(test)
+    for out, ref in zip(snapped, reference):
+        if out.get("output_type") != ref.get("output_type"):
+            continue
+        if isinstance(out.get("text"), str) and isinstance(ref.get("text"), str):
+            out["text"] = snap_numbers(out["text"], ref["text"], tol)
+        for mime, value in out.get("data", {}).items():
+            ref_value = ref.get("data", {}).get(mime)
+            if isinstance(value, str) and isinstance(ref_value, str):
+                out["data"][mime] = snap_numbers(value, ref_value, tol)
+    return snapped
+
+
+_exact_compare = IPyNbCell.compare_outputs
+
+
+def _compare_within_tolerance(self, test, ref, skip_compare=None):
+    tol = cell_tolerance(self.cell)
+    if tol is not None:
+        test = snap_outputs(test, ref, tol)
+    return _exact_compare(self, test, ref, skip_compare)
+
+
+@pytest.hookimpl
+def pytest_configure(config) -> None:
+    IPyNbCell.compare_outputs = _compare_within_tolerance

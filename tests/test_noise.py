@@ -1,0 +1,158 @@
+"""Tolerances, tolerance-aware comparison (and its nbval plugin), verdicts."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from equinb.noise import (Tolerance, compare_directions, loss_label, snap_numbers, split_numbers, tolerance,
+                          tolerances, verdict)
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from nbval_tolerance import TAG_PREFIX, cell_tolerance, snap_outputs  # noqa: E402
+
+PP = Tolerance("t", absolute=2.0, relative=0.0, unit="pp", basis="test")
+REL = Tolerance("r", absolute=0.0, relative=0.1, unit="", basis="test")
+
+
+def test_split_numbers_keeps_text_and_signs():
+    texts, numbers = split_numbers("top-1 91.66  pp, diff -0.30 and 1e-04 (ViT-B/32)")
+    assert numbers == ["1", "91.66", "-0.30", "1e-04", "32"]
+    assert texts[1] == " " and texts[2] == " pp, diff "  # white space folded
+
+
+def test_snap_within_tolerance_gives_the_reference_text():
+    ref = "method   top1\nlambda  91.66\nattention  92.77"
+    ours = "method   top1\nlambda  93.18\nattention   92.63"  # another CPU: numbers moved, columns shifted
+    assert snap_numbers(ours, ref, PP) == ref
+
+
+def test_snap_keeps_numbers_outside_the_tolerance():
+    ref = "lambda 91.66 attention 92.77"
+    snapped = snap_numbers("lambda 95.00 attention 92.70", ref, PP)
+    assert snapped == "lambda 95.00 attention 92.77" and snapped != ref
+
+
+def test_snap_never_forgives_a_change_of_text():
+    ref = "Z invariance error < 1e-04 (float rounding)"
+    assert snap_numbers("Z invariance error 3.8", ref, PP) == "Z invariance error 3.8"
+    assert snap_numbers("lambda 91.66 extra 1.0", "lambda 91.66", PP) == "lambda 91.66 extra 1.0"
+    assert snap_numbers("attention 91.66", "lambda 91.66", PP) == "attention 91.66"
+
+
+def test_snap_allows_only_adjacent_verdicts():
+    ref = "+1.11 agrees"
+    assert snap_numbers("+0.80 within noise", ref, PP) == ref
+    assert snap_numbers("-0.80 reversed", "-1.20 within noise", PP) == "-1.20 within noise"
+    assert snap_numbers("+1.50 reversed", ref, PP) == "+1.50 reversed"  # agrees vs reversed: a real change
+
+
+def test_relative_tolerance_scales_with_the_value():
+    assert REL.allows(3.8, 3.5) and not REL.allows(3.8, 3.3)
+    assert REL.allows(0.0, 0.0) and not REL.allows(0.0, 1e-3)
+    assert Tolerance("n", 1.0, 0.0, "", "").allows(float("nan"), float("nan"))
+
+
+def test_verdict_and_directions():
+    assert verdict(3.0, 1.0, 1.0) == "agrees"
+    assert verdict(-3.0, 1.0, 1.0) == "reversed"
+    assert verdict(0.5, -4.0, 1.0) == "within noise"
+    assert verdict(3.0, None, 1.0) == "no article direction"
+    table = compare_directions(pd.Series({"a": 3.0, "b": -2.0}), pd.Series({"a": -1.0}), 1.0)
+    assert list(table.verdict) == ["reversed", "no article direction"]
+
+
+def test_loss_label_names_runaway_losses():
+    assert loss_label(1.37e28) == loss_label(3.4e16) == "diverged (> 1e+06)"
+    assert loss_label(float("inf")).startswith("diverged") and loss_label(2.6812) == "2.68"
+
+
+def test_measured_tolerances_are_complete_and_used_by_known_tags():
+    known = tolerances()
+    for t in known.values():
+        assert (t.absolute > 0 or t.relative > 0) and t.basis
+    used = set()
+    for source in (ROOT / "notebooks").glob("*.py"):
+        used |= set(re.findall(r'"' + TAG_PREFIX + r'([a-z0-9_]+)"', source.read_text()))
+    assert used and used <= set(known), f"tags without a measured class: {used - set(known)}"
+    with pytest.raises(KeyError, match="known: "):
+        tolerance("no_such_class")
+
+
+def test_plugin_reads_the_tag_and_snaps_every_text_output():
+    cell = nbformat.v4.new_code_cell("x", metadata={"tags": ["hide-input", "tolerance-top1"]})
+    assert cell_tolerance(cell) == tolerance("top1")
+    assert cell_tolerance(nbformat.v4.new_code_cell("x")) is None
+    ref = [nbformat.v4.new_output("stream", name="stdout", text="top1 91.66\n"),
+           nbformat.v4.new_output("display_data", data={"text/plain": "a 91.66", "text/html": "<td>91.66</td>"})]
+    test = [nbformat.v4.new_output("stream", name="stdout", text="top1 92.10\n"),
+            nbformat.v4.new_output("display_data", data={"text/plain": "a 92.10", "text/html": "<td>92.10</td>"})]
+    assert snap_outputs(test, ref, PP) == ref
+    assert test[0]["text"] == "top1 92.10\n"  # the test's own outputs are not modified
+
+
+def _nbval(tmp_path: Path, printed: dict[str, str], reference: dict[str, str]) -> subprocess.CompletedProcess:
+    """nbval with the plugin on a two-cell notebook: one tagged top1 cell, one exact cell."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    for i, (key, tags) in enumerate((("tagged", ["tolerance-top1"]), ("exact", []))):
+        cell = nbformat.v4.new_code_cell(f"print('top-1 {printed[key]}')", metadata={"tags": tags})
+        cell.execution_count = i + 1
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"top-1 {reference[key]}\n")]
+        nb.cells.append(cell)
+    path = tmp_path / "regression.ipynb"
+    nbformat.write(nb, path)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "nbval_tolerance", "--nbval",
+                           "--nbval-current-env", "-p", "no:cacheprovider", str(path)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+
+
+def test_nbval_passes_trained_numbers_within_tolerance_and_fails_beyond(tmp_path):
+    ref = {"tagged": "91.66", "exact": "0.50"}
+    tol = tolerance("top1").absolute
+    within = _nbval(tmp_path, {"tagged": f"{91.66 + 0.9 * tol:.2f}", "exact": "0.50"}, ref)
+    assert within.returncode == 0, within.stdout[-2000:]
+    beyond = _nbval(tmp_path, {"tagged": f"{91.66 + 1.5 * tol + 0.1:.2f}", "exact": "0.50"}, ref)
+    assert beyond.returncode != 0 and "1 failed" in beyond.stdout, beyond.stdout[-2000:]
+    exact = _nbval(tmp_path, {"tagged": "91.66", "exact": "0.51"}, ref)  # untagged cells stay exact
+    assert exact.returncode != 0 and "1 failed" in exact.stdout, exact.stdout[-2000:]
+
+
+def test_measured_file_records_how_it_was_made():
+    data = json.loads((ROOT / "equinb" / "noise_measured.json").read_text())
+    assert data["command"] and set(data["classes"]) == set(tolerances())
+
+
+def _executed(tmp_path: Path, name: str, printed: list[str], tags: list[list[str]]) -> Path:
+    nb = nbformat.v4.new_notebook()
+    for text, cell_tags in zip(printed, tags):
+        cell = nbformat.v4.new_code_cell("print(x)", metadata={"tags": cell_tags})
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+        nb.cells.append(cell)
+    path = tmp_path / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_noise_measurement_pairs_numbers_per_tagged_cell(tmp_path):
+    sys.path.insert(0, str(ROOT / "tools"))
+    from measure_noise import round_up
+    from notebook_numbers import diff_notebooks
+
+    tags = [["tolerance-top1"], []]
+    ref = _executed(tmp_path, "ref", ["top-1 91.66 and 92.77\n", "exact 0.50\n"], tags)
+    other = _executed(tmp_path, "other", ["top-1 93.18 and 92.77\n", "exact 0.51\n"], tags)
+    top1, exact = diff_notebooks(ref, other)
+    assert (top1.tolerance_class, top1.pairs, top1.text_differs) == ("top1", [(91.66, 93.18)], False)
+    assert abs(top1.max_abs - 1.52) < 1e-9 and exact.tolerance_class == "exact"
+    assert round_up(1.52 * 1.5) == 2.3 and round_up(0.0123) == 0.013 and round_up(0) == 0

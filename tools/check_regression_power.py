@@ -1,0 +1,72 @@
+"""Check that the notebook regression still catches a real change: one parameter changed must fail it.
+
+Usage (from the repository root):
+
+    .venv/bin/python tools/check_regression_power.py [--chapter tab1_original_vs_updated] [--parameter prelr]
+                                                     [--factor 10]
+
+Copies the committed `notebooks/<chapter>.ipynb` (outputs are the reference) to a temporary folder, multiplies
+the default of one parameter in its parameters cell by `--factor`, and runs the same nbval command as
+`make test` on the copy. The tolerance-aware comparison must fail on it; the script exits 0 when it does, and 1
+(with nbval's output) when the changed chapter passes, which would mean the tolerances hide real changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def change_parameter(path: Path, name: str, factor: float) -> str:
+    """Multiply the default of ``name`` in the parameters cell; returns the new line."""
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    pattern = re.compile(rf"^({re.escape(name)}\s*:\s*\w+\s*=\s*)([-+0-9.eE]+)", re.MULTILINE)
+    match = pattern.search(cell.source)
+    if not match:
+        raise SystemExit(f"{path.name}: no numeric parameter {name!r} in the parameters cell")
+    value = float(match.group(2)) * factor
+    cell.source = pattern.sub(lambda m: f"{m.group(1)}{value:g}", cell.source, count=1)
+    nbformat.write(nb, path)
+    return pattern.search(cell.source).group(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chapter", default="tab1_original_vs_updated")
+    parser.add_argument("--parameter", default="prelr")
+    parser.add_argument("--factor", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / f"{args.chapter}.ipynb"
+        shutil.copy2(ROOT / "notebooks" / f"{args.chapter}.ipynb", copy)
+        line = change_parameter(copy, args.parameter, args.factor)
+        print(f"check_regression_power: {args.chapter} with `{line}`; nbval must fail", flush=True)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "nbval_tolerance", "--nbval", "--nbval-current-env",
+             "--nbval-sanitize-with", str(ROOT / "tests" / "nbval_sanitize.cfg"), str(copy), "-p", "no:cacheprovider",
+             "-q"], cwd=ROOT / "notebooks", env=env, capture_output=True, text=True)
+    summary = [ln for ln in result.stdout.splitlines() if re.search(r"\d+ (passed|failed)", ln)]
+    print("\n".join(summary[-1:]))
+    if result.returncode == 0:
+        print(result.stdout[-3000:])
+        print("check_regression_power: FAILED: the changed chapter passed the regression", file=sys.stderr)
+        return 1
+    failed = [ln for ln in result.stdout.splitlines() if ln.startswith("FAILED")]
+    print("check_regression_power: ok, the regression caught the change:\n  " + "\n  ".join(failed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Measure how far the trained numbers of the chapters move between seeds and numerical modes.
+
+Usage (from the repository root, after `make notebooks` refreshed the committed reference outputs):
+
+    .venv/bin/python tools/measure_noise.py [--seeds 1 2] [--modes avx2-1thread] [--chapters ID ...] [--reuse]
+
+Each variant (another seed on this machine, or seed 0 under another numerical mode of
+`tools/numerical_modes.py`) executes the training chapters with papermill into `_build/noise/<variant>/`. A
+mode gets its own data folder (`_build/noise/data-<mode>`), since the cached features depend on it too; seeds
+share `$EQUINB_DATA`. The outputs are paired with the committed `notebooks/<id>.ipynb` (native mode, seed 0),
+and every number of a cell tagged `tolerance-<class>` adds to that class's spread. Then, per class,
+
+    tolerance = max(floor, FACTOR * largest difference seen)      (absolute, or relative to the value)
+
+rounded up to two significant digits, and `equinb/noise_measured.json` is rewritten with the tolerances, the
+spreads per variant and the command. Cells compared exactly whose output moved are listed: a result that must
+be exact but is not, which the chapter has to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from build_book import ROOT, execute  # noqa: E402
+from notebook_numbers import diff_notebooks  # noqa: E402
+from numerical_modes import mode_env  # noqa: E402
+
+from equinb.noise import MEASURED  # noqa: E402
+
+TRAINING_CHAPTERS = ("tab1_original_vs_updated", "tab2_featuremap", "tab3_equiattention", "fig2_3_lambda_weights")
+FACTOR = 1.5
+# kind: "absolute" in the printed unit, or "relative" to the value; floor: the smallest tolerance allowed
+CLASSES = {
+    "top1": dict(kind="absolute", unit="pp", floor=0.5, what="top-1 accuracy of a trained run, in %"),
+    "top1_chaotic": dict(kind="absolute", unit="pp", floor=0.5,
+                         what="top-1 accuracy of a run whose loss may run away, depending on the seed, in %"),
+    "share": dict(kind="absolute", unit="pp", floor=0.5, what="share of test images, in %"),
+    "weight": dict(kind="absolute", unit="", floor=0.01, what="mean view weight or share, as a fraction"),
+    # printed with two significant digits, so a value near 4 moves in steps of 2.5%: the floor leaves room
+    "logit": dict(kind="relative", unit="", floor=0.15, what="logit or map change of a trained module"),
+    "loss": dict(kind="relative", unit="", floor=0.05, what="largest training loss of a bounded run"),
+}
+
+
+def round_up(x: float) -> float:
+    """Round up to two significant digits (a tolerance never shrinks by rounding)."""
+    if x <= 0:
+        return 0.0
+    scale = 10 ** (math.floor(math.log10(x)) - 1)
+    return round(math.ceil(x / scale - 1e-9) * scale, 12)
+
+
+def run_variant(name: str, chapters: list[str], parameters: dict, env: dict, reuse: bool) -> dict[str, Path]:
+    out = {}
+    for nb_id in chapters:
+        path = ROOT / "_build" / "noise" / name / f"{nb_id}.ipynb"
+        source = ROOT / "notebooks" / f"{nb_id}.py"
+        if not (reuse and path.is_file() and path.stat().st_mtime > source.stat().st_mtime):
+            execute(nb_id, "small", path, parameters=parameters, env=env)
+        out[nb_id] = path
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2], help="other seeds, native mode")
+    parser.add_argument("--modes", nargs="*", default=["avx2-1thread"], help="other numerical modes, seed 0")
+    parser.add_argument("--chapters", nargs="*", default=list(TRAINING_CHAPTERS))
+    parser.add_argument("--reuse", action="store_true", help="reuse executed variants newer than their source")
+    args = parser.parse_args(argv)
+
+    variants: dict[str, dict[str, Path]] = {}
+    for seed in args.seeds:
+        variants[f"seed{seed}"] = run_variant(f"seed{seed}", args.chapters, {"seed": seed}, {}, args.reuse)
+    for mode in args.modes:
+        data = ROOT / "_build" / "noise" / f"data-{mode}"
+        variants[mode] = run_variant(mode, args.chapters, {}, dict(mode_env(mode), EQUINB_DATA=str(data)),
+                                     args.reuse)
+
+    spread = {c: {v: dict(max_abs=0.0, max_rel=0.0, numbers=0) for v in variants} for c in CLASSES}
+    moved_exact, moved_text = [], []
+    for variant, paths in variants.items():
+        is_mode = variant in args.modes
+        for nb_id, path in paths.items():
+            for d in diff_notebooks(ROOT / "notebooks" / f"{nb_id}.ipynb", path):
+                if d.tolerance_class == "exact":
+                    if not is_mode:  # another seed may change a seeded check (a random λ network's error)
+                        continue
+                    moved_exact.append(f"{variant}: {nb_id} cell {d.index} ({d.first_line[:50]})")
+                    continue
+                if d.tolerance_class not in CLASSES:
+                    raise SystemExit(f"{nb_id} cell {d.index}: unknown tolerance class {d.tolerance_class!r}")
+                if d.text_differs:
+                    moved_text.append(f"{variant}: {nb_id} cell {d.index} ({d.first_line[:50]})")
+                s = spread[d.tolerance_class][variant]
+                s["max_abs"] = max(s["max_abs"], d.max_abs)
+                s["max_rel"] = max(s["max_rel"], d.max_rel)
+                s["numbers"] += len(d.pairs)
+
+    described = ", ".join(f"seed {s}" for s in args.seeds) + (" and " if args.seeds and args.modes else "") + \
+        ", ".join(f"mode {m}" for m in args.modes)
+    classes = {}
+    for name, spec in CLASSES.items():
+        key = "max_abs" if spec["kind"] == "absolute" else "max_rel"
+        seen = max((s[key] for s in spread[name].values()), default=0.0)
+        value = max(spec["floor"], round_up(FACTOR * seen))
+        shown = f"{seen:.3g}{' ' + spec['unit'] if spec['unit'] else ''}" if spec["kind"] == "absolute" \
+            else f"{100 * seen:.3g}%"
+        basis = (f"{FACTOR:g} x the largest change measured against the reference build, {shown}, over "
+                 f"{described}" + (f"; floor {spec['floor']:g}" if value == spec["floor"] else ""))
+        classes[name] = dict(absolute=value if spec["kind"] == "absolute" else 0.0,
+                             relative=value if spec["kind"] == "relative" else 0.0,
+                             unit=spec["unit"], what=spec["what"], basis=basis, spread=spread[name])
+    record = dict(command="tools/measure_noise.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                  date=datetime.date.today().isoformat(), reference="notebooks/<id>.ipynb (native mode, seed 0)",
+                  factor=FACTOR, chapters=args.chapters, classes=classes)
+    tmp = MEASURED.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, MEASURED)
+    print(f"measure_noise: wrote {MEASURED.relative_to(ROOT)}")
+    for name, c in classes.items():
+        print(f"  {name:7s} tolerance abs {c['absolute']:g} rel {c['relative']:g}   ({c['basis']})")
+    for title, rows in (("cells compared exactly whose output moved under another numerical mode (make them exact, "
+                         "or tag them)", moved_exact),
+                        ("tagged cells whose text moved, not only numbers", moved_text)):
+        if rows:
+            print(f"measure_noise: {title}:")
+            print("\n".join(f"  {r}" for r in rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Pair the text outputs of two executions of a chapter and list what differs: numbers, or text.
+
+    .venv/bin/python tools/notebook_numbers.py REFERENCE.ipynb OTHER.ipynb [...]   # pairs of notebooks
+
+Prints, per code cell whose outputs differ, the tolerance class it is tagged with (or "exact"), the largest
+absolute difference of its numbers, and whether any text between the numbers differs. `tools/measure_noise.py`
+uses the same pairing to derive the tolerances.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from nbval_tolerance import TAG_PREFIX  # noqa: E402
+
+from equinb.noise import split_numbers  # noqa: E402
+
+
+@dataclass
+class CellDiff:
+    """How one code cell's text outputs differ between two executions."""
+
+    index: int
+    tolerance_class: str  # the cell's tolerance tag, or "exact"
+    pairs: list[tuple[float, float]] = field(default_factory=list)  # (reference, other) numbers that differ
+    text_differs: bool = False
+    first_line: str = ""
+
+    @property
+    def max_abs(self) -> float:
+        return max((abs(b - a) for a, b in self.pairs if math.isfinite(a) and math.isfinite(b)), default=0.0)
+
+    @property
+    def max_rel(self) -> float:
+        return max((abs(b - a) / abs(a) for a, b in self.pairs if math.isfinite(a) and math.isfinite(b) and a),
+                   default=0.0)
+
+
+def _texts(cell) -> list[str]:
+    """The comparable text outputs of a code cell (streams joined by name; images left out)."""
+    streams: dict[str, str] = {}
+    texts: list[str] = []
+    for out in cell.get("outputs", []):
+        if out.output_type == "stream":
+            streams[out.name] = streams.get(out.name, "") + out.text
+        elif "data" in out:
+            texts += [v for k, v in sorted(out.data.items()) if isinstance(v, str) and not k.startswith("image/")
+                      and k != "text/html"]
+    return [streams[k] for k in sorted(streams)] + texts
+
+
+def cell_tag_class(cell) -> str:
+    tags = [t[len(TAG_PREFIX):] for t in cell.metadata.get("tags", []) if t.startswith(TAG_PREFIX)]
+    return tags[0] if tags else "exact"
+
+
+def diff_notebooks(reference: Path, other: Path) -> list[CellDiff]:
+    """Cell-by-cell differences of two executions of the same chapter (cells paired by position)."""
+    ref_nb, other_nb = nbformat.read(reference, as_version=4), nbformat.read(other, as_version=4)
+    ref_cells = [c for c in ref_nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    other_cells = [c for c in other_nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    if [c.source for c in ref_cells] != [c.source for c in other_cells]:
+        raise ValueError(f"{reference} and {other} are not executions of the same source")
+    diffs = []
+    for i, (a, b) in enumerate(zip(ref_cells, other_cells)):
+        if a.cell_type != "code":
+            continue
+        d = CellDiff(i, cell_tag_class(a), first_line=a.source.splitlines()[0] if a.source else "")
+        ta, tb = _texts(a), _texts(b)
+        if len(ta) != len(tb):
+            d.text_differs = True
+        for x, y in zip(ta, tb):
+            xt, xn = split_numbers(x)
+            yt, yn = split_numbers(y)
+            if xt != yt or len(xn) != len(yn):
+                d.text_differs = True
+                continue
+            d.pairs += [(float(p), float(q)) for p, q in zip(xn, yn) if p != q]
+        if d.pairs or d.text_differs:
+            diffs.append(d)
+    return diffs
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) % 2 or not argv:
+        print(__doc__, file=sys.stderr)
+        return 2
+    for ref, other in zip(argv[::2], argv[1::2]):
+        print(f"== {ref} vs {other}")
+        for d in diff_notebooks(Path(ref), Path(other)):
+            print(f"  cell {d.index:2d} [{d.tolerance_class}] {len(d.pairs)} numbers differ, max |diff| "
+                  f"{d.max_abs:.4g} (rel {d.max_rel:.3g}){'; TEXT DIFFERS' if d.text_differs else ''}  "
+                  f"| {d.first_line[:60]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
