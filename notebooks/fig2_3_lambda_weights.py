@@ -77,6 +77,7 @@ from myst_nb import glue
 from equinb import get_group, viz
 from equinb import train as tr
 from equinb.analysis import rotation_labels, view_weights, weight_summary
+from equinb.noise import noise_note, tolerance
 from equinb.reference import reference_table
 
 tr.check_chapter_params(profile, device, map_image_size=image_size)
@@ -89,6 +90,7 @@ config = tr.feature_map_config(prelr=prelr, prefinetune_rounds=prefinetune_round
                                finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, lr=lr, seed=seed)
 free_config = replace(config, prelr=prelr_orientation_free)
 runs = tr.run_cache_dir(data_root)
+noise = {name: tolerance(name) for name in ("top1", "weight", "share")}  # measured spreads between CPUs and seeds
 viz.book_style()
 pd.set_option("display.float_format", "{:.3f}".format)
 print(f"profile={profile} backbone={backbone} dataset={dataset} orientation_free={orientation_free} group={group}")
@@ -111,7 +113,7 @@ display(ref[ref.metric == "share_argmax_not_upright"][["dataset", "method", "val
 # %% [markdown]
 # ## Trained modules (loaded from the run cache, or trained once)
 
-# %%
+# %% tags=["tolerance-top1"]
 common = dict(backbone=backbone, image_size=image_size, split_block=split_block, device=device,
               data_root=data_root, clip_path=clip_path, max_train=max_train)
 natural = tr.build_setup(profile, "maps", group_object, dataset=dataset,
@@ -133,6 +135,7 @@ for figure, (setup, cfg) in setups.items():
         weights[figure, label] = view_weights(model, setup.test_feats, seed=seed)
         accuracy.append(dict(figure=figure, method=label, prefinetune_top1=row["prefinetune_top1"]))
 columns = rotation_labels(group_object)
+print(noise_note(noise["top1"], "top-1 accuracies (%)"))
 display(pd.DataFrame(accuracy).assign(profile=profile))
 
 # %% [markdown]
@@ -142,7 +145,7 @@ display(pd.DataFrame(accuracy).assign(profile=profile))
 # is the upright one, so this share is one minus the argmax share. On the turned digits it shows
 # whether the module still finds each digit's upright orientation.
 
-# %%
+# %% tags=["tolerance-weight"]
 # the view that shows each test image as it was before its random turn (view 0 when nothing was turned)
 original = {figure: None if setup.turns is None else torch.tensor([group_object.inverse(int(h))
                                                                    for h in setup.turns["test"]])
@@ -156,19 +159,23 @@ shares = ref[ref.metric == "share_argmax_not_upright"].set_index(["figure", "met
 table = summary.merge(article_wide.reset_index(), on=["figure", "method"], how="left").merge(
     shares.reset_index(), on=["figure", "method"], how="left")
 print(f"profile: {profile} ({natural.description})")
+print(noise_note(noise["weight"], "mean weights and shares (fractions of the test images)"))
 display(table[["profile", "figure", "method", "images", *[f"mean_{c}" for c in columns],
                *[c for c in table.columns if c.startswith("article_") and c != "article_share"],
                "share_argmax_not_upright", "share_upright_smallest", "article_share", "share_argmax_on_original"]])
+
+# %% tags=["tolerance-share"]
+print(noise_note(noise["share"], "shares (%)"))
 for _, r in summary[summary.figure == "orientation-free"].iterrows():
     what = "undoes the random turn" if free.turns is not None else "shows the image as given"
     print(f"{r.method}, orientation-free: the largest weight is on the view that {what} for "
           f"{100 * r.share_argmax_on_original:.1f}% of the test images (chance: {100 / len(columns):.0f}%)")
 for _, r in summary.iterrows():
     key = f"{'natural' if r.figure == 'natural orientation' else 'free'}_{r.method.split('-')[0]}"
-    glue(f"{key}_mean_0", float(r[f"mean_{columns[0]}"]), display=False)
-    glue(f"{key}_share_argmax", 100 * float(r.share_argmax_not_upright), display=False)
-    glue(f"{key}_share_smallest", 100 * float(r.share_upright_smallest), display=False)
-    glue(f"{key}_share_original", 100 * float(r.share_argmax_on_original), display=False)
+    glue(f"{key}_mean_0", round(float(r[f"mean_{columns[0]}"]), 3), display=False)
+    glue(f"{key}_share_argmax", round(100 * float(r.share_argmax_not_upright), 1), display=False)
+    glue(f"{key}_share_smallest", round(100 * float(r.share_upright_smallest), 1), display=False)
+    glue(f"{key}_share_original", round(100 * float(r.share_argmax_on_original), 1), display=False)
 glue("profile", profile, display=False)
 
 # %% [markdown]
