@@ -156,3 +156,13 @@ def test_noise_measurement_pairs_numbers_per_tagged_cell(tmp_path):
     assert (top1.tolerance_class, top1.pairs, top1.text_differs) == ("top1", [(91.66, 93.18)], False)
     assert abs(top1.max_abs - 1.52) < 1e-9 and exact.tolerance_class == "exact"
     assert round_up(1.52 * 1.5) == 2.3 and round_up(0.0123) == 0.013 and round_up(0) == 0
+
+
+def test_package_data_ships_every_data_file_of_equinb():
+    import fnmatch
+    import tomllib
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["equinb"]
+    data = [p.name for p in (ROOT / "equinb").iterdir() if p.is_file() and p.suffix not in (".py", ".pyc")]
+    assert "noise_measured.json" in data
+    assert all(any(fnmatch.fnmatch(name, pat) for pat in patterns) for name in data), (data, patterns)
