@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         print("check_regression_power: FAILED: the changed chapter passed the regression", file=sys.stderr)
         return 1
     failed = [ln for ln in result.stdout.splitlines() if ln.startswith("FAILED")]
-    print("check_regression_power: ok, the regression caught the change:\n  " + "\n  ".join(failed))
+    # nbval titles an output mismatch "Notebook cell execution failed"; each line is a cell whose outputs differ
+    print("check_regression_power: ok, the regression caught the change in these cells:\n  " + "\n  ".join(failed))
     return 0
 
 
