@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["Tolerance", "tolerance", "tolerances", "verdict", "compare_directions", "noise_note", "loss_label",
-           "split_numbers",
-           "snap_numbers", "NUMBER"]
+           "split_numbers", "snap_numbers", "NUMBER"]
 
 MEASURED = Path(__file__).with_name("noise_measured.json")
 
