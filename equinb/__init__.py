@@ -4,7 +4,8 @@ Modules: ``groups`` (image and token-permutation groups), ``wrappers`` (equitune
 lambda-equitune, equiattention), ``weighting`` (lambda networks, view attention), ``backbones``
 (MobileNetV2, CLIP), ``data`` (dataset registry), ``zeroshot`` (one-pass zero-shot evaluation),
 ``train`` (lambda-equitune training on cached per-view features), ``lm`` (EquiLM for language models),
-``report`` and ``reference`` (results, caches, the articles' numbers), ``viz`` (plots).
+``report`` and ``reference`` (results, caches, the articles' numbers), ``noise`` (measured tolerances of
+trained numbers, tolerance-aware comparison, verdicts), ``viz`` (plots).
 
 ``import equinb`` stays light: it does not import clip, matplotlib or transformers.
 """
