@@ -250,3 +250,15 @@ def test_feature_map_chapters_share_their_run_settings(tmp_path: Path) -> None:
         assert len(set(small.values())) == 1, f"default {name} differs between the chapters: {small}"
         paper = {nb_id: str(p.get(name)) for nb_id, p in papers.items()}
         assert len(set(paper.values())) == 1, f"paper {name} differs between the chapters: {paper}"
+
+
+@pytest.mark.parametrize("nb_id", _chapter_ids())
+def test_committed_notebook_matches_its_source(nb_id: str) -> None:
+    """The committed .ipynb (the regression reference) holds exactly the cells of its paired .py."""
+    import jupytext
+
+    source = [(c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", [])))
+              for c in jupytext.read(NOTEBOOKS / f"{nb_id}.py").cells]
+    committed = [(c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", [])))
+                 for c in jupytext.read(NOTEBOOKS / f"{nb_id}.ipynb").cells]
+    assert committed == source, f"notebooks/{nb_id}.ipynb is stale: run `make notebooks` (or jupytext --sync)"
