@@ -19,12 +19,18 @@ from equinb.noise import Tolerance, snap_numbers, tolerance
 TAG_PREFIX = "tolerance-"
 
 
-def cell_tolerance(cell) -> Tolerance | None:
-    """The tolerance class named by a cell's ``tolerance-<class>`` tag (None: compare exactly)."""
+def tolerance_class(cell) -> str | None:
+    """The class named by a cell's ``tolerance-<class>`` tag (None: the cell is compared exactly)."""
     names = [t[len(TAG_PREFIX):] for t in cell.metadata.get("tags", []) if t.startswith(TAG_PREFIX)]
     if len(names) > 1:
         raise ValueError(f"a cell has several tolerance tags: {names}")
-    return tolerance(names[0]) if names else None
+    return names[0] if names else None
+
+
+def cell_tolerance(cell) -> Tolerance | None:
+    """The tolerance of a cell's class (None: compare exactly)."""
+    name = tolerance_class(cell)
+    return tolerance(name) if name else None
 
 
 def snap_outputs(test: list, reference: list, tol: Tolerance) -> list:

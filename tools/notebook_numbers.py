@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from nbval_tolerance import TAG_PREFIX  # noqa: E402
+from nbval_tolerance import tolerance_class  # noqa: E402
 
 from equinb.noise import split_numbers  # noqa: E402
 
@@ -55,11 +55,6 @@ def _texts(cell) -> list[str]:
     return [streams[k] for k in sorted(streams)] + texts
 
 
-def cell_tag_class(cell) -> str:
-    tags = [t[len(TAG_PREFIX):] for t in cell.metadata.get("tags", []) if t.startswith(TAG_PREFIX)]
-    return tags[0] if tags else "exact"
-
-
 def diff_notebooks(reference: Path, other: Path) -> list[CellDiff]:
     """Cell-by-cell differences of two executions of the same chapter (cells paired by position)."""
     ref_nb, other_nb = nbformat.read(reference, as_version=4), nbformat.read(other, as_version=4)
@@ -71,7 +66,7 @@ def diff_notebooks(reference: Path, other: Path) -> list[CellDiff]:
     for i, (a, b) in enumerate(zip(ref_cells, other_cells)):
         if a.cell_type != "code":
             continue
-        d = CellDiff(i, cell_tag_class(a), first_line=a.source.splitlines()[0] if a.source else "")
+        d = CellDiff(i, tolerance_class(a) or "exact", first_line=a.source.splitlines()[0] if a.source else "")
         ta, tb = _texts(a), _texts(b)
         if len(ta) != len(tb):
             d.text_differs = True
