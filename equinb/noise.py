@@ -25,6 +25,7 @@ __all__ = ["Tolerance", "tolerance", "tolerances", "verdict", "compare_direction
            "split_numbers", "snap_numbers", "NUMBER"]
 
 MEASURED = Path(__file__).with_name("noise_measured.json")
+NOTE_MARKER = "between CPUs and seeds"  # in every ``noise_note`` line: the measurement leaves those lines out
 
 # A number as printed by Python, pandas and f-strings: sign, digits, optional decimals, optional exponent.
 # A sign glued to a word is a hyphen ("top-1" holds the number 1, not -1). Thousands separators are not part
@@ -143,7 +144,7 @@ def snap_numbers(test: str, reference: str, tol: Tolerance) -> str:
 
 def noise_note(tol: Tolerance, what: str = "trained numbers") -> str:
     """One line for the reader, printed above the numbers a tolerance covers."""
-    return f"{what} below move within {tol.describe()} between CPUs and seeds ({tol.basis})"
+    return f"{what} below move within {tol.describe()} {NOTE_MARKER} ({tol.basis})"
 
 
 def compare_directions(ours, article, noise: float):
