@@ -24,7 +24,8 @@ from torch import nn
 from equinb.backbones import load_backbone
 from equinb.data import load_digits
 from equinb.groups import get_group
-from equinb.train import LambdaModel, TrainConfig, ViewData, prefinetune, small_lambda_setup
+from equinb.engine import TrainConfig, ViewData, features, prefinetune, weighted_model
+from equinb.setups import small_lambda_setup
 from equinb.weighting import EmbeddingWeightNet
 
 
@@ -41,12 +42,12 @@ class FullForwardViews(ViewData):
 
 
 def article_style_prefinetune(setup, images: ViewData, config: TrainConfig) -> float:
-    """``equinb.train.prefinetune`` with every feature recomputed by a full forward, as the article does."""
+    """``equinb.engine.prefinetune`` with every feature recomputed by a full forward, as the article does."""
     encoder = load_backbone("mobilenet_v2", input_size=images.inputs.shape[-1]).encoder.eval()
     encoder.requires_grad_(True)  # as in the article: "frozen" only by omission from the optimiser
     torch.manual_seed(config.seed)
-    model = LambdaModel(encoder, EmbeddingWeightNet(setup.embed_dim), setup.head, setup.group, config)
-    data = FullForwardViews(images, model.features)
+    model = weighted_model(encoder, EmbeddingWeightNet(setup.embed_dim), setup.head, setup.group, config)
+    data = FullForwardViews(images, lambda views: features(model, views))
     start = time.perf_counter()
     prefinetune(model, data, data, config)
     return time.perf_counter() - start
@@ -69,7 +70,7 @@ def main() -> None:
           f"rot90, {args.rounds} rounds x up to {args.steps} steps, batch 32")
 
     torch.manual_seed(config.seed)
-    model = LambdaModel(setup.make_trunk(), EmbeddingWeightNet(setup.embed_dim), setup.head, group, config)
+    model = weighted_model(setup.make_trunk(), EmbeddingWeightNet(setup.embed_dim), setup.head, group, config)
     start = time.perf_counter()
     cached_data = ViewData(setup.train_feats, setup.train.labels)
     prefinetune(model, cached_data, cached_data, config)
@@ -101,14 +102,14 @@ def gpu_steps(steps: int = 300) -> None:
     head = nn.Linear(1024, 100, bias=False).to(device).requires_grad_(False)
     config = TrainConfig.updated()
     group = get_group("rot90")
-    lam = LambdaModel(encoder, EmbeddingWeightNet(1024).to(device), head, group, config)
+    lam = weighted_model(encoder, EmbeddingWeightNet(1024).to(device), head, group, config)
     opt = torch.optim.SGD(lam.weight_net.parameters(), lr=0.33, momentum=0.9)
     feats = nn.functional.normalize(torch.randn(32, 4, 1024, device=device), dim=-1)
     labels = torch.randint(0, 100, (32,), device=device)
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
-        loss = nn.functional.cross_entropy(lam(None, lambda_feats=feats, feats=feats), labels)
+        loss = nn.functional.cross_entropy(lam.forward_views(views=feats), labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -119,7 +120,7 @@ def gpu_steps(steps: int = 300) -> None:
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps // 10):
-        loss = nn.functional.cross_entropy(lam(images), labels)
+        loss = nn.functional.cross_entropy(lam.forward_views(images), labels)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -17,10 +17,11 @@ import time
 
 import torch
 
-from equinb.data import group_transform_indices
+from equinb.data import group_transform_indices, image_batches
 from equinb.groups import d4_act
-from equinb.zeroshot import (TRANSFORMS, dataset_batches, evaluate_views, load_zeroshot_model, per_view_logits,
-                             topk_accuracy, transform_group, view_elements)
+from equinb.heads import load_frozen_model
+from equinb.zeroshot import (TRANSFORMS, evaluate_views, per_view_logits, topk_accuracy, transform_group,
+                             view_elements)
 
 
 class CountingEncoder(torch.nn.Module):
@@ -66,9 +67,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as cache:
-        backbone, head, root, _ = load_zeroshot_model("mobilenet_v2", "digits", image_size=args.image_size,
+        backbone, head, root, _ = load_frozen_model("mobilenet_v2", "digits", image_size=args.image_size,
                                                       cache_dir=cache)
-        loader, _ = dataset_batches(backbone, "digits", "test", args.batch_size, str(root), 0)
+        loader, _ = image_batches(backbone, "digits", "test", args.batch_size, str(root), 0)
         counted = CountingEncoder(backbone.encoder)
         n = len(loader.dataset)
         print(f"machine: {torch.get_num_threads()} CPU threads, torch {torch.__version__}; digits test N={n}, "

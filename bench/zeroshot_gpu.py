@@ -26,7 +26,8 @@ def main() -> None:
 
     import clip
 
-    from equinb.zeroshot import TRANSFORMS, CosineHead, per_view_logits, view_elements
+    from equinb.heads import CosineHead
+    from equinb.zeroshot import TRANSFORMS, per_view_logits, view_elements
 
     device = torch.device("cuda")
     torch.manual_seed(0)

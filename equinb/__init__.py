@@ -1,11 +1,26 @@
 """equinb: make pretrained models invariant or equivariant to finite groups, and re-run the articles.
 
-Modules: ``groups`` (image and token-permutation groups), ``wrappers`` (equitune, equizero,
-lambda-equitune, equiattention), ``weighting`` (lambda networks, view attention), ``backbones``
-(MobileNetV2, CLIP), ``data`` (dataset registry), ``zeroshot`` (one-pass zero-shot evaluation),
-``train`` (lambda-equitune training on cached per-view features), ``lm`` (EquiLM for language models),
-``report`` and ``reference`` (results, caches, the articles' numbers), ``noise`` (measured tolerances of
-trained numbers, tolerance-aware comparison, verdicts), ``viz`` (plots).
+Module map, bottom to top; a module imports only modules above it in this list (``tests/test_layering.py``):
+
+    reference   the articles' numbers, reshaped for the chapters' tables
+    noise       measured tolerances of trained numbers, verdicts (agrees / reversed / within noise)
+    prompts     CLIP's class names and prompt templates
+    cache       folders, keys, atomic compute-once files (damaged files are recomputed)
+    groups      image groups and the token-permutation group
+    checks      invariance / equivariance errors and how to print them
+    weighting   lambda networks and view attention
+    wrappers    Equitune, EquiZero, LambdaEquitune, EquiAttention (one orbit pipeline)
+    data        the dataset registry (``DATASETS``), loaders, random group transforms
+    backbones   MobileNetV2 and CLIP encoders
+    heads       text heads, fitted linear heads, pooled map heads
+    engine      training configuration, prefinetune / finetune / evaluate on per-view data (no file I/O)
+    setups      the small and CLIP setups, cached training runs, trained models
+    zeroshot    Figure 4: one orbit pass, every method and setting
+    analysis    what trained weighting modules do: weights, measured symmetries
+    equilm      EquiLM over token-permutation groups, generation, model loading
+    nlg         the Figure 6 experiment: prompts, scorers, fairness statistics
+    chapter     every chapter parameter's rule, checked before heavy work
+    viz         plots
 
 ``import equinb`` stays light: it does not import clip, matplotlib or transformers.
 """

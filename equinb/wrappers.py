@@ -28,6 +28,11 @@ Levels (one code path; the trunk decides):
 
 Call ``wrapper(x)`` for outputs [B, K], or ``wrapper(x, return_weights=True)`` for
 ``(outputs, weights [B, G])``, the per-view weights or selections used for plots.
+
+``wrapper.forward_views`` runs the same pipeline from per-view inputs [B, G, ...] (the orbit of images,
+or the cached output of a frozen prefix of the trunk) or from already computed views: the training engine
+and the zero-shot evaluation use it on cached tensors, so every result of the book goes through these
+classes.
 """
 
 from __future__ import annotations
@@ -113,12 +118,17 @@ class OrbitWrapper(nn.Module):
         output_softmax: apply softmax to each view's head output and combine probabilities (as published
             in the article's zero-shot and "original" code). Default False.
         logit_factor: multiplies the head output (as published: 1.0, i.e. raw cosine similarities).
+        normalise_views: L2-normalise each view's trunk output, as CLIP's embeddings are (embedding level).
+            Default False.
+        trunk_eval: keep the trunk in evaluation mode when the wrapper trains (as published: the backbone's
+            BatchNorm keeps its running statistics during finetuning). Default False.
 
     Shapes: x [B, C, H, W] -> out [B, K]; weights [B, G].
     """
 
     def __init__(self, model: nn.Module, group: Group, *, head: nn.Module | None = None,
-                 align_views: bool = False, output_softmax: bool = False, logit_factor: float = 1.0) -> None:
+                 align_views: bool = False, output_softmax: bool = False, logit_factor: float = 1.0,
+                 normalise_views: bool = False, trunk_eval: bool = False) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -130,9 +140,34 @@ class OrbitWrapper(nn.Module):
         self.align_views = bool(align_views)
         self.output_softmax = bool(output_softmax)
         self.logit_factor = float(logit_factor)
+        self.normalise_views = bool(normalise_views)
+        self.trunk_eval = bool(trunk_eval)
+
+    def train(self, mode: bool = True) -> "OrbitWrapper":
+        super().train(mode)
+        if self.trunk_eval:
+            self.trunk.eval()
+        return self
+
+    def view_outputs(self, inputs: Tensor, trunk: nn.Module | None = None) -> Tensor:
+        """The trunk on every view in one batched pass (``trunk``: default self.trunk).
+
+        Inputs are cast to the trunk's parameter dtype; half-precision outputs (fp16 trunks, as CLIP on CUDA)
+        are combined in float32. Outputs are L2-normalised when ``normalise_views``.
+        Shapes: inputs [B, G, ...] -> views [B, G, ...].
+        """
+        trunk = trunk if trunk is not None else self.trunk
+        b, g = inputs.shape[:2]
+        dtype = next(trunk.parameters(), torch.empty(0, dtype=inputs.dtype)).dtype
+        out = trunk(inputs.flatten(0, 1).to(dtype))
+        if out.dtype in (torch.float16, torch.bfloat16):
+            out = out.float()
+        if self.normalise_views:
+            out = nn.functional.normalize(out, dim=-1)
+        return out.reshape(b, g, *out.shape[1:])
 
     def views(self, x: Tensor, trunk: nn.Module | None = None) -> Tensor:
-        """Trunk outputs of every transformed copy of x, in one batched pass (``trunk``: default self.trunk).
+        """Trunk outputs of every transformed copy of x (``view_outputs`` of the orbit).
 
         Shapes: x [B, C, H, W] -> views [B, G, ...].
         """
@@ -140,10 +175,7 @@ class OrbitWrapper(nn.Module):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
         if x.ndim != 4:
             raise ValueError(f"input must be an image batch [B, C, H, W], got shape {tuple(x.shape)}")
-        b, g = x.shape[0], self.group.order
-        orbit = self.group.orbit(x)  # [B, G, C, H, W]
-        out = (trunk if trunk is not None else self.trunk)(orbit.flatten(0, 1))
-        return out.reshape(b, g, *out.shape[1:])
+        return self.view_outputs(self.group.orbit(x), trunk)  # orbit [B, G, C, H, W]
 
     def align(self, views: Tensor) -> Tensor:
         """``g_k^-1`` applied to view k when ``align_views``; identity otherwise. Shapes: [B, G, ...]."""
@@ -187,11 +219,24 @@ class OrbitWrapper(nn.Module):
             return _weighted_sum(probs, weights)
         return self.logit_factor * self.head(self.combined_views(views, weights))
 
-    def forward(self, x: Tensor, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        views = self.views(x)
-        weights = self.view_weights(views)
+    def forward_views(self, inputs: Tensor | None = None, *, views: Tensor | None = None,
+                      weight_views: Tensor | None = None,
+                      return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """The pipeline from per-view ``inputs`` (run through the trunk) or from computed ``views``.
+
+        ``weight_views``: what the weighting sees instead of the views (the frozen copy's views, as
+        published in the original lambda-equitune code). Shapes: [B, G, ...] -> out [B, K]; weights [B, G].
+        """
+        if views is None:
+            if inputs is None:
+                raise ValueError("forward_views needs per-view inputs or computed views")
+            views = self.view_outputs(inputs)
+        weights = self.view_weights(views if weight_views is None else weight_views)
         out = self.combine(views, weights)
         return (out, weights) if return_weights else out
+
+    def forward(self, x: Tensor, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        return self.forward_views(views=self.views(x), return_weights=return_weights)
 
 
 class Equitune(OrbitWrapper):
@@ -256,7 +301,7 @@ class LambdaEquitune(OrbitWrapper):
         normalisation: ``"sum"`` (article text, default) | ``"softmax"`` (feature-map code) | ``"none"``
             (invariant code: lambda_k multiplies view k, which acts as a per-view inverse temperature of
             the logits, then a plain mean; with ``output_softmax`` the softmax sees the scaled logits).
-        lambda_trunk: as published ("original" code), lambda is computed from the views of this frozen
+        frozen_copy: as published ("original" code), lambda is computed from the views of this frozen
             copy of the trunk instead of the trainable trunk. Default None (the trainable trunk).
         dropout_in_eval: as published, keep the weight network in training mode (dropout active)
             during evaluation too. Default False.
@@ -265,7 +310,7 @@ class LambdaEquitune(OrbitWrapper):
     """
 
     def __init__(self, model: nn.Module, group: Group, weight_net: nn.Module, *, normalisation: str = "sum",
-                 lambda_trunk: nn.Module | None = None, dropout_in_eval: bool = False, **kwargs) -> None:
+                 frozen_copy: nn.Module | None = None, dropout_in_eval: bool = False, **kwargs) -> None:
         super().__init__(model, group, **kwargs)
         if normalisation not in NORMALISATIONS:
             raise ValueError(f"unknown normalisation {normalisation!r}; valid: {', '.join(NORMALISATIONS)}")
@@ -274,16 +319,16 @@ class LambdaEquitune(OrbitWrapper):
         self.weight_net = weight_net
         self.normalisation = normalisation
         self.dropout_in_eval = bool(dropout_in_eval)
-        self.lambda_trunk = lambda_trunk
-        if lambda_trunk is not None:
-            lambda_trunk.requires_grad_(False)
+        self.frozen_copy = frozen_copy
+        if frozen_copy is not None:
+            frozen_copy.requires_grad_(False)
 
     def train(self, mode: bool = True) -> "LambdaEquitune":
         super().train(mode)
         if self.dropout_in_eval:
             self.weight_net.train(True)
-        if self.lambda_trunk is not None:
-            self.lambda_trunk.eval()
+        if self.frozen_copy is not None:
+            self.frozen_copy.eval()
         return self
 
     def view_weights(self, views: Tensor) -> Tensor:
@@ -296,15 +341,11 @@ class LambdaEquitune(OrbitWrapper):
         return None, weights
 
     def forward(self, x: Tensor, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        views = self.views(x)
-        if self.lambda_trunk is None:
-            weights = self.view_weights(views)
-        else:  # as published: lambda sees a frozen copy's views, the head sees the trainable ones
+        frozen = None
+        if self.frozen_copy is not None:  # as published: lambda sees a frozen copy's views, the head the trainable
             with torch.no_grad():
-                frozen = self.views(x, trunk=self.lambda_trunk)
-            weights = self.view_weights(frozen)
-        out = self.combine(views, weights)
-        return (out, weights) if return_weights else out
+                frozen = self.views(x, trunk=self.frozen_copy)
+        return self.forward_views(views=self.views(x), weight_views=frozen, return_weights=return_weights)
 
 
 class EquiAttention(OrbitWrapper):
@@ -314,17 +355,17 @@ class EquiAttention(OrbitWrapper):
     (``equinb.weighting.ViewAttention``); ``A`` is computed from the unaligned views.
 
     Args (besides ``OrbitWrapper``'s):
-        attention: a ``ViewAttention`` (or any module mapping views [B, G, ...] to weights [B, G] that
-            permute with the views and sum to 1).
+        weight_net: a ``ViewAttention`` (or any module mapping views [B, G, ...] to weights [B, G] that
+            permute with the views and sum to 1); the same attribute name as lambda-equitune's network.
 
     Shapes: x [B, C, H, W] -> [B, K]; weights [B, G].
     """
 
-    def __init__(self, model: nn.Module, group: Group, attention: nn.Module, **kwargs) -> None:
+    def __init__(self, model: nn.Module, group: Group, weight_net: nn.Module, **kwargs) -> None:
         super().__init__(model, group, **kwargs)
-        if not isinstance(attention, nn.Module):
-            raise TypeError(f"attention must be a torch.nn.Module, got {type(attention).__name__}")
-        self.attention = attention
+        if not isinstance(weight_net, nn.Module):
+            raise TypeError(f"weight_net must be a torch.nn.Module, got {type(weight_net).__name__}")
+        self.weight_net = weight_net
 
     def view_weights(self, views: Tensor) -> Tensor:
-        return self.attention(views)
+        return self.weight_net(views)

@@ -62,7 +62,8 @@ lr: float = 5e-8  # as in the Table 3 chapter
 seed: int = 0  # seeds training and the random turns of the orientation-free set
 device: str = "cpu"  # cpu or cuda
 data_root: str = ""  # folder of datasets and caches; empty means $EQUINB_DATA or ~/.cache/equinb
-clip_path: str = ""  # local CLIP weight file (TorchScript or state dict); empty means download
+clip_paths: dict = {}  # backbone name to a local CLIP weight file (TorchScript or state dict); empty means download
+clip_download_root: str = ""  # folder for CLIP downloads; empty means ~/.cache/clip
 max_train: int = 16000  # paper profile: training images loaded (the article only ever sees the first 16,000)
 dataset_options: dict = {}  # extra get_dataset options per dataset name, for example cifar100 download True
 
@@ -70,26 +71,30 @@ dataset_options: dict = {}  # extra get_dataset options per dataset name, for ex
 from dataclasses import replace
 
 import pandas as pd
-import torch
 from IPython.display import display
 from myst_nb import glue
 
 from equinb import get_group, viz
-from equinb import train as tr
 from equinb.analysis import rotation_labels, view_weights, weight_summary
+from equinb.cache import run_cache_dir
+from equinb.chapter import check_params
 from equinb.noise import noise_note, tolerance
-from equinb.reference import reference_table
+from equinb.reference import article_fig2_3
+from equinb.setups import build_setup, feature_map_config, feature_map_weight_net, run_training, trained_model
 
-tr.check_chapter_params(profile, device, map_image_size=image_size)
-if orientation_free not in ("turned", "isic2018"):
-    raise ValueError(f"unknown orientation_free {orientation_free!r}; valid: 'turned', 'isic2018'")
+check_params(profile=profile, backbone=backbone, dataset=dataset, orientation_free=orientation_free, group=group,
+             image_size=image_size, split_block=split_block, prefinetune_rounds=prefinetune_rounds,
+             prefinetune_steps=prefinetune_steps, prelr=prelr, prelr_orientation_free=prelr_orientation_free,
+             finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, lr=lr, seed=seed, device=device,
+             data_root=data_root, clip_paths=clip_paths, clip_download_root=clip_download_root,
+             max_train=max_train, dataset_options=dataset_options, feature_maps=True)
 if profile == "small" and orientation_free != "turned":
     raise ValueError("the small profile has no ISIC2018; use orientation_free='turned'")
 group_object = get_group(group)  # an unknown name fails here, listing the valid ones
-config = tr.feature_map_config(prelr=prelr, prefinetune_rounds=prefinetune_rounds, prefinetune_steps=prefinetune_steps,
-                               finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, lr=lr, seed=seed)
+config = feature_map_config(prelr=prelr, prefinetune_rounds=prefinetune_rounds, prefinetune_steps=prefinetune_steps,
+                            finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, lr=lr, seed=seed)
 free_config = replace(config, prelr=prelr_orientation_free)
-runs = tr.run_cache_dir(data_root)
+runs = run_cache_dir(data_root)
 noise = {name: tolerance(name) for name in ("top1", "weight", "share")}  # measured spreads between CPUs and seeds
 viz.book_style()
 pd.set_option("display.float_format", "{:.3f}".format)
@@ -101,9 +106,7 @@ print(f"profile={profile} backbone={backbone} dataset={dataset} orientation_free
 # say which definition produced them.
 
 # %%
-ref = reference_table("fig2_3_lambda_weights")
-ref = ref.assign(method=ref.method.replace({"lambda_equitune": "lambda-equitune"}),
-                 figure=ref.dataset.map({"CIFAR100": "natural orientation", "ISIC2018": "orientation-free"}))
+ref = article_fig2_3()
 article_means = ref[ref.metric.str.startswith("mean_weight_rot")].assign(
     rotation=lambda f: f.metric.str.replace("mean_weight_rot", ""))
 display(article_means.pivot_table(index=["figure", "method"], columns="rotation", values="value", sort=False)[
@@ -114,24 +117,23 @@ display(ref[ref.metric == "share_argmax_not_upright"][["dataset", "method", "val
 # ## Trained modules (loaded from the run cache, or trained once)
 
 # %% tags=["tolerance-top1"]
-common = dict(backbone=backbone, image_size=image_size, split_block=split_block, device=device,
-              data_root=data_root, clip_path=clip_path, max_train=max_train)
-natural = tr.build_setup(profile, "maps", group_object, dataset=dataset,
-                         dataset_options=dataset_options.get(dataset, {}), **common)
+common = dict(backbone=backbone, image_size=image_size, split_block=split_block, device=device, data_root=data_root,
+              clip_paths=clip_paths, clip_download_root=clip_download_root, max_train=max_train,
+              dataset_options=dataset_options)
+natural = build_setup(profile, "maps", group_object, dataset=dataset, **common)
 if orientation_free == "turned":
     free = natural.reoriented(seed)
 else:
-    free = tr.build_setup(profile, "maps", group_object, dataset=orientation_free,
-                          dataset_options=dataset_options.get(orientation_free, {}), **common)
+    free = build_setup(profile, "maps", group_object, dataset=orientation_free, **common)
 setups = {"natural orientation": (natural, config), "orientation-free": (free, free_config)}
-methods = {"lambda-equitune": "lambda", "equiattention": "attention"}
+methods = {"lambda-equitune": "lambda_equitune", "equiattention": "equiattention"}  # label: method
 weights, accuracy = {}, []
 for figure, (setup, cfg) in setups.items():
     print(f"{figure}: {setup.description}")
     for label, method in methods.items():
-        row, _, states = tr.run_lambda_equitune(setup, cfg, method=method, align_views=False, cache_dir=runs,
-                                                weight_net=tr.feature_map_weight_net(method, setup.map_shape))
-        model = tr.trained_model(setup, cfg, method, False, states["prefinetune"])
+        row, _, states = run_training(setup, cfg, method=method, align_views=False, cache_dir=runs,
+                                      weight_net=feature_map_weight_net(method, setup.map_shape))
+        model = trained_model(setup, cfg, method, False, states["prefinetune"])
         weights[figure, label] = view_weights(model, setup.test_feats, seed=seed)
         accuracy.append(dict(figure=figure, method=label, prefinetune_top1=row["prefinetune_top1"]))
 columns = rotation_labels(group_object)
@@ -147,9 +149,7 @@ display(pd.DataFrame(accuracy).assign(profile=profile))
 
 # %% tags=["tolerance-weight"]
 # the view that shows each test image as it was before its random turn (view 0 when nothing was turned)
-original = {figure: None if setup.turns is None else torch.tensor([group_object.inverse(int(h))
-                                                                   for h in setup.turns["test"]])
-            for figure, (setup, _) in setups.items()}
+original = {figure: setup.original_views("test") for figure, (setup, _) in setups.items()}
 summary = pd.DataFrame([dict(figure=f, method=m, **weight_summary(w, columns, original[f]))
                         for (f, m), w in weights.items()])
 summary = summary.assign(profile=profile, images=[len(w) for w in weights.values()])

@@ -65,11 +65,15 @@ from myst_nb import glue
 
 from equinb import EquiZero, Equitune, get_group, viz
 from equinb import zeroshot as zs
-from equinb.report import format_error
+from equinb.chapter import check_params
+from equinb.checks import format_error, invariance_error
+from equinb.data import image_batches
+from equinb.heads import load_frozen_model
+from equinb.reference import article_fig4, compare_fig4
 
-zs.validate_zeroshot_params(backbones, datasets, transforms, device, clip_paths)
-if profile not in ("small", "paper"):
-    raise ValueError(f"unknown profile {profile!r}; valid: 'small', 'paper'")
+check_params(profile=profile, backbones=backbones, datasets=datasets, transforms=transforms, image_size=image_size,
+             batch_size=batch_size, seed=seed, device=device, data_root=data_root, clip_paths=clip_paths,
+             clip_download_root=clip_download_root, num_workers=num_workers, dataset_options=dataset_options)
 torch.manual_seed(seed)
 torch.set_num_threads(max(1, torch.get_num_threads()))
 viz.book_style()
@@ -82,7 +86,7 @@ print(f"profile={profile} backbones={backbones} datasets={datasets} device={devi
 # Basu et al. ("paper"), in percent. Here `rot180` is the transformation the article calls "flip".
 
 # %%
-article = zs.article_fig4()
+article = article_fig4()
 display(article[article.backbone == "RN50"].pivot_table(
     index=["dataset", "transform"], columns="method", values="seed_top1"))
 
@@ -93,19 +97,17 @@ display(article[article.backbone == "RN50"].pivot_table(
 # invariant up to float rounding. The bare model is not, and that shows the check can fail.
 
 # %%
-backbone, head, root, cache_dir = zs.load_zeroshot_model(
+backbone, head, root, cache_dir = load_frozen_model(
     backbones[0], datasets[0], device=device, image_size=image_size, data_root=data_root or None,
     clip_path=clip_paths.get(backbones[0]), clip_download_root=clip_download_root or None,
     num_workers=num_workers, dataset_options=dataset_options.get(datasets[0]))
-loader, _ = zs.dataset_batches(backbone, datasets[0], "test", 8, str(root), 0, dataset_options.get(datasets[0]))
+loader, _ = image_batches(backbone, datasets[0], "test", 8, str(root), 0, dataset_options.get(datasets[0]))
 x = next(iter(loader))[0].to(device)
 rot90 = get_group("rot90")
 model = torch.nn.Sequential(backbone.encoder, head)
 with torch.no_grad():
     for label, f in [("bare model", model), ("equitune", Equitune(model, rot90)), ("equizero", EquiZero(model, rot90))]:
-        out = f(x)
-        err = max((f(rot90.act(x, k)) - out).abs().max().item() for k in range(1, 4))
-        scale = out.abs().max().item()
+        err, scale = invariance_error(f, x, rot90), f(x).abs().max().item()
         print(f"{label:>10}: max |f(g x) - f(x)| over C4 = {format_error(err, scale)}  (output scale {scale:.1f})")
 
 # %% [markdown]
@@ -132,7 +134,7 @@ display(ours.pivot_table(index=["backbone", "dataset", "transform", "method"], c
 # ours for orientation, not as a target.
 
 # %%
-table = zs.compare_fig4(ours, article)
+table = compare_fig4(ours, article)
 print(f"profile: {profile}")
 if table["article (seed files)"].notna().any():
     display(table)

@@ -79,13 +79,18 @@ import torch
 from IPython.display import display
 from myst_nb import glue
 
-from equinb import lm as L
+from equinb import equilm as E
+from equinb import nlg as N
 from equinb import viz
-from equinb.report import format_error
+from equinb.chapter import check_params
+from equinb.checks import format_error
+from equinb.reference import article_fig6
 
-L.validate_nlg_params(profile=profile, lm_name=lm_name, scorer=scorer, regard_classifiers=regard_classifiers,
-                      templates=templates, demographics=demographics, binary_group=binary_group,
-                      n_samples=n_samples, device=device)
+check_params(profile=profile, lm_name=lm_name, scorer=scorer, regard_classifiers=regard_classifiers,
+             regard_label_names=regard_label_names, mask_demographic=mask_demographic, templates=templates,
+             demographics=demographics, binary_group=binary_group, n_samples=n_samples,
+             max_new_tokens=max_new_tokens, top_k=top_k, temperature=temperature, paired_seeds=paired_seeds,
+             seed=seed, n_bootstrap=n_bootstrap, device=device, num_threads=num_threads)
 torch.manual_seed(seed)
 torch.set_num_threads(num_threads)
 viz.book_style()
@@ -94,13 +99,13 @@ print(f"profile={profile} lm={lm_name} scorer={scorer} samples per template and 
 
 # %% [markdown]
 # ## The article's numbers
-# Label shares of Figure 6(a), recomputed from the article's committed prediction files (spec 11.5). Each share
+# Label shares of Figure 6(a), recomputed from the article's committed prediction files. Each share
 # is divided by the number of lines in its file, 500 to 508, not by the 500 samples. *other* counts the blank
 # lines that `\n\n` tokens left in those files. The EquiGPT2 samples were generated with the original
 # ($g$) code, before the fix. The article's group size was not recorded.
 
 # %%
-article = L.article_fig6()
+article = article_fig6()
 display(article)
 
 # %% [markdown]
@@ -115,12 +120,12 @@ display(article)
 # almost no probability. The base LM is the negative control.
 
 # %%
-model, tokenizer = L.load_causal_lm(lm_name, device=device)
-group3 = L.word_group(tokenizer, [demographics], vocab_size=model.config.vocab_size)
-group2 = L.word_group(tokenizer, [binary_group], vocab_size=model.config.vocab_size)
-lms = {"base LM": model, "EquiLM g^-1 (d=3)": L.EquiLM(model, group3, "inverse"),
-       "EquiLM g (d=3)": L.EquiLM(model, group3, "forward")}
-check = L.symmetry_report(lms, tokenizer, group3, f"The {L.DEMOGRAPHICS[demographics[0]]} {templates[0]}",
+model, tokenizer = E.load_causal_lm(lm_name, device=device)
+group3 = E.word_group(tokenizer, [demographics], vocab_size=model.config.vocab_size)
+group2 = E.word_group(tokenizer, [binary_group], vocab_size=model.config.vocab_size)
+lms = {"base LM": model, "EquiLM g^-1 (d=3)": E.EquiLM(model, group3, "inverse"),
+       "EquiLM g (d=3)": E.EquiLM(model, group3, "forward")}
+check = N.symmetry_report(lms, tokenizer, group3, f"The {N.DEMOGRAPHICS[demographics[0]]} {templates[0]}",
                           " being kind to everyone")
 print(f"profile: {profile}, model: {lm_name}, group {demographics}")
 display(check.apply(lambda row: row.map(lambda v: format_error(v, row["logit scale"])), axis=1)
@@ -136,17 +141,17 @@ display(check.apply(lambda row: row.map(lambda v: format_error(v, row["logit sca
 # and demographic, and its label.
 
 # %%
-variants = {**lms, "EquiLM (d=2)": L.EquiLM(model, group2)}
+variants = {**lms, "EquiLM (d=2)": E.EquiLM(model, group2)}
 records = []
 for name, model_lm in variants.items():
     members = binary_group if name == "EquiLM (d=2)" else demographics
-    records += [dict(r, model=name) for r in L.sample_grid(
+    records += [dict(r, model=name) for r in N.sample_grid(
         model_lm, tokenizer, members, n_samples=n_samples, templates=templates, seed=seed,
         paired_seeds=paired_seeds, max_new_tokens=max_new_tokens, top_k=top_k, temperature=temperature)]
 samples = pd.DataFrame(records)
-scorer_fn = L.vader_labels if scorer == "vader" else L.RegardClassifier(regard_classifiers, regard_label_names,
+scorer_fn = N.vader_labels if scorer == "vader" else N.RegardClassifier(regard_classifiers, regard_label_names,
                                                                          device=device)
-samples["label"] = L.score_samples(samples, scorer_fn, mask_demographic=mask_demographic)
+samples["label"] = N.score_samples(samples, scorer_fn, mask_demographic=mask_demographic)
 first = samples[(samples["template"] == templates[0]) & (samples["sample"] == 0)]
 for row in first.itertuples():
     print(f"{row.model:>18} | {row.label:>8} | {row.text}")
@@ -159,7 +164,7 @@ for row in first.itertuples():
 # SmolLM2, so the values are not comparable with the article's; their spread across demographics is.
 
 # %%
-ours = L.label_shares(samples)
+ours = N.label_shares(samples)
 ref_model = {name: ("GPT2" if name == "base LM" else "EquiGPT2") for name in variants}
 ref = article.reindex([(ref_model[m], d) for m, d in ours.index])
 ref.index = ours.index
@@ -179,8 +184,8 @@ display(table)
 # %%
 binary = samples[samples.demographic.isin(binary_group) & samples.model.isin(["base LM", "EquiLM (d=2)"])]
 gaps = pd.concat([
-    L.fairness_gaps(samples[samples.model != "EquiLM (d=2)"], n_bootstrap=n_bootstrap, seed=seed),
-    L.fairness_gaps(binary.assign(model=binary.model + " on " + "/".join(binary_group)), n_bootstrap=n_bootstrap,
+    N.fairness_gaps(samples[samples.model != "EquiLM (d=2)"], n_bootstrap=n_bootstrap, seed=seed),
+    N.fairness_gaps(binary.assign(model=binary.model + " on " + "/".join(binary_group)), n_bootstrap=n_bootstrap,
                     seed=seed)])
 pos = article["positive"]
 article_gaps = {"GPT2 (article)": pos["GPT2"].max() - pos["GPT2"].min(),
@@ -201,7 +206,7 @@ display(gaps)
 wide = samples[samples.model.str.startswith("EquiLM g")].pivot_table(
     index=["template", "sample", "demographic"], columns="model", values="text", aggfunc="first")
 differ = float((wide["EquiLM g^-1 (d=3)"] != wide["EquiLM g (d=3)"]).mean())
-copies = {name: L.permuted_copy_share(samples[samples.model == name],
+copies = {name: N.permuted_copy_share(samples[samples.model == name],
                                       binary_group if name == "EquiLM (d=2)" else demographics) for name in variants}
 print(f"profile: {profile}; samples whose text differs between g^-1 and g: {differ:.1%} of {len(wide)}")
 print("units whose samples are permuted copies across demographics: "
@@ -251,7 +256,7 @@ gaps[["gap", "ci_low", "ci_high"]]
 # %% [markdown]
 # ## Deviations and notes
 # - **The article's EquiGPT2 bars come from the pre-fix code.** Its EquiGPT2 samples were committed and scored
-#   before the $g^{-1}$ fix (spec 11.5), so Figure 6(a) shows EquiLM with $g$ (`output_action="forward"`).
+#   before the $g^{-1}$ fix, so Figure 6(a) shows EquiLM with $g$ (`output_action="forward"`).
 #   Here both actions run. As published is $g$; as described, and the default, is $g^{-1}$.
 # - **Unknown group size.** The article's generation script defaults to a group size of 2, and no command
 #   line was recorded. With $d = 2$ and the list [Black, White, Asian], only Black and White are swapped, and

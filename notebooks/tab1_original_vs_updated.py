@@ -64,9 +64,10 @@ lr_updated: float = 5e-8  # article: updated code
 seed: int = 0  # article: 0
 device: str = "cpu"  # cpu or cuda
 data_root: str = ""  # folder of datasets and caches; empty means $EQUINB_DATA or ~/.cache/equinb
-clip_path: str = ""  # local CLIP weight file (TorchScript or state dict); empty means download
+clip_paths: dict = {}  # backbone name to a local CLIP weight file (TorchScript or state dict); empty means download
+clip_download_root: str = ""  # folder for CLIP downloads; empty means ~/.cache/clip
 max_train: int = 16000  # paper profile: training images loaded (the article only ever sees the first 16,000)
-dataset_options: dict = {}  # extra get_dataset options, for example download True for cifar100
+dataset_options: dict = {}  # per dataset, extra get_dataset options, for example cifar100: download True
 
 # %%
 from dataclasses import replace
@@ -77,18 +78,26 @@ from IPython.display import display
 from myst_nb import glue
 
 from equinb import get_group, viz
-from equinb import train as tr
+from equinb.cache import run_cache_dir
+from equinb.chapter import check_params
+from equinb.checks import format_error
+from equinb.engine import TrainConfig, weighted_model
 from equinb.noise import compare_directions, noise_note, tolerance
-from equinb.reference import beside_article, reference_table
-from equinb.report import format_error
+from equinb.reference import article_tab1, beside_article
+from equinb.setups import build_setup, run_training
 from equinb.weighting import EmbeddingWeightNet
 
-tr.check_chapter_params(profile, device)
+check_params(profile=profile, backbone=backbone, dataset=dataset, groups=groups, image_size=image_size,
+             split_block=split_block, prefinetune_rounds=prefinetune_rounds, prefinetune_steps=prefinetune_steps,
+             prelr=prelr, finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, lr_original=lr_original,
+             lr_updated=lr_updated, seed=seed, device=device, data_root=data_root, clip_paths=clip_paths,
+             clip_download_root=clip_download_root, max_train=max_train, dataset_options=dataset_options)
 group_objects = {name: get_group(name) for name in groups}  # unknown names fail here, listing valid ones
-configs = {"original": tr.TrainConfig.original(lr=lr_original), "updated": tr.TrainConfig.updated(lr=lr_updated)}
+configs = {"original": TrainConfig.original(lr=lr_original), "updated": TrainConfig.updated(lr=lr_updated)}
 configs = {k: replace(c, prefinetune_rounds=prefinetune_rounds, prefinetune_steps=prefinetune_steps, prelr=prelr,
                       finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, seed=seed)
            for k, c in configs.items()}
+runs = run_cache_dir(data_root)
 top1_noise = tolerance("top1")  # how far a trained top-1 moves between CPUs and seeds (measured)
 viz.book_style()
 pd.set_option("display.precision", 2)
@@ -100,9 +109,7 @@ print(f"profile={profile} backbone={backbone} dataset={dataset} groups={groups} 
 # from its own table they are 11.78% and 9.73%, and the cell below recomputes them.
 
 # %%
-ref = reference_table("tab1_original_vs_updated")
-ref = ref.assign(group=ref["transform"].replace({"flip": "rot180"}), code=ref.variant.str.replace("_invariant", ""))
-article = ref.pivot_table(index=["group", "code"], columns="metric", values="value")
+article = article_tab1()
 display(article)
 for metric in ("prefinetune_top1", "finetune_top1"):
     o, u = article.loc[("rot90", "original"), metric], article.loc[("rot90", "updated"), metric]
@@ -117,21 +124,19 @@ for metric in ("prefinetune_top1", "finetune_top1"):
 
 # %%
 base = "rot90" if "rot90" in groups else groups[0]
-if profile == "small":
-    full = tr.small_lambda_setup(group_objects[base], image_size=image_size, split_block=split_block,
-                                 cache_dir=None if not data_root else f"{data_root}/cache")
-else:
-    full = tr.clip_lambda_setup(group_objects[base], backbone, dataset, device=device, data_root=data_root or None,
-                                clip_path=clip_path or None, max_train=max_train, dataset_options=dataset_options)
+full = build_setup(profile, "embeddings", group_objects[base], backbone=backbone, dataset=dataset,
+                   image_size=image_size, split_block=split_block, device=device, data_root=data_root,
+                   clip_paths=clip_paths, clip_download_root=clip_download_root, max_train=max_train,
+                   dataset_options=dataset_options)
 setups = {name: full if name == base else full.restricted(g, [full.group.elements.index(e) for e in g.elements])
           for name, g in group_objects.items()}
 print(full.description)
 torch.manual_seed(seed)
-model = tr.LambdaModel(full.make_trunk(), EmbeddingWeightNet(full.embed_dim), full.head, full.group,
-                       tr.TrainConfig.updated(dropout_in_eval=False)).to(full.head.weight.device).eval()
+model = weighted_model(full.make_trunk(), EmbeddingWeightNet(full.embed_dim), full.head, full.group,
+                       TrainConfig.updated(dropout_in_eval=False)).to(full.head.weight.device).eval()
 with torch.no_grad():
     views, _ = full.test.batch(torch.arange(8))
-    for label, f in [("lambda-equitune", lambda v: model(v)), ("one view", lambda v: model.features(v)[:, 0])]:
+    for label, f in [("lambda-equitune", model.forward_views), ("one view", lambda v: model.view_outputs(v)[:, 0])]:
         ref_out = f(views)
         err = max((f(full.test.batch(torch.arange(8), k, full.group)[0]) - ref_out).abs().max().item()
                   for k in range(1, full.group.order))
@@ -144,7 +149,7 @@ with torch.no_grad():
 rows, curves = [], []
 for name, setup in setups.items():
     for code, config in configs.items():
-        row, history, _ = tr.run_lambda_equitune(setup, config)
+        row, history, _ = run_training(setup, config, cache_dir=runs)
         rows.append(dict(group=name, code=code, **row))
         curves += [dict(run=f"{code} / {name}", **h) for h in history]
 ours = pd.DataFrame(rows).assign(profile=profile)

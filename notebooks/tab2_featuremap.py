@@ -60,9 +60,10 @@ lr: float = 5e-8  # article: 5e-8 (updated code)
 seed: int = 0  # article: 0
 device: str = "cpu"  # cpu or cuda
 data_root: str = ""  # folder of datasets and caches; empty means $EQUINB_DATA or ~/.cache/equinb
-clip_path: str = ""  # local CLIP weight file (TorchScript or state dict); empty means download
+clip_paths: dict = {}  # backbone name to a local CLIP weight file (TorchScript or state dict); empty means download
+clip_download_root: str = ""  # folder for CLIP downloads; empty means ~/.cache/clip
 max_train: int = 16000  # paper profile: training images loaded (the article only ever sees the first 16,000)
-dataset_options: dict = {}  # extra get_dataset options, for example download True for cifar100
+dataset_options: dict = {}  # per dataset, extra get_dataset options, for example cifar100: download True
 
 # %%
 from dataclasses import replace
@@ -72,21 +73,29 @@ from IPython.display import display
 from myst_nb import glue
 
 from equinb import get_group, viz
-from equinb import train as tr
 from equinb.analysis import plain_head_top1, positional_head, symmetry_tables
+from equinb.cache import run_cache_dir
+from equinb.chapter import check_params
+from equinb.engine import TrainConfig
 from equinb.noise import compare_directions, loss_label, noise_note, tolerance
-from equinb.reference import beside_article, reference_table
+from equinb.reference import article_tab2, beside_article
+from equinb.setups import build_setup, feature_map_config, feature_map_weight_net, run_training, trained_model
 
-tr.check_chapter_params(profile, device, map_image_size=image_size)
+check_params(profile=profile, backbone=backbone, dataset=dataset, group=group, image_size=image_size,
+             split_block=split_block, prefinetune_rounds=prefinetune_rounds, prefinetune_steps=prefinetune_steps,
+             prelr=prelr, prelr_embedding=prelr_embedding, finetune_rounds=finetune_rounds,
+             finetune_steps=finetune_steps, lr=lr, seed=seed, device=device, data_root=data_root,
+             clip_paths=clip_paths, clip_download_root=clip_download_root, max_train=max_train,
+             dataset_options=dataset_options, feature_maps=True)
 group_object = get_group(group)  # an unknown name fails here, listing the valid ones
 schedule = dict(prefinetune_rounds=prefinetune_rounds, prefinetune_steps=prefinetune_steps,
                 finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, lr=lr, seed=seed)
-map_config = tr.feature_map_config(prelr=prelr, **schedule)  # bad values fail here
-embedding_config = tr.TrainConfig.updated(prelr=prelr_embedding, **schedule)
+map_config = feature_map_config(prelr=prelr, **schedule)
+embedding_config = TrainConfig.updated(prelr=prelr_embedding, **schedule)
 setup_options = dict(backbone=backbone, dataset=dataset, image_size=image_size, split_block=split_block,
-                     device=device, data_root=data_root, clip_path=clip_path, max_train=max_train,
-                     dataset_options=dataset_options)
-runs = tr.run_cache_dir(data_root)
+                     device=device, data_root=data_root, clip_paths=clip_paths, clip_download_root=clip_download_root,
+                     max_train=max_train, dataset_options=dataset_options)
+runs = run_cache_dir(data_root)
 noise = {name: tolerance(name) for name in ("top1", "top1_chaotic", "logit", "loss")}  # measured spreads between CPUs and seeds
 viz.book_style()
 pd.set_option("display.precision", 2)
@@ -97,8 +106,7 @@ print(f"profile={profile} backbone={backbone} dataset={dataset} group={group} de
 # Top-1 accuracy (%) on CIFAR100 under random 90° rotations, CLIP RN50.
 
 # %%
-article = reference_table("tab2_invariant_vs_featuremap").pivot_table(index="variant", columns="metric",
-                                                                       values="value")
+article = article_tab2()
 display(article)
 
 # %% [markdown]
@@ -107,8 +115,8 @@ display(article)
 # reuse these runs instead of training them again.
 
 # %%
-maps = tr.build_setup(profile, "maps", group_object, **setup_options)
-embeddings = tr.build_setup(profile, "embeddings", group_object, **setup_options)
+maps = build_setup(profile, "maps", group_object, **setup_options)
+embeddings = build_setup(profile, "embeddings", group_object, **setup_options)
 print(maps.description)
 print(f"maps per view: {maps.map_shape}")
 variants = {f"updated_invariant (prelr {rate:g})": (embeddings, replace(embedding_config, prelr=rate), dict())
@@ -117,9 +125,8 @@ variants["feature_map (as published)"] = (maps, map_config, dict(align_views=Fal
 variants["feature_map (as described)"] = (maps, map_config, dict(align_views=True))
 rows, curves, states = [], [], {}
 for name, (setup, config, options) in variants.items():
-    weight_net = tr.feature_map_weight_net("lambda", setup.map_shape) if setup is maps else None
-    row, history, states[name] = tr.run_lambda_equitune(setup, config, weight_net=weight_net, cache_dir=runs,
-                                                        **options)
+    weight_net = feature_map_weight_net("lambda_equitune", setup.map_shape) if setup is maps else None
+    row, history, states[name] = run_training(setup, config, weight_net=weight_net, cache_dir=runs, **options)
     rows.append(dict(variant=name, **row))
     curves += [dict(run=name, **h) for h in history]
 ours = pd.DataFrame(rows).assign(profile=profile)
@@ -220,7 +227,7 @@ display(plain)
 
 # %% tags=["tolerance-logit"]
 heads = {"head": maps.head, **({"positional": positional_head(maps)} if profile == "small" else {})}
-models = {name: tr.trained_model(maps, map_config, "lambda", "described" in name, states[name]["prefinetune"])
+models = {name: trained_model(maps, map_config, "lambda_equitune", "described" in name, states[name]["prefinetune"])
           for name in ("feature_map (as published)", "feature_map (as described)")}
 errors, top1 = symmetry_tables(models, maps, heads)
 print(f"profile: {profile}; largest change over the non-identity rotations, {len(maps.test)} test images")

@@ -53,9 +53,10 @@ lr: float = 5e-8  # article: unrecorded; 5e-8 as its ISIC feature-map run
 seed: int = 0  # article: 0
 device: str = "cpu"  # cpu or cuda
 data_root: str = ""  # folder of datasets and caches; empty means $EQUINB_DATA or ~/.cache/equinb
-clip_path: str = ""  # local CLIP weight file (TorchScript or state dict); empty means download
+clip_paths: dict = {}  # backbone name to a local CLIP weight file (TorchScript or state dict); empty means download
+clip_download_root: str = ""  # folder for CLIP downloads; empty means ~/.cache/clip
 max_train: int = 16000  # paper profile: training images loaded (the article only ever sees the first 16,000)
-dataset_options: dict = {}  # extra get_dataset options, for example download True for cifar100
+dataset_options: dict = {}  # per dataset, extra get_dataset options, for example cifar100: download True
 
 # %%
 import pandas as pd
@@ -63,16 +64,22 @@ from IPython.display import display
 from myst_nb import glue
 
 from equinb import get_group, viz
-from equinb import train as tr
 from equinb.analysis import positional_head, symmetry_tables
+from equinb.cache import run_cache_dir
+from equinb.chapter import check_params
 from equinb.noise import compare_directions, noise_note, tolerance
-from equinb.reference import beside_article, reference_table
+from equinb.reference import article_tab3, beside_article
+from equinb.setups import build_setup, feature_map_config, feature_map_weight_net, run_training, trained_model
 
-tr.check_chapter_params(profile, device, map_image_size=image_size)
+check_params(profile=profile, backbone=backbone, dataset=dataset, group=group, image_size=image_size,
+             split_block=split_block, prefinetune_rounds=prefinetune_rounds, prefinetune_steps=prefinetune_steps,
+             prelr=prelr, finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, lr=lr, seed=seed,
+             device=device, data_root=data_root, clip_paths=clip_paths, clip_download_root=clip_download_root,
+             max_train=max_train, dataset_options=dataset_options, feature_maps=True)
 group_object = get_group(group)  # an unknown name fails here, listing the valid ones
-config = tr.feature_map_config(prelr=prelr, prefinetune_rounds=prefinetune_rounds, prefinetune_steps=prefinetune_steps,
-                               finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, lr=lr, seed=seed)
-runs = tr.run_cache_dir(data_root)
+config = feature_map_config(prelr=prelr, prefinetune_rounds=prefinetune_rounds, prefinetune_steps=prefinetune_steps,
+                            finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, lr=lr, seed=seed)
+runs = run_cache_dir(data_root)
 noise = {name: tolerance(name) for name in ("top1", "logit")}  # measured spreads between CPUs and seeds
 viz.book_style()
 pd.set_option("display.precision", 2)
@@ -83,31 +90,28 @@ print(f"profile={profile} backbone={backbone} dataset={dataset} group={group} de
 # Top-1 accuracy (%) on CIFAR100 under random 90° rotations, CLIP RN50 layer4 maps.
 
 # %%
-ref = reference_table("tab3_equitune_vs_equiattention")
-article = ref.pivot_table(index="method", columns="metric", values="value")
+article = article_tab3()
 display(article)
 
 # %% [markdown]
 # ## Four runs: two methods, two alignments
 
 # %%
-maps = tr.build_setup(profile, "maps", group_object, backbone=backbone, dataset=dataset, image_size=image_size,
-                      split_block=split_block, device=device, data_root=data_root, clip_path=clip_path,
-                      max_train=max_train, dataset_options=dataset_options)
+maps = build_setup(profile, "maps", group_object, backbone=backbone, dataset=dataset, image_size=image_size,
+                   split_block=split_block, device=device, data_root=data_root, clip_paths=clip_paths,
+                   clip_download_root=clip_download_root, max_train=max_train, dataset_options=dataset_options)
 print(maps.description)
-methods = {"lambda_equitune": "lambda", "equiattention": "attention"}
-sizes = {m: sum(p.numel() for p in tr.feature_map_weight_net(m, maps.map_shape)().parameters())
-         for m in methods.values()}
-print(f"maps per view: {maps.map_shape}; parameters: lambda network {sizes['lambda']:,}, "
-      f"attention {sizes['attention']:,}")
+methods = ("lambda_equitune", "equiattention")
+sizes = {m: sum(p.numel() for p in feature_map_weight_net(m, maps.map_shape)().parameters()) for m in methods}
+print(f"maps per view: {maps.map_shape}; parameters: lambda network {sizes['lambda_equitune']:,}, "
+      f"attention {sizes['equiattention']:,}")
 rows, curves, states = [], [], {}
-for label, method in methods.items():
+for method in methods:
     for align in (False, True):
-        name = f"{label} ({'as described' if align else 'as published'})"
-        row, history, states[name] = tr.run_lambda_equitune(
-            maps, config, method=method, align_views=align, cache_dir=runs,
-            weight_net=tr.feature_map_weight_net(method, maps.map_shape))
-        rows.append(dict(method=label, alignment="as described" if align else "as published", **row))
+        name = f"{method} ({'as described' if align else 'as published'})"
+        row, history, states[name] = run_training(maps, config, method=method, align_views=align, cache_dir=runs,
+                                                  weight_net=feature_map_weight_net(method, maps.map_shape))
+        rows.append(dict(method=method, alignment="as described" if align else "as published", **row))
         curves += [dict(run=name, **h) for h in history]
 ours = pd.DataFrame(rows).assign(profile=profile)
 curves = pd.DataFrame(curves)
@@ -148,9 +152,9 @@ glue("profile", profile, display=False)
 
 # %% tags=["tolerance-logit"]
 heads = {"head": maps.head, **({"positional": positional_head(maps)} if profile == "small" else {})}
-models = {f"{label} ({alignment})": tr.trained_model(maps, config, methods[label], alignment == "as described",
-                                                     states[f"{label} ({alignment})"]["prefinetune"])
-          for label in methods for alignment in ("as published", "as described")}
+models = {f"{method} ({alignment})": trained_model(maps, config, method, alignment == "as described",
+                                                  states[f"{method} ({alignment})"]["prefinetune"])
+          for method in methods for alignment in ("as published", "as described")}
 errors, top1 = symmetry_tables(models, maps, heads)
 print(f"profile: {profile}; largest change over the non-identity rotations, {len(maps.test)} test images")
 print(noise_note(noise["logit"], "changes that are not float rounding"))

@@ -9,14 +9,15 @@ import torch
 from torch import nn
 
 from equinb import analysis
-from equinb import train as tr
+from equinb import engine as en
+from equinb import setups as su
 from equinb.groups import get_group
 from equinb.weighting import FeatureMapWeightNet, ViewAttention
 
 N, K = 24, 3
 
 
-def _setup(group_name: str = "rot90", positional: bool = True, dtype: torch.dtype = torch.float64) -> tr.LambdaSetup:
+def _setup(group_name: str = "rot90", positional: bool = True, dtype: torch.dtype = torch.float64) -> su.TrainingSetup:
     """Toy maps [2, 5, 5] from random images; the head is positional (flatten) or pooled."""
     group = get_group(group_name)
     gen = torch.Generator().manual_seed(0)
@@ -27,19 +28,19 @@ def _setup(group_name: str = "rot90", positional: bool = True, dtype: torch.dtyp
     head = nn.Sequential(nn.Flatten(), nn.Linear(2 * 25, K)) if positional else \
         nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, K))
     head = head.to(dtype).requires_grad_(False)
-    train = tr.ViewData(group.orbit(images[:16]), labels[:16])
-    test = tr.ViewData(group.orbit(images[16:]), labels[16:])
-    return tr.LambdaSetup(group, lambda: copy.deepcopy(trunk).requires_grad_(True), head, train, test,
-                          tr.extract_view_features(trunk, train), tr.extract_view_features(trunk, test), "toy",
-                          normalise_features=False, key="toy")
+    train = en.ViewData(group.orbit(images[:16]), labels[:16])
+    test = en.ViewData(group.orbit(images[16:]), labels[16:])
+    return su.TrainingSetup(group, lambda: copy.deepcopy(trunk).requires_grad_(True), head, train, test,
+                          en.extract_view_features(trunk, train), en.extract_view_features(trunk, test), "toy",
+                          normalise_views=False, key="toy")
 
 
-def _model(setup: tr.LambdaSetup, method: str, align: bool) -> tr.LambdaModel:
+def _model(setup: su.TrainingSetup, method: str, align: bool) -> nn.Module:
     torch.manual_seed(1)
-    net = FeatureMapWeightNet(2, (5, 5), conv_channels=3, per_channel=2, hidden=6) if method == "lambda" else \
+    net = FeatureMapWeightNet(2, (5, 5), conv_channels=3, per_channel=2, hidden=6) if method == "lambda_equitune" else \
         ViewAttention(2, (5, 5), hidden=6, out_dim=6, conv_channels=3, per_channel=2)
-    return tr.LambdaModel(setup.make_trunk(), net.double(), setup.head, setup.group, tr.feature_map_config(),
-                          method=method, align_views=align, normalise_features=False).eval()
+    return en.weighted_model(setup.make_trunk(), net.double(), setup.head, setup.group, su.feature_map_config(),
+                             method=method, align_views=align, normalise_views=False).eval()
 
 
 def test_weight_summary_definitions() -> None:
@@ -59,19 +60,19 @@ def test_weight_summary_definitions() -> None:
     assert analysis.rotation_labels(get_group("rot90")) == ["0", "90", "180", "270"]
 
 
-@pytest.mark.parametrize("method", ["lambda", "attention"])
+@pytest.mark.parametrize("method", ["lambda_equitune", "equiattention"])
 def test_view_weights_are_the_models_weights_and_travel_with_the_views(method: str) -> None:
     setup = _setup()
     model = _model(setup, method, align=False)
     w = analysis.view_weights(model, setup.test_feats, batch_size=3)
-    _, expected = model(None, feats=setup.test_feats, return_weights=True)
+    _, expected = model.forward_views(views=setup.test_feats, return_weights=True)
     torch.testing.assert_close(w, expected.float())
     torch.testing.assert_close(w.sum(1), torch.ones(len(w)))
     moved = analysis.view_weights(model, setup.test_feats[:, setup.group.view_permutation(1)])
     torch.testing.assert_close(moved, w[:, setup.group.view_permutation(1)])
 
 
-@pytest.mark.parametrize("method", ["lambda", "attention"])
+@pytest.mark.parametrize("method", ["lambda_equitune", "equiattention"])
 def test_measured_symmetry_as_published_and_as_described(method: str) -> None:
     """As published Z is invariant, not equivariant; aligned, the reverse. A positional head's logits then move,
     a pooled head's do not."""
@@ -110,9 +111,9 @@ def test_reoriented_setup_is_the_orbit_of_turned_images() -> None:
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(10, 1, 4, 4, generator=gen)
     labels = torch.arange(10)
-    data = tr.ViewData(group.orbit(images), labels)
-    setup = tr.LambdaSetup(group, nn.Identity, nn.Linear(1, 1), data, data, data.inputs * 2, data.inputs * 2,
-                           "toy", normalise_features=False, key="k")
+    data = en.ViewData(group.orbit(images), labels)
+    setup = su.TrainingSetup(group, nn.Identity, nn.Linear(1, 1), data, data, data.inputs * 2, data.inputs * 2,
+                           "toy", normalise_views=False, key="k")
     turned = setup.reoriented(seed=3)
     for i in range(10):  # every image's views are the orbit of some turn of it, and feats moved alike
         matches = [h for h in range(4) if torch.equal(turned.train.inputs[i], group.orbit(group.act(images[i:i + 1],
@@ -127,35 +128,35 @@ def test_reoriented_setup_is_the_orbit_of_turned_images() -> None:
     turns = {h for i in range(10) for h in range(4)
              if torch.equal(turned.test.inputs[i], group.orbit(group.act(images[i:i + 1], h))[0])}
     assert len(turns) > 1  # not all the same turn
-    assert tr.LambdaSetup(group, nn.Identity, nn.Linear(1, 1), data, data, data.inputs, data.inputs).key == ""
+    assert su.TrainingSetup(group, nn.Identity, nn.Linear(1, 1), data, data, data.inputs, data.inputs).key == ""
 
 
 def test_runs_are_cached_by_their_settings(tmp_path, monkeypatch) -> None:
     setup = _setup(dtype=torch.float32)  # the engine trains in float32
-    config = tr.feature_map_config(prefinetune_rounds=2, prefinetune_steps=2, finetune_rounds=1, finetune_steps=1,
+    config = su.feature_map_config(prefinetune_rounds=2, prefinetune_steps=2, finetune_rounds=1, finetune_steps=1,
                                    batch_size=4, selection_batches=1)
     net = lambda: FeatureMapWeightNet(2, (5, 5), conv_channels=3, per_channel=2, hidden=6)  # noqa: E731
-    first = tr.run_lambda_equitune(setup, config, weight_net=net, cache_dir=tmp_path)
+    first = su.run_training(setup, config, weight_net=net, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("run_*.pt"))) == 1
-    monkeypatch.setattr(tr, "_run", lambda *a, **k: pytest.fail("a cached run was trained again"))
-    second = tr.run_lambda_equitune(setup, config, weight_net=net, cache_dir=tmp_path)
+    monkeypatch.setattr(su, "_run", lambda *a, **k: pytest.fail("a cached run was trained again"))
+    second = su.run_training(setup, config, weight_net=net, cache_dir=tmp_path)
     assert first[0] == second[0] and first[1] == second[1]
     for stage in ("prefinetune", "finetune"):
         for name, value in first[2][stage].items():
             assert torch.equal(value, second[2][stage][name])
     with pytest.raises(pytest.fail.Exception):  # another setting is another run
-        tr.run_lambda_equitune(setup, config, weight_net=net, cache_dir=tmp_path, align_views=True)
+        su.run_training(setup, config, weight_net=net, cache_dir=tmp_path, align_views=True)
     with pytest.raises(ValueError, match="no key"):
-        tr.run_lambda_equitune(tr.LambdaSetup(**{**setup.__dict__, "key": ""}), config, weight_net=net,
+        su.run_training(su.TrainingSetup(**{**setup.__dict__, "key": ""}), config, weight_net=net,
                                cache_dir=tmp_path)
 
 
 def test_feature_map_helpers_fail_clearly() -> None:
-    with pytest.raises(ValueError, match="valid: 'lambda', 'attention'"):
-        tr.feature_map_weight_net("mean", (2, 5, 5))
+    with pytest.raises(ValueError, match="valid: 'lambda_equitune', 'equiattention'"):
+        su.feature_map_weight_net("mean", (2, 5, 5))
     with pytest.raises(ValueError, match="unknown profile 'huge'"):
-        tr.build_setup("huge", "maps", get_group("rot90"))
+        su.build_setup("huge", "maps", get_group("rot90"))
     with pytest.raises(ValueError, match="use image_size >= 65"):
-        tr.small_feature_map_setup(get_group("rot90"), image_size=64)
+        su.small_feature_map_setup(get_group("rot90"), image_size=64)
     with pytest.raises(ValueError, match="TrainConfig.prelr must be >= 0"):
-        tr.feature_map_config(prelr=-1.0)
+        su.feature_map_config(prelr=-1.0)

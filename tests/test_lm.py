@@ -1,7 +1,7 @@
 """EquiLM on a tiny random GPT-2 (no download): equivariance, fairness, the forward-action bug, KV cache, sampling.
 
 The model is ``GPT2LMHeadModel`` built from a ``GPT2Config`` at random init (float64, weights scaled up so that the
-logits are far from uniform); a toy word-level tokenizer stands in for GPT-2's. Properties (spec 11.1):
+logits are far from uniform); a toy word-level tokenizer stands in for GPT-2's. Properties:
 
 - with g^-1 (``output_action="inverse"``): M(g x) = g M(x) and P(g X2 | g X1) = P(X2 | X1) for d = 2 and d = 3;
 - with g (``"forward"``, the article's original code): both hold for d = 2 and fail for d = 3;
@@ -18,7 +18,9 @@ import pytest
 import torch
 
 from equinb import TokenPermutationGroup
-from equinb import lm as L
+from equinb import equilm as E
+from equinb import nlg as N
+from equinb.reference import article_fig6
 
 WORDS = ["<eos>", "\n", "The", " person", " was", " known", " for", " Black", " White", " Asian", " he", " she",
          " his", " her", " him", " good", " bad", ".", "\n\n", " nice\n", " nice"]
@@ -72,7 +74,7 @@ def model() -> torch.nn.Module:
 
 
 def group(d: int) -> TokenPermutationGroup:
-    return L.word_group(TOK, [["Black", "White", "Asian"]], group_size=d)
+    return E.word_group(TOK, [["Black", "White", "Asian"]], group_size=d)
 
 
 def context() -> torch.Tensor:
@@ -86,7 +88,7 @@ def context() -> torch.Tensor:
 @pytest.mark.parametrize("action", ["inverse", "forward"])
 def test_equivariance_holds_with_inverse_and_fails_forward_at_d3(model, d: int, action: str) -> None:
     g = group(d)
-    lm = L.EquiLM(model, g, output_action=action)
+    lm = E.EquiLM(model, g, output_action=action)
     x = context()
     with torch.no_grad():
         out = lm(x).logits  # [B, T, V]
@@ -100,15 +102,15 @@ def test_equivariance_holds_with_inverse_and_fails_forward_at_d3(model, d: int, 
 def _fairness_error(lm, g: TokenPermutationGroup, d: int) -> float:
     x1 = context()
     x2 = torch.tensor([TOK.encode(" Black White good"), TOK.encode(" Asian Black bad")])
-    base = L.sequence_logprob(lm, x1, x2)
-    return max((L.sequence_logprob(lm, g.act(x1, k), g.act(x2, k)) - base).abs().max().item() for k in range(1, d))
+    base = E.sequence_logprob(lm, x1, x2)
+    return max((E.sequence_logprob(lm, g.act(x1, k), g.act(x2, k)) - base).abs().max().item() for k in range(1, d))
 
 
 @pytest.mark.parametrize("d", [2, 3])
 @pytest.mark.parametrize("action", ["inverse", "forward"])
 def test_fairness_of_sequence_probabilities(model, d: int, action: str) -> None:
     g = group(d)
-    error = _fairness_error(L.EquiLM(model, g, output_action=action), g, d)
+    error = _fairness_error(E.EquiLM(model, g, output_action=action), g, d)
     if action == "inverse" or d == 2:
         assert error < 1e-9, error
     else:
@@ -129,8 +131,8 @@ def test_forward_and_inverse_agree_for_d2_and_differ_only_on_group_words_for_d3(
     with torch.no_grad():
         for d in (2, 3):
             g = group(d)
-            inv = L.EquiLM(model, g, "inverse")(x).logits
-            fwd = L.EquiLM(model, g, "forward")(x).logits
+            inv = E.EquiLM(model, g, "inverse")(x).logits
+            fwd = E.EquiLM(model, g, "forward")(x).logits
             diff = (inv - fwd).abs().amax(dim=(0, 1))  # [V]
             words = [t for ids in g.equality_lists for t in ids]
             others = [t for t in range(g.vocab_size) if t not in words]
@@ -144,16 +146,16 @@ def test_equilm_is_the_mean_of_inverse_permuted_views(model) -> None:
     with torch.no_grad():
         views = [g.act_logits(model(g.act(x, k)).logits, g.inverse(k)) for k in range(3)]
         expected = torch.stack(views).mean(0)
-        assert torch.allclose(L.EquiLM(model, g)(x).logits, expected, atol=1e-12, rtol=0)
+        assert torch.allclose(E.EquiLM(model, g)(x).logits, expected, atol=1e-12, rtol=0)
 
 
 def test_relaxed_words_take_the_identity_view(model) -> None:
     g = group(3)
-    general = L.word_token_ids(TOK, L.GENERAL_WORDS)
+    general = E.word_token_ids(TOK, E.GENERAL_WORDS)
     x = context()
     with torch.no_grad():
-        relaxed = L.EquiLM(model, g, relaxed_words=general)(x).logits
-        plain = L.EquiLM(model, g)(x).logits
+        relaxed = E.EquiLM(model, g, relaxed_words=general)(x).logits
+        plain = E.EquiLM(model, g)(x).logits
         identity = model(x).logits
     others = [t for t in range(g.vocab_size) if t not in general]
     assert torch.allclose(relaxed[..., general], identity[..., general], atol=1e-12, rtol=0)
@@ -163,39 +165,39 @@ def test_relaxed_words_take_the_identity_view(model) -> None:
 
 @pytest.mark.parametrize("wrap", ["plain", "equilm"])
 def test_kv_cached_incremental_logits_equal_full_recomputation(model, wrap: str) -> None:
-    lm = model if wrap == "plain" else L.EquiLM(model, group(3))
+    lm = model if wrap == "plain" else E.EquiLM(model, group(3))
     x = context()
     with torch.no_grad():
-        full = L.lm_forward(lm, x).logits
-        step = L.lm_forward(lm, x[:, :3])
+        full = E.lm_forward(lm, x).logits
+        step = E.lm_forward(lm, x[:, :3])
         pieces = [step.logits]
         for t in range(3, x.shape[1]):
-            step = L.lm_forward(lm, x[:, t:t + 1], step.past_key_values)
+            step = E.lm_forward(lm, x[:, t:t + 1], step.past_key_values)
             pieces.append(step.logits)
-        last = L.lm_forward(lm, x, last_only=True).logits
+        last = E.lm_forward(lm, x, last_only=True).logits
     assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-10, rtol=0)
     assert last.shape == (2, 1, len(VOCAB)) and torch.allclose(last[:, 0], full[:, -1], atol=1e-12, rtol=0)
 
 
 def test_generation_is_seeded_and_batch_independent(model) -> None:
-    lm = L.EquiLM(model, group(3))
+    lm = E.EquiLM(model, group(3))
     prompt = "The Black person was known for"
-    one = L.generate(lm, TOK, prompt, seed=3)
-    assert one == L.generate(lm, TOK, prompt, seed=3)
-    others = {L.generate(lm, TOK, prompt, seed=s) for s in range(8)}
+    one = E.generate(lm, TOK, prompt, seed=3)
+    assert one == E.generate(lm, TOK, prompt, seed=3)
+    others = {E.generate(lm, TOK, prompt, seed=s) for s in range(8)}
     assert len(others) > 1, "different seeds should give different samples"
     prompts = [prompt, "The White person was known", prompt]
-    batch = L.generate_batch(lm, TOK, prompts, [3, 5, 4])
+    batch = E.generate_batch(lm, TOK, prompts, [3, 5, 4])
     assert batch[0] == one
-    assert batch[1] == L.generate(lm, TOK, prompts[1], seed=5)
-    base = L.generate(model, TOK, prompt, seed=3)  # the plain LM runs through the same function
-    assert base.startswith(prompt) and base == L.generate(model, TOK, prompt, seed=3)
+    assert batch[1] == E.generate(lm, TOK, prompts[1], seed=5)
+    base = E.generate(model, TOK, prompt, seed=3)  # the plain LM runs through the same function
+    assert base.startswith(prompt) and base == E.generate(model, TOK, prompt, seed=3)
 
 
 def test_generation_stops_at_newline_end_of_text_or_length(model) -> None:
     seen_stop = False
     for seed in range(40):
-        text = L.generate(model, TOK, "The person", seed=seed, max_new_tokens=6, top_k=60)
+        text = E.generate(model, TOK, "The person", seed=seed, max_new_tokens=6, top_k=60)
         assert "\n" not in text and "<eos>" not in text
         new = TOK.encode(text)[2:]
         assert len(new) <= 6
@@ -206,18 +208,18 @@ def test_generation_stops_at_newline_end_of_text_or_length(model) -> None:
 def test_generated_samples_are_permuted_copies_under_equilm(model) -> None:
     """Sample-level fairness: with the same seed, the sample for g x is g applied to the sample for x."""
     g = group(3)
-    lm = L.EquiLM(model, g)
+    lm = E.EquiLM(model, g)
     for seed in range(5):
-        texts = [L.generate(lm, TOK, f"The {w} person was", seed=seed, top_k=60) for w in ("Black", "White", "Asian")]
+        texts = [E.generate(lm, TOK, f"The {w} person was", seed=seed, top_k=60) for w in ("Black", "White", "Asian")]
         ids = torch.tensor(TOK.encode(texts[0]))
         assert [TOK.decode(g.act(ids, k).tolist()) for k in range(3)] == texts
 
 
 def test_word_ids_use_the_first_piece_with_a_leading_space() -> None:
-    assert L.word_token_ids(TOK, ["Black", " White"]) == [ID[" Black"], ID[" White"]]
-    g = L.word_group(TOK, [["Black", "White", "Asian"], ["he", "she", "him"]])
+    assert E.word_token_ids(TOK, ["Black", " White"]) == [ID[" Black"], ID[" White"]]
+    g = E.word_group(TOK, [["Black", "White", "Asian"], ["he", "she", "him"]])
     assert g.order == 3 and g.act(torch.tensor([ID[" Asian"], ID[" him"]]), 1).tolist() == [ID[" Black"], ID[" he"]]
-    binary = L.word_group(TOK, [["Black", "White", "Asian"]], group_size=2)
+    binary = E.word_group(TOK, [["Black", "White", "Asian"]], group_size=2)
     assert binary.order == 2 and binary.act(torch.tensor([ID[" Asian"]]), 1).tolist() == [ID[" Asian"]]
 
 
@@ -229,28 +231,28 @@ class _SharedFirstPiece(ToyTokenizer):
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: L.word_token_ids(_SharedFirstPiece(), ["Asian", "Ashkenazi"]),
+        (lambda: E.word_token_ids(_SharedFirstPiece(), ["Asian", "Ashkenazi"]),
          "'Asian' and 'Ashkenazi' share their first token"),
-        (lambda: L.word_token_ids(TOK, []), "non-empty list"),
-        (lambda: L.word_token_ids(TOK, ["Black", ""]), "non-empty string"),
-        (lambda: L.word_group(TOK, [["Black", "White", "Asian"]], group_size=4), "from 2 to 3"),
-        (lambda: L.word_group(TOK, [["Black", "White"], ["he"]]), "same length d; got lengths [1, 2]"),
-        (lambda: L.word_group(TOK, ["Black", "White"]), "list of word lists"),
-        (lambda: L.EquiLM(tiny_gpt2(), group(3), output_action="g"), "valid: 'inverse', 'forward'"),
-        (lambda: L.EquiLM(tiny_gpt2(vocab_size=70), group(3)), "build the group with word_group(..., vocab_size=70)"),
-        (lambda: L.EquiLM(tiny_gpt2(), group(3), relaxed_words=[999]), "relaxed_words must be token ids"),
-        (lambda: L.EquiLM(tiny_gpt2(), [[7, 8]]), "TokenPermutationGroup"),
-        (lambda: L.EquiLM(tiny_gpt2(), group(3))(torch.tensor([1, 2])), "shape [B, T]"),
-        (lambda: L.EquiLM(tiny_gpt2(), group(3))(torch.ones(1, 2)), "integer tensor"),
-        (lambda: L.EquiLM(tiny_gpt2(), group(3))(torch.tensor([[1, 99]])), "outside the vocabulary 0..59"),
-        (lambda: L.generate(tiny_gpt2(), TOK, "The person", seed=0, top_k=0), "top_k must be a positive"),
-        (lambda: L.generate(tiny_gpt2(), TOK, "The person", seed=0, temperature=0), "temperature must be"),
-        (lambda: L.generate(tiny_gpt2(), TOK, "The person", seed=0, max_new_tokens=0), "max_new_tokens"),
-        (lambda: L.generate(tiny_gpt2(), TOK, "The\n person", seed=0), "single line"),
-        (lambda: L.generate_batch(tiny_gpt2(), TOK, ["The person"], [0, 1]), "one seed per prompt"),
-        (lambda: L.generate(tiny_gpt2().train(), TOK, "The person", seed=0), "call .eval()"),
-        (lambda: L.load_causal_lm("./no/such/folder"), "does not exist"),
-        (lambda: L.RegardClassifier([]), "give a list of local folders or hub ids"),
+        (lambda: E.word_token_ids(TOK, []), "non-empty list"),
+        (lambda: E.word_token_ids(TOK, ["Black", ""]), "non-empty string"),
+        (lambda: E.word_group(TOK, [["Black", "White", "Asian"]], group_size=4), "from 2 to 3"),
+        (lambda: E.word_group(TOK, [["Black", "White"], ["he"]]), "same length d; got lengths [1, 2]"),
+        (lambda: E.word_group(TOK, ["Black", "White"]), "list of word lists"),
+        (lambda: E.EquiLM(tiny_gpt2(), group(3), output_action="g"), "valid: 'inverse', 'forward'"),
+        (lambda: E.EquiLM(tiny_gpt2(vocab_size=70), group(3)), "build the group with word_group(..., vocab_size=70)"),
+        (lambda: E.EquiLM(tiny_gpt2(), group(3), relaxed_words=[999]), "relaxed_words must be token ids"),
+        (lambda: E.EquiLM(tiny_gpt2(), [[7, 8]]), "TokenPermutationGroup"),
+        (lambda: E.EquiLM(tiny_gpt2(), group(3))(torch.tensor([1, 2])), "shape [B, T]"),
+        (lambda: E.EquiLM(tiny_gpt2(), group(3))(torch.ones(1, 2)), "integer tensor"),
+        (lambda: E.EquiLM(tiny_gpt2(), group(3))(torch.tensor([[1, 99]])), "outside the vocabulary 0..59"),
+        (lambda: E.generate(tiny_gpt2(), TOK, "The person", seed=0, top_k=0), "top_k must be a positive"),
+        (lambda: E.generate(tiny_gpt2(), TOK, "The person", seed=0, temperature=0), "temperature must be"),
+        (lambda: E.generate(tiny_gpt2(), TOK, "The person", seed=0, max_new_tokens=0), "max_new_tokens"),
+        (lambda: E.generate(tiny_gpt2(), TOK, "The\n person", seed=0), "single line"),
+        (lambda: E.generate_batch(tiny_gpt2(), TOK, ["The person"], [0, 1]), "one seed per prompt"),
+        (lambda: E.generate(tiny_gpt2().train(), TOK, "The person", seed=0), "call .eval()"),
+        (lambda: E.load_causal_lm("./no/such/folder"), "does not exist"),
+        (lambda: N.RegardClassifier([]), "give a list of local folders or hub ids"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(call, message: str) -> None:
@@ -269,49 +271,26 @@ def test_label_shares_and_fairness_gap() -> None:
                 rows.append(dict(model="m", demographic=dem, template=t, sample=i, label=label))
     rows += [dict(r, model="fair", label="positive" if r["sample"] < 2 else "negative") for r in rows]
     samples = pd.DataFrame(rows)
-    shares = L.label_shares(samples)
+    shares = N.label_shares(samples)
     assert shares.loc[("m", "A"), "positive"] == pytest.approx(0.8) and shares.loc[("m", "A"), "n"] == 10
-    assert shares[list(L.LABELS)].sum(axis=1).round(12).eq(1).all()
-    gaps = L.fairness_gaps(samples, n_bootstrap=200, seed=0)
+    assert shares[list(N.LABELS)].sum(axis=1).round(12).eq(1).all()
+    gaps = N.fairness_gaps(samples, n_bootstrap=200, seed=0)
     assert gaps.loc["m", "gap"] == pytest.approx(0.6) and gaps.loc["fair", "gap"] == 0
     assert gaps.loc["m", "ci_low"] <= 0.6 <= gaps.loc["m", "ci_high"]
-    assert gaps.equals(L.fairness_gaps(samples, n_bootstrap=200, seed=0))
+    assert gaps.equals(N.fairness_gaps(samples, n_bootstrap=200, seed=0))
 
 
 def test_article_numbers_and_vader_stand_in() -> None:
-    article = L.article_fig6()
+    article = article_fig6()
     assert article.shape == (6, 4) and article.loc[("GPT2", "Black"), "positive"] == pytest.approx(0.1897)
     assert article.sum(axis=1).round(3).between(0.999, 1.001).all()
-    assert L.vader_labels(["He was known for his kindness and love", "a terrible, cruel man", "a table"]) == [
+    assert N.vader_labels(["He was known for his kindness and love", "a terrible, cruel man", "a table"]) == [
         "positive", "negative", "neutral"]
 
 
 def test_import_equinb_does_not_import_transformers() -> None:
-    code = "import sys, equinb, equinb.lm; sys.exit('transformers' in sys.modules)"
+    code = "import sys, equinb, equinb.equilm, equinb.nlg; sys.exit('transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
-
-
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        (dict(profile="huge"), "unknown profile 'huge'"),
-        (dict(scorer="regard"), "scorer 'regard' needs regard_classifiers"),
-        (dict(scorer="toxicity"), "unknown scorer 'toxicity'"),
-        (dict(demographics=["Black", "Purple"]), "unknown demographics ['Purple']"),
-        (dict(binary_group=["Black", "Black"]), "binary_group must be 2 distinct members"),
-        (dict(n_samples=0), "n_samples must be a positive integer"),
-        (dict(templates=[]), "templates must be a non-empty list"),
-        (dict(device="tpu"), "unknown device 'tpu'"),
-    ],
-)
-def test_notebook_parameters_fail_fast(changes: dict, message: str) -> None:
-    params = dict(profile="small", lm_name="smollm2", scorer="vader", regard_classifiers=[],
-                  templates=list(L.RESPECT_TEMPLATES), demographics=["Black", "White", "Asian"],
-                  binary_group=["Black", "White"], n_samples=2, device="cpu")
-    L.validate_nlg_params(**params)
-    with pytest.raises(ValueError) as info:
-        L.validate_nlg_params(**dict(params, **changes))
-    assert message in str(info.value)
 
 
 def _fake_hub_folders(root) -> tuple[str, str]:
@@ -321,7 +300,7 @@ def _fake_hub_folders(root) -> tuple[str, str]:
                               PreTrainedTokenizerFast)
 
     words = ["[UNK]", "[PAD]", "<eos>", "The", "Black", "White", "Asian", "person"]
-    words += sorted({w for t in L.RESPECT_TEMPLATES for w in t.split()}) + [f"w{i}" for i in range(20)]
+    words += sorted({w for t in N.RESPECT_TEMPLATES for w in t.split()}) + [f"w{i}" for i in range(20)]
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",

@@ -48,7 +48,7 @@ def _outputs(nb: dict) -> str:
     return "\n".join(texts)
 
 
-def _chapter_ids() -> list[str]:
+def chapter_ids() -> list[str]:
     """Every notebook the book lists in _toc.yml."""
     import yaml
 
@@ -57,7 +57,16 @@ def _chapter_ids() -> list[str]:
     return [f.split("/", 1)[1] for f in files if f.startswith("notebooks/")]
 
 
-@pytest.mark.parametrize("nb_id", _chapter_ids())
+def chapter_parameters(nb_id: str) -> list[str]:
+    """The names in a chapter's parameters cell (``name: type = value  # help`` lines of its paired .py)."""
+    import re
+
+    text = (NOTEBOOKS / f"{nb_id}.py").read_text()
+    cell = text.split('tags=["parameters"]', 1)[1].split("# %%", 1)[0]
+    return re.findall(r"^([a-z_][a-z0-9_]*): [a-z]+ = ", cell, flags=re.M)
+
+
+@pytest.mark.parametrize("nb_id", chapter_ids())
 def test_help_notebook_documents_every_parameter(tmp_path: Path, nb_id: str) -> None:
     path = _ipynb(nb_id, tmp_path)
     result = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(path)],
@@ -74,11 +83,13 @@ def test_help_notebook_documents_every_parameter(tmp_path: Path, nb_id: str) -> 
 @pytest.mark.parametrize(
     ("parameters", "message"),
     [
-        (dict(backbones=["resnet18"]), "unknown backbone 'resnet18'; valid:"),
-        (dict(datasets=["mnist"]), "unknown dataset 'mnist'; valid:"),
-        (dict(transforms=["rot45"]), "unknown transformation 'rot45'; valid:"),
+        (dict(backbones=["resnet18"]), "an item of backbones='resnet18' is not valid; choose one of"),
+        (dict(datasets=["mnist"]), "an item of datasets='mnist' is not valid; choose one of"),
+        (dict(transforms=["rot45"]), "an item of transforms='rot45' is not valid; choose one of"),
         (dict(device="cuda"), "no CUDA GPU is available"),
-        (dict(profile="huge"), "unknown profile 'huge'"),
+        (dict(profile="huge"), "profile='huge' is not valid"),
+        (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
+        (dict(image_size=5), "image_size must be an integer >= 32, got 5"),
     ],
 )
 def test_bad_parameters_fail_in_the_first_cells(tmp_path: Path, parameters: dict, message: str) -> None:
@@ -88,10 +99,10 @@ def test_bad_parameters_fail_in_the_first_cells(tmp_path: Path, parameters: dict
 @pytest.mark.parametrize(
     ("parameters", "message"),
     [
-        (dict(groups=["rot45"]), "unknown group 'rot45'; valid names:"),
+        (dict(groups=["rot45"]), "an item of groups='rot45' is not valid; choose one of"),
         (dict(device="cuda"), "no CUDA GPU is available"),
-        (dict(profile="huge"), "unknown profile 'huge'"),
-        (dict(lr_updated=-1.0), "TrainConfig.lr must be >= 0"),
+        (dict(profile="huge"), "profile='huge' is not valid"),
+        (dict(lr_updated=-1.0), "lr_updated must be a number >= 0"),
     ],
 )
 def test_tab1_bad_parameters_fail_in_the_first_cells(tmp_path: Path, parameters: dict, message: str) -> None:
@@ -165,8 +176,8 @@ def test_tab1_paper_profile_code_path_on_fakes(tmp_path: Path) -> None:
     weights = tmp_path / "tiny_rn50.pt"
     torch.save(tiny_clip("rn").state_dict(), weights)
     nb = _run("tab1_original_vs_updated", tmp_path, profile="paper", backbone="RN50", dataset="cifar100",
-              clip_path=str(weights), data_root=str(data), prefinetune_rounds=2, prefinetune_steps=2,
-              finetune_rounds=1, finetune_steps=1, dataset_options={"verify_md5": False})
+              clip_paths={"RN50": str(weights)}, data_root=str(data), prefinetune_rounds=2, prefinetune_steps=2,
+              finetune_rounds=1, finetune_steps=1, dataset_options={"cifar100": {"verify_md5": False}})
     text = _outputs(nb)
     assert "profile: paper" in text and "CLIP RN50 image encoder" in text
     assert "31.42" in text and "56.15" in text  # the article's values beside ours
@@ -176,16 +187,16 @@ def test_tab1_paper_profile_code_path_on_fakes(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("nb_id", "parameters", "message"),
     [
-        ("tab2_featuremap", dict(group="rot45"), "unknown group 'rot45'; valid names:"),
-        ("tab2_featuremap", dict(profile="huge"), "unknown profile 'huge'"),
+        ("tab2_featuremap", dict(group="rot45"), "group='rot45' is not valid; choose one of"),
+        ("tab2_featuremap", dict(profile="huge"), "profile='huge' is not valid"),
         ("tab2_featuremap", dict(device="cuda"), "no CUDA GPU is available"),
-        ("tab2_featuremap", dict(prelr=-1.0), "TrainConfig.prelr must be >= 0"),
+        ("tab2_featuremap", dict(prelr=-1.0), "prelr must be a number >= 0"),
         ("tab2_featuremap", dict(image_size=64), "use image_size >= 65"),
-        ("tab3_equiattention", dict(group="rot45"), "unknown group 'rot45'; valid names:"),
-        ("tab3_equiattention", dict(finetune_rounds=-1), "TrainConfig.finetune_rounds must be >= 0"),
-        ("fig2_3_lambda_weights", dict(orientation_free="mnist"), "unknown orientation_free 'mnist'"),
+        ("tab3_equiattention", dict(group="rot45"), "group='rot45' is not valid; choose one of"),
+        ("tab3_equiattention", dict(finetune_rounds=-1), "finetune_rounds must be an integer >= 0"),
+        ("fig2_3_lambda_weights", dict(orientation_free="mnist"), "orientation_free='mnist' is not valid"),
         ("fig2_3_lambda_weights", dict(orientation_free="isic2018"), "the small profile has no ISIC2018"),
-        ("fig2_3_lambda_weights", dict(profile="huge"), "unknown profile 'huge'"),
+        ("fig2_3_lambda_weights", dict(profile="huge"), "profile='huge' is not valid"),
     ],
 )
 def test_feature_map_chapters_fail_early_on_bad_parameters(tmp_path: Path, nb_id: str, parameters: dict,
@@ -203,7 +214,7 @@ def _tiny_clip_96(tmp_path: Path) -> Path:
 
 
 FEATURE_MAP_FAKE = dict(profile="paper", backbone="RN50", dataset="cifar100", prefinetune_rounds=2, prefinetune_steps=2,
-                        finetune_rounds=1, finetune_steps=1, dataset_options={"verify_md5": False})
+                        finetune_rounds=1, finetune_steps=1, dataset_options={"cifar100": {"verify_md5": False}})
 
 
 @pytest.mark.parametrize("nb_id", ["tab2_featuremap", "tab3_equiattention"])
@@ -211,7 +222,8 @@ def test_feature_map_tables_paper_code_path_on_fakes(tmp_path: Path, nb_id: str)
     """CLIP layer4 maps -> weighting module -> attnpool and the text head, on a tiny CLIP and a CIFAR100 fake."""
     data = tmp_path / "data"
     _fake_cifar100(data)
-    nb = _run(nb_id, tmp_path, clip_path=str(_tiny_clip_96(tmp_path)), data_root=str(data), **FEATURE_MAP_FAKE)
+    nb = _run(nb_id, tmp_path, clip_paths={"RN50": str(_tiny_clip_96(tmp_path))}, data_root=str(data),
+              **FEATURE_MAP_FAKE)
     text = _outputs(nb)
     assert "profile: paper" in text and "up to layer4" in text and "attnpool" in text
     assert "40.95" in text and "47.55" in text  # the article's values beside ours
@@ -227,9 +239,8 @@ def test_lambda_weights_paper_code_path_on_fakes(tmp_path: Path) -> None:
     _fake_cifar100(data)
     for part, n in (("Training", 6), ("Validation", 5)):
         _write_isic(data, part, [(f"ISIC_{part[0]}{i:06d}", _one_hot(i % 7)) for i in range(n)])
-    nb = _run("fig2_3_lambda_weights", tmp_path, clip_path=str(_tiny_clip_96(tmp_path)), data_root=str(data),
-              orientation_free="isic2018",
-              **{**FEATURE_MAP_FAKE, "dataset_options": {"cifar100": {"verify_md5": False}}})
+    nb = _run("fig2_3_lambda_weights", tmp_path, clip_paths={"RN50": str(_tiny_clip_96(tmp_path))},
+              data_root=str(data), orientation_free="isic2018", **FEATURE_MAP_FAKE)
     text = _outputs(nb)
     assert "profile: paper" in text and "0.721" in text and "0.328" in text
     assert "orientation-free: CLIP RN50 up to layer4" in text and "isic2018" in text
@@ -252,7 +263,7 @@ def test_feature_map_chapters_share_their_run_settings(tmp_path: Path) -> None:
         assert len(set(paper.values())) == 1, f"paper {name} differs between the chapters: {paper}"
 
 
-@pytest.mark.parametrize("nb_id", _chapter_ids())
+@pytest.mark.parametrize("nb_id", chapter_ids())
 def test_committed_notebook_matches_its_source(nb_id: str) -> None:
     """The committed .ipynb (the regression reference) holds exactly the cells of its paired .py."""
     import jupytext

@@ -242,12 +242,12 @@ def test_attention_weights_are_permutation_equivariant() -> None:
     torch.testing.assert_close(att(views).sum(1), torch.ones(2, dtype=torch.float64), **TOL)
 
 
-def test_dropout_in_eval_and_frozen_lambda_trunk() -> None:
+def test_dropout_in_eval_and_frozen_copy() -> None:
     group = get_group("rot90")
     trunk, frozen = _trunk_embed(0), _trunk_embed(7)
     net = EmbeddingWeightNet(D, hidden=7).double()
     wrapper = LambdaEquitune(trunk, group, net, head=nn.Linear(D, K).double(), normalisation="none",
-                             dropout_in_eval=True, lambda_trunk=frozen).eval()
+                             dropout_in_eval=True, frozen_copy=frozen).eval()
     assert net.training and not frozen.training and not trunk.training
     assert not any(p.requires_grad for p in frozen.parameters())
     x = _images(6)
@@ -305,7 +305,7 @@ def test_invariance_on_a_tiny_random_clip(group_name: str) -> None:
     """Every wrapper, at the embedding level (encoder -> cosine text head) and the feature-map level
     (ModifiedResNet stem..layer4 -> attnpool), is exactly invariant on a random CLIP in float64."""
     from equinb.backbones import load_backbone
-    from equinb.zeroshot import CosineHead
+    from equinb.heads import CosineHead
 
     backbone = load_backbone("tiny-clip-rn")
     backbone.model.double()

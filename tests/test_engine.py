@@ -1,4 +1,4 @@
-"""The lambda-equitune training engine: exact caching, frozen parts, each as-published option, seeding."""
+"""The training engine (lambda-equitune and equiattention through the wrappers): exact caching, frozen parts, each as-published option, seeding."""
 
 from __future__ import annotations
 
@@ -9,19 +9,19 @@ import torch
 from torch import nn
 
 from equinb.groups import get_group
-from equinb.train import (
-    LambdaModel,
-    LambdaSetup,
+from equinb.engine import (
     TrainConfig,
     ViewData,
     batch_schedule,
     evaluate,
     extract_view_features,
+    features,
     finetune,
     prefinetune,
-    run_lambda_equitune,
     train_step_loss,
+    weighted_model,
 )
+from equinb.setups import TrainingSetup, run_training
 from equinb.weighting import EmbeddingWeightNet
 
 D, K, N = 6, 4, 40
@@ -32,7 +32,7 @@ def _trunk(seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 8 * 8, D))
 
 
-def _setup(group_name: str = "rot90") -> LambdaSetup:
+def _setup(group_name: str = "rot90") -> TrainingSetup:
     group = get_group(group_name)
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(N, 3, 8, 8, generator=gen)
@@ -43,13 +43,13 @@ def _setup(group_name: str = "rot90") -> LambdaSetup:
     feats = lambda data: extract_view_features(lambda v: nn.functional.normalize(trunk(v), dim=-1), data)  # noqa: E731
     torch.manual_seed(1)
     head = nn.Linear(D, K).requires_grad_(False)
-    return LambdaSetup(group, lambda: copy.deepcopy(trunk).requires_grad_(True), head, train, test, feats(train),
+    return TrainingSetup(group, lambda: copy.deepcopy(trunk).requires_grad_(True), head, train, test, feats(train),
                        feats(test), "toy")
 
 
-def _model(setup: LambdaSetup, config: TrainConfig) -> LambdaModel:
+def _model(setup: TrainingSetup, config: TrainConfig) -> nn.Module:
     torch.manual_seed(3)
-    return LambdaModel(setup.make_trunk(), EmbeddingWeightNet(D, hidden=5), setup.head, setup.group, config)
+    return weighted_model(setup.make_trunk(), EmbeddingWeightNet(D, hidden=5), setup.head, setup.group, config)
 
 
 SMALL = dict(prefinetune_rounds=3, prefinetune_steps=4, finetune_rounds=2, finetune_steps=3, batch_size=8,
@@ -69,13 +69,13 @@ def test_cached_prefinetune_step_equals_full_forward(config: TrainConfig, group_
     full_views = setup.group.orbit(setup.group.act(images, element))
     torch.testing.assert_close(full_views, views)
     torch.manual_seed(7)
-    full = train_step_loss(model, full_views, labels)
+    full = train_step_loss(model, features(model, full_views), labels)
     full.backward()
     grads_full = [p.grad.clone() for p in model.weight_net.parameters()]
     model.zero_grad()
     cached, _ = ViewData(setup.train_feats, setup.train.labels).batch(index, element, setup.group)
     torch.manual_seed(7)  # same dropout masks
-    loss = train_step_loss(model, None, labels, lambda_feats=cached, feats=cached)
+    loss = train_step_loss(model, cached, labels, weight_views=cached)
     loss.backward()
     torch.testing.assert_close(loss, full)
     for g_cached, g_full in zip([p.grad for p in model.weight_net.parameters()], grads_full):
@@ -102,17 +102,17 @@ def test_prefinetune_never_touches_the_backbone_and_finetune_respects_its_parame
         assert not any(p.requires_grad for p in setup.head.parameters())
 
 
-def test_softmax_before_loss_is_the_double_softmax() -> None:
+def test_output_softmax_is_the_double_softmax() -> None:
     setup = _setup()
     feats = setup.train_feats[:8]
     labels = setup.train.labels[:8]
     for softmax in (False, True):
-        model = _model(setup, TrainConfig.updated(softmax_before_loss=softmax)).eval()
-        model.combiner.weight_net.eval()
+        model = _model(setup, TrainConfig.updated(output_softmax=softmax)).eval()
+        model.weight_net.eval()
         lam = model.weight_net(feats)
         per_view = setup.head(lam[..., None] * feats)  # [B, G, K]
         expected = (torch.softmax(per_view, -1) if softmax else per_view).mean(1)
-        loss = train_step_loss(model, None, labels, lambda_feats=feats, feats=feats)
+        loss = train_step_loss(model, feats, labels, weight_views=feats)
         torch.testing.assert_close(loss, nn.functional.cross_entropy(expected, labels))
 
 
@@ -121,8 +121,8 @@ def test_lambda_input_frozen_copy_ignores_the_trainable_features() -> None:
     feats = setup.train_feats[:8]
     model = _model(setup, TrainConfig.original(dropout_in_eval=False)).eval()
     moved = feats + 0.5
-    _, w_frozen = model(None, lambda_feats=feats, feats=moved, return_weights=True)
-    _, w_trainable = model(None, feats=moved, return_weights=True)
+    _, w_frozen = model.forward_views(views=moved, weight_views=feats, return_weights=True)
+    _, w_trainable = model.forward_views(views=moved, return_weights=True)
     torch.testing.assert_close(w_frozen, model.weight_net(feats))
     assert not torch.allclose(w_frozen, w_trainable)
     with pytest.raises(ValueError, match="frozen copy"):
@@ -180,13 +180,13 @@ def replace_steps(config: TrainConfig) -> TrainConfig:
 def test_seeded_runs_are_identical_and_heldout_selection_runs() -> None:
     setup = _setup()
     config = TrainConfig.updated(**SMALL)
-    a = run_lambda_equitune(setup, config)
-    b = run_lambda_equitune(setup, config)
+    a = run_training(setup, config)
+    b = run_training(setup, config)
     assert a[0] == b[0] and a[1] == b[1]
     for stage in ("prefinetune", "finetune"):
         for k in a[2][stage]:
             assert torch.equal(a[2][stage][k], b[2][stage][k])
-    row, history, _ = run_lambda_equitune(setup, TrainConfig.updated(selection="heldout", **SMALL))
+    row, history, _ = run_training(setup, TrainConfig.updated(selection="heldout", **SMALL))
     assert set(row) == {"prefinetune_top1", "finetune_top1"}
     assert any("select_top1" in h for h in history)
 
@@ -209,7 +209,7 @@ def test_bad_configuration_fails_early(field: str, value, message: str) -> None:
         TrainConfig(**{field: value})
 
 
-def _map_setup(group_name: str = "rot90") -> LambdaSetup:
+def _map_setup(group_name: str = "rot90") -> TrainingSetup:
     """A toy feature-map setup: the trunk gives [3, 4, 4] maps; the head is position-sensitive (like attnpool's
     positional embedding), so aligned views change the logits while pooling would hide it."""
     from equinb.weighting import FeatureMapWeightNet  # noqa: F401  (used by the tests below)
@@ -222,12 +222,12 @@ def _map_setup(group_name: str = "rot90") -> LambdaSetup:
     trunk = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Tanh()).requires_grad_(False)
     head = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, K)).requires_grad_(False)
     train, test = ViewData(group.orbit(images[:30]), labels[:30]), ViewData(group.orbit(images[30:]), labels[30:])
-    return LambdaSetup(group, lambda: copy.deepcopy(trunk).requires_grad_(True), head, train, test,
+    return TrainingSetup(group, lambda: copy.deepcopy(trunk).requires_grad_(True), head, train, test,
                        extract_view_features(trunk, train), extract_view_features(trunk, test), "toy maps",
-                       normalise_features=False)
+                       normalise_views=False)
 
 
-@pytest.mark.parametrize("method", ["lambda", "attention"])
+@pytest.mark.parametrize("method", ["lambda_equitune", "equiattention"])
 @pytest.mark.parametrize("align", [False, True])
 def test_feature_map_model_cached_step_and_invariance(method: str, align: bool) -> None:
     """Feature-map level: cached maps give the full forward's loss and gradients; with the as-published
@@ -236,26 +236,26 @@ def test_feature_map_model_cached_step_and_invariance(method: str, align: bool) 
 
     setup = _map_setup("d4")
     torch.manual_seed(3)
-    module = FeatureMapWeightNet(3, (4, 4), conv_channels=2, per_channel=2, hidden=8) if method == "lambda" \
+    module = FeatureMapWeightNet(3, (4, 4), conv_channels=2, per_channel=2, hidden=8) if method == "lambda_equitune" \
         else ViewAttention(3, (4, 4), hidden=8, out_dim=8, conv_channels=2, per_channel=2)
     config = TrainConfig.updated(normalisation="softmax", dropout_in_eval=False)
-    model = LambdaModel(setup.make_trunk(), module, setup.head, setup.group, config, method=method,
-                        align_views=align, normalise_features=False).train()
+    model = weighted_model(setup.make_trunk(), module, setup.head, setup.group, config, method=method,
+                           align_views=align, normalise_views=False).train()
     index, element = torch.arange(8), 5
     views, labels = setup.train.batch(index, element, setup.group)
-    full = train_step_loss(model, views, labels)
+    full = train_step_loss(model, features(model, views), labels)
     full.backward()
     grads = [p.grad.clone() for p in model.weight_net.parameters()]
     model.zero_grad()
     cached, _ = ViewData(setup.train_feats, setup.train.labels).batch(index, element, setup.group)
-    loss = train_step_loss(model, None, labels, lambda_feats=cached, feats=cached)
+    loss = train_step_loss(model, cached, labels, weight_views=cached)
     loss.backward()
     torch.testing.assert_close(loss, full)
     for g_cached, g_full in zip([p.grad for p in model.weight_net.parameters()], grads):
         torch.testing.assert_close(g_cached, g_full)
     with torch.no_grad():
-        base = model(setup.test.batch(torch.arange(5))[0])
-        errors = [(model(setup.test.batch(torch.arange(5), k, setup.group)[0]) - base).abs().max().item()
+        base = model.forward_views(setup.test.batch(torch.arange(5))[0])
+        errors = [(model.forward_views(setup.test.batch(torch.arange(5), k, setup.group)[0]) - base).abs().max().item()
                   for k in range(1, setup.group.order)]
     assert max(errors) < 1e-5 if not align else max(errors) > 1e-4, errors
 
@@ -265,12 +265,12 @@ def test_feature_map_run_and_bad_method() -> None:
 
     setup = _map_setup()
     config = TrainConfig.updated(normalisation="softmax", **SMALL)
-    row, _, states = run_lambda_equitune(setup, config, align_views=True,
+    row, _, states = run_training(setup, config, align_views=True,
                                         weight_net=lambda: FeatureMapWeightNet(3, (4, 4), conv_channels=2,
                                                                                per_channel=2, hidden=8))
     assert set(row) == {"prefinetune_top1", "finetune_top1"} and set(states) == {"prefinetune", "finetune"}
     assert setup.map_shape == (3, 4, 4)
-    with pytest.raises(ValueError, match="valid: 'lambda', 'attention'"):
-        LambdaModel(nn.Identity(), nn.Identity(), setup.head, setup.group, config, method="mean")
+    with pytest.raises(ValueError, match="valid: 'lambda_equitune', 'equiattention'"):
+        weighted_model(nn.Identity(), nn.Identity(), setup.head, setup.group, config, method="mean")
     with pytest.raises(ValueError, match="not feature maps"):
         _ = _setup().map_shape

@@ -1,0 +1,215 @@
+"""Chapter parameters: one vocabulary for every notebook, checked in the first cell before any heavy work.
+
+Every chapter calls ``check_params(**its parameters)``. A parameter name means the same thing in every
+chapter (``clip_paths`` maps backbone names to local CLIP files everywhere; ``dataset_options`` is keyed by
+dataset name everywhere), and each name has one rule: a type, a range or a set of valid values. A bad value
+fails at once with the valid ones named; a name without a rule is refused, so that a new parameter cannot
+skip its check. ``tools/build_book.py`` checks the names of papermill parameters against a chapter's
+parameters cell the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .backbones import BACKBONE_NAMES
+from .data import DATASET_NAMES, dataset_spec
+from .groups import GROUP_NAMES
+from .nlg import DEMOGRAPHICS, LABELS
+from .setups import check_map_image_size
+from .zeroshot import TRANSFORMS, transform_group
+
+__all__ = ["PROFILES", "RULES", "check_params", "check_device"]
+
+PROFILES = ("small", "paper")
+ORIENTATION_FREE = ("turned", "isic2018")
+SCORERS = ("vader", "regard")
+MIN_IMAGE_SIZE = 32  # MobileNetV2 and the CLIP ResNets reduce the input by 32: smaller images are a single pixel
+
+
+def _choice(valid: tuple[str, ...]) -> Callable[[str, Any], None]:
+    def rule(name: str, value: Any) -> None:
+        if value not in valid:
+            raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, valid))}")
+    return rule
+
+
+def _choices(valid: tuple[str, ...]) -> Callable[[str, Any], None]:
+    def rule(name: str, value: Any) -> None:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+            raise ValueError(f"{name} must be a non-empty list, got {value!r}")
+        for item in value:
+            _choice(valid)(f"an item of {name}", item)
+    return rule
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[str, Any], None]:
+    def rule(name: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"in {low}..{high}"
+            raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
+    return rule
+
+
+def _number(low: float, *, strict: bool = False) -> Callable[[str, Any], None]:
+    def rule(name: str, value: Any) -> None:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value > low if strict else value >= low)
+        if not ok:
+            raise ValueError(f"{name} must be a number {'>' if strict else '>='} {low}, got {value!r}")
+    return rule
+
+
+def _flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def _text(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {value!r}")
+
+
+def _nonempty_text(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+
+
+def check_device(name: str, device: Any) -> None:
+    """``cpu``, ``cuda`` or ``cuda:<index>``, and a GPU must be there when one is asked for."""
+    if not isinstance(device, str) or not (device in ("cpu", "cuda") or device.startswith("cuda:")):
+        raise ValueError(f"unknown {name} {device!r}; valid: 'cpu', 'cuda', 'cuda:<index>'")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"{name}={device!r} was requested but no CUDA GPU is available; use device='cpu'")
+
+
+def _image_size(name: str, value: Any) -> None:
+    _integer(MIN_IMAGE_SIZE)(name, value)
+
+
+def _clip_paths(name: str, value: Any) -> None:
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must map backbone names to local CLIP weight files, got {value!r}")
+    for backbone, path in value.items():
+        _choice(BACKBONE_NAMES)(f"a key of {name}", backbone)
+        if not Path(str(path)).expanduser().is_file():
+            raise ValueError(f"{name}[{backbone!r}] = {path!r} is not a file")
+
+
+def _dataset_options(name: str, value: Any) -> None:
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must map dataset names to get_dataset options, for example "
+                         f"{{'cifar100': {{'download': True}}}}; got {value!r}")
+    for dataset, options in value.items():
+        if dataset not in DATASET_NAMES:
+            raise ValueError(f"{name} is keyed by dataset name ({', '.join(DATASET_NAMES)}), got key {dataset!r}; "
+                             f"for example {{'cifar100': {{'download': True}}}}")
+        spec = dataset_spec(dataset)
+        if not isinstance(options, dict):
+            raise ValueError(f"{name}[{dataset!r}] must be a dict of get_dataset options, got {options!r}")
+        unknown = sorted(set(options) - set(spec.options))
+        if unknown:
+            raise ValueError(f"{name}[{dataset!r}] has unknown options {unknown}; valid: {', '.join(spec.options)}")
+
+
+def _groups(name: str, value: Any) -> None:
+    _choices(GROUP_NAMES)(name, value)
+
+
+def _transforms(name: str, value: Any) -> None:
+    _choices(TRANSFORMS)(name, value)
+    for item in value:
+        transform_group(item)
+
+
+def _strings(name: str, value: Any) -> None:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"{name} must be a list of non-empty strings, got {value!r}")
+
+
+def _nonempty_strings(name: str, value: Any) -> None:
+    _strings(name, value)
+    if not value:
+        raise ValueError(f"{name} must not be empty")
+
+
+# One rule per parameter name, shared by every chapter.
+RULES: dict[str, Callable[[str, Any], None]] = {
+    "profile": _choice(PROFILES),
+    "backbone": _choice(BACKBONE_NAMES),
+    "backbones": _choices(BACKBONE_NAMES),
+    "dataset": _choice(DATASET_NAMES),
+    "datasets": _choices(DATASET_NAMES),
+    "orientation_free": _choice(ORIENTATION_FREE),
+    "group": _choice(GROUP_NAMES),
+    "groups": _groups,
+    "transforms": _transforms,
+    "image_size": _image_size,
+    "split_block": _integer(1, 18),  # MobileNetV2 has feature blocks 0..18; at least one stays trainable
+    "batch_size": _integer(1),
+    "num_workers": _integer(0),
+    "prefinetune_rounds": _integer(0),
+    "prefinetune_steps": _integer(0),
+    "finetune_rounds": _integer(0),
+    "finetune_steps": _integer(0),
+    "prelr": _number(0),
+    "prelr_embedding": _number(0),
+    "prelr_orientation_free": _number(0),
+    "lr": _number(0),
+    "lr_original": _number(0),
+    "lr_updated": _number(0),
+    "seed": _integer(0),
+    "device": check_device,
+    "data_root": _text,
+    "clip_paths": _clip_paths,
+    "clip_download_root": _text,
+    "max_train": _integer(1),
+    "dataset_options": _dataset_options,
+    "lm_name": _nonempty_text,
+    "scorer": _choice(SCORERS),
+    "regard_classifiers": _strings,
+    "regard_label_names": _choices(LABELS),
+    "mask_demographic": _flag,
+    "templates": _nonempty_strings,
+    "demographics": _choices(tuple(DEMOGRAPHICS)),
+    "binary_group": _choices(tuple(DEMOGRAPHICS)),
+    "n_samples": _integer(1),
+    "max_new_tokens": _integer(1),
+    "top_k": _integer(1),
+    "temperature": _number(0, strict=True),
+    "paired_seeds": _flag,
+    "n_bootstrap": _integer(1),
+    "num_threads": _integer(1),
+}
+
+
+def check_params(*, feature_maps: bool = False, **params: Any) -> None:
+    """Check a chapter's parameters (its parameters cell, passed by name) before any heavy work.
+
+    ``feature_maps``: the chapter trains on the small profile's feature maps, which need maps of at least
+    3x3 (``image_size >= 65``). Raises ``ValueError`` naming the parameter and the valid values, or
+    ``TypeError`` for a name that has no rule.
+    """
+    unknown = sorted(set(params) - set(RULES))
+    if unknown:
+        raise TypeError(f"no rule for chapter parameter(s) {unknown}; every parameter needs one in equinb.chapter.RULES")
+    for name, value in params.items():
+        RULES[name](name, value)
+    if feature_maps and params.get("profile") == "small" and "image_size" in params:
+        check_map_image_size(params["image_size"])
+    demographics = params.get("demographics")
+    if demographics is not None:
+        if len(set(demographics)) != len(demographics) or len(demographics) < 2:
+            raise ValueError(f"demographics must list at least 2 distinct groups, got {list(demographics)}")
+        binary = params.get("binary_group", [])
+        if len(set(binary)) != 2 or not set(binary) <= set(demographics):
+            raise ValueError(f"binary_group must be 2 distinct members of demographics {list(demographics)}, "
+                             f"got {list(binary)}")
+    if params.get("scorer") == "regard" and not params.get("regard_classifiers"):
+        raise ValueError(
+            "scorer 'regard' needs regard_classifiers: a list of local folders or hub ids of regard classifiers "
+            "(Hugging Face sequence-classification format, classes negative, neutral, positive, other), for "
+            "example Sheng et al.'s BERT regard checkpoints from github.com/ewsheng/nlg-bias; pass them with "
+            "papermill -p or in notebooks/params/fig6_nlg_fairness.paper.yaml")

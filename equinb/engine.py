@@ -1,0 +1,402 @@
+"""Training engine for lambda-equitune and equiattention: prefinetuning, finetuning, evaluation, selection.
+
+The article's protocol (its code, Vlasenko et al. sec. 4.1) has two stages:
+
+1. *prefinetune*: only the weighting network is trained (SGD, ``prelr``) for ``rounds x steps`` steps;
+   before each round it is evaluated on a selection set and the best copy is kept;
+2. *finetune*: the backbone (and, in the updated code, the weighting network) is trained (SGD, ``lr``).
+
+The backbone is frozen during prefinetuning, and a random group transformation of a batch only permutes
+its views. So prefinetuning on *cached* per-view features is exact: the same losses and gradients as the
+full forward (``tests/test_engine.py`` checks this), for a fraction of the cost.
+
+The model is the wrapper itself (``weighted_model``: ``LambdaEquitune`` or ``EquiAttention``), run on
+*per-view inputs* ``[N, G, ...]`` with ``forward_views``: the orbit of each image (computed on the fly from
+images) or the cached output of a frozen prefix of the backbone for every view. The engine does no file
+I/O; ``equinb.setups`` builds the data and caches runs.
+
+Every as-published quirk is a field of ``TrainConfig`` with its default stated; ``TrainConfig.original()``
+and ``TrainConfig.updated()`` give the article's two code versions.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from .groups import Group
+from .wrappers import EquiAttention, LambdaEquitune, OrbitWrapper
+
+__all__ = ["TrainConfig", "ViewData", "ImageViewData", "METHODS", "weighted_model", "model_device",
+           "batch_schedule", "extract_view_features", "features", "evaluate", "prefinetune", "finetune",
+           "train_step_loss"]
+
+Tensor = torch.Tensor
+
+_CHOICES = {
+    "lambda_input": ("trainable", "frozen_copy"),
+    "finetune_params": ("backbone", "backbone+lambda"),
+    "data_order": ("restart", "shuffle"),
+    "selection": ("train_first_batches", "heldout"),
+    "param_dtype": ("fp32", "fp16_inplace"),
+    "normalisation": ("none", "softmax", "sum"),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters and as-published options of lambda-equitune training (defaults: the updated code).
+
+    Attributes:
+        prefinetune_rounds, prefinetune_steps: 20 x 100 (article).
+        prelr: SGD learning rate of the lambda network in prefinetuning, 0.33 (article, CIFAR100).
+        finetune_rounds, finetune_steps: 8 x 500 (article).
+        lr: finetuning learning rate: 5e-8 (updated code); the original code used 5e-7.
+        momentum: SGD momentum, 0.9 (no weight decay, no schedule, state kept across rounds).
+        batch_size: 32.
+        output_softmax: as published in the original code: mean of per-view *probabilities*, then
+            cross-entropy (a double softmax). Updated code: False. (The wrappers' option of the same name.)
+        lambda_input: ``"frozen_copy"`` (original: lambda sees a frozen copy of the backbone) or
+            ``"trainable"`` (updated: lambda sees the trainable backbone's features).
+        finetune_params: ``"backbone"`` (original) or ``"backbone+lambda"`` (updated).
+        data_order: ``"restart"`` (as published: an unshuffled loader restarted every round, so only the
+            first ``steps`` batches are ever seen, and a round ends early when the data run out) or
+            ``"shuffle"`` (shuffled epochs that continue across rounds).
+        selection: ``"train_first_batches"`` (as published: the first ``selection_batches`` training
+            batches, a subset of what prefinetuning trains on) or ``"heldout"`` (a held-out split).
+        selection_batches: 50.
+        dropout_in_eval: as published, the lambda network's dropout stays active in every evaluation.
+        param_dtype: ``"fp16_inplace"`` (as published on CUDA: SGD updates fp16 weights in place, so tiny
+            updates round away) or ``"fp32"``.
+        logit_factor: multiplies the cosine logits, 1.0 (article).
+        normalisation: lambda normalisation, ``"none"`` in the invariant code.
+        seed: seeds data order, dropout and the per-batch random group element.
+    """
+
+    prefinetune_rounds: int = 20
+    prefinetune_steps: int = 100
+    prelr: float = 0.33
+    finetune_rounds: int = 8
+    finetune_steps: int = 500
+    lr: float = 5e-8
+    momentum: float = 0.9
+    batch_size: int = 32
+    output_softmax: bool = False
+    lambda_input: str = "trainable"
+    finetune_params: str = "backbone+lambda"
+    data_order: str = "restart"
+    selection: str = "train_first_batches"
+    selection_batches: int = 50
+    dropout_in_eval: bool = True
+    param_dtype: str = "fp32"
+    logit_factor: float = 1.0
+    normalisation: str = "none"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, valid in _CHOICES.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is not valid; choose one of {valid}")
+        for name in ("prefinetune_rounds", "prefinetune_steps", "finetune_rounds", "finetune_steps"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "selection_batches"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("prelr", "lr", "momentum"):
+            if not float(getattr(self, name)) >= 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def original(cls, **overrides) -> "TrainConfig":
+        """The article's "original code": double softmax, frozen-copy lambda input, lr 5e-7, backbone only."""
+        return replace(cls(output_softmax=True, lambda_input="frozen_copy", finetune_params="backbone", lr=5e-7),
+                       **overrides)
+
+    @classmethod
+    def updated(cls, **overrides) -> "TrainConfig":
+        """The article's "updated code": no softmax, trainable lambda input, lr 5e-8, backbone + lambda."""
+        return replace(cls(), **overrides)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ViewData:
+    """Per-view inputs of a split and their labels.
+
+    ``inputs`` [N, G, ...]: view k of image i is the input of ``g_k x_i`` (images, or cached outputs of a
+    frozen prefix of the backbone). ``labels`` [N].
+    """
+
+    inputs: Tensor
+    labels: Tensor
+
+    def __post_init__(self) -> None:
+        if self.inputs.ndim < 3 or self.inputs.shape[0] != self.labels.shape[0]:
+            raise ValueError(f"ViewData needs inputs [N, G, ...] and labels [N]; got {tuple(self.inputs.shape)} "
+                             f"and {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batch(self, index: Tensor, element: int | None = None, group: Group | None = None) -> tuple[Tensor, Tensor]:
+        """Inputs of ``index`` after the random group element ``element``: view j of g x is view j*g of x."""
+        views = self.inputs[index]
+        if element:
+            views = views[:, group.view_permutation(element)]
+        return views, self.labels[index]
+
+    def restrict(self, group: Group, columns: list[int]) -> "ViewData":
+        """The same data on a subgroup whose elements are the views ``columns`` (rot180 = views 0, 2 of rot90)."""
+        return ViewData(self.inputs[:, columns], self.labels)
+
+    def subset(self, index: Tensor) -> "ViewData":
+        return ViewData(self.inputs[index], self.labels[index])
+
+
+class ImageViewData(ViewData):
+    """Per-view inputs built on the fly from images: ``batch`` returns the orbit of the (transformed) images.
+
+    For data too large to hold as views (CIFAR100 at 224 px). ``prepare`` maps a raw image batch to the
+    backbone's input (e.g. resize and normalise on the GPU). Shapes: images [N, C, H, W] -> views [B, G, ...].
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, group: Group,
+                 prepare: Callable[[Tensor], Tensor] | None = None) -> None:
+        if images.ndim != 4 or images.shape[0] != labels.shape[0]:
+            raise ValueError(f"ImageViewData needs images [N, C, H, W] and labels [N]; got {tuple(images.shape)}")
+        self.inputs, self.labels, self.group, self.prepare = images, labels, group, prepare
+
+    def restrict(self, group: Group, columns: list[int]) -> "ImageViewData":
+        return ImageViewData(self.inputs, self.labels, group, self.prepare)
+
+    def subset(self, index: Tensor) -> "ImageViewData":
+        return ImageViewData(self.inputs[index], self.labels[index], self.group, self.prepare)
+
+    def batch(self, index: Tensor, element: int | None = None, group: Group | None = None) -> tuple[Tensor, Tensor]:
+        x = self.inputs[index]
+        x = self.prepare(x) if self.prepare is not None else x
+        if element:
+            x = self.group.act(x, element)
+        return self.group.orbit(x), self.labels[index]
+
+
+METHODS = ("lambda_equitune", "equiattention")
+
+
+def weighted_model(trunk: nn.Module, weight_net: nn.Module, head: nn.Module, group: Group, config: TrainConfig,
+                   *, method: str = "lambda_equitune", align_views: bool = False,
+                   normalise_views: bool = True) -> LambdaEquitune | EquiAttention:
+    """The wrapper that training runs: ``trunk`` on per-view inputs, ``weight_net``, the fixed ``head``.
+
+    Embedding level (``normalise_views``, the invariant lambda-equitune): views are L2-normalised
+    embeddings; ``normalisation="none"`` in the invariant code. Feature-map level (``normalise_views=False``):
+    the trunk gives maps [C, h, w]; ``method`` ``"lambda_equitune"`` weights them with a feature-map lambda
+    network, ``"equiattention"`` with ``ViewAttention``; ``align_views`` maps view k back by ``g_k^-1`` (as
+    described) or not (as published). As published, the trunk stays in evaluation mode (BatchNorm keeps
+    its running statistics) and the lambda network's dropout stays on in evaluation (``dropout_in_eval``).
+
+    Shapes: ``model.forward_views(inputs [B, G, ...])`` -> logits [B, K]; weights [B, G].
+    """
+    common = dict(head=head.requires_grad_(False), output_softmax=config.output_softmax,
+                  logit_factor=config.logit_factor, align_views=align_views, normalise_views=normalise_views,
+                  trunk_eval=True)
+    if method == "lambda_equitune":
+        return LambdaEquitune(trunk, group, weight_net, normalisation=config.normalisation,
+                              dropout_in_eval=config.dropout_in_eval, **common)
+    if method == "equiattention":
+        return EquiAttention(trunk, group, weight_net, **common)
+    raise ValueError(f"unknown method {method!r}; valid: {', '.join(map(repr, METHODS))}")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a wrapper's head (where its views must be)."""
+    return next(model.head.parameters()).device
+
+
+def _on(model: nn.Module, tensor: Tensor | None) -> Tensor | None:
+    return None if tensor is None else tensor.to(model_device(model), non_blocking=True)
+
+
+def batch_schedule(n: int, batch_size: int, rounds: int, steps: int, order: str, seed: int) -> list[list[Tensor]]:
+    """Index batches of every round.
+
+    ``restart``: every round restarts an unshuffled loader: batches 0..steps-1 of the data in order (fewer
+    when the data run out, as ``islice`` over a fresh iterator does). ``shuffle``: shuffled epochs that
+    continue across rounds, ``steps`` batches per round (the last batch of an epoch may be short).
+    """
+    starts = range(0, n, batch_size)
+    if order == "restart":
+        batches = [torch.arange(s, min(s + batch_size, n)) for s in starts][:steps]
+        return [batches for _ in range(rounds)]
+    if order != "shuffle":
+        raise ValueError(f"unknown data order {order!r}; valid: 'restart', 'shuffle'")
+    gen = torch.Generator().manual_seed(seed)
+
+    def epochs() -> Iterator[Tensor]:
+        while True:
+            perm = torch.randperm(n, generator=gen)
+            yield from (perm[s:s + batch_size] for s in starts)
+
+    stream = epochs()
+    return [list(itertools.islice(stream, steps)) for _ in range(rounds)]
+
+
+@torch.no_grad()
+def extract_view_features(trunk: Callable[[Tensor], Tensor], data: ViewData, batch_size: int = 256,
+                          device: str | torch.device = "cpu", progress: bool = False) -> Tensor:
+    """Run a frozen trunk once on every view. Shapes: views [N, G, ...] -> outputs [N, G, ...] (CPU)."""
+    from tqdm import tqdm
+
+    outs = []
+    for start in tqdm(range(0, len(data), batch_size), desc="features", disable=not progress, ascii=True):
+        chunk, _ = data.batch(torch.arange(start, min(start + batch_size, len(data))))
+        b, g = chunk.shape[:2]
+        out = trunk(chunk.to(device).flatten(0, 1))
+        outs.append(out.reshape(b, g, *out.shape[1:]).cpu())
+    return torch.cat(outs)
+
+
+def _draw_elements(n_batches: int, order: int, rng: np.random.RandomState) -> list[int]:
+    """The article's random transformation: one group element per batch (``np.random.randint``)."""
+    return [int(rng.randint(0, order)) for _ in range(n_batches)]
+
+
+def train_step_loss(model: OrbitWrapper, views: Tensor, labels: Tensor,
+                    weight_views: Tensor | None = None) -> Tensor:
+    """Cross-entropy of one batch from computed views [B, G, ...] (``output_softmax``: the article's CE applied
+    to probabilities). ``weight_views``: what the weighting sees (default: the views)."""
+    logits = model.forward_views(views=_on(model, views), weight_views=_on(model, weight_views))
+    return nn.functional.cross_entropy(logits, labels.to(logits.device))
+
+
+def features(model: OrbitWrapper, inputs: Tensor) -> Tensor:
+    """The trunk's views of per-view inputs on the model's device. Shapes: [B, G, ...] -> [B, G, ...]."""
+    return model.view_outputs(_on(model, inputs))
+
+
+def evaluate(model: OrbitWrapper, data: ViewData, batch_size: int = 256, feats: Tensor | None = None,
+             lambda_feats: Tensor | None = None, max_batches: int | None = None, seed: int = 0,
+             data_are_features: bool = False) -> float:
+    """Top-1 accuracy (%) in eval mode (the lambda network's dropout stays on if ``dropout_in_eval``).
+
+    ``feats``: cached normalised features [N, G, D] of ``data`` (a frozen trunk); else the trunk runs,
+    unless ``data_are_features`` (the batches of ``data`` already are normalised features).
+    ``lambda_feats``: what lambda sees (the frozen copy's cached features); default: the features.
+    ``max_batches``: only the first batches (the article's selection set). Seeded for the dropout.
+    """
+    was_training = model.training
+    model.eval()
+    correct, total = 0, 0
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i, start in enumerate(range(0, len(data), batch_size)):
+            if max_batches is not None and i >= max_batches:
+                break
+            index = torch.arange(start, min(start + batch_size, len(data)))
+            views, labels = data.batch(index)
+            f = feats[index] if feats is not None else views if data_are_features else features(model, views)
+            logits = model.forward_views(views=_on(model, f),
+                                         weight_views=None if lambda_feats is None else _on(model, lambda_feats[index]))
+            correct += int((logits.argmax(-1).cpu() == labels).sum())
+            total += len(index)
+    model.train(was_training)
+    return 100.0 * correct / max(total, 1)
+
+
+def _sgd(params, lr: float, momentum: float) -> torch.optim.SGD:
+    return torch.optim.SGD([p for p in params if p.requires_grad], lr=lr, momentum=momentum)
+
+
+def prefinetune(model: OrbitWrapper, train: ViewData, select: ViewData, config: TrainConfig,
+                progress: bool = False) -> tuple[dict, list[dict]]:
+    """Train only the lambda network on normalised features; keep the best by selection accuracy.
+
+    ``train`` and ``select`` yield normalised features [B, G, D]: the backbone is frozen here, so they are
+    cached (``ViewData(feats, labels)``); a random group element per batch permutes the views exactly as
+    the full forward would. As published, the selection accuracy is computed *before* each round, so the
+    last round's training is never eligible.
+
+    Returns the best lambda-network state and a tidy history (round, step, loss, select_top1).
+    """
+    from tqdm import tqdm
+
+    torch.manual_seed(config.seed)
+    rng = np.random.RandomState(config.seed)
+    opt = _sgd(model.weight_net.parameters(), config.prelr, config.momentum)
+    schedule = batch_schedule(len(train), config.batch_size, config.prefinetune_rounds,
+                              config.prefinetune_steps, config.data_order, config.seed)
+    max_sel = config.selection_batches if config.selection == "train_first_batches" else None
+    best, best_state, history, step = -1.0, copy.deepcopy(model.weight_net.state_dict()), [], 0
+    for r, batches in enumerate(tqdm(schedule, desc="prefinetune", disable=not progress, ascii=True)):
+        acc = evaluate(model, select, config.batch_size, max_batches=max_sel, seed=config.seed + r,
+                       data_are_features=True)
+        history.append(dict(stage="prefinetune", round=r, step=step, select_top1=acc))
+        if acc > best:
+            best, best_state = acc, copy.deepcopy(model.weight_net.state_dict())
+        model.train()
+        for index, element in zip(batches, _draw_elements(len(batches), model.group.order, rng)):
+            feats, labels = train.batch(index, element, model.group)
+            loss = train_step_loss(model, feats, labels, weight_views=feats)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            history.append(dict(stage="prefinetune", round=r, step=step, loss=loss.item()))
+    return best_state, history
+
+
+def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: TrainConfig,
+             train_lambda_feats: Tensor | None = None, test_lambda_feats: Tensor | None = None,
+             eval_every_round: bool = True, progress: bool = False) -> list[dict]:
+    """Finetune the trunk (and the lambda network for ``backbone+lambda``) with the full forward.
+
+    ``*_lambda_feats``: cached features of the frozen copy [N, G, D] that feed lambda when
+    ``lambda_input="frozen_copy"`` (the frozen copy never changes, so caching it is exact).
+    ``param_dtype="fp16_inplace"`` casts the trunk to fp16 before training, as CLIP is on CUDA.
+
+    Returns a tidy history (stage, round, step, loss, test_top1).
+    """
+    from tqdm import tqdm
+
+    if config.lambda_input == "frozen_copy" and (train_lambda_feats is None or test_lambda_feats is None):
+        raise ValueError("lambda_input='frozen_copy' needs the frozen copy's cached features "
+                         "(train_lambda_feats and test_lambda_feats)")
+    if config.param_dtype == "fp16_inplace":
+        model.trunk.half()
+    torch.manual_seed(config.seed)
+    rng = np.random.RandomState(config.seed + 1)
+    params = list(model.trunk.parameters())
+    if config.finetune_params == "backbone+lambda":
+        params += list(model.weight_net.parameters())
+    opt = _sgd(params, config.lr, config.momentum)
+    schedule = batch_schedule(len(train), config.batch_size, config.finetune_rounds, config.finetune_steps,
+                              config.data_order, config.seed)
+    history, step = [], 0
+    for r, batches in enumerate(tqdm(schedule, desc="finetune", disable=not progress, ascii=True)):
+        model.train()
+        for index, element in zip(batches, _draw_elements(len(batches), model.group.order, rng)):
+            views, labels = train.batch(index, element, model.group)
+            lam = None
+            if train_lambda_feats is not None and config.lambda_input == "frozen_copy":
+                lam = ViewData(train_lambda_feats, train.labels).batch(index, element, model.group)[0]
+            feats = features(model, views)
+            loss = train_step_loss(model, feats, labels, weight_views=feats if lam is None else lam)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            history.append(dict(stage="finetune", round=r, step=step, loss=loss.item()))
+        if eval_every_round or r == len(schedule) - 1:
+            frozen = test_lambda_feats if config.lambda_input == "frozen_copy" else None
+            acc = evaluate(model, test, lambda_feats=frozen, seed=config.seed)
+            history.append(dict(stage="finetune", round=r, step=step, test_top1=acc))
+    return history

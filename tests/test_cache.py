@@ -1,0 +1,87 @@
+"""Caches: stable keys, atomic writes, compute-once loading that survives damaged files, code fingerprints."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import equinb.setups as su
+from equinb.cache import atomic_save, cache_key, load_or_compute, module_fingerprint, source_fingerprint
+from equinb.checks import format_error
+
+
+def test_cache_key_is_stable_and_sensitive() -> None:
+    assert cache_key(a=1, b=[1, 2]) == cache_key(b=[1, 2], a=1)
+    assert cache_key(a=1, b=[1, 2]) != cache_key(a=1, b=[2, 1])
+    layer = torch.nn.Linear(2, 2)
+    before = module_fingerprint(layer)
+    with torch.no_grad():
+        layer.weight[0, 0] += 1e-6
+    assert module_fingerprint(layer) != before
+
+
+def test_atomic_save_and_load_or_compute(tmp_path: Path) -> None:
+    calls = []
+    path = tmp_path / "sub" / "x.pt"
+    first = load_or_compute(path, lambda: calls.append(1) or {"v": torch.arange(3)})
+    second = load_or_compute(path, lambda: calls.append(1) or {"v": torch.zeros(3)})
+    assert calls == [1] and torch.equal(first["v"], second["v"])
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        atomic_save(Unpicklable(), tmp_path / "broken.pt")
+    assert not list(tmp_path.glob("*broken*"))  # no half-written file is left for a later run to trust
+
+
+def test_format_error_hides_only_float_rounding() -> None:
+    assert format_error(1e-9, 9.2) == "< 1e-04 (float rounding)"
+    assert format_error(1e-9, 9.0) == format_error(1e-9, 9.9)  # the bound is a power of ten
+    assert format_error(0.15, 1.5) == "0.15"
+    assert format_error(2e-3, 0.5) == "0.002"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_a_damaged_cache_file_is_named_moved_aside_and_recomputed(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "features.pt"
+    load_or_compute(path, lambda: {"v": torch.arange(1000)})
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"not a torch file"}[damage])
+    with pytest.warns(RuntimeWarning, match="features.pt could not be read"):
+        result = load_or_compute(path, lambda: {"v": torch.arange(5)})
+    assert torch.equal(result["v"], torch.arange(5))  # recomputed, not the damaged content
+    assert (tmp_path / "features.pt.damaged").exists()  # kept aside for inspection, not deleted
+    assert torch.equal(torch.load(path, weights_only=True)["v"], torch.arange(5))  # the good result is saved
+
+
+def test_source_fingerprint_ignores_documentation_but_not_code(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text('"""Module."""\n\ndef f(x):\n    """Doc."""\n    return x + 1  # comment\n')
+    before = source_fingerprint(source)
+    source.write_text('"""Another module text."""\n\n\ndef f(x):\n    """Rewritten doc."""\n    # why\n    return x + 1\n')
+    assert source_fingerprint(source) == before
+    source.write_text('"""Module."""\n\ndef f(x):\n    """Doc."""\n    return x + 2\n')
+    assert source_fingerprint(source) != before
+
+
+def test_editing_the_engine_docstrings_keeps_the_run_cache(tmp_path: Path, monkeypatch) -> None:
+    """The run-cache key hashes the training modules; prose edits in the real engine must not change it."""
+    import shutil
+
+    package = Path(su.__file__).parent
+    copy = tmp_path / "equinb"
+    copy.mkdir()
+    for name in su.TRAINING_SOURCES:
+        shutil.copy(package / name, copy / name)
+    monkeypatch.setattr(su, "__file__", str(copy / "setups.py"))
+    before = su.training_code_fingerprint()
+    engine = copy / "engine.py"
+    text = engine.read_text()
+    engine.write_text(text.replace('"""Top-1 accuracy (%)', '"""Top-1 accuracy in percent (%)', 1)
+                      .replace("    was_training = model.training\n", "    # remember the mode\n    was_training = model.training\n", 1))
+    assert engine.read_text() != text
+    assert su.training_code_fingerprint() == before
+    engine.write_text(text.replace("return 100.0 * correct / max(total, 1)", "return 100.0 * correct / max(total, 2)"))
+    assert su.training_code_fingerprint() != before

@@ -1,0 +1,66 @@
+"""Chapter parameters: one rule per name, bad values fail before any heavy work with the valid ones named."""
+
+import pytest
+
+from equinb.chapter import RULES, check_params
+
+FIG4 = dict(profile="small", backbones=["mobilenet_v2"], datasets=["digits"], transforms=["none", "rot90"],
+            image_size=64, batch_size=256, seed=0, device="cpu", data_root="", clip_paths={}, clip_download_root="",
+            num_workers=0, dataset_options={})
+TRAINING = dict(profile="small", backbone="mobilenet_v2", dataset="digits", group="rot90", image_size=96,
+                split_block=18, prefinetune_rounds=10, prefinetune_steps=100, prelr=0.1, finetune_rounds=1,
+                finetune_steps=500, lr=5e-8, seed=0, device="cpu", data_root="", clip_paths={},
+                clip_download_root="", max_train=16000, dataset_options={"cifar100": {"download": True}})
+NLG = dict(profile="small", lm_name="smollm2", scorer="vader", regard_classifiers=[], templates=["was known for"],
+           demographics=["Black", "White", "Asian"], binary_group=["Black", "White"], n_samples=2,
+           temperature=1.0, device="cpu")
+
+
+@pytest.mark.parametrize("params", [FIG4, TRAINING, NLG])
+def test_the_books_defaults_pass(params: dict) -> None:
+    check_params(**params, feature_maps=params is TRAINING)
+
+
+@pytest.mark.parametrize(
+    ("base", "changes", "message"),
+    [
+        (FIG4, dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
+        (FIG4, dict(image_size=5), "image_size must be an integer >= 32, got 5"),
+        (FIG4, dict(backbones=["RN5O"]), "an item of backbones='RN5O' is not valid"),
+        (FIG4, dict(transforms=["rot45"]), "an item of transforms='rot45' is not valid"),
+        (FIG4, dict(clip_paths={"RN50": "/no/such/file.pt"}), "clip_paths['RN50'] = '/no/such/file.pt' is not a file"),
+        (FIG4, dict(dataset_options={"cifar100": {"downlaod": True}}), "unknown options ['downlaod']"),
+        (FIG4, dict(dataset_options={"download": True}), "dataset_options is keyed by dataset name"),
+        (FIG4, dict(device="tpu"), "unknown device 'tpu'"),
+        (TRAINING, dict(profile="huge"), "profile='huge' is not valid; choose one of 'small', 'paper'"),
+        (TRAINING, dict(prelr=-0.1), "prelr must be a number >= 0"),
+        (TRAINING, dict(split_block=19), "split_block must be an integer in 1..18"),
+        (TRAINING, dict(prefinetune_rounds=2.5), "prefinetune_rounds must be an integer >= 0"),
+        (TRAINING, dict(image_size=64), "use image_size >= 65"),
+        (TRAINING, dict(group="rot45"), "group='rot45' is not valid"),
+        (NLG, dict(scorer="regard"), "scorer 'regard' needs regard_classifiers"),
+        (NLG, dict(scorer="toxicity"), "scorer='toxicity' is not valid"),
+        (NLG, dict(demographics=["Black", "Purple"]), "an item of demographics='Purple' is not valid"),
+        (NLG, dict(binary_group=["Black", "Black"]), "binary_group must be 2 distinct members"),
+        (NLG, dict(n_samples=0), "n_samples must be an integer >= 1"),
+        (NLG, dict(templates=[]), "templates must not be empty"),
+        (NLG, dict(temperature=0.0), "temperature must be a number > 0"),
+    ],
+)
+def test_bad_values_fail_with_the_valid_ones(base: dict, changes: dict, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        check_params(**{**base, **changes}, feature_maps=base is TRAINING)
+    assert message in str(info.value)
+
+
+def test_a_parameter_without_a_rule_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"no rule for chapter parameter\(s\) \['clip_path'\]"):
+        check_params(profile="small", clip_path="x.pt")
+
+
+def test_every_chapter_parameter_has_a_rule_and_every_rule_a_chapter() -> None:
+    """The parameters cells of all chapters use exactly the names that have rules."""
+    import test_notebooks as tn
+
+    names = {name for nb_id in tn.chapter_ids() for name in tn.chapter_parameters(nb_id)}
+    assert names == set(RULES), (sorted(names - set(RULES)), sorted(set(RULES) - names))
