@@ -7,11 +7,13 @@ permutation and no backbone pass is needed.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
+from .cache import cache_key, load_or_compute
 from .checks import format_error
 from .engine import model_device
 from .groups import Group
@@ -130,10 +132,22 @@ def plain_head_top1(head: nn.Module, feats: Tensor, labels: Tensor, batch_size: 
     return {k: 100.0 * v / len(labels) for k, v in hits.items()}
 
 
-def positional_head(setup: TrainingSetup) -> nn.Module:
+def positional_head(setup: TrainingSetup, cache_dir: str | Path | None = None) -> nn.Module:
     """A head that sees *where* a feature is: a linear classifier on the flattened map [C*h*w], fitted on
-    the upright training maps (a stand-in for attnpool's absolute positional embedding)."""
-    return nn.Sequential(nn.Flatten(), fit_linear_head(setup.train_feats[:, 0].flatten(1), setup.train.labels))
+    the upright training maps (a stand-in for attnpool's absolute positional embedding).
+
+    ``cache_dir``: keep the fitted head there, keyed by the setup (two chapters use the same head).
+    """
+    def fit() -> dict:
+        return fit_linear_head(setup.train_feats[:, 0].flatten(1), setup.train.labels).state_dict()
+
+    if cache_dir is None or not setup.key:
+        state = fit()
+    else:
+        state = load_or_compute(Path(cache_dir) / f"positional_head_{cache_key(setup=setup.key)}.pt", fit)
+    linear = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
+    linear.load_state_dict(state)
+    return nn.Sequential(nn.Flatten(), linear.requires_grad_(False))
 
 
 def symmetry_tables(models: dict[str, OrbitWrapper], setup: TrainingSetup, heads: dict[str, nn.Module]):

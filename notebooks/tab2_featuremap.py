@@ -16,7 +16,8 @@
 # %% [markdown]
 # # Feature-map λ-equitune vs the invariant λ-equitune (article Table 2)
 #
-# **Claim** (Vlasenko et al., §4.2, Table 2). The article moves λ-equitune from CLIP's embeddings to its
+# **Claim** {cite}`vlasenko2024even` (Vlasenko et al., §4.2, Table 2). The article moves λ-equitune from CLIP's
+# embeddings to its
 # spatial feature maps. The maps of the four rotated views come from layer4 of CLIP RN50 (2048×7×7). A λ
 # network scores each map, and the softmax of the scores weights the maps. The combined map goes through
 # CLIP's attention pooling and the text head. On CIFAR100 under random 90° rotations, prefinetuning
@@ -74,7 +75,7 @@ from myst_nb import glue
 
 from equinb import get_group, viz
 from equinb.analysis import plain_head_top1, positional_head, symmetry_tables
-from equinb.cache import run_cache_dir
+from equinb.cache import cache_dir, run_cache_dir
 from equinb.chapter import check_params
 from equinb.engine import TrainConfig
 from equinb.noise import compare_directions, loss_label, noise_note, tolerance
@@ -96,7 +97,8 @@ setup_options = dict(backbone=backbone, dataset=dataset, image_size=image_size, 
                      device=device, data_root=data_root, clip_paths=clip_paths, clip_download_root=clip_download_root,
                      max_train=max_train, dataset_options=dataset_options)
 runs = run_cache_dir(data_root)
-noise = {name: tolerance(name) for name in ("top1", "top1_chaotic", "logit", "loss")}  # measured spreads between CPUs and seeds
+# measured spreads between CPUs and seeds
+noise = {name: tolerance(name) for name in ("top1", "top1_chaotic", "logit", "loss")}
 viz.book_style()
 pd.set_option("display.precision", 2)
 print(f"profile={profile} backbone={backbone} dataset={dataset} group={group} device={device}")
@@ -145,8 +147,9 @@ by_variant = ours.set_index("variant")
 
 
 def minus_invariant(names, tol):  # feature map (as published) minus invariant rows, beside the article's (prelr 0.33)
-    ours_gain = pd.Series({(name.replace("updated_", ""), stage): by_variant.loc["feature_map (as published)",
-                           f"{stage}_top1"] - by_variant.loc[name, f"{stage}_top1"] for name in names for stage in stages})
+    published = by_variant.loc["feature_map (as published)"]
+    ours_gain = pd.Series({(name.replace("updated_", ""), stage): published[f"{stage}_top1"]
+                           - by_variant.loc[name, f"{stage}_top1"] for name in names for stage in stages})
     article_gain = pd.Series({key: article.loc["feature_map", f"{key[1]}_top1"]
                               - article.loc["updated_invariant", f"{key[1]}_top1"] for key in ours_gain.index})
     return compare_directions(ours_gain, article_gain, tol.absolute)
@@ -226,7 +229,8 @@ display(plain)
 # pooling does not, so it keeps aligned logits invariant.
 
 # %% tags=["tolerance-logit"]
-heads = {"head": maps.head, **({"positional": positional_head(maps)} if profile == "small" else {})}
+positional = {"positional": positional_head(maps, cache_dir(data_root))} if profile == "small" else {}
+heads = {"head": maps.head, **positional}
 models = {name: trained_model(maps, map_config, "lambda_equitune", "described" in name, states[name]["prefinetune"])
           for name in ("feature_map (as published)", "feature_map (as described)")}
 errors, top1 = symmetry_tables(models, maps, heads)

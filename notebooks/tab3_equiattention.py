@@ -16,7 +16,8 @@
 # %% [markdown]
 # # Equiattention vs feature-map λ-equitune (article Table 3)
 #
-# **Claim** (Vlasenko et al., §4.3, Table 3). Equiattention replaces the λ network with one attention
+# **Claim** {cite}`vlasenko2024even` (Vlasenko et al., §4.3, Table 3). Equiattention replaces the λ network with one
+# attention
 # head between the views. Queries and keys come from two networks shaped like the λ network, and the
 # values are the views' feature maps. The output is the mean over the queries. Each view's effective
 # weight is therefore the column mean of the attention matrix $A$. On CIFAR100 under random 90°
@@ -65,7 +66,7 @@ from myst_nb import glue
 
 from equinb import get_group, viz
 from equinb.analysis import positional_head, symmetry_tables
-from equinb.cache import run_cache_dir
+from equinb.cache import cache_dir, run_cache_dir
 from equinb.chapter import check_params
 from equinb.noise import compare_directions, noise_note, tolerance
 from equinb.reference import article_tab3, beside_article
@@ -151,7 +152,8 @@ glue("profile", profile, display=False)
 # why average pooling hides the difference.
 
 # %% tags=["tolerance-logit"]
-heads = {"head": maps.head, **({"positional": positional_head(maps)} if profile == "small" else {})}
+positional = {"positional": positional_head(maps, cache_dir(data_root))} if profile == "small" else {}
+heads = {"head": maps.head, **positional}
 models = {f"{method} ({alignment})": trained_model(maps, config, method, alignment == "as described",
                                                   states[f"{method} ({alignment})"]["prefinetune"])
           for method in methods for alignment in ("as published", "as described")}
