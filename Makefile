@@ -2,6 +2,9 @@
 #
 #   make book                 execute every chapter (small profile: CPU, offline) and build _build/html
 #   make book PROFILE=paper   the same with notebooks/params/<id>.paper.yaml (GPU + internet)
+#   make book REUSE=1         execute only chapters without an executed copy of this profile, then build
+#   make chapter ID=<id>      execute one chapter into _build/executed/ (PROFILE=paper, ARGS="-p seed 1")
+#   make paper-check          what the paper profile needs on this machine, and what is missing
 #   make test                 unit tests + nbval regression of the committed notebooks (trained numbers
 #                             within their measured tolerance, everything else exactly)
 #   make test-portable        make book + make test under each numerical mode (tools/numerical_modes.py)
@@ -24,10 +27,10 @@ STAMP := $(VENV)/.installed
 # pip on the build machine prints many harmless "Location ... is ignored" warnings; drop only those lines.
 PIP_FILTER := { grep -v -E 'Location .* is ignored' || true; }
 
-.PHONY: help venv test test-portable book notebooks clean
+.PHONY: help venv test test-portable book chapter paper-check notebooks clean
 
 help:
-	@sed -n '3,10p' Makefile | sed 's/^# *//'
+	@sed -n '3,13p' Makefile | sed 's/^# *//'
 
 venv: $(STAMP)
 
@@ -52,7 +55,14 @@ test-portable: $(STAMP)
 	$(PY) tools/test_portable.py
 
 book: $(STAMP)
-	$(PY) tools/build_book.py --profile "$(PROFILE)"
+	$(PY) tools/build_book.py --profile "$(PROFILE)" $(if $(REUSE),--reuse,)
+
+chapter: $(STAMP)
+	@test -n "$(ID)" || { echo "make chapter: give ID=<chapter id>, e.g. make chapter ID=fig4_zeroshot"; exit 2; }
+	$(PY) tools/build_book.py --profile "$(PROFILE)" --only $(ID) $(ARGS)
+
+paper-check: $(STAMP)
+	$(PY) tools/check_paper_setup.py
 
 notebooks: $(STAMP)
 	$(PY) tools/refresh_notebooks.py

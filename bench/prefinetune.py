@@ -3,7 +3,8 @@
 Small profile (CPU): MobileNetV2 at 64 px on digits, rot90, the updated code's settings. Both sides run the
 same schedule (default 2 rounds of the restarted loader, 34 steps each, plus the selection evaluations) from
 the same seed. The cache is built once per backbone, dataset and group and shared by every run of a chapter;
-its cost is printed separately. The article-style side runs the whole frozen backbone on every step, with autograd through
+its cost is printed separately. The article-style side runs the whole frozen backbone on every step, with autograd
+through
 it (its code has no ``no_grad``), as the article's training loop does.
 
     .venv/bin/python bench/prefinetune.py          # last line: wall_ratio=<x>   (target >= 10)

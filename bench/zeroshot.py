@@ -47,7 +47,8 @@ def article_style(encoder, head, loader, transforms, seed: int = 0) -> dict:
             draws = group_transform_indices(len(loader.dataset), group.order, "batch", loader.batch_size, seed)
             scores, labels, start = [], [], 0
             for images, y in loader:
-                k = int(draws[start]); start += len(y)
+                k = int(draws[start])
+                start += len(y)
                 x = d4_act(images, group.elements[k])  # the random test transformation of this batch
                 if method == "vanilla":
                     probs = torch.softmax(head(encoder(x)), -1)
@@ -55,7 +56,8 @@ def article_style(encoder, head, loader, transforms, seed: int = 0) -> dict:
                     views = torch.cat([d4_act(x, e) for e in group.elements])
                     probs = torch.softmax(head(encoder(views)), -1).reshape(group.order, len(y), -1)
                     probs = probs.mean(0) if method == "equitune" else probs.amax(0)
-                scores.append(probs); labels.append(y)
+                scores.append(probs)
+                labels.append(y)
             results[(name, method)] = topk_accuracy(torch.cat(scores), torch.cat(labels), 1)
     return results
 

@@ -56,7 +56,8 @@ def _integer(low: int, high: int | None = None) -> Callable[[str, Any], None]:
 
 def _number(low: float, *, strict: bool = False) -> Callable[[str, Any], None]:
     def rule(name: str, value: Any) -> None:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value > low if strict else value >= low)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = number and (value > low if strict else value >= low)
         if not ok:
             raise ValueError(f"{name} must be a number {'>' if strict else '>='} {low}, got {value!r}")
     return rule
@@ -125,7 +126,8 @@ def _transforms(name: str, value: Any) -> None:
 
 
 def _strings(name: str, value: Any) -> None:
-    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+    is_list = isinstance(value, (list, tuple)) and not isinstance(value, str)
+    if not is_list or not all(isinstance(v, str) and v for v in value):
         raise ValueError(f"{name} must be a list of non-empty strings, got {value!r}")
 
 
@@ -194,7 +196,8 @@ def check_params(*, feature_maps: bool = False, **params: Any) -> None:
     """
     unknown = sorted(set(params) - set(RULES))
     if unknown:
-        raise TypeError(f"no rule for chapter parameter(s) {unknown}; every parameter needs one in equinb.chapter.RULES")
+        raise TypeError(f"no rule for chapter parameter(s) {unknown}; every parameter needs one in "
+                        "equinb.chapter.RULES")
     for name, value in params.items():
         RULES[name](name, value)
     if feature_maps and params.get("profile") == "small" and "image_size" in params:

@@ -73,7 +73,8 @@ CIFAR100_CLASSES: list[str] = [
     "mouse", "mushroom", "oak tree", "orange", "orchid", "otter", "palm tree", "pear", "pickup truck", "pine tree",
     "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
     "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
-    "squirrel", "streetcar", "sunflower", "sweet pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+    "squirrel", "streetcar", "sunflower", "sweet pepper", "table", "tank", "telephone", "television", "tiger",
+    "tractor",
     "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow tree", "wolf", "woman", "worm",
 ]  # fmt: skip
 
@@ -300,13 +301,19 @@ class ImageNetV2(Dataset):
     Shapes: items are ``(transform(RGB PIL image), label int)``; ``targets`` [N] list of ints.
     """
 
-    def __init__(self, root: str | Path | None = None, transform: Callable | None = None) -> None:
+    def __init__(self, root: str | Path | None = None, transform: Callable | None = None, download: bool = False,
+                 url: str = _IMAGENETV2_URL) -> None:
         self.folder = _resolve_root(root) / "imagenetv2" / _IMAGENETV2_FOLDER
         how = (
-            f"Download imagenetv2-matched-frequency.tar.gz from the ImageNetV2 release "
+            f"Pass download=True (dataset_options {{'imagenetv2': {{'download': True}}}}, about 1.3 GB), or download "
+            f"imagenetv2-matched-frequency.tar.gz from the ImageNetV2 release "
             f"(https://github.com/modestyachts/ImageNetV2; {_IMAGENETV2_URL}) and extract it into "
             f"{self.folder.parent}, so that {self.folder}/<class index>/*.jpeg exist (or set EQUINB_DATA)."
         )
+        if download and not self.folder.is_dir():
+            from torchvision.datasets.utils import download_and_extract_archive
+
+            download_and_extract_archive(url, download_root=str(self.folder.parent), remove_finished=True)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"ImageNetV2 not found: expected the folder {self.folder}. {how}")
         samples: list[tuple[Path, int]] = []
@@ -458,7 +465,7 @@ DATASETS: dict[str, DatasetSpec] = {
                             lambda: list(CIFAR100_CLASSES), ("root", "transform", "download", "verify_md5"),
                             in_memory=True),
     "imagenetv2": DatasetSpec("imagenetv2", lambda split, **kw: ImageNetV2(**kw), ("test",), "test",
-                              _imagenet_classes, ("root", "transform")),
+                              _imagenet_classes, ("root", "transform", "download", "url")),
     "isic2018": DatasetSpec("isic2018", lambda split, **kw: ISIC2018(split, **kw), ("train", "val"), "val",
                             lambda: list(ISIC2018_CLASSES), ("root", "transform")),
 }
@@ -474,7 +481,8 @@ def get_dataset(name: str, split: str, **kwargs: Any) -> Dataset:
     """The dataset ``name`` (one of ``DATASET_NAMES``), split ``split`` (see ``DATASETS[name].splits``).
 
     kwargs: digits: size, mean, std, test_fraction, seed; cifar100: root, transform, download, verify_md5;
-    imagenetv2 and isic2018: root, transform. Names, splits and kwargs are checked before any loading.
+    imagenetv2: root, transform, download, url; isic2018: root, transform. Names, splits and kwargs are checked
+    before any loading.
     """
     spec = dataset_spec(name)
     _check_split(name, split)

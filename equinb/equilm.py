@@ -40,7 +40,8 @@ from .groups import TokenPermutationGroup
 
 __all__ = [
     "GENERAL_WORDS", "SMOLLM2", "OUTPUT_ACTIONS", "word_token_ids", "word_group", "EquiLM", "LMOutput",
-    "lm_forward", "sequence_logprob", "generate", "generate_batch", "load_causal_lm", "encode", "lm_device", "from_pretrained",
+    "lm_forward", "sequence_logprob", "generate", "generate_batch", "load_causal_lm", "encode", "lm_device",
+    "from_pretrained",
 ]
 
 # R-EquiLM's general words (wordlists.general_words): their logits come from the identity view only.

@@ -79,7 +79,8 @@ class RegardClassifier:
         for source in sources:
             tok, model = from_pretrained(
                 AutoModelForSequenceClassification, source, "the regard classifier",
-                "Pass a local folder with config.json, the weights and the tokenizer files, or a hub id reachable online.")
+                "Pass a local folder with config.json, the weights and the tokenizer files, or a hub id reachable "
+                "online.")
             if model.config.num_labels != len(label_names):
                 raise ValueError(f"regard classifier {source!r} has {model.config.num_labels} classes but "
                                  f"label_names has {len(label_names)}: {list(label_names)}")

@@ -108,7 +108,8 @@ def article_tab1():
 
 def article_tab2():
     """Table 2: top-1 (%) per variant (``updated_invariant``, ``feature_map``), one column per metric."""
-    return reference_table("tab2_invariant_vs_featuremap").pivot_table(index="variant", columns="metric", values="value")
+    return reference_table("tab2_invariant_vs_featuremap").pivot_table(index="variant", columns="metric",
+                                                                       values="value")
 
 
 def article_tab3():

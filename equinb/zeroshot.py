@@ -128,7 +128,8 @@ def evaluate_views(logits: torch.Tensor, labels: torch.Tensor, elements: Sequenc
         group = transform_group(name)
         missing = [e for e in group.elements if e not in elements]
         if missing:
-            raise ValueError(f"transformation {name!r} needs views {missing}, not in the computed views {list(elements)}")
+            raise ValueError(f"transformation {name!r} needs views {missing}, not in the computed views "
+                             f"{list(elements)}")
         views = logits[:, [list(elements).index(e) for e in group.elements]]  # [N, G, C]
         # the wrappers themselves, on cached logits: identity trunk and head, softmax of 1x cosine (as published)
         equitune = Equitune(nn.Identity(), group, output_softmax=True)

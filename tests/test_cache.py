@@ -60,7 +60,8 @@ def test_source_fingerprint_ignores_documentation_but_not_code(tmp_path: Path) -
     source = tmp_path / "m.py"
     source.write_text('"""Module."""\n\ndef f(x):\n    """Doc."""\n    return x + 1  # comment\n')
     before = source_fingerprint(source)
-    source.write_text('"""Another module text."""\n\n\ndef f(x):\n    """Rewritten doc."""\n    # why\n    return x + 1\n')
+    source.write_text('"""Another module text."""\n\n\ndef f(x):\n    """Rewritten doc."""\n'
+                      '    # why\n    return x + 1\n')
     assert source_fingerprint(source) == before
     source.write_text('"""Module."""\n\ndef f(x):\n    """Doc."""\n    return x + 2\n')
     assert source_fingerprint(source) != before
@@ -80,7 +81,8 @@ def test_editing_the_engine_docstrings_keeps_the_run_cache(tmp_path: Path, monke
     engine = copy / "engine.py"
     text = engine.read_text()
     engine.write_text(text.replace('"""Top-1 accuracy (%)', '"""Top-1 accuracy in percent (%)', 1)
-                      .replace("    was_training = model.training\n", "    # remember the mode\n    was_training = model.training\n", 1))
+                      .replace("    was_training = model.training\n",
+                               "    # remember the mode\n    was_training = model.training\n", 1))
     assert engine.read_text() != text
     assert su.training_code_fingerprint() == before
     engine.write_text(text.replace("return 100.0 * correct / max(total, 1)", "return 100.0 * correct / max(total, 2)"))

@@ -188,6 +188,32 @@ def test_imagenetv2_missing(tmp_path: Path) -> None:
     assert str(tmp_path / "imagenetv2" / "imagenetv2-matched-frequency-format-val") in str(info.value)
 
 
+def test_imagenetv2_download_fetches_and_extracts_the_release_archive(tmp_path: Path) -> None:
+    """download=True fetches the archive and extracts it into <root>/imagenetv2 (from a local HTTP server)."""
+    import functools
+    import tarfile
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    source = tmp_path / "release"
+    for label in (0, 3):
+        _jpeg(source / "imagenetv2-matched-frequency-format-val" / str(label) / "x.jpeg", value=label)
+    archive = tmp_path / "imagenetv2-matched-frequency.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source / "imagenetv2-matched-frequency-format-val", arcname="imagenetv2-matched-frequency-format-val")
+    root = tmp_path / "data"
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/{archive.name}"
+        ds = get_dataset("imagenetv2", "test", root=root, download=True, url=url)
+    finally:
+        server.shutdown()
+    assert ds.targets == [0, 3] and not (root / "imagenetv2" / archive.name).exists()  # the archive is removed
+    assert ImageNetV2(root=root).targets == [0, 3]  # a second call finds the folder, no download
+
+
 # ---------------------------------------------------------------------------------------------- ISIC 2018
 
 

@@ -1,4 +1,5 @@
-"""The training engine (lambda-equitune and equiattention through the wrappers): exact caching, frozen parts, each as-published option, seeding."""
+"""The training engine, which trains the wrappers themselves: exact caching, frozen parts, each as-published option,
+seeding."""
 
 from __future__ import annotations
 

@@ -1,8 +1,15 @@
 """Execute the book's notebooks with papermill and build the HTML book with Jupyter Book 1.
 
-Usage (from the repository root; `make book` calls this):
+Usage (from the repository root; `make book` and `make chapter` call this):
 
-    .venv/bin/python tools/build_book.py [--profile small|paper] [--no-execute]
+    .venv/bin/python tools/build_book.py [--profile small|paper] [--no-execute | --reuse] [--keep-going]
+    .venv/bin/python tools/build_book.py --only fig4_zeroshot [--profile paper] [-p seed 1] [-p datasets '[digits]']
+
+`--only ID ...` executes just those chapters into `_build/executed/` (the others stay as they are) and builds no
+HTML; `--reuse` executes only the chapters that have no executed copy of the same profile, then builds the HTML;
+`--keep-going` runs the remaining chapters after one fails and reports every failure at the end. `-p NAME VALUE`
+(the value is read as YAML) overrides a parameter; a name that the chapter's parameters cell does not declare is
+refused with the valid names (papermill itself would only warn and run the defaults).
 
 Steps:
   1. Read the chapter ids from `_toc.yml` (every `file: notebooks/<id>` entry).
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,9 +51,31 @@ def rel(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+class ChapterFailed(RuntimeError):
+    """A chapter could not be executed (the message says which and why)."""
+
+
 def fail(msg: str) -> None:
     print(f"build_book: error: {msg}", file=sys.stderr)
     sys.exit(2)
+
+
+def chapter_parameters(nb_id: str) -> list[str]:
+    """The names declared in a chapter's parameters cell: its ``name: type = value  # help`` lines."""
+    text = (ROOT / "notebooks" / f"{nb_id}.py").read_text()
+    if 'tags=["parameters"]' not in text:
+        return []
+    cell = text.split('tags=["parameters"]', 1)[1].split("# %%", 1)[0]
+    return re.findall(r"^([a-z_][a-z0-9_]*): [A-Za-z_.\[\], ]+ = ", cell, flags=re.M)
+
+
+def check_parameter_names(nb_id: str, names, source: str) -> None:
+    """Refuse parameter names the chapter does not declare, naming the ones it does."""
+    declared = chapter_parameters(nb_id)
+    unknown = [n for n in names if n not in declared]
+    if unknown:
+        fail(f"{source}: notebooks/{nb_id} has no parameter {', '.join(map(repr, unknown))}; "
+             f"its parameters are: {', '.join(declared)}")
 
 
 def toc_files(node) -> list[str]:
@@ -83,6 +113,7 @@ def params_file(nb_id: str, profile: str) -> Path | None:
     if not path.is_file():
         fail(f"profile {profile!r} needs the parameter file {rel(path)} for notebook {nb_id!r}, "
              "and it does not exist")
+    check_parameter_names(nb_id, list(yaml.safe_load(path.read_text()) or {}), rel(path))
     return path
 
 
@@ -95,6 +126,7 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
     source = ROOT / "notebooks" / f"{nb_id}.py"
     if not source.is_file():
         fail(f"_toc.yml lists notebooks/{nb_id} but {rel(source)} does not exist")
+    check_parameter_names(nb_id, list(parameters or {}), "parameters")
     out.parent.mkdir(parents=True, exist_ok=True)
     to_ipynb = [str(BIN / "jupytext"), "--quiet", "--to", "ipynb", "-o", "-", str(source)]
     # --language: a .py without a kernelspec gives papermill no language, which it needs to inject parameters.
@@ -115,11 +147,39 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
     pm = subprocess.run(run_pm, stdin=jt.stdout, env=env)
     jt.stdout.close()
     if jt.wait() != 0:
-        fail(f"jupytext could not convert {rel(source)}")
+        raise ChapterFailed(f"jupytext could not convert {rel(source)}")
     if pm.returncode != 0:
-        fail(f"papermill failed on notebooks/{nb_id} (profile {profile}); see its message above"
-             + (f"; the partly executed notebook is {rel(out)}" if out.is_file() else ""))
+        raise ChapterFailed(f"papermill failed on notebooks/{nb_id} (profile {profile}); see its message above"
+                            + (f"; the partly executed notebook is {rel(out)}" if out.is_file() else ""))
+    profile_marker(out).write_text(profile + "\n")
     print(f"build_book: notebooks/{nb_id} done in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def profile_marker(executed: Path) -> Path:
+    """The file that records which profile produced an executed chapter (``<id>.profile`` next to it)."""
+    return executed.with_suffix(".profile")
+
+
+def executed_profile(nb_id: str) -> str | None:
+    marker = profile_marker(EXECUTED / "notebooks" / f"{nb_id}.ipynb")
+    return marker.read_text().strip() if marker.is_file() and marker.with_suffix(".ipynb").is_file() else None
+
+
+def execute_all(ids: list[str], profile: str, parameters: dict, keep_going: bool) -> None:
+    """Execute chapters in order; with ``keep_going``, run the rest after a failure and fail at the end."""
+    failures = []
+    for nb_id in ids:
+        out = EXECUTED / "notebooks" / f"{nb_id}.ipynb"
+        profile_marker(out).unlink(missing_ok=True)  # a half-run chapter never counts as executed
+        try:
+            execute(nb_id, profile, out, parameters)
+        except ChapterFailed as err:
+            if not keep_going:
+                fail(str(err))
+            print(f"build_book: error: {err}; continuing (--keep-going)", file=sys.stderr, flush=True)
+            failures.append(nb_id)
+    if failures:
+        fail(f"{len(failures)} chapter(s) failed: {', '.join(failures)}")
 
 
 def stage(ids: list[str]) -> None:
@@ -150,33 +210,55 @@ def build_html() -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="small", help=f"one of {', '.join(PROFILES)} (default small)")
-    parser.add_argument("--no-execute", action="store_true",
-                        help="reuse the notebooks already in _build/executed (same profile) and only rebuild HTML")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--no-execute", action="store_true",
+                      help="reuse the notebooks already in _build/executed (same profile) and only rebuild HTML")
+    mode.add_argument("--reuse", action="store_true",
+                      help="execute only chapters without an executed copy of this profile, then build the HTML")
+    mode.add_argument("--only", nargs="+", metavar="ID", help="execute only these chapters; no HTML")
+    parser.add_argument("--keep-going", action="store_true", help="run the other chapters after one fails")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="override a chapter parameter (VALUE is YAML: 3, 0.1, '[a, b]', '{k: v}')")
     args = parser.parse_args(argv)
     if args.profile not in PROFILES:
         fail(f"unknown PROFILE {args.profile!r}; valid profiles: {', '.join(PROFILES)}")
-    ids = notebook_ids()
+    parameters = {name: yaml.safe_load(value) for name, value in args.parameter}
+    toc_ids = notebook_ids()
+    ids = toc_ids
+    if args.only:
+        unknown = [i for i in args.only if i not in toc_ids]
+        if unknown:
+            fail(f"unknown chapter {', '.join(map(repr, unknown))}; chapters: {', '.join(toc_ids)}")
+        ids = args.only
+    elif parameters:
+        fail("-p applies to one chapter at a time: add --only <id> (or use make chapter ID=<id>)")
     print(f"build_book: profile {args.profile}; notebooks: {', '.join(ids) or '(none)'}", flush=True)
-    for nb_id in ids:  # check every source and parameter file before running anything
+    for nb_id in ids:  # check every source, parameter file and parameter name before running anything
         if not (ROOT / "notebooks" / f"{nb_id}.py").is_file():
             fail(f"_toc.yml lists notebooks/{nb_id} but notebooks/{nb_id}.py does not exist")
         params_file(nb_id, args.profile)
+        check_parameter_names(nb_id, list(parameters), "-p")
 
     start = time.perf_counter()
-    marker = EXECUTED / "PROFILE"
+    if args.only:
+        execute_all(ids, args.profile, parameters, args.keep_going)
+        print(f"build_book: executed {', '.join(ids)} ({args.profile}) into {rel(EXECUTED)}/notebooks in "
+              f"{time.perf_counter() - start:.0f} s; `make book REUSE=1` builds the HTML with them", flush=True)
+        return
     if args.no_execute:
-        built = marker.read_text().strip() if marker.is_file() else None
-        if built != args.profile:
-            fail(f"--no-execute: _build/executed holds profile {built!r}, not {args.profile!r}; run without it")
-        missing = [i for i in ids if not (EXECUTED / "notebooks" / f"{i}.ipynb").is_file()]
-        if missing:
-            fail(f"--no-execute: no executed copy of {', '.join(missing)} in _build/executed/notebooks")
+        wrong = {i: executed_profile(i) for i in ids if executed_profile(i) != args.profile}
+        if wrong:
+            fail(f"--no-execute: no executed copy of profile {args.profile!r} for "
+                 + ", ".join(f"{i} (found {p!r})" for i, p in wrong.items()) + "; run without it")
+    elif args.reuse:
+        missing = [i for i in ids if executed_profile(i) != args.profile]
+        print(f"build_book: reusing {len(ids) - len(missing)} executed chapter(s); executing "
+              f"{', '.join(missing) or 'none'}", flush=True)
+        execute_all(missing, args.profile, {}, args.keep_going)
     else:
         if EXECUTED.exists():
             shutil.rmtree(EXECUTED)
-        for nb_id in ids:
-            execute(nb_id, args.profile, EXECUTED / "notebooks" / f"{nb_id}.ipynb")
-        marker.write_text(args.profile + "\n")
+        execute_all(ids, args.profile, {}, args.keep_going)
     stage(ids)
     build_html()
     print(f"build_book: profile {args.profile}: {rel(HTML)}/index.html built in "

@@ -26,7 +26,7 @@ from jupytext.combine import combine_inputs_with_outputs
 from jupytext.config import load_jupytext_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_book import ROOT, execute, fail, notebook_ids  # noqa: E402
+from build_book import ROOT, ChapterFailed, execute, fail, notebook_ids  # noqa: E402
 
 TEXT_FMT = "py:percent"
 
@@ -67,7 +67,10 @@ def refresh(nb_id: str) -> None:
     target = ROOT / "notebooks" / f"{nb_id}.ipynb"
     with tempfile.TemporaryDirectory(prefix=f"refresh_{nb_id}_") as tmp:
         executed = Path(tmp) / f"{nb_id}.ipynb"
-        execute(nb_id, "small", executed)
+        try:
+            execute(nb_id, "small", executed)
+        except ChapterFailed as err:
+            fail(str(err))
         outputs = strip_papermill(nbformat.read(executed, as_version=4))
     inputs = jupytext.read(source)  # inputs and pairing metadata, exactly as the .py holds them
     if "kernelspec" not in inputs.metadata:

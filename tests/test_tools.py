@@ -1,0 +1,52 @@
+"""The command-line tools: the paper-setup check and the per-chapter build's parameter checks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import build_book  # noqa: E402
+import check_paper_setup as cps  # noqa: E402
+
+
+def test_paper_check_names_each_missing_piece_with_its_fix(tmp_path: Path) -> None:
+    from test_data import _one_hot, _write_isic
+
+    params = dict(profile="paper", backbone="RN50", dataset="digits", orientation_free="isic2018", device="cpu",
+                  data_root=str(tmp_path), clip_paths={"RN50": str(tmp_path / "missing.pt")})
+    items = {item.what: item for item in cps.chapter_needs("fig2_3_lambda_weights", params)}
+    assert not items["CLIP RN50 weights"].ok and "does not exist" in items["CLIP RN50 weights"].note
+    assert not items["dataset isic2018"].ok and "challenge.isic-archive.com" in items["dataset isic2018"].note
+    assert items["dataset digits"].ok and items["GPU"].ok  # bundled digits; device cpu needs no GPU
+    for part, n in (("Training", 3), ("Validation", 2)):
+        _write_isic(tmp_path, part, [(f"ISIC_{part[0]}{i:06d}", _one_hot(i % 7)) for i in range(n)])
+    (tmp_path / "missing.pt").write_bytes(b"weights")
+    items = {item.what: item for item in cps.chapter_needs("fig2_3_lambda_weights", params)}
+    assert items["dataset isic2018"].ok and items["CLIP RN50 weights"].ok
+
+
+def test_paper_check_wants_regard_classifiers() -> None:
+    items = cps.chapter_needs("fig6_nlg_fairness", dict(profile="paper", lm_name="gpt2", scorer="regard",
+                                                        regard_classifiers=[], device="cpu"))
+    assert any(not i.ok and "regard_classifiers is empty" in i.note for i in items)
+
+
+def test_chapter_parameters_are_read_from_the_parameters_cell() -> None:
+    assert build_book.chapter_parameters("fig4_zeroshot")[:3] == ["profile", "backbones", "datasets"]
+    assert "clip_paths" in build_book.chapter_parameters("tab1_original_vs_updated")
+
+
+def test_an_undeclared_parameter_is_refused_before_anything_runs(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_book.main(["--only", "fig4_zeroshot", "-p", "backbone", "RN50"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "notebooks/fig4_zeroshot has no parameter 'backbone'" in err and "backbones" in err
+    with pytest.raises(SystemExit):
+        build_book.main(["--only", "fig4_zeroshot_typo"])
+    assert "unknown chapter 'fig4_zeroshot_typo'" in capsys.readouterr().err

@@ -1,0 +1,156 @@
+"""What the paper profile needs on this machine, chapter by chapter, and what is missing (with the fix).
+
+Usage (from the repository root; `make paper-check` calls this):
+
+    .venv/bin/python tools/check_paper_setup.py [--profile paper]
+
+It reads each chapter's `notebooks/params/<id>.<profile>.yaml` and looks, without any GPU work or download, for:
+a CUDA GPU, the Python packages, the CLIP weights (in `clip_paths`, `clip_download_root` or `~/.cache/clip`), the
+datasets under `$EQUINB_DATA` (or `data_root`), the language model and regard classifiers, and free disk for the
+caches. A dataset that the parameters let the chapter download (`download: true`) counts as present but is marked
+"downloads on first run (internet)". Exit status 1 when anything is missing, 0 when every chapter can run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shutil
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+from build_book import notebook_ids  # noqa: E402
+
+# Disk each chapter's caches take in the paper profile (estimates from the cache layouts: fp16 features of
+# 16,000 + 10,000 CIFAR100 images x 4 views; layer4 maps of RN50 are 2048 x 7 x 7 per view).
+DISK_GB = {"fig4_zeroshot": 1.5, "tab1_original_vs_updated": 0.3, "tab2_featuremap": 21.0,
+           "tab3_equiattention": 0.1, "fig2_3_lambda_weights": 1.0, "fig6_nlg_fairness": 0.1}
+
+
+@dataclass
+class Item:
+    what: str
+    ok: bool
+    note: str  # the fix when missing, or how it is satisfied
+
+
+def _package(name: str, extra: str) -> Item:
+    found = importlib.util.find_spec(name) is not None
+    return Item(f"python package {name}", found, "installed" if found else f"pip install -e '.[{extra}]'")
+
+
+def _gpu(device: str) -> Item:
+    import torch
+
+    if not str(device).startswith("cuda"):
+        return Item("GPU", True, f"not needed (device={device})")
+    ok = torch.cuda.is_available()
+    return Item("CUDA GPU", ok, torch.cuda.get_device_name(0) if ok else
+                "no CUDA GPU visible to torch: run on a GPU machine, or pass -p device cpu (slow)")
+
+
+def _clip_weights(name: str, params: dict) -> Item:
+    local = (params.get("clip_paths") or {}).get(name)
+    if local:
+        ok = Path(local).expanduser().is_file()
+        return Item(f"CLIP {name} weights", ok, local if ok else f"clip_paths[{name!r}] = {local} does not exist")
+    folder = Path(params.get("clip_download_root") or "~/.cache/clip").expanduser()
+    try:
+        with warnings.catch_warnings():  # clip imports pkg_resources, which warns on import
+            warnings.simplefilter("ignore")
+            from clip.clip import _MODELS  # the download URLs; the file name is the URL's last part
+    except ImportError:
+        return Item(f"CLIP {name} weights", False, "pip install -e '.[clip]' first")
+    path = folder / Path(_MODELS[name]).name
+    if path.is_file():
+        return Item(f"CLIP {name} weights", True, str(path))
+    return Item(f"CLIP {name} weights", True, f"downloads on first run (internet) to {path}; offline: put the file "
+                f"there or pass clip_paths {{{name!r}: <file>}}")
+
+
+def _dataset(name: str, root: Path, options: dict) -> Item:
+    from equinb.data import dataset_spec, get_dataset
+
+    spec = dataset_spec(name)
+    where = {} if spec.normalises_itself else {"root": str(root)}  # the bundled digits have no folder
+    try:
+        for split in spec.splits:
+            get_dataset(name, split, **where)
+        return Item(f"dataset {name}", True, str(root / name))
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        if options.get("download"):
+            return Item(f"dataset {name}", True, f"downloads on first run (internet) into {root / name}")
+        return Item(f"dataset {name}", False, str(err).splitlines()[0][:400])
+
+
+def _hub_model(what: str, source: str) -> Item:
+    if Path(source).expanduser().is_dir() or Path(source).expanduser().is_file():
+        return Item(what, True, source)
+    cached = Path("~/.cache/huggingface/hub").expanduser() / f"models--{source.replace('/', '--')}"
+    if cached.is_dir():
+        return Item(what, True, f"{source} (in the Hugging Face cache)")
+    return Item(what, True, f"{source}: downloads from the Hugging Face hub on first run (internet)")
+
+
+def _disk(root: Path, need_gb: float) -> Item:
+    probe = root if root.exists() else next(p for p in root.parents if p.exists())
+    free = shutil.disk_usage(probe).free / 1e9
+    return Item(f"disk for caches (about {need_gb:g} GB, estimate)", free >= need_gb,
+                f"{free:.0f} GB free under {probe}" + ("" if free >= need_gb else
+                                                        "; set EQUINB_DATA to a larger disk"))
+
+
+def chapter_needs(nb_id: str, params: dict) -> list[Item]:
+    """Everything one chapter's parameters ask for, checked."""
+    from equinb.cache import data_root
+
+    root = Path(params.get("data_root") or data_root())
+    options = params.get("dataset_options") or {}
+    items = [_gpu(params.get("device", "cpu"))]
+    if nb_id == "fig6_nlg_fairness":
+        items += [_package("transformers", "lm"), _hub_model("language model", str(params.get("lm_name", "")))]
+        if params.get("scorer") == "regard":
+            sources = params.get("regard_classifiers") or []
+            items += [_hub_model("regard classifier", s) for s in sources] or [Item(
+                "regard classifiers", False, "regard_classifiers is empty: fill it in notebooks/params/"
+                "fig6_nlg_fairness.paper.yaml (folders or hub ids, e.g. sasha/regardv3), or pass "
+                "-p regard_classifiers '[sasha/regardv3]'")]
+        return items + [_disk(root, DISK_GB[nb_id])]
+    items.append(_package("clip", "clip"))
+    backbones = params.get("backbones") or [params.get("backbone", "RN50")]
+    items += [_clip_weights(b, params) for b in backbones]
+    datasets = list(params.get("datasets") or [params.get("dataset", "cifar100")])
+    if params.get("orientation_free") == "isic2018":
+        datasets.append("isic2018")
+    items += [_dataset(d, root, options.get(d, {})) for d in datasets]
+    return items + [_disk(root, DISK_GB.get(nb_id, 1.0))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="paper")
+    args = parser.parse_args(argv)
+    missing = 0
+    for nb_id in notebook_ids():
+        path = ROOT / "notebooks" / "params" / f"{nb_id}.{args.profile}.yaml"
+        if not path.is_file():
+            print(f"\n{nb_id}: no {path.relative_to(ROOT)}")
+            missing += 1
+            continue
+        params = yaml.safe_load(path.read_text()) or {}
+        print(f"\n{nb_id} ({path.relative_to(ROOT)})")
+        for item in chapter_needs(nb_id, params):
+            print(f"  [{'ok' if item.ok else 'MISSING'}] {item.what}: {item.note}")
+            missing += not item.ok
+    print(f"\n{missing} missing piece(s)" if missing else "\nevery chapter of the profile can run here")
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
