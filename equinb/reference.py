@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pandas as pd
+
 __all__ = ["REFERENCE_CSV", "FIG6_LABELS", "reference_rows", "reference_table", "beside_article", "article_fig4",
            "compare_fig4", "article_tab1", "article_tab2", "article_tab3", "article_fig2_3", "article_fig6"]
 
@@ -30,9 +32,7 @@ def reference_rows(artifact: str | None = None) -> list[dict[str, object]]:
 
 
 def reference_table(artifact: str | None = None):
-    """The reference rows as a pandas DataFrame (pandas is imported only here)."""
-    import pandas as pd
-
+    """The reference rows as a pandas DataFrame."""
     return pd.DataFrame(reference_rows(artifact))
 
 
@@ -60,13 +60,19 @@ def article_fig4():
 
     Columns: backbone, dataset (``cifar100`` | ``imagenetv2``), transform (``none`` | ``rot180`` | ``rot90``;
     the article's ``flip`` is ``rot180``), method, seed_top1, seed_top5 (the reproduction's result files),
-    paper_top1 (Basu et al.'s plotted values).
+    paper_top1 (Basu et al.'s plotted values). The article lists "none" once, for vanilla; equitune and
+    equizero over the trivial group are vanilla by construction, so their "none" rows repeat vanilla's numbers
+    (no empty cells).
     """
     ref = reference_table("orig_fig4_zeroshot")
     ref = ref.assign(dataset=ref.dataset.str.lower(), transform=ref["transform"].replace({"flip": "rot180"}),
                      column=ref.variant + "_" + ref.metric)
     wide = ref.pivot_table(index=["backbone", "dataset", "transform", "method"], columns="column", values="value")
     wide = wide.reset_index().rename_axis(columns=None)
+    none = wide[(wide["transform"] == "none") & (wide.method == "vanilla")]
+    missing = [none.assign(method=m) for m in ("equitune", "equizero")
+               if not ((wide["transform"] == "none") & (wide.method == m)).any()]
+    wide = pd.concat([wide, *missing], ignore_index=True)
     order = {name: i for i, name in enumerate(("RN50", "RN101", "ViT-B/32", "ViT-B/16"))}  # the article's order
     return wide.sort_values(["backbone", "dataset", "transform", "method"], key=lambda col: col.map(order)
                             if col.name == "backbone" else col, ignore_index=True)

@@ -41,6 +41,7 @@ __all__ = [
     "topk_accuracy",
     "evaluate_views",
     "run_zeroshot",
+    "method_ordering",
 ]
 
 # Input transformations of the test set. "rot180" is the article's "flip"; "hflip" is a true mirror.
@@ -177,3 +178,24 @@ def run_zeroshot(backbone_name: str, dataset: str, *, transforms: Sequence[str] 
                                             progress)
     rows = evaluate_views(logits, labels, elements, transforms, batch_size=32, seed=seed)
     return [dict(backbone=backbone_name, dataset=dataset, **row) for row in rows]
+
+
+def method_ordering(top1, decimals: int = 2):
+    """The ordering of the methods' top-1 per row, as printed (equal at ``decimals`` is a tie).
+
+    ``top1``: a DataFrame with columns ``vanilla``, ``equitune``, ``equizero``. Returns a Series of strings such
+    as ``"equizero > equitune > vanilla"`` or ``"equitune = equizero > vanilla"``, and whether the article's
+    expected ordering (vanilla < equitune < equizero, strictly) holds.
+    """
+    import pandas as pd
+
+    def describe(row) -> str:
+        ranked = sorted(METHODS, key=lambda m: -round(float(row[m]), decimals))
+        text = ranked[0]
+        for prev, name in zip(ranked, ranked[1:]):
+            text += (" = " if round(float(row[prev]), decimals) == round(float(row[name]), decimals) else " > ") + name
+        return text
+
+    ordering = top1.apply(describe, axis=1)
+    return pd.DataFrame({"ordering": ordering, "vanilla < equitune < equizero": ordering.eq(
+        "equizero > equitune > vanilla").map({True: "holds", False: "does not hold"})})

@@ -1,0 +1,82 @@
+"""The chapters' prose states no result that the chapter does not compute or the article does not report.
+
+Every number written in a chapter's markdown (a decimal or a percentage) must be among the chapter's own committed
+outputs or the article's reference numbers (``equinb/article_numbers.csv``, at the precision printed), or be
+listed below with the article sentence it quotes. Section numbers, durations and interval levels are not results.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from test_notebooks import chapter_ids
+
+ROOT = Path(__file__).resolve().parents[1]
+NUMBER = re.compile(r"(?<![\w.§])(\d+\.\d+|\d+)(%?)")
+NOT_RESULTS = re.compile(  # section numbers, durations, interval levels, sizes and counts of settings
+    r"(§|section |sec\. |Appendix |Table |Figure |A\.|B\.)$|^\s*(minutes?|s\b|px|pp per|GB|MB|bits?)")
+# Numbers of the article's text that its reference table does not hold, with the claim they come from.
+QUOTED = {
+    "tab1_original_vs_updated": {"11.12", "9.28"},  # the article's text: relative gains of 11.12% and 9.28%
+}
+
+
+def _reference_values() -> set[str]:
+    values = set()
+    with (ROOT / "equinb" / "article_numbers.csv").open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            v = float(row["value"])
+            values |= {f"{v:.0f}", f"{v:.1f}", f"{v:.2f}", f"{v:.3f}", f"{100 * v:.0f}", f"{100 * v:.1f}",
+                       f"{100 * v:.2f}", row["value"]}
+    return values
+
+
+def _output_values(nb: dict) -> set[str]:
+    text = ""
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            text += "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
+            text += "".join(out.get("data", {}).get("text/html", ""))
+    values = set()
+    for match in re.finditer(r"\d+(?:\.\d+)?", text):
+        v = float(match.group())
+        values |= {match.group(), f"{v:.0f}", f"{v:.1f}", f"{v:.2f}"}
+    return values
+
+
+def unbacked_numbers(nb: dict, allowed: set[str]) -> list[str]:
+    """The numbers in a notebook's markdown cells that neither its outputs nor ``allowed`` hold, in context."""
+    known = _output_values(nb) | allowed
+    found = []
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "markdown":
+            continue
+        text = "".join(cell["source"])
+        for match in NUMBER.finditer(text):
+            number, percent = match.groups()
+            before, after = text[max(0, match.start() - 12):match.start()], text[match.end():match.end() + 12]
+            if "." not in number and not percent:
+                continue  # integers without % are counts and settings (20 rounds, 4 views), not results
+            if NOT_RESULTS.search(before) or NOT_RESULTS.search(after) or after.startswith((" interval", " CI")):
+                continue
+            if number not in known and f"{float(number):.1f}" not in known:
+                found.append(f"...{before}{match.group()}{after}...")
+    return found
+
+
+@pytest.mark.parametrize("nb_id", chapter_ids())
+def test_every_number_in_a_chapters_notes_is_computed_or_quoted(nb_id: str) -> None:
+    nb = json.loads((ROOT / "notebooks" / f"{nb_id}.ipynb").read_text())
+    found = unbacked_numbers(nb, _reference_values() | QUOTED.get(nb_id, set()))
+    assert not found, f"notebooks/{nb_id}: numbers in the notes that no output or reference holds: {found}"
+
+
+def test_the_check_flags_a_typed_number() -> None:
+    nb = json.loads((ROOT / "notebooks" / "tab1_original_vs_updated.ipynb").read_text())
+    nb["cells"].append({"cell_type": "markdown", "metadata": {}, "source": ["The updated code wins by 12.34 pp."]})
+    assert any("12.34" in f for f in unbacked_numbers(nb, _reference_values()))
