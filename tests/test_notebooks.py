@@ -48,22 +48,9 @@ def _outputs(nb: dict) -> str:
     return "\n".join(texts)
 
 
-def chapter_ids() -> list[str]:
-    """Every notebook the book lists in _toc.yml."""
-    import yaml
-
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
-    return [f.split("/", 1)[1] for f in files if f.startswith("notebooks/")]
-
-
-def chapter_parameters(nb_id: str) -> list[str]:
-    """The names in a chapter's parameters cell (``name: type = value  # help`` lines of its paired .py)."""
-    import re
-
-    text = (NOTEBOOKS / f"{nb_id}.py").read_text()
-    cell = text.split('tags=["parameters"]', 1)[1].split("# %%", 1)[0]
-    return re.findall(r"^([a-z_][a-z0-9_]*): [a-z]+ = ", cell, flags=re.M)
+# the book build's own readers of _toc.yml and of a chapter's parameters cell (one implementation each)
+sys.path.insert(0, str(ROOT / "tools"))
+from build_book import chapter_parameters, notebook_ids as chapter_ids  # noqa: E402,F401
 
 
 @pytest.mark.parametrize("nb_id", chapter_ids())
