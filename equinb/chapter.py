@@ -137,6 +137,14 @@ def _nonempty_strings(name: str, value: Any) -> None:
         raise ValueError(f"{name} must not be empty")
 
 
+def _seed_list(name: str, value: Any) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                              for v in value):
+        raise ValueError(f"{name} must be a list of integers >= 0 (it may be empty), got {value!r}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{name} must not repeat a seed, got {value!r}")
+
+
 # One rule per parameter name, shared by every chapter.
 RULES: dict[str, Callable[[str, Any], None]] = {
     "profile": _choice(PROFILES),
@@ -163,6 +171,7 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "lr_original": _number(0),
     "lr_updated": _number(0),
     "seed": _integer(0),
+    "noise_seeds": _seed_list,
     "device": check_device,
     "data_root": _text,
     "clip_paths": _clip_paths,
@@ -202,6 +211,8 @@ def check_params(*, feature_maps: bool = False, **params: Any) -> None:
         RULES[name](name, value)
     if feature_maps and params.get("profile") == "small" and "image_size" in params:
         check_map_image_size(params["image_size"])
+    if params.get("seed") in params.get("noise_seeds", []):
+        raise ValueError(f"noise_seeds must not contain the run's own seed {params['seed']}; it is always included")
     demographics = params.get("demographics")
     if demographics is not None:
         if len(set(demographics)) != len(demographics) or len(demographics) < 2:

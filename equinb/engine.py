@@ -34,7 +34,8 @@ from .groups import Group
 from .wrappers import EquiAttention, LambdaEquitune, OrbitWrapper
 
 __all__ = ["TrainConfig", "ViewData", "ImageViewData", "METHODS", "weighted_model", "model_device",
-           "batch_schedule", "extract_view_features", "features", "evaluate", "prefinetune", "finetune",
+           "batch_schedule", "extract_view_features", "features", "predict", "evaluate", "cast_trunk",
+           "parameter_drift", "total_drift", "prefinetune", "finetune",
            "train_step_loss"]
 
 Tensor = torch.Tensor
@@ -283,6 +284,32 @@ def features(model: OrbitWrapper, inputs: Tensor) -> Tensor:
     return model.view_outputs(_on(model, inputs))
 
 
+def predict(model: OrbitWrapper, data: ViewData, batch_size: int = 256, feats: Tensor | None = None,
+            lambda_feats: Tensor | None = None, max_batches: int | None = None, seed: int = 0,
+            data_are_features: bool = False) -> Tensor:
+    """Predicted classes [N] (or of the first ``max_batches`` batches) in eval mode; see ``evaluate``.
+
+    The lambda network's dropout stays on if ``dropout_in_eval``; it is seeded, so the same weights and
+    seed give the same predictions (the paired comparisons of ``equinb.verdicts`` rely on this).
+    """
+    was_training = model.training
+    model.eval()
+    predictions = []
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i, start in enumerate(range(0, len(data), batch_size)):
+            if max_batches is not None and i >= max_batches:
+                break
+            index = torch.arange(start, min(start + batch_size, len(data)))
+            views, _ = data.batch(index)
+            f = feats[index] if feats is not None else views if data_are_features else features(model, views)
+            logits = model.forward_views(views=_on(model, f),
+                                         weight_views=None if lambda_feats is None else _on(model, lambda_feats[index]))
+            predictions.append(logits.argmax(-1).cpu())
+    model.train(was_training)
+    return torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long)
+
+
 def evaluate(model: OrbitWrapper, data: ViewData, batch_size: int = 256, feats: Tensor | None = None,
              lambda_feats: Tensor | None = None, max_batches: int | None = None, seed: int = 0,
              data_are_features: bool = False) -> float:
@@ -293,23 +320,42 @@ def evaluate(model: OrbitWrapper, data: ViewData, batch_size: int = 256, feats: 
     ``lambda_feats``: what lambda sees (the frozen copy's cached features); default: the features.
     ``max_batches``: only the first batches (the article's selection set). Seeded for the dropout.
     """
-    was_training = model.training
-    model.eval()
-    correct, total = 0, 0
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for i, start in enumerate(range(0, len(data), batch_size)):
-            if max_batches is not None and i >= max_batches:
-                break
-            index = torch.arange(start, min(start + batch_size, len(data)))
-            views, labels = data.batch(index)
-            f = feats[index] if feats is not None else views if data_are_features else features(model, views)
-            logits = model.forward_views(views=_on(model, f),
-                                         weight_views=None if lambda_feats is None else _on(model, lambda_feats[index]))
-            correct += int((logits.argmax(-1).cpu() == labels).sum())
-            total += len(index)
-    model.train(was_training)
-    return 100.0 * correct / max(total, 1)
+    predicted = predict(model, data, batch_size, feats, lambda_feats, max_batches, seed, data_are_features)
+    return 100.0 * float((predicted == data.labels[:len(predicted)]).sum()) / max(len(predicted), 1)
+
+
+def cast_trunk(model: OrbitWrapper, config: TrainConfig) -> None:
+    """Give the trunk's weights the dtype that finetuning updates: fp16 for ``"fp16_inplace"`` (as published:
+    CLIP's weights are fp16 on CUDA and SGD updates them in place) and fp32 for ``"fp32"`` (an fp16 CLIP is
+    cast up, so that updates below fp16 resolution are kept). Idempotent."""
+    model.trunk.to(torch.float16 if config.param_dtype == "fp16_inplace" else torch.float32)
+
+
+def parameter_drift(before: dict[str, Tensor], module: nn.Module) -> list[dict]:
+    """What training changed in ``module`` since the snapshot ``before`` (``{name: tensor}`` of its parameters
+    in the dtype being trained): per parameter tensor its entries, its norm before, the share of entries that
+    changed at all, and the relative change ``||w - w0|| / ||w0||``."""
+    rows = []
+    for name, p in module.named_parameters():
+        if name not in before:
+            continue
+        old, new = before[name].float(), p.detach().float()
+        norm, change = float(old.norm()), float((new - old).norm())
+        rows.append(dict(parameter=name, entries=old.numel(), norm=norm,
+                         changed_share=float((new != old).float().mean()),
+                         relative_change=change / norm if norm > 0 else change))
+    return rows
+
+
+def total_drift(drift: list[dict]) -> dict[str, float]:
+    """``parameter_drift`` rows summed over the module: the share of all entries that changed, and the
+    relative change of all parameters together (``||w - w0|| / ||w0||`` over the concatenated tensors)."""
+    entries = sum(d["entries"] for d in drift)
+    if entries == 0:
+        return dict(changed_share=0.0, relative_change=0.0)
+    return dict(changed_share=sum(d["changed_share"] * d["entries"] for d in drift) / entries,
+                relative_change=float(np.sqrt(sum(d["relative_change"] ** 2 * d["norm"] ** 2 for d in drift)
+                                              / max(sum(d["norm"] ** 2 for d in drift), 1e-30))))
 
 
 def _sgd(params, lr: float, momentum: float) -> torch.optim.SGD:
@@ -361,7 +407,7 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
 
     ``*_lambda_feats``: cached features of the frozen copy [N, G, D] that feed lambda when
     ``lambda_input="frozen_copy"`` (the frozen copy never changes, so caching it is exact).
-    ``param_dtype="fp16_inplace"`` casts the trunk to fp16 before training, as CLIP is on CUDA.
+    The trunk's weights take the dtype of ``config.param_dtype`` first (``cast_trunk``).
 
     Returns a tidy history (stage, round, step, loss, test_top1).
     """
@@ -370,8 +416,7 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
     if config.lambda_input == "frozen_copy" and (train_lambda_feats is None or test_lambda_feats is None):
         raise ValueError("lambda_input='frozen_copy' needs the frozen copy's cached features "
                          "(train_lambda_feats and test_lambda_feats)")
-    if config.param_dtype == "fp16_inplace":
-        model.trunk.half()
+    cast_trunk(model, config)
     torch.manual_seed(config.seed)
     rng = np.random.RandomState(config.seed + 1)
     params = list(model.trunk.parameters())

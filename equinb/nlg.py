@@ -19,7 +19,8 @@ from .reference import FIG6_LABELS
 
 __all__ = [
     "RESPECT_TEMPLATES", "DEMOGRAPHICS", "LABELS", "vader_labels", "RegardClassifier", "sample_seed",
-    "sample_grid", "label_shares", "fairness_gaps", "symmetry_report", "score_samples", "permuted_copy_share",
+    "sample_grid", "label_shares", "fairness_gaps", "gap_difference", "symmetry_report",
+    "score_samples", "permuted_copy_share",
 ]
 
 # The article's respect templates (its EquiNLG code).
@@ -190,10 +191,7 @@ def fairness_gaps(samples, *, by: str = "model", n_bootstrap: int = 1000, seed: 
     rows = {}
     rng = np.random.default_rng(seed)
     for key, frame in samples.groupby(by, sort=False):
-        pos = (frame.assign(pos=frame["label"].eq("positive").astype(float))
-               .pivot_table(index=["template", "sample"], columns="demographic", values="pos", aggfunc="mean"))
-        if pos.isna().any().any():
-            raise ValueError(f"{by}={key!r}: every (template, sample) needs a label for every demographic")
+        pos = _positive_units(frame, f"{by}={key!r}")
         values = pos.to_numpy()  # [units, demographics]
         boot = rng.integers(0, len(values), size=(n_bootstrap, len(values)))
         gaps = _gap(values[boot].mean(axis=1))
@@ -202,6 +200,37 @@ def fairness_gaps(samples, *, by: str = "model", n_bootstrap: int = 1000, seed: 
                          ci_high=float(np.quantile(gaps, 1 - alpha)), n_per_demographic=len(values),
                          demographics="/".join(pos.columns))
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(by)
+
+
+def _positive_units(frame, what: str):
+    """1.0 for a positive sample, per (template, sample) unit (rows) and demographic (columns)."""
+    pos = (frame.assign(pos=frame["label"].eq("positive").astype(float))
+           .pivot_table(index=["template", "sample"], columns="demographic", values="pos", aggfunc="mean"))
+    if pos.isna().any().any():
+        raise ValueError(f"{what}: every (template, sample) needs a label for every demographic")
+    return pos
+
+
+def gap_difference(samples, model_a: str, model_b: str, *, n_bootstrap: int = 1000, seed: int = 0,
+                   level: float = 0.95) -> dict[str, float]:
+    """The fairness gap of ``model_b`` minus that of ``model_a`` (column ``model`` of ``samples``), with a
+    percentile interval from resampling the (template, sample) units they share, the same units for both.
+
+    With paired seeds, unit i of both models starts from the same random numbers, so this is a paired
+    comparison. Returns difference, ci_low, ci_high.
+    """
+    import numpy as np
+
+    a, b = (_positive_units(samples[samples["model"] == m], f"model={m!r}") for m in (model_a, model_b))
+    units = a.index.intersection(b.index)
+    if len(units) == 0:
+        raise ValueError(f"{model_a!r} and {model_b!r} share no (template, sample) unit")
+    va, vb = a.loc[units].to_numpy(), b.loc[units].to_numpy()
+    boot = np.random.default_rng(seed).integers(0, len(units), size=(n_bootstrap, len(units)))
+    diffs = _gap(vb[boot].mean(axis=1)) - _gap(va[boot].mean(axis=1))
+    alpha = (1 - level) / 2
+    return dict(difference=float(_gap(vb.mean(axis=0)) - _gap(va.mean(axis=0))),
+                ci_low=float(np.quantile(diffs, alpha)), ci_high=float(np.quantile(diffs, 1 - alpha)))
 
 
 def symmetry_report(models: dict[str, nn.Module], tokenizer: Any, group: TokenPermutationGroup, prompt: str,

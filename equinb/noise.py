@@ -1,4 +1,4 @@
-"""Noise of trained results: tolerances, tolerance-aware text comparison, and computed verdicts.
+"""Noise of trained results: tolerances and tolerance-aware text comparison.
 
 Trained numbers move with the machine (vector kernels, thread counts) and with the seed, while exact outputs
 (symmetry checks, counts, frozen-model tables, the article's numbers) do not. Each class of trained number gets
@@ -9,8 +9,8 @@ one tolerance, derived from spreads measured by ``tools/measure_noise.py`` and s
 
 The same file serves three readers: the notebook regression (``tests/nbval_tolerance.py`` compares the numbers
 of cells tagged with a tolerance class within that tolerance, and everything else exactly), the chapters
-(which print the tolerance next to the numbers), and the verdicts (a difference smaller than the noise is
-"within noise").
+(which print the tolerance next to the numbers), and ``equinb.verdicts`` (where a chapter runs no seeds, a
+difference smaller than the tolerance is "within noise").
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Tolerance", "tolerance", "tolerances", "verdict", "compare_directions", "noise_note", "loss_label",
-           "split_numbers", "snap_numbers", "NUMBER"]
+__all__ = ["Tolerance", "tolerance", "tolerances", "noise_note", "loss_label", "split_numbers", "snap_numbers",
+           "NUMBER"]
 
 MEASURED = Path(__file__).with_name("noise_measured.json")
 NOTE_MARKER = "between CPUs and seeds"  # in every ``noise_note`` line: the measurement leaves those lines out
@@ -82,20 +82,6 @@ def tolerance(name: str) -> Tolerance:
     return known[name]
 
 
-def verdict(ours: float, article: float | None, noise: float) -> str:
-    """Compare the direction of our difference with the article's: agrees, reversed or within noise.
-
-    ``ours`` and ``article`` are signed differences (for example "updated minus original", in pp);
-    ``noise`` is the size below which ours is not distinguishable from zero. ``article=None`` or 0 (no
-    direction to compare with) gives "no article direction" unless ours is within noise.
-    """
-    if not math.isfinite(ours) or abs(ours) <= noise:
-        return "within noise"
-    if article is None or article == 0 or not math.isfinite(article):
-        return "no article direction"
-    return "agrees" if (ours > 0) == (article > 0) else "reversed"
-
-
 def split_numbers(text: str) -> tuple[list[str], list[str]]:
     """``text`` -> (the text between numbers, the numbers as printed); ``len(texts) == len(numbers) + 1``.
 
@@ -145,21 +131,6 @@ def snap_numbers(test: str, reference: str, tol: Tolerance) -> str:
 def noise_note(tol: Tolerance, what: str = "trained numbers") -> str:
     """One line for the reader, printed above the numbers a tolerance covers."""
     return f"{what} below move within {tol.describe()} {NOTE_MARKER} ({tol.basis})"
-
-
-def compare_directions(ours, article, noise: float):
-    """Our signed differences beside the article's, with a computed verdict per row.
-
-    ``ours`` and ``article``: pandas Series of signed differences on the same index (the claims; a missing
-    article value gives "no article direction"). Returns a DataFrame with columns ``ours``, ``article``,
-    ``noise`` and ``verdict`` (see ``verdict``).
-    """
-    import pandas as pd
-
-    table = pd.DataFrame({"ours": ours, "article": article.reindex(ours.index)})
-    table["noise"] = noise
-    table["verdict"] = [verdict(o, None if pd.isna(a) else a, noise) for o, a in zip(table.ours, table.article)]
-    return table
 
 
 def loss_label(loss: float, limit: float = 1e6) -> str:

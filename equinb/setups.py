@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -27,20 +27,31 @@ from .cache import cache_dir as default_cache_dir
 from .cache import cache_key, load_or_compute, module_fingerprint, source_fingerprint
 from .cache import data_root as default_data_root
 from .data import dataset_spec, get_dataset, load_digits
-from .engine import (METHODS, ImageViewData, TrainConfig, ViewData, evaluate, extract_view_features, finetune,
-                     prefinetune, weighted_model)
+from .engine import (METHODS, ImageViewData, TrainConfig, ViewData, cast_trunk, extract_view_features, finetune,
+                     parameter_drift, predict, prefinetune, weighted_model)
 from .groups import Group
 from .heads import PooledHead, fit_linear_head, linear_text_head, load_frozen_model
 from .weighting import EmbeddingWeightNet, FeatureMapWeightNet, ViewAttention
 from .wrappers import EquiAttention, LambdaEquitune
 
-__all__ = ["LEVELS", "TrainingSetup", "small_lambda_setup", "small_feature_map_setup", "clip_lambda_setup",
+__all__ = ["LEVELS", "TrainingSetup", "TrainingRun", "seed_repeats", "small_lambda_setup", "small_feature_map_setup",
+           "clip_lambda_setup",
            "build_setup", "run_training", "training_code_fingerprint", "feature_map_config",
            "feature_map_weight_net", "trained_model", "check_map_image_size"]
 
 Tensor = torch.Tensor
 LEVELS = ("embeddings", "maps")
 SMALL_PASS_BATCH = 8  # images per frozen pass in the small profile (times the group's views)
+
+
+class TrainingRun(NamedTuple):
+    """One trained configuration (see ``run_training``)."""
+
+    row: dict[str, float]  # prefinetune_top1, finetune_top1 (%)
+    history: list[dict]  # tidy: stage, round, step, loss, select_top1, test_top1
+    states: dict[str, dict]  # weighting-module state dicts: prefinetune (selected), finetune
+    predictions: dict[str, Tensor]  # predicted test classes [N_test]: prefinetune, finetune
+    drift: list[dict]  # per trunk parameter: what finetuning changed (``equinb.engine.parameter_drift``)
 
 
 @dataclass
@@ -206,7 +217,7 @@ def small_lambda_setup(group: Group, *, image_size: int = 64, split_block: int =
 def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = False,
                  heldout_fraction: float = 0.2, method: str = "lambda_equitune", align_views: bool = False,
                  weight_net: Callable[[], nn.Module] | None = None,
-                 cache_dir: str | Path | None = None) -> tuple[dict, list[dict], dict]:
+                 cache_dir: str | Path | None = None) -> TrainingRun:
     """Prefinetune (cached), select the best weighting module, evaluate, finetune, evaluate.
 
     ``weight_net``: builds the module (default: the article's invariant lambda network for embeddings).
@@ -217,17 +228,20 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
     this way). The code part of the key (``training_code_fingerprint``) changes only when what the engine
     *does* changes, not with its documentation.
 
-    Returns ``(row, history, states)`` with row keys ``prefinetune_top1`` (the article's "Prefinetune":
-    the selected module on the full test set) and ``finetune_top1`` (after the last finetuning round), in
+    Returns a ``TrainingRun``: ``row`` with keys ``prefinetune_top1`` (the article's "Prefinetune": the
+    selected module on the full test set) and ``finetune_top1`` (after the last finetuning round), in
     percent; ``states["prefinetune"]`` is the selected module's state dict (what the article's lambda
-    plots load), ``states["finetune"]`` the module's after finetuning.
+    plots load), ``states["finetune"]`` the module's after finetuning; ``predictions`` the predicted test
+    classes [N_test] at both points (for paired comparisons between runs); ``drift`` what finetuning changed
+    in each trunk parameter.
     """
     make_net = weight_net if weight_net is not None else lambda: EmbeddingWeightNet(setup.embed_dim)
 
     def train() -> dict:
         torch.manual_seed(config.seed)
-        row, history, states = _run(setup, config, make_net(), progress, heldout_fraction, method, align_views)
-        return dict(row=row, history=history, states=states)
+        row, history, states, predictions, drift = _run(setup, config, make_net(), progress, heldout_fraction,
+                                                        method, align_views)
+        return dict(row=row, history=history, states=states, predictions=predictions, drift=drift)
 
     if cache_dir is None:
         out = train()
@@ -238,7 +252,15 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
                         weight_net=repr(make_net()), heldout_fraction=heldout_fraction,
                         code=training_code_fingerprint())
         out = load_or_compute(Path(cache_dir) / f"run_{key}.pt", train)
-    return out["row"], out["history"], out["states"]
+    return TrainingRun(out["row"], out["history"], out["states"], out["predictions"], out["drift"])
+
+
+def seed_repeats(setup: TrainingSetup, config: TrainConfig, seeds: Sequence[int], *,
+                 cache_dir: str | Path | None = None, **options) -> list[TrainingRun]:
+    """Prefinetune-only repeats of ``config`` under each seed (lambda initialisation, data order, the random
+    group element of each batch, dropout): the seed spread of a run. ``options`` go to ``run_training``."""
+    return [run_training(setup, replace(config, seed=int(s), finetune_rounds=0), cache_dir=cache_dir, **options)
+            for s in seeds]
 
 
 TRAINING_SOURCES = ("engine.py", "setups.py", "wrappers.py", "weighting.py", "groups.py", "heads.py")
@@ -269,13 +291,24 @@ def _run(setup: TrainingSetup, config: TrainConfig, module: nn.Module, progress:
     best, history = prefinetune(model, ViewData(train_feats, train_labels), ViewData(sel_feats, sel_labels), config,
                                 progress)
     model.weight_net.load_state_dict(best)  # copies: finetuning leaves ``best`` as selected
-    pre = evaluate(model, setup.test, feats=setup.test_feats, seed=config.seed)
+    predictions = dict(prefinetune=predict(model, setup.test, feats=setup.test_feats, seed=config.seed))
+    pre = _top1(predictions["prefinetune"], setup.test.labels)
     history.append(dict(stage="prefinetune", round=config.prefinetune_rounds, step=None, test_top1=pre))
+    cast_trunk(model, config)
+    before = {name: p.detach().clone() for name, p in model.trunk.named_parameters()}
     history += finetune(model, train, setup.test, config, train_lambda_feats=train_feats,
                         test_lambda_feats=setup.test_feats, progress=progress)
-    tests = [h["test_top1"] for h in history if h["stage"] == "finetune" and "test_top1" in h]
-    row = dict(prefinetune_top1=pre, finetune_top1=tests[-1] if tests else pre)
-    return row, history, dict(prefinetune=best, finetune=copy.deepcopy(model.weight_net.state_dict()))
+    predictions["finetune"] = predictions["prefinetune"]
+    if config.finetune_rounds > 0:  # the last round's evaluation again, seeded the same, for its predictions
+        frozen = setup.test_feats if config.lambda_input == "frozen_copy" else None
+        predictions["finetune"] = predict(model, setup.test, lambda_feats=frozen, seed=config.seed)
+    row = dict(prefinetune_top1=pre, finetune_top1=_top1(predictions["finetune"], setup.test.labels))
+    states = dict(prefinetune=best, finetune=copy.deepcopy(model.weight_net.state_dict()))
+    return row, history, states, predictions, parameter_drift(before, model.trunk)
+
+
+def _top1(predicted: Tensor, labels: Tensor) -> float:
+    return 100.0 * float((predicted == labels).sum()) / max(len(labels), 1)
 
 
 def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = "cifar100", *,

@@ -40,6 +40,8 @@ __all__ = [
     "cached_per_view_logits",
     "topk_accuracy",
     "evaluate_views",
+    "per_image_top1",
+    "orbit_logits",
     "run_zeroshot",
     "method_ordering",
 ]
@@ -114,6 +116,34 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int = 1) -> flo
     return 100.0 * (top == labels[:, None]).any(dim=-1).double().mean().item()
 
 
+def _method_scores(logits: torch.Tensor, elements: Sequence[tuple[int, int]], transform: str, batch_size: int,
+                   seed: int) -> dict[tuple[str, str], list[torch.Tensor]]:
+    """Per (method, reading), the score tensors [N, C] whose accuracies are averaged (several for vanilla as
+    described: one per view, its exact expectation). Shapes: logits [N, E, C] over ``elements``."""
+    group = transform_group(transform)
+    missing = [e for e in group.elements if e not in elements]
+    if missing:
+        raise ValueError(f"transformation {transform!r} needs views {missing}, not in the computed views "
+                         f"{list(elements)}")
+    n = logits.shape[0]
+    views = logits[:, [list(elements).index(e) for e in group.elements]]  # [N, G, C]
+    # the wrappers themselves, on cached logits: identity trunk and head, softmax of 1x cosine (as published)
+    equitune = Equitune(nn.Identity(), group, output_softmax=True)
+    published_max = EquiZero(nn.Identity(), group, output_softmax=True, elementwise_max=True)
+    selected = EquiZero(nn.Identity(), group, output_softmax=True, proxy="max_prob")
+    draws = torch.from_numpy(group_transform_indices(n, group.order, "batch", batch_size, seed))
+    with torch.no_grad():
+        mean_probs = equitune.forward_views(views=views)
+        return {
+            ("vanilla", "as_published"): [views[torch.arange(n), draws]],
+            ("vanilla", "as_described"): [views[:, k] for k in range(group.order)],  # exact expectation
+            ("equitune", "as_published"): [mean_probs],
+            ("equitune", "as_described"): [mean_probs],
+            ("equizero", "as_published"): [published_max.forward_views(views=views)],
+            ("equizero", "as_described"): [selected.forward_views(views=views)],
+        }
+
+
 def evaluate_views(logits: torch.Tensor, labels: torch.Tensor, elements: Sequence[tuple[int, int]],
                    transforms: Sequence[str] = TRANSFORMS, batch_size: int = 32, seed: int = 0) -> list[dict]:
     """Top-1/top-5 of vanilla, equitune and equizero under each transformation, in both readings.
@@ -124,37 +154,41 @@ def evaluate_views(logits: torch.Tensor, labels: torch.Tensor, elements: Sequenc
     Shapes: logits [N, E, C] over ``elements``; labels [N].
     """
     rows = []
-    n = logits.shape[0]
     for name in transforms:
-        group = transform_group(name)
-        missing = [e for e in group.elements if e not in elements]
-        if missing:
-            raise ValueError(f"transformation {name!r} needs views {missing}, not in the computed views "
-                             f"{list(elements)}")
-        views = logits[:, [list(elements).index(e) for e in group.elements]]  # [N, G, C]
-        # the wrappers themselves, on cached logits: identity trunk and head, softmax of 1x cosine (as published)
-        equitune = Equitune(nn.Identity(), group, output_softmax=True)
-        published_max = EquiZero(nn.Identity(), group, output_softmax=True, elementwise_max=True)
-        selected = EquiZero(nn.Identity(), group, output_softmax=True, proxy="max_prob")
-        draws = torch.from_numpy(group_transform_indices(n, group.order, "batch", batch_size, seed))
-        picked = views[torch.arange(n), draws]
-        with torch.no_grad():
-            mean_probs = equitune.forward_views(views=views)
-            results = {
-                ("vanilla", "as_published"): [picked],
-                ("vanilla", "as_described"): [views[:, k] for k in range(group.order)],  # exact expectation
-                ("equitune", "as_published"): [mean_probs],
-                ("equitune", "as_described"): [mean_probs],
-                ("equizero", "as_published"): [published_max.forward_views(views=views)],
-                ("equizero", "as_described"): [selected.forward_views(views=views)],
-            }
-        for (method, reading), scores in results.items():
+        for (method, reading), scores in _method_scores(logits, elements, name, batch_size, seed).items():
             rows.append(dict(
                 transform=name, method=method, reading=reading,
                 top1=float(np.mean([topk_accuracy(s, labels, 1) for s in scores])),
                 top5=float(np.mean([topk_accuracy(s, labels, 5) for s in scores])),
             ))
     return rows
+
+
+def per_image_top1(logits: torch.Tensor, labels: torch.Tensor, elements: Sequence[tuple[int, int]], transform: str,
+                   batch_size: int = 32, seed: int = 0) -> dict[tuple[str, str], torch.Tensor]:
+    """Per (method, reading), each test image's top-1 score [N]: 1.0 if right, 0.0 if wrong (vanilla as
+    described: the share of the views that are right). Their means are ``evaluate_views``' top-1 / 100;
+    paired comparisons of methods resample these (``equinb.verdicts.paired_interval``)."""
+    return {key: torch.stack([(s.argmax(-1) == labels).double() for s in scores]).mean(0)
+            for key, scores in _method_scores(logits, elements, transform, batch_size, seed).items()}
+
+
+def orbit_logits(backbone_name: str, dataset: str, *, transforms: Sequence[str] = TRANSFORMS, device: str = "cpu",
+                 batch_size: int = 256, image_size: int | None = None, data_root: str | None = None,
+                 cache_dir: str | Path | None = None, clip_path: str | None = None,
+                 clip_download_root: str | None = None, num_workers: int = 0, dataset_options: dict | None = None,
+                 progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    """The cached per-view logits of the test split for ``transforms``: (logits [N, E, C], labels [N],
+    elements), computed once per (backbone, dataset, views) and loaded afterwards."""
+    backbone, head, root, cache_dir = load_frozen_model(
+        backbone_name, dataset, device=device, image_size=image_size, data_root=data_root, cache_dir=cache_dir,
+        clip_path=clip_path, clip_download_root=clip_download_root, batch_size=batch_size,
+        num_workers=num_workers, dataset_options=dataset_options)
+    loader, ident = image_batches(backbone, dataset, "test", batch_size, str(root), num_workers, dataset_options)
+    elements = view_elements(transforms)
+    logits, labels = cached_per_view_logits(cache_dir, backbone.encoder, head, loader, elements, ident, device,
+                                            progress)
+    return logits, labels, elements
 
 
 def run_zeroshot(backbone_name: str, dataset: str, *, transforms: Sequence[str] = TRANSFORMS,
@@ -167,15 +201,10 @@ def run_zeroshot(backbone_name: str, dataset: str, *, transforms: Sequence[str] 
     Returns tidy rows (backbone, dataset, transform, method, reading, top1, top5). The random draws of
     vanilla follow the article's batches of 32 whatever ``batch_size`` the encoder runs at.
     """
-    backbone, head, root, cache_dir = load_frozen_model(
-        backbone_name, dataset, device=device, image_size=image_size, data_root=data_root, cache_dir=cache_dir,
-        clip_path=clip_path, clip_download_root=clip_download_root, batch_size=batch_size,
-        num_workers=num_workers, dataset_options=dataset_options)
-    split = "test"
-    loader, ident = image_batches(backbone, dataset, split, batch_size, str(root), num_workers, dataset_options)
-    elements = view_elements(transforms)
-    logits, labels = cached_per_view_logits(cache_dir, backbone.encoder, head, loader, elements, ident, device,
-                                            progress)
+    logits, labels, elements = orbit_logits(
+        backbone_name, dataset, transforms=transforms, device=device, batch_size=batch_size, image_size=image_size,
+        data_root=data_root, cache_dir=cache_dir, clip_path=clip_path, clip_download_root=clip_download_root,
+        num_workers=num_workers, dataset_options=dataset_options, progress=progress)
     rows = evaluate_views(logits, labels, elements, transforms, batch_size=32, seed=seed)
     return [dict(backbone=backbone_name, dataset=dataset, **row) for row in rows]
 

@@ -85,5 +85,7 @@ def test_editing_the_engine_docstrings_keeps_the_run_cache(tmp_path: Path, monke
                                "    # remember the mode\n    was_training = model.training\n", 1))
     assert engine.read_text() != text
     assert su.training_code_fingerprint() == before
-    engine.write_text(text.replace("return 100.0 * correct / max(total, 1)", "return 100.0 * correct / max(total, 2)"))
+    code = "/ max(len(predicted), 1)"
+    assert code in text
+    engine.write_text(text.replace(code, "/ max(len(predicted), 2)"))
     assert su.training_code_fingerprint() != before

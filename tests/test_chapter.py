@@ -9,7 +9,8 @@ FIG4 = dict(profile="small", backbones=["mobilenet_v2"], datasets=["digits"], tr
             num_workers=0, dataset_options={})
 TRAINING = dict(profile="small", backbone="mobilenet_v2", dataset="digits", group="rot90", image_size=96,
                 split_block=18, prefinetune_rounds=10, prefinetune_steps=100, prelr=0.1, finetune_rounds=1,
-                finetune_steps=500, lr=5e-8, seed=0, device="cpu", data_root="", clip_paths={},
+                finetune_steps=500, lr=5e-8, seed=0, noise_seeds=[1, 2, 3, 4], device="cpu", data_root="",
+                clip_paths={},
                 clip_download_root="", max_train=16000, dataset_options={"cifar100": {"download": True}})
 NLG = dict(profile="small", lm_name="smollm2", scorer="vader", regard_classifiers=[], templates=["was known for"],
            demographics=["Black", "White", "Asian"], binary_group=["Black", "White"], n_samples=2,
@@ -38,6 +39,9 @@ def test_the_books_defaults_pass(params: dict) -> None:
         (TRAINING, dict(prefinetune_rounds=2.5), "prefinetune_rounds must be an integer >= 0"),
         (TRAINING, dict(image_size=64), "use image_size >= 65"),
         (TRAINING, dict(group="rot45"), "group='rot45' is not valid"),
+        (TRAINING, dict(noise_seeds=[1, 1]), "noise_seeds must not repeat a seed"),
+        (TRAINING, dict(noise_seeds=[1, -2]), "noise_seeds must be a list of integers >= 0"),
+        (TRAINING, dict(noise_seeds=[0, 1]), "noise_seeds must not contain the run's own seed 0"),
         (NLG, dict(scorer="regard"), "scorer 'regard' needs regard_classifiers"),
         (NLG, dict(scorer="toxicity"), "scorer='toxicity' is not valid"),
         (NLG, dict(demographics=["Black", "Purple"]), "an item of demographics='Purple' is not valid"),

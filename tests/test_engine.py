@@ -187,7 +187,7 @@ def test_seeded_runs_are_identical_and_heldout_selection_runs() -> None:
     for stage in ("prefinetune", "finetune"):
         for k in a[2][stage]:
             assert torch.equal(a[2][stage][k], b[2][stage][k])
-    row, history, _ = run_training(setup, TrainConfig.updated(selection="heldout", **SMALL))
+    row, history = run_training(setup, TrainConfig.updated(selection="heldout", **SMALL))[:2]
     assert set(row) == {"prefinetune_top1", "finetune_top1"}
     assert any("select_top1" in h for h in history)
 
@@ -267,11 +267,61 @@ def test_feature_map_run_and_bad_method() -> None:
     setup = _map_setup()
     config = TrainConfig.updated(normalisation="softmax", **SMALL)
     row, _, states = run_training(setup, config, align_views=True,
-                                        weight_net=lambda: FeatureMapWeightNet(3, (4, 4), conv_channels=2,
-                                                                               per_channel=2, hidden=8))
+                                  weight_net=lambda: FeatureMapWeightNet(3, (4, 4), conv_channels=2, per_channel=2,
+                                                                         hidden=8))[:3]
     assert set(row) == {"prefinetune_top1", "finetune_top1"} and set(states) == {"prefinetune", "finetune"}
     assert setup.map_shape == (3, 4, 4)
     with pytest.raises(ValueError, match="valid: 'lambda_equitune', 'equiattention'"):
         weighted_model(nn.Identity(), nn.Identity(), setup.head, setup.group, config, method="mean")
     with pytest.raises(ValueError, match="not feature maps"):
         _ = _setup().map_shape
+
+
+def test_a_run_keeps_its_predictions_and_seed_repeats_vary_only_the_seed() -> None:
+    from dataclasses import replace
+
+    from equinb.setups import seed_repeats
+
+    setup = _setup()
+    run = run_training(setup, TrainConfig.updated(**SMALL))
+    for stage in ("prefinetune", "finetune"):
+        assert run.predictions[stage].shape == setup.test.labels.shape
+        assert 100 * float((run.predictions[stage] == setup.test.labels).double().mean()) == pytest.approx(
+            run.row[f"{stage}_top1"])
+    repeats = seed_repeats(setup, TrainConfig.updated(**SMALL), [0, 1])
+    assert torch.equal(repeats[0].predictions["prefinetune"], run.predictions["prefinetune"])  # seed 0: the same
+    assert all(torch.equal(r.predictions["finetune"], r.predictions["prefinetune"]) for r in repeats)  # no finetune
+    assert not torch.equal(repeats[0].states["prefinetune"]["net.0.weight"],
+                           repeats[1].states["prefinetune"]["net.0.weight"])
+    assert replace(TrainConfig.updated(**SMALL), seed=1, finetune_rounds=0) != TrainConfig.updated(**SMALL)
+
+
+@pytest.mark.parametrize("lr", [1e-5, 0.05])
+def test_fp16_in_place_updates_vanish_where_fp32_updates_do_not(lr: float) -> None:
+    """Deviation A.8: SGD on fp16 weights rounds updates below half an fp16 ULP away; fp32 keeps them."""
+    from equinb.engine import total_drift
+
+    setup = _setup()
+    shares = {}
+    for dtype in ("fp32", "fp16_inplace"):
+        run = run_training(setup, TrainConfig.updated(**{**SMALL, "lr": lr}, param_dtype=dtype))
+        assert {d["parameter"] for d in run.drift} == {n for n, _ in setup.make_trunk().named_parameters()}
+        shares[dtype] = total_drift(run.drift)["changed_share"]
+        assert (total_drift(run.drift)["relative_change"] > 0) == (shares[dtype] > 0)
+    assert shares["fp32"] > 0.9  # every weight moves a little
+    if lr == 1e-5:
+        assert shares["fp16_inplace"] < 0.05 * shares["fp32"], shares  # almost every fp16 update is lost
+    else:
+        assert shares["fp16_inplace"] > 0.5, shares  # large steps survive in fp16 too: the test can tell
+
+
+def test_cast_trunk_gives_finetuning_the_configured_dtype() -> None:
+    from equinb.engine import cast_trunk
+
+    setup = _setup()
+    model = _model(setup, TrainConfig.updated())
+    model.trunk.half()  # as CLIP's trunk is on CUDA
+    cast_trunk(model, TrainConfig.updated(param_dtype="fp32"))
+    assert all(p.dtype == torch.float32 for p in model.trunk.parameters())
+    cast_trunk(model, TrainConfig.updated(param_dtype="fp16_inplace"))
+    assert all(p.dtype == torch.float16 for p in model.trunk.parameters())

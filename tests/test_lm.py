@@ -278,6 +278,11 @@ def test_label_shares_and_fairness_gap() -> None:
     assert gaps.loc["m", "gap"] == pytest.approx(0.6) and gaps.loc["fair", "gap"] == 0
     assert gaps.loc["m", "ci_low"] <= 0.6 <= gaps.loc["m", "ci_high"]
     assert gaps.equals(N.fairness_gaps(samples, n_bootstrap=200, seed=0))
+    diff = N.gap_difference(samples, "m", "fair", n_bootstrap=200, seed=0)
+    assert diff["difference"] == pytest.approx(-0.6) and diff["ci_low"] <= -0.6 <= diff["ci_high"] < 0
+    assert N.gap_difference(samples, "m", "m", n_bootstrap=50)["ci_low"] == 0  # the same units cancel exactly
+    with pytest.raises(ValueError, match="share no"):
+        N.gap_difference(samples.assign(sample=samples["sample"] + 100 * (samples.model == "fair")), "m", "fair")
 
 
 def test_article_numbers_and_vader_stand_in() -> None:

@@ -1,4 +1,4 @@
-"""Tolerances, tolerance-aware comparison (and its nbval plugin), verdicts."""
+"""Tolerances and tolerance-aware comparison (and its nbval plugin)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ import sys
 from pathlib import Path
 
 import nbformat
-import pandas as pd
 import pytest
 
-from equinb.noise import (Tolerance, compare_directions, loss_label, snap_numbers, split_numbers, tolerance,
-                          tolerances, verdict)
+from equinb.noise import Tolerance, loss_label, snap_numbers, split_numbers, tolerance, tolerances
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -60,15 +58,6 @@ def test_relative_tolerance_scales_with_the_value():
     assert REL.allows(3.8, 3.5) and not REL.allows(3.8, 3.3)
     assert REL.allows(0.0, 0.0) and not REL.allows(0.0, 1e-3)
     assert Tolerance("n", 1.0, 0.0, "", "").allows(float("nan"), float("nan"))
-
-
-def test_verdict_and_directions():
-    assert verdict(3.0, 1.0, 1.0) == "agrees"
-    assert verdict(-3.0, 1.0, 1.0) == "reversed"
-    assert verdict(0.5, -4.0, 1.0) == "within noise"
-    assert verdict(3.0, None, 1.0) == "no article direction"
-    table = compare_directions(pd.Series({"a": 3.0, "b": -2.0}), pd.Series({"a": -1.0}), 1.0)
-    assert list(table.verdict) == ["reversed", "no article direction"]
 
 
 def test_loss_label_names_runaway_losses():
