@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["REFERENCE_CSV", "FIG6_LABELS", "reference_rows", "reference_table", "beside_article", "article_fig4",
-           "compare_fig4", "article_tab1", "article_tab2", "article_tab3", "article_fig2_3", "article_fig6"]
+__all__ = ["REFERENCE_CSV", "FIG6_LABELS", "reference_rows", "reference_table", "display_numbers",
+           "beside_article", "article_fig4", "compare_fig4", "article_tab1", "article_tab2", "article_tab3",
+           "article_fig2_3", "article_fig6"]
 
 REFERENCE_CSV = Path(__file__).with_name("article_numbers.csv")
 # Label categories of the article's Figure 6(a), bottom to top of a bar.
@@ -36,14 +37,25 @@ def reference_table(artifact: str | None = None):
     return pd.DataFrame(reference_rows(artifact))
 
 
+def display_numbers(table, decimals: int = 2):
+    """``table`` for display: float columns as text with ``decimals`` decimals, a missing value as "—" (a
+    reader should never meet "NaN"). Other columns are unchanged."""
+    out = table.copy()
+    for column in out.columns:
+        if out[column].dtype.kind == "f":
+            out[column] = ["—" if v != v else f"{v:.{decimals}f}" for v in out[column]]
+    return out
+
+
 def beside_article(ours, article, on: str | list[str], article_on: str | list[str] | None = None,
-                   show: tuple[str, ...] = (), stages: tuple[str, ...] = ("prefinetune", "finetune")):
-    """Our runs beside the article's numbers, one row per run, with the differences.
+                   show: tuple[str, ...] = (), stages: tuple[str, ...] = ("prefinetune", "finetune"),
+                   with_delta: bool = True):
+    """Our runs beside the article's numbers, one row per run, for display (``display_numbers``).
 
     ``ours``: columns ``on``, ``show`` and ``<stage>_top1``. ``article``: the article's values, one column per
     metric (``<stage>_top1``), indexed by ``article_on`` (default ``on``). A run whose key is missing (NaN)
-    in ``on`` gets no article value. Returns the ``show`` columns, then per stage "(ours)", "(article)" and
-    "delta".
+    in ``on`` gets no article value ("—"). Returns the ``show`` columns, then per stage "(ours)", "(article)"
+    and, with ``with_delta`` (only meaningful when the run is the article's setting), "delta".
     """
     merged = ours.merge(article.reset_index(), left_on=on, right_on=article_on or on, how="left",
                         suffixes=("", "_article"))
@@ -51,8 +63,9 @@ def beside_article(ours, article, on: str | list[str], article_on: str | list[st
     for stage in stages:
         table[f"{stage} (ours)"] = merged[f"{stage}_top1"]
         table[f"{stage} (article)"] = merged[f"{stage}_top1_article"]
-        table[f"{stage} delta"] = table[f"{stage} (ours)"] - table[f"{stage} (article)"]
-    return table
+        if with_delta:
+            table[f"{stage} delta"] = table[f"{stage} (ours)"] - table[f"{stage} (article)"]
+    return display_numbers(table)
 
 
 def article_fig4():
