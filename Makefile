@@ -5,6 +5,8 @@
 #   make book REUSE=1         execute only chapters without an executed copy of this profile, then build
 #   make chapter ID=<id>      execute one chapter into _build/executed/ (PROFILE=paper, ARGS="-p seed 1")
 #   make paper-check          what the paper profile needs on this machine, and what is missing
+#   make check-book           render every page of _build/html in headless Chromium and fail on overflow,
+#                             broken images, MathJax errors, NaN cells or requests outside the book
 #   make test                 unit tests + nbval regression of the committed notebooks (trained numbers
 #                             within their measured tolerance, everything else exactly)
 #   make test-portable        make book + make test under each numerical mode (tools/numerical_modes.py)
@@ -27,10 +29,10 @@ STAMP := $(VENV)/.installed
 # pip on the build machine prints many harmless "Location ... is ignored" warnings; drop only those lines.
 PIP_FILTER := { grep -v -E 'Location .* is ignored' || true; }
 
-.PHONY: help venv test test-portable book chapter paper-check notebooks clean
+.PHONY: help venv test test-portable book chapter paper-check check-book notebooks clean
 
 help:
-	@sed -n '3,13p' Makefile | sed 's/^# *//'
+	@sed -n '3,15p' Makefile | sed 's/^# *//'
 
 venv: $(STAMP)
 
@@ -63,6 +65,11 @@ chapter: $(STAMP)
 
 paper-check: $(STAMP)
 	$(PY) tools/check_paper_setup.py
+
+# Needs Chromium (Debian: apt install chromium); the playwright package is installed into the venv here.
+check-book: $(STAMP)
+	@$(PY) -c "import playwright" 2>/dev/null || $(VENV)/bin/pip install -q -e ".[browser]" 2>&1 | $(PIP_FILTER)
+	$(PY) tools/check_book.py
 
 notebooks: $(STAMP)
 	$(PY) tools/refresh_notebooks.py

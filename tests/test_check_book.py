@@ -1,0 +1,51 @@
+"""tools/check_book.py in a real browser: a clean page passes, each kind of defect fails (skipped without Chromium)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).is_file() or importlib.util.find_spec("playwright") is None,
+    reason="needs Chromium (apt install chromium) and playwright (pip install -e .[browser])")
+sys.path.insert(0, str(ROOT / "tools"))
+import check_book  # noqa: E402
+
+PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>t</title></head><body>
+<main id="main-content"><article style="width: 600px">{body}</article></main></body></html>"""
+PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9aw"
+         "AAAABJRU5ErkJggg==")
+TABLE = "<table><tr><th>a</th><th>b</th></tr><tr><td>1.00</td><td>{cell}</td></tr></table>"
+
+
+def _report(tmp_path: Path, body: str) -> list[str]:
+    html = tmp_path / "html"
+    html.mkdir()
+    (html / "index.html").write_text(PAGE.format(body=body))
+    report = check_book.check(html, tmp_path / "shots", [], CHROMIUM)
+    assert (tmp_path / "shots" / "index.desktop.png").is_file()
+    return report["index.html @ 1280px"] + report.get("index.html @ 390px", [])
+
+
+def test_a_clean_page_passes(tmp_path: Path) -> None:
+    body = f'<p>fine</p>{TABLE.format(cell="2.00")}<img src="{PIXEL}" alt="one pixel">'
+    assert _report(tmp_path, body) == []
+
+
+@pytest.mark.parametrize("body, problem", [
+    (f'<div style="overflow-x: auto">{TABLE.format(cell="x" * 400)}</div>', "scrolls sideways"),
+    (f'<div style="width: 1500px">{TABLE.format(cell="2.00")}</div>', "past the column"),
+    (TABLE.format(cell="NaN"), "NaN in a table"),
+    ('<img src="missing.png" alt="gone">', "broken image"),
+    (f'<img src="{PIXEL}">', "image without alt text"),
+    ('<img src="http://198.51.100.1/x.png" alt="remote">', "request outside the book"),
+])
+def test_each_defect_fails(tmp_path: Path, body: str, problem: str) -> None:
+    problems = _report(tmp_path, body)
+    assert any(problem in p for p in problems), problems

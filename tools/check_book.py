@@ -1,0 +1,188 @@
+"""Render every page of the built book in headless Chromium and fail on what a reader would stumble on.
+
+    .venv/bin/python tools/check_book.py [--html _build/html] [--screenshots _build/screenshots] [PAGE ...]
+
+Each page is served from a local HTTP server and loaded at 1280 px (and the pages named in PHONE_PAGES also at
+390 px). A page fails on:
+
+- horizontal overflow of the main column: an element that reaches past the column's right edge, or a
+  scrolling box in the column whose content is wider than the box (a table or output the reader must scroll);
+- an image that is missing or did not decode;
+- a MathJax error (an ``mjx-merror`` element, or TeX source left unrendered);
+- ``NaN`` in a rendered table cell;
+- a request for anything outside the local server (the book must render offline).
+
+One screenshot per page and width is saved under ``--screenshots``. Needs Chromium (Debian: ``apt install
+chromium``) and the ``playwright`` package (``pip install -e .[browser]``); ``make check-book`` runs this.
+Exit status 0 when every page passes, 1 otherwise, 2 when the browser or the book is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import shutil
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parents[1]
+WIDTHS = {"desktop": 1280, "phone": 390}
+PHONE_PAGES = ("index.html", "book/summary.html")  # the pages whose key tables must fit a phone
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SKIP = ("genindex.html", "search.html", "_static/", "_sources/", "_images/")
+
+# Runs in the page; returns the problems it finds as strings.
+PAGE_CHECKS = r"""
+() => {
+  const problems = [];
+  const main = document.querySelector('main#main-content article') || document.querySelector('main') || document.body;
+  const right = main.getBoundingClientRect().right + 1;
+  const describe = (el) => {
+    const text = (el.innerText || el.textContent || '').trim().replace(/\s+/g, ' ').slice(0, 60);
+    return `<${el.tagName.toLowerCase()}${el.className ? ' class="' + el.className + '"' : ''}> "${text}"`;
+  };
+  const reported = new Set();
+  for (const el of main.querySelectorAll('*')) {
+    // inside a MathJax box only the box itself is checked
+    if (el.parentElement && el.parentElement.closest('mjx-container')) continue;
+    const style = getComputedStyle(el);
+    if (style.display === 'none' || style.visibility === 'hidden') continue;
+    const box = el.getBoundingClientRect();
+    if (box.width === 0 || box.height === 0) continue;
+    const scrolls = ['auto', 'scroll'].includes(style.overflowX);
+    if (scrolls && el.scrollWidth > el.clientWidth + 1) {
+      problems.push(`overflow: ${describe(el)} scrolls sideways ` +
+                    `(${el.scrollWidth} px of content in ${el.clientWidth} px)`);
+      reported.add(el);
+      continue;
+    }
+    if (box.right > right && ![...reported].some((r) => r.contains(el))) {
+      let clipped = false;  // inside a box that clips it without scrolling: not visible, not an overflow
+      for (let p = el.parentElement; p && p !== main; p = p.parentElement) {
+        if (reported.has(p)) { clipped = true; break; }
+      }
+      if (!clipped) {
+        problems.push(`overflow: ${describe(el)} ends at ${Math.round(box.right)} px, ` +
+                      `past the column's ${Math.round(right)} px`);
+        reported.add(el);
+      }
+    }
+  }
+  for (const img of document.querySelectorAll('img')) {
+    if (!img.complete || img.naturalWidth === 0) problems.push(`broken image: ${img.getAttribute('src')}`);
+    else if (!img.getAttribute('alt')) problems.push(`image without alt text: ${img.getAttribute('src')}`);
+  }
+  for (const err of document.querySelectorAll('mjx-merror, .MathJax_Error')) {
+    problems.push(`MathJax error: ${err.textContent.trim().slice(0, 80)}`);
+  }
+  for (const el of main.querySelectorAll('p, li, td')) {
+    if (/\$[^$]*\\[a-zA-Z]+[^$]*\$/.test(el.textContent) && !el.closest('pre, code, .highlight')) {
+      problems.push(`unrendered TeX: ${describe(el)}`);
+    }
+  }
+  for (const cell of main.querySelectorAll('table td, table th')) {
+    if (/^\s*(NaN|nan)\s*$/.test(cell.textContent)) problems.push(`NaN in a table: ${describe(cell.closest('table'))}`);
+  }
+  return [...new Set(problems)];
+}
+"""
+
+
+def pages(html: Path, only: list[str]) -> list[str]:
+    """The book's pages, relative to ``html``, in a stable order (or the ones named)."""
+    found = sorted(str(p.relative_to(html)) for p in html.rglob("*.html"))
+    found = [p for p in found if not any(p.startswith(s) or p == s for s in SKIP)]
+    return [p for p in found if not only or p in only]
+
+
+def serve(html: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
+    handler = functools.partial(_QuietHandler, directory=str(html))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/"
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # one line per request would bury the report
+        pass
+
+
+def check(html: Path, screenshots: Path, only: list[str], chromium: str) -> dict[str, list[str]]:
+    """Problems per "page @ width"; an empty list means the page passed at that width."""
+    from playwright.sync_api import sync_playwright
+
+    server, base = serve(html)
+    screenshots.mkdir(parents=True, exist_ok=True)
+    report: dict[str, list[str]] = {}
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+            for name, width in WIDTHS.items():
+                page = browser.new_page(viewport={"width": width, "height": 900})
+                external: list[str] = []
+                page.on("request", lambda r: external.append(r.url) if _is_external(r.url, base) else None)
+                page.on("requestfailed", lambda r: external.append(f"failed: {r.url}"))
+                for rel in pages(html, only):
+                    if name == "phone" and rel not in PHONE_PAGES:
+                        continue
+                    external.clear()
+                    page.goto(base + rel, wait_until="networkidle")
+                    page.wait_for_function("() => !window.MathJax || !window.MathJax.startup || "
+                                           "window.MathJax.startup.promise !== undefined", timeout=10_000)
+                    page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : null")
+                    problems = page.evaluate(PAGE_CHECKS)
+                    problems += [f"request outside the book: {url}" for url in external]
+                    report[f"{rel} @ {width}px"] = problems
+                    shot = screenshots / f"{rel.replace('/', '__').removesuffix('.html')}.{name}.png"
+                    page.screenshot(path=str(shot), full_page=True)
+                page.close()
+            browser.close()
+    finally:
+        server.shutdown()
+    return report
+
+
+def _is_external(url: str, base: str) -> bool:
+    parsed = urlparse(url)
+    return parsed.scheme not in ("data", "blob", "about") and not url.startswith(base)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("pages", nargs="*", help="pages relative to --html (default: all)")
+    parser.add_argument("--html", type=Path, default=ROOT / "_build" / "html")
+    parser.add_argument("--screenshots", type=Path, default=ROOT / "_build" / "screenshots")
+    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    args = parser.parse_args(argv)
+    if not (args.html / "index.html").is_file():
+        print(f"check-book: no built book at {args.html}; run `make book` first", file=sys.stderr)
+        return 2
+    if not Path(args.chromium).is_file():
+        print(f"check-book: Chromium not found at {args.chromium}; install it (Debian: `sudo apt install "
+              "chromium`) or pass --chromium PATH", file=sys.stderr)
+        return 2
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        print("check-book: the playwright package is missing; run `.venv/bin/pip install -e .[browser]`",
+              file=sys.stderr)
+        return 2
+    report = check(args.html, args.screenshots, args.pages, args.chromium)
+    failed = {page: problems for page, problems in report.items() if problems}
+    for page, problems in report.items():
+        print(f"{'FAIL' if problems else 'ok  '} {page}")
+        for problem in problems[:20]:
+            print(f"       {problem}")
+        if len(problems) > 20:
+            print(f"       ... and {len(problems) - 20} more")
+    print(f"check-book: {len(report) - len(failed)} of {len(report)} page views pass; "
+          f"screenshots in {args.screenshots}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
