@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from .wrappers import EquiAttention, LambdaEquitune, OrbitWrapper
 
 __all__ = ["TrainConfig", "ViewData", "ImageViewData", "METHODS", "weighted_model", "model_device",
            "batch_schedule", "extract_view_features", "features", "predict", "evaluate", "cast_trunk",
-           "parameter_drift", "total_drift", "prefinetune", "finetune",
+           "parameter_drift", "total_drift", "sgd_step_survival", "prefinetune", "finetune",
            "train_step_loss"]
 
 Tensor = torch.Tensor
@@ -344,6 +344,36 @@ def parameter_drift(before: dict[str, Tensor], module: nn.Module) -> list[dict]:
         rows.append(dict(parameter=name, entries=old.numel(), norm=norm,
                          changed_share=float((new != old).float().mean()),
                          relative_change=change / norm if norm > 0 else change))
+    return rows
+
+
+def sgd_step_survival(model: OrbitWrapper, views: Tensor, labels: Tensor, lrs: Sequence[float]) -> list[dict]:
+    """What the first SGD step of finetuning would change in the trunk, with fp32 weights and with fp16 weights
+    updated in place (deviation A.8), at each learning rate.
+
+    The trunk's loss gradient on one batch (per-view inputs [B, G, ...], labels [B]) is computed in fp32; the
+    first step of SGD with momentum moves each weight by ``lr * grad``. Per lr and weight dtype, the share of
+    the trunk's weight entries whose stored value changes when ``w - lr * grad`` is rounded to that dtype.
+    Returns rows with keys lr, weights ("fp32" or "fp16"), changed_share. The model's gradients are cleared.
+    """
+    was_training = model.training
+    model.train()
+    model.zero_grad(set_to_none=True)
+    feats = features(model, views)
+    train_step_loss(model, feats, labels, weight_views=feats).backward()
+    rows = []
+    for lr in lrs:
+        for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
+            changed, total = 0, 0
+            for p in model.trunk.parameters():
+                if p.grad is None:
+                    continue
+                w = p.detach().to(dtype)
+                changed += int(((w.float() - lr * p.grad.float()).to(dtype) != w).sum())
+                total += w.numel()
+            rows.append(dict(lr=lr, weights=name, changed_share=changed / max(total, 1)))
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
     return rows
 
 

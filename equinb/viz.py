@@ -7,10 +7,16 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-__all__ = ["book_style", "zeroshot_panels", "robustness_plot", "learning_curves", "label_bars", "fairness_gap_plot",
+__all__ = ["book_style", "glue_figure",
+           "zeroshot_panels", "robustness_plot", "learning_curves", "label_bars", "fairness_gap_plot",
            "weight_means_plot", "weight_histograms", "METHOD_COLORS"]
 
 METHOD_COLORS = {"vanilla": "#8c8c8c", "equitune": "#4c72b0", "equizero": "#dd8452"}
+LEGEND_SIZE = 9  # points; the smallest text of a figure
+# one style per run, so that runs with identical numbers stay visible on top of each other
+RUN_STYLES = [dict(ls="-", marker="o", ms=6, mfc="none"), dict(ls="--", marker="s", ms=4),
+              dict(ls=":", marker="^", ms=7, mfc="none"), dict(ls="-.", marker="x", ms=6),
+              dict(ls="-", marker="D", ms=3), dict(ls="--", marker="v", ms=6, mfc="none")]
 TRANSFORM_LABELS = {"none": "no transformation", "rot180": "rot180 (the article's 'flip')", "rot90": "rot90",
                     "hflip": "mirror flip"}
 
@@ -21,7 +27,19 @@ def book_style() -> None:
     import seaborn as sns
 
     sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
-    matplotlib.rcParams.update({"figure.dpi": 100, "savefig.bbox": "tight", "axes.titlesize": 10})
+    matplotlib.rcParams.update({"figure.dpi": 100, "savefig.bbox": "tight", "axes.titlesize": 10,
+                                "legend.fontsize": LEGEND_SIZE, "xtick.labelsize": LEGEND_SIZE,
+                                "ytick.labelsize": LEGEND_SIZE})
+
+
+def glue_figure(key: str, fig) -> None:
+    """Hand ``fig`` to the book under ``key``, for a numbered ``{glue:figure}`` with caption and alt text, and
+    close it, so the cell does not also show it without them (needs myst-nb, the book's extra)."""
+    import matplotlib.pyplot as plt
+    from myst_nb import glue
+
+    glue(key, fig, display=False)
+    plt.close(fig)
 
 
 def _bars(ax, frame, methods: Sequence[str], x_labels: Sequence[str], hatch: str, label_suffix: str,
@@ -62,8 +80,8 @@ def zeroshot_panels(ours, article, transforms: Sequence[str] = ("rot90", "rot180
             ax.set_title(f"{TRANSFORM_LABELS.get(transform, transform)} - {dataset}")
             ax.set_ylabel("top-1 accuracy (%)")
             values = list(ours_vals.values()) + list(ref_vals.values())
-            if values:
-                ax.set_ylim(max(0.0, min(values) - 10), min(100.0, max(values) + 5))
+            if values:  # bars start at 0, so their heights compare honestly
+                ax.set_ylim(0.0, min(100.0, max(values) + 5))
     handles, labels = axes[0][0].get_legend_handles_labels()
     for row in axes:
         for ax in row:
@@ -101,10 +119,11 @@ def robustness_plot(ours, article, transforms: Sequence[str] = ("none", "rot180"
         ax.bar([i + t * width for i in range(len(keys))], values, width, color=palette[t % len(palette)],
                label=TRANSFORM_LABELS.get(transform, transform))
     ax.set_xticks([i + width * (len(transforms) - 1) / 2 for i in range(len(keys))],
-                  [f"{b}\n{d}\n({src})" for src, b, d in keys], fontsize=7)
+                  [f"{b}\n{d}\n({src})" for src, b, d in keys], fontsize=LEGEND_SIZE - 1)
     ax.set_ylabel("vanilla top-1 accuracy (%)")
-    ax.set_title("The pretrained model is not robust to rotations")
-    ax.legend(frameon=False, fontsize=8, ncol=len(transforms), loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    ax.set_title("The plain model under each random transformation")
+    ax.set_ylim(bottom=0)
+    ax.legend(frameon=False, ncol=len(transforms), loc="upper center", bbox_to_anchor=(0.5, -0.35))
     fig.tight_layout()
     return fig
 
@@ -116,18 +135,23 @@ def learning_curves(history, title: str = ""):
     """
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    for run, rows in history.groupby("run", sort=False):
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for k, (run, rows) in enumerate(history.groupby("run", sort=False)):
+        style = RUN_STYLES[k % len(RUN_STYLES)]
         sel = rows[rows.stage.eq("prefinetune") & rows.select_top1.notna()]
-        axes[0].plot(sel["round"], sel.select_top1, marker="o", ms=3, label=run)
+        axes[0].plot(sel["round"], sel.select_top1, label=run, **style)
         tests = rows[rows.test_top1.notna()]
         x = [0 if s == "prefinetune" else r + 1 for s, r in zip(tests.stage, tests["round"])]
-        axes[1].plot(x, tests.test_top1, marker="o", ms=3, label=run)
+        axes[1].plot(x, tests.test_top1, label=run, **style)
+    for ax in axes:  # rounds are counts
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set(xlabel="prefinetune round", ylabel="selection top-1 (%)",
                 title="lambda network selection (before each round)")
     axes[1].set(xlabel="finetune round (0 = selected lambda network)", ylabel="test top-1 (%)",
                 title="test accuracy during finetuning")
-    axes[1].legend(frameon=False, fontsize=7)
+    axes[1].legend(frameon=False)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -159,8 +183,8 @@ def label_bars(panels: Sequence[tuple[str, Any]], demographics: Sequence[str], t
                 ax.bar(origin + j * width, value, width * 0.9, bottom=bottom, edgecolor="black", linewidth=0.6,
                        label=label if p == 0 and j == 0 else None, **styles[label])
                 bottom += value
-            ax.text(origin + j * width, -0.04, demographic, ha="center", va="top", fontsize=7, rotation=0)
-        ax.text(origin + (len(demographics) - 1) * width / 2, -0.12, name, ha="center", va="top", fontsize=8)
+            ax.text(origin + j * width, -0.04, demographic, ha="center", va="top", fontsize=LEGEND_SIZE - 1)
+        ax.text(origin + (len(demographics) - 1) * width / 2, -0.12, name, ha="center", va="top", fontsize=LEGEND_SIZE)
     ax.set_xticks([])
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("share of samples")
@@ -190,11 +214,11 @@ def fairness_gap_plot(gaps, article_gaps: dict[str, float] | None = None, title:
         if article_gaps and label in article_gaps:
             ax.plot(article_gaps[label], y, "D", mfc="none", color="#c44e52",
                     label="article" if label == next(k for k in labels if k in article_gaps) else None)
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
     ax.set_xlabel("fairness gap: max - min share of positive samples across demographics")
     ax.set_xlim(left=-0.02)
-    fig.legend(frameon=False, fontsize=8, loc="lower center", ncol=2, bbox_to_anchor=(0.5, 0.0))
+    fig.legend(frameon=False, loc="lower center", ncol=2, bbox_to_anchor=(0.5, 0.0))
     if title:
         ax.set_title(title)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
@@ -224,7 +248,7 @@ def weight_means_plot(means, title: str = ""):
         ax.set(xlabel="view: rotation of the input (degrees)", title=method)
         ax.axhline(1 / len(rotations), color="gray", lw=0.8, ls=":")
     axes[0][0].set_ylabel("mean weight")
-    axes[0][-1].legend(frameon=False, fontsize=8)
+    axes[0][-1].legend(frameon=False)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -238,6 +262,7 @@ def weight_histograms(weights, bins: int = 20, title: str = ""):
     """
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     methods = list(dict.fromkeys(weights["method"]))
     rotations = list(dict.fromkeys(weights["rotation"]))
@@ -249,7 +274,8 @@ def weight_histograms(weights, bins: int = 20, title: str = ""):
             values = weights[(weights["method"] == method) & (weights["rotation"] == rotation)]["weight"]
             ax = axes[r][c]
             ax.hist(values.clip(0.0, 1.0), bins=edges, color="#4c72b0")
-            ax.set_ylabel(f"{rotation} deg\ncount", fontsize=8)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of images
+            ax.set_ylabel(f"{rotation} deg\ncount")
             if r == 0:
                 ax.set_title(method)
     for ax in axes[-1]:

@@ -315,6 +315,18 @@ def test_fp16_in_place_updates_vanish_where_fp32_updates_do_not(lr: float) -> No
         assert shares["fp16_inplace"] > 0.5, shares  # large steps survive in fp16 too: the test can tell
 
 
+def test_one_sgd_step_survives_in_fp32_and_rounds_away_in_fp16_at_tiny_rates() -> None:
+    from equinb.engine import sgd_step_survival
+
+    setup = _setup()
+    model = _model(setup, TrainConfig.updated())
+    views, labels = setup.train.batch(torch.arange(16))
+    rows = {(r["lr"], r["weights"]): r["changed_share"] for r in sgd_step_survival(model, views, labels, [1e-5, 1.0])}
+    assert rows[1e-5, "fp32"] > 0.9 and rows[1e-5, "fp16"] < 0.05 * rows[1e-5, "fp32"], rows
+    assert rows[1.0, "fp16"] > 0.9, rows  # large steps survive in fp16: the measurement can tell
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_cast_trunk_gives_finetuning_the_configured_dtype() -> None:
     from equinb.engine import cast_trunk
 
