@@ -337,3 +337,18 @@ def test_cast_trunk_gives_finetuning_the_configured_dtype() -> None:
     assert all(p.dtype == torch.float32 for p in model.trunk.parameters())
     cast_trunk(model, TrainConfig.updated(param_dtype="fp16_inplace"))
     assert all(p.dtype == torch.float16 for p in model.trunk.parameters())
+
+
+def test_fp32_finetuning_casts_an_fp16_clip_trunk_up() -> None:
+    """The paper profile's trunk is CLIP's image encoder, fp16 on CUDA: param_dtype="fp32" must train fp32 weights."""
+    from types import SimpleNamespace
+
+    from equinb.backbones import tiny_clip
+    from equinb.engine import cast_trunk
+
+    visual = tiny_clip("rn", image_resolution=64).visual.half()
+    model = SimpleNamespace(trunk=visual)
+    cast_trunk(model, TrainConfig.updated())  # the default, fp32
+    assert all(p.dtype == torch.float32 for p in visual.parameters())
+    out = visual(torch.randn(2, 3, 64, 64))  # ModifiedResNet casts its input to its weight dtype
+    assert out.dtype == torch.float32
