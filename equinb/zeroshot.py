@@ -177,10 +177,15 @@ def orbit_logits(backbone_name: str, dataset: str, *, transforms: Sequence[str] 
                  batch_size: int = 256, image_size: int | None = None, data_root: str | None = None,
                  cache_dir: str | Path | None = None, clip_path: str | None = None,
                  clip_download_root: str | None = None, num_workers: int = 0, dataset_options: dict | None = None,
-                 progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+                 progress: bool = True, frozen: tuple | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
     """The cached per-view logits of the test split for ``transforms``: (logits [N, E, C], labels [N],
-    elements), computed once per (backbone, dataset, views) and loaded afterwards."""
-    backbone, head, root, cache_dir = load_frozen_model(
+    elements), computed once per (backbone, dataset, views) and loaded afterwards.
+
+    ``frozen``: the ``load_frozen_model`` result for this backbone and dataset, when the caller has it
+    already (loading it again costs seconds); otherwise it is loaded from the other arguments.
+    """
+    backbone, head, root, cache_dir = frozen or load_frozen_model(
         backbone_name, dataset, device=device, image_size=image_size, data_root=data_root, cache_dir=cache_dir,
         clip_path=clip_path, clip_download_root=clip_download_root, batch_size=batch_size,
         num_workers=num_workers, dataset_options=dataset_options)
@@ -195,16 +200,17 @@ def run_zeroshot(backbone_name: str, dataset: str, *, transforms: Sequence[str] 
                  device: str = "cpu", batch_size: int = 256, seed: int = 0, image_size: int | None = None,
                  data_root: str | None = None, cache_dir: str | Path | None = None, clip_path: str | None = None,
                  clip_download_root: str | None = None, num_workers: int = 0, dataset_options: dict | None = None,
-                 progress: bool = True) -> list[dict]:
+                 progress: bool = True, frozen: tuple | None = None) -> list[dict]:
     """Figure 4 for one (backbone, dataset): one cached orbit pass, then every method and setting.
 
     Returns tidy rows (backbone, dataset, transform, method, reading, top1, top5). The random draws of
-    vanilla follow the article's batches of 32 whatever ``batch_size`` the encoder runs at.
+    vanilla follow the article's batches of 32 whatever ``batch_size`` the encoder runs at. ``frozen``: see
+    ``orbit_logits``.
     """
     logits, labels, elements = orbit_logits(
         backbone_name, dataset, transforms=transforms, device=device, batch_size=batch_size, image_size=image_size,
         data_root=data_root, cache_dir=cache_dir, clip_path=clip_path, clip_download_root=clip_download_root,
-        num_workers=num_workers, dataset_options=dataset_options, progress=progress)
+        num_workers=num_workers, dataset_options=dataset_options, progress=progress, frozen=frozen)
     rows = evaluate_views(logits, labels, elements, transforms, batch_size=32, seed=seed)
     return [dict(backbone=backbone_name, dataset=dataset, **row) for row in rows]
 

@@ -135,8 +135,8 @@ for name in backbones:
             name, dataset, transforms=transforms, device=device, batch_size=batch_size, seed=seed,
             image_size=image_size, data_root=str(root), cache_dir=cache_dir, clip_path=clip_paths.get(name),
             clip_download_root=clip_download_root or None, num_workers=num_workers,
-            dataset_options=dataset_options.get(dataset),
-            progress=False)
+            dataset_options=dataset_options.get(dataset), progress=False,
+            frozen=(backbone, head, root, cache_dir) if (name, dataset) == (backbones[0], datasets[0]) else None)
 ours = pd.DataFrame(rows).assign(profile=profile)
 display(ours.pivot_table(index=["backbone", "dataset", "transform", "method"], columns="reading",
                          values=["top1", "top5"]))
@@ -196,7 +196,7 @@ logits, labels, elements = zs.orbit_logits(
     backbones[0], datasets[0], transforms=transforms, device=device, batch_size=batch_size, image_size=image_size,
     data_root=str(root), cache_dir=cache_dir, clip_path=clip_paths.get(backbones[0]),
     clip_download_root=clip_download_root or None, num_workers=num_workers,
-    dataset_options=dataset_options.get(datasets[0]), progress=False)
+    dataset_options=dataset_options.get(datasets[0]), progress=False, frozen=(backbone, head, root, cache_dir))
 scores = {(t, s): zs.per_image_top1(logits, labels, elements, t, seed=s) for t in group_transforms for s in seeds}
 draws = pd.DataFrame([dict(transform=t, seed=s, top1=100 * float(scores[t, s]["vanilla", "as_published"].mean()))
                       for t, s in scores]).groupby("transform", sort=False).top1.agg(["count", "mean", "std"])

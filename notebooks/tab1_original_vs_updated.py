@@ -269,7 +269,7 @@ display(pd.DataFrame(rows))
 model = weighted_model(full.make_trunk(), EmbeddingWeightNet(full.embed_dim), full.head, full.group,
                        configs["updated"]).to(full.head.weight.device)
 model.weight_net.load_state_dict(trained[base, "updated"].states["prefinetune"])
-views, labels = full.train.batch(torch.arange(configs["updated"].batch_size))
+views, labels = full.train.batch(torch.arange(min(configs["updated"].batch_size, len(full.train))))
 survival = pd.DataFrame(sgd_step_survival(model, views, labels, [lr_updated, lr_original]))
 survival = survival.pivot_table(index="lr", columns="weights", values="changed_share")[["fp32", "fp16"]]
 print(f"profile: {profile}; share of the trunk's weight entries changed by the first SGD step, group {base}")

@@ -215,8 +215,8 @@ def test_feature_map_tables_paper_code_path_on_fakes(tmp_path: Path, nb_id: str)
     assert "profile: paper" in text and "up to layer4" in text and "attnpool" in text
     assert "40.95" in text and "47.55" in text  # the article's values beside ours
     assert "Z equivariance error" in text and "positional" not in text  # attnpool is the positional head here
-    # tab2: invariant at two rates and two map runs, plus 4 seed repeats of each invariant rate; tab3: four runs
-    expected = 4 + 2 * 4 if nb_id == "tab2_featuremap" else 4
+    # tab2: invariant at two rates and two map runs, plus 4 seed repeats of the article-rate row; tab3: four runs
+    expected = 4 + 4 if nb_id == "tab2_featuremap" else 4
     assert len(list((data / "cache" / "runs").glob("run_*.pt"))) == expected
     assert "verdict" in text and any(v in text for v in ("agrees", "reversed", "within noise"))
 

@@ -63,9 +63,10 @@ def fail(msg: str) -> None:
 def chapter_parameters(nb_id: str) -> list[str]:
     """The names declared in a chapter's parameters cell: its ``name: type = value  # help`` lines."""
     text = (ROOT / "notebooks" / f"{nb_id}.py").read_text()
-    if 'tags=["parameters"]' not in text:
+    header = re.search(r'^# %% tags=\[[^\]]*"parameters"[^\]]*\]$', text, flags=re.M)  # other tags may follow
+    if header is None:
         return []
-    cell = text.split('tags=["parameters"]', 1)[1].split("# %%", 1)[0]
+    cell = text[header.end():].split("# %%", 1)[0]
     return re.findall(r"^([a-z_][a-z0-9_]*): [A-Za-z_.\[\], ]+ = ", cell, flags=re.M)
 
 
