@@ -201,7 +201,7 @@ glue("profile", profile, display=False)
 # weight or a share. The rule: {glue:text}`verdict_rule`. The natural-vs-free rows are paired only when
 # both sets hold the same images (the small profile's turned digits); otherwise they have no interval.
 
-# %% tags=["tolerance-weight"]
+# %% tags=["tolerance-share", "hide-input"]
 glue("verdict_rule", VERDICT_RULE, display=False)
 article_value = ref.set_index(["figure", "method", "metric"]).value
 upright = {key: w[:, 0].double() for key, w in weights.items()}  # per image: the weight of view 0

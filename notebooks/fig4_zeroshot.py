@@ -209,7 +209,7 @@ display(draws)
 # pp, for the first backbone and dataset, beside the article's RN50 CIFAR100 result files. The first
 # difference has the draws' seed spread; the second has none. The rule: {glue:text}`verdict_rule`.
 
-# %%
+# %% tags=["hide-input"]
 glue("verdict_rule", VERDICT_RULE, display=False)
 article_rn50 = article[(article.backbone == "RN50") & (article["dataset"] == "cifar100")].set_index(
     ["transform", "method"]).seed_top1

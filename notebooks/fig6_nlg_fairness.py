@@ -214,7 +214,7 @@ display(gaps)
 # 95% interval from resampling the (template, sample) units both models share. Sampling is seeded per
 # sample, so there are no seeds to add: the interval is the noise. The rule: {glue:text}`verdict_rule`.
 
-# %%
+# %% tags=["hide-input"]
 glue("verdict_rule", VERDICT_RULE, display=False)
 article_diff = float(article_gaps["EquiGPT2, pre-fix g (article)"] - article_gaps["GPT2 (article)"])
 claims = []

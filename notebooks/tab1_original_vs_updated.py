@@ -281,7 +281,7 @@ display(survival.map(lambda v: f"{v:.2%}"))
 # finetune differences, run once, use the measured tolerance of a trained top-1 instead. The rule:
 # {glue:text}`verdict_rule`.
 
-# %% tags=["tolerance-top1"]
+# %% tags=["tolerance-top1", "hide-input"]
 glue("verdict_rule", VERDICT_RULE, display=False)
 claims = []
 for name in setups:

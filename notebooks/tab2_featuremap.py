@@ -209,7 +209,7 @@ display(spread)
 # {glue:text}`verdict_rule`. The last rows compare this build's own variants, where the article has no
 # numbers.
 
-# %% tags=["tolerance-top1_chaotic"]
+# %% tags=["tolerance-top1_chaotic", "hide-input"]
 glue("verdict_rule", VERDICT_RULE, display=False)
 
 

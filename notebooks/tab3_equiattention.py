@@ -151,7 +151,7 @@ glue("profile", profile, display=False)
 # about a minute or two on 2 CPU cores), so the seed part of the noise is the measured tolerance of a
 # trained top-1. The rule: {glue:text}`verdict_rule`.
 
-# %% tags=["tolerance-top1"]
+# %% tags=["tolerance-top1", "hide-input"]
 glue("verdict_rule", VERDICT_RULE, display=False)
 claims = []
 for alignment in ("as published", "as described"):
