@@ -34,7 +34,9 @@ NUMBER = re.compile(r"(?:(?<![\w.])[-+])?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?
 
 # Verdict words that a number moving within its tolerance may turn into one another (a difference near the
 # noise level can read "within noise" on one machine and "agrees" on another; never "agrees" vs "reversed").
-_ADJACENT_VERDICTS = {("agrees", "within noise"), ("reversed", "within noise")}
+# "no article direction" and "changes the result" are the verdicts of a difference without an article sign.
+_ADJACENT_VERDICTS = {("agrees", "within noise"), ("reversed", "within noise"),
+                      ("no article direction", "within noise"), ("changes the result", "within noise")}
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["VERDICTS", "paired_interval", "judge", "claim_row", "verdict_table", "VERDICT_RULE"]
+__all__ = ["VERDICTS", "VERDICT_COLUMN", "paired_interval", "judge", "claim_row", "verdict_table", "VERDICT_RULE"]
 
 VERDICTS = ("agrees", "reversed", "within noise", "no article direction")
+# The printed column of the verdicts: a header at least as wide as the longest verdict fixes the column's
+# width, so that a verdict turning into an adjacent one on another CPU does not re-flow the printed table.
+VERDICT_COLUMN = "verdict vs the article"
 SEED_FACTOR = 2.0  # a difference must exceed twice the seed spread (standard deviation over seeds)
 VERDICT_RULE = ("a difference is 'within noise' when its 95% paired-bootstrap interval over test items contains 0, "
                 "or when it is not larger than twice its standard deviation over seeds (or, where seeds were not "
@@ -100,10 +103,10 @@ def claim_row(artifact: str, claim: str, article: float | None, difference: floa
 
 
 def verdict_table(rows: list[dict], profile: str):
-    """The rows of ``claim_row`` as a DataFrame with the profile as its first column (how the chapters
-    show and glue their verdicts)."""
+    """The rows of ``claim_row`` as a DataFrame with the profile as its first column and the verdict under
+    ``VERDICT_COLUMN`` (how the chapters show and glue their verdicts)."""
     import pandas as pd
 
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).rename(columns={"verdict": VERDICT_COLUMN})
     table.insert(0, "profile", profile)
     return table

@@ -51,6 +51,8 @@ def test_snap_allows_only_adjacent_verdicts():
     ref = "+1.11 agrees"
     assert snap_numbers("+0.80 within noise", ref, PP) == ref
     assert snap_numbers("-0.80 reversed", "-1.20 within noise", PP) == "-1.20 within noise"
+    assert snap_numbers("+2.9 changes the result", "+2.4 within noise", PP) == "+2.4 within noise"
+    assert snap_numbers("+9.0 no article direction", "+8.0 within noise", PP) == "+8.0 within noise"
     assert snap_numbers("+1.50 reversed", ref, PP) == "+1.50 reversed"  # agrees vs reversed: a real change
 
 

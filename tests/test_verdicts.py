@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from equinb.verdicts import VERDICTS, claim_row, judge, paired_interval, verdict_table
+from equinb.verdicts import VERDICT_COLUMN, VERDICTS, claim_row, judge, paired_interval, verdict_table
 
 
 def test_paired_interval_holds_the_difference_and_narrows_with_pairing():
@@ -56,5 +56,6 @@ def test_claim_row_reports_the_seed_spread_and_never_nan():
         claim_row("x", "y", 1.0, 1.0, seed_differences=[1.0])
     table = verdict_table([row, claim_row("x", "y", 2.0, 0.1, tolerance=5.9)], "small")
     assert list(table.columns[:3]) == ["profile", "artifact", "claim"]
-    assert table.loc[1, "seeds"] == "tolerance ±5.90" and table.loc[1, "verdict"] == "within noise"
+    assert table.loc[1, "seeds"] == "tolerance ±5.90" and table.loc[1, VERDICT_COLUMN] == "within noise"
+    assert len(VERDICT_COLUMN) >= max(map(len, VERDICTS))  # the header fixes the printed column's width
     assert not any(isinstance(v, float) and math.isnan(v) for v in table.to_numpy().ravel())
