@@ -119,6 +119,33 @@ def test_nbval_passes_trained_numbers_within_tolerance_and_fails_beyond(tmp_path
     assert exact.returncode != 0 and "1 failed" in exact.stdout, exact.stdout[-2000:]
 
 
+def test_nbval_skips_glued_images_but_compares_the_glued_text(tmp_path):
+    """A figure glued for a caption is recorded under papermill's mime type; its pixels move with the CPU."""
+    code = ("from IPython.display import display\n"
+            "display({'application/papermill.record/image/png': '{image}', "
+            "'application/papermill.record/text/plain': '{text}'}, raw=True)")
+
+    def run(image: str, text: str) -> subprocess.CompletedProcess:
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        cell = nbformat.v4.new_code_cell(code.replace("{image}", image).replace("{text}", text))
+        cell.execution_count = 1
+        cell.outputs = [nbformat.v4.new_output("display_data", data={
+            "application/papermill.record/image/png": "AAAA", "application/papermill.record/text/plain": "fig"})]
+        nb.cells.append(cell)
+        path = tmp_path / "glued.ipynb"
+        nbformat.write(nb, path)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "nbval_tolerance", "--nbval",
+                               "--nbval-current-env", "-p", "no:cacheprovider", str(path)],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+
+    other_pixels = run("BBBB", "fig")
+    assert other_pixels.returncode == 0, other_pixels.stdout[-2000:]
+    other_text = run("AAAA", "other")
+    assert other_text.returncode != 0 and "1 failed" in other_text.stdout, other_text.stdout[-2000:]
+
+
 def test_measured_file_records_how_it_was_made():
     data = json.loads((ROOT / "equinb" / "noise_measured.json").read_text())
     assert data["command"] and set(data["classes"]) == set(tolerances())
