@@ -91,14 +91,12 @@ def test_plugin_reads_the_tag_and_snaps_every_text_output():
     assert test[0]["text"] == "top1 92.10\n"  # the test's own outputs are not modified
 
 
-def _nbval(tmp_path: Path, printed: dict[str, str], reference: dict[str, str]) -> subprocess.CompletedProcess:
-    """nbval with the plugin on a two-cell notebook: one tagged top1 cell, one exact cell."""
+def _run_nbval(tmp_path: Path, cells: list) -> subprocess.CompletedProcess:
+    """nbval with the plugin on a notebook of ``cells`` (their outputs are the committed reference)."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    for i, (key, tags) in enumerate((("tagged", ["tolerance-top1"]), ("exact", []))):
-        cell = nbformat.v4.new_code_cell(f"print('top-1 {printed[key]}')", metadata={"tags": tags})
+    for i, cell in enumerate(cells):
         cell.execution_count = i + 1
-        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"top-1 {reference[key]}\n")]
         nb.cells.append(cell)
     path = tmp_path / "regression.ipynb"
     nbformat.write(nb, path)
@@ -106,6 +104,16 @@ def _nbval(tmp_path: Path, printed: dict[str, str], reference: dict[str, str]) -
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "nbval_tolerance", "--nbval",
                            "--nbval-current-env", "-p", "no:cacheprovider", str(path)],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+
+
+def _nbval(tmp_path: Path, printed: dict[str, str], reference: dict[str, str]) -> subprocess.CompletedProcess:
+    """nbval with the plugin on a two-cell notebook: one tagged top1 cell, one exact cell."""
+    cells = []
+    for key, tags in (("tagged", ["tolerance-top1"]), ("exact", [])):
+        cell = nbformat.v4.new_code_cell(f"print('top-1 {printed[key]}')", metadata={"tags": tags})
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"top-1 {reference[key]}\n")]
+        cells.append(cell)
+    return _run_nbval(tmp_path, cells)
 
 
 def test_nbval_passes_trained_numbers_within_tolerance_and_fails_beyond(tmp_path):
@@ -126,19 +134,10 @@ def test_nbval_skips_glued_images_but_compares_the_glued_text(tmp_path):
             "'application/papermill.record/text/plain': '{text}'}, raw=True)")
 
     def run(image: str, text: str) -> subprocess.CompletedProcess:
-        nb = nbformat.v4.new_notebook()
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         cell = nbformat.v4.new_code_cell(code.replace("{image}", image).replace("{text}", text))
-        cell.execution_count = 1
         cell.outputs = [nbformat.v4.new_output("display_data", data={
             "application/papermill.record/image/png": "AAAA", "application/papermill.record/text/plain": "fig"})]
-        nb.cells.append(cell)
-        path = tmp_path / "glued.ipynb"
-        nbformat.write(nb, path)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
-        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "nbval_tolerance", "--nbval",
-                               "--nbval-current-env", "-p", "no:cacheprovider", str(path)],
-                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+        return _run_nbval(tmp_path, [cell])
 
     other_pixels = run("BBBB", "fig")
     assert other_pixels.returncode == 0, other_pixels.stdout[-2000:]
