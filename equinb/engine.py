@@ -159,8 +159,9 @@ class ViewData:
         """The same data on a subgroup whose elements are the views ``columns`` (rot180 = views 0, 2 of rot90)."""
         return ViewData(self.inputs[:, columns], self.labels)
 
-    def subset(self, index: Tensor) -> "ViewData":
-        return ViewData(self.inputs[index], self.labels[index])
+    def subset(self, index: Tensor, labels: Tensor | None = None) -> "ViewData":
+        """The images ``index``, with new ``labels`` [len(index)] if given (a relabelled class subset)."""
+        return ViewData(self.inputs[index], self.labels[index] if labels is None else labels)
 
 
 class ImageViewData(ViewData):
@@ -179,8 +180,9 @@ class ImageViewData(ViewData):
     def restrict(self, group: Group, columns: list[int]) -> "ImageViewData":
         return ImageViewData(self.inputs, self.labels, group, self.prepare)
 
-    def subset(self, index: Tensor) -> "ImageViewData":
-        return ImageViewData(self.inputs[index], self.labels[index], self.group, self.prepare)
+    def subset(self, index: Tensor, labels: Tensor | None = None) -> "ImageViewData":
+        return ImageViewData(self.inputs[index], self.labels[index] if labels is None else labels, self.group,
+                             self.prepare)
 
     def batch(self, index: Tensor, element: int | None = None, group: Group | None = None) -> tuple[Tensor, Tensor]:
         x = self.inputs[index]
@@ -432,14 +434,15 @@ def prefinetune(model: OrbitWrapper, train: ViewData, select: ViewData, config: 
 
 def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: TrainConfig,
              train_lambda_feats: Tensor | None = None, test_lambda_feats: Tensor | None = None,
-             eval_every_round: bool = True, progress: bool = False) -> list[dict]:
+             eval_every_round: bool = True, progress: bool = False) -> tuple[list[dict], Tensor | None]:
     """Finetune the trunk (and the lambda network for ``backbone+lambda``) with the full forward.
 
     ``*_lambda_feats``: cached features of the frozen copy [N, G, D] that feed lambda when
     ``lambda_input="frozen_copy"`` (the frozen copy never changes, so caching it is exact).
     The trunk's weights take the dtype of ``config.param_dtype`` first (``cast_trunk``).
 
-    Returns a tidy history (stage, round, step, loss, test_top1).
+    Returns a tidy history (stage, round, step, loss, test_top1) and the predicted test classes [N_test] of
+    the last evaluation (None when no round ran).
     """
     from tqdm import tqdm
 
@@ -455,7 +458,7 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
     opt = _sgd(params, config.lr, config.momentum)
     schedule = batch_schedule(len(train), config.batch_size, config.finetune_rounds, config.finetune_steps,
                               config.data_order, config.seed)
-    history, step = [], 0
+    history, step, predicted = [], 0, None
     for r, batches in enumerate(tqdm(schedule, desc="finetune", disable=not progress, ascii=True)):
         model.train()
         for index, element in zip(batches, _draw_elements(len(batches), model.group.order, rng)):
@@ -472,6 +475,7 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
             history.append(dict(stage="finetune", round=r, step=step, loss=loss.item()))
         if eval_every_round or r == len(schedule) - 1:
             frozen = test_lambda_feats if config.lambda_input == "frozen_copy" else None
-            acc = evaluate(model, test, lambda_feats=frozen, seed=config.seed)
+            predicted = predict(model, test, lambda_feats=frozen, seed=config.seed)
+            acc = 100.0 * float((predicted == test.labels).sum()) / max(len(predicted), 1)
             history.append(dict(stage="finetune", round=r, step=step, test_top1=acc))
-    return history
+    return history, predicted

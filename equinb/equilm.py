@@ -452,7 +452,10 @@ def _load_gguf(path: Path) -> tuple[nn.Module, Any]:
     transformers' ``from_pretrained(gguf_file=...)`` needs ``accelerate``; this does the same steps without it:
     config and tokenizer from the GGUF metadata, a model built from the config, the dequantised tensors loaded.
     """
+    import functools
     from unittest import mock
+
+    import gguf
 
     _import_transformers()
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
@@ -464,13 +467,24 @@ def _load_gguf(path: Path) -> tuple[nn.Module, Any]:
     hf_logging.set_verbosity_error()
     offline = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"  # and local_files_only below: this path never touches the network
+    # transformers parses the file three times (tokenizer, config, tensors) and rebuilds gguf's tensor-name map
+    # for every tensor: one shared read-only reader and one map make the load about 3x faster, same tensors
+    readers: dict[str, Any] = {}
+
+    def reader(file: str, *args: Any, make: Any = gguf.GGUFReader, **kwargs: Any) -> Any:
+        if str(file) not in readers:
+            readers[str(file)] = make(file, *args, **kwargs)
+        return readers[str(file)]
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-        config = AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)
-        model = AutoModelForCausalLM.from_config(config)
-        # no progress bar: a notebook's outputs must not change between runs
-        with mock.patch.object(gguf_utils, "tqdm", lambda items, **_: items):
-            parsed = gguf_utils.load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)
+        with mock.patch.object(gguf, "GGUFReader", reader), mock.patch.object(
+                gguf, "get_tensor_name_map", functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map)):
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+            config = AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)
+            model = AutoModelForCausalLM.from_config(config)
+            # no progress bar: a notebook's outputs must not change between runs
+            with mock.patch.object(gguf_utils, "tqdm", lambda items, **_: items):
+                parsed = gguf_utils.load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)
     finally:
         hf_logging.set_verbosity(verbosity)
         if offline is None:

@@ -18,6 +18,7 @@ from equinb.engine import (
     extract_view_features,
     features,
     finetune,
+    predict,
     prefinetune,
     train_step_loss,
     weighted_model,
@@ -352,3 +353,15 @@ def test_fp32_finetuning_casts_an_fp16_clip_trunk_up() -> None:
     assert all(p.dtype == torch.float32 for p in visual.parameters())
     out = visual(torch.randn(2, 3, 64, 64))  # ModifiedResNet casts its input to its weight dtype
     assert out.dtype == torch.float32
+
+
+def test_finetune_returns_the_predictions_of_its_last_evaluation() -> None:
+    setup = _setup()
+    config = TrainConfig.updated(**SMALL)
+    model = _model(setup, config)
+    history, predicted = finetune(model, setup.train, setup.test, config)
+    last = [h["test_top1"] for h in history if "test_top1" in h][-1]
+    assert predicted.shape == setup.test.labels.shape
+    assert 100 * (predicted == setup.test.labels).double().mean().item() == pytest.approx(last)
+    assert torch.equal(predicted, predict(model, setup.test, seed=config.seed))
+    assert finetune(model, setup.train, setup.test, TrainConfig.updated(**{**SMALL, "finetune_rounds": 0}))[1] is None
