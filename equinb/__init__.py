@@ -5,6 +5,7 @@ Module map, bottom to top; a module imports only modules above it in this list (
     reference   the articles' numbers, reshaped for the chapters' tables
     noise       measured tolerances of trained numbers, tolerance-aware comparison of printed text
     verdicts    paired intervals, seed spreads, computed verdicts (agrees / reversed / within noise)
+    metrics     scores of predicted classes on imbalanced sets: confusion matrix, balanced accuracy, macro F1
     prompts     CLIP's class names and prompt templates
     cache       folders, keys, atomic compute-once files (damaged files are recomputed)
     groups      image groups and the token-permutation group

@@ -37,27 +37,40 @@ VERDICT_RULE = ("a difference is 'within noise' when its 95% paired-bootstrap in
 
 
 def paired_interval(scores_a: torch.Tensor | np.ndarray, scores_b: torch.Tensor | np.ndarray, *,
-                    samples: int = 2000, level: float = 0.95, seed: int = 0,
-                    scale: float = 100.0) -> tuple[float, float]:
+                    samples: int = 2000, level: float = 0.95, seed: int = 0, scale: float = 100.0,
+                    strata: torch.Tensor | np.ndarray | None = None) -> tuple[float, float]:
     """Percentile interval of ``scale * (mean(b) - mean(a))`` over resampled test items (pp by default).
 
     ``scores_*``: per-item scores [N] of two runs on the same items (1/0 for correct/wrong, or a mean over
     draws). Items are resampled with replacement, the pair of scores together, so that what both runs get
-    right or wrong cancels. Seeded: the same scores give the same interval.
+    right or wrong cancels. ``strata`` [N] (for example the true classes): items are resampled within each
+    stratum and the statistic is the mean over strata of the stratum means, so that with 1/0 scores and
+    the classes as strata it is the difference of balanced accuracies. Seeded: the same scores give the
+    same interval.
     """
     a, b = (np.asarray(s, dtype=np.float64).reshape(-1) for s in (scores_a, scores_b))
     if a.shape != b.shape or a.size == 0:
         raise ValueError(f"paired_interval needs two non-empty score vectors of one length, got {a.shape} and "
                          f"{b.shape}")
     diff = b - a
+    groups = [diff] if strata is None else _strata(diff, strata)
     rng = np.random.default_rng(seed)
-    means = np.empty(samples)
-    for start in range(0, samples, 500):  # chunks keep the index matrix small for large test sets
-        stop = min(start + 500, samples)
-        means[start:stop] = diff[rng.integers(0, diff.size, size=(stop - start, diff.size))].mean(axis=1)
+    means = np.zeros(samples)
+    for part in groups:  # each stratum's resampled means, averaged with equal weight
+        for start in range(0, samples, 500):  # chunks keep the index matrix small for large test sets
+            stop = min(start + 500, samples)
+            means[start:stop] += part[rng.integers(0, part.size, size=(stop - start, part.size))].mean(axis=1)
+    means /= len(groups)
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(scale * means, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def _strata(values: np.ndarray, strata: torch.Tensor | np.ndarray) -> list[np.ndarray]:
+    keys = np.asarray(strata).reshape(-1)
+    if keys.shape != values.shape:
+        raise ValueError(f"strata needs one value per item, got {keys.shape} for {values.shape}")
+    return [values[keys == k] for k in np.unique(keys)]
 
 
 def judge(difference: float, article: float | None, *, interval: tuple[float, float] | None = None,

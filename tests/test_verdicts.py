@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from equinb.verdicts import VERDICT_COLUMN, VERDICTS, claim_row, judge, paired_interval, verdict_table
 
@@ -59,3 +60,23 @@ def test_claim_row_reports_the_seed_spread_and_never_nan():
     assert table.loc[1, "seeds"] == "tolerance ±5.90" and table.loc[1, VERDICT_COLUMN] == "within noise"
     assert len(VERDICT_COLUMN) >= max(map(len, VERDICTS))  # the header fixes the printed column's width
     assert not any(isinstance(v, float) and math.isnan(v) for v in table.to_numpy().ravel())
+
+
+def test_stratified_interval_is_the_balanced_accuracy_difference():
+    from equinb.metrics import balanced_accuracy
+
+    gen = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], [60, 8, 2])  # imbalanced, as ISIC
+    majority = np.zeros(70, dtype=int)
+    good = np.where(gen.random(70) < 0.8, labels, (labels + 1) % 3)
+    correct = lambda p: (p == labels).astype(float)  # noqa: E731
+    low, high = paired_interval(correct(majority), correct(good), strata=labels)
+    gain = balanced_accuracy(torch.tensor(good), torch.tensor(labels), 3) - 100 / 3
+    assert low <= gain <= high and low > 0
+    # the unstratified interval is about plain top-1, which the majority class nearly matches here
+    plain = paired_interval(correct(majority), correct(good))
+    assert plain[0] < gain - 20
+    # one stratum is the plain interval exactly, and strata need one value per item
+    assert paired_interval(correct(majority), correct(good), strata=np.zeros(70)) == plain
+    with pytest.raises(ValueError, match="one value per item"):
+        paired_interval(correct(majority), correct(good), strata=labels[:5])
