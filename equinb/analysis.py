@@ -8,21 +8,21 @@ permutation and no backbone pass is needed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from .cache import cache_key, load_or_compute
 from .checks import format_error
-from .engine import model_device
+from .engine import ViewData, model_device
 from .groups import Group
 from .heads import fit_linear_head
 from .setups import TrainingSetup
 from .wrappers import OrbitWrapper
 
 __all__ = ["view_weights", "weight_summary", "rotation_labels", "combined_map_symmetry", "plain_head_top1",
-           "positional_head", "symmetry_tables"]
+           "positional_head", "symmetry_tables", "group_changes"]
 
 Tensor = torch.Tensor
 
@@ -169,3 +169,19 @@ def symmetry_tables(models: dict[str, OrbitWrapper], setup: TrainingSetup, heads
                           index=worst.index)
     top1 = frame.pivot_table(index="model", columns="element", values=[f"{h}_top1" for h in heads], sort=False)
     return errors, top1
+
+
+@torch.no_grad()
+def group_changes(functions: dict[str, Callable[[Tensor], Tensor]], data: ViewData, group: Group,
+                  n_images: int = 8) -> dict[str, str]:
+    """How much each function's output moves when the first ``n_images`` images are transformed by every
+    non-identity element of ``group`` (their views permuted), printed with ``format_error`` (float
+    rounding for an invariant function). Shapes: each function maps per-view inputs [B, G, ...] -> [B, K]."""
+    index = torch.arange(min(n_images, len(data)))
+    views = data.batch(index)[0]
+    changes = {}
+    for name, fn in functions.items():
+        reference = fn(views)
+        error = max((fn(data.batch(index, k, group)[0]) - reference).abs().max().item() for k in range(1, group.order))
+        changes[name] = format_error(error, reference.abs().max().item())
+    return changes

@@ -41,6 +41,9 @@ __all__ = [
     "DIGITS_CLASSES",
     "CIFAR100_CLASSES",
     "ISIC2018_CLASSES",
+    "ISIC2018_COLUMNS",
+    "ISIC2018_CLASS_COUNTS",
+    "scaled_class_counts",
     "DatasetSpec",
     "DATASETS",
     "DATASET_NAMES",
@@ -89,6 +92,12 @@ ISIC2018_CLASSES: list[str] = [
     "Vascular Lesion",
 ]
 ISIC2018_COLUMNS: tuple[str, ...] = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
+# Images per class (column order) in the official ISIC 2018 Task 3 ground-truth files: 10,015 training and 193
+# validation images. The small profile's stand-in copies these proportions; the paper profile counts the files.
+ISIC2018_CLASS_COUNTS: dict[str, tuple[int, ...]] = {
+    "train": (1113, 6705, 514, 327, 1099, 115, 142),
+    "val": (21, 123, 15, 8, 22, 1, 3),
+}
 
 TRANSFORM_PER: tuple[str, ...] = ("image", "batch")
 
@@ -138,6 +147,22 @@ def _load_rgb(path: Path) -> Any:
 # --------------------------------------------------------------------------------------------------
 # digits (bundled with scikit-learn; the offline small profile)
 # --------------------------------------------------------------------------------------------------
+
+
+def scaled_class_counts(proportions: Sequence[float], available: Sequence[int]) -> list[int]:
+    """As many images per class as the proportions allow when class k has ``available[k]`` images: the
+    largest scale at which every class fits, each count rounded and at least 1.
+
+    ``scaled_class_counts((6705, 1113), (108, 108))`` -> [108, 18] (NV and MEL of ISIC's training split).
+    """
+    if len(proportions) != len(available) or not proportions:
+        raise ValueError(f"need one proportion per class, got {len(proportions)} proportions for "
+                         f"{len(available)} classes")
+    if min(proportions) <= 0 or min(available) < 1:
+        raise ValueError(f"proportions must be > 0 and every class needs an image; got {list(proportions)} and "
+                         f"{list(available)}")
+    scale = min(a / p for p, a in zip(proportions, available))
+    return [min(a, max(1, math.floor(p * scale + 0.5))) for p, a in zip(proportions, available)]
 
 
 def load_digits(

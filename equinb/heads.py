@@ -6,6 +6,7 @@
   the text head (fitted on upright images only).
 - ``linear_text_head``: the text head as an ``nn.Linear`` on normalised embeddings (the training engine's head).
 - ``PooledHead``: a frozen pooling module (CLIP's attnpool) then a linear head, for feature maps.
+- ``ClassSubsetHead``: a head's logits of some of its classes only (a stand-in task on fewer classes).
 - ``frozen_head`` / ``load_frozen_model``: the head of a backbone on a dataset, cached on disk.
 """
 
@@ -24,7 +25,7 @@ from .data import dataset_classes, image_batches
 from .prompts import templates_for
 
 __all__ = ["CosineHead", "prompt_ensemble_weights", "fit_linear_head", "linear_text_head", "PooledHead",
-           "frozen_head", "load_frozen_model"]
+           "ClassSubsetHead", "frozen_head", "load_frozen_model"]
 
 Tensor = torch.Tensor
 
@@ -117,6 +118,21 @@ class PooledHead(nn.Module):
     def forward(self, maps: Tensor) -> Tensor:
         dtype = next(self.pool.parameters()).dtype
         return self.linear(self.pool(maps.to(dtype)).float())
+
+
+class ClassSubsetHead(nn.Module):
+    """The logits of ``classes`` only, in that order: class j of the subset task is class ``classes[j]`` of
+    ``head``. Shapes: whatever ``head`` takes -> logits [B, len(classes)]."""
+
+    def __init__(self, head: nn.Module, classes: Sequence[int]) -> None:
+        super().__init__()
+        if not classes or len(set(classes)) != len(classes):
+            raise ValueError(f"ClassSubsetHead needs distinct classes, got {list(classes)}")
+        self.head = head
+        self.register_buffer("classes", torch.tensor([int(c) for c in classes]), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(x)[..., self.classes]
 
 
 def frozen_head(backbone, dataset: str, cache_dir: str | Path, *, batch_size: int = 256, data_root: str | None = None,

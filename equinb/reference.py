@@ -13,7 +13,7 @@ import pandas as pd
 
 __all__ = ["REFERENCE_CSV", "FIG6_LABELS", "reference_rows", "reference_table", "display_numbers",
            "beside_article", "article_fig4", "compare_fig4", "article_tab1", "article_tab2", "article_tab3",
-           "article_fig2_3", "article_fig6"]
+           "article_tab4", "count_behind", "article_fig2_3", "article_fig6"]
 
 REFERENCE_CSV = Path(__file__).with_name("article_numbers.csv")
 # Label categories of the article's Figure 6(a), bottom to top of a bar.
@@ -135,6 +135,20 @@ def article_tab3():
     """Table 3: top-1 (%) per method (``lambda_equitune``, ``equiattention``), one column per metric."""
     return reference_table("tab3_equitune_vs_equiattention").pivot_table(index="method", columns="metric",
                                                                           values="value")
+
+
+def article_tab4():
+    """Table 4 (ISIC 2018, CLIP RN50, rot90): top-1 (%) per variant (``original_invariant``,
+    ``updated_invariant``, ``feature_map``), columns ``prefinetune_top1``, ``finetune_top1``."""
+    return reference_table("tab4_isic2018").pivot_table(index="variant", columns="metric", values="value",
+                                                        sort=False)
+
+
+def count_behind(percent: float, n: int, decimals: int = 2) -> int | None:
+    """The number of correct images k such that ``100 k / n``, rounded to ``decimals``, prints as ``percent``
+    (None if no k does): a printed accuracy names its test-set size. ``count_behind(63.73, 193)`` -> 123."""
+    k = round(percent * n / 100)
+    return k if 0 <= k <= n and round(100 * k / n, decimals) == round(percent, decimals) else None
 
 
 def article_fig2_3():

@@ -26,15 +26,16 @@ from .backbones import load_backbone
 from .cache import cache_dir as default_cache_dir
 from .cache import cache_key, load_or_compute, module_fingerprint, source_fingerprint
 from .cache import data_root as default_data_root
-from .data import dataset_spec, get_dataset, load_digits
+from .data import dataset_spec, get_dataset, load_digits, scaled_class_counts
 from .engine import (METHODS, ImageViewData, TrainConfig, ViewData, cast_trunk, extract_view_features, finetune,
                      parameter_drift, predict, prefinetune, weighted_model)
 from .groups import Group
-from .heads import PooledHead, fit_linear_head, linear_text_head, load_frozen_model
+from .heads import ClassSubsetHead, PooledHead, fit_linear_head, linear_text_head, load_frozen_model
 from .weighting import EmbeddingWeightNet, FeatureMapWeightNet, ViewAttention
 from .wrappers import EquiAttention, LambdaEquitune
 
-__all__ = ["LEVELS", "TrainingSetup", "TrainingRun", "seed_repeats", "small_lambda_setup", "small_feature_map_setup",
+__all__ = ["LEVELS", "TrainingSetup", "TrainingRun", "seed_repeats", "imbalanced_stand_in", "small_lambda_setup",
+           "small_feature_map_setup",
            "clip_lambda_setup",
            "build_setup", "run_training", "training_code_fingerprint", "feature_map_config",
            "feature_map_weight_net", "trained_model", "check_map_image_size"]
@@ -70,6 +71,7 @@ class TrainingSetup:
         normalise_views: True at the embedding level (CLIP's normalised embeddings), False for maps.
         key: names the setup's data and weights in cache keys of training runs ("" = runs are not cached).
         turns: for ``reoriented`` setups, per split ("train", "test") the element each image was turned by.
+        index: for ``class_subset`` setups, per split the positions of its images in the full split.
     """
 
     group: Group
@@ -83,6 +85,7 @@ class TrainingSetup:
     normalise_views: bool = True
     key: str = ""
     turns: dict[str, Tensor] | None = None
+    index: dict[str, Tensor] | None = None
 
     @property
     def embed_dim(self) -> int:
@@ -110,6 +113,50 @@ class TrainingSetup:
         return replace(self, group=group, train=pick(self.train), test=pick(self.test),
                        train_feats=self.train_feats[:, columns], test_feats=self.test_feats[:, columns],
                        key=self.key and f"{self.key}-views{columns}")
+
+    def class_subset(self, classes: Sequence[int], counts: dict[str, Sequence[int]], seed: int = 0) -> "TrainingSetup":
+        """The same setup on some of its classes, with ``counts[split][j]`` images of class ``classes[j]`` in
+        each split ("train", "test"): an imbalanced stand-in task. No recomputation.
+
+        Class j of the new task is class ``classes[j]`` of this one (labels become 0..len(classes)-1, and
+        the head keeps only those logits); its images are a seeded random draw of that class's images,
+        kept in the split's order. Apply ``reoriented`` afterwards to turn the subset's images.
+        """
+        if self.turns is not None:
+            raise ValueError("class_subset works on the images as given: call it before reoriented()")
+        classes = [int(c) for c in classes]
+        if not classes or len(set(classes)) != len(classes):
+            raise ValueError(f"class_subset needs distinct classes, got {classes}")
+        gen = torch.Generator().manual_seed(seed)
+
+        def draw(data: ViewData, feats: Tensor, wanted: Sequence[int]) -> tuple[ViewData, Tensor, Tensor]:
+            if len(wanted) != len(classes):
+                raise ValueError(f"need one count per class {classes}, got {list(wanted)}")
+            picked, labels = [], []
+            for j, (c, n) in enumerate(zip(classes, wanted)):
+                members = torch.nonzero(data.labels == c).flatten()
+                if not 1 <= int(n) <= len(members):
+                    raise ValueError(f"class {c} has {len(members)} images in this split; asked for {n}")
+                picked.append(members[torch.randperm(len(members), generator=gen)[:int(n)]])
+                labels.append(torch.full((int(n),), j, dtype=torch.long))
+            index, labels = torch.cat(picked), torch.cat(labels)
+            order = torch.argsort(index)  # the split's own order, as the unshuffled loaders read it
+            return data.subset(index[order], labels[order]), feats[index[order]], index[order]
+
+        missing = {"train", "test"} - set(counts)
+        if missing:
+            raise ValueError(f"counts needs the splits {sorted(missing)}")
+        train, train_feats, train_index = draw(self.train, self.train_feats, counts["train"])
+        test, test_feats, test_index = draw(self.test, self.test_feats, counts["test"])
+        index = {"train": train_index, "test": test_index}
+        if self.index is not None:  # positions in the full split, through an earlier subset
+            index = {split: self.index[split][i] for split, i in index.items()}
+        tag = f"classes{classes}-train{[int(n) for n in counts['train']]}-test{[int(n) for n in counts['test']]}"
+        return replace(self, train=train, test=test, train_feats=train_feats, test_feats=test_feats,
+                       head=ClassSubsetHead(self.head, classes), key=self.key and f"{self.key}-{tag}-seed{seed}",
+                       index=index,
+                       description=f"{self.description}; classes {classes} with {sum(counts['train'])} training "
+                                   f"and {sum(counts['test'])} test images")
 
     def reoriented(self, seed: int = 0) -> "TrainingSetup":
         """The same images, each turned by its own uniformly random group element: orientation-free data.
@@ -143,6 +190,10 @@ def _block_range(first: int, count: int) -> str:
     return f"block {first}" if first == count - 1 else f"blocks {first}-{count - 1}"
 
 
+# the loaded digit caches of this process: a chapter that builds both levels reads the file once
+_DIGIT_MAPS: dict[tuple, tuple[dict, dict, nn.Module, int, str]] = {}
+
+
 def _cached_digit_maps(group: Group, image_size: int, split_block: int, cache_dir,
                        progress: bool) -> tuple[dict, dict, nn.Module, int, str]:
     """Digits through a frozen MobileNetV2 split before block ``split_block``, cached on disk once.
@@ -150,12 +201,21 @@ def _cached_digit_maps(group: Group, image_size: int, split_block: int, cache_di
     Returns ``(cached, labels, trunk, n_blocks, key)``: per split, ``{split}_inputs`` (the frozen prefix's
     output for every view, [N, G, ...]: the trainable trunk's inputs) and ``{split}_maps`` (the frozen
     trunk's maps of every view, [N, G, C, h, w]); ``trunk`` = the remaining blocks; ``key`` names the cache.
-    The embedding and feature-map setups share one cache per (image size, split, group).
+    The embedding and feature-map setups share one cache per (image size, split, group), loaded once per process
+    (nothing here is modified in place: setups index these tensors, and ``make_trunk`` copies the trunk).
     """
+    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+    memo = (tuple(group.elements), image_size, split_block, str(Path(cache_dir).resolve()))
+    if memo not in _DIGIT_MAPS:
+        _DIGIT_MAPS[memo] = _load_digit_maps(group, image_size, split_block, cache_dir, progress)
+    return _DIGIT_MAPS[memo]
+
+
+def _load_digit_maps(group: Group, image_size: int, split_block: int, cache_dir,
+                     progress: bool) -> tuple[dict, dict, nn.Module, int, str]:
     backbone = load_backbone("mobilenet_v2", input_size=image_size)
     model = backbone.model.eval().requires_grad_(False)
     prefix, trunk = model.features[:split_block], model.features[split_block:]
-    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     key = cache_key(kind="digit_maps", weights=module_fingerprint(model), size=image_size, split=split_block,
                     elements=group.elements)
     splits = {s: load_digits(s, image_size, backbone.mean, backbone.std) for s in ("train", "test")}
@@ -212,6 +272,19 @@ def small_lambda_setup(group: Group, *, image_size: int = 64, split_block: int =
     CLIP's text head and is never trained). Caches are keyed by everything that changes them.
     """
     return _small_digit_setup(group, "embeddings", image_size, split_block, cache_dir, progress)
+
+
+def imbalanced_stand_in(setup: TrainingSetup, classes: Sequence[int], proportions: dict[str, Sequence[float]],
+                        seed: int = 0) -> TrainingSetup:
+    """An orientation-free, imbalanced task made from ``setup``: its ``classes`` with as many images per class
+    as ``proportions[split]`` allows (``equinb.data.scaled_class_counts``; the book copies ISIC 2018's class
+    counts, training proportions for "train" and validation proportions for "test"), then every image
+    turned by its own random group element (``TrainingSetup.reoriented``). Seeded by ``seed``."""
+    counts = {}
+    for split, data in (("train", setup.train), ("test", setup.test)):
+        available = [int((data.labels == c).sum()) for c in classes]
+        counts[split] = scaled_class_counts(proportions[split], available)
+    return setup.class_subset(classes, counts, seed).reoriented(seed)
 
 
 def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = False,
@@ -296,12 +369,10 @@ def _run(setup: TrainingSetup, config: TrainConfig, module: nn.Module, progress:
     history.append(dict(stage="prefinetune", round=config.prefinetune_rounds, step=None, test_top1=pre))
     cast_trunk(model, config)
     before = {name: p.detach().clone() for name, p in model.trunk.named_parameters()}
-    history += finetune(model, train, setup.test, config, train_lambda_feats=train_feats,
-                        test_lambda_feats=setup.test_feats, progress=progress)
-    predictions["finetune"] = predictions["prefinetune"]
-    if config.finetune_rounds > 0:  # the last round's evaluation again, seeded the same, for its predictions
-        frozen = setup.test_feats if config.lambda_input == "frozen_copy" else None
-        predictions["finetune"] = predict(model, setup.test, lambda_feats=frozen, seed=config.seed)
+    finetuned, last = finetune(model, train, setup.test, config, train_lambda_feats=train_feats,
+                               test_lambda_feats=setup.test_feats, progress=progress)
+    history += finetuned
+    predictions["finetune"] = predictions["prefinetune"] if last is None else last
     row = dict(prefinetune_top1=pre, finetune_top1=_top1(predictions["finetune"], setup.test.labels))
     states = dict(prefinetune=best, finetune=copy.deepcopy(model.weight_net.state_dict()))
     return row, history, states, predictions, parameter_drift(before, model.trunk)

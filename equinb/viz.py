@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 __all__ = ["book_style", "glue_figure",
            "zeroshot_panels", "robustness_plot", "learning_curves", "label_bars", "fairness_gap_plot",
-           "weight_means_plot", "weight_histograms", "METHOD_COLORS"]
+           "weight_means_plot", "weight_histograms", "class_samples", "confusion_heatmaps", "METHOD_COLORS"]
 
 METHOD_COLORS = {"vanilla": "#8c8c8c", "equitune": "#4c72b0", "equizero": "#dd8452"}
 LEGEND_SIZE = 9  # points; the smallest text of a figure
@@ -280,6 +280,51 @@ def weight_histograms(weights, bins: int = 20, title: str = ""):
                 ax.set_title(method)
     for ax in axes[-1]:
         ax.set_xlabel("weight of the view")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def class_samples(images: Sequence[Any], titles: Sequence[str], title: str = ""):
+    """One image per class in a row, each titled (the article's ISIC sample figure).
+
+    ``images``: arrays [H, W, 3] with values in [0, 1] (or [H, W], shown in gray); ``titles``: one per image.
+    """
+    import matplotlib.pyplot as plt
+
+    if len(images) != len(titles) or not images:
+        raise ValueError(f"need one title per image, got {len(images)} images and {len(titles)} titles")
+    fig, axes = plt.subplots(1, len(images), figsize=(1.55 * len(images), 2.3), squeeze=False)
+    for ax, image, text in zip(axes[0], images, titles):
+        ax.imshow(image, cmap="gray" if getattr(image, "ndim", 3) == 2 else None, interpolation="nearest")
+        ax.set_title(text, fontsize=LEGEND_SIZE)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_heatmaps(matrices: dict[str, Any], class_labels: Sequence[str], title: str = ""):
+    """Confusion matrices as seaborn heat maps side by side: rows the true class, columns the predicted one,
+    each cell the count of test images (annotated). ``matrices``: panel title -> counts [K, K]."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import seaborn as sns
+
+    k = len(class_labels)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(0.55 * k * len(matrices) + 1.2, 0.5 * k + 1.6),
+                             squeeze=False)
+    for ax, (name, matrix) in zip(axes[0], matrices.items()):
+        counts = np.asarray(matrix, dtype=int)
+        if counts.shape != (k, k):
+            raise ValueError(f"{name}: a confusion matrix must be {k}x{k}, got {counts.shape}")
+        sns.heatmap(counts, annot=True, fmt="d", cmap="Blues", cbar=False, square=True, ax=ax, linewidths=0.5,
+                    xticklabels=class_labels, yticklabels=class_labels, annot_kws={"size": LEGEND_SIZE - 1})
+        ax.set(title=name, xlabel="predicted class", ylabel="true class")
+        ax.tick_params(axis="x", rotation=90)
+        ax.tick_params(axis="y", rotation=0)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

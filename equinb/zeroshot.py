@@ -41,6 +41,7 @@ __all__ = [
     "topk_accuracy",
     "evaluate_views",
     "per_image_top1",
+    "orbit_predictions",
     "orbit_logits",
     "run_zeroshot",
     "method_ordering",
@@ -171,6 +172,24 @@ def per_image_top1(logits: torch.Tensor, labels: torch.Tensor, elements: Sequenc
     paired comparisons of methods resample these (``equinb.verdicts.paired_interval``)."""
     return {key: torch.stack([(s.argmax(-1) == labels).double() for s in scores]).mean(0)
             for key, scores in _method_scores(logits, elements, transform, batch_size, seed).items()}
+
+
+def orbit_predictions(view_logits: torch.Tensor, group: Group) -> dict[str, torch.Tensor]:
+    """The predicted classes of vanilla (view 0: the image as given), equitune (mean of the views'
+    probabilities, as published) and equizero (the most confident view) from per-view logits.
+
+    For test sets without a preferred orientation (ISIC 2018), where no transformation is applied: the
+    three zero-shot baselines of a frozen model. Shapes: view_logits [N, G, C] over ``group``'s elements ->
+    {method: [N]} (long).
+    """
+    if view_logits.ndim != 3 or view_logits.shape[1] != group.order:
+        raise ValueError(f"view_logits must be [N, {group.order}, C] for {group.name}, got {tuple(view_logits.shape)}")
+    equitune = Equitune(nn.Identity(), group, output_softmax=True)
+    equizero = EquiZero(nn.Identity(), group, output_softmax=True, proxy="max_prob")
+    with torch.no_grad():
+        return {"vanilla": view_logits[:, 0].argmax(-1),
+                "equitune": equitune.forward_views(views=view_logits).argmax(-1),
+                "equizero": equizero.forward_views(views=view_logits).argmax(-1)}
 
 
 def orbit_logits(backbone_name: str, dataset: str, *, transforms: Sequence[str] = TRANSFORMS, device: str = "cpu",

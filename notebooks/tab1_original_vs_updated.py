@@ -89,9 +89,9 @@ from IPython.display import display
 from myst_nb import glue
 
 from equinb import get_group, viz
+from equinb.analysis import group_changes
 from equinb.cache import run_cache_dir
 from equinb.chapter import check_params
-from equinb.checks import format_error
 from equinb.engine import TrainConfig, sgd_step_survival, total_drift, weighted_model
 from equinb.noise import noise_note, tolerance
 from equinb.reference import article_tab1, beside_article
@@ -147,13 +147,10 @@ print(full.description)
 torch.manual_seed(seed)
 model = weighted_model(full.make_trunk(), EmbeddingWeightNet(full.embed_dim), full.head, full.group,
                        TrainConfig.updated(dropout_in_eval=False)).to(full.head.weight.device).eval()
-with torch.no_grad():
-    views, _ = full.test.batch(torch.arange(8))
-    for label, f in [("lambda-equitune", model.forward_views), ("one view", lambda v: model.view_outputs(v)[:, 0])]:
-        ref_out = f(views)
-        err = max((f(full.test.batch(torch.arange(8), k, full.group)[0]) - ref_out).abs().max().item()
-                  for k in range(1, full.group.order))
-        print(f"{label:>16}: max change over the group = {format_error(err, ref_out.abs().max().item())}")
+changes = group_changes({"lambda-equitune": model.forward_views, "one view": lambda v: model.view_outputs(v)[:, 0]},
+                        full.test, full.group)
+for label, change in changes.items():
+    print(f"{label:>16}: max change over the group = {change}")
 
 # %% [markdown]
 # (tab1-runs)=

@@ -160,3 +160,56 @@ def test_feature_map_helpers_fail_clearly() -> None:
         su.small_feature_map_setup(get_group("rot90"), image_size=64)
     with pytest.raises(ValueError, match="TrainConfig.prelr must be >= 0"):
         su.feature_map_config(prelr=-1.0)
+
+
+def _digit_like_setup() -> su.TrainingSetup:
+    """Embedding-level toy setup with 4 classes of 6 training and 5 test images each; features = inputs."""
+    group = get_group("rot90")
+    gen = torch.Generator().manual_seed(0)
+    labels = {s: torch.arange(4).repeat_interleave(n) for s, n in (("train", 6), ("test", 5))}
+    data = {s: en.ViewData(group.orbit(torch.randn(len(y), 1, 3, 3, generator=gen)), y) for s, y in labels.items()}
+    head = nn.Sequential(nn.Flatten(-3), nn.Linear(9, 4)).requires_grad_(False)
+    return su.TrainingSetup(group, nn.Identity, head, data["train"], data["test"], data["train"].inputs,
+                            data["test"].inputs, "toy", normalise_views=False, key="toy")
+
+
+def test_class_subset_draws_relabels_and_keeps_the_heads_logits_of_its_classes() -> None:
+    setup = _digit_like_setup()
+    sub = setup.class_subset([2, 0], {"train": [4, 1], "test": [3, 2]}, seed=1)
+    assert sorted(sub.train.labels.tolist()) == [0, 0, 0, 0, 1]
+    assert torch.bincount(sub.test.labels).tolist() == [3, 2]
+    for split, data, feats, full in (("train", sub.train, sub.train_feats, setup.train),
+                                     ("test", sub.test, sub.test_feats, setup.test)):
+        index = sub.index[split]
+        assert index.tolist() == sorted(index.tolist())  # the split's own order
+        assert torch.equal(data.inputs, full.inputs[index]) and torch.equal(feats, full.inputs[index])
+        assert torch.equal(torch.tensor([2, 0])[data.labels], full.labels[index])  # class j is old class [2, 0][j]
+    x = setup.test.inputs[:3, 0]
+    assert torch.equal(sub.head(x), setup.head(x)[:, [2, 0]])
+    assert sub.key != setup.key and sub.key == setup.class_subset([2, 0], {"train": [4, 1], "test": [3, 2]}, 1).key
+    assert not torch.equal(sub.index["train"], setup.class_subset([2, 0], {"train": [4, 1], "test": [3, 2]},
+                                                                  seed=5).index["train"])
+    with pytest.raises(ValueError, match="class 0 has 6 images in this split; asked for 7"):
+        setup.class_subset([2, 0], {"train": [4, 7], "test": [3, 2]})
+    with pytest.raises(ValueError, match="before reoriented"):
+        setup.reoriented(0).class_subset([2, 0], {"train": [4, 1], "test": [3, 2]})
+
+
+def test_imbalanced_stand_in_is_turned_and_keeps_the_proportions() -> None:
+    setup = _digit_like_setup()
+    stand_in = su.imbalanced_stand_in(setup, [3, 1, 0], {"train": (6, 3, 1), "test": (5, 5, 1)}, seed=0)
+    assert torch.bincount(stand_in.train.labels).tolist() == [6, 3, 1]
+    assert torch.bincount(stand_in.test.labels).tolist() == [5, 5, 1]
+    assert stand_in.turns is not None and len(stand_in.turns["train"]) == 10
+    for i in range(10):  # view h_i^-1 of each stand-in image is the original image at its recorded position
+        original = setup.group.inverse(int(stand_in.turns["train"][i]))
+        assert torch.equal(stand_in.train.inputs[i, original], setup.train.inputs[stand_in.index["train"][i], 0])
+
+
+def test_group_changes_tell_an_invariant_function_from_one_view() -> None:
+    setup = _digit_like_setup()
+    mean_of_views = lambda v: setup.head(v).mean(1)  # noqa: E731
+    first_view = lambda v: setup.head(v[:, 0])  # noqa: E731
+    changes = analysis.group_changes({"mean": mean_of_views, "view 0": first_view}, setup.test, setup.group)
+    assert changes["mean"].endswith("(float rounding)") and "float rounding" not in changes["view 0"]
+    assert float(changes["view 0"]) > 0.01

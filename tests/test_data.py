@@ -341,3 +341,18 @@ def test_group_transform_indices_errors() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         group_transform_indices(10, 4, "batch", batch_size=0)
     assert group_transform_indices(0, 4, "batch").shape == (0,)
+
+
+def test_scaled_class_counts_keep_the_proportions_within_what_is_available() -> None:
+    from equinb.data import ISIC2018_CLASS_COUNTS, scaled_class_counts
+
+    assert scaled_class_counts((6705, 1113), (108, 108)) == [108, 18]
+    counts = scaled_class_counts(ISIC2018_CLASS_COUNTS["val"], [72] * 7)
+    assert counts[1] == 72 == max(counts)  # NV, the majority class, uses every image it has
+    assert min(counts) == 1 and all(c <= 72 for c in counts)  # the rarest class keeps one image
+    assert scaled_class_counts((1, 1), (5, 3)) == [3, 3]  # the scarcest class sets the scale
+    assert sum(ISIC2018_CLASS_COUNTS["train"]) == 10015 and sum(ISIC2018_CLASS_COUNTS["val"]) == 193
+    with pytest.raises(ValueError, match="one proportion per class"):
+        scaled_class_counts((1, 2), (3,))
+    with pytest.raises(ValueError, match="every class needs an image"):
+        scaled_class_counts((1, 2), (3, 0))

@@ -22,3 +22,15 @@ def test_beside_article_matches_rows_and_adds_deltas_only_when_asked():
     assert table.loc[1, "prefinetune (article)"] == "—"  # no such row in the article
     without = beside_article(ours, article, on=["group", "code"], show=("group",), with_delta=False)
     assert not any("delta" in c for c in without.columns)
+
+
+def test_article_tab4_and_the_test_set_size_behind_its_percentages():
+    from equinb.reference import article_tab4, count_behind
+
+    table = article_tab4()
+    assert list(table.columns) == ["prefinetune_top1", "finetune_top1"]
+    assert table.loc["original_invariant", "finetune_top1"] == 63.73
+    assert count_behind(63.73, 193) == 123 and count_behind(15.03, 193) == 29
+    assert all(count_behind(v, 194) is None for v in table.to_numpy().ravel())
+    assert all(count_behind(v, 193) is not None for v in table.to_numpy().ravel())
+    assert count_behind(100.0, 7) == 7 and count_behind(50.0, 7) is None

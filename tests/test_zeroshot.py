@@ -51,3 +51,22 @@ def test_method_ordering_names_ties_and_the_expected_order():
     out = zs.method_ordering(table)
     assert list(out.ordering) == ["equizero > equitune > vanilla", "vanilla = equitune > equizero"]
     assert list(out["vanilla < equitune < equizero"]) == ["holds", "does not hold"]
+
+
+def test_orbit_predictions_of_equitune_and_equizero_do_not_depend_on_the_orientation():
+    from equinb.groups import get_group
+
+    group = get_group("rot90")
+    gen = torch.Generator().manual_seed(0)
+    views = torch.randn(50, 4, 7, generator=gen) * 3
+    got = zs.orbit_predictions(views, group)
+    assert torch.equal(got["vanilla"], views[:, 0].argmax(-1))
+    chosen = views.softmax(-1).amax(-1).argmax(-1)  # the most confident view of each image
+    assert torch.equal(got["equizero"], views[torch.arange(50), chosen].argmax(-1))
+    assert torch.equal(got["equitune"], views.softmax(-1).mean(1).argmax(-1))
+    turned = views[:, group.view_permutation(1)]  # the same images turned by 90 degrees
+    again = zs.orbit_predictions(turned, group)
+    assert torch.equal(again["equitune"], got["equitune"]) and torch.equal(again["equizero"], got["equizero"])
+    assert not torch.equal(again["vanilla"], got["vanilla"])  # the control moves
+    with pytest.raises(ValueError, match=r"view_logits must be \[N, 4, C\]"):
+        zs.orbit_predictions(views[:, :2], group)
