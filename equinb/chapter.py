@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from .backbones import BACKBONE_NAMES
-from .data import DATASET_NAMES, dataset_spec
+from .data import DATASET_NAMES, DIGITS_CLASSES, ISIC2018_CLASSES, dataset_spec
 from .groups import GROUP_NAMES
 from .nlg import DEMOGRAPHICS, LABELS
 from .setups import check_map_image_size
@@ -145,6 +145,14 @@ def _seed_list(name: str, value: Any) -> None:
         raise ValueError(f"{name} must not repeat a seed, got {value!r}")
 
 
+def _stand_in_digits(name: str, value: Any) -> None:
+    n = len(ISIC2018_CLASSES)
+    if (not isinstance(value, list) or len(value) != n or len(set(value)) != n
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(DIGITS_CLASSES) for v in value)):
+        raise ValueError(f"{name} must list {n} distinct digits 0-9, one per ISIC 2018 class in the order "
+                         f"MEL, NV, BCC, AKIEC, BKL, DF, VASC; got {value!r}")
+
+
 # One rule per parameter name, shared by every chapter.
 RULES: dict[str, Callable[[str, Any], None]] = {
     "profile": _choice(PROFILES),
@@ -172,6 +180,9 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "lr_updated": _number(0),
     "seed": _integer(0),
     "noise_seeds": _seed_list,
+    "stand_in_digits": _stand_in_digits,
+    "stand_in_seed": _integer(0),
+    "test_split": _text,  # checked against the dataset's splits in check_params
     "device": check_device,
     "data_root": _text,
     "clip_paths": _clip_paths,
@@ -211,6 +222,13 @@ def check_params(*, feature_maps: bool = False, **params: Any) -> None:
         RULES[name](name, value)
     if feature_maps and params.get("profile") == "small" and "image_size" in params:
         check_map_image_size(params["image_size"])
+    if "test_split" in params and "dataset" in params:
+        spec = dataset_spec(params["dataset"])
+        valid = [s for s in spec.splits if s != "train"]
+        if params["test_split"] != spec.eval_split:
+            raise ValueError(f"test_split={params['test_split']!r} is not valid for {params['dataset']}; its results "
+                             f"are reported on the {spec.eval_split!r} split (splits: {', '.join(spec.splits)}; "
+                             f"not training: {', '.join(valid)})")
     if params.get("seed") in params.get("noise_seeds", []):
         raise ValueError(f"noise_seeds must not contain the run's own seed {params['seed']}; it is always included")
     demographics = params.get("demographics")

@@ -263,3 +263,55 @@ def test_committed_notebook_matches_its_source(nb_id: str) -> None:
     committed = [(c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", [])))
                  for c in jupytext.read(NOTEBOOKS / f"{nb_id}.ipynb").cells]
     assert committed == source, f"notebooks/{nb_id}.ipynb is stale: run `make notebooks` (or jupytext --sync)"
+
+
+def _fake_isic(root: Path, n_train: int = 14, n_val: int = 9) -> None:
+    """An ISIC 2018 Task 3 fake (ground-truth CSVs and JPEGs) with every class in both splits, NV the majority."""
+    from test_data import _one_hot, _write_isic
+
+    for part, n in (("Training", n_train), ("Validation", n_val)):
+        classes = [1 if i % 2 else i // 2 % 7 for i in range(n)]  # every other image a nevus
+        _write_isic(root, part, [(f"ISIC_{part[0]}{i:06d}", _one_hot(k)) for i, k in enumerate(classes)])
+
+
+def test_isic_chapter_paper_code_path_on_fakes(tmp_path: Path) -> None:
+    """Table 4 on an ISIC 2018 fake (training and validation splits), tiny CLIP at 96 px, through papermill."""
+    data = tmp_path / "data"
+    _fake_isic(data)
+    nb = _run("tab4_isic2018", tmp_path, clip_paths={"RN50": str(_tiny_clip_96(tmp_path))}, data_root=str(data),
+              **{**FEATURE_MAP_FAKE, "dataset": "isic2018", "dataset_options": {}}, test_split="val",
+              noise_seeds=[1])
+    text = _outputs(nb)
+    assert not any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", []))
+    assert "profile: paper" in text and "isic2018" in text and "test split: 9 images" in text
+    assert "63.73" in text and "18.13" in text  # the article's values beside ours
+    assert "193 images: yes, 194 images: no" in text
+    assert "balanced_accuracy" in text and "macro_f1" in text and "zero-shot equizero" in text
+    assert "beats the majority class?" in text and "verdict" in text
+    # four runs and one more seed of each invariant row
+    assert len(list((data / "cache" / "runs").glob("run_*.pt"))) == 6
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        (dict(group="rot45"), "group='rot45' is not valid; choose one of"),
+        (dict(test_split="val"), "test_split='val' is not valid for digits"),
+        (dict(dataset="isic2018", test_split="val"), "profile 'small' runs on digits, got dataset='isic2018'"),
+        (dict(profile="paper", backbone="RN50", dataset="isic2018", test_split="test"),
+         "test_split='test' is not valid for isic2018"),
+        (dict(stand_in_digits=[0, 1]), "stand_in_digits must list 7 distinct digits"),
+    ],
+)
+def test_isic_chapter_fails_early_on_bad_parameters(tmp_path: Path, parameters: dict, message: str) -> None:
+    _expect_early_failure(tmp_path, "tab4_isic2018", parameters, message)
+
+
+def test_isic_chapter_names_the_missing_data_folder(tmp_path: Path) -> None:
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    _expect_early_failure(tmp_path, "tab4_isic2018", dict(profile="paper", backbone="RN50", dataset="isic2018",
+                                                          test_split="val", data_root=str(empty)),
+                          "ISIC 2018 'train' split not found")
+    nb = json.loads((tmp_path / "tab4_isic2018.out.ipynb").read_text())
+    assert "challenge.isic-archive.com" in json.dumps(nb)  # where to get it

@@ -50,3 +50,13 @@ def test_an_undeclared_parameter_is_refused_before_anything_runs(capsys) -> None
     with pytest.raises(SystemExit):
         build_book.main(["--only", "fig4_zeroshot_typo"])
     assert "unknown chapter 'fig4_zeroshot_typo'" in capsys.readouterr().err
+
+
+def test_noise_variants_keep_a_chapters_set_of_seeds() -> None:
+    """Another seed swaps places with 0 among the noise seeds: the chapter's own check refuses a noise seed
+    equal to its seed, and the seed tables keep the same rows."""
+    import measure_noise
+
+    assert measure_noise.seed_parameters("tab1_original_vs_updated", 2) == {"seed": 2, "noise_seeds": [1, 0, 3, 4]}
+    assert measure_noise.seed_parameters("tab3_equiattention", 1) == {"seed": 1}
+    assert "tab4_isic2018" in measure_noise.TRAINING_CHAPTERS and "imbalanced" in measure_noise.CLASSES
