@@ -97,8 +97,11 @@ def combined_map_symmetry(model: OrbitWrapper, feats: Tensor, labels: Tensor, he
         base = model.combined_views(chunk, model.view_weights(chunk))
         base_logits = {name: head(base) for name, head in heads.items()}
         for element, row in enumerate(rows):
-            moved = chunk[:, group.view_permutation(element)]
-            z = model.combined_views(moved, model.view_weights(moved))
+            if element == 0:  # the identity: its views are the chunk itself, whose Z is ``base``
+                z = base
+            else:
+                moved = chunk[:, group.view_permutation(element)]
+                z = model.combined_views(moved, model.view_weights(moved))
             row["invariance"] = max(row["invariance"], (z - base).abs().max().item())
             row["equivariance"] = max(row["equivariance"], (z - group.act(base, element)).abs().max().item())
             row["scale_map"] = max(row["scale_map"], base.abs().max().item())
