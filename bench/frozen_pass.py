@@ -4,7 +4,8 @@ Run: .venv/bin/python bench/frozen_pass.py [--images 512] [--size 96]
 
 Both chunk sizes must give the same bits (the cache does not depend on it); the last line is the wall-time ratio
 of 256-image chunks (the default of ``extract_view_features``) to the small profile's chunks of
-``equinb.setups.SMALL_PASS_BATCH`` images, measured in this one run.
+``equinb.backbones.CPU_PASS_IMAGES`` images (the frozen passes of the small profile and of the zero-shot
+chapter on a CPU), measured in this one run.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import time
 import torch
 
 from equinb import get_group
-from equinb.backbones import load_backbone
+from equinb.backbones import CPU_PASS_IMAGES, load_backbone
 from equinb.data import load_digits
 from equinb.engine import ViewData, extract_view_features
-from equinb.setups import SMALL_PASS_BATCH
 
 
 def main() -> None:
@@ -33,17 +33,17 @@ def main() -> None:
     data = ViewData(group.orbit(digits.tensors[0][:args.images]), digits.tensors[1][:args.images])
     extract_view_features(prefix, ViewData(data.inputs[:8], data.labels[:8]), batch_size=8)  # warm-up
     timings, outputs = {}, {}
-    for batch in (256, SMALL_PASS_BATCH):
+    for batch in (256, CPU_PASS_IMAGES):
         start = time.perf_counter()
         outputs[batch] = extract_view_features(prefix, data, batch_size=batch)
         timings[batch] = time.perf_counter() - start
-    same = torch.equal(outputs[256], outputs[SMALL_PASS_BATCH])
+    same = torch.equal(outputs[256], outputs[CPU_PASS_IMAGES])
     print(f"machine: {torch.get_num_threads()} CPU threads, torch {torch.__version__}; {args.images} digits x "
           f"{group.order} views at {args.size} px")
     for batch, seconds in timings.items():
         print(f"chunks of {batch} images: {seconds:.1f} s")
     print(f"identical outputs: {same}")
-    print(f"wall_ratio={timings[256] / timings[SMALL_PASS_BATCH]:.1f}")
+    print(f"wall_ratio={timings[256] / timings[CPU_PASS_IMAGES]:.1f}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .backbones import load_backbone
+from .backbones import cpu_chunks, load_backbone
 from .cache import cache_dir as default_cache_dir
 from .cache import cache_key, data_root as default_root, load_or_compute, module_fingerprint
 from .data import dataset_classes, image_batches
@@ -155,7 +155,8 @@ def frozen_head(backbone, dataset: str, cache_dir: str | Path, *, batch_size: in
 
     def fit() -> dict:
         with torch.no_grad():
-            feats, labels = zip(*[(backbone.encoder(x.to(backbone.device)).float().cpu(), y) for x, y in loader])
+            feats, labels = zip(*[(torch.cat([backbone.encoder(part).float().cpu()
+                                              for part in cpu_chunks(x.to(backbone.device))]), y) for x, y in loader])
         head = fit_linear_head(torch.cat(feats), torch.cat(labels))
         return head.state_dict()
 

@@ -22,7 +22,7 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from .backbones import load_backbone
+from .backbones import CPU_PASS_IMAGES, load_backbone
 from .cache import cache_dir as default_cache_dir
 from .cache import cache_key, load_or_compute, module_fingerprint, source_fingerprint
 from .cache import data_root as default_data_root
@@ -42,7 +42,7 @@ __all__ = ["LEVELS", "TrainingSetup", "TrainingRun", "seed_repeats", "imbalanced
 
 Tensor = torch.Tensor
 LEVELS = ("embeddings", "maps")
-SMALL_PASS_BATCH = 8  # images per frozen pass in the small profile (times the group's views)
+SMALL_PASS_BATCH = CPU_PASS_IMAGES  # images per frozen pass in the small profile (times the group's views)
 
 
 class TrainingRun(NamedTuple):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .backbones import cpu_chunks
 from .cache import cache_key, load_or_compute, module_fingerprint
 from .data import group_transform_indices, image_batches
 from .groups import Group, d4_act, get_group
@@ -85,10 +86,10 @@ def per_view_logits(encoder: nn.Module, head: nn.Module, batches: Iterable[tuple
     dtype = next(encoder.parameters()).dtype
     outs, ys = [], []
     for images, labels in tqdm(batches, disable=not progress, desc="views", ascii=True):
-        images = images.to(device, non_blocking=True)
-        views = torch.cat([d4_act(images, e) for e in elements])  # [E*B, 3, S, S], element-major
-        logits = head(encoder(views.to(dtype)))
-        outs.append(logits.float().reshape(len(elements), images.shape[0], -1).transpose(0, 1).cpu())
+        for part in cpu_chunks(images.to(device, non_blocking=True)):
+            views = torch.cat([d4_act(part, e) for e in elements])  # [E*b, 3, S, S], element-major
+            logits = head(encoder(views.to(dtype)))
+            outs.append(logits.float().reshape(len(elements), part.shape[0], -1).transpose(0, 1).cpu())
         ys.append(labels.cpu())
     return torch.cat(outs), torch.cat(ys)
 

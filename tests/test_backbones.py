@@ -269,3 +269,12 @@ def test_import_is_light() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "", f"imported at module import time: {res.stdout.strip()}"
+
+
+def test_cpu_chunks_split_on_the_cpu_and_keep_every_row() -> None:
+    from equinb.backbones import CPU_PASS_IMAGES, cpu_chunks
+
+    x = torch.arange(21 * 2).reshape(21, 2)
+    parts = cpu_chunks(x)
+    assert [len(p) for p in parts] == [CPU_PASS_IMAGES, CPU_PASS_IMAGES, 21 - 2 * CPU_PASS_IMAGES]
+    assert torch.equal(torch.cat(parts), x) and len(cpu_chunks(x, images=100)) == 1
