@@ -42,7 +42,6 @@ __all__ = ["LEVELS", "TrainingSetup", "TrainingRun", "seed_repeats", "imbalanced
 
 Tensor = torch.Tensor
 LEVELS = ("embeddings", "maps")
-SMALL_PASS_BATCH = CPU_PASS_IMAGES  # images per frozen pass in the small profile (times the group's views)
 
 
 class TrainingRun(NamedTuple):
@@ -121,6 +120,9 @@ class TrainingSetup:
         Class j of the new task is class ``classes[j]`` of this one (labels become 0..len(classes)-1, and
         the head keeps only those logits); its images are a seeded random draw of that class's images,
         kept in the split's order. Apply ``reoriented`` afterwards to turn the subset's images.
+
+        Shapes: a split's inputs [N, G, ...] and feats [N, G, ...] -> [sum(counts[split]), G, ...]; logits
+        [B, K] -> [B, len(classes)].
         """
         if self.turns is not None:
             raise ValueError("class_subset works on the images as given: call it before reoriented()")
@@ -223,13 +225,12 @@ def _load_digit_maps(group: Group, image_size: int, split_block: int, cache_dir,
     def compute() -> dict:
         out = {}
         for split, ds in splits.items():
-            # small chunks: on a CPU, 8 images x G views per pass run about 3x faster than 256 (the activations
-            # stay in cache) and give the same bits (bench/frozen_pass.py measures both)
+            # small chunks (CPU_PASS_IMAGES images x G views): faster on a CPU, same bits
             inputs = extract_view_features(prefix, ViewData(group.orbit(ds.tensors[0]), ds.tensors[1]),
-                                           batch_size=SMALL_PASS_BATCH, progress=progress)
+                                           batch_size=CPU_PASS_IMAGES, progress=progress)
             out[f"{split}_inputs"] = inputs
             out[f"{split}_maps"] = extract_view_features(trunk, ViewData(inputs, ds.tensors[1]),
-                                                         batch_size=SMALL_PASS_BATCH)
+                                                         batch_size=CPU_PASS_IMAGES)
         return out
 
     cached = load_or_compute(Path(cache_dir) / f"digit_maps_{key}.pt", compute)
