@@ -1,125 +1,309 @@
-"""Computed verdicts: does a difference in this build point the article's way, against its own noise?
+"""Computed verdicts: does a difference in this build point the article's way, against its statistical noise?
 
-A claim of the article is a signed difference ("updated minus original, prefinetune top-1, rot90": +3.70 pp).
-Ours is the same difference in this build, with two sources of noise:
+A claim of the article is a signed difference ("updated minus original, prefinetune top-1, rot90": +3.70 pp),
+or a direction without a number. Ours is the same difference in this build, measured on per-item scores of
+the two runs it compares, under every seed that was run:
 
-- the **test set**: a paired bootstrap over test items (both runs scored on the same items, resampled
-  together) gives a 95% interval of the difference (``paired_interval``);
-- the **seed**: the difference re-measured under other seeds (lambda initialisation, data order, the random
-  group element of each batch); where a chapter cannot afford seeds, the measured cross-seed tolerance of
-  ``equinb.noise`` stands in for their spread.
+    scores_a, scores_b [S, N]: seed s of run a and of run b (paired by seed index), item i of the test set.
 
-``judge`` calls a difference "within noise" when its interval contains 0 or when it is not larger than twice
-the seed spread (or the tolerance); otherwise "agrees" or "reversed" by comparing signs with the article's
-("no article direction" when the article has none). ``claim_row`` builds one row of a chapter's verdict
-table, ``verdict_table`` the table.
+``compare`` turns them into the mean difference over seeds and one 95% interval from a two-level bootstrap:
+resample the seeds (the training noise), then the test items (the test-set noise), the two runs' scores of an
+item always together. One seed gives the items-only interval; a deterministic statistic (no random step, such
+as a frozen model's zero-shot scores) needs no seeds. The interval's basis is printed beside it.
+
+``judge`` gives one of:
+
+- ``agrees`` / ``reversed``: the interval excludes 0, on the article's side of it or the other;
+- ``inconclusive``: the interval holds 0 (for a claim of *no* difference, only ``reversed`` or this: without a
+  stated margin, a claim of no difference can be refuted, never confirmed);
+- ``not tested here: <reason>``, where a computed check says the comparison cannot test the claim: a stage that
+  changed no prediction, a run that diverged or sits at chance, a statistic that holds by construction (shown
+  by a control), a task the no-training baseline already solves, too few seeds, no article value, or a setting
+  this profile does not run. Each reason is made by a function below from the numbers, never typed.
+
+A regression tolerance (how far a number may move between CPUs, ``equinb.noise``) never enters a verdict.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["VERDICTS", "VERDICT_COLUMN", "paired_interval", "judge", "claim_row", "verdict_table", "VERDICT_RULE"]
+__all__ = ["VERDICTS", "EFFECTS", "NOT_TESTED", "VERDICT_COLUMN", "EFFECT_COLUMN", "MIN_SEEDS", "LOSS_BOUND",
+           "VERDICT_RULE", "Comparison", "compare", "paired_interval", "judge", "effect", "verdict_row",
+           "effect_row", "unchanged_stage", "diverged", "at_chance", "solved_without_training",
+           "by_construction", "too_few_seeds", "not_in_this_run", "verdict_counts"]
 
-VERDICTS = ("agrees", "reversed", "within noise", "no article direction")
-# The printed column of the verdicts: a header at least as wide as the longest verdict fixes the column's
-# width, so that a verdict turning into an adjacent one on another CPU does not re-flow the printed table.
+ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
+
+VERDICTS = ("agrees", "reversed", "inconclusive")
+EFFECTS = ("non-zero", "inconclusive")  # the book's own comparisons, which have no article side
+NOT_TESTED = "not tested here"
+# Printed headers at least as wide as any short verdict, so that a verdict turning into an adjacent one on
+# another CPU does not re-flow the printed table.
 VERDICT_COLUMN = "verdict vs the article"
-SEED_FACTOR = 2.0  # a difference must exceed twice the seed spread (standard deviation over seeds)
-VERDICT_RULE = ("a difference is 'within noise' when its 95% paired-bootstrap interval over test items contains 0, "
-                "or when it is not larger than twice its standard deviation over seeds (or, where seeds were not "
-                "run, than the measured tolerance of a trained top-1); otherwise it 'agrees' or is 'reversed' by "
-                "the sign of the article's difference")
+EFFECT_COLUMN = "effect of the change"
+MIN_SEEDS = 5  # a trained run's verdict needs at least this many seeds of every run it compares
+LOSS_BOUND = 1e6  # a training loss above this (or not finite) marks a diverged run
+VERDICT_RULE = ("ours is the mean difference over the seeds; its 95% interval comes from a two-level bootstrap "
+                "(seeds, then test items, both runs of an item together). A claim 'agrees' or is 'reversed' when "
+                "the interval excludes 0, on the article's side or the other; 'inconclusive' when it holds 0; "
+                "'not tested here' with the computed reason when the comparison cannot test the claim (a stage "
+                f"that changed no prediction, a run that diverged or sits at chance, fewer than {MIN_SEEDS} seeds "
+                "of a trained run, a statistic that holds by construction, a task solved without training, a "
+                "setting this profile does not run)")
 
 
-def paired_interval(scores_a: torch.Tensor | np.ndarray, scores_b: torch.Tensor | np.ndarray, *,
-                    samples: int = 2000, level: float = 0.95, seed: int = 0, scale: float = 100.0,
-                    strata: torch.Tensor | np.ndarray | None = None) -> tuple[float, float]:
-    """Percentile interval of ``scale * (mean(b) - mean(a))`` over resampled test items (pp by default).
+@dataclass(frozen=True)
+class Comparison:
+    """Run b minus run a on the same items: the mean difference over seeds and its 95% interval.
 
-    ``scores_*``: per-item scores [N] of two runs on the same items (1/0 for correct/wrong, or a mean over
-    draws). Items are resampled with replacement, the pair of scores together, so that what both runs get
-    right or wrong cancels. ``strata`` [N] (for example the true classes): items are resampled within each
-    stratum and the statistic is the mean over strata of the stratum means, so that with 1/0 scores and
-    the classes as strata it is the difference of balanced accuracies. Seeded: the same scores give the
-    same interval.
+    ``seeds``: how many seeds entered (1: items only); ``deterministic``: the scores have no random step, so
+    the interval over items is the whole noise; ``basis``: the interval's basis, for printing.
     """
-    a, b = (np.asarray(s, dtype=np.float64).reshape(-1) for s in (scores_a, scores_b))
-    if a.shape != b.shape or a.size == 0:
-        raise ValueError(f"paired_interval needs two non-empty score vectors of one length, got {a.shape} and "
+
+    difference: float
+    interval: tuple[float, float]
+    seeds: int
+    items: int
+    deterministic: bool = False
+    paired: bool = True
+    unit: str = "items"
+
+    @property
+    def basis(self) -> str:
+        text = f"{self.items} {self.unit}"
+        if self.seeds > 1:
+            text = f"{self.seeds} seeds × {text}"
+        elif self.deterministic:
+            text += " (no random step)" if self.unit == "items" else ""
+        else:
+            text += ", 1 seed"
+        return text if self.paired else f"{text}, two test sets"
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.interval[0] > 0 or self.interval[1] < 0
+
+
+def _as_matrix(scores: ArrayLike) -> np.ndarray:
+    x = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64)
+    return x.reshape(1, -1) if x.ndim <= 1 else x
+
+
+def _bootstrap_means(x: np.ndarray, groups: list[np.ndarray], rng: np.random.Generator, samples: int) -> np.ndarray:
+    """Means of ``x`` [S, N] under ``samples`` two-level resamples: S seeds with replacement, then N items with
+    replacement (within each group of items, the groups weighted equally). Shapes: -> [samples]."""
+    n_seeds, n_items = x.shape
+    stats = np.zeros(samples)
+    for start in range(0, samples, 250):  # chunks keep the [samples, N] matrices small for large test sets
+        stop = min(start + 250, samples)
+        if n_seeds > 1:  # seed weights: how often each seed was drawn
+            draws = rng.integers(0, n_seeds, size=(stop - start, n_seeds))
+            weights = np.stack([np.bincount(d, minlength=n_seeds) for d in draws]) / n_seeds
+            per_item = weights @ x  # [chunk, N]: each item averaged over the drawn seeds
+        else:
+            per_item = np.broadcast_to(x[0], (stop - start, n_items))
+        for members in groups:  # each group's resampled mean, averaged with equal weight
+            picks = members[rng.integers(0, members.size, size=(stop - start, members.size))]
+            stats[start:stop] += np.take_along_axis(per_item, picks, axis=1).mean(axis=1)
+    return stats / len(groups)
+
+
+def _groups(n_items: int, strata: ArrayLike | None) -> list[np.ndarray]:
+    if strata is None:
+        return [np.arange(n_items)]
+    keys = _as_matrix(strata).reshape(-1)
+    if keys.shape != (n_items,):
+        raise ValueError(f"strata needs one value per item, got {keys.shape} for {n_items} items")
+    return [np.flatnonzero(keys == k) for k in np.unique(keys)]
+
+
+def _point(x: np.ndarray, groups: list[np.ndarray]) -> float:
+    return float(np.mean([np.mean([x[s, m].mean() for m in groups]) for s in range(x.shape[0])]))
+
+
+def compare(scores_a: ArrayLike, scores_b: ArrayLike, *, scale: float = 100.0, strata: ArrayLike | None = None,
+            deterministic: bool = False, paired: bool = True, unit: str = "items", samples: int = 2000,
+            level: float = 0.95, seed: int = 0) -> Comparison:
+    """Run b minus run a: ``scale * (mean b - mean a)`` averaged over seeds, with a two-level bootstrap interval.
+
+    Shapes: ``scores_*`` [S, N] (seed s, item i; the runs paired by seed index) or [N] (one seed). Scores are
+    per-item numbers (1/0 for correct/wrong, a weight, a share). Each bootstrap sample draws S seeds with
+    replacement, then N items with replacement, and takes the mean over both of b - a. ``strata`` [N] (for
+    example the true classes): items are drawn within each stratum and the statistic is the mean over strata of
+    the stratum means, so that with 1/0 scores and the classes as strata it is the difference of balanced
+    accuracies. ``paired=False``: the two runs were scored on different items (two test sets), so each is
+    resampled on its own (shapes [S_a, N_a] and [S_b, N_b]; no strata). ``unit`` names the items in the printed
+    basis. Seeded: the same scores give the same interval.
+    """
+    a, b = _as_matrix(scores_a), _as_matrix(scores_b)
+    if a.size == 0 or b.size == 0 or (paired and a.shape != b.shape):
+        raise ValueError(f"compare needs two non-empty score arrays of one shape [seeds, items], got {a.shape} and "
                          f"{b.shape}")
-    diff = b - a
-    groups = [diff] if strata is None else _strata(diff, strata)
     rng = np.random.default_rng(seed)
-    means = np.zeros(samples)
-    for part in groups:  # each stratum's resampled means, averaged with equal weight
-        for start in range(0, samples, 500):  # chunks keep the index matrix small for large test sets
-            stop = min(start + 500, samples)
-            means[start:stop] += part[rng.integers(0, part.size, size=(stop - start, part.size))].mean(axis=1)
-    means /= len(groups)
+    if paired:
+        groups = _groups(a.shape[1], strata)
+        stats = _bootstrap_means(b - a, groups, rng, samples)
+        point = _point(b - a, groups)
+    else:
+        if strata is not None:
+            raise ValueError("strata need paired items")
+        stats = _bootstrap_means(b, [np.arange(b.shape[1])], rng, samples) - _bootstrap_means(
+            a, [np.arange(a.shape[1])], rng, samples)
+        point = float(b.mean() - a.mean())
     tail = 100 * (1 - level) / 2
-    low, high = np.percentile(scale * means, [tail, 100 - tail])
-    return float(low), float(high)
+    low, high = np.percentile(scale * stats, [tail, 100 - tail])
+    return Comparison(scale * point, (float(low), float(high)), min(a.shape[0], b.shape[0]),
+                      min(a.shape[1], b.shape[1]), deterministic, paired, unit)
 
 
-def _strata(values: np.ndarray, strata: torch.Tensor | np.ndarray) -> list[np.ndarray]:
-    keys = np.asarray(strata).reshape(-1)
-    if keys.shape != values.shape:
-        raise ValueError(f"strata needs one value per item, got {keys.shape} for {values.shape}")
-    return [values[keys == k] for k in np.unique(keys)]
+def paired_interval(scores_a: ArrayLike, scores_b: ArrayLike, **options) -> tuple[float, float]:
+    """The 95% interval of ``compare`` alone (pp by default); see ``compare`` for the shapes and options."""
+    return compare(scores_a, scores_b, **options).interval
 
 
-def judge(difference: float, article: float | None, *, interval: tuple[float, float] | None = None,
-          seed_sd: float | None = None, tolerance: float | None = None) -> str:
-    """The verdict on one claim (see the module docstring); ``seed_sd`` wins over ``tolerance``."""
-    if not math.isfinite(difference):
-        return "within noise"
-    if interval is not None and interval[0] <= 0 <= interval[1]:
-        return "within noise"
-    spread = SEED_FACTOR * seed_sd if seed_sd is not None else tolerance
-    if spread is not None and abs(difference) <= spread:
-        return "within noise"
-    if article is None or not math.isfinite(article) or article == 0:
-        return "no article direction"
-    return "agrees" if (difference > 0) == (article > 0) else "reversed"
+# -- computed reasons: each returns None (the check passes) or the reason a comparison cannot test its claim --
+
+def unchanged_stage(before: ArrayLike, after: ArrayLike, run: str, stage: str = "finetuning") -> str | None:
+    """``"<stage> changed no test prediction of <run>"`` when the predictions [N] (or [S, N]) are equal."""
+    if np.array_equal(_as_matrix(before), _as_matrix(after)):
+        return f"{stage} changed no test prediction of {run}"
+    return None
 
 
-def claim_row(artifact: str, claim: str, article: float | None, difference: float, *,
-              interval: tuple[float, float] | None = None, seed_differences: Sequence[float] | None = None,
-              tolerance: float | None = None, tolerance_label: str = "tolerance", decimals: int = 2) -> dict:
-    """One row of a verdict table: the claim, the article's difference, ours with its noise, the verdict.
+def diverged(losses: Sequence[float], run: str, bound: float = LOSS_BOUND) -> str | None:
+    """``"<run> diverged ..."`` when a training loss is not finite or exceeds ``bound``."""
+    values = [float(v) for v in losses if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    worst = max(values, default=0.0)
+    if not math.isfinite(worst) or worst > bound:
+        return f"{run} diverged (training loss above {bound:.0e})"
+    return None
 
-    ``difference``: ours in this build's run (seed 0); ``seed_differences``: the same difference under every
-    seed run (seed 0 included, at least 2 values), whose mean and standard deviation are reported;
-    ``tolerance``: the noise used when there are no seeds, printed as "<tolerance_label> ±<tolerance>".
-    Numbers are in the claim's unit (pp for top-1)
-    and printed with ``decimals`` decimals; a missing article value prints as "—", never as NaN.
-    """
-    seeds = [float(d) for d in seed_differences] if seed_differences is not None else []
-    if seeds and len(seeds) < 2:
-        raise ValueError("seed_differences needs at least 2 seeds to give a spread")
-    seed_sd = float(np.std(seeds, ddof=1)) if seeds else None
+
+def at_chance(correct: ArrayLike, n_classes: int, run: str) -> str | None:
+    """``"<run> is at chance ..."`` when the 95% interval of its accuracy (per-item 1/0 [N] or [S, N], items
+    resampled) holds the chance rate 1/n_classes."""
+    x = _as_matrix(correct)
+    low, high = compare(np.zeros_like(x), x, deterministic=True).interval
+    chance = 100.0 / n_classes
+    if low <= chance <= high:
+        return f"{run} is at chance (top-1 {100 * x.mean():.2f}%, chance {chance:.2f}%)"
+    return None
+
+
+def solved_without_training(baseline_correct: ArrayLike, trained_correct: ArrayLike, baseline: str,
+                            trained: str) -> str | None:
+    """``"the no-training baseline ... reaches ..."`` when ``trained`` (per-item 1/0 [S, N] or [N]) is not
+    above ``baseline`` (a run with no training, [N]): the upper end of the interval of trained − baseline is
+    at most 0 plus nothing, i.e. the interval does not lie above 0."""
+    b = _as_matrix(baseline_correct)
+    t = _as_matrix(trained_correct)
+    comparison = compare(np.broadcast_to(b, t.shape), t)
+    if comparison.interval[0] <= 0:
+        return (f"the no-training baseline {baseline} ({100 * b.mean():.2f}%) reaches {trained} "
+                f"({100 * t.mean():.2f}%)")
+    return None
+
+
+def by_construction(control: Comparison, observed: Comparison, what: str) -> str | None:
+    """``"holds by construction: ..."`` when a control that cannot carry the effect (an untrained module, a
+    permutation null) gives an interval that overlaps the observed one."""
+    if control.interval[0] <= observed.interval[1] and observed.interval[0] <= control.interval[1]:
+        return (f"holds by construction: {what} gives {control.difference:+.3g} "
+                f"[{control.interval[0]:+.3g}, {control.interval[1]:+.3g}]")
+    return None
+
+
+def too_few_seeds(seeds: int, run: str, minimum: int = MIN_SEEDS) -> str | None:
+    """``"<run> ran n seeds; a verdict needs <minimum>"`` for a trained run with fewer seeds."""
+    return f"{run} ran {seeds} seed{'s' if seeds != 1 else ''} (a verdict needs {minimum})" if seeds < minimum else None
+
+
+def not_in_this_run(needed: dict[str, str], present: dict[str, Sequence[str]]) -> str | None:
+    """``"needs backbone RN101; this run has backbone RN50"`` when a setting the claim is about was not run:
+    ``needed`` maps a setting's name to the value the claim needs, ``present`` to the values this run had (an empty
+    name prints the values alone)."""
+    missing = [key for key, value in needed.items() if value not in present.get(key, ())]
+    if not missing:
+        return None
+    name = lambda key, text: f"{key} {text}" if key else text  # noqa: E731
+    wanted = ", ".join(name(key, needed[key]) for key in missing)
+    had = "; ".join(name(key, ", ".join(map(str, present.get(key, ()))) or "none") for key in missing)
+    return f"needs {wanted}; this run has {had}"
+
+
+# -- verdicts and rows --
+
+def judge(comparison: Comparison | None, side: int | None, reasons: Sequence[str | None] = ()) -> str:
+    """The verdict on one claim: the first computed reason that applies, else the interval against the
+    article's ``side`` of 0 (+1, -1, or 0 for a claim of no difference; None: the article gives neither a value
+    nor a direction). See the module docstring."""
+    for reason in reasons:
+        if reason:
+            return f"{NOT_TESTED}: {reason}"
+    if comparison is None:
+        return f"{NOT_TESTED}: nothing was measured"
+    if side is None:
+        return f"{NOT_TESTED}: no article value"
+    if not comparison.excludes_zero:
+        return "inconclusive"
+    if side == 0:
+        return "reversed"
+    return "agrees" if (comparison.interval[0] > 0) == (side > 0) else "reversed"
+
+
+def effect(comparison: Comparison | None, reasons: Sequence[str | None] = ()) -> str:
+    """The effect of one of the book's own changes (no article side): ``non-zero`` when the interval excludes 0,
+    ``inconclusive`` when it holds 0, or ``not tested here: <reason>``."""
+    for reason in reasons:
+        if reason:
+            return f"{NOT_TESTED}: {reason}"
+    if comparison is None:
+        return f"{NOT_TESTED}: nothing was measured"
+    return "non-zero" if comparison.excludes_zero else "inconclusive"
+
+
+def _numbers(comparison: Comparison | None, decimals: int) -> dict[str, str]:
     d = decimals
-    return {
-        "artifact": artifact, "claim": claim,
-        "article": "—" if article is None or not math.isfinite(article) else f"{article:+.{d}f}",
-        "ours": f"{difference:+.{d}f}",
-        "95% interval": "—" if interval is None else f"[{interval[0]:+.{d}f}, {interval[1]:+.{d}f}]",
-        "seeds": f"{np.mean(seeds):+.{d}f} ± {seed_sd:.{d}f} (n={len(seeds)})" if seeds else
-                 ("—" if tolerance is None else f"{tolerance_label} ±{tolerance:.{d}f}"),
-        "verdict": judge(difference, article, interval=interval, seed_sd=seed_sd, tolerance=tolerance),
-    }
+    if comparison is None:
+        return {"ours": "—", "95% interval": "—", "noise": "—"}
+    low, high = comparison.interval
+    return {"ours": f"{comparison.difference:+.{d}f}", "95% interval": f"[{low:+.{d}f}, {high:+.{d}f}]",
+            "noise": comparison.basis}
 
 
-def verdict_table(rows: list[dict], profile: str):
-    """The rows of ``claim_row`` as a DataFrame with the profile as its first column and the verdict under
-    ``VERDICT_COLUMN`` (how the chapters show and glue their verdicts)."""
-    import pandas as pd
+def verdict_row(claim_id: str, comparison: Comparison | None, *, reasons: Sequence[str | None] = (),
+                decimals: int = 2, note: str = "", changed: dict[str, int] | None = None) -> dict:
+    """One row of a verdict table for the registered claim ``claim_id`` (``equinb.claims``): its full text, what
+    this build computed (the claim's statistic, and ``note`` where the chapter had to choose, e.g. a baseline),
+    the article's value, ours with its interval and basis, and the verdict. A missing number prints as "—".
+    ``changed``: per compared finetune stage, the test predictions it changed (kept, not shown: the book's tests
+    check that a stage that changed none is never given a verdict)."""
+    from .claims import claim
 
-    table = pd.DataFrame(rows).rename(columns={"verdict": VERDICT_COLUMN})
-    table.insert(0, "profile", profile)
-    return table
+    c = claim(claim_id)
+    article = "—" if c.article_value is None else f"{c.article_value:+.{decimals}f}"
+    if c.article_value is None and c.side is not None:
+        article = {1: "> 0", -1: "< 0", 0: "= 0"}[c.side]
+    tested = f"{c.statistic} ({note})" if note else c.statistic
+    return {"claim": c.text, "tested as": tested, "article": article, **_numbers(comparison, decimals),
+            VERDICT_COLUMN: judge(comparison, c.side, reasons), "id": c.id, "changed": dict(changed or {})}
+
+
+def effect_row(change: str, comparison: Comparison | None, *, reasons: Sequence[str | None] = (),
+               decimals: int = 2) -> dict:
+    """One row of a table of the book's own comparisons (no article value): ``change``, ours, the effect."""
+    return {"change": change, **_numbers(comparison, decimals), EFFECT_COLUMN: effect(comparison, reasons)}
+
+
+def verdict_counts(verdicts: Sequence[str]) -> dict[str, int]:
+    """How many verdicts are of each kind: tested, agrees, reversed, inconclusive, not tested here."""
+    kinds = ["agrees", "reversed", "inconclusive"]
+    counts = {k: sum(v == k for v in verdicts) for k in kinds}
+    counts[NOT_TESTED] = sum(str(v).startswith(NOT_TESTED) for v in verdicts)
+    return {"claims": len(verdicts), "tested": sum(counts[k] for k in kinds), **counts}

@@ -1,14 +1,15 @@
-"""Paired intervals, seed spreads and verdicts: each rule checked on a case where it decides."""
+"""Two-level intervals, computed reasons and verdicts: each rule checked on a case where it decides."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 import torch
 
-from equinb.verdicts import VERDICT_COLUMN, VERDICTS, claim_row, judge, paired_interval, verdict_table
+from equinb.verdicts import (EFFECT_COLUMN, NOT_TESTED, VERDICT_COLUMN, VERDICTS, Comparison, at_chance,
+                             by_construction, compare, diverged, effect_row, judge, not_in_this_run,
+                             paired_interval, solved_without_training, too_few_seeds, unchanged_stage, verdict_counts,
+                             verdict_row)
 
 
 def test_paired_interval_holds_the_difference_and_narrows_with_pairing():
@@ -23,43 +24,41 @@ def test_paired_interval_holds_the_difference_and_narrows_with_pairing():
     assert low_u < 0 < high_u and high_u - low_u > high - low
 
 
-def test_paired_interval_is_seeded_and_checks_its_input():
+def test_compare_is_seeded_and_checks_its_input():
     a, b = np.ones(50), np.r_[np.ones(45), np.zeros(5)]
-    assert paired_interval(a, b) == paired_interval(a, b)
-    assert paired_interval(a, a) == (0.0, 0.0)
-    with pytest.raises(ValueError, match="one length"):
-        paired_interval(a, b[:-1])
+    assert compare(a, b) == compare(a, b)
+    assert compare(a, a).interval == (0.0, 0.0)
+    with pytest.raises(ValueError, match="one shape"):
+        compare(a, b[:-1])
+    assert compare(a, b).basis == "50 items, 1 seed"
+    assert compare(a, b, deterministic=True).basis == "50 items (no random step)"
 
 
-@pytest.mark.parametrize("difference, article, kwargs, expected", [
-    (3.0, 1.0, {}, "agrees"),
-    (-3.0, 1.0, {}, "reversed"),
-    (3.0, None, {}, "no article direction"),
-    (3.0, 1.0, {"interval": (-0.5, 6.0)}, "within noise"),  # the test set cannot tell
-    (3.0, 1.0, {"interval": (1.0, 5.0), "seed_sd": 2.0}, "within noise"),  # 3 <= 2 x 2: the seeds cannot
-    (3.0, 1.0, {"interval": (1.0, 5.0), "seed_sd": 1.0}, "agrees"),
-    (3.0, -1.0, {"interval": (1.0, 5.0), "tolerance": 2.5}, "reversed"),
-    (2.0, -1.0, {"interval": (1.0, 5.0), "tolerance": 2.5}, "within noise"),
-    (3.0, 1.0, {"seed_sd": 1.0, "tolerance": 10.0}, "agrees"),  # seeds, when run, replace the tolerance
-    (float("nan"), 1.0, {}, "within noise"),
-])
-def test_judge(difference, article, kwargs, expected):
-    assert judge(difference, article, **kwargs) == expected
-    assert expected in VERDICTS
+def test_seed_noise_widens_the_interval_and_the_point_is_the_seed_mean():
+    rng = np.random.default_rng(0)
+    base = (rng.random((5, 300)) < 0.7).astype(float)
+    # run b gains 4 pp on seed 0 but its seeds scatter: -6 .. +14 pp (each seed flips a different set of items)
+    b = base.copy()
+    gains = [12, -18, 42, 0, 24]  # items gained per seed (of 300): +4, -6, +14, 0, +8 pp
+    for s, k in enumerate(gains):
+        idx = np.flatnonzero(base[s] == (0 if k > 0 else 1))[:abs(k)]
+        b[s, idx] = 1 - b[s, idx]
+    both = compare(base, b)
+    first = compare(base[0], b[0])
+    assert both.seeds == 5 and both.basis == "5 seeds × 300 items"
+    assert both.difference == pytest.approx(100 * np.mean(gains) / 300)
+    assert first.excludes_zero and not both.excludes_zero  # one lucky seed is not a result
+    assert both.interval[1] - both.interval[0] > first.interval[1] - first.interval[0]
 
 
-def test_claim_row_reports_the_seed_spread_and_never_nan():
-    row = claim_row("Table 1", "updated > original", None, 1.234, interval=(0.5, 2.0),
-                    seed_differences=[1.2, 1.0, 1.4])
-    assert row["article"] == "—" and row["ours"] == "+1.23" and row["95% interval"] == "[+0.50, +2.00]"
-    assert row["seeds"] == "+1.20 ± 0.20 (n=3)" and row["verdict"] == "no article direction"
-    with pytest.raises(ValueError, match="at least 2"):
-        claim_row("x", "y", 1.0, 1.0, seed_differences=[1.0])
-    table = verdict_table([row, claim_row("x", "y", 2.0, 0.1, tolerance=5.9)], "small")
-    assert list(table.columns[:3]) == ["profile", "artifact", "claim"]
-    assert table.loc[1, "seeds"] == "tolerance ±5.90" and table.loc[1, VERDICT_COLUMN] == "within noise"
-    assert len(VERDICT_COLUMN) >= max(map(len, VERDICTS))  # the header fixes the printed column's width
-    assert not any(isinstance(v, float) and math.isnan(v) for v in table.to_numpy().ravel())
+def test_unpaired_comparison_of_two_test_sets():
+    rng = np.random.default_rng(3)
+    a, b = (rng.random(300) < 0.6).astype(float), (rng.random(120) < 0.9).astype(float)
+    result = compare(a, b, paired=False)
+    assert result.difference == pytest.approx(100 * (b.mean() - a.mean()))
+    assert result.interval[0] > 0 and result.basis == "120 items, 1 seed, two test sets"
+    with pytest.raises(ValueError, match="one shape"):
+        compare(a, b)  # paired needs the same items
 
 
 def test_stratified_interval_is_the_balanced_accuracy_difference():
@@ -70,13 +69,91 @@ def test_stratified_interval_is_the_balanced_accuracy_difference():
     majority = np.zeros(70, dtype=int)
     good = np.where(gen.random(70) < 0.8, labels, (labels + 1) % 3)
     correct = lambda p: (p == labels).astype(float)  # noqa: E731
-    low, high = paired_interval(correct(majority), correct(good), strata=labels)
+    result = compare(correct(majority), correct(good), strata=labels)
     gain = balanced_accuracy(torch.tensor(good), torch.tensor(labels), 3) - 100 / 3
-    assert low <= gain <= high and low > 0
-    # the unstratified interval is about plain top-1, which the majority class nearly matches here
+    assert result.difference == pytest.approx(gain)
+    assert result.interval[0] <= gain <= result.interval[1] and result.interval[0] > 0
     plain = paired_interval(correct(majority), correct(good))
-    assert plain[0] < gain - 20
-    # one stratum is the plain interval exactly, and strata need one value per item
+    assert plain[0] < gain - 20  # unstratified: about plain top-1, which the majority class nearly matches
     assert paired_interval(correct(majority), correct(good), strata=np.zeros(70)) == plain
     with pytest.raises(ValueError, match="one value per item"):
-        paired_interval(correct(majority), correct(good), strata=labels[:5])
+        compare(correct(majority), correct(good), strata=labels[:5])
+
+
+def _comparison(low: float, high: float) -> Comparison:
+    return Comparison((low + high) / 2, (low, high), 5, 100)
+
+
+@pytest.mark.parametrize("interval, side, expected", [
+    ((1.0, 5.0), 1, "agrees"),
+    ((1.0, 5.0), -1, "reversed"),
+    ((-5.0, -1.0), -1, "agrees"),
+    ((-0.5, 6.0), 1, "inconclusive"),
+    ((-0.5, 6.0), 0, "inconclusive"),  # a claim of no difference can only be refuted
+    ((1.0, 5.0), 0, "reversed"),
+    ((1.0, 5.0), None, f"{NOT_TESTED}: no article value"),
+])
+def test_judge_reads_the_interval_against_the_article_side(interval, side, expected):
+    assert judge(_comparison(*interval), side) == expected
+    assert expected in VERDICTS or expected.startswith(NOT_TESTED)
+
+
+def test_a_computed_reason_wins_over_any_interval():
+    reasons = [None, "finetuning changed no test prediction of updated", "later reason"]
+    verdict = judge(_comparison(1.0, 5.0), 1, reasons)
+    assert verdict == f"{NOT_TESTED}: finetuning changed no test prediction of updated"
+    assert judge(None, 1) == f"{NOT_TESTED}: nothing was measured"
+
+
+def test_reasons_are_computed_from_the_numbers():
+    same = torch.tensor([0, 1, 2, 2])
+    assert unchanged_stage(same, same.clone(), "updated") == "finetuning changed no test prediction of updated"
+    assert unchanged_stage(same, torch.tensor([0, 1, 2, 1]), "updated") is None
+    assert "diverged" in diverged([2.3, 1.0, 5e7], "invariant (prelr 0.33)")
+    assert "diverged" in diverged([2.3, float("inf")], "run")
+    assert diverged([2.3, 1.0, None], "run") is None
+    gen = np.random.default_rng(0)
+    chance = (gen.random(400) < 0.1).astype(float)  # 10 classes, right 10% of the time
+    assert at_chance(chance, 10, "run").startswith("run is at chance")
+    assert at_chance(np.ones(400), 10, "run") is None
+    good = (gen.random(400) < 0.9).astype(float)
+    assert "reaches" in solved_without_training(good, good, "zero-shot equitune", "best run")
+    better = np.maximum(good, (gen.random(400) < 0.9).astype(float))
+    assert solved_without_training(good * (gen.random(400) < 0.6), better, "zero-shot", "best run") is None
+    control, observed = _comparison(-0.01, 0.01), _comparison(-0.02, 0.005)
+    assert by_construction(control, observed, "an untrained module").startswith("holds by construction")
+    assert by_construction(control, _comparison(0.2, 0.3), "an untrained module") is None
+    assert too_few_seeds(1, "feature map (as described)") == "feature map (as described) ran 1 seed (a verdict needs 5)"
+    assert too_few_seeds(5, "run") is None
+    needs = not_in_this_run({"backbone": "RN101", "dataset": "imagenetv2"},
+                            {"backbone": ["RN50"], "dataset": ["cifar100", "imagenetv2"]})
+    assert needs == "needs backbone RN101; this run has backbone RN50"
+    assert not_in_this_run({"": "RN50 on imagenetv2"}, {"": ["RN50 on cifar100"]}) == (
+        "needs RN50 on imagenetv2; this run has RN50 on cifar100")
+    assert not_in_this_run({"backbone": "RN50"}, {"backbone": ["RN50"]}) is None
+
+
+def test_rows_take_the_claim_from_the_registry_and_never_print_nan():
+    row = verdict_row("tab1.updated_minus_original.rot90.prefinetune", _comparison(1.0, 5.0))
+    assert row["claim"].startswith("With CLIP RN50 on CIFAR100") and row["article"] == "+3.70"
+    assert row[VERDICT_COLUMN] == "agrees" and row["noise"] == "5 seeds × 100 items"
+    assert verdict_row("fig3.attention_uniform", None)["article"] == "< 0"  # a direction without a value
+    with pytest.raises(KeyError, match="unknown claim id"):
+        verdict_row("tab1.no_such_claim", None)
+    own = effect_row("as described − as published", _comparison(-0.5, 2.0))
+    assert own[EFFECT_COLUMN] == "inconclusive"
+    from equinb.tables import Table
+
+    import pandas as pd
+
+    table = Table(pd.DataFrame([row, verdict_row("tab2.equivariant", None, reasons=["x"])]), "verdicts",
+                  hidden=("id",))
+    assert table.frame.loc[1, VERDICT_COLUMN] == f"{NOT_TESTED}: x" and "nan" not in repr(table).lower()
+    assert "tab1.updated" not in repr(table) and "<caption>verdicts</caption>" in table._repr_html_()
+    assert '<td class="num">[+1.00, +5.00]</td>' in table._repr_html_()  # numbers never wrap
+    assert len(VERDICT_COLUMN) >= max(map(len, VERDICTS))  # the header fixes the printed column's width
+
+
+def test_verdict_counts():
+    counts = verdict_counts(["agrees", "reversed", "inconclusive", "agrees", f"{NOT_TESTED}: x"])
+    assert counts == {"claims": 5, "tested": 4, "agrees": 2, "reversed": 1, "inconclusive": 1, NOT_TESTED: 1}

@@ -1,0 +1,71 @@
+"""Trained runs as evidence for a verdict: per-seed scores of a stage, and the checks that say when they cannot
+test a claim.
+
+A chapter compares two runs (or two stages of one run), each repeated under several seeds (``seed_repeats``).
+``compare_runs`` pairs them seed by seed, scores every test item, and returns the ``Comparison`` of
+``equinb.verdicts`` together with the computed reasons that apply: a run whose evaluated model is broken (its
+finetuning loss diverged, or its accuracy sits at chance), a finetuning stage that changed no test prediction, and
+fewer seeds than a verdict needs.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .setups import TrainingRun, TrainingSetup, correct_by_seed
+from .verdicts import Comparison, at_chance, compare, diverged, too_few_seeds, unchanged_stage
+
+__all__ = ["STAGES", "stage_runs", "finetune_changed", "stage_problems", "compare_runs"]
+
+STAGES = ("prefinetune", "finetune")
+
+
+def stage_runs(runs: Sequence[TrainingRun], stage: str) -> list[TrainingRun]:
+    """The runs that ran ``stage`` (seed repeats may be prefinetune-only; the first run always ran both)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+    return [r for r in runs if stage == "prefinetune" or any(h.get("stage") == "finetune" for h in r.history)]
+
+
+def finetune_changed(run: TrainingRun) -> int:
+    """How many test predictions finetuning changed (0: the stage did nothing a test could see)."""
+    return int((run.predictions["finetune"] != run.predictions["prefinetune"]).sum())
+
+
+def stage_problems(runs: Sequence[TrainingRun], stage: str, setup: TrainingSetup, name: str) -> list[str | None]:
+    """Why ``stage`` of these runs cannot be compared: its finetuning changed no prediction (seed 0), its
+    finetuning loss diverged (prefinetuning keeps the best λ it saw, so its loss may run away harmlessly), or its
+    accuracy sits at chance. ``None`` entries are checks that passed."""
+    ran = stage_runs(runs, stage)
+    reasons: list[str | None] = []
+    if stage == "finetune":
+        reasons.append(unchanged_stage(runs[0].predictions["prefinetune"], runs[0].predictions["finetune"], name))
+        reasons.append(diverged([h.get("loss") for r in ran for h in r.history if h.get("stage") == "finetune"],
+                                name))
+    reasons.append(at_chance(correct_by_seed(ran, stage, setup.test.labels), setup.n_classes, name))
+    return reasons
+
+
+def compare_runs(runs_a: Sequence[TrainingRun], stage_a: str, runs_b: Sequence[TrainingRun], stage_b: str,
+                 setup: TrainingSetup, names: tuple[str, str], *, balanced: bool = False,
+                 scores: dict[str, torch.Tensor] | None = None
+                 ) -> tuple[Comparison, list[str | None], dict[str, int]]:
+    """Run b at ``stage_b`` minus run a at ``stage_a``, seed by seed (as many seeds as both ran), with the reasons
+    of ``stage_problems`` for both and ``too_few_seeds``, and, for each compared finetune stage, how many test
+    predictions it changed (``{name: count}``; a verdict row records it). ``balanced``: the difference of balanced
+    accuracies (items resampled within classes). ``scores``: per-item scores [S, N] to use instead of correctness
+    (e.g. a weight), keyed "a" and "b"."""
+    a, b = stage_runs(runs_a, stage_a), stage_runs(runs_b, stage_b)
+    n = min(len(a), len(b))
+    labels = setup.test.labels
+    if scores is None:
+        scores = {"a": correct_by_seed(a[:n], stage_a, labels), "b": correct_by_seed(b[:n], stage_b, labels)}
+    comparison = compare(scores["a"][:n], scores["b"][:n], strata=labels if balanced else None)
+    reasons = [*stage_problems(runs_a, stage_a, setup, names[0]), *stage_problems(runs_b, stage_b, setup, names[1])]
+    reasons.append(too_few_seeds(n, f"{names[0]} and {names[1]}" if names[0] != names[1] else names[0]))
+    changed = {name: finetune_changed(runs[0]) for name, runs, stage in ((names[0], runs_a, stage_a),
+                                                                         (names[1], runs_b, stage_b))
+               if stage == "finetune"}
+    return comparison, reasons, changed

@@ -1,0 +1,57 @@
+"""The claim registry: unique ids, values that follow from the articles' printed numbers, known chapters."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from equinb.claims import claim, claims, claims_of
+from equinb.reference import reference_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from build_book import notebook_ids  # noqa: E402
+
+
+def test_every_value_follows_from_its_derivation():
+    for c in claims():
+        if c.article_value is None:
+            assert not c.derivation and c.direction is not None, c.id  # a direction-only claim says its side
+            continue
+        a, b = (float(x) for x in re.fullmatch(r"([-\d.]+) − ([-\d.]+)", c.derivation).groups())
+        assert c.article_value == pytest.approx(a - b, abs=1e-3), c.id
+        assert c.side in (-1, 0, 1)
+
+
+def test_printed_numbers_of_the_tables_are_the_articles():
+    """Each number in a table claim's derivation is a number the article prints for that table."""
+    printed = {}
+    for r in reference_rows():
+        printed.setdefault(r["artifact"], set()).add(round(float(r["value"]), 4))
+    artifacts = {"tab1": "tab1_original_vs_updated", "tab2": "tab2_invariant_vs_featuremap",
+                 "tab3": "tab3_equitune_vs_equiattention", "tab4": "tab4_isic2018", "fig4": "orig_fig4_zeroshot",
+                 "basu": "orig_finetune_curves"}
+    checked = 0
+    for c in claims():
+        prefix = c.id.split(".")[0]
+        if prefix not in artifacts or not c.derivation or "finetune_gain" in c.id and prefix == "tab1":
+            continue
+        for number in re.findall(r"[-\d.]+", c.derivation):
+            values = printed[artifacts[prefix]] | (printed["tab1_original_vs_updated"] if prefix == "tab4" else set())
+            assert round(float(number), 4) in values or c.id == "tab4.isic_below_cifar", (c.id, number)
+            checked += 1
+    assert checked > 100
+
+
+def test_ids_are_unique_and_chapters_exist():
+    ids = [c.id for c in claims()]
+    assert len(ids) == len(set(ids))
+    chapters = set(notebook_ids())
+    assert {c.chapter for c in claims() if c.chapter} <= chapters
+    assert len(claims_of("fig4_zeroshot")) == 64  # 2 datasets x 4 backbones x 2 transforms x 2 pairs x 2 metrics
+    assert [c for c in claims() if not c.chapter]  # some claims no chapter runs: the claim list shows them
+    with pytest.raises(KeyError, match="close ones: tab1"):
+        claim("tab1.nothing")

@@ -1,0 +1,71 @@
+"""Trained runs as verdict evidence: stages, the checks that rule a comparison out, seeds paired by index."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from equinb.engine import ViewData
+from equinb.evidence import compare_runs, finetune_changed, stage_problems, stage_runs
+from equinb.setups import TrainingRun, TrainingSetup
+
+N, K = 200, 4
+LABELS = torch.arange(N) % K
+
+
+def _setup() -> TrainingSetup:
+    data = ViewData(torch.zeros(N, 4, 1), LABELS)
+    return TrainingSetup(None, lambda: None, None, data, data, torch.zeros(N, 4, 1), torch.zeros(N, 4, 1))
+
+
+def _run(right: float, finetuned_right: float | None = None, losses=(1.0, 0.5), seed: int = 0) -> TrainingRun:
+    """A run whose prefinetune predictions are right on the first ``right`` share of the items."""
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(N, generator=gen)
+
+    def predictions(share):
+        wrong = (LABELS + 1) % K
+        out = wrong.clone()
+        out[order[:int(share * N)]] = LABELS[order[:int(share * N)]]
+        return out
+
+    history = [dict(stage="prefinetune", loss=loss) for loss in losses]
+    predicted = {"prefinetune": predictions(right)}
+    if finetuned_right is not None:
+        history += [dict(stage="finetune", loss=loss) for loss in losses]
+        predicted["finetune"] = predictions(finetuned_right)
+    else:
+        predicted["finetune"] = predicted["prefinetune"]
+    return TrainingRun({}, history, {}, predicted, [])
+
+
+def test_stages_and_changed_predictions() -> None:
+    full, short = _run(0.8, 0.9), _run(0.8)
+    assert stage_runs([full, short], "prefinetune") == [full, short] and stage_runs([full, short], "finetune") == [full]
+    assert finetune_changed(full) == 20 and finetune_changed(short) == 0
+    with pytest.raises(ValueError, match="unknown stage"):
+        stage_runs([full], "test")
+
+
+def test_problems_are_computed_per_stage() -> None:
+    setup = _setup()
+    assert not any(stage_problems([_run(0.8, 0.9)], "finetune", setup, "run"))
+    assert "changed no test prediction of run" in stage_problems([_run(0.8, 0.8)], "finetune", setup, "run")[0]
+    diverged = stage_problems([_run(0.8, 0.9, losses=(1.0, 1e9))], "finetune", setup, "run")
+    assert any(r and "diverged" in r for r in diverged)
+    assert not any(stage_problems([_run(0.8, 0.9, losses=(1.0, 1e9))], "prefinetune", setup, "run"))  # best kept
+    assert any(r and "at chance" in r for r in stage_problems([_run(0.25)], "prefinetune", setup, "run"))
+
+
+def test_compare_runs_pairs_seeds_and_needs_five() -> None:
+    setup = _setup()
+    a = [_run(0.6, seed=s) for s in range(5)]
+    b = [_run(0.8, seed=s) for s in range(5)]
+    comparison, reasons, changed = compare_runs(a, "prefinetune", b, "prefinetune", setup, ("a", "b"))
+    assert comparison.seeds == 5 and comparison.difference == pytest.approx(20.0)
+    assert not any(reasons) and changed == {}
+    comparison, reasons, _ = compare_runs(a[:2], "prefinetune", b, "prefinetune", setup, ("a", "b"))
+    assert comparison.seeds == 2 and "a and b ran 2 seeds (a verdict needs 5)" in reasons
+    _, reasons, changed = compare_runs([_run(0.6, 0.6)], "prefinetune", [_run(0.6, 0.6)], "finetune", setup,
+                                       ("x", "x"))
+    assert changed == {"x": 0} and any(r and "changed no test prediction" in r for r in reasons)

@@ -1,0 +1,82 @@
+"""Every glued verdict table of the committed notebooks follows the rule: a verdict can fail, and cannot be given
+where the comparison cannot test the claim.
+
+- an interval that excludes 0 reads "agrees" or "reversed" (by the article's side) or "not tested here: ...";
+- an interval that holds 0 reads "inconclusive" or "not tested here: ...";
+- a compared finetune stage that changed no test prediction is "not tested here";
+- every claim a chapter is registered for has its row, and the claim list counts them all.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from equinb.claims import claim, claims, claims_of
+from equinb.tables import glued_json
+from equinb.verdicts import NOT_TESTED, VERDICT_COLUMN
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+sys.path.insert(0, str(ROOT / "tools"))
+from build_book import AGGREGATES, notebook_ids  # noqa: E402
+
+CHAPTERS = [c for c in notebook_ids() if c not in AGGREGATES and claims_of(c)]
+INTERVAL = re.compile(r"^\[([-+]?\d+\.?\d*), ([-+]?\d+\.?\d*)\]$")
+
+
+def _rows(chapter: str) -> list[dict]:
+    rows = glued_json(NOTEBOOKS / f"{chapter}.ipynb")
+    assert rows, f"notebooks/{chapter}.ipynb has no glued verdicts: run `make notebooks`"
+    return rows
+
+
+def verdict_problem(row: dict) -> str | None:
+    """What is wrong with one verdict row (None: it follows the rule)."""
+    verdict = row[VERDICT_COLUMN]
+    if verdict.startswith(f"{NOT_TESTED}: ") and len(verdict) > len(NOT_TESTED) + 5:
+        return None
+    if any(count == 0 for count in row.get("changed", {}).values()):
+        return f"a compared finetune stage changed no prediction, yet the verdict is {verdict!r}"
+    match = INTERVAL.match(row["95% interval"])
+    if match is None:
+        return f"no interval ({row['95% interval']!r}) and no reason, yet the verdict is {verdict!r}"
+    low, high = float(match.group(1)), float(match.group(2))
+    if low <= 0 <= high:
+        return None if verdict == "inconclusive" else f"interval [{low}, {high}] holds 0 but the verdict is {verdict!r}"
+    side = claim(row["id"]).side
+    expected = "reversed" if side == 0 else "agrees" if (low > 0) == (side > 0) else "reversed"
+    return None if verdict == expected else f"interval [{low}, {high}], article side {side}: {verdict!r} != {expected!r}"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_every_glued_verdict_follows_the_rule(chapter: str) -> None:
+    rows = _rows(chapter)
+    problems = [f"{row['id']}: {p}" for row in rows if (p := verdict_problem(row))]
+    assert not problems, "\n".join(problems)
+    assert sorted(r["id"] for r in rows) == sorted(c.id for c in claims_of(chapter))  # every registered claim
+
+
+def test_the_rule_checker_catches_each_fault() -> None:
+    good = {"id": "tab1.updated_minus_original.rot90.prefinetune", "95% interval": "[+1.00, +5.00]",
+            VERDICT_COLUMN: "agrees", "changed": {}}
+    assert verdict_problem(good) is None
+    assert "holds 0" in verdict_problem({**good, "95% interval": "[-1.00, +5.00]"})
+    assert "!= 'agrees'" in verdict_problem({**good, "95% interval": "[-5.00, -1.00]"})  # would be reversed
+    assert "inconclusive" in verdict_problem({**good, VERDICT_COLUMN: "inconclusive"})
+    stuck = {**good, "id": "tab1.finetune_gain.rot90.updated", "changed": {"the updated code": 0}}
+    assert "changed no prediction" in verdict_problem(stuck)
+    assert verdict_problem({**stuck, VERDICT_COLUMN: f"{NOT_TESTED}: finetuning changed no test prediction"}) is None
+
+
+def test_the_claim_list_lists_every_claim_with_counts() -> None:
+    from equinb.tables import glued_json as read
+
+    notebook = NOTEBOOKS / "claim_list.ipynb"
+    text = notebook.read_text()
+    assert all(c.text[:60].replace('"', '\\"') in text for c in claims()), "a claim is missing from the list"
+    assert read(notebook) is None  # the list glues counts, not verdict rows
+    assert '"claims_tested"' in text and '"claims_not_tested_here"' in text
