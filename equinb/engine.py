@@ -31,11 +31,12 @@ import torch
 from torch import nn
 
 from .groups import Group
+from .precision import HalfStorageSGD, apply_clip_precision, parameter_groups
 from .wrappers import EquiAttention, LambdaEquitune, OrbitWrapper
 
 __all__ = ["TrainConfig", "ViewData", "ImageViewData", "METHODS", "weighted_model", "model_device",
-           "batch_schedule", "extract_view_features", "features", "predict", "evaluate", "cast_trunk",
-           "parameter_drift", "total_drift", "sgd_step_survival", "prefinetune", "finetune",
+           "batch_schedule", "extract_view_features", "features", "predict", "evaluate", "set_finetune_precision",
+           "snapshot", "parameter_drift", "group_drift", "reset_groups", "prefinetune", "finetune",
            "train_step_loss"]
 
 Tensor = torch.Tensor
@@ -45,7 +46,8 @@ _CHOICES = {
     "finetune_params": ("backbone", "backbone+lambda"),
     "data_order": ("restart", "shuffle"),
     "selection": ("train_first_batches", "heldout"),
-    "param_dtype": ("fp32", "fp16_inplace"),
+    "param_dtype": ("clip_fp16", "fp32"),
+    "trunk_mode": ("eval", "train"),
     "normalisation": ("none", "softmax", "sum"),
 }
 
@@ -73,8 +75,13 @@ class TrainConfig:
             batches, a subset of what prefinetuning trains on) or ``"heldout"`` (a held-out split).
         selection_batches: 50.
         dropout_in_eval: as published, the lambda network's dropout stays active in every evaluation.
-        param_dtype: ``"fp16_inplace"`` (as published on CUDA: SGD updates fp16 weights in place, so tiny
-            updates round away) or ``"fp32"``.
+        param_dtype: ``"clip_fp16"`` (as published: CLIP's precision, ``equinb.precision``: convolution,
+            linear and attention weights in fp16, updated in place by SGD so that updates below half their fp16
+            spacing are lost; norms, embeddings and the lambda network in fp32; on a CPU the fp16 weights are
+            stored as fp16 values in fp32 tensors) or ``"fp32"`` (every update kept).
+        trunk_mode: ``"eval"`` (as published: CLIP is built in evaluation mode and the article's code never
+            switches it, so BatchNorm keeps its running statistics) or ``"train"`` (BatchNorm re-estimates
+            them from each finetuning batch).
         logit_factor: multiplies the cosine logits, 1.0 (article).
         normalisation: lambda normalisation, ``"none"`` in the invariant code.
         seed: seeds data order, dropout and the per-batch random group element.
@@ -95,7 +102,8 @@ class TrainConfig:
     selection: str = "train_first_batches"
     selection_batches: int = 50
     dropout_in_eval: bool = True
-    param_dtype: str = "fp32"
+    param_dtype: str = "clip_fp16"
+    trunk_mode: str = "eval"
     logit_factor: float = 1.0
     normalisation: str = "none"
     seed: int = 0
@@ -205,13 +213,14 @@ def weighted_model(trunk: nn.Module, weight_net: nn.Module, head: nn.Module, gro
     the trunk gives maps [C, h, w]; ``method`` ``"lambda_equitune"`` weights them with a feature-map lambda
     network, ``"equiattention"`` with ``ViewAttention``; ``align_views`` maps view k back by ``g_k^-1`` (as
     described) or not (as published). As published, the trunk stays in evaluation mode (BatchNorm keeps
-    its running statistics) and the lambda network's dropout stays on in evaluation (``dropout_in_eval``).
+    its running statistics; ``trunk_mode``) and the lambda network's dropout stays on in evaluation
+    (``dropout_in_eval``).
 
     Shapes: ``model.forward_views(inputs [B, G, ...])`` -> logits [B, K]; weights [B, G].
     """
     common = dict(head=head.requires_grad_(False), output_softmax=config.output_softmax,
                   logit_factor=config.logit_factor, align_views=align_views, normalise_views=normalise_views,
-                  trunk_eval=True)
+                  trunk_eval=config.trunk_mode == "eval")
     if method == "lambda_equitune":
         return LambdaEquitune(trunk, group, weight_net, normalisation=config.normalisation,
                               dropout_in_eval=config.dropout_in_eval, **common)
@@ -326,72 +335,78 @@ def evaluate(model: OrbitWrapper, data: ViewData, batch_size: int = 256, feats: 
     return 100.0 * float((predicted == data.labels[:len(predicted)]).sum()) / max(len(predicted), 1)
 
 
-def cast_trunk(model: OrbitWrapper, config: TrainConfig) -> None:
-    """Give the trunk's weights the dtype that finetuning updates: fp16 for ``"fp16_inplace"`` (as published:
-    CLIP's weights are fp16 on CUDA and SGD updates them in place) and fp32 for ``"fp32"`` (an fp16 CLIP is
-    cast up, so that updates below fp16 resolution are kept). Idempotent."""
-    model.trunk.to(torch.float16 if config.param_dtype == "fp16_inplace" else torch.float32)
+def set_finetune_precision(model: OrbitWrapper, config: TrainConfig) -> tuple[list[str], bool]:
+    """Give the trunk the parameter dtypes that finetuning updates, before it starts.
+
+    ``"clip_fp16"``: CLIP's rule (``equinb.precision.apply_clip_precision``): real fp16 on CUDA, as the article
+    ran; on any other device fp16 values held in fp32 (``emulated``), because fp16 arithmetic on a CPU is 10-35
+    times slower. ``"fp32"``: every parameter fp32 (an fp16 CLIP is cast up, so every update is kept).
+    Returns the names of the trunk's fp16 parameters and whether they are emulated. Idempotent.
+    """
+    if config.param_dtype == "fp32":
+        model.trunk.float()
+        return [], False
+    emulated = model_device(model).type != "cuda"
+    return apply_clip_precision(model.trunk, emulate=emulated), emulated
+
+
+def snapshot(module: nn.Module) -> dict[str, Tensor]:
+    """Copies of a module's parameters and floating-point buffers (``{name: tensor}``), to measure what training
+    changed and to undo it group by group."""
+    return {name: t.detach().clone() for name, t in module.state_dict(keep_vars=True).items()
+            if t.is_floating_point()}
 
 
 def parameter_drift(before: dict[str, Tensor], module: nn.Module) -> list[dict]:
-    """What training changed in ``module`` since the snapshot ``before`` (``{name: tensor}`` of its parameters
-    in the dtype being trained): per parameter tensor its entries, its norm before, the share of entries that
-    changed at all, and the relative change ``||w - w0|| / ||w0||``."""
+    """What training changed in ``module`` since ``snapshot`` ``before``: per tensor (parameters and BatchNorm
+    statistics) its group (``equinb.precision.parameter_groups``), entries, norm before, the share of entries
+    that changed at all, and the relative change ``||w - w0|| / ||w0||``."""
+    groups = parameter_groups(module)
+    now = module.state_dict(keep_vars=True)
     rows = []
-    for name, p in module.named_parameters():
-        if name not in before:
+    for name, old in before.items():
+        if name not in now or name not in groups:
             continue
-        old, new = before[name].float(), p.detach().float()
+        old, new = old.float(), now[name].detach().float()
         norm, change = float(old.norm()), float((new - old).norm())
-        rows.append(dict(parameter=name, entries=old.numel(), norm=norm,
+        rows.append(dict(parameter=name, group=groups[name], entries=old.numel(), norm=norm,
                          changed_share=float((new != old).float().mean()),
                          relative_change=change / norm if norm > 0 else change))
     return rows
 
 
-def sgd_step_survival(model: OrbitWrapper, views: Tensor, labels: Tensor, lrs: Sequence[float]) -> list[dict]:
-    """What the first SGD step of finetuning would change in the trunk, with fp32 weights and with fp16 weights
-    updated in place (deviation A.8), at each learning rate.
-
-    The trunk's loss gradient on one batch (per-view inputs [B, G, ...], labels [B]) is computed in fp32; the
-    first step of SGD with momentum moves each weight by ``lr * grad``. Per lr and weight dtype, the share of
-    the trunk's weight entries whose stored value changes when ``w - lr * grad`` is rounded to that dtype.
-    Returns rows with keys lr, weights ("fp32" or "fp16"), changed_share. The model's gradients are cleared.
-    """
-    was_training = model.training
-    model.train()
-    model.zero_grad(set_to_none=True)
-    feats = features(model, views)
-    train_step_loss(model, feats, labels, weight_views=feats).backward()
-    rows = []
-    for lr in lrs:
-        for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
-            changed, total = 0, 0
-            for p in model.trunk.parameters():
-                if p.grad is None:
-                    continue
-                w = p.detach().to(dtype)
-                changed += int(((w.float() - lr * p.grad.float()).to(dtype) != w).sum())
-                total += w.numel()
-            rows.append(dict(lr=lr, weights=name, changed_share=changed / max(total, 1)))
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
-    return rows
+def group_drift(drift: list[dict]) -> dict[str, dict[str, float]]:
+    """``parameter_drift`` rows summed per group (and over all groups, key ``"all"``): the share of entries that
+    changed and the relative change of the group's tensors together, ``||w - w0|| / ||w0||``."""
+    out = {}
+    for group in [*dict.fromkeys(d["group"] for d in drift), "all"]:
+        rows = [d for d in drift if group in ("all", d["group"])]
+        entries = sum(d["entries"] for d in rows)
+        norm2 = sum(d["norm"] ** 2 for d in rows)
+        out[group] = dict(entries=entries,
+                          changed_share=sum(d["changed_share"] * d["entries"] for d in rows) / max(entries, 1),
+                          relative_change=float(np.sqrt(sum(d["relative_change"] ** 2 * d["norm"] ** 2 for d in rows)
+                                                        / max(norm2, 1e-30))))
+    return out
 
 
-def total_drift(drift: list[dict]) -> dict[str, float]:
-    """``parameter_drift`` rows summed over the module: the share of all entries that changed, and the
-    relative change of all parameters together (``||w - w0|| / ||w0||`` over the concatenated tensors)."""
-    entries = sum(d["entries"] for d in drift)
-    if entries == 0:
-        return dict(changed_share=0.0, relative_change=0.0)
-    return dict(changed_share=sum(d["changed_share"] * d["entries"] for d in drift) / entries,
-                relative_change=float(np.sqrt(sum(d["relative_change"] ** 2 * d["norm"] ** 2 for d in drift)
-                                              / max(sum(d["norm"] ** 2 for d in drift), 1e-30))))
+@torch.no_grad()
+def reset_groups(module: nn.Module, before: dict[str, Tensor], groups: Sequence[str]) -> dict[str, Tensor]:
+    """Put the tensors of ``groups`` back to their values in ``before``; returns what they held, so that
+    ``reset_groups(module, returned, groups)`` undoes it."""
+    labels = parameter_groups(module)
+    state = module.state_dict(keep_vars=True)
+    saved = {}
+    for name, old in before.items():
+        if labels.get(name) in groups and name in state:
+            saved[name] = state[name].detach().clone()
+            state[name].copy_(old)
+    return saved
 
 
-def _sgd(params, lr: float, momentum: float) -> torch.optim.SGD:
-    return torch.optim.SGD([p for p in params if p.requires_grad], lr=lr, momentum=momentum)
+def _sgd(params, lr: float, momentum: float) -> torch.optim.SGD | None:
+    trainable = [p for p in params if p.requires_grad]
+    return torch.optim.SGD(trainable, lr=lr, momentum=momentum) if trainable else None
 
 
 def prefinetune(model: OrbitWrapper, train: ViewData, select: ViewData, config: TrainConfig,
@@ -439,7 +454,8 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
 
     ``*_lambda_feats``: cached features of the frozen copy [N, G, D] that feed lambda when
     ``lambda_input="frozen_copy"`` (the frozen copy never changes, so caching it is exact).
-    The trunk's weights take the dtype of ``config.param_dtype`` first (``cast_trunk``).
+    The trunk's weights take the precision of ``config.param_dtype`` first (``set_finetune_precision``); fp16
+    values emulated in fp32 are stepped by ``HalfStorageSGD``, every other parameter by plain SGD.
 
     Returns a tidy history (stage, round, step, loss, test_top1) and the predicted test classes [N_test] of
     the last evaluation (None when no round ran).
@@ -449,13 +465,16 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
     if config.lambda_input == "frozen_copy" and (train_lambda_feats is None or test_lambda_feats is None):
         raise ValueError("lambda_input='frozen_copy' needs the frozen copy's cached features "
                          "(train_lambda_feats and test_lambda_feats)")
-    cast_trunk(model, config)
+    half, emulated = set_finetune_precision(model, config)
     torch.manual_seed(config.seed)
     rng = np.random.RandomState(config.seed + 1)
-    params = list(model.trunk.parameters())
+    stored_half = [p for name, p in model.trunk.named_parameters() if emulated and name in half]
+    params = [p for p in model.trunk.parameters() if not any(p is q for q in stored_half)]
     if config.finetune_params == "backbone+lambda":
         params += list(model.weight_net.parameters())
-    opt = _sgd(params, config.lr, config.momentum)
+    optimisers = [opt for opt in (_sgd(params, config.lr, config.momentum),
+                                  HalfStorageSGD(stored_half, config.lr, config.momentum) if stored_half else None)
+                  if opt is not None]
     schedule = batch_schedule(len(train), config.batch_size, config.finetune_rounds, config.finetune_steps,
                               config.data_order, config.seed)
     history, step, predicted = [], 0, None
@@ -468,9 +487,11 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
                 lam = ViewData(train_lambda_feats, train.labels).batch(index, element, model.group)[0]
             feats = features(model, views)
             loss = train_step_loss(model, feats, labels, weight_views=feats if lam is None else lam)
-            opt.zero_grad(set_to_none=True)
+            for opt in optimisers:
+                opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            for opt in optimisers:
+                opt.step()
             step += 1
             history.append(dict(stage="finetune", round=r, step=step, loss=loss.item()))
         if eval_every_round or r == len(schedule) - 1:
