@@ -3,12 +3,14 @@
 Module map, bottom to top; a module imports only modules above it in this list (``tests/test_layering.py``):
 
     reference   the articles' numbers, reshaped for the chapters' tables
-    noise       measured tolerances of trained numbers, tolerance-aware comparison of printed text
-    verdicts    paired intervals, seed spreads, computed verdicts (agrees / reversed / within noise)
+    claims      every claim of both articles: full text, the article's value, the chapter that tests it
+    noise       measured tolerances of printed numbers between CPUs (the notebook regression only)
+    verdicts    two-level intervals over seeds and items, computed reasons, verdicts (agrees / reversed / ...)
     metrics     scores of predicted classes on imbalanced sets: confusion matrix, balanced accuracy, macro F1
     prompts     CLIP's class names and prompt templates
     cache       folders, keys, atomic compute-once files (damaged files are recomputed)
     groups      image groups and the token-permutation group
+    precision   CLIP's fp16 rule for any module, fp16 storage emulated in fp32, its SGD step
     checks      invariance / equivariance errors and how to print them
     weighting   lambda networks and view attention
     wrappers    Equitune, EquiZero, LambdaEquitune, EquiAttention (one orbit pipeline)
@@ -19,10 +21,12 @@ Module map, bottom to top; a module imports only modules above it in this list (
     setups      the small and CLIP setups, cached training runs, trained models
     zeroshot    Figure 4: one orbit pass, every method and setting
     analysis    what trained weighting modules do: weights, measured symmetries
+    evidence    trained runs as verdict evidence: per-seed scores of a stage, the checks that rule a test out
     equilm      EquiLM over token-permutation groups, generation, model loading
     nlg         the Figure 6 experiment: prompts, scorers, fairness statistics
     chapter     every chapter parameter's rule, checked before heavy work
     viz         plots
+    tables      tables without row index, with captions; a chapter's verdicts shown and glued
 
 ``import equinb`` stays light: it does not import clip, matplotlib or transformers.
 """

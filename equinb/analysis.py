@@ -77,13 +77,15 @@ def weight_summary(weights: Tensor, labels: Sequence[str], original: Tensor | No
 
 @torch.no_grad()
 def combined_map_symmetry(model: OrbitWrapper, feats: Tensor, labels: Tensor, heads: dict[str, nn.Module],
-                          batch_size: int = 256) -> list[dict]:
+                          batch_size: int = 256) -> tuple[list[dict], dict[str, Tensor]]:
     """Measure, for each group element g, what turning every input by g does to the combined map and logits.
 
     ``Z(x) = sum_k w_k U_k`` is the head's input (``U_k = g_k^-1 V_k`` when the model aligns its views).
     Per element: ``invariance`` = max |Z(gx) - Z(x)|, ``equivariance`` = max |Z(gx) - g Z(x)|, then for
     each head its largest logit change max |head(Z(gx)) - head(Z(x))| and its top-1 (%) on the turned
-    inputs; ``scale_*`` are the magnitudes to judge float rounding by. Shapes: feats [N, G, C, h, w].
+    inputs; ``scale_*`` are the magnitudes to judge float rounding by. Also, per image, the same two errors
+    as a share of that image's map scale (max over the non-identity elements): ``{"invariance": [N],
+    "equivariance": [N]}``, for intervals over images. Shapes: feats [N, G, C, h, w].
     """
     group = model.group
     was_training = model.training
@@ -91,6 +93,8 @@ def combined_map_symmetry(model: OrbitWrapper, feats: Tensor, labels: Tensor, he
     rows = [dict(element=e, invariance=0.0, equivariance=0.0, scale_map=0.0,
                  **{f"{n}_{k}": 0.0 for n in heads for k in ("logit_change", "scale", "top1")})
             for e in range(group.order)]
+    per_image = {"invariance": torch.zeros(feats.shape[0], dtype=torch.float64),
+                 "equivariance": torch.zeros(feats.shape[0], dtype=torch.float64)}
     for start in range(0, feats.shape[0], batch_size):
         chunk = feats[start:start + batch_size].to(model_device(model))
         truth = labels[start:start + batch_size]
@@ -102,9 +106,15 @@ def combined_map_symmetry(model: OrbitWrapper, feats: Tensor, labels: Tensor, he
             else:
                 moved = chunk[:, group.view_permutation(element)]
                 z = model.combined_views(moved, model.view_weights(moved))
-            row["invariance"] = max(row["invariance"], (z - base).abs().max().item())
-            row["equivariance"] = max(row["equivariance"], (z - group.act(base, element)).abs().max().item())
+            invariance, equivariance = (z - base).abs(), (z - group.act(base, element)).abs()
+            row["invariance"] = max(row["invariance"], invariance.max().item())
+            row["equivariance"] = max(row["equivariance"], equivariance.max().item())
             row["scale_map"] = max(row["scale_map"], base.abs().max().item())
+            if element:
+                scale = base.flatten(1).abs().amax(1).clamp_min(1e-30).double().cpu()
+                for key, error in (("invariance", invariance), ("equivariance", equivariance)):
+                    part = per_image[key][start:start + len(chunk)]
+                    torch.maximum(part, error.flatten(1).amax(1).double().cpu() / scale, out=part)
             for name, head in heads.items():
                 logits = head(z)
                 row[f"{name}_logit_change"] = max(row[f"{name}_logit_change"],
@@ -112,7 +122,7 @@ def combined_map_symmetry(model: OrbitWrapper, feats: Tensor, labels: Tensor, he
                 row[f"{name}_scale"] = max(row[f"{name}_scale"], base_logits[name].abs().max().item())
                 row[f"{name}_top1"] += 100.0 * float((logits.argmax(-1).cpu() == truth).sum()) / len(labels)
     model.train(was_training)
-    return rows
+    return rows, per_image
 
 
 @torch.no_grad()
@@ -154,15 +164,17 @@ def positional_head(setup: TrainingSetup, cache_dir: str | Path | None = None) -
 
 
 def symmetry_tables(models: dict[str, OrbitWrapper], setup: TrainingSetup, heads: dict[str, nn.Module]):
-    """``combined_map_symmetry`` of several trained models on the test set, as two DataFrames.
+    """``combined_map_symmetry`` of several trained models on the test set.
 
-    Returns ``(errors, top1)``: per model the largest change over the non-identity elements, printed with
-    ``format_error`` (float rounding shows as a bound), and each head's top-1 (%) per input element.
+    Returns ``(errors, top1, per_image)``: per model the largest change over the non-identity elements, printed
+    with ``format_error`` (float rounding shows as a bound), each head's top-1 (%) per input element (two
+    DataFrames), and per model the per-image relative errors of ``combined_map_symmetry``.
     """
     import pandas as pd
 
-    records = [dict(model=name, **r) for name, model in models.items()
-               for r in combined_map_symmetry(model, setup.test_feats, setup.test.labels, heads)]
+    measured = {name: combined_map_symmetry(model, setup.test_feats, setup.test.labels, heads)
+                for name, model in models.items()}
+    records = [dict(model=name, **r) for name, (rows, _) in measured.items() for r in rows]
     frame = pd.DataFrame(records)
     worst = frame[frame.element > 0].groupby("model", sort=False).agg("max")
     show = lambda col, scale: [format_error(e, s) for e, s in zip(worst[col], worst[scale])]  # noqa: E731
@@ -171,7 +183,7 @@ def symmetry_tables(models: dict[str, OrbitWrapper], setup: TrainingSetup, heads
                            **{f"{h} logit change": show(f"{h}_logit_change", f"{h}_scale") for h in heads}},
                           index=worst.index)
     top1 = frame.pivot_table(index="model", columns="element", values=[f"{h}_top1" for h in heads], sort=False)
-    return errors, top1
+    return errors, top1, {name: per_image for name, (_, per_image) in measured.items()}
 
 
 @torch.no_grad()

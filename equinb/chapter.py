@@ -16,16 +16,16 @@ from typing import Any, Callable
 import torch
 
 from .backbones import BACKBONE_NAMES
-from .data import DATASET_NAMES, DIGITS_CLASSES, ISIC2018_CLASSES, dataset_spec
+from .data import DATASET_NAMES, FASHION_MNIST_CLASSES, ISIC2018_CLASSES, dataset_spec
 from .groups import GROUP_NAMES
 from .nlg import DEMOGRAPHICS, LABELS
 from .setups import check_map_image_size
 from .zeroshot import TRANSFORMS, transform_group
 
-__all__ = ["PROFILES", "RULES", "check_params", "check_device"]
+__all__ = ["PROFILES", "RULES", "check_params", "check_device", "profile_note"]
 
 PROFILES = ("small", "paper")
-ORIENTATION_FREE = ("turned", "isic2018")
+ORIENTATION_FREE = ("stand_in", "isic2018")
 SCORERS = ("vader", "regard")
 MIN_IMAGE_SIZE = 32  # MobileNetV2 and the CLIP ResNets reduce the input by 32: smaller images are a single pixel
 
@@ -145,12 +145,12 @@ def _seed_list(name: str, value: Any) -> None:
         raise ValueError(f"{name} must not repeat a seed, got {value!r}")
 
 
-def _stand_in_digits(name: str, value: Any) -> None:
-    n = len(ISIC2018_CLASSES)
+def _stand_in_classes(name: str, value: Any) -> None:
+    n, k = len(ISIC2018_CLASSES), len(FASHION_MNIST_CLASSES)
     if (not isinstance(value, list) or len(value) != n or len(set(value)) != n
-            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(DIGITS_CLASSES) for v in value)):
-        raise ValueError(f"{name} must list {n} distinct digits 0-9, one per ISIC 2018 class in the order "
-                         f"MEL, NV, BCC, AKIEC, BKL, DF, VASC; got {value!r}")
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < k for v in value)):
+        raise ValueError(f"{name} must list {n} distinct Fashion-MNIST classes 0-{k - 1}, one per ISIC 2018 class in "
+                         f"the order MEL, NV, BCC, AKIEC, BKL, DF, VASC; got {value!r}")
 
 
 # One rule per parameter name, shared by every chapter.
@@ -166,6 +166,7 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "transforms": _transforms,
     "image_size": _image_size,
     "split_block": _integer(1, 18),  # MobileNetV2 has feature blocks 0..18; at least one stays trainable
+    "last_block": _integer(1, 18),  # the last MobileNetV2 block kept (checked against split_block below)
     "batch_size": _integer(1),
     "num_workers": _integer(0),
     "prefinetune_rounds": _integer(0),
@@ -180,11 +181,14 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "lr_updated": _number(0),
     "seed": _integer(0),
     "noise_seeds": _seed_list,
-    "stand_in_digits": _stand_in_digits,
+    "stand_in_classes": _stand_in_classes,
+    "stand_in_train": _integer(len(ISIC2018_CLASSES)),
+    "stand_in_shots": _integer(1),
     "stand_in_seed": _integer(0),
     "test_split": _text,  # checked against the dataset's splits in check_params
     "device": check_device,
     "data_root": _text,
+    "chapters_dir": _nonempty_text,
     "clip_paths": _clip_paths,
     "clip_download_root": _text,
     "max_train": _integer(1),
@@ -229,6 +233,9 @@ def check_params(*, feature_maps: bool = False, **params: Any) -> None:
             raise ValueError(f"test_split={params['test_split']!r} is not valid for {params['dataset']}; its results "
                              f"are reported on the {spec.eval_split!r} split (splits: {', '.join(spec.splits)}; "
                              f"not training: {', '.join(valid)})")
+    if "last_block" in params and "split_block" in params and params["last_block"] < params["split_block"]:
+        raise ValueError(f"last_block={params['last_block']} must not come before split_block="
+                         f"{params['split_block']}: blocks split_block..last_block are the trainable trunk")
     if params.get("seed") in params.get("noise_seeds", []):
         raise ValueError(f"noise_seeds must not contain the run's own seed {params['seed']}; it is always included")
     demographics = params.get("demographics")
@@ -245,3 +252,13 @@ def check_params(*, feature_maps: bool = False, **params: Any) -> None:
             "(Hugging Face sequence-classification format, classes negative, neutral, positive, other), for "
             "example Sheng et al.'s BERT regard checkpoints from github.com/ewsheng/nlg-bias; pass them with "
             "papermill -p or in notebooks/params/fig6_nlg_fairness.paper.yaml")
+
+
+def profile_note(profile: str, small: str, paper: str) -> str:
+    """The sentence at the top of a chapter that says what this build ran: ``small`` and ``paper`` describe each
+    profile's setting (a clause each, e.g. "a MobileNetV2 on the 8x8 digits stands in for CLIP RN50 on CIFAR100")."""
+    if profile == "small":
+        return (f"This build ran the small profile: {small}. It re-runs the article's comparisons on a stand-in: "
+                "compare the directions and sizes of the differences with the article's, not the values (the verdict "
+                f"table does). The paper profile runs {paper}; this build did not produce its numbers.")
+    return f"This build ran the {profile} profile: {paper}."

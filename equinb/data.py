@@ -7,8 +7,11 @@ meaning that folder, and keeps each dataset in its own subfolder:
     <root>/imagenetv2/imagenetv2-matched-frequency-format-val/<0..999>/*.jpeg
     <root>/isic2018/ISIC2018_Task3_{Training,Validation}_GroundTruth.csv
     <root>/isic2018/ISIC2018_Task3_{Training,Validation}_Input/<image>.jpg
+    <root>/fashion_mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
 
 The bundled scikit-learn digits (``load_digits``) need no download; they are the offline small profile.
+Fashion-MNIST (``load_fashion_mnist``, the small profile's stand-in for ISIC 2018) comes from Debian's
+``dataset-fashion-mnist`` package, fetched without root (``fetch_fashion_mnist``).
 ``get_dataset(name, split, **kwargs)`` dispatches by name; ``dataset_classes(name)`` gives class names.
 
 Random group transforms (article spec section 1): the article's ``RandomRot90``/``RandomFlip`` draw ONE
@@ -43,13 +46,17 @@ __all__ = [
     "ISIC2018_CLASSES",
     "ISIC2018_COLUMNS",
     "ISIC2018_CLASS_COUNTS",
-    "scaled_class_counts",
+    "proportional_counts",
     "DatasetSpec",
     "DATASETS",
     "DATASET_NAMES",
     "TRANSFORM_PER",
     "data_root",
     "load_digits",
+    "FASHION_MNIST_CLASSES",
+    "fetch_fashion_mnist",
+    "fashion_mnist_arrays",
+    "load_fashion_mnist",
     "cifar100",
     "ImageNetV2",
     "ISIC2018",
@@ -65,6 +72,8 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 DIGITS_CLASSES: list[str] = [str(i) for i in range(10)]
+FASHION_MNIST_CLASSES: list[str] = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                                    "Sneaker", "Bag", "Ankle boot"]
 
 # torchvision's CIFAR100 fine labels (meta b"fine_label_names", alphabetical) in index order, "_" -> " ".
 CIFAR100_CLASSES: list[str] = [
@@ -106,6 +115,15 @@ _IMAGENETV2_FOLDER = "imagenetv2-matched-frequency-format-val"
 _IMAGENETV2_URL = "https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/imagenetv2-matched-frequency.tar.gz"
 _IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 _ISIC_SPLITS = {"train": "Training", "val": "Validation"}
+# Fashion-MNIST as Debian's dataset-fashion-mnist package ships it (MIT licence), with each file's SHA256.
+_FASHION_FILES = {
+    "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+    "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+    "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+    "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+}
+_FASHION_PACKAGE = "dataset-fashion-mnist"
+_FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")  # where the package puts them when installed
 
 
 # --------------------------------------------------------------------------------------------------
@@ -149,20 +167,15 @@ def _load_rgb(path: Path) -> Any:
 # --------------------------------------------------------------------------------------------------
 
 
-def scaled_class_counts(proportions: Sequence[float], available: Sequence[int]) -> list[int]:
-    """As many images per class as the proportions allow when class k has ``available[k]`` images: the
-    largest scale at which every class fits, each count rounded and at least 1.
-
-    ``scaled_class_counts((6705, 1113), (108, 108))`` -> [108, 18] (NV and MEL of ISIC's training split).
-    """
-    if len(proportions) != len(available) or not proportions:
-        raise ValueError(f"need one proportion per class, got {len(proportions)} proportions for "
-                         f"{len(available)} classes")
-    if min(proportions) <= 0 or min(available) < 1:
-        raise ValueError(f"proportions must be > 0 and every class needs an image; got {list(proportions)} and "
-                         f"{list(available)}")
-    scale = min(a / p for p, a in zip(proportions, available))
-    return [min(a, max(1, math.floor(p * scale + 0.5))) for p, a in zip(proportions, available)]
+def proportional_counts(proportions: Sequence[float], total: int) -> list[int]:
+    """Images per class for a set of about ``total`` images with the classes in ``proportions``: each count
+    rounded, and at least 1. ``proportional_counts(ISIC2018_CLASS_COUNTS["train"], 600)`` -> [67, 402, 31, 20, 66,
+    7, 9]."""
+    if not proportions or min(proportions) <= 0 or total < len(proportions):
+        raise ValueError(f"need positive proportions and a total of at least one image per class; got "
+                         f"{list(proportions)} and {total}")
+    whole = float(sum(proportions))
+    return [max(1, math.floor(total * p / whole + 0.5)) for p in proportions]
 
 
 def load_digits(
@@ -187,12 +200,7 @@ def load_digits(
         raise ValueError(f"size must be a positive int, got {size!r}")
     if not 0.0 < float(test_fraction) < 1.0:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
-    mean_t = torch.as_tensor(mean, dtype=torch.float32)
-    std_t = torch.as_tensor(std, dtype=torch.float32)
-    if mean_t.shape != (3,) or std_t.shape != (3,):
-        raise ValueError(f"mean and std need 3 values (one per RGB channel), got {list(mean)} and {list(std)}")
-    if not bool((std_t > 0).all()):
-        raise ValueError(f"std must be positive, got {list(std)}")
+    _check_normalisation(mean, std)
 
     from sklearn.datasets import load_digits as _sk_load_digits
     from sklearn.model_selection import train_test_split
@@ -205,11 +213,117 @@ def load_digits(
     idx = np.sort(train_idx if split == "train" else test_idx)
 
     x = torch.from_numpy(bunch.images[idx].astype(np.float32) / 16.0).unsqueeze(1)  # [N, 1, 8, 8] in [0, 1]
+    return TensorDataset(_grey_to_model_input(x, size, mean, std), torch.from_numpy(labels[idx]))
+
+
+def _check_normalisation(mean: Sequence[float], std: Sequence[float]) -> None:
+    if torch.as_tensor(mean).shape != (3,) or torch.as_tensor(std).shape != (3,):
+        raise ValueError(f"mean and std need 3 values (one per RGB channel), got {list(mean)} and {list(std)}")
+    if not bool((torch.as_tensor(std) > 0).all()):
+        raise ValueError(f"std must be positive, got {list(std)}")
+
+
+def _grey_to_model_input(x: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Grey images in [0, 1] as an ImageNet model's input: bilinear resize to ``size`` (``align_corners=False``),
+    repeated to 3 channels, normalised. Shapes: x [N, 1, h, w] -> [N, 3, size, size] float32."""
     if size != x.shape[-1]:
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     x = x.repeat(1, 3, 1, 1)
-    x = (x - mean_t.view(1, 3, 1, 1)) / std_t.view(1, 3, 1, 1)
-    return TensorDataset(x.contiguous(), torch.from_numpy(labels[idx]))
+    x = (x - torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)) / torch.as_tensor(
+        std, dtype=torch.float32).view(1, 3, 1, 1)
+    return x.contiguous()
+
+
+# --------------------------------------------------------------------------------------------------
+# Fashion-MNIST (Debian's dataset-fashion-mnist; the small profile's stand-in for ISIC 2018)
+# --------------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fashion_complete(folder: Path) -> bool:
+    return all((folder / name).is_file() and _sha256(folder / name) == sha for name, sha in _FASHION_FILES.items())
+
+
+def fetch_fashion_mnist(root: str | Path | None = None) -> Path:
+    """The folder ``<root>/fashion_mnist`` with Fashion-MNIST's four files, fetched once and checked by SHA256.
+
+    Sources, in order: the folder itself; ``/usr/share/datasets/fashion-mnist`` (the Debian package, when
+    installed); ``apt-get download dataset-fashion-mnist`` unpacked with ``dpkg -x`` in a temporary folder (no
+    root needed; Debian's package registry must be reachable). The copy is atomic per file.
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    folder = _resolve_root(root) / "fashion_mnist"
+    if _fashion_complete(folder):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        source = _FASHION_SYSTEM
+        if not all((source / name).is_file() for name in _FASHION_FILES):
+            missing = [tool for tool in ("apt-get", "dpkg") if shutil.which(tool) is None]
+            if missing:
+                raise FileNotFoundError(
+                    f"Fashion-MNIST is not in {folder} and {' and '.join(missing)} is missing, so Debian's "
+                    f"{_FASHION_PACKAGE} package cannot be fetched. Put {', '.join(_FASHION_FILES)} (from "
+                    "github.com/zalandoresearch/fashion-mnist, MIT licence) into that folder.")
+            done = subprocess.run(["apt-get", "download", _FASHION_PACKAGE], cwd=tmp, capture_output=True, text=True)
+            debs = sorted(Path(tmp).glob(f"{_FASHION_PACKAGE}_*.deb"))
+            if done.returncode != 0 or not debs:
+                raise FileNotFoundError(
+                    f"`apt-get download {_FASHION_PACKAGE}` failed ({done.stderr.strip()[-300:]}); put "
+                    f"{', '.join(_FASHION_FILES)} into {folder} by hand (github.com/zalandoresearch/fashion-mnist)")
+            subprocess.run(["dpkg", "-x", str(debs[0]), str(Path(tmp) / "x")], check=True, capture_output=True)
+            source = Path(tmp) / "x" / str(_FASHION_SYSTEM).lstrip("/")
+        for name, sha in _FASHION_FILES.items():
+            if _sha256(source / name) != sha:
+                raise ValueError(f"{source / name} does not have the expected SHA256 {sha}")
+            part = folder / f".{name}.part"
+            shutil.copyfile(source / name, part)
+            part.replace(folder / name)
+    return folder
+
+
+def fashion_mnist_arrays(split: str, root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST's ``split`` (train: 60,000 images, test: 10,000) as uint8 images [N, 28, 28] and labels [N]
+    (``FASHION_MNIST_CLASSES`` order), fetched on first use (``fetch_fashion_mnist``)."""
+    import gzip
+
+    _check_split("fashion_mnist", split)
+    folder = fetch_fashion_mnist(root)
+    stem = "train" if split == "train" else "t10k"
+    with gzip.open(folder / f"{stem}-images-idx3-ubyte.gz") as handle:
+        images = np.frombuffer(handle.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(folder / f"{stem}-labels-idx1-ubyte.gz") as handle:
+        labels = np.frombuffer(handle.read(), np.uint8, offset=8).astype(np.int64)
+    return images, labels
+
+
+def load_fashion_mnist(split: str, size: int = 64, mean: Sequence[float] = IMAGENET_MEAN,
+                       std: Sequence[float] = IMAGENET_STD, root: str | Path | None = None,
+                       index: Sequence[int] | None = None) -> TensorDataset:
+    """Fashion-MNIST images ``index`` of ``split`` (default: all; 60,000 images at 64 px take 2.9 GB) as normalised
+    3-channel images for an ImageNet model, as ``load_digits`` prepares the digits.
+
+    Shapes: images [N, 3, size, size] float32, labels [N] int64.
+    """
+    _check_normalisation(mean, std)
+    images, labels = fashion_mnist_arrays(split, root)
+    pick = np.arange(len(labels)) if index is None else np.asarray(index, dtype=np.int64)
+    x = torch.from_numpy(images[pick].astype(np.float32) / 255.0).unsqueeze(1)
+    return TensorDataset(_grey_to_model_input(x, size, mean, std), torch.from_numpy(labels[pick]))
+
+
 
 
 # --------------------------------------------------------------------------------------------------
@@ -486,6 +600,9 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec("digits", load_digits, ("train", "test"), "test", lambda: list(DIGITS_CLASSES),
                           ("size", "mean", "std", "test_fraction", "seed"), normalises_itself=True),
+    "fashion_mnist": DatasetSpec("fashion_mnist", load_fashion_mnist, ("train", "test"), "test",
+                                 lambda: list(FASHION_MNIST_CLASSES), ("size", "mean", "std", "root", "index"),
+                                 normalises_itself=True),
     "cifar100": DatasetSpec("cifar100", lambda split, **kw: cifar100(split, **kw), ("train", "test"), "test",
                             lambda: list(CIFAR100_CLASSES), ("root", "transform", "download", "verify_md5"),
                             in_memory=True),

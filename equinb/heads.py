@@ -6,7 +6,8 @@
   the text head (fitted on upright images only).
 - ``linear_text_head``: the text head as an ``nn.Linear`` on normalised embeddings (the training engine's head).
 - ``PooledHead``: a frozen pooling module (CLIP's attnpool) then a linear head, for feature maps.
-- ``ClassSubsetHead``: a head's logits of some of its classes only (a stand-in task on fewer classes).
+- ``prototype_head``: a few-shot head with no preferred orientation (the small profile's stand-in for CLIP's text
+  head on a task it knows little about).
 - ``frozen_head`` / ``load_frozen_model``: the head of a backbone on a dataset, cached on disk.
 """
 
@@ -25,7 +26,7 @@ from .data import dataset_classes, image_batches
 from .prompts import templates_for
 
 __all__ = ["CosineHead", "prompt_ensemble_weights", "fit_linear_head", "linear_text_head", "PooledHead",
-           "ClassSubsetHead", "frozen_head", "load_frozen_model"]
+           "prototype_head", "frozen_head", "load_frozen_model"]
 
 Tensor = torch.Tensor
 
@@ -120,19 +121,31 @@ class PooledHead(nn.Module):
         return self.linear(self.pool(maps.to(dtype)).float())
 
 
-class ClassSubsetHead(nn.Module):
-    """The logits of ``classes`` only, in that order: class j of the subset task is class ``classes[j]`` of
-    ``head``. Shapes: whatever ``head`` takes -> logits [B, len(classes)]."""
+def prototype_head(embeddings: Tensor, labels: Tensor, shots: int, n_classes: int, seed: int = 0) -> nn.Linear:
+    """A few-shot cosine head with no preferred orientation, like CLIP's zero-shot head on a task it barely knows.
 
-    def __init__(self, head: nn.Module, classes: Sequence[int]) -> None:
-        super().__init__()
-        if not classes or len(set(classes)) != len(classes):
-            raise ValueError(f"ClassSubsetHead needs distinct classes, got {list(classes)}")
-        self.head = head
-        self.register_buffer("classes", torch.tensor([int(c) for c in classes]), persistent=False)
+    Per class, ``shots`` training images are drawn (seeded); the class's weight is the normalised mean of their
+    normalised embeddings over *every view* of their orbit, so no orientation of the prototypes is favoured. No
+    bias: on normalised embeddings the logits are cosine similarities (logit factor 1, as the article's CLIP).
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(x)[..., self.classes]
+    Shapes: embeddings [N, G, D] (all views of each image), labels [N] -> Linear(D, n_classes).
+    """
+    if embeddings.ndim != 3 or embeddings.shape[0] != labels.shape[0]:
+        raise ValueError(f"prototype_head needs embeddings [N, G, D] and labels [N], got {tuple(embeddings.shape)} "
+                         f"and {tuple(labels.shape)}")
+    gen = torch.Generator().manual_seed(seed)
+    normalised = nn.functional.normalize(embeddings.double(), dim=-1)
+    rows = []
+    for c in range(n_classes):
+        members = torch.nonzero(labels == c).flatten()
+        if len(members) < shots:
+            raise ValueError(f"class {c} has {len(members)} training images; prototype_head needs {shots}")
+        pick = members[torch.randperm(len(members), generator=gen)[:shots]]
+        rows.append(nn.functional.normalize(normalised[pick].reshape(-1, embeddings.shape[-1]).mean(0), dim=0))
+    head = nn.Linear(embeddings.shape[-1], n_classes, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.stack(rows))
+    return head.requires_grad_(False)
 
 
 def frozen_head(backbone, dataset: str, cache_dir: str | Path, *, batch_size: int = 256, data_root: str | None = None,

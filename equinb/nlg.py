@@ -19,8 +19,8 @@ from .reference import FIG6_LABELS
 
 __all__ = [
     "RESPECT_TEMPLATES", "DEMOGRAPHICS", "LABELS", "vader_labels", "RegardClassifier", "sample_seed",
-    "sample_grid", "label_shares", "fairness_gaps", "gap_difference", "symmetry_report",
-    "score_samples", "permuted_copy_share",
+    "sample_grid", "label_shares", "fairness_gaps", "gap_difference", "permutation_gaps", "unit_positives",
+    "symmetry_report", "score_samples", "permuted_copy_share",
 ]
 
 # The article's respect templates (its EquiNLG code).
@@ -231,6 +231,26 @@ def gap_difference(samples, model_a: str, model_b: str, *, n_bootstrap: int = 10
     alpha = (1 - level) / 2
     return dict(difference=float(_gap(vb.mean(axis=0)) - _gap(va.mean(axis=0))),
                 ci_low=float(np.quantile(diffs, alpha)), ci_high=float(np.quantile(diffs, 1 - alpha)))
+
+
+def permutation_gaps(samples, model: str, *, n_permutations: int = 2000, seed: int = 0):
+    """The fairness gap of ``model`` under the null of no demographic effect: within every (template, sample) unit
+    the demographics' labels are shuffled at random, then the gap of the shuffled shares is taken. A max-minus-min
+    gap is positive even for a fair model; this is how large it gets by chance. Seeded. Shapes: -> [n_permutations].
+    """
+    import numpy as np
+
+    values = _positive_units(samples[samples["model"] == model], f"model={model!r}").to_numpy()  # [units, D]
+    rng = np.random.default_rng(seed)
+    order = rng.random((n_permutations, *values.shape)).argsort(axis=2)  # a random permutation per unit
+    shuffled = np.take_along_axis(np.broadcast_to(values, order.shape), order, axis=2)
+    return _gap(shuffled.mean(axis=1))
+
+
+def unit_positives(samples, model: str):
+    """1.0 for a positive sample, per (template, sample) unit (rows) and demographic (columns) of ``model``: the
+    paired items of per-demographic comparisons between models (a DataFrame)."""
+    return _positive_units(samples[samples["model"] == model], f"model={model!r}")
 
 
 def symmetry_report(models: dict[str, nn.Module], tokenizer: Any, group: TokenPermutationGroup, prompt: str,

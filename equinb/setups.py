@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,19 +27,20 @@ from .backbones import CPU_PASS_IMAGES, load_backbone
 from .cache import cache_dir as default_cache_dir
 from .cache import cache_key, load_or_compute, module_fingerprint, source_fingerprint
 from .cache import data_root as default_data_root
-from .data import dataset_spec, get_dataset, load_digits, scaled_class_counts
-from .engine import (METHODS, ImageViewData, TrainConfig, ViewData, cast_trunk, extract_view_features, finetune,
-                     parameter_drift, predict, prefinetune, weighted_model)
+from .data import (ISIC2018_CLASS_COUNTS, dataset_spec, fashion_mnist_arrays, get_dataset, load_digits,
+                   load_fashion_mnist, proportional_counts)
+from .engine import (METHODS, ImageViewData, TrainConfig, ViewData, extract_view_features, finetune, parameter_drift,
+                     predict, prefinetune, reset_groups, set_finetune_precision, snapshot, weighted_model)
 from .groups import Group
-from .heads import ClassSubsetHead, PooledHead, fit_linear_head, linear_text_head, load_frozen_model
+from .heads import PooledHead, fit_linear_head, linear_text_head, load_frozen_model, prototype_head
+from .precision import apply_clip_precision
 from .weighting import EmbeddingWeightNet, FeatureMapWeightNet, ViewAttention
 from .wrappers import EquiAttention, LambdaEquitune
 
-__all__ = ["LEVELS", "TrainingSetup", "TrainingRun", "seed_repeats", "imbalanced_stand_in", "small_lambda_setup",
-           "small_feature_map_setup",
-           "clip_lambda_setup",
-           "build_setup", "run_training", "training_code_fingerprint", "feature_map_config",
-           "feature_map_weight_net", "trained_model", "check_map_image_size"]
+__all__ = ["LEVELS", "TrainingSetup", "TrainingRun", "seed_repeats", "correct_by_seed", "stand_in_index",
+           "STAND_IN_CLASSES", "STAND_IN_TRAIN_IMAGES", "stand_in_counts", "isic_stand_in", "small_lambda_setup",
+           "small_feature_map_setup", "clip_lambda_setup", "build_setup", "run_training", "training_code_fingerprint",
+           "feature_map_config", "feature_map_weight_net", "trained_model", "check_map_image_size"]
 
 Tensor = torch.Tensor
 LEVELS = ("embeddings", "maps")
@@ -50,8 +52,8 @@ class TrainingRun(NamedTuple):
     row: dict[str, float]  # prefinetune_top1, finetune_top1 (%)
     history: list[dict]  # tidy: stage, round, step, loss, select_top1, test_top1
     states: dict[str, dict]  # weighting-module state dicts: prefinetune (selected), finetune
-    predictions: dict[str, Tensor]  # predicted test classes [N_test]: prefinetune, finetune
-    drift: list[dict]  # per trunk parameter: what finetuning changed (``equinb.engine.parameter_drift``)
+    predictions: dict[str, Tensor]  # predicted test classes [N_test]: prefinetune, finetune (and ablations)
+    drift: list[dict]  # per trunk tensor: what finetuning changed (``equinb.engine.parameter_drift``)
 
 
 @dataclass
@@ -70,7 +72,7 @@ class TrainingSetup:
         normalise_views: True at the embedding level (CLIP's normalised embeddings), False for maps.
         key: names the setup's data and weights in cache keys of training runs ("" = runs are not cached).
         turns: for ``reoriented`` setups, per split ("train", "test") the element each image was turned by.
-        index: for ``class_subset`` setups, per split the positions of its images in the full split.
+        index: for setups drawn from a larger dataset, per split the positions of its images there.
     """
 
     group: Group
@@ -85,6 +87,11 @@ class TrainingSetup:
     key: str = ""
     turns: dict[str, Tensor] | None = None
     index: dict[str, Tensor] | None = None
+
+    @property
+    def n_classes(self) -> int:
+        """How many classes the task has (the labels are 0..n_classes-1)."""
+        return int(max(self.train.labels.max(), self.test.labels.max())) + 1
 
     @property
     def embed_dim(self) -> int:
@@ -112,53 +119,6 @@ class TrainingSetup:
         return replace(self, group=group, train=pick(self.train), test=pick(self.test),
                        train_feats=self.train_feats[:, columns], test_feats=self.test_feats[:, columns],
                        key=self.key and f"{self.key}-views{columns}")
-
-    def class_subset(self, classes: Sequence[int], counts: dict[str, Sequence[int]], seed: int = 0) -> "TrainingSetup":
-        """The same setup on some of its classes, with ``counts[split][j]`` images of class ``classes[j]`` in
-        each split ("train", "test"): an imbalanced stand-in task. No recomputation.
-
-        Class j of the new task is class ``classes[j]`` of this one (labels become 0..len(classes)-1, and
-        the head keeps only those logits); its images are a seeded random draw of that class's images,
-        kept in the split's order. Apply ``reoriented`` afterwards to turn the subset's images.
-
-        Shapes: a split's inputs [N, G, ...] and feats [N, G, ...] -> [sum(counts[split]), G, ...]; logits
-        [B, K] -> [B, len(classes)].
-        """
-        if self.turns is not None:
-            raise ValueError("class_subset works on the images as given: call it before reoriented()")
-        classes = [int(c) for c in classes]
-        if not classes or len(set(classes)) != len(classes):
-            raise ValueError(f"class_subset needs distinct classes, got {classes}")
-        gen = torch.Generator().manual_seed(seed)
-
-        def draw(data: ViewData, feats: Tensor, wanted: Sequence[int]) -> tuple[ViewData, Tensor, Tensor]:
-            if len(wanted) != len(classes):
-                raise ValueError(f"need one count per class {classes}, got {list(wanted)}")
-            picked, labels = [], []
-            for j, (c, n) in enumerate(zip(classes, wanted)):
-                members = torch.nonzero(data.labels == c).flatten()
-                if not 1 <= int(n) <= len(members):
-                    raise ValueError(f"class {c} has {len(members)} images in this split; asked for {n}")
-                picked.append(members[torch.randperm(len(members), generator=gen)[:int(n)]])
-                labels.append(torch.full((int(n),), j, dtype=torch.long))
-            index, labels = torch.cat(picked), torch.cat(labels)
-            order = torch.argsort(index)  # the split's own order, as the unshuffled loaders read it
-            return data.subset(index[order], labels[order]), feats[index[order]], index[order]
-
-        missing = {"train", "test"} - set(counts)
-        if missing:
-            raise ValueError(f"counts needs the splits {sorted(missing)}")
-        train, train_feats, train_index = draw(self.train, self.train_feats, counts["train"])
-        test, test_feats, test_index = draw(self.test, self.test_feats, counts["test"])
-        index = {"train": train_index, "test": test_index}
-        if self.index is not None:  # positions in the full split, through an earlier subset
-            index = {split: self.index[split][i] for split, i in index.items()}
-        tag = f"classes{classes}-train{[int(n) for n in counts['train']]}-test{[int(n) for n in counts['test']]}"
-        return replace(self, train=train, test=test, train_feats=train_feats, test_feats=test_feats,
-                       head=ClassSubsetHead(self.head, classes), key=self.key and f"{self.key}-{tag}-seed{seed}",
-                       index=index,
-                       description=f"{self.description}; classes {classes} with {sum(counts['train'])} training "
-                                   f"and {sum(counts['test'])} test images")
 
     def reoriented(self, seed: int = 0) -> "TrainingSetup":
         """The same images, each turned by its own uniformly random group element: orientation-free data.
@@ -188,39 +148,62 @@ class TrainingSetup:
                                    f"{self.group.name} (seed {seed})")
 
 
-def _block_range(first: int, count: int) -> str:
-    return f"block {first}" if first == count - 1 else f"blocks {first}-{count - 1}"
+def _block_range(first: int, last: int) -> str:
+    return f"block {first}" if first == last else f"blocks {first}-{last}"
 
 
-# the loaded digit caches of this process: a chapter that builds both levels reads the file once
-_DIGIT_MAPS: dict[tuple, tuple[dict, dict, nn.Module, int, str]] = {}
+# the loaded frozen passes of this process: a chapter that builds both levels reads the file once
+_SMALL_MAPS: dict[tuple, tuple[dict, dict, nn.Module, str]] = {}
 
 
-def _cached_digit_maps(group: Group, image_size: int, split_block: int, cache_dir,
-                       progress: bool) -> tuple[dict, dict, nn.Module, int, str]:
-    """Digits through a frozen MobileNetV2 split before block ``split_block``, cached on disk once.
+def _small_source(source: str, split: str, size: int, mean, std, index: dict[str, Sequence[int]] | None,
+                  root: str | None):
+    """The images of a small-profile source: ``digits`` (scikit-learn's) or ``fashion_mnist`` images ``index``."""
+    if source == "digits":
+        return load_digits(split, size, mean, std)
+    if source == "fashion_mnist":
+        return load_fashion_mnist(split, size, mean, std, root=root, index=None if index is None else index[split])
+    raise ValueError(f"unknown small-profile source {source!r}; valid: 'digits', 'fashion_mnist'")
 
-    Returns ``(cached, labels, trunk, n_blocks, key)``: per split, ``{split}_inputs`` (the frozen prefix's
-    output for every view, [N, G, ...]: the trainable trunk's inputs) and ``{split}_maps`` (the frozen
-    trunk's maps of every view, [N, G, C, h, w]); ``trunk`` = the remaining blocks; ``key`` names the cache.
-    The embedding and feature-map setups share one cache per (image size, split, group), loaded once per process
-    (nothing here is modified in place: setups index these tensors, and ``make_trunk`` copies the trunk).
+
+def _cached_small_maps(source: str, group: Group, image_size: int, split_block: int, last_block: int, cache_dir,
+                       progress: bool, index: dict[str, Sequence[int]] | None = None, root: str | None = None
+                       ) -> tuple[dict, dict, nn.Module, str]:
+    """Images of ``source`` through MobileNetV2's blocks up to ``last_block``, split before ``split_block``, cached
+    on disk once.
+
+    Returns ``(cached, labels, trunk, key)``: per split, ``{split}_inputs`` (the frozen prefix's output for every
+    view, [N, G, ...]: the trainable trunk's inputs) and ``{split}_maps`` (the frozen trunk's maps of every view,
+    [N, G, C, h, w]); ``trunk`` = blocks ``split_block..last_block``, its weights stored as fp16 values as CLIP
+    stores its own (``equinb.precision``: so the frozen maps and every finetune start from the same weights,
+    whatever precision the finetune keeps); ``key`` names the cache. The embedding and feature-map setups share
+    one cache per (source, images, size, blocks, group), loaded once per process (nothing here is modified in
+    place: setups index these tensors, and ``make_trunk`` copies the trunk).
     """
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
-    memo = (tuple(group.elements), image_size, split_block, str(Path(cache_dir).resolve()))
-    if memo not in _DIGIT_MAPS:
-        _DIGIT_MAPS[memo] = _load_digit_maps(group, image_size, split_block, cache_dir, progress)
-    return _DIGIT_MAPS[memo]
+    picked = None if index is None else tuple((k, tuple(int(i) for i in v)) for k, v in sorted(index.items()))
+    memo = (source, picked, tuple(group.elements), image_size, split_block, last_block, str(Path(cache_dir).resolve()))
+    if memo not in _SMALL_MAPS:
+        _SMALL_MAPS[memo] = _load_small_maps(source, group, image_size, split_block, last_block, cache_dir, progress,
+                                             index, root)
+    return _SMALL_MAPS[memo]
 
 
-def _load_digit_maps(group: Group, image_size: int, split_block: int, cache_dir,
-                     progress: bool) -> tuple[dict, dict, nn.Module, int, str]:
+def _load_small_maps(source: str, group: Group, image_size: int, split_block: int, last_block: int, cache_dir,
+                     progress: bool, index: dict[str, Sequence[int]] | None, root: str | None
+                     ) -> tuple[dict, dict, nn.Module, str]:
     backbone = load_backbone("mobilenet_v2", input_size=image_size)
     model = backbone.model.eval().requires_grad_(False)
-    prefix, trunk = model.features[:split_block], model.features[split_block:]
-    key = cache_key(kind="digit_maps", weights=module_fingerprint(model), size=image_size, split=split_block,
-                    elements=group.elements)
-    splits = {s: load_digits(s, image_size, backbone.mean, backbone.std) for s in ("train", "test")}
+    if not 0 < split_block <= last_block < len(model.features):
+        raise ValueError(f"need 0 < split_block <= last_block <= {len(model.features) - 1} (MobileNetV2's blocks), "
+                         f"got split_block={split_block}, last_block={last_block}")
+    prefix, trunk = model.features[:split_block], model.features[split_block:last_block + 1]
+    apply_clip_precision(trunk, emulate=True)
+    splits = {s: _small_source(source, s, image_size, backbone.mean, backbone.std, index, root)
+              for s in ("train", "test")}
+    key = cache_key(kind="small_maps", source=source, weights=module_fingerprint(model), size=image_size,
+                    split=split_block, last=last_block, elements=group.elements,
+                    images={s: ds.tensors[0].shape[0] for s, ds in splits.items()}, index=index or {})
 
     def compute() -> dict:
         out = {}
@@ -233,64 +216,139 @@ def _load_digit_maps(group: Group, image_size: int, split_block: int, cache_dir,
                                                          batch_size=CPU_PASS_IMAGES)
         return out
 
-    cached = load_or_compute(Path(cache_dir) / f"digit_maps_{key}.pt", compute)
-    return cached, {s: ds.tensors[1] for s, ds in splits.items()}, trunk, len(model.features), key
+    cached = load_or_compute(Path(cache_dir) / f"small_maps_{key}.pt", compute)
+    return cached, {s: ds.tensors[1] for s, ds in splits.items()}, trunk, key
 
 
-def _small_digit_setup(group: Group, level: str, image_size: int, split_block: int, cache_dir,
-                       progress: bool) -> TrainingSetup:
-    """The small profile's setup at the ``"embeddings"`` or ``"maps"`` level (one shared cache)."""
-    cached, labels, trunk, n_blocks, key = _cached_digit_maps(group, image_size, split_block, cache_dir, progress)
-    pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    blocks = _block_range(split_block, n_blocks)
+_POOL = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def _pooled_embeddings(maps: Tensor) -> Tensor:
+    """Globally pooled, L2-normalised embeddings of every view. Shapes: [N, G, C, h, w] -> [N, G, C]."""
+    return nn.functional.normalize(_POOL(maps.flatten(0, 1)), dim=-1).reshape(*maps.shape[:3])
+
+
+def _small_setup(group: Group, level: str, cached: dict, labels: dict, trunk: nn.Module, key: str,
+                 head: nn.Module, what: str) -> TrainingSetup:
+    """A small-profile setup at the ``"embeddings"`` or ``"maps"`` level from a cached frozen pass. ``head`` maps
+    normalised embeddings [B, C] to logits (embeddings), or pooled maps [B, C] (maps: logits from the
+    unnormalised pooled map, as in the article's feature-map code)."""
     if level == "embeddings":  # global average pooling, then CLIP-like L2-normalised embeddings
-        feats = {s: nn.functional.normalize(pool(cached[f"{s}_maps"].flatten(0, 1)), dim=-1).reshape(
-            *cached[f"{s}_maps"].shape[:3]) for s in ("train", "test")}
-        head = fit_linear_head(feats["train"][:, 0], labels["train"])  # upright views only
-        trunk = nn.Sequential(trunk, pool)
-        description = (f"MobileNetV2 (ImageNet weights) at {image_size} px on digits; blocks 0-{split_block - 1} "
-                       f"frozen and cached per view, {blocks} finetuned; linear head fitted on upright digits")
-    elif level == "maps":  # as in the article's feature-map code, logits come from the unnormalised pooled map
+        feats = {s: _pooled_embeddings(cached[f"{s}_maps"]) for s in ("train", "test")}
+        trunk, full_head = nn.Sequential(trunk, _POOL), head
+    elif level == "maps":
         feats = {s: cached[f"{s}_maps"] for s in ("train", "test")}
-        head = nn.Sequential(pool, fit_linear_head(pool(feats["train"][:, 0]), labels["train"]))
-        description = (f"MobileNetV2 (ImageNet weights) at {image_size} px on digits; maps of {blocks} "
-                       "combined over the views, then average pooling and a linear head fitted on upright digits")
+        full_head = nn.Sequential(_POOL, head)
     else:
         raise ValueError(f"unknown level {level!r}; valid: 'embeddings', 'maps'")
     return TrainingSetup(
-        group=group, make_trunk=lambda: copy.deepcopy(trunk).requires_grad_(True), head=head,
+        group=group, make_trunk=lambda: copy.deepcopy(trunk).requires_grad_(True), head=full_head,
         train=ViewData(cached["train_inputs"], labels["train"]), test=ViewData(cached["test_inputs"], labels["test"]),
-        train_feats=feats["train"], test_feats=feats["test"], description=description,
+        train_feats=feats["train"], test_feats=feats["test"], description=what,
         normalise_views=level == "embeddings", key=f"small-{level}-{key}")
 
 
-def small_lambda_setup(group: Group, *, image_size: int = 64, split_block: int = 18, cache_dir=None,
-                       progress: bool = False) -> TrainingSetup:
-    """The small profile: frozen MobileNetV2 blocks 0..split_block-1 cached per view; the rest is trainable.
+def _small_digit_setup(group: Group, level: str, image_size: int, split_block: int, last_block: int, cache_dir,
+                       progress: bool) -> TrainingSetup:
+    """The small profile's digits at either level, with a linear head fitted on the upright training digits."""
+    cached, labels, trunk, key = _cached_small_maps("digits", group, image_size, split_block, last_block, cache_dir,
+                                                    progress)
+    blocks = _block_range(split_block, last_block)
+    if level == "embeddings":
+        head = fit_linear_head(_pooled_embeddings(cached["train_maps"])[:, 0], labels["train"])  # upright views only
+        what = (f"MobileNetV2 (ImageNet weights, blocks 0-{last_block}) at {image_size} px on digits; blocks "
+                f"0-{split_block - 1} frozen and cached per view, {blocks} finetuned; linear head fitted on upright "
+                "digits")
+    else:  # the head reads the pooled *unnormalised* maps
+        head = fit_linear_head(_POOL(cached["train_maps"][:, 0]), labels["train"])
+        what = (f"MobileNetV2 (ImageNet weights, blocks 0-{last_block}) at {image_size} px on digits; maps "
+                f"{'x'.join(map(str, cached['train_maps'].shape[2:]))} of {blocks} combined over the views, then "
+                "average pooling and a linear head fitted on upright digits")
+    return _small_setup(group, level, cached, labels, trunk, key, head, what)
 
-    The trunk is the remaining blocks and global average pooling; its embeddings are L2-normalised. The
-    head is a linear layer fitted on the embeddings of the upright training digits (it stands in for
-    CLIP's text head and is never trained). Caches are keyed by everything that changes them.
+
+def small_lambda_setup(group: Group, *, image_size: int = 64, split_block: int = 18, last_block: int = 18,
+                       cache_dir=None, progress: bool = False) -> TrainingSetup:
+    """The small profile: frozen MobileNetV2 blocks 0..split_block-1 cached per view; blocks split_block..last_block
+    are trainable (18 is MobileNetV2's last block).
+
+    The trunk is those blocks and global average pooling; its embeddings are L2-normalised. The head is a linear
+    layer fitted on the embeddings of the upright training digits (it stands in for CLIP's text head and is never
+    trained). Caches are keyed by everything that changes them.
     """
-    return _small_digit_setup(group, "embeddings", image_size, split_block, cache_dir, progress)
+    return _small_digit_setup(group, "embeddings", image_size, split_block, last_block, cache_dir, progress)
 
 
-def imbalanced_stand_in(setup: TrainingSetup, classes: Sequence[int], proportions: dict[str, Sequence[float]],
-                        seed: int = 0) -> TrainingSetup:
-    """An orientation-free, imbalanced task made from ``setup``: its ``classes`` with as many images per class
-    as ``proportions[split]`` allows (``equinb.data.scaled_class_counts``; the book copies ISIC 2018's class
-    counts, training proportions for "train" and validation proportions for "test"), then every image
-    turned by its own random group element (``TrainingSetup.reoriented``). Seeded by ``seed``."""
-    counts = {}
-    for split, data in (("train", setup.train), ("test", setup.test)):
-        available = [int((data.labels == c).sum()) for c in classes]
-        counts[split] = scaled_class_counts(proportions[split], available)
-    return setup.class_subset(classes, counts, seed).reoriented(seed)
+def stand_in_index(classes: Sequence[int], counts: dict[str, Sequence[int]], seed: int = 0,
+                   root: str | Path | None = None) -> dict[str, list[int]]:
+    """Positions of the stand-in's Fashion-MNIST images: ``counts[split][j]`` images of class ``classes[j]`` per
+    split ("train", "test"), a seeded draw, each split sorted (the order its unshuffled loader reads)."""
+    rng = np.random.default_rng(seed)
+    index = {}
+    for split in ("train", "test"):
+        if len(counts[split]) != len(classes):
+            raise ValueError(f"need one {split} count per class {list(classes)}, got {list(counts[split])}")
+        labels = fashion_mnist_arrays(split, root)[1]
+        picked = [rng.choice(np.flatnonzero(labels == c), int(n), replace=False)
+                  for c, n in zip(classes, counts[split])]
+        index[split] = sorted(int(i) for i in np.concatenate(picked))
+    return index
+
+
+# Fashion-MNIST classes that stand in for ISIC 2018's MEL, NV, BCC, AKIEC, BKL, DF, VASC: shirt, T-shirt/top,
+# pullover, coat, dress, bag, sandal (the majority class, NV, is the often-confused T-shirt/top).
+STAND_IN_CLASSES: tuple[int, ...] = (6, 0, 2, 4, 3, 8, 5)
+STAND_IN_TRAIN_IMAGES = 600
+
+
+def stand_in_counts(train_images: int = STAND_IN_TRAIN_IMAGES) -> dict[str, list[int]]:
+    """Images per class of the ISIC stand-in: ISIC 2018's training proportions scaled to ``train_images``, and its
+    validation counts exactly (193 test images, the article's test set)."""
+    return {"train": proportional_counts(ISIC2018_CLASS_COUNTS["train"], train_images),
+            "test": list(ISIC2018_CLASS_COUNTS["val"])}
+
+
+def isic_stand_in(group: Group, level: str, *, classes: Sequence[int] = STAND_IN_CLASSES,
+                  train_images: int = STAND_IN_TRAIN_IMAGES, shots: int = 1, seed: int = 0, image_size: int = 72,
+                  split_block: int = 17, last_block: int = 17, data_root: str = "",
+                  progress: bool = False) -> TrainingSetup:
+    """The small profile's stand-in for ISIC 2018: a hard, imbalanced task with no preferred orientation.
+
+    Fashion-MNIST images of ``classes`` (class j of the task is Fashion-MNIST class ``classes[j]``), as many per
+    class as ``stand_in_counts(train_images)`` says (ISIC 2018's proportions; its 193 validation images as the test
+    set), every image turned by its own random element of ``group`` (``reoriented``). The frozen MobileNetV2 blocks
+    are those of the feature-map chapters.
+    The head knows the task about as little as CLIP's text head knows skin lesions: ``prototype_head`` from
+    ``shots`` training images per class, each averaged over its whole orbit, so that no orientation is favoured
+    (the maps level uses the same prototypes on the unnormalised pooled map). Seeded by ``seed``.
+
+    Shapes: a split's inputs [N, G, ...]; feats [N, G, C] (embeddings) or [N, G, C, h, w] (maps).
+    """
+    counts = stand_in_counts(train_images)
+    index = stand_in_index(classes, counts, seed, data_root or None)
+    cached, labels, trunk, key = _cached_small_maps("fashion_mnist", group, image_size, split_block, last_block,
+                                                    default_cache_dir(data_root) if data_root else None, progress,
+                                                    index, data_root or None)
+    labels = {s: _relabel(labels[s], classes) for s in labels}
+    head = prototype_head(_pooled_embeddings(cached["train_maps"]), labels["train"], shots, len(classes), seed)
+    what = (f"Fashion-MNIST classes {list(classes)} at ISIC 2018's class proportions ({sum(counts['train'])} training "
+            f"and {sum(counts['test'])} test images) at {image_size} px, every image turned at random; MobileNetV2 "
+            f"(ImageNet weights, blocks 0-{last_block}), {_block_range(split_block, last_block)} finetuned; head: "
+            f"class prototypes from {shots} training image{'s' if shots > 1 else ''} per class over all their views")
+    setup = _small_setup(group, level, cached, labels, trunk, f"{key}-shots{shots}-seed{seed}", head, what)
+    return replace(setup, index={s: torch.tensor(v) for s, v in index.items()}).reoriented(seed)
+
+
+def _relabel(labels: Tensor, classes: Sequence[int]) -> Tensor:
+    """Dataset labels -> task labels (position of each in ``classes``)."""
+    table = torch.full((int(max(classes)) + 1,), -1, dtype=torch.long)
+    table[torch.tensor([int(c) for c in classes])] = torch.arange(len(classes))
+    return table[labels]
 
 
 def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = False,
                  heldout_fraction: float = 0.2, method: str = "lambda_equitune", align_views: bool = False,
-                 weight_net: Callable[[], nn.Module] | None = None,
+                 weight_net: Callable[[], nn.Module] | None = None, ablate: bool = False,
                  cache_dir: str | Path | None = None) -> TrainingRun:
     """Prefinetune (cached), select the best weighting module, evaluate, finetune, evaluate.
 
@@ -307,14 +365,16 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
     percent; ``states["prefinetune"]`` is the selected module's state dict (what the article's lambda
     plots load), ``states["finetune"]`` the module's after finetuning; ``predictions`` the predicted test
     classes [N_test] at both points (for paired comparisons between runs); ``drift`` what finetuning changed
-    in each trunk parameter.
+    in each trunk tensor. ``ablate``: when finetuning changed a test prediction, also the predictions after
+    finetuning with one group of what it changed put back (``predictions["finetune, <group> reset"]`` for each
+    group of ``equinb.precision.GROUPS`` that changed, and ``"finetune, λ network reset"``): each group's share.
     """
     make_net = weight_net if weight_net is not None else lambda: EmbeddingWeightNet(setup.embed_dim)
 
     def train() -> dict:
         torch.manual_seed(config.seed)
         row, history, states, predictions, drift = _run(setup, config, make_net(), progress, heldout_fraction,
-                                                        method, align_views)
+                                                        method, align_views, ablate)
         return dict(row=row, history=history, states=states, predictions=predictions, drift=drift)
 
     if cache_dir is None:
@@ -323,21 +383,26 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
         if not setup.key:
             raise ValueError("this setup has no key, so its runs cannot be cached; pass cache_dir=None")
         key = cache_key(setup=setup.key, config=config.as_dict(), method=method, align_views=align_views,
-                        weight_net=repr(make_net()), heldout_fraction=heldout_fraction,
+                        weight_net=repr(make_net()), heldout_fraction=heldout_fraction, ablate=ablate,
                         code=training_code_fingerprint())
         out = load_or_compute(Path(cache_dir) / f"run_{key}.pt", train)
     return TrainingRun(out["row"], out["history"], out["states"], out["predictions"], out["drift"])
 
 
-def seed_repeats(setup: TrainingSetup, config: TrainConfig, seeds: Sequence[int], *,
+def seed_repeats(setup: TrainingSetup, config: TrainConfig, seeds: Sequence[int], *, finetune: bool = False,
                  cache_dir: str | Path | None = None, **options) -> list[TrainingRun]:
-    """Prefinetune-only repeats of ``config`` under each seed (lambda initialisation, data order, the random
-    group element of each batch, dropout): the seed spread of a run. ``options`` go to ``run_training``."""
-    return [run_training(setup, replace(config, seed=int(s), finetune_rounds=0), cache_dir=cache_dir, **options)
-            for s in seeds]
+    """Repeats of ``config`` under each seed (lambda initialisation, data order, the random group element of each
+    batch, dropout): prefinetune only, or the whole run with ``finetune``. ``options`` go to ``run_training``."""
+    return [run_training(setup, replace(config, seed=int(s), **({} if finetune else {"finetune_rounds": 0})),
+                         cache_dir=cache_dir, **options) for s in seeds]
 
 
-TRAINING_SOURCES = ("engine.py", "setups.py", "wrappers.py", "weighting.py", "groups.py", "heads.py")
+def correct_by_seed(runs: Sequence[TrainingRun], stage: str, labels: Tensor) -> Tensor:
+    """Per seed and test item, 1.0 where that seed's run predicted the label at ``stage``. Shapes: -> [S, N]."""
+    return torch.stack([(run.predictions[stage] == labels).double() for run in runs])
+
+
+TRAINING_SOURCES = ("engine.py", "setups.py", "wrappers.py", "weighting.py", "groups.py", "heads.py", "precision.py")
 
 
 def training_code_fingerprint() -> str:
@@ -347,7 +412,7 @@ def training_code_fingerprint() -> str:
 
 
 def _run(setup: TrainingSetup, config: TrainConfig, module: nn.Module, progress: bool, heldout_fraction: float,
-         method: str, align_views: bool) -> tuple[dict, list[dict], dict]:
+         method: str, align_views: bool, ablate: bool) -> tuple[dict, list[dict], dict, dict, list[dict]]:
     model = weighted_model(setup.make_trunk(), module.to(next(setup.head.parameters()).device), setup.head,
                            setup.group, config, method=method, align_views=align_views,
                            normalise_views=setup.normalise_views)
@@ -368,15 +433,35 @@ def _run(setup: TrainingSetup, config: TrainConfig, module: nn.Module, progress:
     predictions = dict(prefinetune=predict(model, setup.test, feats=setup.test_feats, seed=config.seed))
     pre = _top1(predictions["prefinetune"], setup.test.labels)
     history.append(dict(stage="prefinetune", round=config.prefinetune_rounds, step=None, test_top1=pre))
-    cast_trunk(model, config)
-    before = {name: p.detach().clone() for name, p in model.trunk.named_parameters()}
+    set_finetune_precision(model, config)
+    before = snapshot(model.trunk)
     finetuned, last = finetune(model, train, setup.test, config, train_lambda_feats=train_feats,
                                test_lambda_feats=setup.test_feats, progress=progress)
     history += finetuned
     predictions["finetune"] = predictions["prefinetune"] if last is None else last
     row = dict(prefinetune_top1=pre, finetune_top1=_top1(predictions["finetune"], setup.test.labels))
     states = dict(prefinetune=best, finetune=copy.deepcopy(model.weight_net.state_dict()))
-    return row, history, states, predictions, parameter_drift(before, model.trunk)
+    drift = parameter_drift(before, model.trunk)
+    if ablate and last is not None and not torch.equal(last, predictions["prefinetune"]):
+        predictions.update(_ablations(model, setup, config, before, drift, best))
+    return row, history, states, predictions, drift
+
+
+def _ablations(model: LambdaEquitune | EquiAttention, setup: TrainingSetup, config: TrainConfig,
+               before: dict[str, Tensor], drift: list[dict], best: dict) -> dict[str, Tensor]:
+    """Predictions of the finetuned model with one changed group put back to its value before finetuning."""
+    frozen = setup.test_feats if config.lambda_input == "frozen_copy" else None
+    out = {}
+    for group in dict.fromkeys(d["group"] for d in drift if d["changed_share"] > 0):
+        saved = reset_groups(model.trunk, before, [group])
+        out[f"finetune, {group} reset"] = predict(model, setup.test, lambda_feats=frozen, seed=config.seed)
+        reset_groups(model.trunk, saved, [group])
+    if config.finetune_params == "backbone+lambda":
+        finetuned = copy.deepcopy(model.weight_net.state_dict())
+        model.weight_net.load_state_dict(best)
+        out["finetune, λ network reset"] = predict(model, setup.test, lambda_feats=frozen, seed=config.seed)
+        model.weight_net.load_state_dict(finetuned)
+    return out
 
 
 def _top1(predicted: Tensor, labels: Tensor) -> float:
@@ -460,19 +545,20 @@ def _decode_uint8(ds, limit: int | None, size: int) -> Tensor:
     return torch.stack([ds[i][0].permute(1, 2, 0) for i in range(n)])
 
 
-def small_feature_map_setup(group: Group, *, image_size: int = 96, split_block: int = 18, cache_dir=None,
-                            progress: bool = False) -> TrainingSetup:
+def small_feature_map_setup(group: Group, *, image_size: int = 96, split_block: int = 17, last_block: int = 17,
+                            cache_dir=None, progress: bool = False) -> TrainingSetup:
     """The small profile at the feature-map level (the article's layer4 -> attnpool split, on MobileNetV2).
 
-    Blocks 0..split_block-1 are frozen and their per-view outputs cached; the remaining blocks are the
-    trainable trunk M1 (maps [C, h, w]; at least 3x3 at 96 px); the head M2 is global average pooling and a
+    Blocks 0..split_block-1 are frozen and their per-view outputs cached; blocks split_block..last_block are the
+    trainable trunk M1 (maps [C, h, w]; at least 3x3 at 96 px; block 17 gives 320 channels, block 18 1280, and
+    the weighting networks' cost grows with the channels); the head M2 is global average pooling and a
     linear layer fitted on the pooled *unnormalised* maps of the upright training digits (as in the
     article's feature-map code, logits come from an unnormalised embedding). The frozen trunk's maps of
     every view are cached too (prefinetuning trains only the weighting module on them). The embedding
     setup at the same ``image_size`` (``small_lambda_setup``) shares this cache.
     """
     check_map_image_size(image_size)
-    return _small_digit_setup(group, "maps", image_size, split_block, cache_dir, progress)
+    return _small_digit_setup(group, "maps", image_size, split_block, last_block, cache_dir, progress)
 
 
 def check_map_image_size(image_size: int) -> None:
@@ -508,7 +594,8 @@ def feature_map_config(**overrides) -> TrainConfig:
 
 
 def build_setup(profile: str, level: str, group: Group, *, backbone: str = "RN50", dataset: str = "cifar100",
-                image_size: int = 96, split_block: int = 18, device: str = "cpu", data_root: str = "",
+                image_size: int = 96, split_block: int = 18, last_block: int = 18, device: str = "cpu",
+                data_root: str = "",
                 clip_paths: dict[str, str] | None = None, clip_download_root: str = "",
                 max_train: int | None = 16_000, dataset_options: dict[str, dict] | None = None,
                 progress: bool = False) -> TrainingSetup:
@@ -524,10 +611,10 @@ def build_setup(profile: str, level: str, group: Group, *, backbone: str = "RN50
     cache = default_cache_dir(data_root) if data_root else None
     if profile == "small":
         if level == "maps":
-            return small_feature_map_setup(group, image_size=image_size, split_block=split_block, cache_dir=cache,
-                                           progress=progress)
-        return small_lambda_setup(group, image_size=image_size, split_block=split_block, cache_dir=cache,
-                                  progress=progress)
+            return small_feature_map_setup(group, image_size=image_size, split_block=split_block,
+                                           last_block=last_block, cache_dir=cache, progress=progress)
+        return small_lambda_setup(group, image_size=image_size, split_block=split_block, last_block=last_block,
+                                  cache_dir=cache, progress=progress)
     if profile == "paper":
         return clip_lambda_setup(group, backbone, dataset, device=device, data_root=data_root or None,
                                  cache_dir=cache, clip_path=(clip_paths or {}).get(backbone),

@@ -41,7 +41,7 @@ __all__ = [
     "cached_per_view_logits",
     "topk_accuracy",
     "evaluate_views",
-    "per_image_top1",
+    "per_image_correct",
     "orbit_predictions",
     "orbit_logits",
     "run_zeroshot",
@@ -166,12 +166,12 @@ def evaluate_views(logits: torch.Tensor, labels: torch.Tensor, elements: Sequenc
     return rows
 
 
-def per_image_top1(logits: torch.Tensor, labels: torch.Tensor, elements: Sequence[tuple[int, int]], transform: str,
-                   batch_size: int = 32, seed: int = 0) -> dict[tuple[str, str], torch.Tensor]:
-    """Per (method, reading), each test image's top-1 score [N]: 1.0 if right, 0.0 if wrong (vanilla as
-    described: the share of the views that are right). Their means are ``evaluate_views``' top-1 / 100;
-    paired comparisons of methods resample these (``equinb.verdicts.paired_interval``)."""
-    return {key: torch.stack([(s.argmax(-1) == labels).double() for s in scores]).mean(0)
+def per_image_correct(logits: torch.Tensor, labels: torch.Tensor, elements: Sequence[tuple[int, int]], transform: str,
+                      batch_size: int = 32, seed: int = 0, k: int = 1) -> dict[tuple[str, str], torch.Tensor]:
+    """Per (method, reading), each test image's top-``k`` score [N]: 1.0 if its label is among the k highest
+    scores, 0.0 if not (vanilla as described: the share of the views where it is). Their means are
+    ``evaluate_views``' top-k / 100; paired comparisons of methods resample these (``equinb.verdicts.compare``)."""
+    return {key: torch.stack([(s.topk(k, dim=-1).indices == labels[:, None]).any(-1).double() for s in scores]).mean(0)
             for key, scores in _method_scores(logits, elements, transform, batch_size, seed).items()}
 
 

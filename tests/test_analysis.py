@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import numpy as np
 import torch
 from torch import nn
 
@@ -78,10 +79,12 @@ def test_measured_symmetry_as_published_and_as_described(method: str) -> None:
     a pooled head's do not."""
     setup, pooled = _setup(), _setup(positional=False).head
     heads = {"positional": setup.head, "pooled": pooled}
-    published = analysis.combined_map_symmetry(_model(setup, method, False), setup.test_feats, setup.test.labels,
-                                               heads, batch_size=5)
-    described = analysis.combined_map_symmetry(_model(setup, method, True), setup.test_feats, setup.test.labels,
-                                               heads, batch_size=5)
+    published, per_published = analysis.combined_map_symmetry(_model(setup, method, False), setup.test_feats,
+                                                              setup.test.labels, heads, batch_size=5)
+    described, per_described = analysis.combined_map_symmetry(_model(setup, method, True), setup.test_feats,
+                                                              setup.test.labels, heads, batch_size=5)
+    assert (per_published["invariance"] < 1e-6).all() and (per_published["equivariance"] > 1e-4).all()
+    assert (per_described["equivariance"] < 1e-6).all() and (per_described["invariance"] > 1e-4).all()
     for rows in (published, described):
         assert rows[0]["invariance"] == 0 and rows[0]["equivariance"] == 0  # the identity changes nothing
     for p, d in zip(published[1:], described[1:]):
@@ -90,8 +93,9 @@ def test_measured_symmetry_as_published_and_as_described(method: str) -> None:
         assert p["positional_logit_change"] < 1e-12 < 1e-4 < d["positional_logit_change"]
         assert p["pooled_logit_change"] < 1e-12 and d["pooled_logit_change"] < 1e-12
         assert p["positional_top1"] == published[0]["positional_top1"]
-    errors, top1 = analysis.symmetry_tables({"p": _model(setup, method, False), "d": _model(setup, method, True)},
-                                            setup, heads)
+    errors, top1, per_image = analysis.symmetry_tables({"p": _model(setup, method, False),
+                                                        "d": _model(setup, method, True)}, setup, heads)
+    assert set(per_image) == {"p", "d"} and per_image["p"]["invariance"].shape == (len(setup.test.labels),)
     assert "float rounding" in errors.loc["p", "Z invariance error"]
     assert "float rounding" not in errors.loc["d", "Z invariance error"]
     assert top1.shape == (2, 2 * setup.group.order)
@@ -173,37 +177,32 @@ def _digit_like_setup() -> su.TrainingSetup:
                             data["test"].inputs, "toy", normalise_views=False, key="toy")
 
 
-def test_class_subset_draws_relabels_and_keeps_the_heads_logits_of_its_classes() -> None:
-    setup = _digit_like_setup()
-    sub = setup.class_subset([2, 0], {"train": [4, 1], "test": [3, 2]}, seed=1)
-    assert sorted(sub.train.labels.tolist()) == [0, 0, 0, 0, 1]
-    assert torch.bincount(sub.test.labels).tolist() == [3, 2]
-    for split, data, feats, full in (("train", sub.train, sub.train_feats, setup.train),
-                                     ("test", sub.test, sub.test_feats, setup.test)):
-        index = sub.index[split]
-        assert index.tolist() == sorted(index.tolist())  # the split's own order
-        assert torch.equal(data.inputs, full.inputs[index]) and torch.equal(feats, full.inputs[index])
-        assert torch.equal(torch.tensor([2, 0])[data.labels], full.labels[index])  # class j is old class [2, 0][j]
-    x = setup.test.inputs[:3, 0]
-    assert torch.equal(sub.head(x), setup.head(x)[:, [2, 0]])
-    assert sub.key != setup.key and sub.key == setup.class_subset([2, 0], {"train": [4, 1], "test": [3, 2]}, 1).key
-    assert not torch.equal(sub.index["train"], setup.class_subset([2, 0], {"train": [4, 1], "test": [3, 2]},
-                                                                  seed=5).index["train"])
-    with pytest.raises(ValueError, match="class 0 has 6 images in this split; asked for 7"):
-        setup.class_subset([2, 0], {"train": [4, 7], "test": [3, 2]})
-    with pytest.raises(ValueError, match="before reoriented"):
-        setup.reoriented(0).class_subset([2, 0], {"train": [4, 1], "test": [3, 2]})
+def test_prototype_head_favours_no_orientation_and_uses_its_shots() -> None:
+    from equinb.heads import prototype_head
+
+    group = get_group("rot90")
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat_interleave(4)
+    embeddings = torch.randn(12, 4, 5, generator=gen)
+    head = prototype_head(embeddings, labels, shots=2, n_classes=3, seed=1)
+    turned = embeddings[:, group.view_permutation(1)]  # every image turned: its views permuted
+    assert torch.allclose(prototype_head(turned, labels, 2, 3, seed=1).weight, head.weight, atol=1e-6)
+    assert torch.allclose(head.weight.norm(dim=1), torch.ones(3)) and head.bias is None
+    assert not torch.allclose(prototype_head(embeddings, labels, 2, 3, seed=2).weight, head.weight)  # the draw
+    with pytest.raises(ValueError, match="class 0 has 4 training images; prototype_head needs 5"):
+        prototype_head(embeddings, labels, 5, 3)
 
 
-def test_imbalanced_stand_in_is_turned_and_keeps_the_proportions() -> None:
-    setup = _digit_like_setup()
-    stand_in = su.imbalanced_stand_in(setup, [3, 1, 0], {"train": (6, 3, 1), "test": (5, 5, 1)}, seed=0)
-    assert torch.bincount(stand_in.train.labels).tolist() == [6, 3, 1]
-    assert torch.bincount(stand_in.test.labels).tolist() == [5, 5, 1]
-    assert stand_in.turns is not None and len(stand_in.turns["train"]) == 10
-    for i in range(10):  # view h_i^-1 of each stand-in image is the original image at its recorded position
-        original = setup.group.inverse(int(stand_in.turns["train"][i]))
-        assert torch.equal(stand_in.train.inputs[i, original], setup.train.inputs[stand_in.index["train"][i], 0])
+def test_stand_in_index_draws_the_counts_per_class_in_split_order(monkeypatch) -> None:
+    labels = {"train": np.repeat([0, 1, 2, 3], 10), "test": np.repeat([0, 1, 2, 3], 5)}
+    monkeypatch.setattr(su, "fashion_mnist_arrays", lambda split, root=None: (None, labels[split]))
+    index = su.stand_in_index([3, 1], {"train": [6, 2], "test": [4, 1]}, seed=0)
+    assert [int(labels["train"][i]) for i in index["train"]].count(3) == 6 and len(index["train"]) == 8
+    assert index["train"] == sorted(index["train"]) and len(index["test"]) == 5
+    assert index != su.stand_in_index([3, 1], {"train": [6, 2], "test": [4, 1]}, seed=1)
+    assert su._relabel(torch.tensor([3, 1, 3]), [3, 1]).tolist() == [0, 1, 0]
+    with pytest.raises(ValueError, match="one train count per class"):
+        su.stand_in_index([3, 1], {"train": [6], "test": [4, 1]})
 
 
 def test_group_changes_tell_an_invariant_function_from_one_view() -> None:

@@ -276,7 +276,7 @@ def test_registry_errors(tmp_path: Path) -> None:
         get_dataset("digits", "train", root=tmp_path)
     with pytest.raises(ValueError, match="valid names"):
         dataset_classes("imagenet")
-    assert DATASET_NAMES == ("digits", "cifar100", "imagenetv2", "isic2018")
+    assert DATASET_NAMES == ("digits", "fashion_mnist", "cifar100", "imagenetv2", "isic2018")
 
 
 # ---------------------------------------------------------------------------------------------- random group transforms
@@ -343,16 +343,31 @@ def test_group_transform_indices_errors() -> None:
     assert group_transform_indices(0, 4, "batch").shape == (0,)
 
 
-def test_scaled_class_counts_keep_the_proportions_within_what_is_available() -> None:
-    from equinb.data import ISIC2018_CLASS_COUNTS, scaled_class_counts
+def test_proportional_counts_keep_the_proportions_and_every_class() -> None:
+    from equinb.data import ISIC2018_CLASS_COUNTS, proportional_counts
 
-    assert scaled_class_counts((6705, 1113), (108, 108)) == [108, 18]
-    counts = scaled_class_counts(ISIC2018_CLASS_COUNTS["val"], [72] * 7)
-    assert counts[1] == 72 == max(counts)  # NV, the majority class, uses every image it has
-    assert min(counts) == 1 and all(c <= 72 for c in counts)  # the rarest class keeps one image
-    assert scaled_class_counts((1, 1), (5, 3)) == [3, 3]  # the scarcest class sets the scale
-    assert sum(ISIC2018_CLASS_COUNTS["train"]) == 10015 and sum(ISIC2018_CLASS_COUNTS["val"]) == 193
-    with pytest.raises(ValueError, match="one proportion per class"):
-        scaled_class_counts((1, 2), (3,))
-    with pytest.raises(ValueError, match="every class needs an image"):
-        scaled_class_counts((1, 2), (3, 0))
+    assert proportional_counts(ISIC2018_CLASS_COUNTS["train"], 600) == [67, 402, 31, 20, 66, 7, 9]
+    assert proportional_counts((100, 1), 50) == [50, 1]  # every class keeps at least one image
+    with pytest.raises(ValueError, match="at least one image per class"):
+        proportional_counts((1, 2, 3), 2)
+
+
+
+
+def test_fashion_mnist_missing_tools_and_damaged_files_fail_clearly(tmp_path, monkeypatch) -> None:
+    import shutil
+
+    import equinb.data as data
+
+    monkeypatch.setattr(data, "_FASHION_SYSTEM", tmp_path / "not-installed")
+    monkeypatch.setattr(shutil, "which", lambda tool: None)
+    with pytest.raises(FileNotFoundError, match="apt-get and dpkg is missing"):
+        data.fetch_fashion_mnist(tmp_path)
+    folder = tmp_path / "fashion_mnist"
+    for name in data._FASHION_FILES:  # present but not the files the checksums name: fetched again, not trusted
+        (folder / name).write_bytes(b"damaged")
+    assert not data._fashion_complete(folder)
+    with pytest.raises(FileNotFoundError, match=str(folder)):
+        data.fetch_fashion_mnist(tmp_path)
+    with pytest.raises(ValueError, match="unknown split"):
+        data.fashion_mnist_arrays("val", tmp_path)

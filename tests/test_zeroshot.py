@@ -21,19 +21,21 @@ def logits():
 
 def test_per_image_scores_average_to_the_table(logits):
     views, labels, elements = logits
-    table = {(r["transform"], r["method"], r["reading"]): r["top1"] for r in zs.evaluate_views(views, labels, elements)}
-    for transform in zs.TRANSFORMS:
-        scores = zs.per_image_top1(views, labels, elements, transform)
-        assert set(scores) == {(m, r) for m in zs.METHODS for r in ("as_published", "as_described")}
-        for (method, reading), s in scores.items():
-            assert s.shape == (90,) and 0 <= float(s.min()) and float(s.max()) <= 1
-            assert 100 * float(s.mean()) == pytest.approx(table[transform, method, reading])
+    rows = zs.evaluate_views(views, labels, elements)
+    for k in (1, 5):
+        table = {(r["transform"], r["method"], r["reading"]): r[f"top{k}"] for r in rows}
+        for transform in zs.TRANSFORMS:
+            scores = zs.per_image_correct(views, labels, elements, transform, k=k)
+            assert set(scores) == {(m, r) for m in zs.METHODS for r in ("as_published", "as_described")}
+            for (method, reading), s in scores.items():
+                assert s.shape == (90,) and 0 <= float(s.min()) and float(s.max()) <= 1
+                assert 100 * float(s.mean()) == pytest.approx(table[transform, method, reading])
 
 
 def test_only_vanilla_as_published_depends_on_the_draws(logits):
     views, labels, elements = logits
-    a = zs.per_image_top1(views, labels, elements, "rot90", seed=0)
-    b = zs.per_image_top1(views, labels, elements, "rot90", seed=1)
+    a = zs.per_image_correct(views, labels, elements, "rot90", seed=0)
+    b = zs.per_image_correct(views, labels, elements, "rot90", seed=1)
     assert not torch.equal(a["vanilla", "as_published"], b["vanilla", "as_published"])
     for key in a:
         if key != ("vanilla", "as_published"):
@@ -43,7 +45,7 @@ def test_only_vanilla_as_published_depends_on_the_draws(logits):
 def test_missing_views_fail_clearly(logits):
     views, labels, elements = logits
     with pytest.raises(ValueError, match="needs views"):
-        zs.per_image_top1(views[:, :1], labels, elements[:1], "rot90")
+        zs.per_image_correct(views[:, :1], labels, elements[:1], "rot90")
 
 
 def test_method_ordering_names_ties_and_the_expected_order():

@@ -43,6 +43,9 @@ EXECUTED = BUILD / "executed"
 STAGE = BUILD / "src"
 JB_OUT = BUILD / "jb"
 HTML = BUILD / "html"
+# Pages computed from the executed chapters (they read their glued verdicts): executed after them, always again
+# when the HTML is built, with ``chapters_dir`` pointing at the executed chapters.
+AGGREGATES = ("claim_list",)
 
 
 def rel(path: Path) -> str:
@@ -172,8 +175,9 @@ def execute_all(ids: list[str], profile: str, parameters: dict, keep_going: bool
     for nb_id in ids:
         out = EXECUTED / "notebooks" / f"{nb_id}.ipynb"
         profile_marker(out).unlink(missing_ok=True)  # a half-run chapter never counts as executed
-        try:
-            execute(nb_id, profile, out, parameters)
+        try:  # a page computed from the chapters reads the ones executed here (not the committed ones)
+            execute(nb_id, profile, out, {"chapters_dir": str(out.parent), **parameters} if nb_id in AGGREGATES
+                    else parameters)
         except ChapterFailed as err:
             if not keep_going:
                 fail(str(err))
@@ -247,12 +251,14 @@ def main(argv: list[str] | None = None) -> None:
               f"{time.perf_counter() - start:.0f} s; `make book REUSE=1` builds the HTML with them", flush=True)
         return
     if args.no_execute:
-        wrong = {i: executed_profile(i) for i in ids if executed_profile(i) != args.profile}
+        wrong = {i: executed_profile(i) for i in ids
+                 if executed_profile(i) != args.profile and i not in AGGREGATES}
         if wrong:
             fail(f"--no-execute: no executed copy of profile {args.profile!r} for "
                  + ", ".join(f"{i} (found {p!r})" for i, p in wrong.items()) + "; run without it")
+        execute_all([i for i in ids if i in AGGREGATES], args.profile, {}, args.keep_going)
     elif args.reuse:
-        missing = [i for i in ids if executed_profile(i) != args.profile]
+        missing = [i for i in ids if executed_profile(i) != args.profile or i in AGGREGATES]
         print(f"build_book: reusing {len(ids) - len(missing)} executed chapter(s); executing "
               f"{', '.join(missing) or 'none'}", flush=True)
         execute_all(missing, args.profile, {}, args.keep_going)
