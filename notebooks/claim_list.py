@@ -1,0 +1,94 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+
+# %% [markdown]
+# # Every claim, and its verdict
+#
+# Every claim of both articles that this book tests, or cannot test on this build, in one list: the claim in full
+# with the article's numbers, the article's signed difference, this build's with its 95% interval, the verdict
+# and the profile that produced it, and a link to the chapter section that computed it. A claim is
+# *not tested here* when a computed check says this build could not test it; the reason is given. The counts
+# below are computed from the chapters this build executed.
+
+# %% tags=["parameters", "hide-input"]
+profile: str = "small"  # the profile of this build (the claims of a chapter report their own)
+chapters_dir: str = "."  # folder of the executed chapters (<id>.ipynb); "." is the committed small-profile outputs
+
+# %% tags=["hide-input"]
+from pathlib import Path
+
+import pandas as pd
+from docutils.nodes import make_id
+from myst_nb import glue
+
+from equinb.chapter import check_params
+from equinb.claims import claims
+from equinb.tables import Link, glued_json, show
+from equinb.verdicts import NOT_TESTED, VERDICT_COLUMN, verdict_counts
+
+check_params(profile=profile, chapters_dir=chapters_dir)
+folder = Path(chapters_dir).expanduser()
+reported, missing = {}, []
+for chapter in dict.fromkeys(c.chapter for c in claims() if c.chapter):
+    rows = glued_json(folder / f"{chapter}.ipynb") if (folder / f"{chapter}.ipynb").is_file() else None
+    if rows is None:
+        missing.append(chapter)
+    for row in rows or []:
+        reported[row["id"]] = row
+print(f"claims registered: {len(claims())}; chapters read from {folder.resolve().name}/: "
+      f"{len({c.chapter for c in claims() if c.chapter}) - len(missing)}; not executed: {', '.join(missing) or 'none'}")
+
+# %% tags=["hide-input"]
+records = []
+for c in claims():
+    row = reported.get(c.id)
+    if row is not None:
+        verdict, build = row[VERDICT_COLUMN], row["profile"]
+    elif not c.chapter:
+        verdict, build = f"{NOT_TESTED}: no chapter of this book runs this experiment", profile
+    elif c.chapter in missing:
+        verdict, build = f"{NOT_TESTED}: the chapter {c.chapter} was not executed in this build", profile
+    else:
+        verdict, build = f"{NOT_TESTED}: the chapter {c.chapter} did not report it", profile
+    evidence = Link(c.chapter, f"{c.chapter}.html#{make_id(f'verdicts-{c.chapter}')}") if c.chapter else "—"
+    article = "—" if c.article_value is None else f"{c.article_value:+.2f}"
+    records.append({"id": c.id, "paper": c.article, "claim": c.text, "article": row["article"] if row else article,
+                    **{k: row[k] if row else "—" for k in ("ours", "95% interval", "noise")}, "verdict": verdict,
+                    "profile": build, "evidence": evidence})
+listing = pd.DataFrame(records)
+counts = verdict_counts(listing.verdict.tolist())
+names = {"basu2023": "Basu et al. 2023", "vlasenko2024": "Vlasenko et al. 2024"}
+show(pd.DataFrame([{"article": names[key], **verdict_counts(part.verdict.tolist())}
+                   for key, part in listing.groupby("paper", sort=True)] + [{"article": "both", **counts}]),
+     f"Claims per article and verdict (this build: profile {profile})")
+for key, value in counts.items():
+    glue(f"claims_{key.replace(' ', '_')}", value, display=False)
+glue("claims_profile", profile, display=False)
+
+# %% [markdown]
+# ## The list
+# One table per part of the articles. `noise` says what the interval covers: seeds of every compared run and the
+# test items, the test items alone where the statistic has no random step, or two test sets compared unpaired.
+
+# %% tags=["hide-input"]
+parts = {"fig4": "Basu et al., Figure 4: zero-shot equitune and equizero",
+         "basu": "Basu et al., finetuning curves", "tab1": "Vlasenko et al., Table 1",
+         "tab2": "Vlasenko et al., Table 2", "tab3": "Vlasenko et al., Table 3", "fig2": "Vlasenko et al., Figure 2",
+         "fig3": "Vlasenko et al., Figure 3", "tab4": "Vlasenko et al., the ISIC table",
+         "fig6": "Vlasenko et al., Figure 6 (and Basu et al.'s fairness claim)"}
+for prefix, title in parts.items():
+    part = listing[listing.id.str.split(".").str[0] == prefix]
+    show(part.drop(columns=["id", "paper"]), f"{title} ({len(part)} claims)")
