@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 import subprocess
 import sys
 
@@ -360,3 +361,26 @@ def test_trace_export_state_dicts_and_batch_sizes_work_and_script_says_it_is_uns
     loaded.load_state_dict(torch.load(tmp_path / "wrapper.pt", weights_only=True))
     assert torch.equal(loaded(x), expected)
     assert wrapper(x[:1]).shape == (1, K) and wrapper(x[:0]).shape == (0, K)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finding: there was no guide (one three-line snippet in the README), and align_views was absent from it.
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    return text[start:end if end > 0 else None]
+
+
+@pytest.mark.parametrize(("path", "heading"), [("README.md", "## The library"), ("LIBRARY.md", "# equinb")])
+def test_the_guides_run_and_name_every_option(path: str, heading: str) -> None:
+    from pathlib import Path
+
+    text = _section((Path(__file__).resolve().parents[1] / path).read_text(), heading)
+    for word in ("align_views=True", "chunk_size=", "output=", "check_invariance", "check_equivariance", '"rot90"',
+                 "LambdaEquitune", "hflip", "rot180", "own_model" if path == "README.md" else "Use\nequinb"):
+        assert word in text, f"{path} does not mention {word}"
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, f"{path} has no Python example"
+    for code in blocks:
+        exec(compile(code, path, "exec"), {})
