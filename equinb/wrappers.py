@@ -288,6 +288,8 @@ class OrbitWrapper(nn.Module):
         Shapes: x [B, C, H, W] -> views [B, G, ...].
         """
         self._check_images(x)
+        if trunk is None:
+            self.check_first_call(x)
         size = self.images_per_pass(x, trunk)
         if size is None or size >= x.shape[0] * self.group.order:
             return self.view_outputs(self.group.orbit(x), trunk)  # orbit [B, G, C, H, W]
@@ -300,8 +302,9 @@ class OrbitWrapper(nn.Module):
         orbit pass: a model output that ``output`` cannot select, a trunk that ``align_views`` cannot align, or a
         weighting network of the wrong size fails here with a clear message, after one image instead of |G| x B.
 
-        Runs once per wrapper (skipped while tracing, compiling or exporting). Module modes are restored; no
-        random numbers are drawn by dropout (it is off) and BatchNorm statistics are not updated.
+        ``forward`` and ``views`` call it. Runs once per wrapper (skipped while tracing, compiling or exporting),
+        and its outputs are thrown away. Module modes are restored; no random numbers are drawn by dropout (it is
+        off) and BatchNorm statistics are not updated.
         """
         if self._first_call_checked or _tracing():
             return
