@@ -10,6 +10,7 @@ Module map, bottom to top; a module imports only modules above it in this list (
     prompts     CLIP's class names and prompt templates
     cache       folders, keys, atomic compute-once files (damaged files are recomputed)
     groups      image groups and the token-permutation group
+    outputs     which tensor of a model's output to use (the ``output=`` selector)
     precision   CLIP's fp16 rule for any module, fp16 storage emulated in fp32, its SGD step
     checks      invariance / equivariance errors and how to print them
     weighting   lambda networks and view attention
@@ -28,14 +29,30 @@ Module map, bottom to top; a module imports only modules above it in this list (
     viz         plots
     tables      tables without row index, with captions; a chapter's verdicts shown and glued
 
-``import equinb`` stays light: it does not import clip, matplotlib or transformers.
+``import equinb`` stays light: it imports torch and the method modules only (not torchvision, numpy, pandas,
+scikit-learn, clip, matplotlib or transformers); the book's modules need the extras (``pip install
+equinb[experiments]``).
+
+The library in short (the chapter "Use equinb on your own model" shows each step)::
+
+    import equinb
+    invariant = equinb.Equitune(model, "rot90").eval()          # mean over the four rotations
+    equinb.check_invariance(invariant, x, "rot90")              # ~1e-6: float rounding
+    equivariant = equinb.Equitune(model.features, "rot90", align_views=True)   # feature maps
+    equinb.check_equivariance(equivariant, x, "rot90")
 """
 
+from . import checks, groups, outputs, weighting, wrappers
+from .checks import check_equivariance, check_invariance, format_error
 from .groups import GROUP_NAMES, Group, TokenPermutationGroup, get_group
-from .wrappers import EquiAttention, EquiZero, Equitune, LambdaEquitune, OrbitWrapper
+from .weighting import EmbeddingWeightNet, FeatureMapWeightNet, ViewAttention
+from .wrappers import CPU_CHUNK_PIXELS, EquiAttention, EquiZero, Equitune, LambdaEquitune, OrbitWrapper
 
 __all__ = [
     "GROUP_NAMES", "Group", "TokenPermutationGroup", "get_group",
-    "OrbitWrapper", "Equitune", "EquiZero", "LambdaEquitune", "EquiAttention",
+    "OrbitWrapper", "Equitune", "EquiZero", "LambdaEquitune", "EquiAttention", "CPU_CHUNK_PIXELS",
+    "EmbeddingWeightNet", "FeatureMapWeightNet", "ViewAttention",
+    "check_invariance", "check_equivariance", "format_error",
+    "checks", "groups", "outputs", "weighting", "wrappers",
 ]
 __version__ = "0.1.0"

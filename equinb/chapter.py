@@ -208,6 +208,8 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "paired_seeds": _flag,
     "n_bootstrap": _integer(1),
     "num_threads": _integer(1),
+    "train_steps": _integer(1),
+    "timing_repeats": _integer(1),
 }
 
 

@@ -2,39 +2,52 @@
 
 Used by the tests (which assert the errors are at float rounding, or are not), by the chapters (which
 print them) and by ``analysis`` and ``nlg`` (which measure trained and language models).
+
+``check_invariance`` and ``check_equivariance`` (also ``equinb.check_invariance``) are the user-facing forms:
+they take a group by name, pick the model's output tensor (``output=``, as the wrappers do), run a module in
+evaluation mode (dropout off, BatchNorm on its running statistics) and restore its modes, and can assert a
+tolerance. ``invariance_error`` and ``equivariance_error`` measure a function exactly as given.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
-from .groups import Group
+from .groups import Group, get_group
+from .outputs import OutputSelector, check_selector, select_output
 
-__all__ = ["invariance_error", "equivariance_error", "format_error"]
+__all__ = ["invariance_error", "equivariance_error", "format_error", "check_invariance", "check_equivariance"]
 
 Tensor = torch.Tensor
 
 
 @torch.no_grad()
-def invariance_error(fn: Callable[[Tensor], Tensor], x: Tensor, group: Group) -> float:
-    """``max_g max |fn(g x) - fn(x)|`` over the group's non-identity elements. Shapes: x [B, C, H, W]."""
+def invariance_error(fn: Callable[[Tensor], Tensor], x: Tensor, group: Group | str) -> float:
+    """``max_g max |fn(g x) - fn(x)|`` over the group's non-identity elements (0.0 for the trivial group).
+
+    Shapes: x [B, C, H, W].
+    """
+    group = get_group(group)
     base = fn(x)
-    return max((fn(group.act(x, k)) - base).abs().max().item() for k in range(1, group.order))
+    return max((float((fn(group.act(x, k)) - base).abs().max()) for k in range(1, group.order)), default=0.0)
 
 
 @torch.no_grad()
-def equivariance_error(fn: Callable[[Tensor], Tensor], x: Tensor, group: Group,
+def equivariance_error(fn: Callable[[Tensor], Tensor], x: Tensor, group: Group | str,
                        act_output: Callable[[Tensor, int], Tensor] | None = None) -> float:
     """``max_g max |fn(g x) - g fn(x)|``; ``act_output(y, k)`` is g_k on outputs (default: the group's action).
 
-    Shapes: x [B, C, H, W]; outputs of any shape ``act_output`` accepts.
+    0.0 for the trivial group. Shapes: x [B, C, H, W]; outputs of any shape ``act_output`` accepts.
     """
+    group = get_group(group)
     act = act_output if act_output is not None else group.act
     base = fn(x)
-    return max((fn(group.act(x, k)) - act(base, k)).abs().max().item() for k in range(1, group.order))
+    return max((float((fn(group.act(x, k)) - act(base, k)).abs().max()) for k in range(1, group.order)),
+               default=0.0)
 
 
 def format_error(err: float, scale: float = 1.0, rtol: float = 1e-5) -> str:
@@ -46,3 +59,52 @@ def format_error(err: float, scale: float = 1.0, rtol: float = 1e-5) -> str:
     """
     bound = rtol * 10.0 ** math.ceil(math.log10(max(abs(scale), 1.0)))
     return f"< {bound:.0e} (float rounding)" if err < bound else f"{err:.2g}"
+
+
+def _checked(model: Callable[..., Any], x: Tensor, group: Group | str, output: OutputSelector, atol: float | None,
+             measure: Callable[[Callable[[Tensor], Tensor], Group], float], what: str) -> float:
+    if not callable(model):
+        raise TypeError(f"model must be callable (an nn.Module or a function), got {type(model).__name__}")
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
+        kind = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"x must be a floating-point image batch [B, C, H, W], got a {kind}")
+    group = get_group(group)
+    check_selector(output)
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
+    if isinstance(model, nn.Module):
+        model.eval()
+    try:
+        err = measure(lambda z: select_output(model(z), output), group)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    if atol is not None and not err <= atol:
+        raise AssertionError(f"{what} error over {group.name} is {err:.3g}, above atol={atol:g}")
+    return err
+
+
+def check_invariance(model: Callable[..., Any], x: Tensor, group: Group | str, *, output: OutputSelector = None,
+                     atol: float | None = None) -> float:
+    """How far ``model`` is from invariant on ``x``: ``max_g max |f(g x) - f(x)|`` (0.0 for the trivial group).
+
+    ``group``: a ``Group`` or a name (``"rot90"``, any case). ``output``: which tensor of the model's output to
+    compare (see ``equinb.outputs``). An ``nn.Module`` runs in evaluation mode, its modes restored afterwards.
+    ``atol``: raise ``AssertionError`` when the error is larger. Print it with ``format_error``.
+
+    Shapes: x [B, C, H, W]; outputs any shape.
+    """
+    return _checked(model, x, group, output, atol, lambda f, g: invariance_error(f, x, g), "invariance")
+
+
+def check_equivariance(model: Callable[..., Any], x: Tensor, group: Group | str, *,
+                       act_output: Callable[[Tensor, int], Tensor] | None = None, output: OutputSelector = None,
+                       atol: float | None = None) -> float:
+    """How far ``model`` is from equivariant on ``x``: ``max_g max |f(g x) - g f(x)|`` (0.0 for the trivial group).
+
+    The group acts on the outputs as on the inputs (on their last two dims: feature maps [B, C, h, w]) unless
+    ``act_output(y, k)`` says otherwise. Other arguments as ``check_invariance``.
+
+    Shapes: x [B, C, H, W]; outputs [B, ..., h, w] (square for rotation groups).
+    """
+    return _checked(model, x, group, output, atol, lambda f, g: equivariance_error(f, x, g, act_output),
+                    "equivariance")

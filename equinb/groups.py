@@ -5,7 +5,7 @@ stored as ``(r, s)``: first mirror the W axis if ``s == 1``, then rotate by ``r`
 quarter turns with ``torch.rot90(x, r, dims=(-2, -1))``. A group lists a subset of these elements;
 element index ``k`` is the position in that list, and index 0 is always the identity.
 
-Groups (``get_group(name)``):
+Groups (``get_group(name)``; names are case-insensitive, and every wrapper and check accepts a name):
 
 - ``trivial``: {e}.
 - ``rot90``: C4, element k = k counter-clockwise quarter turns (0, 90, 180, 270 degrees).
@@ -188,12 +188,21 @@ _ALIASES = {"flip": "rot180"}  # the article's "flip" is a 180-degree rotation
 GROUP_NAMES: tuple[str, ...] = tuple(_GROUPS) + tuple(_ALIASES)
 
 
-def get_group(name: str) -> Group:
-    """The image group called ``name``; ``"flip"`` is the article's name for ``rot180``."""
-    if not isinstance(name, str) or (name not in _GROUPS and name not in _ALIASES):
+def get_group(name: str | Group) -> Group:
+    """The image group called ``name`` (case-insensitive); a ``Group`` is returned as it is.
+
+    Names: ``trivial``, ``rot90``, ``rot180``, ``hflip``, ``vflip``, ``d4``. The article's naming caveat: its
+    ``"flip"`` is ``torch.flip(x, dims=(-2, -1))``, a 180-degree rotation, so ``get_group("flip")`` returns
+    ``rot180`` (named so); the mirror flip is ``hflip``.
+    """
+    if isinstance(name, Group):
+        return name
+    key = name.strip().lower() if isinstance(name, str) else None
+    if key not in _GROUPS and key not in _ALIASES:
         valid = ", ".join(repr(n) for n in GROUP_NAMES)
-        raise ValueError(f"unknown group {name!r}; valid names: {valid} ('flip' = 'rot180', as in the article)")
-    canonical = _ALIASES.get(name, name)
+        raise ValueError(f"unknown group {name!r}; valid names: {valid}, in any case ('flip' = 'rot180', the "
+                         "article's 180-degree rotation; the mirror flip is 'hflip')")
+    canonical = _ALIASES.get(key, key)
     return Group(canonical, _GROUPS[canonical])
 
 

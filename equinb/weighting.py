@@ -15,12 +15,42 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["EmbeddingWeightNet", "FeatureMapWeightNet", "ViewAttention", "MapEncoder"]
+__all__ = ["EmbeddingWeightNet", "FeatureMapWeightNet", "ViewAttention", "MapEncoder", "default_weight_net",
+           "default_view_attention"]
 
 
 def _check_rank(x: torch.Tensor, rank: int, what: str) -> None:
     if x.ndim != rank:
         raise ValueError(f"{what} expects a tensor of rank {rank}, got shape {tuple(x.shape)}")
+
+
+def _check_dim(x: torch.Tensor, dim: int, what: str) -> None:
+    """A clear message, before any matrix product, when embeddings [B, G, D] do not have the D a net was built for."""
+    if x.shape[-1] != dim:
+        raise ValueError(f"{what} was built for views of dimension {dim} ([B, G, {dim}]) but got views of shape "
+                         f"{tuple(x.shape)}; build it with {what}({x.shape[-1]}), or let the wrapper size it "
+                         "(weight_net=None, example_input=<a few images>)")
+
+
+def _view_shape(view_shape: tuple[int, ...]) -> tuple[int, ...]:
+    shape = tuple(int(n) for n in view_shape)
+    if len(shape) not in (1, 3):
+        raise ValueError(f"a default weighting network needs views that are embeddings [D] or feature maps "
+                         f"[C, h, w], got one view of shape {shape}; pass weight_net= yourself")
+    return shape
+
+
+def default_weight_net(view_shape: tuple[int, ...]) -> nn.Module:
+    """The article's lambda network for views of this shape: ``EmbeddingWeightNet(D)`` for embeddings [D],
+    ``FeatureMapWeightNet(C, (h, w))`` for maps [C, h, w]."""
+    shape = _view_shape(view_shape)
+    return EmbeddingWeightNet(shape[0]) if len(shape) == 1 else FeatureMapWeightNet(shape[0], shape[1:])
+
+
+def default_view_attention(view_shape: tuple[int, ...]) -> nn.Module:
+    """The article's view attention for views of this shape: ``ViewAttention(D)`` or ``ViewAttention(C, (h, w))``."""
+    shape = _view_shape(view_shape)
+    return ViewAttention(shape[0]) if len(shape) == 1 else ViewAttention(shape[0], shape[1:])
 
 
 class EmbeddingWeightNet(nn.Module):
@@ -42,6 +72,7 @@ class EmbeddingWeightNet(nn.Module):
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         _check_rank(feats, 3, "EmbeddingWeightNet")
+        _check_dim(feats, self.net[0].in_features, "EmbeddingWeightNet")
         dtype = self.net[0].weight.dtype
         return self.net(feats.to(dtype)).squeeze(-1)
 
@@ -146,9 +177,13 @@ class ViewAttention(nn.Module):
 
         self.q_net, self.k_net = make(), make()
         self.scale = 1.0 / math.sqrt(out_dim)
+        self.channels, self.map_size = int(channels), map_size
 
     def attention(self, views: torch.Tensor) -> torch.Tensor:
         """Shapes: views [B, G, ...] -> A [B, G, G] (rows sum to 1)."""
+        if self.map_size is None:
+            _check_rank(views, 3, "ViewAttention (embeddings)")
+            _check_dim(views, self.channels, "ViewAttention")
         q, k = self.q_net(views), self.k_net(views)
         return torch.softmax(q @ k.transpose(1, 2) * self.scale, dim=-1)
 

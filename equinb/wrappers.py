@@ -29,6 +29,23 @@ Levels (one code path; the trunk decides):
 Call ``wrapper(x)`` for outputs [B, K], or ``wrapper(x, return_weights=True)`` for
 ``(outputs, weights [B, G])``, the per-view weights or selections used for plots.
 
+Options every wrapper takes:
+  - ``group``: a ``Group`` or its name (``"rot90"``, any case; ``"flip"`` is the article's name for ``rot180``).
+  - ``output``: which tensor of the model's output to use when it returns a dict, tuple, namedtuple or an
+    object with ``.logits`` (``equinb.outputs``); checked on a first one-image forward, before the orbit pass.
+  - ``chunk_size``: at most this many trunk images per forward on the image path (``wrapper(x)``,
+    ``views(x)``): whole orbits when a chunk holds at least one (``chunk_size // |G|`` orbits), else pieces of
+    one image's orbit. ``"auto"`` (default): on a CPU with the trunk in evaluation mode, about
+    ``CPU_CHUNK_PIXELS`` input pixels per forward (4 images of 224 px, 49 of 64 px), because a CPU computes a
+    large batch more slowly per image (its activations leave the cache); one batched pass on a GPU, and while
+    the trunk trains (BatchNorm's batch statistics would otherwise come from each chunk). ``None``: one
+    batched pass. In evaluation mode the results equal one pass's up to float rounding.
+    ``bench/own_model.py`` times it against a plain loop and ttach.
+
+Compilation: ``torch.compile``, ``torch.jit.trace`` and ``torch.export`` work on a wrapper (``tests/``);
+``torch.jit.script`` is not supported (the wrappers take groups, selectors and callables that TorchScript
+cannot type) and raises a ``TypeError`` that says so.
+
 ``wrapper.forward_views`` runs the same pipeline from per-view inputs [B, G, ...] (the orbit of images,
 or the cached output of a frozen prefix of the trunk) or from already computed views: the training engine
 and the zero-shot evaluation use it on cached tensors, so every result of the book goes through these
@@ -37,12 +54,14 @@ classes.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Union
 
 import torch
 from torch import nn
 
-from .groups import Group
+from .groups import Group, get_group
+from .outputs import OutputSelector, check_selector, select_output
+from .weighting import default_view_attention, default_weight_net
 
 __all__ = [
     "OrbitWrapper",
@@ -52,6 +71,7 @@ __all__ = [
     "EquiAttention",
     "PROXIES",
     "NORMALISATIONS",
+    "CPU_CHUNK_PIXELS",
     "proxy_scores",
     "normalise_weights",
 ]
@@ -73,6 +93,34 @@ PROXIES: dict[str, Callable[[Tensor], Tensor]] = {
     "max_logit": lambda logits: logits.amax(dim=-1),
 }
 NORMALISATIONS = ("none", "softmax", "sum")
+
+# Input pixels per trunk forward of ``chunk_size="auto"`` on a CPU: 4 images of 224 px. On the 2-core build
+# machine the time per image of MobileNetV2 and resnet18 was lowest near this size (measured at 64, 112 and
+# 224 px: 32-64, 16-32 and 4 images per forward); more images per forward leave the cache and run slower per image.
+CPU_CHUNK_PIXELS = 4 * 224 * 224
+ChunkSize = Union[int, str, None]
+
+
+def _check_chunk_size(chunk_size: Any) -> ChunkSize:
+    if chunk_size is None or chunk_size == "auto":
+        return chunk_size
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be 'auto', None (one batched pass) or an integer >= 1 (trunk images per "
+                         f"forward), got {chunk_size!r}")
+    return chunk_size
+
+
+def _tracing() -> bool:
+    """True while torch.jit.trace, torch.compile or torch.export trace the module (no first-call probe then)."""
+    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting())
+
+
+def _short_repr(module: nn.Module) -> str:
+    text = repr(module)
+    if "\n" not in text and len(text) <= 100:
+        return text
+    count = sum(p.numel() for p in module.parameters())
+    return f"{type(module).__name__} ({count:,} parameters; print this attribute for its layers)"
 
 
 def proxy_scores(outputs: Tensor, proxy: str) -> Tensor:
@@ -122,26 +170,60 @@ class OrbitWrapper(nn.Module):
             Default False.
         trunk_eval: keep the trunk in evaluation mode when the wrapper trains (as published: the backbone's
             BatchNorm keeps its running statistics during finetuning). Default False.
+        chunk_size: trunk images per forward on the image path, ``"auto"`` (default), ``None`` (one batched
+            pass) or an integer; see the module docstring.
+        output: which tensor of the trunk's output is the view (a key, attribute, index or callable; default:
+            the tensor itself, or its ``.logits``); see ``equinb.outputs``.
+
+    ``torch.jit.script`` is not supported (use ``torch.jit.trace``, ``torch.export`` or ``torch.compile``).
 
     Shapes: x [B, C, H, W] -> out [B, K]; weights [B, G].
     """
 
-    def __init__(self, model: nn.Module, group: Group, *, head: nn.Module | None = None,
+    method = "orbit"  # the method's name in the book's vocabulary (shown by repr)
+
+    def __init__(self, model: nn.Module, group: Group | str, *, head: nn.Module | None = None,
                  align_views: bool = False, output_softmax: bool = False, logit_factor: float = 1.0,
-                 normalise_views: bool = False, trunk_eval: bool = False) -> None:
+                 normalise_views: bool = False, trunk_eval: bool = False, chunk_size: ChunkSize = "auto",
+                 output: OutputSelector = None) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(group, Group):
-            raise TypeError(f"group must be an equinb.groups.Group (see get_group), got {type(group).__name__}")
+        if not isinstance(group, (Group, str)):
+            raise TypeError(f"group must be an equinb Group or a group name such as 'rot90' (see get_group), "
+                            f"got {type(group).__name__}")
         self.trunk = model
         self.head = head if head is not None else nn.Identity()
-        self.group = group
+        self.group = get_group(group)
         self.align_views = bool(align_views)
         self.output_softmax = bool(output_softmax)
         self.logit_factor = float(logit_factor)
         self.normalise_views = bool(normalise_views)
         self.trunk_eval = bool(trunk_eval)
+        self.chunk_size = _check_chunk_size(chunk_size)
+        self.output = check_selector(output)
+        self._first_call_checked = False
+
+    def _options(self) -> dict[str, Any]:
+        """The settings that ``repr`` shows (subclasses add theirs)."""
+        return dict(chunk_size=self.chunk_size, output=self.output, align_views=self.align_views,
+                    output_softmax=self.output_softmax, logit_factor=self.logit_factor,
+                    normalise_views=self.normalise_views, trunk_eval=self.trunk_eval)
+
+    def extra_repr(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self._options().items())
+        return f"group={self.group.name!r} (|G|={self.group.order}), method={self.method!r}, {options}"
+
+    def __repr__(self) -> str:
+        """The group, method and options, and one line per submodule (``print(wrapper.trunk)`` shows the trunk)."""
+        lines = [f"{type(self).__name__}(", f"  {self.extra_repr()}"]
+        lines += [f"  ({name}): {_short_repr(child)}" for name, child in self.named_children()]
+        return "\n".join(lines + [")"])
+
+    def __prepare_scriptable__(self) -> "OrbitWrapper":
+        raise TypeError(f"torch.jit.script does not support equinb's {type(self).__name__} (its groups, output "
+                        "selectors and options are Python objects that TorchScript cannot type); use "
+                        "torch.jit.trace(wrapper, x), torch.export.export(wrapper, (x,)) or torch.compile(wrapper)")
 
     def train(self, mode: bool = True) -> "OrbitWrapper":
         super().train(mode)
@@ -149,33 +231,108 @@ class OrbitWrapper(nn.Module):
             self.trunk.eval()
         return self
 
-    def view_outputs(self, inputs: Tensor, trunk: nn.Module | None = None) -> Tensor:
+    def view_outputs(self, inputs: Tensor, trunk: nn.Module | None = None, *,
+                     chunk_size: int | None = None) -> Tensor:
         """The trunk on every view in one batched pass (``trunk``: default self.trunk).
 
         Inputs are cast to the trunk's parameter dtype; half-precision outputs (fp16 trunks, as CLIP on CUDA)
-        are combined in float32. Outputs are L2-normalised when ``normalise_views``.
+        are combined in float32. Outputs are L2-normalised when ``normalise_views``. The view is the tensor that
+        ``output`` selects from the trunk's output. ``chunk_size``: forwards of at most that many trunk images,
+        whole orbits (``chunk_size // G`` per forward) when one fits, else pieces of one image's views; default
+        None, one pass (the wrapper's ``chunk_size`` applies to the image path ``views(x)``, not here: the
+        training engine's calls stay one pass).
         Shapes: inputs [B, G, ...] -> views [B, G, ...].
         """
         trunk = trunk if trunk is not None else self.trunk
         b, g = inputs.shape[:2]
+        if chunk_size is not None and _check_chunk_size(chunk_size) < b * g:
+            if chunk_size >= g:
+                return torch.cat([self.view_outputs(part, trunk) for part in inputs.split(chunk_size // g)])
+            return torch.cat([torch.cat([self.view_outputs(piece, trunk) for piece in image.split(chunk_size, dim=1)],
+                                        dim=1) for image in inputs.split(1)])
         dtype = next(trunk.parameters(), torch.empty(0, dtype=inputs.dtype)).dtype
-        out = trunk(inputs.flatten(0, 1).to(dtype))
+        out = select_output(trunk(inputs.flatten(0, 1).to(dtype)), self.output)
         if out.dtype in (torch.float16, torch.bfloat16):
             out = out.float()
         if self.normalise_views:
             out = nn.functional.normalize(out, dim=-1)
         return out.reshape(b, g, *out.shape[1:])
 
-    def views(self, x: Tensor, trunk: nn.Module | None = None) -> Tensor:
-        """Trunk outputs of every transformed copy of x (``view_outputs`` of the orbit).
-
-        Shapes: x [B, C, H, W] -> views [B, G, ...].
-        """
+    def _check_images(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
         if x.ndim != 4:
             raise ValueError(f"input must be an image batch [B, C, H, W], got shape {tuple(x.shape)}")
-        return self.view_outputs(self.group.orbit(x), trunk)  # orbit [B, G, C, H, W]
+        if not x.is_floating_point():
+            raise TypeError(f"input images must be a floating-point tensor, got {x.dtype}: convert them as the model "
+                            "expects first (for uint8 images typically x.float() / 255, then the model's "
+                            "normalisation)")
+
+    def images_per_pass(self, x: Tensor, trunk: nn.Module | None = None) -> int | None:
+        """Trunk images per forward on the image path for ``x``, or None for one batched pass.
+
+        ``chunk_size`` itself, or for ``"auto"``: ``CPU_CHUNK_PIXELS // (H * W)`` (at least 1) on a CPU with the
+        trunk in evaluation mode, else None.
+        """
+        trunk = trunk if trunk is not None else self.trunk
+        if self.chunk_size != "auto":
+            return self.chunk_size
+        if x.device.type != "cpu" or trunk.training:
+            return None
+        return max(1, CPU_CHUNK_PIXELS // max(1, x.shape[-1] * x.shape[-2]))
+
+    def views(self, x: Tensor, trunk: nn.Module | None = None) -> Tensor:
+        """Trunk outputs of every transformed copy of x (``view_outputs`` of the orbit), in forwards of at most
+        ``images_per_pass`` images: whole orbits when they fit, else pieces of one image's orbit.
+
+        Shapes: x [B, C, H, W] -> views [B, G, ...].
+        """
+        self._check_images(x)
+        if trunk is None:
+            self.check_first_call(x)
+        size = self.images_per_pass(x, trunk)
+        if size is None or size >= x.shape[0] * self.group.order:
+            return self.view_outputs(self.group.orbit(x), trunk)  # orbit [B, G, C, H, W]
+        # the orbit of a few images at a time (never the whole batch's), each in forwards of at most `size` images
+        blocks = x.split(max(1, size // self.group.order))
+        return torch.cat([self.view_outputs(self.group.orbit(part), trunk, chunk_size=size) for part in blocks])
+
+    def check_first_call(self, x: Tensor) -> None:
+        """Run the pipeline once on the first image, in evaluation mode and without gradients, before the first
+        orbit pass: a model output that ``output`` cannot select, a trunk that ``align_views`` cannot align, or a
+        weighting network of the wrong size fails here with a clear message, after one image instead of |G| x B.
+
+        ``forward`` and ``views`` call it. Runs once per wrapper (skipped while tracing, compiling or exporting),
+        and its outputs are thrown away. Module modes are restored; no random numbers are drawn by dropout (it is
+        off) and BatchNorm statistics are not updated.
+        """
+        if self._first_call_checked or _tracing():
+            return
+        self._check_images(x)
+        if x.shape[0] == 0:
+            return
+        modes = [(m, m.training) for m in self.modules()]
+        for m, _ in modes:
+            m.training = False
+        try:
+            with torch.no_grad():
+                view = self.view_outputs(x[:1, None])  # [1, 1, ...]
+                views = view.expand(1, self.group.order, *view.shape[2:])
+                weight_net = getattr(self, "weight_net", None)
+                try:
+                    weights = self.view_weights(views)
+                except (RuntimeError, ValueError) as err:
+                    if weight_net is None:
+                        raise
+                    raise ValueError(
+                        f"{type(self).__name__}: the weighting network {type(weight_net).__name__} does not take "
+                        f"this model's views [B, G={self.group.order}, {', '.join(map(str, view.shape[2:]))}]: "
+                        f"{err}") from err
+                self.combine(views, weights)
+        finally:
+            for m, mode in modes:
+                m.training = mode
+        self._first_call_checked = True
 
     def align(self, views: Tensor) -> Tensor:
         """``g_k^-1`` applied to view k when ``align_views``; identity otherwise. Shapes: [B, G, ...]."""
@@ -236,7 +393,26 @@ class OrbitWrapper(nn.Module):
         return (out, weights) if return_weights else out
 
     def forward(self, x: Tensor, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        self.check_first_call(x)
         return self.forward_views(views=self.views(x), return_weights=return_weights)
+
+    def _sized_weight_net(self, example_input: Tensor | None,
+                          make: Callable[[tuple[int, ...]], nn.Module]) -> nn.Module:
+        """A weighting network sized from the trunk's view of ``example_input`` (one image is run, in evaluation
+        mode, without gradients; module modes are restored), on the view's device and dtype."""
+        if example_input is None:
+            raise ValueError(f"{type(self).__name__} needs weight_net=, or example_input= (a few images [B, C, H, W] "
+                             "the model accepts) to size the default weighting network from the model's views")
+        self._check_images(example_input)
+        modes = [(m, m.training) for m in self.trunk.modules()]
+        self.trunk.eval()
+        try:
+            with torch.no_grad():
+                view = self.view_outputs(example_input[:1, None])[0, 0]
+        finally:
+            for m, mode in modes:
+                m.training = mode
+        return make(tuple(view.shape)).to(device=view.device, dtype=view.dtype)
 
 
 class Equitune(OrbitWrapper):
@@ -244,6 +420,8 @@ class Equitune(OrbitWrapper):
 
     See ``OrbitWrapper`` for the arguments. Shapes: x [B, C, H, W] -> [B, K].
     """
+
+    method = "equitune"
 
     def view_weights(self, views: Tensor) -> Tensor:
         b, g = views.shape[:2]
@@ -267,7 +445,9 @@ class EquiZero(OrbitWrapper):
     Shapes: x [B, C, H, W] -> [B, K]; weights one-hot [B, G].
     """
 
-    def __init__(self, model: nn.Module, group: Group, *, proxy: str = "max_prob", straight_through: bool = False,
+    method = "equizero"
+
+    def __init__(self, model: nn.Module, group: Group | str, *, proxy: str = "max_prob", straight_through: bool = False,
                  elementwise_max: bool = False, **kwargs) -> None:
         super().__init__(model, group, **kwargs)
         if proxy not in PROXIES:
@@ -277,6 +457,10 @@ class EquiZero(OrbitWrapper):
         self.proxy = proxy
         self.straight_through = bool(straight_through)
         self.elementwise_max = bool(elementwise_max)
+
+    def _options(self) -> dict[str, Any]:
+        return dict(proxy=self.proxy, straight_through=self.straight_through, elementwise_max=self.elementwise_max,
+                    **super()._options())
 
     def view_weights(self, views: Tensor) -> Tensor:
         with torch.no_grad():
@@ -297,23 +481,37 @@ class LambdaEquitune(OrbitWrapper):
     """Lambda-equitune: views weighted by a learned network, ``sum_k lambda(V_k) g_k^-1 V_k / Z``.
 
     Args (besides ``OrbitWrapper``'s):
-        weight_net: maps unaligned views [B, G, ...] to raw lambda [B, G] (``equinb.weighting``).
-        normalisation: ``"sum"`` (article text, default) | ``"softmax"`` (feature-map code) | ``"none"``
-            (invariant code: lambda_k multiplies view k, which acts as a per-view inverse temperature of
-            the logits, then a plain mean; with ``output_softmax`` the softmax sees the scaled logits).
+        weight_net: maps unaligned views [B, G, ...] to raw lambda [B, G] (``equinb.weighting``). Default None:
+            built from the model's views of ``example_input`` (``equinb.weighting.default_weight_net``:
+            ``EmbeddingWeightNet`` for views [D], ``FeatureMapWeightNet`` for maps [C, h, w]).
+        normalisation: ``"softmax"`` (default; the article's feature-map code) | ``"sum"`` (the article's text,
+            eq. 6: lambda / sum(lambda); a raw lambda can cross zero, and training then diverges on random data,
+            so it is an as-published option) | ``"none"`` (the article's invariant code: lambda_k multiplies view
+            k, which acts as a per-view inverse temperature of the logits, then a plain mean; with
+            ``output_softmax`` the softmax sees the scaled logits). ``equinb.engine.TrainConfig`` names the
+            article's code versions and passes its setting explicitly.
         frozen_copy: as published ("original" code), lambda is computed from the views of this frozen
             copy of the trunk instead of the trainable trunk. Default None (the trainable trunk).
         dropout_in_eval: as published, keep the weight network in training mode (dropout active)
             during evaluation too. Default False.
+        example_input: a few images [B, C, H, W] that size the default ``weight_net`` (one is run).
+
+    A weighting network of the wrong size fails with a message on the first call's one-image check, before the
+    orbit pass.
 
     Shapes: x [B, C, H, W] -> [B, K]; weights [B, G] (raw lambda for ``none``, else normalised).
     """
 
-    def __init__(self, model: nn.Module, group: Group, weight_net: nn.Module, *, normalisation: str = "sum",
-                 frozen_copy: nn.Module | None = None, dropout_in_eval: bool = False, **kwargs) -> None:
+    method = "lambda_equitune"
+
+    def __init__(self, model: nn.Module, group: Group | str, weight_net: nn.Module | None = None, *,
+                 normalisation: str = "softmax", frozen_copy: nn.Module | None = None, dropout_in_eval: bool = False,
+                 example_input: Tensor | None = None, **kwargs) -> None:
         super().__init__(model, group, **kwargs)
         if normalisation not in NORMALISATIONS:
             raise ValueError(f"unknown normalisation {normalisation!r}; valid: {', '.join(NORMALISATIONS)}")
+        if weight_net is None:
+            weight_net = self._sized_weight_net(example_input, default_weight_net)
         if not isinstance(weight_net, nn.Module):
             raise TypeError(f"weight_net must be a torch.nn.Module, got {type(weight_net).__name__}")
         self.weight_net = weight_net
@@ -322,6 +520,10 @@ class LambdaEquitune(OrbitWrapper):
         self.frozen_copy = frozen_copy
         if frozen_copy is not None:
             frozen_copy.requires_grad_(False)
+
+    def _options(self) -> dict[str, Any]:
+        return dict(normalisation=self.normalisation, dropout_in_eval=self.dropout_in_eval,
+                    frozen_copy=self.frozen_copy is not None, **super()._options())
 
     def train(self, mode: bool = True) -> "LambdaEquitune":
         super().train(mode)
@@ -341,6 +543,7 @@ class LambdaEquitune(OrbitWrapper):
         return None, weights
 
     def forward(self, x: Tensor, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        self.check_first_call(x)
         frozen = None
         if self.frozen_copy is not None:  # as published: lambda sees a frozen copy's views, the head the trainable
             with torch.no_grad():
@@ -357,12 +560,19 @@ class EquiAttention(OrbitWrapper):
     Args (besides ``OrbitWrapper``'s):
         weight_net: a ``ViewAttention`` (or any module mapping views [B, G, ...] to weights [B, G] that
             permute with the views and sum to 1); the same attribute name as lambda-equitune's network.
+            Default None: a ``ViewAttention`` sized from the model's views of ``example_input``.
+        example_input: a few images [B, C, H, W] that size the default ``weight_net`` (one is run).
 
     Shapes: x [B, C, H, W] -> [B, K]; weights [B, G].
     """
 
-    def __init__(self, model: nn.Module, group: Group, weight_net: nn.Module, **kwargs) -> None:
+    method = "equiattention"
+
+    def __init__(self, model: nn.Module, group: Group | str, weight_net: nn.Module | None = None, *,
+                 example_input: Tensor | None = None, **kwargs) -> None:
         super().__init__(model, group, **kwargs)
+        if weight_net is None:
+            weight_net = self._sized_weight_net(example_input, default_view_attention)
         if not isinstance(weight_net, nn.Module):
             raise TypeError(f"weight_net must be a torch.nn.Module, got {type(weight_net).__name__}")
         self.weight_net = weight_net

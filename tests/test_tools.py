@@ -36,6 +36,12 @@ def test_paper_check_wants_regard_classifiers() -> None:
     assert any(not i.ok and "regard_classifiers is empty" in i.note for i in items)
 
 
+def test_paper_check_of_the_own_model_guide_needs_no_clip() -> None:
+    items = {item.what: item for item in cps.chapter_needs("own_model", dict(profile="paper", device="cpu"))}
+    assert set(items) == {"GPU", "python package ttach", "MobileNetV2 ImageNet weights"}
+    assert all(item.ok for item in items.values())
+
+
 def test_chapter_parameters_are_read_from_the_parameters_cell() -> None:
     assert build_book.chapter_parameters("fig4_zeroshot")[:3] == ["profile", "backbones", "datasets"]
     assert "clip_paths" in build_book.chapter_parameters("tab1_original_vs_updated")

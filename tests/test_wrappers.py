@@ -286,7 +286,9 @@ def test_bad_inputs() -> None:
     with pytest.raises(TypeError, match="nn.Module"):
         Equitune(lambda z: z, get_group("rot90"))
     with pytest.raises(TypeError, match="get_group"):
-        Equitune(nn.Identity(), "rot90")
+        Equitune(nn.Identity(), 90)
+    with pytest.raises(ValueError, match="valid names"):
+        Equitune(nn.Identity(), "rot45")
     with pytest.raises(ValueError, match="valid proxies"):
         EquiZero(nn.Identity(), get_group("rot90"), proxy="variance")
     with pytest.raises(ValueError, match="valid: none, softmax, sum"):

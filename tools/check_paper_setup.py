@@ -89,6 +89,16 @@ def _dataset(name: str, root: Path, options: dict) -> Item:
         return Item(f"dataset {name}", False, str(err).splitlines()[0][:400])
 
 
+def _mobilenet_weights() -> Item:
+    from equinb.backbones import load_backbone
+
+    try:
+        load_backbone("mobilenet_v2")
+        return Item("MobileNetV2 ImageNet weights", True, "found")
+    except (FileNotFoundError, ValueError) as err:
+        return Item("MobileNetV2 ImageNet weights", False, str(err).splitlines()[0][:400])
+
+
 def _hub_model(what: str, source: str) -> Item:
     if Path(source).expanduser().is_dir() or Path(source).expanduser().is_file():
         return Item(what, True, source)
@@ -113,6 +123,8 @@ def chapter_needs(nb_id: str, params: dict) -> list[Item]:
     root = Path(params.get("data_root") or data_root())
     options = params.get("dataset_options") or {}
     items = [_gpu(params.get("device", "cpu"))]
+    if nb_id == "own_model":  # the guide: the offline MobileNetV2, and ttach for its cost table
+        return items + [_package("ttach", "book"), _mobilenet_weights()]
     if nb_id == "fig6_nlg_fairness":
         items += [_package("transformers", "lm"), _hub_model("language model", str(params.get("lm_name", "")))]
         if params.get("scorer") == "regard":

