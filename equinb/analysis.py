@@ -20,9 +20,11 @@ from .groups import Group
 from .heads import fit_linear_head
 from .setups import TrainingSetup
 from .wrappers import OrbitWrapper
+from .zeroshot import orbit_predictions
 
 __all__ = ["view_weights", "weight_summary", "rotation_labels", "combined_map_symmetry", "plain_head_top1",
-           "positional_head", "symmetry_tables", "group_changes"]
+           "positional_head", "symmetry_tables", "group_changes", "frozen_test_logits", "no_training_predictions",
+           "no_training_scores"]
 
 Tensor = torch.Tensor
 
@@ -200,3 +202,30 @@ def group_changes(functions: dict[str, Callable[[Tensor], Tensor]], data: ViewDa
         error = max((fn(data.batch(index, k, group)[0]) - reference).abs().max().item() for k in range(1, group.order))
         changes[name] = format_error(error, reference.abs().max().item())
     return changes
+
+
+@torch.no_grad()
+def frozen_test_logits(setup: TrainingSetup, batch_size: int = 256) -> Tensor:
+    """The frozen head on every view of every test image. Shapes: -> [N, G, K]."""
+    device = next(setup.head.parameters()).device
+    feats = setup.test_feats
+    return torch.cat([setup.head(feats[i:i + batch_size].flatten(0, 1).to(device)).reshape(
+        min(batch_size, feats.shape[0] - i), feats.shape[1], -1).cpu() for i in range(0, feats.shape[0], batch_size)])
+
+
+def no_training_predictions(setup: TrainingSetup) -> dict[str, Tensor]:
+    """What the frozen model and its head predict on the test set with no training at all: vanilla (the image as
+    given), equitune and equizero over the setup's group (``equinb.zeroshot.orbit_predictions``). Shapes: ->
+    {method: [N]} (long)."""
+    return orbit_predictions(frozen_test_logits(setup), setup.group)
+
+
+def no_training_scores(setup: TrainingSetup) -> dict[str, Tensor]:
+    """Per test image, how often the frozen model is right with no training, in the article's test condition (every
+    image turned by a random element of the group): vanilla's expected score over the turns (the share of views
+    it gets right), and equitune's and equizero's 1/0 (their views do not depend on the turn). The baselines a
+    trained run must beat before its comparisons mean anything. Shapes: -> {method: [N]} (float)."""
+    logits, labels = frozen_test_logits(setup), setup.test.labels
+    scores = {name: (p == labels).double() for name, p in orbit_predictions(logits, setup.group).items()}
+    scores["vanilla"] = (logits.argmax(-1) == labels[:, None]).double().mean(1)
+    return scores

@@ -14,10 +14,11 @@ from typing import Sequence
 
 import torch
 
+from .analysis import no_training_scores
 from .setups import TrainingRun, TrainingSetup, correct_by_seed
-from .verdicts import Comparison, at_chance, compare, diverged, too_few_seeds, unchanged_stage
+from .verdicts import Comparison, at_chance, compare, diverged, solved_without_training, too_few_seeds, unchanged_stage
 
-__all__ = ["STAGES", "stage_runs", "finetune_changed", "stage_problems", "compare_runs"]
+__all__ = ["STAGES", "stage_runs", "finetune_changed", "stage_problems", "compare_runs", "no_training_check"]
 
 STAGES = ("prefinetune", "finetune")
 
@@ -69,3 +70,18 @@ def compare_runs(runs_a: Sequence[TrainingRun], stage_a: str, runs_b: Sequence[T
                                                                          (names[1], runs_b, stage_b))
                if stage == "finetune"}
     return comparison, reasons, changed
+
+
+def no_training_check(setups: Sequence[TrainingSetup], repeats: dict[str, Sequence[TrainingRun]]) -> str | None:
+    """``solved_without_training`` for a chapter: the best no-training baseline of its ``setups`` (each head's
+    ``no_training_scores``: vanilla, equitune, equizero, by mean score) against every run, seed and stage of
+    ``repeats`` (the setups share their test set). A claim that compares trained runs is not tested where this gives
+    a reason."""
+    labels = setups[0].test.labels
+    level = lambda setup: " (maps)" if setup.train_feats.ndim == 5 else " (embeddings)"  # noqa: E731
+    baselines = {f"zero-shot {name}" + (level(setup) if len(setups) > 1 else ""): score
+                 for setup in setups for name, score in no_training_scores(setup).items()}
+    baseline = max(baselines, key=lambda name: float(baselines[name].mean()))
+    trained = torch.cat([correct_by_seed(stage_runs(runs, stage), stage, labels)
+                         for runs in repeats.values() for stage in STAGES])
+    return solved_without_training(baselines[baseline], trained, baseline)

@@ -83,23 +83,22 @@ import torch
 from myst_nb import glue
 
 from equinb import get_group, viz
-from equinb.analysis import group_changes, view_weights
+from equinb.analysis import group_changes, no_training_predictions, view_weights
 from equinb.cache import data_root as default_data_root
 from equinb.cache import run_cache_dir
 from equinb.chapter import check_params, profile_note
 from equinb.data import (FASHION_MNIST_CLASSES, ISIC2018_CLASS_COUNTS, ISIC2018_CLASSES, ISIC2018_COLUMNS,
                          fashion_mnist_arrays, get_dataset)
 from equinb.engine import TrainConfig, weighted_model
-from equinb.evidence import STAGES, compare_runs, finetune_changed, stage_runs
+from equinb.evidence import STAGES, compare_runs, finetune_changed, no_training_check, stage_runs
 from equinb.metrics import class_counts, classification_scores, confusion_matrix, majority_predictions
 from equinb.noise import noise_note, tolerance
 from equinb.reference import article_tab4, count_behind
 from equinb.setups import (build_setup, correct_by_seed, feature_map_config, feature_map_weight_net, isic_stand_in,
                            run_training, seed_repeats, trained_model)
 from equinb.tables import publish_verdicts, show
-from equinb.verdicts import VERDICT_RULE, compare, effect_row, judge, solved_without_training, verdict_row
+from equinb.verdicts import VERDICT_RULE, compare, effect_row, judge, verdict_row
 from equinb.weighting import EmbeddingWeightNet
-from equinb.zeroshot import orbit_predictions
 
 check_params(profile=profile, backbone=backbone, dataset=dataset, test_split=test_split,
              stand_in_classes=stand_in_classes, stand_in_train=stand_in_train, stand_in_shots=stand_in_shots,
@@ -221,16 +220,12 @@ viz.glue_figure("tab4_samples", viz.class_samples(images, titles))
 # with the article's five ISIC prompt templates; on the small profile the one-shot prototypes.
 
 # %%
-view_logits = embeddings.head(embeddings.test_feats.to(next(embeddings.head.parameters()).device)).cpu()
 predictions = {"majority class": majority_predictions(embeddings.train.labels, len(labels)),
-               **{f"zero-shot {m}": p for m, p in orbit_predictions(view_logits, group_object).items()}}
+               **{f"zero-shot {m}": p for m, p in no_training_predictions(embeddings).items()}}
 baselines = pd.DataFrame([dict(run=name, **classification_scores(p, labels, n_classes))
                           for name, p in predictions.items()])
 show(baselines, f"Baselines without training on the {len(labels)} test images, scores in % (profile: {profile})")
-no_training = max((name for name in predictions if name.startswith("zero-shot")),
-                  key=lambda name: baselines.set_index("run").loc[name, "top1"])
 glue("majority_balanced", round(float(baselines.balanced_accuracy[0]), 2), display=False)
-glue("zero_shot_best", f"{no_training} ({baselines.set_index('run').loc[no_training, 'top1']:.2f}%)", display=False)
 
 # %% [markdown]
 # ## Symmetry check
@@ -400,12 +395,7 @@ glue("best_run", best, display=False)
 
 # %% tags=["tolerance-imbalanced", "hide-input"]
 glue("verdict_rule", VERDICT_RULE, display=False)
-baseline_correct = (predictions[no_training] == labels).double()
-trained_correct = {(name, stage): correct_by_seed(stage_runs(rs, stage), stage, labels)
-                   for name, rs in repeats.items() for stage in STAGES}
-best_trained = max(trained_correct, key=lambda key: float(trained_correct[key].mean()))
-solved = solved_without_training(baseline_correct, trained_correct[best_trained], no_training,
-                                 f"the best trained run ({best_trained[0]}, {best_trained[1]})")
+solved = no_training_check([embeddings, maps], repeats)  # does the frozen model already do what training does?
 
 
 def tab4_claim(claim_id, a, stage_a, b, stage_b, setup=embeddings):  # the verdict on run b minus run a

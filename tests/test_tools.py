@@ -64,5 +64,6 @@ def test_noise_variants_keep_a_chapters_set_of_seeds() -> None:
     import measure_noise
 
     assert measure_noise.seed_parameters("tab1_original_vs_updated", 2) == {"seed": 2, "noise_seeds": [1, 0, 3, 4]}
-    assert measure_noise.seed_parameters("tab3_equiattention", 1) == {"seed": 1}
+    assert measure_noise.seed_parameters("tab3_equiattention", 1) == {"seed": 1, "noise_seeds": [0, 2, 3, 4]}
+    assert measure_noise.seed_parameters("fig6_nlg_fairness", 1) == {"seed": 1}  # no noise seeds to keep
     assert "tab4_isic2018" in measure_noise.TRAINING_CHAPTERS and "imbalanced" in measure_noise.CLASSES

@@ -49,7 +49,9 @@ def verdict_problem(row: dict) -> str | None:
         return None if verdict == "inconclusive" else f"interval [{low}, {high}] holds 0 but the verdict is {verdict!r}"
     side = claim(row["id"]).side
     expected = "reversed" if side == 0 else "agrees" if (low > 0) == (side > 0) else "reversed"
-    return None if verdict == expected else f"interval [{low}, {high}], article side {side}: {verdict!r} != {expected!r}"
+    if verdict != expected:
+        return f"interval [{low}, {high}], article side {side}: {verdict!r} != {expected!r}"
+    return None
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
@@ -65,7 +67,7 @@ def test_the_rule_checker_catches_each_fault() -> None:
             VERDICT_COLUMN: "agrees", "changed": {}}
     assert verdict_problem(good) is None
     assert "holds 0" in verdict_problem({**good, "95% interval": "[-1.00, +5.00]"})
-    assert "!= 'agrees'" in verdict_problem({**good, "95% interval": "[-5.00, -1.00]"})  # would be reversed
+    assert "'agrees' != 'reversed'" in verdict_problem({**good, "95% interval": "[-5.00, -1.00]"})
     assert "inconclusive" in verdict_problem({**good, VERDICT_COLUMN: "inconclusive"})
     stuck = {**good, "id": "tab1.finetune_gain.rot90.updated", "changed": {"the updated code": 0}}
     assert "changed no prediction" in verdict_problem(stuck)
