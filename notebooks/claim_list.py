@@ -26,7 +26,7 @@
 profile: str = "small"  # the profile of this build (the claims of a chapter report their own)
 chapters_dir: str = "."  # folder of the executed chapters (<id>.ipynb); "." is the committed small-profile outputs
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "exact"]
 from pathlib import Path
 
 import pandas as pd
@@ -50,7 +50,7 @@ for chapter in dict.fromkeys(c.chapter for c in claims() if c.chapter):
 print(f"claims registered: {len(claims())}; chapters read from {folder.resolve().name}/: "
       f"{len({c.chapter for c in claims() if c.chapter}) - len(missing)}; not executed: {', '.join(missing) or 'none'}")
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "exact"]
 records = []
 for c in claims():
     row = reported.get(c.id)
@@ -82,7 +82,7 @@ glue("claims_profile", profile, display=False)
 # One table per part of the articles. `noise` says what the interval covers: seeds of every compared run and the
 # test items, the test items alone where the statistic has no random step, or two test sets compared unpaired.
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "exact"]
 parts = {"fig4": "Basu et al., Figure 4: zero-shot equitune and equizero",
          "basu": "Basu et al., finetuning curves", "tab1": "Vlasenko et al., Table 1",
          "tab2": "Vlasenko et al., Table 2", "tab3": "Vlasenko et al., Table 3", "fig2": "Vlasenko et al., Figure 2",

@@ -77,7 +77,7 @@ clip_download_root: str = ""  # folder for CLIP downloads; empty means ~/.cache/
 max_train: int = 16000  # paper profile: training images loaded (the article only ever sees the first 16,000)
 dataset_options: dict = {}  # extra get_dataset options per dataset name, for example cifar100 download True
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "exact"]
 from dataclasses import replace
 
 import pandas as pd
@@ -125,7 +125,7 @@ print(f"profile={profile} backbone={backbone} dataset={dataset} orientation_free
 # The mean weights were read off the article's plots. The shares are quoted in its text, which does not
 # say which definition produced them.
 
-# %%
+# %% tags=["exact"]
 ref = article_fig2_3()
 article_means = ref[ref.metric.str.startswith("mean_weight_rot")].assign(
     rotation=lambda f: f.metric.str.replace("mean_weight_rot", ""))
@@ -267,7 +267,7 @@ publish_verdicts(claims, profile, "fig2_3_lambda_weights", "Figures 2 and 3 clai
 # %% [markdown]
 # ## Figures 2 and 3
 
-# %% tags=["remove-input"]
+# %% tags=["remove-input", "exact"]
 ours_means = summary.melt(id_vars=["figure", "method"], value_vars=[f"mean_{c}" for c in columns],
                           var_name="rotation", value_name="mean")
 ours_means = ours_means.assign(rotation=ours_means.rotation.str.replace("mean_", ""), source="this build")

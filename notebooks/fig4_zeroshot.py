@@ -65,7 +65,7 @@ clip_download_root: str = ""  # folder for CLIP downloads; empty means ~/.cache/
 num_workers: int = 0  # DataLoader workers for decoding images (paper profile)
 dataset_options: dict = {}  # per dataset, extra get_dataset options, for example cifar100: download True
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "exact"]
 import pandas as pd
 import torch
 from myst_nb import glue
@@ -99,7 +99,7 @@ print(f"profile={profile} backbones={backbones} datasets={datasets} device={devi
 # These are the top-1 accuracies in the reproduction's result files ("seed") and the values plotted by
 # Basu et al. ("paper"), in percent. Here `rot180` is the transformation the article calls "flip".
 
-# %%
+# %% tags=["exact"]
 article = article_fig4()
 show(article[article.backbone == "RN50"].pivot_table(index=["dataset", "transform"], columns="method",
                                                      values="seed_top1").reset_index(),
@@ -111,7 +111,7 @@ show(article[article.backbone == "RN50"].pivot_table(index=["dataset", "transfor
 # images we print the largest change of the outputs when the input is rotated. The wrappers are
 # invariant up to float rounding. The bare model is not, and that shows the check can fail.
 
-# %%
+# %% tags=["exact"]
 backbone, head, root, cache_dir = load_frozen_model(
     backbones[0], datasets[0], device=device, image_size=image_size, data_root=data_root or None,
     clip_path=clip_paths.get(backbones[0]), clip_download_root=clip_download_root or None,
@@ -128,7 +128,7 @@ with torch.no_grad():
 # %% [markdown]
 # ## One orbit pass, every method and setting
 
-# %%
+# %% tags=["tolerance-frozen"]
 rows = []
 for name in backbones:
     for dataset in datasets:
@@ -151,7 +151,7 @@ show(wide.reset_index(), f"Top-1 and top-5 (%) of every method and setting (prof
 # reference data hold (top-1 and top-5 of its result files, and the top-1 plotted by Basu et al.) for
 # orientation, not as a target.
 
-# %%
+# %% tags=["tolerance-frozen"]
 table = compare_fig4(ours, article)
 if table["article (seed files)"].notna().any():
     show(table, f"This build beside the article, top-1 (%) (profile: {profile})")
@@ -168,7 +168,7 @@ else:  # every number the article's reference data hold for RN50; this build's a
 # Per transformation, the methods ranked by top-1 as printed (equal at two decimals is a tie), for this build
 # (vanilla as described: its exact expectation, free of the random draws) and for the article's RN50 result files.
 
-# %%
+# %% tags=["tolerance-frozen"]
 group_transforms = [t for t in transforms if t != "none"]  # over the trivial group the three methods coincide
 described = ours[ours.reading == "as_described"]
 ours_wide = described[described["transform"].isin(group_transforms)].pivot_table(
@@ -192,7 +192,7 @@ print(f"the article's ordering holds in {int(holds.loc[f'this build ({profile})'
 # top-1. Equitune and equizero see the same set of views whatever the draw, so they have no such noise: their
 # only noise is the test set.
 
-# %%
+# %% tags=["tolerance-frozen"]
 seeds = [seed, *noise_seeds]
 scores = {}  # (backbone, dataset, transform, seed, k) -> {(method, reading): per-image 1/0 [N]}
 for name in backbones:
@@ -223,7 +223,7 @@ show(draws.reset_index(), f"Vanilla as published: top-1 (%) over draw seeds {see
 # first backbone and dataset stand in for RN50 on CIFAR100; every other cell needs the paper profile. The rule:
 # {glue:text}`verdict_rule`.
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "tolerance-frozen"]
 glue("verdict_rule", VERDICT_RULE, display=False)
 
 
@@ -261,7 +261,7 @@ publish_verdicts(claims, profile, "fig4_zeroshot", "Figure 4 claims, tested")
 # %% [markdown]
 # ## Figures
 
-# %% tags=["remove-input"]
+# %% tags=["remove-input", "exact"]
 published = ours[ours.reading == "as_published"]
 ref_bars = article.rename(columns={"seed_top1": "top1"})
 viz.glue_figure("fig4_panels", viz.zeroshot_panels(published, ref_bars, transforms=("rot90", "rot180"),
@@ -288,7 +288,7 @@ viz.glue_figure("fig4_robustness", viz.robustness_plot(
 # transformation. The article has no mirror-flip numbers.
 # ```
 
-# %% tags=["remove-input"]
+# %% tags=["remove-input", "tolerance-frozen"]
 # the headline numbers of the reproduction summary (shown in the tables above)
 head_row = published[(published.backbone == backbones[0]) & (published.dataset == datasets[0])]
 glue("setting", f"{backbones[0]} / {datasets[0]}", display=False)

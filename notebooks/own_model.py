@@ -46,7 +46,7 @@ lr: float = 0.1  # SGD learning rate of the lambda network (the feature-map chap
 timing_repeats: int = 3  # timed runs of each method in the cost table (the median is shown)
 seed: int = 0  # seed of the lambda network and of the rotations drawn for its training
 
-# %%
+# %% tags=["exact"]
 import statistics
 import tempfile
 import time
@@ -78,7 +78,7 @@ print(f"profile={profile} device={device} group={group} batch={batch_size} x {im
 # "IMAGENET1K_V1")` downloads the same file). The inputs are crops of scikit-learn's two sample photos, normalised
 # as the model expects.
 
-# %%
+# %% tags=["exact"]
 model = load_backbone("mobilenet_v2", device=device).model.eval()  # a torchvision MobileNetV2
 categories = MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]
 
@@ -109,7 +109,7 @@ print(f"x: {tuple(x.shape)}, {x.dtype}")
 # at float rounding for the wrapped one. The errors are printed as bounds because their last digits change
 # between CPUs.
 
-# %%
+# %% tags=["exact"]
 invariant = equinb.Equitune(model, group).eval()
 with torch.no_grad():
     logits = invariant(x)  # [B, 1000], the same for every rotation of x
@@ -122,7 +122,7 @@ for name, f in [("MobileNetV2", model), ("Equitune(MobileNetV2)", invariant)]:
 # What the invariance means for the predictions: the top-1 ImageNet class of each crop, transformed by each
 # element of the group. The bare model's answer depends on the rotation; the wrapped model gives one answer per crop.
 
-# %%
+# %% tags=["exact"]
 g = equinb.get_group(group)
 rows = []
 with torch.no_grad():
@@ -143,7 +143,7 @@ print("distinct answers per crop: MobileNetV2", predictions["MobileNetV2"].nuniq
 # come and $Z$ is invariant instead. A head that is itself invariant, such as global pooling, then gives invariant
 # logits.
 
-# %%
+# %% tags=["exact"]
 equivariant = equinb.Equitune(model.features, group, align_views=True).eval()
 published = equinb.Equitune(model.features, group).eval()  # align_views=False
 pooled_head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), model.classifier)
@@ -172,7 +172,7 @@ with torch.no_grad():
 # group, labelled with the bare model's class for the upright crop. λ should learn to favour the view that turns
 # the input upright.
 
-# %%
+# %% tags=["exact"]
 with torch.no_grad():  # the frozen model's views of the crops [B, G, 1000], and its classes for the upright crops
     views, labels = equinb.Equitune(model, group).views(x), model(x).argmax(-1)
 every = torch.stack([views[:, g.view_permutation(k)] for k in range(g.order)], 1).flatten(0, 1)  # views of g_k x
@@ -214,7 +214,7 @@ print(f"sum (the article's text): every weight in [0, 1]: {train_lambda('sum')[1
 # %% [markdown]
 # The trained λ-equitune is a wrapper like the others: exactly invariant, whatever λ learned.
 
-# %%
+# %% tags=["exact"]
 with torch.no_grad():
     err = equinb.check_invariance(lam, pair, group)
     print(f"invariance error of the trained λ-equitune: {equinb.format_error(err, lam(pair).abs().max().item())}")
@@ -224,7 +224,7 @@ with torch.no_grad():
 # A wrapper is a `torch.nn.Module`: its state dict holds the model's and λ's parameters. Load it into a wrapper
 # built the same way, here around a MobileNetV2 with random weights: loading restores them all.
 
-# %%
+# %% tags=["exact"]
 with tempfile.TemporaryDirectory() as folder:
     path = Path(folder) / "lambda_equitune.pt"
     torch.save(lam.state_dict(), path)
@@ -268,7 +268,7 @@ display(cost.round(2))
 # The timings move from machine to machine (the regression test does not compare them); what the default does does
 # not. `bench/own_model.py` times resnet18 and MobileNetV2 under rot90 and D4 against ttach.
 
-# %%
+# %% tags=["exact"]
 reference = outputs["loop over the group"]
 for name in list(methods)[2:]:
     err = (outputs[name] - reference).abs().max().item()
@@ -281,7 +281,7 @@ print(f"images per forward: equinb default {invariant.images_per_pass(x)}, one p
 # The wrappers trace and export like any module: `torch.export.export` gives a graph of the whole orbit
 # computation, `torch.jit.trace` and `torch.compile` work too. `torch.jit.script` is not supported and says so.
 
-# %%
+# %% tags=["exact"]
 exported = torch.export.export(invariant, (x,))
 with torch.no_grad():
     err = (exported.module()(x) - invariant(x)).abs().max().item()

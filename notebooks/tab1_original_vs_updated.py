@@ -80,7 +80,7 @@ clip_download_root: str = ""  # folder for CLIP downloads; empty means ~/.cache/
 max_train: int = 16000  # paper profile: training images loaded (the article only ever sees the first 16,000)
 dataset_options: dict = {}  # per dataset, extra get_dataset options, for example cifar100: download True
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "exact"]
 from dataclasses import replace
 
 import pandas as pd
@@ -126,7 +126,7 @@ print(f"profile={profile} backbone={backbone} dataset={dataset} groups={groups} 
 # The table gives top-1 accuracy in %. The text states the relative gains as 11.12% and 9.28%. Computed
 # from its own table they are 11.78% and 9.73%, and the cell below recomputes them.
 
-# %%
+# %% tags=["exact"]
 article = article_tab1()
 show(article.reset_index(), "The article's Table 1: top-1 (%), CLIP RN50 on CIFAR100")
 for metric in ("prefinetune_top1", "finetune_top1"):
@@ -140,7 +140,7 @@ for metric in ("prefinetune_top1", "finetune_top1"):
 # in every order a group element produces, and prints the largest change of the λ-equitune logits, which
 # is float rounding. It also prints the change of the logits of one view alone, which is not invariant.
 
-# %%
+# %% tags=["exact"]
 base = "rot90" if "rot90" in groups else groups[0]
 full = build_setup(profile, "embeddings", group_objects[base], backbone=backbone, dataset=dataset,
                    image_size=image_size, split_block=split_block, device=device, data_root=data_root,
@@ -163,7 +163,7 @@ for label, change in changes.items():
 # Every setting of the two runs, as the engine reads it (`TrainConfig.original()` and `TrainConfig.updated()`
 # with this chapter's schedule):
 
-# %%
+# %% tags=["exact"]
 show(pd.DataFrame({code: config.as_dict() for code, config in configs.items()}).astype(str).rename_axis(
     "setting").reset_index(), "Settings of the two code versions")
 
@@ -184,7 +184,7 @@ show(ours, f"This build's runs: top-1 (%) and test predictions that finetuning c
 # score over the turns), equitune and equizero of the fitted head's per-view outputs. A trained run that does not
 # beat these adds nothing a frozen model cannot do; the verdicts say where the trained runs add nothing at all.
 
-# %%
+# %% tags=["tolerance-frozen"]
 baselines = {name: 100 * float(score.mean()) for name, score in no_training_scores(setups[base]).items()}
 show(pd.DataFrame([baselines]), f"Top-1 (%) with no training, group {base} (profile: {profile})")
 
@@ -340,7 +340,7 @@ for row in claims:
 # %% [markdown]
 # ## Learning curves
 
-# %% tags=["remove-input"]
+# %% tags=["remove-input", "exact"]
 viz.glue_figure("tab1_curves", viz.learning_curves(curves, title=f"Table 1 runs (profile: {profile})"))
 
 # %% [markdown]

@@ -72,7 +72,7 @@ clip_download_root: str = ""  # folder for CLIP downloads; empty means ~/.cache/
 max_train: int = 16000  # paper profile: training images loaded (the article only ever sees the first 16,000)
 dataset_options: dict = {}  # per dataset, extra get_dataset options, for example cifar100: download True
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "exact"]
 from dataclasses import replace
 
 import pandas as pd
@@ -119,7 +119,7 @@ print(f"profile={profile} backbone={backbone} dataset={dataset} group={group} de
 # ## The article's numbers
 # Top-1 accuracy (%) on CIFAR100 under random 90° rotations, CLIP RN50.
 
-# %%
+# %% tags=["exact"]
 article = article_tab2()
 show(article.reset_index(), "The article's Table 2: top-1 (%), CLIP RN50 on CIFAR100")
 
@@ -128,7 +128,7 @@ show(article.reset_index(), "The article's Table 2: top-1 (%), CLIP RN50 on CIFA
 # Every run is saved, keyed by its setup and configuration. The equiattention and λ-weight chapters
 # reuse these runs instead of training them again. The invariant row also runs at the feature-map rows' rate.
 
-# %%
+# %% tags=["exact"]
 maps = build_setup(profile, "maps", group_object, **setup_options)
 embeddings = build_setup(profile, "embeddings", group_object, **setup_options)
 print(maps.description)
@@ -207,7 +207,7 @@ show(loss.map(loss_label).rename_axis("run").reset_index(), f"Largest training l
 # - the head on one randomly rotated view (the plain model under random rotations);
 # - the head on the mean of the unaligned views (a constant weighting).
 
-# %% tags=["tolerance-top1"]
+# %% tags=["tolerance-frozen"]
 plain = pd.DataFrame({level: plain_head_top1(setup.head, setup.test_feats, setup.test.labels)
                       for level, setup in (("embeddings", embeddings), ("maps", maps))}).T
 show(plain.rename_axis("level").reset_index(), f"Top-1 (%) on the {len(maps.test)} test images without a "
@@ -293,7 +293,7 @@ show(pd.DataFrame(own), f"This build's own comparisons, in pp or relative error 
 # %% [markdown]
 # ## Learning curves
 
-# %% tags=["remove-input"]
+# %% tags=["remove-input", "exact"]
 viz.glue_figure("tab2_curves", viz.learning_curves(curves, title=f"Table 2 runs (profile: {profile})"))
 
 # %% [markdown]

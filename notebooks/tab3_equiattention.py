@@ -65,7 +65,7 @@ clip_download_root: str = ""  # folder for CLIP downloads; empty means ~/.cache/
 max_train: int = 16000  # paper profile: training images loaded (the article only ever sees the first 16,000)
 dataset_options: dict = {}  # per dataset, extra get_dataset options, for example cifar100: download True
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "exact"]
 import pandas as pd
 from myst_nb import glue
 
@@ -103,14 +103,14 @@ print(f"profile={profile} backbone={backbone} dataset={dataset} group={group} de
 # ## The article's numbers
 # Top-1 accuracy (%) on CIFAR100 under random 90° rotations, CLIP RN50 layer4 maps.
 
-# %%
+# %% tags=["exact"]
 article = article_tab3()
 show(article.reset_index(), "The article's Table 3: top-1 (%), CLIP RN50 on CIFAR100")
 
 # %% [markdown]
 # ## Four runs: two methods, two alignments, each under every seed
 
-# %%
+# %% tags=["exact"]
 maps = build_setup(profile, "maps", group_object, backbone=backbone, dataset=dataset, image_size=image_size,
                    split_block=split_block, last_block=last_block, device=device, data_root=data_root,
                    clip_paths=clip_paths, clip_download_root=clip_download_root, max_train=max_train,
@@ -210,7 +210,7 @@ show(top1.rename_axis("model").reset_index(), f"Top-1 (%) when every test image 
 # %% [markdown]
 # ## Learning curves
 
-# %% tags=["remove-input"]
+# %% tags=["remove-input", "exact"]
 viz.glue_figure("tab3_curves", viz.learning_curves(curves, title=f"Table 3 runs (profile: {profile})"))
 
 # %% [markdown]

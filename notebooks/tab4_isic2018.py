@@ -77,7 +77,7 @@ clip_download_root: str = ""  # folder for CLIP downloads; empty means ~/.cache/
 max_train: int = 10015  # paper profile: training images loaded (ISIC 2018 has 10,015; finetuning reads them all)
 dataset_options: dict = {}  # per dataset, extra get_dataset options (isic2018 takes none besides its folder)
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "exact"]
 import pandas as pd
 import torch
 from myst_nb import glue
@@ -135,7 +135,7 @@ print(f"profile={profile} backbone={backbone} dataset={dataset} test_split={test
 # of 193 and none is out of 194: the cell finds, for each number, the count $k$ with $100k/N$ equal to it
 # at two decimals.
 
-# %%
+# %% tags=["exact"]
 article = article_tab4()
 show(article.reset_index(), "The article's ISIC table: top-1 (%), CLIP RN50 on ISIC 2018")
 behind = pd.DataFrame([{"variant": v, "stage": m.replace("_top1", ""), "article (%)": f"{article.loc[v, m]:.2f}",
@@ -154,7 +154,7 @@ glue("article_test_size", str(next((n for n, ok in fits.items() if ok), "neither
 # files: 10,015 training and 193 validation images). The majority-class accuracy is the share of the
 # largest class in the test split: the top-1 of a model that always answers it.
 
-# %%
+# %% tags=["exact"]
 common = dict(backbone=backbone, dataset=dataset, image_size=image_size, split_block=split_block,
               last_block=last_block, device=device, data_root=data_root, clip_paths=clip_paths,
               clip_download_root=clip_download_root, max_train=max_train, dataset_options=dataset_options)
@@ -190,7 +190,7 @@ glue("majority_top1", round(majority_top1, 2), display=False)
 # As in the article's figure: the first training image of each class in the split's order, titled with its
 # code and name and the class's counts in the training and test splits.
 
-# %% tags=["remove-input"]
+# %% tags=["remove-input", "exact"]
 first = [int(torch.nonzero(embeddings.train.labels == k)[0]) for k in range(n_classes)]
 if profile == "small":  # the stand-in's pixels in [0, 1], turned as the stand-in turned them
     pixels = fashion_mnist_arrays("train", data_root or None)[0]
@@ -219,7 +219,7 @@ viz.glue_figure("tab4_samples", viz.class_samples(images, titles))
 # probabilities) and equizero (the most confident view). On the paper profile the head is CLIP's text head
 # with the article's five ISIC prompt templates; on the small profile the one-shot prototypes.
 
-# %%
+# %% tags=["tolerance-frozen"]
 predictions = {"majority class": majority_predictions(embeddings.train.labels, len(labels)),
                **{f"zero-shot {m}": p for m, p in no_training_predictions(embeddings).items()}}
 baselines = pd.DataFrame([dict(run=name, **classification_scores(p, labels, n_classes))
@@ -233,7 +233,7 @@ glue("majority_balanced", round(float(baselines.balanced_accuracy[0]), 2), displ
 # the largest change of its logits when every image is turned by each rotation of the group (float rounding:
 # invariant), and the same for the frozen model on one view alone (not invariant).
 
-# %%
+# %% tags=["exact"]
 torch.manual_seed(seed)
 device_of_head = next(embeddings.head.parameters()).device
 invariant = weighted_model(embeddings.make_trunk(), EmbeddingWeightNet(embeddings.embed_dim), embeddings.head,
@@ -258,7 +258,7 @@ show(pd.Series(changes, name="max change over the group").rename_axis("model").r
 # Figure 3 module. Each run is repeated under the seeds below (for its prefinetuning only when its finetuning
 # changed no test prediction).
 
-# %%
+# %% tags=["exact"]
 configs = {"original invariant": TrainConfig.original(lr=lr_original, **schedule),
            "updated invariant": TrainConfig.updated(lr=lr_updated, **schedule),
            "feature map (as published)": feature_map_config(lr=lr_updated, **schedule)}
@@ -363,7 +363,7 @@ glue("trained_rows", len(trained_rows), display=False)
 # the run with the highest balanced accuracy, the row whose finetune top-1 the article prints as 63.73% (the
 # original code), and the majority baseline, which puts every image in one column.
 
-# %% tags=["remove-input"]
+# %% tags=["remove-input", "exact"]
 seed0 = {**{f"{name}, {stage}": rs[0].predictions[stage] for name, rs in repeats.items() for stage in STAGES},
          **{name: p for name, p in predictions.items() if name != "majority class"}}
 best = max(seed0, key=lambda n: classification_scores(seed0[n], labels, n_classes)["balanced_accuracy"])

@@ -1,24 +1,65 @@
-"""Numerical modes: environment switches that make one machine compute the way another CPU would.
+"""Numerical modes: environment switches that make one machine compute the way another x86 CPU would.
 
-Two CPUs differ in the vector instructions that torch's own kernels (ATen), oneDNN (convolutions) and MKL
-(matrix products) pick, and in the number of threads. Each switch below selects one of those paths on this
-machine, so a difference between two modes is the kind of difference two machines show. Variables must be set
-before torch is imported: `tools/test_portable.py` and `tools/measure_noise.py` pass them to fresh processes.
+Two CPUs differ in the code paths their libraries pick: MKL's (matrix products; `MKL_CBWR` pins one of
+COMPATIBLE, SSE4_2, AVX, AVX2, AVX512), oneDNN's (convolutions; `ONEDNN_MAX_CPU_ISA` caps it at SSE41, AVX, AVX2
+or AVX512_CORE), torch's own kernels (`ATEN_CPU_CAPABILITY`: default, i.e. no vector extension, or avx2), and the
+number of threads (1, 2, 4). Each mode below is one combination; together they cover every value of every
+variable at least once, which is how `tools/measure_noise.py` measures the tolerances. `make test-portable`
+(`tools/test_portable.py`) runs the book and the tests under `PORTABLE`; `HOLDOUT` are combinations the
+measurement never saw, to check that the tolerances carry over. Variables must be set before torch is imported:
+the tools pass them to fresh processes.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _mode(mkl: str | None, onednn: str | None, aten: str | None, threads: int | None) -> dict[str, str]:
+    env = {"MKL_CBWR": mkl, "ONEDNN_MAX_CPU_ISA": onednn, "ATEN_CPU_CAPABILITY": aten}
+    if threads is not None:
+        env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    return {k: v for k, v in env.items() if v is not None}
+
+
 MODES: dict[str, dict[str, str]] = {
-    # whatever this CPU offers (AVX-512 on the build machine), all cores
+    # whatever this CPU offers (AVX-512 on the build machine), all cores: the reference outputs' mode
     "native": {},
-    # an AVX2 machine with one core: ATen, oneDNN and MKL limited to AVX2, one thread everywhere
-    "avx2-1thread": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2",
-                     "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+    # an AVX2 machine with one core
+    "avx2-1thread": _mode("AVX2", "AVX2", "avx2", 1),
+    # an old SSE machine, four threads on two cores
+    "sse-4threads": _mode("SSE4_2", "SSE41", "default", 4),
+    # MKL's bit-reproducible path, oneDNN on AVX, torch's plain kernels, two threads
+    "compat-avx-2threads": _mode("COMPATIBLE", "AVX", "default", 2),
+    # an AVX-512 server whose job has one core
+    "avx512-1thread": _mode("AVX512", "AVX512_CORE", "avx2", 1),
+    # a mixed machine: MKL on AVX, oneDNN on AVX2, four threads
+    "avx-avx2-4threads": _mode("AVX", "AVX2", "avx2", 4),
+    # combinations the measurement did not include (HOLDOUT)
+    "sse-avx512-2threads": _mode("SSE4_2", "AVX512_CORE", "avx2", 2),
+    "avx2-sse-1thread": _mode("AVX2", "SSE41", "default", 1),
 }
+MEASURED = ("avx2-1thread", "sse-4threads", "compat-avx-2threads", "avx512-1thread", "avx-avx2-4threads")
+PORTABLE = ("avx2-1thread", "sse-4threads", "compat-avx-2threads", "avx512-1thread")
+HOLDOUT = ("sse-avx512-2threads", "avx2-sse-1thread")
 
 
 def mode_env(name: str) -> dict[str, str]:
-    """The environment variables of mode ``name``; unknown names list the valid ones."""
+    """The environment variables of mode ``name``; unknown names list the valid ones.
+
+    torch takes its thread count from the cores it sees, not from ``OMP_NUM_THREADS`` alone, so a mode with a
+    thread count also points ``IPYTHONDIR`` at a profile whose startup file calls ``torch.set_num_threads``: every
+    notebook kernel (papermill's and nbval's) then runs with that many threads.
+    """
     if name not in MODES:
         raise SystemExit(f"unknown numerical mode {name!r}; valid: {', '.join(MODES)}")
-    return dict(MODES[name])
+    env = dict(MODES[name])
+    if "OMP_NUM_THREADS" in env:
+        threads = int(env["OMP_NUM_THREADS"])
+        startup = ROOT / "_build" / "ipython" / f"threads-{threads}" / "profile_default" / "startup"
+        startup.mkdir(parents=True, exist_ok=True)
+        (startup / "00-threads.py").write_text(f"import torch\ntorch.set_num_threads({threads})\n")
+        env["IPYTHONDIR"] = str(startup.parents[1])
+    return env
