@@ -5,6 +5,8 @@
 #   make book REUSE=1         execute only chapters without an executed copy of this profile, then build
 #   make chapter ID=<id>      execute one chapter into _build/executed/ (PROFILE=paper, ARGS="-p seed 1")
 #   make paper-check          what the paper profile needs on this machine, and what is missing
+#   make paper-smoke          every chapter's paper path on fakes and random full-size CLIPs on a CUDA GPU, timed,
+#                             with throughputs and the projected paper-profile time (ARGS="--device cpu --tiny")
 #   make check-book           render every page of _build/html in headless Chromium and fail on overflow,
 #                             broken images, MathJax errors, NaN cells or requests outside the book
 #   make test                 unit tests + nbval regression of the committed notebooks (trained numbers
@@ -29,10 +31,10 @@ STAMP := $(VENV)/.installed
 # pip on the build machine prints many harmless "Location ... is ignored" warnings; drop only those lines.
 PIP_FILTER := { grep -v -E 'Location .* is ignored' || true; }
 
-.PHONY: help venv test test-portable book chapter paper-check check-book notebooks clean
+.PHONY: help venv test test-portable book chapter paper-check paper-smoke check-book notebooks clean
 
 help:
-	@sed -n '3,15p' Makefile | sed 's/^# *//'
+	@sed -n '3,17p' Makefile | sed 's/^# *//'
 
 venv: $(STAMP)
 
@@ -65,6 +67,9 @@ chapter: $(STAMP)
 
 paper-check: $(STAMP)
 	$(PY) tools/check_paper_setup.py
+
+paper-smoke: $(STAMP)
+	$(PY) tools/paper_smoke.py $(ARGS)
 
 # Needs Chromium (Debian: apt install chromium); the playwright package is installed into the venv here.
 check-book: $(STAMP)

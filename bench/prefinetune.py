@@ -87,46 +87,73 @@ def main() -> None:
         print(f"paper-profile cache, CLIP RN50 CIFAR100 rot90, {label}: {n * g * d * 4 / 1e6:.0f} MB fp32 "
               f"({n * g * d * 2 / 1e6:.0f} MB fp16)")
     if torch.cuda.is_available():
-        gpu_steps()
+        for key, value in measured_rates("cuda").items():
+            print(f"GPU {key}: {value:.3g}")
     print(f"wall_ratio={full / cached:.1f}")
 
 
-def gpu_steps(steps: int = 300) -> None:
-    """Paper-profile steps/s on a random-init CLIP RN50 (fp16) with synthetic data: cached vs full."""
+def measured_rates(device: str = "cuda", tiny: bool = False, steps: int = 60) -> dict[str, float]:
+    """The paper profile's rates on ``device``, each after a warm-up: zero-shot image-views/s of CLIP RN50
+    (``per_view_logits`` over the five views of Figure 4), cached prefinetune steps/s (32 images x 4 views), finetune
+    steps/s (forward and backward through the encoder, as published: CLIP's fp16 weights on CUDA), and the peak GPU
+    memory (GB, 0 on a CPU). Random weights (``tiny``: ``equinb.backbones.tiny_clip``) and synthetic images."""
     import clip
 
-    device = torch.device("cuda")
+    from equinb.backbones import tiny_clip
+    from equinb.heads import CosineHead
+    from equinb.precision import apply_clip_precision
+    from equinb.zeroshot import TRANSFORMS, per_view_logits, view_elements
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
     torch.manual_seed(0)
-    model = clip.model.CLIP(1024, 224, (3, 4, 6, 3), 64, None, 77, 49408, 512, 8, 12)
-    clip.model.convert_weights(model)
+    model = tiny_clip("rn") if tiny else clip.model.CLIP(1024, 224, (3, 4, 6, 3), 64, None, 77, 49408, 512, 8, 12)
     encoder = model.visual.to(device).eval()
-    head = nn.Linear(1024, 100, bias=False).to(device).requires_grad_(False)
-    config = TrainConfig.updated()
-    group = get_group("rot90")
-    lam = weighted_model(encoder, EmbeddingWeightNet(1024).to(device), head, group, config)
-    opt = torch.optim.SGD(lam.weight_net.parameters(), lr=0.33, momentum=0.9)
-    feats = nn.functional.normalize(torch.randn(32, 4, 1024, device=device), dim=-1)
+    apply_clip_precision(encoder, emulate=not cuda)
+    size, dim = int(encoder.input_resolution), int(encoder.output_dim)
+    dtype = torch.float16 if cuda else torch.float32
+    head = CosineHead(nn.functional.normalize(torch.randn(dim, 100, device=device), dim=0).to(dtype))
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def timed(run, repeats: int) -> float:  # seconds per call, after one warm-up call (cuDNN picks its kernels)
+        run()
+        sync()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        sync()
+        return (time.perf_counter() - start) / repeats
+
+    images, batch = (64, 16) if tiny else (2_048, 256)
+    raw = torch.randn(images, 3, size, size, device=device).to(dtype)
+    elements = view_elements(TRANSFORMS)
+    zeroshot = timed(lambda: per_view_logits(encoder, head, ((raw[i:i + batch], torch.zeros(len(raw[i:i + batch]),
+                                                                                            dtype=torch.long))
+                                                             for i in range(0, images, batch)), elements, device), 2)
+    lam = weighted_model(encoder, EmbeddingWeightNet(dim).to(device), nn.Linear(dim, 100, bias=False).to(device),
+                         get_group("rot90"), TrainConfig.updated())
     labels = torch.randint(0, 100, (32,), device=device)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = nn.functional.cross_entropy(lam.forward_views(views=feats), labels)
-        opt.zero_grad()
+    feats = nn.functional.normalize(torch.randn(32, 4, dim, device=device), dim=-1)
+    opt = torch.optim.SGD(lam.weight_net.parameters(), lr=0.33, momentum=0.9)
+
+    def step(optimiser, **views) -> None:
+        loss = nn.functional.cross_entropy(lam.forward_views(**views), labels)
+        optimiser.zero_grad()
         loss.backward()
-        opt.step()
-    torch.cuda.synchronize()
-    print(f"GPU prefinetune, cached: {steps / (time.perf_counter() - start):.0f} steps/s")
-    images = torch.randn(32, 4, 3, 224, 224, device=device).half()
+        optimiser.step()
+
+    prefinetune = timed(lambda: step(opt, views=feats), steps)
+    views = torch.randn(32, 4, 3, size, size, device=device).to(dtype)
     opt = torch.optim.SGD(list(encoder.parameters()) + list(lam.weight_net.parameters()), lr=5e-8, momentum=0.9)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps // 10):
-        loss = nn.functional.cross_entropy(lam.forward_views(images), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    torch.cuda.synchronize()
-    print(f"GPU finetune, full forward + backward: {steps // 10 / (time.perf_counter() - start):.1f} steps/s")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    finetune = timed(lambda: step(opt, inputs=views), max(2, steps // 10))
+    return dict(zeroshot_views_per_s=images * len(elements) / zeroshot, prefinetune_steps_per_s=1 / prefinetune,
+                finetune_steps_per_s=1 / finetune,
+                peak_memory_gb=torch.cuda.max_memory_allocated() / 1e9 if cuda else 0.0)
 
 
 if __name__ == "__main__":

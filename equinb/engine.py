@@ -409,6 +409,13 @@ def _sgd(params, lr: float, momentum: float) -> torch.optim.SGD | None:
     return torch.optim.SGD(trainable, lr=lr, momentum=momentum) if trainable else None
 
 
+def _loss_rows(stage: str, round_index: int, first_step: int, losses: list[Tensor]) -> list[dict]:
+    """History rows of one round's step losses, read from the device once per round (a ``.item()`` per step
+    would make the host wait for the GPU at every step)."""
+    values = torch.stack(losses).float().tolist() if losses else []
+    return [dict(stage=stage, round=round_index, step=first_step + i + 1, loss=v) for i, v in enumerate(values)]
+
+
 def prefinetune(model: OrbitWrapper, train: ViewData, select: ViewData, config: TrainConfig,
                 progress: bool = False) -> tuple[dict, list[dict]]:
     """Train only the lambda network on normalised features; keep the best by selection accuracy.
@@ -436,14 +443,16 @@ def prefinetune(model: OrbitWrapper, train: ViewData, select: ViewData, config: 
         if acc > best:
             best, best_state = acc, copy.deepcopy(model.weight_net.state_dict())
         model.train()
+        losses = []
         for index, element in zip(batches, _draw_elements(len(batches), model.group.order, rng)):
             feats, labels = train.batch(index, element, model.group)
             loss = train_step_loss(model, feats, labels, weight_views=feats)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            step += 1
-            history.append(dict(stage="prefinetune", round=r, step=step, loss=loss.item()))
+            losses.append(loss.detach())
+        history += _loss_rows("prefinetune", r, step, losses)
+        step += len(losses)
     return best_state, history
 
 
@@ -480,6 +489,7 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
     history, step, predicted = [], 0, None
     for r, batches in enumerate(tqdm(schedule, desc="finetune", disable=not progress, ascii=True)):
         model.train()
+        losses = []
         for index, element in zip(batches, _draw_elements(len(batches), model.group.order, rng)):
             views, labels = train.batch(index, element, model.group)
             lam = None
@@ -492,8 +502,9 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
             loss.backward()
             for opt in optimisers:
                 opt.step()
-            step += 1
-            history.append(dict(stage="finetune", round=r, step=step, loss=loss.item()))
+            losses.append(loss.detach())
+        history += _loss_rows("finetune", r, step, losses)
+        step += len(losses)
         if eval_every_round or r == len(schedule) - 1:
             frozen = test_lambda_feats if config.lambda_input == "frozen_copy" else None
             predicted = predict(model, test, lambda_feats=frozen, seed=config.seed)

@@ -7,10 +7,11 @@ one tolerance, derived from spreads measured by ``tools/measure_noise.py`` and s
 
     tolerance = max(floor, factor * largest |difference| seen across seeds and numerical modes)
 
-The same file serves three readers: the notebook regression (``tests/nbval_tolerance.py`` compares the numbers
-of cells tagged with a tolerance class within that tolerance, and everything else exactly), the chapters
-(which print the tolerance next to the numbers), and ``equinb.verdicts`` (where a chapter runs no seeds, a
-difference smaller than the tolerance is "within noise").
+The same file serves two readers: the notebook regression (``tests/nbval_tolerance.py`` compares the numbers
+of cells tagged with a tolerance class within that tolerance, and everything else exactly) and the chapters
+(which print the tolerance next to the numbers). A tolerance never enters a verdict (``equinb.verdicts`` uses
+seed repeats), and it holds only for the profile it was measured on: asking for it under another profile (the
+paper profile's numbers move by other amounts) is refused.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Tolerance", "tolerance", "tolerances", "noise_note", "loss_label", "split_numbers", "snap_numbers",
-           "NUMBER"]
+__all__ = ["Tolerance", "tolerance", "tolerances", "chapter_tolerances", "measured_profile", "noise_note",
+           "loss_label", "split_numbers", "snap_numbers", "NUMBER"]
 
 MEASURED = Path(__file__).with_name("noise_measured.json")
 NOTE_MARKER = "between CPUs and seeds"  # in every ``noise_note`` line: the measurement leaves those lines out
@@ -32,11 +33,10 @@ NOTE_MARKER = "between CPUs and seeds"  # in every ``noise_note`` line: the meas
 # of a number ("1,328,073" is three numbers, each compared).
 NUMBER = re.compile(r"(?:(?<![\w.])[-+])?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
 
-# Verdict words that a number moving within its tolerance may turn into one another (a difference near the
-# noise level can read "within noise" on one machine and "agrees" on another; never "agrees" vs "reversed").
-# "no article direction" and "changes the result" are the verdicts of a difference without an article sign.
-_ADJACENT_VERDICTS = {("agrees", "within noise"), ("reversed", "within noise"),
-                      ("no article direction", "within noise"), ("changes the result", "within noise")}
+# Verdict words that numbers moving within their tolerance may turn into one another (an interval that touches
+# zero on one machine may just exclude it on another; never "agrees" vs "reversed"). "non-zero" is the verdict of
+# the book's own comparisons, which have no article sign.
+_ADJACENT_VERDICTS = {("agrees", "inconclusive"), ("reversed", "inconclusive"), ("non-zero", "inconclusive")}
 
 
 @dataclass(frozen=True)
@@ -76,12 +76,30 @@ def tolerances(path: Path = MEASURED) -> dict[str, Tolerance]:
                             t["basis"]) for name, t in data["classes"].items()}
 
 
-def tolerance(name: str) -> Tolerance:
-    """The tolerance class ``name`` (for example ``"top1"``); unknown names list the valid ones."""
+def measured_profile(path: Path = MEASURED) -> str:
+    """The profile whose numbers ``noise_measured.json`` measured (``small``)."""
+    return json.loads(path.read_text()).get("profile", "small") if path.is_file() else "small"
+
+
+def tolerance(name: str, profile: str = "small") -> Tolerance:
+    """The tolerance class ``name`` (for example ``"top1"``) of ``profile``; unknown names list the valid ones, and
+    a profile other than the measured one is refused (its numbers move by amounts nobody measured)."""
+    if profile != measured_profile():
+        raise ValueError(f"the regression tolerances were measured on the {measured_profile()!r} profile, not "
+                         f"{profile!r}; measure that profile with tools/measure_noise.py, or compare its runs "
+                         "by seed repeats (noise_seeds) as the verdicts do")
     known = tolerances()
     if name not in known:
         raise KeyError(f"unknown tolerance class {name!r}; known: {', '.join(sorted(known))}")
     return known[name]
+
+
+def chapter_tolerances(profile: str, *names: str) -> dict[str, Tolerance | None]:
+    """The classes a chapter prints beside its numbers: each ``Tolerance`` on the measured profile, ``None`` on
+    any other (``noise_note`` then says that no tolerance was measured for it)."""
+    if profile != measured_profile():
+        return dict.fromkeys(names)
+    return {name: tolerance(name, profile) for name in names}
 
 
 def split_numbers(text: str) -> tuple[list[str], list[str]]:
@@ -130,8 +148,11 @@ def snap_numbers(test: str, reference: str, tol: Tolerance) -> str:
     return "".join(out)
 
 
-def noise_note(tol: Tolerance, what: str = "trained numbers") -> str:
-    """One line for the reader, printed above the numbers a tolerance covers."""
+def noise_note(tol: Tolerance | None, what: str = "trained numbers") -> str:
+    """One line for the reader, printed above the numbers a tolerance covers (``None``: a profile without one)."""
+    if tol is None:
+        return (f"{what} below: how far they move {NOTE_MARKER} was measured on the {measured_profile()} profile "
+                "only, not on this one; the verdicts rest on seed repeats")
     return f"{what} below move within {tol.describe()} {NOTE_MARKER} ({tol.basis})"
 
 

@@ -89,7 +89,7 @@ from equinb.analysis import rotation_labels, view_weights, weight_summary
 from equinb.cache import run_cache_dir
 from equinb.chapter import check_params, profile_note
 from equinb.evidence import finetune_changed
-from equinb.noise import noise_note, tolerance
+from equinb.noise import chapter_tolerances, noise_note
 from equinb.reference import article_fig2_3
 from equinb.setups import (build_setup, feature_map_config, feature_map_weight_net, isic_stand_in, run_training,
                            seed_repeats, trained_model)
@@ -112,7 +112,7 @@ config = feature_map_config(prelr=prelr, prefinetune_rounds=prefinetune_rounds, 
                             finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, lr=lr, seed=seed)
 free_config = replace(config, prelr=prelr_orientation_free)  # the Table 4 chapter's feature-map runs
 runs = run_cache_dir(data_root)
-noise = {name: tolerance(name) for name in ("top1", "weight", "share")}  # how far printed numbers may move
+noise = chapter_tolerances(profile, "top1", "weight", "share")  # how far printed numbers may move
 viz.book_style()
 glue("profile", profile, display=False)
 glue("profile_note", profile_note(profile, "MobileNetV2's block-17 maps of the digits stand in for CLIP RN50 on "

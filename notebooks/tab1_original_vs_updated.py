@@ -93,7 +93,7 @@ from equinb.cache import run_cache_dir
 from equinb.chapter import check_params, profile_note
 from equinb.engine import TrainConfig, group_drift, weighted_model
 from equinb.evidence import compare_runs, finetune_changed, no_training_check, stage_runs
-from equinb.noise import noise_note, tolerance
+from equinb.noise import chapter_tolerances, noise_note
 from equinb.reference import article_tab1, beside_article
 from equinb.setups import build_setup, correct_by_seed, run_training, seed_repeats
 from equinb.tables import publish_verdicts, show
@@ -112,7 +112,7 @@ configs = {k: replace(c, prefinetune_rounds=prefinetune_rounds, prefinetune_step
                       finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, seed=seed)
            for k, c in configs.items()}
 runs = run_cache_dir(data_root)
-top1_noise = tolerance("top1")  # how far a trained top-1 may move between CPUs (the notebook regression only)
+top1_noise = chapter_tolerances(profile, "top1")["top1"]  # how far a trained top-1 may move between CPUs (regression only)
 viz.book_style()
 pd.set_option("display.precision", 2)
 glue("profile", profile, display=False)

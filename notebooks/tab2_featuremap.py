@@ -84,7 +84,7 @@ from equinb.cache import cache_dir, run_cache_dir
 from equinb.chapter import check_params, profile_note
 from equinb.engine import TrainConfig
 from equinb.evidence import STAGES, compare_runs, finetune_changed, no_training_check, stage_problems, stage_runs
-from equinb.noise import loss_label, noise_note, tolerance
+from equinb.noise import chapter_tolerances, loss_label, noise_note
 from equinb.reference import article_tab2, beside_article
 from equinb.setups import (build_setup, feature_map_config, feature_map_weight_net, run_training, seed_repeats,
                            trained_model)
@@ -107,7 +107,7 @@ setup_options = dict(backbone=backbone, dataset=dataset, image_size=image_size, 
                      clip_download_root=clip_download_root, max_train=max_train, dataset_options=dataset_options)
 runs = run_cache_dir(data_root)
 # how far printed numbers may move between CPUs (the notebook regression only; verdicts use seeds)
-noise = {name: tolerance(name) for name in ("top1", "logit", "loss")}
+noise = chapter_tolerances(profile, "top1", "logit", "loss")
 viz.book_style()
 glue("profile", profile, display=False)
 glue("profile_note", profile_note(profile, "MobileNetV2's 320×3×3 block-17 maps of the digits stand in for CLIP "

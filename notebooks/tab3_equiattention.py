@@ -74,7 +74,7 @@ from equinb.analysis import positional_head, symmetry_tables
 from equinb.cache import cache_dir, run_cache_dir
 from equinb.chapter import check_params, profile_note
 from equinb.evidence import STAGES, compare_runs, finetune_changed, no_training_check, stage_runs
-from equinb.noise import noise_note, tolerance
+from equinb.noise import chapter_tolerances, noise_note
 from equinb.reference import article_tab3, beside_article
 from equinb.setups import (build_setup, feature_map_config, feature_map_weight_net, run_training, seed_repeats,
                            trained_model)
@@ -91,7 +91,7 @@ group_object = get_group(group)  # an unknown name fails here, listing the valid
 config = feature_map_config(prelr=prelr, prefinetune_rounds=prefinetune_rounds, prefinetune_steps=prefinetune_steps,
                             finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, lr=lr, seed=seed)
 runs = run_cache_dir(data_root)
-noise = {name: tolerance(name) for name in ("top1", "logit")}  # how far printed numbers may move between CPUs
+noise = chapter_tolerances(profile, "top1", "logit")  # how far printed numbers may move between CPUs
 viz.book_style()
 glue("profile", profile, display=False)
 glue("profile_note", profile_note(profile, "MobileNetV2's 320×3×3 block-17 maps of the digits stand in for CLIP "

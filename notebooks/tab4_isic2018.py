@@ -92,7 +92,7 @@ from equinb.data import (FASHION_MNIST_CLASSES, ISIC2018_CLASS_COUNTS, ISIC2018_
 from equinb.engine import TrainConfig, weighted_model
 from equinb.evidence import STAGES, compare_runs, finetune_changed, no_training_check, stage_runs
 from equinb.metrics import class_counts, classification_scores, confusion_matrix, majority_predictions
-from equinb.noise import noise_note, tolerance
+from equinb.noise import chapter_tolerances, noise_note
 from equinb.reference import article_tab4, count_behind
 from equinb.setups import (build_setup, correct_by_seed, feature_map_config, feature_map_weight_net, isic_stand_in,
                            run_training, seed_repeats, trained_model)
@@ -119,7 +119,7 @@ if dataset == "isic2018":  # a missing data folder fails here, naming the files 
 schedule = dict(prefinetune_rounds=prefinetune_rounds, prefinetune_steps=prefinetune_steps, prelr=prelr,
                 finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, seed=seed)
 runs = run_cache_dir(data_root)
-noise = {"imbalanced": tolerance("imbalanced")}  # how far these scores may move between CPUs (regression only)
+noise = chapter_tolerances(profile, "imbalanced")  # how far these scores may move between CPUs (regression only)
 viz.book_style()
 glue("profile", profile, display=False)
 glue("profile_note", profile_note(profile, "seven randomly turned Fashion-MNIST classes at ISIC 2018's class "

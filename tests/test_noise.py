@@ -49,11 +49,11 @@ def test_snap_never_forgives_a_change_of_text():
 
 def test_snap_allows_only_adjacent_verdicts():
     ref = "+1.11 agrees"
-    assert snap_numbers("+0.80 within noise", ref, PP) == ref
-    assert snap_numbers("-0.80 reversed", "-1.20 within noise", PP) == "-1.20 within noise"
-    assert snap_numbers("+2.9 changes the result", "+2.4 within noise", PP) == "+2.4 within noise"
-    assert snap_numbers("+9.0 no article direction", "+8.0 within noise", PP) == "+8.0 within noise"
+    assert snap_numbers("+0.80 inconclusive", ref, PP) == ref
+    assert snap_numbers("-0.80 reversed", "-1.20 inconclusive", PP) == "-1.20 inconclusive"
+    assert snap_numbers("+2.9 non-zero", "+2.4 inconclusive", PP) == "+2.4 inconclusive"
     assert snap_numbers("+1.50 reversed", ref, PP) == "+1.50 reversed"  # agrees vs reversed: a real change
+    assert snap_numbers("+1.50 not tested here", ref, PP) == "+1.50 not tested here"  # a verdict vs none
 
 
 def test_relative_tolerance_scales_with_the_value():
@@ -183,3 +183,13 @@ def test_package_data_ships_every_data_file_of_equinb():
     data = [p.name for p in (ROOT / "equinb").iterdir() if p.is_file() and p.suffix not in (".py", ".pyc")]
     assert "noise_measured.json" in data
     assert all(any(fnmatch.fnmatch(name, pat) for pat in patterns) for name in data), (data, patterns)
+
+
+def test_tolerances_are_refused_for_a_profile_they_were_not_measured_on() -> None:
+    from equinb.noise import chapter_tolerances, measured_profile, noise_note, tolerance
+
+    assert measured_profile() == "small" and tolerance("top1", "small").absolute > 0
+    with pytest.raises(ValueError, match="measured on the 'small' profile, not 'paper'"):
+        tolerance("top1", "paper")
+    assert chapter_tolerances("paper", "top1", "logit") == {"top1": None, "logit": None}
+    assert "measured on the small profile only" in noise_note(None, "top-1 accuracies (%)")

@@ -73,6 +73,21 @@ def chapter_parameters(nb_id: str) -> list[str]:
     return re.findall(r"^([a-z_][a-z0-9_]*): [A-Za-z_.\[\], ]+ = ", cell, flags=re.M)
 
 
+def chapter_defaults(nb_id: str) -> dict:
+    """The literal default values of a chapter's parameters cell, by name (values that are not literals: left out)."""
+    import ast
+
+    text = (ROOT / "notebooks" / f"{nb_id}.py").read_text()
+    defaults = {}
+    for name, value in re.findall(r"^([a-z_][a-z0-9_]*): [A-Za-z_.\[\], ]+ = (.+?)(?:  #.*)?$", text, flags=re.M):
+        if name in chapter_parameters(nb_id):
+            try:
+                defaults[name] = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError):
+                pass
+    return defaults
+
+
 def check_parameter_names(nb_id: str, names, source: str) -> None:
     """Refuse parameter names the chapter does not declare, naming the ones it does."""
     declared = chapter_parameters(nb_id)

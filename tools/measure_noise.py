@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
                              measured_by=dict(command=command, date=datetime.date.today().isoformat(),
                                               chapters=args.chapters))
     record = dict(command=command if measured == set(CLASSES) else previous.get("command", command),
-                  date=datetime.date.today().isoformat(), reference="notebooks/<id>.ipynb (native mode, seed 0)",
+                  date=datetime.date.today().isoformat(), profile="small",
+                  reference="notebooks/<id>.ipynb (native mode, seed 0)",
                   factor=FACTOR, chapters=sorted(set(args.chapters) | set(previous.get("chapters", []))),
                   classes=classes)
     tmp = MEASURED.with_suffix(".tmp")
