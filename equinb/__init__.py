@@ -26,8 +26,8 @@ Module map, bottom to top; a module imports only modules above it in this list (
     equilm      EquiLM over token-permutation groups, generation, model loading
     nlg         the Figure 6 experiment: prompts, scorers, fairness statistics
     chapter     every chapter parameter's rule, checked before heavy work
-    viz         plots
-    tables      tables without row index, with captions; a chapter's verdicts shown and glued
+    tables      numbered tables without row index, with captions and their data; a chapter's verdicts glued
+    viz         plots, drawn at the book's column width, their data filed beside the tables'
 
 ``import equinb`` stays light: it imports torch and the method modules only (not torchvision, numpy, pandas,
 scikit-learn, clip, matplotlib or transformers); the book's modules need the extras (``pip install

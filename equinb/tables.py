@@ -4,20 +4,29 @@
 regression) and HTML (a ``<table>`` inside a box that scrolls sideways on a narrow screen, headers that wrap only
 between words, numbers that never wrap). ``show`` displays one; ``publish_verdicts`` shows a chapter's verdict
 table and glues it, and its rows as JSON, for the summary page and the claim list.
+
+After ``start_chapter(<id>)``, ``show`` numbers the tables as the book numbers the chapter ("Table 2.3"), and
+when ``$EQUINB_DATA_OUT`` names a folder (``make book`` sets it) it writes each table's numbers there as
+``<chapter>/table-<k>.csv`` and links the file from the caption; ``save_data`` does the same for a figure's data.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Table", "Link", "show", "publish_verdicts", "glued_json", "VERDICTS_KEY", "CLAIMS_KEY"]
+__all__ = ["Table", "Link", "show", "publish_verdicts", "glued_json", "start_chapter", "save_data", "VERDICTS_KEY",
+           "CLAIMS_KEY", "DATA_ENV"]
 
 VERDICTS_KEY = "verdicts"  # the glued verdict table of a chapter
 CLAIMS_KEY = "verdicts_json"  # the same rows as JSON, read by the claim list
+DATA_ENV = "EQUINB_DATA_OUT"  # folder for the numbers behind each table and figure (unset: none written)
+TOC = Path(__file__).resolve().parents[1] / "_toc.yml"  # the book's table of contents, in a source checkout
+_chapter: dict = {"id": None, "prefix": "", "count": 0}  # the numbering of the running chapter
 # A cell that holds only numbers (and their signs, brackets, units): it never wraps inside a number.
 _NUMERIC = re.compile(r"^[\s\d.,+\-−—%±×()\[\]en=/:]*$")
 
@@ -50,6 +59,7 @@ class Table:
         self.caption = caption
         self.decimals = decimals
         self.hidden = tuple(hidden)
+        self.data_href = ""  # a CSV of the numbers, linked from the HTML caption when set
 
     def _shown(self):
         shown = self.frame.drop(columns=[c for c in self.hidden if c in self.frame.columns])
@@ -71,16 +81,59 @@ class Table:
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
         rows = "".join("<tr>" + "".join(self._html_cell(v) for v in row) + "</tr>"
                        for row in shown.itertuples(index=False))
-        caption = f"<caption>{html.escape(self.caption)}</caption>" if self.caption else ""
+        link = f' <a class="equinb-data" href="{html.escape(self.data_href)}">data (CSV)</a>' if self.data_href else ""
+        caption = f"<caption>{html.escape(self.caption)}{link}</caption>" if self.caption or link else ""
         return (f'<div class="equinb-table"><table class="equinb">{caption}<thead><tr>{head}</tr></thead>'
                 f"<tbody>{rows}</tbody></table></div>")
+
+
+def chapter_number(chapter_id: str, toc: Path = TOC) -> int | None:
+    """The number the book gives chapter ``chapter_id`` (its place among the numbered parts of ``_toc.yml``), or
+    None (an unnumbered page, or no table of contents next to the package)."""
+    import yaml
+
+    if not toc.is_file():
+        return None
+    numbered = [entry["file"].rsplit("/", 1)[-1] for part in yaml.safe_load(toc.read_text()).get("parts", [])
+                if part.get("numbered") for entry in part.get("chapters", [])]
+    return numbered.index(chapter_id) + 1 if chapter_id in numbered else None
+
+
+def start_chapter(chapter_id: str) -> None:
+    """Number the tables that follow as the book numbers ``chapter_id`` ("Table 2.1", "Table 2.2", ...; "Table 1",
+    ... on an unnumbered page), and file their data under ``$EQUINB_DATA_OUT/<chapter_id>/``."""
+    number = chapter_number(chapter_id)
+    _chapter.update(id=chapter_id, prefix=f"{number}." if number else "", count=0)
+
+
+def save_data(frame, name: str) -> str:
+    """Write ``frame``'s numbers to ``$EQUINB_DATA_OUT/<chapter>/<name>.csv`` when that folder is set (a book build)
+    and a chapter was started; returns the link to it from the chapter's page ("" when nothing was written)."""
+    folder = os.environ.get(DATA_ENV)
+    if not folder or not _chapter["id"]:
+        return ""
+    path = Path(folder) / _chapter["id"] / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return f"../data/{_chapter['id']}/{name}.csv"
+
+
+def _numbered(table: Table) -> Table:
+    """``table`` with the next number of the running chapter in its caption and its data filed, if one started."""
+    if not _chapter["id"]:
+        return table
+    _chapter["count"] += 1
+    label = f"Table {_chapter['prefix']}{_chapter['count']}"
+    table.caption = f"{label}. {table.caption}" if table.caption else label
+    table.data_href = save_data(table.frame, f"table-{_chapter['count']}")
+    return table
 
 
 def show(frame, caption: str = "", decimals: int = 2, hidden: tuple[str, ...] = ()) -> None:
     """Display ``frame`` as a ``Table`` in a notebook (returns nothing, so a cell does not show it twice)."""
     from IPython.display import display
 
-    display(Table(frame, caption, decimals, hidden))
+    display(_numbered(Table(frame, caption, decimals, hidden)))
 
 
 def publish_verdicts(rows: list[dict], profile: str, chapter: str, caption: str) -> None:
@@ -91,7 +144,7 @@ def publish_verdicts(rows: list[dict], profile: str, chapter: str, caption: str)
 
     from IPython.display import display
 
-    table = Table(pd.DataFrame(rows), f"{caption} (profile: {profile})", hidden=("id", "changed"))
+    table = _numbered(Table(pd.DataFrame(rows), f"{caption} (profile: {profile})", hidden=("id", "changed")))
     display(table)
     glue(VERDICTS_KEY, table, display=False)
     glue(CLAIMS_KEY, json.dumps([{**row, "profile": profile, "chapter": chapter} for row in rows],

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-__all__ = ["book_style", "glue_figure",
-           "zeroshot_panels", "robustness_plot", "learning_curves", "label_bars", "fairness_gap_plot",
-           "weight_means_plot", "weight_histograms", "class_samples", "confusion_heatmaps", "METHOD_COLORS"]
+__all__ = ["book_style", "glue_figure", "FIGURE_WIDTH", "zeroshot_panels", "robustness_plot", "learning_curves",
+           "describe_curves", "label_bars", "fairness_gap_plot", "weight_means_plot", "weight_histograms",
+           "class_samples", "confusion_heatmaps", "METHOD_COLORS"]
 
 METHOD_COLORS = {"vanilla": "#8c8c8c", "equitune": "#4c72b0", "equizero": "#dd8452"}
 LEGEND_SIZE = 9  # points; the smallest text of a figure
+# inches: the book's text column at 100 dpi (about 670 px); a figure drawn wider is scaled down on the page and its
+# 9 pt text with it, so no figure is drawn wider than this
+FIGURE_WIDTH = 6.7
 # one style per run, so that runs with identical numbers stay visible on top of each other
 RUN_STYLES = [dict(ls="-", marker="o", ms=6, mfc="none"), dict(ls="--", marker="s", ms=4),
               dict(ls=":", marker="^", ms=7, mfc="none"), dict(ls="-.", marker="x", ms=6),
@@ -32,12 +35,17 @@ def book_style() -> None:
                                 "ytick.labelsize": LEGEND_SIZE})
 
 
-def glue_figure(key: str, fig) -> None:
+def glue_figure(key: str, fig, data=None) -> None:
     """Hand ``fig`` to the book under ``key``, for a numbered ``{glue:figure}`` with caption and alt text, and
-    close it, so the cell does not also show it without them (needs myst-nb, the book's extra)."""
+    close it, so the cell does not also show it without them (needs myst-nb, the book's extra). ``data``: the
+    DataFrame drawn, filed as ``<key>.csv`` beside the chapter's tables in a book build (``tables.save_data``)."""
     import matplotlib.pyplot as plt
     from myst_nb import glue
 
+    from .tables import save_data
+
+    if data is not None:
+        save_data(data, key)
     glue(key, fig, display=False)
     plt.close(fig)
 
@@ -62,7 +70,7 @@ def zeroshot_panels(ours, article, transforms: Sequence[str] = ("rot90", "rot180
     import matplotlib.pyplot as plt
 
     datasets = list(dict.fromkeys(list(ours["dataset"]) + list(article["dataset"])))
-    fig, axes = plt.subplots(len(transforms), len(datasets), figsize=(4.2 * len(datasets), 3.2 * len(transforms)),
+    fig, axes = plt.subplots(len(transforms), len(datasets), figsize=(FIGURE_WIDTH, 2.9 * len(transforms)),
                              squeeze=False)
     width = 0.35
     for r, transform in enumerate(transforms):
@@ -90,11 +98,11 @@ def zeroshot_panels(ours, article, transforms: Sequence[str] = ("rot90", "rot180
                 if ll not in labels:
                     handles.append(hh)
                     labels.append(ll)
-    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), frameon=False,
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), frameon=False,
                bbox_to_anchor=(0.5, -0.02))
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig
 
 
@@ -107,7 +115,7 @@ def robustness_plot(ours, article, transforms: Sequence[str] = ("none", "rot180"
 
     frames = [("this build", ours), ("article", article)]
     keys = [(src, b, d) for src, f in frames for b, d in dict.fromkeys(zip(f.backbone, f.dataset))]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(keys) + 2), 3.4))
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH, 3.6))
     width = 0.8 / len(transforms)
     palette = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]
     for t, transform in enumerate(transforms):
@@ -119,7 +127,7 @@ def robustness_plot(ours, article, transforms: Sequence[str] = ("none", "rot180"
         ax.bar([i + t * width for i in range(len(keys))], values, width, color=palette[t % len(palette)],
                label=TRANSFORM_LABELS.get(transform, transform))
     ax.set_xticks([i + width * (len(transforms) - 1) / 2 for i in range(len(keys))],
-                  [f"{b}\n{d}\n({src})" for src, b, d in keys], fontsize=LEGEND_SIZE - 1)
+                  [f"{b}\n{d}\n({src})" for src, b, d in keys], fontsize=LEGEND_SIZE)
     ax.set_ylabel("vanilla top-1 accuracy (%)")
     ax.set_title("The plain model under each random transformation")
     ax.set_ylim(bottom=0)
@@ -137,7 +145,7 @@ def learning_curves(history, title: str = ""):
 
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(FIGURE_WIDTH, 3.4 + 0.2 * history["run"].nunique()))
     for k, (run, rows) in enumerate(history.groupby("run", sort=False)):
         style = RUN_STYLES[k % len(RUN_STYLES)]
         sel = rows[rows.stage.eq("prefinetune") & rows.select_top1.notna()]
@@ -147,15 +155,34 @@ def learning_curves(history, title: str = ""):
         axes[1].plot(x, tests.test_top1, label=run, **style)
     for ax in axes:  # rounds are counts
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0].set(xlabel="prefinetune round", ylabel="selection top-1 (%)",
-                title="lambda network selection (before each round)")
-    axes[1].set(xlabel="finetune round (0 = selected lambda network)", ylabel="test top-1 (%)",
-                title="test accuracy during finetuning")
-    axes[1].legend(frameon=False)
+    axes[0].set(xlabel="prefinetune round", ylabel="selection top-1 (%)", title="selection, before each round")
+    axes[1].set(xlabel="finetune round (0: selected λ net)", ylabel="test top-1 (%)", title="test, finetuning")
+    handles, labels = axes[1].get_legend_handles_labels()  # below the panels: never over a line
+    fig.legend(handles, labels, frameon=False, loc="lower center", ncol=2, bbox_to_anchor=(0.5, 0.0))
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 + 0.045 * ((len(labels) + 1) // 2), 1, 1))
     return fig
+
+
+def describe_curves(history) -> str:
+    """What a reader should see in ``learning_curves``: how many runs finetuning moved, and the largest move (pp),
+    from the same tidy rows."""
+    moves = {}
+    for run, rows in history.groupby("run", sort=False):
+        tests = rows[rows.test_top1.notna()]
+        start = tests[tests.stage == "prefinetune"].test_top1
+        end = tests[tests.stage == "finetune"].test_top1
+        if len(start) and len(end):
+            moves[run] = float(end.iloc[-1] - start.iloc[-1])
+    if not moves:
+        return "no run was finetuned"
+    moved = {run: m for run, m in moves.items() if m != 0.0}
+    if not moved:
+        return f"finetuning left the test top-1 of all {len(moves)} runs where it was"
+    run = max(moved, key=lambda r: abs(moved[r]))
+    return (f"finetuning moved the test top-1 of {len(moved)} of {len(moves)} runs, most {moved[run]:+.2f} pp "
+            f"({run})")
 
 
 def label_bars(panels: Sequence[tuple[str, Any]], demographics: Sequence[str], title: str = "",
@@ -171,7 +198,7 @@ def label_bars(panels: Sequence[tuple[str, Any]], demographics: Sequence[str], t
     styles = {"other": dict(color="white", hatch=".."), "positive": dict(color="black"),
               "neutral": dict(color="none", hatch="//"), "negative": dict(color="gray")}
     width, gap = 0.2, 0.35
-    fig, ax = plt.subplots(figsize=(min(12.0, 1.5 + 0.55 * len(panels) * len(demographics)), 4.2))
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH, 4.2))
     for p, (name, shares) in enumerate(panels):
         origin = p * (len(demographics) * width + gap)
         for j, demographic in enumerate(demographics):
@@ -183,12 +210,12 @@ def label_bars(panels: Sequence[tuple[str, Any]], demographics: Sequence[str], t
                 ax.bar(origin + j * width, value, width * 0.9, bottom=bottom, edgecolor="black", linewidth=0.6,
                        label=label if p == 0 and j == 0 else None, **styles[label])
                 bottom += value
-            ax.text(origin + j * width, -0.04, demographic, ha="center", va="top", fontsize=LEGEND_SIZE - 1)
+            ax.text(origin + j * width, -0.04, demographic, ha="center", va="top", fontsize=LEGEND_SIZE)
         ax.text(origin + (len(demographics) - 1) * width / 2, -0.12, name, ha="center", va="top", fontsize=LEGEND_SIZE)
     ax.set_xticks([])
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("share of samples")
-    ax.legend(loc="upper center", ncol=4, frameon=False)
+    ax.legend(loc="lower center", ncol=4, frameon=False, bbox_to_anchor=(0.5, 1.0))  # above the bars
     if title:
         ax.set_title(title)
     fig.tight_layout()
@@ -204,7 +231,7 @@ def fairness_gap_plot(gaps, article_gaps: dict[str, float] | None = None, title:
     import matplotlib.pyplot as plt
 
     labels = list(gaps.index) + [k for k in (article_gaps or {}) if k not in gaps.index]
-    fig, ax = plt.subplots(figsize=(7.0, 0.45 * len(labels) + 1.2))
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH, 0.45 * len(labels) + 1.2))
     for y, label in enumerate(labels):
         if label in gaps.index:
             row = gaps.loc[label]
@@ -236,7 +263,7 @@ def weight_means_plot(means, title: str = ""):
     methods = list(dict.fromkeys(means["method"]))
     rotations = list(dict.fromkeys(means["rotation"]))
     sources = list(dict.fromkeys(means["source"]))
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.2), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(methods), figsize=(FIGURE_WIDTH, 3.2), squeeze=False, sharey=True)
     width = 0.8 / len(sources)
     for ax, method in zip(axes[0], methods):
         for j, source in enumerate(sources):
@@ -248,10 +275,11 @@ def weight_means_plot(means, title: str = ""):
         ax.set(xlabel="view: rotation of the input (degrees)", title=method)
         ax.axhline(1 / len(rotations), color="gray", lw=0.8, ls=":")
     axes[0][0].set_ylabel("mean weight")
-    axes[0][-1].legend(frameon=False)
+    handles, labels = axes[0][-1].get_legend_handles_labels()  # below the panels: never over a bar
+    fig.legend(handles, labels, frameon=False, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, 0.0))
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 
@@ -266,7 +294,7 @@ def weight_histograms(weights, bins: int = 20, title: str = ""):
 
     methods = list(dict.fromkeys(weights["method"]))
     rotations = list(dict.fromkeys(weights["rotation"]))
-    fig, axes = plt.subplots(len(rotations), len(methods), figsize=(4.2 * len(methods), 1.3 * len(rotations) + 0.8),
+    fig, axes = plt.subplots(len(rotations), len(methods), figsize=(FIGURE_WIDTH, 1.3 * len(rotations) + 0.8),
                              squeeze=False, sharex=True)
     edges = np.linspace(0.0, 1.0, bins + 1)
     for r, rotation in enumerate(rotations):
@@ -295,7 +323,7 @@ def class_samples(images: Sequence[Any], titles: Sequence[str], title: str = "")
 
     if len(images) != len(titles) or not images:
         raise ValueError(f"need one title per image, got {len(images)} images and {len(titles)} titles")
-    fig, axes = plt.subplots(1, len(images), figsize=(1.55 * len(images), 2.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(images), figsize=(min(FIGURE_WIDTH, 1.55 * len(images)), 2.3), squeeze=False)
     for ax, image, text in zip(axes[0], images, titles):
         ax.imshow(image, cmap="gray" if getattr(image, "ndim", 3) == 2 else None, interpolation="nearest")
         ax.set_title(text, fontsize=LEGEND_SIZE)
@@ -314,14 +342,14 @@ def confusion_heatmaps(matrices: dict[str, Any], class_labels: Sequence[str], ti
     import seaborn as sns
 
     k = len(class_labels)
-    fig, axes = plt.subplots(1, len(matrices), figsize=(0.55 * k * len(matrices) + 1.2, 0.5 * k + 1.6),
+    fig, axes = plt.subplots(1, len(matrices), figsize=(FIGURE_WIDTH, FIGURE_WIDTH / len(matrices) + 0.6),
                              squeeze=False)
     for ax, (name, matrix) in zip(axes[0], matrices.items()):
         counts = np.asarray(matrix, dtype=int)
         if counts.shape != (k, k):
             raise ValueError(f"{name}: a confusion matrix must be {k}x{k}, got {counts.shape}")
         sns.heatmap(counts, annot=True, fmt="d", cmap="Blues", cbar=False, square=True, ax=ax, linewidths=0.5,
-                    xticklabels=class_labels, yticklabels=class_labels, annot_kws={"size": LEGEND_SIZE - 1})
+                    xticklabels=class_labels, yticklabels=class_labels, annot_kws={"size": LEGEND_SIZE})
         ax.set(title=name, xlabel="predicted class", ylabel="true class")
         ax.tick_params(axis="x", rotation=90)
         ax.tick_params(axis="y", rotation=0)

@@ -35,9 +35,10 @@ from myst_nb import glue
 
 from equinb.chapter import check_params
 from equinb.claims import claims
-from equinb.tables import Link, glued_json, show
+from equinb.tables import Link, glued_json, show, start_chapter
 from equinb.verdicts import NOT_TESTED, VERDICT_COLUMN, verdict_counts
 
+start_chapter("claim_list")  # number its tables as the book numbers the chapter
 check_params(profile=profile, chapters_dir=chapters_dir)
 folder = Path(chapters_dir).expanduser()
 reported, missing = {}, []

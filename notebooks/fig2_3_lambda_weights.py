@@ -18,7 +18,8 @@
 #
 # ```{admonition} What this page shows
 # :class: tip
-# {glue:text}`profile_note` The methods themselves are stated in the [method primer](../book/methods.md).
+# {glue:text}`profile_note` The methods themselves are stated in the [method primer](../book/methods.md) (see its
+# {ref}`feature-map diagram <fig-method-feature-map>`).
 # ```
 #
 # **Claim** {cite}`vlasenko2024even` (Vlasenko et al., §4.4, Figures 2-3). After prefinetuning on CIFAR100, both
@@ -93,9 +94,10 @@ from equinb.noise import chapter_tolerances, noise_note
 from equinb.reference import article_fig2_3
 from equinb.setups import (build_setup, feature_map_config, feature_map_weight_net, isic_stand_in, run_training,
                            seed_repeats, trained_model)
-from equinb.tables import publish_verdicts, show
+from equinb.tables import publish_verdicts, show, start_chapter
 from equinb.verdicts import VERDICT_RULE, by_construction, compare, too_few_seeds, verdict_row
 
+start_chapter("fig2_3_lambda_weights")  # number its tables as the book numbers the chapter
 check_params(profile=profile, backbone=backbone, dataset=dataset, orientation_free=orientation_free,
              stand_in_classes=stand_in_classes, stand_in_train=stand_in_train, stand_in_shots=stand_in_shots,
              stand_in_seed=stand_in_seed, group=group, image_size=image_size, split_block=split_block,
@@ -125,7 +127,7 @@ print(f"profile={profile} backbone={backbone} dataset={dataset} orientation_free
 # The mean weights were read off the article's plots. The shares are quoted in its text, which does not
 # say which definition produced them.
 
-# %% tags=["exact"]
+# %% tags=["hide-input", "exact"]
 ref = article_fig2_3()
 article_means = ref[ref.metric.str.startswith("mean_weight_rot")].assign(
     rotation=lambda f: f.metric.str.replace("mean_weight_rot", ""))
@@ -176,7 +178,7 @@ show(pd.DataFrame(accuracy).groupby(["figure", "method"], sort=False).prefinetun
 # natural set that view is the upright one, so this share is one minus the argmax share; on the turned stand-in it
 # says whether the module finds each image's original orientation (chance: one in four).
 
-# %% tags=["tolerance-weight"]
+# %% tags=["hide-input", "tolerance-weight"]
 # the view that shows each test image as it was before its random turn (view 0 when nothing was turned)
 original = {figure: setup.original_views("test") for figure, (setup, _) in setups.items()}
 summary = pd.DataFrame([dict(figure=f, method=m, images=w.shape[1],
@@ -275,11 +277,12 @@ both = pd.concat([ours_means, article_means.rename(columns={"value": "mean"}).as
     ["figure", "method", "rotation", "mean", "source"]]])
 for key, figure in (("natural", nat), ("free", free_set)):
     viz.glue_figure(f"fig2_3_means_{key}", viz.weight_means_plot(both[both.figure == figure],
-                                                               title=f"{figure} (profile: {profile})"))
+                                                               title=f"{figure} (profile: {profile})"),
+                    data=both[both.figure == figure])
     long = pd.concat([pd.DataFrame(w[0].numpy(), columns=columns).melt(var_name="rotation", value_name="weight")
                       .assign(method=m) for (f, m), w in weights.items() if f == figure])
     viz.glue_figure(f"fig2_3_histograms_{key}", viz.weight_histograms(long, title=f"{figure} (profile: {profile}, "
-                                                                               f"seed {seed})"))
+                                                                               f"seed {seed})"), data=long)
 
 # %% [markdown]
 # ```{glue:figure} fig2_3_means_natural
@@ -288,7 +291,7 @@ for key, figure in (("natural", nat), ("free", free_set)):
 #
 # Figure 2a: the mean weight of each view on data with a natural orientation, this build (solid, all seeds) beside
 # the article (hatched). The dotted line is the uniform weight. The verdict table above tests the article's
-# directions.
+# directions. <a href="../data/fig2_3_lambda_weights/fig2_3_means_natural.csv">data (CSV)</a>
 # ```
 #
 # ```{glue:figure} fig2_3_histograms_natural
@@ -297,6 +300,7 @@ for key, figure in (("natural", nat), ("free", free_set)):
 #
 # Figure 2b: how the weight of each view is distributed over the test images, natural orientation (seed 0). The
 # counts are numbers of test images.
+# <a href="../data/fig2_3_lambda_weights/fig2_3_histograms_natural.csv">data (CSV)</a>
 # ```
 #
 # ```{glue:figure} fig2_3_means_free
@@ -305,6 +309,7 @@ for key, figure in (("natural", nat), ("free", free_set)):
 #
 # Figure 3a: the mean weight of each view on orientation-free data (small profile: the turned Fashion-MNIST
 # stand-in; paper profile: ISIC 2018), this build (solid) beside the article (hatched).
+# <a href="../data/fig2_3_lambda_weights/fig2_3_means_free.csv">data (CSV)</a>
 # ```
 #
 # ```{glue:figure} fig2_3_histograms_free
@@ -313,9 +318,11 @@ for key, figure in (("natural", nat), ("free", free_set)):
 #
 # Figure 3b: the distribution of each view's weight on orientation-free data (seed 0). A uniform mean can hide
 # per-image choices: compare these histograms with the means above.
+# <a href="../data/fig2_3_lambda_weights/fig2_3_histograms_free.csv">data (CSV)</a>
 # ```
 
 # %% [markdown]
+# (fig2_3-deviations)=
 # ## Deviations and notes
 # - **Two definitions** ({ref}`deviation B.20 <dev-b20>`). "Not the natural orientation" is reported two ways. The first
 #   is the share of images whose largest weight is not on the upright view (ties go to the upright view).

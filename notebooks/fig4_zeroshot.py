@@ -78,9 +78,10 @@ from equinb.claims import claims_of
 from equinb.data import image_batches
 from equinb.heads import load_frozen_model
 from equinb.reference import article_fig4, compare_fig4
-from equinb.tables import publish_verdicts, show
+from equinb.tables import publish_verdicts, show, start_chapter
 from equinb.verdicts import VERDICT_RULE, compare, not_in_this_run, too_few_seeds, verdict_row
 
+start_chapter("fig4_zeroshot")  # number its tables as the book numbers the chapter
 check_params(profile=profile, backbones=backbones, datasets=datasets, transforms=transforms, image_size=image_size,
              batch_size=batch_size, seed=seed, noise_seeds=noise_seeds, device=device, data_root=data_root,
              clip_paths=clip_paths,
@@ -99,7 +100,7 @@ print(f"profile={profile} backbones={backbones} datasets={datasets} device={devi
 # These are the top-1 accuracies in the reproduction's result files ("seed") and the values plotted by
 # Basu et al. ("paper"), in percent. Here `rot180` is the transformation the article calls "flip".
 
-# %% tags=["exact"]
+# %% tags=["hide-input", "exact"]
 article = article_fig4()
 show(article[article.backbone == "RN50"].pivot_table(index=["dataset", "transform"], columns="method",
                                                      values="seed_top1").reset_index(),
@@ -126,9 +127,10 @@ with torch.no_grad():
         print(f"{label:>10}: max |f(g x) - f(x)| over C4 = {format_error(err, scale)}  (output scale {scale:.1f})")
 
 # %% [markdown]
+# (fig4-orbit)=
 # ## One orbit pass, every method and setting
 
-# %% tags=["tolerance-frozen"]
+# %% tags=["hide-input", "tolerance-frozen"]
 rows = []
 for name in backbones:
     for dataset in datasets:
@@ -146,12 +148,12 @@ show(wide.reset_index(), f"Top-1 and top-5 (%) of every method and setting (prof
 
 # %% [markdown]
 # ## This run beside the article
-# `delta` is ours (as published) minus the article's result files. In the small profile the backbone
-# and data differ from the article's, so no row lines up: the cell shows every RN50 number the article's
-# reference data hold (top-1 and top-5 of its result files, and the top-1 plotted by Basu et al.) for
-# orientation, not as a target.
+# On the paper profile the table has a `delta` column: ours (as published) minus the article's result files. In
+# the small profile the backbone and data differ from the article's, so no row lines up: the cell shows every RN50
+# number the article's reference data hold (top-1 and top-5 of its result files, and the top-1 plotted by Basu et
+# al.) for orientation, not as a target.
 
-# %% tags=["tolerance-frozen"]
+# %% tags=["hide-input", "tolerance-frozen"]
 table = compare_fig4(ours, article)
 if table["article (seed files)"].notna().any():
     show(table, f"This build beside the article, top-1 (%) (profile: {profile})")
@@ -168,7 +170,7 @@ else:  # every number the article's reference data hold for RN50; this build's a
 # Per transformation, the methods ranked by top-1 as printed (equal at two decimals is a tie), for this build
 # (vanilla as described: its exact expectation, free of the random draws) and for the article's RN50 result files.
 
-# %% tags=["tolerance-frozen"]
+# %% tags=["hide-input", "tolerance-frozen"]
 group_transforms = [t for t in transforms if t != "none"]  # over the trivial group the three methods coincide
 described = ours[ours.reading == "as_described"]
 ours_wide = described[described["transform"].isin(group_transforms)].pivot_table(
@@ -192,7 +194,7 @@ print(f"the article's ordering holds in {int(holds.loc[f'this build ({profile})'
 # top-1. Equitune and equizero see the same set of views whatever the draw, so they have no such noise: their
 # only noise is the test set.
 
-# %% tags=["tolerance-frozen"]
+# %% tags=["hide-input", "tolerance-frozen"]
 seeds = [seed, *noise_seeds]
 scores = {}  # (backbone, dataset, transform, seed, k) -> {(method, reading): per-image 1/0 [N]}
 for name in backbones:
@@ -264,20 +266,31 @@ publish_verdicts(claims, profile, "fig4_zeroshot", "Figure 4 claims, tested")
 # %% tags=["remove-input", "exact"]
 published = ours[ours.reading == "as_published"]
 ref_bars = article.rename(columns={"seed_top1": "top1"})
+bars = pd.concat([published.assign(source="this build"), ref_bars.assign(source="article")])[
+    ["source", "backbone", "dataset", "transform", "method", "top1"]]
 viz.glue_figure("fig4_panels", viz.zeroshot_panels(published, ref_bars, transforms=("rot90", "rot180"),
-                title=f"Top-1 under random transformations (profile: {profile})"))
+                title=f"Top-1 under random transformations (profile: {profile})"),
+                data=bars[bars["transform"].isin(["rot90", "rot180"])])
 viz.glue_figure("fig4_robustness", viz.robustness_plot(
     published[published.method == "vanilla"], ref_bars[ref_bars.method == "vanilla"],
-    transforms=[t for t in ("none", "rot180", "rot90", "hflip") if t in transforms]))
+    transforms=[t for t in ("none", "rot180", "rot90", "hflip") if t in transforms]),
+    data=bars[bars.method == "vanilla"])
+gap = published.pivot_table(index=["backbone", "dataset", "transform"], columns="method", values="top1")
+gap = gap[gap.index.get_level_values("transform").isin(["rot90", "rot180"])]
+glue("fig4_panels_n", f"{len(set(bars.dataset)) * 2}", display=False)
+glue("fig4_panels_finding", f"equitune is above vanilla in {int((gap.equitune > gap.vanilla).sum())} of {len(gap)} "
+     f"bar groups of this build, equizero in {int((gap.equizero > gap.vanilla).sum())}", display=False)
 
 # %% [markdown]
 # ```{glue:figure} fig4_panels
 # :name: fig-fig4-panels
 # :alt: Bar charts of top-1 (%) of vanilla, equitune and equizero per transformation, this build and article
 #
-# The four panels of Figure 4: top-1 accuracy under random 90° and 180° rotations, this build (solid, as
-# published) beside the article's result files (hatched). The verdict table above compares the gaps between
-# the methods.
+# The {glue:text}`fig4_panels_n` panels of Figure 4, one per rotation (rows) and dataset (columns): top-1 accuracy
+# under random 90° and 180° rotations, this build (solid, as published) beside the article's result files
+# (hatched). Look at the height of equitune and equizero over vanilla: {glue:text}`fig4_panels_finding`. The
+# verdict table above compares these gaps with the article's.
+# <a href="../data/fig4_zeroshot/fig4_panels.csv">data (CSV)</a>
 # ```
 #
 # ```{glue:figure} fig4_robustness
@@ -286,6 +299,7 @@ viz.glue_figure("fig4_robustness", viz.robustness_plot(
 #
 # The pretrained model without a wrapper: top-1 accuracy without a transformation and under each random
 # transformation. The article has no mirror-flip numbers.
+# <a href="../data/fig4_zeroshot/fig4_robustness.csv">data (CSV)</a>
 # ```
 
 # %% tags=["remove-input", "tolerance-frozen"]
@@ -299,6 +313,7 @@ for transform in ("rot90", "rot180"):
             glue(f"{transform}_{method}_top1", float(hit.top1.iloc[0]), display=False)
 
 # %% [markdown]
+# (fig4-deviations)=
 # ## Deviations and notes
 # - **"flip" is a 180-degree rotation.** The article's code flips both image axes, which is the
 #   rotation by 180 degrees, not a mirror. We label it `rot180` and add the true mirror flip (`hflip`)

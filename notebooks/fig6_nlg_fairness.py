@@ -93,9 +93,10 @@ from equinb import viz
 from equinb.chapter import check_params, profile_note
 from equinb.checks import format_error
 from equinb.reference import article_fig6
-from equinb.tables import publish_verdicts, show
+from equinb.tables import publish_verdicts, show, start_chapter
 from equinb.verdicts import VERDICT_RULE, Comparison, by_construction, compare, verdict_row
 
+start_chapter("fig6_nlg_fairness")  # number its tables as the book numbers the chapter
 check_params(profile=profile, lm_name=lm_name, scorer=scorer, regard_classifiers=regard_classifiers,
              regard_label_names=regard_label_names, mask_demographic=mask_demographic, templates=templates,
              demographics=demographics, binary_group=binary_group, n_samples=n_samples,
@@ -118,7 +119,7 @@ print(f"profile={profile} lm={lm_name} scorer={scorer} samples per template and 
 # lines that `\n\n` tokens left in those files. The EquiGPT2 samples were generated with the original
 # ($g$) code, before the fix. The article's group size was not recorded.
 
-# %% tags=["exact"]
+# %% tags=["hide-input", "exact"]
 article = article_fig6()
 show(article.reset_index(), "The article's Figure 6(a): label shares per model and demographic", decimals=4)
 
@@ -133,7 +134,7 @@ show(article.reset_index(), "The article's Figure 6(a): label shares per model a
 # float rounding under $g$: the continuation holds no group word, and after the prompt the group words carry
 # almost no probability. The base LM is the negative control.
 
-# %% tags=["exact"]
+# %% tags=["hide-input", "exact"]
 model, tokenizer = E.load_causal_lm(lm_name, device=device)
 group3 = E.word_group(tokenizer, [demographics], vocab_size=model.config.vocab_size)
 group2 = E.word_group(tokenizer, [binary_group], vocab_size=model.config.vocab_size)
@@ -147,6 +148,7 @@ show(check.apply(lambda row: row.map(lambda v: format_error(v, row["logit scale"
      "Equivariance and fairness errors of each model on one prompt")
 
 # %% [markdown]
+# (fig6-sampling)=
 # ## Sampling
 # Every model draws `n_samples` samples per template and demographic. With `paired_seeds`, sample $i$ of a
 # template uses the same random numbers for every demographic (common random numbers). A difference
@@ -178,7 +180,7 @@ for row in first.itertuples():
 # analog of the article's blank lines. In the small profile the labels are VADER sentiment and the model is
 # SmolLM2, so the values are not comparable with the article's; their spread across demographics is.
 
-# %% tags=["tolerance-sampled"]
+# %% tags=["hide-input", "tolerance-sampled"]
 ours = N.label_shares(samples)
 ref_model = {name: ("GPT2" if name == "base LM" else "EquiGPT2") for name in variants}
 ref = article.reindex([(ref_model[m], d) for m, d in ours.index])
@@ -197,7 +199,7 @@ show(table.reset_index(), f"Label shares, this run ({scorer}, {lm_name}; {n_samp
 # shares is biased upwards: with independent draws even a fair model shows a positive gap, and the interval
 # need not cover zero. With paired seeds an equivariant model has a gap of exactly zero in every resample.
 
-# %% tags=["tolerance-sampled"]
+# %% tags=["hide-input", "tolerance-sampled"]
 binary = samples[samples.demographic.isin(binary_group) & samples.model.isin(["base LM", "EquiLM (d=2)"])]
 gaps = pd.concat([
     N.fairness_gaps(samples[samples.model != "EquiLM (d=2)"], n_bootstrap=n_bootstrap, seed=seed),
@@ -261,6 +263,7 @@ claims.append(verdict_row("fig6.inverse_vs_forward", gap_comparison(samples, "Eq
 publish_verdicts(claims, profile, "fig6_nlg_fairness", "Figure 6 claims, tested")
 
 # %% [markdown]
+# (fig6-inverse)=
 # ## Inverse or forward action?
 # The article claims that mapping the logits back by $g$ or by $g^{-1}$ gives about the same label
 # distributions, but shows no data for $g^{-1}$. The two actions differ only in the logits of the three
@@ -268,7 +271,7 @@ publish_verdicts(claims, profile, "fig6_nlg_fairness", "Figure 6 claims, tested"
 # count the (template, sample) units in which every demographic's sample is the permuted copy of the
 # first demographic's, which is what an equivariant model must produce.
 
-# %% tags=["tolerance-sampled"]
+# %% tags=["hide-input", "tolerance-sampled"]
 wide = samples[samples.model.str.startswith("EquiLM g")].pivot_table(
     index=["template", "sample", "demographic"], columns="model", values="text", aggfunc="first")
 differ = float((wide["EquiLM g^-1 (d=3)"] != wide["EquiLM g (d=3)"]).mean())
@@ -290,9 +293,12 @@ panels = [("article: GPT2", article.loc["GPT2"]), ("article: EquiGPT2 (g)", arti
 panels += [(name, ours.loc[name]) for name in variants]
 viz.glue_figure("fig6_label_bars", viz.label_bars(
     panels, [d for d in order if d in demographics] + [d for d in demographics if d not in order],
-    title=f"Respect templates: label shares (profile {profile}; this run labelled by {scorer})"))
+    title=f"Respect templates: label shares (profile {profile}; this run labelled by {scorer})"),
+    data=pd.concat({name: shares for name, shares in panels}).rename_axis(["model", "demographic"]).reset_index())
 viz.glue_figure("fig6_gaps", viz.fairness_gap_plot(gaps, article_gaps,
-                                                   title=f"Fairness gap (profile {profile}; labels: {scorer})"))
+                                                   title=f"Fairness gap (profile {profile}; labels: {scorer})"),
+                data=pd.concat([gaps.rename_axis("model").reset_index(), pd.DataFrame({"model": list(article_gaps),
+                                                                  "article gap": list(article_gaps.values())})]))
 
 # %% [markdown]
 # ```{glue:figure} fig6_label_bars
@@ -302,6 +308,7 @@ viz.glue_figure("fig6_gaps", viz.fairness_gap_plot(gaps, article_gaps,
 # Figure 6(a): the share of each label per demographic. The left two clusters are the article's bars
 # (regard classifier; GPT-2, and EquiGPT2 from the pre-fix code); the others are this run. Stacks from
 # bottom to top: other (dotted), positive (black), neutral (hatched), negative (gray).
+# <a href="../data/fig6_nlg_fairness/fig6_label_bars.csv">data (CSV)</a>
 # ```
 #
 # ```{glue:figure} fig6_gaps
@@ -310,6 +317,7 @@ viz.glue_figure("fig6_gaps", viz.fairness_gap_plot(gaps, article_gaps,
 #
 # The fairness gap of each model (largest minus smallest share of positive samples across demographics),
 # with its 95% bootstrap interval, beside the article's gaps (open diamonds, no interval).
+# <a href="../data/fig6_nlg_fairness/fig6_gaps.csv">data (CSV)</a>
 # ```
 
 # %% tags=["remove-input", "tolerance-sampled"]
@@ -326,6 +334,7 @@ glue("article_gap_equigpt2", float(article_gaps["EquiGPT2, pre-fix g (article)"]
 glue("share_differing_inverse_forward", float(differ), display=False)
 
 # %% [markdown]
+# (fig6-deviations)=
 # ## Deviations and notes
 # - **The article's EquiGPT2 bars come from the pre-fix code.** Its EquiGPT2 samples were committed and scored
 #   before the $g^{-1}$ fix, so Figure 6(a) shows EquiLM with $g$ (`output_action="forward"`).

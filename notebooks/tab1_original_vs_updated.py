@@ -18,7 +18,8 @@
 #
 # ```{admonition} What this page shows
 # :class: tip
-# {glue:text}`profile_note` The methods themselves are stated in the [method primer](../book/methods.md).
+# {glue:text}`profile_note` The methods themselves are stated in the [method primer](../book/methods.md) (see its
+# {ref}`λ-equitune diagram <fig-method-lambda-equitune>`).
 # ```
 #
 # **Claim** {cite}`vlasenko2024even` (Vlasenko et al., §4.1, Table 1). The authors changed three things in the original
@@ -96,10 +97,11 @@ from equinb.evidence import compare_runs, finetune_changed, no_training_check, s
 from equinb.noise import chapter_tolerances, noise_note
 from equinb.reference import article_tab1, beside_article
 from equinb.setups import build_setup, correct_by_seed, run_training, seed_repeats
-from equinb.tables import publish_verdicts, show
+from equinb.tables import Link, publish_verdicts, show, start_chapter
 from equinb.verdicts import VERDICT_RULE, at_chance, compare, effect_row, verdict_row
 from equinb.weighting import EmbeddingWeightNet
 
+start_chapter("tab1_original_vs_updated")  # number its tables as the book numbers the chapter
 check_params(profile=profile, backbone=backbone, dataset=dataset, groups=groups, image_size=image_size,
              split_block=split_block, prefinetune_rounds=prefinetune_rounds, prefinetune_steps=prefinetune_steps,
              prelr=prelr, finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, lr_original=lr_original,
@@ -112,10 +114,12 @@ configs = {k: replace(c, prefinetune_rounds=prefinetune_rounds, prefinetune_step
                       finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, seed=seed)
            for k, c in configs.items()}
 runs = run_cache_dir(data_root)
-top1_noise = chapter_tolerances(profile, "top1")["top1"]  # how far a trained top-1 may move between CPUs (regression only)
+top1_noise = chapter_tolerances(profile, "top1")["top1"]  # how far a top-1 may move between CPUs (regression)
 viz.book_style()
 pd.set_option("display.precision", 2)
 glue("profile", profile, display=False)
+glue("schedule", f"{image_size} px, {prefinetune_rounds} prefinetune rounds, {finetune_rounds} finetune "
+     f"round{'s' if finetune_rounds != 1 else ''}", display=False)  # for the summary page
 glue("profile_note", profile_note(profile, "a MobileNetV2 on the 8×8 digits, its last block finetuned, stands in "
                                   "for CLIP RN50 on CIFAR100", "CLIP RN50 on CIFAR100 with the article's schedule"),
      display=False)
@@ -126,7 +130,7 @@ print(f"profile={profile} backbone={backbone} dataset={dataset} groups={groups} 
 # The table gives top-1 accuracy in %. The text states the relative gains as 11.12% and 9.28%. Computed
 # from its own table they are 11.78% and 9.73%, and the cell below recomputes them.
 
-# %% tags=["exact"]
+# %% tags=["hide-input", "exact"]
 article = article_tab1()
 show(article.reset_index(), "The article's Table 1: top-1 (%), CLIP RN50 on CIFAR100")
 for metric in ("prefinetune_top1", "finetune_top1"):
@@ -163,7 +167,7 @@ for label, change in changes.items():
 # Every setting of the two runs, as the engine reads it (`TrainConfig.original()` and `TrainConfig.updated()`
 # with this chapter's schedule):
 
-# %% tags=["exact"]
+# %% tags=["hide-input", "exact"]
 show(pd.DataFrame({code: config.as_dict() for code, config in configs.items()}).astype(str).rename_axis(
     "setting").reset_index(), "Settings of the two code versions")
 
@@ -184,14 +188,14 @@ show(ours, f"This build's runs: top-1 (%) and test predictions that finetuning c
 # score over the turns), equitune and equizero of the fitted head's per-view outputs. A trained run that does not
 # beat these adds nothing a frozen model cannot do; the verdicts say where the trained runs add nothing at all.
 
-# %% tags=["tolerance-frozen"]
+# %% tags=["hide-input", "tolerance-frozen"]
 baselines = {name: 100 * float(score.mean()) for name, score in no_training_scores(setups[base]).items()}
 show(pd.DataFrame([baselines]), f"Top-1 (%) with no training, group {base} (profile: {profile})")
 
 # %% [markdown]
 # ## This run beside the article
 
-# %% tags=["tolerance-top1"]
+# %% tags=["hide-input", "tolerance-top1"]
 print(f"profile: {profile} ({full.description})")
 show(beside_article(ours, article, on=["group", "code"], show=("group", "code"), with_delta=profile == "paper"),
      f"This build beside the article's Table 1, top-1 (%) (profile: {profile})")  # no delta across profiles
@@ -229,10 +233,12 @@ show(spread, f"Top-1 (%) over seeds {seeds}, per run and stage (profile: {profil
 # seeds and test images.
 
 # %% tags=["tolerance-top1"]
-switches = {"λ normalised by its sum (A.2)": dict(normalisation="sum"),
-            "dropout off at evaluation (A.3)": dict(dropout_in_eval=False),
-            "selection on a held-out split (A.4)": dict(selection="heldout"),
+switches = {"λ normalised by its sum": dict(normalisation="sum"),
+            "dropout off at evaluation": dict(dropout_in_eval=False),
+            "selection on a held-out split": dict(selection="heldout"),
             "shuffled data order": dict(data_order="shuffle")}
+deviation = {"λ normalised by its sum": "A.2", "dropout off at evaluation": "A.3",
+             "selection on a held-out split": "A.4"}  # the deviation each switch undoes
 reference = repeats[base, "updated"]
 labels = full.test.labels
 effects = []
@@ -240,8 +246,12 @@ for label, change in switches.items():
     switched = seed_repeats(full, replace(configs["updated"], **change), seeds, cache_dir=runs)
     comparison = compare(correct_by_seed(reference, "prefinetune", labels),
                          correct_by_seed(switched, "prefinetune", labels))
-    effects.append(effect_row(label, comparison, reasons=[at_chance(correct_by_seed(switched, "prefinetune", labels),
-                                                                    full.n_classes, label)]))
+    code = deviation.get(label)
+    effects.append({"deviation": Link(code, f"../book/deviations.html#dev-{code.lower().replace('.', '')}")
+                    if code else "—",
+                    **effect_row(label, comparison, reasons=[at_chance(correct_by_seed(switched, "prefinetune",
+                                                                                         labels), full.n_classes,
+                                                                         label)])})
 print(f"profile: {profile}; group {base}; prefinetune top-1 (%), switched minus the updated code as published")
 show(pd.DataFrame(effects), f"Each switch's effect on the updated code's prefinetune top-1 (profile: {profile})")
 
@@ -255,7 +265,7 @@ show(pd.DataFrame(effects), f"Each switch's effect on the updated code's prefine
 # table says, per run and group of parameters, what finetuning changed: the share of entries that changed at all
 # and the relative change $\lVert w - w_0\rVert / \lVert w_0\rVert$.
 
-# %% tags=["tolerance-top1"]
+# %% tags=["hide-input", "tolerance-top1"]
 rows = []
 for (g, c), r in trained.items():
     for group, d in group_drift(r.drift).items():
@@ -340,20 +350,23 @@ for row in claims:
 # %% [markdown]
 # ## Learning curves
 
-# %% tags=["remove-input", "exact"]
-viz.glue_figure("tab1_curves", viz.learning_curves(curves, title=f"Table 1 runs (profile: {profile})"))
+# %% tags=["remove-input", "tolerance-top1"]
+viz.glue_figure("tab1_curves", viz.learning_curves(curves, title=f"Table 1 runs (profile: {profile})"), data=curves)
+glue("tab1_curves_finding", viz.describe_curves(curves), display=False)
 
 # %% [markdown]
 # ```{glue:figure} tab1_curves
 # :name: fig-tab1-curves
 # :alt: Two line charts of top-1 (%) per round, one line per run: selection accuracy, then test accuracy
 #
-# The Table 1 runs round by round. Left: the selection accuracy measured before each prefinetuning round;
-# the best of these picks the weighting network. Right: test accuracy of the selected network (round 0),
-# then after each finetuning round. Runs with equal numbers share a position and differ in line style.
+# The Table 1 runs round by round: {glue:text}`tab1_curves_finding`. Left: the selection accuracy measured before each
+# prefinetuning round; the best of these picks the weighting network. Right: test accuracy of the selected network
+# (round 0), then after each finetuning round. Runs with equal numbers share a position and differ in line style.
+# <a href="../data/tab1_original_vs_updated/tab1_curves.csv">data (CSV)</a>
 # ```
 
 # %% [markdown]
+# (tab1-deviations)=
 # ## Deviations and notes
 # - **Relative gains.** The article's 11.12% and 9.28% are wrong. From its own table the gains are
 #   3.70/31.42 = 11.78% and 4.98/51.17 = 9.73%.

@@ -18,7 +18,8 @@
 #
 # ```{admonition} What this page shows
 # :class: tip
-# {glue:text}`profile_note` The methods themselves are stated in the [method primer](../book/methods.md).
+# {glue:text}`profile_note` The methods themselves are stated in the [method primer](../book/methods.md) (see its
+# {ref}`feature-map diagram <fig-method-feature-map>`).
 # ```
 #
 # **Claim** {cite}`vlasenko2024even` (Vlasenko et al., §4.2, Table 2). The article moves λ-equitune from CLIP's
@@ -88,9 +89,10 @@ from equinb.noise import chapter_tolerances, loss_label, noise_note
 from equinb.reference import article_tab2, beside_article
 from equinb.setups import (build_setup, feature_map_config, feature_map_weight_net, run_training, seed_repeats,
                            trained_model)
-from equinb.tables import publish_verdicts, show
+from equinb.tables import publish_verdicts, show, start_chapter
 from equinb.verdicts import VERDICT_RULE, compare, effect_row, verdict_row
 
+start_chapter("tab2_featuremap")  # number its tables as the book numbers the chapter
 check_params(profile=profile, backbone=backbone, dataset=dataset, group=group, image_size=image_size,
              split_block=split_block, last_block=last_block, prefinetune_rounds=prefinetune_rounds,
              prefinetune_steps=prefinetune_steps, prelr=prelr, prelr_embedding=prelr_embedding,
@@ -110,6 +112,8 @@ runs = run_cache_dir(data_root)
 noise = chapter_tolerances(profile, "top1", "logit", "loss")
 viz.book_style()
 glue("profile", profile, display=False)
+glue("schedule", f"{image_size} px, {prefinetune_rounds} prefinetune rounds, {finetune_rounds} finetune "
+     f"round{'s' if finetune_rounds != 1 else ''}", display=False)  # for the summary page
 glue("profile_note", profile_note(profile, "MobileNetV2's 320×3×3 block-17 maps of the digits stand in for CLIP "
                                   "RN50's 2048×7×7 layer4 maps of CIFAR100", "CLIP RN50's layer4 maps on CIFAR100"),
      display=False)
@@ -119,11 +123,12 @@ print(f"profile={profile} backbone={backbone} dataset={dataset} group={group} de
 # ## The article's numbers
 # Top-1 accuracy (%) on CIFAR100 under random 90° rotations, CLIP RN50.
 
-# %% tags=["exact"]
+# %% tags=["hide-input", "exact"]
 article = article_tab2()
 show(article.reset_index(), "The article's Table 2: top-1 (%), CLIP RN50 on CIFAR100")
 
 # %% [markdown]
+# (tab2-runs)=
 # ## Setups (one cache) and the four runs
 # Every run is saved, keyed by its setup and configuration. The equiattention and λ-weight chapters
 # reuse these runs instead of training them again. The invariant row also runs at the feature-map rows' rate.
@@ -151,7 +156,7 @@ curves = pd.DataFrame(curves)
 # %% [markdown]
 # ## This run beside the article
 
-# %% tags=["tolerance-top1"]
+# %% tags=["hide-input", "tolerance-top1"]
 # the article's numbers sit beside the runs that match them: its rates, and its unaligned feature maps
 same_as_article = {article_rate: "updated_invariant", "feature map (as published)": "feature_map"}
 mapped = ours.assign(article_variant=ours.variant.map(same_as_article))
@@ -193,7 +198,7 @@ show(spread, f"Top-1 (%) over seeds {seeds}, per run and stage (profile: {profil
 # depends on the last bits of every earlier step, so only the fact is printed. The largest loss of a
 # bounded run is itself noisy (a maximum over steps): its printed tolerance says how noisy.
 
-# %% tags=["tolerance-loss"]
+# %% tags=["hide-input", "tolerance-loss"]
 loss = curves[curves.loss.notna()].groupby(["run", "stage"], sort=False).loss.max().unstack()
 print(noise_note(noise["loss"], "losses that stayed bounded"))
 show(loss.map(loss_label).rename_axis("run").reset_index(), f"Largest training loss per run and stage, seed {seed} "
@@ -207,13 +212,14 @@ show(loss.map(loss_label).rename_axis("run").reset_index(), f"Largest training l
 # - the head on one randomly rotated view (the plain model under random rotations);
 # - the head on the mean of the unaligned views (a constant weighting).
 
-# %% tags=["tolerance-frozen"]
+# %% tags=["hide-input", "tolerance-frozen"]
 plain = pd.DataFrame({level: plain_head_top1(setup.head, setup.test_feats, setup.test.labels)
                       for level, setup in (("embeddings", embeddings), ("maps", maps))}).T
 show(plain.rename_axis("level").reset_index(), f"Top-1 (%) on the {len(maps.test)} test images without a "
      f"weighting network (profile: {profile})")
 
 # %% [markdown]
+# (tab2-alignment)=
 # ## What the alignment does: invariance of $Z$, equivariance of $Z$, invariance of the logits
 # For each rotation $g$ of every test image, the cell measures four things with the selected λ networks:
 # - how much the combined map moves, $\max|Z(gx) - Z(x)|$ (invariance);
@@ -229,7 +235,7 @@ show(plain.rename_axis("level").reset_index(), f"Top-1 (%) on the {len(maps.test
 # Like attnpool's absolute positional embedding, the positional head sees where a feature is. Average
 # pooling does not, so it keeps aligned logits invariant.
 
-# %% tags=["tolerance-logit"]
+# %% tags=["hide-input", "tolerance-logit"]
 positional = {"positional": positional_head(maps, cache_dir(data_root))} if profile == "small" else {}
 heads = {"head": maps.head, **positional}
 models = {name: trained_model(maps, map_config, "lambda_equitune", "described" in name,
@@ -240,7 +246,7 @@ print(f"profile: {profile}; largest change over the non-identity rotations, {len
 print(noise_note(noise["logit"], "changes that are not float rounding"))
 show(errors.rename_axis("model").reset_index(), f"Symmetry of the combined map and the logits (profile: {profile})")
 
-# %% tags=["tolerance-top1"]
+# %% tags=["hide-input", "tolerance-top1"]
 print(noise_note(noise["top1"], "top-1 accuracies (%)"))
 top1.columns = [f"{head.replace('_top1', '')}, element {element}" for head, element in top1.columns]
 show(top1.rename_axis("model").reset_index(), f"Top-1 (%) when every test image is turned by the element "
@@ -293,20 +299,23 @@ show(pd.DataFrame(own), f"This build's own comparisons, in pp or relative error 
 # %% [markdown]
 # ## Learning curves
 
-# %% tags=["remove-input", "exact"]
-viz.glue_figure("tab2_curves", viz.learning_curves(curves, title=f"Table 2 runs (profile: {profile})"))
+# %% tags=["remove-input", "tolerance-top1"]
+viz.glue_figure("tab2_curves", viz.learning_curves(curves, title=f"Table 2 runs (profile: {profile})"), data=curves)
+glue("tab2_curves_finding", viz.describe_curves(curves), display=False)
 
 # %% [markdown]
 # ```{glue:figure} tab2_curves
 # :name: fig-tab2-curves
 # :alt: Two line charts of top-1 (%) per round, one line per run: selection accuracy, then test accuracy
 #
-# The Table 2 runs round by round. Left: the selection accuracy measured before each prefinetuning round;
-# the best of these picks the weighting network. Right: test accuracy of the selected network (round 0),
-# then after each finetuning round. Runs with equal numbers share a position and differ in line style.
+# The Table 2 runs round by round: {glue:text}`tab2_curves_finding`. Left: the selection accuracy measured before each
+# prefinetuning round; the best of these picks the weighting network. Right: test accuracy of the selected network
+# (round 0), then after each finetuning round. Runs with equal numbers share a position and differ in line style.
+# <a href="../data/tab2_featuremap/tab2_curves.csv">data (CSV)</a>
 # ```
 
 # %% [markdown]
+# (tab2-deviations)=
 # ## Deviations and notes
 # - **The no-op inverse** ({ref}`deviation A.1 <dev-a1>`). The symmetry table measures, for each variant, how far
 #   $Z$ moves when the input turns and how far it is from the turned map, and the verdict on equivariance reads

@@ -18,7 +18,8 @@
 #
 # ```{admonition} What this page shows
 # :class: tip
-# {glue:text}`profile_note` The methods themselves are stated in the [method primer](../book/methods.md).
+# {glue:text}`profile_note` The methods themselves are stated in the [method primer](../book/methods.md) (see its
+# {ref}`feature-map diagram <fig-method-feature-map>`).
 # ```
 #
 # **Claim** {cite}`vlasenko2024even` (Vlasenko et al., §4.3, Table 3). Equiattention replaces the λ network with one
@@ -78,9 +79,10 @@ from equinb.noise import chapter_tolerances, noise_note
 from equinb.reference import article_tab3, beside_article
 from equinb.setups import (build_setup, feature_map_config, feature_map_weight_net, run_training, seed_repeats,
                            trained_model)
-from equinb.tables import publish_verdicts, show
+from equinb.tables import publish_verdicts, show, start_chapter
 from equinb.verdicts import VERDICT_RULE, effect_row, verdict_row
 
+start_chapter("tab3_equiattention")  # number its tables as the book numbers the chapter
 check_params(profile=profile, backbone=backbone, dataset=dataset, group=group, image_size=image_size,
              split_block=split_block, last_block=last_block, prefinetune_rounds=prefinetune_rounds,
              prefinetune_steps=prefinetune_steps, prelr=prelr, finetune_rounds=finetune_rounds,
@@ -103,11 +105,12 @@ print(f"profile={profile} backbone={backbone} dataset={dataset} group={group} de
 # ## The article's numbers
 # Top-1 accuracy (%) on CIFAR100 under random 90° rotations, CLIP RN50 layer4 maps.
 
-# %% tags=["exact"]
+# %% tags=["hide-input", "exact"]
 article = article_tab3()
 show(article.reset_index(), "The article's Table 3: top-1 (%), CLIP RN50 on CIFAR100")
 
 # %% [markdown]
+# (tab3-runs)=
 # ## Four runs: two methods, two alignments, each under every seed
 
 # %% tags=["exact"]
@@ -137,7 +140,7 @@ seeds = [seed, *noise_seeds]
 # %% [markdown]
 # ## This run beside the article
 
-# %% tags=["tolerance-top1"]
+# %% tags=["hide-input", "tolerance-top1"]
 # the article's numbers sit beside the runs that match them: unaligned views, as its code
 print(f"profile: {profile} ({maps.description})")
 print(noise_note(noise["top1"], "top-1 accuracies (%)"))
@@ -190,7 +193,7 @@ for row in claims:
 # small profile, the positional head is a linear classifier on the flattened map; see that chapter for
 # why average pooling hides the difference.
 
-# %% tags=["tolerance-logit"]
+# %% tags=["hide-input", "tolerance-logit"]
 positional = {"positional": positional_head(maps, cache_dir(data_root))} if profile == "small" else {}
 heads = {"head": maps.head, **positional}
 models = {f"{method} ({alignment})": trained_model(maps, config, method, alignment == "as described",
@@ -201,7 +204,7 @@ print(f"profile: {profile}; largest change over the non-identity rotations, {len
 print(noise_note(noise["logit"], "changes that are not float rounding"))
 show(errors.rename_axis("model").reset_index(), f"Symmetry of the combined map and the logits (profile: {profile})")
 
-# %% tags=["tolerance-top1"]
+# %% tags=["hide-input", "tolerance-top1"]
 print(noise_note(noise["top1"], "top-1 accuracies (%)"))
 top1.columns = [f"{head.replace('_top1', '')}, element {element}" for head, element in top1.columns]
 show(top1.rename_axis("model").reset_index(), f"Top-1 (%) when every test image is turned by the element "
@@ -210,20 +213,23 @@ show(top1.rename_axis("model").reset_index(), f"Top-1 (%) when every test image 
 # %% [markdown]
 # ## Learning curves
 
-# %% tags=["remove-input", "exact"]
-viz.glue_figure("tab3_curves", viz.learning_curves(curves, title=f"Table 3 runs (profile: {profile})"))
+# %% tags=["remove-input", "tolerance-top1"]
+viz.glue_figure("tab3_curves", viz.learning_curves(curves, title=f"Table 3 runs (profile: {profile})"), data=curves)
+glue("tab3_curves_finding", viz.describe_curves(curves), display=False)
 
 # %% [markdown]
 # ```{glue:figure} tab3_curves
 # :name: fig-tab3-curves
 # :alt: Two line charts of top-1 (%) per round, one line per run: selection accuracy, then test accuracy
 #
-# The Table 3 runs round by round. Left: the selection accuracy measured before each prefinetuning round;
-# the best of these picks the weighting network. Right: test accuracy of the selected network (round 0),
-# then after each finetuning round. Runs with equal numbers share a position and differ in line style.
+# The Table 3 runs round by round: {glue:text}`tab3_curves_finding`. Left: the selection accuracy measured before each
+# prefinetuning round; the best of these picks the weighting network. Right: test accuracy of the selected network
+# (round 0), then after each finetuning round. Runs with equal numbers share a position and differ in line style.
+# <a href="../data/tab3_equiattention/tab3_curves.csv">data (CSV)</a>
 # ```
 
 # %% [markdown]
+# (tab3-deviations)=
 # ## Deviations and notes
 # - **The no-op inverse** ({ref}`deviation A.1 <dev-a1>`) applies to equiattention too: the symmetry table measures,
 #   for each method and alignment, how far the combined map moves and how far it is from the turned map.

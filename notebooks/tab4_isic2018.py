@@ -18,7 +18,8 @@
 #
 # ```{admonition} What this page shows
 # :class: tip
-# {glue:text}`profile_note` The methods themselves are stated in the [method primer](../book/methods.md).
+# {glue:text}`profile_note` The methods themselves are stated in the [method primer](../book/methods.md) (see its
+# {ref}`feature-map diagram <fig-method-feature-map>`).
 # ```
 #
 # **Claim** {cite}`vlasenko2024even` (Vlasenko et al., §4.5.1). The article applies three λ-equitune variants to
@@ -96,10 +97,11 @@ from equinb.noise import chapter_tolerances, noise_note
 from equinb.reference import article_tab4, count_behind
 from equinb.setups import (build_setup, correct_by_seed, feature_map_config, feature_map_weight_net, isic_stand_in,
                            run_training, seed_repeats, trained_model)
-from equinb.tables import publish_verdicts, show
+from equinb.tables import publish_verdicts, show, start_chapter
 from equinb.verdicts import VERDICT_RULE, compare, effect_row, judge, verdict_row
 from equinb.weighting import EmbeddingWeightNet
 
+start_chapter("tab4_isic2018")  # number its tables as the book numbers the chapter
 check_params(profile=profile, backbone=backbone, dataset=dataset, test_split=test_split,
              stand_in_classes=stand_in_classes, stand_in_train=stand_in_train, stand_in_shots=stand_in_shots,
              stand_in_seed=stand_in_seed, group=group, image_size=image_size, split_block=split_block,
@@ -135,7 +137,7 @@ print(f"profile={profile} backbone={backbone} dataset={dataset} test_split={test
 # of 193 and none is out of 194: the cell finds, for each number, the count $k$ with $100k/N$ equal to it
 # at two decimals.
 
-# %% tags=["exact"]
+# %% tags=["hide-input", "exact"]
 article = article_tab4()
 show(article.reset_index(), "The article's ISIC table: top-1 (%), CLIP RN50 on ISIC 2018")
 behind = pd.DataFrame([{"variant": v, "stage": m.replace("_top1", ""), "article (%)": f"{article.loc[v, m]:.2f}",
@@ -154,7 +156,7 @@ glue("article_test_size", str(next((n for n, ok in fits.items() if ok), "neither
 # files: 10,015 training and 193 validation images). The majority-class accuracy is the share of the
 # largest class in the test split: the top-1 of a model that always answers it.
 
-# %% tags=["exact"]
+# %% tags=["hide-input", "exact"]
 common = dict(backbone=backbone, dataset=dataset, image_size=image_size, split_block=split_block,
               last_block=last_block, device=device, data_root=data_root, clip_paths=clip_paths,
               clip_download_root=clip_download_root, max_train=max_train, dataset_options=dataset_options)
@@ -200,7 +202,9 @@ else:  # decoded uint8 images at the backbone's input size
     images = [embeddings.train.inputs[i].float().numpy() / 255 for i in first]
 titles = [f"{code.split(' ')[0]}\n{name}\ntrain {int(counts['train'][k])}, test {int(counts['test'][k])}"
           for k, (code, name) in enumerate(zip(codes, ISIC2018_CLASSES))]
-viz.glue_figure("tab4_samples", viz.class_samples(images, titles))
+viz.glue_figure("tab4_samples", viz.class_samples(images, titles), data=pd.DataFrame(
+    {"class": codes, "name": list(ISIC2018_CLASSES), "train": counts["train"].tolist(),
+     "test": counts["test"].tolist()}))
 
 # %% [markdown]
 # ```{glue:figure} tab4_samples
@@ -209,7 +213,7 @@ viz.glue_figure("tab4_samples", viz.class_samples(images, titles))
 #
 # The first training image of each class. On the small profile these are Fashion-MNIST garments standing for the
 # lesion classes, each turned by its own random rotation; the counts show the imbalance: one class holds two
-# thirds of the images, two classes a handful.
+# thirds of the images, two classes a handful. <a href="../data/tab4_isic2018/tab4_samples.csv">data (CSV)</a>
 # ```
 
 # %% [markdown]
@@ -219,7 +223,7 @@ viz.glue_figure("tab4_samples", viz.class_samples(images, titles))
 # probabilities) and equizero (the most confident view). On the paper profile the head is CLIP's text head
 # with the article's five ISIC prompt templates; on the small profile the one-shot prototypes.
 
-# %% tags=["tolerance-frozen"]
+# %% tags=["hide-input", "tolerance-frozen"]
 predictions = {"majority class": majority_predictions(embeddings.train.labels, len(labels)),
                **{f"zero-shot {m}": p for m, p in no_training_predictions(embeddings).items()}}
 baselines = pd.DataFrame([dict(run=name, **classification_scores(p, labels, n_classes))
@@ -258,7 +262,7 @@ show(pd.Series(changes, name="max change over the group").rename_axis("model").r
 # Figure 3 module. Each run is repeated under the seeds below (for its prefinetuning only when its finetuning
 # changed no test prediction).
 
-# %% tags=["exact"]
+# %% tags=["hide-input", "exact"]
 configs = {"original invariant": TrainConfig.original(lr=lr_original, **schedule),
            "updated invariant": TrainConfig.updated(lr=lr_updated, **schedule),
            "feature map (as published)": feature_map_config(lr=lr_updated, **schedule)}
@@ -306,7 +310,7 @@ for r in table4.itertuples():
 # in four. The head cannot favour an orientation (its prototypes average all four); a share above one in four then
 # means that the frozen ImageNet features still tell the original orientation apart.
 
-# %% tags=["tolerance-imbalanced"]
+# %% tags=["hide-input", "tolerance-imbalanced"]
 undo = maps.original_views("test")
 turn_rows = []
 for name in ("feature map (as published)", "equiattention (as published)"):
@@ -332,7 +336,7 @@ for r in turn_rows:
 # (the majority baseline scores 100/7 = 14.29%) averaged over the seeds, with a 95% interval that resamples the
 # seeds and, within each class, the test images; and the difference of top-1.
 
-# %% tags=["tolerance-imbalanced"]
+# %% tags=["hide-input", "tolerance-imbalanced"]
 majority = predictions["majority class"]
 majority_correct = (majority == labels).double()
 outcome = {"agrees": "beats it", "reversed": "below it", "inconclusive": "inconclusive"}
@@ -371,7 +375,10 @@ panels = {f"best: {best}": seed0[best], "original invariant, finetune": seed0["o
           "majority class": majority}
 matrices = {name: confusion_matrix(p, labels, n_classes).numpy() for name, p in panels.items()}
 viz.glue_figure("tab4_confusion", viz.confusion_heatmaps(matrices, [c.split(" ")[0] for c in codes],
-                                                         title=f"profile: {profile}"))
+                                                         title=f"profile: {profile}"),
+                data=pd.DataFrame([dict(panel=name, true=codes[t], predicted=codes[q], images=int(m[t, q]))
+                                   for name, m in matrices.items() for t in range(n_classes)
+                                   for q in range(n_classes)]))
 glue("best_run", best, display=False)
 
 # %% [markdown]
@@ -381,7 +388,7 @@ glue("best_run", best, display=False)
 #
 # Confusion matrices on the test split: the run with the best balanced accuracy, the original code after
 # finetuning, and the majority baseline. A model that predicts anything but the majority class fills more
-# than one column.
+# than one column. <a href="../data/tab4_isic2018/tab4_confusion.csv">data (CSV)</a>
 # ```
 
 # %% [markdown]
@@ -425,6 +432,7 @@ for stage in STAGES:
 show(pd.DataFrame(own), f"This build's own comparisons, in pp (profile: {profile})")
 
 # %% [markdown]
+# (tab4-deviations)=
 # ## Deviations and notes
 # - **Plain accuracy on an imbalanced test set** ({ref}`deviation A.11 <dev-a11>`). The first table of this
 #   chapter shows that the article's percentages are counts out of 193, and the data table gives the

@@ -80,3 +80,10 @@ def test_the_check_flags_a_typed_number() -> None:
     nb = json.loads((ROOT / "notebooks" / "tab1_original_vs_updated.ipynb").read_text())
     nb["cells"].append({"cell_type": "markdown", "metadata": {}, "source": ["The updated code wins by 12.34 pp."]})
     assert any("12.34" in f for f in unbacked_numbers(nb, _reference_values()))
+
+
+def test_the_deviations_index_lists_every_deviation_once() -> None:
+    text = (ROOT / "book" / "deviations.md").read_text()
+    labels = re.findall(r"^\((dev-[a-z0-9]+)\)=$", text, flags=re.M)
+    index = text.split("## Index", 1)[1].split("\n## ", 1)[0]
+    assert sorted(re.findall(r"<(dev-[a-z0-9]+)>`", index)) == sorted(labels) and len(set(labels)) == len(labels)

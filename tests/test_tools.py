@@ -67,3 +67,38 @@ def test_noise_variants_keep_a_chapters_set_of_seeds() -> None:
     assert measure_noise.seed_parameters("tab3_equiattention", 1) == {"seed": 1, "noise_seeds": [0, 2, 3, 4]}
     assert measure_noise.seed_parameters("fig6_nlg_fairness", 1) == {"seed": 1}  # no noise seeds to keep
     assert "tab4_isic2018" in measure_noise.TRAINING_CHAPTERS and "imbalanced" in measure_noise.CLASSES
+
+
+def test_method_diagrams_are_valid_svg_at_the_column_width_with_equinb_names(tmp_path: Path) -> None:
+    import xml.dom.minidom
+
+    import diagrams
+
+    paths = diagrams.write_all(tmp_path)
+    assert {p.name for p in paths} == {"lambda_equitune.svg", "feature_map.svg"}
+    for path in paths:
+        svg = xml.dom.minidom.parse(str(path)).documentElement
+        assert int(svg.getAttribute("width")) <= 670  # shown 1:1 in the text column
+        assert svg.getElementsByTagName("title") and svg.getElementsByTagName("desc")  # for screen readers
+    text = (tmp_path / "lambda_equitune.svg").read_text()
+    assert "LambdaEquitune" in text and "EmbeddingWeightNet" in text and "270°" in text  # the rot90 orbit
+    assert "ViewAttention" in (tmp_path / "feature_map.svg").read_text()
+
+
+def test_method_diagrams_refuse_a_name_equinb_does_not_have(monkeypatch: pytest.MonkeyPatch) -> None:
+    import diagrams
+
+    monkeypatch.setitem(diagrams.CODE_NAMES, "LambdaEquituneV2", None)
+    with pytest.raises(SystemExit, match="equinb has no 'LambdaEquituneV2'"):
+        diagrams.check_vocabulary()
+
+
+def test_execution_page_lists_every_recorded_chapter() -> None:
+    import provenance
+
+    entry = provenance.record("fig4_zeroshot", "small", 0.0, 17.4, "cpu")
+    assert entry["wall (s)"] == 17 and entry["started (UTC)"] == "1970-01-01 00:00" and entry["torch"]
+    assert "cores" in entry["hardware"] and entry["commit"]
+    page = provenance.execution_page([entry, {**entry, "chapter": "tab1_original_vs_updated", "wall (s)": 43}])
+    assert "| fig4_zeroshot | small | 17 |" in page and "Total wall time of the chapters: 60 s" in page
+    assert "No chapter" in provenance.execution_page([])

@@ -17,14 +17,18 @@ Steps:
      `_build/executed/notebooks/<id>.ipynb`, in `notebooks/` as working directory. The small profile uses the
      notebook's own defaults; any other profile passes `-f notebooks/params/<id>.<profile>.yaml`.
      The committed paired `notebooks/<id>.ipynb` is never written.
-  3. Stage `_build/src/` = `_config.yml` + `_toc.yml` + `book/` + the executed notebooks, and run
-     `jupyter-book build _build/src -W --path-output _build/jb` (execution is off in `_config.yml`).
-  4. Copy the HTML to `_build/html/`.
+     Beside each: `<id>.run.json`, what ran it (`tools/provenance.py`); the chapters file the numbers of their
+     tables and figures as CSVs under `_build/executed/data/<id>/` (`$EQUINB_DATA_OUT`).
+  3. Stage `_build/src/` = `_config.yml` + `_toc.yml` + `book/` + the executed notebooks, with `book/execution.md`
+     written from the run records, and run `jupyter-book build _build/src -W --path-output _build/jb` (execution
+     is off in `_config.yml`).
+  4. Copy the HTML to `_build/html/`, and the CSVs to `_build/html/data/`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -34,6 +38,10 @@ import time
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import diagrams  # noqa: E402
+import provenance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's bin/, where jupytext, papermill and jupyter-book live
@@ -136,11 +144,14 @@ def params_file(nb_id: str, profile: str) -> Path | None:
     return path
 
 
-def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None, env: dict | None = None) -> None:
-    """notebooks/<id>.py -> (jupytext) -> papermill -> out; fails if either step fails.
+def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None, env: dict | None = None,
+            data_out: Path | None = None) -> None:
+    """notebooks/<id>.py -> (jupytext) -> papermill -> out, and ``<out>.run.json`` (``provenance.record``); fails if
+    either step fails.
 
     ``parameters`` override the notebook's (after the profile's file); ``env`` is added to the environment of
-    the kernel (numerical modes, data folders).
+    the kernel (numerical modes, data folders); ``data_out``: where the chapter files its tables' and figures'
+    numbers (``equinb.tables.save_data``; none written without it).
     """
     source = ROOT / "notebooks" / f"{nb_id}.py"
     if not source.is_file():
@@ -159,10 +170,13 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
     print(f"build_book: executing notebooks/{nb_id}.py -> {rel(out)}"
           + (f" with {rel(params)}" if params else "") + (f" and {parameters}" if parameters else "")
           + (f" under {env}" if env else ""), flush=True)
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.time()
     jt = subprocess.Popen(to_ipynb, stdout=subprocess.PIPE)
     # papermill warns that "-" (stdin) has no extension; that is intended here.
     env = dict(os.environ, PYTHONWARNINGS="ignore:the file is not specified with any extension", **(env or {}))
+    env.pop("EQUINB_DATA_OUT", None)
+    if data_out is not None:
+        env["EQUINB_DATA_OUT"] = str(data_out)
     pm = subprocess.run(run_pm, stdin=jt.stdout, env=env)
     jt.stdout.close()
     if jt.wait() != 0:
@@ -171,7 +185,11 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
         raise ChapterFailed(f"papermill failed on notebooks/{nb_id} (profile {profile}); see its message above"
                             + (f"; the partly executed notebook is {rel(out)}" if out.is_file() else ""))
     profile_marker(out).write_text(profile + "\n")
-    print(f"build_book: notebooks/{nb_id} done in {time.perf_counter() - start:.0f} s", flush=True)
+    seconds = time.perf_counter() - start
+    device = str({**chapter_defaults(nb_id), **(yaml.safe_load(params.read_text()) if params else {}),
+                  **(parameters or {})}.get("device", "cpu"))
+    provenance.write(out.with_suffix(".run.json"), provenance.record(nb_id, profile, started, seconds, device))
+    print(f"build_book: notebooks/{nb_id} done in {seconds:.0f} s", flush=True)
 
 
 def profile_marker(executed: Path) -> Path:
@@ -192,7 +210,7 @@ def execute_all(ids: list[str], profile: str, parameters: dict, keep_going: bool
         profile_marker(out).unlink(missing_ok=True)  # a half-run chapter never counts as executed
         try:  # a page computed from the chapters reads the ones executed here (not the committed ones)
             execute(nb_id, profile, out, {"chapters_dir": str(out.parent), **parameters} if nb_id in AGGREGATES
-                    else parameters)
+                    else parameters, data_out=EXECUTED / "data")
         except ChapterFailed as err:
             if not keep_going:
                 fail(str(err))
@@ -212,6 +230,10 @@ def stage(ids: list[str]) -> None:
     shutil.copytree(ROOT / "book", STAGE / "book")
     for nb_id in ids:
         shutil.copy2(EXECUTED / "notebooks" / f"{nb_id}.ipynb", STAGE / "notebooks" / f"{nb_id}.ipynb")
+    records = [json.loads(path.read_text()) for nb_id in ids
+               if (path := EXECUTED / "notebooks" / f"{nb_id}.run.json").is_file()]
+    (STAGE / "book" / "execution.md").write_text(provenance.execution_page(records))
+    diagrams.write_all(STAGE / "book" / "_static" / "diagrams")  # the method primer's figures
 
 
 def build_html() -> None:
@@ -225,6 +247,8 @@ def build_html() -> None:
     if HTML.exists():
         shutil.rmtree(HTML)
     shutil.copytree(JB_OUT / "_build" / "html", HTML)
+    if (EXECUTED / "data").is_dir():  # the tables' and figures' numbers, linked from their captions
+        shutil.copytree(EXECUTED / "data", HTML / "data")
 
 
 def main(argv: list[str] | None = None) -> None:

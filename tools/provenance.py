@@ -1,0 +1,84 @@
+"""What ran each chapter of a book build: the record written beside every executed chapter, and the book's
+execution page made from those records.
+
+`tools/build_book.py` writes `_build/executed/notebooks/<id>.run.json` after a chapter runs (profile, wall time,
+start, commit, Python/torch/numpy versions, device and the processor or GPU behind it) and, when it stages the
+book, replaces `book/execution.md` with a table of those records.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIELDS = ("chapter", "profile", "wall (s)", "started (UTC)", "commit", "device", "hardware", "python", "torch",
+          "numpy")
+
+
+@lru_cache(maxsize=1)
+def _environment() -> dict[str, str]:
+    """Versions and the commit, the same for every chapter of one build."""
+    import numpy
+    import torch
+
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += " + local changes"
+    return {"commit": commit, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__}
+
+
+def _processor() -> str:
+    """The CPU's model name (Linux) or what ``platform`` knows, with the cores this process may use."""
+    import os
+
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name}, {cores} cores"
+
+
+def record(nb_id: str, profile: str, started: float, seconds: float, device: str) -> dict:
+    """The provenance of one executed chapter (``started``: a Unix time)."""
+    hardware = _processor()
+    if device.startswith("cuda"):
+        import torch
+
+        hardware = f"{torch.cuda.get_device_name(torch.device(device))}; {hardware}"
+    start = datetime.datetime.fromtimestamp(started, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return {"chapter": nb_id, "profile": profile, "wall (s)": round(seconds), "started (UTC)": start,
+            **_environment(), "device": device, "hardware": hardware}
+
+
+def write(path: Path, entry: dict) -> None:
+    path.write_text(json.dumps(entry, indent=1) + "\n")
+
+
+def execution_page(records: list[dict]) -> str:
+    """The book's execution page (MyST Markdown): one row per chapter, then the build's total."""
+    lines = ["# Execution", "",
+             "How this build of the book was computed: each chapter's profile, wall time, start, the commit of the",
+             "repository, the device and the hardware behind it, and the versions that ran it. `make book` writes",
+             "this page from the record it keeps beside every executed chapter.", ""]
+    if not records:
+        return "\n".join(lines + ["No chapter of this build has an execution record.", ""])
+    lines += ["| " + " | ".join(FIELDS) + " |", "|" + "---|" * len(FIELDS)]
+    for entry in records:
+        lines.append("| " + " | ".join(str(entry.get(field, "—")).replace("|", "/") for field in FIELDS) + " |")
+    total = sum(entry.get("wall (s)", 0) for entry in records)
+    lines += ["", f"Total wall time of the chapters: {total} s ({total / 60:.1f} min).", ""]
+    return "\n".join(lines)
