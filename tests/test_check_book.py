@@ -21,6 +21,8 @@ PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>t</title></hea
 <main id="main-content"><article style="width: 600px">{body}</article></main></body></html>"""
 PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9aw"
          "AAAABJRU5ErkJggg==")
+WIDE = ("data:image/svg+xml;utf8,<svg xmlns='http://www.w3.org/2000/svg' width='1200' height='20'>"
+        "<rect width='1200' height='20'/></svg>")
 TABLE = "<table><tr><th>a</th><th>b</th></tr><tr><td>1.00</td><td>{cell}</td></tr></table>"
 
 
@@ -45,6 +47,11 @@ def test_a_clean_page_passes(tmp_path: Path) -> None:
     ('<img src="missing.png" alt="gone">', "broken image"),
     (f'<img src="{PIXEL}">', "image without alt text"),
     ('<img src="http://198.51.100.1/x.png" alt="remote">', "request outside the book"),
+    (f'<img src="{WIDE}" alt="wide" style="width: 300px">', "figure drawn 1200 px wide, shown at 300 px"),
+    ('<table><tr><th style="width: 30px; word-break: break-all">artifact</th></tr></table>', "broken across lines"),
+    ('<table><tr><td class="num" style="width: 20px; word-break: break-all">+36.72</td></tr></table>',
+     "broken across lines"),
+    ('<a href="data/missing.csv">data (CSV)</a>', "broken link: /data/missing.csv (404)"),
 ])
 def test_each_defect_fails(tmp_path: Path, body: str, problem: str) -> None:
     problems = _report(tmp_path, body)

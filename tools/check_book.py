@@ -7,7 +7,11 @@ Each page is served from a local HTTP server and loaded at 1280 px (and the page
 
 - horizontal overflow of the main column: an element that reaches past the column's right edge, or a
   scrolling box in the column whose content is wider than the box (a table or output the reader must scroll);
-- an image that is missing or did not decode;
+  a table's own box (``div.equinb-table``) may scroll, by design, on a phone;
+- a word or number broken across lines in a table header or a numeric cell;
+- an image that is missing or did not decode, or a figure drawn more than 15% wider than it is shown (its text
+  shrinks with it);
+- a link to a file of the book (a page, a CSV) that does not load;
 - a MathJax error (an ``mjx-merror`` element, or TeX source left unrendered);
 - ``NaN`` in a rendered table cell;
 - a request for anything outside the local server (the book must render offline).
@@ -35,6 +39,25 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SKIP = ("genindex.html", "search.html", "_static/", "_sources/", "_images/")
 
+# Runs in the page: every link to a file of the book (same server, fragment dropped) must load.
+LINK_CHECKS = r"""
+async () => {
+  const targets = new Set();
+  for (const a of document.querySelectorAll('a[href]')) {
+    const url = new URL(a.getAttribute('href'), document.baseURI);
+    if (url.origin !== location.origin) continue;
+    url.hash = '';
+    targets.add(url.href);
+  }
+  const problems = [];
+  for (const target of targets) {
+    const response = await fetch(target, {method: 'HEAD'});
+    if (!response.ok) problems.push(`broken link: ${target.replace(location.origin, '')} (${response.status})`);
+  }
+  return problems;
+}
+"""
+
 # Runs in the page; returns the problems it finds as strings.
 PAGE_CHECKS = r"""
 () => {
@@ -54,7 +77,8 @@ PAGE_CHECKS = r"""
     const box = el.getBoundingClientRect();
     if (box.width === 0 || box.height === 0) continue;
     const scrolls = ['auto', 'scroll'].includes(style.overflowX);
-    if (scrolls && el.scrollWidth > el.clientWidth + 1) {
+    const tableBox = el.classList.contains('equinb-table') && window.innerWidth < 600;  // scrolls by design
+    if (scrolls && el.scrollWidth > el.clientWidth + 1 && !tableBox) {
       problems.push(`overflow: ${describe(el)} scrolls sideways ` +
                     `(${el.scrollWidth} px of content in ${el.clientWidth} px)`);
       reported.add(el);
@@ -75,6 +99,23 @@ PAGE_CHECKS = r"""
   for (const img of document.querySelectorAll('img')) {
     if (!img.complete || img.naturalWidth === 0) problems.push(`broken image: ${img.getAttribute('src')}`);
     else if (!img.getAttribute('alt')) problems.push(`image without alt text: ${img.getAttribute('src')}`);
+    else if (img.clientWidth > 0 && img.naturalWidth > 1.15 * img.clientWidth + 10) {
+      const scale = Math.round(100 * img.clientWidth / img.naturalWidth);
+      problems.push(`figure drawn ${img.naturalWidth} px wide, shown at ${img.clientWidth} px ` +
+                    `(its text at ${scale}%): ${img.getAttribute('src')}`);
+    }
+  }
+  for (const cell of main.querySelectorAll('table th, table td.num')) {
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (const match of node.textContent.matchAll(/\S+/g)) {
+        const range = document.createRange();
+        range.setStart(node, match.index);
+        range.setEnd(node, match.index + match[0].length);
+        const lines = new Set([...range.getClientRects()].map((r) => Math.round(r.top)));
+        if (lines.size > 1) problems.push(`"${match[0]}" broken across lines in ${describe(cell)}`);
+      }
+    }
   }
   for (const err of document.querySelectorAll('mjx-merror, .MathJax_Error')) {
     problems.push(`MathJax error: ${err.textContent.trim().slice(0, 80)}`);
@@ -135,6 +176,8 @@ def check(html: Path, screenshots: Path, only: list[str], chromium: str) -> dict
                                            "window.MathJax.startup.promise !== undefined", timeout=10_000)
                     page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : null")
                     problems = page.evaluate(PAGE_CHECKS)
+                    if name == "desktop":  # the links are the same at every width
+                        problems += page.evaluate(LINK_CHECKS)
                     problems += [f"request outside the book: {url}" for url in external]
                     report[f"{rel} @ {width}px"] = problems
                     shot = screenshots / f"{rel.replace('/', '__').removesuffix('.html')}.{name}.png"
