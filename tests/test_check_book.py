@@ -51,6 +51,8 @@ def test_a_clean_page_passes(tmp_path: Path) -> None:
     ('<table><tr><th style="width: 30px; word-break: break-all">artifact</th></tr></table>', "broken across lines"),
     ('<table><tr><td class="num" style="width: 20px; word-break: break-all">+36.72</td></tr></table>',
      "broken across lines"),
+    ('<table><tr><td style="width: 20px; word-break: break-all">[+3.67, +9.12]</td></tr></table>',
+     "broken across lines"),  # a Markdown table's numeric cell, no class
     ('<a href="data/missing.csv">data (CSV)</a>', "broken link: /data/missing.csv (404)"),
 ])
 def test_each_defect_fails(tmp_path: Path, body: str, problem: str) -> None:
