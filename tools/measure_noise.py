@@ -4,6 +4,7 @@ Usage (from the repository root, after `make notebooks` refreshed the committed 
 
     .venv/bin/python tools/measure_noise.py [--seeds 1 2 3] [--modes MODE ...] [--chapters ID ...] [--reuse]
                                             [--classes NAME ...]
+    .venv/bin/python tools/measure_noise.py --matrix     # the recorded spreads as a table (for the README)
 
 Each variant (another seed on this machine, for the training chapters, or seed 0 under another numerical mode of
 `tools/numerical_modes.py`, for every chapter; by default the modes of its `MEASURED`) executes the chapters
@@ -101,6 +102,26 @@ def run_variant(name: str, chapters: list[str], parameters: dict, env: dict, reu
     return out
 
 
+def matrix(record: dict) -> str:
+    """The measured spreads as a Markdown table: one row per variant (seed or numerical mode), one column per
+    class, each cell the largest change seen (absolute, or relative for a relative class) and how many numbers."""
+    classes = [c for c in record["classes"] if record["classes"][c].get("spread")]
+    variants = list(dict.fromkeys(v for c in classes for v in record["classes"][c]["spread"]))
+    lines = ["| variant | " + " | ".join(classes) + " |", "|" + "---|" * (len(classes) + 1)]
+    for variant in variants:
+        cells = []
+        for name in classes:
+            s = record["classes"][name]["spread"].get(variant)
+            relative = record["classes"][name].get("relative", 0.0) > 0
+            cells.append("—" if not s or not s["numbers"] else
+                         f"{s['max_rel' if relative else 'max_abs']:.3g}{' rel.' if relative else ''} ({s['numbers']})")
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    tolerance = ["±" + (f"{100 * t['relative']:g}%" if t.get("relative") else f"{t['absolute']:g}")
+                 for t in (record["classes"][c] for c in classes)]
+    lines.append("| **tolerance** | " + " | ".join(tolerance) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3], help="other seeds, native mode")
@@ -109,7 +130,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse", action="store_true", help="reuse executed variants newer than their source")
     parser.add_argument("--classes", nargs="*", default=list(CLASSES), choices=list(CLASSES),
                         help="measure and rewrite only these classes; the others keep their recorded values")
+    parser.add_argument("--matrix", action="store_true", help="print the recorded spreads (variant x class) as a "
+                                                                  "Markdown table and measure nothing")
     args = parser.parse_args(argv)
+    if args.matrix:
+        print(matrix(json.loads(MEASURED.read_text())))
+        return
     measured = set(args.classes)
 
     variants: dict[str, dict[str, Path]] = {}
