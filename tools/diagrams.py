@@ -144,14 +144,15 @@ def feature_map() -> str:
         d.box(250, y, 100, 30, ["Uₖ = gₖ⁻¹Vₖ"], dashed=True)
         d.arrow(350, y + 15, 380, top + row * len(views) / 2)
     middle = top + row * len(views) / 2
-    d.box(380, middle - 30, 120, 60, ["Z = Σ wₖ Uₖ", "equivariant Z"], fill="#fff")
+    d.box(380, middle - 30, 120, 60, ["Z = Σ wₖ Uₖ", "(equivariant)"], fill="#fff")
     d.arrow(500, middle, 518, middle)
     d.box(518, middle - 17, 137, 34, ["M2 (attnpool, head)"])
     base = top + row * len(views) + 14
     d.box(5, base, 320, 52, ["weights w: FeatureMapWeightNet", "softmaxₖ λ(Vₖ)"], fill="#e8f5e9", code=False)
     d.box(335, base, 320, 52, ["or ViewAttention (EquiAttention)", "w = column means of softmax(QKᵀ/√d)"],
           fill="#e8f5e9")
-    d.arrow(440, base, 440, middle + 30, dashed=True)
+    d.arrow(165, base, 415, middle + 30)  # either weighting feeds the sum
+    d.arrow(495, base, 465, middle + 30)
     d.text(5, base + 80, "dashed box: align_views=True (as described); the articles' code leaves Uₖ = Vₖ",
            anchor="start")
     d.text(5, base + 98, "(align_views=False: Z invariant, not equivariant); w moves with its view.", anchor="start")

@@ -16,8 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FIELDS = ("chapter", "profile", "wall (s)", "started (UTC)", "commit", "device", "hardware", "python", "torch",
-          "numpy")
+FIELDS = ("chapter", "profile", "wall (s)", "started (UTC)", "device")  # per chapter
+ENVIRONMENT = ("commit", "hardware", "python", "torch", "numpy")  # once, or per chapter where they differ
 
 
 @lru_cache(maxsize=1)
@@ -68,17 +68,28 @@ def write(path: Path, entry: dict) -> None:
     path.write_text(json.dumps(entry, indent=1) + "\n")
 
 
+def _row(values: list) -> str:
+    # U+2011 (a hyphen no line breaks at) keeps dates and versions on one line in a narrow column
+    return "| " + " | ".join(str(v).replace("|", "/").replace("-", "\u2011") for v in values) + " |"
+
+
 def execution_page(records: list[dict]) -> str:
-    """The book's execution page (MyST Markdown): one row per chapter, then the build's total."""
+    """The book's execution page (MyST Markdown): one row per chapter and the build's total, then the environment
+    (one row when every chapter shares it)."""
     lines = ["# Execution", "",
-             "How this build of the book was computed: each chapter's profile, wall time, start, the commit of the",
-             "repository, the device and the hardware behind it, and the versions that ran it. `make book` writes",
-             "this page from the record it keeps beside every executed chapter.", ""]
+             "How this build of the book was computed: each chapter's profile, wall time, start and device, then the",
+             "commit of the repository, the hardware and the versions that ran it. `make book` writes this page from",
+             "the record it keeps beside every executed chapter.", ""]
     if not records:
         return "\n".join(lines + ["No chapter of this build has an execution record.", ""])
-    lines += ["| " + " | ".join(FIELDS) + " |", "|" + "---|" * len(FIELDS)]
-    for entry in records:
-        lines.append("| " + " | ".join(str(entry.get(field, "—")).replace("|", "/") for field in FIELDS) + " |")
+    lines += [_row(FIELDS), "|" + "---|" * len(FIELDS)]
+    lines += [_row([entry.get(field, "—") for field in FIELDS]) for entry in records]
     total = sum(entry.get("wall (s)", 0) for entry in records)
-    lines += ["", f"Total wall time of the chapters: {total} s ({total / 60:.1f} min).", ""]
-    return "\n".join(lines)
+    lines += ["", f"Total wall time of the chapters: {total} s ({total / 60:.1f} min).", "", "## Environment", ""]
+    environments = {tuple(entry.get(field, "—") for field in ENVIRONMENT) for entry in records}
+    if len(environments) == 1:
+        lines += [f"- **{field}**: {value}" for field, value in zip(ENVIRONMENT, environments.pop())]
+    else:
+        lines += [_row(("chapter",) + ENVIRONMENT), "|" + "---|" * (len(ENVIRONMENT) + 1)]
+        lines += [_row([entry["chapter"]] + [entry.get(field, "—") for field in ENVIRONMENT]) for entry in records]
+    return "\n".join(lines + [""])
