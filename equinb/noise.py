@@ -26,7 +26,7 @@ __all__ = ["Tolerance", "tolerance", "tolerances", "chapter_tolerances", "measur
            "loss_label", "split_numbers", "snap_numbers", "NUMBER"]
 
 MEASURED = Path(__file__).with_name("noise_measured.json")
-NOTE_MARKER = "between CPUs and seeds"  # in every ``noise_note`` line: the measurement leaves those lines out
+NOTE_MARKER = "between CPUs"  # in every ``noise_note`` line: the measurement leaves those lines out
 
 # A number as printed by Python, pandas and f-strings: sign, digits, optional decimals, optional exponent.
 # A sign glued to a word is a hyphen ("top-1" holds the number 1, not -1). Thousands separators are not part
