@@ -22,7 +22,7 @@ from .nlg import DEMOGRAPHICS, LABELS
 from .setups import check_map_image_size
 from .zeroshot import TRANSFORMS, transform_group
 
-__all__ = ["PROFILES", "RULES", "check_params", "check_device", "profile_note"]
+__all__ = ["PROFILES", "RULES", "check_params", "check_device", "profile_note", "schedule_note"]
 
 PROFILES = ("small", "paper")
 ORIENTATION_FREE = ("stand_in", "isic2018")
@@ -264,3 +264,9 @@ def profile_note(profile: str, small: str, paper: str) -> str:
                 "compare the directions and sizes of the differences with the article's, not the values (the verdict "
                 f"table does). The paper profile runs {paper}; this build did not produce its numbers.")
     return f"This build ran the {profile} profile: {paper}."
+
+
+def schedule_note(image_size: int, prefinetune_rounds: int, finetune_rounds: int) -> str:
+    """A training chapter's settings in words (the summary page puts two chapters' side by side)."""
+    return (f"{image_size} px, {prefinetune_rounds} prefinetune rounds, {finetune_rounds} finetune "
+            f"round{'s' if finetune_rounds != 1 else ''}")

@@ -91,7 +91,7 @@ from myst_nb import glue
 from equinb import get_group, viz
 from equinb.analysis import group_changes, no_training_scores
 from equinb.cache import run_cache_dir
-from equinb.chapter import check_params, profile_note
+from equinb.chapter import check_params, profile_note, schedule_note
 from equinb.engine import TrainConfig, group_drift, weighted_model
 from equinb.evidence import compare_runs, finetune_changed, no_training_check, stage_runs
 from equinb.noise import chapter_tolerances, noise_note
@@ -118,8 +118,7 @@ top1_noise = chapter_tolerances(profile, "top1")["top1"]  # how far a top-1 may 
 viz.book_style()
 pd.set_option("display.precision", 2)
 glue("profile", profile, display=False)
-glue("schedule", f"{image_size} px, {prefinetune_rounds} prefinetune rounds, {finetune_rounds} finetune "
-     f"round{'s' if finetune_rounds != 1 else ''}", display=False)  # for the summary page
+glue("schedule", schedule_note(image_size, prefinetune_rounds, finetune_rounds), display=False)  # summary page
 glue("profile_note", profile_note(profile, "a MobileNetV2 on the 8×8 digits, its last block finetuned, stands in "
                                   "for CLIP RN50 on CIFAR100", "CLIP RN50 on CIFAR100 with the article's schedule"),
      display=False)

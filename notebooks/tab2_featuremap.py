@@ -82,7 +82,7 @@ from myst_nb import glue
 from equinb import get_group, viz
 from equinb.analysis import plain_head_top1, positional_head, symmetry_tables
 from equinb.cache import cache_dir, run_cache_dir
-from equinb.chapter import check_params, profile_note
+from equinb.chapter import check_params, profile_note, schedule_note
 from equinb.engine import TrainConfig
 from equinb.evidence import STAGES, compare_runs, finetune_changed, no_training_check, stage_problems, stage_runs
 from equinb.noise import chapter_tolerances, loss_label, noise_note
@@ -112,8 +112,7 @@ runs = run_cache_dir(data_root)
 noise = chapter_tolerances(profile, "top1", "logit", "loss")
 viz.book_style()
 glue("profile", profile, display=False)
-glue("schedule", f"{image_size} px, {prefinetune_rounds} prefinetune rounds, {finetune_rounds} finetune "
-     f"round{'s' if finetune_rounds != 1 else ''}", display=False)  # for the summary page
+glue("schedule", schedule_note(image_size, prefinetune_rounds, finetune_rounds), display=False)  # summary page
 glue("profile_note", profile_note(profile, "MobileNetV2's 320×3×3 block-17 maps of the digits stand in for CLIP "
                                   "RN50's 2048×7×7 layer4 maps of CIFAR100", "CLIP RN50's layer4 maps on CIFAR100"),
      display=False)
