@@ -51,7 +51,7 @@ test: $(STAMP)
 	$(PY) -m pytest tests
 	@if compgen -G "notebooks/*.ipynb" > /dev/null; then \
 	  echo "nbval: notebooks/*.ipynb"; \
-	  PYTHONPATH=tests $(PY) -m pytest -p nbval_tolerance --nbval --nbval-current-env \
+	  PYTHONPATH=tests$${PYTHONPATH:+:$$PYTHONPATH} $(PY) -m pytest -p nbval_tolerance --nbval --nbval-current-env \
 	    --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/*.ipynb -p no:cacheprovider; \
 	else echo "nbval: no notebooks/*.ipynb to check"; fi
 
