@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .groups import Group
+from .kernels import tuned_kernels
 from .precision import HalfStorageSGD, apply_clip_precision, parameter_groups
 from .wrappers import EquiAttention, LambdaEquitune, OrbitWrapper
 
@@ -458,13 +459,16 @@ def prefinetune(model: OrbitWrapper, train: ViewData, select: ViewData, config: 
 
 def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: TrainConfig,
              train_lambda_feats: Tensor | None = None, test_lambda_feats: Tensor | None = None,
-             eval_every_round: bool = True, progress: bool = False) -> tuple[list[dict], Tensor | None]:
+             eval_every_round: bool = True, progress: bool = False,
+             tuned_gpu_kernels: bool = True) -> tuple[list[dict], Tensor | None]:
     """Finetune the trunk (and the lambda network for ``backbone+lambda``) with the full forward.
 
     ``*_lambda_feats``: cached features of the frozen copy [N, G, D] that feed lambda when
     ``lambda_input="frozen_copy"`` (the frozen copy never changes, so caching it is exact).
     The trunk's weights take the precision of ``config.param_dtype`` first (``set_finetune_precision``); fp16
-    values emulated in fp32 are stepped by ``HalfStorageSGD``, every other parameter by plain SGD.
+    values emulated in fp32 are stepped by ``HalfStorageSGD``, every other parameter by plain SGD (PyTorch's
+    default, ``foreach`` on CUDA, as the article's code). ``tuned_gpu_kernels``: on CUDA, cuDNN's autotuner and
+    channels-last weights for the trunk (``equinb.kernels``; no change on a CPU).
 
     Returns a tidy history (stage, round, step, loss, test_top1) and the predicted test classes [N_test] of
     the last evaluation (None when no round ran).
@@ -487,27 +491,28 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
     schedule = batch_schedule(len(train), config.batch_size, config.finetune_rounds, config.finetune_steps,
                               config.data_order, config.seed)
     history, step, predicted = [], 0, None
-    for r, batches in enumerate(tqdm(schedule, desc="finetune", disable=not progress, ascii=True)):
-        model.train()
-        losses = []
-        for index, element in zip(batches, _draw_elements(len(batches), model.group.order, rng)):
-            views, labels = train.batch(index, element, model.group)
-            lam = None
-            if train_lambda_feats is not None and config.lambda_input == "frozen_copy":
-                lam = ViewData(train_lambda_feats, train.labels).batch(index, element, model.group)[0]
-            feats = features(model, views)
-            loss = train_step_loss(model, feats, labels, weight_views=feats if lam is None else lam)
-            for opt in optimisers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in optimisers:
-                opt.step()
-            losses.append(loss.detach())
-        history += _loss_rows("finetune", r, step, losses)
-        step += len(losses)
-        if eval_every_round or r == len(schedule) - 1:
-            frozen = test_lambda_feats if config.lambda_input == "frozen_copy" else None
-            predicted = predict(model, test, lambda_feats=frozen, seed=config.seed)
-            acc = 100.0 * float((predicted == test.labels).sum()) / max(len(predicted), 1)
-            history.append(dict(stage="finetune", round=r, step=step, test_top1=acc))
+    with tuned_kernels(model.trunk, model_device(model), enabled=tuned_gpu_kernels):
+        for r, batches in enumerate(tqdm(schedule, desc="finetune", disable=not progress, ascii=True)):
+            model.train()
+            losses = []
+            for index, element in zip(batches, _draw_elements(len(batches), model.group.order, rng)):
+                views, labels = train.batch(index, element, model.group)
+                lam = None
+                if train_lambda_feats is not None and config.lambda_input == "frozen_copy":
+                    lam = ViewData(train_lambda_feats, train.labels).batch(index, element, model.group)[0]
+                feats = features(model, views)
+                loss = train_step_loss(model, feats, labels, weight_views=feats if lam is None else lam)
+                for opt in optimisers:
+                    opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for opt in optimisers:
+                    opt.step()
+                losses.append(loss.detach())
+            history += _loss_rows("finetune", r, step, losses)
+            step += len(losses)
+            if eval_every_round or r == len(schedule) - 1:
+                frozen = test_lambda_feats if config.lambda_input == "frozen_copy" else None
+                predicted = predict(model, test, lambda_feats=frozen, seed=config.seed)
+                acc = 100.0 * float((predicted == test.labels).sum()) / max(len(predicted), 1)
+                history.append(dict(stage="finetune", round=r, step=step, test_top1=acc))
     return history, predicted

@@ -30,6 +30,7 @@ from .cache import cache_key, load_or_compute, module_fingerprint
 from .data import group_transform_indices, image_batches
 from .groups import Group, d4_act, get_group
 from .heads import load_frozen_model
+from .kernels import tuned_kernels
 from .wrappers import EquiZero, Equitune
 
 __all__ = [
@@ -85,12 +86,13 @@ def per_view_logits(encoder: nn.Module, head: nn.Module, batches: Iterable[tuple
 
     dtype = next(encoder.parameters()).dtype
     outs, ys = [], []
-    for images, labels in tqdm(batches, disable=not progress, desc="views", ascii=True):
-        for part in cpu_chunks(images.to(device, non_blocking=True)):
-            views = torch.cat([d4_act(part, e) for e in elements])  # [E*b, 3, S, S], element-major
-            logits = head(encoder(views.to(dtype)))
-            outs.append(logits.float().reshape(len(elements), part.shape[0], -1).transpose(0, 1).cpu())
-        ys.append(labels.cpu())
+    with tuned_kernels(encoder, device):  # CUDA: cuDNN autotuning and channels-last (equinb.kernels)
+        for images, labels in tqdm(batches, disable=not progress, desc="views", ascii=True):
+            for part in cpu_chunks(images.to(device, non_blocking=True)):
+                views = torch.cat([d4_act(part, e) for e in elements])  # [E*b, 3, S, S], element-major
+                logits = head(encoder(views.to(dtype)))
+                outs.append(logits.float().reshape(len(elements), part.shape[0], -1).transpose(0, 1).cpu())
+            ys.append(labels.cpu())
     return torch.cat(outs), torch.cat(ys)
 
 

@@ -199,7 +199,7 @@ if profile == "small":  # the stand-in's pixels in [0, 1], turned as the stand-i
     images = [group_object.act(torch.tensor(pixels[int(embeddings.index["train"][i])], dtype=torch.float32)[None, None]
                                / 255, int(embeddings.turns["train"][i]))[0, 0].numpy() for i in first]
 else:  # decoded uint8 images at the backbone's input size
-    images = [embeddings.train.inputs[i].float().numpy() / 255 for i in first]
+    images = [embeddings.train.inputs[i].float().cpu().numpy() / 255 for i in first]
 titles = [f"{code.split(' ')[0]}\n{name}\ntrain {int(counts['train'][k])}, test {int(counts['test'][k])}"
           for k, (code, name) in enumerate(zip(codes, ISIC2018_CLASSES))]
 viz.glue_figure("tab4_samples", viz.class_samples(images, titles), data=pd.DataFrame(

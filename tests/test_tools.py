@@ -69,6 +69,36 @@ def test_noise_variants_keep_a_chapters_set_of_seeds() -> None:
     assert "tab4_isic2018" in measure_noise.TRAINING_CHAPTERS and "imbalanced" in measure_noise.CLASSES
 
 
+@pytest.mark.parametrize("merge, tolerance", [(True, 3.0), (False, 1.5)])
+def test_measuring_one_more_mode_keeps_or_replaces_the_recorded_ones(tmp_path: Path, monkeypatch, merge: bool,
+                                                                     tolerance: float) -> None:
+    """--merge: a recorded mode's larger change (2.0) still sets the tolerance (1.5 x 2.0) beside the new mode's
+    (1.0); without it, only this run's modes count (1.5 x 1.0)."""
+    import json
+    from types import SimpleNamespace
+
+    import measure_noise
+
+    record = tmp_path / "noise_measured.json"
+    old = dict(max_abs=2.0, max_rel=0.0, numbers=3)
+    record.write_text(json.dumps(dict(command="tools/measure_noise.py --modes modeA", classes=dict(top1=dict(
+        absolute=3.0, relative=0.0, spread=dict(modeA=old, seed1=dict(max_abs=9.0, max_rel=0.0, numbers=1)),
+        measured_by=dict(command="tools/measure_noise.py --modes modeA"))))))
+    moved = SimpleNamespace(tolerance_class="top1", max_abs=1.0, max_rel=0.0, pairs=[(1.0, 2.0)], text_differs=False,
+                            index=3, first_line="x")
+    monkeypatch.setattr(measure_noise, "MEASURED", record)
+    monkeypatch.setattr(measure_noise, "ROOT", tmp_path)
+    monkeypatch.setattr(measure_noise, "mode_env", lambda mode: {})
+    monkeypatch.setattr(measure_noise, "run_variant", lambda name, chapters, *rest: {"tab1_original_vs_updated": None})
+    monkeypatch.setattr(measure_noise, "diff_notebooks", lambda reference, path: [moved])
+    measure_noise.main(["--seeds", "--modes", "modeB", "--chapters", "tab1_original_vs_updated", "--classes", "top1"]
+                       + (["--merge"] if merge else []))
+    top1 = json.loads(record.read_text())["classes"]["top1"]
+    assert top1["absolute"] == tolerance  # the seed's 9.0 is recorded but never counted
+    assert set(top1["spread"]) == ({"modeA", "seed1", "modeB"} if merge else {"modeB"})
+    assert ("mode modeA" in top1["basis"]) == merge
+
+
 def test_method_diagrams_are_valid_svg_at_the_column_width_with_equinb_names(tmp_path: Path) -> None:
     import xml.dom.minidom
 
@@ -102,3 +132,17 @@ def test_execution_page_lists_every_recorded_chapter() -> None:
     page = provenance.execution_page([entry, {**entry, "chapter": "tab1_original_vs_updated", "wall (s)": 43}])
     assert "| fig4_zeroshot | small | 17 |" in page and "Total wall time of the chapters: 60 s" in page
     assert "No chapter" in provenance.execution_page([])
+
+
+def test_the_measured_modes_cover_every_path_a_cpu_picks_and_the_holdouts_are_new() -> None:
+    import numerical_modes as nm
+
+    seen = {key: {nm.MODES[m].get(key) for m in nm.MEASURED} for key in
+            ("MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS")}
+    assert seen["MKL_CBWR"] >= {"SSE4_2", "AVX", "AVX2", "AVX512"}
+    assert seen["ONEDNN_MAX_CPU_ISA"] >= {"SSE41", "AVX", "AVX2", "AVX512_CORE"}
+    assert seen["ATEN_CPU_CAPABILITY"] >= {"default", "avx2"} and seen["OMP_NUM_THREADS"] >= {"1", "2", "4"}
+    assert len(nm.PORTABLE) >= 4 and set(nm.PORTABLE) <= set(nm.MEASURED)
+    assert not set(nm.HOLDOUT) & set(nm.MEASURED)
+    assert not {tuple(sorted(nm.MODES[h].items())) for h in nm.HOLDOUT} & {
+        tuple(sorted(nm.MODES[m].items())) for m in nm.MEASURED}

@@ -17,7 +17,9 @@ and every number of a cell tagged `tolerance-<class>` adds to that class's sprea
 
 rounded up to two significant digits, and `equinb/noise_measured.json` is rewritten with the tolerances, the
 spreads per variant and the command. With `--classes`, only those classes are measured and rewritten (from the
-chapters whose cells carry them); the other classes keep their recorded measurement. Cells compared exactly
+chapters whose cells carry them); the other classes keep their recorded measurement. With `--merge`, the spreads
+recorded for variants this run does not measure are kept, and the tolerances come from every recorded mode (a
+mode is added without re-running the others). Cells compared exactly
 whose output moved are listed: a result that must be exact but is not, which the chapter has to fix.
 
 The seeds' differences are recorded beside them (`--matrix` prints both) but set no tolerance: the regression
@@ -50,6 +52,7 @@ TRAINING_CHAPTERS = ("tab1_original_vs_updated", "tab2_featuremap", "tab3_equiat
 # so only the numerical modes measure them
 FROZEN_CHAPTERS = ("own_model", "fig4_zeroshot", "fig6_nlg_fairness")
 FACTOR = 1.5
+SEED_VARIANT = re.compile(r"seed\d+")  # a variant named so is another seed; every other is a numerical mode
 # kind: "absolute" in the printed unit, or "relative" to the value; floor: the smallest tolerance allowed
 CLASSES = {
     "top1": dict(kind="absolute", unit="pp", floor=0.5, what="top-1 accuracy of a trained run, in %"),
@@ -133,6 +136,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse", action="store_true", help="reuse executed variants newer than their source")
     parser.add_argument("--classes", nargs="*", default=list(CLASSES), choices=list(CLASSES),
                         help="measure and rewrite only these classes; the others keep their recorded values")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the recorded spreads of variants this run does not measure, and set each "
+                             "tolerance from every recorded numerical mode (add a mode without re-running the "
+                             "others)")
     parser.add_argument("--matrix", action="store_true", help="print the recorded spreads (variant x class) as a "
                                                                   "Markdown table and measure nothing")
     args = parser.parse_args(argv)
@@ -172,10 +179,16 @@ def main(argv: list[str] | None = None) -> None:
                 s["max_rel"] = max(s["max_rel"], d.max_rel)
                 s["numbers"] += len(d.pairs)
 
-    described = ", ".join(f"mode {m}" for m in args.modes) + (
-        f" (seeds {', '.join(map(str, args.seeds))} recorded, not counted)" if args.seeds else "")
     command = "tools/measure_noise.py " + " ".join(sys.argv[1:] if argv is None else argv)
     previous = json.loads(MEASURED.read_text()) if MEASURED.is_file() else {}
+    if args.merge:  # earlier variants first, this run's replace any of the same name
+        for name in measured:
+            spread[name] = {**previous.get("classes", {}).get(name, {}).get("spread", {}), **spread[name]}
+    all_variants = list(dict.fromkeys(v for name in measured for v in spread[name]))
+    modes = [v for v in all_variants if not SEED_VARIANT.fullmatch(v)]
+    seeds = [v.removeprefix("seed") for v in all_variants if SEED_VARIANT.fullmatch(v)]
+    described = ", ".join(f"mode {m}" for m in modes) + (
+        f" (seeds {', '.join(seeds)} recorded, not counted)" if seeds else "")
     classes = {name: c for name, c in previous.get("classes", {}).items() if name not in measured}
     for name, spec in CLASSES.items():
         if name not in measured:
@@ -183,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         key = "max_abs" if spec["kind"] == "absolute" else "max_rel"
         # the regression always runs seed 0 and only the CPU changes, so the numerical modes set the tolerance; the
         # seeds' spreads are recorded beside them (a seed may make a stable run diverge, a CPU path so far has not)
-        seen = max((s[key] for v, s in spread[name].items() if v in args.modes), default=0.0)
+        seen = max((s[key] for v, s in spread[name].items() if v in modes), default=0.0)
         value = max(spec["floor"], round_up(FACTOR * seen))
         shown = f"{seen:.3g}{' ' + spec['unit'] if spec['unit'] else ''}" if spec["kind"] == "absolute" \
             else f"{100 * seen:.3g}%"
@@ -193,7 +206,11 @@ def main(argv: list[str] | None = None) -> None:
                              relative=value if spec["kind"] == "relative" else 0.0,
                              unit=spec["unit"], what=spec["what"], basis=basis, spread=spread[name],
                              measured_by=dict(command=command, date=datetime.date.today().isoformat(),
-                                              chapters=args.chapters))
+                                              chapters=args.chapters,
+                                              **({"merged_with": previous["classes"][name]["measured_by"]}
+                                                 if args.merge and name in previous.get("classes", {}) else {})))
+    if args.merge and previous.get("command"):
+        command = f"{previous['command']}; then {command}"
     record = dict(command=command if measured == set(CLASSES) else previous.get("command", command),
                   date=datetime.date.today().isoformat(), profile="small",
                   reference="notebooks/<id>.ipynb (native mode, seed 0)",

@@ -4,7 +4,7 @@ Usage (from the repository root):
 
     .venv/bin/python tools/paper_smoke.py                      # make paper-smoke: CUDA, full-size random CLIPs
     .venv/bin/python tools/paper_smoke.py --device cpu --tiny  # the same code paths on tiny models (make test)
-    ... [--out _build/paper_smoke] [--chapters ID ...]
+    ... [--out _build/paper_smoke] [--chapters ID ...] [--rates bench/gpu_rates_h200.json]
 
 No download: fakes of CIFAR100, ImageNetV2 and ISIC 2018 in their real formats (`tools/paper_fakes.py`; at the real
 sizes that set the time with full-size models: CIFAR100's and ImageNetV2's 10,000 test images, ISIC's 193
@@ -13,7 +13,8 @@ classifier. Each chapter then runs through papermill with its `notebooks/params/
 schedule, on `--device`. Printed per chapter: pass or fail and wall time; then the measured throughputs (zero-shot
 image-views/s, cached prefinetune steps/s, finetune steps/s after warm-up, peak GPU memory) and, from the params
 files' settings and those rates, the projected GPU time of the full paper profile. With `--tiny` on a CPU the
-rates and the projection only exercise the code. Exit status 1 if any chapter failed.
+rates and the projection only exercise the code; with `--rates FILE` the projection uses rates recorded on a GPU
+(a counted estimate: this smoke's runs at those rates). Exit status 1 if any chapter failed.
 """
 
 from __future__ import annotations
@@ -90,6 +91,20 @@ def rates(device: str, tiny: bool) -> dict[str, float]:
     return bench.measured_rates(device, tiny=tiny)
 
 
+RATE_KEYS = ("zeroshot_views_per_s", "prefinetune_steps_per_s", "finetune_steps_per_s")
+
+
+def load_rates(path: Path) -> dict:
+    """Rates recorded on a GPU (``{"device", "measured", "rates": {...}}``), checked before any chapter runs."""
+    recorded = json.loads(path.read_text())
+    missing = [k for k in ("device", "measured", "rates") if k not in recorded]
+    missing += [k for k in RATE_KEYS if not recorded.get("rates", {}).get(k, 0) > 0]
+    if missing:
+        raise SystemExit(f"paper_smoke: {path} lacks {', '.join(missing)} (positive rates needed: "
+                         f"{', '.join(RATE_KEYS)})")
+    return recorded
+
+
 def trained_runs(runs: Path) -> dict[str, bool]:
     """Run files in the run cache -> whether the run was finetuned (its history has a finetune step)."""
     import torch
@@ -125,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny random models and small fakes (a CPU check)")
     parser.add_argument("--out", default=str(ROOT / "_build" / "paper_smoke"), help="fakes and executed notebooks")
     parser.add_argument("--chapters", nargs="*", default=notebook_ids(), help="default: every chapter of _toc.yml")
+    parser.add_argument("--rates", help="project with the rates recorded in this JSON file (e.g. bench/"
+                                        "gpu_rates_h200.json) instead of measuring them here; the runs are still "
+                                        "counted from this smoke")
     args = parser.parse_args(argv)
     import torch
 
@@ -132,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print("paper_smoke: no CUDA GPU here; run it on a GPU machine, or check the code paths with --device cpu "
               "--tiny", file=sys.stderr)
         return 2
+    recorded = load_rates(Path(args.rates)) if args.rates else None
     out = Path(args.out)
     start = time.perf_counter()
     fakes = make_fakes(out, args.tiny)
@@ -150,14 +169,17 @@ def main(argv: list[str] | None = None) -> int:
             results[nb_id] = (f"FAILED: {err}", time.perf_counter() - began)
         new = {name: tuned for name, tuned in trained_runs(runs).items() if name not in before}
         counted[nb_id] = dict(runs=len(new), finetuned=sum(new.values()))
-    rate = rates(args.device, args.tiny)
+    rate = recorded["rates"] if recorded else rates(args.device, args.tiny)
     hours = projection(rate, counted, smoke_seeds=1 + len(SMOKE_NOISE_SEEDS))
     print("\nchapter                     result   wall (s)  runs trained (finetuned)")
     for nb_id, (result, seconds) in results.items():
         print(f"{nb_id:27s} {result.split(':')[0]:8s} {seconds:8.0f}  {counted[nb_id]['runs']:4d} "
               f"({counted[nb_id]['finetuned']})")
-    print("\nmeasured on " + (torch.cuda.get_device_name() if args.device.startswith("cuda") else "the CPU")
-          + (" (tiny models: a check of the code path, not a forecast)" if args.tiny else ""))
+    if recorded:
+        print(f"\nrates recorded in {args.rates}: {recorded['device']}, {recorded['measured']}")
+    else:
+        print("\nmeasured on " + (torch.cuda.get_device_name() if args.device.startswith("cuda") else "the CPU")
+              + (" (tiny models: a check of the code path, not a forecast)" if args.tiny else ""))
     for key, value in rate.items():
         print(f"  {key}: {value:.3g}")
     print("projected GPU time of the full paper profile at these rates (hours):")
@@ -166,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'total':27s} {sum(hours.values()):8.2f}")
     (out / "summary.json").write_text(json.dumps(dict(
         results={k: dict(result=r, seconds=s, **counted[k]) for k, (r, s) in results.items()}, rates=rate,
-        hours=hours, device=args.device, tiny=args.tiny), indent=1))
+        hours=hours, device=args.device, tiny=args.tiny, rates_from=args.rates), indent=1))
     failed = [nb_id for nb_id, (result, _) in results.items() if result != "passed"]
     for nb_id in failed:
         print(f"paper_smoke: {nb_id} {results[nb_id][0]}", file=sys.stderr)
