@@ -194,7 +194,8 @@ class ImageViewData(ViewData):
                              self.prepare)
 
     def batch(self, index: Tensor, element: int | None = None, group: Group | None = None) -> tuple[Tensor, Tensor]:
-        x = self.inputs[index]
+        # images held on a GPU are indexed there; a CPU index would be copied with a wait for the GPU per step
+        x = self.inputs[index.to(self.inputs.device, non_blocking=True)]
         x = self.prepare(x) if self.prepare is not None else x
         if element:
             x = self.group.act(x, element)
@@ -288,7 +289,7 @@ def train_step_loss(model: OrbitWrapper, views: Tensor, labels: Tensor,
     """Cross-entropy of one batch from computed views [B, G, ...] (``output_softmax``: the article's CE applied
     to probabilities). ``weight_views``: what the weighting sees (default: the views)."""
     logits = model.forward_views(views=_on(model, views), weight_views=_on(model, weight_views))
-    return nn.functional.cross_entropy(logits, labels.to(logits.device))
+    return nn.functional.cross_entropy(logits, labels.to(logits.device, non_blocking=True))
 
 
 def features(model: OrbitWrapper, inputs: Tensor) -> Tensor:

@@ -386,3 +386,32 @@ def test_finetune_returns_the_predictions_of_its_last_evaluation() -> None:
     assert 100 * (predicted == setup.test.labels).double().mean().item() == pytest.approx(last)
     assert torch.equal(predicted, predict(model, setup.test, seed=config.seed))
     assert finetune(model, setup.train, setup.test, TrainConfig.updated(**{**SMALL, "finetune_rounds": 0}))[1] is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_finetune_step_on_images_held_on_the_gpu_never_waits_for_it() -> None:
+    """The per-step path of ``finetune`` on ``ImageViewData`` (images on the GPU, labels on the CPU): any copy or
+    read that makes the host wait for the GPU raises under the sync debug mode."""
+    from equinb.engine import ImageViewData
+
+    setup, group = _setup(), get_group("rot90")
+    images = torch.randn(N, 3, 8, 8, device="cuda")
+    data = ImageViewData(images, setup.train.labels[:1].repeat(N), group)
+    model = weighted_model(setup.make_trunk(), EmbeddingWeightNet(D, hidden=5), setup.head, group,
+                           TrainConfig.updated(**SMALL)).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def one_step(first: int, element: int) -> None:
+        views, labels = data.batch(torch.arange(first, first + 8), element, group)
+        loss = train_step_loss(model, features(model, views), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    one_step(0, 1)  # first call: allocations, kernel selection, momentum buffers
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        one_step(8, 2)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
