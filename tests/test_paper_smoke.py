@@ -45,6 +45,7 @@ def test_summary_lists_every_chapter_with_rates_and_a_projection(smoke: Path) ->
     trained = {k for k, r in summary["results"].items() if r["runs"]}
     assert {"tab1_original_vs_updated", "tab2_featuremap", "tab4_isic2018"} <= trained
     assert trained <= set(summary["hours"]) and all(h > 0 for h in summary["hours"].values())
+    assert 0 < summary["finetune_hours"] < sum(summary["hours"].values())  # finetuning is part of the whole
 
 
 def test_projection_scales_with_the_params_files(smoke: Path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -91,6 +92,7 @@ def rates(device: str, tiny: bool) -> dict[str, float]:
     return bench.measured_rates(device, tiny=tiny)
 
 
+TARGET_HOURS = 0.5  # the whole paper profile on one GPU, the goal the finetune rate is measured against
 RATE_KEYS = ("zeroshot_views_per_s", "prefinetune_steps_per_s", "finetune_steps_per_s")
 
 
@@ -186,9 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     for nb_id, h in hours.items():
         print(f"  {nb_id:27s} {h:8.2f}")
     print(f"  {'total':27s} {sum(hours.values()):8.2f}")
+    finetune_hours = sum(projection(dict(rate, zeroshot_views_per_s=math.inf, prefinetune_steps_per_s=math.inf),
+                                    counted, smoke_seeds=1 + len(SMOKE_NOISE_SEEDS)).values())
+    other_hours = sum(hours.values()) - finetune_hours
+    needed = (rate["finetune_steps_per_s"] * finetune_hours / (TARGET_HOURS - other_hours)
+              if other_hours < TARGET_HOURS else math.inf)
+    print(f"  of which finetuning {finetune_hours:.2f}; the whole profile in {60 * TARGET_HOURS:.0f} min needs "
+          f"{needed:.3g} finetune steps/s (these rates: {rate['finetune_steps_per_s']:.3g})")
     (out / "summary.json").write_text(json.dumps(dict(
         results={k: dict(result=r, seconds=s, **counted[k]) for k, (r, s) in results.items()}, rates=rate,
-        hours=hours, device=args.device, tiny=args.tiny, rates_from=args.rates), indent=1))
+        hours=hours, finetune_hours=finetune_hours, finetune_steps_per_s_needed=needed if math.isfinite(needed) else None,
+        target_hours=TARGET_HOURS,
+        device=args.device, tiny=args.tiny, rates_from=args.rates), indent=1))
     failed = [nb_id for nb_id, (result, _) in results.items() if result != "passed"]
     for nb_id in failed:
         print(f"paper_smoke: {nb_id} {results[nb_id][0]}", file=sys.stderr)
