@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{needed:.3g} finetune steps/s (these rates: {rate['finetune_steps_per_s']:.3g})")
     (out / "summary.json").write_text(json.dumps(dict(
         results={k: dict(result=r, seconds=s, **counted[k]) for k, (r, s) in results.items()}, rates=rate,
-        hours=hours, finetune_hours=finetune_hours, finetune_steps_per_s_needed=needed if math.isfinite(needed) else None,
-        target_hours=TARGET_HOURS,
+        hours=hours, finetune_hours=finetune_hours, target_hours=TARGET_HOURS,
+        finetune_steps_per_s_needed=needed if math.isfinite(needed) else None,
         device=args.device, tiny=args.tiny, rates_from=args.rates), indent=1))
     failed = [nb_id for nb_id, (result, _) in results.items() if result != "passed"]
     for nb_id in failed:
