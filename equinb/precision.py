@@ -97,7 +97,8 @@ class HalfStorageSGD(torch.optim.Optimizer):
     Each step does what ``torch.optim.SGD`` does to an fp16 parameter, rounding where fp16 storage rounds:
     ``g = fp16(grad)``; ``buf = g`` on the first step, else ``buf = fp16(fp16(buf * momentum) + g)``;
     ``w = fp16(w - lr * buf)``. An update below half the fp16 spacing of a weight therefore leaves it unchanged,
-    as on the article's GPU.
+    as on the article's GPU. Each operation is computed in fp32 and rounded once, as CUDA and ATen's vector kernels
+    compute fp16 (ATen's plain CPU kernels round ``lr * buf`` to fp16 first, which no GPU does).
     """
 
     def __init__(self, params: Iterable[Tensor], lr: float, momentum: float = 0.0) -> None:
