@@ -56,6 +56,20 @@ def test_snap_allows_only_adjacent_verdicts():
     assert snap_numbers("+1.50 not tested here", ref, PP) == "+1.50 not tested here"  # a verdict vs none
 
 
+def test_tab4s_orientation_readings_are_adjacent_like_the_verdicts_they_rename():
+    """Table 4's chapter renames reversed / inconclusive against chance; its words may swap as those do (found
+    under make test-portable's avx512-1thread: an interval of [24.8, 54.4] against chance 25 excluded it there)."""
+    from equinb.noise import ORIENTATION_READINGS
+
+    source = (Path(__file__).resolve().parents[1] / "notebooks" / "tab4_isic2018.py").read_text()
+    for verdict, words in ORIENTATION_READINGS.items():
+        assert f'.replace("{verdict}", "{words}")' in source
+    privileged, not_privileged = ORIENTATION_READINGS["reversed"], ORIENTATION_READINGS["inconclusive"]
+    ref = f"39.5 [24.8, 54.4] {not_privileged}"
+    assert snap_numbers(f"39.9 [25.2, 54.6] {privileged}", ref, PP) == ref
+    assert snap_numbers("39.9 [25.2, 54.6] agrees", ref, PP) != ref  # another verdict's word is a real change
+
+
 def test_relative_tolerance_scales_with_the_value():
     assert REL.allows(3.8, 3.5) and not REL.allows(3.8, 3.3)
     assert REL.allows(0.0, 0.0) and not REL.allows(0.0, 1e-3)
