@@ -189,6 +189,27 @@ def test_noise_measurement_pairs_numbers_per_tagged_cell(tmp_path):
     assert round_up(1.52 * 1.5) == 2.3 and round_up(0.0123) == 0.013 and round_up(0) == 0
 
 
+def test_noise_measurement_skips_what_the_regression_does_not_compare(tmp_path):
+    """A timing cell (nbval-ignore-output) and a glued figure's pixels move between runs but are no result."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from notebook_numbers import diff_notebooks
+
+    tags = [["nbval-ignore-output"], ["exact"]]
+    ref = _executed(tmp_path, "ref", ["907.04 ms\n", "fig\n"], tags)
+    other = _executed(tmp_path, "other", ["83.76 ms\n", "fig\n"], tags)
+    glued = {"application/papermill.record/text/plain": "<Figure>"}
+    for path, pixels in ((ref, "AAAA"), (other, "BBBB")):
+        nb = nbformat.read(path, as_version=4)
+        nb.cells[1].outputs = [nbformat.v4.new_output("display_data", data={
+            **glued, "application/papermill.record/image/png": pixels})]
+        nbformat.write(nb, path)
+    assert diff_notebooks(ref, other) == []
+    nb = nbformat.read(other, as_version=4)  # the glued text beside the pixels is still compared
+    nb.cells[1].outputs[0].data["application/papermill.record/text/plain"] = "<Other>"
+    nbformat.write(nb, other)
+    assert [d.index for d in diff_notebooks(ref, other)] == [1]
+
+
 def test_package_data_ships_every_data_file_of_equinb():
     import fnmatch
     import tomllib

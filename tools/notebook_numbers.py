@@ -17,9 +17,13 @@ from pathlib import Path
 import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from nbval_tolerance import tolerance_class  # noqa: E402
+from nbval_tolerance import GLUED_IMAGES, tolerance_class  # noqa: E402
 
 from equinb.noise import NOTE_MARKER, split_numbers  # noqa: E402
+
+
+# cells the regression never compares (timings): a change there is neither noise to measure nor a failure
+NOT_COMPARED = {"nbval-ignore-output", "nbval-skip"}
 
 
 @dataclass
@@ -43,7 +47,8 @@ class CellDiff:
 
 
 def _texts(cell) -> list[str]:
-    """The comparable text outputs of a code cell (streams joined by name; images left out)."""
+    """The text outputs of a code cell that nbval compares (streams joined by name; images, glued ones included,
+    left out)."""
     streams: dict[str, str] = {}
     texts: list[str] = []
     for out in cell.get("outputs", []):
@@ -51,7 +56,7 @@ def _texts(cell) -> list[str]:
             streams[out.name] = streams.get(out.name, "") + out.text
         elif "data" in out:
             texts += [v for k, v in sorted(out.data.items()) if isinstance(v, str) and not k.startswith("image/")
-                      and k != "text/html"]
+                      and k not in GLUED_IMAGES and k != "text/html"]
     # the printed tolerances are the measurement's output, not a result: comparing them would feed it back
     texts = [streams[k] for k in sorted(streams)] + texts
     return ["".join(ln for ln in t.splitlines(True) if NOTE_MARKER not in ln) for t in texts]
@@ -66,7 +71,7 @@ def diff_notebooks(reference: Path, other: Path) -> list[CellDiff]:
         raise ValueError(f"{reference} and {other} are not executions of the same source")
     diffs = []
     for i, (a, b) in enumerate(zip(ref_cells, other_cells)):
-        if a.cell_type != "code":
+        if a.cell_type != "code" or NOT_COMPARED & set(a.metadata.get("tags", [])):
             continue
         d = CellDiff(i, tolerance_class(a) or "exact", first_line=a.source.splitlines()[0] if a.source else "")
         ta, tb = _texts(a), _texts(b)
