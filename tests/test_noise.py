@@ -159,6 +159,22 @@ def test_nbval_skips_glued_images_but_compares_the_glued_text(tmp_path):
     assert other_text.returncode != 0 and "1 failed" in other_text.stdout, other_text.stdout[-2000:]
 
 
+def test_regression_power_check_tells_differing_outputs_from_errors(tmp_path):
+    """nbval titles both "Notebook cell execution failed"; only differing outputs show the tolerances' power."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from check_regression_power import failed_cells
+
+    cells = []
+    for code, committed in (("print('top-1 50.0')", "top-1 90.0\n"), ("raise ValueError('diverged')", "ok\n"),
+                            ("print('same')", "same\n")):
+        cell = nbformat.v4.new_code_cell(code, metadata={"tags": ["tolerance-top1"]})
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=committed)]
+        cells.append(cell)
+    result = _run_nbval(tmp_path, cells)
+    assert result.returncode != 0
+    assert failed_cells(result.stdout) == ([0], [1]), result.stdout[-3000:]
+
+
 def test_measured_file_records_how_it_was_made():
     data = json.loads((ROOT / "equinb" / "noise_measured.json").read_text())
     assert data["command"] and set(data["classes"]) == set(tolerances())

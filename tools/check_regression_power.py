@@ -7,8 +7,9 @@ Usage (from the repository root):
 
 Copies the committed `notebooks/<chapter>.ipynb` (outputs are the reference) to a temporary folder, multiplies
 the default of one parameter in its parameters cell by `--factor`, and runs the same nbval command as
-`make test` on the copy. The tolerance-aware comparison must fail on it; the script exits 0 when it does, and 1
-(with nbval's output) when the changed chapter passes, which would mean the tolerances hide real changes.
+`make test` on the copy. The tolerance-aware comparison must fail on it, with outputs that differ; the script exits
+0 when it does, and 1 (with nbval's output) when the changed chapter passes, which would mean the tolerances hide
+real changes, or when a cell raised an error instead (an error fails nbval whatever the tolerances).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # nbval colours its report
 
 
 def change_parameter(path: Path, name: str, factor: float) -> str:
@@ -39,6 +41,15 @@ def change_parameter(path: Path, name: str, factor: float) -> str:
     cell.source = pattern.sub(lambda m: f"{m.group(1)}{value:g}", cell.source, count=1)
     nbformat.write(nb, path)
     return pattern.search(cell.source).group(0)
+
+
+def failed_cells(nbval_stdout: str) -> tuple[list[int], list[int]]:
+    """(cells whose outputs differ, cells that raised) in nbval's report; nbval titles both failures "Notebook cell
+    execution failed", so the detail line tells them apart."""
+    text = ANSI.sub("", nbval_stdout)
+    differ = sorted({int(n) for n in re.findall(r"Cell (\d+): Cell outputs differ", text)})
+    raised = sorted({int(n) for n in re.findall(r"Cell (\d+): (?:Cell execution caused an exception|Timeout)", text)})
+    return differ, raised
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,13 +70,16 @@ def main(argv: list[str] | None = None) -> int:
              "-q"], cwd=ROOT / "notebooks", env=env, capture_output=True, text=True)
     summary = [ln for ln in result.stdout.splitlines() if re.search(r"\d+ (passed|failed)", ln)]
     print("\n".join(summary[-1:]))
-    if result.returncode == 0:
+    differ, raised = failed_cells(result.stdout)
+    if result.returncode == 0 or raised or not differ:
         print(result.stdout[-3000:])
-        print("check_regression_power: FAILED: the changed chapter passed the regression", file=sys.stderr)
+        why = ("the changed chapter passed the regression" if result.returncode == 0 else
+               f"cells {raised} raised an error, which proves nothing about the tolerances" if raised else
+               "nbval failed without a cell whose outputs differ")
+        print(f"check_regression_power: FAILED: {why}", file=sys.stderr)
         return 1
-    failed = [ln for ln in result.stdout.splitlines() if ln.startswith("FAILED")]
-    # nbval titles an output mismatch "Notebook cell execution failed"; each line is a cell whose outputs differ
-    print("check_regression_power: ok, the regression caught the change in these cells:\n  " + "\n  ".join(failed))
+    print(f"check_regression_power: ok, the regression caught the change: the outputs of cells {differ} differ "
+          "beyond their class's tolerance (or at all, in cells compared exactly)")
     return 0
 
 
