@@ -68,8 +68,6 @@ def main(argv: list[str] | None = None) -> int:
             [sys.executable, "-m", "pytest", "-p", "nbval_tolerance", "--nbval", "--nbval-current-env",
              "--nbval-sanitize-with", str(ROOT / "tests" / "nbval_sanitize.cfg"), str(copy), "-p", "no:cacheprovider",
              "-q"], cwd=ROOT / "notebooks", env=env, capture_output=True, text=True)
-    summary = [ln for ln in result.stdout.splitlines() if re.search(r"\d+ (passed|failed)", ln)]
-    print("\n".join(summary[-1:]))
     differ, raised = failed_cells(result.stdout)
     if result.returncode == 0 or raised or not differ:
         print(result.stdout[-3000:])
