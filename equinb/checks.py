@@ -65,9 +65,11 @@ def _checked(model: Callable[..., Any], x: Tensor, group: Group | str, output: O
              measure: Callable[[Callable[[Tensor], Tensor], Group], float], what: str) -> float:
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module or a function), got {type(model).__name__}")
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim != 4:
+        # the group acts on the last two dims of anything: a [B, D] batch would be "rotated" as a matrix
         kind = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-        raise TypeError(f"x must be a floating-point image batch [B, C, H, W], got a {kind}")
+        raise TypeError(f"x must be a floating-point image batch [B, C, H, W] (the group acts on H and W), "
+                        f"got a {kind}")
     group = get_group(group)
     check_selector(output)
     modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
@@ -106,5 +108,15 @@ def check_equivariance(model: Callable[..., Any], x: Tensor, group: Group | str,
 
     Shapes: x [B, C, H, W]; outputs [B, ..., h, w] (square for rotation groups).
     """
-    return _checked(model, x, group, output, atol, lambda f, g: equivariance_error(f, x, g, act_output),
-                    "equivariance")
+    def spatial(f: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+        def checked(z: Tensor) -> Tensor:
+            y = f(z)
+            if act_output is None and y.ndim < 3:  # the group would act on [B, K] as on a matrix
+                raise ValueError(f"check_equivariance moves the outputs by the group on their last two (spatial) "
+                                 f"dims, but this model gives outputs of shape {tuple(y.shape)}, which have none: "
+                                 f"use check_invariance for a classifier, or pass act_output=")
+            return y
+        return checked
+
+    return _checked(model, x, group, output, atol,
+                    lambda f, g: equivariance_error(spatial(f), x, g, act_output), "equivariance")

@@ -148,6 +148,13 @@ def normalise_weights(raw: Tensor, normalisation: str) -> Tensor:
     raise ValueError(f"unknown normalisation {normalisation!r}; valid: {', '.join(NORMALISATIONS)}")
 
 
+def _parameter_dtype(module: Any) -> torch.dtype | None:
+    """The dtype of a module's first floating-point parameter (None for a function or a module without one)."""
+    if not isinstance(module, nn.Module):
+        return None
+    return next((t.dtype for t in module.parameters() if t.is_floating_point()), None)
+
+
 def _weighted_sum(values: Tensor, weights: Tensor) -> Tensor:
     """Shapes: values [B, G, ...], weights [B, G] -> [B, ...]."""
     w = weights.to(values.dtype).reshape(*weights.shape, *([1] * (values.ndim - 2)))
@@ -192,6 +199,9 @@ class OrbitWrapper(nn.Module):
         if not isinstance(group, (Group, str)):
             raise TypeError(f"group must be an equinb Group or a group name such as 'rot90' (see get_group), "
                             f"got {type(group).__name__}")
+        if head is not None and not callable(head):
+            raise TypeError(f"head must be an nn.Module (or a function) mapping the combined views to the output, "
+                            f"got {type(head).__name__}")
         self.trunk = model
         self.head = head if head is not None else nn.Identity()
         self.group = get_group(group)
@@ -328,7 +338,7 @@ class OrbitWrapper(nn.Module):
                         f"{type(self).__name__}: the weighting network {type(weight_net).__name__} does not take "
                         f"this model's views [B, G={self.group.order}, {', '.join(map(str, view.shape[2:]))}]: "
                         f"{err}") from err
-                self.combine(views, weights)
+                self.combine(views, self.checked_weights(weights, views))
         finally:
             for m, mode in modes:
                 m.training = mode
@@ -349,6 +359,18 @@ class OrbitWrapper(nn.Module):
         """Per-view combination weights from the unaligned views. Shapes: [B, G, ...] -> [B, G]."""
         raise NotImplementedError
 
+    def checked_weights(self, weights: Tensor, views: Tensor) -> Tensor:
+        """``weights`` if they are [B, G] for ``views`` [B, G, ...]; else a ValueError naming the weighting (a
+        network ending in ``Linear(D, 1)`` gives [B, G, 1], which would broadcast into a wrong, non-invariant
+        output instead of failing)."""
+        if tuple(weights.shape) != tuple(views.shape[:2]):
+            source = getattr(self, "weight_net", None)
+            source = f"the weighting network {type(source).__name__}" if source is not None else "view_weights"
+            raise ValueError(f"{type(self).__name__}: {source} must map views [B, G, ...] to one weight per view "
+                             f"[B, G] = {list(views.shape[:2])}, got {list(weights.shape)} (squeeze a trailing "
+                             f"dim of size 1, e.g. end with .squeeze(-1))")
+        return weights
+
     def view_scales(self, views: Tensor, weights: Tensor) -> tuple[Tensor | None, Tensor]:
         """Optional per-view factors on the values, and the combination weights. Default: none."""
         return None, weights
@@ -357,8 +379,16 @@ class OrbitWrapper(nn.Module):
         """Head outputs of every view, ``logit_factor * head(scale_k U_k)``. Shapes: [B, G, ...] -> [B, G, K]."""
         if scales is not None:
             values = values * scales.to(values.dtype).reshape(*scales.shape, *([1] * (values.ndim - 2)))
-        out = self.head(values.flatten(0, 1))
+        out = self.apply_head(values.flatten(0, 1))
         return self.logit_factor * out.reshape(*values.shape[:2], *out.shape[1:])
+
+    def apply_head(self, z: Tensor) -> Tensor:
+        """The head on ``z``, cast to the dtype of the head's parameters (the views are combined in float32, so a
+        half-precision head would otherwise get float32); a head without parameters (CLIP's cosine head keeps its
+        text embeddings in a buffer) casts for itself. The output keeps the head's dtype. Shapes: [N, ...] -> [N, K].
+        """
+        dtype = _parameter_dtype(self.head)
+        return self.head(z if dtype is None or z.dtype == dtype else z.to(dtype))
 
     def combined_views(self, views: Tensor, weights: Tensor) -> Tensor:
         """The head's input ``Z = sum_k w_k U_k`` (invariant, or equivariant when aligned).
@@ -374,7 +404,7 @@ class OrbitWrapper(nn.Module):
             scales, weights = self.view_scales(views, weights)
             probs = torch.softmax(self.per_view_outputs(self.align(views), scales), dim=-1)
             return _weighted_sum(probs, weights)
-        return self.logit_factor * self.head(self.combined_views(views, weights))
+        return self.logit_factor * self.apply_head(self.combined_views(views, weights))
 
     def forward_views(self, inputs: Tensor | None = None, *, views: Tensor | None = None,
                       weight_views: Tensor | None = None,
@@ -388,7 +418,7 @@ class OrbitWrapper(nn.Module):
             if inputs is None:
                 raise ValueError("forward_views needs per-view inputs or computed views")
             views = self.view_outputs(inputs)
-        weights = self.view_weights(views if weight_views is None else weight_views)
+        weights = self.checked_weights(self.view_weights(views if weight_views is None else weight_views), views)
         out = self.combine(views, weights)
         return (out, weights) if return_weights else out
 
@@ -464,8 +494,23 @@ class EquiZero(OrbitWrapper):
 
     def view_weights(self, views: Tensor) -> Tensor:
         with torch.no_grad():
-            scores = proxy_scores(self.per_view_outputs(views), self.proxy)
+            outputs = self.per_view_outputs(views)
+            self._check_scored(outputs)
+            scores = proxy_scores(outputs, self.proxy)
         return nn.functional.one_hot(scores.argmax(dim=1), views.shape[1]).to(views.dtype)
+
+    def _check_scored(self, outputs: Tensor) -> None:
+        """The proxy needs class scores per view [B, G, K]; with K = 1 a softmax is 1 on every view, so
+        ``max_prob`` and ``entropy`` would tie everywhere and always keep view 0: a non-invariant output."""
+        if outputs.ndim != 3:
+            raise ValueError(f"EquiZero scores each view by its output's class scores [B, G, K], but the head's "
+                             f"per-view outputs have shape {list(outputs.shape)}: give a classifier's logits [B, K] "
+                             f"(for a trunk of feature maps, a head= that maps them to logits), or use Equitune, "
+                             f"LambdaEquitune or EquiAttention, which combine outputs of any shape")
+        if outputs.shape[-1] == 1 and self.proxy != "max_logit":
+            raise ValueError(f"EquiZero with proxy={self.proxy!r} needs K >= 2 class scores: over one logit the "
+                             f"softmax is 1 for every view, so every view ties and the output would not be "
+                             f"invariant; use proxy='max_logit', or two-class logits (e.g. torch.cat([-z, z], -1))")
 
     def combine(self, views: Tensor, weights: Tensor) -> Tensor:
         if self.elementwise_max:
@@ -517,9 +562,16 @@ class LambdaEquitune(OrbitWrapper):
         self.weight_net = weight_net
         self.normalisation = normalisation
         self.dropout_in_eval = bool(dropout_in_eval)
-        self.frozen_copy = frozen_copy
         if frozen_copy is not None:
+            if not isinstance(frozen_copy, nn.Module):
+                raise TypeError(f"frozen_copy must be an nn.Module (a copy of the trunk), got "
+                                f"{type(frozen_copy).__name__}")
+            shared = {id(t) for t in model.parameters()} & {id(t) for t in frozen_copy.parameters()}
+            if shared:  # freezing it would freeze the trainable trunk too
+                raise ValueError(f"frozen_copy shares {len(shared)} parameter tensors with the trunk; pass a separate "
+                                 "copy, e.g. frozen_copy=copy.deepcopy(model)")
             frozen_copy.requires_grad_(False)
+        self.frozen_copy = frozen_copy
 
     def _options(self) -> dict[str, Any]:
         return dict(normalisation=self.normalisation, dropout_in_eval=self.dropout_in_eval,

@@ -384,3 +384,82 @@ def test_the_guides_run_and_name_every_option(path: str, heading: str) -> None:
     assert blocks, f"{path} has no Python example"
     for code in blocks:
         exec(compile(code, path, "exec"), {})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Second review on a user's own model: setups that used to give a wrong (non-invariant) output without an error.
+
+def _classifier(k: int, dtype: torch.dtype = torch.float64) -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 10 * 10, k)).to(dtype).eval()
+
+
+@pytest.mark.parametrize("proxy", ["max_prob", "entropy"])
+def test_equizero_refuses_one_logit_where_every_view_would_tie(proxy: str) -> None:
+    x, model = _images(), _classifier(1)
+    with pytest.raises(ValueError, match="K >= 2.*max_logit"):
+        EquiZero(model, "rot90", proxy=proxy)(x)
+    # the proxy that is defined on one logit still works, and is invariant
+    assert check_invariance(EquiZero(model, "rot90", proxy="max_logit"), x, "rot90") < 1e-9 < check_invariance(
+        model, x, "rot90")
+
+
+def test_equizero_refuses_outputs_that_are_not_class_scores_on_the_first_image() -> None:
+    torch.manual_seed(0)
+    maps = nn.Conv2d(3, 4, 3, padding=1).double().eval()
+    scalar = nn.Sequential(_classifier(1), nn.Flatten(0))  # [B]
+    for model, kwargs in [(maps, dict(align_views=True)), (scalar, {})]:
+        wrapper = EquiZero(model, "rot90", **kwargs)
+        with pytest.raises(ValueError, match=r"class scores \[B, G, K\]"):
+            wrapper(_images(b=16))  # B = 16 = the maps' width: once broadcast into a wrong output
+
+
+class TrailingOne(nn.Module):
+    """A weighting network as users write it: Linear(D, 1), giving [B, G, 1] instead of [B, G]."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(d, 1).double()
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        return self.linear(views)
+
+
+def test_weights_of_the_wrong_shape_fail_on_the_first_image_naming_the_network() -> None:
+    x = _images(b=4)  # B = G = 4: the [B, G, 1] weights broadcast without an error
+    wrapper = LambdaEquitune(_classifier(K), "rot90", weight_net=TrailingOne(K)).eval()
+    with pytest.raises(ValueError, match=r"TrailingOne must map views .* \[B, G\] = \[1, 4\], got \[1, 4, 1\]"):
+        wrapper(x)
+    fixed = LambdaEquitune(_classifier(K), "rot90", weight_net=nn.Sequential(TrailingOne(K), nn.Flatten(1))).eval()
+    assert fixed(x).shape == (4, K) and check_invariance(fixed, x, "rot90") < 1e-9
+
+
+def test_the_checks_refuse_inputs_that_are_not_image_batches_and_outputs_without_space() -> None:
+    with pytest.raises(TypeError, match=r"image batch \[B, C, H, W\]"):
+        check_invariance(nn.Linear(10, 3), torch.randn(10, 10), "rot90")  # would rotate a [B, D] matrix
+    with pytest.raises(ValueError, match="use check_invariance"):
+        check_equivariance(_classifier(K), _images(b=K), "rot90")  # would rotate [B, K] logits
+    model = _classifier(K)  # with the group's action on the outputs said explicitly it is measured
+    assert check_equivariance(model, _images(), "rot90", act_output=lambda y, k: y) > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_head_gets_its_own_dtype(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.Flatten()).to(dtype).eval()
+    head = nn.Linear(4 * 10 * 10, 3).to(dtype)
+    x = _images().float()
+    for wrapper in (Equitune(trunk, "rot90", head=head), EquiZero(trunk, "rot90", head=head),
+                    Equitune(trunk, "rot90", head=head, output_softmax=True)):
+        out = wrapper(x)  # the head's dtype: as CLIP's fp16 heads, whose numerics stay as published
+        assert out.dtype == dtype and out.shape == (3, 3)
+        assert check_invariance(wrapper, x, "rot90") <= 4 * torch.finfo(dtype).eps * float(out.abs().max())
+
+
+def test_a_frozen_copy_must_be_a_copy_and_a_head_callable() -> None:
+    model = _classifier(K)
+    with pytest.raises(ValueError, match="deepcopy"):
+        LambdaEquitune(model, "rot90", example_input=_images(), frozen_copy=model)
+    assert all(p.requires_grad for p in model.parameters())  # and the trunk was not frozen on the way
+    with pytest.raises(TypeError, match="head must be"):
+        Equitune(model, "rot90", head="linear")
