@@ -44,7 +44,10 @@ import diagrams  # noqa: E402
 import provenance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent  # the venv's bin/, where jupytext, papermill and jupyter-book live
+BIN = Path(sys.executable).parent  # the venv's bin/, where jupyter-book lives
+# jupytext and papermill run as modules of this interpreter: that works wherever they are importable, also from a
+# `pip install --target` folder on PYTHONPATH, which puts no scripts next to the interpreter (an offline GPU box).
+MODULE = [sys.executable, "-m"]
 PROFILES = ("small", "paper")
 BUILD = ROOT / "_build"
 EXECUTED = BUILD / "executed"
@@ -158,9 +161,9 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
         fail(f"_toc.yml lists notebooks/{nb_id} but {rel(source)} does not exist")
     check_parameter_names(nb_id, list(parameters or {}), "parameters")
     out.parent.mkdir(parents=True, exist_ok=True)
-    to_ipynb = [str(BIN / "jupytext"), "--quiet", "--to", "ipynb", "-o", "-", str(source)]
+    to_ipynb = [*MODULE, "jupytext", "--quiet", "--to", "ipynb", "-o", "-", str(source)]
     # --language: a .py without a kernelspec gives papermill no language, which it needs to inject parameters.
-    run_pm = [str(BIN / "papermill"), "-", str(out), "-k", "python3", "--language", "python",
+    run_pm = [*MODULE, "papermill", "-", str(out), "-k", "python3", "--language", "python",
               "--cwd", str(ROOT / "notebooks"), "--progress-bar"]
     params = params_file(nb_id, profile)
     if params is not None:
@@ -184,12 +187,25 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
     if pm.returncode != 0:
         raise ChapterFailed(f"papermill failed on notebooks/{nb_id} (profile {profile}); see its message above"
                             + (f"; the partly executed notebook is {rel(out)}" if out.is_file() else ""))
+    if nb_id in AGGREGATES:
+        hide_injected_parameters(out)
     profile_marker(out).write_text(profile + "\n")
     seconds = time.perf_counter() - start
     device = str({**chapter_defaults(nb_id), **(yaml.safe_load(params.read_text()) if params else {}),
                   **(parameters or {})}.get("device", "cpu"))
     provenance.write(out.with_suffix(".run.json"), provenance.record(nb_id, profile, started, seconds, device))
     print(f"build_book: notebooks/{nb_id} done in {seconds:.0f} s", flush=True)
+
+
+def hide_injected_parameters(executed: Path) -> None:
+    """Tag papermill's injected-parameters cell ``remove-cell``: an aggregate page's only injected parameter is the
+    folder of this build's executed chapters, a path on the building machine that means nothing to a reader."""
+    nb = json.loads(executed.read_text())
+    for cell in nb["cells"]:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell["metadata"]["tags"] = [*tags, "remove-cell"]
+    executed.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
 def profile_marker(executed: Path) -> Path:
