@@ -5,6 +5,7 @@ Numbers are never hard-coded here: every bar comes from a results or reference D
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any, Sequence
 
 __all__ = ["book_style", "glue_figure", "FIGURE_WIDTH", "zeroshot_panels", "robustness_plot", "learning_curves",
@@ -12,7 +13,7 @@ __all__ = ["book_style", "glue_figure", "FIGURE_WIDTH", "zeroshot_panels", "robu
            "class_samples", "confusion_heatmaps", "METHOD_COLORS"]
 
 METHOD_COLORS = {"vanilla": "#8c8c8c", "equitune": "#4c72b0", "equizero": "#dd8452"}
-LEGEND_SIZE = 9  # points; the smallest text of a figure
+LEGEND_SIZE = 9  # points; the smallest text of a figure (but 3-digit counts in a heat map's cells)
 # inches: the book's text column at 100 dpi (about 670 px); a figure drawn wider is scaled down on the page and its
 # 9 pt text with it, so no figure is drawn wider than this
 FIGURE_WIDTH = 6.7
@@ -70,7 +71,7 @@ def zeroshot_panels(ours, article, transforms: Sequence[str] = ("rot90", "rot180
     import matplotlib.pyplot as plt
 
     datasets = list(dict.fromkeys(list(ours["dataset"]) + list(article["dataset"])))
-    fig, axes = plt.subplots(len(transforms), len(datasets), figsize=(FIGURE_WIDTH, 2.9 * len(transforms)),
+    fig, axes = plt.subplots(len(transforms), len(datasets), figsize=(FIGURE_WIDTH, 3.3 * len(transforms)),
                              squeeze=False)
     width = 0.35
     for r, transform in enumerate(transforms):
@@ -84,9 +85,11 @@ def zeroshot_panels(ours, article, transforms: Sequence[str] = ("rot90", "rot180
             _bars(ax, ours_vals, methods, backbones, "", " (this build)", 0.0, width)
             _bars(ax, ref_vals, methods, backbones, "///", " (article)", width, width)
             step = (len(methods) * 2 + 1) * width
-            ax.set_xticks([i * step + (len(methods) - 0.5) * width for i in range(len(backbones))], backbones)
-            ax.set_title(f"{TRANSFORM_LABELS.get(transform, transform)} - {dataset}")
-            ax.set_ylabel("top-1 accuracy (%)")
+            ax.set_xticks([i * step + (len(methods) - 0.5) * width for i in range(len(backbones))], backbones,
+                          rotation=30, ha="right", rotation_mode="anchor")  # four backbone names fit slanted
+            ax.set_title(f"{dataset}\n{TRANSFORM_LABELS.get(transform, transform)}")  # two short lines per panel
+            if c == 0:
+                ax.set_ylabel("top-1 accuracy (%)")
             values = list(ours_vals.values()) + list(ref_vals.values())
             if values:  # bars start at 0, so their heights compare honestly
                 ax.set_ylim(0.0, min(100.0, max(values) + 5))
@@ -127,11 +130,12 @@ def robustness_plot(ours, article, transforms: Sequence[str] = ("none", "rot180"
         ax.bar([i + t * width for i in range(len(keys))], values, width, color=palette[t % len(palette)],
                label=TRANSFORM_LABELS.get(transform, transform))
     ax.set_xticks([i + width * (len(transforms) - 1) / 2 for i in range(len(keys))],
-                  [f"{b}\n{d}\n({src})" for src, b, d in keys], fontsize=LEGEND_SIZE)
+                  [f"{b}, {d}\n({src})" for src, b, d in keys], fontsize=LEGEND_SIZE, rotation=35, ha="right",
+                  rotation_mode="anchor")  # slanted: nine two-word labels do not fit side by side
     ax.set_ylabel("vanilla top-1 accuracy (%)")
-    ax.set_title("The plain model under each random transformation")
+    ax.set_title("The plain model under each random transformation", pad=30)
     ax.set_ylim(bottom=0)
-    ax.legend(frameon=False, ncol=len(transforms), loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    ax.legend(frameon=False, ncol=len(transforms), loc="lower center", bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout()
     return fig
 
@@ -210,14 +214,16 @@ def label_bars(panels: Sequence[tuple[str, Any]], demographics: Sequence[str], t
                 ax.bar(origin + j * width, value, width * 0.9, bottom=bottom, edgecolor="black", linewidth=0.6,
                        label=label if p == 0 and j == 0 else None, **styles[label])
                 bottom += value
-            ax.text(origin + j * width, -0.04, demographic, ha="center", va="top", fontsize=LEGEND_SIZE)
-        ax.text(origin + (len(demographics) - 1) * width / 2, -0.12, name, ha="center", va="top", fontsize=LEGEND_SIZE)
+            ax.text(origin + j * width, -0.02, demographic, ha="center", va="top", rotation=90,
+                    fontsize=LEGEND_SIZE)  # upright names would run into each other under bars 0.2 wide
+        ax.text(origin + (len(demographics) - 1) * width / 2, -0.22, name.replace(" (", "\n(").replace(": ", ":\n"),
+                ha="center", va="top", fontsize=LEGEND_SIZE)
     ax.set_xticks([])
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("share of samples")
     ax.legend(loc="lower center", ncol=4, frameon=False, bbox_to_anchor=(0.5, 1.0))  # above the bars
     if title:
-        ax.set_title(title)
+        ax.set_title(title, pad=30)  # above the legend
     fig.tight_layout()
     return fig
 
@@ -323,11 +329,14 @@ def class_samples(images: Sequence[Any], titles: Sequence[str], title: str = "")
 
     if len(images) != len(titles) or not images:
         raise ValueError(f"need one title per image, got {len(images)} images and {len(titles)} titles")
-    fig, axes = plt.subplots(1, len(images), figsize=(min(FIGURE_WIDTH, 1.55 * len(images)), 2.3), squeeze=False)
-    for ax, image, text in zip(axes[0], images, titles):
-        ax.imshow(image, cmap="gray" if getattr(image, "ndim", 3) == 2 else None, interpolation="nearest")
-        ax.set_title(text, fontsize=LEGEND_SIZE)
+    cols = min(len(images), 4)  # four panels a row leave each title about 20 characters a line
+    rows = -(-len(images) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(min(FIGURE_WIDTH, 1.7 * cols), 2.7 * rows), squeeze=False)
+    for ax in axes.flat:
         ax.axis("off")
+    for ax, image, text in zip(axes.flat, images, titles):
+        ax.imshow(image, cmap="gray" if getattr(image, "ndim", 3) == 2 else None, interpolation="nearest")
+        ax.set_title("\n".join(textwrap.fill(line, 20) for line in text.split("\n")), fontsize=LEGEND_SIZE)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -348,9 +357,11 @@ def confusion_heatmaps(matrices: dict[str, Any], class_labels: Sequence[str], ti
         counts = np.asarray(matrix, dtype=int)
         if counts.shape != (k, k):
             raise ValueError(f"{name}: a confusion matrix must be {k}x{k}, got {counts.shape}")
+        size = LEGEND_SIZE if counts.max() < 100 else LEGEND_SIZE - 1.5  # three digits fit a cell only smaller
         sns.heatmap(counts, annot=True, fmt="d", cmap="Blues", cbar=False, square=True, ax=ax, linewidths=0.5,
-                    xticklabels=class_labels, yticklabels=class_labels, annot_kws={"size": LEGEND_SIZE})
-        ax.set(title=name, xlabel="predicted class", ylabel="true class")
+                    xticklabels=class_labels, yticklabels=class_labels, annot_kws={"size": size})
+        ax.set(title=textwrap.fill(name, 24), xlabel="predicted class",  # long run names wrap, not overlap
+               ylabel="true class" if ax is axes[0][0] else "")
         ax.tick_params(axis="x", rotation=90)
         ax.tick_params(axis="y", rotation=0)
     if title:
