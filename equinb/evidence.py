@@ -18,7 +18,8 @@ from .analysis import no_training_scores
 from .setups import TrainingRun, TrainingSetup, correct_by_seed
 from .verdicts import Comparison, at_chance, compare, diverged, solved_without_training, too_few_seeds, unchanged_stage
 
-__all__ = ["STAGES", "stage_runs", "finetune_changed", "stage_problems", "compare_runs", "no_training_check"]
+__all__ = ["STAGES", "stage_runs", "stage_losses", "finetune_changed", "stage_problems", "compare_runs",
+           "no_training_check", "best_without_training", "best_trained_minus_frozen"]
 
 STAGES = ("prefinetune", "finetune")
 
@@ -35,6 +36,11 @@ def finetune_changed(run: TrainingRun) -> int:
     return int((run.predictions["finetune"] != run.predictions["prefinetune"]).sum())
 
 
+def stage_losses(runs: Sequence[TrainingRun], stage: str) -> list[float | None]:
+    """Every training loss logged in ``stage`` by the runs (seeds) that ran it."""
+    return [h.get("loss") for run in stage_runs(runs, stage) for h in run.history if h.get("stage") == stage]
+
+
 def stage_problems(runs: Sequence[TrainingRun], stage: str, setup: TrainingSetup, name: str) -> list[str | None]:
     """Why ``stage`` of these runs cannot be compared: its finetuning changed no prediction (seed 0), its
     finetuning loss diverged (prefinetuning keeps the best λ it saw, so its loss may run away harmlessly), or its
@@ -43,8 +49,7 @@ def stage_problems(runs: Sequence[TrainingRun], stage: str, setup: TrainingSetup
     reasons: list[str | None] = []
     if stage == "finetune":
         reasons.append(unchanged_stage(runs[0].predictions["prefinetune"], runs[0].predictions["finetune"], name))
-        reasons.append(diverged([h.get("loss") for r in ran for h in r.history if h.get("stage") == "finetune"],
-                                name))
+        reasons.append(diverged(stage_losses(runs, "finetune"), name))
     reasons.append(at_chance(correct_by_seed(ran, stage, setup.test.labels), setup.n_classes, name))
     return reasons
 
@@ -78,10 +83,32 @@ def no_training_check(setups: Sequence[TrainingSetup], repeats: dict[str, Sequen
     ``repeats`` (the setups share their test set). A claim that compares trained runs is not tested where this gives
     a reason."""
     labels = setups[0].test.labels
+    baseline, score = best_without_training(setups)
+    trained = torch.cat([correct_by_seed(stage_runs(runs, stage), stage, labels)
+                         for runs in repeats.values() for stage in STAGES])
+    return solved_without_training(score, trained, baseline)
+
+
+def best_without_training(setups: Sequence[TrainingSetup]) -> tuple[str, torch.Tensor]:
+    """The best no-training baseline of ``setups`` (each head's ``no_training_scores``, by mean score) and its
+    per-item scores. Shapes: -> (name, [N])."""
     level = lambda setup: " (maps)" if setup.train_feats.ndim == 5 else " (embeddings)"  # noqa: E731
     baselines = {f"zero-shot {name}" + (level(setup) if len(setups) > 1 else ""): score
                  for setup in setups for name, score in no_training_scores(setup).items()}
     baseline = max(baselines, key=lambda name: float(baselines[name].mean()))
-    trained = torch.cat([correct_by_seed(stage_runs(runs, stage), stage, labels)
-                         for runs in repeats.values() for stage in STAGES])
-    return solved_without_training(baselines[baseline], trained, baseline)
+    return baseline, baselines[baseline]
+
+
+def best_trained_minus_frozen(setups: Sequence[TrainingSetup], repeats: dict[str, Sequence[TrainingRun]]
+                              ) -> tuple[str, Comparison]:
+    """The best trained run and stage of ``repeats`` (by mean top-1 over its seeds) minus the best no-training
+    baseline, item by item, in pp: negative where no trained run does what the frozen model does without training.
+    Returns a description of the two and the ``Comparison``."""
+    labels = setups[0].test.labels
+    baseline, score = best_without_training(setups)
+    scored = {(name, stage): correct_by_seed(stage_runs(runs, stage), stage, labels)
+              for name, runs in repeats.items() for stage in STAGES}
+    (name, stage), best = max(scored.items(), key=lambda item: float(item[1].mean()))
+    comparison = compare(score.expand_as(best), best)
+    return (f"{name} at {stage} ({100 * float(best.mean()):.2f}%, {best.shape[0]} seed"
+            f"{'s' if best.shape[0] != 1 else ''}) minus {baseline} ({100 * float(score.mean()):.2f}%)"), comparison

@@ -36,7 +36,8 @@ import torch
 __all__ = ["VERDICTS", "EFFECTS", "NOT_TESTED", "VERDICT_COLUMN", "EFFECT_COLUMN", "MIN_SEEDS", "LOSS_BOUND",
            "VERDICT_RULE", "Comparison", "compare", "paired_interval", "judge", "effect", "verdict_row",
            "effect_row", "unchanged_stage", "diverged", "at_chance", "solved_without_training",
-           "by_construction", "too_few_seeds", "not_in_this_run", "verdict_counts"]
+           "by_construction", "zero_by_construction", "orientation_kept", "too_few_seeds", "not_in_this_run",
+           "verdict_counts"]
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 
@@ -50,12 +51,14 @@ EFFECT_COLUMN = "effect of the change"
 MIN_SEEDS = 5  # a trained run's verdict needs at least this many seeds of every run it compares
 LOSS_BOUND = 1e6  # a training loss above this (or not finite) marks a diverged run
 VERDICT_RULE = ("ours is the mean difference over the seeds; its 95% interval comes from a two-level bootstrap "
-                "(seeds, then test items, both runs of an item together). A claim 'agrees' or is 'reversed' when "
+                "(seeds, then test items, both runs of an item together; the noise column names the items a chapter "
+                "resamples, such as images within each class or seeded (template, sample) units). A claim 'agrees' "
+                "or is 'reversed' when "
                 "the interval excludes 0, on the article's side or the other; 'inconclusive' when it holds 0; "
                 "'not tested here' with the computed reason when the comparison cannot test the claim (a stage "
                 f"that changed no prediction, a run that diverged or sits at chance, fewer than {MIN_SEEDS} seeds "
                 "of a trained run, a statistic that holds by construction, a task solved without training, a "
-                "setting this profile does not run)")
+                "stand-in without the property the claim assumes, a setting this profile does not run)")
 
 
 @dataclass(frozen=True)
@@ -217,6 +220,31 @@ def by_construction(control: Comparison, observed: Comparison, what: str) -> str
     if control.interval[0] <= observed.interval[1] and observed.interval[0] <= control.interval[1]:
         return (f"holds by construction: {what} gives {control.difference:+.3g} "
                 f"[{control.interval[0]:+.3g}, {control.interval[1]:+.3g}]")
+    return None
+
+
+def orientation_kept(on_original: ArrayLike, n_views: int, module: str) -> str | None:
+    """``"the stand-in keeps ..."`` when ``module``'s largest weight falls on the view that undoes each image's random
+    turn (per image 1/0, [S, N] or [N]) more often than chance, 1 / ``n_views`` (the interval of the excess is above
+    0): images turned at random from upright ones are then not orientation-free for the module, so a claim about
+    data without a natural orientation is not tested on them."""
+    x = _as_matrix(on_original)
+    excess = compare(np.full_like(x, 1.0 / n_views), x)
+    if excess.interval[0] > 0:
+        low, high = excess.interval
+        return (f"the stand-in keeps each image's orientation: the largest weight of {module} undoes the random turn "
+                f"for {100 * x.mean():.1f}% of the test images (chance {100 / n_views:.0f}%; excess [{low:+.1f}, "
+                f"{high:+.1f}] pp)")
+    return None
+
+
+def zero_by_construction(share: float, model: str, what: str = "gap") -> str | None:
+    """``"holds by construction: ..."`` when every paired unit of an exactly symmetric ``model`` is a permuted copy
+    across the groups compared (``share`` = 1.0, e.g. ``equinb.nlg.permuted_copy_share`` with paired seeds): its
+    ``what`` is then 0 in every resample, and a difference against it can take one sign only."""
+    if share >= 1.0:
+        return (f"holds by construction: every unit of {model} is a permuted copy across the demographics (paired "
+                f"seeds), so its {what} is 0 in every resample and the difference has one possible sign")
     return None
 
 

@@ -94,7 +94,7 @@ from equinb.chapter import check_params, profile_note
 from equinb.checks import format_error
 from equinb.reference import article_fig6
 from equinb.tables import publish_verdicts, show, start_chapter
-from equinb.verdicts import VERDICT_RULE, Comparison, by_construction, compare, verdict_row
+from equinb.verdicts import VERDICT_RULE, Comparison, by_construction, compare, verdict_row, zero_by_construction
 
 start_chapter("fig6_nlg_fairness")  # number its tables as the book numbers the chapter
 check_params(profile=profile, lm_name=lm_name, scorer=scorer, regard_classifiers=regard_classifiers,
@@ -153,7 +153,9 @@ show(check.apply(lambda row: row.map(lambda v: format_error(v, row["logit scale"
 # Every model draws `n_samples` samples per template and demographic. With `paired_seeds`, sample $i$ of a
 # template uses the same random numbers for every demographic (common random numbers). A difference
 # between demographics then comes from the model, not from the dice. Under EquiLM with $g^{-1}$, the
-# samples of the three demographics are then the same text with the group words permuted. The binary
+# samples of the three demographics are then the same text with the group words permuted: exactly the group's
+# tokens, the demographic words as the prompts spell them (" Black", " White", " Asian"); any other word, such as
+# a lowercase "black", is sampled like any token and does not move with the demographic. The binary
 # EquiLM is run on [Black, White] only. Below are the first sample of the first template for every model
 # and demographic, and its label.
 
@@ -219,12 +221,15 @@ show(gaps.rename_axis("model").reset_index(), f"Fairness gap per model with its 
 # The article's claim is that EquiLM shrinks the fairness gap of its base model (its Figure 6(a): the gap
 # of EquiGPT2, pre-fix $g$, minus that of GPT-2). Ours is the same difference for each action, with a
 # 95% interval from resampling the (template, sample) units both models share; every sample has its own seed, so
-# the units are the noise. With paired seeds EquiLM with $g^{-1}$ has a gap of exactly zero, so its difference is
-# minus the base LM's gap, and a max-minus-min gap is positive even for a fair model. The control: the base LM's
-# gap with the demographics shuffled within each unit (no demographic effect at all). Where the observed
-# difference is no larger than what that null gives, the claim holds by construction here. The per-demographic
-# claims compare the positive shares of the base LM and EquiLM with $g$ (the article's code) unit by unit, and the
-# last claim the gaps of the two actions. The rule: {glue:text}`verdict_rule`.
+# the units are the noise. With paired seeds an EquiLM whose every unit is a permuted copy across the
+# demographics has a gap of exactly zero in every resample, so its difference is minus the base LM's gap and
+# cannot come out positive: such a claim holds by construction here, and the cell counts the copies to say so.
+# With independent draws per demographic the difference can take either sign; then the control is the base LM's
+# gap with the demographics shuffled within each unit (no demographic effect at all), since a max-minus-min gap is
+# positive even for a fair model. The per-demographic claims compare the positive shares of the base LM and EquiLM
+# with $g$ (the article's code) unit by unit; the last claim compares the two actions' shares of positive samples,
+# averaged over the demographics, unit by unit (their gaps are both zero by construction). The rule:
+# {glue:text}`verdict_rule`.
 
 # %% tags=["hide-input", "tolerance-sampled"]
 glue("verdict_rule", VERDICT_RULE, display=False)
@@ -242,24 +247,27 @@ def null_control(frame, base):  # a gap-free model minus the base LM's gap with 
     return Comparison(float(-null.mean()), (float(low), float(high)), 1, len(N.unit_positives(frame, base)), True)
 
 
+# the share of (template, sample) units in which a model's samples are permuted copies across the demographics
+copies = {name: N.permuted_copy_share(samples[samples.model == name],
+                                      binary_group if name == "EquiLM (d=2)" else demographics) for name in variants}
+fair = "a fair base LM (demographics shuffled within each unit)"
 claims = []
-for key, name in (("inverse_d3", "EquiLM g^-1 (d=3)"), ("forward_d3", "EquiLM g (d=3)")):
-    observed = gap_comparison(samples, "base LM", name)
-    reason = by_construction(null_control(samples, "base LM"), observed, "a fair base LM (demographics shuffled "
-                                                                         "within each unit)")
-    claims.append(verdict_row(f"fig6.gap.{key}", observed, reasons=[reason], decimals=3))
-observed = gap_comparison(binary, "base LM", "EquiLM (d=2)")
-claims.append(verdict_row("fig6.gap.binary", observed, reasons=[by_construction(
-    null_control(binary, "base LM"), observed, "a fair base LM (demographics shuffled within each unit)")],
-    decimals=3))
+for key, name, frame in (("inverse_d3", "EquiLM g^-1 (d=3)", samples), ("forward_d3", "EquiLM g (d=3)", samples),
+                         ("binary", "EquiLM (d=2)", binary)):
+    observed = gap_comparison(frame, "base LM", name)
+    reasons = [zero_by_construction(copies[name], name),
+               by_construction(null_control(frame, "base LM"), observed, fair)]
+    claims.append(verdict_row(f"fig6.gap.{key}", observed, reasons=reasons, decimals=3))
 base_units, forward_units = N.unit_positives(samples, "base LM"), N.unit_positives(samples, "EquiLM g (d=3)")
 for demographic in demographics:
     claim_id = f"fig6.shift.{demographic.lower()}"
     comparison = compare(base_units[demographic].to_numpy(), forward_units.loc[base_units.index, demographic]
                          .to_numpy(), scale=1.0, deterministic=True, unit="seeded samples")
     claims.append(verdict_row(claim_id, comparison, decimals=3))
-claims.append(verdict_row("fig6.inverse_vs_forward", gap_comparison(samples, "EquiLM g (d=3)", "EquiLM g^-1 (d=3)"),
-                          decimals=3))
+inverse_units = N.unit_positives(samples, "EquiLM g^-1 (d=3)").loc[base_units.index, demographics]
+claims.append(verdict_row("fig6.inverse_vs_forward", compare(
+    forward_units.loc[base_units.index, demographics].mean(axis=1).to_numpy(), inverse_units.mean(axis=1).to_numpy(),
+    scale=1.0, deterministic=True, unit="seeded samples"), decimals=3))
 publish_verdicts(claims, profile, "fig6_nlg_fairness", "Figure 6 claims, tested")
 
 # %% [markdown]
@@ -275,8 +283,6 @@ publish_verdicts(claims, profile, "fig6_nlg_fairness", "Figure 6 claims, tested"
 wide = samples[samples.model.str.startswith("EquiLM g")].pivot_table(
     index=["template", "sample", "demographic"], columns="model", values="text", aggfunc="first")
 differ = float((wide["EquiLM g^-1 (d=3)"] != wide["EquiLM g (d=3)"]).mean())
-copies = {name: N.permuted_copy_share(samples[samples.model == name],
-                                      binary_group if name == "EquiLM (d=2)" else demographics) for name in variants}
 print(f"profile: {profile}; samples whose text differs between g^-1 and g: {differ:.1%} of {len(wide)}")
 print("units whose samples are permuted copies across demographics: "
       + ", ".join(f"{name} {share:.0%}" for name, share in copies.items()))

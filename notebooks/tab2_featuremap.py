@@ -84,13 +84,14 @@ from equinb.analysis import plain_head_top1, positional_head, symmetry_tables
 from equinb.cache import cache_dir, run_cache_dir
 from equinb.chapter import check_params, profile_note, schedule_note
 from equinb.engine import TrainConfig
-from equinb.evidence import STAGES, compare_runs, finetune_changed, no_training_check, stage_problems, stage_runs
+from equinb.evidence import (STAGES, compare_runs, finetune_changed, no_training_check, stage_losses, stage_problems,
+                             stage_runs)
 from equinb.noise import chapter_tolerances, loss_label, noise_note
 from equinb.reference import article_tab2, beside_article
 from equinb.setups import (build_setup, feature_map_config, feature_map_weight_net, run_training, seed_repeats,
                            trained_model)
 from equinb.tables import publish_verdicts, show, start_chapter
-from equinb.verdicts import VERDICT_RULE, compare, effect_row, verdict_row
+from equinb.verdicts import VERDICT_RULE, compare, diverged, effect_row, verdict_row
 
 start_chapter("tab2_featuremap")  # number its tables as the book numbers the chapter
 check_params(profile=profile, backbone=backbone, dataset=dataset, group=group, image_size=image_size,
@@ -253,12 +254,12 @@ show(top1.rename_axis("model").reset_index(), f"Top-1 (%) when every test image 
 
 # %% [markdown]
 # (verdicts-tab2_featuremap)=
-# ### Verdicts: the article's claims, tested
+# ## Verdicts: the article's claims, tested
 # Feature map (as published) minus the invariant row, per stage, in pp, averaged over the seeds; and whether the
 # published feature map is equivariant, per test image. The invariant row is the one at the article's rate unless
-# that run is broken (its accuracy at chance, or its finetuning diverged): then the row at the feature-map rate
-# stands in, and the claim says so. The rule: {glue:text}`verdict_rule`. The last table compares this build's own
-# variants, where the article has no numbers.
+# that run is broken (its accuracy at chance, or its training loss in the stage diverged): then the row at the
+# feature-map rate stands in, and the claim says so. The rule: {glue:text}`verdict_rule`. The last table compares
+# this build's own variants, where the article has no numbers.
 
 # %% tags=["tolerance-top1", "hide-input"]
 glue("verdict_rule", VERDICT_RULE, display=False)
@@ -269,6 +270,8 @@ for stage in STAGES:
     baseline = article_rate
     broken = [r for r in stage_problems(repeats[article_rate], stage, embeddings, article_rate)
               if r and "changed no test prediction" not in r]
+    if stage == "prefinetune":  # prefinetuning keeps the best λ it saw, but one from a run-away loss is no baseline
+        broken += [r for r in [diverged(stage_losses(repeats[article_rate], stage), article_rate)] if r]
     if broken and map_rate != article_rate:
         baseline = map_rate
     comparison, reasons, changed = compare_runs(repeats[baseline], stage, repeats[published], stage, maps,

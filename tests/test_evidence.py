@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from equinb.engine import ViewData
-from equinb.evidence import compare_runs, finetune_changed, stage_problems, stage_runs
+from equinb import evidence
+from equinb.evidence import (best_trained_minus_frozen, compare_runs, finetune_changed, stage_losses, stage_problems,
+                             stage_runs)
 from equinb.setups import TrainingRun, TrainingSetup
 
 N, K = 200, 4
@@ -69,3 +71,21 @@ def test_compare_runs_pairs_seeds_and_needs_five() -> None:
     _, reasons, changed = compare_runs([_run(0.6, 0.6)], "prefinetune", [_run(0.6, 0.6)], "finetune", setup,
                                        ("x", "x"))
     assert changed == {"x": 0} and any(r and "changed no test prediction" in r for r in reasons)
+
+
+def test_the_best_trained_run_is_set_against_the_best_frozen_baseline(monkeypatch) -> None:
+    frozen = {"equitune": torch.zeros(N, dtype=torch.float64), "equizero": torch.zeros(N, dtype=torch.float64)}
+    frozen["equizero"][:int(0.9 * N)] = 1  # the frozen model's best: 90%
+    monkeypatch.setattr(evidence, "no_training_scores", lambda setup: frozen)
+    repeats = {"low": [_run(0.5, 0.6, seed=s) for s in range(3)], "high": [_run(0.7, 0.8, seed=s) for s in range(3)]}
+    text, comparison = best_trained_minus_frozen([_setup()], repeats)
+    assert text == "high at finetune (80.00%, 3 seeds) minus zero-shot equizero (90.00%)"
+    assert comparison.difference == pytest.approx(-10.0) and comparison.interval[1] < 0  # no trained run gets there
+    frozen["equizero"][:] = 0  # a frozen model that gets nothing right: then training adds
+    _, comparison = best_trained_minus_frozen([_setup()], repeats)
+    assert comparison.difference == pytest.approx(80.0) and comparison.interval[0] > 0
+
+
+def test_stage_losses_are_the_stage_s_own() -> None:
+    runs = [_run(0.8, 0.9, losses=(1.0, 2.0)), _run(0.8)]  # the second never finetuned
+    assert stage_losses(runs, "finetune") == [1.0, 2.0] and stage_losses(runs, "prefinetune") == [1.0, 2.0, 1.0, 0.5]

@@ -8,8 +8,8 @@ import torch
 
 from equinb.verdicts import (EFFECT_COLUMN, NOT_TESTED, VERDICT_COLUMN, VERDICTS, Comparison, at_chance,
                              by_construction, compare, diverged, effect_row, judge, not_in_this_run,
-                             paired_interval, solved_without_training, too_few_seeds, unchanged_stage, verdict_counts,
-                             verdict_row)
+                             orientation_kept, paired_interval, solved_without_training, too_few_seeds, unchanged_stage,
+                             verdict_counts, verdict_row, zero_by_construction)
 
 
 def test_paired_interval_holds_the_difference_and_narrows_with_pairing():
@@ -123,6 +123,11 @@ def test_reasons_are_computed_from_the_numbers():
     control, observed = _comparison(-0.01, 0.01), _comparison(-0.02, 0.005)
     assert by_construction(control, observed, "an untrained module").startswith("holds by construction")
     assert by_construction(control, _comparison(0.2, 0.3), "an untrained module") is None
+    assert zero_by_construction(1.0, "EquiLM g (d=3)").startswith("holds by construction: every unit of EquiLM")
+    assert zero_by_construction(0.98, "EquiLM g (d=3)") is None  # independent draws: the gap can take either sign
+    found = (gen.random((2, 400)) < 0.4).astype(float)  # the largest weight undoes the turn for 40% (chance 25%)
+    assert orientation_kept(found, 4, "equiattention").startswith("the stand-in keeps each image's orientation")
+    assert orientation_kept((gen.random((2, 400)) < 0.25).astype(float), 4, "equiattention") is None
     assert too_few_seeds(1, "feature map (as described)") == "feature map (as described) ran 1 seed (a verdict needs 5)"
     assert too_few_seeds(5, "run") is None
     needs = not_in_this_run({"backbone": "RN101", "dataset": "imagenetv2"},
