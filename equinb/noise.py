@@ -157,7 +157,8 @@ def noise_note(tol: Tolerance | None, what: str = "trained numbers") -> str:
     if tol is None:
         return (f"{what} below: how far they move {NOTE_MARKER} was measured on the {measured_profile()} profile "
                 "only, not on this one; the verdicts rest on seed repeats")
-    return f"{what} below move within {tol.describe()} {NOTE_MARKER} ({tol.basis})"
+    return (f"{what} below move within {tol.describe()} {NOTE_MARKER} (a regression tolerance, not a confidence "
+            f"interval: {tol.basis})")
 
 
 def loss_label(loss: float, limit: float = 1e6) -> str:

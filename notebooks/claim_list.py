@@ -35,7 +35,7 @@ from myst_nb import glue
 
 from equinb.chapter import check_params
 from equinb.claims import claims
-from equinb.tables import Link, glued_json, show, start_chapter
+from equinb.tables import Link, chapter_number, glued_json, show, start_chapter
 from equinb.verdicts import NOT_TESTED, VERDICT_COLUMN, verdict_counts
 
 start_chapter("claim_list")  # number its tables as the book numbers the chapter
@@ -63,7 +63,9 @@ for c in claims():
         verdict, build = f"{NOT_TESTED}: the chapter {c.chapter} was not executed in this build", profile
     else:
         verdict, build = f"{NOT_TESTED}: the chapter {c.chapter} did not report it", profile
-    evidence = Link(c.chapter, f"{c.chapter}.html#{make_id(f'verdicts-{c.chapter}')}") if c.chapter else "—"
+    number = chapter_number(c.chapter) if c.chapter else None  # the reader sees chapter numbers, not file names
+    evidence = Link(f"Chapter {number}" if number else c.chapter, f"{c.chapter}.html#{make_id(f'verdicts-{c.chapter}')}"
+                    ) if c.chapter else "—"
     article = "—" if c.article_value is None else f"{c.article_value:+.2f}"
     records.append({"id": c.id, "paper": c.article, "claim": c.text, "article": row["article"] if row else article,
                     **{k: row[k] if row else "—" for k in ("ours", "95% interval", "noise")}, "verdict": verdict,

@@ -237,10 +237,11 @@ with torch.no_grad():
 # ## What the symmetry costs
 # Every wrapper runs the model on all $|G|$ views, so an invariant output costs $|G|$ times the compute of one
 # forward, with no training. equinb computes the views in one batched pass, or in chunks (`chunk_size=`, images per
-# forward). On a CPU a large batch is slower per image (its activations leave the cache), so the default
-# `chunk_size="auto"` runs forwards of about `equinb.CPU_CHUNK_PIXELS` input pixels there (4 images of 224 px). On a
-# GPU it runs one pass. The table times one batch: the bare model, a hand-written loop over the group, ttach's
-# test-time-augmentation wrapper with the same transforms, and equinb in one pass and with its default.
+# forward). On a CPU a large batch can be slower per image (its activations leave the cache), so the default
+# `chunk_size="auto"` runs forwards of about `equinb.CPU_CHUNK_PIXELS` input pixels there (4 images of 224 px; on the
+# build machine the time per image was lowest near that size, `bench/own_model.py`). On a GPU it runs one pass. The
+# table times one batch on the machine that ran this page: the bare model, a hand-written loop over the group,
+# ttach's test-time-augmentation wrapper with the same transforms, and equinb in one pass and with its default.
 
 # %% tags=["nbval-ignore-output"]
 # timings change between machines and runs: the regression test does not compare this cell's output
@@ -299,9 +300,9 @@ except TypeError as error:
 #   callable); an output with `.logits` (Hugging Face's) is used as it is. A wrong choice fails on the first image,
 #   with the selector named, before the orbit pass.
 # - **λ-equitune's defaults.** The default normalisation is a softmax over the views (the article's feature-map
-#   code). The article's text divides λ by its sum: the weights are then not bounded, and training can diverge,
-#   as the `sum` line above shows. Its invariant code uses λ unnormalised (`normalisation="none"`). Both are
-#   options; the book's chapters set the one they reproduce.
+#   code). The article's text divides λ by its sum: the weights are then not bounded (the `sum` line above has
+#   weights outside [0, 1]), and training can diverge. Its invariant code uses λ unnormalised
+#   (`normalisation="none"`). Both are options; the book's chapters set the one they reproduce.
 # - **Training the model itself.** While the model trains, the default runs the orbit in one pass, so BatchNorm
 #   sees the statistics of the whole orbit; `chunk_size=` also chunks then, if asked.
 # - **Images.** The wrappers take float images and refuse integer ones: convert `uint8` images as the model

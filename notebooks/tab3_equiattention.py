@@ -161,7 +161,7 @@ for _, r in ours.iterrows():
 
 # %% [markdown]
 # (verdicts-tab3_equiattention)=
-# ### Verdicts: the article's claims, tested
+# ## Verdicts: the article's claims, tested
 # Equiattention minus λ-equitune, as published, per stage, in pp, averaged over the seeds. The rule:
 # {glue:text}`verdict_rule`. The second table compares the two methods as described, where the article has no
 # numbers.
