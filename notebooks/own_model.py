@@ -130,10 +130,11 @@ with torch.no_grad():
         bare, wrapped = model(g.act(x, k)).argmax(-1), invariant(g.act(x, k)).argmax(-1)
         rows += [{"crop": i, "element": k, "MobileNetV2": categories[int(bare[i])],
                   "Equitune": categories[int(wrapped[i])]} for i in range(len(x))]
-predictions = pd.DataFrame(rows).pivot(index="crop", columns="element")
+predictions = pd.DataFrame(rows).set_index(["crop", "element"]).sort_index()  # a row per crop and element
 display(predictions)
-print("distinct answers per crop: MobileNetV2", predictions["MobileNetV2"].nunique(axis=1).tolist(),
-      "| Equitune", predictions["Equitune"].nunique(axis=1).tolist())
+distinct = predictions.groupby(level="crop").nunique()
+print("distinct answers per crop: MobileNetV2", distinct["MobileNetV2"].tolist(),
+      "| Equitune", distinct["Equitune"].tolist())
 
 # %% [markdown]
 # ## Equivariant feature maps

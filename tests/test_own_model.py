@@ -451,7 +451,8 @@ def test_a_half_precision_head_gets_its_own_dtype(dtype: torch.dtype) -> None:
     x = _images().float()
     for wrapper in (Equitune(trunk, "rot90", head=head), EquiZero(trunk, "rot90", head=head),
                     Equitune(trunk, "rot90", head=head, output_softmax=True)):
-        out = wrapper(x)  # the head's dtype: as CLIP's fp16 heads, whose numerics stay as published
+        with torch.no_grad():
+            out = wrapper(x)  # the head's dtype: as CLIP's fp16 heads, whose numerics stay as published
         assert out.dtype == dtype and out.shape == (3, 3)
         assert check_invariance(wrapper, x, "rot90") <= 4 * torch.finfo(dtype).eps * float(out.abs().max())
 

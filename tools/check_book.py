@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WIDTHS = {"desktop": 1280, "phone": 390}
 # the pages read on a phone: the key tables, the longest prose (paths, URLs) and a chapter with wide outputs
 PHONE_PAGES = ("index.html", "book/summary.html", "book/deviations.html", "book/bibliography.html",
-               "notebooks/fig6_nlg_fairness.html")
+               "notebooks/fig6_nlg_fairness.html", "notebooks/own_model.html")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SKIP = ("genindex.html", "search.html", "_static/", "_sources/", "_images/")
