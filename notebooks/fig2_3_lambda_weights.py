@@ -218,9 +218,10 @@ for _, r in summary.iterrows():
 # weight of a column is near 1/4 for *any* module whose weights move with the views: a control shows it, the
 # natural-orientation module itself on the natural test images turned at random. Where that control gives the same
 # drop as the article's claim, the claim holds by construction here. A turned stand-in is orientation-free only
-# on average: each image still has the orientation it had before its turn. Where a module's largest weight finds
-# that orientation more often than chance, the data are not orientation-free for it, and the claims about the
-# uniformity of its weights are not tested here. The rule: {glue:text}`verdict_rule`.
+# on average: each image keeps the orientation it had before its turn, and a module can find it (the reason
+# prints how often its largest weight does, against chance). The claims about the uniformity of the weights on data
+# without a natural orientation are therefore not tested on the stand-in; real ISIC images are judged as the
+# article's. The rule: {glue:text}`verdict_rule`.
 
 # %% tags=["tolerance-share", "hide-input"]
 glue("verdict_rule", VERDICT_RULE, display=False)
@@ -230,7 +231,7 @@ largest = {key: w.amax(dim=2).double() for key, w in weights.items()}  # [S, N]:
 not_upright = {key: (w.argmax(dim=2) != 0).double() for key, w in weights.items()}
 on_original = {key: (w.argmax(dim=2) == original[key[0]]).double() for key, w in weights.items()}  # [S, N]
 kept = {label: orientation_kept(on_original[free_set, label], len(columns), label) if free.turns is not None
-        else None for label in (lam, att)}  # real data without a natural orientation: the article's premise
+        else None for label in (lam, att)}  # None on real data without a natural orientation: the article's premise
 uniform = 1.0 / len(columns)
 few = [too_few_seeds(len(seeds), "the modules")]
 
