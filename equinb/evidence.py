@@ -19,7 +19,7 @@ from .setups import TrainingRun, TrainingSetup, correct_by_seed
 from .verdicts import Comparison, at_chance, compare, diverged, solved_without_training, too_few_seeds, unchanged_stage
 
 __all__ = ["STAGES", "stage_runs", "stage_losses", "finetune_changed", "stage_problems", "compare_runs",
-           "no_training_check", "best_without_training", "best_trained_minus_frozen"]
+           "no_training_check", "best_without_training", "trained_minus_frozen"]
 
 STAGES = ("prefinetune", "finetune")
 
@@ -99,16 +99,20 @@ def best_without_training(setups: Sequence[TrainingSetup]) -> tuple[str, torch.T
     return baseline, baselines[baseline]
 
 
-def best_trained_minus_frozen(setups: Sequence[TrainingSetup], repeats: dict[str, Sequence[TrainingRun]]
-                              ) -> tuple[str, Comparison]:
-    """The best trained run and stage of ``repeats`` (by mean top-1 over its seeds) minus the best no-training
-    baseline, item by item, in pp: negative where no trained run does what the frozen model does without training.
-    Returns a description of the two and the ``Comparison``."""
+def trained_minus_frozen(setups: Sequence[TrainingSetup], repeats: dict[str, Sequence[TrainingRun]]
+                         ) -> list[tuple[str, Comparison, list[str | None]]]:
+    """Every run and stage of ``repeats`` minus the best no-training baseline of ``setups``, item by item, in pp
+    (negative: the trained run does not do what the frozen model does with no training), each with the reasons
+    of ``stage_problems``. No best run is picked: a pick between runs a few tenths apart would differ between
+    CPUs. Returns (description, comparison, reasons) per run and stage."""
     labels = setups[0].test.labels
     baseline, score = best_without_training(setups)
-    scored = {(name, stage): correct_by_seed(stage_runs(runs, stage), stage, labels)
-              for name, runs in repeats.items() for stage in STAGES}
-    (name, stage), best = max(scored.items(), key=lambda item: float(item[1].mean()))
-    comparison = compare(score.expand_as(best), best)
-    return (f"{name} at {stage} ({100 * float(best.mean()):.2f}%, {best.shape[0]} seed"
-            f"{'s' if best.shape[0] != 1 else ''}) minus {baseline} ({100 * float(score.mean()):.2f}%)"), comparison
+    rows = []
+    for name, runs in repeats.items():
+        for stage in STAGES:
+            scores = correct_by_seed(stage_runs(runs, stage), stage, labels)
+            seeds = f"{scores.shape[0]} seed{'s' if scores.shape[0] != 1 else ''}"
+            rows.append((f"{name} at {stage} ({100 * float(scores.mean()):.2f}%, {seeds}) minus {baseline} "
+                         f"({100 * float(score.mean()):.2f}%)", compare(score.expand_as(scores), scores),
+                         stage_problems(runs, stage, setups[0], name)))
+    return rows

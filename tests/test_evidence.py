@@ -7,8 +7,8 @@ import torch
 
 from equinb.engine import ViewData
 from equinb import evidence
-from equinb.evidence import (best_trained_minus_frozen, compare_runs, finetune_changed, stage_losses, stage_problems,
-                             stage_runs)
+from equinb.evidence import (compare_runs, finetune_changed, stage_losses, stage_problems, stage_runs,
+                             trained_minus_frozen)
 from equinb.setups import TrainingRun, TrainingSetup
 
 N, K = 200, 4
@@ -73,17 +73,22 @@ def test_compare_runs_pairs_seeds_and_needs_five() -> None:
     assert changed == {"x": 0} and any(r and "changed no test prediction" in r for r in reasons)
 
 
-def test_the_best_trained_run_is_set_against_the_best_frozen_baseline(monkeypatch) -> None:
+def test_every_trained_run_is_set_against_the_best_frozen_baseline(monkeypatch) -> None:
     frozen = {"equitune": torch.zeros(N, dtype=torch.float64), "equizero": torch.zeros(N, dtype=torch.float64)}
     frozen["equizero"][:int(0.9 * N)] = 1  # the frozen model's best: 90%
     monkeypatch.setattr(evidence, "no_training_scores", lambda setup: frozen)
-    repeats = {"low": [_run(0.5, 0.6, seed=s) for s in range(3)], "high": [_run(0.7, 0.8, seed=s) for s in range(3)]}
-    text, comparison = best_trained_minus_frozen([_setup()], repeats)
-    assert text == "high at finetune (80.00%, 3 seeds) minus zero-shot equizero (90.00%)"
-    assert comparison.difference == pytest.approx(-10.0) and comparison.interval[1] < 0  # no trained run gets there
+    repeats = {"low": [_run(0.5, 0.5, seed=s) for s in range(3)], "high": [_run(0.7, 0.8, seed=s) for s in range(3)]}
+    rows = trained_minus_frozen([_setup()], repeats)
+    assert [text for text, _, _ in rows] == [
+        "low at prefinetune (50.00%, 3 seeds) minus zero-shot equizero (90.00%)",
+        "low at finetune (50.00%, 3 seeds) minus zero-shot equizero (90.00%)",
+        "high at prefinetune (70.00%, 3 seeds) minus zero-shot equizero (90.00%)",
+        "high at finetune (80.00%, 3 seeds) minus zero-shot equizero (90.00%)"]
+    high_finetune = rows[3][1]
+    assert high_finetune.difference == pytest.approx(-10.0) and high_finetune.interval[1] < 0  # below the frozen
+    assert any(r and "changed no test prediction of low" in r for r in rows[1][2])  # a stage that did nothing
     frozen["equizero"][:] = 0  # a frozen model that gets nothing right: then training adds
-    _, comparison = best_trained_minus_frozen([_setup()], repeats)
-    assert comparison.difference == pytest.approx(80.0) and comparison.interval[0] > 0
+    assert trained_minus_frozen([_setup()], repeats)[3][1].interval[0] > 0
 
 
 def test_stage_losses_are_the_stage_s_own() -> None:
