@@ -124,9 +124,22 @@ def _short_repr(module: nn.Module) -> str:
 
 
 def proxy_scores(outputs: Tensor, proxy: str) -> Tensor:
-    """Score every view for EquiZero (higher = chosen). Shapes: outputs [B, G, K] -> scores [B, G]."""
+    """Score every view for EquiZero (higher = chosen). Shapes: outputs [B, G, K] -> scores [B, G].
+
+    Refuses outputs that are not class scores [B, G, K] (a map's softmax over its width would give "scores" of
+    the wrong shape) and one class score under ``max_prob`` or ``entropy``: a softmax over one logit is 1 for every
+    view, so every view would tie and view 0 would always win, a non-invariant output."""
     if proxy not in PROXIES:
         raise ValueError(f"unknown proxy {proxy!r}; valid proxies: {', '.join(PROXIES)}")
+    if outputs.ndim != 3:
+        raise ValueError(f"EquiZero scores each view by its output's class scores [B, G, K], but the head's "
+                         f"per-view outputs have shape {list(outputs.shape)}: give a classifier's logits [B, K] "
+                         f"(for a trunk of feature maps, a head= that maps them to logits), or use Equitune, "
+                         f"LambdaEquitune or EquiAttention, which combine outputs of any shape")
+    if outputs.shape[-1] == 1 and proxy != "max_logit":
+        raise ValueError(f"EquiZero with proxy={proxy!r} needs K >= 2 class scores: over one logit the softmax is 1 "
+                         f"for every view, so every view ties and the output would not be invariant; use "
+                         f"proxy='max_logit', or two-class logits (e.g. torch.cat([-z, z], -1))")
     return PROXIES[proxy](outputs)
 
 
@@ -494,23 +507,8 @@ class EquiZero(OrbitWrapper):
 
     def view_weights(self, views: Tensor) -> Tensor:
         with torch.no_grad():
-            outputs = self.per_view_outputs(views)
-            self._check_scored(outputs)
-            scores = proxy_scores(outputs, self.proxy)
+            scores = proxy_scores(self.per_view_outputs(views), self.proxy)
         return nn.functional.one_hot(scores.argmax(dim=1), views.shape[1]).to(views.dtype)
-
-    def _check_scored(self, outputs: Tensor) -> None:
-        """The proxy needs class scores per view [B, G, K]; with K = 1 a softmax is 1 on every view, so
-        ``max_prob`` and ``entropy`` would tie everywhere and always keep view 0: a non-invariant output."""
-        if outputs.ndim != 3:
-            raise ValueError(f"EquiZero scores each view by its output's class scores [B, G, K], but the head's "
-                             f"per-view outputs have shape {list(outputs.shape)}: give a classifier's logits [B, K] "
-                             f"(for a trunk of feature maps, a head= that maps them to logits), or use Equitune, "
-                             f"LambdaEquitune or EquiAttention, which combine outputs of any shape")
-        if outputs.shape[-1] == 1 and self.proxy != "max_logit":
-            raise ValueError(f"EquiZero with proxy={self.proxy!r} needs K >= 2 class scores: over one logit the "
-                             f"softmax is 1 for every view, so every view ties and the output would not be "
-                             f"invariant; use proxy='max_logit', or two-class logits (e.g. torch.cat([-z, z], -1))")
 
     def combine(self, views: Tensor, weights: Tensor) -> Tensor:
         if self.elementwise_max:
