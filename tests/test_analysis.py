@@ -128,6 +128,10 @@ def test_reoriented_setup_is_the_orbit_of_turned_images() -> None:
     for i in range(10):  # the original image is view h_i^-1 of the turned one
         original = group.inverse(int(turned.turns["train"][i]))
         assert torch.equal(turned.train.inputs[i, original], images[i])
+    for split, views in (("train", turned.train.inputs), ("test", turned.test.inputs)):  # what the chapters read
+        original = turned.original_views(split)
+        assert all(torch.equal(views[i, original[i]], images[i]) for i in range(10)), split
+    assert torch.equal(setup.original_views("test"), torch.zeros(10, dtype=torch.long))  # nothing turned: view 0
     assert turned.key == "k-turned3" and setup.reoriented(seed=3).key == turned.key
     turns = {h for i in range(10) for h in range(4)
              if torch.equal(turned.test.inputs[i], group.orbit(group.act(images[i:i + 1], h))[0])}

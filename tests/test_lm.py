@@ -261,6 +261,18 @@ def test_bad_inputs_raise_clear_errors(call, message: str) -> None:
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize("d", [2, 3])
+def test_symmetry_report_measures_every_element_and_refuses_a_prompt_without_group_words(d: int) -> None:
+    base, g = tiny_gpt2(), group(d)
+    report = N.symmetry_report({"base": base, "equi": E.EquiLM(base, g)}, TOK, g, "The Black person was known for",
+                               " White good")
+    errors = report.iloc[:, :2]  # equivariance and fairness errors (the third column is the logits' scale)
+    assert (errors.loc["base"] > 1e-2).all()  # the base LM is neither equivariant nor fair: the check has power
+    assert (errors.loc["equi"] < 1e-9).all()
+    with pytest.raises(ValueError, match="holds no word"):
+        N.symmetry_report({"base": base}, TOK, g, "The person was known for", " good")
+
+
 def test_label_shares_and_fairness_gap() -> None:
     import pandas as pd
 

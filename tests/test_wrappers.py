@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from equinb.groups import get_group
+from equinb.heads import CosineHead
 from equinb.weighting import EmbeddingWeightNet, FeatureMapWeightNet, ViewAttention
 from equinb.wrappers import (
     EquiAttention,
@@ -240,6 +241,17 @@ def test_attention_weights_are_permutation_equivariant() -> None:
     torch.testing.assert_close(a_perm, a[:, perm][:, :, perm], **TOL)
     torch.testing.assert_close(att(views[:, perm]), att(views)[:, perm], **TOL)
     torch.testing.assert_close(att(views).sum(1), torch.ones(2, dtype=torch.float64), **TOL)
+    torch.testing.assert_close(a.sum(-1), torch.ones(2, 5, dtype=torch.float64), **TOL)  # each view's row sums to 1
+    torch.testing.assert_close(att(views), a.mean(1), **TOL)  # the weights are the columns' means
+    assert (att(views) - 1 / 5).abs().max() > 1e-3  # not uniform weights, which would make it plain equitune
+
+
+def test_cosine_head_normalises_each_embedding_on_its_own() -> None:
+    w = nn.functional.normalize(torch.randn(6, 3, dtype=torch.float64), dim=0)
+    f = torch.randn(4, 6, dtype=torch.float64)
+    out = CosineHead(w)(f)
+    torch.testing.assert_close(out, nn.functional.normalize(f, dim=-1) @ w, **TOL)
+    torch.testing.assert_close(CosineHead(w)(f[:1]), out[:1], **TOL)  # a row's logits do not depend on the batch
 
 
 def test_dropout_in_eval_and_frozen_copy() -> None:

@@ -42,6 +42,36 @@ def test_only_vanilla_as_published_depends_on_the_draws(logits):
             assert torch.equal(a[key], b[key]), key
 
 
+def test_each_transform_reads_its_own_views_only(logits):
+    views, labels, elements = logits
+    gen = torch.Generator().manual_seed(1)
+    for name in zs.TRANSFORMS:
+        own = [elements.index(e) for e in zs.transform_group(name).elements]
+        others = [c for c in range(len(elements)) if c not in own]
+        scrambled = views.clone()
+        scrambled[:, others] = torch.randn(len(views), len(others), views.shape[-1], generator=gen)
+        a = zs.per_image_correct(views, labels, elements, name)
+        b = zs.per_image_correct(scrambled, labels, elements, name)
+        assert all(torch.equal(a[key], b[key]) for key in a), name  # the other transforms' views do not matter
+        expected = (views[:, own].softmax(-1).mean(1).argmax(-1) == labels).double()
+        assert torch.equal(a["equitune", "as_described"], expected), name
+
+
+def test_per_view_logits_hold_each_images_views_in_order():
+    from equinb.groups import d4_act
+
+    elements = zs.view_elements(zs.TRANSFORMS)
+    images = torch.randn(5, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    encoder, head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 6)), torch.nn.Linear(6, 3)
+    batches = [(images[:3], torch.arange(3)), (images[3:], torch.arange(3, 5))]
+    logits, labels = zs.per_view_logits(encoder, head, batches, elements)
+    assert logits.shape == (5, len(elements), 3) and torch.equal(labels, torch.arange(5))
+    with torch.no_grad():
+        for j, element in enumerate(elements):
+            torch.testing.assert_close(logits[:, j], head(encoder(d4_act(images, element))))
+
+
 def test_missing_views_fail_clearly(logits):
     views, labels, elements = logits
     with pytest.raises(ValueError, match="needs views"):

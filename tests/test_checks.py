@@ -1,0 +1,41 @@
+"""The symmetry checkers measure what they document: the largest error over every element of the group, and fail
+exactly above ``atol``. A checker that skipped an element would call any model symmetric under a group of order 2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from equinb import check_equivariance, check_invariance, get_group
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh()).double()  # neither invariant nor equivariant
+
+
+def _images() -> torch.Tensor:
+    return torch.randn(3, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", ["rot90", "rot180", "hflip", "vflip", "d4"])
+def test_checkers_return_the_largest_error_over_every_element(name: str) -> None:
+    group, f, x = get_group(name), _net(), _images()
+    with torch.no_grad():
+        invariance = max((f(group.act(x, k)) - f(x)).abs().max().item() for k in range(1, group.order))
+        equivariance = max((f(group.act(x, k)) - group.act(f(x), k)).abs().max().item() for k in range(1, group.order))
+    assert check_invariance(f, x, name) == invariance > 1e-3
+    assert check_equivariance(f, x, name) == equivariance > 1e-3
+
+
+def test_atol_is_the_boundary() -> None:
+    f, x = _net(), _images()
+    error = check_invariance(f, x, "hflip")
+    assert check_invariance(f, x, "hflip", atol=error) == error
+    with pytest.raises(AssertionError):
+        check_invariance(f, x, "hflip", atol=0.99 * error)
+    error = check_equivariance(f, x, "hflip")
+    assert check_equivariance(f, x, "hflip", atol=error) == error
+    with pytest.raises(AssertionError):
+        check_equivariance(f, x, "hflip", atol=0.99 * error)
