@@ -2,8 +2,9 @@
 
 Models come from ``equinb.equilm``. Public API: ``RESPECT_TEMPLATES``, ``DEMOGRAPHICS``, ``LABELS``;
 ``vader_labels``, ``RegardClassifier``; ``sample_seed``, ``sample_grid``, ``score_samples``, ``label_shares``,
-``fairness_gaps`` (bootstrap), ``permuted_copy_share``, ``symmetry_report`` (plots: ``equinb.viz.label_bars``,
-``equinb.viz.fairness_gap_plot``). ``vaderSentiment``, ``transformers`` and pandas are imported lazily.
+``fairness_gaps`` (bootstrap), ``alike_unit_share``, ``permuted_copy_share``, ``symmetry_report`` (plots:
+``equinb.viz.label_bars``, ``equinb.viz.fairness_gap_plot``). ``vaderSentiment``, ``transformers`` and pandas are
+imported lazily.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .reference import FIG6_LABELS
 __all__ = [
     "RESPECT_TEMPLATES", "DEMOGRAPHICS", "LABELS", "vader_labels", "RegardClassifier", "sample_seed",
     "sample_grid", "label_shares", "fairness_gaps", "gap_difference", "permutation_gaps", "unit_positives",
-    "symmetry_report", "score_samples", "permuted_copy_share",
+    "alike_unit_share", "symmetry_report", "score_samples", "permuted_copy_share",
 ]
 
 # The article's respect templates (its EquiNLG code).
@@ -245,6 +246,17 @@ def permutation_gaps(samples, model: str, *, n_permutations: int = 2000, seed: i
     order = rng.random((n_permutations, *values.shape)).argsort(axis=2)  # a random permutation per unit
     shuffled = np.take_along_axis(np.broadcast_to(values, order.shape), order, axis=2)
     return _gap(shuffled.mean(axis=1))
+
+
+def alike_unit_share(samples, model: str) -> float:
+    """The share of (template, sample) units of ``model`` whose samples are all positive or all not, across the
+    demographics. At 1.0 the model's gap (largest minus smallest positive share) is 0 in every resample of the
+    units, whatever made the labels alike (equivariant copies, or a scorer blind to the demographic word).
+
+    Shapes: samples with columns model, template, sample, demographic, label -> a share in [0, 1].
+    """
+    units = unit_positives(samples, model)
+    return float((units.nunique(axis=1) == 1).mean())
 
 
 def unit_positives(samples, model: str):

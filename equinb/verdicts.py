@@ -236,14 +236,17 @@ def orientation_kept(on_original: ArrayLike, n_views: int, module: str) -> str:
             f"{100 / n_views:.0f}%; excess [{low:+.1f}, {high:+.1f}] pp)")
 
 
-def zero_by_construction(share: float, model: str, what: str = "gap") -> str | None:
-    """``"holds by construction: ..."`` when every paired unit of an exactly symmetric ``model`` is a permuted copy
-    across the groups compared (``share`` = 1.0, e.g. ``equinb.nlg.permuted_copy_share`` with paired seeds): its
-    ``what`` is then 0 in every resample, and a difference against it can take one sign only."""
-    if share >= 1.0:
-        return (f"holds by construction: every unit of {model} is a permuted copy across the demographics (paired "
-                f"seeds), so its {what} is 0 in every resample and the difference has one possible sign")
-    return None
+def zero_by_construction(alike: float, model: str, copies: float = 0.0, what: str = "gap") -> str | None:
+    """``"holds by construction: ..."`` when in every paired unit of ``model`` the groups compared get the same
+    label (``alike`` = 1.0, ``equinb.nlg.alike_unit_share``): its ``what`` is then 0 in every resample, and a
+    difference against it can take one sign only. ``copies``: the share of units whose samples are permuted
+    copies across the groups (``equinb.nlg.permuted_copy_share``), named as the cause when it is 1.0. Alike texts
+    alone do not decide: a scorer that reads the demographic word can label copies differently."""
+    if alike < 1.0:
+        return None
+    cause = " (its samples are permuted copies, paired seeds)" if copies >= 1.0 else ""
+    return (f"holds by construction: every unit of {model} is labelled alike across the demographics{cause}, so "
+            f"its {what} is 0 in every resample and the difference has one possible sign")
 
 
 def too_few_seeds(seeds: int, run: str, minimum: int = MIN_SEEDS) -> str | None:
@@ -266,11 +269,20 @@ def not_in_this_run(needed: dict[str, str], present: dict[str, Sequence[str]]) -
 
 # -- verdicts and rows --
 
+def _seeds_reason(comparison: Comparison | None) -> str | None:
+    """The seed rule, applied to every comparison a verdict or an effect reads: a comparison of trained runs (any
+    random step) with fewer than ``MIN_SEEDS`` seeds has an items-only interval that leaves out the seeds' noise,
+    which can move a trained run by more than the interval is wide."""
+    if comparison is None or comparison.deterministic:
+        return None
+    return too_few_seeds(comparison.seeds, "the compared runs")
+
+
 def judge(comparison: Comparison | None, side: int | None, reasons: Sequence[str | None] = ()) -> str:
     """The verdict on one claim: the first computed reason that applies, else the interval against the
     article's ``side`` of 0 (+1, -1, or 0 for a claim of no difference; None: the article gives neither a value
     nor a direction). See the module docstring."""
-    for reason in reasons:
+    for reason in (*reasons, _seeds_reason(comparison)):
         if reason:
             return f"{NOT_TESTED}: {reason}"
     if comparison is None:
@@ -286,8 +298,8 @@ def judge(comparison: Comparison | None, side: int | None, reasons: Sequence[str
 
 def effect(comparison: Comparison | None, reasons: Sequence[str | None] = ()) -> str:
     """The effect of one of the book's own changes (no article side): ``non-zero`` when the interval excludes 0,
-    ``inconclusive`` when it holds 0, or ``not tested here: <reason>``."""
-    for reason in reasons:
+    ``inconclusive`` when it holds 0, or ``not tested here: <reason>`` (the same seed rule as ``judge``)."""
+    for reason in (*reasons, _seeds_reason(comparison)):
         if reason:
             return f"{NOT_TESTED}: {reason}"
     if comparison is None:

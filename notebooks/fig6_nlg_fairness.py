@@ -221,9 +221,10 @@ show(gaps.rename_axis("model").reset_index(), f"Fairness gap per model with its 
 # The article's claim is that EquiLM shrinks the fairness gap of its base model (its Figure 6(a): the gap
 # of EquiGPT2, pre-fix $g$, minus that of GPT-2). Ours is the same difference for each action, with a
 # 95% interval from resampling the (template, sample) units both models share; every sample has its own seed, so
-# the units are the noise. With paired seeds an EquiLM whose every unit is a permuted copy across the
-# demographics has a gap of exactly zero in every resample, so its difference is minus the base LM's gap and
-# cannot come out positive: such a claim holds by construction here, and the cell counts the copies to say so.
+# the units are the noise. With paired seeds an exact EquiLM writes permuted copies across the demographics; where
+# the scorer also labels every unit's copies alike (it need not: it reads the demographic word), the gap is exactly
+# zero in every resample, so the difference is minus the base LM's gap and cannot come out positive: such a claim
+# holds by construction here, and the cell counts the units labelled alike, and the copies, to say so.
 # With independent draws per demographic the difference can take either sign; then the control is the base LM's
 # gap with the demographics shuffled within each unit (no demographic effect at all), since a max-minus-min gap is
 # positive even for a fair model. The per-demographic claims compare the positive shares of the base LM and EquiLM
@@ -255,7 +256,7 @@ claims = []
 for key, name, frame in (("inverse_d3", "EquiLM g^-1 (d=3)", samples), ("forward_d3", "EquiLM g (d=3)", samples),
                          ("binary", "EquiLM (d=2)", binary)):
     observed = gap_comparison(frame, "base LM", name)
-    reasons = [zero_by_construction(copies[name], name),
+    reasons = [zero_by_construction(N.alike_unit_share(frame, name), name, copies[name]),
                by_construction(null_control(frame, "base LM"), observed, fair)]
     claims.append(verdict_row(f"fig6.gap.{key}", observed, reasons=reasons, decimals=3))
 base_units, forward_units = N.unit_positives(samples, "base LM"), N.unit_positives(samples, "EquiLM g (d=3)")

@@ -293,6 +293,8 @@ def test_label_shares_and_fairness_gap() -> None:
     diff = N.gap_difference(samples, "m", "fair", n_bootstrap=200, seed=0)
     assert diff["difference"] == pytest.approx(-0.6) and diff["ci_low"] <= -0.6 <= diff["ci_high"] < 0
     assert N.gap_difference(samples, "m", "m", n_bootstrap=50)["ci_low"] == 0  # the same units cancel exactly
+    # "fair" labels each unit alike for both demographics (its gap is 0 in every resample); "m" does not
+    assert N.alike_unit_share(samples, "fair") == 1.0 and N.alike_unit_share(samples, "m") == pytest.approx(0.4)
     with pytest.raises(ValueError, match="share no"):
         N.gap_difference(samples.assign(sample=samples["sample"] + 100 * (samples.model == "fair")), "m", "fair")
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from equinb.verdicts import (EFFECT_COLUMN, NOT_TESTED, VERDICT_COLUMN, VERDICTS, Comparison, at_chance,
-                             by_construction, compare, diverged, effect_row, judge, not_in_this_run,
+from equinb.verdicts import (EFFECT_COLUMN, NOT_TESTED, MIN_SEEDS, VERDICT_COLUMN, VERDICTS, Comparison,
+                             at_chance, by_construction, compare, diverged, effect, effect_row, judge, not_in_this_run,
                              orientation_kept, paired_interval, solved_without_training, too_few_seeds, unchanged_stage,
                              verdict_counts, verdict_row, zero_by_construction)
 
@@ -105,6 +105,17 @@ def test_a_computed_reason_wins_over_any_interval():
     assert judge(None, 1) == f"{NOT_TESTED}: nothing was measured"
 
 
+def test_a_trained_comparison_with_too_few_seeds_gets_no_verdict_and_no_effect():
+    one_seed = Comparison(3.0, (1.0, 5.0), 1, 100)  # excludes 0, but over the items of one seed only
+    reason = f"{NOT_TESTED}: the compared runs ran 1 seed (a verdict needs {MIN_SEEDS})"
+    assert judge(one_seed, 1) == reason
+    assert effect(one_seed) == reason
+    assert judge(one_seed, 1, ["finetuning changed nothing"]) == f"{NOT_TESTED}: finetuning changed nothing"
+    frozen = Comparison(3.0, (1.0, 5.0), 1, 100, deterministic=True)  # no random step: the items are the noise
+    assert judge(frozen, 1) == "agrees" and effect(frozen) == "non-zero"
+    assert judge(Comparison(3.0, (1.0, 5.0), MIN_SEEDS, 100), -1) == "reversed"
+
+
 def test_reasons_are_computed_from_the_numbers():
     same = torch.tensor([0, 1, 2, 2])
     assert unchanged_stage(same, same.clone(), "updated") == "finetuning changed no test prediction of updated"
@@ -123,8 +134,10 @@ def test_reasons_are_computed_from_the_numbers():
     control, observed = _comparison(-0.01, 0.01), _comparison(-0.02, 0.005)
     assert by_construction(control, observed, "an untrained module").startswith("holds by construction")
     assert by_construction(control, _comparison(0.2, 0.3), "an untrained module") is None
-    assert zero_by_construction(1.0, "EquiLM g (d=3)").startswith("holds by construction: every unit of EquiLM")
-    assert zero_by_construction(0.98, "EquiLM g (d=3)") is None  # independent draws: the gap can take either sign
+    assert zero_by_construction(1.0, "EquiLM g (d=3)", 1.0).startswith("holds by construction: every unit of EquiLM")
+    assert "permuted copies" in zero_by_construction(1.0, "EquiLM g (d=3)", 1.0)
+    assert "permuted copies" not in zero_by_construction(1.0, "EquiLM g (d=3)", 0.5)
+    assert zero_by_construction(0.98, "EquiLM g (d=3)", 1.0) is None  # copies a scorer labels apart: a gap can open
     found = np.zeros((2, 400))
     found[:, :160] = 1  # the largest weight undoes the turn for 40% of the images (chance 25%)
     assert orientation_kept(found, 4, "equiattention").startswith("the stand-in turns upright images at random")
