@@ -22,11 +22,12 @@ from .setups import TrainingSetup
 from .wrappers import OrbitWrapper
 from .zeroshot import orbit_predictions
 
-__all__ = ["view_weights", "weight_summary", "rotation_labels", "combined_map_symmetry", "plain_head_top1",
-           "positional_head", "symmetry_tables", "group_changes", "frozen_test_logits", "no_training_predictions",
-           "no_training_scores"]
+__all__ = ["ONE_VIEW_ALL_WEIGHT", "view_weights", "weight_summary", "rotation_labels", "combined_map_symmetry",
+           "plain_head_top1", "positional_head", "symmetry_tables", "group_changes", "frozen_test_logits",
+           "no_training_predictions", "no_training_scores"]
 
 Tensor = torch.Tensor
+ONE_VIEW_ALL_WEIGHT = 0.995  # the lower edge of the article's top histogram bin, [0.995, 1.005]
 
 
 def rotation_labels(group: Group) -> list[str]:
@@ -64,6 +65,8 @@ def weight_summary(weights: Tensor, labels: Sequence[str], original: Tensor | No
       view: the definition in the article's surviving notebook.
     - ``share_argmax_on_original``: the share whose largest weight is on view ``original[i]``, the view
       that shows image i as it was before a known random turn (default: view 0).
+    - ``share_one_view_all_weight``: the share whose largest weight is at least ``ONE_VIEW_ALL_WEIGHT``, what
+      the article's histogram counts in its bin [0.995, 1.005].
 
     Shapes: weights [N, G], original [N] -> ``{"mean_<label>": ..., "share_...": ...}`` (fractions).
     """
@@ -74,6 +77,7 @@ def weight_summary(weights: Tensor, labels: Sequence[str], original: Tensor | No
     out["share_argmax_not_upright"] = float((weights.argmax(dim=1) != 0).double().mean())
     out["share_upright_smallest"] = float((weights[:, 0] < weights[:, 1:].amin(dim=1)).double().mean())
     out["share_argmax_on_original"] = float((weights.argmax(dim=1) == original).double().mean())
+    out["share_one_view_all_weight"] = float((weights.amax(dim=1) >= ONE_VIEW_ALL_WEIGHT).double().mean())
     return out
 
 

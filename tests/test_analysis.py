@@ -58,6 +58,10 @@ def test_weight_summary_definitions() -> None:
     assert moved["share_argmax_on_original"] == pytest.approx(0.75)  # rows 0, 2 and 3 (the tie goes to view 0)
     with pytest.raises(ValueError, match=r"weights must be \[N, 4\]"):
         analysis.weight_summary(w[:, :3], ["0", "90", "180", "270"])
+    assert s["share_one_view_all_weight"] == 0.0
+    peaked = torch.tensor([[0.995, 0.005, 0.0, 0.0], [0.0, 0.0, 0.999, 0.001], [0.99, 0.01, 0.0, 0.0]])
+    assert analysis.weight_summary(peaked, ["0", "90", "180", "270"])["share_one_view_all_weight"] == \
+        pytest.approx(2 / 3)  # the bin's lower edge counts; 0.99 does not
     assert analysis.rotation_labels(get_group("rot90")) == ["0", "90", "180", "270"]
 
 

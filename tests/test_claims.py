@@ -46,6 +46,20 @@ def test_printed_numbers_of_the_tables_are_the_articles():
     assert checked > 100
 
 
+def test_one_hot_shares_in_the_claims_follow_from_the_articles_histogram_counts():
+    """The 88% and 99.6% of the one-hot claims are the article's histogram counts at weight >= 0.995, summed over
+    the views, out of the 10,000 CIFAR100 test images."""
+    counts = {}
+    for r in reference_rows("fig2_3_lambda_weights"):
+        if str(r["metric"]).startswith("images_weight_ge_0.995_rot"):
+            counts[r["method"]] = counts.get(r["method"], 0) + float(r["value"])
+    assert set(counts) == {"lambda_equitune", "equiattention"}
+    for key, method in (("lambda", "lambda_equitune"), ("attention", "equiattention")):
+        quoted = re.search(r"in ([\d.]+)% of the CIFAR100 test images", claim(f"fig2.one_hot.{key}").text).group(1)
+        decimals = len(quoted.partition(".")[2])
+        assert f"{100 * counts[method] / 10_000:.{decimals}f}" == quoted, (key, counts[method])
+
+
 def test_ids_are_unique_and_chapters_exist():
     ids = [c.id for c in claims()]
     assert len(ids) == len(set(ids))
