@@ -2,8 +2,9 @@
 
 ``Table`` carries both renderings a notebook stores: text (``frame.to_string``, compared by the notebook
 regression) and HTML (a ``<table>`` inside a box that scrolls sideways on a narrow screen, headers that wrap only
-between words, numbers that never wrap). ``show`` displays one; ``publish_verdicts`` shows a chapter's verdict
-table and glues it, and its rows as JSON, for the summary page and the claim list.
+between words, numbers that never wrap, running text that keeps a readable width). ``show`` displays one;
+``publish_verdicts`` shows a chapter's verdict table and glues it, and its rows as JSON, for the summary page and
+the claim list.
 
 After ``start_chapter(<id>)``, ``show`` numbers the tables as the book numbers the chapter ("Table 2.3"), and
 when ``$EQUINB_DATA_OUT`` names a folder (``make book`` sets it) it writes each table's numbers there as
@@ -29,6 +30,8 @@ TOC = Path(__file__).resolve().parents[1] / "_toc.yml"  # the book's table of co
 _chapter: dict = {"id": None, "prefix": "", "count": 0}  # the numbering of the running chapter
 # A cell that holds only numbers (and their signs, brackets, units): it never wraps inside a number.
 _NUMERIC = re.compile(r"^[\s\d.,+\-−—%±×()\[\]en=/:]*$")
+# A cell of running text (a claim, a reason): it keeps a readable width when its table is wider than the column.
+_PROSE_WORDS = 8
 
 
 class Link(str):
@@ -69,7 +72,7 @@ class Table:
     def _html_cell(value: str) -> str:
         if isinstance(value, Link):
             return f'<td><a href="{html.escape(value.href)}">{html.escape(value)}</a></td>'
-        cls = ' class="num"' if _NUMERIC.match(value) else ""
+        cls = ' class="num"' if _NUMERIC.match(value) else ' class="text"' if len(value.split()) >= _PROSE_WORDS else ""
         return f"<td{cls}>{html.escape(value)}</td>"
 
     def __repr__(self) -> str:

@@ -54,6 +54,8 @@ def test_a_clean_page_passes(tmp_path: Path) -> None:
     ('<table><tr><td style="width: 20px; word-break: break-all">[+3.67, +9.12]</td></tr></table>',
      "broken across lines"),  # a Markdown table's numeric cell, no class
     ('<a href="data/missing.csv">data (CSV)</a>', "broken link: /data/missing.csv (404)"),
+    ('<table><tr><td style="width: 40px">on the small profile the claim reads as a column of words</td></tr></table>',
+     "text squeezed"),
 ])
 def test_each_defect_fails(tmp_path: Path, body: str, problem: str) -> None:
     problems = _report(tmp_path, body)
