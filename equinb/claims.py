@@ -9,8 +9,8 @@ the articles' numbers in ``article_numbers.csv`` instead, one claim per cell:
 
 - Basu et al.'s Figure 4 as re-run by Vlasenko et al.: per dataset, backbone, transformation and metric, equitune
   above vanilla and equizero above equitune (the reproduction's result files);
-- Basu et al.'s finetuning curves (CIFAR100, rot90): per backbone, λ-equitune above equitune and above equizero
-  after 4,000 steps (no chapter re-runs them).
+- Basu et al.'s finetuning curves (CIFAR100, rot90): per backbone, λ-equitune's top-1 after 4,000 steps minus
+  equitune's and minus equizero's, with the sign the article's values give (no chapter re-runs them).
 
 Columns: ``id``, ``article`` (basu2023 | vlasenko2024), ``where`` (section, table or figure), ``claim`` (the full
 claim, with the article's numbers), ``statistic`` (the signed difference a chapter computes), ``unit`` (pp,

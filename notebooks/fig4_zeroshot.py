@@ -48,7 +48,7 @@
 #   analog of the experiment: it shows the same mechanism on real pretrained features, but its numbers
 #   are not the article's.
 # - *paper* (GPU, internet): CLIP RN50, RN101, ViT-B/32 and ViT-B/16 on CIFAR100 (test, 10,000) and ImageNetV2
-#   matched-frequency (10,000), with prompt-ensemble text heads; the GPU work is counted in the README.
+#   matched-frequency (10,000), with prompt-ensemble text heads; the repository's README counts the GPU time.
 
 # %% tags=["parameters", "hide-input"]
 profile: str = "small"  # small (MobileNetV2 + digits, CPU, offline) or paper (CLIP, GPU, internet)

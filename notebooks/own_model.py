@@ -239,10 +239,11 @@ with torch.no_grad():
 # Every wrapper runs the model on all $|G|$ views, so an invariant output costs $|G|$ times the compute of one
 # forward, with no training. equinb computes the views in one batched pass, or in chunks (`chunk_size=`, images per
 # forward). On a CPU a large batch can be slower per image (its activations leave the cache), so the default
-# `chunk_size="auto"` runs forwards of about `equinb.CPU_CHUNK_PIXELS` input pixels there (4 images of 224 px; on the
-# build machine the time per image was lowest near that size, `bench/own_model.py`). On a GPU it runs one pass. The
-# table times one batch on the machine that ran this page: the bare model, a hand-written loop over the group,
-# ttach's test-time-augmentation wrapper with the same transforms, and equinb in one pass and with its default.
+# `chunk_size="auto"` runs forwards of about `equinb.CPU_CHUNK_PIXELS` input pixels there (4 images of 224 px, the
+# size at which the time per image of MobileNetV2 and resnet18 was lowest on the 2-core build machine; `bench/
+# own_model.py` measures it on yours). On a GPU it runs one pass. The table times one batch on the machine that ran
+# this page: the bare model, a hand-written loop over the group, ttach's test-time-augmentation wrapper with the
+# same transforms, and equinb in one pass and with its default; the line under it says which was faster here.
 
 # %% tags=["nbval-ignore-output"]
 # timings change between machines and runs: the regression test does not compare this cell's output
@@ -265,6 +266,9 @@ cost["x one view"] = cost["ms per batch"] / cost.loc["model (one view)", "ms per
 print(f"profile: {profile}; {device}, {torch.get_num_threads()} threads; batch {batch_size} x {image_size} px, "
       f"|G| = {g.order}; median of {timing_repeats} runs")
 display(cost.round(2))
+ratio = cost.loc["equinb, default", "ms per batch"] / cost.loc["equinb, one pass", "ms per batch"]
+print(f"on this machine, this run: equinb's default took {ratio:.2f}x the time of one pass ("
+      f"{'faster' if ratio < 1 else 'slower'}; {invariant.images_per_pass(x)} vs {g.order * len(x)} images a forward)")
 
 # %% [markdown]
 # The timings move from machine to machine (the regression test does not compare them); what the default does does
