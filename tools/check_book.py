@@ -8,8 +8,8 @@ Each page is served from a local HTTP server and loaded at 1280 px (and the page
 - horizontal overflow of the main column: an element that reaches past the column's right edge, or a
   scrolling box in the column whose content is wider than the box (a table or output the reader must scroll);
   a table's own box may scroll, by design (``div.equinb-table`` at any width, a Markdown table on a phone);
-- a word or number broken across lines in a table header or a numeric cell, or a cell of running text (8 words
-  or more) squeezed narrower than 10 em;
+- a word or number broken across lines in a table header or a numeric cell, or (at 1280 px) a cell of running
+  text (8 words or more) squeezed narrower than 10 em;
 - an image that is missing or did not decode, or (at 1280 px) a figure drawn more than 15% wider than it is
   shown (its text shrinks with it);
 - a link to a file of the book (a page, a CSV) that does not load;
@@ -131,7 +131,8 @@ PAGE_CHECKS = r"""
     }
   }
   // running text in a table cell (a claim, a reason) keeps a readable width instead of a column of single words
-  for (const cell of main.querySelectorAll('table td')) {
+  // (on a desktop column; on a phone every table is a compromise between scrolling and wrapping)
+  for (const cell of window.innerWidth >= 1000 ? main.querySelectorAll('table td') : []) {
     const width = cell.getBoundingClientRect().width;
     const em = parseFloat(getComputedStyle(cell).fontSize);
     if (cell.textContent.trim().split(/\s+/).length >= 8 && width > 0 && width < 10 * em) {
