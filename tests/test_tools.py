@@ -58,6 +58,35 @@ def test_an_undeclared_parameter_is_refused_before_anything_runs(capsys) -> None
     assert "unknown chapter 'fig4_zeroshot_typo'" in capsys.readouterr().err
 
 
+def test_parameter_values_read_numbers_in_any_notation_and_label_the_run() -> None:
+    assert build_book.parameter_value("1e-3") == 0.001 and build_book.parameter_value("-2E+2") == -200.0
+    assert build_book.parameter_value("0.1") == 0.1 and build_book.parameter_value("[a, b]") == ["a", "b"]
+    assert build_book.parameter_value("e5") == "e5"  # a word stays a word
+    assert build_book.run_label("small", {}) == "small"
+    assert build_book.run_label("paper", {"seed": 5, "chapters_dir": "/x"}) == "paper (seed=5)"
+    assert "SIGKILL" in build_book._papermill_failure(-9) and "message above" in build_book._papermill_failure(1)
+
+
+def test_a_failed_run_keeps_the_last_good_chapter_and_its_numbers(tmp_path: Path) -> None:
+    out, data = tmp_path / "notebooks" / "own_model.ipynb", tmp_path / "data"
+    out.parent.mkdir()
+    out.write_text("the last good run")
+    build_book.profile_marker(out).write_text("small\n")
+    (data / "own_model").mkdir(parents=True)
+    (data / "own_model" / "table-1.csv").write_text("a\n1\n")
+    with pytest.raises(build_book.ChapterFailed, match="is the last good run, kept"):
+        build_book.execute("own_model", "small", out, {"device": "cuda" if not _cuda() else "nowhere"}, data_out=data)
+    assert out.read_text() == "the last good run" and build_book.profile_marker(out).read_text() == "small\n"
+    assert out.with_suffix(".failed.ipynb").is_file()  # the partial run, beside it
+    assert (data / "own_model" / "table-1.csv").is_file() and [p.name for p in data.iterdir()] == ["own_model"]
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def test_noise_variants_keep_a_chapters_set_of_seeds() -> None:
     """Another seed swaps places with 0 among the noise seeds: the chapter's own check refuses a noise seed
     equal to its seed, and the seed tables keep the same rows."""

@@ -3,7 +3,7 @@
 Usage (from the repository root; `make book` and `make chapter` call this):
 
     .venv/bin/python tools/build_book.py [--profile small|paper] [--no-execute | --reuse] [--keep-going]
-    .venv/bin/python tools/build_book.py --only fig4_zeroshot [--profile paper] [-p seed 1] [-p datasets '[digits]']
+    .venv/bin/python tools/build_book.py --only fig4_zeroshot [--profile paper] [-p seed 5] [-p datasets '[digits]']
 
 `--only ID ...` executes just those chapters into `_build/executed/` (the others stay as they are) and builds no
 HTML; `--reuse` executes only the chapters that have no executed copy of the same profile, then builds the HTML;
@@ -32,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -147,23 +148,50 @@ def params_file(nb_id: str, profile: str) -> Path | None:
     return path
 
 
+def parameter_value(text: str):
+    """A ``-p`` value read as YAML, with numbers in any notation (YAML 1.1 reads ``1e-3`` as a string)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+        return float(value)
+    return value
+
+
+def run_label(profile: str, parameters: dict | None) -> str:
+    """The profile, with the overridden parameters if any: ``small`` or ``small (seed=5)``. A chapter run with
+    overrides is recorded so, and never reused as the profile's own run."""
+    shown = {k: v for k, v in (parameters or {}).items() if k != "chapters_dir"}  # an aggregate's build path
+    return f"{profile} ({', '.join(f'{k}={v!r}' for k, v in shown.items())})" if shown else profile
+
+
+def _papermill_failure(returncode: int) -> str:
+    if returncode < 0:  # killed by a signal: papermill printed nothing
+        return f"papermill was killed by signal {signal.Signals(-returncode).name} (out of memory, or stopped)"
+    return "papermill failed; see its message above"
+
+
 def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None, env: dict | None = None,
             data_out: Path | None = None) -> None:
     """notebooks/<id>.py -> (jupytext) -> papermill -> out, and ``<out>.run.json`` (``provenance.record``); fails if
-    either step fails.
+    either step fails. ``out`` (and the chapter's numbers under ``data_out``) is replaced only when the run
+    succeeds: a failed or interrupted run leaves the last good copy as it was, and its own partial notebook as
+    ``<id>.failed.ipynb``.
 
     ``parameters`` override the notebook's (after the profile's file); ``env`` is added to the environment of
     the kernel (numerical modes, data folders); ``data_out``: where the chapter files its tables' and figures'
-    numbers (``equinb.tables.save_data``; none written without it).
+    numbers (``equinb.tables.save_data``, as ``<data_out>/<id>/``; none written without it).
     """
     source = ROOT / "notebooks" / f"{nb_id}.py"
     if not source.is_file():
         fail(f"_toc.yml lists notebooks/{nb_id} but {rel(source)} does not exist")
     check_parameter_names(nb_id, list(parameters or {}), "parameters")
     out.parent.mkdir(parents=True, exist_ok=True)
+    running, failed = out.with_suffix(".running.ipynb"), out.with_suffix(".failed.ipynb")
+    running_data = None if data_out is None else data_out / f".running-{nb_id}"
+    if running_data is not None and running_data.exists():
+        shutil.rmtree(running_data)  # left by an interrupted run
     to_ipynb = [*MODULE, "jupytext", "--quiet", "--to", "ipynb", "-o", "-", str(source)]
     # --language: a .py without a kernelspec gives papermill no language, which it needs to inject parameters.
-    run_pm = [*MODULE, "papermill", "-", str(out), "-k", "python3", "--language", "python",
+    run_pm = [*MODULE, "papermill", "-", str(running), "-k", "python3", "--language", "python",
               "--cwd", str(ROOT / "notebooks"), "--progress-bar"]
     params = params_file(nb_id, profile)
     if params is not None:
@@ -178,22 +206,33 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
     # papermill warns that "-" (stdin) has no extension; that is intended here.
     env = dict(os.environ, PYTHONWARNINGS="ignore:the file is not specified with any extension", **(env or {}))
     env.pop("EQUINB_DATA_OUT", None)
-    if data_out is not None:
-        env["EQUINB_DATA_OUT"] = str(data_out)
+    if running_data is not None:
+        env["EQUINB_DATA_OUT"] = str(running_data)
     pm = subprocess.run(run_pm, stdin=jt.stdout, env=env)
     jt.stdout.close()
     if jt.wait() != 0:
         raise ChapterFailed(f"jupytext could not convert {rel(source)}")
     if pm.returncode != 0:
-        raise ChapterFailed(f"papermill failed on notebooks/{nb_id} (profile {profile}); see its message above"
-                            + (f"; the partly executed notebook is {rel(out)}" if out.is_file() else ""))
+        if running.is_file():
+            running.replace(failed)
+        kept = f"; {rel(out)} is the last good run, kept" if out.is_file() else ""
+        raise ChapterFailed(f"{_papermill_failure(pm.returncode)} (notebooks/{nb_id}, profile {profile})"
+                            + (f"; the partly executed notebook is {rel(failed)}" if failed.is_file() else "") + kept)
     if nb_id in AGGREGATES:
-        hide_injected_parameters(out)
-    profile_marker(out).write_text(profile + "\n")
+        hide_injected_parameters(running)
+    running.replace(out)
+    failed.unlink(missing_ok=True)
+    if running_data is not None:  # this run's tables replace the last run's (none left from an older run)
+        shutil.rmtree(data_out / nb_id, ignore_errors=True)
+        if (running_data / nb_id).is_dir():
+            (running_data / nb_id).replace(data_out / nb_id)
+        shutil.rmtree(running_data)
+    label = run_label(profile, parameters)
+    profile_marker(out).write_text(label + "\n")
     seconds = time.perf_counter() - start
     device = str({**chapter_defaults(nb_id), **(yaml.safe_load(params.read_text()) if params else {}),
                   **(parameters or {})}.get("device", "cpu"))
-    provenance.write(out.with_suffix(".run.json"), provenance.record(nb_id, profile, started, seconds, device))
+    provenance.write(out.with_suffix(".run.json"), provenance.record(nb_id, label, started, seconds, device))
     print(f"build_book: notebooks/{nb_id} done in {seconds:.0f} s", flush=True)
 
 
@@ -223,7 +262,6 @@ def execute_all(ids: list[str], profile: str, parameters: dict, keep_going: bool
     failures = []
     for nb_id in ids:
         out = EXECUTED / "notebooks" / f"{nb_id}.ipynb"
-        profile_marker(out).unlink(missing_ok=True)  # a half-run chapter never counts as executed
         try:  # a page computed from the chapters reads the ones executed here (not the committed ones)
             execute(nb_id, profile, out, {"chapters_dir": str(out.parent), **parameters} if nb_id in AGGREGATES
                     else parameters, data_out=EXECUTED / "data")
@@ -282,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.profile not in PROFILES:
         fail(f"unknown PROFILE {args.profile!r}; valid profiles: {', '.join(PROFILES)}")
-    parameters = {name: yaml.safe_load(value) for name, value in args.parameter}
+    parameters = {name: parameter_value(value) for name, value in args.parameter}
     toc_ids = notebook_ids()
     ids = toc_ids
     if args.only:
@@ -328,4 +366,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # one line, not two tracebacks: nothing of value is lost on an interrupt
+        print("\nbuild_book: interrupted; every finished chapter and cached training run is kept, and the last "
+              "good copy of the interrupted chapter too; run the same command again to go on", file=sys.stderr)
+        sys.exit(130)
