@@ -3,7 +3,7 @@
 #   make book                 execute every chapter (small profile: CPU, offline) and build _build/html
 #   make book PROFILE=paper   the same with notebooks/params/<id>.paper.yaml (GPU + internet)
 #   make book REUSE=1         execute only chapters without an executed copy of this profile, then build
-#   make chapter ID=<id>      execute one chapter into _build/executed/ (PROFILE=paper, ARGS="-p seed 1")
+#   make chapter ID=<id>      execute one chapter into _build/executed/ (PROFILE=paper, ARGS="-p seed 5")
 #   make paper-check          what the paper profile needs on this machine, and what is missing
 #   make paper-smoke          every chapter's paper path on fakes and random full-size CLIPs on a CUDA GPU, timed,
 #                             with throughputs and the projected paper-profile time (ARGS="--device cpu --tiny")

@@ -239,7 +239,11 @@ def check_params(*, feature_maps: bool = False, **params: Any) -> None:
         raise ValueError(f"last_block={params['last_block']} must not come before split_block="
                          f"{params['split_block']}: blocks split_block..last_block are the trainable trunk")
     if params.get("seed") in params.get("noise_seeds", []):
-        raise ValueError(f"noise_seeds must not contain the run's own seed {params['seed']}; it is always included")
+        others = [s for s in params["noise_seeds"] if s != params["seed"]]
+        free = next(s for s in range(len(params["noise_seeds"]) + 1) if s not in params["noise_seeds"])
+        raise ValueError(f"noise_seeds must not contain the run's own seed {params['seed']}; it is always included. "
+                         f"Pass other seeds as well, e.g. -p noise_seeds '{sorted([*others, free])}', or a seed "
+                         f"outside {list(params['noise_seeds'])}")
     demographics = params.get("demographics")
     if demographics is not None:
         if len(set(demographics)) != len(demographics) or len(demographics) < 2:

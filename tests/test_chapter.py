@@ -41,7 +41,8 @@ def test_the_books_defaults_pass(params: dict) -> None:
         (TRAINING, dict(group="rot45"), "group='rot45' is not valid"),
         (TRAINING, dict(noise_seeds=[1, 1]), "noise_seeds must not repeat a seed"),
         (TRAINING, dict(noise_seeds=[1, -2]), "noise_seeds must be a list of integers >= 0"),
-        (TRAINING, dict(noise_seeds=[0, 1]), "noise_seeds must not contain the run's own seed 0"),
+        (TRAINING, dict(noise_seeds=[0, 1]), "own seed 0; it is always included. Pass other seeds as well, e.g. "
+                                             "-p noise_seeds '[1, 2]'"),
         (TRAINING, dict(test_split="test", dataset="isic2018"),
          "test_split='test' is not valid for isic2018; its results are reported on the 'val' split"),
         (TRAINING, dict(test_split="train"), "test_split='train' is not valid for digits"),
