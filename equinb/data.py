@@ -52,6 +52,7 @@ __all__ = [
     "DATASET_NAMES",
     "TRANSFORM_PER",
     "data_root",
+    "root_identity",
     "load_digits",
     "FASHION_MNIST_CLASSES",
     "fetch_fashion_mnist",
@@ -653,9 +654,18 @@ def image_batches(backbone: Any, dataset: str, split: str, batch_size: int, root
     ds = get_dataset(dataset, split, **dataset_spec(dataset).backbone_options(backbone, root), **(options or {}))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=torch.cuda.is_available())
-    ident = dict(dataset=dataset, split=split, n=len(ds), size=backbone.input_size, root=str(root),
+    ident = dict(dataset=dataset, split=split, n=len(ds), size=backbone.input_size, root=root_identity(root),
                  mean=backbone.mean, std=backbone.std)
     return loader, ident
+
+
+def root_identity(root: str | Path | None) -> str:
+    """A data root as cache keys name it: relative to ``data_root()`` when inside it (``"."`` for the default), so
+    that moving or renaming the data folder as a whole keeps every result cached in it; any other root by its
+    absolute path (a folder of fakes or another copy of the data is other data)."""
+    home = data_root().expanduser().resolve()
+    path = home if root is None or str(root) == "None" else Path(root).expanduser().resolve()
+    return str(path.relative_to(home)) if path.is_relative_to(home) else str(path)
 
 
 # --------------------------------------------------------------------------------------------------
