@@ -280,7 +280,8 @@ def load_backbone(name: str, device: str | torch.device = "cpu", *, download_roo
             raise RuntimeError(
                 f"Could not load CLIP {name!r}: the weights could not be downloaded ({err!r}). On a "
                 f"machine without internet, copy {url.rsplit('/', 1)[1]!r} (from {url}) into {root!r} "
-                "and pass download_root=, or pass path= to a local TorchScript archive or state dict."
+                "(or into another folder, given as download_root=; a chapter's clip_download_root), or pass path= "
+                "to a local TorchScript archive or state dict (a chapter's clip_paths)."
             ) from err
     return _clip_backbone(name, model.eval(), input_size)
 

@@ -30,6 +30,18 @@ def test_paper_check_names_each_missing_piece_with_its_fix(tmp_path: Path) -> No
     assert items["dataset isic2018"].ok and items["CLIP RN50 weights"].ok
 
 
+@pytest.mark.parametrize("online", [True, False])
+def test_paper_check_counts_a_download_only_where_its_server_answers(tmp_path: Path, monkeypatch, online: bool):
+    monkeypatch.setattr(cps, "_reachable", lambda host: online)
+    params = dict(profile="paper", backbone="RN50", dataset="cifar100", device="cpu", data_root=str(tmp_path),
+                  clip_download_root=str(tmp_path / "clip"), dataset_options={"cifar100": {"download": True}})
+    items = {item.what: item for item in cps.chapter_needs("tab1_original_vs_updated", params)}
+    for what in ("CLIP RN50 weights", "dataset cifar100"):
+        assert items[what].ok == online, items[what]
+        assert ("downloads on first run" if online else "cannot be reached from this machine") in items[what].note
+    assert online or "put RN50.pt into" in items["CLIP RN50 weights"].note
+
+
 def test_paper_check_wants_regard_classifiers() -> None:
     items = cps.chapter_needs("fig6_nlg_fairness", dict(profile="paper", lm_name="gpt2", scorer="regard",
                                                         regard_classifiers=[], device="cpu"))
