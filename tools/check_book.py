@@ -221,9 +221,12 @@ def _is_external(url: str, base: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("pages", nargs="*", help="pages relative to --html (default: all)")
-    parser.add_argument("--html", type=Path, default=ROOT / "_build" / "html")
-    parser.add_argument("--screenshots", type=Path, default=ROOT / "_build" / "screenshots")
-    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    parser.add_argument("--html", type=Path, default=ROOT / "_build" / "html",
+                        help="the built book (default: _build/html)")
+    parser.add_argument("--screenshots", type=Path, default=ROOT / "_build" / "screenshots",
+                        help="where the screenshots go (default: _build/screenshots)")
+    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium",
+                        help="the browser (default: chromium on PATH)")
     args = parser.parse_args(argv)
     if not (args.html / "index.html").is_file():
         print(f"check-book: no built book at {args.html}; run `make book` first", file=sys.stderr)

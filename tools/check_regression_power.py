@@ -54,9 +54,9 @@ def failed_cells(nbval_stdout: str) -> tuple[list[int], list[int]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chapter", default="tab1_original_vs_updated")
-    parser.add_argument("--parameter", default="prelr")
-    parser.add_argument("--factor", type=float, default=10.0)
+    parser.add_argument("--chapter", default="tab1_original_vs_updated", help="the chapter (default: Table 1)")
+    parser.add_argument("--parameter", default="prelr", help="the parameter to perturb (default: prelr)")
+    parser.add_argument("--factor", type=float, default=10.0, help="its value is multiplied by this (default: 10)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / f"{args.chapter}.ipynb"

@@ -90,6 +90,9 @@ def diff_notebooks(reference: Path, other: Path) -> list[CellDiff]:
 
 
 def main(argv: list[str]) -> int:
+    if argv in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     if len(argv) % 2 or not argv:
         print(__doc__, file=sys.stderr)
         return 2

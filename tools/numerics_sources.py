@@ -88,8 +88,8 @@ def run(env: dict, out: Path, reference: Path | None, images: int, steps: int) -
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--images", type=int, default=128, help="images per measurement (default: 128)")
+    parser.add_argument("--steps", type=int, default=200, help="training steps per measurement (default: 200)")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--reference", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

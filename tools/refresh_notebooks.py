@@ -98,10 +98,13 @@ def refresh(nb_id: str) -> None:
 
 
 def main(argv: list[str]) -> None:
+    if {"-h", "--help"} & set(argv):
+        print(__doc__)
+        return
     ids = argv or notebook_ids()
     unknown = [i for i in ids if not (ROOT / "notebooks" / f"{i}.py").is_file()]
     if unknown:
-        fail(f"no notebooks/<id>.py for: {', '.join(unknown)}")
+        fail(f"no notebooks/<id>.py for: {', '.join(unknown)}; chapters: {', '.join(notebook_ids())}")
     for nb_id in ids:
         refresh(nb_id)
 
