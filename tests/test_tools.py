@@ -14,6 +14,12 @@ import build_book  # noqa: E402
 import check_paper_setup as cps  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch) -> None:
+    """No test here reaches the network: a download server counts as unreachable unless a test says otherwise."""
+    monkeypatch.setattr(cps, "_reachable", lambda host: False)
+
+
 def test_paper_check_names_each_missing_piece_with_its_fix(tmp_path: Path) -> None:
     from test_data import _one_hot, _write_isic
 
@@ -40,6 +46,13 @@ def test_paper_check_counts_a_download_only_where_its_server_answers(tmp_path: P
         assert items[what].ok == online, items[what]
         assert ("downloads on first run" if online else "cannot be reached from this machine") in items[what].note
     assert online or "put RN50.pt into" in items["CLIP RN50 weights"].note
+
+
+def test_paper_check_honours_hf_hub_offline(monkeypatch) -> None:
+    monkeypatch.setattr(cps, "_reachable", lambda host: True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    item = cps._hub_model("language model", "some-org/some-model")
+    assert not item.ok and "HF_HUB_OFFLINE" in item.note
 
 
 def test_paper_check_wants_regard_classifiers() -> None:
@@ -79,24 +92,56 @@ def test_parameter_values_read_numbers_in_any_notation_and_label_the_run() -> No
     assert "SIGKILL" in build_book._papermill_failure(-9) and "message above" in build_book._papermill_failure(1)
 
 
-def test_a_failed_run_keeps_the_last_good_chapter_and_its_numbers(tmp_path: Path) -> None:
+def _fake_papermill(returncode: int):
+    """A stand-in for papermill's process: it writes the notebook and one table, as a chapter would, then exits."""
+    import subprocess
+
+    real = subprocess.run
+
+    def run(cmd, stdin=None, env=None, **kwargs):
+        if "papermill" not in cmd:  # git and the like, for the run's record
+            return real(cmd, stdin=stdin, env=env, **kwargs)
+        stdin.read()  # jupytext's notebook, as papermill reads it
+        Path(cmd[cmd.index("-") + 1]).write_text('{"cells": []}')  # the notebook papermill writes
+        tables = Path(env["EQUINB_DATA_OUT"]) / "own_model"
+        tables.mkdir(parents=True)
+        (tables / "table-2.csv").write_text("b\n2\n")
+        return subprocess.CompletedProcess(cmd, returncode)
+    return run
+
+
+@pytest.mark.parametrize("returncode", [1, -9])
+def test_a_failed_run_keeps_the_last_good_chapter_and_its_numbers(tmp_path: Path, monkeypatch, returncode: int):
     out, data = tmp_path / "notebooks" / "own_model.ipynb", tmp_path / "data"
     out.parent.mkdir()
     out.write_text("the last good run")
     build_book.profile_marker(out).write_text("small\n")
     (data / "own_model").mkdir(parents=True)
     (data / "own_model" / "table-1.csv").write_text("a\n1\n")
-    with pytest.raises(build_book.ChapterFailed, match="is the last good run, kept"):
-        build_book.execute("own_model", "small", out, {"device": "cuda" if not _cuda() else "nowhere"}, data_out=data)
+    monkeypatch.setattr(build_book.subprocess, "run", _fake_papermill(returncode))
+    with pytest.raises(build_book.ChapterFailed, match="is the last good run, kept") as info:
+        build_book.execute("own_model", "small", out, data_out=data)
+    assert returncode > 0 or "killed by signal SIGKILL" in str(info.value)
     assert out.read_text() == "the last good run" and build_book.profile_marker(out).read_text() == "small\n"
     assert out.with_suffix(".failed.ipynb").is_file()  # the partial run, beside it
-    assert (data / "own_model" / "table-1.csv").is_file() and [p.name for p in data.iterdir()] == ["own_model"]
+    assert [p.name for p in data.iterdir()] == ["own_model"]  # the failed run's table is not left to be published
+    assert [p.name for p in (data / "own_model").iterdir()] == ["table-1.csv"]
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+def test_a_run_that_succeeds_replaces_the_chapter_its_numbers_and_says_what_it_ran(tmp_path: Path, monkeypatch):
+    out, data = tmp_path / "notebooks" / "own_model.ipynb", tmp_path / "data"
+    out.parent.mkdir()
+    out.write_text("an older run")
+    out.with_suffix(".failed.ipynb").write_text("an older failure")
+    (data / "own_model").mkdir(parents=True)
+    (data / "own_model" / "table-1.csv").write_text("a\n1\n")  # a table this run no longer writes
+    monkeypatch.setattr(build_book.subprocess, "run", _fake_papermill(0))
+    build_book.execute("own_model", "small", out, {"seed": 5}, data_out=data)
+    assert out.read_text() == '{"cells": []}' and not out.with_suffix(".failed.ipynb").exists()
+    assert [p.name for p in data.iterdir()] == ["own_model"]
+    assert [p.name for p in (data / "own_model").iterdir()] == ["table-2.csv"]
+    assert build_book.profile_marker(out).read_text() == "small (seed=5)\n"  # never reused as the small run
+    assert '"profile": "small (seed=5)"' in out.with_suffix(".run.json").read_text()
 
 
 def test_noise_variants_keep_a_chapters_set_of_seeds() -> None:

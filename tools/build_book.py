@@ -148,12 +148,17 @@ def params_file(nb_id: str, profile: str) -> Path | None:
     return path
 
 
+class _ParameterLoader(yaml.SafeLoader):
+    """YAML as PyYAML reads it, plus YAML 1.2's exponent floats: ``1e-3`` is a number (YAML 1.1 wants ``1.0e-3``)."""
+
+
+_ParameterLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                       re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
+
+
 def parameter_value(text: str):
-    """A ``-p`` value read as YAML, with numbers in any notation (YAML 1.1 reads ``1e-3`` as a string)."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
-        return float(value)
-    return value
+    """A ``-p`` value read as YAML, numbers in any notation, also inside lists (``'[1e-3, 2]'``)."""
+    return yaml.load(text, Loader=_ParameterLoader)  # a SafeLoader: no arbitrary objects
 
 
 def run_label(profile: str, parameters: dict | None) -> str:
@@ -165,7 +170,11 @@ def run_label(profile: str, parameters: dict | None) -> str:
 
 def _papermill_failure(returncode: int) -> str:
     if returncode < 0:  # killed by a signal: papermill printed nothing
-        return f"papermill was killed by signal {signal.Signals(-returncode).name} (out of memory, or stopped)"
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:  # a signal Python has no name for (a real-time one)
+            name = str(-returncode)
+        return f"papermill was killed by signal {name} (out of memory, or stopped)"
     return "papermill failed; see its message above"
 
 
@@ -208,25 +217,31 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
     env.pop("EQUINB_DATA_OUT", None)
     if running_data is not None:
         env["EQUINB_DATA_OUT"] = str(running_data)
-    pm = subprocess.run(run_pm, stdin=jt.stdout, env=env)
-    jt.stdout.close()
-    if jt.wait() != 0:
-        raise ChapterFailed(f"jupytext could not convert {rel(source)}")
-    if pm.returncode != 0:
-        if running.is_file():
+    succeeded = False
+    try:
+        pm = subprocess.run(run_pm, stdin=jt.stdout, env=env)
+        jt.stdout.close()
+        if jt.wait() != 0:
+            raise ChapterFailed(f"jupytext could not convert {rel(source)}")
+        if pm.returncode != 0:
+            kept = f"; {rel(out)} is the last good run, kept" if out.is_file() else ""
+            partial = f"; the partly executed notebook is {rel(failed)}" if running.is_file() else ""
+            raise ChapterFailed(f"{_papermill_failure(pm.returncode)} (notebooks/{nb_id}, profile {profile})"
+                                + partial + kept)
+        if nb_id in AGGREGATES:
+            hide_injected_parameters(running)
+        running.replace(out)
+        failed.unlink(missing_ok=True)
+        if running_data is not None:  # this run's tables replace the last run's (none left from an older run)
+            shutil.rmtree(data_out / nb_id, ignore_errors=True)
+            if (running_data / nb_id).is_dir():
+                (running_data / nb_id).replace(data_out / nb_id)
+        succeeded = True
+    finally:  # also on Ctrl-C: the partial run is set aside, its tables never reach the book
+        if not succeeded and running.is_file():
             running.replace(failed)
-        kept = f"; {rel(out)} is the last good run, kept" if out.is_file() else ""
-        raise ChapterFailed(f"{_papermill_failure(pm.returncode)} (notebooks/{nb_id}, profile {profile})"
-                            + (f"; the partly executed notebook is {rel(failed)}" if failed.is_file() else "") + kept)
-    if nb_id in AGGREGATES:
-        hide_injected_parameters(running)
-    running.replace(out)
-    failed.unlink(missing_ok=True)
-    if running_data is not None:  # this run's tables replace the last run's (none left from an older run)
-        shutil.rmtree(data_out / nb_id, ignore_errors=True)
-        if (running_data / nb_id).is_dir():
-            (running_data / nb_id).replace(data_out / nb_id)
-        shutil.rmtree(running_data)
+        if running_data is not None:
+            shutil.rmtree(running_data, ignore_errors=True)
     label = run_label(profile, parameters)
     profile_marker(out).write_text(label + "\n")
     seconds = time.perf_counter() - start
@@ -302,7 +317,7 @@ def build_html() -> None:
         shutil.rmtree(HTML)
     shutil.copytree(JB_OUT / "_build" / "html", HTML)
     if (EXECUTED / "data").is_dir():  # the tables' and figures' numbers, linked from their captions
-        shutil.copytree(EXECUTED / "data", HTML / "data")
+        shutil.copytree(EXECUTED / "data", HTML / "data", ignore=shutil.ignore_patterns(".running-*"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -369,6 +384,6 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:  # one line, not two tracebacks: nothing of value is lost on an interrupt
-        print("\nbuild_book: interrupted; every finished chapter and cached training run is kept, and the last "
-              "good copy of the interrupted chapter too; run the same command again to go on", file=sys.stderr)
+        print("\nbuild_book: interrupted; the chapters finished so far and every cached training run are kept; "
+              "`make book REUSE=1` goes on from them (`make chapter` reruns one chapter)", file=sys.stderr)
         sys.exit(130)
