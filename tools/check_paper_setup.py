@@ -8,8 +8,9 @@ It reads each chapter's `notebooks/params/<id>.<profile>.yaml` and looks, withou
 a CUDA GPU, the Python packages, the CLIP weights (in `clip_paths`, `clip_download_root` or `~/.cache/clip`), the
 datasets under `$EQUINB_DATA` (or `data_root`), the language model and regard classifiers, and free disk for the
 caches. Something the chapter would download on its first run (CLIP weights, a dataset with `download: true`, a
-hub model) counts as present, marked "downloads on first run (internet)", only when its server answers from this
-machine (a 3 s connection test); offline it is missing, with where to put the file. Exit status 1 when anything is
+hub model) counts as present, marked "downloads on first run (internet)", only when its server (or the HTTPS proxy)
+answers from this machine within 3 s, name lookup included; offline, or with `HF_HUB_OFFLINE` set for a hub model,
+it is missing, with where to put the file. Exit status 1 when anything is
 missing, 0 when every chapter can run.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
+import os
 import shutil
 import socket
 import sys
@@ -29,8 +31,6 @@ from urllib.parse import urlparse
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-# where the datasets a chapter may download come from (torchvision's CIFAR100; equinb.data's ImageNetV2)
-DOWNLOAD_HOSTS = {"cifar100": "www.cs.toronto.edu", "imagenetv2": "huggingface.co"}
 sys.path.insert(0, str(ROOT / "tools"))
 from build_book import notebook_ids  # noqa: E402
 
@@ -83,12 +83,28 @@ def _clip_weights(name: str, params: dict) -> Item:
 
 @functools.lru_cache(maxsize=None)
 def _reachable(host: str, timeout: float = 3.0) -> bool:
-    """Whether ``host`` answers on port 443 from this machine (a download could start)."""
+    """Whether a download from ``host`` could start here: its port 443, or the HTTPS proxy's port when one is set,
+    answers within ``timeout`` seconds, name lookup included (a dead resolver can hang far longer)."""
+    import concurrent.futures
+    import urllib.request
+
+    proxy = urllib.request.getproxies().get("https")
+    target = (urlparse(proxy).hostname, urlparse(proxy).port or 443) if proxy else (host, 443)
+
+    def connect() -> bool:
+        try:
+            socket.create_connection(target, timeout=timeout).close()
+            return True
+        except OSError:
+            return False
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
+        return pool.submit(connect).result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
         return False
+    finally:
+        pool.shutdown(wait=False)  # a lookup still hanging is left behind, not waited for
 
 
 def _download(what: str, host: str | None, where: str, offline_fix: str) -> Item:
@@ -109,9 +125,22 @@ def _dataset(name: str, root: Path, options: dict) -> Item:
         return Item(f"dataset {name}", True, str(root / name))
     except (FileNotFoundError, RuntimeError, ValueError) as err:
         if options.get("download"):
-            return _download(f"dataset {name}", DOWNLOAD_HOSTS.get(name), f"into {root / name}",
+            return _download(f"dataset {name}", _download_host(name), f"into {root / name}",
                              str(err).splitlines()[0][:400])
         return Item(f"dataset {name}", False, str(err).splitlines()[0][:400])
+
+
+def _download_host(dataset: str) -> str | None:
+    """The server a dataset downloads from, read from the code that downloads it (None: none known)."""
+    if dataset == "cifar100":
+        from torchvision.datasets import CIFAR100
+
+        return urlparse(CIFAR100.url).hostname
+    if dataset == "imagenetv2":
+        from equinb.data import _IMAGENETV2_URL
+
+        return urlparse(_IMAGENETV2_URL).hostname
+    return None
 
 
 def _mobilenet_weights() -> Item:
@@ -130,8 +159,11 @@ def _hub_model(what: str, source: str) -> Item:
     cached = Path("~/.cache/huggingface/hub").expanduser() / f"models--{source.replace('/', '--')}"
     if cached.is_dir():
         return Item(what, True, f"{source} (in the Hugging Face cache)")
-    return _download(what, "huggingface.co", f"from the Hugging Face hub ({source})",
-                     f"copy the model into a local folder and pass its path instead of {source}")
+    fix = f"copy the model into a local folder and pass its path instead of {source}"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return Item(what, False, f"not here, and HF_HUB_OFFLINE is set: {fix}")
+    return _download(what, urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname,
+                     f"from the Hugging Face hub ({source})", fix)
 
 
 def _disk(root: Path, need_gb: float) -> Item:
