@@ -664,7 +664,7 @@ def root_identity(root: str | Path | None) -> str:
     that moving or renaming the data folder as a whole keeps every result cached in it; any other root by its
     absolute path (a folder of fakes or another copy of the data is other data)."""
     home = data_root().expanduser().resolve()
-    path = home if root is None or str(root) == "None" else Path(root).expanduser().resolve()
+    path = home if not root or str(root) == "None" else Path(root).expanduser().resolve()  # "": the home too
     return str(path.relative_to(home)) if path.is_relative_to(home) else str(path)
 
 

@@ -341,7 +341,7 @@ def set_finetune_precision(model: OrbitWrapper, config: TrainConfig) -> tuple[li
     """Give the trunk the parameter dtypes that finetuning updates, before it starts.
 
     ``"clip_fp16"``: CLIP's rule (``equinb.precision.apply_clip_precision``): real fp16 on CUDA, as the article
-    ran; on any other device fp16 values held in fp32 (``emulated``), because fp16 arithmetic on a CPU is 10-35
+    ran; on any other device fp16 values held in fp32 (``emulated``), because fp16 arithmetic on a CPU is many
     times slower. ``"fp32"``: every parameter fp32 (an fp16 CLIP is cast up, so every update is kept).
     Returns the names of the trunk's fp16 parameters and whether they are emulated. Idempotent.
     """

@@ -8,7 +8,7 @@ than half its fp16 spacing is lost, while the fp32 parameters keep every update.
 
 - ``clip_half_names``: the parameters that rule halves, for any module (CLIP, MobileNetV2, ...);
 - ``apply_clip_precision``: give a module those dtypes (``emulate=False``: real fp16, as on the article's GPU),
-  or keep fp32 tensors that hold fp16 values (``emulate=True``): fp16 arithmetic on a CPU is 10-35 times slower
+  or keep fp32 tensors that hold fp16 values (``emulate=True``): fp16 arithmetic on a CPU is many times slower
   than fp32, so the small profile stores fp16 values and computes in fp32;
 - ``HalfStorageSGD``: SGD with momentum whose step rounds the gradient, the momentum buffer and the weight to fp16
   exactly where PyTorch's SGD on fp16 tensors rounds them (``tests/test_engine.py`` checks it against real fp16).

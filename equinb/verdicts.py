@@ -242,7 +242,7 @@ def zero_by_construction(alike: float, model: str, copies: float = 0.0, what: st
     difference against it can take one sign only. ``copies``: the share of units whose samples are permuted
     copies across the groups (``equinb.nlg.permuted_copy_share``), named as the cause when it is 1.0. Alike texts
     alone do not decide: a scorer that reads the demographic word can label copies differently."""
-    if alike < 1.0:
+    if not alike >= 1.0:  # NaN (no units) is not "every unit"
         return None
     cause = " (its samples are permuted copies, paired seeds)" if copies >= 1.0 else ""
     return (f"holds by construction: every unit of {model} is labelled alike across the demographics{cause}, so "

@@ -138,6 +138,7 @@ def test_reasons_are_computed_from_the_numbers():
     assert "permuted copies" in zero_by_construction(1.0, "EquiLM g (d=3)", 1.0)
     assert "permuted copies" not in zero_by_construction(1.0, "EquiLM g (d=3)", 0.5)
     assert zero_by_construction(0.98, "EquiLM g (d=3)", 1.0) is None  # copies a scorer labels apart: a gap can open
+    assert zero_by_construction(float("nan"), "EquiLM g (d=3)", 1.0) is None  # no units at all
     found = np.zeros((2, 400))
     found[:, :160] = 1  # the largest weight undoes the turn for 40% of the images (chance 25%)
     assert orientation_kept(found, 4, "equiattention").startswith("the stand-in turns upright images at random")
