@@ -28,7 +28,7 @@ from .cache import cache_dir as default_cache_dir
 from .cache import cache_key, load_or_compute, module_fingerprint, source_fingerprint
 from .cache import data_root as default_data_root
 from .data import (ISIC2018_CLASS_COUNTS, dataset_spec, fashion_mnist_arrays, get_dataset, load_digits,
-                   load_fashion_mnist, proportional_counts)
+                   load_fashion_mnist, proportional_counts, root_identity)
 from .engine import (METHODS, ImageViewData, TrainConfig, ViewData, extract_view_features, finetune, parameter_drift,
                      predict, prefinetune, reset_groups, set_finetune_precision, snapshot, weighted_model)
 from .groups import Group
@@ -528,7 +528,7 @@ def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = 
         embed = lambda v: nn.functional.normalize(encoder(v).float(), dim=-1)  # noqa: E731
         description = f"CLIP {backbone_name} image encoder (finetuned whole), prompt-ensemble text head, {dataset}"
     key = cache_key(kind="lambda_clip", weights=module_fingerprint(backbone.encoder), dataset=dataset,
-                    root=str(root), n_train=len(train), n_test=len(test), elements=group.elements,
+                    root=root_identity(root), n_train=len(train), n_test=len(test), elements=group.elements,
                     device=torch.device(device).type, **({"level": level} if level == "maps" else {}))
     def extract() -> dict:
         with tuned_kernels(encoder, device):
