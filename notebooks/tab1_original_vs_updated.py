@@ -52,7 +52,7 @@
 #   - Blocks 0-17 are frozen and their per-view outputs cached. Only the last block (the 1x1
 #     convolution 320 → 1280 with its BatchNorm) is finetuned: the depthwise convolutions of earlier
 #     blocks are too slow to backpropagate through on a CPU. Its convolution weights are stored as fp16 values,
-#     as CLIP stores its own; on a CPU the arithmetic is fp32 (fp16 arithmetic there is 10-35 times slower).
+#     as CLIP stores its own; on a CPU the arithmetic is fp32 (fp16 arithmetic there is many times slower).
 #   - A linear head, fitted once on the normalised embeddings of the upright training digits, stands
 #     in for CLIP's text head.
 #   - The article's schedule and learning rates are kept. With 1,078 training images, a round of the
