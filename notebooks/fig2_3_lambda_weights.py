@@ -232,8 +232,8 @@ for _, r in summary.iterrows():
 # drop as the article's claim, the claim holds by construction here. A turned stand-in is orientation-free only
 # on average: each image keeps the orientation it had before its turn, and a module can find it (the reason
 # prints how often its largest weight does, against chance). The claims about the uniformity of the weights on data
-# without a natural orientation are therefore not tested on the stand-in; real ISIC images are judged as the
-# article's. The rule: {glue:text}`verdict_rule`.
+# without a natural orientation are therefore not tested on the stand-in; on real ISIC images (the paper profile)
+# they are tested. The rule: {glue:text}`verdict_rule`.
 
 # %% tags=["tolerance-share", "hide-input"]
 glue("verdict_rule", VERDICT_RULE, display=False)
