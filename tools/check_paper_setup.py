@@ -84,27 +84,26 @@ def _clip_weights(name: str, params: dict) -> Item:
 @functools.lru_cache(maxsize=None)
 def _reachable(host: str, timeout: float = 3.0) -> bool:
     """Whether a download from ``host`` could start here: its port 443, or the HTTPS proxy's port when one is set,
-    answers within ``timeout`` seconds, name lookup included (a dead resolver can hang far longer)."""
-    import concurrent.futures
+    answers within ``timeout`` seconds, name lookup included (a dead resolver can hang far longer; the lookup then
+    goes on in a daemon thread that nothing waits for)."""
+    import threading
     import urllib.request
 
     proxy = urllib.request.getproxies().get("https")
     target = (urlparse(proxy).hostname, urlparse(proxy).port or 443) if proxy else (host, 443)
+    answered: list[bool] = []
 
-    def connect() -> bool:
+    def connect() -> None:
         try:
             socket.create_connection(target, timeout=timeout).close()
-            return True
+            answered.append(True)
         except OSError:
-            return False
+            pass
 
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
-        return pool.submit(connect).result(timeout=timeout)
-    except concurrent.futures.TimeoutError:
-        return False
-    finally:
-        pool.shutdown(wait=False)  # a lookup still hanging is left behind, not waited for
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answered)
 
 
 def _download(what: str, host: str | None, where: str, offline_fix: str) -> Item:
