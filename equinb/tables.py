@@ -31,7 +31,7 @@ _chapter: dict = {"id": None, "prefix": "", "count": 0}  # the numbering of the 
 # A cell that holds only numbers (and their signs, brackets, units): it never wraps inside a number.
 _NUMERIC = re.compile(r"^[\s\d.,+\-−—%±×()\[\]en=/:]*$")
 # A cell of running text (a claim, a reason): it keeps a readable width when its table is wider than the column.
-_PROSE_WORDS = 8
+PROSE_WORDS = 8  # tools/check_book.py checks the same cells in the rendered book
 
 
 class Link(str):
@@ -72,7 +72,7 @@ class Table:
     def _html_cell(value: str) -> str:
         if isinstance(value, Link):
             return f'<td><a href="{html.escape(value.href)}">{html.escape(value)}</a></td>'
-        cls = ' class="num"' if _NUMERIC.match(value) else ' class="text"' if len(value.split()) >= _PROSE_WORDS else ""
+        cls = ' class="num"' if _NUMERIC.match(value) else ' class="text"' if len(value.split()) >= PROSE_WORDS else ""
         return f"<td{cls}>{html.escape(value)}</td>"
 
     def __repr__(self) -> str:

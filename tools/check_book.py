@@ -33,6 +33,8 @@ import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
+from equinb.tables import PROSE_WORDS
+
 ROOT = Path(__file__).resolve().parents[1]
 WIDTHS = {"desktop": 1280, "phone": 390}
 # the pages read on a phone: the key tables, the longest prose (paths, URLs) and a chapter with wide outputs
@@ -135,7 +137,7 @@ PAGE_CHECKS = r"""
   for (const cell of window.innerWidth >= 1000 ? main.querySelectorAll('table td') : []) {
     const width = cell.getBoundingClientRect().width;
     const em = parseFloat(getComputedStyle(cell).fontSize);
-    if (cell.textContent.trim().split(/\s+/).length >= 8 && width > 0 && width < 10 * em) {
+    if (cell.textContent.trim().split(/\s+/).length >= PROSE_WORDS && width > 0 && width < 10 * em) {
       problems.push(`text squeezed to ${Math.round(width)} px (${(width / em).toFixed(1)} em) in ${describe(cell)}`);
     }
   }
@@ -152,7 +154,7 @@ PAGE_CHECKS = r"""
   }
   return [...new Set(problems)];
 }
-"""
+""".replace("PROSE_WORDS", str(PROSE_WORDS))  # running text, as equinb.tables marks it
 
 
 def pages(html: Path, only: list[str]) -> list[str]:
