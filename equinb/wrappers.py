@@ -332,6 +332,7 @@ class OrbitWrapper(nn.Module):
         if self._first_call_checked or _tracing():
             return
         self._check_images(x)
+        self._check_device(x)
         if x.shape[0] == 0:
             return
         modes = [(m, m.training) for m in self.modules()]
@@ -356,6 +357,15 @@ class OrbitWrapper(nn.Module):
             for m, mode in modes:
                 m.training = mode
         self._first_call_checked = True
+
+    def _check_device(self, x: Tensor) -> None:
+        """A ValueError when every parameter sits on one device and ``x`` on another (PyTorch's own error names
+        neither tensor, and comes from deep inside the trunk). A model split over devices is left to itself."""
+        devices = {t.device for t in self.parameters()} | {t.device for t in self.buffers()}
+        if len(devices) == 1 and x.device not in devices:
+            (device,) = devices
+            raise ValueError(f"{type(self).__name__}: the input is on {x.device} and the model on {device}; move one "
+                             f"to the other first, e.g. x.to('{device}') or wrapper.to('{x.device}')")
 
     def align(self, views: Tensor) -> Tensor:
         """``g_k^-1`` applied to view k when ``align_views``; identity otherwise. Shapes: [B, G, ...]."""

@@ -346,6 +346,14 @@ def test_integer_images_are_refused_with_a_message() -> None:
     assert wrapper.trunk.batches == []
 
 
+def test_a_model_on_another_device_than_the_input_is_refused_with_a_message() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 10 * 10, 5)).to("meta")
+    with pytest.raises(ValueError, match=r"input is on cpu and the model on meta.*x.to\('meta'\)"):
+        Equitune(model, "rot90")(_images(b=2))
+    model.to_empty(device="cpu")  # one device again: it runs
+    assert Equitune(model, "rot90")(_images(b=2)).shape == (2, 5)
+
+
 def test_trace_export_state_dicts_and_batch_sizes_work_and_script_says_it_is_unsupported(tmp_path) -> None:
     x = _images(b=3)
     wrapper = LambdaEquitune(Recorder(), "rot90", example_input=x).eval()
