@@ -13,8 +13,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .cache import cache_key, load_or_compute
-from .checks import format_error
+from .cache import cache_key, load_or_compute, source_fingerprint
+from .checks import format_error, largest_error
 from .engine import ViewData, model_device
 from .groups import Group
 from .heads import fit_linear_head
@@ -139,7 +139,7 @@ def plain_head_top1(head: nn.Module, feats: Tensor, labels: Tensor, batch_size: 
     over the views (a test set turned by a uniformly random element); ``mean_of_views``: the head on the
     mean of the views (equitune of unaligned views, what a constant weighting gives). Top-1 in %.
     """
-    device = next(head.parameters()).device
+    device = model_device(head)
     hits = {"upright": 0, "rotated": 0.0, "mean_of_views": 0}
     for start in range(0, feats.shape[0], batch_size):
         chunk = feats[start:start + batch_size].to(device)
@@ -163,7 +163,8 @@ def positional_head(setup: TrainingSetup, cache_dir: str | Path | None = None) -
     if cache_dir is None or not setup.key:
         state = fit()
     else:
-        state = load_or_compute(Path(cache_dir) / f"positional_head_{cache_key(setup=setup.key)}.pt", fit)
+        key = cache_key(setup=setup.key, code=source_fingerprint(Path(__file__).with_name("heads.py")))
+        state = load_or_compute(Path(cache_dir) / f"positional_head_{key}.pt", fit)
     linear = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
     linear.load_state_dict(state)
     return nn.Sequential(nn.Flatten(), linear.requires_grad_(False))
@@ -203,7 +204,8 @@ def group_changes(functions: dict[str, Callable[[Tensor], Tensor]], data: ViewDa
     changes = {}
     for name, fn in functions.items():
         reference = fn(views)
-        error = max((fn(data.batch(index, k, group)[0]) - reference).abs().max().item() for k in range(1, group.order))
+        error = largest_error((fn(data.batch(index, k, group)[0]) - reference).abs().max().item()
+                              for k in range(1, group.order))
         changes[name] = format_error(error, reference.abs().max().item())
     return changes
 
@@ -211,7 +213,7 @@ def group_changes(functions: dict[str, Callable[[Tensor], Tensor]], data: ViewDa
 @torch.no_grad()
 def frozen_test_logits(setup: TrainingSetup, batch_size: int = 256) -> Tensor:
     """The frozen head on every view of every test image. Shapes: -> [N, G, K]."""
-    device = next(setup.head.parameters()).device
+    device = model_device(setup.head)
     feats = setup.test_feats
     return torch.cat([setup.head(feats[i:i + batch_size].flatten(0, 1).to(device)).reshape(
         min(batch_size, feats.shape[0] - i), feats.shape[1], -1).cpu() for i in range(0, feats.shape[0], batch_size)])

@@ -12,7 +12,7 @@ tolerance. ``invariance_error`` and ``equivariance_error`` measure a function ex
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -20,7 +20,8 @@ from torch import nn
 from .groups import Group, get_group
 from .outputs import OutputSelector, check_selector, select_output
 
-__all__ = ["invariance_error", "equivariance_error", "format_error", "check_invariance", "check_equivariance"]
+__all__ = ["invariance_error", "equivariance_error", "largest_error", "format_error", "check_invariance",
+           "check_equivariance"]
 
 Tensor = torch.Tensor
 
@@ -33,7 +34,7 @@ def invariance_error(fn: Callable[[Tensor], Tensor], x: Tensor, group: Group | s
     """
     group = get_group(group)
     base = fn(x)
-    return max((float((fn(group.act(x, k)) - base).abs().max()) for k in range(1, group.order)), default=0.0)
+    return largest_error(float((fn(group.act(x, k)) - base).abs().max()) for k in range(1, group.order))
 
 
 @torch.no_grad()
@@ -46,8 +47,14 @@ def equivariance_error(fn: Callable[[Tensor], Tensor], x: Tensor, group: Group |
     group = get_group(group)
     act = act_output if act_output is not None else group.act
     base = fn(x)
-    return max((float((fn(group.act(x, k)) - act(base, k)).abs().max()) for k in range(1, group.order)),
-               default=0.0)
+    return largest_error(float((fn(group.act(x, k)) - act(base, k)).abs().max()) for k in range(1, group.order))
+
+
+def largest_error(errors: Iterable[float]) -> float:
+    """The largest error, NaN if any is NaN (Python's ``max`` keeps a NaN only when it comes first, so a model
+    whose output is NaN for one element would pass), 0.0 for none."""
+    values = list(errors)
+    return math.nan if any(math.isnan(v) for v in values) else max(values, default=0.0)
 
 
 def format_error(err: float, scale: float = 1.0, rtol: float = 1e-5) -> str:

@@ -3,6 +3,8 @@ exactly above ``atol``. A checker that skipped an element would call any model s
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -39,3 +41,18 @@ def test_atol_is_the_boundary() -> None:
     assert check_equivariance(f, x, "hflip", atol=error) == error
     with pytest.raises(AssertionError):
         check_equivariance(f, x, "hflip", atol=0.99 * error)
+
+
+@pytest.mark.parametrize("check", [check_invariance, check_equivariance])
+def test_a_nan_under_any_element_is_reported_not_skipped(check) -> None:
+    x = torch.randn(2, 3, 6, 6)
+    calls = []
+
+    def model(z: torch.Tensor) -> torch.Tensor:  # NaN under the third call only (the second non-identity element)
+        calls.append(1)
+        return z * float("nan") if len(calls) == 3 else z
+
+    assert math.isnan(check(model, x, "rot90"))
+    calls.clear()
+    with pytest.raises(AssertionError, match="nan"):
+        check(model, x, "rot90", atol=1e-3)
