@@ -36,7 +36,8 @@ import torch
 __all__ = ["VERDICTS", "EFFECTS", "NOT_TESTED", "VERDICT_COLUMN", "EFFECT_COLUMN", "MIN_SEEDS", "LOSS_BOUND",
            "VERDICT_RULE", "Comparison", "compare", "paired_interval", "judge", "effect", "verdict_row",
            "effect_row", "unchanged_stage", "diverged", "at_chance", "solved_without_training",
-           "by_construction", "zero_by_construction", "orientation_kept", "too_few_seeds", "not_in_this_run",
+           "by_construction", "zero_by_construction", "symmetric_by_construction", "orientation_kept",
+           "too_few_seeds", "not_in_this_run",
            "verdict_counts"]
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
@@ -54,10 +55,11 @@ VERDICT_RULE = ("ours is the mean difference over the seeds; its 95% interval co
                 "(seeds, then test items, both runs of an item together; the noise column names the items a chapter "
                 "resamples, such as images within each class or seeded (template, sample) units). A claim 'agrees' "
                 "or is 'reversed' when the interval excludes 0, on the article's side or the other; 'inconclusive' "
-                "when it holds 0; "
+                "when it holds 0 (a claim of no difference can only come out 'reversed' or 'inconclusive': the "
+                "articles give no margin within which a difference counts as none); "
                 "'not tested here' with the computed reason when the comparison cannot test the claim (a stage "
                 f"that changed no prediction, a run that diverged or sits at chance, fewer than {MIN_SEEDS} seeds "
-                "of a trained run, a statistic that holds by construction, a task solved without training, a "
+                "of a trained run, a statistic decided by construction, a task solved without training, a "
                 "stand-in without the property the claim assumes, a setting this profile does not run)")
 
 
@@ -180,10 +182,10 @@ def unchanged_stage(before: ArrayLike, after: ArrayLike, run: str, stage: str = 
 
 
 def diverged(losses: Sequence[float], run: str, bound: float = LOSS_BOUND) -> str | None:
-    """``"<run> diverged ..."`` when a training loss is not finite or exceeds ``bound``."""
-    values = [float(v) for v in losses if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    worst = max(values, default=0.0)
-    if not math.isfinite(worst) or worst > bound:
+    """``"<run> diverged ..."`` when a training loss is not finite (NaN included) or exceeds ``bound``; ``None``
+    entries are steps that logged no loss."""
+    values = [float(v) for v in losses if v is not None]
+    if any(not math.isfinite(v) or v > bound for v in values):
         return f"{run} diverged (training loss above {bound:.0e})"
     return None
 
@@ -221,6 +223,18 @@ def by_construction(control: Comparison, observed: Comparison, what: str) -> str
         return (f"holds by construction: {what} gives {control.difference:+.3g} "
                 f"[{control.interval[0]:+.3g}, {control.interval[1]:+.3g}]")
     return None
+
+
+def symmetric_by_construction(errors: ArrayLike, symmetry: str, code: str, rtol: float = 1e-5) -> str | None:
+    """``"decided by construction: ..."`` when ``code``'s output has ``symmetry`` ("invariant" or "equivariant")
+    to float rounding on every test item (``errors``: per-item errors relative to the output's scale, [N]). An
+    exact symmetry is a property of how the output is built, which the unit tests prove; measured on the test set
+    its difference against the other symmetry's error can take one sign only, so it is no test of a claim."""
+    worst = float(np.max(np.asarray(errors, dtype=float)))
+    if not worst < rtol:  # NaN is no proof
+        return None
+    return (f"decided by construction: {code} is {symmetry} on every test image (largest relative error "
+            f"< {rtol:.0e}, float rounding), by how it combines the views, so the difference can take one sign only")
 
 
 def orientation_kept(on_original: ArrayLike, n_views: int, module: str) -> str:

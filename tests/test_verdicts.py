@@ -178,3 +178,21 @@ def test_rows_take_the_claim_from_the_registry_and_never_print_nan():
 def test_verdict_counts():
     counts = verdict_counts(["agrees", "reversed", "inconclusive", "agrees", f"{NOT_TESTED}: x"])
     assert counts == {"claims": 5, "tested": 4, "agrees": 2, "reversed": 1, "inconclusive": 1, NOT_TESTED: 1}
+
+
+def test_symmetric_by_construction_needs_float_rounding_on_every_item() -> None:
+    from equinb.verdicts import symmetric_by_construction
+
+    reason = symmetric_by_construction([0.0, 3e-7, 9e-6], "invariant", "the published Z")
+    assert reason.startswith("decided by construction: the published Z is invariant") and "< 1e-05" in reason
+    assert judge(compare([0.4, 0.5], [0.0, 0.0], deterministic=True), +1, [reason]).startswith(NOT_TESTED)
+    assert symmetric_by_construction([0.0, 2e-5], "invariant", "Z") is None  # one image beyond rounding: measured
+    assert symmetric_by_construction([0.0, float("nan")], "invariant", "Z") is None
+
+
+def test_a_nan_loss_anywhere_marks_a_run_diverged() -> None:
+    from equinb.verdicts import diverged
+
+    assert diverged([1.0, float("nan"), 2.0], "run") and diverged([np.float32("nan"), 1.0], "run")
+    assert diverged([1.0, None, 2.0], "run") is None  # a step without a logged loss is not a divergence
+    assert diverged([1.0, 2e6], "run") and diverged([float("inf")], "run")
