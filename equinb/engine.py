@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import numbers
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Iterator, Sequence
 
@@ -113,15 +114,16 @@ class TrainConfig:
         for name, valid in _CHOICES.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is not valid; choose one of {valid}")
-        for name in ("prefinetune_rounds", "prefinetune_steps", "finetune_rounds", "finetune_steps"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "selection_batches"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        # counts must be integers (int() would take 2.5 or "32" and fail later, inside a loop)
+        for name, least in (("prefinetune_rounds", 0), ("prefinetune_steps", 0), ("finetune_rounds", 0),
+                            ("finetune_steps", 0), ("batch_size", 1), ("selection_batches", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
+                raise ValueError(f"TrainConfig.{name} must be an integer >= {least}, got {value!r}")
         for name in ("prelr", "lr", "momentum"):
-            if not float(getattr(self, name)) >= 0:
-                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= 0:
+                raise ValueError(f"TrainConfig.{name} must be a number >= 0, got {value!r}")
 
     @classmethod
     def original(cls, **overrides) -> "TrainConfig":
@@ -187,6 +189,12 @@ class ImageViewData(ViewData):
         self.inputs, self.labels, self.group, self.prepare = images, labels, group, prepare
 
     def restrict(self, group: Group, columns: list[int]) -> "ImageViewData":
+        """The same images on ``group``, whose elements must be this data's views ``columns`` (the orbit is built
+        from the group, so a mismatch would give other views than the cached path's ``inputs[:, columns]``)."""
+        expected = tuple(self.group.elements[c] for c in columns)
+        if tuple(group.elements) != expected:
+            raise ValueError(f"restrict: {group.name}'s elements {group.elements} are not views {columns} of "
+                             f"{self.group.name} {expected}")
         return ImageViewData(self.inputs, self.labels, group, self.prepare)
 
     def subset(self, index: Tensor, labels: Tensor | None = None) -> "ImageViewData":
@@ -232,8 +240,15 @@ def weighted_model(trunk: nn.Module, weight_net: nn.Module, head: nn.Module, gro
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """The device of a wrapper's head (where its views must be)."""
-    return next(model.head.parameters()).device
+    """Where a wrapper's views must be: the device of its head's first parameter or buffer, else of the whole
+    module's (a head without tensors, such as ``nn.Identity``, follows the trunk); the CPU for a module with none.
+    Any other module (a head alone) is read the same way."""
+    for module in (getattr(model, "head", None), model):
+        if isinstance(module, nn.Module):
+            tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
+            if tensor is not None:
+                return tensor.device
+    return torch.device("cpu")
 
 
 def _on(model: nn.Module, tensor: Tensor | None) -> Tensor | None:
@@ -308,18 +323,22 @@ def predict(model: OrbitWrapper, data: ViewData, batch_size: int = 256, feats: T
     was_training = model.training
     model.eval()
     predictions = []
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for i, start in enumerate(range(0, len(data), batch_size)):
-            if max_batches is not None and i >= max_batches:
-                break
-            index = torch.arange(start, min(start + batch_size, len(data)))
-            views, _ = data.batch(index)
-            f = feats[index] if feats is not None else views if data_are_features else features(model, views)
-            logits = model.forward_views(views=_on(model, f),
-                                         weight_views=None if lambda_feats is None else _on(model, lambda_feats[index]))
-            predictions.append(logits.argmax(-1).cpu())
-    model.train(was_training)
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for i, start in enumerate(range(0, len(data), batch_size)):
+                if max_batches is not None and i >= max_batches:
+                    break
+                index = torch.arange(start, min(start + batch_size, len(data)))
+                if feats is not None:  # cached views: the data's own batch (an orbit of images) is not needed
+                    f = feats[index]
+                else:
+                    views, _ = data.batch(index)
+                    f = views if data_are_features else features(model, views)
+                weight_views = None if lambda_feats is None else _on(model, lambda_feats[index])
+                predictions.append(model.forward_views(views=_on(model, f), weight_views=weight_views).argmax(-1).cpu())
+    finally:
+        model.train(was_training)
     return torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long)
 
 

@@ -275,6 +275,10 @@ class TokenPermutationGroup:
         """Replace every token id t by g^k(t). Shapes: ids [..., T] -> [..., T]."""
         if ids.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"token ids must be an integer tensor, got {ids.dtype}")
+        # a negative id (a padding -1) would index from the end and silently become another token
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got ids from {int(ids.min())} to "
+                             f"{int(ids.max())} (mask padding before acting on the ids)")
         return self.perms[self._check_index(k)].to(ids.device)[ids]
 
     def act_logits(self, logits: torch.Tensor, k: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch import nn
 
 from .backbones import cpu_chunks, load_backbone
 from .cache import cache_dir as default_cache_dir
-from .cache import cache_key, data_root as default_root, load_or_compute, module_fingerprint
+from .cache import cache_key, data_root as default_root, load_or_compute, module_fingerprint, source_fingerprint
 from .data import dataset_classes, image_batches
 from .prompts import templates_for
 
@@ -164,7 +164,9 @@ def frozen_head(backbone, dataset: str, cache_dir: str | Path, *, batch_size: in
             backbone.text_model, classes, templates, backbone.device).cpu())
         return CosineHead(weights.to(backbone.device))
     loader, ident = image_batches(backbone, dataset, "train", batch_size, data_root, num_workers, dataset_options)
-    key = cache_key(kind="linear_head", encoder=module_fingerprint(backbone.encoder), data=ident)
+    # the fitting code is in the key: a change of fit_linear_head refits instead of loading an old head
+    key = cache_key(kind="linear_head", encoder=module_fingerprint(backbone.encoder), data=ident,
+                    code=source_fingerprint(__file__))
 
     def fit() -> dict:
         with torch.no_grad():

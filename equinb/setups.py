@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbones import CPU_PASS_IMAGES, load_backbone
+from .backbones import CLIP_NAMES, CPU_PASS_IMAGES, TINY_CLIP_NAMES, load_backbone
 from .cache import cache_dir as default_cache_dir
 from .cache import cache_key, load_or_compute, module_fingerprint, source_fingerprint
 from .cache import data_root as default_data_root
 from .data import (ISIC2018_CLASS_COUNTS, dataset_spec, fashion_mnist_arrays, get_dataset, load_digits,
                    load_fashion_mnist, proportional_counts, root_identity)
-from .engine import (METHODS, ImageViewData, TrainConfig, ViewData, extract_view_features, finetune, parameter_drift,
+from .engine import (METHODS, ImageViewData, TrainConfig, ViewData, extract_view_features, finetune, model_device,
+                     parameter_drift,
                      predict, prefinetune, reset_groups, set_finetune_precision, snapshot, weighted_model)
 from .groups import Group
 from .heads import PooledHead, fit_linear_head, linear_text_head, load_frozen_model, prototype_head
@@ -241,7 +242,7 @@ def _small_setup(group: Group, level: str, cached: dict, labels: dict, trunk: nn
         feats = {s: cached[f"{s}_maps"] for s in ("train", "test")}
         full_head = nn.Sequential(_POOL, head)
     else:
-        raise ValueError(f"unknown level {level!r}; valid: 'embeddings', 'maps'")
+        raise ValueError(f"unknown level {level!r}; valid: {', '.join(map(repr, LEVELS))}")
     return TrainingSetup(
         group=group, make_trunk=lambda: copy.deepcopy(trunk).requires_grad_(True), head=full_head,
         train=ViewData(cached["train_inputs"], labels["train"]), test=ViewData(cached["test_inputs"], labels["test"]),
@@ -404,7 +405,7 @@ def correct_by_seed(runs: Sequence[TrainingRun], stage: str, labels: Tensor) -> 
 
 
 TRAINING_SOURCES = ("engine.py", "setups.py", "wrappers.py", "weighting.py", "groups.py", "heads.py", "precision.py",
-                    "kernels.py")
+                    "kernels.py", "outputs.py")
 
 
 def training_code_fingerprint() -> str:
@@ -415,7 +416,7 @@ def training_code_fingerprint() -> str:
 
 def _run(setup: TrainingSetup, config: TrainConfig, module: nn.Module, progress: bool, heldout_fraction: float,
          method: str, align_views: bool, ablate: bool) -> tuple[dict, list[dict], dict, dict, list[dict]]:
-    model = weighted_model(setup.make_trunk(), module.to(next(setup.head.parameters()).device), setup.head,
+    model = weighted_model(setup.make_trunk(), module.to(model_device(setup.head)), setup.head,
                            setup.group, config, method=method, align_views=align_views,
                            normalise_views=setup.normalise_views)
     labels = setup.train.labels
@@ -488,13 +489,14 @@ def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = 
     ``max_train`` bounds what is loaded and cached. The frozen model's normalised features of every view
     are cached on disk (atomic, keyed by the weights, data and group).
     """
+    if level not in LEVELS:  # checked before the backbone loads and its head is built
+        raise ValueError(f"unknown level {level!r}; valid: {', '.join(map(repr, LEVELS))}")
+    if backbone_name not in (*CLIP_NAMES, *TINY_CLIP_NAMES):
+        raise ValueError(f"clip_lambda_setup needs a CLIP backbone, got {backbone_name!r}; valid: "
+                         f"{', '.join(CLIP_NAMES + TINY_CLIP_NAMES)}")
     backbone, text_head, root, cache_dir = load_frozen_model(
         backbone_name, dataset, device=device, data_root=str(data_root or default_data_root()), cache_dir=cache_dir,
         clip_path=clip_path, clip_download_root=clip_download_root, dataset_options=dataset_options)
-    if level not in ("embeddings", "maps"):
-        raise ValueError(f"unknown level {level!r}; valid: 'embeddings', 'maps'")
-    if backbone.text_model is None:
-        raise ValueError(f"clip_lambda_setup needs a CLIP backbone, got {backbone_name!r}")
     head = linear_text_head(text_head).to(device)
     mean = torch.tensor(backbone.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(backbone.std, device=device).view(1, 3, 1, 1)
@@ -640,4 +642,4 @@ def trained_model(setup: TrainingSetup, config: TrainConfig, method: str, align_
     module.load_state_dict(state)
     model = weighted_model(setup.make_trunk(), module, setup.head, setup.group, config, method=method,
                            align_views=align_views, normalise_views=False)
-    return model.to(next(setup.head.parameters()).device).eval()
+    return model.to(model_device(setup.head)).eval()

@@ -170,8 +170,12 @@ def test_feature_map_helpers_fail_clearly() -> None:
         su.build_setup("huge", "maps", get_group("rot90"))
     with pytest.raises(ValueError, match="use image_size >= 65"):
         su.small_feature_map_setup(get_group("rot90"), image_size=64)
-    with pytest.raises(ValueError, match="TrainConfig.prelr must be >= 0"):
+    with pytest.raises(ValueError, match="TrainConfig.prelr must be a number >= 0, got -1.0"):
         su.feature_map_config(prelr=-1.0)
+    with pytest.raises(ValueError, match="TrainConfig.batch_size must be an integer >= 1, got '32'"):
+        su.feature_map_config(batch_size="32")  # int() would take it, and a count of 2.5 too
+    with pytest.raises(ValueError, match="TrainConfig.finetune_rounds must be an integer >= 0, got 2.5"):
+        su.feature_map_config(finetune_rounds=2.5)
 
 
 def _digit_like_setup() -> su.TrainingSetup:

@@ -138,6 +138,9 @@ def test_token_group_bad_inputs() -> None:
     group = TokenPermutationGroup(10, [(1, 2)])
     with pytest.raises(TypeError, match="integer"):
         group.act(torch.zeros(3), 1)
+    for ids in ([-1, 1], [1, 10]):  # a padding -1 would otherwise index from the end and become token 9
+        with pytest.raises(ValueError, match=r"token ids must lie in \[0, 10\)"):
+            group.act(torch.tensor(ids), 1)
     with pytest.raises(ValueError, match="vocabulary size 10"):
         group.act_logits(torch.zeros(2, 11), 1)
 
