@@ -5,8 +5,10 @@ print them) and by ``analysis`` and ``nlg`` (which measure trained and language 
 
 ``check_invariance`` and ``check_equivariance`` (also ``equinb.check_invariance``) are the user-facing forms:
 they take a group by name, pick the model's output tensor (``output=``, as the wrappers do), run a module in
-evaluation mode (dropout off, BatchNorm on its running statistics) and restore its modes, and can assert a
-tolerance. ``invariance_error`` and ``equivariance_error`` measure a function exactly as given.
+evaluation mode (dropout off, BatchNorm on its running statistics; a ``LambdaEquitune`` built with
+``dropout_in_eval=True`` keeps its dropout, as the article's code does, and the check measures that noise) and
+restore its modes, and can assert a tolerance. A NaN output under any element gives NaN. ``invariance_error``
+and ``equivariance_error`` measure a function exactly as given.
 """
 
 from __future__ import annotations
@@ -77,6 +79,10 @@ def _checked(model: Callable[..., Any], x: Tensor, group: Group | str, output: O
         kind = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
         raise TypeError(f"x must be a floating-point image batch [B, C, H, W] (the group acts on H and W), "
                         f"got a {kind}")
+    if x.shape[0] == 0:
+        raise ValueError("x is an empty batch: a check needs at least one image")
+    if atol is not None and (isinstance(atol, bool) or not isinstance(atol, (int, float))):
+        raise TypeError(f"atol must be a number (the largest error allowed) or None, got {atol!r}")
     group = get_group(group)
     check_selector(output)
     modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []

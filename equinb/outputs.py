@@ -5,7 +5,7 @@ and others carry ``.logits``). A selector names the tensor to use:
 
 - ``None`` (default): the output itself when it is a tensor, else its ``.logits`` (attribute or key);
 - a string: a key of a mapping, or an attribute (a namedtuple field, a dataclass field);
-- an integer: an index of a tuple or list (a namedtuple included);
+- an integer: an index of a tuple or list (a namedtuple included), or of a Hugging Face ``ModelOutput``;
 - a callable: ``output(out) -> Tensor``.
 
 Anything else, or a selection that does not give a tensor, raises a ``TypeError`` that names the selector
@@ -34,20 +34,24 @@ def check_selector(output: Any) -> OutputSelector:
                     "name (str), an index (int), or a callable that maps the model's output to a tensor")
 
 
+def _a(name: str) -> str:
+    return f"an {name}" if name[:1].lower() in "aeiou" else f"a {name}"
+
+
 def describe_output(out: Any) -> str:
     """A short description of a model output for error messages: its type and its keys, fields or length."""
     name = type(out).__name__
     if isinstance(out, torch.Tensor):
         return f"a tensor of shape {tuple(out.shape)}"
     if isinstance(out, Mapping):
-        return f"a {name} with keys {list(out)[:12]}"
+        return f"{_a(name)} with keys {list(out)[:12]}"
     if isinstance(out, tuple) and hasattr(out, "_fields"):
         return f"a namedtuple {name} with fields {list(out._fields)}"
     if isinstance(out, (tuple, list)):
         kinds = [type(v).__name__ for v in out[:8]]
-        return f"a {name} of length {len(out)} ({', '.join(kinds)}{', ...' if len(out) > 8 else ''})"
+        return f"{_a(name)} of length {len(out)} ({', '.join(kinds)}{', ...' if len(out) > 8 else ''})"
     fields = [k for k in vars(out) if not k.startswith("_")][:12] if hasattr(out, "__dict__") else []
-    return f"a {name}" + (f" with attributes {fields}" if fields else "")
+    return _a(name) + (f" with attributes {fields}" if fields else "")
 
 
 def _pick(out: Any, output: OutputSelector) -> Any:
@@ -63,6 +67,8 @@ def _pick(out: Any, output: OutputSelector) -> Any:
         if isinstance(out, Mapping):
             return out.get(output)
         return getattr(out, output, None)
+    if isinstance(out, Mapping) and callable(getattr(out, "to_tuple", None)):
+        out = out.to_tuple()  # a Hugging Face ModelOutput: out[0] is its first field that is set
     if isinstance(out, (tuple, list)) and -len(out) <= output < len(out):
         return out[output]
     return None

@@ -80,14 +80,27 @@ Tensor = torch.Tensor
 
 
 def _entropy_score(logits: Tensor) -> Tensor:
-    logp = torch.log_softmax(logits, dim=-1)
-    return (logp.exp() * logp).sum(dim=-1)  # = -entropy: higher is more confident
+    """Minus the entropy (higher is more confident), in float64 where the device has it: in float32 the smaller
+    probabilities of a confident view underflow to 0 once the top logit leads by about 100, its entropy rounds to
+    exactly 0, and confident views would tie. Shapes: [..., K] -> [...]."""
+    logp = torch.log_softmax(logits.double() if logits.device.type != "mps" else logits.float(), dim=-1)
+    return (logp.exp() * logp).sum(dim=-1)
+
+
+def _max_prob_score(logits: Tensor) -> Tensor:
+    """The largest class probability p as its log-odds, ``log(p / (1 - p)) = -logsumexp_{k != top}(z_k - z_top)``:
+    the same order of views as p, without p itself, which rounds to exactly 1.0 in float32 once the top logit
+    leads by about 17, so that confident views tie and the lowest view index, a different view after a turn,
+    would win. Shapes: [..., K] -> [...]."""
+    z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    rest = (z - z.amax(dim=-1, keepdim=True)).scatter(-1, z.argmax(dim=-1, keepdim=True), float("-inf"))
+    return -torch.logsumexp(rest, dim=-1)  # another class equal to the top keeps its exp(0) = 1: p = 1/2 or less
 
 
 # Each proxy scores a view from its outputs [..., K]; EquiZero picks the view with the highest score.
 PROXIES: dict[str, Callable[[Tensor], Tensor]] = {
-    # the article code's choice: the view whose largest class probability is highest
-    "max_prob": lambda logits: torch.softmax(logits, dim=-1).amax(dim=-1),
+    # the article code's choice: the view whose largest class probability is highest (scored by its log-odds)
+    "max_prob": _max_prob_score,
     # the lowest predictive entropy (Basu et al.'s entropy proxy)
     "entropy": _entropy_score,
     "max_logit": lambda logits: logits.amax(dim=-1),
@@ -102,8 +115,8 @@ ChunkSize = Union[int, str, None]
 
 
 def _check_chunk_size(chunk_size: Any) -> ChunkSize:
-    if chunk_size is None or chunk_size == "auto":
-        return chunk_size
+    if chunk_size is None or (isinstance(chunk_size, str) and chunk_size.lower() == "auto"):
+        return chunk_size and "auto"
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be 'auto', None (one batched pass) or an integer >= 1 (trunk images per "
                          f"forward), got {chunk_size!r}")
@@ -290,6 +303,10 @@ class OrbitWrapper(nn.Module):
             raise TypeError(f"input images must be a floating-point tensor, got {x.dtype}: convert them as the model "
                             "expects first (for uint8 images typically x.float() / 255, then the model's "
                             "normalisation)")
+        if x.shape[-2] != x.shape[-1] and any(r % 2 for r, _ in self.group.elements):
+            raise ValueError(f"{self.group.name} turns an image by 90 degrees, which makes an H x W = "
+                             f"{x.shape[-2]} x {x.shape[-1]} image {x.shape[-1]} x {x.shape[-2]}: crop or pad the "
+                             "images to a square, or use a group without quarter turns (rot180, hflip, vflip)")
 
     def images_per_pass(self, x: Tensor, trunk: nn.Module | None = None) -> int | None:
         """Trunk images per forward on the image path for ``x``, or None for one batched pass.
@@ -503,6 +520,7 @@ class EquiZero(OrbitWrapper):
     def __init__(self, model: nn.Module, group: Group | str, *, proxy: str = "max_prob", straight_through: bool = False,
                  elementwise_max: bool = False, **kwargs) -> None:
         super().__init__(model, group, **kwargs)
+        proxy = proxy.lower() if isinstance(proxy, str) else proxy  # any case, as group names
         if proxy not in PROXIES:
             raise ValueError(f"unknown proxy {proxy!r}; valid proxies: {', '.join(PROXIES)}")
         if elementwise_max and not self.output_softmax:
@@ -561,6 +579,7 @@ class LambdaEquitune(OrbitWrapper):
                  normalisation: str = "softmax", frozen_copy: nn.Module | None = None, dropout_in_eval: bool = False,
                  example_input: Tensor | None = None, **kwargs) -> None:
         super().__init__(model, group, **kwargs)
+        normalisation = normalisation.lower() if isinstance(normalisation, str) else normalisation
         if normalisation not in NORMALISATIONS:
             raise ValueError(f"unknown normalisation {normalisation!r}; valid: {', '.join(NORMALISATIONS)}")
         if weight_net is None:

@@ -56,3 +56,10 @@ def test_a_nan_under_any_element_is_reported_not_skipped(check) -> None:
     calls.clear()
     with pytest.raises(AssertionError, match="nan"):
         check(model, x, "rot90", atol=1e-3)
+
+
+def test_an_empty_batch_or_a_non_numeric_atol_is_refused_with_a_message() -> None:
+    with pytest.raises(ValueError, match="empty batch"):
+        check_invariance(nn.Identity(), torch.zeros(0, 3, 4, 4), "rot90")
+    with pytest.raises(TypeError, match="atol must be a number"):
+        check_equivariance(nn.Identity(), torch.zeros(1, 3, 4, 4), "rot90", atol="1e-5")

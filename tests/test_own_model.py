@@ -472,3 +472,25 @@ def test_a_frozen_copy_must_be_a_copy_and_a_head_callable() -> None:
     assert all(p.requires_grad for p in model.parameters())  # and the trunk was not frozen on the way
     with pytest.raises(TypeError, match="head must be"):
         Equitune(model, "rot90", head="linear")
+
+
+def test_an_index_selects_from_a_hugging_face_style_output() -> None:
+    class ImageClassifierOutput(collections.OrderedDict):  # Hugging Face's ModelOutput: a mapping with to_tuple()
+        def to_tuple(self) -> tuple:
+            return tuple(v for v in self.values() if v is not None)
+
+    logits = torch.randn(2, 3)
+    out = ImageClassifierOutput(loss=None, logits=logits, hidden=torch.zeros(2))
+    assert equinb.outputs.select_output(out, 0) is logits  # the first field that is set, as out[0] in HF
+    with pytest.raises(TypeError, match="an ImageClassifierOutput with keys"):
+        equinb.outputs.select_output(out, 5)
+
+
+def test_a_non_square_image_under_quarter_turns_is_refused_with_the_fix() -> None:
+    maps = nn.Conv2d(3, 4, 3, padding=1)
+    x = torch.randn(1, 3, 8, 12)
+    for make in (lambda: Equitune(maps, "rot90", align_views=True)(x),
+                 lambda: LambdaEquitune(maps, "d4", example_input=x)):  # at construction, not at every call after
+        with pytest.raises(ValueError, match=r"8 x 12 image 12 x 8: crop or pad .* \(rot180, hflip, vflip\)"):
+            make()
+    assert equinb.check_equivariance(Equitune(maps, "hflip", align_views=True), x, "hflip") < 1e-5

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from equinb.checks import check_invariance
 from equinb.groups import get_group
 from equinb.heads import CosineHead
 from equinb.weighting import EmbeddingWeightNet, FeatureMapWeightNet, ViewAttention
@@ -371,3 +372,25 @@ def test_map_encoder_matches_a_per_channel_convolution(map_size: tuple[int, int]
     x = torch.relu(enc.conv(maps.reshape(-1, 1, *map_size))).flatten(1)  # the article's formulation
     x = torch.relu(enc.pre_proj(x)).reshape(2, 4, -1)
     torch.testing.assert_close(enc(maps), enc.mlp(x), **TOL)
+
+
+@pytest.mark.parametrize("proxy", ["max_prob", "entropy", "max_logit"])
+def test_equizero_stays_invariant_for_confident_models(proxy: str) -> None:
+    # top logits leading by hundreds: softmax rounds to exactly one-hot in float32, so a proxy read from the
+    # probabilities would tie across confident views and pick the lowest index, a different view after a turn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    with torch.no_grad():
+        model[2].weight.mul_(200)
+    x = torch.randn(64, 3, 8, 8)
+    assert check_invariance(EquiZero(model, "rot90", proxy=proxy), x, "rot90") == 0.0
+    # the max_prob score orders views as the float64 probability does
+    logits = torch.randn(6, 4, 7) * 3
+    scores = proxy_scores(logits, "max_prob")
+    assert torch.equal(scores.argmax(1), torch.softmax(logits.double(), -1).amax(-1).argmax(1))
+
+
+def test_option_names_take_any_case() -> None:
+    assert EquiZero(nn.Identity(), "rot90", proxy="MAX_PROB").proxy == "max_prob"
+    assert Equitune(nn.Identity(), "rot90", chunk_size="Auto").chunk_size == "auto"
+    assert LambdaEquitune(nn.Identity(), "rot90", nn.Identity(), normalisation="Softmax").normalisation == "softmax"
