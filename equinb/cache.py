@@ -13,15 +13,18 @@ import ast
 import hashlib
 import json
 import os
+import pickle
+import re
 import tempfile
 import warnings
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import torch
 
-__all__ = ["data_root", "cache_dir", "run_cache_dir", "cache_key", "atomic_save", "load_or_compute",
-           "tensor_fingerprint", "module_fingerprint", "source_fingerprint"]
+__all__ = ["data_root", "cache_dir", "run_cache_dir", "cache_key", "atomic_save", "atomic_write_text",
+           "load_or_compute", "sha256_file", "tensor_fingerprint", "module_fingerprint", "source_fingerprint"]
 
 T = TypeVar("T")
 
@@ -64,14 +67,84 @@ def module_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:24]
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename: a killed run leaves no half file."""
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA256 hex digest of a file, read in chunks (a weight file or a dataset never sits in memory whole)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=1)  # read once: setting the umask to read it is process-wide
+def _new_file_mode() -> int:
+    """The mode ``open`` gives a new file (0o666 less the umask); ``mkstemp``'s own 0o600 would hide the result."""
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to a temporary file in the same folder, then rename: a reader sees the old text or
+    the new, never half of it; a failed write leaves no temporary file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, _new_file_mode())  # as a plain write would have made it
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+_REFUSED = re.compile(r"Unsupported (?:global: GLOBAL|class) ([\w.]+)")  # torch >= 2.4, and older releases
+
+
+def _weights_only_refusal(err: BaseException) -> str | None:
+    """The global (``module.name``) that ``torch.load(weights_only=True)`` refused, when that is why it failed."""
+    found = _REFUSED.search(str(err)) if isinstance(err, pickle.UnpicklingError) else None
+    return found.group(1) if found else None
+
+
+def _not_cacheable(where: str, refused: str) -> str:
+    return (f"{where} holds a {refused} object, which torch.load(weights_only=True) refuses to read: a cached "
+            "value must hold only tensors, numbers, strings, None and dicts, lists or tuples of them (convert it, "
+            "e.g. float(x) or torch.as_tensor(x))")
+
+
+def _check_weights_only(saved: Path, path: Path) -> None:
+    """Refuse (TypeError) a just-saved file that ``torch.load(weights_only=True)`` could never read back."""
+    scan = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
+    if scan is None or not scan(str(saved)):  # reads only the pickled structure, no tensor data: cheap
+        return
+    try:  # the scan is static; let the loader itself confirm the refusal before failing a computed result
+        torch.load(saved, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        refused = _weights_only_refusal(err)
+        if refused is not None:
+            raise TypeError(_not_cacheable(f"the value to save to {path}", refused)) from None
+        raise
+
+
+def atomic_save(obj: Any, path: str | Path, *, weights_only: bool = True) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename: a killed run leaves no half file.
+
+    With ``weights_only`` (the default: every file here is read with ``torch.load(weights_only=True)``), an
+    object that such a load would refuse (a numpy scalar, an instance of a class of one's own) raises a
+    TypeError naming its type, and nothing is written.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
+        if weights_only:
+            _check_weights_only(Path(tmp), path)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -83,7 +156,9 @@ def load_or_compute(path: str | Path, compute: Callable[[], T]) -> T:
     """Load ``path`` (weights_only) if it exists, else compute, save atomically and return.
 
     A file that cannot be read (truncated or empty, as after a full disk or a killed copy) is treated as
-    missing: a warning names it, it is moved aside to ``<name>.damaged`` and the result is recomputed.
+    missing: a warning names it, it is moved aside to ``<name>.damaged`` and the result is recomputed. A value
+    that a weights-only load refuses (a numpy scalar, say) is a TypeError, when it is computed and for a file an
+    older version wrote: recomputing it would only leave another unreadable file behind, on every run.
     """
     path = Path(path)
     if path.exists():
@@ -92,6 +167,10 @@ def load_or_compute(path: str | Path, compute: Callable[[], T]) -> T:
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as err:  # noqa: BLE001 - any unreadable file is recomputed, never trusted
+            refused = _weights_only_refusal(err)
+            if refused is not None:
+                raise TypeError(_not_cacheable(f"cache file {path}", refused)
+                                + "; fix the computation that made it, then delete the file") from None
             aside = path.with_name(path.name + ".damaged")
             os.replace(path, aside)
             warnings.warn(f"cache file {path} could not be read ({type(err).__name__}: {str(err)[:120]}); "

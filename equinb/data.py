@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from .cache import data_root
+from .cache import data_root, sha256_file
 from .groups import Group, get_group
 
 __all__ = [
@@ -240,18 +240,8 @@ def _grey_to_model_input(x: torch.Tensor, size: int, mean: Sequence[float], std:
 # --------------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _fashion_complete(folder: Path) -> bool:
-    return all((folder / name).is_file() and _sha256(folder / name) == sha for name, sha in _FASHION_FILES.items())
+    return all((folder / name).is_file() and sha256_file(folder / name) == sha for name, sha in _FASHION_FILES.items())
 
 
 def fetch_fashion_mnist(root: str | Path | None = None) -> Path:
@@ -259,8 +249,10 @@ def fetch_fashion_mnist(root: str | Path | None = None) -> Path:
 
     Sources, in order: the folder itself; ``/usr/share/datasets/fashion-mnist`` (the Debian package, when
     installed); ``apt-get download dataset-fashion-mnist`` unpacked with ``dpkg -x`` in a temporary folder (no
-    root needed; Debian's package registry must be reachable). The copy is atomic per file.
+    root needed; Debian's package registry must be reachable). The copy is atomic per file, and processes that
+    fetch at once each copy into a partial file of their own.
     """
+    import os
     import shutil
     import subprocess
     import tempfile
@@ -287,11 +279,17 @@ def fetch_fashion_mnist(root: str | Path | None = None) -> Path:
             subprocess.run(["dpkg", "-x", str(debs[0]), str(Path(tmp) / "x")], check=True, capture_output=True)
             source = Path(tmp) / "x" / str(_FASHION_SYSTEM).lstrip("/")
         for name, sha in _FASHION_FILES.items():
-            if _sha256(source / name) != sha:
+            if sha256_file(source / name) != sha:
                 raise ValueError(f"{source / name} does not have the expected SHA256 {sha}")
-            part = folder / f".{name}.part"
-            shutil.copyfile(source / name, part)
-            part.replace(folder / name)
+            # a partial file of this process alone: two processes fetching at once never write into one
+            fd, part = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+            os.close(fd)
+            try:
+                shutil.copy(source / name, part)  # with the source's mode bits, not mkstemp's 0o600
+                os.replace(part, folder / name)
+            except BaseException:
+                Path(part).unlink(missing_ok=True)
+                raise
     return folder
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import equinb.setups as su
-from equinb.cache import atomic_save, cache_key, load_or_compute, module_fingerprint, source_fingerprint
+from equinb.cache import (atomic_save, atomic_write_text, cache_key, load_or_compute, module_fingerprint,
+                          sha256_file, source_fingerprint)
 from equinb.checks import format_error
 
 
@@ -54,6 +55,47 @@ def test_a_damaged_cache_file_is_named_moved_aside_and_recomputed(tmp_path: Path
     assert torch.equal(result["v"], torch.arange(5))  # recomputed, not the damaged content
     assert (tmp_path / "features.pt.damaged").exists()  # kept aside for inspection, not deleted
     assert torch.equal(torch.load(path, weights_only=True)["v"], torch.arange(5))  # the good result is saved
+
+
+def test_a_value_a_weights_only_load_refuses_is_a_clear_error_not_a_damaged_file(tmp_path: Path) -> None:
+    """A numpy scalar cannot be read back with weights_only=True: recomputing it on every run would leave a new
+    ``.damaged`` file each time, so saving it is refused, and so is loading a file an older version wrote."""
+    import numpy as np
+
+    path = tmp_path / "scores.pt"
+    with pytest.raises(TypeError, match=r"scores.pt holds a numpy\S*scalar object.*only tensors, numbers, strings"):
+        load_or_compute(path, lambda: {"accuracy": np.float64(0.5)})
+    assert not list(tmp_path.iterdir())  # nothing written, not even a temporary file
+    torch.save({"accuracy": np.float64(0.5)}, path)  # as written before saving checked it
+    with pytest.raises(TypeError, match=r"cache file .*scores.pt holds a numpy\S*scalar object.*delete the file"):
+        load_or_compute(path, lambda: {"accuracy": 0.5})
+    assert path.exists() and not (tmp_path / "scores.pt.damaged").exists()  # left for the user, not moved aside
+    plain = {"accuracy": 0.5, "v": torch.arange(3), "names": ["a", "b"], "shape": (2, None)}
+    atomic_save(plain, tmp_path / "plain.pt")  # numbers, strings and containers are fine
+    assert torch.load(tmp_path / "plain.pt", weights_only=True)["names"] == ["a", "b"]
+
+
+def test_atomic_write_text_replaces_whole_files_and_leaves_nothing_on_failure(tmp_path: Path, monkeypatch) -> None:
+    import hashlib
+    import os
+
+    path = tmp_path / "sub" / "record.json"
+    atomic_write_text(path, "old\n")
+    atomic_write_text(path, "new \u2011 text\n")
+    assert path.read_text(encoding="utf-8") == "new \u2011 text\n" and [p.name for p in path.parent.iterdir()] == [
+        "record.json"]
+    assert path.stat().st_mode & 0o777 == (tmp_path / "sub").stat().st_mode & 0o666  # a plain file's mode
+    assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sha256_file(path, chunk=3) == sha256_file(path)  # streamed: the chunk size changes nothing
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_text(path, "lost\n")
+    assert path.read_text(encoding="utf-8") == "new \u2011 text\n"  # the old text, whole
+    assert [p.name for p in path.parent.iterdir()] == ["record.json"]  # no temporary file left behind
 
 
 def test_source_fingerprint_ignores_documentation_but_not_code(tmp_path: Path) -> None:

@@ -364,6 +364,49 @@ def test_proportional_counts_keep_the_proportions_and_every_class() -> None:
 
 
 
+def test_fashion_mnist_fetches_at_once_never_share_a_partial_file(tmp_path, monkeypatch) -> None:
+    """Another process fetching while this one copies (simulated by a fetch inside the first copy) writes its own
+    partial files; both finish with whole, checked files and leave no partial file. A failed copy leaves none."""
+    import hashlib
+    import shutil
+
+    import equinb.data as data
+
+    system = tmp_path / "system"
+    system.mkdir()
+    files = {name: f"contents of {name}".encode() * 1000 for name in data._FASHION_FILES}
+    for name, blob in files.items():
+        (system / name).write_bytes(blob)
+    monkeypatch.setattr(data, "_FASHION_SYSTEM", system)
+    monkeypatch.setattr(data, "_FASHION_FILES", {n: hashlib.sha256(b).hexdigest() for n, b in files.items()})
+    real_copy, parts, nested = shutil.copy, [], []
+
+    def copy(src, dst):
+        parts.append(Path(dst))
+        real_copy(src, dst)
+        if not nested:  # the other process starts while this one's first partial file exists
+            nested.append(None)
+            nested[0] = data.fetch_fashion_mnist(tmp_path)
+        return dst
+
+    monkeypatch.setattr(shutil, "copy", copy)
+    folder = data.fetch_fashion_mnist(tmp_path)
+    assert nested == [folder] and len(parts) == 2 * len(files) and len(set(parts)) == len(parts)
+    assert all((folder / n).read_bytes() == b for n, b in files.items()) and data._fashion_complete(folder)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(files)  # no partial file left
+
+    def broken(src, dst):
+        Path(dst).write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shutil, "copy", broken)
+    for name in files:
+        (folder / name).unlink()
+    with pytest.raises(OSError, match="disk full"):
+        data.fetch_fashion_mnist(tmp_path)
+    assert not list(folder.iterdir())  # the failed copy's partial file is removed
+
+
 def test_fashion_mnist_missing_tools_and_damaged_files_fail_clearly(tmp_path, monkeypatch) -> None:
     import shutil
 
