@@ -142,6 +142,31 @@ def test_a_run_that_succeeds_replaces_the_chapter_its_numbers_and_says_what_it_r
     assert [p.name for p in (data / "own_model").iterdir()] == ["table-2.csv"]
     assert build_book.profile_marker(out).read_text() == "small (seed=5)\n"  # never reused as the small run
     assert '"profile": "small (seed=5)"' in out.with_suffix(".run.json").read_text()
+    assert not list(out.parent.glob(".*.tmp"))  # marker and record written atomically, no temporary file left
+
+
+def test_a_run_interrupted_while_publishing_leaves_no_marker_of_another_run(tmp_path: Path, monkeypatch):
+    """Killed after its notebook is in place but before its marker is written, a run with overrides leaves the
+    chapter unmarked: never beside the last run's marker, which --reuse and --no-execute would trust."""
+    monkeypatch.setattr(build_book, "EXECUTED", tmp_path)
+    out, data = tmp_path / "notebooks" / "own_model.ipynb", tmp_path / "data"
+    out.parent.mkdir()
+    out.write_text("the last small run")
+    build_book.profile_marker(out).write_text("small\n")
+    out.with_suffix(".run.json").write_text('{"profile": "small"}\n')
+    assert build_book.executed_profile("own_model") == "small"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_book.subprocess, "run", _fake_papermill(0))
+    monkeypatch.setattr(build_book.provenance, "record", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_book.execute("own_model", "small", out, {"seed": 5}, data_out=data)
+    assert out.read_text() == '{"cells": []}'  # the seed-5 run is in place ...
+    assert build_book.executed_profile("own_model") is None  # ... and not taken for the small profile's run
+    assert not out.with_suffix(".run.json").exists()  # nor recorded as the last run
+    assert not list(out.parent.glob(".*.tmp"))
 
 
 def test_noise_variants_keep_a_chapters_set_of_seeds() -> None:

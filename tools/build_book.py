@@ -44,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diagrams  # noqa: E402
 import provenance  # noqa: E402
 
+from equinb.cache import atomic_write_text  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's bin/, where jupyter-book lives
 # jupytext and papermill run as modules of this interpreter: that works wherever they are importable, also from a
@@ -183,7 +185,8 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
     """notebooks/<id>.py -> (jupytext) -> papermill -> out, and ``<out>.run.json`` (``provenance.record``); fails if
     either step fails. ``out`` (and the chapter's numbers under ``data_out``) is replaced only when the run
     succeeds: a failed or interrupted run leaves the last good copy as it was, and its own partial notebook as
-    ``<id>.failed.ipynb``.
+    ``<id>.failed.ipynb``. The ``<id>.profile`` marker that ``--reuse`` and ``--no-execute`` trust is written
+    (atomically) after everything else of a run: never beside a notebook of another run.
 
     ``parameters`` override the notebook's (after the profile's file); ``env`` is added to the environment of
     the kernel (numerical modes, data folders); ``data_out``: where the chapter files its tables' and figures'
@@ -195,6 +198,7 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
     check_parameter_names(nb_id, list(parameters or {}), "parameters")
     out.parent.mkdir(parents=True, exist_ok=True)
     running, failed = out.with_suffix(".running.ipynb"), out.with_suffix(".failed.ipynb")
+    marker, run_record = profile_marker(out), out.with_suffix(".run.json")
     running_data = None if data_out is None else data_out / f".running-{nb_id}"
     if running_data is not None and running_data.exists():
         shutil.rmtree(running_data)  # left by an interrupted run
@@ -230,6 +234,11 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
                                 + partial + kept)
         if nb_id in AGGREGATES:
             hide_injected_parameters(running)
+        # Unmark the last good copy before replacing it; the marker (written last, below) then only ever sits
+        # beside the run it names. Interrupted in between, the chapter has no marker: --reuse executes it again
+        # and --no-execute refuses it, instead of trusting another run's profile or parameters.
+        marker.unlink(missing_ok=True)
+        run_record.unlink(missing_ok=True)
         running.replace(out)
         failed.unlink(missing_ok=True)
         if running_data is not None:  # this run's tables replace the last run's (none left from an older run)
@@ -243,11 +252,11 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
         if running_data is not None:
             shutil.rmtree(running_data, ignore_errors=True)
     label = run_label(profile, parameters)
-    profile_marker(out).write_text(label + "\n")
     seconds = time.perf_counter() - start
     device = str({**chapter_defaults(nb_id), **(yaml.safe_load(params.read_text()) if params else {}),
                   **(parameters or {})}.get("device", "cpu"))
-    provenance.write(out.with_suffix(".run.json"), provenance.record(nb_id, label, started, seconds, device))
+    provenance.write(run_record, provenance.record(nb_id, label, started, seconds, device))
+    atomic_write_text(marker, label + "\n")  # last: a marked chapter is complete, record and tables included
     print(f"build_book: notebooks/{nb_id} done in {seconds:.0f} s", flush=True)
 
 

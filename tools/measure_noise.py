@@ -33,7 +33,6 @@ import ast
 import datetime
 import json
 import math
-import os
 import re
 import sys
 from pathlib import Path
@@ -44,6 +43,7 @@ from notebook_numbers import diff_notebooks  # noqa: E402
 from numerical_modes import MEASURED as MEASURED_MODES  # noqa: E402
 from numerical_modes import mode_env  # noqa: E402
 
+from equinb.cache import atomic_write_text  # noqa: E402
 from equinb.noise import MEASURED  # noqa: E402
 
 TRAINING_CHAPTERS = ("tab1_original_vs_updated", "tab2_featuremap", "tab3_equiattention", "fig2_3_lambda_weights",
@@ -216,9 +216,7 @@ def main(argv: list[str] | None = None) -> None:
                   reference="notebooks/<id>.ipynb (native mode, seed 0)",
                   factor=FACTOR, chapters=sorted(set(args.chapters) | set(previous.get("chapters", []))),
                   classes=classes)
-    tmp = MEASURED.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, MEASURED)
+    atomic_write_text(MEASURED, json.dumps(record, indent=1) + "\n")
     print(f"measure_noise: wrote {MEASURED.relative_to(ROOT)}")
     for name, c in classes.items():
         print(f"  {name:7s} tolerance abs {c['absolute']:g} rel {c['relative']:g}   ({c['basis']})")

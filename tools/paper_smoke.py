@@ -112,7 +112,7 @@ def trained_runs(runs: Path) -> dict[str, bool]:
     import torch
 
     return {path.name: any(row.get("stage") == "finetune" and "loss" in row
-                           for row in torch.load(path, weights_only=False)["history"])
+                           for row in torch.load(path, map_location="cpu", weights_only=True)["history"])
             for path in sorted(runs.glob("run_*.pt"))}
 
 

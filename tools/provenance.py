@@ -15,6 +15,8 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 
+from equinb.cache import atomic_write_text
+
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ("chapter", "profile", "wall (s)", "started (UTC)", "device")  # per chapter
 ENVIRONMENT = ("commit", "hardware", "python", "torch", "numpy")  # once, or per chapter where they differ
@@ -65,7 +67,8 @@ def record(nb_id: str, profile: str, started: float, seconds: float, device: str
 
 
 def write(path: Path, entry: dict) -> None:
-    path.write_text(json.dumps(entry, indent=1) + "\n")
+    """Write a chapter's record atomically: an interrupted build never leaves half a record for the book."""
+    atomic_write_text(path, json.dumps(entry, indent=1) + "\n")
 
 
 def _row(values: list) -> str:

@@ -28,6 +28,8 @@ from jupytext.config import load_jupytext_config
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_book import ROOT, ChapterFailed, execute, fail, notebook_ids  # noqa: E402
 
+from equinb.cache import atomic_write_text  # noqa: E402
+
 TEXT_FMT = "py:percent"
 
 
@@ -89,9 +91,7 @@ def refresh(nb_id: str) -> None:
                                             f"{nb_id}.py", f"{nb_id}.ipynb as py:percent"))
         fail(f"{nb_id}: the refreshed .ipynb would not convert back to the .py (run `jupytext --sync "
              f"notebooks/{nb_id}.py` first); difference:\n{diff}")
-    tmp_target = target.with_name(f".{target.name}.tmp")
-    tmp_target.write_text(jupytext.writes(combined, fmt="ipynb"))
-    os.replace(tmp_target, target)  # atomic: a killed run never leaves a half-written notebook
+    atomic_write_text(target, jupytext.writes(combined, fmt="ipynb"))  # a killed run leaves no half notebook
     st = source.stat()
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
     print(f"refresh_notebooks: wrote {target.relative_to(ROOT)}", flush=True)
