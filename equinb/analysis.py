@@ -15,7 +15,7 @@ from torch import nn
 
 from .cache import cache_key, load_or_compute, source_fingerprint
 from .checks import format_error, largest_error
-from .engine import ViewData, model_device
+from .engine import ViewData, evaluation_mode, model_device
 from .groups import Group
 from .heads import fit_linear_head
 from .setups import TrainingSetup
@@ -31,7 +31,8 @@ ONE_VIEW_ALL_WEIGHT = 0.995  # the lower edge of the article's top histogram bin
 
 
 def rotation_labels(group: Group) -> list[str]:
-    """Column names of the views: degrees ("0", "90", ...) for rotation groups, else the (r, s) elements."""
+    """Column names of the views: degrees ("0", "90", ...) for rotation groups, else the (r, s) elements (a group
+    with mirrors)."""
     if all(s == 0 for _, s in group.elements):
         return [str(90 * r) for r, _ in group.elements]
     return [str(e) for e in group.elements]
@@ -41,18 +42,17 @@ def rotation_labels(group: Group) -> list[str]:
 def view_weights(model: OrbitWrapper, feats: Tensor, batch_size: int = 256, seed: int = 0) -> Tensor:
     """The weight of every view of every image, in evaluation mode (seeded, for an active dropout).
 
-    lambda-equitune: the normalised lambda weights; equiattention: the column means of the attention
-    matrix (the effective weight of each view, article sec. 4.4). Shapes: feats [N, G, ...] -> [N, G].
+    lambda-equitune: its combination weights (softmax- or sum-normalised lambda; under ``normalisation="none"``,
+    the article's invariant code, the raw lambda, each view's scale in a plain mean); equiattention: the column
+    means of the attention matrix (the effective weight of each view, article sec. 4.4). Shapes: feats [N, G, ...]
+    -> [N, G].
     """
-    was_training = model.training
-    model.eval()
     out = []
-    with torch.random.fork_rng(devices=[]):
+    with evaluation_mode(model), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for start in range(0, feats.shape[0], batch_size):
             chunk = feats[start:start + batch_size].to(model_device(model))
             out.append(model.view_weights(chunk).float().cpu())
-    model.train(was_training)
     return torch.cat(out)
 
 
@@ -94,40 +94,39 @@ def combined_map_symmetry(model: OrbitWrapper, feats: Tensor, labels: Tensor, he
     "equivariance": [N]}``, for intervals over images. Shapes: feats [N, G, C, h, w].
     """
     group = model.group
-    was_training = model.training
-    model.eval()
-    rows = [dict(element=e, invariance=0.0, equivariance=0.0, scale_map=0.0,
-                 **{f"{n}_{k}": 0.0 for n in heads for k in ("logit_change", "scale", "top1")})
-            for e in range(group.order)]
-    per_image = {"invariance": torch.zeros(feats.shape[0], dtype=torch.float64),
-                 "equivariance": torch.zeros(feats.shape[0], dtype=torch.float64)}
-    for start in range(0, feats.shape[0], batch_size):
-        chunk = feats[start:start + batch_size].to(model_device(model))
-        truth = labels[start:start + batch_size]
-        base = model.combined_views(chunk, model.view_weights(chunk))
-        base_logits = {name: head(base) for name, head in heads.items()}
-        for element, row in enumerate(rows):
-            if element == 0:  # the identity: its views are the chunk itself, whose Z is ``base``
-                z = base
-            else:
-                moved = chunk[:, group.view_permutation(element)]
-                z = model.combined_views(moved, model.view_weights(moved))
-            invariance, equivariance = (z - base).abs(), (z - group.act(base, element)).abs()
-            row["invariance"] = max(row["invariance"], invariance.max().item())
-            row["equivariance"] = max(row["equivariance"], equivariance.max().item())
-            row["scale_map"] = max(row["scale_map"], base.abs().max().item())
-            if element:
-                scale = base.flatten(1).abs().amax(1).clamp_min(1e-30).double().cpu()
-                for key, error in (("invariance", invariance), ("equivariance", equivariance)):
-                    part = per_image[key][start:start + len(chunk)]
-                    torch.maximum(part, error.flatten(1).amax(1).double().cpu() / scale, out=part)
-            for name, head in heads.items():
-                logits = head(z)
-                row[f"{name}_logit_change"] = max(row[f"{name}_logit_change"],
-                                                  (logits - base_logits[name]).abs().max().item())
-                row[f"{name}_scale"] = max(row[f"{name}_scale"], base_logits[name].abs().max().item())
-                row[f"{name}_top1"] += 100.0 * float((logits.argmax(-1).cpu() == truth).sum()) / len(labels)
-    model.train(was_training)
+    with evaluation_mode(model):
+        rows = [dict(element=e, invariance=0.0, equivariance=0.0, scale_map=0.0,
+                     **{f"{n}_{k}": 0.0 for n in heads for k in ("logit_change", "scale", "top1")})
+                for e in range(group.order)]
+        per_image = {"invariance": torch.zeros(feats.shape[0], dtype=torch.float64),
+                     "equivariance": torch.zeros(feats.shape[0], dtype=torch.float64)}
+        for start in range(0, feats.shape[0], batch_size):
+            chunk = feats[start:start + batch_size].to(model_device(model))
+            truth = labels[start:start + batch_size]
+            base = model.combined_views(chunk, model.view_weights(chunk))
+            base_logits = {name: head(base) for name, head in heads.items()}
+            for element, row in enumerate(rows):
+                if element == 0:  # the identity: its views are the chunk itself, whose Z is ``base``
+                    z = base
+                else:
+                    moved = chunk[:, group.view_permutation(element)]
+                    z = model.combined_views(moved, model.view_weights(moved))
+                invariance, equivariance = (z - base).abs(), (z - group.act(base, element)).abs()
+                # largest_error keeps a NaN, which max() drops when it comes second
+                row["invariance"] = largest_error([row["invariance"], invariance.max().item()])
+                row["equivariance"] = largest_error([row["equivariance"], equivariance.max().item()])
+                row["scale_map"] = max(row["scale_map"], base.abs().max().item())
+                if element:
+                    scale = base.flatten(1).abs().amax(1).clamp_min(1e-30).double().cpu()
+                    for key, error in (("invariance", invariance), ("equivariance", equivariance)):
+                        part = per_image[key][start:start + len(chunk)]
+                        torch.maximum(part, error.flatten(1).amax(1).double().cpu() / scale, out=part)
+                for name, head in heads.items():
+                    logits = head(z)
+                    row[f"{name}_logit_change"] = largest_error([row[f"{name}_logit_change"],
+                                                                 (logits - base_logits[name]).abs().max().item()])
+                    row[f"{name}_scale"] = max(row[f"{name}_scale"], base_logits[name].abs().max().item())
+                    row[f"{name}_top1"] += 100.0 * float((logits.argmax(-1).cpu() == truth).sum()) / len(labels)
     return rows, per_image
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import itertools
 import numbers
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Iterator, Sequence
 
@@ -34,10 +35,11 @@ from torch import nn
 from .groups import Group
 from .kernels import tuned_kernels
 from .precision import HalfStorageSGD, apply_clip_precision, parameter_groups
-from .wrappers import EquiAttention, LambdaEquitune, OrbitWrapper
+from .wrappers import NORMALISATIONS, EquiAttention, LambdaEquitune, OrbitWrapper
 
-__all__ = ["TrainConfig", "ViewData", "ImageViewData", "METHODS", "weighted_model", "model_device",
-           "batch_schedule", "extract_view_features", "features", "predict", "evaluate", "set_finetune_precision",
+__all__ = ["TrainConfig", "ViewData", "ImageViewData", "TRAINED_METHODS", "weighted_model", "model_device",
+           "evaluation_mode", "batch_schedule", "extract_view_features", "features", "predict", "evaluate",
+           "set_finetune_precision",
            "snapshot", "parameter_drift", "group_drift", "reset_groups", "prefinetune", "finetune",
            "train_step_loss"]
 
@@ -50,7 +52,7 @@ _CHOICES = {
     "selection": ("train_first_batches", "heldout"),
     "param_dtype": ("clip_fp16", "fp32"),
     "trunk_mode": ("eval", "train"),
-    "normalisation": ("none", "softmax", "sum"),
+    "normalisation": NORMALISATIONS,
 }
 
 
@@ -179,13 +181,16 @@ class ImageViewData(ViewData):
     """Per-view inputs built on the fly from images: ``batch`` returns the orbit of the (transformed) images.
 
     For data too large to hold as views (CIFAR100 at 224 px). ``prepare`` maps a raw image batch to the
-    backbone's input (e.g. resize and normalise on the GPU). Shapes: images [N, C, H, W] -> views [B, G, ...].
+    backbone's input (e.g. resize and normalise on the GPU). Shapes: images [N, ...] (raw, e.g. uint8
+    [N, H, W, 3]; without ``prepare`` already the backbone's [N, C, H, W]) -> views [B, G, C, H, W].
     """
 
     def __init__(self, images: Tensor, labels: Tensor, group: Group,
                  prepare: Callable[[Tensor], Tensor] | None = None) -> None:
         if images.ndim != 4 or images.shape[0] != labels.shape[0]:
-            raise ValueError(f"ImageViewData needs images [N, C, H, W] and labels [N]; got {tuple(images.shape)}")
+            raise ValueError(f"ImageViewData needs a 4-d image batch [N, ...] (what prepare takes, e.g. uint8 "
+                             f"[N, H, W, 3]) and labels [N]; got images {tuple(images.shape)}, labels "
+                             f"{tuple(labels.shape)}")
         self.inputs, self.labels, self.group, self.prepare = images, labels, group, prepare
 
     def restrict(self, group: Group, columns: list[int]) -> "ImageViewData":
@@ -210,7 +215,7 @@ class ImageViewData(ViewData):
         return self.group.orbit(x), self.labels[index]
 
 
-METHODS = ("lambda_equitune", "equiattention")
+TRAINED_METHODS = ("lambda_equitune", "equiattention")
 
 
 def weighted_model(trunk: nn.Module, weight_net: nn.Module, head: nn.Module, group: Group, config: TrainConfig,
@@ -236,7 +241,18 @@ def weighted_model(trunk: nn.Module, weight_net: nn.Module, head: nn.Module, gro
                               dropout_in_eval=config.dropout_in_eval, **common)
     if method == "equiattention":
         return EquiAttention(trunk, group, weight_net, **common)
-    raise ValueError(f"unknown method {method!r}; valid: {', '.join(map(repr, METHODS))}")
+    raise ValueError(f"unknown method {method!r}; valid: {', '.join(map(repr, TRAINED_METHODS))}")
+
+
+@contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in evaluation mode inside the block; its mode is restored on exit, also after an error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -320,25 +336,20 @@ def predict(model: OrbitWrapper, data: ViewData, batch_size: int = 256, feats: T
     The lambda network's dropout stays on if ``dropout_in_eval``; it is seeded, so the same weights and
     seed give the same predictions (the paired comparisons of ``equinb.verdicts`` rely on this).
     """
-    was_training = model.training
-    model.eval()
     predictions = []
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for i, start in enumerate(range(0, len(data), batch_size)):
-                if max_batches is not None and i >= max_batches:
-                    break
-                index = torch.arange(start, min(start + batch_size, len(data)))
-                if feats is not None:  # cached views: the data's own batch (an orbit of images) is not needed
-                    f = feats[index]
-                else:
-                    views, _ = data.batch(index)
-                    f = views if data_are_features else features(model, views)
-                weight_views = None if lambda_feats is None else _on(model, lambda_feats[index])
-                predictions.append(model.forward_views(views=_on(model, f), weight_views=weight_views).argmax(-1).cpu())
-    finally:
-        model.train(was_training)
+    with evaluation_mode(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i, start in enumerate(range(0, len(data), batch_size)):
+            if max_batches is not None and i >= max_batches:
+                break
+            index = torch.arange(start, min(start + batch_size, len(data)))
+            if feats is not None:  # cached views: the data's own batch (an orbit of images) is not needed
+                f = feats[index]
+            else:
+                views, _ = data.batch(index)
+                f = views if data_are_features else features(model, views)
+            weight_views = None if lambda_feats is None else _on(model, lambda_feats[index])
+            predictions.append(model.forward_views(views=_on(model, f), weight_views=weight_views).argmax(-1).cpu())
     return torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long)
 
 
@@ -439,9 +450,10 @@ def _loss_rows(stage: str, round_index: int, first_step: int, losses: list[Tenso
 
 def prefinetune(model: OrbitWrapper, train: ViewData, select: ViewData, config: TrainConfig,
                 progress: bool = False) -> tuple[dict, list[dict]]:
-    """Train only the lambda network on normalised features; keep the best by selection accuracy.
+    """Train only the lambda network on cached per-view features; keep the best by selection accuracy.
 
-    ``train`` and ``select`` yield normalised features [B, G, D]: the backbone is frozen here, so they are
+    ``train`` and ``select`` yield the frozen trunk's views [B, G, ...] (normalised embeddings [B, G, D], or
+    feature maps [B, G, C, h, w] as they come): the backbone is frozen here, so they are
     cached (``ViewData(feats, labels)``); a random group element per batch permutes the views exactly as
     the full forward would. As published, the selection accuracy is computed *before* each round, so the
     last round's training is never eligible.

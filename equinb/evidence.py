@@ -16,10 +16,11 @@ import torch
 
 from .analysis import no_training_scores
 from .setups import TrainingRun, TrainingSetup, correct_by_seed
-from .verdicts import Comparison, at_chance, compare, diverged, solved_without_training, too_few_seeds, unchanged_stage
+from .verdicts import (EFFECT_COLUMN, NOT_TESTED, Comparison, at_chance, compare, diverged, solved_without_training,
+                       too_few_seeds, unchanged_stage)
 
 __all__ = ["STAGES", "stage_runs", "stage_losses", "finetune_changed", "stage_problems", "compare_runs",
-           "no_training_check", "best_without_training", "trained_minus_frozen"]
+           "no_training_check", "best_without_training", "trained_minus_frozen", "no_training_finding"]
 
 STAGES = ("prefinetune", "finetune")
 
@@ -116,3 +117,13 @@ def trained_minus_frozen(setups: Sequence[TrainingSetup], repeats: dict[str, Seq
                          f"({100 * float(score.mean()):.2f}%)", compare(score.expand_as(scores), scores),
                          stage_problems(runs, stage, setups[0], name)))
     return rows
+
+
+def no_training_finding(rows: Sequence[dict]) -> str:
+    """One sentence on the ``effect_row`` rows of ``trained_minus_frozen``: how many of the trained runs and stages
+    that could be judged score below, and how many above, the best model without training."""
+    judged = [r for r in rows if not r[EFFECT_COLUMN].startswith(NOT_TESTED)]
+    below = sum(r[EFFECT_COLUMN] == "non-zero" and r["ours"].startswith("-") for r in judged)
+    above = sum(r[EFFECT_COLUMN] == "non-zero" and r["ours"].startswith("+") for r in judged)
+    return (f"of the {len(judged)} trained runs and stages with enough seeds to judge ({len(rows) - len(judged)} "
+            f"without), {below} score below the best model without training and {above} above it, beyond the noise")

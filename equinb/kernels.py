@@ -29,8 +29,9 @@ def tuned_kernels(module: nn.Module, device: str | torch.device, enabled: bool =
     """Inside the block, ``module``'s 4-d weights are channels-last and cuDNN autotunes its kernels (CUDA only).
 
     The autotuner picks the fastest kernel per input shape on first use (a few slow first steps); channels-last
-    lets the fp16 tensor-core kernels run without layout conversions. Both are undone on exit, also after an
-    error. The parameters stay the same objects, so an optimiser built before or inside the block keeps working.
+    lets the fp16 tensor-core kernels run without layout conversions. On exit, also after an error, the autotuner
+    setting is restored and the weights return to the default (contiguous) layout, the one CLIP builds. The
+    parameters stay the same objects, so an optimiser built before or inside the block keeps working.
     ``enabled=False`` or another device: the block runs unchanged.
     """
     if not (enabled and uses_tuned_kernels(module, device)):

@@ -157,8 +157,10 @@ def noise_note(tol: Tolerance | None, what: str = "trained numbers") -> str:
     if tol is None:
         return (f"{what} below: how far they move {NOTE_MARKER} was measured on the {measured_profile()} profile "
                 "only, not on this one; the verdicts rest on seed repeats")
-    return (f"{what} below move within {tol.describe()} {NOTE_MARKER} (a regression tolerance, not a confidence "
-            f"interval: {tol.basis})")
+    # the basis (modes, largest change) stays in noise_measured.json and the README: above every table it buried
+    # the one thing a reader needs, that this is no uncertainty of the result
+    return (f"{what} below move within {tol.describe()} {NOTE_MARKER} (the regression tests' tolerance, not an "
+            "uncertainty of the result)")
 
 
 def loss_label(loss: float, limit: float = 1e6) -> str:

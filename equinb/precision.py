@@ -16,7 +16,7 @@ than half its fp16 spacing is lost, while the fp32 parameters keep every update.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -105,7 +105,11 @@ class HalfStorageSGD(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum))
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102 (see the class)
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # noqa: D102 (see the class)
+        loss = None
+        if closure is not None:  # the optimiser API: re-evaluate the loss, with gradients, before the step
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             lr, momentum = group["lr"], group["momentum"]
             for p in group["params"]:
@@ -119,4 +123,4 @@ class HalfStorageSGD(torch.optim.Optimizer):
                     state["momentum_buffer"] = buf
                     g = buf
                 p.copy_(round_fp16(p - lr * g))
-        return None
+        return loss

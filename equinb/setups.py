@@ -29,9 +29,9 @@ from .cache import cache_key, load_or_compute, module_fingerprint, source_finger
 from .cache import data_root as default_data_root
 from .data import (ISIC2018_CLASS_COUNTS, dataset_spec, fashion_mnist_arrays, get_dataset, load_digits,
                    load_fashion_mnist, proportional_counts, root_identity)
-from .engine import (METHODS, ImageViewData, TrainConfig, ViewData, extract_view_features, finetune, model_device,
-                     parameter_drift,
-                     predict, prefinetune, reset_groups, set_finetune_precision, snapshot, weighted_model)
+from .engine import (TRAINED_METHODS, ImageViewData, TrainConfig, ViewData, extract_view_features, finetune,
+                     model_device, parameter_drift, predict, prefinetune, reset_groups, set_finetune_precision,
+                     snapshot, weighted_model)
 from .groups import Group
 from .heads import PooledHead, fit_linear_head, linear_text_head, load_frozen_model, prototype_head
 from .kernels import tuned_kernels
@@ -589,7 +589,7 @@ def feature_map_weight_net(method: str, map_shape: tuple[int, int, int]) -> Call
         return lambda: FeatureMapWeightNet(c, (h, w))
     if method == "equiattention":
         return lambda: ViewAttention(c, (h, w))
-    raise ValueError(f"unknown method {method!r}; valid: {', '.join(map(repr, METHODS))}")
+    raise ValueError(f"unknown method {method!r}; valid: {', '.join(map(repr, TRAINED_METHODS))}")
 
 
 def feature_map_config(**overrides) -> TrainConfig:

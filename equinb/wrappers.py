@@ -54,7 +54,7 @@ classes.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from typing import Any, Callable, Sequence, Union
 
 import torch
 from torch import nn
@@ -114,6 +114,15 @@ CPU_CHUNK_PIXELS = 4 * 224 * 224
 ChunkSize = Union[int, str, None]
 
 
+def _checked_choice(value: Any, valid: Sequence[str], what: str, listed: str = "valid") -> str:
+    """``value`` in lower case if it names one of ``valid`` (any case, as group names), else a ValueError that
+    lists them."""
+    name = value.lower() if isinstance(value, str) else value
+    if name not in valid:
+        raise ValueError(f"unknown {what} {value!r}; {listed}: {', '.join(valid)}")
+    return name
+
+
 def _check_chunk_size(chunk_size: Any) -> ChunkSize:
     if chunk_size is None or (isinstance(chunk_size, str) and chunk_size.lower() == "auto"):
         return chunk_size and "auto"
@@ -142,8 +151,7 @@ def proxy_scores(outputs: Tensor, proxy: str) -> Tensor:
     Refuses outputs that are not class scores [B, G, K] (a map's softmax over its width would give "scores" of
     the wrong shape) and one class score under ``max_prob`` or ``entropy``: a softmax over one logit is 1 for every
     view, so every view would tie and view 0 would always win, a non-invariant output."""
-    if proxy not in PROXIES:
-        raise ValueError(f"unknown proxy {proxy!r}; valid proxies: {', '.join(PROXIES)}")
+    proxy = _checked_choice(proxy, PROXIES, "proxy", "valid proxies")
     if outputs.ndim != 3:
         raise ValueError(f"EquiZero scores each view by its output's class scores [B, G, K], but the head's "
                          f"per-view outputs have shape {list(outputs.shape)}: give a classifier's logits [B, K] "
@@ -520,9 +528,7 @@ class EquiZero(OrbitWrapper):
     def __init__(self, model: nn.Module, group: Group | str, *, proxy: str = "max_prob", straight_through: bool = False,
                  elementwise_max: bool = False, **kwargs) -> None:
         super().__init__(model, group, **kwargs)
-        proxy = proxy.lower() if isinstance(proxy, str) else proxy  # any case, as group names
-        if proxy not in PROXIES:
-            raise ValueError(f"unknown proxy {proxy!r}; valid proxies: {', '.join(PROXIES)}")
+        proxy = _checked_choice(proxy, PROXIES, "proxy", "valid proxies")
         if elementwise_max and not self.output_softmax:
             raise ValueError("elementwise_max=True is the article's max over probabilities; set output_softmax=True")
         self.proxy = proxy
@@ -579,9 +585,7 @@ class LambdaEquitune(OrbitWrapper):
                  normalisation: str = "softmax", frozen_copy: nn.Module | None = None, dropout_in_eval: bool = False,
                  example_input: Tensor | None = None, **kwargs) -> None:
         super().__init__(model, group, **kwargs)
-        normalisation = normalisation.lower() if isinstance(normalisation, str) else normalisation
-        if normalisation not in NORMALISATIONS:
-            raise ValueError(f"unknown normalisation {normalisation!r}; valid: {', '.join(NORMALISATIONS)}")
+        normalisation = _checked_choice(normalisation, NORMALISATIONS, "normalisation")
         if weight_net is None:
             weight_net = self._sized_weight_net(example_input, default_weight_net)
         if not isinstance(weight_net, nn.Module):

@@ -35,7 +35,7 @@ from .wrappers import EquiZero, Equitune
 
 __all__ = [
     "TRANSFORMS",
-    "METHODS",
+    "ZEROSHOT_METHODS",
     "transform_group",
     "view_elements",
     "per_view_logits",
@@ -51,7 +51,7 @@ __all__ = [
 
 # Input transformations of the test set. "rot180" is the article's "flip"; "hflip" is a true mirror.
 TRANSFORMS = ("none", "rot180", "rot90", "hflip")
-METHODS = ("vanilla", "equitune", "equizero")
+ZEROSHOT_METHODS = ("vanilla", "equitune", "equizero")
 
 
 def transform_group(name: str) -> Group:
@@ -240,14 +240,15 @@ def run_zeroshot(backbone_name: str, dataset: str, *, transforms: Sequence[str] 
 def method_ordering(top1, decimals: int = 2):
     """The ordering of the methods' top-1 per row, as printed (equal at ``decimals`` is a tie).
 
-    ``top1``: a DataFrame with columns ``vanilla``, ``equitune``, ``equizero``. Returns a Series of strings such
-    as ``"equizero > equitune > vanilla"`` or ``"equitune = equizero > vanilla"``, and whether the article's
-    expected ordering (vanilla < equitune < equizero, strictly) holds.
+    ``top1``: a DataFrame with columns ``vanilla``, ``equitune``, ``equizero``. Returns a DataFrame with the same
+    index and two columns: ``ordering``, strings such as ``"equizero > equitune > vanilla"`` or ``"equitune =
+    equizero > vanilla"``, and whether the article's expected ordering (vanilla < equitune < equizero, strictly)
+    holds.
     """
     import pandas as pd
 
     def describe(row) -> str:
-        ranked = sorted(METHODS, key=lambda m: -round(float(row[m]), decimals))
+        ranked = sorted(ZEROSHOT_METHODS, key=lambda m: -round(float(row[m]), decimals))
         text = ranked[0]
         for prev, name in zip(ranked, ranked[1:]):
             text += (" = " if round(float(row[prev]), decimals) == round(float(row[name]), decimals) else " > ") + name

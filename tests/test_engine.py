@@ -440,3 +440,24 @@ def test_a_finetune_step_on_images_held_on_the_gpu_never_waits_for_it() -> None:
         one_step(8, 2)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_half_storage_sgd_calls_its_closure_and_evaluation_mode_restores_after_an_error() -> None:
+    from equinb.engine import evaluation_mode
+    from equinb.precision import HalfStorageSGD
+
+    w = nn.Parameter(torch.ones(3))
+    opt = HalfStorageSGD([w], lr=0.5)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = (w ** 2).sum()
+        loss.backward()
+        return loss
+
+    assert float(opt.step(closure)) == 3.0 and torch.equal(w.detach(), torch.zeros(3))  # w - 0.5 * 2w
+    model = nn.Dropout().train()
+    with pytest.raises(RuntimeError, match="boom"), evaluation_mode(model):
+        assert not model.training
+        raise RuntimeError("boom")
+    assert model.training
