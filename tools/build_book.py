@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
@@ -72,7 +73,7 @@ class ChapterFailed(RuntimeError):
     """A chapter could not be executed (the message says which and why)."""
 
 
-def fail(msg: str) -> None:
+def fail(msg: str) -> NoReturn:
     print(f"build_book: error: {msg}", file=sys.stderr)
     sys.exit(2)
 
