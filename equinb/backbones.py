@@ -270,6 +270,7 @@ def load_backbone(name: str, device: str | torch.device = "cpu", *, download_roo
     if name not in clip.available_models():
         raise ValueError(f"Unknown backbone {name!r}; valid names: {list(BACKBONE_NAMES)}.")
     if path is not None:
+        _check_release(name, path, clip.clip._MODELS)
         model = _clip_from_file(path, dev)
     else:
         try:
@@ -344,6 +345,20 @@ def _is_torchscript(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as zf:
         return any("/code/" in n for n in zf.namelist())
+
+
+def _check_release(name: str, path: str | Path, releases: dict[str, str]) -> None:
+    """Refuse a local file that is another backbone's OpenAI release (its SHA256 is the folder of that release's
+    URL): an RN101 file given as RN50 would otherwise load and run as RN50. A file of no release (finetuned, or
+    random weights as in the smoke test) is used as given."""
+    path = Path(path)
+    if not path.is_file():
+        return  # _clip_from_file says so
+    digest = sha256_file(path)
+    other = next((n for n, url in releases.items() if url.rsplit("/", 2)[-2] == digest), None)
+    if other is not None and other != name:
+        raise ValueError(f"{str(path)!r} is OpenAI's release file of CLIP {other!r}, not of {name!r}: give it as "
+                         f"{other!r} (e.g. clip_paths {{{other}: {path}}}), or give {name!r} its own file")
 
 
 def _clip_from_file(path: str | Path, device: torch.device) -> nn.Module:

@@ -278,3 +278,20 @@ def test_cpu_chunks_split_on_the_cpu_and_keep_every_row() -> None:
     parts = cpu_chunks(x)
     assert [len(p) for p in parts] == [CPU_PASS_IMAGES, CPU_PASS_IMAGES, 21 - 2 * CPU_PASS_IMAGES]
     assert torch.equal(torch.cat(parts), x) and len(cpu_chunks(x, images=100)) == 1
+
+
+def test_a_local_clip_file_of_another_release_is_refused(tmp_path) -> None:
+    import hashlib
+
+    from equinb.backbones import _check_release
+
+    path = tmp_path / "weights.pt"
+    path.write_bytes(b"not really RN101")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    releases = {"RN50": "https://host/clip/models/" + "0" * 64 + "/RN50.pt",
+                "RN101": f"https://host/clip/models/{digest}/RN101.pt"}
+    with pytest.raises(ValueError, match="release file of CLIP 'RN101', not of 'RN50'"):
+        _check_release("RN50", path, releases)
+    _check_release("RN101", path, releases)  # its own name: fine
+    path.write_bytes(b"finetuned weights")  # no release: used as given
+    _check_release("RN50", path, releases)
