@@ -20,11 +20,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .verdicts import NOT_TESTED, VERDICT_COLUMN
+
 __all__ = ["Table", "Link", "show", "publish_verdicts", "glued_json", "start_chapter", "save_data", "VERDICTS_KEY",
-           "CLAIMS_KEY", "DATA_ENV"]
+           "CLAIMS_KEY", "RUNNABLE_KEY", "DATA_ENV"]
 
 VERDICTS_KEY = "verdicts"  # the glued verdict table of a chapter
 CLAIMS_KEY = "verdicts_json"  # the same rows as JSON, read by the claim list
+RUNNABLE_KEY = "verdicts_runnable"  # the rows of claims this profile runs, for the summary page
+_NEEDS_OTHER_SETTING = f"{NOT_TESTED}: needs "  # equinb.verdicts.not_in_this_run's reason
 DATA_ENV = "EQUINB_DATA_OUT"  # folder for the numbers behind each table and figure (unset: none written)
 TOC = Path(__file__).resolve().parents[1] / "_toc.yml"  # the book's table of contents, in a source checkout
 _chapter: dict = {"id": None, "prefix": "", "count": 0}  # the numbering of the running chapter
@@ -150,6 +154,12 @@ def publish_verdicts(rows: list[dict], profile: str, chapter: str, caption: str)
     table = _numbered(Table(pd.DataFrame(rows), f"{caption} (profile: {profile})", hidden=("id", "changed")))
     display(table)
     glue(VERDICTS_KEY, table, display=False)
+    # the summary page shows the claims this profile could run; the others are counted and left to the claim list
+    runnable = [row for row in rows if not str(row.get(VERDICT_COLUMN, "")).startswith(_NEEDS_OTHER_SETTING)]
+    left_out = len(rows) - len(runnable)
+    note = f"; {left_out} more need settings this profile does not run (the claim list has them)" if left_out else ""
+    glue(RUNNABLE_KEY, Table(pd.DataFrame(runnable, columns=table.frame.columns), table.caption + note,
+                             hidden=table.hidden), display=False)
     glue(CLAIMS_KEY, json.dumps([{**row, "profile": profile, "chapter": chapter} for row in rows],
                                 ensure_ascii=False), display=False)
 

@@ -27,6 +27,7 @@ profile: str = "small"  # the profile of this build (the claims of a chapter rep
 chapters_dir: str = "."  # folder of the executed chapters (<id>.ipynb); "." is the committed small-profile outputs
 
 # %% tags=["hide-input", "exact"]
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -48,7 +49,8 @@ for chapter in dict.fromkeys(c.chapter for c in claims() if c.chapter):
         missing.append(chapter)
     for row in rows or []:
         reported[row["id"]] = row
-print(f"claims registered: {len(claims())}; chapters read from {folder.resolve().name}/: "
+shown = os.path.relpath(folder.resolve(), Path.cwd().resolve().parent)  # from the repository (run in notebooks/)
+print(f"claims registered: {len(claims())}; chapters read from {shown}/: "
       f"{len({c.chapter for c in claims() if c.chapter}) - len(missing)}; not executed: {', '.join(missing) or 'none'}")
 
 # %% tags=["hide-input", "exact"]

@@ -289,7 +289,8 @@ gap = published.pivot_table(index=["backbone", "dataset", "transform"], columns=
 gap = gap[gap.index.get_level_values("transform").isin(["rot90", "rot180"])]
 glue("fig4_panels_n", f"{len(set(bars.dataset)) * 2}", display=False)
 glue("fig4_panels_finding", f"equitune is above vanilla in {int((gap.equitune > gap.vanilla).sum())} of {len(gap)} "
-     f"bar groups of this build, equizero in {int((gap.equizero > gap.vanilla).sum())}", display=False)
+     f"bar groups of this build, equizero above vanilla in {int((gap.equizero > gap.vanilla).sum())} of {len(gap)} "
+     f"and above equitune in {int((gap.equizero > gap.equitune).sum())} of {len(gap)}", display=False)
 
 # %% [markdown]
 # ```{glue:figure} fig4_panels

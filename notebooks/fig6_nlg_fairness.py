@@ -259,6 +259,7 @@ for key, name, frame in (("inverse_d3", "EquiLM g^-1 (d=3)", samples), ("forward
     reasons = [zero_by_construction(N.alike_unit_share(frame, name), name, copies[name]),
                by_construction(null_control(frame, "base LM"), observed, fair)]
     claims.append(verdict_row(f"fig6.gap.{key}", observed, reasons=reasons, decimals=3))
+    glue(f"gap_{key}_verdict", claims[-1]["verdict vs the article"], display=False)
 base_units, forward_units = N.unit_positives(samples, "base LM"), N.unit_positives(samples, "EquiLM g (d=3)")
 for demographic in demographics:
     claim_id = f"fig6.shift.{demographic.lower()}"

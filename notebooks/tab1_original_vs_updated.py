@@ -94,7 +94,8 @@ from equinb.analysis import group_changes, no_training_scores
 from equinb.cache import run_cache_dir
 from equinb.chapter import check_params, profile_note, schedule_note
 from equinb.engine import TrainConfig, group_drift, weighted_model
-from equinb.evidence import compare_runs, finetune_changed, no_training_check, stage_runs, trained_minus_frozen
+from equinb.evidence import (compare_runs, finetune_changed, no_training_check, no_training_finding, stage_runs,
+                             trained_minus_frozen)
 from equinb.noise import chapter_tolerances, noise_note
 from equinb.reference import article_tab1, beside_article
 from equinb.setups import build_setup, correct_by_seed, run_training, seed_repeats
@@ -354,6 +355,7 @@ frozen = [effect_row(f"{name}: {text}", comparison, reasons=reasons) for name, s
                                                                           for code in configs})]
 show(pd.DataFrame(frozen), f"Every trained run minus the best model without training, top-1 (%) differences "
                            f"(profile: {profile})")
+glue("no_training_finding", no_training_finding(frozen), display=False)
 for row in claims:
     key = row["id"].split(".", 1)[1].replace(".", "_")  # e.g. updated_minus_original_rot90_prefinetune
     glue(f"{key}_ours", row["ours"], display=False)

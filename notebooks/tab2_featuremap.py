@@ -278,6 +278,7 @@ for stage in STAGES:
     comparison, reasons, changed = compare_runs(repeats[baseline], stage, repeats[published], stage, maps,
                                        (baseline, published))
     note = f"against the {baseline}: {broken[0]}" if baseline != article_rate else ""
+    glue(f"invariant_row_{stage}", note or f"against the {article_rate}", display=False)
     claims.append(verdict_row(f"tab2.featuremap_minus_invariant.{stage}", comparison, reasons=[solved, *reasons],
                               changed=changed, note=note))
 # equivariance as published, per test image: invariance error minus equivariance error of Z (relative)

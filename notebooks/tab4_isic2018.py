@@ -365,6 +365,11 @@ untested = trained_rows[verdict_column].str.startswith(NOT_TESTED)
 glue("runs_beating_majority", int((trained_rows[verdict_column] == "beats it").sum()), display=False)
 glue("trained_rows", int((~untested).sum()), display=False)
 glue("trained_rows_untested", int(untested.sum()), display=False)
+zero_shot_rows = beyond[beyond.run.str.startswith("zero-shot")]
+glue("zero_shot_beating_majority", int((zero_shot_rows[verdict_column] == "beats it").sum()), display=False)
+glue("zero_shot_rows", len(zero_shot_rows), display=False)
+glue("trained_rows_all", len(trained_rows), display=False)
+glue("trained_rows_below_majority_top1", int((trained_rows["top-1 − majority"] < 0).sum()), display=False)
 
 # %% [markdown]
 # ## Confusion matrices

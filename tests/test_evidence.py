@@ -94,3 +94,15 @@ def test_every_trained_run_is_set_against_the_best_frozen_baseline(monkeypatch) 
 def test_stage_losses_are_the_stage_s_own() -> None:
     runs = [_run(0.8, 0.9, losses=(1.0, 2.0)), _run(0.8)]  # the second never finetuned
     assert stage_losses(runs, "finetune") == [1.0, 2.0] and stage_losses(runs, "prefinetune") == [1.0, 2.0, 1.0, 0.5]
+
+
+def test_the_no_training_finding_counts_judged_rows_by_sign() -> None:
+    from equinb.evidence import no_training_finding
+    from equinb.verdicts import EFFECT_COLUMN
+
+    rows = [{"ours": "-13.13", EFFECT_COLUMN: "non-zero"}, {"ours": "+2.00", EFFECT_COLUMN: "non-zero"},
+            {"ours": "-0.50", EFFECT_COLUMN: "inconclusive"},
+            {"ours": "-4.45", EFFECT_COLUMN: "not tested here: the compared runs ran 1 seed (a verdict needs 5)"}]
+    assert no_training_finding(rows) == ("of the 3 trained runs and stages with enough seeds to judge (1 without), "
+                                         "1 score below the best model without training and 1 above it, beyond "
+                                         "the noise")
