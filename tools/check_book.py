@@ -212,6 +212,7 @@ def check(html: Path, screenshots: Path, only: list[str], chromium: str) -> dict
             browser.close()
     finally:
         server.shutdown()
+        server.server_close()  # the listening socket, which shutdown() leaves open
     return report
 
 
