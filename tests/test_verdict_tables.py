@@ -82,3 +82,20 @@ def test_the_claim_list_lists_every_claim_with_counts() -> None:
     assert all(c.text[:60].replace('"', '\\"') in text for c in claims()), "a claim is missing from the list"
     assert read(notebook) is None  # the list glues counts, not verdict rows
     assert '"claims_tested"' in text and '"claims_not_tested_here"' in text
+
+
+def test_the_summary_table_leaves_out_only_claims_that_need_other_settings(monkeypatch) -> None:
+    import myst_nb
+
+    from equinb import tables
+
+    glued = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=True: glued.__setitem__(name, value))
+    monkeypatch.setattr("IPython.display.display", lambda *args: None)
+    rows = [{"id": "a", "claim": "x", VERDICT_COLUMN: "agrees"},
+            {"id": "b", "claim": "y", VERDICT_COLUMN: f"{NOT_TESTED}: needs backbone RN101; this run has RN50"},
+            {"id": "c", "claim": "z", VERDICT_COLUMN: f"{NOT_TESTED}: finetuning changed no test prediction of r"}]
+    tables.publish_verdicts(rows, "small", "tab1_original_vs_updated", "Claims")
+    runnable = glued[tables.RUNNABLE_KEY]
+    assert list(runnable.frame["id"]) == ["a", "c"] and len(glued[tables.VERDICTS_KEY].frame) == 3
+    assert runnable.caption.endswith("; 1 more need settings this profile does not run (the claim list has them)")
