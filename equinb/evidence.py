@@ -125,5 +125,6 @@ def no_training_finding(rows: Sequence[dict]) -> str:
     judged = [r for r in rows if not r[EFFECT_COLUMN].startswith(NOT_TESTED)]
     below = sum(r[EFFECT_COLUMN] == "non-zero" and r["ours"].startswith("-") for r in judged)
     above = sum(r[EFFECT_COLUMN] == "non-zero" and r["ours"].startswith("+") for r in judged)
-    return (f"of the {len(judged)} trained runs and stages with enough seeds to judge ({len(rows) - len(judged)} "
-            f"without), {below} score below the best model without training and {above} above it, beyond the noise")
+    return (f"of the {len(judged)} trained runs and stages that could be judged ({len(rows) - len(judged)} more "
+            f"could not), {below} score below the best model without training and {above} above it, beyond the "
+            "noise")

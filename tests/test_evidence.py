@@ -103,6 +103,6 @@ def test_the_no_training_finding_counts_judged_rows_by_sign() -> None:
     rows = [{"ours": "-13.13", EFFECT_COLUMN: "non-zero"}, {"ours": "+2.00", EFFECT_COLUMN: "non-zero"},
             {"ours": "-0.50", EFFECT_COLUMN: "inconclusive"},
             {"ours": "-4.45", EFFECT_COLUMN: "not tested here: the compared runs ran 1 seed (a verdict needs 5)"}]
-    assert no_training_finding(rows) == ("of the 3 trained runs and stages with enough seeds to judge (1 without), "
-                                         "1 score below the best model without training and 1 above it, beyond "
-                                         "the noise")
+    assert no_training_finding(rows) == ("of the 3 trained runs and stages that could be judged (1 more could "
+                                         "not), 1 score below the best model without training and 1 above it, "
+                                         "beyond the noise")
