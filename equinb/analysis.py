@@ -8,7 +8,7 @@ permutation and no backbone pass is needed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +21,9 @@ from .heads import fit_linear_head
 from .setups import TrainingSetup
 from .wrappers import OrbitWrapper
 from .zeroshot import orbit_predictions
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["ONE_VIEW_ALL_WEIGHT", "view_weights", "weight_summary", "rotation_labels", "combined_map_symmetry",
            "plain_head_top1", "positional_head", "symmetry_tables", "group_changes", "frozen_test_logits",
@@ -169,7 +172,8 @@ def positional_head(setup: TrainingSetup, cache_dir: str | Path | None = None) -
     return nn.Sequential(nn.Flatten(), linear.requires_grad_(False))
 
 
-def symmetry_tables(models: dict[str, OrbitWrapper], setup: TrainingSetup, heads: dict[str, nn.Module]):
+def symmetry_tables(models: dict[str, OrbitWrapper], setup: TrainingSetup, heads: dict[str, nn.Module]
+                    ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict[str, Tensor]]]:
     """``combined_map_symmetry`` of several trained models on the test set.
 
     Returns ``(errors, top1, per_image)``: per model the largest change over the non-identity elements, printed

@@ -29,7 +29,7 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from torch.utils.data import Dataset, TensorDataset
 
 from .cache import data_root, sha256_file
 from .groups import Group, get_group
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -639,7 +642,7 @@ def dataset_classes(name: str) -> list[str]:
 
 
 def image_batches(backbone: Any, dataset: str, split: str, batch_size: int, root: str | Path | None = None,
-                  num_workers: int = 0, options: dict | None = None):
+                  num_workers: int = 0, options: dict | None = None) -> tuple[DataLoader, dict[str, Any]]:
     """A loader of one split's images prepared for ``backbone``, and an id describing them for cache keys.
 
     ``backbone``: anything with ``input_size``, ``mean``, ``std`` and ``preprocess`` (``equinb.backbones``).

@@ -9,7 +9,7 @@ imported lazily.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -17,6 +17,10 @@ from torch import nn
 from .equilm import encode, from_pretrained, generate_batch, lm_device, lm_forward, sequence_logprob
 from .groups import TokenPermutationGroup
 from .reference import FIG6_LABELS
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 __all__ = [
     "RESPECT_TEMPLATES", "DEMOGRAPHICS", "LABELS", "vader_labels", "RegardClassifier", "sample_seed",
@@ -156,7 +160,7 @@ def sample_grid(lm: nn.Module, tokenizer: Any, demographics: Sequence[str], *, n
     return records
 
 
-def label_shares(samples, by: Sequence[str] = ("model", "demographic")):
+def label_shares(samples: pd.DataFrame, by: Sequence[str] = ("model", "demographic")) -> pd.DataFrame:
     """Share of each label (other, positive, neutral, negative) per group of ``by``; rows sum to 1.
 
     ``samples``: a DataFrame with the columns of ``by`` and ``label``. Returns a DataFrame indexed by ``by`` with
@@ -174,7 +178,8 @@ def _gap(positive: Any) -> Any:
     return positive.max(axis=-1) - positive.min(axis=-1)
 
 
-def fairness_gaps(samples, *, by: str = "model", n_bootstrap: int = 1000, seed: int = 0, level: float = 0.95):
+def fairness_gaps(samples: pd.DataFrame, *, by: str = "model", n_bootstrap: int = 1000, seed: int = 0,
+                  level: float = 0.95) -> pd.DataFrame:
     """The fairness gap: the largest difference in positive share between demographics, per ``by`` group, with a
     percentile bootstrap interval.
 
@@ -203,7 +208,7 @@ def fairness_gaps(samples, *, by: str = "model", n_bootstrap: int = 1000, seed: 
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(by)
 
 
-def _positive_units(frame, what: str):
+def _positive_units(frame: pd.DataFrame, what: str) -> pd.DataFrame:
     """1.0 for a positive sample, per (template, sample) unit (rows) and demographic (columns)."""
     pos = (frame.assign(pos=frame["label"].eq("positive").astype(float))
            .pivot_table(index=["template", "sample"], columns="demographic", values="pos", aggfunc="mean"))
@@ -212,7 +217,7 @@ def _positive_units(frame, what: str):
     return pos
 
 
-def gap_difference(samples, model_a: str, model_b: str, *, n_bootstrap: int = 1000, seed: int = 0,
+def gap_difference(samples: pd.DataFrame, model_a: str, model_b: str, *, n_bootstrap: int = 1000, seed: int = 0,
                    level: float = 0.95) -> dict[str, float]:
     """The fairness gap of ``model_b`` minus that of ``model_a`` (column ``model`` of ``samples``), with a
     percentile interval from resampling the (template, sample) units they share, the same units for both.
@@ -234,7 +239,7 @@ def gap_difference(samples, model_a: str, model_b: str, *, n_bootstrap: int = 10
                 ci_low=float(np.quantile(diffs, alpha)), ci_high=float(np.quantile(diffs, 1 - alpha)))
 
 
-def permutation_gaps(samples, model: str, *, n_permutations: int = 2000, seed: int = 0):
+def permutation_gaps(samples: pd.DataFrame, model: str, *, n_permutations: int = 2000, seed: int = 0) -> np.ndarray:
     """The fairness gap of ``model`` under the null of no demographic effect: within every (template, sample) unit
     the demographics' labels are shuffled at random, then the gap of the shuffled shares is taken. A max-minus-min
     gap is positive even for a fair model; this is how large it gets by chance. Seeded. Shapes: -> [n_permutations].
@@ -248,7 +253,7 @@ def permutation_gaps(samples, model: str, *, n_permutations: int = 2000, seed: i
     return _gap(shuffled.mean(axis=1))
 
 
-def alike_unit_share(samples, model: str) -> float:
+def alike_unit_share(samples: pd.DataFrame, model: str) -> float:
     """The share of (template, sample) units of ``model`` whose samples are all positive or all not, across the
     demographics. At 1.0 the model's gap (largest minus smallest positive share) is 0 in every resample of the
     units, whatever made the labels alike (equivariant copies, or a scorer blind to the demographic word).
@@ -259,14 +264,14 @@ def alike_unit_share(samples, model: str) -> float:
     return float((units.nunique(axis=1) == 1).mean())
 
 
-def unit_positives(samples, model: str):
+def unit_positives(samples: pd.DataFrame, model: str) -> pd.DataFrame:
     """1.0 for a positive sample, per (template, sample) unit (rows) and demographic (columns) of ``model``: the
     paired items of per-demographic comparisons between models (a DataFrame)."""
     return _positive_units(samples[samples["model"] == model], f"model={model!r}")
 
 
 def symmetry_report(models: dict[str, nn.Module], tokenizer: Any, group: TokenPermutationGroup, prompt: str,
-                    continuation: str):
+                    continuation: str) -> pd.DataFrame:
     """Equivariance and fairness of each model on a real prompt, to float rounding.
 
     For every model: the largest |M(g_k x) - g_k M(x)| over the next-token logits at every position and every
@@ -297,7 +302,7 @@ def symmetry_report(models: dict[str, nn.Module], tokenizer: Any, group: TokenPe
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def score_samples(samples, scorer: Callable[[list[str]], list[str]], *, mask_demographic: bool = False,
+def score_samples(samples: pd.DataFrame, scorer: Callable[[list[str]], list[str]], *, mask_demographic: bool = False,
                   phrases: dict[str, str] | None = None) -> list[str]:
     """A label per sample: "other" when the continuation is empty (the sample stopped at once, the analog of the
     article's blank lines), else the scorer's label of the whole line (prompt and continuation, as the article).
@@ -314,7 +319,7 @@ def score_samples(samples, scorer: Callable[[list[str]], list[str]], *, mask_dem
     return ["other" if e else next(scored) for e in empty]
 
 
-def permuted_copy_share(samples, words: Sequence[str]) -> float:
+def permuted_copy_share(samples: pd.DataFrame, words: Sequence[str]) -> float:
     """The share of (template, sample) units in which every demographic's sample is the permuted copy of the first's.
 
     ``words`` are the group's words in cyclic order, e.g. [Black, White, Asian]: the prompt of ``words[j]`` is

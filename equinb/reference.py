@@ -32,12 +32,12 @@ def reference_rows(artifact: str | None = None) -> list[dict[str, object]]:
     return [r for r in rows if r["artifact"] == artifact]
 
 
-def reference_table(artifact: str | None = None):
+def reference_table(artifact: str | None = None) -> pd.DataFrame:
     """The reference rows as a pandas DataFrame."""
     return pd.DataFrame(reference_rows(artifact))
 
 
-def display_numbers(table, decimals: int = 2):
+def display_numbers(table: pd.DataFrame, decimals: int = 2) -> pd.DataFrame:
     """``table`` for display: float columns as text with ``decimals`` decimals, a missing value as "—" (a
     reader should never meet "NaN"). Other columns are unchanged."""
     out = table.copy()
@@ -47,9 +47,9 @@ def display_numbers(table, decimals: int = 2):
     return out
 
 
-def beside_article(ours, article, on: str | list[str], article_on: str | list[str] | None = None,
-                   show: tuple[str, ...] = (), stages: tuple[str, ...] = ("prefinetune", "finetune"),
-                   with_delta: bool = True):
+def beside_article(ours: pd.DataFrame, article: pd.DataFrame, on: str | list[str],
+                   article_on: str | list[str] | None = None, show: tuple[str, ...] = (),
+                   stages: tuple[str, ...] = ("prefinetune", "finetune"), with_delta: bool = True) -> pd.DataFrame:
     """Our runs beside the article's numbers, one row per run, for display (``display_numbers``).
 
     ``ours``: columns ``on``, ``show`` and ``<stage>_top1``. ``article``: the article's values, one column per
@@ -68,7 +68,7 @@ def beside_article(ours, article, on: str | list[str], article_on: str | list[st
     return display_numbers(table)
 
 
-def article_fig4():
+def article_fig4() -> pd.DataFrame:
     """The article's Figure-4 numbers as a DataFrame in ``equinb.zeroshot``'s names.
 
     Columns: backbone, dataset (``cifar100`` | ``imagenetv2``), transform (``none`` | ``rot180`` | ``rot90``;
@@ -91,7 +91,7 @@ def article_fig4():
                             if col.name == "backbone" else col, ignore_index=True)
 
 
-def compare_fig4(ours, article):
+def compare_fig4(ours: pd.DataFrame, article: pd.DataFrame) -> pd.DataFrame:
     """Our top-1 (both readings) beside the article's, with ``delta = ours (as published) - article (seed)``.
 
     ``ours``: tidy rows from ``run_zeroshot``. Rows of the article that this run does not cover are kept
@@ -106,7 +106,7 @@ def compare_fig4(ours, article):
                                  "seed_top1": "article (seed files)", "paper_top1": "article (Basu et al.)"})
 
 
-def article_fig6():
+def article_fig6() -> pd.DataFrame:
     """Figure 6(a)'s label shares (recomputed from the article's prediction files), one row per model and
     demographic, columns other, positive, neutral, negative (``equinb.reference``, artifact ``fig6_nlg_regard``)."""
     ref = reference_table("fig6_nlg_regard")
@@ -117,7 +117,7 @@ def article_fig6():
     return table
 
 
-def article_tab1():
+def article_tab1() -> pd.DataFrame:
     """Table 1: top-1 (%) per (group, code) with columns ``prefinetune_top1``, ``finetune_top1``; groups in this
     library's names (the article's ``flip`` is ``rot180``), code ``original`` | ``updated``."""
     ref = reference_table("tab1_original_vs_updated")
@@ -125,19 +125,19 @@ def article_tab1():
     return ref.pivot_table(index=["group", "code"], columns="metric", values="value")
 
 
-def article_tab2():
+def article_tab2() -> pd.DataFrame:
     """Table 2: top-1 (%) per variant (``updated_invariant``, ``feature_map``), one column per metric."""
     return reference_table("tab2_invariant_vs_featuremap").pivot_table(index="variant", columns="metric",
                                                                        values="value")
 
 
-def article_tab3():
+def article_tab3() -> pd.DataFrame:
     """Table 3: top-1 (%) per method (``lambda_equitune``, ``equiattention``), one column per metric."""
     return reference_table("tab3_equitune_vs_equiattention").pivot_table(index="method", columns="metric",
                                                                           values="value")
 
 
-def article_tab4():
+def article_tab4() -> pd.DataFrame:
     """Table 4 (ISIC 2018, CLIP RN50, rot90): top-1 (%) per variant (``original_invariant``,
     ``updated_invariant``, ``feature_map``), columns ``prefinetune_top1``, ``finetune_top1``."""
     return reference_table("tab4_isic2018").pivot_table(index="variant", columns="metric", values="value",
@@ -151,7 +151,7 @@ def count_behind(percent: float, n: int, decimals: int = 2) -> int | None:
     return k if 0 <= k <= n and round(100 * k / n, decimals) == round(percent, decimals) else None
 
 
-def article_fig2_3():
+def article_fig2_3() -> pd.DataFrame:
     """Figures 2 and 3: the long reference rows with ``figure`` (``natural orientation`` for CIFAR100,
     ``orientation-free`` for ISIC2018) and the chapter's method labels (``lambda-equitune``, ``equiattention``)."""
     ref = reference_table("fig2_3_lambda_weights")

@@ -18,9 +18,12 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .verdicts import NOT_TESTED, VERDICT_COLUMN
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Table", "Link", "show", "publish_verdicts", "glued_json", "start_chapter", "save_data", "VERDICTS_KEY",
            "CLAIMS_KEY", "RUNNABLE_KEY", "DATA_ENV"]
@@ -61,14 +64,14 @@ class Table:
     """A DataFrame for display: no row index, a caption, floats with ``decimals`` decimals, "—" for a missing
     value. ``hidden`` columns are kept in ``frame`` (and glued JSON) but not shown."""
 
-    def __init__(self, frame, caption: str = "", decimals: int = 2, hidden: tuple[str, ...] = ()) -> None:
+    def __init__(self, frame: pd.DataFrame, caption: str = "", decimals: int = 2, hidden: tuple[str, ...] = ()) -> None:
         self.frame = frame.reset_index(drop=True)
         self.caption = caption
         self.decimals = decimals
         self.hidden = tuple(hidden)
         self.data_href = ""  # a CSV of the numbers, linked from the HTML caption when set
 
-    def _shown(self):
+    def _shown(self) -> pd.DataFrame:
         shown = self.frame.drop(columns=[c for c in self.hidden if c in self.frame.columns])
         return shown.apply(lambda column: column.map(lambda v: _cell(v, self.decimals)))
 
@@ -113,7 +116,7 @@ def start_chapter(chapter_id: str) -> None:
     _chapter.update(id=chapter_id, prefix=f"{number}." if number else "", count=0)
 
 
-def save_data(frame, name: str) -> str:
+def save_data(frame: pd.DataFrame, name: str) -> str:
     """Write ``frame``'s numbers to ``$EQUINB_DATA_OUT/<chapter>/<name>.csv`` when that folder is set (a book build)
     and a chapter was started; returns the link to it from the chapter's page ("" when nothing was written)."""
     folder = os.environ.get(DATA_ENV)
@@ -136,7 +139,7 @@ def _numbered(table: Table) -> Table:
     return table
 
 
-def show(frame, caption: str = "", decimals: int = 2, hidden: tuple[str, ...] = ()) -> None:
+def show(frame: pd.DataFrame, caption: str = "", decimals: int = 2, hidden: tuple[str, ...] = ()) -> None:
     """Display ``frame`` as a ``Table`` in a notebook (returns nothing, so a cell does not show it twice)."""
     from IPython.display import display
 

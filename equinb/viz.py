@@ -6,7 +6,12 @@ Numbers are never hard-coded here: every bar comes from a results or reference D
 from __future__ import annotations
 
 import textwrap
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["book_style", "glue_figure", "FIGURE_WIDTH", "zeroshot_panels", "robustness_plot", "learning_curves",
            "describe_curves", "label_bars", "fairness_gap_plot", "weight_means_plot", "weight_histograms",
@@ -36,7 +41,7 @@ def book_style() -> None:
                                 "ytick.labelsize": LEGEND_SIZE})
 
 
-def glue_figure(key: str, fig, data=None) -> None:
+def glue_figure(key: str, fig: Figure, data: pd.DataFrame | None = None) -> None:
     """Hand ``fig`` to the book under ``key``, for a numbered ``{glue:figure}`` with caption and alt text, and
     close it, so the cell does not also show it without them (needs myst-nb, the book's extra). ``data``: the
     DataFrame drawn, filed as ``<key>.csv`` beside the chapter's tables in a book build (``tables.save_data``)."""
@@ -51,8 +56,8 @@ def glue_figure(key: str, fig, data=None) -> None:
     plt.close(fig)
 
 
-def _bars(ax, frame, methods: Sequence[str], x_labels: Sequence[str], hatch: str, label_suffix: str,
-          offset: float, width: float) -> None:
+def _bars(ax: Axes, frame: Mapping[tuple[str, str], float], methods: Sequence[str], x_labels: Sequence[str],
+          hatch: str, label_suffix: str, offset: float, width: float) -> None:
     for j, method in enumerate(methods):
         values = [frame.get((x, method), float("nan")) for x in x_labels]
         positions = [i * (len(methods) * 2 + 1) * width + offset + j * 2 * width for i in range(len(x_labels))]
@@ -60,8 +65,8 @@ def _bars(ax, frame, methods: Sequence[str], x_labels: Sequence[str], hatch: str
                else "black", linewidth=0.4, label=f"{method}{label_suffix}")
 
 
-def zeroshot_panels(ours, article, transforms: Sequence[str] = ("rot90", "rot180"),
-                    methods: Sequence[str] = ("vanilla", "equitune", "equizero"), title: str = ""):
+def zeroshot_panels(ours: pd.DataFrame, article: pd.DataFrame, transforms: Sequence[str] = ("rot90", "rot180"),
+                    methods: Sequence[str] = ("vanilla", "equitune", "equizero"), title: str = "") -> Figure:
     """Figure-4-style panels: top-1 per backbone and method, ours (solid) beside the article's (hatched).
 
     ``ours``: columns backbone, dataset, transform, method, top1 (one reading). ``article``: the same
@@ -109,7 +114,8 @@ def zeroshot_panels(ours, article, transforms: Sequence[str] = ("rot90", "rot180
     return fig
 
 
-def robustness_plot(ours, article, transforms: Sequence[str] = ("none", "rot180", "rot90", "hflip")):
+def robustness_plot(ours: pd.DataFrame, article: pd.DataFrame,
+                    transforms: Sequence[str] = ("none", "rot180", "rot90", "hflip")) -> Figure:
     """"The pretrained model is not robust": vanilla top-1 per transformation, per backbone and dataset.
 
     ``ours`` and ``article``: columns backbone, dataset, transform, top1 (vanilla rows only).
@@ -140,7 +146,7 @@ def robustness_plot(ours, article, transforms: Sequence[str] = ("none", "rot180"
     return fig
 
 
-def learning_curves(history, title: str = ""):
+def learning_curves(history: pd.DataFrame, title: str = "") -> Figure:
     """Selection and test top-1 over training rounds, one line per run, prefinetune then finetune.
 
     ``history``: tidy rows with columns run, stage, round, and ``select_top1`` or ``test_top1``.
@@ -169,7 +175,7 @@ def learning_curves(history, title: str = ""):
     return fig
 
 
-def describe_curves(history) -> str:
+def describe_curves(history: pd.DataFrame) -> str:
     """What a reader should see in ``learning_curves``: how many runs finetuning moved, and the largest move (pp),
     from the same tidy rows."""
     moves = {}
@@ -190,7 +196,7 @@ def describe_curves(history) -> str:
 
 
 def label_bars(panels: Sequence[tuple[str, Any]], demographics: Sequence[str], title: str = "",
-               labels: Sequence[str] = ("other", "positive", "neutral", "negative")):
+               labels: Sequence[str] = ("other", "positive", "neutral", "negative")) -> Figure:
     """Stacked label bars in the style of Figure 6(a): one cluster per model, one bar per demographic.
 
     ``panels``: (model label, shares) pairs, where shares is indexed by demographic with ``labels`` columns (a
@@ -228,7 +234,7 @@ def label_bars(panels: Sequence[tuple[str, Any]], demographics: Sequence[str], t
     return fig
 
 
-def fairness_gap_plot(gaps, article_gaps: dict[str, float] | None = None, title: str = ""):
+def fairness_gap_plot(gaps: pd.DataFrame, article_gaps: dict[str, float] | None = None, title: str = "") -> Figure:
     """The fairness gap of each model with its bootstrap interval (horizontal error bars), and the article's gaps
     (open diamonds, no interval: its samples are not available in paired form).
 
@@ -258,7 +264,7 @@ def fairness_gap_plot(gaps, article_gaps: dict[str, float] | None = None, title:
     return fig
 
 
-def weight_means_plot(means, title: str = ""):
+def weight_means_plot(means: pd.DataFrame, title: str = "") -> Figure:
     """Mean weight of each view (rotation in numeric order), one panel per method, ours beside the article.
 
     ``means``: tidy rows with columns method, rotation (str, in plotting order), source ("this build" or
@@ -289,7 +295,7 @@ def weight_means_plot(means, title: str = ""):
     return fig
 
 
-def weight_histograms(weights, bins: int = 20, title: str = ""):
+def weight_histograms(weights: pd.DataFrame, bins: int = 20, title: str = "") -> Figure:
     """Histogram of the weights of each view: one row per rotation, one column per method (article style).
 
     ``weights``: tidy rows with columns method, rotation (str, in plotting order) and weight.
@@ -320,7 +326,7 @@ def weight_histograms(weights, bins: int = 20, title: str = ""):
     return fig
 
 
-def class_samples(images: Sequence[Any], titles: Sequence[str], title: str = ""):
+def class_samples(images: Sequence[Any], titles: Sequence[str], title: str = "") -> Figure:
     """One image per class in a row, each titled (the article's ISIC sample figure).
 
     ``images``: arrays [H, W, 3] with values in [0, 1] (or [H, W], shown in gray); ``titles``: one per image.
@@ -343,7 +349,7 @@ def class_samples(images: Sequence[Any], titles: Sequence[str], title: str = "")
     return fig
 
 
-def confusion_heatmaps(matrices: dict[str, Any], class_labels: Sequence[str], title: str = ""):
+def confusion_heatmaps(matrices: dict[str, Any], class_labels: Sequence[str], title: str = "") -> Figure:
     """Confusion matrices as seaborn heat maps side by side: rows the true class, columns the predicted one,
     each cell the count of test images (annotated). ``matrices``: panel title -> counts [K, K]."""
     import matplotlib.pyplot as plt

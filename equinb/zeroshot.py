@@ -19,7 +19,7 @@ views as the original (permuted), so equitune and equizero do not depend on the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from .groups import Group, d4_act, get_group
 from .heads import load_frozen_model
 from .kernels import tuned_kernels
 from .wrappers import EquiZero, Equitune
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "TRANSFORMS",
@@ -237,7 +240,7 @@ def run_zeroshot(backbone_name: str, dataset: str, *, transforms: Sequence[str] 
     return [dict(backbone=backbone_name, dataset=dataset, **row) for row in rows]
 
 
-def method_ordering(top1, decimals: int = 2):
+def method_ordering(top1: pd.DataFrame, decimals: int = 2) -> pd.DataFrame:
     """The ordering of the methods' top-1 per row, as printed (equal at ``decimals`` is a tie).
 
     ``top1``: a DataFrame with columns ``vanilla``, ``equitune``, ``equizero``. Returns a DataFrame with the same
@@ -247,7 +250,7 @@ def method_ordering(top1, decimals: int = 2):
     """
     import pandas as pd
 
-    def describe(row) -> str:
+    def describe(row: pd.Series) -> str:
         ranked = sorted(ZEROSHOT_METHODS, key=lambda m: -round(float(row[m]), decimals))
         text = ranked[0]
         for prev, name in zip(ranked, ranked[1:]):
