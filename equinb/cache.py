@@ -190,14 +190,26 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
-def source_fingerprint(*paths: str | Path) -> str:
-    """Hash of what Python files *do*: their syntax trees without docstrings, comments or layout.
+def _strip_signature_annotations(tree: ast.AST) -> ast.AST:
+    # a function's parameter and return annotations never change what it does (under postponed evaluation they
+    # are not even evaluated); annotated assignments stay, as a dataclass's fields are its annotations
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            node.returns = None
+        elif isinstance(node, ast.arg):
+            node.annotation = None
+    return tree
 
-    A cached result keyed by it survives edits of documentation and formatting, and is recomputed after
-    any change of a statement, name or constant.
+
+def source_fingerprint(*paths: str | Path) -> str:
+    """Hash of what Python files *do*: their syntax trees without docstrings, comments, layout or the type hints
+    of function signatures.
+
+    A cached result keyed by it survives edits of documentation, formatting and signatures' type hints, and is
+    recomputed after any change of a statement, name or constant.
     """
     digest = hashlib.sha256()
     for path in paths:
-        tree = _strip_docstrings(ast.parse(Path(path).read_text(), filename=str(path)))
+        tree = _strip_signature_annotations(_strip_docstrings(ast.parse(Path(path).read_text(), filename=str(path))))
         digest.update(ast.dump(tree, annotate_fields=False, include_attributes=False).encode())
     return digest.hexdigest()[:16]

@@ -26,7 +26,7 @@ import itertools
 import numbers
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -436,7 +436,7 @@ def reset_groups(module: nn.Module, before: dict[str, Tensor], groups: Sequence[
     return saved
 
 
-def _sgd(params, lr: float, momentum: float) -> torch.optim.SGD | None:
+def _sgd(params: Iterable[nn.Parameter], lr: float, momentum: float) -> torch.optim.SGD | None:
     trainable = [p for p in params if p.requires_grad]
     return torch.optim.SGD(trainable, lr=lr, momentum=momentum) if trainable else None
 

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .backbones import cpu_chunks, load_backbone
+from .backbones import Backbone, cpu_chunks, load_backbone
 from .cache import cache_dir as default_cache_dir
 from .cache import cache_key, data_root as default_root, load_or_compute, module_fingerprint, source_fingerprint
 from .data import dataset_classes, image_batches
@@ -148,8 +148,8 @@ def prototype_head(embeddings: Tensor, labels: Tensor, shots: int, n_classes: in
     return head.requires_grad_(False)
 
 
-def frozen_head(backbone, dataset: str, cache_dir: str | Path, *, batch_size: int = 256, data_root: str | None = None,
-                  num_workers: int = 0, dataset_options: dict | None = None) -> nn.Module:
+def frozen_head(backbone: Backbone, dataset: str, cache_dir: str | Path, *, batch_size: int = 256,
+                data_root: str | None = None, num_workers: int = 0, dataset_options: dict | None = None) -> nn.Module:
     """The frozen classification head of a backbone on a dataset, cached on disk.
 
     CLIP: the prompt-ensemble text head (``CosineHead``, logit factor 1 as in the article).
@@ -184,7 +184,8 @@ def frozen_head(backbone, dataset: str, cache_dir: str | Path, *, batch_size: in
 def load_frozen_model(backbone_name: str, dataset: str, *, device: str = "cpu", image_size: int | None = None,
                         data_root: str | None = None, cache_dir: str | Path | None = None,
                         clip_path: str | None = None, clip_download_root: str | None = None, batch_size: int = 256,
-                        num_workers: int = 0, dataset_options: dict | None = None):
+                        num_workers: int = 0, dataset_options: dict | None = None
+                        ) -> tuple[Backbone, nn.Module, Path, Path]:
     """The frozen backbone and its zero-shot head (see ``frozen_head``) for one dataset.
 
     Returns ``(backbone, head, root, cache_dir)``; ``head(backbone.encoder(x))`` gives logits [B, C].

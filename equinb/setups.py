@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -158,8 +158,8 @@ def _block_range(first: int, last: int) -> str:
 _SMALL_MAPS: dict[tuple, tuple[dict, dict, nn.Module, str]] = {}
 
 
-def _small_source(source: str, split: str, size: int, mean, std, index: dict[str, Sequence[int]] | None,
-                  root: str | None):
+def _small_source(source: str, split: str, size: int, mean: Sequence[float], std: Sequence[float],
+                  index: dict[str, Sequence[int]] | None, root: str | None):
     """The images of a small-profile source: ``digits`` (scikit-learn's) or ``fashion_mnist`` images ``index``."""
     if source == "digits":
         return load_digits(split, size, mean, std)
@@ -168,9 +168,9 @@ def _small_source(source: str, split: str, size: int, mean, std, index: dict[str
     raise ValueError(f"unknown small-profile source {source!r}; valid: 'digits', 'fashion_mnist'")
 
 
-def _cached_small_maps(source: str, group: Group, image_size: int, split_block: int, last_block: int, cache_dir,
-                       progress: bool, index: dict[str, Sequence[int]] | None = None, root: str | None = None
-                       ) -> tuple[dict, dict, nn.Module, str]:
+def _cached_small_maps(source: str, group: Group, image_size: int, split_block: int, last_block: int,
+                       cache_dir: str | Path, progress: bool, index: dict[str, Sequence[int]] | None = None,
+                       root: str | None = None) -> tuple[dict, dict, nn.Module, str]:
     """Images of ``source`` through MobileNetV2's blocks up to ``last_block``, split before ``split_block``, cached
     on disk once.
 
@@ -191,9 +191,9 @@ def _cached_small_maps(source: str, group: Group, image_size: int, split_block: 
     return _SMALL_MAPS[memo]
 
 
-def _load_small_maps(source: str, group: Group, image_size: int, split_block: int, last_block: int, cache_dir,
-                     progress: bool, index: dict[str, Sequence[int]] | None, root: str | None
-                     ) -> tuple[dict, dict, nn.Module, str]:
+def _load_small_maps(source: str, group: Group, image_size: int, split_block: int, last_block: int,
+                     cache_dir: str | Path, progress: bool, index: dict[str, Sequence[int]] | None,
+                     root: str | None) -> tuple[dict, dict, nn.Module, str]:
     backbone = load_backbone("mobilenet_v2", input_size=image_size)
     model = backbone.model.eval().requires_grad_(False)
     if not 0 < split_block <= last_block < len(model.features):
@@ -250,8 +250,8 @@ def _small_setup(group: Group, level: str, cached: dict, labels: dict, trunk: nn
         normalise_views=level == "embeddings", key=f"small-{level}-{key}")
 
 
-def _small_digit_setup(group: Group, level: str, image_size: int, split_block: int, last_block: int, cache_dir,
-                       progress: bool) -> TrainingSetup:
+def _small_digit_setup(group: Group, level: str, image_size: int, split_block: int, last_block: int,
+                       cache_dir: str | Path, progress: bool) -> TrainingSetup:
     """The small profile's digits at either level, with a linear head fitted on the upright training digits."""
     cached, labels, trunk, key = _cached_small_maps("digits", group, image_size, split_block, last_block, cache_dir,
                                                     progress)
@@ -270,7 +270,7 @@ def _small_digit_setup(group: Group, level: str, image_size: int, split_block: i
 
 
 def small_lambda_setup(group: Group, *, image_size: int = 64, split_block: int = 18, last_block: int = 18,
-                       cache_dir=None, progress: bool = False) -> TrainingSetup:
+                       cache_dir: str | Path | None = None, progress: bool = False) -> TrainingSetup:
     """The small profile: frozen MobileNetV2 blocks 0..split_block-1 cached per view; blocks split_block..last_block
     are trainable (18 is MobileNetV2's last block).
 
@@ -472,7 +472,8 @@ def _top1(predicted: Tensor, labels: Tensor) -> float:
 
 
 def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = "cifar100", *,
-                      device: str = "cpu", data_root=None, cache_dir=None, clip_path: str | None = None,
+                      device: str = "cpu", data_root: str | Path | None = None, cache_dir: str | Path | None = None,
+                      clip_path: str | None = None,
                       clip_download_root: str | None = None, max_train: int | None = 16_000,
                       dataset_options: dict | None = None, batch_size: int = 256, level: str = "embeddings",
                       progress: bool = False) -> TrainingSetup:
@@ -545,7 +546,7 @@ def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = 
     )
 
 
-def _decode_uint8(ds, limit: int | None, size: int) -> Tensor:
+def _decode_uint8(ds: Any, limit: int | None, size: int) -> Tensor:
     """Images of a file-backed dataset as uint8 [N, size, size, 3]: bicubic resize of the short side, centre crop."""
     from torchvision import transforms
 
@@ -556,7 +557,7 @@ def _decode_uint8(ds, limit: int | None, size: int) -> Tensor:
 
 
 def small_feature_map_setup(group: Group, *, image_size: int = 96, split_block: int = 17, last_block: int = 17,
-                            cache_dir=None, progress: bool = False) -> TrainingSetup:
+                            cache_dir: str | Path | None = None, progress: bool = False) -> TrainingSetup:
     """The small profile at the feature-map level (the article's layer4 -> attnpool split, on MobileNetV2).
 
     Blocks 0..split_block-1 are frozen and their per-view outputs cached; blocks split_block..last_block are the

@@ -107,6 +107,12 @@ def test_source_fingerprint_ignores_documentation_but_not_code(tmp_path: Path) -
     assert source_fingerprint(source) == before
     source.write_text('"""Module."""\n\ndef f(x):\n    """Doc."""\n    return x + 2\n')
     assert source_fingerprint(source) != before
+    source.write_text('"""Module."""\n\ndef f(x: "list[int]") -> int:\n    return x + 1\n')
+    assert source_fingerprint(source) == before  # type hints of a signature change nothing it does
+    source.write_text('"""Module."""\n\nclass C:\n    x: int = 1\n')
+    fields = source_fingerprint(source)
+    source.write_text('"""Module."""\n\nclass C:\n    x: ClassVar[int] = 1\n')
+    assert source_fingerprint(source) != fields  # an annotated assignment can decide a dataclass's fields
 
 
 def test_editing_the_engine_docstrings_keeps_the_run_cache(tmp_path: Path, monkeypatch) -> None:
