@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .verdicts import NOT_TESTED, VERDICT_COLUMN
+from .verdicts import NEEDS_OTHER_SETTING, NOT_TESTED, VERDICT_COLUMN
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,7 +31,7 @@ __all__ = ["Table", "Link", "show", "publish_verdicts", "glued_json", "start_cha
 VERDICTS_KEY = "verdicts"  # the glued verdict table of a chapter
 CLAIMS_KEY = "verdicts_json"  # the same rows as JSON, read by the claim list
 RUNNABLE_KEY = "verdicts_runnable"  # the rows of claims this profile runs, for the summary page
-_NEEDS_OTHER_SETTING = f"{NOT_TESTED}: needs "  # equinb.verdicts.not_in_this_run's reason
+_NEEDS_OTHER_SETTING = f"{NOT_TESTED}: {NEEDS_OTHER_SETTING}"  # a verdict from equinb.verdicts.not_in_this_run
 DATA_ENV = "EQUINB_DATA_OUT"  # folder for the numbers behind each table and figure (unset: none written)
 TOC = Path(__file__).resolve().parents[1] / "_toc.yml"  # the book's table of contents, in a source checkout
 _chapter: dict = {"id": None, "prefix": "", "count": 0}  # the numbering of the running chapter

@@ -33,11 +33,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["VERDICTS", "EFFECTS", "NOT_TESTED", "VERDICT_COLUMN", "EFFECT_COLUMN", "MIN_SEEDS", "LOSS_BOUND",
-           "VERDICT_RULE", "Comparison", "compare", "paired_interval", "judge", "effect", "verdict_row",
-           "effect_row", "unchanged_stage", "diverged", "at_chance", "solved_without_training",
-           "by_construction", "zero_by_construction", "symmetric_by_construction", "orientation_kept",
-           "too_few_seeds", "not_in_this_run",
+__all__ = ["VERDICTS", "EFFECTS", "NOT_TESTED", "VERDICT_COLUMN", "EFFECT_COLUMN", "NEEDS_OTHER_SETTING", "MIN_SEEDS",
+           "LOSS_BOUND", "VERDICT_RULE", "Comparison", "compare", "paired_interval", "judge", "effect", "verdict_row",
+           "effect_row", "unchanged_stage", "diverged", "at_chance", "solved_without_training", "by_construction",
+           "zero_by_construction", "symmetric_by_construction", "orientation_kept", "too_few_seeds", "not_in_this_run",
            "verdict_counts"]
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
@@ -49,6 +48,7 @@ NOT_TESTED = "not tested here"
 # another CPU does not re-flow the printed table.
 VERDICT_COLUMN = "verdict vs the article"
 EFFECT_COLUMN = "effect of the change"
+NEEDS_OTHER_SETTING = "needs "  # how not_in_this_run's reasons start (the summary page leaves those claims out)
 MIN_SEEDS = 5  # a trained run's verdict needs at least this many seeds of every run it compares
 LOSS_BOUND = 1e6  # a training loss above this (or not finite) marks a diverged run
 VERDICT_RULE = ("ours is the mean difference over the seeds; its 95% interval comes from a two-level bootstrap "
@@ -278,7 +278,7 @@ def not_in_this_run(needed: dict[str, str], present: dict[str, Sequence[str]]) -
     name = lambda key, text: f"{key} {text}" if key else text  # noqa: E731
     wanted = ", ".join(name(key, needed[key]) for key in missing)
     had = "; ".join(name(key, ", ".join(map(str, present.get(key, ()))) or "none") for key in missing)
-    return f"needs {wanted}; this run has {had}"
+    return f"{NEEDS_OTHER_SETTING}{wanted}; this run has {had}"
 
 
 # -- verdicts and rows --
