@@ -383,7 +383,7 @@ def test_equizero_stays_invariant_for_confident_models(proxy: str) -> None:
     with torch.no_grad():
         model[2].weight.mul_(200)
     x = torch.randn(64, 3, 8, 8)
-    assert check_invariance(EquiZero(model, "rot90", proxy=proxy), x, "rot90") == 0.0
+    assert check_invariance(EquiZero(model, "rot90", proxy=proxy), x, "rot90") < 1e-4  # rounding; a tie gave 120
     # the max_prob score orders views as the float64 probability does
     logits = torch.randn(6, 4, 7) * 3
     scores = proxy_scores(logits, "max_prob")
