@@ -39,9 +39,8 @@ from .wrappers import NORMALISATIONS, EquiAttention, LambdaEquitune, OrbitWrappe
 
 __all__ = ["TrainConfig", "ViewData", "ImageViewData", "TRAINED_METHODS", "weighted_model", "model_device",
            "evaluation_mode", "batch_schedule", "extract_view_features", "features", "predict", "evaluate",
-           "set_finetune_precision",
-           "snapshot", "parameter_drift", "group_drift", "reset_groups", "prefinetune", "finetune",
-           "train_step_loss"]
+           "set_finetune_precision", "snapshot", "parameter_drift", "group_drift", "reset_groups", "prefinetune",
+           "finetune", "train_step_loss"]
 
 Tensor = torch.Tensor
 

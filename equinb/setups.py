@@ -473,10 +473,9 @@ def _top1(predicted: Tensor, labels: Tensor) -> float:
 
 def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = "cifar100", *,
                       device: str = "cpu", data_root: str | Path | None = None, cache_dir: str | Path | None = None,
-                      clip_path: str | None = None,
-                      clip_download_root: str | None = None, max_train: int | None = 16_000,
-                      dataset_options: dict | None = None, batch_size: int = 256, level: str = "embeddings",
-                      progress: bool = False) -> TrainingSetup:
+                      clip_path: str | None = None, clip_download_root: str | None = None,
+                      max_train: int | None = 16_000, dataset_options: dict | None = None, batch_size: int = 256,
+                      level: str = "embeddings", progress: bool = False) -> TrainingSetup:
     """The paper profile: CLIP's image encoder is the trunk; the prompt-ensemble text head is fixed.
 
     ``level="embeddings"`` (the invariant lambda-equitune): the whole encoder is the trunk, its
