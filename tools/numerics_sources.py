@@ -43,6 +43,7 @@ def worker(out: Path, reference_maps: Path | None, images: int, steps: int) -> N
     from equinb.backbones import load_backbone
     from equinb.data import load_digits
     from equinb.weighting import FeatureMapWeightNet
+    from equinb.wrappers import LambdaEquitune
 
     group = get_group("rot90")
     backbone = load_backbone("mobilenet_v2", input_size=96)
@@ -57,24 +58,24 @@ def worker(out: Path, reference_maps: Path | None, images: int, steps: int) -> N
     if reference_maps is not None:
         maps = torch.load(reference_maps, weights_only=True)["maps"]
         torch.manual_seed(0)
+        # the library's feature-map lambda-equitune (as published: softmax weights, views unaligned) on the
+        # fixed maps: the trunk is never called, forward_views takes the views
         net = FeatureMapWeightNet(maps.shape[2], tuple(maps.shape[3:]))
-        head = nn.Linear(maps.shape[2], 10)
-        opt = torch.optim.SGD([*net.parameters(), *head.parameters()], lr=0.1, momentum=0.9)
+        head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(maps.shape[2], 10))
+        wrapper = LambdaEquitune(nn.Identity(), group, net, head=head, normalisation="softmax")
+        opt = torch.optim.SGD(wrapper.parameters(), lr=0.1, momentum=0.9)
         losses = []
         for step in range(steps):
             index = torch.arange(step * 32, step * 32 + 32) % images
-            weights = torch.softmax(net(maps[index]), dim=1)  # [B, G]
-            combined = (weights[:, :, None, None, None] * maps[index]).sum(1)  # [B, C, h, w]
-            loss = nn.functional.cross_entropy(head(combined.mean((-2, -1))), labels[index])
+            loss = nn.functional.cross_entropy(wrapper.forward_views(views=maps[index]), labels[index])
             opt.zero_grad()
             loss.backward()
             opt.step()
             losses.append(loss.item())
         with torch.no_grad():
-            weights = torch.softmax(net(maps), dim=1)
-            logits = head((weights[:, :, None, None, None] * maps).sum(1).mean((-2, -1)))
+            logits = wrapper.forward_views(views=maps)
         result.update(losses=torch.tensor(losses), params=torch.cat([p.detach().flatten() for p in
-                                                                     [*net.parameters(), *head.parameters()]]),
+                                                                     wrapper.parameters()]),
                       predictions=logits.argmax(-1))
     torch.save(result, out)
 
