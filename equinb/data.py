@@ -665,7 +665,7 @@ def root_identity(root: str | Path | None) -> str:
     that moving or renaming the data folder as a whole keeps every result cached in it; any other root by its
     absolute path (a folder of fakes or another copy of the data is other data)."""
     home = data_root().expanduser().resolve()
-    path = home if not root or str(root) == "None" else Path(root).expanduser().resolve()  # "": the home too
+    path = Path(root).expanduser().resolve() if root else home  # None and "": the default root
     return str(path.relative_to(home)) if path.is_relative_to(home) else str(path)
 
 
