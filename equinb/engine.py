@@ -34,6 +34,7 @@ from torch import nn
 
 from .groups import Group
 from .kernels import tuned_kernels
+from .metrics import top1
 from .precision import HalfStorageSGD, apply_clip_precision, parameter_groups
 from .wrappers import NORMALISATIONS, EquiAttention, LambdaEquitune, OrbitWrapper
 
@@ -363,7 +364,7 @@ def evaluate(model: OrbitWrapper, data: ViewData, batch_size: int = 256, feats: 
     ``max_batches``: only the first batches (the article's selection set). Seeded for the dropout.
     """
     predicted = predict(model, data, batch_size, feats, lambda_feats, max_batches, seed, data_are_features)
-    return 100.0 * float((predicted == data.labels[:len(predicted)]).sum()) / max(len(predicted), 1)
+    return top1(predicted, data.labels[:len(predicted)])
 
 
 def set_finetune_precision(model: OrbitWrapper, config: TrainConfig) -> tuple[list[str], bool]:
@@ -544,6 +545,5 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
             if eval_every_round or r == len(schedule) - 1:
                 frozen = test_lambda_feats if config.lambda_input == "frozen_copy" else None
                 predicted = predict(model, test, lambda_feats=frozen, seed=config.seed)
-                acc = 100.0 * float((predicted == test.labels).sum()) / max(len(predicted), 1)
-                history.append(dict(stage="finetune", round=r, step=step, test_top1=acc))
+                history.append(dict(stage="finetune", round=r, step=step, test_top1=top1(predicted, test.labels)))
     return history, predicted

@@ -8,6 +8,7 @@ On ISIC 2018 two thirds of the test images are nevi, so a model that always answ
   answer scores exactly 100 / K);
 - ``macro_f1``: the mean F1 over the classes that are present or predicted, a class without a true
   positive counting 0 (as scikit-learn's ``f1_score(average="macro", zero_division=0)``);
+- ``top1``: the share of correct predictions (the one top-1 every chapter and the training engine use);
 - ``majority_predictions``: the baseline that always answers the most frequent training class.
 
 All scores are in percent. Shapes: predicted [N] and labels [N], class indices in 0..K-1.
@@ -17,10 +18,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["confusion_matrix", "class_counts", "balanced_accuracy", "macro_f1", "classification_scores",
+__all__ = ["top1", "confusion_matrix", "class_counts", "balanced_accuracy", "macro_f1", "classification_scores",
            "majority_predictions"]
 
 Tensor = torch.Tensor
+
+
+def top1(predicted: Tensor, labels: Tensor) -> float:
+    """Top-1 accuracy (%): the share of ``predicted`` equal to ``labels``; 0 for no predictions. Shapes: [N], [N]."""
+    return 100.0 * float((predicted == labels).sum()) / max(len(labels), 1)
 
 
 def _check(predicted: Tensor, labels: Tensor, n_classes: int) -> tuple[Tensor, Tensor]:
@@ -66,7 +72,7 @@ def macro_f1(predicted: Tensor, labels: Tensor, n_classes: int) -> float:
 def classification_scores(predicted: Tensor, labels: Tensor, n_classes: int) -> dict[str, float]:
     """``top1``, ``balanced_accuracy`` and ``macro_f1`` (%) of one set of predictions."""
     predicted, labels = _check(predicted, labels, n_classes)
-    return dict(top1=100.0 * float((predicted == labels).double().mean()),
+    return dict(top1=top1(predicted, labels),
                 balanced_accuracy=balanced_accuracy(predicted, labels, n_classes),
                 macro_f1=macro_f1(predicted, labels, n_classes))
 

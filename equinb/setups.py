@@ -35,6 +35,7 @@ from .engine import (TRAINED_METHODS, ImageViewData, TrainConfig, ViewData, extr
 from .groups import Group
 from .heads import PooledHead, fit_linear_head, linear_text_head, load_frozen_model, prototype_head
 from .kernels import tuned_kernels
+from .metrics import top1
 from .precision import apply_clip_precision
 from .weighting import EmbeddingWeightNet, FeatureMapWeightNet, ViewAttention
 from .wrappers import EquiAttention, LambdaEquitune
@@ -405,7 +406,7 @@ def correct_by_seed(runs: Sequence[TrainingRun], stage: str, labels: Tensor) -> 
 
 
 TRAINING_SOURCES = ("engine.py", "setups.py", "wrappers.py", "weighting.py", "groups.py", "heads.py", "precision.py",
-                    "kernels.py", "outputs.py")
+                    "kernels.py", "outputs.py", "metrics.py")
 
 
 def training_code_fingerprint() -> str:
@@ -434,7 +435,7 @@ def _run(setup: TrainingSetup, config: TrainConfig, module: nn.Module, progress:
                                 progress)
     model.weight_net.load_state_dict(best)  # copies: finetuning leaves ``best`` as selected
     predictions = dict(prefinetune=predict(model, setup.test, feats=setup.test_feats, seed=config.seed))
-    pre = _top1(predictions["prefinetune"], setup.test.labels)
+    pre = top1(predictions["prefinetune"], setup.test.labels)
     history.append(dict(stage="prefinetune", round=config.prefinetune_rounds, step=None, test_top1=pre))
     set_finetune_precision(model, config)
     before = snapshot(model.trunk)
@@ -442,7 +443,7 @@ def _run(setup: TrainingSetup, config: TrainConfig, module: nn.Module, progress:
                                test_lambda_feats=setup.test_feats, progress=progress)
     history += finetuned
     predictions["finetune"] = predictions["prefinetune"] if last is None else last
-    row = dict(prefinetune_top1=pre, finetune_top1=_top1(predictions["finetune"], setup.test.labels))
+    row = dict(prefinetune_top1=pre, finetune_top1=top1(predictions["finetune"], setup.test.labels))
     states = dict(prefinetune=best, finetune=copy.deepcopy(model.weight_net.state_dict()))
     drift = parameter_drift(before, model.trunk)
     if ablate and last is not None and not torch.equal(last, predictions["prefinetune"]):
@@ -465,10 +466,6 @@ def _ablations(model: LambdaEquitune | EquiAttention, setup: TrainingSetup, conf
         out["finetune, λ network reset"] = predict(model, setup.test, lambda_feats=frozen, seed=config.seed)
         model.weight_net.load_state_dict(finetuned)
     return out
-
-
-def _top1(predicted: Tensor, labels: Tensor) -> float:
-    return 100.0 * float((predicted == labels).sum()) / max(len(labels), 1)
 
 
 def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = "cifar100", *,

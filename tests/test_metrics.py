@@ -19,6 +19,7 @@ def test_scores_match_scikit_learn(seed: int) -> None:
     predicted = torch.where(torch.rand(193, generator=gen) < 0.6, labels, torch.randint(0, K, (193,), generator=gen))
     scores = metrics.classification_scores(predicted, labels, K)
     assert scores["top1"] == pytest.approx(100 * (predicted == labels).double().mean().item())
+    assert metrics.top1(predicted, labels) == scores["top1"]
     assert scores["balanced_accuracy"] == pytest.approx(100 * balanced_accuracy_score(labels, predicted))
     assert scores["macro_f1"] == pytest.approx(100 * f1_score(labels, predicted, average="macro", zero_division=0))
     assert metrics.confusion_matrix(predicted, labels, K).tolist() == sk_confusion(labels, predicted,
@@ -37,6 +38,11 @@ def test_the_majority_baseline_scores_its_share_in_top1_and_one_over_k_in_balanc
     matrix = metrics.confusion_matrix(majority, test, 4)
     assert matrix[:, 1].sum() == 10 and matrix.sum() == 10 and (matrix[:, [0, 2, 3]] == 0).all()
     assert metrics.class_counts(test, 5).tolist() == [2, 6, 1, 1, 0]
+
+
+def test_top1_counts_correct_predictions_and_is_zero_without_any() -> None:
+    assert metrics.top1(torch.tensor([1, 2, 3, 0]), torch.tensor([1, 2, 0, 1])) == 50.0
+    assert metrics.top1(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)) == 0.0
 
 
 def test_bad_input_fails_clearly() -> None:
