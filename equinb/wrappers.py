@@ -124,8 +124,11 @@ def _checked_choice(value: Any, valid: Sequence[str], what: str, listed: str = "
 
 
 def _check_chunk_size(chunk_size: Any) -> ChunkSize:
-    if chunk_size is None or (isinstance(chunk_size, str) and chunk_size.lower() == "auto"):
-        return chunk_size and "auto"
+    """``chunk_size`` checked: None, ``"auto"`` (any case) or an integer >= 1."""
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, str) and chunk_size.lower() == "auto":
+        return "auto"
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be 'auto', None (one batched pass) or an integer >= 1 (trunk images per "
                          f"forward), got {chunk_size!r}")
@@ -135,6 +138,15 @@ def _check_chunk_size(chunk_size: Any) -> ChunkSize:
 def _tracing() -> bool:
     """True while torch.jit.trace, torch.compile or torch.export trace the module (no first-call probe then)."""
     return bool(torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting())
+
+
+def _refuse_extra_inputs(wrapper: nn.Module, extra: tuple) -> None:
+    """A TypeError for inputs besides the images, which the wrapper would otherwise ignore."""
+    if extra:
+        raise TypeError(f"{type(wrapper).__name__} takes one input, the images [B, C, H, W], and got {len(extra)} "
+                        "more: the group acts on the images alone. Bind the model's other inputs first, e.g. "
+                        "functools.partial(model.forward, meta=meta) in a small nn.Module; return_weights is "
+                        "keyword-only")
 
 
 def _short_repr(module: nn.Module) -> str:
@@ -296,6 +308,11 @@ class OrbitWrapper(nn.Module):
                                         dim=1) for image in inputs.split(1)])
         dtype = next(trunk.parameters(), torch.empty(0, dtype=inputs.dtype)).dtype
         out = select_output(trunk(inputs.flatten(0, 1).to(dtype)), self.output)
+        if out.ndim == 0 or out.shape[0] != b * g:
+            raise ValueError(f"{type(self).__name__}: the model maps {b * g} images to an output of shape "
+                             f"{list(out.shape)}, whose first dim is not one per image: it drops the batch dim (a "
+                             f".squeeze() at batch size 1?); keep it, e.g. .squeeze(-1), or select the view with "
+                             f"output=")
         if out.dtype in (torch.float16, torch.bfloat16):
             out = out.float()
         if self.normalise_views:
@@ -319,13 +336,15 @@ class OrbitWrapper(nn.Module):
     def images_per_pass(self, x: Tensor, trunk: nn.Module | None = None) -> int | None:
         """Trunk images per forward on the image path for ``x``, or None for one batched pass.
 
-        ``chunk_size`` itself, or for ``"auto"``: ``CPU_CHUNK_PIXELS // (H * W)`` (at least 1) on a CPU with the
-        trunk in evaluation mode, else None.
+        ``chunk_size`` itself, or for ``"auto"``: ``CPU_CHUNK_PIXELS // (H * W)`` (at least 1) on a CPU with
+        every module of the trunk in evaluation mode, else None (also while tracing, compiling or exporting: one
+        graph for every batch size).
         """
         trunk = trunk if trunk is not None else self.trunk
         if self.chunk_size != "auto":
             return self.chunk_size
-        if x.device.type != "cpu" or trunk.training:
+        # a trunk in eval mode with one block training (BatchNorm frozen but for the last block) is training
+        if x.device.type != "cpu" or _tracing() or any(m.training for m in trunk.modules()):
             return None
         return max(1, CPU_CHUNK_PIXELS // max(1, x.shape[-1] * x.shape[-2]))
 
@@ -354,7 +373,7 @@ class OrbitWrapper(nn.Module):
         and its outputs are thrown away. Module modes are restored; no random numbers are drawn by dropout (it is
         off) and BatchNorm statistics are not updated.
         """
-        if self._first_call_checked or _tracing():
+        if _tracing() or self._first_call_checked:  # tracing first: a compiled graph keeps no guard on the flag
             return
         self._check_images(x)
         self._check_device(x)
@@ -448,9 +467,9 @@ class OrbitWrapper(nn.Module):
 
     def combine(self, views: Tensor, weights: Tensor) -> Tensor:
         """Combine the views with the weights and apply the head. Shapes: [B, G, ...], [B, G] -> [B, K]."""
-        if self.output_softmax:
+        if self.output_softmax:  # over the classes, dim 2 of [B, G, K, ...] (per pixel for maps of class scores)
             scales, weights = self.view_scales(views, weights)
-            probs = torch.softmax(self.per_view_outputs(self.align(views), scales), dim=-1)
+            probs = torch.softmax(self.per_view_outputs(self.align(views), scales), dim=2)
             return _weighted_sum(probs, weights)
         return self.logit_factor * self.apply_head(self.combined_views(views, weights))
 
@@ -470,7 +489,8 @@ class OrbitWrapper(nn.Module):
         out = self.combine(views, weights)
         return (out, weights) if return_weights else out
 
-    def forward(self, x: Tensor, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, *extra: Any, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        _refuse_extra_inputs(self, extra)
         self.check_first_call(x)
         return self.forward_views(views=self.views(x), return_weights=return_weights)
 
@@ -510,7 +530,8 @@ class EquiZero(OrbitWrapper):
     """Equizero: keep the single view that a proxy prefers (Basu et al. eq. 4).
 
     The proxy scores each view's head output (computed from the unaligned view): ``max_prob``
-    (the article's code), ``entropy`` (lowest entropy) or ``max_logit``. Ties go to the lowest index.
+    (the article's code), ``entropy`` (lowest entropy) or ``max_logit``. Views tied at the top score are
+    averaged (the article's code takes one of them; any fixed pick among tied views breaks invariance).
 
     Args (besides ``OrbitWrapper``'s):
         proxy: one of ``PROXIES``. Default ``"max_prob"``.
@@ -520,7 +541,7 @@ class EquiZero(OrbitWrapper):
             per-view probabilities over G instead of the selected view's probabilities (requires
             ``output_softmax=True``; its top-1 equals selection by ``max_prob``). Default False.
 
-    Shapes: x [B, C, H, W] -> [B, K]; weights one-hot [B, G].
+    Shapes: x [B, C, H, W] -> [B, K]; weights one-hot [B, G] (uniform over tied views).
     """
 
     method = "equizero"
@@ -542,11 +563,14 @@ class EquiZero(OrbitWrapper):
     def view_weights(self, views: Tensor) -> Tensor:
         with torch.no_grad():
             scores = proxy_scores(self.per_view_outputs(views), self.proxy)
-        return nn.functional.one_hot(scores.argmax(dim=1), views.shape[1]).to(views.dtype)
+        # views tied at the top score share the weight: picking the lowest index would pick another view after a
+        # turn (bf16 logits tie often), and the tied set permutes with the views
+        top = (scores == scores.amax(dim=1, keepdim=True)).to(views.dtype)
+        return top / top.sum(dim=1, keepdim=True)
 
     def combine(self, views: Tensor, weights: Tensor) -> Tensor:
         if self.elementwise_max:
-            return torch.softmax(self.per_view_outputs(self.align(views)), dim=-1).amax(dim=1)
+            return torch.softmax(self.per_view_outputs(self.align(views)), dim=2).amax(dim=1)
         selected = super().combine(views, weights)
         if self.straight_through and self.training:
             mean = super().combine(views, torch.full_like(weights, 1.0 / weights.shape[1]))
@@ -625,7 +649,8 @@ class LambdaEquitune(OrbitWrapper):
             return weights, torch.full_like(weights, 1.0 / weights.shape[1])
         return None, weights
 
-    def forward(self, x: Tensor, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, *extra: Any, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        _refuse_extra_inputs(self, extra)
         self.check_first_call(x)
         frozen = None
         if self.frozen_copy is not None:  # as published: lambda sees a frozen copy's views, the head the trainable

@@ -494,3 +494,89 @@ def test_a_non_square_image_under_quarter_turns_is_refused_with_the_fix() -> Non
         with pytest.raises(ValueError, match=r"8 x 12 image 12 x 8: crop or pad .* \(rot180, hflip, vflip\)"):
             make()
     assert equinb.check_equivariance(Equitune(maps, "hflip", align_views=True), x, "hflip") < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Third review on a user's own model: compilation paths, ties, partial training, extra inputs.
+
+def test_output_softmax_on_maps_of_class_scores_takes_the_softmax_over_the_classes() -> None:
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    maps = nn.Conv2d(3, 5, 3, padding=1).double()  # per-pixel class scores [B, 5, 8, 8]
+    for wrapper in (Equitune(maps, "rot90", align_views=True, output_softmax=True),
+                    LambdaEquitune(maps, "d4", align_views=True, output_softmax=True, example_input=x).eval()):
+        out = wrapper(x)
+        torch.testing.assert_close(out.sum(1), torch.ones(2, 8, 8, dtype=torch.float64))  # per pixel, over classes
+        assert check_equivariance(wrapper, x, wrapper.group) < 1e-12
+
+
+class CornerSign(nn.Module):
+    """Two-class logits ``[c, -c]`` from the top-left pixel c: on a checkerboard whose corners alternate in sign,
+    every view has the same largest probability but views 0 and 1 predict different classes (an exact tie)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x[:, 0, 0, 0]
+        return torch.stack([c, -c], dim=-1)
+
+
+def test_equizero_averages_views_tied_at_the_top_score_so_a_tie_cannot_break_invariance() -> None:
+    board = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)
+    x = board.expand(1, 3, 2, 2).clone()
+    for proxy in ("max_prob", "entropy", "max_logit"):
+        wrapper = EquiZero(CornerSign(), "rot90", proxy=proxy)
+        _, weights = wrapper(x, return_weights=True)
+        assert torch.equal(weights, torch.full((1, 4), 0.25, dtype=torch.float64))  # lowest index: [1, 0, 0, 0]
+        assert check_invariance(wrapper, x, "rot90") == 0.0
+
+
+def test_a_trunk_in_eval_mode_with_one_block_training_is_passed_whole_orbits() -> None:
+    trunk = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    wrapper = Equitune(trunk, "d4").train()
+    trunk.eval()
+    trunk[1].train()  # the usual pattern: BatchNorm frozen but for the block being finetuned
+    x = torch.randn(2, 3, 160, 160)
+    assert wrapper.images_per_pass(x) is None  # whole orbits, so BatchNorm sees every view of an image together
+    trunk[1].eval()
+    assert wrapper.images_per_pass(x) == CPU_CHUNK_PIXELS // (160 * 160)
+
+
+def test_an_input_besides_the_images_is_refused_not_ignored() -> None:
+    wrapper = Equitune(_classifier(K), "rot90")
+    with pytest.raises(TypeError, match=r"takes one input, the images .* got 1 more.*functools.partial"):
+        wrapper(_images(), torch.tensor(100.0))
+    with pytest.raises(TypeError, match="got 1 more"):
+        LambdaEquitune(_classifier(K), "rot90", example_input=_images())(_images(), True)
+
+
+def test_a_model_that_drops_the_batch_dim_is_named_as_such() -> None:
+    class Squeezing(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean((1, 2, 3), keepdim=True).expand(-1, K, 1, 1).squeeze()  # [B, K], but [K] at B = 1
+
+    with pytest.raises(ValueError, match=r"maps 1 images to an output of shape \[5\].*drops the batch dim"):
+        Equitune(Squeezing(), "rot90")(_images(b=2))
+
+
+def test_trace_and_dynamic_export_take_one_pass_where_auto_would_split_the_orbits() -> None:
+    x = torch.randn(2, 3, 224, 224)
+    wrapper = Equitune(nn.Sequential(nn.Conv2d(3, 2, 8, stride=8), nn.Flatten(), nn.LazyLinear(K)), "rot90").eval()
+    expected = wrapper(x)
+    assert wrapper.images_per_pass(x) < 2 * 4  # eagerly, in pieces of the orbits
+    torch.testing.assert_close(torch.jit.trace(wrapper, x, check_trace=False)(x), expected)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    exported = torch.export.export(wrapper, (x,), dynamic_shapes={"x": {0: batch}}).module()
+    torch.testing.assert_close(exported(x), expected)
+    assert check_invariance(exported, torch.randn(3, 3, 224, 224), "rot90") < 1e-4  # no .eval() on an export
+
+
+def test_compiling_keeps_no_guard_on_the_first_call_check() -> None:
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    wrapper = Equitune(_classifier(K, torch.float32), "rot90").eval()
+    compiled = torch.compile(wrapper, backend="eager", dynamic=False)
+    x = torch.randn(3, 3, 12, 12)
+    before = compiled(x)
+    frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    wrapper(x)  # an eager call runs the check and sets its flag
+    torch.testing.assert_close(compiled(x), before)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames  # no recompilation
