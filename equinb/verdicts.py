@@ -18,8 +18,10 @@ as a frozen model's zero-shot scores) needs no seeds. The interval's basis is pr
   stated margin, a claim of no difference can be refuted, never confirmed);
 - ``not tested here: <reason>``, where a computed check says the comparison cannot test the claim: a stage that
   changed no prediction, a run that diverged or sits at chance, a statistic that holds by construction (shown
-  by a control), a task the no-training baseline already solves, too few seeds, no article value, or a setting
-  this profile does not run. Each reason is made by a function below from the numbers, never typed.
+  by a control), a task the no-training baseline already solves, too few seeds, no article value, a setting
+  this profile does not run, or an outcome out of reach: with run a as measured, even run b at the end of the
+  score scale on every item (every image right, say) could not give the verdict on one side, so the verdict
+  could not come out that way. Each reason is made by a function below from the numbers, never typed.
 
 A regression tolerance (how far a number may move between CPUs, ``equinb.noise``) never enters a verdict.
 """
@@ -37,6 +39,7 @@ __all__ = ["VERDICTS", "EFFECTS", "NOT_TESTED", "VERDICT_COLUMN", "EFFECT_COLUMN
            "LOSS_BOUND", "VERDICT_RULE", "Comparison", "compare", "paired_interval", "judge", "effect", "verdict_row",
            "effect_row", "unchanged_stage", "diverged", "at_chance", "solved_without_training", "by_construction",
            "zero_by_construction", "symmetric_by_construction", "orientation_kept", "too_few_seeds", "not_in_this_run",
+           "out_of_reach",
            "verdict_counts"]
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
@@ -60,7 +63,8 @@ VERDICT_RULE = ("ours is the mean difference over the seeds; its 95% interval co
                 "'not tested here' with the computed reason when the comparison cannot test the claim (a stage "
                 f"that changed no prediction, a run that diverged or sits at chance, fewer than {MIN_SEEDS} seeds "
                 "of a trained run, a statistic decided by construction, a task solved without training, a "
-                "stand-in without the property the claim assumes, a setting this profile does not run)")
+                "stand-in without the property the claim assumes, a setting this profile does not run, a verdict "
+                "that could not come out one way even with every item of run b at the end of the score scale)")
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,9 @@ class Comparison:
     """Run b minus run a on the same items: the mean difference over seeds and its 95% interval.
 
     ``seeds``: how many seeds entered (1: items only); ``deterministic``: the scores have no random step, so
-    the interval over items is the whole noise; ``basis``: the interval's basis, for printing.
+    the interval over items is the whole noise; ``basis``: the interval's basis, for printing. ``reach``: run a's
+    mean score and the intervals the difference would have with every score of run b at the top and at the
+    bottom of the scale (None when the scores have no known scale): what the verdict could come out as at all.
     """
 
     difference: float
@@ -78,6 +84,7 @@ class Comparison:
     deterministic: bool = False
     paired: bool = True
     unit: str = "items"
+    reach: tuple[float, tuple[float, float], tuple[float, float]] | None = None
 
     @property
     def basis(self) -> str:
@@ -134,7 +141,7 @@ def _point(x: np.ndarray, groups: list[np.ndarray]) -> float:
 
 def compare(scores_a: ArrayLike, scores_b: ArrayLike, *, scale: float = 100.0, strata: ArrayLike | None = None,
             deterministic: bool = False, paired: bool = True, unit: str = "items", samples: int = 2000,
-            level: float = 0.95, seed: int = 0) -> Comparison:
+            level: float = 0.95, seed: int = 0, bounds: tuple[float, float] | None = (0.0, 1.0)) -> Comparison:
     """Run b minus run a: ``scale * (mean b - mean a)`` averaged over seeds, with a two-level bootstrap interval.
 
     Shapes: ``scores_*`` [S, N] (seed s, item i; the runs paired by seed index) or [N] (one seed). Scores are
@@ -144,7 +151,10 @@ def compare(scores_a: ArrayLike, scores_b: ArrayLike, *, scale: float = 100.0, s
     the stratum means, so that with 1/0 scores and the classes as strata it is the difference of balanced
     accuracies. ``paired=False``: the two runs were scored on different items (two test sets), so each is
     resampled on its own (shapes [S_a, N_a] and [S_b, N_b]; no strata). ``unit`` names the items in the printed
-    basis. Seeded: the same scores give the same interval.
+    basis. ``bounds``: the ends of the score scale (default 0 and 1: correct/wrong, weights, shares); when every
+    score lies within them, ``reach`` holds the intervals of run b at either end against run a as measured (a
+    separately seeded bootstrap of run a: the interval above does not change). Seeded: the same scores give the
+    same interval.
     """
     a, b = _as_matrix(scores_a), _as_matrix(scores_b)
     if a.size == 0 or b.size == 0 or (paired and a.shape != b.shape):
@@ -163,8 +173,16 @@ def compare(scores_a: ArrayLike, scores_b: ArrayLike, *, scale: float = 100.0, s
         point = float(b.mean() - a.mean())
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(scale * stats, [tail, 100 - tail])
+    reach = None
+    if bounds is not None and all(bounds[0] <= x.min() and x.max() <= bounds[1] for x in (a, b)):
+        # b at either end of the scale on every item, against a as measured: b - a = end - mean(a)
+        reference = _bootstrap_means(a, groups if paired else [np.arange(a.shape[1])],
+                                     np.random.default_rng([seed, 1]), samples)
+        ref_point = _point(a, groups) if paired else float(a.mean())
+        ends = [np.percentile(scale * (end - reference), [tail, 100 - tail]) for end in bounds[::-1]]
+        reach = (scale * ref_point, *(tuple(float(v) for v in e) for e in ends))
     return Comparison(scale * point, (float(low), float(high)), min(a.shape[0], b.shape[0]),
-                      min(a.shape[1], b.shape[1]), deterministic, paired, unit)
+                      min(a.shape[1], b.shape[1]), deterministic, paired, unit, reach)
 
 
 def paired_interval(scores_a: ArrayLike, scores_b: ArrayLike, **options) -> tuple[float, float]:
@@ -201,18 +219,17 @@ def at_chance(correct: ArrayLike, n_classes: int, run: str) -> str | None:
     return None
 
 
-def solved_without_training(baseline_correct: ArrayLike, trained_correct: ArrayLike, baseline: str) -> str | None:
-    """``"solved without training: ..."`` when the no-training ``baseline`` (per-item scores [N] in [0, 1]) already
-    gets what training gets: the test items that *any* trained run or seed gets right ([R, N], one row per run and
-    seed) add nothing beyond noise to the baseline (the interval of their union minus the baseline holds 0). Then
-    the task sits at the ceiling this backbone and head allow, and trained runs cannot differ in a way that tests
-    a claim."""
-    b = _as_matrix(baseline_correct).reshape(-1)
-    union = np.maximum(b, _as_matrix(trained_correct).max(axis=0))
-    comparison = compare(b, union, deterministic=True)
-    if comparison.interval[0] <= 0:
-        return (f"solved without training: the no-training baseline {baseline} ({100 * b.mean():.2f}%) already gets "
-                f"the test items the trained runs get (they add {comparison.difference:.2f} pp)")
+def solved_without_training(baseline_correct: ArrayLike, baseline: str) -> str | None:
+    """``"solved without training: ..."`` when the no-training ``baseline`` (per-item 1/0 scores [N]) leaves no
+    room: even a run that got every test item right could not score measurably above it (the interval of that
+    run minus the baseline holds 0). Trained runs then cannot differ from each other, or improve on the frozen
+    model, in a way that tests a claim."""
+    b = _as_matrix(baseline_correct).reshape(1, -1)
+    room = compare(b, np.ones_like(b), deterministic=True)
+    if room.interval[0] <= 0:
+        return (f"solved without training: the no-training baseline {baseline} gets {100 * b.mean():.2f}% of the test "
+                f"items, so even a run with every item right could not score measurably above it "
+                f"({room.difference:+.2f} pp, [{room.interval[0]:+.2f}, {room.interval[1]:+.2f}])")
     return None
 
 
@@ -292,11 +309,36 @@ def _seeds_reason(comparison: Comparison | None) -> str | None:
     return too_few_seeds(comparison.seeds, "the compared runs")
 
 
+def out_of_reach(comparison: Comparison | None, side: int | None) -> str | None:
+    """``"out of reach: ..."`` when the verdict could not come out one of its ways: with run a as measured, run b at
+    the end of the score scale on every item still gives an interval that holds 0 on the article's ``side`` (the
+    claim could never agree), or on the other side (never be reversed). ``side`` 0 (a claim of no difference, or
+    an effect without a side): when neither sign is reachable. None when the comparison has no ``reach``."""
+    if comparison is None or comparison.reach is None or side is None:
+        return None
+    reference, top, bottom = comparison.reach
+    can = {1: top[0] > 0, -1: bottom[1] < 0}
+
+    def needs(sign: int) -> str:
+        low, high = top if sign > 0 else bottom
+        return (f"run b {'above' if sign > 0 else 'below'} run a (mean {reference:.2f}), and with every "
+                f"item of run b at the {'top' if sign > 0 else 'bottom'} of the scale the difference would be "
+                f"[{low:+.2f}, {high:+.2f}], which holds 0")
+
+    if side == 0:
+        return None if can[1] or can[-1] else f"out of reach: neither sign could come out; {needs(1)}"
+    if not can[side]:
+        return f"out of reach: the claim could not agree; it needs {needs(side)}"
+    if not can[-side]:
+        return f"out of reach: the claim could not be reversed; that needs {needs(-side)}"
+    return None
+
+
 def judge(comparison: Comparison | None, side: int | None, reasons: Sequence[str | None] = ()) -> str:
-    """The verdict on one claim: the first computed reason that applies, else the interval against the
-    article's ``side`` of 0 (+1, -1, or 0 for a claim of no difference; None: the article gives neither a value
-    nor a direction). See the module docstring."""
-    for reason in (*reasons, _seeds_reason(comparison)):
+    """The verdict on one claim: the first computed reason that applies (``reasons``, the seed rule, then
+    ``out_of_reach``), else the interval against the article's ``side`` of 0 (+1, -1, or 0 for a claim of no
+    difference; None: the article gives neither a value nor a direction). See the module docstring."""
+    for reason in (*reasons, _seeds_reason(comparison), out_of_reach(comparison, side)):
         if reason:
             return f"{NOT_TESTED}: {reason}"
     if comparison is None:
@@ -312,8 +354,9 @@ def judge(comparison: Comparison | None, side: int | None, reasons: Sequence[str
 
 def effect(comparison: Comparison | None, reasons: Sequence[str | None] = ()) -> str:
     """The effect of one of the book's own changes (no article side): ``non-zero`` when the interval excludes 0,
-    ``inconclusive`` when it holds 0, or ``not tested here: <reason>`` (the same seed rule as ``judge``)."""
-    for reason in (*reasons, _seeds_reason(comparison)):
+    ``inconclusive`` when it holds 0, or ``not tested here: <reason>`` (the same seed rule as ``judge``, and
+    ``out_of_reach`` when neither sign could come out)."""
+    for reason in (*reasons, _seeds_reason(comparison), out_of_reach(comparison, 0)):
         if reason:
             return f"{NOT_TESTED}: {reason}"
     if comparison is None:

@@ -265,7 +265,7 @@ show(top1.rename_axis("model").reset_index(), f"Top-1 (%) when every test image 
 # %% tags=["tolerance-top1", "hide-input"]
 glue("verdict_rule", VERDICT_RULE, display=False)
 published, described = "feature map (as published)", "feature map (as described)"
-solved = no_training_check([embeddings, maps], repeats)  # does the frozen model already do what training does?
+solved = no_training_check([embeddings, maps])  # does the frozen model leave training room?
 claims = []
 for stage in STAGES:
     baseline = article_rate

@@ -127,10 +127,11 @@ def test_reasons_are_computed_from_the_numbers():
     chance = (gen.random(400) < 0.1).astype(float)  # 10 classes, right 10% of the time
     assert at_chance(chance, 10, "run").startswith("run is at chance")
     assert at_chance(np.ones(400), 10, "run") is None
-    good = (gen.random(400) < 0.9).astype(float)
-    assert "already gets" in solved_without_training(good, np.stack([good, good * 0]), "zero-shot equitune")
-    others = (gen.random((3, 400)) < 0.5).astype(float)  # trained runs that get other items right too
-    assert solved_without_training(good * (gen.random(400) < 0.6), others, "zero-shot") is None
+    nearly_all = np.ones(400)
+    nearly_all[0] = 0  # 399 of 400 right: a run with all 400 right is not measurably above it
+    assert "could not score measurably above" in solved_without_training(nearly_all, "zero-shot equitune")
+    good = (gen.random(400) < 0.9).astype(float)  # 40 items of room
+    assert solved_without_training(good, "zero-shot equitune") is None
     control, observed = _comparison(-0.01, 0.01), _comparison(-0.02, 0.005)
     assert by_construction(control, observed, "an untrained module").startswith("holds by construction")
     assert by_construction(control, _comparison(0.2, 0.3), "an untrained module") is None
@@ -196,3 +197,29 @@ def test_a_nan_loss_anywhere_marks_a_run_diverged() -> None:
     assert diverged([1.0, float("nan"), 2.0], "run") and diverged([np.float32("nan"), 1.0], "run")
     assert diverged([1.0, None, 2.0], "run") is None  # a step without a logged loss is not a divergence
     assert diverged([1.0, 2e6], "run") and diverged([float("inf")], "run")
+
+
+def test_a_verdict_that_could_not_come_out_one_way_is_not_tested() -> None:
+    from equinb.verdicts import out_of_reach
+
+    gen = np.random.default_rng(0)
+    ceiling = np.ones(719)
+    ceiling[0] = 0  # run a gets 718 of 719 items: b cannot be measurably above it
+    b = (gen.random(719) < 0.99).astype(float)
+    at_top = compare(ceiling, b, deterministic=True)
+    assert judge(at_top, +1).startswith("not tested here: out of reach: the claim could not agree")
+    assert "could not be reversed" in judge(at_top, -1)  # nor can "b below a" fail
+    floor = np.zeros(719)
+    floor[0] = 1  # a claim that b scores above a run with 1 item right can never be reversed
+    assert "could not be reversed" in judge(compare(floor, b, deterministic=True), +1)
+    four = np.array([0.0, 1.0, 0.0, 1.0])  # four items: no b can differ from a measurably, either way
+    assert "neither sign" in judge(compare(four, four, deterministic=True), 0)  # a claim of no difference
+    assert effect(compare(four, four, deterministic=True)).startswith("not tested here: out of reach")
+    assert effect(compare(ceiling, ceiling, deterministic=True)) == "inconclusive"  # b could still fall below a
+    room = (gen.random(719) < 0.7).astype(float)
+    assert out_of_reach(compare(room, b, deterministic=True), +1) is None
+    assert judge(compare(room, b, deterministic=True), +1) == "agrees"
+    # scores without a known scale (outside [0, 1]) have no reach; the interval is the same with or without it
+    wide = compare(room * 5, b * 5, deterministic=True)
+    assert wide.reach is None and out_of_reach(wide, +1) is None
+    assert compare(room, b, bounds=None).interval == compare(room, b).interval
