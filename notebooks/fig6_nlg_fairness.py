@@ -130,9 +130,9 @@ show(article.reset_index(), "The article's Figure 6(a): label shares per model a
 # equivariance error of the logits, $|M(g x) - g\,M(x)|$, and the largest fairness error of the
 # continuation's log-probability, $|\log P(gX_2 \mid gX_1) - \log P(X_2 \mid X_1)|$, over $g \ne e$. With
 # $g^{-1}$ both errors are float rounding. With $g$ the logits of the three group words break equivariance
-# (the forward action changes only those logits). The fairness error of this continuation still stays at
-# float rounding under $g$: the continuation holds no group word, and after the prompt the group words carry
-# almost no probability. The base LM is the negative control.
+# (the forward action changes only those logits). The continuation holds no group word, so its fairness error
+# under $g$ moves only through the normalisation over the vocabulary, in which the three group words' logits take
+# part. The base LM is the negative control.
 
 # %% tags=["hide-input", "exact"]
 model, tokenizer = E.load_causal_lm(lm_name, device=device)

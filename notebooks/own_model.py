@@ -239,11 +239,11 @@ with torch.no_grad():
 # Every wrapper runs the model on all $|G|$ views, so an invariant output costs $|G|$ times the compute of one
 # forward, with no training. equinb computes the views in one batched pass, or in chunks (`chunk_size=`, images per
 # forward). On a CPU a large batch can be slower per image (its activations leave the cache), so the default
-# `chunk_size="auto"` runs forwards of about `equinb.CPU_CHUNK_PIXELS` input pixels there (4 images of 224 px, the
-# size at which the time per image of MobileNetV2 and resnet18 was lowest on the 2-core build machine; `bench/
-# own_model.py` measures it on yours). On a GPU it runs one pass. The table times one batch on the machine that ran
-# this page: the bare model, a hand-written loop over the group, ttach's test-time-augmentation wrapper with the
-# same transforms, and equinb in one pass and with its default; the line under it says which was faster here.
+# `chunk_size="auto"` runs forwards of about `equinb.CPU_CHUNK_PIXELS` input pixels there (4 images of 224 px, a
+# constant chosen with `bench/own_model.py`, which measures the time per image by chunk size on your machine). On
+# a GPU it runs one pass. The table times one batch on the machine that ran this page: the bare model, a
+# hand-written loop over the group, ttach's test-time-augmentation wrapper with the same transforms, and equinb in
+# one pass and with its default; the line under it says which was faster here.
 
 # %% tags=["nbval-ignore-output"]
 # timings change between machines and runs: the regression test does not compare this cell's output

@@ -314,6 +314,8 @@ changed_norm = max(group_drift(r.drift).get("norm affine (fp32)", {"changed_shar
 glue("mechanism_fp16_changed", share_text(changed_fp16), display=False)
 glue("mechanism_norm_changed", share_text(changed_norm), display=False)
 glue("mechanism_unchanged_runs", f"{len(unchanged)} of {len(trained)}", display=False)
+glue("mechanism_columns", "so the finetune columns repeat the prefinetune ones" if len(unchanged) == len(trained) else
+     "so the finetune columns repeat the prefinetune ones for those runs only", display=False)  # the summary page
 for (c, label), run in counterfactual.items():
     key = f"counterfactual_{c}_{'fp32' if 'fp32' in label else 'train_mode'}"
     glue(f"{key}_changed", finetune_changed(run), display=False)
