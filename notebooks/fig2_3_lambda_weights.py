@@ -91,7 +91,7 @@ from equinb.cache import run_cache_dir
 from equinb.chapter import check_params, profile_note
 from equinb.evidence import finetune_changed
 from equinb.noise import chapter_tolerances, noise_note
-from equinb.reference import article_fig2_3
+from equinb.reference import article_fig2_3, article_tab3, article_tab4
 from equinb.setups import (build_setup, feature_map_config, feature_map_weight_net, isic_stand_in, run_training,
                            seed_repeats, trained_model)
 from equinb.tables import publish_verdicts, show, start_chapter
@@ -176,8 +176,15 @@ for figure, (setup, cfg) in setups.items():
         accuracy += [dict(figure=figure, method=label, seed=s, prefinetune_top1=r.row["prefinetune_top1"])
                      for s, r in zip(seeds, repeats)]
 print(noise_note(noise["top1"], "top-1 accuracies (%)"))
-show(pd.DataFrame(accuracy).groupby(["figure", "method"], sort=False).prefinetune_top1.agg(["count", "mean", "std"])
-     .reset_index(), f"Prefinetune top-1 (%) of the modules over seeds {seeds} (profile: {profile})")
+# the article's prefinetune top-1 of the same modules: Table 3 (CIFAR100) and Table 4's feature-map row (ISIC 2018)
+article_top1 = {("natural orientation", "lambda-equitune"): article_tab3().loc["lambda_equitune", "prefinetune_top1"],
+                ("natural orientation", "equiattention"): article_tab3().loc["equiattention", "prefinetune_top1"],
+                ("orientation-free", "lambda-equitune"): article_tab4().loc["feature_map", "prefinetune_top1"]}
+modules = pd.DataFrame(accuracy).groupby(["figure", "method"], sort=False).prefinetune_top1.agg(["count", "mean",
+                                                                                         "std"])
+modules["article (CLIP RN50)"] = [article_top1.get(key, float("nan")) for key in modules.index]
+show(modules.reset_index(), f"Prefinetune top-1 (%) of the modules over seeds {seeds}, beside the article's on "
+     f"CIFAR100 and ISIC 2018 (no equiattention run there) (profile: {profile})")
 
 # %% [markdown]
 # ## Mean weight per rotation, and how often the upright view is not preferred

@@ -192,9 +192,15 @@ orderings = pd.concat({f"this build ({profile})": zs.method_ordering(ours_wide),
 show(orderings.rename_axis(["build", "backbone", "dataset", "transform"]).reset_index(),
      f"Methods ranked by top-1 per transformation (profile: {profile})")
 holds = orderings["vanilla < equitune < equizero"].eq("holds")
-print(f"the article's ordering holds in {int(holds.loc[f'this build ({profile})'].sum())} of "
-      f"{len(ours_wide)} rows of this build and in {int(holds.loc['article (result files)'].sum())} of "
-      f"{len(article_wide)} rows of the article's RN50 files")
+ran = set(article_wide.index.get_level_values("transform"))  # the transforms the article ran
+mine = holds.loc[f"this build ({profile})"]
+shared = mine[mine.index.get_level_values("transform").isin(ran)]
+own = sorted(set(mine.index.get_level_values("transform")) - ran)
+print(f"the article's ordering holds in {int(shared.sum())} of {len(shared)} rows of this build with a transform "
+      f"the article ran ({', '.join(sorted(ran))}) and in {int(holds.loc['article (result files)'].sum())} of "
+      f"{len(article_wide)} rows of the article's RN50 files"
+      + (f"; this build's own transforms ({', '.join(own)}): {int(mine.sum() - shared.sum())} of "
+         f"{len(mine) - len(shared)}" if own else ""))
 
 # %% [markdown]
 # (fig4-noise)=

@@ -94,10 +94,10 @@ from equinb.analysis import group_changes, no_training_scores
 from equinb.cache import run_cache_dir
 from equinb.chapter import check_params, profile_note, schedule_note
 from equinb.engine import TrainConfig, group_drift, weighted_model
-from equinb.evidence import (compare_runs, finetune_changed, no_training_check, no_training_finding, stage_runs,
+from equinb.evidence import (STAGES, compare_runs, finetune_changed, no_training_check, no_training_finding, stage_runs,
                              trained_minus_frozen)
 from equinb.noise import chapter_tolerances, noise_note
-from equinb.reference import article_tab1, beside_article
+from equinb.reference import article_fig4, article_tab1, beside_article
 from equinb.setups import build_setup, correct_by_seed, run_training, seed_repeats
 from equinb.tables import Link, publish_verdicts, show, start_chapter
 from equinb.verdicts import VERDICT_RULE, at_chance, compare, effect_row, verdict_row
@@ -186,13 +186,18 @@ show(ours, f"This build's runs: top-1 (%) and test predictions that finetuning c
 
 # %% [markdown]
 # The frozen model with no training at all, on the same test images under random turns: vanilla (its expected
-# score over the turns), equitune and equizero of the fitted head's per-view outputs. A trained run that does not
-# beat these adds nothing a frozen model cannot do: the last table of the verdicts sets every trained run against
-# the best of them.
+# score over the turns), equitune and equizero of the fitted head's per-view outputs, beside the article's
+# zero-shot numbers for CLIP RN50 on CIFAR100 (Figure 4's result files). A trained run that does not beat these
+# adds nothing a frozen model cannot do: the last table of the verdicts sets every trained run against the best of
+# them.
 
 # %% tags=["hide-input", "tolerance-frozen"]
+zero_shot = article_fig4().query("backbone == 'RN50' and dataset == 'cifar100'").set_index(
+    ["transform", "method"])["seed_top1"]  # the article's zero-shot top-1 per group and method
 baselines = {name: 100 * float(score.mean()) for name, score in no_training_scores(setups[base]).items()}
-show(pd.DataFrame([baselines]), f"Top-1 (%) with no training, group {base} (profile: {profile})")
+show(pd.DataFrame([{"run": f"this build ({profile})", **baselines},
+                   {"run": "article (CLIP RN50, CIFAR100)", **{m: zero_shot[base, m] for m in baselines}}]),
+     f"Top-1 (%) with no training, group {base} (profile: {profile})")
 
 # %% [markdown]
 # ## This run beside the article
@@ -351,11 +356,17 @@ for name in setups:
     for code in configs:
         claims.append(tab1_claim(f"tab1.finetune_gain.{name}.{code}", name, (code, "prefinetune"), (code, "finetune")))
 publish_verdicts(claims, profile, "tab1_original_vs_updated", "Table 1 claims, tested")
-frozen = [effect_row(f"{name}: {text}", comparison, reasons=reasons) for name, setup in setups.items()
-          for text, comparison, reasons in trained_minus_frozen([setup], {f"the {code} code": repeats[name, code]
-                                                                          for code in configs})]
-show(pd.DataFrame(frozen), f"Every trained run minus the best model without training, top-1 (%) differences "
-                           f"(profile: {profile})")
+frozen = []
+for name, setup in setups.items():
+    article_best = max(zero_shot[name, m] for m in ("vanilla", "equitune", "equizero"))
+    rows = trained_minus_frozen([setup], {f"the {code} code": repeats[name, code] for code in configs})
+    for (code, stage), (text, comparison, reasons) in zip([(c, s) for c in configs for s in STAGES], rows):
+        row = effect_row(f"{name}: {text}", comparison, reasons=reasons)
+        frozen.append({"change": row.pop("change"),
+                       "article": f"{article.loc[(name, code), f'{stage}_top1'] - article_best:+.2f}", **row})
+show(pd.DataFrame(frozen), f"Every trained run minus the best model without training, top-1 (%) differences; "
+                           f"article: its run minus its best zero-shot top-1, CLIP RN50 on CIFAR100 (profile: "
+                           f"{profile})")
 glue("no_training_finding", no_training_finding(frozen), display=False)
 for row in claims:
     key = row["id"].split(".", 1)[1].replace(".", "_")  # e.g. updated_minus_original_rot90_prefinetune

@@ -267,7 +267,10 @@ configs = {"original invariant": TrainConfig.original(lr=lr_original, **schedule
            "updated invariant": TrainConfig.updated(lr=lr_updated, **schedule),
            "feature map (as published)": feature_map_config(lr=lr_updated, **schedule)}
 show(pd.DataFrame({name: c.as_dict() for name, c in configs.items()}).astype(str).rename_axis("setting")
-     .reset_index(), "Settings of the article's three runs")
+     .reset_index(), f"Settings of the article's three runs, as this build runs them (profile: {profile})")
+article_schedule = dict(prefinetune_rounds=20, prefinetune_steps=100, finetune_rounds=8, finetune_steps=500)
+shortened = [f"{k} {schedule[k]} (article {v})" for k, v in article_schedule.items() if schedule[k] != v]
+print(f"schedule: {'as the article' if not shortened else 'shortened from the article: ' + ', '.join(shortened)}")
 configs["feature map (as described)"] = configs["feature map (as published)"]
 configs["equiattention (as published)"] = configs["feature map (as published)"]
 
