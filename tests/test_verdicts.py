@@ -159,7 +159,7 @@ def test_rows_take_the_claim_from_the_registry_and_never_print_nan():
     row = verdict_row("tab1.updated_minus_original.rot90.prefinetune", _comparison(1.0, 5.0))
     assert row["claim"].startswith("With CLIP RN50 on CIFAR100") and row["article"] == "+3.70"
     assert row[VERDICT_COLUMN] == "agrees" and row["noise"] == "5 seeds × 100 items"
-    assert verdict_row("fig3.attention_uniform", None)["article"] == "< 0"  # a direction without a value
+    assert verdict_row("fig6.gap.inverse_d3", None)["article"] == "< 0"  # a direction without a value
     with pytest.raises(KeyError, match="unknown claim id"):
         verdict_row("tab1.no_such_claim", None)
     own = effect_row("as described − as published", _comparison(-0.5, 2.0))
