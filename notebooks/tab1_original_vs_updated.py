@@ -355,6 +355,13 @@ for name in setups:
                                  ("updated", stage)))
     for code in configs:
         claims.append(tab1_claim(f"tab1.finetune_gain.{name}.{code}", name, (code, "prefinetune"), (code, "finetune")))
+# which change the gain comes from: before finetuning the two codes differ only in the softmax (the λ network's
+# input and the learning rate act once the backbone trains), so the prefinetune rows above test that change alone
+acting = [k for k in ("output_softmax", "lambda_input", "finetune_params", "lr")
+          if getattr(configs["original"], k) != getattr(configs["updated"], k)]
+claims.append(verdict_row("tab1.gain_sources", None, reasons=[
+    f"needs the original code finetuned with each of its changes alone ({', '.join(acting)} differ between the "
+    f"codes); before finetuning only output_softmax acts, so the prefinetune rows above test that change alone"]))
 publish_verdicts(claims, profile, "tab1_original_vs_updated", "Table 1 claims, tested")
 frozen = []
 for name, setup in setups.items():
