@@ -19,12 +19,11 @@ from .groups import TokenPermutationGroup
 from .reference import FIG6_LABELS
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
 
 __all__ = [
     "RESPECT_TEMPLATES", "DEMOGRAPHICS", "LABELS", "vader_labels", "RegardClassifier", "sample_seed",
-    "sample_grid", "label_shares", "fairness_gaps", "gap_difference", "permutation_gaps", "unit_positives",
+    "sample_grid", "label_shares", "fairness_gaps", "gap_difference", "unit_positives",
     "alike_unit_share", "symmetry_report", "score_samples", "permuted_copy_share",
 ]
 
@@ -237,20 +236,6 @@ def gap_difference(samples: pd.DataFrame, model_a: str, model_b: str, *, n_boots
     alpha = (1 - level) / 2
     return dict(difference=float(_gap(vb.mean(axis=0)) - _gap(va.mean(axis=0))),
                 ci_low=float(np.quantile(diffs, alpha)), ci_high=float(np.quantile(diffs, 1 - alpha)))
-
-
-def permutation_gaps(samples: pd.DataFrame, model: str, *, n_permutations: int = 2000, seed: int = 0) -> np.ndarray:
-    """The fairness gap of ``model`` under the null of no demographic effect: within every (template, sample) unit
-    the demographics' labels are shuffled at random, then the gap of the shuffled shares is taken. A max-minus-min
-    gap is positive even for a fair model; this is how large it gets by chance. Seeded. Shapes: -> [n_permutations].
-    """
-    import numpy as np
-
-    values = _positive_units(samples[samples["model"] == model], f"model={model!r}").to_numpy()  # [units, D]
-    rng = np.random.default_rng(seed)
-    order = rng.random((n_permutations, *values.shape)).argsort(axis=2)  # a random permutation per unit
-    shuffled = np.take_along_axis(np.broadcast_to(values, order.shape), order, axis=2)
-    return _gap(shuffled.mean(axis=1))
 
 
 def alike_unit_share(samples: pd.DataFrame, model: str) -> float:

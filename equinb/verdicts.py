@@ -151,10 +151,11 @@ def compare(scores_a: ArrayLike, scores_b: ArrayLike, *, scale: float = 100.0, s
     the stratum means, so that with 1/0 scores and the classes as strata it is the difference of balanced
     accuracies. ``paired=False``: the two runs were scored on different items (two test sets), so each is
     resampled on its own (shapes [S_a, N_a] and [S_b, N_b]; no strata). ``unit`` names the items in the printed
-    basis. ``bounds``: the ends of the score scale (default 0 and 1: correct/wrong, weights, shares); when every
-    score lies within them, ``reach`` holds the intervals of run b at either end against run a as measured (a
-    separately seeded bootstrap of run a: the interval above does not change). Seeded: the same scores give the
-    same interval.
+    basis. ``bounds``: the ends of the score scale (default 0 and 1: correct/wrong, weights, shares; None for a
+    statistic without fixed ends); when every score lies within them, ``reach`` holds the intervals of run b at
+    either end against run a as measured, on the same resamples (the interval above does not change). Run a is
+    the reference the claim is about (the baseline, the earlier stage): ``reach`` holds it fixed. Seeded: the same
+    scores give the same interval.
     """
     a, b = _as_matrix(scores_a), _as_matrix(scores_b)
     if a.size == 0 or b.size == 0 or (paired and a.shape != b.shape):
@@ -175,9 +176,12 @@ def compare(scores_a: ArrayLike, scores_b: ArrayLike, *, scale: float = 100.0, s
     low, high = np.percentile(scale * stats, [tail, 100 - tail])
     reach = None
     if bounds is not None and all(bounds[0] <= x.min() and x.max() <= bounds[1] for x in (a, b)):
-        # b at either end of the scale on every item, against a as measured: b - a = end - mean(a)
-        reference = _bootstrap_means(a, groups if paired else [np.arange(a.shape[1])],
-                                     np.random.default_rng([seed, 1]), samples)
+        # b at either end of the scale on every item, against a as measured: b - a = end - mean(a), on the very
+        # resamples drawn above (the draws depend on the shapes only), so the measured interval lies within reach
+        rng = np.random.default_rng(seed)
+        if not paired:  # b's resamples were drawn first
+            _bootstrap_means(b, [np.arange(b.shape[1])], rng, samples)
+        reference = _bootstrap_means(a, groups if paired else [np.arange(a.shape[1])], rng, samples)
         ref_point = _point(a, groups) if paired else float(a.mean())
         ends = [np.percentile(scale * (end - reference), [tail, 100 - tail]) for end in bounds[::-1]]
         reach = (scale * ref_point, *(tuple(float(v) for v in e) for e in ends))
@@ -222,8 +226,8 @@ def at_chance(correct: ArrayLike, n_classes: int, run: str) -> str | None:
 def solved_without_training(baseline_correct: ArrayLike, baseline: str) -> str | None:
     """``"solved without training: ..."`` when the no-training ``baseline`` (per-item 1/0 scores [N]) leaves no
     room: even a run that got every test item right could not score measurably above it (the interval of that
-    run minus the baseline holds 0). Trained runs then cannot differ from each other, or improve on the frozen
-    model, in a way that tests a claim."""
+    run minus the baseline holds 0). No trained run can then improve on the frozen model measurably, and a gain
+    the claims attribute to training cannot be seen."""
     b = _as_matrix(baseline_correct).reshape(1, -1)
     room = compare(b, np.ones_like(b), deterministic=True)
     if room.interval[0] <= 0:

@@ -162,7 +162,7 @@ def proxy_scores(outputs: Tensor, proxy: str) -> Tensor:
 
     Refuses outputs that are not class scores [B, G, K] (a map's softmax over its width would give "scores" of
     the wrong shape) and one class score under ``max_prob`` or ``entropy``: a softmax over one logit is 1 for every
-    view, so every view would tie and view 0 would always win, a non-invariant output."""
+    view, so every view would tie and EquiZero would silently be the mean over the views (Equitune)."""
     proxy = _checked_choice(proxy, PROXIES, "proxy", "valid proxies")
     if outputs.ndim != 3:
         raise ValueError(f"EquiZero scores each view by its output's class scores [B, G, K], but the head's "
@@ -171,7 +171,7 @@ def proxy_scores(outputs: Tensor, proxy: str) -> Tensor:
                          f"LambdaEquitune or EquiAttention, which combine outputs of any shape")
     if outputs.shape[-1] == 1 and proxy != "max_logit":
         raise ValueError(f"EquiZero with proxy={proxy!r} needs K >= 2 class scores: over one logit the softmax is 1 "
-                         f"for every view, so every view ties and the output would not be invariant; use "
+                         f"for every view, so every view ties and EquiZero would be the mean over the views; use "
                          f"proxy='max_logit', or two-class logits (e.g. torch.cat([-z, z], -1))")
     return PROXIES[proxy](outputs)
 
@@ -469,8 +469,12 @@ class OrbitWrapper(nn.Module):
         """Combine the views with the weights and apply the head. Shapes: [B, G, ...], [B, G] -> [B, K]."""
         if self.output_softmax:  # over the classes, dim 2 of [B, G, K, ...] (per pixel for maps of class scores)
             scales, weights = self.view_scales(views, weights)
-            probs = torch.softmax(self.per_view_outputs(self.align(views), scales), dim=2)
-            return _weighted_sum(probs, weights)
+            outputs = self.per_view_outputs(self.align(views), scales)
+            if outputs.ndim < 3:
+                raise ValueError(f"output_softmax=True needs class scores per view [B, G, K, ...], but the head gives "
+                                 f"one number per view {list(outputs.shape)}: a softmax over them would run over the "
+                                 f"views; use output_softmax=False, or a head with K >= 2 outputs")
+            return _weighted_sum(torch.softmax(outputs, dim=2), weights)
         return self.logit_factor * self.apply_head(self.combined_views(views, weights))
 
     def forward_views(self, inputs: Tensor | None = None, *, views: Tensor | None = None,

@@ -133,7 +133,7 @@ def test_editing_the_engine_docstrings_keeps_the_run_cache(tmp_path: Path, monke
                                "    # remember the mode\n    was_training = model.training\n", 1))
     assert engine.read_text() != text
     assert su.training_code_fingerprint() == before
-    code = "/ max(len(predicted), 1)"
+    code = "top1(predicted, data.labels[:len(predicted)])"
     assert code in text
-    engine.write_text(text.replace(code, "/ max(len(predicted), 2)"))
+    engine.write_text(text.replace(code, "top1(predicted, data.labels[:len(predicted) - 1])"))
     assert su.training_code_fingerprint() != before

@@ -580,3 +580,9 @@ def test_compiling_keeps_no_guard_on_the_first_call_check() -> None:
     wrapper(x)  # an eager call runs the check and sets its flag
     torch.testing.assert_close(compiled(x), before)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames  # no recompilation
+
+
+def test_output_softmax_over_one_number_per_view_is_refused() -> None:
+    scalar = nn.Sequential(nn.Flatten(), nn.LazyLinear(1), nn.Flatten(0))  # [B, 3, 12, 12] -> [B]
+    with pytest.raises(ValueError, match=r"one number per view .* would run over the views"):
+        Equitune(scalar, "rot90", output_softmax=True)(torch.randn(2, 3, 12, 12))
