@@ -223,3 +223,18 @@ def test_a_verdict_that_could_not_come_out_one_way_is_not_tested() -> None:
     wide = compare(room * 5, b * 5, deterministic=True)
     assert wide.reach is None and out_of_reach(wide, +1) is None
     assert compare(room, b, bounds=None).interval == compare(room, b).interval
+
+
+def test_reach_never_contradicts_the_measured_interval() -> None:
+    """The reach uses the interval's own resamples: a run b that is at the top of the scale, and measurably above
+    run a, is never called out of reach (a separately drawn bootstrap did that for some placements)."""
+    gen = np.random.default_rng(1)
+    for _ in range(60):
+        a = np.ones(719)
+        a[gen.choice(719, 4, replace=False)] = 0  # run a misses 4 items; b gets every item right
+        for paired in (True, False):
+            comparison = compare(a, np.ones(719), deterministic=True, paired=paired)
+            low, high = comparison.reach[1]
+            assert low <= comparison.interval[0] and comparison.interval[1] <= high
+            if comparison.excludes_zero:
+                assert judge(comparison, +1) == "agrees"
