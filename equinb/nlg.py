@@ -1,7 +1,8 @@
 """The Figure 6 experiment: a prompt grid, seeded samples, scorers (VADER, regard), fairness statistics.
 
 Models come from ``equinb.equilm``. Public API: ``RESPECT_TEMPLATES``, ``DEMOGRAPHICS``, ``LABELS``;
-``vader_labels``, ``RegardClassifier``; ``sample_seed``, ``sample_grid``, ``score_samples``, ``label_shares``,
+``vader_labels``, ``RegardClassifier``; ``sample_seed``, ``sample_grid`` (``cached_sample_grid``: saved once),
+``score_samples``, ``label_shares``,
 ``fairness_gaps`` (bootstrap), ``alike_unit_share``, ``permuted_copy_share``, ``symmetry_report`` (plots:
 ``equinb.viz.label_bars``, ``equinb.viz.fairness_gap_plot``). ``vaderSentiment``, ``transformers`` and pandas are
 imported lazily.
@@ -9,12 +10,14 @@ imported lazily.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from .equilm import encode, from_pretrained, generate_batch, lm_device, lm_forward, sequence_logprob
+from .cache import cache_key, load_or_compute, source_fingerprint
+from .equilm import EquiLM, encode, from_pretrained, generate_batch, lm_device, lm_forward, sequence_logprob
 from .groups import TokenPermutationGroup
 from .reference import FIG6_LABELS
 
@@ -23,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RESPECT_TEMPLATES", "DEMOGRAPHICS", "LABELS", "vader_labels", "RegardClassifier", "sample_seed",
-    "sample_grid", "label_shares", "fairness_gaps", "gap_difference", "unit_positives",
+    "sample_grid", "cached_sample_grid", "label_shares", "fairness_gaps", "gap_difference", "unit_positives",
     "alike_unit_share", "symmetry_report", "score_samples", "permuted_copy_share",
 ]
 
@@ -158,6 +161,24 @@ def sample_grid(lm: nn.Module, tokenizer: Any, demographics: Sequence[str], *, n
             record["continuation"] = text[len(record["prompt"]):] if text.startswith(record["prompt"]) else text
     return records
 
+
+def cached_sample_grid(lm: nn.Module, tokenizer: Any, demographics: Sequence[str], *, cache_dir: str | Path,
+                       weights: str, **options: Any) -> list[dict[str, Any]]:
+    """``sample_grid``, saved under ``cache_dir`` on the first call and loaded after: every sample is seeded, so
+    the saved grid is the one a new run would draw. The file is keyed by all that decides the samples: ``weights``
+    (the base model's ``equinb.cache.module_fingerprint``, which the caller computes once), the wrapper (EquiLM's
+    words, output action and relaxed words), the tokenizer, the demographics, every option of ``sample_grid``, the
+    device, and the code of this module and ``equinb.equilm``. Returns ``sample_grid``'s records."""
+    wrapper: dict[str, Any] = {"type": type(lm).__name__}
+    if isinstance(lm, EquiLM):
+        wrapper.update(words=lm.group.equality_lists, action=lm.output_action, relaxed=lm.relaxed_words)
+    here = Path(__file__)
+    key = cache_key(kind="nlg_samples", weights=weights, wrapper=wrapper, demographics=list(demographics),
+                    tokenizer=[getattr(tokenizer, "name_or_path", type(tokenizer).__name__), len(tokenizer)],
+                    device=str(lm_device(lm)), code=source_fingerprint(here, here.with_name("equilm.py")),
+                    options=options)
+    return load_or_compute(Path(cache_dir) / f"nlg_samples_{key}.pt",
+                           lambda: sample_grid(lm, tokenizer, demographics, **options))
 
 def label_shares(samples: pd.DataFrame, by: Sequence[str] = ("model", "demographic")) -> pd.DataFrame:
     """Share of each label (other, positive, neutral, negative) per group of ``by``; rows sum to 1.

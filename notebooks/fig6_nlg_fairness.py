@@ -89,6 +89,7 @@ from myst_nb import glue
 from equinb import equilm as E
 from equinb import nlg as N
 from equinb import viz
+from equinb.cache import cache_dir, module_fingerprint
 from equinb.chapter import check_params, profile_note
 from equinb.checks import format_error
 from equinb.reference import article_fig6
@@ -137,6 +138,7 @@ show(article.reset_index(), "The article's Figure 6(a): label shares per model a
 model, tokenizer = E.load_causal_lm(lm_name, device=device)
 group3 = E.word_group(tokenizer, [demographics], vocab_size=model.config.vocab_size)
 group2 = E.word_group(tokenizer, [binary_group], vocab_size=model.config.vocab_size)
+weights = module_fingerprint(model)  # the samples are saved once per model, settings and code (seeded draws)
 lms = {"base LM": model, "EquiLM g^-1 (d=3)": E.EquiLM(model, group3, "inverse"),
        "EquiLM g (d=3)": E.EquiLM(model, group3, "forward")}
 check = N.symmetry_report(lms, tokenizer, group3, f"The {N.DEMOGRAPHICS[demographics[0]]} {templates[0]}",
@@ -163,9 +165,9 @@ variants = {**lms, "EquiLM (d=2)": E.EquiLM(model, group2)}
 records = []
 for name, model_lm in variants.items():
     members = binary_group if name == "EquiLM (d=2)" else demographics
-    records += [dict(r, model=name) for r in N.sample_grid(
-        model_lm, tokenizer, members, n_samples=n_samples, templates=templates, seed=seed,
-        paired_seeds=paired_seeds, max_new_tokens=max_new_tokens, top_k=top_k, temperature=temperature)]
+    records += [dict(r, model=name) for r in N.cached_sample_grid(
+        model_lm, tokenizer, members, cache_dir=cache_dir(), weights=weights, n_samples=n_samples, templates=templates,
+        seed=seed, paired_seeds=paired_seeds, max_new_tokens=max_new_tokens, top_k=top_k, temperature=temperature)]
 samples = pd.DataFrame(records)
 scorer_fn = N.vader_labels if scorer == "vader" else N.RegardClassifier(regard_classifiers, regard_label_names,
                                                                          device=device)
@@ -247,9 +249,9 @@ copies = {name: N.permuted_copy_share(samples[samples.model == name],
 independent = []  # every model again, with independent random numbers per demographic: the gaps can take either sign
 for name, model_lm in variants.items():
     members = binary_group if name == "EquiLM (d=2)" else demographics
-    independent += [dict(r, model=name) for r in N.sample_grid(
-        model_lm, tokenizer, members, n_samples=n_samples, templates=templates, seed=seed, paired_seeds=False,
-        max_new_tokens=max_new_tokens, top_k=top_k, temperature=temperature)]
+    independent += [dict(r, model=name) for r in N.cached_sample_grid(
+        model_lm, tokenizer, members, cache_dir=cache_dir(), weights=weights, n_samples=n_samples, templates=templates,
+        seed=seed, paired_seeds=False, max_new_tokens=max_new_tokens, top_k=top_k, temperature=temperature)]
 independent = pd.DataFrame(independent)
 independent["label"] = N.score_samples(independent, scorer_fn, mask_demographic=mask_demographic)
 independent_binary = independent[independent.demographic.isin(binary_group)

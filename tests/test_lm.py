@@ -310,3 +310,23 @@ def test_article_numbers_and_vader_stand_in() -> None:
 def test_import_equinb_does_not_import_transformers() -> None:
     code = "import sys, equinb, equinb.equilm, equinb.nlg; sys.exit('transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_cached_sample_grid_is_drawn_once_and_keyed_by_what_decides_it(model, tmp_path, monkeypatch) -> None:
+    from equinb.cache import module_fingerprint
+
+    options = dict(n_samples=2, templates=["was known for"], seed=3, max_new_tokens=4)
+    weights = module_fingerprint(model)
+    lm = E.EquiLM(model, group(3))
+    first = N.cached_sample_grid(lm, TOK, ["Black", "White", "Asian"], cache_dir=tmp_path, weights=weights, **options)
+    assert first == N.sample_grid(lm, TOK, ["Black", "White", "Asian"], **options)
+    drawn = []
+    monkeypatch.setattr(N, "sample_grid", lambda *a, **k: drawn.append(1) or [])
+    again = N.cached_sample_grid(lm, TOK, ["Black", "White", "Asian"], cache_dir=tmp_path, weights=weights, **options)
+    assert again == first and not drawn  # loaded, not drawn again
+    for other in (dict(weights=weights, lm=E.EquiLM(model, group(3), output_action="forward")),
+                  dict(weights="another model", lm=lm), dict(weights=weights, lm=lm, seed=4)):
+        chosen = {**options, **{k: v for k, v in other.items() if k == "seed"}}
+        N.cached_sample_grid(other["lm"], TOK, ["Black", "White", "Asian"], cache_dir=tmp_path,
+                             weights=other["weights"], **chosen)
+    assert len(drawn) == 3 and len(list(tmp_path.glob("nlg_samples_*.pt"))) == 4  # each change draws, and saves, anew
