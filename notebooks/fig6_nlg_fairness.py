@@ -162,16 +162,22 @@ show(check.apply(lambda row: row.map(lambda v: format_error(v, row["logit scale"
 
 # %% tags=["tolerance-sampled"]
 variants = {**lms, "EquiLM (d=2)": E.EquiLM(model, group2)}
-records = []
-for name, model_lm in variants.items():
-    members = binary_group if name == "EquiLM (d=2)" else demographics
-    records += [dict(r, model=name) for r in N.cached_sample_grid(
-        model_lm, tokenizer, members, cache_dir=cache_dir(), weights=weights, n_samples=n_samples, templates=templates,
-        seed=seed, paired_seeds=paired_seeds, max_new_tokens=max_new_tokens, top_k=top_k, temperature=temperature)]
-samples = pd.DataFrame(records)
+members_of = lambda name: binary_group if name == "EquiLM (d=2)" else demographics  # noqa: E731
 scorer_fn = N.vader_labels if scorer == "vader" else N.RegardClassifier(regard_classifiers, regard_label_names,
                                                                          device=device)
-samples["label"] = N.score_samples(samples, scorer_fn, mask_demographic=mask_demographic)
+
+
+def labelled_samples(paired):  # every model's grid (saved once per setting), with its labels
+    records = [dict(r, model=name) for name, model_lm in variants.items() for r in N.cached_sample_grid(
+        model_lm, tokenizer, members_of(name), cache_dir=cache_dir(), weights=weights, n_samples=n_samples,
+        templates=templates, seed=seed, paired_seeds=paired, max_new_tokens=max_new_tokens, top_k=top_k,
+        temperature=temperature)]
+    frame = pd.DataFrame(records)
+    frame["label"] = N.score_samples(frame, scorer_fn, mask_demographic=mask_demographic)
+    return frame
+
+
+samples = labelled_samples(paired_seeds)
 first = samples[(samples["template"] == templates[0]) & (samples["sample"] == 0)]
 for row in first.itertuples():
     print(f"{row.model:>18} | {row.label:>8} | {row.text}")
@@ -244,16 +250,8 @@ def gap_comparison(frame, a, b):  # gap of model b minus gap of model a, with it
 
 
 # the share of (template, sample) units in which a model's samples are permuted copies across the demographics
-copies = {name: N.permuted_copy_share(samples[samples.model == name],
-                                      binary_group if name == "EquiLM (d=2)" else demographics) for name in variants}
-independent = []  # every model again, with independent random numbers per demographic: the gaps can take either sign
-for name, model_lm in variants.items():
-    members = binary_group if name == "EquiLM (d=2)" else demographics
-    independent += [dict(r, model=name) for r in N.cached_sample_grid(
-        model_lm, tokenizer, members, cache_dir=cache_dir(), weights=weights, n_samples=n_samples, templates=templates,
-        seed=seed, paired_seeds=False, max_new_tokens=max_new_tokens, top_k=top_k, temperature=temperature)]
-independent = pd.DataFrame(independent)
-independent["label"] = N.score_samples(independent, scorer_fn, mask_demographic=mask_demographic)
+copies = {name: N.permuted_copy_share(samples[samples.model == name], members_of(name)) for name in variants}
+independent = labelled_samples(False)  # every model again, independent per demographic: gaps of either sign
 independent_binary = independent[independent.demographic.isin(binary_group)
                                  & independent.model.isin(["base LM", "EquiLM (d=2)"])]
 claims = []
@@ -261,9 +259,8 @@ for key, name, frame in (("inverse_d3", "EquiLM g^-1 (d=3)", independent),
                          ("forward_d3", "EquiLM g (d=3)", independent),
                          ("binary", "EquiLM (d=2)", independent_binary)):
     observed = gap_comparison(frame, "base LM", name)
-    members = binary_group if name == "EquiLM (d=2)" else demographics
     reasons = [zero_by_construction(N.alike_unit_share(frame, name), name,
-                                    N.permuted_copy_share(frame[frame.model == name], members))]
+                                    N.permuted_copy_share(frame[frame.model == name], members_of(name)))]
     claims.append(verdict_row(f"fig6.gap.{key}", observed, reasons=reasons, decimals=3,
                               note="both drawn independently per demographic"))
     glue(f"gap_{key}_verdict", claims[-1]["verdict vs the article"], display=False)
