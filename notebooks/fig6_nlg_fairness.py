@@ -231,11 +231,11 @@ show(gaps.rename_axis("model").reset_index(), f"Fairness gap per model with its 
 # the units are the noise. With paired seeds an exact EquiLM writes permuted copies across the demographics, whose
 # gap is zero in every resample wherever the scorer labels the copies alike: the difference would be minus the base
 # LM's gap and could not come out positive. So every model is sampled a second time for these claims, with its own
-# random numbers for every demographic (independent draws): the base LM and each EquiLM then carry the same
-# sampling noise, which a max-minus-min gap turns into a positive bias of the same size for both, and the
-# difference can take either sign. A check still counts the units labelled alike, and the copies, in case they are
-# alike all the same. The per-demographic claims compare the positive shares of the base LM and EquiLM
-# with $g$ (the article's code) unit by unit; the last claim compares the two actions' shares of positive samples,
+# random numbers for every demographic (independent draws): the base LM and each EquiLM then carry the same kind
+# of sampling noise, which a max-minus-min gap turns into a positive bias of about the same size for both (equal
+# where their shares are equal), and the difference can take either sign. A check still counts the units
+# labelled alike, and the copies, in case they are alike all the same. The per-demographic claims compare the
+# positive shares of the base LM and EquiLM with $g$ (the article's code) unit by unit; the last claim compares the two actions' shares of positive samples,
 # averaged over the demographics, unit by unit (their gaps are both zero by construction). The rule:
 # {glue:text}`verdict_rule`.
 
