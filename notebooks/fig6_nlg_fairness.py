@@ -235,9 +235,9 @@ show(gaps.rename_axis("model").reset_index(), f"Fairness gap per model with its 
 # of sampling noise, which a max-minus-min gap turns into a positive bias of about the same size for both (equal
 # where their shares are equal), and the difference can take either sign. A check still counts the units
 # labelled alike, and the copies, in case they are alike all the same. The per-demographic claims compare the
-# positive shares of the base LM and EquiLM with $g$ (the article's code) unit by unit; the last claim compares the two actions' shares of positive samples,
-# averaged over the demographics, unit by unit (their gaps are both zero by construction). The rule:
-# {glue:text}`verdict_rule`.
+# positive shares of the base LM and EquiLM with $g$ (the article's code) unit by unit; the last claim compares the
+# two actions' shares of positive samples, averaged over the demographics, unit by unit (their gaps are both zero
+# by construction). The rule: {glue:text}`verdict_rule`.
 
 # %% tags=["hide-input", "tolerance-sampled"]
 glue("verdict_rule", VERDICT_RULE, display=False)
