@@ -51,7 +51,7 @@ def view_weights(model: OrbitWrapper, feats: Tensor, batch_size: int = 256, seed
     -> [N, G].
     """
     out = []
-    with evaluation_mode(model), torch.random.fork_rng(devices=[]):
+    with evaluation_mode(model), torch.random.fork_rng():
         torch.manual_seed(seed)
         for start in range(0, feats.shape[0], batch_size):
             chunk = feats[start:start + batch_size].to(model_device(model))

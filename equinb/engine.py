@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import itertools
 import numbers
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Iterable, Iterator, Sequence
@@ -337,7 +338,9 @@ def predict(model: OrbitWrapper, data: ViewData, batch_size: int = 256, feats: T
     seed give the same predictions (the paired comparisons of ``equinb.verdicts`` rely on this).
     """
     predictions = []
-    with evaluation_mode(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
+    # every device's generator is saved and restored: manual_seed reseeds CUDA's too, and training's dropout
+    # continues from it after each evaluation
+    with evaluation_mode(model), torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(seed)
         for i, start in enumerate(range(0, len(data), batch_size)):
             if max_batches is not None and i >= max_batches:
@@ -448,8 +451,18 @@ def _loss_rows(stage: str, round_index: int, first_step: int, losses: list[Tenso
     return [dict(stage=stage, round=round_index, step=first_step + i + 1, loss=v) for i, v in enumerate(values)]
 
 
+def _clock_row(clock: list[dict] | None, stage: str, round_index: int, steps: int, seconds: float,
+               evaluation_seconds: float) -> None:
+    """Append one round's wall times to ``clock`` (when given): its training steps, from the first step until
+    their losses are read (which waits for the device), and its evaluation (selection before a prefinetune round,
+    the test set after a finetune round). ``tools/paper_smoke.py`` turns them into rates."""
+    if clock is not None:
+        clock.append(dict(stage=stage, round=round_index, steps=steps, seconds=seconds,
+                          evaluation_seconds=evaluation_seconds))
+
+
 def prefinetune(model: OrbitWrapper, train: ViewData, select: ViewData, config: TrainConfig,
-                progress: bool = False) -> tuple[dict, list[dict]]:
+                progress: bool = False, clock: list[dict] | None = None) -> tuple[dict, list[dict]]:
     """Train only the lambda network on cached per-view features; keep the best by selection accuracy.
 
     ``train`` and ``select`` yield the frozen trunk's views [B, G, ...] (normalised embeddings [B, G, D], or
@@ -458,7 +471,8 @@ def prefinetune(model: OrbitWrapper, train: ViewData, select: ViewData, config: 
     the full forward would. As published, the selection accuracy is computed *before* each round, so the
     last round's training is never eligible.
 
-    Returns the best lambda-network state and a tidy history (round, step, loss, select_top1).
+    Returns the best lambda-network state and a tidy history (round, step, loss, select_top1). ``clock``: a list
+    that receives one ``_clock_row`` per round (wall times; kept out of the history, which is deterministic).
     """
     from tqdm import tqdm
 
@@ -470,8 +484,10 @@ def prefinetune(model: OrbitWrapper, train: ViewData, select: ViewData, config: 
     max_sel = config.selection_batches if config.selection == "train_first_batches" else None
     best, best_state, history, step = -1.0, copy.deepcopy(model.weight_net.state_dict()), [], 0
     for r, batches in enumerate(tqdm(schedule, desc="prefinetune", disable=not progress, ascii=True)):
+        began = time.perf_counter()
         acc = evaluate(model, select, config.batch_size, max_batches=max_sel, seed=config.seed + r,
                        data_are_features=True)
+        evaluated = time.perf_counter()
         history.append(dict(stage="prefinetune", round=r, step=step, select_top1=acc))
         if acc > best:
             best, best_state = acc, copy.deepcopy(model.weight_net.state_dict())
@@ -479,6 +495,7 @@ def prefinetune(model: OrbitWrapper, train: ViewData, select: ViewData, config: 
         losses = []
         for index, element in zip(batches, _draw_elements(len(batches), model.group.order, rng)):
             feats, labels = train.batch(index, element, model.group)
+            feats = _on(model, feats)  # one copy to the device: the same tensor is the views and the weights' input
             loss = train_step_loss(model, feats, labels, weight_views=feats)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -486,13 +503,14 @@ def prefinetune(model: OrbitWrapper, train: ViewData, select: ViewData, config: 
             losses.append(loss.detach())
         history += _loss_rows("prefinetune", r, step, losses)
         step += len(losses)
+        _clock_row(clock, "prefinetune", r, len(losses), time.perf_counter() - evaluated, evaluated - began)
     return best_state, history
 
 
 def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: TrainConfig,
              train_lambda_feats: Tensor | None = None, test_lambda_feats: Tensor | None = None,
              eval_every_round: bool = True, progress: bool = False,
-             tuned_gpu_kernels: bool = True) -> tuple[list[dict], Tensor | None]:
+             tuned_gpu_kernels: bool = True, clock: list[dict] | None = None) -> tuple[list[dict], Tensor | None]:
     """Finetune the trunk (and the lambda network for ``backbone+lambda``) with the full forward.
 
     ``*_lambda_feats``: cached features of the frozen copy [N, G, D] that feed lambda when
@@ -503,7 +521,7 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
     channels-last weights for the trunk (``equinb.kernels``; no change on a CPU).
 
     Returns a tidy history (stage, round, step, loss, test_top1) and the predicted test classes [N_test] of
-    the last evaluation (None when no round ran).
+    the last evaluation (None when no round ran). ``clock``: as in ``prefinetune``.
     """
     from tqdm import tqdm
 
@@ -525,6 +543,7 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
     history, step, predicted = [], 0, None
     with tuned_kernels(model.trunk, model_device(model), enabled=tuned_gpu_kernels):
         for r, batches in enumerate(tqdm(schedule, desc="finetune", disable=not progress, ascii=True)):
+            began = time.perf_counter()
             model.train()
             losses = []
             for index, element in zip(batches, _draw_elements(len(batches), model.group.order, rng)):
@@ -542,8 +561,10 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
                 losses.append(loss.detach())
             history += _loss_rows("finetune", r, step, losses)
             step += len(losses)
+            trained = time.perf_counter()
             if eval_every_round or r == len(schedule) - 1:
                 frozen = test_lambda_feats if config.lambda_input == "frozen_copy" else None
                 predicted = predict(model, test, lambda_feats=frozen, seed=config.seed)
                 history.append(dict(stage="finetune", round=r, step=step, test_top1=top1(predicted, test.labels)))
+            _clock_row(clock, "finetune", r, len(losses), trained - began, time.perf_counter() - trained)
     return history, predicted

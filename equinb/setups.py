@@ -376,9 +376,12 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
 
     def train() -> dict:
         torch.manual_seed(config.seed)
+        clock = []
         row, history, states, predictions, drift = _run(setup, config, make_net(), progress, heldout_fraction,
-                                                        method, align_views, ablate)
-        return dict(row=row, history=history, states=states, predictions=predictions, drift=drift)
+                                                        method, align_views, ablate, clock)
+        # the settings and wall times ride along for tools/paper_smoke.py, which counts and times the runs
+        return dict(row=row, history=history, states=states, predictions=predictions, drift=drift, clock=clock,
+                    config=config.as_dict(), maps=setup.train_feats.ndim == 5)
 
     if cache_dir is None:
         out = train()
@@ -416,7 +419,8 @@ def training_code_fingerprint() -> str:
 
 
 def _run(setup: TrainingSetup, config: TrainConfig, module: nn.Module, progress: bool, heldout_fraction: float,
-         method: str, align_views: bool, ablate: bool) -> tuple[dict, list[dict], dict, dict, list[dict]]:
+         method: str, align_views: bool, ablate: bool,
+         clock: list[dict] | None = None) -> tuple[dict, list[dict], dict, dict, list[dict]]:
     model = weighted_model(setup.make_trunk(), module.to(model_device(setup.head)), setup.head,
                            setup.group, config, method=method, align_views=align_views,
                            normalise_views=setup.normalise_views)
@@ -432,7 +436,7 @@ def _run(setup: TrainingSetup, config: TrainConfig, module: nn.Module, progress:
         train_feats, train_labels, sel_feats, sel_labels = setup.train_feats, labels, setup.train_feats, labels
         train = setup.train
     best, history = prefinetune(model, ViewData(train_feats, train_labels), ViewData(sel_feats, sel_labels), config,
-                                progress)
+                                progress, clock=clock)
     model.weight_net.load_state_dict(best)  # copies: finetuning leaves ``best`` as selected
     predictions = dict(prefinetune=predict(model, setup.test, feats=setup.test_feats, seed=config.seed))
     pre = top1(predictions["prefinetune"], setup.test.labels)
@@ -440,7 +444,7 @@ def _run(setup: TrainingSetup, config: TrainConfig, module: nn.Module, progress:
     set_finetune_precision(model, config)
     before = snapshot(model.trunk)
     finetuned, last = finetune(model, train, setup.test, config, train_lambda_feats=train_feats,
-                               test_lambda_feats=setup.test_feats, progress=progress)
+                               test_lambda_feats=setup.test_feats, progress=progress, clock=clock)
     history += finetuned
     predictions["finetune"] = predictions["prefinetune"] if last is None else last
     row = dict(prefinetune_top1=pre, finetune_top1=top1(predictions["finetune"], setup.test.labels))

@@ -201,6 +201,12 @@ def _parameter_dtype(module: Any) -> torch.dtype | None:
     return next((t.dtype for t in module.parameters() if t.is_floating_point()), None)
 
 
+def _full_precision(views: Tensor | None) -> Tensor | None:
+    """Half-precision views (fp16 or bf16 trunks, as CLIP on CUDA) in float32, where they are combined: the same
+    rule for views computed here and views computed before (a cache of an fp16 trunk's outputs)."""
+    return views.float() if views is not None and views.dtype in (torch.float16, torch.bfloat16) else views
+
+
 def _weighted_sum(values: Tensor, weights: Tensor) -> Tensor:
     """Shapes: values [B, G, ...], weights [B, G] -> [B, ...]."""
     w = weights.to(values.dtype).reshape(*weights.shape, *([1] * (values.ndim - 2)))
@@ -313,8 +319,7 @@ class OrbitWrapper(nn.Module):
                              f"{list(out.shape)}, whose first dim is not one per image: it drops the batch dim (a "
                              f".squeeze() at batch size 1?); keep it, e.g. .squeeze(-1), or select the view with "
                              f"output=")
-        if out.dtype in (torch.float16, torch.bfloat16):
-            out = out.float()
+        out = _full_precision(out)
         if self.normalise_views:
             out = nn.functional.normalize(out, dim=-1)
         return out.reshape(b, g, *out.shape[1:])
@@ -489,6 +494,7 @@ class OrbitWrapper(nn.Module):
             if inputs is None:
                 raise ValueError("forward_views needs per-view inputs or computed views")
             views = self.view_outputs(inputs)
+        views, weight_views = _full_precision(views), _full_precision(weight_views)
         weights = self.checked_weights(self.view_weights(views if weight_views is None else weight_views), views)
         out = self.combine(views, weights)
         return (out, weights) if return_weights else out

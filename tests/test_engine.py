@@ -4,6 +4,9 @@ seeding."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -413,6 +416,24 @@ def test_finetune_returns_the_predictions_of_its_last_evaluation() -> None:
     assert finetune(model, setup.train, setup.test, TrainConfig.updated(**{**SMALL, "finetune_rounds": 0}))[1] is None
 
 
+def test_a_run_records_each_rounds_wall_times_beside_its_history(tmp_path: Path) -> None:
+    """One clock row per round of each stage, with the round's step count, and the settings the smoke counts by;
+    the history itself holds no time (a cached run is the same run)."""
+    setup = dataclasses.replace(_setup(), key="toy")
+    config = TrainConfig.updated(**SMALL)
+    run_training(setup, config, cache_dir=tmp_path)
+    saved = torch.load(next(tmp_path.glob("run_*.pt")), weights_only=True)
+    clock, history = saved["clock"], saved["history"]
+    assert [(c["stage"], c["round"]) for c in clock] == [("prefinetune", r) for r in range(3)] + [
+        ("finetune", r) for r in range(2)]
+    for c in clock:
+        assert c["steps"] == sum(1 for h in history if h["stage"] == c["stage"] and h["round"] == c["round"]
+                                 and "loss" in h)
+        assert c["seconds"] > 0 and c["evaluation_seconds"] > 0
+    assert saved["config"] == config.as_dict() and saved["maps"] is False
+    assert not any("seconds" in h for h in history)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_finetune_step_on_images_held_on_the_gpu_never_waits_for_it() -> None:
     """The per-step path of ``finetune`` on ``ImageViewData`` (images on the GPU, labels on the CPU): any copy or
@@ -440,6 +461,31 @@ def test_a_finetune_step_on_images_held_on_the_gpu_never_waits_for_it() -> None:
         one_step(8, 2)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_an_evaluation_leaves_every_generator_where_training_left_it() -> None:
+    """``predict`` seeds its own dropout; the CUDA generator that training's dropout draws from continues after
+    it as if no evaluation had run (a reseeded one would replay the same masks in every round)."""
+    setup = _setup()
+    model = _model(setup, TrainConfig.updated(**SMALL)).cuda()
+    before = torch.cuda.get_rng_state(), torch.get_rng_state()
+    predict(model, setup.test, seed=5)
+    assert torch.equal(torch.cuda.get_rng_state(), before[0]) and torch.equal(torch.get_rng_state(), before[1])
+
+
+def test_half_precision_cached_views_are_combined_as_computed_views_are() -> None:
+    """Views cached from an fp16 trunk (CLIP on CUDA) are combined in float32, as ``view_outputs`` combines an fp16
+    trunk's views computed in the forward: the same output from the cache as from the live path."""
+    setup = _setup()
+    model = _model(setup, TrainConfig.updated(**SMALL)).eval()
+    half = setup.test_feats[:6].half()
+    torch.manual_seed(0)
+    cached = model.forward_views(views=half)
+    torch.manual_seed(0)
+    computed = model.forward_views(views=half.float())
+    assert cached.dtype == torch.float32
+    torch.testing.assert_close(cached, computed, rtol=0, atol=0)
 
 
 def test_half_storage_sgd_calls_its_closure_and_evaluation_mode_restores_after_an_error() -> None:
