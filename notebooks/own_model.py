@@ -255,11 +255,14 @@ methods = {"model (one view)": model, "loop over the group": loop, "equinb, one 
 if group in transforms:
     methods["ttach"] = ttach.ClassificationTTAWrapper(model, ttach.Compose(transforms[group]), merge_mode="mean")
 seconds, outputs = {name: [] for name in methods}, {}
+finish = torch.cuda.synchronize if x.is_cuda else (lambda: None)  # a GPU runs on after the call returns
 with torch.no_grad():
     for repeat in range(timing_repeats):
         for name, f in methods.items():
+            finish()
             start = time.perf_counter()
             outputs[name] = f(x)
+            finish()
             seconds[name].append(time.perf_counter() - start)
 cost = pd.DataFrame({"ms per batch": {n: 1000 * statistics.median(s) for n, s in seconds.items()}})
 cost["x one view"] = cost["ms per batch"] / cost.loc["model (one view)", "ms per batch"]

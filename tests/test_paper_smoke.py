@@ -6,6 +6,7 @@ chapter printed."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -36,24 +37,59 @@ def test_summary_lists_every_chapter_with_rates_and_a_projection(smoke: Path) ->
     summary = json.loads((smoke / "summary.json").read_text())
     assert set(summary["results"]) == set(paper_smoke.notebook_ids())
     assert all(r["result"] == "passed" for r in summary["results"].values())
-    rates = summary["rates"]
+    rates = summary["bench_rates"]
     assert {"zeroshot_views_per_s", "prefinetune_steps_per_s", "finetune_steps_per_s",
             "finetune_default_kernels_steps_per_s", "tuned_embedding_change", "peak_memory_gb"} <= set(rates)
     assert all(v > 0 for k, v in rates.items() if k.endswith("_per_s"))
     assert rates["tuned_embedding_change"] == 0.0  # on a CPU the tuned kernels change nothing (equinb.kernels)
-    # the chapters that train did train, and the projection covers each of them
+    # the chapters that train did train, timed by their own runs, and the projection covers each of them
     trained = {k for k, r in summary["results"].items() if r["runs"]}
     assert {"tab1_original_vs_updated", "tab2_featuremap", "tab4_isic2018"} <= trained
+    assert {"finetune (embeddings)", "prefinetune (embeddings)"} <= set(
+        summary["results"]["tab1_original_vs_updated"]["run_rates"])
+    assert "finetune (maps)" in summary["results"]["tab2_featuremap"]["run_rates"]
     assert trained <= set(summary["hours"]) and all(h > 0 for h in summary["hours"].values())
     assert 0 < summary["finetune_hours"] < sum(summary["hours"].values())  # finetuning is part of the whole
 
 
-def test_projection_scales_with_the_params_files(smoke: Path) -> None:
-    rate = dict(zeroshot_views_per_s=1e9, prefinetune_steps_per_s=1e9, finetune_steps_per_s=1.0)
-    counted = {"tab4_isic2018": dict(runs=2, finetuned=1)}
-    # 20 x 100 prefinetune steps are free at this rate; 8 x 500 finetune steps at 1/s, 5 seeds vs the smoke's 2
-    assert paper_smoke.projection(rate, counted, smoke_seeds=2)["tab4_isic2018"] == pytest.approx(
-        8 * 500 * 5 / 2 / 3600, rel=1e-3)
+def _clock(stage: str, rounds: list[tuple[int, float, float]]) -> list[dict]:
+    return [dict(stage=stage, round=r, steps=steps, seconds=seconds, evaluation_seconds=evaluation)
+            for r, (steps, seconds, evaluation) in enumerate(rounds)]
+
+
+def test_projection_counts_the_params_files_at_the_runs_own_warm_rates() -> None:
+    """Table 4's paper schedule, 8 rounds of 500 finetune steps, runs out of ISIC's 10,015 training images after
+    313 steps; the warm-up round does not set the rate; the main seed's run counts once, a seed repeat once per
+    noise seed of the params file (4) for the smoke's one."""
+    free = _clock("prefinetune", [(10, 0.0, 0.0), (10, 0.0, 0.0)])  # prefinetuning and selection cost nothing here
+    finetune = _clock("finetune", [(5, 100.0, 0.0), (10, 10.0, 0.0)])  # warm: 1 step/s; evaluation is free
+    run = dict(maps=True, test_images=14, finetuned=True, clock=free + finetune)
+    rate = dict(zeroshot_views_per_s=math.inf, prefinetune_steps_per_s=1.0, finetune_steps_per_s=1.0)
+    runs = {"tab4_isic2018": [dict(run, seed=0), dict(run, seed=1)]}
+    hours = paper_smoke.projection(rate, runs)["tab4_isic2018"]
+    assert hours == pytest.approx((1 + 4) * 8 * 313 / 3600, rel=1e-6)
+    # the same runs at the recorded rates: prefinetuning at 1 step/s too (20 x 100 steps, each run)
+    recorded = paper_smoke.projection(rate, runs, recorded=True)["tab4_isic2018"]
+    assert recorded == pytest.approx((1 + 4) * (8 * 313 + 20 * 100) / 3600, rel=1e-6)
+
+
+def test_the_smoke_refuses_early_when_a_package_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    assert paper_smoke.missing_packages("cpu") == []  # everything the chapters import is here
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ttach" else real(name, *a))
+    assert paper_smoke.missing_packages("cpu") == ["python package ttach: pip install -e '.[book]'"]
+    assert paper_smoke.main(["--device", "cpu", "--tiny", "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()  # refused before the fakes were made
+
+
+def test_a_spent_budget_skips_the_remaining_chapters(tmp_path: Path) -> None:
+    assert paper_smoke.main(["--device", "cpu", "--tiny", "--out", str(tmp_path), "--budget-s", "0",
+                             "--chapters", "own_model"]) == 3
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["results"]["own_model"]["result"].startswith("skipped: the budget of 0 s")
+    assert summary["bench_rates"]["finetune_steps_per_s"] > 0  # measured before any chapter
 
 
 def test_fig4_paper_path(smoke: Path) -> None:

@@ -4,17 +4,22 @@ Usage (from the repository root):
 
     .venv/bin/python tools/paper_smoke.py                      # make paper-smoke: CUDA, full-size random CLIPs
     .venv/bin/python tools/paper_smoke.py --device cpu --tiny  # the same code paths on tiny models (make test)
-    ... [--out _build/paper_smoke] [--chapters ID ...] [--rates bench/gpu_rates_h200.json]
+    ... [--out _build/paper_smoke] [--chapters ID ...] [--rates bench/gpu_rates_h200.json] [--budget-s 420]
 
-No download: fakes of CIFAR100, ImageNetV2 and ISIC 2018 in their real formats (`tools/paper_fakes.py`; at the real
-sizes that set the time with full-size models: CIFAR100's and ImageNetV2's 10,000 test images, ISIC's 193
-validation images), random CLIPs for RN50, RN101, ViT-B/32 and ViT-B/16, a tiny random GPT-2 and regard
-classifier. Each chapter then runs through papermill with its `notebooks/params/<id>.paper.yaml` and a reduced
-schedule, on `--device`. Printed per chapter: pass or fail and wall time; then the measured throughputs (zero-shot
-image-views/s, cached prefinetune steps/s, finetune steps/s after warm-up, peak GPU memory) and, from the params
-files' settings and those rates, the projected GPU time of the full paper profile. With `--tiny` on a CPU the
-rates and the projection only exercise the code; with `--rates FILE` the projection uses rates recorded on a GPU
-(a counted estimate: this smoke's runs at those rates). Exit status 1 if any chapter failed.
+No download: fakes of CIFAR100, ImageNetV2 and ISIC 2018 in their real formats (`tools/paper_fakes.py`; small
+splits: how many images a step or a pass takes sets the time, not how many there are), random CLIPs for RN50,
+RN101, ViT-B/32 and ViT-B/16, a tiny random GPT-2 and regard classifier. First the packages the chapters import
+are checked (exit 2 naming what is missing), then the throughputs of `bench/prefinetune.py` are measured and
+printed (zero-shot image-views/s, cached prefinetune and finetune steps/s after a warm-up, peak GPU memory). Each
+chapter then runs through papermill with its `notebooks/params/<id>.paper.yaml` and a reduced schedule, on
+`--device`; `summary.json` is rewritten after each one, so an interrupted smoke keeps what it measured. The
+projected GPU time of the full paper profile is counted from the params files and the runs each chapter trained
+here, at the rates those runs reached (their warm rounds: prefinetune and finetune steps/s, test-set evaluation
+image-views/s, by feature level), the frozen passes at the zero-shot rate. With `--tiny` on a CPU the rates and
+the projection only exercise the code; with `--rates FILE` the projection uses rates recorded on a GPU instead (a
+counted estimate). `--budget-s`: start no chapter after that many seconds (the rest are reported as skipped).
+Exit status 0 when every chapter passed, 1 if any failed, 2 when something is missing, 3 when chapters were
+skipped.
 """
 
 from __future__ import annotations
@@ -32,25 +37,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import paper_fakes  # noqa: E402
 from build_book import AGGREGATES, ROOT, ChapterFailed, chapter_defaults, execute, notebook_ids  # noqa: E402
 
-# Per chapter of the paper profile: its frozen passes over a dataset (dataset, views) and the backbones it runs them
-# on. The trained runs are not stated but counted: the runs each chapter adds to the run cache during the smoke.
+# Per chapter of the paper profile: its frozen passes over a dataset (dataset, splits, views) and the backbones it
+# runs them on. The trained runs are not stated but counted: the runs each chapter adds to the run cache during the
+# smoke, with their seeds and wall times.
 PASSES = {
-    "fig4_zeroshot": dict(passes=[("cifar100", 5), ("imagenetv2", 5)], backbones=4),
-    "tab1_original_vs_updated": dict(passes=[("cifar100", 4)], backbones=1),
-    "tab2_featuremap": dict(passes=[("cifar100", 4)], backbones=1),
-    "fig2_3_lambda_weights": dict(passes=[("isic2018", 4)], backbones=1),
-    "tab4_isic2018": dict(passes=[("isic2018", 4)], backbones=1),
+    "fig4_zeroshot": dict(passes=[("cifar100", "test", 5), ("imagenetv2", "test", 5)], backbones=4),
+    "tab1_original_vs_updated": dict(passes=[("cifar100", "train+test", 4)], backbones=1),
+    "tab2_featuremap": dict(passes=[("cifar100", "train+test", 4)], backbones=1),
+    "fig2_3_lambda_weights": dict(passes=[("isic2018", "train+test", 4)], backbones=1),
+    "tab4_isic2018": dict(passes=[("isic2018", "train+test", 4)], backbones=1),
 }
 SMOKE_NOISE_SEEDS = [1]  # one seed repeat besides the main seed: the chapters' seed loops run, briefly
 IMAGES = {"cifar100": (16_000, 10_000), "imagenetv2": (0, 10_000), "isic2018": (10_015, 193)}  # train, test
+VIEWS = 4  # the trained chapters' rot90 orbit
 
 
 def make_fakes(out: Path, tiny: bool) -> dict:
     """Every fake under ``out``; returns the chapter parameters that point at them."""
     data = out / "data"
     if not (data / ".complete").is_file():
-        paper_fakes.cifar100(data, *((40, 24) if tiny else (2_000, 10_000)))
-        paper_fakes.imagenetv2(data, *((3, 3) if tiny else (1_000, 10)), size=(50, 40) if tiny else (500, 375))
+        paper_fakes.cifar100(data, *((40, 24) if tiny else (2_000, 1_000)))
+        paper_fakes.imagenetv2(data, *((3, 3) if tiny else (100, 10)), size=(50, 40) if tiny else (500, 375))
         paper_fakes.isic2018(data, *((28, 14) if tiny else (600, 193)), size=(60, 45) if tiny else (600, 450))
         (data / ".complete").write_text("")
     from equinb.nlg import RESPECT_TEMPLATES
@@ -62,8 +69,9 @@ def make_fakes(out: Path, tiny: bool) -> dict:
 
 def overrides(nb_id: str, fakes: dict, device: str, tiny: bool) -> dict:
     """The parameters that point a chapter's paper path at the fakes, with a reduced schedule."""
-    steps = 2 if tiny else 50
-    schedule = dict(prefinetune_rounds=2, prefinetune_steps=steps, finetune_rounds=1, finetune_steps=steps,
+    steps = 2 if tiny else 40
+    # two rounds of each stage: the first warms up (cuDNN's autotuner, allocations), the second is timed
+    schedule = dict(prefinetune_rounds=2, prefinetune_steps=steps, finetune_rounds=2, finetune_steps=steps // 2,
                     noise_seeds=SMOKE_NOISE_SEEDS, max_train=40 if tiny else 2_000)
     common = dict(device=device, data_root=fakes["data"], clip_paths={"RN50": fakes["clip_paths"]["RN50"]},
                   dataset_options={"cifar100": {"verify_md5": False}})
@@ -81,6 +89,24 @@ def overrides(nb_id: str, fakes: dict, device: str, tiny: bool) -> dict:
     if nb_id == "tab4_isic2018":
         return dict(common, dataset_options={}, **{**schedule, "max_train": 28 if tiny else 600})
     return dict(common, **schedule)
+
+
+def missing_packages(device: str) -> list[str]:
+    """What the chapters import, or find, that this machine lacks (a bare GPU machine has torch, not the book's
+    packages): one line per piece, with the fix."""
+    from check_paper_setup import _gpu, _mobilenet_weights, _package
+
+    items = [_package(name, extra) for name, extra in (
+        ("papermill", "book"), ("jupytext", "book"), ("ipykernel", "book"), ("myst_nb", "book"), ("yaml", "book"),
+        ("clip", "clip"), ("ftfy", "clip"), ("transformers", "lm"), ("ttach", "book"), ("seaborn", "book"))]
+    items += [_mobilenet_weights(), _gpu(device)]
+    missing = [f"{item.what}: {item.note}" for item in items if not item.ok]
+    if not any("clip" in line for line in missing):
+        try:
+            import clip  # noqa: F401  (clip imports pkg_resources, which setuptools 81 removed)
+        except ImportError as err:
+            missing.append(f"import clip fails ({err}): pip install 'setuptools>=77.0.3,<81'")
+    return missing
 
 
 def rates(device: str, tiny: bool) -> dict[str, float]:
@@ -107,33 +133,89 @@ def load_rates(path: Path) -> dict:
     return recorded
 
 
-def trained_runs(runs: Path) -> dict[str, bool]:
-    """Run files in the run cache -> whether the run was finetuned (its history has a finetune step)."""
+def trained_runs(runs: Path) -> dict[str, dict]:
+    """Run files in the run cache -> what the projection needs of each: its seed, whether it was finetuned, whether
+    it trained on feature maps, its test-set size and its rounds' wall times (``equinb.engine`` clock rows)."""
     import torch
 
-    return {path.name: any(row.get("stage") == "finetune" and "loss" in row
-                           for row in torch.load(path, map_location="cpu", weights_only=True)["history"])
-            for path in sorted(runs.glob("run_*.pt"))}
-
-
-def projection(rate: dict[str, float], counted: dict[str, dict[str, int]], smoke_seeds: int) -> dict[str, float]:
-    """Hours of GPU time per chapter of the full paper profile: its frozen passes (``PASSES``) and the runs it
-    trained in the smoke (``counted``: runs and finetuned runs under ``smoke_seeds`` seeds), scaled to the params
-    file's seeds, rounds and steps, at the measured ``rate``."""
     out = {}
-    for nb_id in [i for i in counted if i in PASSES or counted[i]["runs"]]:
-        params = {**chapter_defaults(nb_id),
-                  **(yaml.safe_load((ROOT / "notebooks" / "params" / f"{nb_id}.paper.yaml").read_text()) or {})}
-        per_seed = (1 + len(params.get("noise_seeds", []))) / smoke_seeds
-        prefinetune = params.get("prefinetune_rounds", 0) * params.get("prefinetune_steps", 0)
-        finetune = params.get("finetune_rounds", 0) * params.get("finetune_steps", 0)
+    for path in sorted(runs.glob("run_*.pt")):
+        run = torch.load(path, map_location="cpu", weights_only=True)
+        if "clock" not in run:  # a run file of older code, never counted
+            continue
+        out[path.name] = dict(seed=run["config"]["seed"], maps=bool(run["maps"]), clock=run["clock"],
+                              test_images=len(run["predictions"]["prefinetune"]),
+                              finetuned=any(row.get("stage") == "finetune" and "loss" in row for row in run["history"]))
+    return out
+
+
+def measured_run_rates(runs: list[dict]) -> dict[tuple[str, bool], float]:
+    """Rates the runs of one chapter reached, per (what, on maps): ``("prefinetune", maps)`` and ``("finetune",
+    maps)`` in steps/s, ``("selection", maps)`` in seconds per round, ``("evaluation", maps)`` in test image-views/s;
+    from each run's rounds after its first (the first warms up), or its only round."""
+    totals: dict[tuple[str, bool], list[float]] = {}
+    for run in runs:
+        for stage in ("prefinetune", "finetune"):
+            rounds = [r for r in run["clock"] if r["stage"] == stage]
+            for r in rounds[1:] or rounds:
+                work = totals.setdefault((stage, run["maps"]), [0.0, 0.0])
+                work[0], work[1] = work[0] + r["steps"], work[1] + r["seconds"]
+                kind = "selection" if stage == "prefinetune" else "evaluation"
+                done = 1 if stage == "prefinetune" else run["test_images"] * VIEWS
+                work = totals.setdefault((kind, run["maps"]), [0.0, 0.0])
+                work[0], work[1] = work[0] + done, work[1] + r["evaluation_seconds"]
+    return {key: seconds / max(done, 1) if key[0] == "selection" else done / seconds if seconds > 0 else math.inf
+            for key, (done, seconds) in totals.items()}
+
+
+def paper_params(nb_id: str) -> dict:
+    """A chapter's parameters under the paper profile: its defaults, then its params file."""
+    return {**chapter_defaults(nb_id),
+            **(yaml.safe_load((ROOT / "notebooks" / "params" / f"{nb_id}.paper.yaml").read_text()) or {})}
+
+
+def projection(rate: dict[str, float], runs: dict[str, list[dict]], recorded: bool = False,
+               parts: tuple[str, ...] = ("frozen", "prefinetune", "finetune", "evaluation")) -> dict[str, float]:
+    """Hours of GPU time per chapter of the full paper profile: its frozen passes (``PASSES``) at the zero-shot rate,
+    and each run it trained in the smoke (``runs``: ``trained_runs`` rows per chapter) with the params file's rounds
+    and steps (a round ends early where the training split runs out, as the restarted loader does), the main seed's
+    runs once and each seed repeat for every noise seed of the params file. The runs' own rates
+    (``measured_run_rates``), or with ``recorded`` the rates in ``rate`` (every run at the cached prefinetune and
+    finetune rates, evaluations at the zero-shot rate). ``parts``: which of the four kinds of work to count."""
+    out = {}
+    for nb_id in [i for i in runs if i in PASSES or runs[i]]:
+        params = paper_params(nb_id)
         work = PASSES.get(nb_id, dict(passes=[], backbones=1))
-        views = sum(sum(IMAGES[d]) * v for d, v in work["passes"]) * work["backbones"]
-        seconds = (views / rate["zeroshot_views_per_s"]
-                   + counted[nb_id]["runs"] * per_seed * prefinetune / rate["prefinetune_steps_per_s"]
-                   + counted[nb_id]["finetuned"] * per_seed * finetune / rate["finetune_steps_per_s"])
+        dataset = next((d for d, _, _ in work["passes"]), "cifar100")
+        n_train = min(IMAGES[dataset][0], params.get("max_train") or IMAGES[dataset][0])
+        split = dict(test=lambda d: IMAGES[d][1], **{"train+test": lambda d: n_train + IMAGES[d][1]})
+        seconds = sum(split[s](d) * v for d, s, v in work["passes"]) * work["backbones"] / rate[
+            "zeroshot_views_per_s"] if "frozen" in parts else 0.0
+        measured = measured_run_rates(runs[nb_id])
+        per_round = lambda steps: min(steps, math.ceil(n_train / 32))  # noqa: E731  (batch 32, as published)
+        repeats = len(params.get("noise_seeds") or []) / len(SMOKE_NOISE_SEEDS)
+        for run in runs[nb_id]:
+            at = (lambda what, fallback: rate[fallback]) if recorded else (
+                lambda what, fallback, maps=run["maps"]: measured.get((what, maps), rate[fallback]))
+            times = 1.0 if run["seed"] == params.get("seed", 0) else repeats
+            rounds = params.get("finetune_rounds", 0) if run["finetuned"] else 0
+            evaluation = rounds * IMAGES[dataset][1] * VIEWS / (rate["zeroshot_views_per_s"] if recorded else
+                                                                  measured.get(("evaluation", run["maps"]), math.inf))
+            selection = 0.0 if recorded else params.get("prefinetune_rounds", 0) * measured.get(
+                ("selection", run["maps"]), 0.0)
+            cost = dict(prefinetune=params.get("prefinetune_rounds", 0) * per_round(params.get("prefinetune_steps", 0))
+                        / at("prefinetune", "prefinetune_steps_per_s") + selection,
+                        finetune=rounds * per_round(params.get("finetune_steps", 0))
+                        / at("finetune", "finetune_steps_per_s"),
+                        evaluation=evaluation)
+            seconds += times * sum(v for k, v in cost.items() if k in parts)
         out[nb_id] = seconds / 3600
     return out
+
+
+def write_summary(out: Path, **fields) -> None:
+    """``summary.json`` (rewritten after every chapter: an interrupted smoke keeps what it measured)."""
+    (out / "summary.json").write_text(json.dumps(fields, indent=1, default=str))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,8 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "_build" / "paper_smoke"), help="fakes and executed notebooks")
     parser.add_argument("--chapters", nargs="*", default=notebook_ids(), help="default: every chapter of _toc.yml")
     parser.add_argument("--rates", help="project with the rates recorded in this JSON file (e.g. bench/"
-                                        "gpu_rates_h200.json) instead of measuring them here; the runs are still "
+                                        "gpu_rates_h200.json) instead of the ones measured here; the runs are still "
                                         "counted from this smoke")
+    parser.add_argument("--budget-s", type=float, default=math.inf,
+                        help="start no chapter after this many seconds (default: no limit)")
     args = parser.parse_args(argv)
     import torch
 
@@ -153,57 +237,73 @@ def main(argv: list[str] | None = None) -> int:
               "--tiny", file=sys.stderr)
         return 2
     recorded = load_rates(Path(args.rates)) if args.rates else None
+    missing = missing_packages(args.device)
+    if missing:
+        print("paper_smoke: missing before any chapter can run:\n  " + "\n  ".join(missing), file=sys.stderr)
+        return 2
     out = Path(args.out)
     start = time.perf_counter()
     fakes = make_fakes(out, args.tiny)
     print(f"paper_smoke: fakes ready in {time.perf_counter() - start:.0f} s ({out})", flush=True)
-    results, counted = {}, {}
+    where = (torch.cuda.get_device_name() if args.device.startswith("cuda") else "the CPU") + (
+        " (tiny models: a check of the code path, not a forecast)" if args.tiny else "")
+    bench_rates = rates(args.device, args.tiny)
+    print(f"paper_smoke: bench rates on {where}:", flush=True)
+    for key, value in bench_rates.items():
+        print(f"  {key}: {value:.3g}", flush=True)
+    rate = recorded["rates"] if recorded else bench_rates
+    summary = dict(device=args.device, measured_on=where, tiny=args.tiny, bench_rates=bench_rates,
+                   rates_from=args.rates, results={})
+    write_summary(out, **summary)
+    results, counted = summary["results"], {}
     runs = Path(fakes["data"]) / "cache" / "runs"
     for nb_id in args.chapters:
-        before, began = trained_runs(runs), time.perf_counter()
+        began = time.perf_counter()
+        if began - start > args.budget_s:
+            results[nb_id] = dict(result=f"skipped: the budget of {args.budget_s:.0f} s was spent", seconds=0.0)
+            continue
+        before = set(trained_runs(runs))
         parameters = overrides(nb_id, fakes, args.device, args.tiny)
         if nb_id in AGGREGATES:
             parameters["chapters_dir"] = str(out / "executed")
         try:
             execute(nb_id, "paper", out / "executed" / f"{nb_id}.ipynb", parameters)
-            results[nb_id] = ("passed", time.perf_counter() - began)
+            result = "passed"
         except ChapterFailed as err:
-            results[nb_id] = (f"FAILED: {err}", time.perf_counter() - began)
-        new = {name: tuned for name, tuned in trained_runs(runs).items() if name not in before}
-        counted[nb_id] = dict(runs=len(new), finetuned=sum(new.values()))
-    rate = recorded["rates"] if recorded else rates(args.device, args.tiny)
-    hours = projection(rate, counted, smoke_seeds=1 + len(SMOKE_NOISE_SEEDS))
-    print("\nchapter                     result   wall (s)  runs trained (finetuned)")
-    for nb_id, (result, seconds) in results.items():
-        print(f"{nb_id:27s} {result.split(':')[0]:8s} {seconds:8.0f}  {counted[nb_id]['runs']:4d} "
-              f"({counted[nb_id]['finetuned']})")
-    if recorded:
-        print(f"\nrates recorded in {args.rates}: {recorded['device']}, {recorded['measured']}")
-    else:
-        print("\nmeasured on " + (torch.cuda.get_device_name() if args.device.startswith("cuda") else "the CPU")
-              + (" (tiny models: a check of the code path, not a forecast)" if args.tiny else ""))
-    for key, value in rate.items():
-        print(f"  {key}: {value:.3g}")
-    print("projected GPU time of the full paper profile at these rates (hours):")
-    for nb_id, h in hours.items():
-        print(f"  {nb_id:27s} {h:8.2f}")
-    print(f"  {'total':27s} {sum(hours.values()):8.2f}")
-    finetune_hours = sum(projection(dict(rate, zeroshot_views_per_s=math.inf, prefinetune_steps_per_s=math.inf),
-                                    counted, smoke_seeds=1 + len(SMOKE_NOISE_SEEDS)).values())
+            result = f"FAILED: {err}"
+        counted[nb_id] = [run for name, run in trained_runs(runs).items() if name not in before]
+        results[nb_id] = dict(result=result, seconds=time.perf_counter() - began, runs=len(counted[nb_id]),
+                              finetuned=sum(r["finetuned"] for r in counted[nb_id]),
+                              run_rates={f"{what} ({'maps' if maps else 'embeddings'})": value
+                                         for (what, maps), value in measured_run_rates(counted[nb_id]).items()})
+        print(f"paper_smoke: {nb_id} {result.split(':')[0]} in {results[nb_id]['seconds']:.0f} s", flush=True)
+        write_summary(out, **summary)
+    hours = projection(rate, counted, recorded=bool(recorded))
+    finetune_hours = sum(projection(rate, counted, recorded=bool(recorded), parts=("finetune",)).values())
     other_hours = sum(hours.values()) - finetune_hours
     needed = (rate["finetune_steps_per_s"] * finetune_hours / (TARGET_HOURS - other_hours)
               if other_hours < TARGET_HOURS else math.inf)
+    summary.update(hours=hours, finetune_hours=finetune_hours, target_hours=TARGET_HOURS,
+                   finetune_steps_per_s_needed=needed if math.isfinite(needed) else None)
+    write_summary(out, **summary)
+    print("\nchapter                     result   wall (s)  runs trained (finetuned)")
+    for nb_id, r in results.items():
+        print(f"{nb_id:27s} {r['result'].split(':')[0]:8s} {r['seconds']:8.0f}  {r.get('runs', 0):4d} "
+              f"({r.get('finetuned', 0)})")
+    print(f"\nrates recorded in {args.rates}: {recorded['device']}, {recorded['measured']}" if recorded else
+          "\nthe runs' own rates (warm rounds; steps/s, selection s/round, evaluation image-views/s), per chapter "
+          "and level: in summary.json")
+    print("projected GPU time of the full paper profile (hours):")
+    for nb_id, h in hours.items():
+        print(f"  {nb_id:27s} {h:8.2f}")
+    print(f"  {'total':27s} {sum(hours.values()):8.2f}")
     print(f"  of which finetuning {finetune_hours:.2f}; the whole profile in {60 * TARGET_HOURS:.0f} min needs "
-          f"{needed:.3g} finetune steps/s (these rates: {rate['finetune_steps_per_s']:.3g})")
-    (out / "summary.json").write_text(json.dumps(dict(
-        results={k: dict(result=r, seconds=s, **counted[k]) for k, (r, s) in results.items()}, rates=rate,
-        hours=hours, finetune_hours=finetune_hours, target_hours=TARGET_HOURS,
-        finetune_steps_per_s_needed=needed if math.isfinite(needed) else None,
-        device=args.device, tiny=args.tiny, rates_from=args.rates), indent=1))
-    failed = [nb_id for nb_id, (result, _) in results.items() if result != "passed"]
-    for nb_id in failed:
-        print(f"paper_smoke: {nb_id} {results[nb_id][0]}", file=sys.stderr)
-    return 1 if failed else 0
+          f"{needed:.3g} finetune steps/s (bench: {rate['finetune_steps_per_s']:.3g})")
+    failed = [nb_id for nb_id, r in results.items() if r["result"].startswith("FAILED")]
+    skipped = [nb_id for nb_id, r in results.items() if r["result"].startswith("skipped")]
+    for nb_id in failed + skipped:
+        print(f"paper_smoke: {nb_id} {results[nb_id]['result']}", file=sys.stderr)
+    return 1 if failed else 3 if skipped else 0
 
 
 if __name__ == "__main__":

@@ -28,8 +28,11 @@ def _environment() -> dict[str, str]:
     import numpy
     import torch
 
-    def git(*args: str) -> str:
-        result = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+    def git(*args: str) -> str:  # "" where git fails or is not installed (a bare GPU machine)
+        try:
+            result = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        except FileNotFoundError:
+            return ""
         return result.stdout.strip() if result.returncode == 0 else ""
 
     commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
