@@ -6,10 +6,13 @@ the two runs it compares, under every seed that was run:
 
     scores_a, scores_b [S, N]: seed s of run a and of run b (paired by seed index), item i of the test set.
 
-``compare`` turns them into the mean difference over seeds and one 95% interval from a two-level bootstrap:
-resample the seeds (the training noise), then the test items (the test-set noise), the two runs' scores of an
-item always together. One seed gives the items-only interval; a deterministic statistic (no random step, such
-as a frozen model's zero-shot scores) needs no seeds. The interval's basis is printed beside it.
+``compare`` turns them into the mean difference over seeds and one 95% t interval, with the seeds (the training
+noise) and the test items (the test-set noise) as crossed random effects: the variance of the mean from the
+spread of the per-seed differences, the spread of the per-item differences and their interaction, each counted
+once, with Satterthwaite's degrees of freedom (4 when five seeds dominate). One seed gives the items-only
+interval; with per-item 1/0 scores it is the exact (Clopper-Pearson) interval of McNemar's test, which a few
+differing items cannot pass by chance. A deterministic statistic (no random step, such as a frozen model's
+zero-shot scores) needs no seeds. The interval's basis is printed beside it.
 
 ``judge`` gives one of:
 
@@ -54,9 +57,10 @@ EFFECT_COLUMN = "effect of the change"
 NEEDS_OTHER_SETTING = "needs "  # how not_in_this_run's reasons start (the summary page leaves those claims out)
 MIN_SEEDS = 5  # a trained run's verdict needs at least this many seeds of every run it compares
 LOSS_BOUND = 1e6  # a training loss above this (or not finite) marks a diverged run
-VERDICT_RULE = ("ours is the mean difference over the seeds; its 95% interval comes from a two-level bootstrap "
-                "(seeds, then test items, both runs of an item together; the noise column names the items a chapter "
-                "resamples, such as images within each class or seeded (template, sample) units). A claim 'agrees' "
+VERDICT_RULE = ("ours is the mean difference over the seeds; its 95% interval is a t interval with the seeds and the "
+                "test items as crossed random effects (each noise counted once; with one seed and right/wrong "
+                "scores, the exact interval of McNemar's test; the noise column names the items, such as images "
+                "within each class or seeded (template, sample) units). A claim 'agrees' "
                 "or is 'reversed' when the interval excludes 0, on the article's side or the other; 'inconclusive' "
                 "when it holds 0 (a claim of no difference can only come out 'reversed' or 'inconclusive': the "
                 "articles give no margin within which a difference counts as none); "
@@ -107,25 +111,6 @@ def _as_matrix(scores: ArrayLike) -> np.ndarray:
     return x.reshape(1, -1) if x.ndim <= 1 else x
 
 
-def _bootstrap_means(x: np.ndarray, groups: list[np.ndarray], rng: np.random.Generator, samples: int) -> np.ndarray:
-    """Means of ``x`` [S, N] under ``samples`` two-level resamples: S seeds with replacement, then N items with
-    replacement (within each group of items, the groups weighted equally). Shapes: -> [samples]."""
-    n_seeds, n_items = x.shape
-    stats = np.zeros(samples)
-    for start in range(0, samples, 250):  # chunks keep the [samples, N] matrices small for large test sets
-        stop = min(start + 250, samples)
-        if n_seeds > 1:  # seed weights: how often each seed was drawn
-            draws = rng.integers(0, n_seeds, size=(stop - start, n_seeds))
-            weights = np.stack([np.bincount(d, minlength=n_seeds) for d in draws]) / n_seeds
-            per_item = weights @ x  # [chunk, N]: each item averaged over the drawn seeds
-        else:
-            per_item = np.broadcast_to(x[0], (stop - start, n_items))
-        for members in groups:  # each group's resampled mean, averaged with equal weight
-            picks = members[rng.integers(0, members.size, size=(stop - start, members.size))]
-            stats[start:stop] += np.take_along_axis(per_item, picks, axis=1).mean(axis=1)
-    return stats / len(groups)
-
-
 def _groups(n_items: int, strata: ArrayLike | None) -> list[np.ndarray]:
     if strata is None:
         return [np.arange(n_items)]
@@ -139,53 +124,109 @@ def _point(x: np.ndarray, groups: list[np.ndarray]) -> float:
     return float(np.mean([np.mean([x[s, m].mean() for m in groups]) for s in range(x.shape[0])]))
 
 
+def _t_quantile(level: float, df: float) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf((1 + level) / 2, df)) if math.isfinite(df) else float(t.ppf((1 + level) / 2, 1e9))
+
+
+def _mean_variance(x: np.ndarray, groups: list[np.ndarray]) -> tuple[float, float]:
+    """The variance of ``_point(x)`` with seeds and items as crossed random effects, and the sum of (term^2 / its
+    degrees of freedom) that Satterthwaite's degrees of freedom divide into. Shapes: x [S, N].
+
+    Seed term: the spread of the per-seed means over S - 1 degrees of freedom; item term: the spread of the
+    per-item means (within each stratum, strata weighted equally); both hold the seed-by-item noise once, so it is
+    taken out once (the interaction mean square). The sum is floored at its larger positive term."""
+    n_seeds = x.shape[0]
+    k = len(groups)
+    item_means = x.mean(axis=0)
+    item_terms = [(float(item_means[m].var(ddof=1)) / (k ** 2 * m.size), m.size - 1) for m in groups if m.size > 1]
+    item = sum(v for v, _ in item_terms)
+    spread = sum(v ** 2 / df for v, df in item_terms)
+    if n_seeds == 1:
+        return item, spread
+    seed_points = np.array([_point(x[s:s + 1], groups) for s in range(n_seeds)])
+    seed = float(seed_points.var(ddof=1)) / n_seeds
+    residual = x - x.mean(axis=1, keepdims=True) - item_means + x.mean()
+    interaction_df = (n_seeds - 1) * (x.shape[1] - 1)
+    weights = sum(1.0 / (k ** 2 * m.size) for m in groups)  # the sum of the items' squared weights in _point
+    interaction = float((residual ** 2).sum()) / max(interaction_df, 1) * weights / n_seeds
+    variance = max(seed + item - interaction, seed, item)
+    return variance, spread + seed ** 2 / (n_seeds - 1) + interaction ** 2 / max(interaction_df, 1)
+
+
+def _mcnemar(a: np.ndarray, b: np.ndarray, level: float) -> tuple[float, float]:
+    """Exact interval of mean(b - a) for paired 1/0 scores of one seed [1, N]: of the m items where the runs differ,
+    the Clopper-Pearson interval of the share where b is right, as (m / N)(2 share - 1); it excludes 0 exactly when
+    McNemar's exact test rejects at 1 - ``level``."""
+    from scipy.stats import beta
+
+    up, down, n = int(((b > a)).sum()), int((b < a).sum()), a.size
+    m = up + down
+    if m == 0:
+        return 0.0, 0.0
+    tail = (1 - level) / 2
+    low = float(beta.ppf(tail, up, down + 1)) if up > 0 else 0.0
+    high = float(beta.ppf(1 - tail, up + 1, down)) if down > 0 else 1.0
+    return m / n * (2 * low - 1), m / n * (2 * high - 1)
+
+
+def _binary(*xs: np.ndarray) -> bool:
+    return all(np.isin(x, (0.0, 1.0)).all() for x in xs)
+
+
+def _difference_interval(a: np.ndarray, b: np.ndarray, groups: list[np.ndarray] | None,
+                         level: float) -> tuple[float, float, float]:
+    """(point, low, high) of mean(b) - mean(a): paired (``groups``: the strata of the items) or, with ``groups``
+    None, two independent score matrices."""
+    if groups is not None:
+        point = _point(b - a, groups)
+        if a.shape[0] == 1 and len(groups) == 1 and _binary(a, b):
+            return (point, *_mcnemar(a, b, level))
+        variance, spread = _mean_variance(b - a, groups)
+    else:
+        point = float(b.mean() - a.mean())
+        whole = lambda x: _mean_variance(x, [np.arange(x.shape[1])])  # noqa: E731
+        (va, sa), (vb, sb) = whole(a), whole(b)
+        variance, spread = va + vb, sa + sb
+    if variance <= 0:
+        return point, point, point
+    half = _t_quantile(level, variance ** 2 / spread if spread > 0 else math.inf) * math.sqrt(variance)
+    return point, point - half, point + half
+
+
 def compare(scores_a: ArrayLike, scores_b: ArrayLike, *, scale: float = 100.0, strata: ArrayLike | None = None,
-            deterministic: bool = False, paired: bool = True, unit: str = "items", samples: int = 2000,
-            level: float = 0.95, seed: int = 0, bounds: tuple[float, float] | None = (0.0, 1.0)) -> Comparison:
-    """Run b minus run a: ``scale * (mean b - mean a)`` averaged over seeds, with a two-level bootstrap interval.
+            deterministic: bool = False, paired: bool = True, unit: str = "items", level: float = 0.95,
+            bounds: tuple[float, float] | None = (0.0, 1.0)) -> Comparison:
+    """Run b minus run a: ``scale * (mean b - mean a)`` averaged over seeds, with its ``level`` interval.
 
     Shapes: ``scores_*`` [S, N] (seed s, item i; the runs paired by seed index) or [N] (one seed). Scores are
-    per-item numbers (1/0 for correct/wrong, a weight, a share). Each bootstrap sample draws S seeds with
-    replacement, then N items with replacement, and takes the mean over both of b - a. ``strata`` [N] (for
-    example the true classes): items are drawn within each stratum and the statistic is the mean over strata of
-    the stratum means, so that with 1/0 scores and the classes as strata it is the difference of balanced
-    accuracies. ``paired=False``: the two runs were scored on different items (two test sets), so each is
-    resampled on its own (shapes [S_a, N_a] and [S_b, N_b]; no strata). ``unit`` names the items in the printed
-    basis. ``bounds``: the ends of the score scale (default 0 and 1: correct/wrong, weights, shares; None for a
-    statistic without fixed ends); when every score lies within them, ``reach`` holds the intervals of run b at
-    either end against run a as measured, on the same resamples (the interval above does not change). Run a is
-    the reference the claim is about (the baseline, the earlier stage): ``reach`` holds it fixed. Seeded: the same
-    scores give the same interval.
+    per-item numbers (1/0 for correct/wrong, a weight, a share). The interval is a t interval with seeds and
+    items as crossed random effects (``_mean_variance``); one seed of paired 1/0 scores without strata gives the
+    exact interval of McNemar's test. ``strata`` [N] (for example the true classes): the statistic is the mean
+    over strata of the stratum means, so that with 1/0 scores and the classes as strata it is the difference of
+    balanced accuracies. ``paired=False``: the two runs were scored on different items (two test sets), so their
+    variances add (shapes [S_a, N_a] and [S_b, N_b]; no strata). ``unit`` names the items in the printed basis.
+    ``bounds``: the ends of the score scale (default 0 and 1: correct/wrong, weights, shares; None for a statistic
+    without fixed ends); when every score lies within them, ``reach`` holds the intervals of run b at either end
+    against run a as measured. Run a is the reference the claim is about (the baseline, the earlier stage):
+    ``reach`` holds it fixed.
     """
     a, b = _as_matrix(scores_a), _as_matrix(scores_b)
     if a.size == 0 or b.size == 0 or (paired and a.shape != b.shape):
         raise ValueError(f"compare needs two non-empty score arrays of one shape [seeds, items], got {a.shape} and "
                          f"{b.shape}")
-    rng = np.random.default_rng(seed)
-    if paired:
-        groups = _groups(a.shape[1], strata)
-        stats = _bootstrap_means(b - a, groups, rng, samples)
-        point = _point(b - a, groups)
-    else:
-        if strata is not None:
-            raise ValueError("strata need paired items")
-        stats = _bootstrap_means(b, [np.arange(b.shape[1])], rng, samples) - _bootstrap_means(
-            a, [np.arange(a.shape[1])], rng, samples)
-        point = float(b.mean() - a.mean())
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(scale * stats, [tail, 100 - tail])
+    if not paired and strata is not None:
+        raise ValueError("strata need paired items")
+    groups = _groups(a.shape[1], strata) if paired else None
+    point, low, high = _difference_interval(a, b, groups, level)
     reach = None
     if bounds is not None and all(bounds[0] <= x.min() and x.max() <= bounds[1] for x in (a, b)):
-        # b at either end of the scale on every item, against a as measured: b - a = end - mean(a), on the very
-        # resamples drawn above (the draws depend on the shapes only), so the measured interval lies within reach
-        rng = np.random.default_rng(seed)
-        if not paired:  # b's resamples were drawn first
-            _bootstrap_means(b, [np.arange(b.shape[1])], rng, samples)
-        reference = _bootstrap_means(a, groups if paired else [np.arange(a.shape[1])], rng, samples)
-        ref_point = _point(a, groups) if paired else float(a.mean())
-        ends = [np.percentile(scale * (end - reference), [tail, 100 - tail]) for end in bounds[::-1]]
-        reach = (scale * ref_point, *(tuple(float(v) for v in e) for e in ends))
-    return Comparison(scale * point, (float(low), float(high)), min(a.shape[0], b.shape[0]),
+        # b at either end of the scale on every item, against a as measured
+        ends = [_difference_interval(a, np.full_like(b, end), groups, level) for end in bounds[::-1]]
+        reference = _point(a, groups) if paired else float(a.mean())
+        reach = (scale * reference, *((scale * e[1], scale * e[2]) for e in ends))
+    return Comparison(scale * point, (scale * low, scale * high), min(a.shape[0], b.shape[0]),
                       min(a.shape[1], b.shape[1]), deterministic, paired, unit, reach)
 
 
@@ -212,11 +253,24 @@ def diverged(losses: Sequence[float], run: str, bound: float = LOSS_BOUND) -> st
     return None
 
 
+def _accuracy_interval(correct: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The ``level`` interval of an accuracy in %, from per-item 1/0 scores [S, N]: Clopper-Pearson for one seed,
+    else the crossed seeds-and-items t interval of ``compare``."""
+    if correct.shape[0] == 1:
+        from scipy.stats import beta
+
+        right, n, tail = int(correct.sum()), correct.size, (1 - level) / 2
+        low = float(beta.ppf(tail, right, n - right + 1)) if right > 0 else 0.0
+        high = float(beta.ppf(1 - tail, right + 1, n - right)) if right < n else 1.0
+        return 100 * low, 100 * high
+    return compare(np.zeros_like(correct), correct, deterministic=True, bounds=None).interval
+
+
 def at_chance(correct: ArrayLike, n_classes: int, run: str) -> str | None:
-    """``"<run> is at chance ..."`` when the 95% interval of its accuracy (per-item 1/0 [N] or [S, N], items
-    resampled) holds the chance rate 1/n_classes."""
+    """``"<run> is at chance ..."`` when the 95% interval of its accuracy (per-item 1/0 [N] or [S, N]) holds the
+    chance rate 1/n_classes."""
     x = _as_matrix(correct)
-    low, high = compare(np.zeros_like(x), x, deterministic=True).interval
+    low, high = _accuracy_interval(x)
     chance = 100.0 / n_classes
     if low <= chance <= high:
         return f"{run} is at chance (top-1 {100 * x.mean():.2f}%, chance {chance:.2f}%)"
@@ -281,7 +335,7 @@ def zero_by_construction(alike: float, model: str, copies: float = 0.0, what: st
         return None
     cause = " (its samples are permuted copies, paired seeds)" if copies >= 1.0 else ""
     return (f"holds by construction: every unit of {model} is labelled alike across the demographics{cause}, so "
-            f"its {what} is 0 in every resample and the difference has one possible sign")
+            f"its {what} is 0 on every unit and the difference has one possible sign")
 
 
 def too_few_seeds(seeds: int, run: str, minimum: int = MIN_SEEDS) -> str | None:
@@ -321,7 +375,8 @@ def out_of_reach(comparison: Comparison | None, side: int | None) -> str | None:
     if comparison is None or comparison.reach is None or side is None:
         return None
     reference, top, bottom = comparison.reach
-    can = {1: top[0] > 0, -1: bottom[1] < 0}
+    # a sign the measured interval shows is reachable, whatever the ends give (their spread is run a's alone)
+    can = {1: top[0] > 0 or comparison.interval[0] > 0, -1: bottom[1] < 0 or comparison.interval[1] < 0}
 
     def needs(sign: int) -> str:
         low, high = top if sign > 0 else bottom

@@ -232,7 +232,7 @@ for _, r in summary.iterrows():
 # (verdicts-fig2_3_lambda_weights)=
 # ## Verdicts: the article's claims, tested
 # Each claim is a difference of weights (weight units) or of shares (pp) per test image, averaged over the images
-# and the seeds, with the two-level interval (the modules' seeds, then the images). The natural and the
+# and the seeds, with the interval over the modules' seeds and the images. The natural and the
 # orientation-free sets hold different images, so their differences are compared unpaired. On turned data the mean
 # weight of a column is near 1/4 for *any* module whose weights move with the views: a control shows it, the
 # natural-orientation module itself on the natural test images turned at random. Where that control gives the same

@@ -236,7 +236,7 @@ show(draws.reset_index(), f"Vanilla as published: top-1 (%) over draw seeds {see
 # ## Verdicts: the article's claims, tested
 # Every cell of the article's Figure 4 as a claim: per dataset, backbone and transformation, equitune above vanilla
 # and equizero above equitune (as published), in top-1 and top-5. A difference with vanilla is averaged over the
-# draws of its random transformations, with a two-level interval over draws and test images; a difference of
+# draws of its random transformations, with an interval over draws and test images; a difference of
 # equitune and equizero, which have no random step, has the interval over test images. On the small profile the
 # first backbone and dataset stand in for RN50 on CIFAR100; every other cell needs the paper profile. The rule:
 # {glue:text}`verdict_rule`.

@@ -236,7 +236,7 @@ show(spread, f"Top-1 (%) over seeds {seeds}, per run and stage (profile: {profil
 # ## As described, one switch at a time
 # The article's text describes the method differently from its code in four places. Each row below starts
 # from the updated code and changes one of them, under every seed. The runs are prefinetune-only. The effect is
-# the switched run minus the updated code as published, averaged over the seeds, with a two-level interval over
+# the switched run minus the updated code as published, averaged over the seeds, with an interval over
 # seeds and test images.
 
 # %% tags=["tolerance-top1"]

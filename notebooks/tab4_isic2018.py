@@ -337,8 +337,8 @@ for r in turn_rows:
 # (tab4-majority)=
 # ## Does any run beat the majority class?
 # Every run, and the zero-shot baselines, against the majority baseline: the difference of balanced accuracy
-# (the majority baseline scores 100/7 = 14.29%) averaged over the seeds, with a 95% interval that resamples the
-# seeds and, within each class, the test images; and the difference of top-1. A trained row with fewer seeds than
+# (the majority baseline scores 100/7 = 14.29%) averaged over the seeds, with a 95% interval over the seeds and,
+# within each class, the test images; and the difference of top-1. A trained row with fewer seeds than
 # a verdict needs (a stage run under one seed) is not judged: its interval would leave out the seeds' noise.
 
 # %% tags=["hide-input", "tolerance-imbalanced"]

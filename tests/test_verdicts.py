@@ -18,7 +18,8 @@ def test_paired_interval_holds_the_difference_and_narrows_with_pairing():
     b = a.copy()
     b[np.flatnonzero(a == 0)[:10]] = 1  # b fixes 10 of a's errors: +5 pp exactly, no new errors
     low, high = paired_interval(a, b)
-    assert low < 5.0 < high and low > 0, (low, high)  # pairing: the shared items cancel, so 0 is excluded
+    # pairing: the shared items cancel, so 0 is excluded (all 10 differing items favour b: the exact upper end is +5)
+    assert 0 < low < 5.0 <= high, (low, high)
     shuffled = rng.permutation(b)  # same accuracy, pairs broken: a wide interval that holds 0
     low_u, high_u = paired_interval(a, shuffled)
     assert low_u < 0 < high_u and high_u - low_u > high - low
@@ -238,3 +239,40 @@ def test_reach_never_contradicts_the_measured_interval() -> None:
             assert low <= comparison.interval[0] and comparison.interval[1] <= high
             if comparison.excludes_zero:
                 assert judge(comparison, +1) == "agrees"
+
+
+def test_five_seeds_whose_differences_vary_by_seed_give_the_nominal_false_positive_rate() -> None:
+    """No true difference, and each seed's run moves on its own (a trained run's seed-to-seed spread) far more
+    than the items' noise: 5 seeds carry 4 degrees of freedom, so the interval must be a t_4 one. (Resampling the
+    5 seeds with replacement gave a normal-width interval on 0.8 of the variance: about 17% false positives.)"""
+    rng = np.random.default_rng(0)
+    trials, rejections = 400, 0
+    for _ in range(trials):
+        a = np.full((5, 300), 0.5)
+        b = a + rng.normal(0, 0.02, size=(5, 1)) + rng.normal(0, 0.002, size=(5, 300))
+        rejections += compare(a, b, bounds=None).excludes_zero
+    assert rejections / trials < 0.09, rejections  # 5% nominal; binomial sd 1.1 pp at 400 trials
+
+
+def test_crossed_noise_is_counted_once_so_items_that_differ_by_chance_keep_the_nominal_rate() -> None:
+    """No true difference, 5 seeds, items that flip between runs at random: the rate stays near 5% rather than
+    far below it (counting the item-by-seed noise twice made the interval about 1.6 times too wide)."""
+    rng = np.random.default_rng(1)
+    trials, rejections = 300, 0
+    for _ in range(trials):
+        p = 1 / (1 + np.exp(-rng.normal(1, 3, size=360)))  # item difficulty
+        a, b = (rng.random((2, 5, 360)) < p).astype(float)
+        rejections += compare(a, b).excludes_zero
+    assert 0.015 < rejections / trials < 0.09, rejections
+
+
+@pytest.mark.parametrize("differing", [1, 4, 5])
+def test_one_seed_with_a_few_differing_items_all_one_way_is_no_evidence(differing: int) -> None:
+    """McNemar's exact test needs 6 differing items, all one way, to reject at 5%: with 4 or 5 the percentile
+    bootstrap excluded 0 (it rarely drew none of them)."""
+    a = np.zeros(500)
+    b = a.copy()
+    b[:differing] = 1
+    assert not compare(a, b, deterministic=True).excludes_zero
+    b[:6] = 1
+    assert compare(a, b, deterministic=True).interval[0] > 0
