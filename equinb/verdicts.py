@@ -135,24 +135,32 @@ def _mean_variance(x: np.ndarray, groups: list[np.ndarray]) -> tuple[float, floa
     degrees of freedom) that Satterthwaite's degrees of freedom divide into. Shapes: x [S, N].
 
     Seed term: the spread of the per-seed means over S - 1 degrees of freedom; item term: the spread of the
-    per-item means (within each stratum, strata weighted equally); both hold the seed-by-item noise once, so it is
-    taken out once (the interaction mean square). The sum is floored at its larger positive term."""
+    per-item means (within each stratum, strata weighted equally; a stratum of one item takes the strata's pooled
+    spread, as the interaction term assumes one spread for all); both hold the seed-by-item noise once, so it is
+    taken out once (the interaction mean square). Where that difference falls below the larger of the two terms,
+    that term alone is the variance, with its own degrees of freedom."""
     n_seeds = x.shape[0]
     k = len(groups)
     item_means = x.mean(axis=0)
-    item_terms = [(float(item_means[m].var(ddof=1)) / (k ** 2 * m.size), m.size - 1) for m in groups if m.size > 1]
+    within = [(float(item_means[m].var(ddof=1)), m.size - 1, m.size) for m in groups if m.size > 1]
+    pooled_df = sum(df for _, df, _ in within)
+    item_terms = [(v / (k ** 2 * size), df) for v, df, size in within]
+    singles = sum(1 for m in groups if m.size == 1)
+    if singles and pooled_df:
+        item_terms.append((sum(v * df for v, df, _ in within) / pooled_df * singles / k ** 2, pooled_df))
     item = sum(v for v, _ in item_terms)
-    spread = sum(v ** 2 / df for v, df in item_terms)
+    item_spread = sum(v ** 2 / df for v, df in item_terms)
     if n_seeds == 1:
-        return item, spread
+        return item, item_spread
     seed_points = np.array([_point(x[s:s + 1], groups) for s in range(n_seeds)])
     seed = float(seed_points.var(ddof=1)) / n_seeds
     residual = x - x.mean(axis=1, keepdims=True) - item_means + x.mean()
-    interaction_df = (n_seeds - 1) * (x.shape[1] - 1)
+    interaction_df = max((n_seeds - 1) * (x.shape[1] - 1), 1)
     weights = sum(1.0 / (k ** 2 * m.size) for m in groups)  # the sum of the items' squared weights in _point
-    interaction = float((residual ** 2).sum()) / max(interaction_df, 1) * weights / n_seeds
-    variance = max(seed + item - interaction, seed, item)
-    return variance, spread + seed ** 2 / (n_seeds - 1) + interaction ** 2 / max(interaction_df, 1)
+    interaction = float((residual ** 2).sum()) / interaction_df * weights / n_seeds
+    if seed + item - interaction >= max(seed, item):
+        return seed + item - interaction, item_spread + seed ** 2 / (n_seeds - 1) + interaction ** 2 / interaction_df
+    return (seed, seed ** 2 / (n_seeds - 1)) if seed >= item else (item, item_spread)
 
 
 def _mcnemar(a: np.ndarray, b: np.ndarray, level: float) -> tuple[float, float]:
@@ -181,6 +189,8 @@ def _difference_interval(a: np.ndarray, b: np.ndarray, groups: list[np.ndarray] 
     None, two independent score matrices."""
     if groups is not None:
         point = _point(b - a, groups)
+        if a.shape[0] > 1 and ((b - a) == (b[:1] - a[:1])).all():  # the seeds agree item by item: one seed's worth
+            a, b = a[:1], b[:1]
         if a.shape[0] == 1 and len(groups) == 1 and _binary(a, b):
             return (point, *_mcnemar(a, b, level))
         variance, spread = _mean_variance(b - a, groups)

@@ -227,18 +227,20 @@ def test_a_verdict_that_could_not_come_out_one_way_is_not_tested() -> None:
 
 
 def test_reach_never_contradicts_the_measured_interval() -> None:
-    """The reach uses the interval's own resamples: a run b that is at the top of the scale, and measurably above
-    run a, is never called out of reach (a separately drawn bootstrap did that for some placements)."""
+    """A sign the measured interval shows is never called out of reach, whatever the reach at the ends gives (it
+    holds run a's spread alone): for paired and unpaired scores, one seed or five."""
     gen = np.random.default_rng(1)
     for _ in range(60):
-        a = np.ones(719)
-        a[gen.choice(719, 4, replace=False)] = 0  # run a misses 4 items; b gets every item right
+        seeds, misses = int(gen.choice([1, 5])), int(gen.integers(4, 12))
+        a = np.ones((seeds, 719))
+        a[:, gen.choice(719, misses, replace=False)] = 0  # run a misses some items; b gets every item right
+        b = np.ones_like(a)
         for paired in (True, False):
-            comparison = compare(a, np.ones(719), deterministic=True, paired=paired)
-            low, high = comparison.reach[1]
-            assert low <= comparison.interval[0] and comparison.interval[1] <= high
-            if comparison.excludes_zero:
-                assert judge(comparison, +1) == "agrees"
+            for first, second, side in ((a, b, +1), (b, a, -1)):
+                comparison = compare(first, second, deterministic=True, paired=paired)
+                if comparison.excludes_zero:  # the measured sign is +side: a claim on that side could agree, ...
+                    assert "could not agree" not in judge(comparison, side)
+                    assert "could not be reversed" not in judge(comparison, -side)  # ... one on the other, reverse
 
 
 def test_five_seeds_whose_differences_vary_by_seed_give_the_nominal_false_positive_rate() -> None:
@@ -276,3 +278,29 @@ def test_one_seed_with_a_few_differing_items_all_one_way_is_no_evidence(differin
     assert not compare(a, b, deterministic=True).excludes_zero
     b[:6] = 1
     assert compare(a, b, deterministic=True).interval[0] > 0
+
+
+def test_a_class_of_one_image_counts_in_the_balanced_interval() -> None:
+    """Balanced accuracy weights every class equally, so a class of one image moves it by 1/k alone; its noise
+    takes the other classes' pooled spread (left out, four such classes gave an interval that missed 0 in most
+    draws of two equal runs)."""
+    rng = np.random.default_rng(2)
+    strata = np.r_[0, 1, 2, 3, np.full(96, 4)]
+    trials, rejections = 300, 0
+    for _ in range(trials):
+        a, b = (rng.random((2, 100)) < 0.6).astype(float)
+        comparison = compare(a, b, strata=strata, deterministic=True)
+        assert np.isfinite(comparison.interval).all() and comparison.interval[1] - comparison.interval[0] < 400
+        rejections += comparison.excludes_zero
+    assert rejections / trials < 0.12, rejections
+
+
+def test_seeds_that_agree_item_by_item_count_as_one() -> None:
+    """A baseline repeated over five seeds against runs that differ from it on the same 4 items in every seed:
+    that is 4 differing items, as with one seed, not 20 independent ones."""
+    a = np.zeros((5, 500))
+    b = a.copy()
+    b[:, :4] = 1
+    assert not compare(a, b).excludes_zero
+    b[:, :6] = 1
+    assert compare(a, b).interval[0] > 0
