@@ -71,6 +71,12 @@ def test_projection_counts_the_params_files_at_the_runs_own_warm_rates() -> None
     # the same runs at the recorded rates: prefinetuning at 1 step/s too (20 x 100 steps, each run)
     recorded = paper_smoke.projection(rate, runs, recorded=True)["tab4_isic2018"]
     assert recorded == pytest.approx((1 + 4) * (8 * 313 + 20 * 100) / 3600, rel=1e-6)
+    # a chapter that trains on two datasets: each run is scheduled on its own (known by its fake's test size)
+    params = paper_smoke.paper_params("fig2_3_lambda_weights")
+    cifar = dict(run, seed=0, test_images=paper_smoke.FAKE_TEST["cifar100"])
+    steps = params["finetune_rounds"] * min(params["finetune_steps"], math.ceil(params.get("max_train", 16_000) / 32))
+    assert paper_smoke.projection(rate, {"fig2_3_lambda_weights": [cifar]})["fig2_3_lambda_weights"] == pytest.approx(
+        steps / 3600, rel=1e-6)
 
 
 def test_the_smoke_refuses_early_when_a_package_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

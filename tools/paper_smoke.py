@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -50,16 +51,20 @@ PASSES = {
 SMOKE_NOISE_SEEDS = [1]  # one seed repeat besides the main seed: the chapters' seed loops run, briefly
 IMAGES = {"cifar100": (16_000, 10_000), "imagenetv2": (0, 10_000), "isic2018": (10_015, 193)}  # train, test
 VIEWS = 4  # the trained chapters' rot90 orbit
+FAKE_TEST = {"cifar100": 1_000, "isic2018": 193}  # test images of the fakes (tiny: 24 and 14): a run's dataset
+TINY_TEST = {"cifar100": 24, "isic2018": 14}
 
 
 def make_fakes(out: Path, tiny: bool) -> dict:
     """Every fake under ``out``; returns the chapter parameters that point at them."""
     data = out / "data"
     if not (data / ".complete").is_file():
-        paper_fakes.cifar100(data, *((40, 24) if tiny else (2_000, 1_000)))
+        paper_fakes.cifar100(data, *((40, TINY_TEST["cifar100"]) if tiny else (2_000, FAKE_TEST["cifar100"])))
         paper_fakes.imagenetv2(data, *((3, 3) if tiny else (100, 10)), size=(50, 40) if tiny else (500, 375))
-        paper_fakes.isic2018(data, *((28, 14) if tiny else (600, 193)), size=(60, 45) if tiny else (600, 450))
+        paper_fakes.isic2018(data, *((28, TINY_TEST["isic2018"]) if tiny else (600, FAKE_TEST["isic2018"])),
+                             size=(60, 45) if tiny else (600, 450))
         (data / ".complete").write_text("")
+    shutil.rmtree(data / "cache" / "runs", ignore_errors=True)  # every chapter trains (and so times) its runs here
     from equinb.nlg import RESPECT_TEMPLATES
 
     weights = paper_fakes.clip_weights(out / "weights", tiny)
@@ -143,7 +148,8 @@ def trained_runs(runs: Path) -> dict[str, dict]:
         run = torch.load(path, map_location="cpu", weights_only=True)
         if "clock" not in run:  # a run file of older code, never counted
             continue
-        out[path.name] = dict(seed=run["config"]["seed"], maps=bool(run["maps"]), clock=run["clock"],
+        out[path.name] = dict(seed=run["config"]["seed"], batch_size=run["config"]["batch_size"],
+                              data_order=run["config"]["data_order"], maps=bool(run["maps"]), clock=run["clock"],
                               test_images=len(run["predictions"]["prefinetune"]),
                               finetuned=any(row.get("stage") == "finetune" and "loss" in row for row in run["history"]))
     return out
@@ -168,6 +174,15 @@ def measured_run_rates(runs: list[dict]) -> dict[tuple[str, bool], float]:
             for key, (done, seconds) in totals.items()}
 
 
+def dataset_of(run: dict, default: str) -> str:
+    """The paper dataset a smoke run stands for, known by its fake's test size (``FAKE_TEST``, ``TINY_TEST``)."""
+    for sizes in (FAKE_TEST, TINY_TEST):
+        for name, size in sizes.items():
+            if run.get("test_images") == size:
+                return name
+    return default
+
+
 def paper_params(nb_id: str) -> dict:
     """A chapter's parameters under the paper profile: its defaults, then its params file."""
     return {**chapter_defaults(nb_id),
@@ -181,20 +196,25 @@ def projection(rate: dict[str, float], runs: dict[str, list[dict]], recorded: bo
     and steps (a round ends early where the training split runs out, as the restarted loader does), the main seed's
     runs once and each seed repeat for every noise seed of the params file. The runs' own rates
     (``measured_run_rates``), or with ``recorded`` the rates in ``rate`` (every run at the cached prefinetune and
-    finetune rates, evaluations at the zero-shot rate). ``parts``: which of the four kinds of work to count."""
+    finetune rates, evaluations at the zero-shot rate). ``parts``: which of the four kinds of work to count. Not
+    counted: the extra test passes of Table 1's ablations, model loading, and chapters the smoke skipped."""
     out = {}
     for nb_id in [i for i in runs if i in PASSES or runs[i]]:
         params = paper_params(nb_id)
         work = PASSES.get(nb_id, dict(passes=[], backbones=1))
-        dataset = next((d for d, _, _ in work["passes"]), "cifar100")
-        n_train = min(IMAGES[dataset][0], params.get("max_train") or IMAGES[dataset][0])
-        split = dict(test=lambda d: IMAGES[d][1], **{"train+test": lambda d: n_train + IMAGES[d][1]})
+        chapter_dataset = next((d for d, _, _ in work["passes"]), "cifar100")
+        n_train = lambda d: min(IMAGES[d][0], params.get("max_train") or IMAGES[d][0])  # noqa: E731
+        split = dict(test=lambda d: IMAGES[d][1], **{"train+test": lambda d: n_train(d) + IMAGES[d][1]})
         seconds = sum(split[s](d) * v for d, s, v in work["passes"]) * work["backbones"] / rate[
             "zeroshot_views_per_s"] if "frozen" in parts else 0.0
         measured = measured_run_rates(runs[nb_id])
-        per_round = lambda steps: min(steps, math.ceil(n_train / 32))  # noqa: E731  (batch 32, as published)
         repeats = len(params.get("noise_seeds") or []) / len(SMOKE_NOISE_SEEDS)
         for run in runs[nb_id]:
+            dataset = dataset_of(run, chapter_dataset)
+            # a restarted loader ends a round where the training split runs out
+            per_round = lambda steps, r=run, d=dataset: (  # noqa: E731
+                min(steps, math.ceil(n_train(d) / r.get("batch_size", 32))) if r.get("data_order", "restart")
+                == "restart" else steps)
             at = (lambda what, fallback: rate[fallback]) if recorded else (
                 lambda what, fallback, maps=run["maps"]: measured.get((what, maps), rate[fallback]))
             times = 1.0 if run["seed"] == params.get("seed", 0) else repeats
@@ -272,10 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         except ChapterFailed as err:
             result = f"FAILED: {err}"
         counted[nb_id] = [run for name, run in trained_runs(runs).items() if name not in before]
+        measured = measured_run_rates(counted[nb_id])
         results[nb_id] = dict(result=result, seconds=time.perf_counter() - began, runs=len(counted[nb_id]),
                               finetuned=sum(r["finetuned"] for r in counted[nb_id]),
-                              run_rates={f"{what} ({'maps' if maps else 'embeddings'})": value
-                                         for (what, maps), value in measured_run_rates(counted[nb_id]).items()})
+                              run_rates={f"{what} ({'maps' if maps else 'embeddings'})": v if math.isfinite(v) else None
+                                         for (what, maps), v in measured.items()})
         print(f"paper_smoke: {nb_id} {result.split(':')[0]} in {results[nb_id]['seconds']:.0f} s", flush=True)
         write_summary(out, **summary)
     hours = projection(rate, counted, recorded=bool(recorded))
