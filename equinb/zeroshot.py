@@ -175,7 +175,7 @@ def per_image_correct(logits: torch.Tensor, labels: torch.Tensor, elements: Sequ
                       batch_size: int = 32, seed: int = 0, k: int = 1) -> dict[tuple[str, str], torch.Tensor]:
     """Per (method, reading), each test image's top-``k`` score [N]: 1.0 if its label is among the k highest
     scores, 0.0 if not (vanilla as described: the share of the views where it is). Their means are
-    ``evaluate_views``' top-k / 100; paired comparisons of methods resample these (``equinb.verdicts.compare``)."""
+    ``evaluate_views``' top-k / 100; paired comparisons of methods read these (``equinb.verdicts.compare``)."""
     return {key: torch.stack([(s.topk(k, dim=-1).indices == labels[:, None]).any(-1).double() for s in scores]).mean(0)
             for key, scores in _method_scores(logits, elements, transform, batch_size, seed).items()}
 

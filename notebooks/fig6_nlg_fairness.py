@@ -237,7 +237,8 @@ show(gaps.rename_axis("model").reset_index(), f"Fairness gap per model with its 
 # labelled alike, and the copies, in case they are alike all the same. The per-demographic claims compare the
 # positive shares of the base LM and EquiLM with $g$ (the article's code) unit by unit; the last claim compares the
 # two actions' shares of positive samples, averaged over the demographics, unit by unit (their gaps are both zero
-# by construction). The rule: {glue:text}`verdict_rule`.
+# by construction). The rule: {glue:text}`verdict_rule`. The gap claims' intervals are the exception: a gap is a
+# largest-minus-smallest share, so their interval is the bootstrap over (template, sample) units of the table above.
 
 # %% tags=["hide-input", "tolerance-sampled"]
 glue("verdict_rule", VERDICT_RULE, display=False)
