@@ -10,6 +10,8 @@ imported lazily.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -162,6 +164,14 @@ def sample_grid(lm: nn.Module, tokenizer: Any, demographics: Sequence[str], *, n
     return records
 
 
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Hash of a tokenizer's class and vocabulary (token -> id): the same tokenizer read from another folder (a
+    fresh clone's virtual environment) gives the same key, where its ``name_or_path`` would not."""
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    text = json.dumps([type(tokenizer).__name__, len(tokenizer), sorted(vocab.items())], ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
 def cached_sample_grid(lm: nn.Module, tokenizer: Any, demographics: Sequence[str], *, cache_dir: str | Path,
                        weights: str, **options: Any) -> list[dict[str, Any]]:
     """``sample_grid``, saved under ``cache_dir`` on the first call and loaded after: every sample is seeded, so
@@ -174,7 +184,7 @@ def cached_sample_grid(lm: nn.Module, tokenizer: Any, demographics: Sequence[str
         wrapper.update(words=lm.group.equality_lists, action=lm.output_action, relaxed=lm.relaxed_words)
     here = Path(__file__)
     key = cache_key(kind="nlg_samples", weights=weights, wrapper=wrapper, demographics=list(demographics),
-                    tokenizer=[getattr(tokenizer, "name_or_path", type(tokenizer).__name__), len(tokenizer)],
+                    tokenizer=tokenizer_fingerprint(tokenizer),
                     device=str(lm_device(lm)), code=source_fingerprint(here, here.with_name("equilm.py")),
                     options=options)
     return load_or_compute(Path(cache_dir) / f"nlg_samples_{key}.pt",

@@ -330,3 +330,20 @@ def test_a_cached_sample_grid_is_drawn_once_and_keyed_by_what_decides_it(model, 
         N.cached_sample_grid(other["lm"], TOK, ["Black", "White", "Asian"], cache_dir=tmp_path,
                              weights=other["weights"], **chosen)
     assert len(drawn) == 3 and len(list(tmp_path.glob("nlg_samples_*.pt"))) == 4  # each change draws, and saves, anew
+
+
+def test_a_tokenizer_is_keyed_by_its_vocabulary_not_the_folder_it_was_read_from() -> None:
+    """A fresh clone reads the same tokenizer from another virtual environment: its samples are the same, so the
+    cache key must be too (a key with ``name_or_path`` drew Figure 6's samples again in every clone)."""
+
+    class Named(ToyTokenizer):
+        def __init__(self, path: str, vocab: list[str]) -> None:
+            super().__init__()
+            self.name_or_path, self.vocab = path, vocab
+
+        def get_vocab(self) -> dict[str, int]:
+            return {w: i for i, w in enumerate(self.vocab)}
+
+    here, there = Named("/work/a/.venv/smollm", VOCAB), Named("/tmp/clone/.venv/smollm", VOCAB)
+    assert N.tokenizer_fingerprint(here) == N.tokenizer_fingerprint(there)
+    assert N.tokenizer_fingerprint(here) != N.tokenizer_fingerprint(Named("/work/a/.venv/smollm", VOCAB[::-1]))
