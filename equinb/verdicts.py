@@ -127,7 +127,16 @@ def _point(x: np.ndarray, groups: list[np.ndarray]) -> float:
 def _t_quantile(level: float, df: float) -> float:
     from scipy.stats import t
 
-    return float(t.ppf((1 + level) / 2, df)) if math.isfinite(df) else float(t.ppf((1 + level) / 2, 1e9))
+    return float(t.ppf((1 + level) / 2, df))  # df = inf: the normal quantile
+
+
+def _clopper_pearson(k: int, n: int, level: float) -> tuple[float, float]:
+    """Exact ``level`` interval of a binomial share from k successes in n trials."""
+    from scipy.stats import beta
+
+    tail = (1 - level) / 2
+    return (float(beta.ppf(tail, k, n - k + 1)) if k > 0 else 0.0,
+            float(beta.ppf(1 - tail, k + 1, n - k)) if k < n else 1.0)
 
 
 def _mean_variance(x: np.ndarray, groups: list[np.ndarray]) -> tuple[float, float]:
@@ -167,15 +176,11 @@ def _mcnemar(a: np.ndarray, b: np.ndarray, level: float) -> tuple[float, float]:
     """Exact interval of mean(b - a) for paired 1/0 scores of one seed [1, N]: of the m items where the runs differ,
     the Clopper-Pearson interval of the share where b is right, as (m / N)(2 share - 1); it excludes 0 exactly when
     McNemar's exact test rejects at 1 - ``level``."""
-    from scipy.stats import beta
-
-    up, down, n = int(((b > a)).sum()), int((b < a).sum()), a.size
+    up, down, n = int((b > a).sum()), int((b < a).sum()), a.size
     m = up + down
     if m == 0:
         return 0.0, 0.0
-    tail = (1 - level) / 2
-    low = float(beta.ppf(tail, up, down + 1)) if up > 0 else 0.0
-    high = float(beta.ppf(1 - tail, up + 1, down)) if down > 0 else 1.0
+    low, high = _clopper_pearson(up, m, level)
     return m / n * (2 * low - 1), m / n * (2 * high - 1)
 
 
@@ -265,13 +270,10 @@ def diverged(losses: Sequence[float], run: str, bound: float = LOSS_BOUND) -> st
 
 def _accuracy_interval(correct: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """The ``level`` interval of an accuracy in %, from per-item 1/0 scores [S, N]: Clopper-Pearson for one seed,
-    else the crossed seeds-and-items t interval of ``compare``."""
-    if correct.shape[0] == 1:
-        from scipy.stats import beta
-
-        right, n, tail = int(correct.sum()), correct.size, (1 - level) / 2
-        low = float(beta.ppf(tail, right, n - right + 1)) if right > 0 else 0.0
-        high = float(beta.ppf(1 - tail, right + 1, n - right)) if right < n else 1.0
+    else the crossed seeds-and-items t interval of ``compare`` (seeds that agree item by item count as one: against
+    a constant, ``compare`` would read them as one seed's paired differences)."""
+    if (correct == correct[:1]).all():
+        low, high = _clopper_pearson(int(correct[0].sum()), correct.shape[1], level)
         return 100 * low, 100 * high
     return compare(np.zeros_like(correct), correct, deterministic=True, bounds=None).interval
 

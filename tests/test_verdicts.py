@@ -304,3 +304,15 @@ def test_seeds_that_agree_item_by_item_count_as_one() -> None:
     assert not compare(a, b).excludes_zero
     b[:, :6] = 1
     assert compare(a, b).interval[0] > 0
+
+
+def test_at_chance_reads_five_identical_seeds_as_one_accuracy() -> None:
+    """A run at chance repeated over seeds that agree item by item is still at chance (read as paired differences
+    against zero, the exact test gave an interval with its upper end at the accuracy itself)."""
+    from equinb.verdicts import at_chance
+
+    correct = np.zeros((5, 100))
+    correct[:, :9] = 1  # 9% on 10 classes: the upper end must reach above the measured 9%
+    assert at_chance(correct, 10, "the run") and at_chance(correct[0], 10, "the run")
+    correct[:, :40] = 1
+    assert at_chance(correct, 10, "the run") is None
