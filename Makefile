@@ -7,6 +7,7 @@
 #   make paper-check          what the paper profile needs on this machine, and what is missing
 #   make paper-smoke          every chapter's paper path on fakes and random full-size CLIPs on a CUDA GPU, timed,
 #                             with throughputs and the projected paper-profile time (ARGS="--device cpu --tiny")
+#   make gpu-bundle           wheels for an offline GPU machine with torch (.gpu/whl); there: bash tools/gpu_smoke.sh
 #   make check-book           render every page of _build/html in headless Chromium and fail on overflow,
 #                             broken images, MathJax errors, NaN cells or requests outside the book
 #   make test                 unit tests + nbval regression of the committed notebooks (trained numbers
@@ -31,10 +32,10 @@ STAMP := $(VENV)/.installed
 # pip on the build machine prints many harmless "Location ... is ignored" warnings; drop only those lines.
 PIP_FILTER := { grep -v -E 'Location .* is ignored' || true; }
 
-.PHONY: help venv test test-portable book chapter paper-check paper-smoke check-book notebooks clean
+.PHONY: help venv test test-portable book chapter paper-check paper-smoke gpu-bundle check-book notebooks clean
 
 help:
-	@sed -n '3,17p' Makefile | sed 's/^# *//'
+	@sed -n '3,18p' Makefile | sed 's/^# *//'
 
 venv: $(STAMP)
 
@@ -73,6 +74,9 @@ paper-check: $(STAMP)
 
 paper-smoke: $(STAMP)
 	$(PY) tools/paper_smoke.py $(ARGS)
+
+gpu-bundle: $(STAMP)
+	$(PY) tools/gpu_bundle.py $(ARGS) 2>&1 | $(PIP_FILTER)
 
 # Needs Chromium (Debian: apt install chromium); the playwright package is installed into the venv here.
 check-book: $(STAMP)

