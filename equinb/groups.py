@@ -22,6 +22,8 @@ axis of logits.
 
 from __future__ import annotations
 
+import numbers
+
 from typing import Sequence
 
 import torch
@@ -75,6 +77,10 @@ class Group:
     """
 
     def __init__(self, name: str, elements: Sequence[_D4Element]) -> None:
+        bad = [e for e in elements if len(e) != 2 or not all(isinstance(v, numbers.Integral) for v in e)]
+        if bad:  # int() would truncate 0.5 (a 45° turn, say) to 0, and report a repeated identity instead
+            raise ValueError(f"group {name!r}: elements are D4 pairs (r quarter turns, s reflection) of integers, "
+                             f"got {bad}; only subgroups of D4 act on square image grids here")
         elements = [(int(r) % 4, int(s) % 2) for r, s in elements]
         if not elements or elements[0] != (0, 0):
             raise ValueError(f"group {name!r}: element 0 must be the identity (0, 0), got {elements[:1]}")

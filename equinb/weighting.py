@@ -184,6 +184,7 @@ class ViewAttention(nn.Module):
         if self.map_size is None:
             _check_rank(views, 3, "ViewAttention (embeddings)")
             _check_dim(views, self.channels, "ViewAttention")
+            views = views.to(self.q_net[0].weight.dtype)  # the wrapper hands views over in float32 (MapEncoder casts)
         q, k = self.q_net(views), self.k_net(views)
         return torch.softmax(q @ k.transpose(1, 2) * self.scale, dim=-1)
 

@@ -136,8 +136,12 @@ def _check_chunk_size(chunk_size: Any) -> ChunkSize:
 
 
 def _tracing() -> bool:
-    """True while torch.jit.trace, torch.compile or torch.export trace the module (no first-call probe then)."""
-    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting())
+    """True while torch.jit.trace, torch.compile or torch.export trace the module (no first-call probe then).
+    ``torch.compiler.is_compiling`` appeared in torch 2.3, ``is_exporting`` in 2.6: an older torch has neither
+    tracer to report."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(torch.jit.is_tracing() or any(getattr(compiler, name, lambda: False)()
+                                              for name in ("is_compiling", "is_exporting")))
 
 
 def _refuse_extra_inputs(wrapper: nn.Module, extra: tuple) -> None:
@@ -399,8 +403,8 @@ class OrbitWrapper(nn.Module):
                         raise
                     raise ValueError(
                         f"{type(self).__name__}: the weighting network {type(weight_net).__name__} does not take "
-                        f"this model's views [B, G={self.group.order}, {', '.join(map(str, view.shape[2:]))}]: "
-                        f"{err}") from err
+                        f"this model's views [B, G={self.group.order}, {', '.join(map(str, view.shape[2:]))}] "
+                        f"({str(views.dtype).removeprefix('torch.')}): {err}") from err
                 self.combine(views, self.checked_weights(weights, views))
         finally:
             for m, mode in modes:
@@ -420,10 +424,11 @@ class OrbitWrapper(nn.Module):
         """``g_k^-1`` applied to view k when ``align_views``; identity otherwise. Shapes: [B, G, ...]."""
         if not self.align_views:
             return views
-        if views.ndim < 4:
+        if views.ndim != 5:  # [B, G, T, D] tokens would have their D axis flipped or turned without an error
             raise ValueError(
-                "align_views=True needs spatial trunk outputs [B, G, C, h, w]; this trunk gives "
-                f"{tuple(views.shape)}. Use a feature-map trunk or align_views=False."
+                "align_views=True needs spatial trunk outputs [B, G, C, h, w] (the group acts on the last two dims); "
+                f"this trunk gives {tuple(views.shape)}. Use a feature-map trunk, or align_views=False; bring a "
+                "one-channel map [B, h, w] to [B, 1, h, w], and patch tokens [B, T, D] to [B, D, h, w], in the trunk."
             )
         return self.group.invert_orbit(views)
 

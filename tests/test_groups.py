@@ -188,3 +188,13 @@ def test_symmetrized_logits_equivariance(d: int) -> None:
         assert torch.equal(_equilm(model, group, ids, "forward"), _equilm(model, group, ids, "inverse"))
     with pytest.raises(ValueError, match="output_action"):
         group.symmetrize_logits(model(group.orbit(ids)), "backward")
+
+
+def test_a_custom_group_of_non_integer_elements_is_refused_by_name() -> None:
+    """A 45° turn written as half a quarter turn is not a D4 element: int() would have truncated it to the
+    identity and reported a repeated element instead."""
+    from equinb.groups import Group
+
+    with pytest.raises(ValueError, match=r"integers, got \[\(0.5, 0\)\]"):
+        Group("r45", [(0, 0), (0.5, 0)])
+    assert Group("transpose", [(0, 0), (1, 1)]).order == 2  # a subgroup of D4 not in the registry is fine

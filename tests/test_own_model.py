@@ -586,3 +586,46 @@ def test_output_softmax_over_one_number_per_view_is_refused() -> None:
     scalar = nn.Sequential(nn.Flatten(), nn.LazyLinear(1), nn.Flatten(0))  # [B, 3, 12, 12] -> [B]
     with pytest.raises(ValueError, match=r"one number per view .* would run over the views"):
         Equitune(scalar, "rot90", output_softmax=True)(torch.randn(2, 3, 12, 12))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_every_weighted_wrapper_runs_a_model_cast_to_half_precision(dtype: torch.dtype) -> None:
+    """``wrapper.to(dtype)`` casts the weighting network with the model; the wrapper hands its views over in
+    float32, so each network takes them in its own dtype (equiattention's embedding MLPs did not: a dtype error,
+    reported as a shape mismatch)."""
+    x = _images(b=2).float()
+    for make in (lambda m: LambdaEquitune(m, "rot90", example_input=x),
+                 lambda m: EquiAttention(m, "rot90", example_input=x)):
+        torch.manual_seed(0)
+        wrapper = make(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 10 * 10, K)).float())
+        wrapper = wrapper.to(dtype).eval()
+        with torch.no_grad():
+            out = wrapper(x)
+        assert out.shape == (2, K) and torch.isfinite(out).all()
+        assert check_invariance(wrapper, x, "rot90") <= 8 * torch.finfo(dtype).eps * float(out.abs().max())
+
+
+def test_the_wrappers_run_on_a_torch_without_the_compiler_queries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.compiler.is_compiling appeared in torch 2.3 and is_exporting in 2.6; the first-call probe asks
+    for them only where they exist (torch itself calls them, so the test hides them from equinb alone)."""
+    from types import SimpleNamespace
+
+    from equinb import wrappers
+
+    monkeypatch.setattr(wrappers, "torch", SimpleNamespace(jit=torch.jit, compiler=SimpleNamespace()))
+    assert wrappers._tracing() is False
+    monkeypatch.setattr(wrappers, "torch", SimpleNamespace(jit=torch.jit))
+    assert wrappers._tracing() is False
+
+
+def test_aligning_views_refuses_token_sequences_whose_last_axis_is_not_space() -> None:
+    """Patch tokens [B, T, D] have no spatial last two dims: aligning them would flip or turn the embedding axis
+    and still pass check_equivariance (which applies the same action)."""
+    tokens = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.Flatten(2), Transpose())  # [B, 9, 8]
+    with pytest.raises(ValueError, match=r"patch tokens \[B, T, D\] to \[B, D, h, w\]"):
+        Equitune(tokens.double(), "hflip", align_views=True)(_images())
+
+
+class Transpose(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2)
