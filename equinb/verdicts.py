@@ -10,8 +10,9 @@ the two runs it compares, under every seed that was run:
 noise) and the test items (the test-set noise) as crossed random effects: the variance of the mean from the
 spread of the per-seed differences, the spread of the per-item differences and their interaction, each counted
 once, with Satterthwaite's degrees of freedom (4 when five seeds dominate). One seed gives the items-only
-interval; with per-item 1/0 scores it is the exact (Clopper-Pearson) interval of McNemar's test, which a few
-differing items cannot pass by chance. A deterministic statistic (no random step, such as a frozen model's
+interval; with per-item 1/0 scores it rests on McNemar's exact test, which a few differing items cannot pass by
+chance: the share of differing items where b is right and the share of items that differ, each within its exact
+(Clopper-Pearson) interval. A deterministic statistic (no random step, such as a frozen model's
 zero-shot scores) needs no seeds. The interval's basis is printed beside it.
 
 ``judge`` gives one of:
@@ -59,8 +60,9 @@ MIN_SEEDS = 5  # a trained run's verdict needs at least this many seeds of every
 LOSS_BOUND = 1e6  # a training loss above this (or not finite) marks a diverged run
 VERDICT_RULE = ("ours is the mean difference over the seeds; its 95% interval is a t interval with the seeds and the "
                 "test items as crossed random effects (each noise counted once; with one seed and right/wrong "
-                "scores, the exact interval of McNemar's test; the noise column names the items, such as images "
-                "within each class or seeded (template, sample) units). A claim 'agrees' "
+                "scores, McNemar's exact test, its interval widened for how many items differ; the noise column "
+                "names the items, such as images within each class or seeded (template, sample) units). A claim "
+                "'agrees' "
                 "or is 'reversed' when the interval excludes 0, on the article's side or the other; 'inconclusive' "
                 "when it holds 0 (a claim of no difference can only come out 'reversed' or 'inconclusive': the "
                 "articles give no margin within which a difference counts as none); "
@@ -173,15 +175,18 @@ def _mean_variance(x: np.ndarray, groups: list[np.ndarray]) -> tuple[float, floa
 
 
 def _mcnemar(a: np.ndarray, b: np.ndarray, level: float) -> tuple[float, float]:
-    """Exact interval of mean(b - a) for paired 1/0 scores of one seed [1, N]: of the m items where the runs differ,
-    the Clopper-Pearson interval of the share where b is right, as (m / N)(2 share - 1); it excludes 0 exactly when
-    McNemar's exact test rejects at 1 - ``level``."""
+    """Interval of mean(b - a) for paired 1/0 scores of one seed [1, N], as r (2 theta - 1): theta, the share of
+    the differing items where b is right, within its Clopper-Pearson interval given how many differ (so the
+    interval excludes 0 exactly when McNemar's exact test rejects at 1 - ``level``), and r, the share of items that
+    differ, within its own Clopper-Pearson interval: every r theta pair of the two intervals. How many items differ
+    is itself random; with r fixed at its measured value an end sat at the measured difference whenever every
+    differing item went one way, and such intervals held the true difference about half the time (simulated)."""
     up, down, n = int((b > a).sum()), int((b < a).sum()), a.size
     m = up + down
-    if m == 0:
-        return 0.0, 0.0
-    low, high = _clopper_pearson(up, m, level)
-    return m / n * (2 * low - 1), m / n * (2 * high - 1)
+    rate_low, rate_high = _clopper_pearson(m, n, level)
+    share_low, share_high = _clopper_pearson(up, m, level) if m else (0.0, 1.0)
+    ends = [rate * (2 * share - 1) for rate in (rate_low, rate_high) for share in (share_low, share_high)]
+    return min(ends), max(ends)
 
 
 def _binary(*xs: np.ndarray) -> bool:
@@ -216,9 +221,9 @@ def compare(scores_a: ArrayLike, scores_b: ArrayLike, *, scale: float = 100.0, s
     """Run b minus run a: ``scale * (mean b - mean a)`` averaged over seeds, with its ``level`` interval.
 
     Shapes: ``scores_*`` [S, N] (seed s, item i; the runs paired by seed index) or [N] (one seed). Scores are
-    per-item numbers (1/0 for correct/wrong, a weight, a share). The interval is a t interval with seeds and
-    items as crossed random effects (``_mean_variance``); one seed of paired 1/0 scores without strata gives the
-    exact interval of McNemar's test. ``strata`` [N] (for example the true classes): the statistic is the mean
+    per-item numbers (1/0 for correct/wrong, a weight, a share). The interval is a t interval with seeds and items
+    as crossed random effects (``_mean_variance``); one seed of paired 1/0 scores without strata gives the interval
+    of ``_mcnemar`` (McNemar's exact test). ``strata`` [N] (for example the true classes): the statistic is the mean
     over strata of the stratum means, so that with 1/0 scores and the classes as strata it is the difference of
     balanced accuracies. ``paired=False``: the two runs were scored on different items (two test sets), so their
     variances add (shapes [S_a, N_a] and [S_b, N_b]; no strata). ``unit`` names the items in the printed basis.
@@ -332,9 +337,10 @@ def orientation_kept(on_original: ArrayLike, n_views: int, module: str) -> str:
     near chance on one CPU and above it on another must not turn the verdict around."""
     x = _as_matrix(on_original)
     low, high = compare(np.full_like(x, 1.0 / n_views), x).interval
-    return (f"the stand-in turns upright images at random, so each keeps an orientation a module can find: the "
-            f"largest weight of {module} undoes the turn for {100 * x.mean():.1f}% of the test images (chance "
-            f"{100 / n_views:.0f}%; excess [{low:+.1f}, {high:+.1f}] pp)")
+    return (f"the stand-in turns upright images at random, so each keeps the orientation it had, which a module "
+            f"could learn to find, whether or not this run's does (measured: the largest weight of {module} undoes "
+            f"the turn for {100 * x.mean():.1f}% of the test images, chance {100 / n_views:.0f}%; excess "
+            f"[{low:+.1f}, {high:+.1f}] pp)")
 
 
 def zero_by_construction(alike: float, model: str, copies: float = 0.0, what: str = "gap") -> str | None:
@@ -458,8 +464,10 @@ def verdict_row(claim_id: str, comparison: Comparison | None, *, reasons: Sequen
     if c.article_value is None and c.side is not None:
         article = {1: "> 0", -1: "< 0", 0: "= 0"}[c.side]
     tested = f"{c.statistic} ({note})" if note else c.statistic
-    return {"claim": c.text, "tested as": tested, "article": article, **_numbers(comparison, decimals),
-            VERDICT_COLUMN: judge(comparison, c.side, reasons), "id": c.id, "changed": dict(changed or {})}
+    numbers = _numbers(comparison, decimals)  # the verdict right after the interval it reads, so it stays in view
+    return {"claim": c.text, "article": article, "ours": numbers["ours"], "95% interval": numbers["95% interval"],
+            VERDICT_COLUMN: judge(comparison, c.side, reasons), "noise": numbers["noise"], "tested as": tested,
+            "id": c.id, "changed": dict(changed or {})}
 
 
 def effect_row(change: str, comparison: Comparison | None, *, reasons: Sequence[str | None] = (),
