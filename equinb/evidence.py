@@ -10,7 +10,8 @@ fewer seeds than a verdict needs.
 
 from __future__ import annotations
 
-from typing import Sequence
+import statistics
+from typing import Callable, Sequence
 
 import torch
 
@@ -19,8 +20,8 @@ from .setups import TrainingRun, TrainingSetup, correct_by_seed
 from .verdicts import (EFFECT_COLUMN, NOT_TESTED, Comparison, at_chance, compare, diverged, solved_without_training,
                        too_few_seeds, unchanged_stage)
 
-__all__ = ["STAGES", "stage_runs", "stage_losses", "finetune_changed", "stage_problems", "compare_runs",
-           "no_training_check", "best_without_training", "trained_minus_frozen", "no_training_finding"]
+__all__ = ["STAGES", "STAGE_CHANGE", "stage_runs", "stage_spread", "stage_losses", "finetune_changed", "stage_problems",
+           "compare_runs", "no_training_check", "best_without_training", "trained_minus_frozen", "no_training_finding"]
 
 STAGES = ("prefinetune", "finetune")
 
@@ -30,6 +31,29 @@ def stage_runs(runs: Sequence[TrainingRun], stage: str) -> list[TrainingRun]:
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
     return [r for r in runs if stage == "prefinetune" or any(h.get("stage") == "finetune" for h in r.history)]
+
+
+STAGE_CHANGE = "finetune − prefinetune, same seeds"
+
+
+def stage_spread(runs: Sequence[TrainingRun], score: Callable[[TrainingRun, str], float] | None = None
+                 ) -> list[dict]:
+    """Per stage of ``runs`` (one run's seed repeats): how many seeds ran it, the mean and sd of ``score(run,
+    stage)`` (default: top-1 in %) over them, and, on the finetune row, the mean change from prefinetuning over
+    the seeds that ran both (``STAGE_CHANGE``). A seed repeat stops after prefinetuning where the first run's
+    finetuning changed no test prediction, so the two stage means can be over different seeds: only the change
+    compares the stages."""
+    score = score or (lambda run, stage: run.row[f"{stage}_top1"])
+    rows = []
+    for stage in STAGES:
+        values = [score(r, stage) for r in stage_runs(runs, stage)]
+        row = dict(stage=stage, seeds=len(values), mean=statistics.fmean(values),
+                   sd=statistics.stdev(values) if len(values) > 1 else float("nan"), **{STAGE_CHANGE: float("nan")})
+        if stage == "finetune":
+            row[STAGE_CHANGE] = statistics.fmean(score(r, "finetune") - score(r, "prefinetune")
+                                                 for r in stage_runs(runs, "finetune"))
+        rows.append(row)
+    return rows
 
 
 def finetune_changed(run: TrainingRun) -> int:

@@ -60,6 +60,11 @@ def _cell(value: Any, decimals: int) -> str:
     return "—" if value is None else str(value)
 
 
+def _header(name: Any) -> str:
+    """A column name as a reader sees it: ``prefinetune_top1`` -> ``prefinetune top-1`` (the data keep theirs)."""
+    return re.sub(r"\btop(\d)\b", r"top-\1", str(name).replace("_", " "))
+
+
 class Table:
     """A DataFrame for display: no row index, a caption, floats with ``decimals`` decimals, "—" for a missing
     value. ``hidden`` columns are kept in ``frame`` (and glued JSON) but not shown."""
@@ -73,7 +78,8 @@ class Table:
 
     def _shown(self) -> pd.DataFrame:
         shown = self.frame.drop(columns=[c for c in self.hidden if c in self.frame.columns])
-        return shown.apply(lambda column: column.map(lambda v: _cell(v, self.decimals)))
+        shown = shown.apply(lambda column: column.map(lambda v: _cell(v, self.decimals)))
+        return shown.rename(columns=_header)
 
     @staticmethod
     def _html_cell(value: str) -> str:
@@ -148,21 +154,32 @@ def show(frame: pd.DataFrame, caption: str = "", decimals: int = 2, hidden: tupl
 
 def publish_verdicts(rows: list[dict], profile: str, chapter: str, caption: str) -> None:
     """Show a chapter's verdict rows (``equinb.verdicts.verdict_row``), and glue them: the table under
-    ``VERDICTS_KEY`` and the rows with the profile and the chapter under ``CLAIMS_KEY`` (JSON)."""
+    ``VERDICTS_KEY`` and the rows with the profile and the chapter under ``CLAIMS_KEY`` (JSON).
+
+    The claims this profile can run come first, in full; those that need settings it does not run follow in a
+    short table of their own (claim, article, reason), so that the verdicts are not lost among them. The summary
+    page gets the first table (``RUNNABLE_KEY``)."""
     import pandas as pd
     from myst_nb import glue
 
     from IPython.display import display
 
-    table = _numbered(Table(pd.DataFrame(rows), f"{caption} (profile: {profile})", hidden=("id", "changed")))
-    display(table)
-    glue(VERDICTS_KEY, table, display=False)
-    # the summary page shows the claims this profile could run; the others are counted and left to the claim list
-    runnable = [row for row in rows if not str(row.get(VERDICT_COLUMN, "")).startswith(_NEEDS_OTHER_SETTING)]
-    left_out = len(rows) - len(runnable)
-    note = f"; {left_out} more need settings this profile does not run (the claim list has them)" if left_out else ""
-    glue(RUNNABLE_KEY, Table(pd.DataFrame(runnable, columns=table.frame.columns), table.caption + note,
-                             hidden=table.hidden), display=False)
+    hidden = ("id", "changed")
+    everything = Table(pd.DataFrame(rows), f"{caption} (profile: {profile})", hidden=hidden)
+    elsewhere = [str(row.get(VERDICT_COLUMN, "")).startswith(_NEEDS_OTHER_SETTING) for row in rows]
+    runnable = [row for row, other in zip(rows, elsewhere) if not other]
+    others = [row for row, other in zip(rows, elsewhere) if other]
+    note = f"; {len(others)} more need settings this profile does not run" if others else ""
+    first = _numbered(Table(pd.DataFrame(runnable, columns=everything.frame.columns), everything.caption + note,
+                            hidden=hidden))
+    display(first)
+    if others:
+        short = pd.DataFrame(others)[[c for c in ("claim", "article", VERDICT_COLUMN) if c in others[0]]]
+        display(_numbered(Table(short, f"{caption}: the {len(others)} claims that need settings this profile "
+                                       f"does not run (profile: {profile}; the claim list has them all)")))
+    glue(VERDICTS_KEY, everything, display=False)
+    glue(RUNNABLE_KEY, Table(first.frame, first.caption + (" (the claim list has them)" if others else ""),
+                             hidden=hidden), display=False)
     glue(CLAIMS_KEY, json.dumps([{**row, "profile": profile, "chapter": chapter} for row in rows],
                                 ensure_ascii=False), display=False)
 

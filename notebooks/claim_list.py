@@ -70,8 +70,8 @@ for c in claims():
                     ) if c.chapter else "—"
     article = "—" if c.article_value is None else f"{c.article_value:+.2f}"
     records.append({"id": c.id, "paper": c.article, "claim": c.text, "article": row["article"] if row else article,
-                    **{k: row[k] if row else "—" for k in ("ours", "95% interval", "noise")}, "verdict": verdict,
-                    "profile": build, "evidence": evidence})
+                    **{k: row[k] if row else "—" for k in ("ours", "95% interval")}, "verdict": verdict,
+                    "noise": row["noise"] if row else "—", "profile": build, "evidence": evidence})
 listing = pd.DataFrame(records)
 counts = verdict_counts(listing.verdict.tolist())
 names = {"basu2023": "Basu et al. 2023", "vlasenko2024": "Vlasenko et al. 2024"}

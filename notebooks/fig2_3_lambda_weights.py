@@ -188,10 +188,11 @@ show(modules.reset_index(), f"Prefinetune top-1 (%) of the modules over seeds {s
 
 # %% [markdown]
 # ## Mean weight per rotation, and how often the upright view is not preferred
-# Means over the test images and the seeds. Shares are fractions of the test images. `share_argmax_on_original`
-# is the share whose largest weight sits on the view that shows the image as it was before its random turn: on the
-# natural set that view is the upright one, so this share is one minus the argmax share; on the turned stand-in it
-# says whether the module finds each image's original orientation (chance: one in four).
+# Means over the test images and the seeds. Shares are fractions of the test images ("argmax": the view with the
+# largest weight). `share argmax not upright` is the share whose largest weight is not on the upright view;
+# `share argmax on original` the share whose largest weight sits on the view that shows the image as it was before
+# its random turn: on the natural set that view is the upright one, so this share is one minus the first; on the
+# turned stand-in it says whether the module finds each image's original orientation (chance: one in four).
 
 # %% tags=["hide-input", "tolerance-weight"]
 # the view that shows each test image as it was before its random turn (view 0 when nothing was turned)

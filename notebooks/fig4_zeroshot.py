@@ -42,7 +42,7 @@
 #   (`hflip`).
 #
 # **Profiles.**
-# - *small* (default; CPU, offline, about 30 s): MobileNetV2 with its official ImageNet weights, used
+# - *small* (default; CPU, offline): MobileNetV2 with its official ImageNet weights, used
 #   frozen. A linear head, fitted once on the **upright** training digits, stands in for CLIP's text
 #   head; it never sees a rotated image. Test set: scikit-learn digits (719 images). This is a small
 #   analog of the experiment: it shows the same mechanism on real pretrained features, but its numbers

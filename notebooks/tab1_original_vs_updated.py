@@ -47,7 +47,7 @@
 # - the backbone in evaluation mode while it is finetuned (BatchNorm keeps its running statistics).
 #
 # **Profiles.**
-# - *small* (default; CPU, offline, about 2 minutes):
+# - *small* (default; CPU, offline):
 #   - MobileNetV2 with ImageNet weights at 64 px on the digits.
 #   - Blocks 0-17 are frozen and their per-view outputs cached. Only the last block (the 1x1
 #     convolution 320 → 1280 with its BatchNorm) is finetuned: the depthwise convolutions of earlier
@@ -94,8 +94,8 @@ from equinb.analysis import group_changes, no_training_scores
 from equinb.cache import run_cache_dir
 from equinb.chapter import check_params, profile_note, schedule_note
 from equinb.engine import TrainConfig, group_drift, weighted_model
-from equinb.evidence import (STAGES, compare_runs, finetune_changed, no_training_check, no_training_finding, stage_runs,
-                             trained_minus_frozen)
+from equinb.evidence import (STAGES, compare_runs, finetune_changed, no_training_check, no_training_finding,
+                             stage_spread, trained_minus_frozen)
 from equinb.noise import chapter_tolerances, noise_note
 from equinb.reference import article_fig4, article_tab1, beside_article
 from equinb.setups import build_setup, correct_by_seed, run_training, seed_repeats
@@ -224,10 +224,7 @@ repeats = {}
 for key, run in trained.items():  # a finetune that changed nothing has nothing to repeat
     repeats[key] = [run, *seed_repeats(setups[key[0]], configs[key[1]], noise_seeds,
                                        finetune=finetune_changed(run) > 0, cache_dir=runs)]
-spread = pd.DataFrame([dict(group=g, code=c, stage=stage, seeds=len(stage_runs(rs, stage)),
-                            mean=pd.Series([r.row[f"{stage}_top1"] for r in stage_runs(rs, stage)]).mean(),
-                            sd=pd.Series([r.row[f"{stage}_top1"] for r in stage_runs(rs, stage)]).std())
-                       for (g, c), rs in repeats.items() for stage in ("prefinetune", "finetune")])
+spread = pd.DataFrame([dict(group=g, code=c, **row) for (g, c), rs in repeats.items() for row in stage_spread(rs)])
 show(spread, f"Top-1 (%) over seeds {seeds}, per run and stage (profile: {profile}; sd needs 2 seeds)")
 
 
@@ -310,8 +307,11 @@ for c, config in configs.items():
         comparison = compare(correct_by_seed([trained[base, c]], "finetune", labels),
                              correct_by_seed([run], "finetune", labels))
         contributions.append(effect_row(f"{base}, {c}: finetuned with {label}", comparison))
-show(pd.DataFrame(contributions), f"Each group's share of finetuning, and two counterfactual finetunes, top-1 (%) "
-                                  f"differences (profile: {profile})")
+shares = sum(1 for row in contributions if ": finetuned with " not in row["change"])
+which = ("one per changed parameter group of each run whose finetuning changed a test prediction" if shares else
+         "none: no finetuning changed a test prediction")
+show(pd.DataFrame(contributions), f"Each group's share of finetuning ({shares} rows, {which}), and two "
+                                  f"counterfactual finetunes, top-1 (%) differences (profile: {profile})")
 changed_fp16 = max(group_drift(r.drift).get("fp16 weights", {"changed_share": 0})["changed_share"]
                    for r in trained.values())
 changed_norm = max(group_drift(r.drift).get("norm affine (fp32)", {"changed_share": 0})["changed_share"]

@@ -36,7 +36,7 @@
 # It then measures what each variant does to $Z$ and to the logits.
 #
 # **Profiles.**
-# - *small* (default; CPU, offline, a few minutes):
+# - *small* (default; CPU, offline):
 #   - MobileNetV2 with ImageNet weights, up to block 17, at 72 px on the digits. Blocks 0-16 are frozen and
 #     cached per view.
 #   - Block 17 (an inverted-residual block, 160 → 320 channels) is $M_1$. It gives 320×3×3 maps.
@@ -86,7 +86,7 @@ from equinb.cache import cache_dir, run_cache_dir
 from equinb.chapter import check_params, profile_note, schedule_note
 from equinb.engine import TrainConfig
 from equinb.evidence import (STAGES, compare_runs, finetune_changed, no_training_check, stage_losses, stage_problems,
-                             stage_runs)
+                             stage_runs, stage_spread)
 from equinb.noise import chapter_tolerances, loss_label, noise_note
 from equinb.reference import article_tab2, beside_article
 from equinb.setups import (build_setup, correct_by_seed, feature_map_config, feature_map_weight_net, run_training,
@@ -186,10 +186,7 @@ for name, (setup, config, options) in variants.items():
     repeats[name] = [trained[name], *seed_repeats(setup, config, noise_seeds,
                                                   finetune=finetune_changed(trained[name]) > 0,
                                                   weight_net=weight_net, cache_dir=runs, **options)]
-spread = pd.DataFrame([dict(variant=name, stage=stage, seeds=len(stage_runs(rs, stage)),
-                            mean=pd.Series([r.row[f"{stage}_top1"] for r in stage_runs(rs, stage)]).mean(),
-                            sd=pd.Series([r.row[f"{stage}_top1"] for r in stage_runs(rs, stage)]).std())
-                       for name, rs in repeats.items() for stage in STAGES])
+spread = pd.DataFrame([dict(variant=name, **row) for name, rs in repeats.items() for row in stage_spread(rs)])
 print(noise_note(noise["top1"], "top-1 accuracies (%)"))
 show(spread, f"Top-1 (%) over seeds {seeds}, per run and stage (profile: {profile})")
 

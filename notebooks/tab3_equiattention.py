@@ -74,7 +74,7 @@ from equinb import get_group, viz
 from equinb.analysis import positional_head, symmetry_tables
 from equinb.cache import cache_dir, run_cache_dir
 from equinb.chapter import check_params, profile_note
-from equinb.evidence import STAGES, compare_runs, finetune_changed, no_training_check, stage_runs
+from equinb.evidence import STAGES, compare_runs, finetune_changed, no_training_check, stage_spread
 from equinb.noise import chapter_tolerances, noise_note
 from equinb.reference import article_tab3, beside_article
 from equinb.setups import (build_setup, feature_map_config, feature_map_weight_net, run_training, seed_repeats,
@@ -148,10 +148,8 @@ show(beside_article(ours.assign(article_method=ours.method.where(ours.alignment 
                     on="article_method", article_on="method", show=("method", "alignment"),
                     with_delta=profile == "paper"), f"This build (seed {seed}) beside the article's Table 3 "
                                                     f"(profile: {profile})")
-spread = pd.DataFrame([dict(method=m, alignment=a, stage=stage, seeds=len(stage_runs(rs, stage)),
-                            mean=pd.Series([r.row[f"{stage}_top1"] for r in stage_runs(rs, stage)]).mean(),
-                            sd=pd.Series([r.row[f"{stage}_top1"] for r in stage_runs(rs, stage)]).std())
-                       for (a, m), rs in repeats.items() for stage in STAGES])
+spread = pd.DataFrame([dict(method=m, alignment=a, **row) for (a, m), rs in repeats.items()
+                       for row in stage_spread(rs)])
 show(spread, f"Top-1 (%) over seeds {seeds}, per run and stage (a run whose finetuning changed no test prediction "
              f"is repeated for its prefinetuning only; profile: {profile})")
 for _, r in ours.iterrows():

@@ -39,7 +39,7 @@
 # Figure 3 shows.
 #
 # **Profiles.**
-# - *small* (default; CPU, offline once Debian's Fashion-MNIST package is fetched, a few minutes): a stand-in in
+# - *small* (default; CPU, offline once Debian's Fashion-MNIST package is fetched): a stand-in in
 #   the article's regime. Seven Fashion-MNIST classes stand for MEL, NV, BCC, AKIEC, BKL, DF and VASC (shirt,
 #   T-shirt/top, pullover, coat, dress, bag, sandal), at ISIC's training proportions for training and with ISIC's
 #   193 validation counts as the test set; every image is turned by its own random rotation. The head favours no
@@ -91,7 +91,8 @@ from equinb.chapter import check_params, profile_note
 from equinb.data import (FASHION_MNIST_CLASSES, ISIC2018_CLASS_COUNTS, ISIC2018_CLASSES, ISIC2018_COLUMNS,
                          fashion_mnist_arrays, get_dataset)
 from equinb.engine import TrainConfig, weighted_model
-from equinb.evidence import STAGES, compare_runs, finetune_changed, no_training_check, stage_runs
+from equinb.evidence import (STAGE_CHANGE, STAGES, compare_runs, finetune_changed, no_training_check, stage_runs,
+                             stage_spread)
 from equinb.metrics import class_counts, classification_scores, confusion_matrix, majority_predictions
 from equinb.noise import chapter_tolerances, noise_note
 from equinb.reference import article_tab4, count_behind
@@ -287,13 +288,15 @@ for name, config in configs.items():
     run = run_training(setup, config, cache_dir=runs, **options)
     repeats[name] = [run, *seed_repeats(setup, config, noise_seeds, finetune=finetune_changed(run) > 0,
                                         cache_dir=runs, **options)]
-    for stage in STAGES:
+    spread = stage_spread(repeats[name], lambda r, st: classification_scores(r.predictions[st], labels, n_classes)
+                          ["top1"])
+    for stage, top1 in zip(STAGES, spread):
         scores = pd.DataFrame([classification_scores(r.predictions[stage], labels, n_classes)
                                for r in stage_runs(repeats[name], stage)]).mean()
         article_top1 = article.loc[article_rows[name], f"{stage}_top1"] if name in article_rows else float("nan")
         rows.append(dict(run=name, stage=stage, seeds=len(stage_runs(repeats[name], stage)), top1=scores.top1,
-                         article_top1=article_top1, balanced_accuracy=scores.balanced_accuracy,
-                         macro_f1=scores.macro_f1))
+                         article_top1=article_top1, **{STAGE_CHANGE: top1[STAGE_CHANGE]},
+                         balanced_accuracy=scores.balanced_accuracy, macro_f1=scores.macro_f1))
 table4 = pd.DataFrame(rows)
 print(f"profile: {profile}; {len(labels)} test images; majority-class accuracy {majority_top1:.2f}")
 print(noise_note(noise["imbalanced"], "scores (%)"))

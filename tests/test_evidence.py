@@ -106,3 +106,18 @@ def test_the_no_training_finding_counts_judged_rows_by_sign() -> None:
     assert no_training_finding(rows) == ("of the 3 trained runs and stages that could be judged (1 more could "
                                          "not), 1 score below the best model without training and 1 above it, "
                                          "beyond the noise")
+
+
+def test_stage_spread_compares_the_stages_on_the_same_seeds_only() -> None:
+    """A seed repeat that stopped after prefinetuning counts in the prefinetune mean, not in the change: the two
+    stage means (55 over two seeds, 52 over one) would suggest finetuning lost 3 points; it gained 2."""
+    from types import SimpleNamespace
+
+    from equinb.evidence import STAGE_CHANGE, stage_spread
+
+    finetuned = SimpleNamespace(row={"prefinetune_top1": 50.0, "finetune_top1": 52.0},
+                                history=[{"stage": "prefinetune"}, {"stage": "finetune"}])
+    stopped = SimpleNamespace(row={"prefinetune_top1": 60.0}, history=[{"stage": "prefinetune"}])
+    pre, fine = stage_spread([finetuned, stopped])
+    assert (pre["seeds"], pre["mean"], fine["seeds"], fine["mean"]) == (2, 55.0, 1, 52.0)
+    assert fine[STAGE_CHANGE] == 2.0 and pre[STAGE_CHANGE] != pre[STAGE_CHANGE]  # NaN: no change on that row
