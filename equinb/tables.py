@@ -62,7 +62,7 @@ def _cell(value: Any, decimals: int) -> str:
 
 def _header(name: Any) -> str:
     """A column name as a reader sees it: ``prefinetune_top1`` -> ``prefinetune top-1`` (the data keep theirs)."""
-    return re.sub(r"\btop(\d)\b", r"top-\1", str(name).replace("_", " "))
+    return re.sub(r"\bf1\b", "F1", re.sub(r"\btop(\d)\b", r"top-\1", str(name).replace("_", " ")))
 
 
 class Table:
