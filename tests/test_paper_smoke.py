@@ -132,7 +132,7 @@ def test_isic_paper_path(smoke: Path) -> None:
     text = _text(smoke, "tab4_isic2018")
     assert "profile: paper" in text and "isic2018" in text and "test split: 14 images" in text
     assert "63.73" in text and "18.13" in text  # the article's values beside ours
-    assert "balanced_accuracy" in text and "macro_f1" in text and "zero-shot equizero" in text
+    assert "balanced accuracy" in text and "macro F1" in text and "zero-shot equizero" in text
 
 
 def test_fig6_paper_path(smoke: Path) -> None:

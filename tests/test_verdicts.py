@@ -145,7 +145,7 @@ def test_reasons_are_computed_from_the_numbers():
     found = np.zeros((2, 400))
     found[:, :160] = 1  # the largest weight undoes the turn for 40% of the images (chance 25%)
     assert orientation_kept(found, 4, "equiattention").startswith("the stand-in turns upright images at random")
-    assert "equiattention undoes the turn for 40.0% of the test images (chance 25%; excess [+" in orientation_kept(
+    assert "equiattention undoes the turn for 40.0% of the test images, chance 25%; excess [+" in orientation_kept(
         found, 4, "equiattention")
     assert too_few_seeds(1, "feature map (as described)") == "feature map (as described) ran 1 seed (a verdict needs 5)"
     assert too_few_seeds(5, "run") is None
