@@ -10,9 +10,9 @@ fewer seeds than a verdict needs.
 
 from __future__ import annotations
 
-import statistics
 from typing import Callable, Sequence
 
+import pandas as pd
 import torch
 
 from .analysis import no_training_scores
@@ -45,13 +45,12 @@ def stage_spread(runs: Sequence[TrainingRun], score: Callable[[TrainingRun, str]
     compares the stages."""
     score = score or (lambda run, stage: run.row[f"{stage}_top1"])
     rows = []
-    for stage in STAGES:
-        values = [score(r, stage) for r in stage_runs(runs, stage)]
-        row = dict(stage=stage, seeds=len(values), mean=statistics.fmean(values),
-                   sd=statistics.stdev(values) if len(values) > 1 else float("nan"), **{STAGE_CHANGE: float("nan")})
+    for stage in STAGES:  # pandas' mean and sd: NaN for no values (no run finetuned), and NaN scores skipped
+        values = pd.Series([score(r, stage) for r in stage_runs(runs, stage)], dtype=float)
+        row = dict(stage=stage, seeds=len(values), mean=values.mean(), sd=values.std(), **{STAGE_CHANGE: float("nan")})
         if stage == "finetune":
-            row[STAGE_CHANGE] = statistics.fmean(score(r, "finetune") - score(r, "prefinetune")
-                                                 for r in stage_runs(runs, "finetune"))
+            row[STAGE_CHANGE] = pd.Series([score(r, "finetune") - score(r, "prefinetune") for r in
+                                           stage_runs(runs, "finetune")], dtype=float).mean()
         rows.append(row)
     return rows
 

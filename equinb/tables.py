@@ -79,7 +79,10 @@ class Table:
     def _shown(self) -> pd.DataFrame:
         shown = self.frame.drop(columns=[c for c in self.hidden if c in self.frame.columns])
         shown = shown.apply(lambda column: column.map(lambda v: _cell(v, self.decimals)))
-        return shown.rename(columns=_header)
+        headers = [_header(c) for c in shown.columns]
+        if len(set(headers)) < len(headers):
+            raise ValueError(f"columns {list(shown.columns)} would be shown with repeated names {headers}")
+        return shown.set_axis(headers, axis=1)
 
     @staticmethod
     def _html_cell(value: str) -> str:

@@ -121,3 +121,14 @@ def test_stage_spread_compares_the_stages_on_the_same_seeds_only() -> None:
     pre, fine = stage_spread([finetuned, stopped])
     assert (pre["seeds"], pre["mean"], fine["seeds"], fine["mean"]) == (2, 55.0, 1, 52.0)
     assert fine[STAGE_CHANGE] == 2.0 and pre[STAGE_CHANGE] != pre[STAGE_CHANGE]  # NaN: no change on that row
+
+
+def test_stage_spread_without_a_finetuned_run_gives_missing_numbers_not_an_error() -> None:
+    from types import SimpleNamespace
+
+    from equinb.evidence import STAGE_CHANGE, stage_spread
+
+    stopped = SimpleNamespace(row={"prefinetune_top1": 60.0}, history=[{"stage": "prefinetune"}])
+    pre, fine = stage_spread([stopped])
+    assert pre["mean"] == 60.0 and fine["seeds"] == 0
+    assert all(v != v for v in (pre["sd"], fine["mean"], fine[STAGE_CHANGE]))  # NaN, printed as "—"

@@ -99,3 +99,13 @@ def test_the_summary_table_leaves_out_only_claims_that_need_other_settings(monke
     runnable = glued[tables.RUNNABLE_KEY]
     assert list(runnable.frame["id"]) == ["a", "c"] and len(glued[tables.VERDICTS_KEY].frame) == 3
     assert runnable.caption.endswith("; 1 more need settings this profile does not run (the claim list has them)")
+
+
+def test_columns_that_would_show_under_one_name_are_refused() -> None:
+    import pandas as pd
+
+    from equinb.tables import Table
+
+    with pytest.raises(ValueError, match="repeated names"):
+        repr(Table(pd.DataFrame({"prefinetune_top1": [1.0], "prefinetune top1": [2.0]})))
+    assert "prefinetune top-1" in repr(Table(pd.DataFrame({"prefinetune_top1": [1.0]})))

@@ -13,8 +13,9 @@ then, on the GPU machine (no network), from a copy of the checkout that includes
 A GPU machine comes with torch and a few large packages (``--have``; default ``MACHINE_HAS``: what an offline H200
 box offered); the chapters also need papermill, ipykernel, myst-nb, CLIP and more (``paper_smoke.PACKAGES``). The
 bundle is the dependency closure of those, resolved from this venv's installed versions with the environment markers
-of the target Python, minus the closure of ``--have``: the same versions the tests ran here, as wheels for the
-target. setuptools is always bundled at this venv's version (below 81): CLIP imports ``pkg_resources``, which
+of the target Python, minus the closure of ``--have`` (except what a bundled package caps below some version, such
+as markdown-it-py for myst-parser: ``capped``): the same versions the tests ran here, as wheels for the target.
+setuptools is always bundled at this venv's version (below 81): CLIP imports ``pkg_resources``, which
 setuptools 81 removed, and the machine's own may be newer.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata as metadata
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,34 +82,64 @@ def closure(roots: list[str], python: str) -> tuple[dict[str, str], dict[str, st
     return found, absent
 
 
-def bundle(python: str, have: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
-    """What to carry: ``({name: version} pinned to this venv, [requirements that pip resolves for the target])``:
-    the chapters' closure minus the machine's (``have``), plus ``ALWAYS``."""
+def bundle(python: str, have: tuple[str, ...]) -> tuple[dict[str, str], list[str], set[str]]:
+    """What to carry: ``({name: version} pinned to this venv, [requirements that pip resolves for the target],
+    {names the machine has})``: the chapters' closure minus the machine's (``have``), plus ``ALWAYS``."""
     needed, absent = closure([dist for dist, _ in PACKAGES.values()] + list(ALWAYS), python)
     present, present_absent = closure(list(have), python)
     unknown = [h for h in have if canonicalize_name(h) in present_absent]
     if unknown:
         raise SystemExit(f"gpu_bundle: --have names what this venv lacks, so its dependencies are unknown: {unknown}")
-    keep = lambda name: (name not in present and name not in present_absent) or name in ALWAYS  # noqa: E731
-    return {n: v for n, v in sorted(needed.items()) if keep(n)}, [r for n, r in sorted(absent.items()) if keep(n)]
+    machine = (set(present) | set(present_absent)) - set(ALWAYS)
+    carried = {n for n in needed if n not in machine}
+    machine -= capped(carried, machine, python)
+    return ({n: v for n, v in sorted(needed.items()) if n not in machine},
+            [r for n, r in sorted(absent.items()) if n not in machine], machine)
 
 
-def download(pinned: dict[str, str], resolved: list[str], python: str, out: Path) -> None:
+def capped(carried: set[str], machine: set[str], python: str) -> set[str]:
+    """The machine's distributions that a carried one requires below some version (``<``, ``~=``, ``==``): the
+    machine's own may be newer than that (myst-parser 3 takes markdown-it-py 3 only), so this venv's tested version
+    travels too and comes first on the path."""
+    env = target_environment(python)
+    out = set()
+    for name in carried - set(NO_DEPS):
+        for line in metadata.distribution(name).requires or []:
+            req = Requirement(line)
+            if req.marker is not None and not req.marker.evaluate({**env, "extra": ""}):
+                continue
+            if canonicalize_name(req.name) in machine and any(
+                    spec.operator in ("<", "<=", "~=", "==", "===") for spec in req.specifier):
+                out.add(canonicalize_name(req.name))
+    return out
+
+
+def wheel_name(path: Path) -> str:
+    """The canonical distribution name of a wheel file (``typing_extensions-4.14.1-py3-none-any.whl``)."""
+    return canonicalize_name(path.name.split("-")[0])
+
+
+def download(pinned: dict[str, str], resolved: list[str], machine: set[str], python: str, out: Path) -> None:
     """pip-download wheels for ``python`` on Linux x86-64 into ``out``: one per pinned distribution, and each of
-    ``resolved`` with what it needs (pip picks the versions); where both give a distribution, the pin is kept."""
-    out.mkdir(parents=True, exist_ok=True)
+    ``resolved`` with what it needs (pip picks the versions), less what ``machine`` has or a pin gives. The wheels
+    go to a fresh folder that replaces ``out`` only when every download succeeded: a failed run leaves no partial
+    bundle behind."""
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--python-version", python,
-               "--implementation", "cp", "-d", str(out)]
+               "--implementation", "cp", "-d", str(staging)]
     for platform in PLATFORMS:
         command += ["--platform", platform]
     subprocess.run(command + ["--no-deps"] + [f"{n}=={v}" for n, v in pinned.items()], check=True)
     if resolved:
-        before = {p.name for p in out.glob("*.whl")}
+        before = set(staging.glob("*.whl"))
         subprocess.run(command + resolved, check=True)
-        for wheel in out.glob("*.whl"):
-            name = canonicalize_name(wheel.name.split("-")[0])
-            if wheel.name not in before and name in pinned:
+        for wheel in set(staging.glob("*.whl")) - before:
+            if wheel_name(wheel) in pinned or wheel_name(wheel) in machine:  # the pin wins; the machine's own stays
                 wheel.unlink()
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,16 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / ".gpu"), help="the bundle folder; wheels go to <out>/whl")
     parser.add_argument("--list", action="store_true", help="print the distributions and stop")
     args = parser.parse_args(argv)
-    pinned, resolved = bundle(args.python, tuple(args.have))
+    pinned, resolved, machine = bundle(args.python, tuple(args.have))
     print(f"gpu_bundle: for Python {args.python}, {len(pinned)} pinned to this venv: "
           + " ".join(f"{n}=={v}" for n, v in pinned.items())
           + (f"; resolved by pip for the target: {' '.join(resolved)}" if resolved else ""))
     if args.list:
         return 0
     wheels = Path(args.out) / "whl"
-    for old in wheels.glob("*.whl"):  # a bundle of other versions must not mix in
-        old.unlink()
-    download(pinned, resolved, args.python, wheels)
+    download(pinned, resolved, machine, args.python, wheels)
     size = sum(p.stat().st_size for p in wheels.glob("*.whl"))
     print(f"gpu_bundle: {len(list(wheels.glob('*.whl')))} wheels, {size / 2**20:.1f} MiB in {wheels}")
     return 0

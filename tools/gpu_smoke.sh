@@ -19,6 +19,7 @@ if [ ${#wheels[@]} -eq 0 ]; then
     echo "gpu_smoke: no wheels in .gpu/whl: run 'make gpu-bundle' where PyPI can be reached, and carry .gpu" >&2
     exit 2
 fi
+rm -rf "$SITE"  # pip --target keeps what a folder already holds: an earlier bundle must not shadow this one
 "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --target "$SITE" "${wheels[@]}" || exit 2
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$WORK"
