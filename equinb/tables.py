@@ -97,7 +97,9 @@ class Table:
 
     def _repr_html_(self) -> str:
         shown = self._shown()
-        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
+        # a hyphenated word (top-1) is one word: browsers may break a header after its hyphen
+        head = "".join("<th>" + re.sub(r"(\S*\w-\w\S*)", r'<span class="equinb-nowrap">\1</span>',
+                                       html.escape(str(c))) + "</th>" for c in shown.columns)
         rows = "".join("<tr>" + "".join(self._html_cell(v) for v in row) + "</tr>"
                        for row in shown.itertuples(index=False))
         link = f' <a class="equinb-data" href="{html.escape(self.data_href)}">data (CSV)</a>' if self.data_href else ""
