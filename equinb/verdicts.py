@@ -180,7 +180,8 @@ def _mcnemar(a: np.ndarray, b: np.ndarray, level: float) -> tuple[float, float]:
     interval excludes 0 exactly when McNemar's exact test rejects at 1 - ``level``), and r, the share of items that
     differ, within its own Clopper-Pearson interval: every r theta pair of the two intervals. How many items differ
     is itself random; with r fixed at its measured value an end sat at the measured difference whenever every
-    differing item went one way, and such intervals held the true difference about half the time (simulated)."""
+    differing item went one way, and such intervals held the true difference in about 55% of the draws of
+    ``tests/test_verdicts.py``'s simulation (+0.4 pp over 719 items), which asks for at least 93%."""
     up, down, n = int((b > a).sum()), int((b < a).sum()), a.size
     m = up + down
     rate_low, rate_high = _clopper_pearson(m, n, level)

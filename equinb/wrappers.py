@@ -137,8 +137,9 @@ def _check_chunk_size(chunk_size: Any) -> ChunkSize:
 
 def _tracing() -> bool:
     """True while torch.jit.trace, torch.compile or torch.export trace the module (no first-call probe then).
-    ``torch.compiler.is_compiling`` appeared in torch 2.3, ``is_exporting`` in 2.6: an older torch has neither
-    tracer to report."""
+    ``torch.compiler.is_compiling`` appeared in torch 2.3, ``is_exporting`` in 2.6; each is asked only where it
+    exists, so on torch 2.1-2.2 a ``torch.compile`` trace goes unnoticed here and the probe runs inside it (not
+    tested on those releases)."""
     compiler = getattr(torch, "compiler", None)
     return bool(torch.jit.is_tracing() or any(getattr(compiler, name, lambda: False)()
                                               for name in ("is_compiling", "is_exporting")))
