@@ -288,9 +288,7 @@ for name, config in configs.items():
     run = run_training(setup, config, cache_dir=runs, **options)
     repeats[name] = [run, *seed_repeats(setup, config, noise_seeds, finetune=finetune_changed(run) > 0,
                                         cache_dir=runs, **options)]
-    spread = stage_spread(repeats[name], lambda r, st: classification_scores(r.predictions[st], labels, n_classes)
-                          ["top1"])
-    for stage, top1 in zip(STAGES, spread):
+    for stage, top1 in zip(STAGES, stage_spread(repeats[name])):  # each run's row holds its top-1 per stage
         scores = pd.DataFrame([classification_scores(r.predictions[stage], labels, n_classes)
                                for r in stage_runs(repeats[name], stage)]).mean()
         article_top1 = article.loc[article_rows[name], f"{stage}_top1"] if name in article_rows else float("nan")
