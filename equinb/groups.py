@@ -66,6 +66,12 @@ def d4_act(x: torch.Tensor, a: _D4Element) -> torch.Tensor:
     return torch.rot90(x, r, dims=(-2, -1)) if r else x
 
 
+def _is_integer_pair(element: object) -> bool:
+    """Whether ``element`` is a pair of integers, as a D4 element (r, s) is."""
+    return (isinstance(element, Sequence) and not isinstance(element, str) and len(element) == 2
+            and all(isinstance(v, numbers.Integral) for v in element))
+
+
 class Group:
     """A finite group of square symmetries acting on the last two dims of tensors.
 
@@ -77,7 +83,8 @@ class Group:
     """
 
     def __init__(self, name: str, elements: Sequence[_D4Element]) -> None:
-        bad = [e for e in elements if len(e) != 2 or not all(isinstance(v, numbers.Integral) for v in e)]
+        elements = list(elements)  # a generator would be spent by the check below
+        bad = [e for e in elements if not _is_integer_pair(e)]
         if bad:  # int() would truncate 0.5 (a 45° turn, say) to 0, and report a repeated identity instead
             raise ValueError(f"group {name!r}: elements are D4 pairs (r quarter turns, s reflection) of integers, "
                              f"got {bad}; only subgroups of D4 act on square image grids here")

@@ -395,6 +395,7 @@ class OrbitWrapper(nn.Module):
         try:
             with torch.no_grad():
                 view = self.view_outputs(x[:1, None])  # [1, 1, ...]
+                self._check_head(view[:, 0])
                 views = view.expand(1, self.group.order, *view.shape[2:])
                 weight_net = getattr(self, "weight_net", None)
                 try:
@@ -411,6 +412,18 @@ class OrbitWrapper(nn.Module):
             for m, mode in modes:
                 m.training = mode
         self._first_call_checked = True
+
+    def _check_head(self, view: Tensor) -> None:
+        """A ValueError naming the head and the trunk's output shape when the head cannot take one view (every head
+        input, the combined views included, has a view's shape); PyTorch's own error names neither. Shapes: [1, ...]."""
+        if isinstance(self.head, nn.Identity):
+            return
+        try:
+            self.apply_head(view)
+        except (RuntimeError, ValueError) as err:
+            raise ValueError(f"{type(self).__name__}: the head {_short_repr(self.head)} does not take the trunk's "
+                             f"output [B, {', '.join(map(str, view.shape[1:]))}] "
+                             f"({str(view.dtype).removeprefix('torch.')}): {err}") from err
 
     def _check_device(self, x: Tensor) -> None:
         """A ValueError when every parameter sits on one device and ``x`` on another (PyTorch's own error names

@@ -198,3 +198,20 @@ def test_a_custom_group_of_non_integer_elements_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match=r"integers, got \[\(0.5, 0\)\]"):
         Group("r45", [(0, 0), (0.5, 0)])
     assert Group("transpose", [(0, 0), (1, 1)]).order == 2  # a subgroup of D4 not in the registry is fine
+
+
+@pytest.mark.parametrize("element", [2, None, "ab", (1,)])
+def test_a_custom_group_element_that_is_not_a_pair_is_refused_by_name(element) -> None:
+    """A bare quarter-turn count or any other non-pair gets the same message, not ``len()``'s TypeError."""
+    from equinb.groups import Group
+
+    with pytest.raises(ValueError, match="elements are D4 pairs"):
+        Group("g", [(0, 0), element])
+
+
+def test_a_custom_group_accepts_its_elements_from_a_generator() -> None:
+    """The elements are read once: a generator is not spent by the check before the group is built."""
+    from equinb.groups import Group
+
+    group = Group("half_turn", ((r, 0) for r in (0, 2)))
+    assert group.order == 2 and group.compose(1, 1) == 0

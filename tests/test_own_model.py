@@ -629,3 +629,16 @@ def test_aligning_views_refuses_token_sequences_whose_last_axis_is_not_space() -
 class Transpose(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.transpose(1, 2)
+
+
+@pytest.mark.parametrize("wrapper_class", [Equitune, LambdaEquitune])
+def test_a_head_of_the_wrong_size_fails_on_the_first_image_naming_head_and_trunk_output(wrapper_class) -> None:
+    """PyTorch's own error ('mat1 and mat2 shapes cannot be multiplied') names neither the head nor the trunk."""
+    trunk = nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 6)).double()
+    kwargs = {"weight_net": nn.Sequential(nn.Linear(6, 1), nn.Flatten(1)).double()} \
+        if wrapper_class is LambdaEquitune else {}
+    wrapper = wrapper_class(trunk, "rot90", head=nn.Linear(5, K).double(), **kwargs)
+    with pytest.raises(ValueError, match=r"the head Linear\(in_features=5.* does not take the trunk's output \[B, 6\]"):
+        wrapper(_images(b=2))
+    fitted = wrapper_class(trunk, "rot90", head=nn.Linear(6, K).double(), **kwargs)
+    assert fitted(_images(b=2)).shape == (2, K)
