@@ -66,13 +66,17 @@ def stage_losses(runs: Sequence[TrainingRun], stage: str) -> list[float | None]:
 
 
 def stage_problems(runs: Sequence[TrainingRun], stage: str, setup: TrainingSetup, name: str) -> list[str | None]:
-    """Why ``stage`` of these runs cannot be compared: its finetuning changed no prediction (seed 0), its
+    """Why ``stage`` of these runs cannot be compared: its finetuning changed no prediction (the first seed's run), its
     finetuning loss diverged (prefinetuning keeps the best λ it saw, so its loss may run away harmlessly), or its
     accuracy sits at chance. ``None`` entries are checks that passed."""
     ran = stage_runs(runs, stage)
     reasons: list[str | None] = []
     if stage == "finetune":
-        reasons.append(unchanged_stage(runs[0].predictions["prefinetune"], runs[0].predictions["finetune"], name))
+        # decided on the first seed's run: a chapter finetunes the other seeds only where that one changed something
+        skipped = len(runs) - len(ran)
+        first = f"{name} in the first seed's run" + (
+            f" (so the other {skipped} seed{'s' if skipped > 1 else ''} ran prefinetuning only)" if skipped else "")
+        reasons.append(unchanged_stage(runs[0].predictions["prefinetune"], runs[0].predictions["finetune"], first))
         reasons.append(diverged(stage_losses(runs, "finetune"), name))
     reasons.append(at_chance(correct_by_seed(ran, stage, setup.test.labels), setup.n_classes, name))
     return reasons

@@ -37,8 +37,8 @@ NUMBER = re.compile(r"(?:(?<![\w.])[-+])?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?
 # zero on one machine may just exclude it on another; never "agrees" vs "reversed"). "non-zero" is the verdict of
 # the book's own comparisons, which have no article sign. Table 4's chapter reads its interval against chance
 # in words of its own (ORIENTATION_READINGS), adjacent in the same way.
-ORIENTATION_READINGS = {"reversed": "an orientation is privileged",
-                        "inconclusive": "no orientation privileged (within noise)"}
+ORIENTATION_READINGS = {"reversed": "differs from chance",
+                        "inconclusive": "inconclusive (the interval holds chance)"}
 _ADJACENT_VERDICTS = {("agrees", "inconclusive"), ("reversed", "inconclusive"), ("non-zero", "inconclusive"),
                       (ORIENTATION_READINGS["reversed"], ORIENTATION_READINGS["inconclusive"])}
 

@@ -175,9 +175,11 @@ def learning_curves(history: pd.DataFrame, title: str = "") -> Figure:
     return fig
 
 
-def describe_curves(history: pd.DataFrame) -> str:
+def describe_curves(history: pd.DataFrame, seed: int | None = None) -> str:
     """What a reader should see in ``learning_curves``: how many runs finetuning moved, and the largest move (pp),
-    from the same tidy rows."""
+    from the same tidy rows; ``seed``: the one seed the curves show, named in the sentence (another seed's
+    finetuning may move a run differently)."""
+    under = "" if seed is None else f" under seed {seed}"
     moves = {}
     for run, rows in history.groupby("run", sort=False):
         tests = rows[rows.test_top1.notna()]
@@ -189,10 +191,10 @@ def describe_curves(history: pd.DataFrame) -> str:
         return "no run was finetuned"
     moved = {run: m for run, m in moves.items() if m != 0.0}
     if not moved:
-        return f"finetuning left the test top-1 of all {len(moves)} runs where it was"
+        return f"finetuning left the test top-1 of all {len(moves)} runs{under} where it was"
     run = max(moved, key=lambda r: abs(moved[r]))
-    return (f"finetuning moved the test top-1 of {len(moved)} of {len(moves)} runs, most {moved[run]:+.2f} pp "
-            f"({run})")
+    return (f"finetuning moved the test top-1 of {len(moved)} of {len(moves)} runs{under}, most "
+            f"{moved[run]:+.2f} pp ({run})")
 
 
 def label_bars(panels: Sequence[tuple[str, Any]], demographics: Sequence[str], title: str = "",

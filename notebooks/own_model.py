@@ -310,8 +310,8 @@ except TypeError as error:
 #   callable); an output with `.logits` (Hugging Face's) is used as it is. A wrong choice fails on the first image,
 #   with the selector named, before the orbit pass.
 # - **λ-equitune's defaults.** The default normalisation is a softmax over the views (the article's feature-map
-#   code). The article's text divides λ by its sum: the weights are then not bounded (the `sum` line above has
-#   weights outside [0, 1]), and training can diverge. Its invariant code uses λ unnormalised
+#   code). The article's text divides λ by its sum: the weights are then not bounded (the `sum` line above says
+#   whether they left [0, 1] in this run), and training can diverge. Its invariant code uses λ unnormalised
 #   (`normalisation="none"`). Both are options; the book's chapters set the one they reproduce.
 # - **Training the model itself.** While the model trains, the default runs the orbit in one pass, so BatchNorm
 #   sees the statistics of the whole orbit; `chunk_size=` also chunks then, if asked.

@@ -95,7 +95,7 @@ from equinb.cache import run_cache_dir
 from equinb.chapter import check_params, profile_note, schedule_note
 from equinb.engine import TrainConfig, group_drift, weighted_model
 from equinb.evidence import (STAGES, compare_runs, finetune_changed, no_training_check, no_training_finding,
-                             stage_spread, trained_minus_frozen)
+                             stage_problems, stage_spread, trained_minus_frozen)
 from equinb.noise import chapter_tolerances, noise_note
 from equinb.reference import article_fig4, article_tab1, beside_article
 from equinb.setups import build_setup, correct_by_seed, run_training, seed_repeats
@@ -170,7 +170,7 @@ for label, change in changes.items():
 
 # %% tags=["hide-input", "exact"]
 show(pd.DataFrame({code: config.as_dict() for code, config in configs.items()}).astype(str).rename_axis(
-    "setting").reset_index(), "Settings of the two code versions")
+    "setting").reset_index(), f"Settings of the two code versions (profile: {profile})")
 
 # %% tags=["tolerance-top1"]
 rows, curves, trained = [], [], {}
@@ -359,9 +359,13 @@ for name in setups:
 # input and the learning rate act once the backbone trains), so the prefinetune rows above test that change alone
 acting = [k for k in ("output_softmax", "lambda_input", "finetune_params", "lr")
           if getattr(configs["original"], k) != getattr(configs["updated"], k)]
+# a gain to attribute first: where the updated code's finetuning does nothing measurable, there is none
+no_gain = next((r for name in setups for r in stage_problems(repeats[name, "updated"], "finetune", setups[name],
+                                                              f"the updated code ({name})") if r), None)
 claims.append(verdict_row("tab1.gain_sources", None, reasons=[
-    f"needs the original code finetuned with each of its changes alone ({', '.join(acting)} differ between the "
-    f"codes); before finetuning only output_softmax acts, so the prefinetune rows above test that change alone"]))
+    no_gain, f"no profile of this book finetunes the original code with each of its changes alone ({', '.join(acting)} "
+    f"differ between the codes); before finetuning only output_softmax acts, so the prefinetune rows above test that "
+    f"change alone"]))
 publish_verdicts(claims, profile, "tab1_original_vs_updated", "Table 1 claims, tested")
 frozen = []
 for name, setup in setups.items():
@@ -384,8 +388,9 @@ for row in claims:
 # ## Learning curves
 
 # %% tags=["remove-input", "tolerance-top1"]
-viz.glue_figure("tab1_curves", viz.learning_curves(curves, title=f"Table 1 runs (profile: {profile})"), data=curves)
-glue("tab1_curves_finding", viz.describe_curves(curves), display=False)
+viz.glue_figure("tab1_curves", viz.learning_curves(curves, title=f"Table 1 runs, seed {seed} (profile: {profile})"),
+                data=curves)
+glue("tab1_curves_finding", viz.describe_curves(curves, seed), display=False)
 
 # %% [markdown]
 # ```{glue:figure} tab1_curves

@@ -88,7 +88,7 @@ from equinb.engine import TrainConfig
 from equinb.evidence import (STAGES, compare_runs, finetune_changed, no_training_check, stage_losses, stage_problems,
                              stage_runs, stage_spread)
 from equinb.noise import chapter_tolerances, loss_label, noise_note
-from equinb.reference import article_tab2, beside_article
+from equinb.reference import article_fig4, article_tab2, beside_article
 from equinb.setups import (build_setup, correct_by_seed, feature_map_config, feature_map_weight_net, run_training,
                            seed_repeats, trained_model)
 from equinb.tables import publish_verdicts, show, start_chapter
@@ -209,12 +209,22 @@ show(loss.map(loss_label).rename_axis("run").reset_index(), f"Largest training l
 # - the head on the images as given (upright);
 # - the head on one randomly rotated view (the plain model under random rotations);
 # - the head on the mean of the unaligned views (a constant weighting).
+#
+# The article's row is zero-shot CLIP RN50 on CIFAR100, whose levels share one head: upright, and vanilla under the
+# group's random turns (its equitune averages the views' logits, not their features, so it has no third number).
 
 # %% tags=["hide-input", "tolerance-frozen"]
 plain = pd.DataFrame({level: plain_head_top1(setup.head, setup.test_feats, setup.test.labels)
                       for level, setup in (("embeddings", embeddings), ("maps", maps))}).T
+# the article's levels share CLIP's head: one row, zero-shot RN50 on CIFAR100 upright and under the group's random
+# turns (vanilla); its equitune averages logits, not features, so it has no mean-of-views number
+zero_shot = article_fig4().query("backbone == 'RN50' and dataset == 'cifar100'").set_index(
+    ["transform", "method"])["seed_top1"]
+plain.loc["article (CLIP RN50, CIFAR100, both levels)"] = {
+    "upright": zero_shot["none", "vanilla"], "rotated": zero_shot.get((group, "vanilla"), float("nan")),
+    "mean_of_views": float("nan")}
 show(plain.rename_axis("level").reset_index(), f"Top-1 (%) on the {len(maps.test)} test images without a "
-     f"weighting network (profile: {profile})")
+     f"weighting network, beside the article's zero-shot CLIP (profile: {profile})")
 
 # %% [markdown]
 # (tab2-alignment)=
@@ -262,9 +272,9 @@ show(top1.rename_axis("model").reset_index(), f"Top-1 (%) when every test image 
 # On the small profile it also repeats the prefinetune comparison with the two levels' difference without training
 # taken out, item by item: the stand-in fits one linear head per level, where the article's levels share CLIP's
 # head, so part of a difference between the levels may be the heads'. Two measures of the heads' difference are
-# used: the upright view alone (where the trained modules put most of their weight) and the mean of the views'
-# logits (λ-equitune with equal weights); the modules weight the views unequally, so neither is exact, and the
-# rows show how far the verdict rests on them.
+# used: the upright view alone (which the article reports the trained modules weighting most; Figures 2-3 measure
+# it here) and the mean of the views' logits (λ-equitune with equal weights); the modules weight the views
+# unequally, so neither is exact, and the rows show how far the verdict rests on them.
 
 # %% tags=["tolerance-top1", "hide-input"]
 glue("verdict_rule", VERDICT_RULE, display=False)
@@ -330,8 +340,9 @@ show(pd.DataFrame(own), f"This build's own comparisons, in pp or relative error 
 # ## Learning curves
 
 # %% tags=["remove-input", "tolerance-top1"]
-viz.glue_figure("tab2_curves", viz.learning_curves(curves, title=f"Table 2 runs (profile: {profile})"), data=curves)
-glue("tab2_curves_finding", viz.describe_curves(curves), display=False)
+viz.glue_figure("tab2_curves", viz.learning_curves(curves, title=f"Table 2 runs, seed {seed} (profile: {profile})"),
+                data=curves)
+glue("tab2_curves_finding", viz.describe_curves(curves, seed), display=False)
 
 # %% [markdown]
 # ```{glue:figure} tab2_curves

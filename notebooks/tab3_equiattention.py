@@ -212,8 +212,9 @@ show(top1.rename_axis("model").reset_index(), f"Top-1 (%) when every test image 
 # ## Learning curves
 
 # %% tags=["remove-input", "tolerance-top1"]
-viz.glue_figure("tab3_curves", viz.learning_curves(curves, title=f"Table 3 runs (profile: {profile})"), data=curves)
-glue("tab3_curves_finding", viz.describe_curves(curves), display=False)
+viz.glue_figure("tab3_curves", viz.learning_curves(curves, title=f"Table 3 runs, seed {seed} (profile: {profile})"),
+                data=curves)
+glue("tab3_curves_finding", viz.describe_curves(curves, seed), display=False)
 
 # %% [markdown]
 # ```{glue:figure} tab3_curves

@@ -59,6 +59,19 @@ def test_problems_are_computed_per_stage() -> None:
     assert any(r and "at chance" in r for r in stage_problems([_run(0.25)], "prefinetune", setup, "run"))
 
 
+def test_an_unchanged_finetune_stage_says_it_was_decided_on_the_first_seed_and_what_the_others_ran() -> None:
+    """A chapter finetunes the other seeds only where the first seed's finetuning changed a prediction: the reason
+    says so, rather than reading as a property of every seed."""
+    setup = _setup()
+    repeats = [_run(0.8, 0.8), _run(0.8, seed=1), _run(0.8, seed=2)]  # seeds 1 and 2: prefinetuning only
+    assert stage_problems(repeats, "finetune", setup, "updated")[0] == (
+        "finetuning changed no test prediction of updated in the first seed's run (so the other 2 seeds ran "
+        "prefinetuning only)")
+    all_finetuned = [_run(0.8, 0.8), _run(0.8, 0.8, seed=1)]
+    assert stage_problems(all_finetuned, "finetune", setup, "updated")[0] == (
+        "finetuning changed no test prediction of updated in the first seed's run")
+
+
 def test_compare_runs_pairs_seeds_and_needs_five() -> None:
     setup = _setup()
     a = [_run(0.6, seed=s) for s in range(5)]

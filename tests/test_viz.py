@@ -97,3 +97,14 @@ def test_tables_are_numbered_as_the_book_numbers_the_chapter_and_file_their_data
     tables.start_chapter("tab1_original_vs_updated")
     assert "data (CSV)" not in tables._numbered(tables.Table(pd.DataFrame({"a": [1]}), "x"))._repr_html_()
     tables._chapter.update(id=None, prefix="", count=0)
+
+
+def test_describe_curves_counts_the_runs_finetuning_moved_and_names_the_seed_shown() -> None:
+    moves = {"a": (50.0, 52.5), "b": (40.0, 40.0)}
+    history = pd.DataFrame([dict(run=run, stage=stage, test_top1=top1) for run, pair in moves.items()
+                            for stage, top1 in zip(("prefinetune", "finetune"), pair)])
+    assert viz.describe_curves(history, seed=3) == ("finetuning moved the test top-1 of 1 of 2 runs under seed 3, "
+                                                    "most +2.50 pp (a)")
+    assert viz.describe_curves(history[history.run == "b"]) == (
+        "finetuning left the test top-1 of all 1 runs where it was")
+    assert viz.describe_curves(history[history.stage == "prefinetune"]) == "no run was finetuned"
