@@ -1,6 +1,6 @@
 # Reproduction book of "(Even More) Efficient Equivariant Transfer Learning from Pretrained Models".
 #
-#   make book                 execute every chapter (small profile: CPU, offline) and build _build/html
+#   make book                 execute every chapter (small profile: CPU; offline after the first run) and build _build/html
 #   make book PROFILE=paper   the same with notebooks/params/<id>.paper.yaml (GPU + internet)
 #   make book REUSE=1         execute only chapters without an executed copy of this profile, then build
 #   make chapter ID=<id>      execute one chapter into _build/executed/ (PROFILE=paper, ARGS="-p seed 5")

@@ -13,7 +13,7 @@ renamed class or option fails the drawing instead of leaving a stale label. Text
 
 from __future__ import annotations
 
-import sys
+import argparse
 from html import escape
 from pathlib import Path
 
@@ -174,6 +174,13 @@ def write_all(folder: Path) -> list[Path]:
     return paths
 
 
-if __name__ == "__main__":
-    for written in write_all(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "_build" / "diagrams"):
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", nargs="?", type=Path, default=ROOT / "_build" / "diagrams",
+                        help="where the SVG files go (default: _build/diagrams)")
+    for written in write_all(parser.parse_args(argv).out_dir):
         print(f"diagrams: wrote {written}")
+
+
+if __name__ == "__main__":
+    main()
