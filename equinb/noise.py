@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["Tolerance", "tolerance", "tolerances", "chapter_tolerances", "measured_profile", "noise_note",
-           "loss_label", "split_numbers", "snap_numbers", "NUMBER"]
+           "loss_label", "split_numbers", "snap_numbers", "same_text", "NUMBER"]
 
 MEASURED = Path(__file__).with_name("noise_measured.json")
 NOTE_MARKER = "between CPUs"  # in every ``noise_note`` line: the measurement leaves those lines out
@@ -121,7 +121,9 @@ def split_numbers(text: str) -> tuple[list[str], list[str]]:
     return [re.sub(r"\s+", " ", t) for t in texts], numbers
 
 
-def _same_text(a: str, b: str) -> bool:
+def same_text(a: str, b: str) -> bool:
+    """Whether two texts between numbers count as the same for the regression: equal, or equal once an adjacent
+    pair of verdict words (``agrees`` / ``inconclusive``, ...) is read as one."""
     if a == b:
         return True
     for x, y in _ADJACENT_VERDICTS:
@@ -140,7 +142,7 @@ def snap_numbers(test: str, reference: str, tol: Tolerance) -> str:
     """
     t_texts, t_nums = split_numbers(test)
     r_texts, r_nums = split_numbers(reference)
-    if len(t_nums) != len(r_nums) or not all(_same_text(a, b) for a, b in zip(t_texts, r_texts)):
+    if len(t_nums) != len(r_nums) or not all(same_text(a, b) for a, b in zip(t_texts, r_texts)):
         return test
     out, last, i = [], 0, 0
     for match in NUMBER.finditer(reference):

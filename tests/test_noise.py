@@ -245,3 +245,21 @@ def test_tolerances_are_refused_for_a_profile_they_were_not_measured_on() -> Non
         tolerance("top1", "paper")
     assert chapter_tolerances("paper", "top1", "logit") == {"top1": None, "logit": None}
     assert "measured on the small profile only" in noise_note(None, "top-1 accuracies (%)")
+
+
+def test_noise_measurement_pairs_the_numbers_of_a_verdict_that_swapped(tmp_path):
+    """A verdict that turns from agrees to inconclusive (which the regression allows) moved its interval the most:
+    its numbers must enter the measurement, or the tolerance never sees the largest moves. A swap the regression
+    refuses (agrees to reversed) is a text change, not noise."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from notebook_numbers import diff_notebooks
+
+    tags = [["tolerance-share"]]
+    ref = _executed(tmp_path, "ref", ["+17.65 [+7.72, +27.58] agrees\n"], tags)
+    swapped = _executed(tmp_path, "swapped", ["+9.30 [-12.82, +31.43] inconclusive\n"], tags)
+    (d,) = diff_notebooks(ref, swapped)
+    assert not d.text_differs and d.pairs == [(17.65, 9.30), (7.72, -12.82), (27.58, 31.43)]
+    assert abs(d.max_abs - 20.54) < 1e-9
+    reversed_ = _executed(tmp_path, "reversed", ["-9.30 [-12.82, -1.43] reversed\n"], tags)
+    (d,) = diff_notebooks(ref, reversed_)
+    assert d.text_differs and d.pairs == []

@@ -3,7 +3,9 @@
     .venv/bin/python tools/notebook_numbers.py REFERENCE.ipynb OTHER.ipynb [...]   # pairs of notebooks
 
 Prints, per code cell whose outputs differ, the tolerance class it is tagged with (or "exact"), the largest
-absolute difference of its numbers, and whether any text between the numbers differs. `tools/measure_noise.py`
+absolute difference of its numbers, and whether any text between the numbers differs beyond what the
+regression allows (adjacent verdict words, such as agrees and inconclusive, may swap: their numbers are paired as
+usual). `tools/measure_noise.py`
 uses the same pairing to derive the tolerances.
 """
 
@@ -19,7 +21,7 @@ import nbformat
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from nbval_tolerance import GLUED_IMAGES, tolerance_class  # noqa: E402
 
-from equinb.noise import NOTE_MARKER, split_numbers  # noqa: E402
+from equinb.noise import NOTE_MARKER, same_text, split_numbers  # noqa: E402
 
 
 # cells the regression never compares (timings): a change there is neither noise to measure nor a failure
@@ -80,7 +82,10 @@ def diff_notebooks(reference: Path, other: Path) -> list[CellDiff]:
         for x, y in zip(ta, tb):
             xt, xn = split_numbers(x)
             yt, yn = split_numbers(y)
-            if xt != yt or len(xn) != len(yn):
+            # the regression's own rule (equinb.noise.snap_numbers): verdict words that numbers within tolerance
+            # may swap (agrees / inconclusive) do not stop the comparison, so their numbers are measured too: the
+            # numbers of a verdict that swapped are the ones that moved most
+            if len(xn) != len(yn) or not all(same_text(p, q) for p, q in zip(xt, yt)):
                 d.text_differs = True
                 continue
             d.pairs += [(float(p), float(q)) for p, q in zip(xn, yn) if p != q]
