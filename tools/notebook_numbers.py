@@ -5,8 +5,7 @@
 Prints, per code cell whose outputs differ, the tolerance class it is tagged with (or "exact"), the largest
 absolute difference of its numbers, and whether any text between the numbers differs beyond what the
 regression allows (adjacent verdict words, such as agrees and inconclusive, may swap: their numbers are paired as
-usual). `tools/measure_noise.py`
-uses the same pairing to derive the tolerances.
+usual). `tools/measure_noise.py` uses the same pairing to derive the tolerances.
 """
 
 from __future__ import annotations
