@@ -47,11 +47,13 @@ from . import checks, groups, outputs, weighting, wrappers
 from .checks import check_equivariance, check_invariance, format_error
 from .groups import GROUP_NAMES, Group, TokenPermutationGroup, get_group
 from .weighting import EmbeddingWeightNet, FeatureMapWeightNet, ViewAttention
-from .wrappers import CPU_CHUNK_PIXELS, EquiAttention, EquiZero, Equitune, LambdaEquitune, OrbitWrapper
+from .wrappers import (CPU_CHUNK_PIXELS, EquiAttention, EquiZero, Equitune, LambdaEquitune, OrbitWrapper,
+                       WrapperMismatchWarning)
 
 __all__ = [
     "GROUP_NAMES", "Group", "TokenPermutationGroup", "get_group",
     "OrbitWrapper", "Equitune", "EquiZero", "LambdaEquitune", "EquiAttention", "CPU_CHUNK_PIXELS",
+    "WrapperMismatchWarning",
     "EmbeddingWeightNet", "FeatureMapWeightNet", "ViewAttention",
     "check_invariance", "check_equivariance", "format_error",
     "checks", "groups", "outputs", "weighting", "wrappers",

@@ -59,11 +59,12 @@ def tensor_fingerprint(tensor: torch.Tensor) -> str:
 
 
 def module_fingerprint(module: torch.nn.Module) -> str:
-    """Hash of every parameter and buffer of a module (names, shapes, values)."""
+    """Hash of every parameter and buffer of a module (names, shapes, values), and of any plain extra state (an
+    equinb wrapper's group and options)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, value in sorted(module.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor_fingerprint(tensor).encode())
+        digest.update(tensor_fingerprint(value).encode() if isinstance(value, torch.Tensor) else repr(value).encode())
     return digest.hexdigest()[:24]
 
 

@@ -389,7 +389,7 @@ def snapshot(module: nn.Module) -> dict[str, Tensor]:
     """Copies of a module's parameters and floating-point buffers (``{name: tensor}``), to measure what training
     changed and to undo it group by group."""
     return {name: t.detach().clone() for name, t in module.state_dict(keep_vars=True).items()
-            if t.is_floating_point()}
+            if isinstance(t, Tensor) and t.is_floating_point()}  # a wrapper's "_extra_state" is no tensor
 
 
 def parameter_drift(before: dict[str, Tensor], module: nn.Module) -> list[dict]:

@@ -54,6 +54,7 @@ classes.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Sequence, Union
 
 import torch
@@ -65,6 +66,8 @@ from .weighting import default_view_attention, default_weight_net
 
 __all__ = [
     "OrbitWrapper",
+    "WrapperMismatchWarning",
+    "SAVED_FORMAT",
     "Equitune",
     "EquiZero",
     "LambdaEquitune",
@@ -218,6 +221,25 @@ def _weighted_sum(values: Tensor, weights: Tensor) -> Tensor:
     return (w * values).sum(dim=1)
 
 
+SAVED_FORMAT = 1  # the version of the record a wrapper's state dict keeps under "_extra_state"
+
+
+class WrapperMismatchWarning(UserWarning):
+    """Weights loaded into an equinb wrapper built differently from the one that saved them (or saved without the
+    record that says how it was built)."""
+
+
+def _warn_mismatch(message: str) -> None:
+    """A ``WrapperMismatchWarning`` attributed to the first caller outside torch and equinb (the user's
+    ``load_state_dict`` line, however deep the wrapper sits in their model)."""
+    import sys
+
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("torch", "equinb"):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, WrapperMismatchWarning, stacklevel=level)
+
+
 class OrbitWrapper(nn.Module):
     """Shared pipeline of all wrappers; subclasses define ``view_weights``.
 
@@ -286,6 +308,67 @@ class OrbitWrapper(nn.Module):
         lines = [f"{type(self).__name__}(", f"  {self.extra_repr()}"]
         lines += [f"  ({name}): {_short_repr(child)}" for name, child in self.named_children()]
         return "\n".join(lines + [")"])
+
+    # What a saved state dict records beside the tensors. The options left out only change how a pass runs (the
+    # chunking) or how the trunk trains; a callable output selector is no plain value to save.
+    _UNSAVED_OPTIONS = ("chunk_size", "trunk_eval")
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """Saved by ``state_dict()`` under ``"_extra_state"`` beside the tensors: the record's format, the wrapper's
+        class, its group (name and order) and the options that change what the weights compute, all plain values
+        (``torch.load(..., weights_only=True)`` reads them), so that a saved file says how to rebuild its wrapper."""
+        options = {k: v for k, v in self._options().items()
+                   if k not in self._UNSAVED_OPTIONS and not (k == "output" and callable(v))}
+        record = dict(format=SAVED_FORMAT, wrapper=type(self).__name__, group=self.group.name,
+                      order=self.group.order, options=options)
+        odd = {k: v for k, v in options.items() if not isinstance(v, (bool, int, float, str, type(None)))}
+        if odd:  # a subclass option that weights_only loading could not read
+            raise TypeError(f"{type(self).__name__}: options {sorted(odd)} are not plain values to save")
+        return record
+
+    def set_extra_state(self, state: Any) -> None:
+        """Called by ``load_state_dict`` with the saved record: warns (``WrapperMismatchWarning``) when the weights
+        were saved from a wrapper built differently (another class, group or option; they still load, since a trunk
+        finetuned under one group and evaluated under another is a valid experiment), and refuses a record that no
+        equinb wrapper wrote. Options that only one side knows (another equinb version) are not compared."""
+        key = getattr(self, "_loading_key", "_extra_state")
+        if (not isinstance(state, dict) or not {"wrapper", "group", "order"} <= set(state)
+                or not isinstance(state.get("options"), dict) or not isinstance(state.get("format", 1), int)):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: {key!r} is not an equinb wrapper's record (a "
+                             f"dict with wrapper, group, order, an options dict and an integer format), got "
+                             f"{state!r:.200}")
+        if state.get("format", SAVED_FORMAT) > SAVED_FORMAT:
+            _warn_mismatch(f"{key!r} was written by a newer equinb (format {state['format']}; this one reads "
+                           f"{SAVED_FORMAT}): the group and options were not checked")
+            return
+        mine = self.get_extra_state()
+        pairs = [(k, state[k], mine[k]) for k in ("wrapper", "group", "order")]
+        pairs += [(k, state["options"][k], mine["options"][k])
+                  for k in sorted(set(state["options"]) & set(mine["options"]))]
+        differences = [f"{k}: saved {saved!r}, here {here!r}" for k, saved, here in pairs if saved != here]
+        if differences:
+            _warn_mismatch(f"{type(self).__name__}.load_state_dict: the weights were saved from a wrapper built "
+                           f"differently ({'; '.join(differences)}); they load as saved. Build the wrapper as "
+                           f"{key!r} records it unless the change is intended (warnings.simplefilter('error', "
+                           f"equinb.WrapperMismatchWarning) makes this an error).")
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
+        # torch calls set_extra_state without the key's prefix, which the messages name (a nested or compiled
+        # wrapper's key is "1._extra_state" or "_orig_mod._extra_state")
+        key = prefix + "_extra_state"
+        self._loading_key = key
+        try:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                          error_msgs)
+        finally:
+            del self._loading_key
+        if key not in state_dict:  # saved before equinb kept the record, or filtered to tensors: load, unchecked
+            if key in missing_keys:
+                missing_keys.remove(key)
+            _warn_mismatch(f"{type(self).__name__}.load_state_dict: no {key!r} record (a state dict saved before "
+                           f"equinb kept one, or filtered to its tensors), so the group and options it was saved "
+                           f"with were not checked")
 
     def __prepare_scriptable__(self) -> "OrbitWrapper":
         raise TypeError(f"torch.jit.script does not support equinb's {type(self).__name__} (its groups, output "

@@ -209,8 +209,9 @@ def train_lambda(normalisation: str) -> tuple[equinb.LambdaEquitune, float, tupl
 
 lam, largest, before, after = train_lambda("softmax")
 print(repr(lam), "\n")
-print(f"softmax (default), {train_steps} steps: loss over every element fell: {after[0] < before[0]}; upright "
-      f"view weighs most: {before[1]} -> {after[1]} of {len(upright)}; every weight in [0, 1]: {largest <= 1}")
+print(f"profile {profile}: softmax (default), {train_steps} steps: loss over every element fell: "
+      f"{after[0] < before[0]}; upright view weighs most: {before[1]} -> {after[1]} of {len(upright)}; every weight in "
+      f"[0, 1]: {largest <= 1}")
 print(f"sum (the article's text): every weight in [0, 1]: {train_lambda('sum')[1] <= 1}")
 
 # %% [markdown]
@@ -223,17 +224,28 @@ with torch.no_grad():
 
 # %% [markdown]
 # ## Save and load
-# A wrapper is a `torch.nn.Module`: its state dict holds the model's and λ's parameters. Load it into a wrapper
-# built the same way, here around a MobileNetV2 with random weights: loading restores them all.
+# A wrapper is a `torch.nn.Module`: its state dict holds the model's and λ's parameters and, under `_extra_state`,
+# a record of the wrapper's class, group and the options that change what the weights compute. Load it into a
+# wrapper built the same way, here around a MobileNetV2 with random weights: every parameter is restored. Loaded into
+# a wrapper built differently (here over another group), the weights still load, since evaluating under another
+# group can be the experiment, but an `equinb.WrapperMismatchWarning` names the difference.
 
 # %% tags=["exact"]
 with tempfile.TemporaryDirectory() as folder:
     path = Path(folder) / "lambda_equitune.pt"
     torch.save(lam.state_dict(), path)
-    loaded = equinb.LambdaEquitune(mobilenet_v2().to(device), group, example_input=x)
-    loaded.load_state_dict(torch.load(path, weights_only=True))
+    saved = torch.load(path, weights_only=True)
+print("saved with the weights:", saved["_extra_state"])
+loaded = equinb.LambdaEquitune(mobilenet_v2().to(device), group, example_input=x)
+loaded.load_state_dict(saved)
 with torch.no_grad():
     print(f"identical outputs after loading: {torch.equal(loaded.eval()(pair), lam(pair))}")
+other_group = "rot90" if group == "hflip" else "hflip"
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always", equinb.WrapperMismatchWarning)
+    equinb.LambdaEquitune(mobilenet_v2().to(device), other_group, example_input=x).load_state_dict(saved)
+mismatch = [str(w.message) for w in caught if issubclass(w.category, equinb.WrapperMismatchWarning)]
+print(f"loaded into a wrapper over {other_group}:", "; ".join(mismatch) or "no warning")
 
 # %% [markdown]
 # ## What the symmetry costs

@@ -371,6 +371,78 @@ def test_trace_export_state_dicts_and_batch_sizes_work_and_script_says_it_is_uns
     assert wrapper(x[:1]).shape == (1, K) and wrapper(x[:0]).shape == (0, K)
 
 
+
+# Finding: a saved wrapper's state dict held only tensors, so weights saved from a λ-equitune over rot90 loaded into
+# one over hflip, or with another normalisation, without a word.
+@pytest.mark.parametrize("make", [lambda m, g, x: Equitune(m, g), lambda m, g, x: EquiZero(m, g, proxy="entropy"),
+                                  lambda m, g, x: LambdaEquitune(m, g, example_input=x, normalisation="sum"),
+                                  lambda m, g, x: EquiAttention(m, g, example_input=x)],
+                         ids=["equitune", "equizero", "lambda", "attention"])
+def test_a_saved_wrapper_names_its_group_and_options_and_loading_it_differently_warns(tmp_path, make) -> None:
+    import warnings
+
+    from equinb.cache import module_fingerprint
+    from equinb.engine import snapshot
+
+    x = _images(b=2)
+    wrapper = make(Recorder(), "rot90", x).eval()
+    torch.save(wrapper.state_dict(), tmp_path / "w.pt")
+    saved = torch.load(tmp_path / "w.pt", weights_only=True)  # plain values: no pickle of equinb objects
+    record = saved["_extra_state"]
+    assert (record["wrapper"], record["group"], record["order"]) == (type(wrapper).__name__, "rot90", 4)
+    assert record["format"] == equinb.wrappers.SAVED_FORMAT and "chunk_size" not in record["options"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same construction loads silently
+        same = make(Recorder(seed=9), "rot90", x).eval()
+        same.load_state_dict(saved)
+    assert torch.equal(same(x), wrapper(x))
+    other = make(Recorder(seed=9), "hflip", x).eval()
+    with pytest.warns(equinb.WrapperMismatchWarning,
+                      match=r"group: saved 'rot90', here 'hflip'; order: saved 4, here 2\)") as caught:
+        other.load_state_dict(saved)
+    assert caught[0].filename == __file__  # attributed to the line that loads, not to torch
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in saved.items() if isinstance(v, torch.Tensor))
+    with pytest.raises(ValueError, match=r"'_extra_state' is not an equinb wrapper's record"):
+        same.load_state_dict({**saved, "_extra_state": {"group": "rot90"}})
+    # tools that hash or snapshot a module's tensors skip the plain entry
+    assert module_fingerprint(wrapper) != module_fingerprint(other)
+    assert all(isinstance(t, torch.Tensor) for t in snapshot(wrapper).values())
+
+
+def test_saved_records_check_options_classes_prefixes_and_load_old_state_dicts() -> None:
+    import warnings
+
+    x = _images(b=2)
+    saved = LambdaEquitune(Recorder(), "rot90", example_input=x, normalisation="sum").state_dict()
+    with pytest.warns(equinb.WrapperMismatchWarning, match=r"normalisation: saved 'sum', here 'softmax'"):
+        LambdaEquitune(Recorder(), "rot90", example_input=x).load_state_dict(saved)
+    aligned = Equitune(Recorder(), "rot90", align_views=True).state_dict()
+    with pytest.warns(equinb.WrapperMismatchWarning, match=r"wrapper: saved 'Equitune', here 'EquiZero'; "
+                                                           r"align_views: saved True, here False"):
+        EquiZero(Recorder(), "rot90").load_state_dict(aligned)  # the options only one class has are not listed
+    nested = nn.Sequential(nn.Identity(), Equitune(Recorder(), "rot90"))
+    with pytest.warns(equinb.WrapperMismatchWarning,
+                      match=r"group: saved 'rot90', here 'd4'.*as '1\._extra_state' records"):
+        nn.Sequential(nn.Identity(), Equitune(Recorder(), "d4")).load_state_dict(nested.state_dict())
+    tensors = {k: v for k, v in saved.items() if isinstance(v, torch.Tensor)}  # saved before the record, or filtered
+    fresh = LambdaEquitune(Recorder(seed=9), "rot90", example_input=x, normalisation="sum")
+    with pytest.warns(equinb.WrapperMismatchWarning, match=r"no '_extra_state' record .* not checked"):
+        result = fresh.load_state_dict(tensors)  # strict: every tensor must still match
+    assert not result.missing_keys and not result.unexpected_keys
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in tensors.items())
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\).*weight_net"), pytest.warns(
+            equinb.WrapperMismatchWarning):  # strictness kept for the tensors
+        fresh.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("weight_net")})
+    newer = {**saved, "_extra_state": {**saved["_extra_state"], "format": equinb.wrappers.SAVED_FORMAT + 1,
+                                       "group": "d4"}}
+    with pytest.warns(equinb.WrapperMismatchWarning, match=r"newer equinb .* not checked"):
+        fresh.load_state_dict(newer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an option a newer version added is not compared
+        record = {**saved["_extra_state"], "options": {**saved["_extra_state"]["options"], "new_option": 1}}
+        fresh.load_state_dict({**saved, "_extra_state": record})
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Finding: there was no guide (one three-line snippet in the README), and align_views was absent from it.
 
