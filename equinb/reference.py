@@ -91,17 +91,37 @@ def article_fig4() -> pd.DataFrame:
                             if col.name == "backbone" else col, ignore_index=True)
 
 
-def compare_fig4(ours: pd.DataFrame, article: pd.DataFrame) -> pd.DataFrame:
-    """Our top-1 (both readings) beside the article's, with ``delta = ours (as published) - article (seed)``.
+def compare_fig4(ours: pd.DataFrame, article: pd.DataFrame,
+                 stand_in: dict[tuple[str, str], tuple[str, str]] | None = None) -> pd.DataFrame:
+    """Our top-1 (both readings) beside the article's, one row per (backbone, dataset, transform, method).
 
-    ``ours``: tidy rows from ``run_zeroshot``. Rows of the article that this run does not cover are kept
-    (with empty ours) only for backbones and datasets this run covers.
+    ``ours``: tidy rows from ``run_zeroshot``; ``article``: ``article_fig4()``. Without ``stand_in`` a row meets
+    the article's row of the same backbone and dataset, and ``delta = ours (as published) - article (seed files)``.
+    ``stand_in`` maps this run's (backbone, dataset) to the article's (backbone, dataset) it stands in for (the
+    small profile: a different model and data; unmapped cells meet their own), so the article's numbers sit beside
+    ours with an ``article cell`` column naming them and no ``delta``: a difference of two different experiments is
+    no deviation. A mapping of a cell this run does not have, or to one the article does not have, is refused.
     """
     wide = ours.pivot_table(index=["backbone", "dataset", "transform", "method"], columns="reading",
                             values="top1").reset_index().rename_axis(columns=None)
-    table = wide.merge(article[["backbone", "dataset", "transform", "method", "seed_top1", "paper_top1"]],
-                       on=["backbone", "dataset", "transform", "method"], how="left")
-    table["delta"] = table["as_published"] - table["seed_top1"]
+    reference = article[["backbone", "dataset", "transform", "method", "seed_top1", "paper_top1"]]
+    if stand_in is None:
+        table = wide.merge(reference, on=["backbone", "dataset", "transform", "method"], how="left")
+        table["delta"] = table["as_published"] - table["seed_top1"]
+    else:
+        unknown = sorted(set(stand_in.values()) - set(zip(article.backbone, article.dataset)))
+        if unknown:
+            raise ValueError(f"compare_fig4: stand_in names cells the article does not have: {unknown}")
+        ran = set(zip(wide.backbone, wide.dataset))
+        if not set(stand_in) <= ran:
+            raise ValueError(f"compare_fig4: stand_in maps cells this run does not have: "
+                             f"{sorted(set(stand_in) - ran)}; it ran {sorted(ran)}")
+        cells = [stand_in.get(key, key) for key in zip(wide.backbone, wide.dataset)]  # unmapped: its own cell
+        wide["article cell"] = [f"{backbone} / {dataset}" for backbone, dataset in cells]
+        wide["_backbone"], wide["_dataset"] = [cell[0] for cell in cells], [cell[1] for cell in cells]
+        table = wide.merge(reference.rename(columns={"backbone": "_backbone", "dataset": "_dataset"}),
+                           on=["_backbone", "_dataset", "transform", "method"], how="left")
+        table = table.drop(columns=["_backbone", "_dataset"])
     return table.rename(columns={"as_published": "ours (as published)", "as_described": "ours (as described)",
                                  "seed_top1": "article (seed files)", "paper_top1": "article (Basu et al.)"})
 

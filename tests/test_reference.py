@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from equinb.reference import article_tab1, beside_article, display_numbers
 
@@ -34,3 +35,32 @@ def test_article_tab4_and_the_test_set_size_behind_its_percentages():
     assert all(count_behind(v, 194) is None for v in table.to_numpy().ravel())
     assert all(count_behind(v, 193) is not None for v in table.to_numpy().ravel())
     assert count_behind(100.0, 7) == 7 and count_behind(50.0, 7) is None
+
+
+def _zeroshot_rows(backbone: str, dataset: str) -> pd.DataFrame:
+    return pd.DataFrame([dict(backbone=backbone, dataset=dataset, transform=t, method=m, reading=r, top1=top1)
+                         for t in ("rot90", "hflip") for m in ("vanilla", "equizero")
+                         for r, top1 in (("as_published", 50.0), ("as_described", 51.0))])
+
+
+def test_compare_fig4_deltas_for_the_same_cell_and_none_for_a_stand_in():
+    from equinb.reference import article_fig4, compare_fig4
+
+    article = article_fig4()
+    same = compare_fig4(_zeroshot_rows("RN50", "cifar100"), article)
+    row = same[(same["transform"] == "rot90") & (same.method == "vanilla")].iloc[0]
+    assert row["article (seed files)"] == 24.28 and abs(row["delta"] - (50.0 - 24.28)) < 1e-9
+    stand_in = compare_fig4(_zeroshot_rows("mobilenet_v2", "digits"), article,
+                            stand_in={("mobilenet_v2", "digits"): ("RN50", "cifar100")})
+    assert "delta" not in stand_in.columns and set(stand_in["article cell"]) == {"RN50 / cifar100"}
+    rot90 = stand_in[(stand_in["transform"] == "rot90") & (stand_in.method == "equizero")].iloc[0]
+    assert rot90["article (seed files)"] == 38.89 and rot90["article (Basu et al.)"] == 38.87
+    assert stand_in[stand_in["transform"] == "hflip"]["article (seed files)"].isna().all()  # the article has none
+    unmatched = compare_fig4(_zeroshot_rows("mobilenet_v2", "digits"), article)  # no stand-in: nothing lines up
+    assert unmatched["article (seed files)"].isna().all()
+    with pytest.raises(ValueError, match="the article does not have"):
+        compare_fig4(_zeroshot_rows("mobilenet_v2", "digits"), article,
+                     stand_in={("mobilenet_v2", "digits"): ("RN50", "mnist")})
+    with pytest.raises(ValueError, match="this run does not have"):  # a typo would give a table of dashes
+        compare_fig4(_zeroshot_rows("mobilenet_v2", "digits"), article,
+                     stand_in={("mobilenetv2", "digits"): ("RN50", "cifar100")})
