@@ -315,16 +315,15 @@ class OrbitWrapper(nn.Module):
 
     def get_extra_state(self) -> dict[str, Any]:
         """Saved by ``state_dict()`` under ``"_extra_state"`` beside the tensors: the record's format, the wrapper's
-        class, its group (name and order) and the options that change what the weights compute, all plain values
-        (``torch.load(..., weights_only=True)`` reads them), so that a saved file says how to rebuild its wrapper."""
-        options = {k: v for k, v in self._options().items()
+        class, its group (name and order) and the options that change what the weights compute, as plain values
+        (``torch.load(..., weights_only=True)`` reads them; any other value as its repr), so that a saved file says
+        how to rebuild its wrapper."""
+        plain = (bool, int, float, str, type(None))
+        options = {k: v if isinstance(v, plain) else repr(v)  # a subclass's other values: weights_only reads text
+                   for k, v in self._options().items()
                    if k not in self._UNSAVED_OPTIONS and not (k == "output" and callable(v))}
-        record = dict(format=SAVED_FORMAT, wrapper=type(self).__name__, group=self.group.name,
-                      order=self.group.order, options=options)
-        odd = {k: v for k, v in options.items() if not isinstance(v, (bool, int, float, str, type(None)))}
-        if odd:  # a subclass option that weights_only loading could not read
-            raise TypeError(f"{type(self).__name__}: options {sorted(odd)} are not plain values to save")
-        return record
+        return dict(format=SAVED_FORMAT, wrapper=type(self).__name__, group=self.group.name, order=self.group.order,
+                    options=options)
 
     def set_extra_state(self, state: Any) -> None:
         """Called by ``load_state_dict`` with the saved record: warns (``WrapperMismatchWarning``) when the weights

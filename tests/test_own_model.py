@@ -433,6 +433,11 @@ def test_saved_records_check_options_classes_prefixes_and_load_old_state_dicts()
     with pytest.raises(RuntimeError, match=r"Missing key\(s\).*weight_net"), pytest.warns(
             equinb.WrapperMismatchWarning):  # strictness kept for the tensors
         fresh.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("weight_net")})
+    class Tuned(Equitune):  # a user's subclass with an option that is no plain value: saved as its repr
+        def _options(self):
+            return dict(scale=torch.tensor(2.0), **super()._options())
+
+    assert Tuned(Recorder(), "rot90").state_dict()["_extra_state"]["options"]["scale"] == "tensor(2.)"
     newer = {**saved, "_extra_state": {**saved["_extra_state"], "format": equinb.wrappers.SAVED_FORMAT + 1,
                                        "group": "d4"}}
     with pytest.warns(equinb.WrapperMismatchWarning, match=r"newer equinb .* not checked"):
