@@ -148,6 +148,38 @@ def _tracing() -> bool:
                                               for name in ("is_compiling", "is_exporting")))
 
 
+def _refuse_unknown_keywords(cls: type, unknown: dict[str, Any]) -> None:
+    """A TypeError naming the wrapper class the user called (not the base class that received the keywords), the
+    keywords it takes and the closest one to each unknown name."""
+    if not unknown:
+        return
+    import difflib
+    import inspect
+
+    valid = sorted({name for klass in cls.__mro__ if "__init__" in vars(klass) and issubclass(klass, OrbitWrapper)
+                    for name, p in inspect.signature(klass.__init__).parameters.items()
+                    if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and name != "self")})
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, valid, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise TypeError(f"{cls.__name__}() got unexpected keyword argument{'s' if len(hints) > 1 else ''} "
+                    f"{', '.join(hints)}; it takes: {', '.join(valid)}")
+
+
+def _input_dtype(trunk: nn.Module, inputs: Tensor) -> torch.dtype:
+    """The dtype the trunk's first layer reads: the weight of its first convolution or linear layer, else its first
+    floating-point parameter, else the input's own. Not simply the first parameter: a mixed-precision model
+    registers fp32 tensors before an fp16 first layer (CLIP's ViT keeps ``class_embedding`` in fp32)."""
+    for module in trunk.modules():
+        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and module.weight.is_floating_point():
+            return module.weight.dtype
+    for parameter in trunk.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    return inputs.dtype
+
+
 def _refuse_extra_inputs(wrapper: nn.Module, extra: tuple) -> None:
     """A TypeError for inputs besides the images, which the wrapper would otherwise ignore."""
     if extra:
@@ -254,8 +286,8 @@ class OrbitWrapper(nn.Module):
         logit_factor: multiplies the head output (as published: 1.0, i.e. raw cosine similarities).
         normalise_views: L2-normalise each view's trunk output, as CLIP's embeddings are (embedding level).
             Default False.
-        trunk_eval: keep the trunk in evaluation mode when the wrapper trains (as published: the backbone's
-            BatchNorm keeps its running statistics during finetuning). Default False.
+        trunk_eval: keep the trunk in evaluation mode, from construction on and when the wrapper trains (as
+            published: the backbone's BatchNorm keeps its running statistics during finetuning). Default False.
         chunk_size: trunk images per forward on the image path, ``"auto"`` (default), ``None`` (one batched
             pass) or an integer; see the module docstring.
         output: which tensor of the trunk's output is the view (a key, attribute, index or callable; default:
@@ -271,8 +303,9 @@ class OrbitWrapper(nn.Module):
     def __init__(self, model: nn.Module, group: Group | str, *, head: nn.Module | None = None,
                  align_views: bool = False, output_softmax: bool = False, logit_factor: float = 1.0,
                  normalise_views: bool = False, trunk_eval: bool = False, chunk_size: ChunkSize = "auto",
-                 output: OutputSelector = None) -> None:
+                 output: OutputSelector = None, **unknown: Any) -> None:
         super().__init__()
+        _refuse_unknown_keywords(type(self), unknown)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(group, (Group, str)):
@@ -292,6 +325,8 @@ class OrbitWrapper(nn.Module):
         self.chunk_size = _check_chunk_size(chunk_size)
         self.output = check_selector(output)
         self._first_call_checked = False
+        if self.trunk_eval:  # a new module is in training mode: the trunk must not train until asked to
+            self.trunk.eval()
 
     def _options(self) -> dict[str, Any]:
         """The settings that ``repr`` shows (subclasses add theirs)."""
@@ -399,8 +434,11 @@ class OrbitWrapper(nn.Module):
                 return torch.cat([self.view_outputs(part, trunk) for part in inputs.split(chunk_size // g)])
             return torch.cat([torch.cat([self.view_outputs(piece, trunk) for piece in image.split(chunk_size, dim=1)],
                                         dim=1) for image in inputs.split(1)])
-        dtype = next(trunk.parameters(), torch.empty(0, dtype=inputs.dtype)).dtype
-        out = select_output(trunk(inputs.flatten(0, 1).to(dtype)), self.output)
+        out = select_output(trunk(inputs.flatten(0, 1).to(_input_dtype(trunk, inputs))), self.output)
+        if not out.is_floating_point():  # weights of 1/|G| in an integer dtype round to 0: every output would be 0
+            raise TypeError(f"{type(self).__name__}: the model returns {str(out.dtype).removeprefix('torch.')} "
+                            "outputs; the wrappers combine scores, logits, embeddings or maps, so return those (the "
+                            "logits before an argmax, say) and take labels from the wrapper's output")
         if out.ndim == 0 or out.shape[0] != b * g:
             raise ValueError(f"{type(self).__name__}: the model maps {b * g} images to an output of shape "
                              f"{list(out.shape)}, whose first dim is not one per image: it drops the batch dim (a "
@@ -408,6 +446,10 @@ class OrbitWrapper(nn.Module):
                              f"output=")
         out = _full_precision(out)
         if self.normalise_views:
+            if out.ndim != 2:  # dim=-1 of a map [N, C, h, w] is its width: no view would have unit norm
+                raise ValueError(f"{type(self).__name__}: normalise_views=True L2-normalises embedding views [B, D]; "
+                                 f"this trunk gives views of shape {list(out.shape[1:])}. Normalise inside the "
+                                 "trunk along the axis you mean, or set normalise_views=False")
             out = nn.functional.normalize(out, dim=-1)
         return out.reshape(b, g, *out.shape[1:])
 
@@ -415,7 +457,8 @@ class OrbitWrapper(nn.Module):
         if not isinstance(x, Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
         if x.ndim != 4:
-            raise ValueError(f"input must be an image batch [B, C, H, W], got shape {tuple(x.shape)}")
+            hint = "; for one image [C, H, W] pass x[None] (a batch of one)" if x.ndim == 3 else ""
+            raise ValueError(f"input must be an image batch [B, C, H, W], got shape {tuple(x.shape)}{hint}")
         if not x.is_floating_point():
             raise TypeError(f"input images must be a floating-point tensor, got {x.dtype}: convert them as the model "
                             "expects first (for uint8 images typically x.float() / 255, then the model's "
@@ -447,6 +490,8 @@ class OrbitWrapper(nn.Module):
         Shapes: x [B, C, H, W] -> views [B, G, ...].
         """
         self._check_images(x)
+        if not _tracing():  # every call: a wrapper checked on one device may have moved to another since
+            self._check_device(x)
         if trunk is None:
             self.check_first_call(x)
         size = self.images_per_pass(x, trunk)
@@ -460,6 +505,8 @@ class OrbitWrapper(nn.Module):
         """Run the pipeline once on the first image, in evaluation mode and without gradients, before the first
         orbit pass: a model output that ``output`` cannot select, a trunk that ``align_views`` cannot align, or a
         weighting network of the wrong size fails here with a clear message, after one image instead of |G| x B.
+        A wrapper with a weighting network passes the first image's orbit instead (|G| images, one forward), to
+        check that its weights roll with the views.
 
         ``forward`` and ``views`` call it. Runs once per wrapper (skipped while tracing, compiling or exporting),
         and its outputs are thrown away. Module modes are restored; no random numbers are drawn by dropout (it is
@@ -476,10 +523,12 @@ class OrbitWrapper(nn.Module):
             m.training = False
         try:
             with torch.no_grad():
-                view = self.view_outputs(x[:1, None])  # [1, 1, ...]
+                weight_net = getattr(self, "weight_net", None)
+                # one image, or its orbit (one pass) where learned weights must be seen to roll with the views
+                probe = self.view_outputs(self.group.orbit(x[:1]) if weight_net is not None else x[:1, None])
+                view = probe[:, :1]  # [1, 1, ...], the identity's view
                 self._check_head(view[:, 0])
                 views = view.expand(1, self.group.order, *view.shape[2:])
-                weight_net = getattr(self, "weight_net", None)
                 try:
                     weights = self.view_weights(views)
                 except (RuntimeError, ValueError) as err:
@@ -490,10 +539,33 @@ class OrbitWrapper(nn.Module):
                         f"this model's views [B, G={self.group.order}, {', '.join(map(str, view.shape[2:]))}] "
                         f"({str(views.dtype).removeprefix('torch.')}): {err}") from err
                 self.combine(views, self.checked_weights(weights, views))
+                if weight_net is not None:
+                    self._check_weights_roll(probe)
         finally:
             for m, mode in modes:
                 m.training = mode
         self._first_call_checked = True
+
+    def _check_weights_roll(self, views: Tensor) -> None:
+        """A ValueError when the weighting network's weights do not move with its views: the views of one image's
+        orbit, and the same views rolled by one place, must give the same weights, rolled. A network that mixes
+        the views (a Linear over all of them, say) passes the shape check and breaks invariance silently. Runs
+        inside ``check_first_call`` (evaluation mode, no gradients). Shapes: views [1, G, ...]."""
+        g = self.group.order
+        if g < 2:
+            return
+        order = torch.roll(torch.arange(g, device=views.device), 1)
+        weights = self.view_weights(views).float()
+        rolled = self.view_weights(views[:, order]).float()
+        error = float((rolled - weights[:, order]).abs().max())
+        scale = float(weights.abs().max())
+        if not error <= 1e3 * torch.finfo(views.dtype).eps * max(scale, 1.0):  # rounding only; NaN fails too
+            raise ValueError(
+                f"{type(self).__name__}: the weighting network {_short_repr(self.weight_net)} does not compute each "
+                f"view's weight from that view alone: rolling the {g} views of an image by one place changed the "
+                f"weights by up to {error:.3g} instead of rolling them (largest weight {scale:.3g}), so the output "
+                "would not be invariant. Compute each view's weight from that view (the views are dim 1 of "
+                "[B, G, ...]), or make the weights permute with the views as ViewAttention does")
 
     def _check_head(self, view: Tensor) -> None:
         """A ValueError naming the head and the trunk's output shape when the head cannot take one view (every head
@@ -530,7 +602,9 @@ class OrbitWrapper(nn.Module):
 
     def view_weights(self, views: Tensor) -> Tensor:
         """Per-view combination weights from the unaligned views. Shapes: [B, G, ...] -> [B, G]."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} defines no view weights: OrbitWrapper is the base class; "
+                                  "use Equitune, EquiZero, LambdaEquitune or EquiAttention, or subclass it with "
+                                  "view_weights(views [B, G, ...]) -> weights [B, G]")
 
     def checked_weights(self, weights: Tensor, views: Tensor) -> Tensor:
         """``weights`` if they are [B, G] for ``views`` [B, G, ...]; else a ValueError naming the weighting (a
@@ -693,7 +767,8 @@ class LambdaEquitune(OrbitWrapper):
     """Lambda-equitune: views weighted by a learned network, ``sum_k lambda(V_k) g_k^-1 V_k / Z``.
 
     Args (besides ``OrbitWrapper``'s):
-        weight_net: maps unaligned views [B, G, ...] to raw lambda [B, G] (``equinb.weighting``). Default None:
+        weight_net: maps unaligned views [B, G, ...] to raw lambda [B, G], each view's lambda from that view alone
+            (the first call checks that the weights roll with the views; ``equinb.weighting``). Default None:
             built from the model's views of ``example_input`` (``equinb.weighting.default_weight_net``:
             ``EmbeddingWeightNet`` for views [D], ``FeatureMapWeightNet`` for maps [C, h, w]).
         normalisation: ``"softmax"`` (default; the article's feature-map code) | ``"sum"`` (the article's text,
@@ -738,6 +813,7 @@ class LambdaEquitune(OrbitWrapper):
                                  "copy, e.g. frozen_copy=copy.deepcopy(model)")
             frozen_copy.requires_grad_(False)
         self.frozen_copy = frozen_copy
+        self.train(self.training)  # the frozen copy in evaluation mode from the start, dropout as asked
 
     def _options(self) -> dict[str, Any]:
         return dict(normalisation=self.normalisation, dropout_in_eval=self.dropout_in_eval,

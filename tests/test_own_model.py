@@ -198,7 +198,8 @@ def test_every_wrapper_takes_chunk_size(chunk_size, forwards: list[int]) -> None
         expected = one_pass(x)
         chunked.trunk.batches.clear()
         chunked.check_first_call(x)  # the one-image check runs once, before the first orbit pass
-        assert chunked.trunk.batches == [1]
+        # one image; the first image's orbit (|G| = 8, one forward) where learned weights must roll with the views
+        assert chunked.trunk.batches == [8 if hasattr(chunked, "weight_net") else 1]
         chunked.trunk.batches.clear()
         torch.testing.assert_close(chunked(x), expected, **TOL)
         assert chunked.trunk.batches == forwards, type(chunked).__name__
@@ -318,7 +319,7 @@ def test_weight_nets_are_sized_from_the_model_or_fail_clearly_before_the_orbit()
     wrong = LambdaEquitune(trunk, "d4", EmbeddingWeightNet(512).double())
     with pytest.raises(ValueError, match=r"built for views of dimension 512 .* EmbeddingWeightNet\(5\)"):
         wrong(_images(b=6))
-    assert trunk.batches == [1]  # before the orbit pass: one image went through the model
+    assert trunk.batches == [8]  # before the orbit pass of the batch (48 images): the first image's orbit
     with pytest.raises(ValueError, match=r"built for views of dimension 7"):
         EquiAttention(Recorder(), "d4", ViewAttention(7).double())(x)
 
@@ -719,3 +720,86 @@ def test_a_head_of_the_wrong_size_fails_on_the_first_image_naming_head_and_trunk
         wrapper(_images(b=2))
     fitted = wrapper_class(trunk, "rot90", head=nn.Linear(6, K).double(), **kwargs)
     assert fitted(_images(b=2)).shape == (2, K)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Findings of the second review of the library on a user's own model.
+
+class MixedPrecision(nn.Module):
+    """A tensor of another dtype registered before the first layer, as CLIP's ViT keeps ``class_embedding`` in fp32
+    before its fp16 ``conv1``: here float32 before a float64 convolution. Shapes: [B, 3, 12, 12] -> [B, 4]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.class_embedding = nn.Parameter(torch.zeros(4))
+        self.conv1 = nn.Conv2d(3, 4, 4, stride=4).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv1(x).mean((2, 3)) + self.class_embedding
+
+
+def test_inputs_take_the_dtype_of_the_first_layer_not_of_the_first_parameter() -> None:
+    x = _images(b=2)
+    wrapper = Equitune(MixedPrecision(), "rot90").eval()
+    assert check_invariance(wrapper, x, "rot90") < 1e-6 and wrapper(x.float()).shape == (2, 4)
+
+
+def test_trunk_eval_and_a_frozen_copy_hold_from_construction_not_only_after_train() -> None:
+    def model() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 10 * 10, K)).double()
+
+    trunk = model()
+    before = trunk[1].running_mean.clone()
+    wrapper = Equitune(trunk, "rot90", trunk_eval=True)
+    assert wrapper.training and not trunk.training
+    wrapper(_images(b=2))
+    assert torch.equal(trunk[1].running_mean, before)  # the frozen backbone's statistics stay as they were
+    frozen = model()
+    lam = LambdaEquitune(model(), "rot90", EmbeddingWeightNet(K, 7).double(), frozen_copy=frozen, dropout_in_eval=True)
+    assert not frozen.training and all(m.training for m in lam.weight_net.modules())
+
+
+def test_a_model_returning_labels_is_refused_instead_of_averaged_to_zeros() -> None:
+    labels = Recorder(lambda lo, m: lo.argmax(-1))
+    with pytest.raises(TypeError, match=r"the model returns int64 outputs.*logits before an argmax"):
+        Equitune(labels, "rot90")(_images(b=2))
+    assert labels.batches == [1]
+
+
+def test_a_weighting_network_that_mixes_the_views_is_refused_on_the_first_call() -> None:
+    mixing = nn.Sequential(nn.Flatten(1), nn.Linear(4 * K, 4)).double()  # [B, G, K] -> [B, G], not view by view
+    with pytest.raises(ValueError, match=r"does not compute each view's weight from that view alone"):
+        LambdaEquitune(Recorder(), "rot90", mixing)(_images(b=2))
+    with pytest.raises(ValueError, match=r"does not compute each view's weight"):
+        EquiAttention(Recorder(), "rot90", mixing)(_images(b=2))
+    per_view = LambdaEquitune(Recorder(), "rot90", EmbeddingWeightNet(K, 7).double()).eval()
+    assert check_invariance(per_view, _images(b=2), "rot90") < 1e-9  # per-view networks pass the same check
+
+
+def test_the_device_check_runs_on_every_call_so_a_moved_wrapper_still_says_what_to_do() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 10 * 10, 5))
+    wrapper = Equitune(model, "rot90").eval()
+    wrapper(_images(b=2).float())  # checked on the CPU
+    wrapper.to("meta")
+    with pytest.raises(ValueError, match=r"input is on cpu and the model on meta"):
+        wrapper(_images(b=2).float())
+
+
+def test_normalise_views_is_refused_for_maps_whose_last_axis_is_the_width() -> None:
+    with pytest.raises(ValueError, match=r"normalise_views=True L2-normalises embedding views \[B, D\].*\[4, 6, 6\]"):
+        Equitune(Recorder(lambda lo, m: m), "rot90", normalise_views=True, head=nn.Flatten())(_images(b=2))
+
+
+def test_unknown_keywords_name_the_wrapper_called_and_the_closest_valid_one() -> None:
+    with pytest.raises(TypeError, match=r"^EquiZero\(\) got unexpected keyword argument 'example_input'; it takes: "
+                                        r"align_views, .*proxy"):
+        EquiZero(Recorder(), "rot90", example_input=_images(b=1))
+    with pytest.raises(TypeError, match=r"LambdaEquitune\(\) .* 'normalization' \(did you mean 'normalisation'\?\)"):
+        LambdaEquitune(Recorder(), "rot90", EmbeddingWeightNet(K), normalization="sum")
+
+
+def test_one_image_without_a_batch_dim_and_the_base_class_get_a_message() -> None:
+    with pytest.raises(ValueError, match=r"got shape \(3, 12, 12\); for one image \[C, H, W\] pass x\[None\]"):
+        Equitune(Recorder(), "rot90")(_images(b=1)[0])
+    with pytest.raises(NotImplementedError, match=r"OrbitWrapper is the base class; use Equitune"):
+        equinb.OrbitWrapper(Recorder(), "rot90")(_images(b=1))
