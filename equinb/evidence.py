@@ -17,11 +17,12 @@ import torch
 
 from .analysis import no_training_scores
 from .setups import TrainingRun, TrainingSetup, correct_by_seed
-from .verdicts import (EFFECT_COLUMN, NOT_TESTED, Comparison, at_chance, compare, diverged, solved_without_training,
-                       too_few_seeds, unchanged_stage)
+from .verdicts import (EFFECT_COLUMN, LOSS_BOUND, NOT_TESTED, Comparison, at_chance, compare, diverged,
+                       solved_without_training, too_few_seeds, unchanged_stage)
 
-__all__ = ["STAGES", "STAGE_CHANGE", "stage_runs", "stage_spread", "stage_losses", "finetune_changed", "stage_problems",
-           "compare_runs", "no_training_check", "best_without_training", "trained_minus_frozen", "no_training_finding"]
+__all__ = ["STAGES", "STAGE_CHANGE", "stage_runs", "stage_spread", "stage_losses", "diverged_seeds",
+           "finetune_changed", "stage_problems", "compare_runs", "no_training_check", "best_without_training",
+           "trained_minus_frozen", "no_training_finding"]
 
 STAGES = ("prefinetune", "finetune")
 
@@ -65,6 +66,19 @@ def stage_losses(runs: Sequence[TrainingRun], stage: str) -> list[float | None]:
     return [h.get("loss") for run in stage_runs(runs, stage) for h in run.history if h.get("stage") == stage]
 
 
+def diverged_seeds(runs: Sequence[TrainingRun], stage: str, name: str) -> str | None:
+    """``"<name> diverged in k of n seeds (seed s, ...)"`` when a training loss of ``stage`` ran away (``diverged``:
+    not finite, or above ``LOSS_BOUND``) in the runs of some seeds; None when it did in none. A seed's own tables
+    may look sound where another seed diverged, so the reason names the seeds."""
+    ran = stage_runs(runs, stage)
+    bad = [r for r in ran if diverged(stage_losses([r], stage), name)]
+    if not bad:
+        return None
+    seeds = ", ".join("?" if r.seed is None else str(r.seed) for r in bad)
+    return (f"{name} diverged in {len(bad)} of {len(ran)} seeds (seed{'s' if len(bad) > 1 else ''} {seeds}: a {stage} "
+            f"training loss above {LOSS_BOUND:.0e})")
+
+
 def stage_problems(runs: Sequence[TrainingRun], stage: str, setup: TrainingSetup, name: str) -> list[str | None]:
     """Why ``stage`` of these runs cannot be compared: its finetuning changed no prediction (the first seed's run), its
     finetuning loss diverged (prefinetuning keeps the best λ it saw, so its loss may run away harmlessly), or its
@@ -77,7 +91,7 @@ def stage_problems(runs: Sequence[TrainingRun], stage: str, setup: TrainingSetup
         first = f"{name} in the first seed's run" + (
             f" (so the other {skipped} seed{'s' if skipped > 1 else ''} ran prefinetuning only)" if skipped else "")
         reasons.append(unchanged_stage(runs[0].predictions["prefinetune"], runs[0].predictions["finetune"], first))
-        reasons.append(diverged(stage_losses(runs, "finetune"), name))
+        reasons.append(diverged_seeds(runs, "finetune", name))
     reasons.append(at_chance(correct_by_seed(ran, stage, setup.test.labels), setup.n_classes, name))
     return reasons
 

@@ -57,6 +57,7 @@ class TrainingRun(NamedTuple):
     states: dict[str, dict]  # weighting-module state dicts: prefinetune (selected), finetune
     predictions: dict[str, Tensor]  # predicted test classes [N_test]: prefinetune, finetune (and ablations)
     drift: list[dict]  # per trunk tensor: what finetuning changed (``equinb.engine.parameter_drift``)
+    seed: int | None = None  # the configuration's seed (None where unknown): verdict reasons name a seed by it
 
 
 @dataclass
@@ -392,7 +393,7 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
                         weight_net=repr(make_net()), heldout_fraction=heldout_fraction, ablate=ablate,
                         code=training_code_fingerprint())
         out = load_or_compute(Path(cache_dir) / f"run_{key}.pt", train)
-    return TrainingRun(out["row"], out["history"], out["states"], out["predictions"], out["drift"])
+    return TrainingRun(out["row"], out["history"], out["states"], out["predictions"], out["drift"], config.seed)
 
 
 def seed_repeats(setup: TrainingSetup, config: TrainConfig, seeds: Sequence[int], *, finetune: bool = False,

@@ -70,7 +70,8 @@ VERDICT_RULE = ("ours is the mean difference over the seeds; its 95% interval is
                 f"that changed no prediction, a run that diverged or sits at chance, fewer than {MIN_SEEDS} seeds "
                 "of a trained run, a statistic decided by construction, a task solved without training, a "
                 "stand-in without the property the claim assumes, a setting this profile does not run, a verdict "
-                "that could not come out one way even with every item of run b at the end of the score scale)")
+                "that could not come out one way even with every item of the compared run, the first term of the "
+                "difference, at the end of the score scale)")
 
 
 @dataclass(frozen=True)
@@ -399,9 +400,9 @@ def out_of_reach(comparison: Comparison | None, side: int | None) -> str | None:
 
     def needs(sign: int) -> str:
         low, high = top if sign > 0 else bottom
-        return (f"run b {'above' if sign > 0 else 'below'} run a (mean {reference:.2f}), and with every "
-                f"item of run b at the {'top' if sign > 0 else 'bottom'} of the scale the difference would be "
-                f"[{low:+.2f}, {high:+.2f}], which holds 0")
+        return (f"the compared run {'above' if sign > 0 else 'below'} the reference (mean {reference:.2f}), and "
+                f"with every item of the compared run at the {'top' if sign > 0 else 'bottom'} of the scale the "
+                f"difference would be [{low:+.2f}, {high:+.2f}], which holds 0")
 
     if side == 0:
         return None if can[1] or can[-1] else f"out of reach: neither sign could come out; {needs(1)}"

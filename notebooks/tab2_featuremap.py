@@ -85,14 +85,14 @@ from equinb.analysis import frozen_test_logits, plain_head_top1, positional_head
 from equinb.cache import cache_dir, run_cache_dir
 from equinb.chapter import check_params, profile_note, schedule_note
 from equinb.engine import TrainConfig
-from equinb.evidence import (STAGES, compare_runs, finetune_changed, no_training_check, stage_losses, stage_problems,
+from equinb.evidence import (STAGES, compare_runs, diverged_seeds, finetune_changed, no_training_check, stage_problems,
                              stage_runs, stage_spread)
 from equinb.noise import chapter_tolerances, loss_label, noise_note
 from equinb.reference import article_fig4, article_tab2, beside_article
 from equinb.setups import (build_setup, correct_by_seed, feature_map_config, feature_map_weight_net, run_training,
                            seed_repeats, trained_model)
 from equinb.tables import publish_verdicts, show, start_chapter
-from equinb.verdicts import VERDICT_RULE, compare, diverged, effect_row, symmetric_by_construction, verdict_row
+from equinb.verdicts import VERDICT_RULE, compare, effect_row, symmetric_by_construction, verdict_row
 
 start_chapter("tab2_featuremap")  # number its tables as the book numbers the chapter
 check_params(profile=profile, backbone=backbone, dataset=dataset, group=group, image_size=image_size,
@@ -286,7 +286,7 @@ for stage in STAGES:
     broken = [r for r in stage_problems(repeats[article_rate], stage, embeddings, article_rate)
               if r and "changed no test prediction" not in r]
     if stage == "prefinetune":  # prefinetuning keeps the best λ it saw, but one from a run-away loss is no baseline
-        broken += [r for r in [diverged(stage_losses(repeats[article_rate], stage), article_rate)] if r]
+        broken += [r for r in [diverged_seeds(repeats[article_rate], stage, article_rate)] if r]
     if broken and map_rate != article_rate:
         baseline = map_rate
     baselines[stage] = baseline

@@ -91,7 +91,7 @@ from equinb.chapter import check_params, profile_note
 from equinb.data import (FASHION_MNIST_CLASSES, ISIC2018_CLASS_COUNTS, ISIC2018_CLASSES, ISIC2018_COLUMNS,
                          fashion_mnist_arrays, get_dataset)
 from equinb.engine import TrainConfig, weighted_model
-from equinb.evidence import (STAGE_CHANGE, STAGES, compare_runs, finetune_changed, no_training_check, stage_losses,
+from equinb.evidence import (STAGE_CHANGE, STAGES, compare_runs, finetune_changed, no_training_check, diverged_seeds,
                              stage_runs, stage_spread)
 from equinb.metrics import class_counts, classification_scores, confusion_matrix, majority_predictions
 from equinb.noise import ORIENTATION_READINGS, chapter_tolerances, noise_note
@@ -99,7 +99,7 @@ from equinb.reference import article_tab4, count_behind
 from equinb.setups import (build_setup, correct_by_seed, feature_map_config, feature_map_weight_net, isic_stand_in,
                            run_training, seed_repeats, trained_model)
 from equinb.tables import publish_verdicts, show, start_chapter
-from equinb.verdicts import (NOT_TESTED, VERDICT_RULE, compare, diverged, effect_row, judge, orientation_kept,
+from equinb.verdicts import (NOT_TESTED, VERDICT_RULE, compare, effect_row, judge, orientation_kept,
                              verdict_row)
 from equinb.weighting import EmbeddingWeightNet
 
@@ -438,7 +438,7 @@ solved = no_training_check([embeddings, maps])  # does the frozen model leave tr
 def tab4_claim(claim_id, a, stage_a, b, stage_b, setup=embeddings, premise=None):  # the verdict on run b minus a
     comparison, reasons, changed = compare_runs(repeats[a], stage_a, repeats[b], stage_b, setup, (a, b))
     # prefinetuning keeps the best λ it saw, but one from a run-away loss is no basis for a verdict (as in Table 2)
-    run_away = [diverged(stage_losses(repeats[name], "prefinetune"), name)
+    run_away = [diverged_seeds(repeats[name], "prefinetune", name)
                 for name, stage in ((a, stage_a), (b, stage_b)) if stage == "prefinetune"]
     return verdict_row(claim_id, comparison, reasons=[premise, solved, *run_away, *reasons], changed=changed)
 

@@ -7,7 +7,7 @@ import torch
 
 from equinb.engine import ViewData
 from equinb import evidence
-from equinb.evidence import (compare_runs, finetune_changed, stage_losses, stage_problems, stage_runs,
+from equinb.evidence import (compare_runs, diverged_seeds, finetune_changed, stage_losses, stage_problems, stage_runs,
                              trained_minus_frozen)
 from equinb.setups import TrainingRun, TrainingSetup
 
@@ -102,6 +102,16 @@ def test_every_trained_run_is_set_against_the_best_frozen_baseline(monkeypatch) 
     assert any(r and "changed no test prediction of low" in r for r in rows[1][2])  # a stage that did nothing
     frozen["equizero"][:] = 0  # a frozen model that gets nothing right: then training adds
     assert trained_minus_frozen([_setup()], repeats)[3][1].interval[0] > 0
+
+
+def test_a_divergence_names_the_seeds_whose_loss_ran_away() -> None:
+    runs = [_run(0.8, 0.9)._replace(seed=0), _run(0.8, 0.9, losses=(1.0, 1e9))._replace(seed=3),
+            _run(0.8, 0.9, losses=(float("nan"),))._replace(seed=4)]
+    assert diverged_seeds(runs, "finetune", "run") == ("run diverged in 2 of 3 seeds (seeds 3, 4: a finetune training "
+                                                       "loss above 1e+06)")
+    assert diverged_seeds(runs[:1], "finetune", "run") is None and "seed ?:" in diverged_seeds([runs[1]._replace(
+        seed=None)], "prefinetune", "run")
+    assert any(r and "in 1 of 1 seeds (seed 3" in r for r in stage_problems(runs[1:2], "finetune", _setup(), "run"))
 
 
 def test_stage_losses_are_the_stage_s_own() -> None:
