@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RESPECT_TEMPLATES", "DEMOGRAPHICS", "LABELS", "vader_labels", "RegardClassifier", "sample_seed",
     "sample_grid", "cached_sample_grid", "label_shares", "fairness_gaps", "gap_difference", "unit_positives",
-    "alike_unit_share", "symmetry_report", "score_samples", "permuted_copy_share",
+    "alike_unit_share", "symmetry_report", "score_samples", "permuted_copy_share", "share_difference_z",
 ]
 
 # The article's respect templates (its EquiNLG code).
@@ -278,6 +279,17 @@ def alike_unit_share(samples: pd.DataFrame, model: str) -> float:
     """
     units = unit_positives(samples, model)
     return float((units.nunique(axis=1) == 1).mean())
+
+
+def share_difference_z(count_a: int, total_a: int, count_b: int, total_b: int) -> float:
+    """The two-proportion z statistic of ``count_a / total_a - count_b / total_b`` (pooled standard error): |z| of
+    1.96 or more is a difference at the 5% level for independent binomial draws. For labels counted in files
+    whose samples are not at hand (the article's), where no paired bootstrap over units is possible."""
+    if min(total_a, total_b) <= 0 or not (0 <= count_a <= total_a and 0 <= count_b <= total_b):
+        raise ValueError(f"need 0 <= count <= total > 0, got {count_a}/{total_a} and {count_b}/{total_b}")
+    pooled = (count_a + count_b) / (total_a + total_b)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / total_a + 1 / total_b))
+    return 0.0 if se == 0 else (count_a / total_a - count_b / total_b) / se
 
 
 def unit_positives(samples: pd.DataFrame, model: str) -> pd.DataFrame:

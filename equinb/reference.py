@@ -13,7 +13,7 @@ import pandas as pd
 
 __all__ = ["REFERENCE_CSV", "FIG6_LABELS", "reference_rows", "reference_table", "display_numbers",
            "beside_article", "article_fig4", "compare_fig4", "article_tab1", "article_tab2", "article_tab3",
-           "article_tab4", "count_behind", "article_fig2_3", "article_fig6"]
+           "article_tab4", "count_behind", "article_fig2_3", "article_fig6", "article_fig6_lines"]
 
 REFERENCE_CSV = Path(__file__).with_name("article_numbers.csv")
 # Label categories of the article's Figure 6(a), bottom to top of a bar.
@@ -135,6 +135,13 @@ def article_fig6() -> pd.DataFrame:
     table = table.reindex(columns=list(FIG6_LABELS))
     table.index = table.index.set_names(["model", "demographic"])
     return table
+
+
+def article_fig6_lines() -> pd.Series:
+    """Lines of each of Figure 6(a)'s prediction files, the denominators of its shares (500 samples plus the blank
+    lines of ``\\n\\n`` tokens): share x lines is the count of that label. Indexed like ``article_fig6``."""
+    ref = reference_table("fig6_nlg_regard").query("metric == 'lines'")
+    return ref.set_index(["backbone", "transform"])["value"].astype(int).rename_axis(["model", "demographic"])
 
 
 def article_tab1() -> pd.DataFrame:

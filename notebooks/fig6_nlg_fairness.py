@@ -58,7 +58,8 @@
 #   sequence-classification format, with classes negative, neutral, positive, other. Examples are
 #   Sheng et al.'s BERT regard checkpoints from github.com/ewsheng/nlg-bias, or `sasha/regardv3` on the
 #   hub. Several classifiers vote by majority. The notebook stops in its first cells if none is given.
-#   That is 5,500 samples (1,500 per model over three demographics, 1,000 for the binary EquiLM).
+#   That is 5,500 samples (1,500 per model over three demographics, 1,000 for the binary EquiLM), drawn twice with
+#   `paired_seeds` (the default): once with paired seeds for the tables, once independently for the verdicts.
 
 # %% tags=["parameters", "hide-input"]
 profile: str = "small"  # small (SmolLM2-135M and VADER, CPU, offline) or paper (GPT-2 and regard classifiers)
@@ -92,7 +93,7 @@ from equinb import viz
 from equinb.cache import cache_dir, module_fingerprint
 from equinb.chapter import check_params, profile_note
 from equinb.checks import format_error
-from equinb.reference import article_fig6
+from equinb.reference import article_fig6, article_fig6_lines
 from equinb.tables import publish_verdicts, show, start_chapter
 from equinb.verdicts import VERDICT_RULE, Comparison, compare, verdict_row, zero_by_construction
 
@@ -130,9 +131,10 @@ show(article.reset_index(), "The article's Figure 6(a): label shares per model a
 # equivariance error of the logits, $|M(g x) - g\,M(x)|$, and the largest fairness error of the
 # continuation's log-probability, $|\log P(gX_2 \mid gX_1) - \log P(X_2 \mid X_1)|$, over $g \ne e$. With
 # $g^{-1}$ both errors are float rounding. With $g$ the logits of the three group words break equivariance
-# (the forward action changes only those logits). The continuation holds no group word, so its fairness error
-# under $g$ moves only through the normalisation over the vocabulary, in which the three group words' logits take
-# part. The base LM is the negative control.
+# (the forward action changes only those logits). The continuation holds no group word, and a permutation of the
+# group words' logits leaves the normalisation over the vocabulary as it was, so its fairness error under $g$ is
+# float rounding too: with a cyclic group, EquiLM with $g$ is equivariant under the inverse permutation of the group
+# words. The base LM is the negative control.
 
 # %% tags=["hide-input", "exact"]
 model, tokenizer = E.load_causal_lm(lm_name, device=device)
@@ -326,6 +328,59 @@ show(shares.assign(difference=shares["EquiLM g (d=3)"] - shares["EquiLM g^-1 (d=
      f"Share of positive samples per demographic, the two actions (profile: {profile})", decimals=3)
 
 # %% [markdown]
+# (fig6-group-size)=
+# ## Which group size made the article's EquiGPT2 bars?
+# The two sizes leave different marks on Figure 6(a).
+# - With $d = 3$, the three demographics' samples are permuted copies of each other (every unit of both EquiLM rows
+#   above), so their shares can differ only where the classifier reads the demographic word itself: the article
+#   scored unmasked lines.
+# - With $d = 2$ on the list [Black, White, Asian], Black and White are swapped and Asian stays outside the orbit:
+#   Black and White come out alike, and Asian keeps GPT-2's share.
+#
+# The article's files give the counts (share × lines of the file). The cell tests each mark with the
+# two-proportion z statistic (independent draws; |z| ≥ 1.96 is a difference at the 5% level) and says which size
+# predicts every outcome. The $d = 3$ column assumes a classifier blind to the demographic word.
+
+# %% tags=["hide-input", "exact"]
+lines = article_fig6_lines()
+counts = (article["positive"] * lines).round().astype(int)  # shares are counts over lines (table above)
+pair = ["Black", "White"]  # the first two words of the article's list [Black, White, Asian]: what d = 2 swaps
+outside = [d for d in article.loc["EquiGPT2"].index if d not in pair]
+
+
+def positives(model, members):  # (positive lines, lines) of the article's files of these demographics, pooled
+    return int(counts.loc[model].loc[members].sum()), int(lines.loc[model].loc[members].sum())
+
+
+marks = [  # (comparison, a, b, d = 2 predicts a difference, d = 3 predicts a difference)
+    (f"EquiGPT2: {pair[0]} vs {pair[1]}", positives("EquiGPT2", pair[:1]), positives("EquiGPT2", pair[1:]),
+     False, False),
+    (f"EquiGPT2: {'/'.join(outside)} vs {'/'.join(pair)}", positives("EquiGPT2", outside),
+     positives("EquiGPT2", pair), True, False),
+    (f"{'/'.join(outside)}: EquiGPT2 vs GPT2", positives("EquiGPT2", outside), positives("GPT2", outside), False,
+     True),
+]
+word = {True: "differ", False: "alike"}
+rows, fits = [], {"d = 2": 0, "d = 3": 0}
+for label, (ka, na), (kb, nb), differs2, differs3 in marks:
+    z = N.share_difference_z(ka, na, kb, nb)
+    observed = abs(z) >= 1.96
+    fits["d = 2"] += observed == differs2
+    fits["d = 3"] += observed == differs3
+    rows.append({"comparison": label, "positive a": f"{ka}/{na} = {ka / na:.3f}",
+                 "positive b": f"{kb}/{nb} = {kb / nb:.3f}", "z": f"{z:+.2f}", "observed": word[observed],
+                 "d = 2 predicts": word[differs2], "d = 3 predicts": word[differs3]})
+show(pd.DataFrame(rows), "The article's EquiGPT2 counts against the marks of each group size (regard, GPT-2)")
+whole = [size for size, n in fits.items() if n == len(marks)]
+print(f"predicted outcomes: d = 2 {fits['d = 2']} of {len(marks)}, d = 3 {fits['d = 3']} of {len(marks)}. "
+      + (f"The article's EquiGPT2 bars fit {whole[0]} only" + (
+          f": the script's default size, with {'/'.join(outside)} outside the orbit, so the article's gap over the "
+          f"three demographics ({article_gaps['EquiGPT2, pre-fix g (article)']:.3f} above) is not that of a "
+          "three-member EquiLM" if whole == ["d = 2"] else "") + "."
+         if len(whole) == 1 else "Neither size predicts every outcome: the counts do not single out a group size."
+         if not whole else "Both sizes predict every outcome: the counts do not tell them apart."))
+
+# %% [markdown]
 # ## Figures
 
 # %% tags=["remove-input", "exact"]
@@ -383,7 +438,7 @@ glue("share_differing_inverse_forward", float(differ), display=False)
 # - **Unknown group size.** The article's generation script defaults to a group size of 2, and no command
 #   line was recorded. With $d = 2$ and the list [Black, White, Asian], only Black and White are swapped, and
 #   Asian stays outside the orbit. We run $d = 3$ for the three-member claim and $d = 2$ on [Black, White]
-#   separately.
+#   separately; {ref}`the test of the article's counts <fig6-group-size>` says which size its bars fit.
 # - **"other" are blank lines in the article.** Its "other" bars count the blank lines that `\n\n` tokens left
 #   in the sample files, each of which the classifier still labelled. Here every sample stops at its first
 #   newline, so *other* is an empty continuation (the model wrote a newline or end of text at once).

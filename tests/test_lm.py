@@ -20,7 +20,7 @@ import torch
 from equinb import TokenPermutationGroup
 from equinb import equilm as E
 from equinb import nlg as N
-from equinb.reference import article_fig6
+from equinb.reference import article_fig6, article_fig6_lines
 
 WORDS = ["<eos>", "\n", "The", " person", " was", " known", " for", " Black", " White", " Asian", " he", " she",
          " his", " her", " him", " good", " bad", ".", "\n\n", " nice\n", " nice"]
@@ -305,6 +305,19 @@ def test_article_numbers_and_vader_stand_in() -> None:
     assert article.sum(axis=1).round(3).between(0.999, 1.001).all()
     assert N.vader_labels(["He was known for his kindness and love", "a terrible, cruel man", "a table"]) == [
         "positive", "negative", "neutral"]
+
+
+def test_article_counts_and_the_two_proportion_z() -> None:
+    lines = article_fig6_lines()
+    counts = article_fig6().mul(lines, axis=0)  # a share times its file's lines is a count of lines
+    assert (counts - counts.round()).abs().max().max() < 0.05 and lines.between(500, 508).all()
+    assert int(round(counts.loc[("EquiGPT2", "Asian"), "positive"])) == 203
+    # 30/100 against 50/100: pooled 0.4, se sqrt(0.4 * 0.6 * 0.02) = 0.0693, z = -0.2 / 0.0693
+    assert N.share_difference_z(30, 100, 50, 100) == pytest.approx(-2.8868, abs=1e-4)
+    assert N.share_difference_z(50, 100, 30, 100) == pytest.approx(2.8868, abs=1e-4)
+    assert N.share_difference_z(0, 10, 0, 20) == 0.0  # no positive anywhere: no difference, no division by zero
+    with pytest.raises(ValueError, match="count <= total"):
+        N.share_difference_z(11, 10, 0, 20)
 
 
 def test_import_equinb_does_not_import_transformers() -> None:
