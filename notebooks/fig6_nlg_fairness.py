@@ -372,13 +372,20 @@ for label, (ka, na), (kb, nb), differs2, differs3 in marks:
                  "d = 2 predicts": word[differs2], "d = 3 predicts": word[differs3]})
 show(pd.DataFrame(rows), "The article's EquiGPT2 counts against the marks of each group size (regard, GPT-2)")
 whole = [size for size, n in fits.items() if n == len(marks)]
-print(f"predicted outcomes: d = 2 {fits['d = 2']} of {len(marks)}, d = 3 {fits['d = 3']} of {len(marks)}. "
-      + (f"The article's EquiGPT2 bars fit {whole[0]} only" + (
-          f": the script's default size, with {'/'.join(outside)} outside the orbit, so the article's gap over the "
-          f"three demographics ({article_gaps['EquiGPT2, pre-fix g (article)']:.3f} above) is not that of a "
-          "three-member EquiLM" if whole == ["d = 2"] else "") + "."
-         if len(whole) == 1 else "Neither size predicts every outcome: the counts do not single out a group size."
-         if not whole else "Both sizes predict every outcome: the counts do not tell them apart."))
+if whole == ["d = 2"]:
+    group_size_finding = (f"the article's EquiGPT2 counts fit d = 2 only ({fits['d = 2']} of {len(marks)} predicted "
+                          f"outcomes, d = 3 {fits['d = 3']}): the script's default size, with {'/'.join(outside)} "
+                          "outside the orbit, so the article's gap over the three demographics "
+                          f"({article_gaps['EquiGPT2, pre-fix g (article)']:.3f} in its Figure 6(a)) is not that of a "
+                          "three-member EquiLM")
+elif whole:
+    group_size_finding = (f"the article's EquiGPT2 counts fit {' and '.join(whole)} (d = 2 {fits['d = 2']}, d = 3 "
+                          f"{fits['d = 3']} of {len(marks)} predicted outcomes)")
+else:
+    group_size_finding = (f"neither size predicts every outcome of the article's EquiGPT2 counts (d = 2 "
+                          f"{fits['d = 2']}, d = 3 {fits['d = 3']} of {len(marks)}): they do not single out a size")
+print(f"profile: {profile} (the counts are the article's); {group_size_finding}.")
+glue("group_size_finding", group_size_finding, display=False)
 
 # %% [markdown]
 # ## Figures
