@@ -776,6 +776,30 @@ def test_a_weighting_network_that_mixes_the_views_is_refused_on_the_first_call()
     assert check_invariance(per_view, _images(b=2), "rot90") < 1e-9  # per-view networks pass the same check
 
 
+class PositionJitter(nn.Module):
+    """A per-view weighting network plus ``size`` times each view's position: weights that do not roll with the
+    views by ``size``, in the network's dtype. Shapes: [B, G, D] -> [B, G]."""
+
+    def __init__(self, size: float, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.net, self.size = EmbeddingWeightNet(K, 7).to(dtype), size
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        lam = self.net(views)
+        return lam + self.size * torch.arange(lam.shape[1], dtype=lam.dtype)
+
+
+def test_the_roll_check_tolerates_rounding_of_the_weights_precision_and_nothing_more() -> None:
+    x = _images(b=2)
+    for size in (1e-4, 1e-9):  # far above float64's rounding
+        with pytest.raises(ValueError, match=r"does not compute each view's weight"):
+            LambdaEquitune(Recorder(), "rot90", PositionJitter(size, torch.float64), normalisation="none")(x)
+    LambdaEquitune(Recorder(), "rot90", PositionJitter(1e-16, torch.float64), normalisation="none")(x)  # rounding
+    # a half-precision network's weights round to about 1e-3: a difference that size is its rounding, accepted
+    half = Recorder().half()
+    LambdaEquitune(half, "rot90", PositionJitter(1e-3, torch.float16), normalisation="none")(x.half())
+
+
 def test_the_device_check_runs_on_every_call_so_a_moved_wrapper_still_says_what_to_do() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 10 * 10, 5))
     wrapper = Equitune(model, "rot90").eval()
