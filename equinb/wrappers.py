@@ -524,11 +524,14 @@ class OrbitWrapper(nn.Module):
         try:
             with torch.no_grad():
                 weight_net = getattr(self, "weight_net", None)
-                # one image, or its orbit (one pass) where learned weights must be seen to roll with the views
-                probe = self.view_outputs(self.group.orbit(x[:1]) if weight_net is not None else x[:1, None])
-                view = probe[:, :1]  # [1, 1, ...], the identity's view
-                self._check_head(view[:, 0])
-                views = view.expand(1, self.group.order, *view.shape[2:])
+                # one image repeated |G| times, or its orbit (one pass) where learned weights must be seen to roll
+                # with the views
+                if weight_net is None:
+                    view = self.view_outputs(x[:1, None])  # [1, 1, ...]
+                    views = view.expand(1, self.group.order, *view.shape[2:])
+                else:
+                    views = self.view_outputs(self.group.orbit(x[:1]))  # [1, G, ...]
+                self._check_head(views[:, 0])
                 try:
                     weights = self.view_weights(views)
                 except (RuntimeError, ValueError) as err:
@@ -536,26 +539,25 @@ class OrbitWrapper(nn.Module):
                         raise
                     raise ValueError(
                         f"{type(self).__name__}: the weighting network {type(weight_net).__name__} does not take "
-                        f"this model's views [B, G={self.group.order}, {', '.join(map(str, view.shape[2:]))}] "
+                        f"this model's views [B, G={self.group.order}, {', '.join(map(str, views.shape[2:]))}] "
                         f"({str(views.dtype).removeprefix('torch.')}): {err}") from err
                 self.combine(views, self.checked_weights(weights, views))
                 if weight_net is not None:
-                    self._check_weights_roll(probe)
+                    self._check_weights_roll(views, weights)
         finally:
             for m, mode in modes:
                 m.training = mode
         self._first_call_checked = True
 
-    def _check_weights_roll(self, views: Tensor) -> None:
-        """A ValueError when the weighting network's weights do not move with its views: the views of one image's
-        orbit, and the same views rolled by one place, must give the same weights, rolled. A network that mixes
-        the views (a Linear over all of them, say) passes the shape check and breaks invariance silently. Runs
-        inside ``check_first_call`` (evaluation mode, no gradients). Shapes: views [1, G, ...]."""
+    def _check_weights_roll(self, views: Tensor, raw: Tensor) -> None:
+        """A ValueError when the weighting network's weights do not move with its views: ``raw``, the weights of one
+        image's orbit ``views``, and the weights of the same views rolled by one place must agree, rolled. A network
+        that mixes the views (a Linear over all of them, say) passes the shape check and breaks invariance silently.
+        Runs inside ``check_first_call`` (evaluation mode, no gradients). Shapes: views [1, G, ...], raw [1, G]."""
         g = self.group.order
         if g < 2:
             return
         order = torch.roll(torch.arange(g, device=views.device), 1)
-        raw = self.view_weights(views)
         dtype = torch.promote_types(raw.dtype, torch.float32)  # compared in their own precision, at least float32
         weights, rolled = raw.to(dtype), self.view_weights(views[:, order]).to(dtype)
         error = float((rolled - weights[:, order]).abs().max())
