@@ -91,7 +91,7 @@ from equinb.chapter import check_params, profile_note
 from equinb.data import (FASHION_MNIST_CLASSES, ISIC2018_CLASS_COUNTS, ISIC2018_CLASSES, ISIC2018_COLUMNS,
                          fashion_mnist_arrays, get_dataset)
 from equinb.engine import TrainConfig, weighted_model
-from equinb.evidence import (STAGE_CHANGE, STAGES, compare_runs, finetune_changed, no_training_check, diverged_seeds,
+from equinb.evidence import (STAGE_CHANGE, STAGES, compare_runs, diverged_seeds, finetune_changed, no_training_check,
                              stage_runs, stage_spread)
 from equinb.metrics import class_counts, classification_scores, confusion_matrix, majority_predictions
 from equinb.noise import ORIENTATION_READINGS, chapter_tolerances, noise_note
