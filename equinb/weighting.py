@@ -161,7 +161,9 @@ class ViewAttention(nn.Module):
     ``A -> P A P^T``, so the weights permute with the views.
 
     ``q_net``/``k_net`` are ``MapEncoder``s for feature maps (article sizes by default) or MLPs
-    ``D -> hidden -> out_dim`` for embeddings (``map_size=None``).
+    ``D -> hidden -> out_dim`` for embeddings (``map_size=None``). The first ``Linear`` of each one's MLP is
+    drawn Kaiming-uniform (fan-in, ReLU gain) as in the article's code, about 2.4 times PyTorch's default range:
+    the initial attention is less uniform, which changes how the module trains.
 
     Shapes: views [B, G, C, h, w] or [B, G, D] -> weights [B, G] (and attention [B, G, G]).
     """
@@ -172,10 +174,16 @@ class ViewAttention(nn.Module):
 
         def make() -> nn.Module:
             if map_size is None:
-                return nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
-            return MapEncoder(channels, map_size, hidden=hidden, out_dim=out_dim, **map_kwargs)
+                net = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+                first = net[0]
+            else:
+                net = MapEncoder(channels, map_size, hidden=hidden, out_dim=out_dim, **map_kwargs)
+                first = net.mlp[0]
+            nn.init.kaiming_uniform_(first.weight, mode="fan_in", nonlinearity="relu")  # the bias keeps its default
+            return net
 
-        self.q_net, self.k_net = make(), make()
+        self.q_net = make()  # the query network is built and initialised before the key network, as in the article
+        self.k_net = make()
         self.scale = 1.0 / math.sqrt(out_dim)
         self.channels, self.map_size = int(channels), map_size
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -93,6 +95,9 @@ def test_invariance(method: str, level: str, group_name: str) -> None:
     with torch.no_grad():
         out, weights = wrapper(x, return_weights=True)
         assert out.shape == (3, K) and weights.shape == (3, group.order)
+        if group.order == 1 and method != "lambda:none":  # one view, weight 1: the model itself (no test of symmetry)
+            head = wrapper.head if wrapper.head is not None else nn.Identity()
+            torch.testing.assert_close(out, head(wrapper.trunk(x)), **TOL)
         for k in range(group.order):
             moved, moved_w = wrapper(group.act(x, k), return_weights=True)
             torch.testing.assert_close(moved, out, **TOL)
@@ -164,9 +169,11 @@ def test_lambda_special_cases(level: str) -> None:
         def forward(self, views: torch.Tensor) -> torch.Tensor:
             return torch.full(views.shape[:2], self.value, dtype=views.dtype)
 
-    class OneHotLikeEquiZero(nn.Module):
+    class OneHotOfTheMostConfidentView(nn.Module):  # equizero's choice, recomputed here from the head's outputs
         def forward(self, views: torch.Tensor) -> torch.Tensor:
-            return equizero.view_weights(views)
+            logits = torch.stack([equizero.apply_head(views[:, k]) for k in range(views.shape[1])], dim=1)
+            best = torch.softmax(logits, dim=-1).amax(-1).argmax(dim=1)
+            return nn.functional.one_hot(best, views.shape[1]).to(views.dtype)
 
     with torch.no_grad():
         for normalisation in ("softmax", "sum"):
@@ -176,7 +183,7 @@ def test_lambda_special_cases(level: str) -> None:
         # unnormalised lambda = 1 on every view is the plain mean, i.e. equitune
         ones = LambdaEquitune(equitune.trunk, equitune.group, Constant(1.0), head=equitune.head, normalisation="none")
         torch.testing.assert_close(ones(x), equitune(x), **TOL)
-        one_hot = LambdaEquitune(equizero.trunk, equizero.group, OneHotLikeEquiZero(), head=equizero.head,
+        one_hot = LambdaEquitune(equizero.trunk, equizero.group, OneHotOfTheMostConfidentView(), head=equizero.head,
                                  normalisation="sum")
         torch.testing.assert_close(one_hot(x), equizero(x), **TOL)
 
@@ -192,8 +199,11 @@ def test_equizero_picks_the_view_its_proxy_names() -> None:
             out, weights = wrapper(x, return_weights=True)
             assert torch.equal(weights.argmax(dim=1), chosen)
             torch.testing.assert_close(out, per_view[torch.arange(6), chosen], **TOL)
-            # the chosen view is the best one: no other view scores higher
-            assert torch.all(scores.gather(1, chosen[:, None]) >= scores)
+            # the chosen view is the one the proxy's definition names, computed here from the logits directly
+            probs = torch.softmax(per_view, dim=-1)
+            by_hand = {"max_prob": probs.amax(-1), "entropy": (probs * probs.log()).sum(-1),
+                       "max_logit": per_view.amax(-1)}[proxy]
+            assert torch.equal(chosen, by_hand.argmax(dim=1))
     # max_prob picks the most confident view; entropy the least uncertain
     logits = torch.tensor([[[0.0, 0.0, 0.0], [3.0, 0.0, 0.0], [1.0, 1.0, -5.0]]])
     assert proxy_scores(logits, "max_prob").argmax() == 1
@@ -244,7 +254,7 @@ def test_attention_weights_are_permutation_equivariant() -> None:
     torch.testing.assert_close(att(views).sum(1), torch.ones(2, dtype=torch.float64), **TOL)
     torch.testing.assert_close(a.sum(-1), torch.ones(2, 5, dtype=torch.float64), **TOL)  # each view's row sums to 1
     torch.testing.assert_close(att(views), a.mean(1), **TOL)  # the weights are the columns' means
-    assert (att(views) - 1 / 5).abs().max() > 1e-3  # not uniform weights, which would make it plain equitune
+    assert (att(views) - 1 / 5).abs().max() > 1e-6  # not uniform (exactly 1/5 in float64), not plain equitune
 
 
 def test_cosine_head_normalises_each_embedding_on_its_own() -> None:
@@ -361,6 +371,20 @@ def test_weighting_modules_have_the_article_sizes() -> None:
     assert count(ViewAttention(2048, (7, 7))) == 4_241_040
 
 
+@pytest.mark.parametrize("map_size", [None, (3, 3)])
+def test_view_attention_draws_its_first_mlp_layers_kaiming_uniform(map_size: tuple[int, int] | None) -> None:
+    """The article's code draws the first Linear of the query and key MLPs Kaiming-uniform (fan-in, ReLU gain):
+    bound sqrt(6 / fan_in), about 2.45 times PyTorch's default 1 / sqrt(fan_in); the later Linear keeps the default."""
+    torch.manual_seed(0)
+    att = ViewAttention(64, map_size, hidden=128, out_dim=128, **({} if map_size is None else {"per_channel": 1}))
+    for net in (att.q_net, att.k_net):
+        first, last = (net[0], net[2]) if map_size is None else (net.mlp[0], net.mlp[2])
+        fan_in = first.weight.shape[1]
+        largest = float(first.weight.detach().abs().max())
+        assert 0.95 * math.sqrt(6 / fan_in) < largest <= math.sqrt(6 / fan_in)
+        assert float(last.weight.detach().abs().max()) <= 1 / math.sqrt(last.weight.shape[1])
+
+
 @pytest.mark.parametrize("map_size", [(3, 3), (5, 4), (7, 7)])
 def test_map_encoder_matches_a_per_channel_convolution(map_size: tuple[int, int]) -> None:
     """The matrix-product convolution equals Conv2d(1 -> k) per channel, flattened channel-major."""
@@ -394,3 +418,74 @@ def test_option_names_take_any_case() -> None:
     assert EquiZero(nn.Identity(), "rot90", proxy="MAX_PROB").proxy == "max_prob"
     assert Equitune(nn.Identity(), "rot90", chunk_size="Auto").chunk_size == "auto"
     assert LambdaEquitune(nn.Identity(), "rot90", nn.Identity(), normalisation="Softmax").normalisation == "softmax"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Each combination rule exactly as stated, on inputs that tell the rules apart.
+
+class _PerViewScore(nn.Module):
+    """lambda_k = 3 * (first entry of view k) + 1: one weight per view, from that view alone. [B, G, D] -> [B, G]."""
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        return 3 * views[..., 0] + 1
+
+
+def test_lambda_weights_are_exactly_the_stated_normalisation_of_the_raw_values() -> None:
+    """softmax(lambda) over the views (not a tempered softmax), lambda / sum(lambda), lambda / G; the output is the
+    weighted sum of the views with those weights ("none" reports lambda itself as the views' weights, as
+    ``test_lambda_none_is_the_article_code`` states)."""
+    from equinb.wrappers import normalise_weights
+
+    views = torch.randn(3, 4, K, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    raw = 3 * views[..., 0] + 1
+    expected = {"softmax": torch.softmax(raw, -1), "sum": raw / raw.sum(-1, keepdim=True), "none": raw / 4}
+    for normalisation, weights in expected.items():
+        torch.testing.assert_close(normalise_weights(raw, normalisation), weights, **TOL)
+        wrapper = LambdaEquitune(nn.Identity(), "rot90", _PerViewScore(), normalisation=normalisation).eval()
+        out, got = wrapper.forward_views(views=views, return_weights=True)
+        torch.testing.assert_close(got, raw if normalisation == "none" else weights, **TOL)
+        torch.testing.assert_close(out, (weights[..., None] * views).sum(1), **TOL)
+
+
+def test_each_images_weights_come_from_its_own_orbit() -> None:
+    """A batch gives every image the output and weights it has alone: no weight is computed across images."""
+    for method in ("lambda:softmax", "attention", "equizero:max_prob"):
+        wrapper, x = _build(method, "embedding", "rot90"), _images(b=4)
+        with torch.no_grad():
+            out, weights = wrapper(x, return_weights=True)
+            for i in range(4):
+                alone, alone_w = wrapper(x[i:i + 1], return_weights=True)
+                torch.testing.assert_close(out[i:i + 1], alone, **TOL)
+                torch.testing.assert_close(weights[i:i + 1], alone_w, **TOL)
+
+
+def test_elementwise_max_takes_the_max_over_the_aligned_views() -> None:
+    """With align_views the element-wise max of the class probabilities runs over g_k^-1 V_k, per pixel."""
+    wrapper = _build("equizero", "feature_map", "rot90", align=True, output_softmax=True, elementwise_max=True)
+    x = _images(b=2)
+    with torch.no_grad():
+        views = wrapper.views(x)  # [B, G, C, h, w]
+        aligned = wrapper.group.invert_orbit(views)
+        per_view = torch.stack([wrapper.apply_head(aligned[:, k]) for k in range(4)], dim=1)
+        torch.testing.assert_close(wrapper(x), torch.softmax(per_view, dim=2).amax(dim=1), **TOL)
+
+
+def test_straight_through_passes_the_mean_gradient_to_every_view() -> None:
+    """In training mode the output is the selected view's value, and its gradient is the mean's: 1/G to each view."""
+    wrapper = EquiZero(nn.Identity(), "rot90", straight_through=True).train()
+    views = torch.randn(2, 4, K, dtype=torch.float64, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    out = wrapper.forward_views(views=views)
+    selected = views.detach()[torch.arange(2), wrapper.view_weights(views.detach()).argmax(1)]
+    torch.testing.assert_close(out.detach(), selected, **TOL)
+    out.sum().backward()
+    torch.testing.assert_close(views.grad, torch.full_like(views, 0.25), **TOL)
+
+
+@pytest.mark.parametrize("proxy, logits", [("max_prob", [[20.0, 0.0, 0.0], [30.0, 0.0, 0.0]]),
+                                           ("entropy", [[110.0, 0.0, 0.0], [150.0, 0.0, 0.0]])])
+def test_confident_float32_views_are_ranked_in_full_precision(proxy: str, logits: list) -> None:
+    """Two very confident float32 views whose probabilities round to the same float32 value: the proxy still ranks
+    the more confident one first (a float32 softmax or entropy would tie them, and the tie would share the weight)."""
+    views = torch.tensor([logits], dtype=torch.float32)  # [1, G=2, K=3]
+    weights = EquiZero(nn.Identity(), "rot180", proxy=proxy).view_weights(views)
+    assert torch.equal(weights, torch.tensor([[0.0, 1.0]]))
