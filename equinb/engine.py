@@ -27,12 +27,13 @@ import numbers
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from .checks import modes_restored
 from .groups import Group
 from .kernels import tuned_kernels
 from .metrics import top1
@@ -41,8 +42,8 @@ from .wrappers import NORMALISATIONS, EquiAttention, LambdaEquitune, OrbitWrappe
 
 __all__ = ["TrainConfig", "ViewData", "ImageViewData", "TRAINED_METHODS", "weighted_model", "model_device",
            "evaluation_mode", "batch_schedule", "extract_view_features", "features", "predict", "evaluate",
-           "set_finetune_precision", "snapshot", "parameter_drift", "group_drift", "reset_groups", "prefinetune",
-           "finetune", "train_step_loss"]
+           "finetuned_part", "set_finetune_precision", "snapshot", "parameter_drift", "group_drift", "reset_groups",
+           "prefinetune", "finetune", "train_step_loss"]
 
 Tensor = torch.Tensor
 
@@ -129,17 +130,18 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a number >= 0, got {value!r}")
 
     @classmethod
-    def original(cls, **overrides) -> "TrainConfig":
+    def original(cls, **overrides: Any) -> "TrainConfig":
         """The article's "original code": double softmax, frozen-copy lambda input, lr 5e-7, backbone only."""
         return replace(cls(output_softmax=True, lambda_input="frozen_copy", finetune_params="backbone", lr=5e-7),
                        **overrides)
 
     @classmethod
-    def updated(cls, **overrides) -> "TrainConfig":
+    def updated(cls, **overrides: Any) -> "TrainConfig":
         """The article's "updated code": no softmax, trainable lambda input, lr 5e-8, backbone + lambda."""
         return replace(cls(), **overrides)
 
     def as_dict(self) -> dict:
+        """Every field by name: what a run's cache key and its record hold."""
         return asdict(self)
 
 
@@ -163,18 +165,21 @@ class ViewData:
         return int(self.labels.shape[0])
 
     def batch(self, index: Tensor, element: int | None = None, group: Group | None = None) -> tuple[Tensor, Tensor]:
-        """Inputs of ``index`` after the random group element ``element``: view j of g x is view j*g of x."""
+        """Inputs of ``index`` after the random group element ``element``: view j of g x is view j*g of x.
+        Shapes: index [B] -> (views [B, G, ...], labels [B])."""
         views = self.inputs[index]
         if element:
             views = views[:, group.view_permutation(element)]
         return views, self.labels[index]
 
     def restrict(self, group: Group, columns: list[int]) -> "ViewData":
-        """The same data on a subgroup whose elements are the views ``columns`` (rot180 = views 0, 2 of rot90)."""
+        """The same data on a subgroup whose elements are the views ``columns`` (rot180 = views 0, 2 of rot90).
+        Shapes: inputs [N, G, ...] -> [N, len(columns), ...]."""
         return ViewData(self.inputs[:, columns], self.labels)
 
     def subset(self, index: Tensor, labels: Tensor | None = None) -> "ViewData":
-        """The images ``index``, with new ``labels`` [len(index)] if given (a relabelled class subset)."""
+        """The images ``index``, with new ``labels`` if given (a relabelled class subset).
+        Shapes: index [M], labels [M] -> inputs [M, G, ...], labels [M]."""
         return ViewData(self.inputs[index], self.labels[index] if labels is None else labels)
 
 
@@ -247,13 +252,11 @@ def weighted_model(trunk: nn.Module, weight_net: nn.Module, head: nn.Module, gro
 
 @contextmanager
 def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in evaluation mode inside the block; its mode is restored on exit, also after an error."""
-    was_training = model.training
-    model.eval()
-    try:
+    """``model`` in evaluation mode inside the block; every submodule's mode is restored on exit, also after an
+    error (``equinb.checks.modes_restored``)."""
+    with modes_restored(model):
+        model.eval()
         yield model
-    finally:
-        model.train(was_training)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -318,8 +321,11 @@ def _draw_elements(n_batches: int, order: int, rng: np.random.RandomState) -> li
 
 def train_step_loss(model: OrbitWrapper, views: Tensor, labels: Tensor,
                     weight_views: Tensor | None = None) -> Tensor:
-    """Cross-entropy of one batch from computed views [B, G, ...] (``output_softmax``: the article's CE applied
-    to probabilities). ``weight_views``: what the weighting sees (default: the views)."""
+    """Cross-entropy of one batch from computed views (``output_softmax``: the article's CE applied to
+    probabilities). ``weight_views``: what the weighting sees (default: the views).
+
+    Shapes: views [B, G, ...], labels [B], weight_views [B, G, ...] -> loss [] (a scalar).
+    """
     logits = model.forward_views(views=_on(model, views), weight_views=_on(model, weight_views))
     return nn.functional.cross_entropy(logits, labels.to(logits.device, non_blocking=True))
 
@@ -332,7 +338,8 @@ def features(model: OrbitWrapper, inputs: Tensor) -> Tensor:
 def predict(model: OrbitWrapper, data: ViewData, batch_size: int = 256, feats: Tensor | None = None,
             lambda_feats: Tensor | None = None, max_batches: int | None = None, seed: int = 0,
             data_are_features: bool = False) -> Tensor:
-    """Predicted classes [N] (or of the first ``max_batches`` batches) in eval mode; see ``evaluate``.
+    """Predicted classes (of every item, or of the first ``max_batches`` batches) in eval mode; see ``evaluate``.
+    Shapes: data's views [N, G, ...] (or ``feats``) -> predictions [N] (long).
 
     The lambda network's dropout stays on if ``dropout_in_eval``; it is seeded, so the same weights and
     seed give the same predictions (the paired comparisons of ``equinb.verdicts`` rely on this).
@@ -361,8 +368,9 @@ def evaluate(model: OrbitWrapper, data: ViewData, batch_size: int = 256, feats: 
              data_are_features: bool = False) -> float:
     """Top-1 accuracy (%) in eval mode (the lambda network's dropout stays on if ``dropout_in_eval``).
 
-    ``feats``: cached normalised features [N, G, D] of ``data`` (a frozen trunk); else the trunk runs,
-    unless ``data_are_features`` (the batches of ``data`` already are normalised features).
+    ``feats``: the frozen trunk's cached views of ``data`` (normalised embeddings [N, G, D] or feature maps
+    [N, G, C, h, w]); else the trunk runs, unless ``data_are_features`` (the batches of ``data`` already are
+    the trunk's views).
     ``lambda_feats``: what lambda sees (the frozen copy's cached features); default: the features.
     ``max_batches``: only the first batches (the article's selection set). Seeded for the dropout.
     """
@@ -370,19 +378,32 @@ def evaluate(model: OrbitWrapper, data: ViewData, batch_size: int = 256, feats: 
     return top1(predicted, data.labels[:len(predicted)])
 
 
+def finetuned_part(model: OrbitWrapper) -> nn.Module:
+    """What finetuning trains besides the weighting module: the trunk, or, where the head's pooling module is
+    finetuned too (``equinb.heads.PooledHead(finetune_pool=True)``: CLIP's attnpool at the feature-map level, which
+    the article's code trains with the rest of the image encoder), both in one container (``trunk.*``, ``pool.*``).
+    Precision, drift and the ablations of a run all read this one module."""
+    head = model.head
+    if head is None or not getattr(head, "finetune_pool", False):
+        return model.trunk
+    return nn.ModuleDict({"trunk": model.trunk, "pool": head.pool})
+
+
 def set_finetune_precision(model: OrbitWrapper, config: TrainConfig) -> tuple[list[str], bool]:
-    """Give the trunk the parameter dtypes that finetuning updates, before it starts.
+    """Give the finetuned part (``finetuned_part``: the trunk, with CLIP's attnpool where the head trains it) the
+    parameter dtypes that finetuning updates, before it starts.
 
     ``"clip_fp16"``: CLIP's rule (``equinb.precision.apply_clip_precision``): real fp16 on CUDA, as the article
     ran; on any other device fp16 values held in fp32 (``emulated``), because fp16 arithmetic on a CPU is many
     times slower. ``"fp32"``: every parameter fp32 (an fp16 CLIP is cast up, so every update is kept).
-    Returns the names of the trunk's fp16 parameters and whether they are emulated. Idempotent.
+    Returns the names of its fp16 parameters and whether they are emulated. Idempotent.
     """
+    part = finetuned_part(model)
     if config.param_dtype == "fp32":
-        model.trunk.float()
+        part.float()
         return [], False
     emulated = model_device(model).type != "cuda"
-    return apply_clip_precision(model.trunk, emulate=emulated), emulated
+    return apply_clip_precision(part, emulate=emulated), emulated
 
 
 def snapshot(module: nn.Module) -> dict[str, Tensor]:
@@ -511,7 +532,8 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
              train_lambda_feats: Tensor | None = None, test_lambda_feats: Tensor | None = None,
              eval_every_round: bool = True, progress: bool = False,
              tuned_gpu_kernels: bool = True, clock: list[dict] | None = None) -> tuple[list[dict], Tensor | None]:
-    """Finetune the trunk (and the lambda network for ``backbone+lambda``) with the full forward.
+    """Finetune the trunk (``finetuned_part``: with CLIP's attnpool where the head trains it; and the lambda
+    network for ``backbone+lambda``) with the full forward.
 
     ``*_lambda_feats``: cached features of the frozen copy [N, G, D] that feed lambda when
     ``lambda_input="frozen_copy"`` (the frozen copy never changes, so caching it is exact).
@@ -529,10 +551,13 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
         raise ValueError("lambda_input='frozen_copy' needs the frozen copy's cached features "
                          "(train_lambda_feats and test_lambda_feats)")
     half, emulated = set_finetune_precision(model, config)
+    part = finetuned_part(model)
+    if part is not model.trunk:  # the run's own copy of the head's pool trains from here on
+        part["pool"].requires_grad_(True)
     torch.manual_seed(config.seed)
     rng = np.random.RandomState(config.seed + 1)
-    stored_half = [p for name, p in model.trunk.named_parameters() if emulated and name in half]
-    params = [p for p in model.trunk.parameters() if not any(p is q for q in stored_half)]
+    stored_half = [p for name, p in part.named_parameters() if emulated and name in half]
+    params = [p for p in part.parameters() if not any(p is q for q in stored_half)]
     if config.finetune_params == "backbone+lambda":
         params += list(model.weight_net.parameters())
     optimisers = [opt for opt in (_sgd(params, config.lr, config.momentum),

@@ -5,7 +5,7 @@
 - ``fit_linear_head``: multinomial logistic regression on frozen embeddings, the small profile's stand-in for
   the text head (fitted on upright images only).
 - ``linear_text_head``: the text head as an ``nn.Linear`` on normalised embeddings (the training engine's head).
-- ``PooledHead``: a frozen pooling module (CLIP's attnpool) then a linear head, for feature maps.
+- ``PooledHead``: a pooling module (CLIP's attnpool; finetuned or frozen) then a linear head, for feature maps.
 - ``prototype_head``: a few-shot head with no preferred orientation (the small profile's stand-in for CLIP's text
   head on a task it knows little about).
 - ``frozen_head`` / ``load_frozen_model``: the head of a backbone on a dataset, cached on disk.
@@ -22,7 +22,7 @@ from torch import nn
 from .backbones import Backbone, cpu_chunks, load_backbone
 from .cache import cache_dir as default_cache_dir
 from .cache import cache_key, data_root as default_root, load_or_compute, module_fingerprint, source_fingerprint
-from .data import dataset_classes, image_batches
+from .data import dataset_classes, dataset_spec, image_batches
 from .prompts import templates_for
 
 __all__ = ["CosineHead", "prompt_ensemble_weights", "fit_linear_head", "linear_text_head", "PooledHead",
@@ -107,14 +107,19 @@ def linear_text_head(text_head: CosineHead) -> nn.Linear:
 
 
 class PooledHead(nn.Module):
-    """The feature-map head: a frozen pooling module (CLIP's attnpool) then the linear text head.
+    """The feature-map head: a pooling module (CLIP's attnpool) then the fixed linear text head.
+
+    ``finetune_pool``: finetuning trains the pooling module with the trunk (``equinb.engine.finetuned_part``), as
+    the article's code finetunes all of CLIP's image encoder, attnpool included; each run then trains its own copy.
+    Otherwise, and always before finetuning, the pool is frozen.
 
     Shapes: maps [B, C, h, w] (any float dtype; cast to the pool's) -> logits [B, K] (float32).
     """
 
-    def __init__(self, pool: nn.Module, linear: nn.Linear) -> None:
+    def __init__(self, pool: nn.Module, linear: nn.Linear, finetune_pool: bool = False) -> None:
         super().__init__()
         self.pool, self.linear = pool.requires_grad_(False), linear
+        self.finetune_pool = bool(finetune_pool)
 
     def forward(self, maps: Tensor) -> Tensor:
         dtype = next(self.pool.parameters()).dtype
@@ -190,6 +195,7 @@ def load_frozen_model(backbone_name: str, dataset: str, *, device: str = "cpu", 
 
     Returns ``(backbone, head, root, cache_dir)``; ``head(backbone.encoder(x))`` gives logits [B, C].
     """
+    dataset_spec(dataset)  # an unknown dataset fails here, before the backbone loads (a download for CLIP)
     root = Path(data_root) if data_root else default_root()
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(root)
     size = image_size if backbone_name == "mobilenet_v2" else None

@@ -30,14 +30,14 @@ from .cache import data_root as default_data_root
 from .data import (ISIC2018_CLASS_COUNTS, dataset_spec, fashion_mnist_arrays, get_dataset, load_digits,
                    load_fashion_mnist, proportional_counts, root_identity)
 from .engine import (TRAINED_METHODS, ImageViewData, TrainConfig, ViewData, extract_view_features, finetune,
-                     model_device, parameter_drift, predict, prefinetune, reset_groups, set_finetune_precision,
-                     snapshot, weighted_model)
+                     finetuned_part, model_device, parameter_drift, predict, prefinetune, reset_groups,
+                     set_finetune_precision, snapshot, weighted_model)
 from .groups import Group
 from .heads import PooledHead, fit_linear_head, linear_text_head, load_frozen_model, prototype_head
 from .kernels import tuned_kernels
 from .metrics import top1
 from .precision import apply_clip_precision
-from .weighting import EmbeddingWeightNet, FeatureMapWeightNet, ViewAttention
+from .weighting import FeatureMapWeightNet, ViewAttention, default_view_attention, default_weight_net
 from .wrappers import EquiAttention, LambdaEquitune
 
 __all__ = ["LEVELS", "TrainingSetup", "TrainingRun", "seed_repeats", "correct_by_seed", "stand_in_index",
@@ -98,13 +98,22 @@ class TrainingSetup:
         return int(max(self.train.labels.max(), self.test.labels.max())) + 1
 
     @property
+    def level(self) -> str:
+        """``"maps"`` where the trunk gives feature maps (``train_feats`` [N, G, C, h, w]), else ``"embeddings"``."""
+        return "maps" if self.train_feats.ndim == 5 else "embeddings"
+
+    @property
     def embed_dim(self) -> int:
+        """D of the trunk's embeddings (embedding-level setups only)."""
+        if self.level != "embeddings":
+            raise ValueError(f"this setup holds feature maps {tuple(self.train_feats.shape[2:])}, not embeddings; "
+                             "use map_shape, or equinb.weighting.default_weight_net(view_shape)")
         return int(self.train_feats.shape[-1])
 
     @property
     def map_shape(self) -> tuple[int, int, int]:
         """(C, h, w) of the trunk's maps (feature-map setups only)."""
-        if self.train_feats.ndim != 5:
+        if self.level != "maps":
             raise ValueError("this setup holds embeddings, not feature maps; use small_feature_map_setup")
         c, h, w = self.train_feats.shape[2:]
         return int(c), int(h), int(w)
@@ -207,7 +216,8 @@ def _load_small_maps(source: str, group: Group, image_size: int, split_block: in
               for s in ("train", "test")}
     key = cache_key(kind="small_maps", source=source, weights=module_fingerprint(model), size=image_size,
                     split=split_block, last=last_block, elements=group.elements,
-                    images={s: ds.tensors[0].shape[0] for s, ds in splits.items()}, index=index or {})
+                    images={s: ds.tensors[0].shape[0] for s, ds in splits.items()}, index=index or {},
+                    code=feature_code_fingerprint())
 
     def compute() -> dict:
         out = {}
@@ -356,7 +366,8 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
                  cache_dir: str | Path | None = None) -> TrainingRun:
     """Prefinetune (cached), select the best weighting module, evaluate, finetune, evaluate.
 
-    ``weight_net``: builds the module (default: the article's invariant lambda network for embeddings).
+    ``weight_net``: builds the module (default: the article's module for the setup's views and ``method``,
+    ``equinb.weighting.default_weight_net`` or ``default_view_attention``).
     ``method`` and ``align_views``: see ``equinb.engine.weighted_model`` (feature-map setups).
     ``cache_dir``: save the run (row, history, module states) there, atomically, keyed by the setup's key,
     the configuration, the method, the alignment, the module's architecture and the engine's source code;
@@ -373,7 +384,9 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
     finetuning with one group of what it changed put back (``predictions["finetune, <group> reset"]`` for each
     group of ``equinb.precision.GROUPS`` that changed, and ``"finetune, λ network reset"``): each group's share.
     """
-    make_net = weight_net if weight_net is not None else lambda: EmbeddingWeightNet(setup.embed_dim)
+    view_shape = tuple(setup.train_feats.shape[2:])  # one view: [D] or [C, h, w]
+    default = default_view_attention if method == "equiattention" else default_weight_net
+    make_net = weight_net if weight_net is not None else lambda: default(view_shape)
 
     def train() -> dict:
         torch.manual_seed(config.seed)
@@ -382,7 +395,7 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
                                                         method, align_views, ablate, clock)
         # the settings and wall times ride along for tools/paper_smoke.py, which counts and times the runs
         return dict(row=row, history=history, states=states, predictions=predictions, drift=drift, clock=clock,
-                    config=config.as_dict(), maps=setup.train_feats.ndim == 5)
+                    config=config.as_dict(), maps=setup.level == "maps")
 
     if cache_dir is None:
         out = train()
@@ -397,7 +410,7 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
 
 
 def seed_repeats(setup: TrainingSetup, config: TrainConfig, seeds: Sequence[int], *, finetune: bool = False,
-                 cache_dir: str | Path | None = None, **options) -> list[TrainingRun]:
+                 cache_dir: str | Path | None = None, **options: Any) -> list[TrainingRun]:
     """Repeats of ``config`` under each seed (lambda initialisation, data order, the random group element of each
     batch, dropout): prefinetune only, or the whole run with ``finetune``. ``options`` go to ``run_training``."""
     return [run_training(setup, replace(config, seed=int(s), **({} if finetune else {"finetune_rounds": 0})),
@@ -413,6 +426,16 @@ TRAINING_SOURCES = ("engine.py", "setups.py", "wrappers.py", "weighting.py", "gr
                     "kernels.py", "outputs.py", "metrics.py")
 
 
+# what makes the cached frozen features: the data's loading and preparation, the backbone, the split and the pass
+FEATURE_SOURCES = ("data.py", "backbones.py", "setups.py", "engine.py", "groups.py", "precision.py")
+
+
+def feature_code_fingerprint() -> str:
+    """Hash of what the modules that load the data and compute the frozen per-view features do, so that a cached
+    feature file (and every run keyed by its setup) never outlives a change of the images or of the pass."""
+    return source_fingerprint(*(Path(__file__).parent / name for name in FEATURE_SOURCES))
+
+
 def training_code_fingerprint() -> str:
     """Hash of what the modules that define a training run do (syntax trees without docstrings or comments),
     so that a cached run never outlives a code change and survives edits of documentation."""
@@ -422,7 +445,9 @@ def training_code_fingerprint() -> str:
 def _run(setup: TrainingSetup, config: TrainConfig, module: nn.Module, progress: bool, heldout_fraction: float,
          method: str, align_views: bool, ablate: bool,
          clock: list[dict] | None = None) -> tuple[dict, list[dict], dict, dict, list[dict]]:
-    model = weighted_model(setup.make_trunk(), module.to(model_device(setup.head)), setup.head,
+    # a head whose pool finetuning trains (CLIP's attnpool at the feature-map level): this run's own copy
+    head = copy.deepcopy(setup.head) if getattr(setup.head, "finetune_pool", False) else setup.head
+    model = weighted_model(setup.make_trunk(), module.to(model_device(setup.head)), head,
                            setup.group, config, method=method, align_views=align_views,
                            normalise_views=setup.normalise_views)
     labels = setup.train.labels
@@ -443,28 +468,30 @@ def _run(setup: TrainingSetup, config: TrainConfig, module: nn.Module, progress:
     pre = top1(predictions["prefinetune"], setup.test.labels)
     history.append(dict(stage="prefinetune", round=config.prefinetune_rounds, step=None, test_top1=pre))
     set_finetune_precision(model, config)
-    before = snapshot(model.trunk)
+    part = finetuned_part(model)  # the trunk, with the head's pool where finetuning trains it
+    before = snapshot(part)
     finetuned, last = finetune(model, train, setup.test, config, train_lambda_feats=train_feats,
                                test_lambda_feats=setup.test_feats, progress=progress, clock=clock)
     history += finetuned
     predictions["finetune"] = predictions["prefinetune"] if last is None else last
     row = dict(prefinetune_top1=pre, finetune_top1=top1(predictions["finetune"], setup.test.labels))
     states = dict(prefinetune=best, finetune=copy.deepcopy(model.weight_net.state_dict()))
-    drift = parameter_drift(before, model.trunk)
+    drift = parameter_drift(before, part)
     if ablate and last is not None and not torch.equal(last, predictions["prefinetune"]):
-        predictions.update(_ablations(model, setup, config, before, drift, best))
+        predictions.update(_ablations(model, part, setup, config, before, drift, best))
     return row, history, states, predictions, drift
 
 
-def _ablations(model: LambdaEquitune | EquiAttention, setup: TrainingSetup, config: TrainConfig,
+def _ablations(model: LambdaEquitune | EquiAttention, part: nn.Module, setup: TrainingSetup, config: TrainConfig,
                before: dict[str, Tensor], drift: list[dict], best: dict) -> dict[str, Tensor]:
-    """Predictions of the finetuned model with one changed group put back to its value before finetuning."""
+    """Predictions of the finetuned model with one changed group of ``part`` (``finetuned_part``) put back to its
+    value before finetuning."""
     frozen = setup.test_feats if config.lambda_input == "frozen_copy" else None
     out = {}
     for group in dict.fromkeys(d["group"] for d in drift if d["changed_share"] > 0):
-        saved = reset_groups(model.trunk, before, [group])
+        saved = reset_groups(part, before, [group])
         out[f"finetune, {group} reset"] = predict(model, setup.test, lambda_feats=frozen, seed=config.seed)
-        reset_groups(model.trunk, saved, [group])
+        reset_groups(part, saved, [group])
     if config.finetune_params == "backbone+lambda":
         finetuned = copy.deepcopy(model.weight_net.state_dict())
         model.weight_net.load_state_dict(best)
@@ -482,8 +509,9 @@ def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = 
 
     ``level="embeddings"`` (the invariant lambda-equitune): the whole encoder is the trunk, its
     embeddings are L2-normalised. ``level="maps"`` (the feature-map methods, article sec. 4.2): the trunk
-    M1 ends at layer4 (maps [2048, 7, 7] for RN50); the head is ``attnpool`` then the text head, fixed, on
-    the unnormalised pooled embedding as in the article's code. Maps are cached in the trunk's dtype (fp16
+    M1 ends at layer4 (maps [2048, 7, 7] for RN50); the head is ``attnpool`` (frozen while prefinetuning,
+    finetuned with M1, as the article's code trains the whole encoder) then the fixed text head, on the
+    unnormalised pooled embedding as in the article's code. Maps are cached in the trunk's dtype (fp16
     on CUDA, as the article computes them): about 0.8 MB per image for the four views of RN50.
 
     Images are kept as uint8 and resized (bicubic) and normalised on the device per batch. As published,
@@ -523,17 +551,19 @@ def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = 
     train, test = split_data("train", max_train), split_data(spec.eval_split, None)  # ISIC2018: validation
     encoder = backbone.encoder.requires_grad_(False)
     if level == "maps":
-        encoder, pool = backbone.feature_split()  # stem..layer4 and attnpool (frozen with the encoder)
-        head = PooledHead(pool, head)
+        encoder, pool = backbone.feature_split()  # stem..layer4 and attnpool
+        # the article's finetuning trains the whole image encoder, attnpool included; the text head stays fixed
+        head = PooledHead(pool, head, finetune_pool=True)
         embed = encoder
-        description = (f"CLIP {backbone_name} up to layer4 (finetuned), maps combined over the views, then "
-                       f"attnpool and the prompt-ensemble text head (fixed), {dataset}")
+        description = (f"CLIP {backbone_name} up to layer4, maps combined over the views, then attnpool (both "
+                       f"finetuned) and the prompt-ensemble text head (fixed), {dataset}")
     else:
         embed = lambda v: nn.functional.normalize(encoder(v).float(), dim=-1)  # noqa: E731
         description = f"CLIP {backbone_name} image encoder (finetuned whole), prompt-ensemble text head, {dataset}"
     key = cache_key(kind="lambda_clip", weights=module_fingerprint(backbone.encoder), dataset=dataset,
                     root=root_identity(root), n_train=len(train), n_test=len(test), elements=group.elements,
-                    device=torch.device(device).type, **({"level": level} if level == "maps" else {}))
+                    device=torch.device(device).type, code=feature_code_fingerprint(),
+                    **({"level": level} if level == "maps" else {}))
     def extract() -> dict:
         with tuned_kernels(encoder, device):
             return {split: extract_view_features(embed, data, batch_size, device, progress)
@@ -574,6 +604,8 @@ def small_feature_map_setup(group: Group, *, image_size: int = 96, split_block: 
 
 
 def check_map_image_size(image_size: int) -> None:
+    """A ValueError, before any data or model loads, when the small profile's MobileNetV2 maps for ``image_size``
+    would be smaller than the 3x3 that the feature-map weighting networks need."""
     side = -(-int(image_size) // 32)  # MobileNetV2's last blocks have stride 32
     if side < 3:
         raise ValueError(f"image_size={image_size} gives {side}x{side} maps; the weighting networks need at least "
@@ -594,7 +626,7 @@ def feature_map_weight_net(method: str, map_shape: tuple[int, int, int]) -> Call
     raise ValueError(f"unknown method {method!r}; valid: {', '.join(map(repr, TRAINED_METHODS))}")
 
 
-def feature_map_config(**overrides) -> TrainConfig:
+def feature_map_config(**overrides: Any) -> TrainConfig:
     """The article's feature-map runs: the updated code with softmax-normalised weights and prelr 0.1.
 
     As published (spec of its code, sec. 5.5): SGD with momentum for the module (prelr 0.1), selection on

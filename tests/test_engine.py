@@ -21,13 +21,15 @@ from equinb.engine import (
     extract_view_features,
     features,
     finetune,
+    finetuned_part,
     predict,
     prefinetune,
+    set_finetune_precision,
     train_step_loss,
     weighted_model,
 )
 from equinb.setups import TrainingSetup, run_training
-from equinb.weighting import EmbeddingWeightNet
+from equinb.weighting import EmbeddingWeightNet, FeatureMapWeightNet
 
 D, K, N = 6, 4, 40
 
@@ -279,6 +281,57 @@ def test_feature_map_run_and_bad_method() -> None:
         weighted_model(nn.Identity(), nn.Identity(), setup.head, setup.group, config, method="mean")
     with pytest.raises(ValueError, match="not feature maps"):
         _ = _setup().map_shape
+    with pytest.raises(ValueError, match="holds feature maps"):
+        _ = setup.embed_dim
+    assert (setup.level, _setup().level) == ("maps", "embeddings")
+
+
+@pytest.mark.parametrize("finetune_pool", [True, False])
+def test_finetuning_trains_the_heads_pool_where_the_head_says_so(finetune_pool: bool) -> None:
+    """The article's feature-map finetuning trains all of CLIP's image encoder, attnpool included: with
+    ``PooledHead(finetune_pool=True)`` the run trains its own copy of the pool (the setup's stays as it was, for
+    the next run), in CLIP's precision, and the drift and ablations count it; the linear text head stays fixed.
+    Without it the pool is frozen."""
+    from dataclasses import replace
+
+    from equinb.heads import PooledHead
+    from equinb.precision import round_fp16
+
+    setup = _map_setup()
+    torch.manual_seed(1)
+    pool = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Flatten())  # a pooling module with parameters, like attnpool
+    linear = nn.Linear(3 * 4 * 4, K).requires_grad_(False)
+    setup = replace(setup, head=PooledHead(pool, linear, finetune_pool=finetune_pool))
+    kept = {k: v.clone() for k, v in setup.head.state_dict().items()}
+    run = run_training(setup, TrainConfig.updated(normalisation="softmax", **SMALL), method="lambda_equitune",
+                       ablate=True)
+    for k, v in setup.head.state_dict().items():
+        assert torch.equal(v, kept[k]), k  # the setup's head is untouched: each run finetunes a copy
+    pooled = [d for d in run.drift if d["parameter"].startswith("pool.")]
+    assert {d["parameter"] for d in pooled} == ({"pool.0.weight", "pool.0.bias"} if finetune_pool else set())
+    assert all(d["changed_share"] > 0 for d in pooled)
+    assert all(d["parameter"].startswith(("trunk.", "pool.")) == finetune_pool for d in run.drift)
+    model = weighted_model(setup.make_trunk(), FeatureMapWeightNet(3, (4, 4), conv_channels=2, per_channel=2,
+                                                                   hidden=8), copy.deepcopy(setup.head),
+                           setup.group, TrainConfig.updated(normalisation="softmax"), normalise_views=False)
+    part = finetuned_part(model)
+    assert (part is model.trunk) != finetune_pool
+    if finetune_pool:  # CLIP's precision reaches the pool: its conv weights hold fp16 values (emulated on a CPU)
+        set_finetune_precision(model, TrainConfig.updated())
+        assert torch.equal(part["pool"][0].weight, round_fp16(part["pool"][0].weight))
+        assert not any(p.requires_grad for p in model.head.linear.parameters())
+
+
+@pytest.mark.parametrize("method", ["lambda_equitune", "equiattention"])
+def test_a_feature_map_run_without_weight_net_builds_the_module_for_maps(method: str) -> None:
+    """The default module follows the setup's views and the method: a feature-map lambda network or a view
+    attention over maps [C, h, w] (an embedding network sized by the maps' width would fail on the first batch)."""
+    from equinb.weighting import FeatureMapWeightNet, ViewAttention
+
+    run = run_training(_map_setup(), TrainConfig.updated(normalisation="softmax", **SMALL), method=method)
+    kind = FeatureMapWeightNet if method == "lambda_equitune" else ViewAttention
+    built = kind(3, (4, 4))
+    assert set(run.states["prefinetune"]) == set(built.state_dict())
 
 
 def test_a_run_keeps_its_predictions_and_seed_repeats_vary_only_the_seed() -> None:
@@ -371,7 +424,7 @@ def test_emulated_fp16_sgd_steps_exactly_as_real_fp16_sgd(tmp_path) -> None:
 
     env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
     subprocess.run([sys.executable, "-c", _REAL_FP16_SGD, str(tmp_path / "real.pt")], env=env, check=True)
-    oracle = torch.load(tmp_path / "real.pt")
+    oracle = torch.load(tmp_path / "real.pt", weights_only=True)
     if oracle["capability"] == "DEFAULT":
         pytest.skip("this CPU has no vector unit that ATen uses, so its fp16 SGD rounds as no GPU does")
     for lr, grads, real in oracle["steps"]:  # fp16-exact rates: the CPU's fp16 kernel rounds the rate itself
