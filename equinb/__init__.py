@@ -11,7 +11,7 @@ Module map, bottom to top; a module imports only modules above it in this list (
     cache       folders, keys, atomic compute-once files (damaged files are recomputed)
     groups      image groups and the token-permutation group
     outputs     which tensor of a model's output to use (the ``output=`` selector)
-    precision   CLIP's fp16 rule for any module, fp16 storage emulated in fp32, its SGD step
+    precision   parameter dtypes: CLIP's fp16 rule for any module, fp16 storage emulated in fp32, its SGD step
     kernels     cuDNN autotuning and channels-last weights for convolutional trunks on a GPU
     checks      invariance / equivariance errors and how to print them
     weighting   lambda networks and view attention

@@ -140,6 +140,8 @@ def plain_head_top1(head: nn.Module, feats: Tensor, labels: Tensor, batch_size: 
     ``upright``: the head on view 0 (the images as given); ``rotated``: the head on one view, averaged
     over the views (a test set turned by a uniformly random element); ``mean_of_views``: the head on the
     mean of the views (equitune of unaligned views, what a constant weighting gives). Top-1 in %.
+
+    Shapes: feats [N, G, ...], labels [N] -> {"upright", "rotated", "mean_of_views": top-1}.
     """
     device = model_device(head)
     hits = {"upright": 0, "rotated": 0.0, "mean_of_views": 0}

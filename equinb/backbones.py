@@ -32,6 +32,8 @@ import torch
 from torch import nn
 
 from .cache import sha256_file
+from .checks import modes_restored
+from .precision import parameter_dtype
 from .data import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -97,14 +99,6 @@ _TINY_VISION = {
 # Encoder pieces
 
 
-def _param_dtype(module: nn.Module) -> torch.dtype:
-    """dtype of the first floating-point parameter (fp32 for a parameter-free module)."""
-    for p in module.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
-
-
 class _CastInput(nn.Module):
     """Casts the input to the wrapped module's parameter dtype, then applies it.
 
@@ -121,7 +115,7 @@ class _CastInput(nn.Module):
         self._dtype_source = [dtype_source if dtype_source is not None else module]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x.type(_param_dtype(self._dtype_source[0])))
+        return self.module(x.type(parameter_dtype(self._dtype_source[0]) or torch.float32))
 
 
 class _ClipResNetTrunk(nn.Module):
@@ -229,14 +223,9 @@ class Backbone:
         """
         trunk, _ = self.feature_split()
         size = self.input_size if input_size is None else int(input_size)
-        modes = [(m, m.training) for m in trunk.modules()]
-        trunk.eval()
-        try:
-            x = torch.zeros(1, 3, size, size, device=self.device, dtype=self.dtype)
-            out = trunk(x)
-        finally:
-            for m, mode in modes:
-                m.training = mode
+        with modes_restored(trunk):
+            trunk.eval()
+            out = trunk(torch.zeros(1, 3, size, size, device=self.device, dtype=self.dtype))
         c, h, w = out.shape[1:]
         return int(c), int(h), int(w)
 
@@ -259,6 +248,8 @@ def load_backbone(name: str, device: str | torch.device = "cpu", *, download_roo
             embeddings); any other value is refused.
         seed: seed of the tiny random CLIPs.
     """
+    if name not in BACKBONE_NAMES:  # before CLIP is imported: a typo must not read as a missing package
+        raise ValueError(f"Unknown backbone {name!r}; valid names: {list(BACKBONE_NAMES)}.")
     dev = torch.device(device)
     if name == "mobilenet_v2":
         return _load_mobilenet_v2(dev, path=path, input_size=input_size)
@@ -450,8 +441,8 @@ def _load_mobilenet_v2(device: torch.device, *, path: str | None, input_size: in
     return Backbone(
         name="mobilenet_v2", model=model, encoder=_SplitEncoder(model.features, _GlobalAvgPool()),
         embed_dim=int(model.last_channel), input_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        device=next(model.parameters()).device, dtype=_param_dtype(model.features), kind="mobilenet_v2",
-        preprocess=preprocess, text_model=None,
+        device=next(model.parameters()).device, dtype=parameter_dtype(model.features) or torch.float32,
+        kind="mobilenet_v2", preprocess=preprocess, text_model=None,
     )
 
 

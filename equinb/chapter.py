@@ -20,7 +20,7 @@ from .data import DATASET_NAMES, FASHION_MNIST_CLASSES, ISIC2018_CLASSES, datase
 from .groups import GROUP_NAMES
 from .nlg import DEMOGRAPHICS, LABELS
 from .setups import check_map_image_size
-from .zeroshot import TRANSFORMS, transform_group
+from .zeroshot import TRANSFORMS
 
 __all__ = ["PROFILES", "RULES", "check_params", "check_device", "profile_note", "schedule_note"]
 
@@ -121,8 +121,6 @@ def _groups(name: str, value: Any) -> None:
 
 def _transforms(name: str, value: Any) -> None:
     _choices(TRANSFORMS)(name, value)
-    for item in value:
-        transform_group(item)
 
 
 def _strings(name: str, value: Any) -> None:

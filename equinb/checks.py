@@ -13,8 +13,9 @@ and ``equivariance_error`` measure a function exactly as given.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -23,9 +24,22 @@ from .groups import Group, get_group
 from .outputs import OutputSelector, check_selector, select_output
 
 __all__ = ["invariance_error", "equivariance_error", "largest_error", "format_error", "check_invariance",
-           "check_equivariance"]
+           "check_equivariance", "modes_restored"]
 
 Tensor = torch.Tensor
+
+
+@contextlib.contextmanager
+def modes_restored(module: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block ``module`` may switch modes (``eval()``, ``train()``); on exit every submodule's own
+    train/eval flag is put back, also after an error. Each flag is restored, not ``module.train(mode)``, so a model
+    with mixed modes (a trunk kept in evaluation mode inside a training wrapper) comes back exactly as it was."""
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        yield module
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 @torch.no_grad()
@@ -85,17 +99,11 @@ def _checked(model: Callable[..., Any], x: Tensor, group: Group | str, output: O
         raise TypeError(f"atol must be a number (the largest error allowed) or None, got {atol!r}")
     group = get_group(group)
     check_selector(output)
-    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
-    if isinstance(model, nn.Module):
-        try:
-            model.eval()
-        except NotImplementedError:  # a torch.export program has no modes to switch: measured as it is
-            modes = []
-    try:
+    with modes_restored(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
+        if isinstance(model, nn.Module):
+            with contextlib.suppress(NotImplementedError):  # a torch.export program has no modes: measured as it is
+                model.eval()
         err = measure(lambda z: select_output(model(z), output), group)
-    finally:
-        for m, mode in modes:
-            m.training = mode
     if atol is not None and not err <= atol:
         raise AssertionError(f"{what} error over {group.name} is {err:.3g}, above atol={atol:g}")
     return err

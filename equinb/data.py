@@ -200,8 +200,7 @@ def load_digits(
     Shapes: images [N, 3, size, size] float32, labels [N] int64; N = 1078 (train) / 719 (test) by default.
     """
     _check_split("digits", split)
-    if not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
+    _check_size(size)
     if not 0.0 < float(test_fraction) < 1.0:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
     _check_normalisation(mean, std)
@@ -218,6 +217,11 @@ def load_digits(
 
     x = torch.from_numpy(bunch.images[idx].astype(np.float32) / 16.0).unsqueeze(1)  # [N, 1, 8, 8] in [0, 1]
     return TensorDataset(_grey_to_model_input(x, size, mean, std), torch.from_numpy(labels[idx]))
+
+
+def _check_size(size: int) -> None:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
 
 
 def _check_normalisation(mean: Sequence[float], std: Sequence[float]) -> None:
@@ -319,6 +323,7 @@ def load_fashion_mnist(split: str, size: int = 64, mean: Sequence[float] = IMAGE
 
     Shapes: images [N, 3, size, size] float32, labels [N] int64.
     """
+    _check_size(size)  # before the archive is read
     _check_normalisation(mean, std)
     images, labels = fashion_mnist_arrays(split, root)
     pick = np.arange(len(labels)) if index is None else np.asarray(index, dtype=np.int64)
@@ -432,6 +437,24 @@ def cifar100(
 # --------------------------------------------------------------------------------------------------
 
 
+def _download_imagenetv2(url: str, folder: Path) -> None:
+    """Download and extract the archive into a temporary folder beside ``folder``, then move the extracted folder
+    into place: a killed download or extraction never leaves a partial ``folder`` that a later run would read."""
+    import shutil
+    import tempfile
+
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".download-") as tmp:
+        download_and_extract_archive(url, download_root=tmp, remove_finished=True)
+        extracted = Path(tmp) / folder.name
+        if not extracted.is_dir():
+            raise FileNotFoundError(f"the archive {url} holds no folder {folder.name!r}; found "
+                                    f"{sorted(p.name for p in Path(tmp).iterdir())}")
+        shutil.move(str(extracted), str(folder))  # a rename: the same file system
+
+
 class ImageNetV2(Dataset):
     """ImageNetV2 matched-frequency (10,000 images): ``<root>/imagenetv2/imagenetv2-matched-frequency-format-val``.
 
@@ -452,9 +475,7 @@ class ImageNetV2(Dataset):
             f"{self.folder.parent}, so that {self.folder}/<class index>/*.jpeg exist (or set EQUINB_DATA)."
         )
         if download and not self.folder.is_dir():
-            from torchvision.datasets.utils import download_and_extract_archive
-
-            download_and_extract_archive(url, download_root=str(self.folder.parent), remove_finished=True)
+            _download_imagenetv2(url, self.folder)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"ImageNetV2 not found: expected the folder {self.folder}. {how}")
         samples: list[tuple[Path, int]] = []

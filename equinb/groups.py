@@ -115,6 +115,7 @@ class Group:
 
     @property
     def identity(self) -> int:
+        """Index of the identity element (always 0: the first element)."""
         return 0
 
     @property
@@ -267,16 +268,20 @@ class TokenPermutationGroup:
 
     @property
     def order(self) -> int:
+        """Number of permutations |G| (the cyclic group's size d)."""
         return int(self.perms.shape[0])
 
     @property
     def identity(self) -> int:
+        """Index of the identity permutation (0)."""
         return 0
 
     def compose(self, a: int, b: int) -> int:
+        """Index of ``g_a * g_b``: the cyclic group adds shifts modulo d."""
         return (self._check_index(a) + self._check_index(b)) % self.order
 
     def inverse(self, k: int) -> int:
+        """Index of ``g_k^-1``: the opposite shift."""
         return (-self._check_index(k)) % self.order
 
     def _check_index(self, k: int) -> int:

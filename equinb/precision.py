@@ -16,12 +16,13 @@ than half its fp16 spacing is lost, while the fp32 parameters keep every update.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
-__all__ = ["GROUPS", "clip_half_names", "parameter_groups", "apply_clip_precision", "round_fp16", "HalfStorageSGD"]
+__all__ = ["GROUPS", "parameter_dtype", "clip_half_names", "parameter_groups", "apply_clip_precision", "round_fp16",
+           "HalfStorageSGD"]
 
 Tensor = torch.Tensor
 _ATTENTION_HALVES = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias", "bias_k",
@@ -30,6 +31,13 @@ _NAMED_HALVES = ("text_projection", "proj")
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 # What finetuning can change in a trunk, by how CLIP stores it (the labels of ``parameter_groups``).
 GROUPS = ("fp16 weights", "norm affine (fp32)", "other fp32 parameters", "norm statistics")
+
+
+def parameter_dtype(module: Any) -> torch.dtype | None:
+    """The dtype of a module's first floating-point parameter (None for a function or a module without one)."""
+    if not isinstance(module, nn.Module):
+        return None
+    return next((t.dtype for t in module.parameters() if t.is_floating_point()), None)
 
 
 def clip_half_names(module: nn.Module) -> list[str]:

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .cache import atomic_write_text
 from .verdicts import NEEDS_OTHER_SETTING, NOT_TESTED, VERDICT_COLUMN
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ def save_data(frame: pd.DataFrame, name: str) -> str:
         return ""
     path = Path(folder) / _chapter["id"] / f"{name}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False)
+    atomic_write_text(path, frame.to_csv(index=False))
     return f"../data/{_chapter['id']}/{name}.csv"
 
 

@@ -60,8 +60,10 @@ from typing import Any, Callable, Sequence, Union
 import torch
 from torch import nn
 
+from .checks import modes_restored
 from .groups import Group, get_group
 from .outputs import OutputSelector, check_selector, select_output
+from .precision import parameter_dtype
 from .weighting import default_view_attention, default_weight_net
 
 __all__ = [
@@ -174,10 +176,7 @@ def _input_dtype(trunk: nn.Module, inputs: Tensor) -> torch.dtype:
     for module in trunk.modules():
         if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and module.weight.is_floating_point():
             return module.weight.dtype
-    for parameter in trunk.parameters():
-        if parameter.is_floating_point():
-            return parameter.dtype
-    return inputs.dtype
+    return parameter_dtype(trunk) or inputs.dtype
 
 
 def _refuse_extra_inputs(wrapper: nn.Module, extra: tuple) -> None:
@@ -232,13 +231,6 @@ def normalise_weights(raw: Tensor, normalisation: str) -> Tensor:
     if normalisation == "none":
         return raw / raw.shape[-1]
     raise ValueError(f"unknown normalisation {normalisation!r}; valid: {', '.join(NORMALISATIONS)}")
-
-
-def _parameter_dtype(module: Any) -> torch.dtype | None:
-    """The dtype of a module's first floating-point parameter (None for a function or a module without one)."""
-    if not isinstance(module, nn.Module):
-        return None
-    return next((t.dtype for t in module.parameters() if t.is_floating_point()), None)
 
 
 def _full_precision(views: Tensor | None) -> Tensor | None:
@@ -397,7 +389,7 @@ class OrbitWrapper(nn.Module):
                                           error_msgs)
         finally:
             del self._loading_key
-        if key not in state_dict:  # saved before equinb kept the record, or filtered to tensors: load, unchecked
+        if key not in state_dict:  # a state dict without the record (filtered to tensors): load, unchecked
             if key in missing_keys:
                 missing_keys.remove(key)
             _warn_mismatch(f"{type(self).__name__}.load_state_dict: no {key!r} record (a state dict saved before "
@@ -463,7 +455,7 @@ class OrbitWrapper(nn.Module):
             raise TypeError(f"input images must be a floating-point tensor, got {x.dtype}: convert them as the model "
                             "expects first (for uint8 images typically x.float() / 255, then the model's "
                             "normalisation)")
-        if x.shape[-2] != x.shape[-1] and any(r % 2 for r, _ in self.group.elements):
+        if x.shape[-2] != x.shape[-1] and self.group.needs_square:
             raise ValueError(f"{self.group.name} turns an image by 90 degrees, which makes an H x W = "
                              f"{x.shape[-2]} x {x.shape[-1]} image {x.shape[-1]} x {x.shape[-2]}: crop or pad the "
                              "images to a square, or use a group without quarter turns (rot180, hflip, vflip)")
@@ -518,35 +510,30 @@ class OrbitWrapper(nn.Module):
         self._check_device(x)
         if x.shape[0] == 0:
             return
-        modes = [(m, m.training) for m in self.modules()]
-        for m, _ in modes:
-            m.training = False
-        try:
-            with torch.no_grad():
-                weight_net = getattr(self, "weight_net", None)
-                # one image repeated |G| times, or its orbit (one pass) where learned weights must be seen to roll
-                # with the views
+        with modes_restored(self), torch.no_grad():
+            for m in self.modules():
+                m.training = False
+            weight_net = getattr(self, "weight_net", None)
+            # one image repeated |G| times, or its orbit (one pass) where learned weights must be seen to roll
+            # with the views
+            if weight_net is None:
+                view = self.view_outputs(x[:1, None])  # [1, 1, ...]
+                views = view.expand(1, self.group.order, *view.shape[2:])
+            else:
+                views = self.view_outputs(self.group.orbit(x[:1]))  # [1, G, ...]
+            self._check_head(views[:, 0])
+            try:
+                weights = self.view_weights(views)
+            except (RuntimeError, ValueError) as err:
                 if weight_net is None:
-                    view = self.view_outputs(x[:1, None])  # [1, 1, ...]
-                    views = view.expand(1, self.group.order, *view.shape[2:])
-                else:
-                    views = self.view_outputs(self.group.orbit(x[:1]))  # [1, G, ...]
-                self._check_head(views[:, 0])
-                try:
-                    weights = self.view_weights(views)
-                except (RuntimeError, ValueError) as err:
-                    if weight_net is None:
-                        raise
-                    raise ValueError(
-                        f"{type(self).__name__}: the weighting network {type(weight_net).__name__} does not take "
-                        f"this model's views [B, G={self.group.order}, {', '.join(map(str, views.shape[2:]))}] "
-                        f"({str(views.dtype).removeprefix('torch.')}): {err}") from err
-                self.combine(views, self.checked_weights(weights, views))
-                if weight_net is not None:
-                    self._check_weights_roll(views, weights)
-        finally:
-            for m, mode in modes:
-                m.training = mode
+                    raise
+                raise ValueError(
+                    f"{type(self).__name__}: the weighting network {type(weight_net).__name__} does not take "
+                    f"this model's views [B, G={self.group.order}, {', '.join(map(str, views.shape[2:]))}] "
+                    f"({str(views.dtype).removeprefix('torch.')}): {err}") from err
+            self.combine(views, self.checked_weights(weights, views))
+            if weight_net is not None:
+                self._check_weights_roll(views, weights)
         self._first_call_checked = True
 
     def _check_weights_roll(self, views: Tensor, raw: Tensor) -> None:
@@ -640,7 +627,7 @@ class OrbitWrapper(nn.Module):
         half-precision head would otherwise get float32); a head without parameters (CLIP's cosine head keeps its
         text embeddings in a buffer) casts for itself. The output keeps the head's dtype. Shapes: [N, ...] -> [N, K].
         """
-        dtype = _parameter_dtype(self.head)
+        dtype = parameter_dtype(self.head)
         return self.head(z if dtype is None or z.dtype == dtype else z.to(dtype))
 
     def combined_views(self, views: Tensor, weights: Tensor) -> Tensor:
@@ -693,14 +680,9 @@ class OrbitWrapper(nn.Module):
             raise ValueError(f"{type(self).__name__} needs weight_net=, or example_input= (a few images [B, C, H, W] "
                              "the model accepts) to size the default weighting network from the model's views")
         self._check_images(example_input)
-        modes = [(m, m.training) for m in self.trunk.modules()]
-        self.trunk.eval()
-        try:
-            with torch.no_grad():
-                view = self.view_outputs(example_input[:1, None])[0, 0]
-        finally:
-            for m, mode in modes:
-                m.training = mode
+        with modes_restored(self.trunk), torch.no_grad():
+            self.trunk.eval()
+            view = self.view_outputs(example_input[:1, None])[0, 0]
         return make(tuple(view.shape)).to(device=view.device, dtype=view.dtype)
 
 
@@ -738,7 +720,7 @@ class EquiZero(OrbitWrapper):
     method = "equizero"
 
     def __init__(self, model: nn.Module, group: Group | str, *, proxy: str = "max_prob", straight_through: bool = False,
-                 elementwise_max: bool = False, **kwargs) -> None:
+                 elementwise_max: bool = False, **kwargs: Any) -> None:
         super().__init__(model, group, **kwargs)
         proxy = _checked_choice(proxy, PROXIES, "proxy", "valid proxies")
         if elementwise_max and not self.output_softmax:
@@ -799,7 +781,7 @@ class LambdaEquitune(OrbitWrapper):
 
     def __init__(self, model: nn.Module, group: Group | str, weight_net: nn.Module | None = None, *,
                  normalisation: str = "softmax", frozen_copy: nn.Module | None = None, dropout_in_eval: bool = False,
-                 example_input: Tensor | None = None, **kwargs) -> None:
+                 example_input: Tensor | None = None, **kwargs: Any) -> None:
         super().__init__(model, group, **kwargs)
         normalisation = _checked_choice(normalisation, NORMALISATIONS, "normalisation")
         if weight_net is None:
@@ -870,7 +852,7 @@ class EquiAttention(OrbitWrapper):
     method = "equiattention"
 
     def __init__(self, model: nn.Module, group: Group | str, weight_net: nn.Module | None = None, *,
-                 example_input: Tensor | None = None, **kwargs) -> None:
+                 example_input: Tensor | None = None, **kwargs: Any) -> None:
         super().__init__(model, group, **kwargs)
         if weight_net is None:
             weight_net = self._sized_weight_net(example_input, default_view_attention)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .backbones import cpu_chunks
-from .cache import cache_key, load_or_compute, module_fingerprint
+from .cache import cache_key, load_or_compute, module_fingerprint, source_fingerprint
 from .data import group_transform_indices, image_batches
 from .groups import Group, d4_act, get_group
 from .heads import load_frozen_model
@@ -104,13 +104,17 @@ def cached_per_view_logits(cache_dir: str | Path, encoder: nn.Module, head: nn.M
                            batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                            elements: Sequence[tuple[int, int]], dataset_id: dict, device: str | torch.device = "cpu",
                            progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``per_view_logits`` cached under a key hashing the encoder and head weights, the dataset, views and device.
+    """``per_view_logits`` cached under a key hashing the encoder and head weights, the dataset, views, device and
+    the code that loads and prepares the images and runs the pass.
 
     The file is written atomically; a changed weight, dataset, view list or device type gives a new key.
     """
+    here = Path(__file__).parent  # the images' loading and preparation, the encoder, the head and the pass
+    code = source_fingerprint(*(here / name for name in ("data.py", "backbones.py", "heads.py", "zeroshot.py",
+                                                         "groups.py")))
     key = cache_key(kind="per_view_logits", encoder=module_fingerprint(encoder), head=module_fingerprint(head),
                     dataset=dataset_id, elements=list(elements), device=torch.device(device).type,
-                    dtype=str(next(encoder.parameters()).dtype))
+                    dtype=str(next(encoder.parameters()).dtype), code=code)
     path = Path(cache_dir) / f"view_logits_{key}.pt"
     result = load_or_compute(path, lambda: dict(zip(
         ("logits", "labels"), per_view_logits(encoder, head, batches, elements, device, progress))))
@@ -176,7 +180,10 @@ def per_image_correct(logits: torch.Tensor, labels: torch.Tensor, elements: Sequ
                       batch_size: int = 32, seed: int = 0, k: int = 1) -> dict[tuple[str, str], torch.Tensor]:
     """Per (method, reading), each test image's top-``k`` score [N]: 1.0 if its label is among the k highest
     scores, 0.0 if not (vanilla as described: the share of the views where it is). Their means are
-    ``evaluate_views``' top-k / 100; paired comparisons of methods read these (``equinb.verdicts.compare``)."""
+    ``evaluate_views``' top-k / 100; paired comparisons of methods read these (``equinb.verdicts.compare``).
+
+    Shapes: logits [N, E, C] over ``elements``, labels [N] -> {(method, reading): scores [N]}.
+    """
     return {key: torch.stack([(s.topk(k, dim=-1).indices == labels[:, None]).any(-1).double() for s in scores]).mean(0)
             for key, scores in _method_scores(logits, elements, transform, batch_size, seed).items()}
 
@@ -211,12 +218,12 @@ def orbit_logits(backbone_name: str, dataset: str, *, transforms: Sequence[str] 
     ``frozen``: the ``load_frozen_model`` result for this backbone and dataset, when the caller has it
     already (loading it again costs seconds); otherwise it is loaded from the other arguments.
     """
+    elements = view_elements(transforms)  # an unknown transform fails before the backbone loads
     backbone, head, root, cache_dir = frozen or load_frozen_model(
         backbone_name, dataset, device=device, image_size=image_size, data_root=data_root, cache_dir=cache_dir,
         clip_path=clip_path, clip_download_root=clip_download_root, batch_size=batch_size,
         num_workers=num_workers, dataset_options=dataset_options)
     loader, ident = image_batches(backbone, dataset, "test", batch_size, str(root), num_workers, dataset_options)
-    elements = view_elements(transforms)
     logits, labels = cached_per_view_logits(cache_dir, backbone.encoder, head, loader, elements, ident, device,
                                             progress)
     return logits, labels, elements

@@ -102,6 +102,13 @@ def test_digits_bad_arguments() -> None:
         load_digits("train", mean=(0.5,))
 
 
+def test_fashion_mnist_checks_its_size_before_reading_the_archive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "fashion_mnist_arrays", lambda *a, **k: pytest.fail("the archive was read first"))
+    for size in (0, 2.5, True):
+        with pytest.raises(ValueError, match="size must be a positive int"):
+            data.load_fashion_mnist("train", size=size)
+
+
 # ---------------------------------------------------------------------------------------------- CIFAR100
 
 
@@ -221,7 +228,23 @@ def test_imagenetv2_download_fetches_and_extracts_the_release_archive(tmp_path: 
     finally:
         server.shutdown()
     assert ds.targets == [0, 3] and not (root / "imagenetv2" / archive.name).exists()  # the archive is removed
+    assert [p.name for p in (root / "imagenetv2").iterdir()] == [archive.name.removesuffix(".tar.gz") + "-format-val"]
     assert ImageNetV2(root=root).targets == [0, 3]  # a second call finds the folder, no download
+
+
+def test_an_interrupted_imagenetv2_extraction_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The archive is extracted beside the dataset's folder and moved into place only when complete: a killed
+    extraction leaves nothing that a later run would read as the dataset."""
+    import torchvision.datasets.utils as tv_utils
+
+    def partial(url: str, download_root: str, **kwargs) -> None:
+        (Path(download_root) / "imagenetv2-matched-frequency-format-val" / "0").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", partial)
+    with pytest.raises(KeyboardInterrupt):
+        ImageNetV2(root=tmp_path, download=True)
+    assert list((tmp_path / "imagenetv2").iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------- ISIC 2018

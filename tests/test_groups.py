@@ -54,8 +54,11 @@ def test_actions_match_their_definitions(image: torch.Tensor) -> None:
     assert torch.equal(flip.act(image, 1), torch.flip(image, dims=(-2, -1)))
     assert torch.equal(get_group("hflip").act(image, 1), torch.flip(image, dims=(-1,)))
     assert torch.equal(get_group("vflip").act(image, 1), torch.flip(image, dims=(-2,)))
-    # d4 contains both mirrors
+    # d4: element r is r quarter turns, element 4 + r mirrors W and then turns r times (the documented indices)
     d4 = get_group("d4")
+    for r in range(4):
+        assert torch.equal(d4.act(image, r), torch.rot90(image, r, dims=(-2, -1)))
+        assert torch.equal(d4.act(image, 4 + r), torch.rot90(torch.flip(image, dims=(-1,)), r, dims=(-2, -1)))
     acts = [d4.act(image, k) for k in range(8)]
     assert any(torch.equal(a, torch.flip(image, dims=(-1,))) for a in acts)
     assert any(torch.equal(a, torch.flip(image, dims=(-2,))) for a in acts)

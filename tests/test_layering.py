@@ -4,6 +4,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 import equinb
 
 PACKAGE = Path(equinb.__file__).parent
@@ -22,12 +24,16 @@ def _imported_modules(path: Path) -> set[str]:
         if isinstance(node, ast.ImportFrom):
             if node.level == 1 and node.module:
                 found.add(node.module.split(".")[0])
-            elif node.level == 1:
+            elif node.level == 1 or node.module == "equinb":  # from . import x, from equinb import x
                 found.update(alias.name for alias in node.names)
             elif node.module and node.module.startswith("equinb."):
                 found.add(node.module.split(".")[1])
         elif isinstance(node, ast.Import):
             found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("equinb."))
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module":
+            name = node.args[0].value if node.args and isinstance(node.args[0], ast.Constant) else ""
+            if isinstance(name, str) and name.startswith(("equinb.", ".")):
+                found.add(name.removeprefix("equinb.").lstrip(".").split(".")[0])
     return found
 
 
@@ -50,7 +56,10 @@ def test_training_does_not_import_the_zeroshot_experiment() -> None:
         assert "zeroshot" not in _imported_modules(PACKAGE / f"{name}.py")
 
 
-def test_the_check_catches_an_upward_import(tmp_path: Path) -> None:
+@pytest.mark.parametrize("line", ["from .setups import build_setup", "from . import setups",
+                                  "from equinb import setups", "import equinb.setups",
+                                  "importlib.import_module('equinb.setups')", "import_module('.setups', 'equinb')"])
+def test_the_check_catches_an_upward_import(tmp_path: Path, line: str) -> None:
     bad = tmp_path / "groups.py"
-    bad.write_text("def f():\n    from .setups import build_setup\n")
+    bad.write_text(f"def f():\n    {line}\n")
     assert "setups" in _imported_modules(bad)

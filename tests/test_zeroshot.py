@@ -102,3 +102,19 @@ def test_orbit_predictions_of_equitune_and_equizero_do_not_depend_on_the_orienta
     assert not torch.equal(again["vanilla"], got["vanilla"])  # the control moves
     with pytest.raises(ValueError, match=r"view_logits must be \[N, 4, C\]"):
         zs.orbit_predictions(views[:, :2], group)
+
+
+def test_bad_arguments_fail_before_a_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unknown transformation or dataset is named before any backbone loads (for CLIP: a download and the
+    text head's encoding)."""
+    from equinb import heads, zeroshot
+
+    never = lambda *a, **k: pytest.fail("a model was loaded before the arguments were checked")  # noqa: E731
+    monkeypatch.setattr(zeroshot, "load_frozen_model", never)
+    monkeypatch.setattr(heads, "load_backbone", never)
+    with pytest.raises(ValueError, match="unknown transformation 'rot45'"):
+        zeroshot.orbit_logits("mobilenet_v2", "digits", transforms=["none", "rot45"])
+    with pytest.raises(ValueError, match="unknown transformation"):
+        zeroshot.run_zeroshot("mobilenet_v2", "digits", transforms=["mirror"])
+    with pytest.raises(ValueError, match="cifar10"):
+        heads.load_frozen_model("mobilenet_v2", "cifar10")

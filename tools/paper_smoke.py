@@ -38,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import paper_fakes  # noqa: E402
 from build_book import AGGREGATES, ROOT, ChapterFailed, chapter_defaults, execute, notebook_ids  # noqa: E402
 
+from equinb.cache import atomic_write_text  # noqa: E402
+
 # Per chapter of the paper profile: its frozen passes over a dataset (dataset, splits, views) and the backbones it
 # runs them on. The trained runs are not stated but counted: the runs each chapter adds to the run cache during the
 # smoke, with their seeds and wall times.
@@ -242,7 +244,7 @@ def projection(rate: dict[str, float], runs: dict[str, list[dict]], recorded: bo
 
 def write_summary(out: Path, **fields) -> None:
     """``summary.json`` (rewritten after every chapter: an interrupted smoke keeps what it measured)."""
-    (out / "summary.json").write_text(json.dumps(fields, indent=1, default=str))
+    atomic_write_text(out / "summary.json", json.dumps(fields, indent=1, default=str))
 
 
 def main(argv: list[str] | None = None) -> int:
