@@ -131,7 +131,7 @@ def no_training_check(setups: Sequence[TrainingSetup]) -> str | None:
 def best_without_training(setups: Sequence[TrainingSetup]) -> tuple[str, torch.Tensor]:
     """The best no-training baseline of ``setups`` (each head's ``no_training_scores``, by mean score) and its
     per-item scores. Shapes: -> (name, [N])."""
-    level = lambda setup: " (maps)" if setup.train_feats.ndim == 5 else " (embeddings)"  # noqa: E731
+    level = lambda setup: f" ({setup.level})"  # noqa: E731
     baselines = {f"zero-shot {name}" + (level(setup) if len(setups) > 1 else ""): score
                  for setup in setups for name, score in no_training_scores(setup).items()}
     baseline = max(baselines, key=lambda name: float(baselines[name].mean()))

@@ -23,13 +23,15 @@ from .cache import cache_key, load_or_compute, source_fingerprint
 from .equilm import EquiLM, encode, from_pretrained, generate_batch, lm_device, lm_forward, sequence_logprob
 from .groups import TokenPermutationGroup
 from .reference import FIG6_LABELS
+from .verdicts import Comparison
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
     "RESPECT_TEMPLATES", "DEMOGRAPHICS", "LABELS", "vader_labels", "RegardClassifier", "sample_seed",
-    "sample_grid", "cached_sample_grid", "label_shares", "fairness_gaps", "gap_difference", "unit_positives",
+    "sample_grid", "cached_sample_grid", "label_shares", "fairness_gaps", "gap_difference", "gap_comparison",
+    "unit_positives",
     "alike_unit_share", "symmetry_report", "score_samples", "permuted_copy_share", "share_difference_z",
 ]
 
@@ -268,6 +270,25 @@ def gap_difference(samples: pd.DataFrame, model_a: str, model_b: str, *, n_boots
     alpha = (1 - level) / 2
     return dict(difference=float(_gap(vb.mean(axis=0)) - _gap(va.mean(axis=0))),
                 ci_low=float(np.quantile(diffs, alpha)), ci_high=float(np.quantile(diffs, 1 - alpha)))
+
+
+def gap_comparison(samples: pd.DataFrame, model_a: str, model_b: str, base: tuple[float, float, float], *,
+                   n_bootstrap: int = 1000, seed: int = 0) -> Comparison:
+    """The gap of ``model_b`` minus the gap of ``model_a`` as a verdict's ``Comparison`` (``gap_difference``'s
+    interval over the (template, sample) units both share), with what the verdict could come out as at all.
+
+    ``base``: model a's own gap and its interval (gap, low, high; a row of ``fairness_gaps``). A gap lies in
+    [0, 1], so the difference can go no lower than model b with no gap in any resample (the difference is then
+    minus a's gap, interval ``[-high, -low]``: "narrows" is out of reach where a's own interval holds 0) and no
+    higher than model b with a gap of 1 (``[1 - high, 1 - low]``). Every sample has its own seed, so the units carry
+    the sampling noise: the interval over units is the whole noise, and the rule for seeds of trained runs does
+    not apply (``deterministic``).
+    """
+    d = gap_difference(samples, model_a, model_b, n_bootstrap=n_bootstrap, seed=seed)
+    gap, low, high = (float(v) for v in base)
+    reach = (gap, (1 - high, 1 - low), (-high, -low))
+    return Comparison(d["difference"], (d["ci_low"], d["ci_high"]), 1, len(unit_positives(samples, model_a)), True,
+                      unit="seeded samples", reach=reach)
 
 
 def alike_unit_share(samples: pd.DataFrame, model: str) -> float:

