@@ -167,3 +167,28 @@ def test_stage_spread_without_a_finetuned_run_gives_missing_numbers_not_an_error
     pre, fine = stage_spread([stopped])
     assert pre["mean"] == 60.0 and fine["seeds"] == 0
     assert all(v != v for v in (pre["sd"], fine["mean"], fine[STAGE_CHANGE]))  # NaN, printed as "—"
+
+
+def test_compare_runs_pairs_the_seeds_by_index() -> None:
+    """Seeds of different levels, b ten points above a on each: pairing by index is the comparison of the matrices."""
+    from equinb.setups import correct_by_seed
+    from equinb.verdicts import compare
+
+    a = [_run(0.5 + 0.05 * s, seed=s) for s in range(5)]
+    b = [_run(0.6 + 0.05 * s, seed=s) for s in range(5)]
+    comparison, _, _ = compare_runs(a, "prefinetune", b, "prefinetune", _setup(), ("a", "b"))
+    assert comparison == compare(correct_by_seed(a, "prefinetune", LABELS), correct_by_seed(b, "prefinetune", LABELS))
+
+
+def test_at_chance_is_read_over_the_seeds_that_ran_the_stage() -> None:
+    """Only seed 0 finetuned (the others ran prefinetuning only, at chance): its finetune stage is not at chance."""
+    repeats = [_run(0.8, 0.9), _run(0.25, seed=1), _run(0.25, seed=2)]
+    assert not any(r and "at chance" in r for r in stage_problems(repeats, "finetune", _setup(), "r"))
+
+
+def test_an_inconclusive_difference_counts_neither_below_nor_above() -> None:
+    from equinb.evidence import no_training_finding
+    from equinb.verdicts import EFFECT_COLUMN
+
+    assert no_training_finding([{"ours": "+0.50", EFFECT_COLUMN: "inconclusive"}]).endswith(
+        "0 score below the best model without training and 0 above it, beyond the noise")

@@ -325,6 +325,16 @@ def test_gap_comparison_can_agree_and_be_reversed_and_knows_its_reach() -> None:
     assert from_none.reach[2] == (0.0, 0.0)  # "fair"'s own gap is 0 in every resample: nothing left to narrow
     assert judge(from_none, -1).startswith("not tested here: out of reach: the claim could not agree")
     assert judge(from_none, +1).startswith("not tested here: out of reach: the claim could not be reversed")
+    # the reach reads the base's own interval: a base gap whose interval holds 0 leaves nothing to narrow, and one
+    # whose interval reaches 1 leaves no room to widen
+    assert judge(N.gap_comparison(samples, "fair", "fair", (0.05, 0.0, 0.1), n_bootstrap=100), -1).startswith(
+        "not tested here: out of reach: the claim could not agree")
+    assert judge(N.gap_comparison(samples, "fair", "fair", (0.9, 0.8, 1.0), n_bootstrap=100), +1).startswith(
+        "not tested here: out of reach: the claim could not agree")
+    # against a model with no gap in any resample, the difference's interval is the other model's own gap interval
+    gap_m = N.fairness_gaps(samples[samples.model == "unfair"], n_bootstrap=200, seed=0)
+    d = N.gap_difference(samples, "fair", "unfair", n_bootstrap=200, seed=0)
+    assert (d["ci_low"], d["ci_high"]) == pytest.approx((gap_m.loc["unfair", "ci_low"], gap_m.loc["unfair", "ci_high"]))
 
 
 def test_article_numbers_and_vader_stand_in() -> None:

@@ -263,3 +263,10 @@ def test_noise_measurement_pairs_the_numbers_of_a_verdict_that_swapped(tmp_path)
     reversed_ = _executed(tmp_path, "reversed", ["-9.30 [-12.82, -1.43] reversed\n"], tags)
     (d,) = diff_notebooks(ref, reversed_)
     assert d.text_differs and d.pairs == []
+
+
+def test_a_relative_tolerance_is_a_share_of_the_reference_and_infinities_must_match() -> None:
+    relative = Tolerance("r", absolute=0.0, relative=0.1, unit="", basis="test")
+    points = Tolerance("t", absolute=2.0, relative=0.0, unit="pp", basis="test")
+    assert relative.allows(1.0, 1.09) and not relative.allows(1.0, 1.105)
+    assert points.allows(float("inf"), float("inf")) and not points.allows(float("inf"), float("-inf"))
