@@ -162,8 +162,9 @@ class ViewAttention(nn.Module):
 
     ``q_net``/``k_net`` are ``MapEncoder``s for feature maps (article sizes by default) or MLPs
     ``D -> hidden -> out_dim`` for embeddings (``map_size=None``). The first ``Linear`` of each one's MLP is
-    drawn Kaiming-uniform (fan-in, ReLU gain) as in the article's code, about 2.4 times PyTorch's default range:
-    the initial attention is less uniform, which changes how the module trains.
+    drawn Kaiming-uniform (fan-in, ReLU gain), about 2.4 times PyTorch's default range, as the article's code does
+    for its feature-map attention (the embedding variant is this library's and follows it): the initial attention
+    is less uniform, which changes how the module trains.
 
     Shapes: views [B, G, C, h, w] or [B, G, D] -> weights [B, G] (and attention [B, G, G]).
     """
