@@ -535,6 +535,9 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
     """Finetune the trunk (``finetuned_part``: with CLIP's attnpool where the head trains it; and the lambda
     network for ``backbone+lambda``) with the full forward.
 
+    A ``PooledHead(finetune_pool=True)`` is trained in place: give ``model`` a copy of a setup's head, as
+    ``equinb.setups.run_training`` does, or the setup's pool changes for every later run.
+
     ``*_lambda_feats``: cached features of the frozen copy [N, G, D] that feed lambda when
     ``lambda_input="frozen_copy"`` (the frozen copy never changes, so caching it is exact).
     The trunk's weights take the precision of ``config.param_dtype`` first (``set_finetune_precision``); fp16
