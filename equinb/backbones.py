@@ -33,8 +33,8 @@ from torch import nn
 
 from .cache import sha256_file
 from .checks import modes_restored
-from .precision import parameter_dtype
 from .data import IMAGENET_MEAN, IMAGENET_STD
+from .precision import parameter_dtype
 
 __all__ = [
     "CPU_PASS_IMAGES",

@@ -38,12 +38,13 @@ from .groups import Group
 from .kernels import tuned_kernels
 from .metrics import top1
 from .precision import HalfStorageSGD, apply_clip_precision, parameter_groups
+from .weighting import default_view_attention, default_weight_net
 from .wrappers import NORMALISATIONS, EquiAttention, LambdaEquitune, OrbitWrapper
 
-__all__ = ["TrainConfig", "ViewData", "ImageViewData", "TRAINED_METHODS", "weighted_model", "model_device",
-           "evaluation_mode", "batch_schedule", "extract_view_features", "features", "predict", "evaluate",
-           "finetuned_part", "set_finetune_precision", "snapshot", "parameter_drift", "group_drift", "reset_groups",
-           "prefinetune", "finetune", "train_step_loss"]
+__all__ = ["TrainConfig", "ViewData", "ImageViewData", "TRAINED_METHODS", "weight_net_for", "weighted_model",
+           "model_device", "evaluation_mode", "batch_schedule", "extract_view_features", "features", "predict",
+           "evaluate", "finetuned_part", "set_finetune_precision", "snapshot", "parameter_drift", "group_drift",
+           "reset_groups", "prefinetune", "finetune", "train_step_loss"]
 
 Tensor = torch.Tensor
 
@@ -224,6 +225,22 @@ class ImageViewData(ViewData):
 TRAINED_METHODS = ("lambda_equitune", "equiattention")
 
 
+def _check_method(method: str) -> None:
+    if method not in TRAINED_METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(map(repr, TRAINED_METHODS))}")
+
+
+def weight_net_for(method: str, view_shape: tuple[int, ...]) -> nn.Module:
+    """The article's weighting module of ``method`` for views of ``view_shape`` (one view: [D] or [C, h, w]).
+
+    ``"lambda_equitune"``: ``EmbeddingWeightNet(D)`` or ``FeatureMapWeightNet(C, (h, w))``
+    (``equinb.weighting.default_weight_net``); ``"equiattention"``: ``ViewAttention`` of the same view shape
+    (``default_view_attention``). The article's sizes for any D or C, h, w.
+    """
+    _check_method(method)
+    return (default_view_attention if method == "equiattention" else default_weight_net)(view_shape)
+
+
 def weighted_model(trunk: nn.Module, weight_net: nn.Module, head: nn.Module, group: Group, config: TrainConfig,
                    *, method: str = "lambda_equitune", align_views: bool = False,
                    normalise_views: bool = True) -> LambdaEquitune | EquiAttention:
@@ -235,19 +252,21 @@ def weighted_model(trunk: nn.Module, weight_net: nn.Module, head: nn.Module, gro
     network, ``"equiattention"`` with ``ViewAttention``; ``align_views`` maps view k back by ``g_k^-1`` (as
     described) or not (as published). As published, the trunk stays in evaluation mode (BatchNorm keeps
     its running statistics; ``trunk_mode``) and the lambda network's dropout stays on in evaluation
-    (``dropout_in_eval``).
+    (``dropout_in_eval``). A head whose pool finetuning trains (``PooledHead(finetune_pool=True)``) is copied:
+    each model finetunes its own pool, and ``head`` stays as it was for the next model.
 
     Shapes: ``model.forward_views(inputs [B, G, ...])`` -> logits [B, K]; weights [B, G].
     """
+    _check_method(method)
+    if getattr(head, "finetune_pool", False):  # finetuning trains its pool: this model's own copy
+        head = copy.deepcopy(head)
     common = dict(head=head.requires_grad_(False), output_softmax=config.output_softmax,
                   logit_factor=config.logit_factor, align_views=align_views, normalise_views=normalise_views,
                   trunk_eval=config.trunk_mode == "eval")
-    if method == "lambda_equitune":
-        return LambdaEquitune(trunk, group, weight_net, normalisation=config.normalisation,
-                              dropout_in_eval=config.dropout_in_eval, **common)
     if method == "equiattention":
         return EquiAttention(trunk, group, weight_net, **common)
-    raise ValueError(f"unknown method {method!r}; valid: {', '.join(map(repr, TRAINED_METHODS))}")
+    return LambdaEquitune(trunk, group, weight_net, normalisation=config.normalisation,
+                          dropout_in_eval=config.dropout_in_eval, **common)
 
 
 @contextmanager
@@ -535,8 +554,8 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
     """Finetune the trunk (``finetuned_part``: with CLIP's attnpool where the head trains it; and the lambda
     network for ``backbone+lambda``) with the full forward.
 
-    A ``PooledHead(finetune_pool=True)`` is trained in place: give ``model`` a copy of a setup's head, as
-    ``equinb.setups.run_training`` does, or the setup's pool changes for every later run.
+    The pool of a ``PooledHead(finetune_pool=True)`` is the model's own copy (``weighted_model`` makes it), so the
+    setup's pool stays as it was for every later run.
 
     ``*_lambda_feats``: cached features of the frozen copy [N, G, D] that feed lambda when
     ``lambda_input="frozen_copy"`` (the frozen copy never changes, so caching it is exact).

@@ -6,7 +6,7 @@
 - ``build_setup``: one entry for the chapters (``profile`` x ``level``).
 - ``run_training``: prefinetune, select, finetune and evaluate one configuration, cached by a key that
   changes only when the setup, the configuration or what the training code does changes.
-- ``feature_map_config`` / ``feature_map_weight_net`` / ``trained_model``: the article's feature-map runs.
+- ``feature_map_config`` / ``trained_model``: the article's feature-map runs.
 
 Levels: ``"embeddings"`` (normalised embeddings, the invariant lambda-equitune) and ``"maps"`` (feature
 maps, the article's sec. 4.2). Methods: ``"lambda_equitune"`` and ``"equiattention"``.
@@ -29,21 +29,20 @@ from .cache import cache_key, load_or_compute, module_fingerprint, source_finger
 from .cache import data_root as default_data_root
 from .data import (ISIC2018_CLASS_COUNTS, dataset_spec, fashion_mnist_arrays, get_dataset, load_digits,
                    load_fashion_mnist, proportional_counts, root_identity)
-from .engine import (TRAINED_METHODS, ImageViewData, TrainConfig, ViewData, extract_view_features, finetune,
-                     finetuned_part, model_device, parameter_drift, predict, prefinetune, reset_groups,
-                     set_finetune_precision, snapshot, weighted_model)
+from .engine import (ImageViewData, TrainConfig, ViewData, extract_view_features, finetune, finetuned_part,
+                     model_device, parameter_drift, predict, prefinetune, reset_groups, set_finetune_precision,
+                     snapshot, weight_net_for, weighted_model)
 from .groups import Group
 from .heads import PooledHead, fit_linear_head, linear_text_head, load_frozen_model, prototype_head
 from .kernels import tuned_kernels
 from .metrics import top1
 from .precision import apply_clip_precision
-from .weighting import FeatureMapWeightNet, ViewAttention, default_view_attention, default_weight_net
 from .wrappers import EquiAttention, LambdaEquitune
 
 __all__ = ["LEVELS", "TrainingSetup", "TrainingRun", "seed_repeats", "correct_by_seed", "stand_in_index",
            "STAND_IN_CLASSES", "STAND_IN_TRAIN_IMAGES", "stand_in_counts", "isic_stand_in", "small_lambda_setup",
            "small_feature_map_setup", "clip_lambda_setup", "build_setup", "run_training", "training_code_fingerprint",
-           "feature_map_config", "feature_map_weight_net", "trained_model", "check_map_image_size"]
+           "feature_map_config", "trained_model", "check_map_image_size"]
 
 Tensor = torch.Tensor
 LEVELS = ("embeddings", "maps")
@@ -107,7 +106,7 @@ class TrainingSetup:
         """D of the trunk's embeddings (embedding-level setups only)."""
         if self.level != "embeddings":
             raise ValueError(f"this setup holds feature maps {tuple(self.train_feats.shape[2:])}, not embeddings; "
-                             "use map_shape, or equinb.weighting.default_weight_net(view_shape)")
+                             "use map_shape, or equinb.engine.weight_net_for(method, view_shape)")
         return int(self.train_feats.shape[-1])
 
     @property
@@ -367,7 +366,7 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
     """Prefinetune (cached), select the best weighting module, evaluate, finetune, evaluate.
 
     ``weight_net``: builds the module (default: the article's module for the setup's views and ``method``,
-    ``equinb.weighting.default_weight_net`` or ``default_view_attention``).
+    ``equinb.engine.weight_net_for``).
     ``method`` and ``align_views``: see ``equinb.engine.weighted_model`` (feature-map setups).
     ``cache_dir``: save the run (row, history, module states) there, atomically, keyed by the setup's key,
     the configuration, the method, the alignment, the module's architecture and the engine's source code;
@@ -385,8 +384,7 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
     group of ``equinb.precision.GROUPS`` that changed, and ``"finetune, λ network reset"``): each group's share.
     """
     view_shape = tuple(setup.train_feats.shape[2:])  # one view: [D] or [C, h, w]
-    default = default_view_attention if method == "equiattention" else default_weight_net
-    make_net = weight_net if weight_net is not None else lambda: default(view_shape)
+    make_net = weight_net if weight_net is not None else lambda: weight_net_for(method, view_shape)
 
     def train() -> dict:
         torch.manual_seed(config.seed)
@@ -445,9 +443,7 @@ def training_code_fingerprint() -> str:
 def _run(setup: TrainingSetup, config: TrainConfig, module: nn.Module, progress: bool, heldout_fraction: float,
          method: str, align_views: bool, ablate: bool,
          clock: list[dict] | None = None) -> tuple[dict, list[dict], dict, dict, list[dict]]:
-    # a head whose pool finetuning trains (CLIP's attnpool at the feature-map level): this run's own copy
-    head = copy.deepcopy(setup.head) if getattr(setup.head, "finetune_pool", False) else setup.head
-    model = weighted_model(setup.make_trunk(), module.to(model_device(setup.head)), head,
+    model = weighted_model(setup.make_trunk(), module.to(model_device(setup.head)), setup.head,
                            setup.group, config, method=method, align_views=align_views,
                            normalise_views=setup.normalise_views)
     labels = setup.train.labels
@@ -612,20 +608,6 @@ def check_map_image_size(image_size: int) -> None:
                          "3x3: use image_size >= 65 (96 in the book)")
 
 
-def feature_map_weight_net(method: str, map_shape: tuple[int, int, int]) -> Callable[[], nn.Module]:
-    """A factory of the article's weighting module for maps of ``map_shape`` (C, h, w).
-
-    ``"lambda_equitune"``: ``FeatureMapWeightNet`` (softmax over the views in the wrapper); ``"equiattention"``:
-    ``ViewAttention``. Article sizes (32 conv channels, 8 per channel, 128 hidden) for any C, h, w.
-    """
-    c, h, w = map_shape
-    if method == "lambda_equitune":
-        return lambda: FeatureMapWeightNet(c, (h, w))
-    if method == "equiattention":
-        return lambda: ViewAttention(c, (h, w))
-    raise ValueError(f"unknown method {method!r}; valid: {', '.join(map(repr, TRAINED_METHODS))}")
-
-
 def feature_map_config(**overrides: Any) -> TrainConfig:
     """The article's feature-map runs: the updated code with softmax-normalised weights and prelr 0.1.
 
@@ -672,7 +654,7 @@ def trained_model(setup: TrainingSetup, config: TrainConfig, method: str, align_
                   state: dict) -> LambdaEquitune | EquiAttention:
     """A feature-map wrapper on ``setup`` with a saved weighting-module state (from ``run_training``), in
     evaluation mode on the head's device."""
-    module = feature_map_weight_net(method, setup.map_shape)()
+    module = weight_net_for(method, setup.map_shape)
     module.load_state_dict(state)
     model = weighted_model(setup.make_trunk(), module, setup.head, setup.group, config, method=method,
                            align_views=align_views, normalise_views=False)

@@ -392,9 +392,9 @@ class OrbitWrapper(nn.Module):
         if key not in state_dict:  # a state dict without the record (filtered to tensors): load, unchecked
             if key in missing_keys:
                 missing_keys.remove(key)
-            _warn_mismatch(f"{type(self).__name__}.load_state_dict: no {key!r} record (a state dict saved before "
-                           f"equinb kept one, or filtered to its tensors), so the group and options it was saved "
-                           f"with were not checked")
+            _warn_mismatch(f"{type(self).__name__}.load_state_dict: no {key!r} record (a state dict filtered "
+                           f"to its tensors, or written by other code), so the group and options it was saved with "
+                           f"were not checked")
 
     def __prepare_scriptable__(self) -> "OrbitWrapper":
         raise TypeError(f"torch.jit.script does not support equinb's {type(self).__name__} (its groups, output "

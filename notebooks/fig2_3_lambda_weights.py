@@ -92,8 +92,8 @@ from equinb.chapter import check_params, profile_note
 from equinb.evidence import finetune_changed
 from equinb.noise import chapter_tolerances, noise_note
 from equinb.reference import article_fig2_3, article_tab3, article_tab4
-from equinb.setups import (build_setup, feature_map_config, feature_map_weight_net, isic_stand_in, run_training,
-                           seed_repeats, trained_model)
+from equinb.setups import (build_setup, feature_map_config, isic_stand_in, run_training, seed_repeats,
+                           trained_model)
 from equinb.tables import publish_verdicts, show, start_chapter
 from equinb.verdicts import VERDICT_RULE, by_construction, compare, orientation_kept, too_few_seeds, verdict_row
 
@@ -166,7 +166,7 @@ weights, accuracy = {}, []  # weights[figure, method]: [S, N, G], one row per se
 for figure, (setup, cfg) in setups.items():
     print(f"{figure}: {setup.description}")
     for label, method in methods.items():
-        options = dict(method=method, align_views=False, weight_net=feature_map_weight_net(method, setup.map_shape))
+        options = dict(method=method, align_views=False)
         run = run_training(setup, cfg, cache_dir=runs, **options)
         repeats = [run, *seed_repeats(setup, cfg, noise_seeds, finetune=finetune_changed(run) > 0, cache_dir=runs,
                                       **options)]
@@ -285,8 +285,7 @@ for label, key, method in ((lam, "lambda", "lambda_equitune"), (att, "attention"
     reasons = list(few)
     if turned_natural is not None:  # the same natural module, on the same images turned at random
         module = trained_model(natural, config, method, False, run_training(
-            natural, config, method=method, align_views=False, cache_dir=runs,
-            weight_net=feature_map_weight_net(method, natural.map_shape)).states["prefinetune"])
+            natural, config, method=method, align_views=False, cache_dir=runs).states["prefinetune"])
         control = compare(upright[nat, label][0], view_weights(module, turned_natural.test_feats, seed=seed)[:, 0],
                           scale=1.0)
         reasons.append(by_construction(control, observed, "the natural-orientation module on the same test images "

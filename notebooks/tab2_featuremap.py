@@ -89,8 +89,8 @@ from equinb.evidence import (STAGES, compare_runs, diverged_seeds, finetune_chan
                              stage_runs, stage_spread)
 from equinb.noise import chapter_tolerances, loss_label, noise_note
 from equinb.reference import article_fig4, article_tab2, beside_article
-from equinb.setups import (build_setup, correct_by_seed, feature_map_config, feature_map_weight_net, run_training,
-                           seed_repeats, trained_model)
+from equinb.setups import (build_setup, correct_by_seed, feature_map_config, run_training, seed_repeats,
+                           trained_model)
 from equinb.tables import publish_verdicts, show, start_chapter
 from equinb.verdicts import VERDICT_RULE, compare, effect_row, symmetry_by_construction, verdict_row
 
@@ -147,8 +147,7 @@ variants["feature map (as published)"] = (maps, map_config, dict(align_views=Fal
 variants["feature map (as described)"] = (maps, map_config, dict(align_views=True))
 rows, curves, trained = [], [], {}
 for name, (setup, config, options) in variants.items():
-    weight_net = feature_map_weight_net("lambda_equitune", setup.map_shape) if setup is maps else None
-    trained[name] = run = run_training(setup, config, weight_net=weight_net, cache_dir=runs, **options)
+    trained[name] = run = run_training(setup, config, cache_dir=runs, **options)
     rows.append(dict(variant=name, **run.row, finetune_changed=finetune_changed(run)))
     curves += [dict(run=name, **h) for h in run.history]
 ours = pd.DataFrame(rows)
@@ -182,10 +181,9 @@ for _, r in ours.iterrows():
 seeds = [seed, *noise_seeds]
 repeats = {}
 for name, (setup, config, options) in variants.items():
-    weight_net = feature_map_weight_net("lambda_equitune", setup.map_shape) if setup is maps else None
     repeats[name] = [trained[name], *seed_repeats(setup, config, noise_seeds,
-                                                  finetune=finetune_changed(trained[name]) > 0,
-                                                  weight_net=weight_net, cache_dir=runs, **options)]
+                                                  finetune=finetune_changed(trained[name]) > 0, cache_dir=runs,
+                                                  **options)]
 spread = pd.DataFrame([dict(variant=name, **row) for name, rs in repeats.items() for row in stage_spread(rs)])
 print(noise_note(noise["top1"], "top-1 accuracies (%)"))
 show(spread, f"Top-1 (%) over seeds {seeds}, per run and stage (profile: {profile})")

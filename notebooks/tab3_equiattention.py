@@ -74,11 +74,11 @@ from equinb import get_group, viz
 from equinb.analysis import positional_head, symmetry_tables
 from equinb.cache import cache_dir, run_cache_dir
 from equinb.chapter import check_params, profile_note
+from equinb.engine import weight_net_for
 from equinb.evidence import STAGES, compare_runs, finetune_changed, no_training_check, stage_spread
 from equinb.noise import chapter_tolerances, noise_note
 from equinb.reference import article_tab3, beside_article
-from equinb.setups import (build_setup, feature_map_config, feature_map_weight_net, run_training, seed_repeats,
-                           trained_model)
+from equinb.setups import build_setup, feature_map_config, run_training, seed_repeats, trained_model
 from equinb.tables import publish_verdicts, show, start_chapter
 from equinb.verdicts import VERDICT_RULE, effect_row, verdict_row
 
@@ -120,14 +120,14 @@ maps = build_setup(profile, "maps", group_object, backbone=backbone, dataset=dat
                    dataset_options=dataset_options)
 print(maps.description)
 methods = ("lambda_equitune", "equiattention")
-sizes = {m: sum(p.numel() for p in feature_map_weight_net(m, maps.map_shape)().parameters()) for m in methods}
+sizes = {m: sum(p.numel() for p in weight_net_for(m, maps.map_shape).parameters()) for m in methods}
 print(f"maps per view: {maps.map_shape}; parameters: lambda network {sizes['lambda_equitune']:,}, "
       f"attention {sizes['equiattention']:,}")
 rows, curves, repeats = [], [], {}
 for method in methods:
     for align in (False, True):
         alignment = "as described" if align else "as published"
-        options = dict(method=method, align_views=align, weight_net=feature_map_weight_net(method, maps.map_shape))
+        options = dict(method=method, align_views=align)
         run = run_training(maps, config, cache_dir=runs, **options)
         repeats[alignment, method] = [run, *seed_repeats(maps, config, noise_seeds, finetune=finetune_changed(run) > 0,
                                                          cache_dir=runs, **options)]

@@ -90,14 +90,14 @@ from equinb.cache import run_cache_dir
 from equinb.chapter import check_params, profile_note
 from equinb.data import (FASHION_MNIST_CLASSES, ISIC2018_CLASS_COUNTS, ISIC2018_CLASSES, ISIC2018_COLUMNS,
                          fashion_mnist_arrays, get_dataset)
-from equinb.engine import TrainConfig, weighted_model
+from equinb.engine import TrainConfig, weight_net_for, weighted_model
 from equinb.evidence import (STAGE_CHANGE, STAGES, compare_runs, diverged_seeds, finetune_changed, no_training_check,
                              stage_runs, stage_spread)
 from equinb.metrics import class_counts, classification_scores, confusion_matrix, majority_predictions
 from equinb.noise import ORIENTATION_READINGS, chapter_tolerances, noise_note
 from equinb.reference import article_tab4, count_behind
-from equinb.setups import (build_setup, correct_by_seed, feature_map_config, feature_map_weight_net, isic_stand_in,
-                           run_training, seed_repeats, trained_model)
+from equinb.setups import (build_setup, correct_by_seed, feature_map_config, isic_stand_in, run_training,
+                           seed_repeats, trained_model)
 from equinb.tables import publish_verdicts, show, start_chapter
 from equinb.verdicts import (NOT_TESTED, VERDICT_RULE, compare, effect_row, judge, orientation_kept,
                              verdict_row)
@@ -248,7 +248,7 @@ changes = group_changes({"invariant λ-equitune": invariant.forward_views,
                          "one view alone (no wrapper)": lambda v: invariant.head(invariant.view_outputs(v)[:, 0])},
                         embeddings.test, group_object)
 for align in (False, True):
-    fresh = feature_map_weight_net("lambda_equitune", maps.map_shape)().state_dict()
+    fresh = weight_net_for("lambda_equitune", maps.map_shape).state_dict()
     model = trained_model(maps, feature_map_config(), "lambda_equitune", align, fresh)
     name = f"feature map ({'as described' if align else 'as published'})"
     changes |= group_changes({name: model.forward_views}, maps.test, group_object)
@@ -284,8 +284,7 @@ repeats, rows = {}, []
 for name, config in configs.items():
     setup = maps if name.startswith(("feature map", "equiattention")) else embeddings
     method = "equiattention" if name.startswith("equiattention") else "lambda_equitune"
-    options = dict(method=method, align_views="as described" in name,
-                   weight_net=feature_map_weight_net(method, maps.map_shape) if setup is maps else None)
+    options = dict(method=method, align_views="as described" in name)
     run = run_training(setup, config, cache_dir=runs, **options)
     repeats[name] = [run, *seed_repeats(setup, config, noise_seeds, finetune=finetune_changed(run) > 0,
                                         cache_dir=runs, **options)]

@@ -164,8 +164,10 @@ def test_runs_are_cached_by_their_settings(tmp_path, monkeypatch) -> None:
 
 
 def test_feature_map_helpers_fail_clearly() -> None:
-    with pytest.raises(ValueError, match="valid: 'lambda_equitune', 'equiattention'"):
-        su.feature_map_weight_net("mean", (2, 5, 5))
+    from equinb.engine import weight_net_for
+
+    with pytest.raises(ValueError, match="unknown method 'mean'; valid: 'lambda_equitune', 'equiattention'"):
+        weight_net_for("mean", (2, 5, 5))
     with pytest.raises(ValueError, match="unknown profile 'huge'"):
         su.build_setup("huge", "maps", get_group("rot90"))
     with pytest.raises(ValueError, match="use image_size >= 65"):

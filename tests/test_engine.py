@@ -312,13 +312,15 @@ def test_finetuning_trains_the_heads_pool_where_the_head_says_so(finetune_pool: 
     assert all(d["changed_share"] > 0 for d in pooled)
     assert all(d["parameter"].startswith(("trunk.", "pool.")) == finetune_pool for d in run.drift)
     model = weighted_model(setup.make_trunk(), FeatureMapWeightNet(3, (4, 4), conv_channels=2, per_channel=2,
-                                                                   hidden=8), copy.deepcopy(setup.head),
+                                                                   hidden=8), setup.head,
                            setup.group, TrainConfig.updated(normalisation="softmax"), normalise_views=False)
+    assert (model.head is setup.head) != finetune_pool  # the model's own copy where finetuning trains the pool
     part = finetuned_part(model)
     assert (part is model.trunk) != finetune_pool
     if finetune_pool:  # CLIP's precision reaches the pool: its conv weights hold fp16 values (emulated on a CPU)
         set_finetune_precision(model, TrainConfig.updated())
         assert torch.equal(part["pool"][0].weight, round_fp16(part["pool"][0].weight))
+        assert not torch.equal(setup.head.pool[0].weight, round_fp16(setup.head.pool[0].weight))
         assert not any(p.requires_grad for p in model.head.linear.parameters())
 
 
@@ -332,6 +334,20 @@ def test_a_feature_map_run_without_weight_net_builds_the_module_for_maps(method:
     kind = FeatureMapWeightNet if method == "lambda_equitune" else ViewAttention
     built = kind(3, (4, 4))
     assert set(run.states["prefinetune"]) == set(built.state_dict())
+
+
+@pytest.mark.parametrize("method", ["lambda_equitune", "equiattention"])
+def test_weight_net_for_builds_the_methods_module_for_the_view_shape(method: str) -> None:
+    from equinb.engine import weight_net_for
+    from equinb.weighting import EmbeddingWeightNet, FeatureMapWeightNet, ViewAttention
+
+    maps, embeddings = weight_net_for(method, (3, 4, 4)), weight_net_for(method, (8,))
+    if method == "lambda_equitune":
+        assert isinstance(maps, FeatureMapWeightNet) and isinstance(embeddings, EmbeddingWeightNet)
+    else:
+        assert isinstance(maps, ViewAttention) and isinstance(embeddings, ViewAttention)
+    views = torch.randn(2, 4, 3, 4, 4)
+    assert maps(views).shape == (2, 4) and embeddings(torch.randn(2, 4, 8)).shape == (2, 4)
 
 
 def test_a_run_keeps_its_predictions_and_seed_repeats_vary_only_the_seed() -> None:
