@@ -10,12 +10,15 @@ invalidate a cache while a changed statement does.
 from __future__ import annotations
 
 import ast
+import errno
 import hashlib
 import json
 import os
 import pickle
 import re
 import tempfile
+import time
+import types
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -24,7 +27,8 @@ from typing import Any, Callable, TypeVar
 import torch
 
 __all__ = ["data_root", "cache_dir", "run_cache_dir", "cache_key", "atomic_save", "atomic_write_text",
-           "load_or_compute", "sha256_file", "tensor_fingerprint", "module_fingerprint", "source_fingerprint"]
+           "load_or_compute", "sha256_file", "tensor_fingerprint", "module_fingerprint", "class_code_fingerprint",
+           "source_fingerprint"]
 
 T = TypeVar("T")
 
@@ -36,7 +40,7 @@ def data_root() -> Path:
 
 def cache_dir(root: str | Path | None = None) -> Path:
     """Computed features, heads and logits: ``<root>/cache`` (empty or None root: ``data_root()``)."""
-    return Path(root or data_root()) / "cache"
+    return (Path(root).expanduser() if root else data_root()) / "cache"
 
 
 def run_cache_dir(root: str | Path | None = None) -> Path:
@@ -66,6 +70,35 @@ def module_fingerprint(module: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor_fingerprint(value).encode() if isinstance(value, torch.Tensor) else repr(value).encode())
     return digest.hexdigest()[:24]
+
+
+def class_code_fingerprint(cls: type) -> str:
+    """Hash of what a class's own methods do: the bytecode, names and constants of every function, property and
+    static or class method defined in it and in its bases outside torch and equinb. Unlike its source file, this
+    exists for a class defined in a notebook cell or a REPL, and it does not change with the file or the session
+    (file names and line numbers are left out); the Python version does change it."""
+    digest = hashlib.sha256()
+    for base in cls.__mro__:
+        if base is object or base.__module__.split(".")[0] in ("torch", "equinb", "builtins"):
+            continue
+        digest.update(f"{base.__module__}.{base.__qualname__}".encode())
+        for name, member in sorted(vars(base).items()):
+            function = getattr(member, "__func__", None) or getattr(member, "fget", None) or member
+            code = getattr(function, "__code__", None)
+            if isinstance(code, types.CodeType):
+                digest.update(name.encode())
+                _update_with_code(digest, code)
+    return digest.hexdigest()[:24]
+
+
+def _update_with_code(digest: Any, code: types.CodeType) -> None:
+    digest.update(code.co_code)
+    digest.update(repr(code.co_names).encode())
+    for const in code.co_consts:  # nested functions, lambdas and comprehensions are code constants
+        if isinstance(const, types.CodeType):
+            _update_with_code(digest, const)
+        else:
+            digest.update(repr(const).encode())
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -157,7 +190,9 @@ def load_or_compute(path: str | Path, compute: Callable[[], T]) -> T:
     """Load ``path`` (weights_only) if it exists, else compute, save atomically and return.
 
     A file that cannot be read (truncated or empty, as after a full disk or a killed copy) is treated as
-    missing: a warning names it, it is moved aside to ``<name>.damaged`` and the result is recomputed. A value
+    missing: a warning names it, it is moved aside to ``<name>.damaged`` and the result is recomputed. An error
+    of the machine rather than of the file (a permission or I/O error, or memory that ran out) is raised and the
+    file kept. Temporary files that a killed save left (untouched for an hour) are removed. A value
     that a weights-only load refuses (a numpy scalar, say) is a TypeError, when it is computed and for a file an
     older version wrote: recomputing it would only leave another unreadable file behind, on every run.
     """
@@ -168,6 +203,8 @@ def load_or_compute(path: str | Path, compute: Callable[[], T]) -> T:
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as err:  # noqa: BLE001 - any unreadable file is recomputed, never trusted
+            if _machine_error(err):  # the machine's trouble, not the file's: keep the file
+                raise
             refused = _weights_only_refusal(err)
             if refused is not None:
                 raise TypeError(_not_cacheable(f"cache file {path}", refused)
@@ -176,9 +213,35 @@ def load_or_compute(path: str | Path, compute: Callable[[], T]) -> T:
             os.replace(path, aside)
             warnings.warn(f"cache file {path} could not be read ({type(err).__name__}: {str(err)[:120]}); "
                           f"moved it to {aside.name} and recomputing", RuntimeWarning, stacklevel=2)
+    _remove_stale_temporaries(path)
     result = compute()
     atomic_save(result, path)
     return result
+
+
+# torch reads a truncated file as OSError(EINVAL), so only these errors say that the machine, not the file, failed
+_MACHINE_ERRNOS = {errno.EIO, errno.ENOMEM, errno.EACCES, errno.EPERM, errno.ESTALE, errno.ENODEV, errno.ENXIO}
+
+
+def _machine_error(err: Exception) -> bool:
+    """True for an error that a good file also meets: permissions, I/O, a failed allocation."""
+    if isinstance(err, OSError):
+        return isinstance(err, PermissionError) or err.errno in _MACHINE_ERRNOS
+    return isinstance(err, RuntimeError) and "DefaultCPUAllocator" in str(err)  # torch's failed CPU allocation
+
+
+_STALE_AFTER_S = 3600.0
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete ``atomic_save``'s temporary files of ``path`` untouched for an hour: what a killed save left behind
+    (a save in progress writes to its file all along). A paper profile's feature file is gigabytes."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            if time.time() - tmp.stat().st_mtime > _STALE_AFTER_S:
+                tmp.unlink()
+        except FileNotFoundError:  # another process removed or renamed it meanwhile
+            pass
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:

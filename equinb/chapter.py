@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from .backbones import BACKBONE_NAMES
+from .backbones import BACKBONE_NAMES, CLIP_NAMES, TINY_CLIP_NAMES
 from .data import DATASET_NAMES, FASHION_MNIST_CLASSES, ISIC2018_CLASSES, dataset_spec
 from .groups import GROUP_NAMES
 from .nlg import DEMOGRAPHICS, LABELS
@@ -27,6 +27,7 @@ __all__ = ["PROFILES", "RULES", "check_params", "check_device", "profile_note", 
 PROFILES = ("small", "paper")
 ORIENTATION_FREE = ("stand_in", "isic2018")
 SCORERS = ("vader", "regard")
+CLIP_BACKBONES = (*CLIP_NAMES, *TINY_CLIP_NAMES)  # the paper profile's (the tiny ones for its CPU smoke)
 MIN_IMAGE_SIZE = 32  # MobileNetV2 and the CLIP ResNets reduce the input by 32: smaller images are a single pixel
 
 
@@ -82,8 +83,13 @@ def check_device(name: str, device: Any) -> None:
     """``cpu``, ``cuda`` or ``cuda:<index>``, and a GPU must be there when one is asked for."""
     if not isinstance(device, str) or not (device in ("cpu", "cuda") or device.startswith("cuda:")):
         raise ValueError(f"unknown {name} {device!r}; valid: 'cpu', 'cuda', 'cuda:<index>'")
+    index = device.partition(":")[2]
+    if index and not index.isdigit():
+        raise ValueError(f"unknown {name} {device!r}; the index after 'cuda:' is a GPU number (0, 1, ...)")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"{name}={device!r} was requested but no CUDA GPU is available; use device='cpu'")
+    if index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"{name}={device!r}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0")
 
 
 def _image_size(name: str, value: Any) -> None:
@@ -226,6 +232,16 @@ def check_params(*, feature_maps: bool = False, **params: Any) -> None:
         RULES[name](name, value)
     if feature_maps and params.get("profile") == "small" and "image_size" in params:
         check_map_image_size(params["image_size"])
+    if params.get("profile") == "paper":  # CLIP on the article's datasets; the small ones normalise themselves
+        paper_datasets = [n for n in DATASET_NAMES if not dataset_spec(n).normalises_itself]
+        for names, valid, what in ((("dataset", "datasets"), paper_datasets, "datasets"),
+                                   (("backbone", "backbones"), list(CLIP_BACKBONES), "CLIP backbones")):
+            for name in names:
+                given = params.get(name)
+                wrong = [v for v in ([given] if isinstance(given, str) else given or []) if v not in valid]
+                if wrong:
+                    raise ValueError(f"{name}: {wrong} are small-profile {name}; the paper profile runs the "
+                                     f"{what} {valid}")
     if "test_split" in params and "dataset" in params:
         spec = dataset_spec(params["dataset"])
         valid = [s for s in spec.splits if s != "train"]

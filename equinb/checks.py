@@ -14,6 +14,7 @@ and ``equivariance_error`` measure a function exactly as given.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from typing import Any, Callable, Iterable, Iterator
 
@@ -99,6 +100,8 @@ def _checked(model: Callable[..., Any], x: Tensor, group: Group | str, output: O
         raise TypeError(f"atol must be a number (the largest error allowed) or None, got {atol!r}")
     group = get_group(group)
     check_selector(output)
+    if isinstance(model, nn.Module):
+        _check_model_takes(model, x)
     with modes_restored(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
         if isinstance(model, nn.Module):
             with contextlib.suppress(NotImplementedError):  # a torch.export program has no modes: measured as it is
@@ -107,6 +110,16 @@ def _checked(model: Callable[..., Any], x: Tensor, group: Group | str, output: O
     if atol is not None and not err <= atol:
         raise AssertionError(f"{what} error over {group.name} is {err:.3g}, above atol={atol:g}")
     return err
+
+
+def _check_model_takes(model: nn.Module, x: Tensor) -> None:
+    """A ValueError naming both when ``x`` is on another device than every tensor of ``model`` (PyTorch's own error
+    comes from deep inside the model). A model split over devices is left to itself; dtypes too, since equinb's
+    wrappers convert the images to their trunk's dtype themselves."""
+    devices = {t.device for t in itertools.chain(model.parameters(), model.buffers())}
+    if len(devices) == 1 and x.device not in devices:
+        (device,) = devices
+        raise ValueError(f"x is on {x.device} and the model on {device}; move x first: x.to('{device}')")
 
 
 def check_invariance(model: Callable[..., Any], x: Tensor, group: Group | str, *, output: OutputSelector = None,

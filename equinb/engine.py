@@ -129,6 +129,12 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"TrainConfig.{name} must be a number >= 0, got {value!r}")
+        if not isinstance(self.logit_factor, numbers.Real) or isinstance(self.logit_factor, bool) or \
+                not self.logit_factor > 0:
+            raise ValueError(f"TrainConfig.logit_factor must be a number > 0, got {self.logit_factor!r}")
+        # numpy's generators (data order) take seeds in [0, 2**32)
+        if not isinstance(self.seed, numbers.Integral) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"TrainConfig.seed must be an integer in [0, 2**32), got {self.seed!r}")
 
     @classmethod
     def original(cls, **overrides: Any) -> "TrainConfig":

@@ -23,8 +23,8 @@ axis of logits.
 from __future__ import annotations
 
 import numbers
-
-from typing import Sequence
+import operator
+from typing import Any, Sequence
 
 import torch
 
@@ -140,9 +140,7 @@ class Group:
         return [self.compose(j, k) for j in range(self.order)]
 
     def _check_index(self, k: int) -> int:
-        if not 0 <= int(k) < self.order:
-            raise ValueError(f"group {self.name!r} has elements 0..{self.order - 1}, got {k}")
-        return int(k)
+        return _element_index(k, self.order, self.name)
 
     def _check_tensor(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
@@ -200,6 +198,18 @@ _GROUPS: dict[str, list[_D4Element]] = {
 }
 _ALIASES = {"flip": "rot180"}  # the article's "flip" is a 180-degree rotation
 GROUP_NAMES: tuple[str, ...] = tuple(_GROUPS) + tuple(_ALIASES)
+
+
+def _element_index(k: Any, order: int, name: str) -> int:
+    """``k`` as an element index of a group of ``order`` called ``name``; a ValueError for anything else (a float
+    such as 1.5 would otherwise truncate to an element silently)."""
+    try:
+        index = operator.index(k)
+    except TypeError:
+        raise ValueError(f"group {name!r} has elements 0..{order - 1} (integers), got {k!r}") from None
+    if not 0 <= index < order:
+        raise ValueError(f"group {name!r} has elements 0..{order - 1}, got {k}")
+    return index
 
 
 def get_group(name: str | Group) -> Group:
@@ -285,9 +295,7 @@ class TokenPermutationGroup:
         return (-self._check_index(k)) % self.order
 
     def _check_index(self, k: int) -> int:
-        if not 0 <= int(k) < self.order:
-            raise ValueError(f"{self.name} has elements 0..{self.order - 1}, got {k}")
-        return int(k)
+        return _element_index(k, self.order, self.name)
 
     def act(self, ids: torch.Tensor, k: int) -> torch.Tensor:
         """Replace every token id t by g^k(t). Shapes: ids [..., T] -> [..., T]."""

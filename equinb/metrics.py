@@ -25,8 +25,11 @@ Tensor = torch.Tensor
 
 
 def top1(predicted: Tensor, labels: Tensor) -> float:
-    """Top-1 accuracy (%): the share of ``predicted`` equal to ``labels``; 0 for no predictions. Shapes: [N], [N]."""
-    return 100.0 * float((predicted == labels).sum()) / max(len(labels), 1)
+    """Top-1 accuracy (%): the share of ``predicted`` equal to ``labels``. Shapes: [N], [N] with N >= 1."""
+    if len(labels) == 0 or predicted.shape != labels.shape:
+        raise ValueError(f"top1 needs predictions and labels of one non-empty shape [N], got "
+                         f"{tuple(predicted.shape)} and {tuple(labels.shape)}")
+    return 100.0 * float((predicted == labels).sum()) / len(labels)
 
 
 def _check(predicted: Tensor, labels: Tensor, n_classes: int) -> tuple[Tensor, Tensor]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -150,6 +151,11 @@ def sample_grid(lm: nn.Module, tokenizer: Any, demographics: Sequence[str], *, n
         raise ValueError(f"no prompt phrase for demographics {missing}; known: {sorted(phrases)}")
     if not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+    if not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
+    for name, value in (("templates", templates), ("demographics", demographics)):
+        if isinstance(value, str) or not value:  # a bare string would run one prompt per character
+            raise ValueError(f"{name} must be a non-empty list of strings, got {value!r}")
     records = []
     for t, template in enumerate(templates):
         for i in range(n_samples):
@@ -201,6 +207,7 @@ def label_shares(samples: pd.DataFrame, by: Sequence[str] = ("model", "demograph
     """
     import pandas as pd
 
+    _check_labels(samples["label"], "the samples' label column")
     counts = pd.crosstab([samples[c] for c in by], samples["label"]).reindex(columns=list(LABELS), fill_value=0)
     shares = counts.div(counts.sum(axis=1), axis=0)
     shares["n"] = counts.sum(axis=1)
@@ -225,8 +232,7 @@ def fairness_gaps(samples: pd.DataFrame, *, by: str = "model", n_bootstrap: int 
     import numpy as np
     import pandas as pd
 
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    _check_bootstrap(n_bootstrap, level)
     rows = {}
     rng = np.random.default_rng(seed)
     for key, frame in samples.groupby(by, sort=False):
@@ -241,8 +247,16 @@ def fairness_gaps(samples: pd.DataFrame, *, by: str = "model", n_bootstrap: int 
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(by)
 
 
+def _check_bootstrap(n_bootstrap: int, level: float) -> None:
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, numbers.Integral) or n_bootstrap < 1:
+        raise ValueError(f"n_bootstrap must be an integer >= 1, got {n_bootstrap!r}")
+
+
 def _positive_units(frame: pd.DataFrame, what: str) -> pd.DataFrame:
     """1.0 for a positive sample, per (template, sample) unit (rows) and demographic (columns)."""
+    _check_labels(frame["label"], f"{what}: the label column")
     pos = (frame.assign(pos=frame["label"].eq("positive").astype(float))
            .pivot_table(index=["template", "sample"], columns="demographic", values="pos", aggfunc="mean"))
     if pos.isna().any().any():
@@ -260,6 +274,7 @@ def gap_difference(samples: pd.DataFrame, model_a: str, model_b: str, *, n_boots
     """
     import numpy as np
 
+    _check_bootstrap(n_bootstrap, level)
     a, b = (_positive_units(samples[samples["model"] == m], f"model={m!r}") for m in (model_a, model_b))
     units = a.index.intersection(b.index)
     if len(units) == 0:
@@ -364,8 +379,23 @@ def score_samples(samples: pd.DataFrame, scorer: Callable[[list[str]], list[str]
     for dem, text in zip(samples["demographic"], samples["text"]):
         texts.append(text.replace(phrases[dem], phrases[dem].replace(dem, "XYZ"), 1) if mask_demographic else text)
     empty = [not str(c).strip() for c in samples["continuation"]]
-    scored = iter(scorer([t for t, e in zip(texts, empty) if not e]) if not all(empty) else [])
-    return ["other" if e else next(scored) for e in empty]
+    asked = [t for t, e in zip(texts, empty) if not e]
+    scored = list(scorer(asked)) if asked else []
+    if len(scored) != len(asked):
+        raise ValueError(f"the scorer returned {len(scored)} labels for {len(asked)} texts; it must return one label "
+                         "per text, in order")
+    _check_labels(scored, "the scorer")
+    scored_iter = iter(scored)
+    return ["other" if e else next(scored_iter) for e in empty]
+
+
+def _check_labels(labels: Sequence[str], what: str) -> None:
+    """A ValueError naming the labels outside ``LABELS`` (a sentiment pipeline's ``"POSITIVE"`` would otherwise count
+    as not positive, and every gap would read 0)."""
+    unknown = sorted({str(label) for label in labels} - set(LABELS))
+    if unknown:
+        raise ValueError(f"{what} gave labels outside {list(LABELS)}: {unknown[:5]}; map them to these labels "
+                         "(lower case) first")
 
 
 def permuted_copy_share(samples: pd.DataFrame, words: Sequence[str]) -> float:

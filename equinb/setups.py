@@ -25,7 +25,7 @@ from torch import nn
 
 from .backbones import CLIP_NAMES, CPU_PASS_IMAGES, TINY_CLIP_NAMES, load_backbone
 from .cache import cache_dir as default_cache_dir
-from .cache import cache_key, load_or_compute, module_fingerprint, source_fingerprint
+from .cache import cache_key, class_code_fingerprint, load_or_compute, module_fingerprint, source_fingerprint
 from .cache import data_root as default_data_root
 from .data import (ISIC2018_CLASS_COUNTS, dataset_spec, fashion_mnist_arrays, get_dataset, load_digits,
                    load_fashion_mnist, proportional_counts, root_identity)
@@ -90,6 +90,20 @@ class TrainingSetup:
     key: str = ""
     turns: dict[str, Tensor] | None = None
     index: dict[str, Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        # a wrong view count or an empty split would otherwise fail deep in training, or train on nothing
+        for split in ("train", "test"):
+            feats, data = getattr(self, f"{split}_feats"), getattr(self, split)
+            if feats.ndim < 3 or feats.shape[1] != self.group.order:
+                raise ValueError(f"TrainingSetup.{split}_feats must be [N, G, ...] with G = {self.group.order} views "
+                                 f"(the order of {self.group.name}), got {tuple(feats.shape)}")
+            if len(data) == 0 or feats.shape[0] != len(data):
+                raise ValueError(f"TrainingSetup.{split} needs at least one item and {split}_feats one row per item, "
+                                 f"got {len(data)} items and {feats.shape[0]} rows")
+            if data.labels.is_floating_point() or data.labels.is_complex():
+                raise ValueError(f"TrainingSetup.{split}.labels must be integer class indices, got "
+                                 f"{data.labels.dtype}")
 
     @property
     def n_classes(self) -> int:
@@ -383,6 +397,11 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
     finetuning with one group of what it changed put back (``predictions["finetune, <group> reset"]`` for each
     group of ``equinb.precision.GROUPS`` that changed, and ``"finetune, λ network reset"``): each group's share.
     """
+    if isinstance(weight_net, nn.Module):  # one module would be shared (and trained) by every run
+        raise TypeError("weight_net must build the module (a function of no arguments, e.g. lambda: MyNet()), "
+                        "not be a module")
+    if not 0 < heldout_fraction < 1:
+        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction!r}")
     view_shape = tuple(setup.train_feats.shape[2:])  # one view: [D] or [C, h, w]
     make_net = weight_net if weight_net is not None else lambda: weight_net_for(method, view_shape)
 
@@ -400,11 +419,21 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
     else:
         if not setup.key:
             raise ValueError("this setup has no key, so its runs cannot be cached; pass cache_dir=None")
+        net = make_net()
         key = cache_key(setup=setup.key, config=config.as_dict(), method=method, align_views=align_views,
-                        weight_net=repr(make_net()), heldout_fraction=heldout_fraction, ablate=ablate,
-                        code=training_code_fingerprint())
+                        weight_net=repr(net), weight_net_code=_outside_code(net), heldout_fraction=heldout_fraction,
+                        ablate=ablate, code=training_code_fingerprint())
         out = load_or_compute(Path(cache_dir) / f"run_{key}.pt", train)
     return TrainingRun(out["row"], out["history"], out["states"], out["predictions"], out["drift"], config.seed)
+
+
+def _outside_code(module: nn.Module) -> dict[str, str]:
+    """What each class in ``module`` defined outside equinb and torch does (a weighting network of one's own), by
+    qualified name (``equinb.cache.class_code_fingerprint``): editing its code changes a cached run's key, as the
+    training fingerprint does for equinb's own classes."""
+    outside = {type(m) for m in module.modules() if not type(m).__module__.startswith(("equinb.", "torch."))}
+    return {f"{c.__module__}.{c.__qualname__}": class_code_fingerprint(c)
+            for c in sorted(outside, key=lambda c: (c.__module__, c.__qualname__))}
 
 
 def seed_repeats(setup: TrainingSetup, config: TrainConfig, seeds: Sequence[int], *, finetune: bool = False,
@@ -449,6 +478,9 @@ def _run(setup: TrainingSetup, config: TrainConfig, module: nn.Module, progress:
     labels = setup.train.labels
     if config.selection == "heldout":  # a fixed held-out part of the training split, never trained on
         n_sel = max(1, int(round(heldout_fraction * len(labels))))
+        if n_sel >= len(labels):
+            raise ValueError(f"heldout_fraction={heldout_fraction} of {len(labels)} training items holds them all "
+                             "out, leaving nothing to train on; use a smaller fraction or more items")
         perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(config.seed))
         sel, fit = perm[:n_sel], perm[n_sel:]
         train_feats, train_labels = setup.train_feats[fit], labels[fit]

@@ -662,6 +662,11 @@ class OrbitWrapper(nn.Module):
             if inputs is None:
                 raise ValueError("forward_views needs per-view inputs or computed views")
             views = self.view_outputs(inputs)
+        for name, tensor in (("views", views), ("weight_views", weight_views)):
+            if tensor is not None and (tensor.ndim < 2 or tensor.shape[1] != self.group.order):
+                raise ValueError(f"{type(self).__name__}.forward_views: {name} must be [B, G, ...] with G = "
+                                 f"{self.group.order}, one per element of {self.group.name}; got "
+                                 f"{tuple(tensor.shape)}")
         views, weight_views = _full_precision(views), _full_precision(weight_views)
         weights = self.checked_weights(self.view_weights(views if weight_views is None else weight_views), views)
         out = self.combine(views, weights)

@@ -70,6 +70,9 @@ def view_elements(transforms: Sequence[str]) -> list[tuple[int, int]]:
 
     rot90 contains none and rot180, so {none, rot180, rot90} needs 4 views, and adding hflip needs 5.
     """
+    if isinstance(transforms, str) or not transforms:  # a bare string would be read one letter at a time
+        raise ValueError(f"transforms must be a non-empty list of names (valid: {', '.join(TRANSFORMS)}), got "
+                         f"{transforms!r}")
     elements: list[tuple[int, int]] = []
     for name in transforms:
         for e in transform_group(name).elements:

@@ -137,3 +137,45 @@ def test_editing_the_engine_docstrings_keeps_the_run_cache(tmp_path: Path, monke
     assert code in text
     engine.write_text(text.replace(code, "top1(predicted, data.labels[:len(predicted) - 1])"))
     assert su.training_code_fingerprint() != before
+
+
+@pytest.mark.parametrize("error", [PermissionError("permission denied"), OSError(5, "Input/output error"),
+                                   RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough "
+                                                "memory")])
+def test_a_machine_error_while_loading_keeps_the_cache_file(tmp_path: Path, monkeypatch, error: Exception) -> None:
+    """An error of the machine, not of the file, is raised as it is: the good file is neither moved aside nor
+    recomputed (a paper profile's features take hours)."""
+    path = tmp_path / "features.pt"
+    load_or_compute(path, lambda: {"v": torch.arange(3)})
+
+    def failing_load(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch, "load", failing_load)
+    with pytest.raises(type(error)):
+        load_or_compute(path, lambda: pytest.fail("recomputed a good file"))
+    assert path.exists() and not (tmp_path / "features.pt.damaged").exists()
+
+
+def test_a_killed_saves_temporary_file_is_removed_once_stale(tmp_path: Path) -> None:
+    import os
+    import time
+
+    path = tmp_path / "features.pt"
+    stale, fresh = tmp_path / ".features.pt.abc123.tmp", tmp_path / ".features.pt.def456.tmp"
+    other = tmp_path / ".logits.pt.abc123.tmp"  # another file's: not this call's to remove
+    for tmp in (stale, fresh, other):
+        tmp.write_bytes(b"half a file")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    load_or_compute(path, lambda: {"v": torch.arange(3)})
+    assert not stale.exists() and fresh.exists() and other.exists()
+
+
+def test_cache_folders_expand_the_home_folder(monkeypatch, tmp_path: Path) -> None:
+    from equinb.cache import cache_dir, run_cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache_dir("~/data") == tmp_path / "data" / "cache"
+    assert run_cache_dir("~/data") == tmp_path / "data" / "cache" / "runs"

@@ -33,6 +33,12 @@ def test_the_books_defaults_pass(params: dict) -> None:
         (FIG4, dict(dataset_options={"cifar100": {"downlaod": True}}), "unknown options ['downlaod']"),
         (FIG4, dict(dataset_options={"download": True}), "dataset_options is keyed by dataset name"),
         (FIG4, dict(device="tpu"), "unknown device 'tpu'"),
+        (FIG4, dict(device="cuda:abc"), "the index after 'cuda:' is a GPU number"),
+        (FIG4, dict(profile="paper", backbones=["RN50"], datasets=["digits"]),
+         "datasets: ['digits'] are small-profile datasets; the paper profile runs the datasets ['cifar100'"),
+        (FIG4, dict(profile="paper", datasets=["cifar100"]), "backbones: ['mobilenet_v2'] are small-profile"),
+        (TRAINING, dict(profile="paper", backbone="RN50"), "dataset: ['digits'] are small-profile"),
+        (TRAINING, dict(profile="paper", dataset="cifar100"), "backbone: ['mobilenet_v2'] are small-profile"),
         (TRAINING, dict(profile="huge"), "profile='huge' is not valid; choose one of 'small', 'paper'"),
         (TRAINING, dict(prelr=-0.1), "prelr must be a number >= 0"),
         (TRAINING, dict(split_block=19), "split_block must be an integer in 1..18"),
@@ -64,6 +70,13 @@ def test_bad_values_fail_with_the_valid_ones(base: dict, changes: dict, message:
     with pytest.raises(ValueError) as info:
         check_params(**{**base, **changes}, feature_maps=base is TRAINING)
     assert message in str(info.value)
+
+
+def test_the_paper_profile_takes_clip_on_the_articles_datasets() -> None:
+    check_params(**{**TRAINING, "profile": "paper", "backbone": "RN50", "dataset": "cifar100", "test_split": "test"},
+                 feature_maps=True)
+    check_params(**{**FIG4, "profile": "paper", "backbones": ["RN50", "ViT-B/32"],
+                    "datasets": ["cifar100", "imagenetv2"]})
 
 
 def test_a_parameter_without_a_rule_is_refused() -> None:

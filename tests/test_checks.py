@@ -63,3 +63,9 @@ def test_an_empty_batch_or_a_non_numeric_atol_is_refused_with_a_message() -> Non
         check_invariance(nn.Identity(), torch.zeros(0, 3, 4, 4), "rot90")
     with pytest.raises(TypeError, match="atol must be a number"):
         check_equivariance(nn.Identity(), torch.zeros(1, 3, 4, 4), "rot90", atol="1e-5")
+
+
+def test_a_check_names_the_devices_when_the_images_are_elsewhere() -> None:
+    model = torch.nn.Conv2d(3, 2, 3).to("meta")
+    with pytest.raises(ValueError, match=r"x is on cpu and the model on meta; move x first: x.to\('meta'\)"):
+        check_invariance(model, torch.zeros(1, 3, 8, 8), "rot90")

@@ -209,11 +209,57 @@ def test_subgroup_setup_reuses_views() -> None:
     ("field", "value", "message"),
     [("lambda_input", "copy", "lambda_input"), ("data_order", "random", "data_order"),
      ("param_dtype", "bf16", "param_dtype"), ("selection", "test", "selection"),
-     ("batch_size", 0, "batch_size"), ("lr", -1.0, "lr"), ("prefinetune_rounds", -1, "prefinetune_rounds")],
+     ("batch_size", 0, "batch_size"), ("lr", -1.0, "lr"), ("prefinetune_rounds", -1, "prefinetune_rounds"),
+     ("seed", -1, r"seed must be an integer in \[0, 2\*\*32\)"), ("seed", "3", "seed must be an integer"),
+     ("seed", 2.0, "seed must be an integer"), ("logit_factor", 0.0, "logit_factor must be a number > 0"),
+     ("logit_factor", "abc", "logit_factor must be a number > 0")],
 )
 def test_bad_configuration_fails_early(field: str, value, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{field: value})
+
+
+def test_a_setup_with_the_wrong_views_or_an_empty_split_is_refused_when_built() -> None:
+    from dataclasses import replace
+
+    setup = _setup()
+    with pytest.raises(ValueError, match=r"train_feats must be \[N, G, \.\.\.\] with G = 4 views \(the order of rot9"):
+        replace(setup, train_feats=setup.train_feats[:, :3])
+    with pytest.raises(ValueError, match="test needs at least one item"):
+        replace(setup, test=setup.test.subset(torch.arange(0)), test_feats=setup.test_feats[:0])
+    with pytest.raises(ValueError, match="train needs at least one item and train_feats one row per item"):
+        replace(setup, train_feats=setup.train_feats[:5])
+    with pytest.raises(ValueError, match="labels must be integer class indices"):
+        replace(setup, train=ViewData(setup.train.inputs, setup.train.labels.float()))
+
+
+def test_run_training_refuses_a_module_instance_and_a_bad_heldout_fraction() -> None:
+    setup, config = _setup(), TrainConfig.updated(**SMALL)
+    with pytest.raises(TypeError, match="weight_net must build the module"):
+        run_training(setup, config, weight_net=EmbeddingWeightNet(D))
+    for fraction in (0.0, 1.5, -0.5):
+        with pytest.raises(ValueError, match=r"heldout_fraction must be in \(0, 1\)"):
+            run_training(setup, dataclasses.replace(config, selection="heldout"), heldout_fraction=fraction)
+    with pytest.raises(ValueError, match="holds them all out"):
+        run_training(setup, dataclasses.replace(config, selection="heldout"), heldout_fraction=0.99)
+
+
+def test_a_cached_run_of_ones_own_weighting_network_is_keyed_by_its_code() -> None:
+    """Editing the code of a weighting class of one's own (same name, same repr, defined where no source file
+    exists, as in a notebook cell) changes what keys its cached runs; renaming a local variable's file does not."""
+    from equinb.setups import _outside_code
+
+    source = ("import torch\nfrom torch import nn\nclass Net(nn.Module):\n    def __init__(self):\n"
+              "        super().__init__(); self.lin = nn.Linear(6, 1)\n"
+              "    def forward(self, x):\n        return self.lin(x).squeeze(-1){}\n")
+    codes = []
+    for tail, filename in (("", "<cell 1>"), ("", "<cell 2>"), (" * 2", "<cell 3>")):
+        namespace: dict = {"__name__": "user_net"}
+        exec(compile(source.format(tail), filename, "exec"), namespace)  # noqa: S102 - the test's own class
+        codes.append(_outside_code(namespace["Net"]()))
+    assert list(codes[0]) == ["user_net.Net"]
+    assert codes[0] == codes[1] and codes[0] != codes[2]  # the same code in another cell; then an edited forward
+    assert _outside_code(EmbeddingWeightNet(D)) == {}  # equinb's own classes: the training fingerprint covers them
 
 
 def _map_setup(group_name: str = "rot90") -> TrainingSetup:

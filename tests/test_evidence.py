@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from equinb.engine import ViewData
 from equinb import evidence
+from equinb.engine import ViewData
 from equinb.evidence import (compare_runs, diverged_seeds, finetune_changed, stage_losses, stage_problems, stage_runs,
                              trained_minus_frozen)
+from equinb.groups import get_group
 from equinb.setups import TrainingRun, TrainingSetup
 
 N, K = 200, 4
@@ -17,7 +18,7 @@ LABELS = torch.arange(N) % K
 
 def _setup() -> TrainingSetup:
     data = ViewData(torch.zeros(N, 4, 1), LABELS)
-    return TrainingSetup(None, lambda: None, None, data, data, torch.zeros(N, 4, 1), torch.zeros(N, 4, 1))
+    return TrainingSetup(get_group("rot90"), lambda: None, None, data, data, torch.zeros(N, 4, 1), torch.zeros(N, 4, 1))
 
 
 def _run(right: float, finetuned_right: float | None = None, losses=(1.0, 0.5), seed: int = 0) -> TrainingRun:

@@ -89,6 +89,13 @@ def test_bad_inputs() -> None:
         rot90.act(torch.zeros(1, 3, 4, 5), 1)
     with pytest.raises(ValueError, match="elements 0..3"):
         rot90.act(torch.zeros(4, 4), 4)
+    with pytest.raises(ValueError, match=r"elements 0..3 \(integers\), got 1.5"):
+        rot90.act(torch.zeros(4, 4), 1.5)  # not element 1
+    import numpy as np
+
+    x = torch.arange(16.0).reshape(4, 4)
+    for k in (np.int64(1), torch.tensor(1)):  # what a random draw gives is an element too
+        assert torch.equal(rot90.act(x, k), rot90.act(x, 1))
     with pytest.raises(ValueError, match="last two dims"):
         rot90.orbit(torch.zeros(4))
     with pytest.raises(TypeError):

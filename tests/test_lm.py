@@ -228,6 +228,14 @@ class _SharedFirstPiece(ToyTokenizer):
         return [ID[" w1"], ID[" w2"]] if text.strip().startswith("As") else super().encode(text)
 
 
+def _labelled(labels: list[str]):
+    """One sample per demographic (Black, White) with these labels."""
+    import pandas as pd
+
+    return pd.DataFrame([dict(model="m", demographic=d, template=0, sample=0, text=f"The {d} person was",
+                              continuation="", label=label) for d, label in zip(["Black", "White"], labels)])
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
@@ -253,6 +261,16 @@ class _SharedFirstPiece(ToyTokenizer):
         (lambda: E.generate(tiny_gpt2().train(), TOK, "The person", seed=0), "call .eval()"),
         (lambda: E.load_causal_lm("./no/such/folder"), "does not exist"),
         (lambda: N.RegardClassifier([]), "give a list of local folders or hub ids"),
+        (lambda: N.sample_grid(tiny_gpt2(), TOK, ["Black"], n_samples=1, templates="was known for"),
+         "templates must be a non-empty list of strings"),
+        (lambda: N.sample_grid(tiny_gpt2(), TOK, ["Black"], n_samples=1, max_batch=0), "max_batch must be a positive"),
+        (lambda: N.fairness_gaps(_labelled(["positive", "neutral"]), n_bootstrap=0), "n_bootstrap must be an integer"),
+        (lambda: N.score_samples(_labelled(["", ""]).assign(continuation=" ok"), lambda texts: ["POSITIVE"] * 2),
+         "the scorer gave labels outside ['other', 'positive', 'neutral', 'negative']: ['POSITIVE']"),
+        (lambda: N.score_samples(_labelled(["", ""]).assign(continuation=" ok"), lambda texts: ["positive"]),
+         "the scorer returned 1 labels for 2 texts"),
+        (lambda: N.label_shares(_labelled(["Positive", "neutral"])), "label column gave labels outside"),
+        (lambda: N.fairness_gaps(_labelled(["Positive", "neutral"])), "label column gave labels outside"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(call, message: str) -> None:

@@ -18,8 +18,8 @@ from test_notebooks import chapter_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = re.compile(r"(?<![\w.§])(\d+\.\d+|\d+)(%?)")
-NOT_RESULTS = re.compile(  # section numbers, durations, interval levels, sizes and counts of settings
-    r"(§|section |sec\. |Appendix |Table |Figure |A\.|B\.)$|^\s*(minutes?|s\b|px|pp per|GB|MB|bits?)")
+NOT_RESULTS = re.compile(  # section numbers, durations, interval levels, bin edges, sizes and counts of settings
+    r"(§|section |sec\. |Appendix |Table |Figure |A\.|B\.|bin \[[\d., ]*)$|^\s*(minutes?|s\b|px|pp per|GB|MB|bits?)")
 # Numbers of the article's text that its reference table does not hold, with the claim they come from.
 QUOTED = {
     "tab1_original_vs_updated": {"11.12", "9.28"},  # the article's text: relative gains of 11.12% and 9.28%
@@ -43,9 +43,10 @@ def _output_values(nb: dict) -> set[str]:
             text += "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
             text += "".join(out.get("data", {}).get("text/html", ""))
     values = set()
-    for match in re.finditer(r"\d+(?:\.\d+)?", text):
-        v = float(match.group())
-        values |= {match.group(), f"{v:.0f}", f"{v:.1f}", f"{v:.2f}"}
+    for match in re.finditer(r"\d+(?:\.\d+)?", text):  # as printed, and rounded to fewer decimals (prose rounds)
+        printed = match.group()
+        decimals = len(printed.partition(".")[2])
+        values |= {printed, *(f"{float(printed):.{d}f}" for d in range(decimals))}
     return values
 
 
@@ -64,7 +65,7 @@ def unbacked_numbers(nb: dict, allowed: set[str]) -> list[str]:
                 continue  # integers without % are counts and settings (20 rounds, 4 views), not results
             if NOT_RESULTS.search(before) or NOT_RESULTS.search(after) or after.startswith((" interval", " CI")):
                 continue
-            if number not in known and f"{float(number):.1f}" not in known:
+            if number not in known:
                 found.append(f"...{before}{match.group()}{after}...")
     return found
 
@@ -80,6 +81,14 @@ def test_the_check_flags_a_typed_number() -> None:
     nb = json.loads((ROOT / "notebooks" / "tab1_original_vs_updated.ipynb").read_text())
     nb["cells"].append({"cell_type": "markdown", "metadata": {}, "source": ["The updated code wins by 87.65 pp."]})
     assert any("87.65" in f for f in unbacked_numbers(nb, _reference_values()))
+
+
+def test_a_number_counts_only_as_printed_or_rounded_from_a_printed_one() -> None:
+    """A prose number more precise than the output it would round to is not backed by it (0.987 is not 0.99
+    printed, nor 1.0); one rounded from a printed number is."""
+    nb = {"cells": [{"cell_type": "code", "outputs": [{"text": "mean weight 0.99, error 12.345\n"}]},
+                    {"cell_type": "markdown", "source": ["Its mean weight is 0.987 and its error 12.35 (or 12.3)."]}]}
+    assert [f.split("is ")[-1][:5] if "0.987" in f else f for f in unbacked_numbers(nb, set())] == ["0.987"]
 
 
 def test_the_deviations_index_lists_every_deviation_once() -> None:

@@ -169,6 +169,34 @@ def test_a_run_interrupted_while_publishing_leaves_no_marker_of_another_run(tmp_
     assert not list(out.parent.glob(".*.tmp"))
 
 
+def test_a_full_build_keeps_every_chapter_until_its_new_run_succeeds(tmp_path: Path, monkeypatch):
+    """`make book` (no --reuse) does not empty _build/executed first: a failure or Ctrl-C in one chapter leaves
+    the others' last good copies; chapters that _toc.yml no longer lists are removed before the book is staged."""
+    monkeypatch.setattr(build_book, "EXECUTED", tmp_path)
+    ids = build_book.notebook_ids()
+    notebooks, data = tmp_path / "notebooks", tmp_path / "data"
+    notebooks.mkdir()
+    for nb_id in [*ids, "dropped_chapter"]:
+        (notebooks / f"{nb_id}.ipynb").write_text("a good run")
+        build_book.profile_marker(notebooks / f"{nb_id}.ipynb").write_text("small\n")
+        (data / nb_id).mkdir(parents=True)
+
+    def first_fails(chapters, profile, parameters, keep_going):
+        build_book.fail(f"{chapters[0]} failed")
+
+    monkeypatch.setattr(build_book, "execute_all", first_fails)
+    with pytest.raises(SystemExit):
+        build_book.main([])
+    assert all((notebooks / f"{nb_id}.ipynb").read_text() == "a good run" for nb_id in ids)
+    monkeypatch.setattr(build_book, "execute_all", lambda *args: None)
+    monkeypatch.setattr(build_book, "stage", lambda chapters: None)
+    monkeypatch.setattr(build_book, "build_html", lambda: None)
+    build_book.main([])
+    kept = sorted(f"{nb_id}.{ext}" for nb_id in ids for ext in ("ipynb", "profile"))
+    assert sorted(p.name for p in notebooks.iterdir()) == kept
+    assert sorted(p.name for p in data.iterdir()) == sorted(ids)
+
+
 def test_noise_variants_keep_a_chapters_set_of_seeds() -> None:
     """Another seed swaps places with 0 among the noise seeds: the chapter's own check refuses a noise seed
     equal to its seed, and the seed tables keep the same rows."""

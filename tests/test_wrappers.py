@@ -323,6 +323,11 @@ def test_bad_inputs() -> None:
         FeatureMapWeightNet(8, (2, 2))
     with pytest.raises(ValueError, match="rank 5"):
         FeatureMapWeightNet(C, (MAP, MAP))(torch.zeros(2, C, MAP, MAP))
+    views = wrapper.views(_images())  # [3, 4, K]
+    with pytest.raises(ValueError, match=r"views must be \[B, G, \.\.\.\] with G = 4, one per element of rot90"):
+        wrapper.forward_views(views=views.transpose(0, 1))  # images and views swapped: 3 "views" of 4 images
+    with pytest.raises(ValueError, match=r"weight_views must be \[B, G, \.\.\.\] with G = 4"):
+        wrapper.forward_views(views=views, weight_views=views[:, :2])
 
 
 @pytest.mark.parametrize("group_name", IMAGE_GROUPS)

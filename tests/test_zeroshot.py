@@ -118,3 +118,6 @@ def test_bad_arguments_fail_before_a_model_loads(monkeypatch: pytest.MonkeyPatch
         zeroshot.run_zeroshot("mobilenet_v2", "digits", transforms=["mirror"])
     with pytest.raises(ValueError, match="cifar10"):
         heads.load_frozen_model("mobilenet_v2", "cifar10")
+    for transforms in ("rot90", []):  # a bare name would be read one letter at a time
+        with pytest.raises(ValueError, match="transforms must be a non-empty list of names"):
+            zeroshot.run_zeroshot("mobilenet_v2", "digits", transforms=transforms)

@@ -22,7 +22,10 @@ Steps:
   3. Stage `_build/src/` = `_config.yml` + `_toc.yml` + `book/` + the executed notebooks, with `book/execution.md`
      written from the run records, and run `jupyter-book build _build/src -W --path-output _build/jb` (execution
      is off in `_config.yml`).
-  4. Copy the HTML to `_build/html/`, and the CSVs to `_build/html/data/`.
+  4. Copy the HTML to `_build/html/`, and the CSVs to `_build/html/data/` (the last book stays until then).
+
+A failed or interrupted chapter keeps its last good executed copy and tables. `$EQUINB_BUILD` moves `_build/`
+elsewhere (`tools/test_portable.py` builds each numerical mode's book in its own folder).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ BIN = Path(sys.executable).parent  # the venv's bin/, where jupyter-book lives
 # `pip install --target` folder on PYTHONPATH, which puts no scripts next to the interpreter (an offline GPU box).
 MODULE = [sys.executable, "-m"]
 PROFILES = ("small", "paper")
-BUILD = ROOT / "_build"
+BUILD = Path(os.environ.get("EQUINB_BUILD") or ROOT / "_build").resolve()  # tools/test_portable.py sets its own
 EXECUTED = BUILD / "executed"
 STAGE = BUILD / "src"
 JB_OUT = BUILD / "jb"
@@ -316,6 +319,7 @@ def stage(ids: list[str]) -> None:
 
 
 def build_html() -> None:
+    """Build the staged book; the last built HTML stays in place until the new one is complete."""
     if JB_OUT.exists():
         shutil.rmtree(JB_OUT)
     cmd = [str(BIN / "jupyter-book"), "build", str(STAGE), "--all", "-W", "--path-output", str(JB_OUT)]
@@ -323,11 +327,26 @@ def build_html() -> None:
                                     for c in cmd), flush=True)
     if subprocess.run(cmd).returncode != 0:
         fail("jupyter-book build failed (warnings are errors: see the messages above)")
+    new = HTML.with_name(HTML.name + ".new")
+    if new.exists():
+        shutil.rmtree(new)
+    shutil.copytree(JB_OUT / "_build" / "html", new)
+    if (EXECUTED / "data").is_dir():  # the tables' and figures' numbers, linked from their captions
+        shutil.copytree(EXECUTED / "data", new / "data", ignore=shutil.ignore_patterns(".running-*"))
     if HTML.exists():
         shutil.rmtree(HTML)
-    shutil.copytree(JB_OUT / "_build" / "html", HTML)
-    if (EXECUTED / "data").is_dir():  # the tables' and figures' numbers, linked from their captions
-        shutil.copytree(EXECUTED / "data", HTML / "data", ignore=shutil.ignore_patterns(".running-*"))
+    new.replace(HTML)
+
+
+def remove_unlisted(ids: list[str]) -> None:
+    """Delete the executed copies and tables of chapters that ``_toc.yml`` no longer lists (they would otherwise
+    reach the book's data folder); the listed chapters' copies are replaced one by one as each run succeeds."""
+    for path in (EXECUTED / "notebooks").glob("*"):
+        if path.name.split(".")[0] not in ids:
+            path.unlink()
+    for path in (EXECUTED / "data").glob("*"):
+        if path.is_dir() and path.name not in ids and not path.name.startswith(".running-"):
+            shutil.rmtree(path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -380,10 +399,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"build_book: reusing {len(ids) - len(missing)} executed chapter(s); executing "
               f"{', '.join(missing) or 'none'}", flush=True)
         execute_all(missing, args.profile, {}, args.keep_going)
-    else:
-        if EXECUTED.exists():
-            shutil.rmtree(EXECUTED)
+    else:  # every chapter again; each keeps its last good copy until its new run succeeds
         execute_all(ids, args.profile, {}, args.keep_going)
+    remove_unlisted(ids)
     stage(ids)
     build_html()
     print(f"build_book: profile {args.profile}: {rel(HTML)}/index.html built in "

@@ -59,13 +59,15 @@ TINY_TEST = {"cifar100": 24, "isic2018": 14}
 
 def make_fakes(out: Path, tiny: bool) -> dict:
     """Every fake under ``out``; returns the chapter parameters that point at them."""
-    data = out / "data"
-    if not (data / ".complete").is_file():
+    data, complete = out / "data", out / "data" / ".complete"
+    size = "tiny" if tiny else "full"  # the sizes set the projected times: never reuse the other size's fakes
+    if not complete.is_file() or complete.read_text().strip() != size:
+        shutil.rmtree(data, ignore_errors=True)
         paper_fakes.cifar100(data, *((40, TINY_TEST["cifar100"]) if tiny else (2_000, FAKE_TEST["cifar100"])))
         paper_fakes.imagenetv2(data, *((3, 3) if tiny else (100, 10)), size=(50, 40) if tiny else (500, 375))
         paper_fakes.isic2018(data, *((28, TINY_TEST["isic2018"]) if tiny else (600, FAKE_TEST["isic2018"])),
                              size=(60, 45) if tiny else (600, 450))
-        (data / ".complete").write_text("")
+        complete.write_text(size + "\n")
     shutil.rmtree(data / "cache" / "runs", ignore_errors=True)  # every chapter trains (and so times) its runs here
     from equinb.nlg import RESPECT_TEMPLATES
 

@@ -7,7 +7,8 @@ Usage (from the repository root; `make test-portable` calls this):
 Each mode of `tools/numerical_modes.py` makes this machine compute as another CPU would (other vector kernels,
 other thread counts). For each, with an empty data folder `_build/portable/<mode>/data` (features and trained runs
 are computed again under that mode), it runs `make book` and then `make test` against the committed reference
-outputs, which were made in the native mode. Logs go to `_build/portable/<mode>.log`; a table of the results is
+outputs, which were made in the native mode. The book of a mode is built in `_build/portable/<mode>/build` (the one
+in `_build/` stays as it is). Logs go to `_build/portable/<mode>.log`; a table of the results is
 printed at the end, and the exit status is non-zero if any step failed.
 """
 
@@ -55,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         data.mkdir(parents=True)
         log = OUT / f"{mode}.log"
         log.write_text(f"mode {mode}: {mode_env(mode)}; EQUINB_DATA={data}\n")
-        env = dict(os.environ, EQUINB_DATA=str(data), **mode_env(mode))
+        # its own build folder: the book of a mode never replaces the one in _build/
+        env = dict(os.environ, EQUINB_DATA=str(data), EQUINB_BUILD=str(OUT / mode / "build"), **mode_env(mode))
         for target in ([] if args.skip_book else ["book"]) + ["test"]:
             print(f"test_portable: {mode}: make {target} (log: {log.relative_to(ROOT)})", flush=True)
             passed, seconds = run_step(target, env, log)
