@@ -176,3 +176,18 @@ def test_gpu_bundle_carries_what_the_chapters_need_beyond_the_machines_packages(
     assert any(r.startswith("aiohttp") for r in resolved)
     assert not any(r.startswith("aiohttp") for r in gpu_bundle.bundle("3.11", gpu_bundle.MACHINE_HAS)[1])
     assert "scipy" in gpu_bundle.bundle("3.12", ("torch",))[0]  # a machine without it gets it
+
+
+def test_the_fakes_of_one_size_are_never_reused_for_the_other(tmp_path: Path, monkeypatch) -> None:
+    """The projected times scale from the fakes' sizes: fakes made by a tiny smoke are made again for a full one."""
+    drawn = []
+    for name in ("cifar100", "imagenetv2", "isic2018"):
+        monkeypatch.setattr(paper_smoke.paper_fakes, name, lambda data, *a, _name=name, **k: drawn.append(_name))
+    monkeypatch.setattr(paper_smoke.paper_fakes, "clip_weights", lambda out, tiny: {})
+    monkeypatch.setattr(paper_smoke.paper_fakes, "language_models", lambda out, templates: ("lm", "classifier"))
+    paper_smoke.make_fakes(tmp_path, tiny=True)
+    paper_smoke.make_fakes(tmp_path, tiny=True)  # the same size again: reused
+    assert drawn == ["cifar100", "imagenetv2", "isic2018"]
+    paper_smoke.make_fakes(tmp_path, tiny=False)
+    assert drawn == ["cifar100", "imagenetv2", "isic2018"] * 2
+    assert (tmp_path / "data" / ".complete").read_text() == "full\n"

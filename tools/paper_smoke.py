@@ -63,6 +63,7 @@ def make_fakes(out: Path, tiny: bool) -> dict:
     size = "tiny" if tiny else "full"  # the sizes set the projected times: never reuse the other size's fakes
     if not complete.is_file() or complete.read_text().strip() != size:
         shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True)
         paper_fakes.cifar100(data, *((40, TINY_TEST["cifar100"]) if tiny else (2_000, FAKE_TEST["cifar100"])))
         paper_fakes.imagenetv2(data, *((3, 3) if tiny else (100, 10)), size=(50, 40) if tiny else (500, 375))
         paper_fakes.isic2018(data, *((28, TINY_TEST["isic2018"]) if tiny else (600, FAKE_TEST["isic2018"])),
