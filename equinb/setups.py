@@ -383,9 +383,10 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
     ``equinb.engine.weight_net_for``).
     ``method`` and ``align_views``: see ``equinb.engine.weighted_model`` (feature-map setups).
     ``cache_dir``: save the run (row, history, module states) there, atomically, keyed by the setup's key,
-    the configuration, the method, the alignment, the module's architecture and the engine's source code;
-    a later call with the same settings loads it instead of training (other chapters reuse trained modules
-    this way). The code part of the key (``training_code_fingerprint``) changes only when what the engine
+    the configuration, the method, the alignment, the module's architecture, the code of any class of it defined
+    outside equinb and torch (a network of one's own, ``equinb.cache.class_code_fingerprint``) and the engine's
+    source code; a later call with the same settings loads it instead of training (other chapters reuse trained
+    modules this way). The code part of the key (``training_code_fingerprint``) changes only when what the engine
     *does* changes, not with its documentation.
 
     Returns a ``TrainingRun``: ``row`` with keys ``prefinetune_top1`` (the article's "Prefinetune": the
