@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 from torch import nn
 
-from .cache import cache_key, load_or_compute, source_fingerprint
+from .cache import cache_key, load_or_compute, package_code_fingerprint
 from .checks import format_error, largest_error
 from .engine import ViewData, evaluation_mode, model_device
 from .groups import Group
@@ -167,7 +167,7 @@ def positional_head(setup: TrainingSetup, cache_dir: str | Path | None = None) -
     if cache_dir is None or not setup.key:
         state = fit()
     else:
-        key = cache_key(setup=setup.key, code=source_fingerprint(Path(__file__).with_name("heads.py")))
+        key = cache_key(setup=setup.key, code=package_code_fingerprint("heads"))
         state = load_or_compute(Path(cache_dir) / f"positional_head_{key}.pt", fit)
     linear = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
     linear.load_state_dict(state)

@@ -28,9 +28,10 @@ import torch
 
 __all__ = ["data_root", "cache_dir", "run_cache_dir", "cache_key", "atomic_save", "atomic_write_text",
            "load_or_compute", "sha256_file", "tensor_fingerprint", "module_fingerprint", "class_code_fingerprint",
-           "source_fingerprint"]
+           "source_fingerprint", "package_code_fingerprint", "PACKAGE"]
 
 T = TypeVar("T")
+PACKAGE = Path(__file__).parent  # equinb/: the folder whose modules ``package_code_fingerprint`` names
 
 
 def data_root() -> Path:
@@ -277,3 +278,10 @@ def source_fingerprint(*paths: str | Path) -> str:
         tree = _strip_signature_annotations(_strip_docstrings(ast.parse(Path(path).read_text(), filename=str(path))))
         digest.update(ast.dump(tree, annotate_fields=False, include_attributes=False).encode())
     return digest.hexdigest()[:16]
+
+
+def package_code_fingerprint(*modules: str) -> str:
+    """``source_fingerprint`` of modules of this package, named without ``.py`` (``"engine"`` for
+    ``equinb/engine.py``): the code part of a cache key, so that a cached result never outlives a change of what
+    the modules that made it do."""
+    return source_fingerprint(*(PACKAGE / f"{name}.py" for name in modules))

@@ -299,6 +299,9 @@ class TokenPermutationGroup:
 
     def act(self, ids: torch.Tensor, k: int) -> torch.Tensor:
         """Replace every token id t by g^k(t). Shapes: ids [..., T] -> [..., T]."""
+        if not isinstance(ids, torch.Tensor):
+            raise TypeError(f"token ids must be an integer tensor (torch.tensor(ids), or a tokenizer's "
+                            f"return_tensors='pt'), got {type(ids).__name__}")
         if ids.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"token ids must be an integer tensor, got {ids.dtype}")
         # a negative id (a padding -1) would index from the end and silently become another token

@@ -21,7 +21,7 @@ from torch import nn
 
 from .backbones import Backbone, cpu_chunks, load_backbone
 from .cache import cache_dir as default_cache_dir
-from .cache import cache_key, data_root as default_root, load_or_compute, module_fingerprint, source_fingerprint
+from .cache import cache_key, data_root as default_root, load_or_compute, module_fingerprint, package_code_fingerprint
 from .data import dataset_classes, dataset_spec, image_batches
 from .prompts import templates_for
 
@@ -171,7 +171,7 @@ def frozen_head(backbone: Backbone, dataset: str, cache_dir: str | Path, *, batc
     loader, ident = image_batches(backbone, dataset, "train", batch_size, data_root, num_workers, dataset_options)
     # the fitting code is in the key: a change of fit_linear_head refits instead of loading an old head
     key = cache_key(kind="linear_head", encoder=module_fingerprint(backbone.encoder), data=ident,
-                    code=source_fingerprint(__file__))
+                    code=package_code_fingerprint("heads"))
 
     def fit() -> dict:
         with torch.no_grad():

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .cache import cache_key, load_or_compute, source_fingerprint
+from .cache import cache_key, load_or_compute, package_code_fingerprint
 from .equilm import EquiLM, encode, from_pretrained, generate_batch, lm_device, lm_forward, sequence_logprob
 from .groups import TokenPermutationGroup
 from .reference import FIG6_LABELS
@@ -191,10 +191,9 @@ def cached_sample_grid(lm: nn.Module, tokenizer: Any, demographics: Sequence[str
     wrapper: dict[str, Any] = {"type": type(lm).__name__}
     if isinstance(lm, EquiLM):
         wrapper.update(words=lm.group.equality_lists, action=lm.output_action, relaxed=lm.relaxed_words)
-    here = Path(__file__)
     key = cache_key(kind="nlg_samples", weights=weights, wrapper=wrapper, demographics=list(demographics),
                     tokenizer=tokenizer_fingerprint(tokenizer),
-                    device=str(lm_device(lm)), code=source_fingerprint(here, here.with_name("equilm.py")),
+                    device=str(lm_device(lm)), code=package_code_fingerprint("nlg", "equilm"),
                     options=options)
     return load_or_compute(Path(cache_dir) / f"nlg_samples_{key}.pt",
                            lambda: sample_grid(lm, tokenizer, demographics, **options))

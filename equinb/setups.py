@@ -25,7 +25,7 @@ from torch import nn
 
 from .backbones import CLIP_NAMES, CPU_PASS_IMAGES, TINY_CLIP_NAMES, load_backbone
 from .cache import cache_dir as default_cache_dir
-from .cache import cache_key, class_code_fingerprint, load_or_compute, module_fingerprint, source_fingerprint
+from .cache import cache_key, class_code_fingerprint, load_or_compute, module_fingerprint, package_code_fingerprint
 from .cache import data_root as default_data_root
 from .data import (ISIC2018_CLASS_COUNTS, dataset_spec, fashion_mnist_arrays, get_dataset, load_digits,
                    load_fashion_mnist, proportional_counts, root_identity)
@@ -450,24 +450,24 @@ def correct_by_seed(runs: Sequence[TrainingRun], stage: str, labels: Tensor) -> 
     return torch.stack([(run.predictions[stage] == labels).double() for run in runs])
 
 
-TRAINING_SOURCES = ("engine.py", "setups.py", "wrappers.py", "weighting.py", "groups.py", "heads.py", "precision.py",
-                    "kernels.py", "outputs.py", "metrics.py")
+TRAINING_SOURCES = ("engine", "setups", "wrappers", "weighting", "groups", "heads", "precision", "kernels", "outputs",
+                    "metrics")
 
 
 # what makes the cached frozen features: the data's loading and preparation, the backbone, the split and the pass
-FEATURE_SOURCES = ("data.py", "backbones.py", "setups.py", "engine.py", "groups.py", "precision.py")
+FEATURE_SOURCES = ("data", "backbones", "setups", "engine", "groups", "precision")
 
 
 def feature_code_fingerprint() -> str:
     """Hash of what the modules that load the data and compute the frozen per-view features do, so that a cached
     feature file (and every run keyed by its setup) never outlives a change of the images or of the pass."""
-    return source_fingerprint(*(Path(__file__).parent / name for name in FEATURE_SOURCES))
+    return package_code_fingerprint(*FEATURE_SOURCES)
 
 
 def training_code_fingerprint() -> str:
     """Hash of what the modules that define a training run do (syntax trees without docstrings or comments),
     so that a cached run never outlives a code change and survives edits of documentation."""
-    return source_fingerprint(*(Path(__file__).parent / name for name in TRAINING_SOURCES))
+    return package_code_fingerprint(*TRAINING_SOURCES)
 
 
 def _run(setup: TrainingSetup, config: TrainConfig, module: nn.Module, progress: bool, heldout_fraction: float,
@@ -553,8 +553,13 @@ def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = 
     if backbone_name not in (*CLIP_NAMES, *TINY_CLIP_NAMES):
         raise ValueError(f"clip_lambda_setup needs a CLIP backbone, got {backbone_name!r}; valid: "
                          f"{', '.join(CLIP_NAMES + TINY_CLIP_NAMES)}")
+    root = Path(data_root) if data_root else default_data_root()
+    spec = dataset_spec(dataset)
+    # the splits open first: a missing dataset is named before CLIP loads (or downloads)
+    datasets = {split: get_dataset(dataset, split, root=str(root), **(dataset_options or {}))
+                for split in ("train", spec.eval_split)}
     backbone, text_head, root, cache_dir = load_frozen_model(
-        backbone_name, dataset, device=device, data_root=str(data_root or default_data_root()), cache_dir=cache_dir,
+        backbone_name, dataset, device=device, data_root=str(root), cache_dir=cache_dir,
         clip_path=clip_path, clip_download_root=clip_download_root, dataset_options=dataset_options)
     head = linear_text_head(text_head).to(device)
     mean = torch.tensor(backbone.mean, device=device).view(1, 3, 1, 1)
@@ -566,7 +571,7 @@ def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = 
         return ((x.clamp(0, 1) - mean) / std).to(backbone.dtype)
 
     def split_data(split: str, limit: int | None) -> ImageViewData:
-        ds = get_dataset(dataset, split, root=str(root), **(dataset_options or {}))
+        ds = datasets[split]
         if spec.in_memory:  # CIFAR100: uint8 [N, 32, 32, 3] in memory
             images = torch.as_tensor(ds.data[:limit])
         else:  # image files (ISIC2018): decoded once, resized and centre-cropped as CLIP's preprocessing
@@ -576,7 +581,6 @@ def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = 
         images = images.to(device) if torch.device(device).type == "cuda" else images
         return ImageViewData(images, torch.as_tensor(ds.targets[:limit]), group, prepare)
 
-    spec = dataset_spec(dataset)
     train, test = split_data("train", max_train), split_data(spec.eval_split, None)  # ISIC2018: validation
     encoder = backbone.encoder.requires_grad_(False)
     if level == "maps":

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .backbones import cpu_chunks
-from .cache import cache_key, load_or_compute, module_fingerprint, source_fingerprint
+from .cache import cache_key, load_or_compute, module_fingerprint, package_code_fingerprint
 from .data import group_transform_indices, image_batches
 from .groups import Group, d4_act, get_group
 from .heads import load_frozen_model
@@ -112,9 +112,8 @@ def cached_per_view_logits(cache_dir: str | Path, encoder: nn.Module, head: nn.M
 
     The file is written atomically; a changed weight, dataset, view list or device type gives a new key.
     """
-    here = Path(__file__).parent  # the images' loading and preparation, the encoder, the head and the pass
-    code = source_fingerprint(*(here / name for name in ("data.py", "backbones.py", "heads.py", "zeroshot.py",
-                                                         "groups.py")))
+    # the images' loading and preparation, the encoder, the head and the pass
+    code = package_code_fingerprint("data", "backbones", "heads", "zeroshot", "groups")
     key = cache_key(kind="per_view_logits", encoder=module_fingerprint(encoder), head=module_fingerprint(head),
                     dataset=dataset_id, elements=list(elements), device=torch.device(device).type,
                     dtype=str(next(encoder.parameters()).dtype), code=code)

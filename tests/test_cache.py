@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import equinb.cache as cache
 import equinb.setups as su
 from equinb.cache import (atomic_save, atomic_write_text, cache_key, load_or_compute, module_fingerprint,
                           sha256_file, source_fingerprint)
@@ -123,8 +124,8 @@ def test_editing_the_engine_docstrings_keeps_the_run_cache(tmp_path: Path, monke
     copy = tmp_path / "equinb"
     copy.mkdir()
     for name in su.TRAINING_SOURCES:
-        shutil.copy(package / name, copy / name)
-    monkeypatch.setattr(su, "__file__", str(copy / "setups.py"))
+        shutil.copy(package / f"{name}.py", copy / f"{name}.py")
+    monkeypatch.setattr(cache, "PACKAGE", copy)
     before = su.training_code_fingerprint()
     engine = copy / "engine.py"
     text = engine.read_text()

@@ -295,6 +295,19 @@ def test_isic2018_missing(tmp_path: Path) -> None:
         ISIC2018("val", root=tmp_path)
 
 
+@pytest.mark.parametrize("dataset", ["cifar100", "isic2018"])
+def test_the_paper_setup_names_a_missing_dataset_before_clip_loads(tmp_path: Path, monkeypatch, dataset: str) -> None:
+    """A missing dataset is named at once, not after CLIP's weights are loaded or downloaded (hundreds of MB)."""
+    import equinb.setups as su
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("CLIP was loaded before the data were checked")
+
+    monkeypatch.setattr(su, "load_frozen_model", no_model)
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / dataset)):
+        su.clip_lambda_setup(get_group("rot90"), "RN50", dataset, data_root=tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------- registry
 
 

@@ -148,6 +148,8 @@ def test_token_group_bad_inputs() -> None:
     group = TokenPermutationGroup(10, [(1, 2)])
     with pytest.raises(TypeError, match="integer"):
         group.act(torch.zeros(3), 1)
+    with pytest.raises(TypeError, match="integer tensor .*got list"):  # not an AttributeError on .dtype
+        group.orbit([1, 2])
     for ids in ([-1, 1], [1, 10]):  # a padding -1 would otherwise index from the end and become token 9
         with pytest.raises(ValueError, match=r"token ids must lie in \[0, 10\)"):
             group.act(torch.tensor(ids), 1)
