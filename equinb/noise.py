@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["Tolerance", "tolerance", "tolerances", "chapter_tolerances", "measured_profile", "noise_note",
-           "loss_label", "split_numbers", "snap_numbers", "same_text", "NUMBER"]
+           "loss_label", "split_numbers", "snap_numbers", "snap_rows", "row_pieces", "same_text", "NUMBER",
+           "UNIT_CLASSES"]
 
 MEASURED = Path(__file__).with_name("noise_measured.json")
 NOTE_MARKER = "between CPUs"  # in every ``noise_note`` line: the measurement leaves those lines out
@@ -41,6 +42,17 @@ ORIENTATION_READINGS = {"reversed": "differs from chance",
                         "inconclusive": "inconclusive (the interval holds chance)"}
 _ADJACENT_VERDICTS = {("agrees", "inconclusive"), ("reversed", "inconclusive"), ("non-zero", "inconclusive"),
                       (ORIENTATION_READINGS["reversed"], ORIENTATION_READINGS["inconclusive"])}
+
+
+# A verdict row's result (ours and its interval) is in its claim's unit (``equinb.claims``). Where that unit has a
+# tolerance class of its own, the result as glued for the claim list (JSON, one object per claim, in the key order
+# of ``equinb.verdicts.verdict_row``) is compared in that class, whatever the cell's: Figures 2-3's verdict table
+# holds mean weights (fractions) beside shares of images (pp), and Table 2's a relative error beside top-1
+# differences. The rest of the row (a reason may quote a share) keeps the cell's class.
+UNIT_CLASSES = {"weight": "weight", "relative": "logit"}
+_ROW_START = re.compile(r'\{"claim": ')
+_RESULT = re.compile(r'"ours": .*?(?=, "verdict vs the article": )')
+_ROW_ID = re.compile(r'"id": "([^"]+)"')
 
 
 @dataclass(frozen=True)
@@ -152,6 +164,37 @@ def snap_numbers(test: str, reference: str, tol: Tolerance) -> str:
         last, i = match.end(), i + 1
     out.append(reference[last:])
     return "".join(out)
+
+
+def row_pieces(text: str) -> list[tuple[str, str | None]]:
+    """``text`` in pieces, each with the tolerance class its numbers are compared in: a glued verdict row's result
+    (``"ours"`` and ``"95% interval"``) in the class of its claim's unit where the unit has one
+    (``UNIT_CLASSES``); everything else None (the cell's class). The pieces joined are ``text``."""
+    from .claims import claims
+
+    units = {c.id: c.unit for c in claims()}
+    starts = [m.start() for m in _ROW_START.finditer(text)]
+    pieces: list[tuple[str, str | None]] = []
+    for begin, end in zip([0, *starts], [*starts, len(text)]):
+        row = text[begin:end]
+        found, result = _ROW_ID.search(row), _RESULT.search(row)
+        name = UNIT_CLASSES.get(units.get(found.group(1), "")) if begin in starts and found and result else None
+        if name is None:
+            pieces.append((row, None))
+        else:
+            pieces += [(row[:result.start()], None), (result.group(), name), (row[result.end():], None)]
+    return [(piece, name) for piece, name in pieces if piece]
+
+
+def snap_rows(test: str, reference: str, tol: Tolerance) -> str:
+    """``snap_numbers`` with ``tol``, except that each glued verdict row whose claim has a unit of its own
+    (``row_pieces``) is snapped within that unit's class. Rows added, removed or reordered: the whole text with
+    ``tol`` (the exact comparison afterwards fails on them)."""
+    ref_pieces, test_pieces = row_pieces(reference), row_pieces(test)
+    if [name for _, name in ref_pieces] != [name for _, name in test_pieces]:
+        return snap_numbers(test, reference, tol)
+    return "".join(snap_numbers(t, r, tolerance(name) if name else tol)
+                   for (t, _), (r, name) in zip(test_pieces, ref_pieces))
 
 
 def noise_note(tol: Tolerance | None, what: str = "trained numbers") -> str:

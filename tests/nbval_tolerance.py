@@ -3,7 +3,9 @@
 Load it with ``-p nbval_tolerance`` (``tests/`` on ``PYTHONPATH``), as ``make test`` does. A notebook cell
 tagged ``tolerance-<class>`` (a class of ``equinb/noise_measured.json``, for example ``tolerance-top1``) has
 each number of its text outputs compared with the committed one within that class's tolerance; the text
-between the numbers must still match (white space folded). Cells without such a tag are compared exactly by
+between the numbers must still match (white space folded). A chapter's verdict rows as glued for the claim list
+are compared in the class of their claim's unit where that unit has one (``equinb.noise.UNIT_CLASSES``: weights
+beside shares of images in one table). Cells without such a tag are compared exactly by
 nbval as usual, so symmetry checks, counts and frozen-model tables stay exact. Images are not compared, glued
 ones included (``GLUED_IMAGES``).
 """
@@ -15,7 +17,7 @@ import copy
 import pytest
 from nbval.plugin import IPyNbCell
 
-from equinb.noise import Tolerance, snap_numbers, tolerance
+from equinb.noise import Tolerance, snap_rows, tolerance
 
 TAG_PREFIX = "tolerance-"
 # Figures glued for the book's captions are recorded under papermill's mime types. nbval never compares
@@ -39,17 +41,18 @@ def cell_tolerance(cell) -> Tolerance | None:
 
 
 def snap_outputs(test: list, reference: list, tol: Tolerance) -> list:
-    """Copies of the test outputs whose numbers within ``tol`` of the reference's are the reference's."""
+    """Copies of the test outputs whose numbers within ``tol`` of the reference's are the reference's (a glued
+    verdict row whose claim has a unit of its own: within that unit's class, ``equinb.noise.snap_rows``)."""
     snapped = copy.deepcopy(test)
     for out, ref in zip(snapped, reference):
         if out.get("output_type") != ref.get("output_type"):
             continue
         if isinstance(out.get("text"), str) and isinstance(ref.get("text"), str):
-            out["text"] = snap_numbers(out["text"], ref["text"], tol)
+            out["text"] = snap_rows(out["text"], ref["text"], tol)
         for mime, value in out.get("data", {}).items():
             ref_value = ref.get("data", {}).get(mime)
             if isinstance(value, str) and isinstance(ref_value, str):
-                out["data"][mime] = snap_numbers(value, ref_value, tol)
+                out["data"][mime] = snap_rows(value, ref_value, tol)
     return snapped
 
 

@@ -270,3 +270,65 @@ def test_a_relative_tolerance_is_a_share_of_the_reference_and_infinities_must_ma
     points = Tolerance("t", absolute=2.0, relative=0.0, unit="pp", basis="test")
     assert relative.allows(1.0, 1.09) and not relative.allows(1.0, 1.105)
     assert points.allows(float("inf"), float("inf")) and not points.allows(float("inf"), float("-inf"))
+
+
+def _glued_rows(values: dict[str, tuple[str, str, str]]) -> str:
+    """Verdict rows as a chapter glues them for the claim list (``publish_verdicts``): per claim id, (ours,
+    interval, verdict)."""
+    from equinb.claims import claim
+
+    rows = [{"claim": claim(cid).text, "article": "+0.471", "ours": ours, "95% interval": interval,
+             "verdict vs the article": verdict, "noise": "5 seeds × 719 items", "tested as": claim(cid).statistic,
+             "id": cid, "changed": {}, "profile": "small", "chapter": claim(cid).chapter}
+            for cid, (ours, interval, verdict) in values.items()]
+    return repr(json.dumps(rows, ensure_ascii=False))
+
+
+WEIGHT_ROW, SHARE_ROW = "fig2.upright_weight.lambda", "fig2.one_hot.lambda"  # units: weight, pp
+
+
+def test_a_glued_verdict_row_is_compared_in_its_claims_unit_not_the_cells():
+    """Figures 2-3's verdict cell is tagged share (pp, ±31): a mean weight that moved by 0.3 (a fraction) must
+    still fail, in the weight class, while the shares beside it keep their own class."""
+    from equinb.claims import claim
+    from equinb.noise import row_pieces, snap_rows
+
+    share, weight = tolerance("share"), tolerance("weight")
+    assert claim(WEIGHT_ROW).unit == "weight" and claim(SHARE_ROW).unit == "pp"
+    assert 0.3 > weight.absolute and 0.3 < share.absolute  # the move this test needs to tell the classes apart
+    ref = _glued_rows({WEIGHT_ROW: ("+0.593", "[+0.570, +0.615]", "agrees"),
+                       SHARE_ROW: ("+19.76", "[+14.29, +25.24]", "agrees")})
+    pieces = row_pieces(ref)
+    assert "".join(p for p, _ in pieces) == ref and [n for _, n in pieces] == [None, None, "weight", None, None]
+    assert [p for p, n in pieces if n] == ['"ours": "+0.593", "95% interval": "[+0.570, +0.615]"']
+    near = _glued_rows({WEIGHT_ROW: ("+0.603", "[+0.575, +0.630]", "agrees"),
+                        SHARE_ROW: ("+29.76", "[+24.29, +35.24]", "agrees")})
+    assert snap_rows(near, ref, share) == ref
+    quoted = _glued_rows({WEIGHT_ROW: ("+0.593", "[+0.570, +0.615]", "agrees (measured: 35.5% of the images)"),
+                          SHARE_ROW: ("+19.76", "[+14.29, +25.24]", "agrees")})
+    moved = quoted.replace("35.5%", "47.0%")  # a share quoted in a weight row's reason: the cell's class
+    assert snap_rows(moved, quoted, share) == quoted and snap_rows(moved, quoted, weight) != quoted
+    far = _glued_rows({WEIGHT_ROW: ("+0.293", "[+0.270, +0.315]", "agrees"),
+                       SHARE_ROW: ("+19.76", "[+14.29, +25.24]", "agrees")})
+    assert snap_rows(far, ref, share) != ref and snap_numbers(far, ref, share) == ref  # the cell's class alone
+    outputs = [nbformat.v4.new_output("display_data", data={"application/papermill.record/text/plain": text})
+               for text in (ref, far)]
+    assert snap_outputs(outputs[1:], outputs[:1], share) != outputs[:1]  # the plugin compares rows so too
+
+
+def test_noise_measurement_counts_a_glued_row_in_its_claims_unit(tmp_path):
+    sys.path.insert(0, str(ROOT / "tools"))
+    from notebook_numbers import diff_notebooks
+
+    paths = []
+    for name, weight, share in (("ref", "+0.593", "+19.76"), ("other", "+0.603", "+29.76")):
+        nb = nbformat.v4.new_notebook()
+        cell = nbformat.v4.new_code_cell("publish_verdicts(...)", metadata={"tags": ["tolerance-share"]})
+        cell.outputs = [nbformat.v4.new_output("display_data", data={"application/papermill.record/text/plain":
+                                                                     _glued_rows({WEIGHT_ROW: (weight, "[]", "a"),
+                                                                                  SHARE_ROW: (share, "[]", "a")})})]
+        nb.cells.append(cell)
+        paths.append(tmp_path / f"{name}.ipynb")
+        nbformat.write(nb, paths[-1])
+    found = {d.tolerance_class: d.pairs for d in diff_notebooks(*paths)}
+    assert found == {"share": [(19.76, 29.76)], "weight": [(0.593, 0.603)]}

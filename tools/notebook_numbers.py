@@ -2,7 +2,8 @@
 
     .venv/bin/python tools/notebook_numbers.py REFERENCE.ipynb OTHER.ipynb [...]   # pairs of notebooks
 
-Prints, per code cell whose outputs differ, the tolerance class it is tagged with (or "exact"), the largest
+Prints, per code cell whose outputs differ, the tolerance class it is tagged with (or "exact"; a glued verdict row
+whose claim has a unit of its own counts in that unit's class, as the regression compares it), the largest
 absolute difference of its numbers, and whether any text between the numbers differs beyond what the
 regression allows (adjacent verdict words, such as agrees and inconclusive, may swap: their numbers are paired as
 usual). `tools/measure_noise.py` uses the same pairing to derive the tolerances.
@@ -20,7 +21,7 @@ import nbformat
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from nbval_tolerance import GLUED_IMAGES, tolerance_class  # noqa: E402
 
-from equinb.noise import NOTE_MARKER, same_text, split_numbers  # noqa: E402
+from equinb.noise import NOTE_MARKER, row_pieces, same_text, split_numbers  # noqa: E402
 
 
 # cells the regression never compares (timings): a change there is neither noise to measure nor a failure
@@ -74,22 +75,30 @@ def diff_notebooks(reference: Path, other: Path) -> list[CellDiff]:
     for i, (a, b) in enumerate(zip(ref_cells, other_cells)):
         if a.cell_type != "code" or NOT_COMPARED & set(a.metadata.get("tags", [])):
             continue
-        d = CellDiff(i, tolerance_class(a) or "exact", first_line=a.source.splitlines()[0] if a.source else "")
+        cell_class = tolerance_class(a) or "exact"
+        by_class = {cell_class: CellDiff(i, cell_class, first_line=a.source.splitlines()[0] if a.source else "")}
         ta, tb = _texts(a), _texts(b)
         if len(ta) != len(tb):
-            d.text_differs = True
+            by_class[cell_class].text_differs = True
         for x, y in zip(ta, tb):
-            xt, xn = split_numbers(x)
-            yt, yn = split_numbers(y)
-            # the regression's own rule (equinb.noise.snap_numbers): verdict words that numbers within tolerance
-            # may swap (agrees / inconclusive) do not stop the comparison, so their numbers are measured too: the
-            # numbers of a verdict that swapped are the ones that moved most
-            if len(xn) != len(yn) or not all(same_text(p, q) for p, q in zip(xt, yt)):
-                d.text_differs = True
-                continue
-            d.pairs += [(float(p), float(q)) for p, q in zip(xn, yn) if p != q]
-        if d.pairs or d.text_differs:
-            diffs.append(d)
+            # a glued verdict row in a unit of its own counts in that unit's class (equinb.noise.snap_rows); an
+            # exact cell stays exact
+            xp, yp = row_pieces(x), row_pieces(y)
+            if [n for _, n in xp] != [n for _, n in yp] or cell_class == "exact":
+                xp, yp = [(x, None)], [(y, None)]
+            for (xs, name), (ys, _) in zip(xp, yp):
+                d = by_class.setdefault(name or cell_class, CellDiff(i, name or cell_class,
+                                                                     first_line=by_class[cell_class].first_line))
+                xt, xn = split_numbers(xs)
+                yt, yn = split_numbers(ys)
+                # the regression's own rule (equinb.noise.snap_numbers): verdict words that numbers within
+                # tolerance may swap (agrees / inconclusive) do not stop the comparison, so their numbers are
+                # measured too: the numbers of a verdict that swapped are the ones that moved most
+                if len(xn) != len(yn) or not all(same_text(p, q) for p, q in zip(xt, yt)):
+                    d.text_differs = True
+                    continue
+                d.pairs += [(float(p), float(q)) for p, q in zip(xn, yn) if p != q]
+        diffs += [d for d in by_class.values() if d.pairs or d.text_differs]
     return diffs
 
 
