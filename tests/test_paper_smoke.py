@@ -20,7 +20,7 @@ import paper_smoke  # noqa: E402
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("paper_smoke")
-    assert paper_smoke.main(["--device", "cpu", "--tiny", "--out", str(out)]) == 0
+    assert paper_smoke.main(["--device", "cpu", "--tiny", "--out", str(out), "--report", str(out / "report")]) == 0
     return out
 
 
@@ -50,6 +50,15 @@ def test_summary_lists_every_chapter_with_rates_and_a_projection(smoke: Path) ->
     assert "finetune (maps)" in summary["results"]["tab2_featuremap"]["run_rates"]
     assert trained <= set(summary["hours"]) and all(h > 0 for h in summary["hours"].values())
     assert 0 < summary["finetune_hours"] < sum(summary["hours"].values())  # finetuning is part of the whole
+
+
+def test_the_report_folder_gets_the_summary_and_every_executed_chapter(smoke: Path) -> None:
+    """A lent GPU machine returns only its result folder: the summary and the notebooks must be there as they
+    are written, not copied at the end (a run stopped at the machine's limit never reaches the end)."""
+    report = smoke / "report"
+    assert json.loads((report / "summary.json").read_text()) == json.loads((smoke / "summary.json").read_text())
+    assert sorted(p.name for p in (report / "executed").glob("*.ipynb")) == sorted(
+        f"{nb_id}.ipynb" for nb_id in paper_smoke.notebook_ids())
 
 
 def _clock(stage: str, rounds: list[tuple[int, float, float]]) -> list[dict]:
@@ -191,3 +200,23 @@ def test_the_fakes_of_one_size_are_never_reused_for_the_other(tmp_path: Path, mo
     paper_smoke.make_fakes(tmp_path, tiny=False)
     assert drawn == ["cifar100", "imagenetv2", "isic2018"] * 2
     assert (tmp_path / "data" / ".complete").read_text() == "full\n"
+
+
+def test_a_chapter_past_the_stop_time_is_stopped_and_reported_after_a_failing_bench(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """``--stop-s``: the chapter still running is interrupted, its partial notebook kept and copied to the report;
+    a failing bench is reported (exit 1) and does not keep the chapters from running."""
+    fakes = paper_smoke.make_fakes(tmp_path / "fakes", tiny=True)  # made first: the stop time counts from the start
+
+    def broken(device: str, tiny: bool) -> dict:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(paper_smoke, "make_fakes", lambda out, tiny: fakes)
+    monkeypatch.setattr(paper_smoke, "rates", broken)
+    report = tmp_path / "report"
+    assert paper_smoke.main(["--device", "cpu", "--tiny", "--out", str(tmp_path), "--stop-s", "8", "--report",
+                             str(report), "--chapters", "own_model"]) == 1
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["bench_error"] == "RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert summary["results"]["own_model"]["result"].startswith("stopped: stopped after its")
+    assert (report / "executed" / "own_model.failed.ipynb").is_file() and "hours" not in summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -92,21 +93,35 @@ def test_parameter_values_read_numbers_in_any_notation_and_label_the_run() -> No
     assert "SIGKILL" in build_book._papermill_failure(-9) and "message above" in build_book._papermill_failure(1)
 
 
-def _fake_papermill(returncode: int):
-    """A stand-in for papermill's process: it writes the notebook and one table, as a chapter would, then exits."""
+def test_papermill_past_its_time_is_interrupted_then_killed() -> None:
+    """The stop of ``execute``'s ``timeout_s``: SIGINT first (papermill then saves the partial notebook and stops
+    its kernel), SIGKILL after the grace for a process that ignores it."""
     import subprocess
+    import time
 
-    real = subprocess.run
+    stubborn = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                                      "print('ready', flush=True); time.sleep(120)"]
+    began = time.perf_counter()
+    with pytest.raises(subprocess.TimeoutExpired):
+        build_book._run_papermill(stubborn, subprocess.DEVNULL, dict(os.environ), timeout_s=1, grace_s=2)
+    assert 3 < time.perf_counter() - began < 30  # killed after the grace, not left running for 120 s
+    began = time.perf_counter()
+    with pytest.raises(subprocess.TimeoutExpired):
+        build_book._run_papermill([sys.executable, "-c", "import time; time.sleep(120)"], subprocess.DEVNULL,
+                                  dict(os.environ), timeout_s=1)
+    assert time.perf_counter() - began < 15  # SIGINT alone stops a process that handles it
 
-    def run(cmd, stdin=None, env=None, **kwargs):
-        if "papermill" not in cmd:  # git and the like, for the run's record
-            return real(cmd, stdin=stdin, env=env, **kwargs)
+
+def _fake_papermill(returncode: int):
+    """A stand-in for papermill's process (``build_book._run_papermill``): it writes the notebook and one table, as
+    a chapter would, then exits with ``returncode``."""
+    def run(cmd, stdin, env, timeout_s):
         stdin.read()  # jupytext's notebook, as papermill reads it
         Path(cmd[cmd.index("-") + 1]).write_text('{"cells": []}')  # the notebook papermill writes
         tables = Path(env["EQUINB_DATA_OUT"]) / "own_model"
         tables.mkdir(parents=True)
         (tables / "table-2.csv").write_text("b\n2\n")
-        return subprocess.CompletedProcess(cmd, returncode)
+        return returncode
     return run
 
 
@@ -118,7 +133,7 @@ def test_a_failed_run_keeps_the_last_good_chapter_and_its_numbers(tmp_path: Path
     build_book.profile_marker(out).write_text("small\n")
     (data / "own_model").mkdir(parents=True)
     (data / "own_model" / "table-1.csv").write_text("a\n1\n")
-    monkeypatch.setattr(build_book.subprocess, "run", _fake_papermill(returncode))
+    monkeypatch.setattr(build_book, "_run_papermill", _fake_papermill(returncode))
     with pytest.raises(build_book.ChapterFailed, match="is the last good run, kept") as info:
         build_book.execute("own_model", "small", out, data_out=data)
     assert returncode > 0 or "killed by signal SIGKILL" in str(info.value)
@@ -135,7 +150,7 @@ def test_a_run_that_succeeds_replaces_the_chapter_its_numbers_and_says_what_it_r
     out.with_suffix(".failed.ipynb").write_text("an older failure")
     (data / "own_model").mkdir(parents=True)
     (data / "own_model" / "table-1.csv").write_text("a\n1\n")  # a table this run no longer writes
-    monkeypatch.setattr(build_book.subprocess, "run", _fake_papermill(0))
+    monkeypatch.setattr(build_book, "_run_papermill", _fake_papermill(0))
     build_book.execute("own_model", "small", out, {"seed": 5}, data_out=data)
     assert out.read_text() == '{"cells": []}' and not out.with_suffix(".failed.ipynb").exists()
     assert [p.name for p in data.iterdir()] == ["own_model"]
@@ -159,7 +174,7 @@ def test_a_run_interrupted_while_publishing_leaves_no_marker_of_another_run(tmp_
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(build_book.subprocess, "run", _fake_papermill(0))
+    monkeypatch.setattr(build_book, "_run_papermill", _fake_papermill(0))
     monkeypatch.setattr(build_book.provenance, "record", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_book.execute("own_model", "small", out, {"seed": 5}, data_out=data)

@@ -76,6 +76,10 @@ class ChapterFailed(RuntimeError):
     """A chapter could not be executed (the message says which and why)."""
 
 
+class ChapterStopped(ChapterFailed):
+    """A chapter ran past the time it was given and was stopped (``execute``'s ``timeout_s``)."""
+
+
 def fail(msg: str) -> NoReturn:
     print(f"build_book: error: {msg}", file=sys.stderr)
     sys.exit(2)
@@ -184,8 +188,25 @@ def _papermill_failure(returncode: int) -> str:
     return "papermill failed; see its message above"
 
 
+def _run_papermill(command: list[str], stdin, env: dict, timeout_s: float | None, grace_s: float = 30) -> int:
+    """papermill's return code; past ``timeout_s`` it is interrupted (it then saves the partly executed notebook
+    and stops its kernel), killed ``grace_s`` later if still running, and ``subprocess.TimeoutExpired`` is
+    raised."""
+    pm = subprocess.Popen(command, stdin=stdin, env=env)
+    try:
+        return pm.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        pm.send_signal(signal.SIGINT)
+        try:
+            pm.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pm.kill()
+            pm.wait()
+        raise
+
+
 def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None, env: dict | None = None,
-            data_out: Path | None = None) -> None:
+            data_out: Path | None = None, timeout_s: float | None = None, progress_bar: bool = True) -> None:
     """notebooks/<id>.py -> (jupytext) -> papermill -> out, and ``<out>.run.json`` (``provenance.record``); fails if
     either step fails. ``out`` (and the chapter's numbers under ``data_out``) is replaced only when the run
     succeeds: a failed or interrupted run leaves the last good copy as it was, and its own partial notebook as
@@ -194,7 +215,8 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
 
     ``parameters`` override the notebook's (after the profile's file); ``env`` is added to the environment of
     the kernel (numerical modes, data folders); ``data_out``: where the chapter files its tables' and figures'
-    numbers (``equinb.tables.save_data``, as ``<data_out>/<id>/``; none written without it).
+    numbers (``equinb.tables.save_data``, as ``<data_out>/<id>/``; none written without it). ``timeout_s``: stop
+    a run that takes longer (``ChapterStopped``); ``progress_bar``: papermill's bar of cells.
     """
     source = ROOT / "notebooks" / f"{nb_id}.py"
     if not source.is_file():
@@ -209,7 +231,7 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
     to_ipynb = [*MODULE, "jupytext", "--quiet", "--to", "ipynb", "-o", "-", str(source)]
     # --language: a .py without a kernelspec gives papermill no language, which it needs to inject parameters.
     run_pm = [*MODULE, "papermill", "-", str(running), "-k", "python3", "--language", "python",
-              "--cwd", str(ROOT / "notebooks"), "--progress-bar"]
+              "--cwd", str(ROOT / "notebooks"), "--progress-bar" if progress_bar else "--no-progress-bar"]
     params = params_file(nb_id, profile)
     if params is not None:
         run_pm += ["-f", str(params)]
@@ -227,15 +249,20 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
         env["EQUINB_DATA_OUT"] = str(running_data)
     succeeded = False
     try:
-        pm = subprocess.run(run_pm, stdin=jt.stdout, env=env)
+        try:
+            returncode = _run_papermill(run_pm, jt.stdout, env, timeout_s)
+        except subprocess.TimeoutExpired:
+            returncode = None
         jt.stdout.close()
         if jt.wait() != 0:
             raise ChapterFailed(f"jupytext could not convert {rel(source)}")
-        if pm.returncode != 0:
+        if returncode != 0:
             kept = f"; {rel(out)} is the last good run, kept" if out.is_file() else ""
             partial = f"; the partly executed notebook is {rel(failed)}" if running.is_file() else ""
-            raise ChapterFailed(f"{_papermill_failure(pm.returncode)} (notebooks/{nb_id}, profile {profile})"
-                                + partial + kept)
+            where = f"(notebooks/{nb_id}, profile {profile})" + partial + kept
+            if returncode is None:
+                raise ChapterStopped(f"stopped after its {timeout_s:.0f} s {where}")
+            raise ChapterFailed(f"{_papermill_failure(returncode)} {where}")
         if nb_id in AGGREGATES:
             hide_injected_parameters(running)
         # Unmark the last good copy before replacing it; the marker (written last, below) then only ever sits

@@ -8,7 +8,7 @@ Usage (from the repository root, on a machine with this project's venv and acces
 
 then, on the GPU machine (no network), from a copy of the checkout that includes `.gpu/`:
 
-    bash tools/gpu_smoke.sh --budget-s 420               # installs .gpu/whl, runs tools/paper_smoke.py
+    bash tools/gpu_smoke.sh --budget-s 360 --stop-s 450  # installs .gpu/whl, runs tools/paper_smoke.py
 
 A GPU machine comes with torch and a few large packages (``--have``; default ``MACHINE_HAS``: what an offline H200
 box offered); the chapters also need papermill, ipykernel, myst-nb, CLIP and more (``paper_smoke.PACKAGES``). The

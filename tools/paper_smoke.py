@@ -4,7 +4,8 @@ Usage (from the repository root):
 
     .venv/bin/python tools/paper_smoke.py                      # make paper-smoke: CUDA, full-size random CLIPs
     .venv/bin/python tools/paper_smoke.py --device cpu --tiny  # the same code paths on tiny models (make test)
-    ... [--out _build/paper_smoke] [--chapters ID ...] [--rates bench/gpu_rates_h200.json] [--budget-s 420]
+    ... [--out _build/paper_smoke] [--chapters ID ...] [--rates bench/gpu_rates_h200.json] [--budget-s 360]
+        [--stop-s 450] [--report DIR]
 
 No download: fakes of CIFAR100, ImageNetV2 and ISIC 2018 in their real formats (`tools/paper_fakes.py`; small
 splits: how many images a step or a pass takes sets the time, not how many there are), random CLIPs for RN50,
@@ -17,9 +18,12 @@ projected GPU time of the full paper profile is counted from the params files an
 here, at the rates those runs reached (their warm rounds: prefinetune and finetune steps/s, test-set evaluation
 image-views/s, by feature level), the frozen passes at the zero-shot rate. With `--tiny` on a CPU the rates and
 the projection only exercise the code; with `--rates FILE` the projection uses rates recorded on a GPU instead (a
-counted estimate). `--budget-s`: start no chapter after that many seconds (the rest are reported as skipped).
-Exit status 0 when every chapter passed, 1 if any failed, 2 when something is missing, 3 when chapters were
-skipped.
+counted estimate). `--budget-s`: start no chapter after that many seconds (the rest are reported as skipped);
+`--stop-s`: stop a chapter still running that many seconds after the start (reported as stopped), so that a
+machine lent for a fixed time returns the report. `--report DIR`: also copy `summary.json` and each executed
+chapter (or its partial notebook) there after every chapter (a device runner's result folder). A failing bench
+is reported and the chapters still run. Exit status 0 when every chapter passed, 1 if any failed, 2 when something
+is missing, 3 when chapters were skipped or stopped.
 """
 
 from __future__ import annotations
@@ -30,13 +34,15 @@ import math
 import shutil
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import paper_fakes  # noqa: E402
-from build_book import AGGREGATES, ROOT, ChapterFailed, chapter_defaults, execute, notebook_ids  # noqa: E402
+from build_book import (AGGREGATES, ROOT, ChapterFailed, ChapterStopped, chapter_defaults, execute,  # noqa: E402
+                        notebook_ids)
 
 from equinb.cache import atomic_write_text  # noqa: E402
 
@@ -245,9 +251,41 @@ def projection(rate: dict[str, float], runs: dict[str, list[dict]], recorded: bo
     return out
 
 
-def write_summary(out: Path, **fields) -> None:
-    """``summary.json`` (rewritten after every chapter: an interrupted smoke keeps what it measured)."""
-    atomic_write_text(out / "summary.json", json.dumps(fields, indent=1, default=str))
+def write_summary(out: Path, report: Path | None = None, **fields) -> None:
+    """``summary.json`` (rewritten after every chapter: an interrupted smoke keeps what it measured), in ``out``
+    and ``report`` when given."""
+    for folder in (out, report) if report else (out,):
+        atomic_write_text(folder / "summary.json", json.dumps(fields, indent=1, default=str))
+
+
+def report_chapter(out: Path, report: Path | None, nb_id: str) -> None:
+    """Copy a chapter's executed notebook, or its partial one, into ``report`` (nothing without one)."""
+    if report is None:
+        return
+    for name in (f"{nb_id}.ipynb", f"{nb_id}.failed.ipynb"):
+        if (out / "executed" / name).is_file():
+            (report / "executed").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(out / "executed" / name, report / "executed" / name)
+
+
+def print_projection(summary: dict, rate: dict, counted: dict, recorded: dict | None, rates_file: str | None) -> None:
+    """Project the full paper profile's GPU time from the runs counted here at ``rate``; add it to ``summary``."""
+    hours = projection(rate, counted, recorded=bool(recorded))
+    finetune_hours = sum(projection(rate, counted, recorded=bool(recorded), parts=("finetune",)).values())
+    other_hours = sum(hours.values()) - finetune_hours
+    needed = (rate["finetune_steps_per_s"] * finetune_hours / (TARGET_HOURS - other_hours)
+              if other_hours < TARGET_HOURS else math.inf)
+    summary.update(hours=hours, finetune_hours=finetune_hours, target_hours=TARGET_HOURS,
+                   finetune_steps_per_s_needed=needed if math.isfinite(needed) else None)
+    print(f"\nrates recorded in {rates_file}: {recorded['device']}, {recorded['measured']}" if recorded else
+          "\nthe runs' own rates (warm rounds; steps/s, selection s/round, evaluation image-views/s), per chapter "
+          "and level: in summary.json")
+    print("projected GPU time of the full paper profile (hours):")
+    for nb_id, h in hours.items():
+        print(f"  {nb_id:27s} {h:8.2f}")
+    print(f"  {'total':27s} {sum(hours.values()):8.2f}")
+    print(f"  of which finetuning {finetune_hours:.2f}; the whole profile in {60 * TARGET_HOURS:.0f} min needs "
+          f"{needed:.3g} finetune steps/s (bench: {rate['finetune_steps_per_s']:.3g})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
                                         "counted from this smoke")
     parser.add_argument("--budget-s", type=float, default=math.inf,
                         help="start no chapter after this many seconds (default: no limit)")
+    parser.add_argument("--stop-s", type=float, default=math.inf,
+                        help="stop a chapter still running this many seconds after the start (default: no limit)")
+    parser.add_argument("--report", help="also copy summary.json and the executed chapters here after each one")
     args = parser.parse_args(argv)
     import torch
 
@@ -274,33 +315,49 @@ def main(argv: list[str] | None = None) -> int:
         print("paper_smoke: missing before any chapter can run:\n  " + "\n  ".join(missing), file=sys.stderr)
         return 2
     out = Path(args.out)
+    report = Path(args.report) if args.report else None
+    if report is not None:
+        report.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     fakes = make_fakes(out, args.tiny)
     print(f"paper_smoke: fakes ready in {time.perf_counter() - start:.0f} s ({out})", flush=True)
     where = (torch.cuda.get_device_name() if args.device.startswith("cuda") else "the CPU") + (
         " (tiny models: a check of the code path, not a forecast)" if args.tiny else "")
-    bench_rates = rates(args.device, args.tiny)
-    print(f"paper_smoke: bench rates on {where}:", flush=True)
+    try:
+        bench_rates, bench_error = rates(args.device, args.tiny), None
+    except Exception as err:  # noqa: BLE001 (the chapters are the smoke's main test: they still run)
+        traceback.print_exc()
+        bench_rates, bench_error = {}, f"{type(err).__name__}: {err}"
+    finally:
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()  # the chapters' kernels share this GPU
+    print(f"paper_smoke: bench rates on {where}:" if bench_rates else f"paper_smoke: the bench FAILED: {bench_error}",
+          flush=True)
     for key, value in bench_rates.items():
         print(f"  {key}: {value:.3g}", flush=True)
     rate = recorded["rates"] if recorded else bench_rates
     summary = dict(device=args.device, measured_on=where, tiny=args.tiny, bench_rates=bench_rates,
-                   rates_from=args.rates, results={})
-    write_summary(out, **summary)
+                   bench_error=bench_error, rates_from=args.rates, results={})
+    write_summary(out, report, **summary)
     results, counted = summary["results"], {}
     runs = Path(fakes["data"]) / "cache" / "runs"
     for nb_id in args.chapters:
         began = time.perf_counter()
-        if began - start > args.budget_s:
-            results[nb_id] = dict(result=f"skipped: the budget of {args.budget_s:.0f} s was spent", seconds=0.0)
+        if began - start > min(args.budget_s, args.stop_s):
+            spent = min(args.budget_s, args.stop_s)
+            results[nb_id] = dict(result=f"skipped: the budget of {spent:.0f} s was spent", seconds=0.0)
             continue
         before = set(trained_runs(runs))
         parameters = overrides(nb_id, fakes, args.device, args.tiny)
         if nb_id in AGGREGATES:
             parameters["chapters_dir"] = str(out / "executed")
         try:
-            execute(nb_id, "paper", out / "executed" / f"{nb_id}.ipynb", parameters)
+            execute(nb_id, "paper", out / "executed" / f"{nb_id}.ipynb", parameters,
+                    timeout_s=args.stop_s - (began - start) if math.isfinite(args.stop_s) else None,
+                    progress_bar=False)  # the log's tail is what a lent machine returns: no bars in it
             result = "passed"
+        except ChapterStopped as err:
+            result = f"stopped: {err}"
         except ChapterFailed as err:
             result = f"FAILED: {err}"
         counted[nb_id] = [run for name, run in trained_runs(runs).items() if name not in before]
@@ -310,33 +367,24 @@ def main(argv: list[str] | None = None) -> int:
                               run_rates={f"{what} ({'maps' if maps else 'embeddings'})": v if math.isfinite(v) else None
                                          for (what, maps), v in measured.items()})
         print(f"paper_smoke: {nb_id} {result.split(':')[0]} in {results[nb_id]['seconds']:.0f} s", flush=True)
-        write_summary(out, **summary)
-    hours = projection(rate, counted, recorded=bool(recorded))
-    finetune_hours = sum(projection(rate, counted, recorded=bool(recorded), parts=("finetune",)).values())
-    other_hours = sum(hours.values()) - finetune_hours
-    needed = (rate["finetune_steps_per_s"] * finetune_hours / (TARGET_HOURS - other_hours)
-              if other_hours < TARGET_HOURS else math.inf)
-    summary.update(hours=hours, finetune_hours=finetune_hours, target_hours=TARGET_HOURS,
-                   finetune_steps_per_s_needed=needed if math.isfinite(needed) else None)
-    write_summary(out, **summary)
+        write_summary(out, report, **summary)
+        report_chapter(out, report, nb_id)
     print("\nchapter                     result   wall (s)  runs trained (finetuned)")
     for nb_id, r in results.items():
         print(f"{nb_id:27s} {r['result'].split(':')[0]:8s} {r['seconds']:8.0f}  {r.get('runs', 0):4d} "
               f"({r.get('finetuned', 0)})")
-    print(f"\nrates recorded in {args.rates}: {recorded['device']}, {recorded['measured']}" if recorded else
-          "\nthe runs' own rates (warm rounds; steps/s, selection s/round, evaluation image-views/s), per chapter "
-          "and level: in summary.json")
-    print("projected GPU time of the full paper profile (hours):")
-    for nb_id, h in hours.items():
-        print(f"  {nb_id:27s} {h:8.2f}")
-    print(f"  {'total':27s} {sum(hours.values()):8.2f}")
-    print(f"  of which finetuning {finetune_hours:.2f}; the whole profile in {60 * TARGET_HOURS:.0f} min needs "
-          f"{needed:.3g} finetune steps/s (bench: {rate['finetune_steps_per_s']:.3g})")
+    if rate:
+        print_projection(summary, rate, counted, recorded, args.rates)
+    else:
+        print("no projection of the full paper profile: the bench failed and no --rates file was given")
+    write_summary(out, report, **summary)
     failed = [nb_id for nb_id, r in results.items() if r["result"].startswith("FAILED")]
-    skipped = [nb_id for nb_id, r in results.items() if r["result"].startswith("skipped")]
+    skipped = [nb_id for nb_id, r in results.items() if r["result"].startswith(("skipped", "stopped"))]
     for nb_id in failed + skipped:
         print(f"paper_smoke: {nb_id} {results[nb_id]['result']}", file=sys.stderr)
-    return 1 if failed else 3 if skipped else 0
+    if bench_error:
+        print(f"paper_smoke: the bench FAILED: {bench_error}", file=sys.stderr)
+    return 1 if failed or bench_error else 3 if skipped else 0
 
 
 if __name__ == "__main__":
