@@ -169,7 +169,7 @@ def positional_head(setup: TrainingSetup, cache_dir: str | Path | None = None) -
     if cache_dir is None or not setup.key:
         state = fit()
     else:
-        key = cache_key(setup=setup.key, code=package_code_fingerprint("heads"))
+        key = cache_key(setup=setup.key, code=package_code_fingerprint("heads", "analysis"))
         state = load_or_compute(Path(cache_dir) / f"positional_head_{key}.pt", fit)
     linear = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
     linear.load_state_dict(state)

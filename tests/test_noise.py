@@ -332,3 +332,22 @@ def test_noise_measurement_counts_a_glued_row_in_its_claims_unit(tmp_path):
         nbformat.write(nb, paths[-1])
     found = {d.tolerance_class: d.pairs for d in diff_notebooks(*paths)}
     assert found == {"share": [(19.76, 29.76)], "weight": [(0.593, 0.603)]}
+
+
+@pytest.mark.parametrize("chapter", ["fig2_3_lambda_weights", "tab2_featuremap"])
+def test_the_committed_verdict_rows_are_cut_into_their_units(chapter: str) -> None:
+    """``row_pieces`` reads the glued rows as ``verdict_row`` and ``publish_verdicts`` write them: in the committed
+    chapters, every row whose claim has a unit class of its own gives one piece in that class (renamed or reordered
+    keys would silently put the weights back into the cell's class)."""
+    from equinb.claims import claim
+    from equinb.noise import UNIT_CLASSES, row_pieces
+    from equinb.tables import CLAIMS_KEY, glued_json
+
+    path = ROOT / "notebooks" / f"{chapter}.ipynb"
+    units = [claim(row["id"]).unit for row in glued_json(path)]
+    expected = sorted(UNIT_CLASSES[unit] for unit in units if unit in UNIT_CLASSES)
+    glued = [o["data"]["application/papermill.record/text/plain"] for c in json.loads(path.read_text())["cells"]
+             for o in c.get("outputs", []) if o.get("metadata", {}).get("scrapbook", {}).get("name") == CLAIMS_KEY]
+    assert expected and len(glued) == 1
+    assert sorted(name for _, name in row_pieces(glued[0]) if name) == expected
+

@@ -202,21 +202,52 @@ def test_the_fakes_of_one_size_are_never_reused_for_the_other(tmp_path: Path, mo
     assert (tmp_path / "data" / ".complete").read_text() == "full\n"
 
 
+def _quick_start(tmp_path: Path, monkeypatch, rates) -> None:
+    """Fakes made before the smoke's clock starts, and ``rates`` for the bench: the chapters start at once."""
+    fakes = paper_smoke.make_fakes(tmp_path / "fakes", tiny=True)
+    monkeypatch.setattr(paper_smoke, "make_fakes", lambda out, tiny: fakes)
+    monkeypatch.setattr(paper_smoke, "rates", rates)
+
+
 def test_a_chapter_past_the_stop_time_is_stopped_and_reported_after_a_failing_bench(tmp_path: Path,
                                                                                    monkeypatch) -> None:
     """``--stop-s``: the chapter still running is interrupted, its partial notebook kept and copied to the report;
     a failing bench is reported (exit 1) and does not keep the chapters from running."""
-    fakes = paper_smoke.make_fakes(tmp_path / "fakes", tiny=True)  # made first: the stop time counts from the start
-
     def broken(device: str, tiny: bool) -> dict:
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(paper_smoke, "make_fakes", lambda out, tiny: fakes)
-    monkeypatch.setattr(paper_smoke, "rates", broken)
+    _quick_start(tmp_path, monkeypatch, broken)
+    real = paper_smoke.overrides
+    # a million training steps: the chapter is still running at the stop on any machine
+    monkeypatch.setattr(paper_smoke, "overrides", lambda nb_id, *args: {**real(nb_id, *args), "train_steps": 10**6})
+    monkeypatch.setattr(paper_smoke, "MIN_CHAPTER_S", 0)
+    (tmp_path / "executed").mkdir()
+    (tmp_path / "executed" / "own_model.ipynb").write_text("an earlier run, kept as the last good one")
     report = tmp_path / "report"
-    assert paper_smoke.main(["--device", "cpu", "--tiny", "--out", str(tmp_path), "--stop-s", "8", "--report",
+    assert paper_smoke.main(["--device", "cpu", "--tiny", "--out", str(tmp_path), "--stop-s", "12", "--report",
                              str(report), "--chapters", "own_model"]) == 1
     summary = json.loads((report / "summary.json").read_text())
     assert summary["bench_error"] == "RuntimeError: CUDA error: an illegal memory access was encountered"
-    assert summary["results"]["own_model"]["result"].startswith("stopped: stopped after its")
-    assert (report / "executed" / "own_model.failed.ipynb").is_file() and "hours" not in summary
+    assert summary["results"]["own_model"]["result"].startswith("stopped: ran past its 12 s")
+    assert [p.name for p in (report / "executed").iterdir()] == ["own_model.failed.ipynb"]  # not the earlier run
+    assert "hours" not in summary
+
+
+def test_the_report_holds_each_chapter_as_soon_as_it_ends(tmp_path: Path, monkeypatch) -> None:
+    """A machine whose time runs out mid-smoke returns what the report folder holds by then."""
+    _quick_start(tmp_path, monkeypatch, lambda device, tiny: dict(finetune_steps_per_s=1.0))
+
+    def execute(nb_id: str, profile: str, out: Path, parameters: dict, **options) -> None:
+        if nb_id != "own_model":
+            raise KeyboardInterrupt  # the machine is taken back during the second chapter
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("{}")
+
+    monkeypatch.setattr(paper_smoke, "execute", execute)
+    report = tmp_path / "report"
+    with pytest.raises(KeyboardInterrupt):
+        paper_smoke.main(["--device", "cpu", "--tiny", "--out", str(tmp_path), "--report", str(report),
+                          "--chapters", "own_model", "fig4_zeroshot"])
+    assert json.loads((report / "summary.json").read_text())["results"]["own_model"]["result"] == "passed"
+    assert (report / "executed" / "own_model.ipynb").read_text() == "{}"
+    assert paper_smoke.main(["--device", "cpu", "--tiny", "--out", str(tmp_path), "--report", str(tmp_path)]) == 2

@@ -189,20 +189,31 @@ def _papermill_failure(returncode: int) -> str:
 
 
 def _run_papermill(command: list[str], stdin, env: dict, timeout_s: float | None, grace_s: float = 30) -> int:
-    """papermill's return code; past ``timeout_s`` it is interrupted (it then saves the partly executed notebook
-    and stops its kernel), killed ``grace_s`` later if still running, and ``subprocess.TimeoutExpired`` is
-    raised."""
+    """papermill's return code. Past ``timeout_s`` it is interrupted (it then saves the partly executed notebook
+    and stops its kernel), killed ``grace_s`` later if still running, and ``subprocess.TimeoutExpired`` is raised;
+    one that finished as the time ran out gives its return code. On any other exception (Ctrl-C, which papermill
+    gets from the terminal too) it has ``grace_s`` to finish saving before it is killed; then the exception goes
+    on."""
     pm = subprocess.Popen(command, stdin=stdin, env=env)
     try:
         return pm.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        if pm.poll() is not None:
+            return pm.returncode
         pm.send_signal(signal.SIGINT)
-        try:
-            pm.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pm.kill()
-            pm.wait()
+        _wait_or_kill(pm, grace_s)
         raise
+    except BaseException:
+        _wait_or_kill(pm, grace_s)
+        raise
+
+
+def _wait_or_kill(process: subprocess.Popen, grace_s: float) -> None:
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None, env: dict | None = None,
@@ -254,14 +265,15 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
         except subprocess.TimeoutExpired:
             returncode = None
         jt.stdout.close()
+        kept = f"; {rel(out)} is the last good run, kept" if out.is_file() else ""
+        partial = f"; the partly executed notebook is {rel(failed)}" if running.is_file() else ""
+        where = f"(notebooks/{nb_id}, profile {profile})" + partial + kept
+        if returncode is None:  # before jupytext's status: a papermill stopped early may leave its pipe unread
+            jt.wait()
+            raise ChapterStopped(f"ran past its {timeout_s:.0f} s and was stopped {where}")
         if jt.wait() != 0:
             raise ChapterFailed(f"jupytext could not convert {rel(source)}")
         if returncode != 0:
-            kept = f"; {rel(out)} is the last good run, kept" if out.is_file() else ""
-            partial = f"; the partly executed notebook is {rel(failed)}" if running.is_file() else ""
-            where = f"(notebooks/{nb_id}, profile {profile})" + partial + kept
-            if returncode is None:
-                raise ChapterStopped(f"stopped after its {timeout_s:.0f} s {where}")
             raise ChapterFailed(f"{_papermill_failure(returncode)} {where}")
         if nb_id in AGGREGATES:
             hide_injected_parameters(running)

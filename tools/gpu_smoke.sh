@@ -23,7 +23,7 @@ fi
 tag=$("$PYTHON" -c 'import sys; print("cp%d%d" % sys.version_info[:2])') || exit 2
 other=()
 for wheel in "${wheels[@]}"; do
-    # a wheel built for one CPython ABI (cp312-cp312); abi3 and pure-Python wheels suit any later Python
+    # a wheel built for one CPython ABI (cp312-cp312) must be this Python's; abi3 and pure wheels are left to pip
     case "$wheel" in *-cp3[0-9]*-cp3[0-9]*-*) [[ "$wheel" == *"-$tag-$tag-"* ]] || other+=("$wheel");; esac
 done
 if [ ${#other[@]} -gt 0 ]; then

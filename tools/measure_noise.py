@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
                                               chapters=args.chapters,
                                               **({"merged_with": previous["classes"][name]["measured_by"]}
                                                  if args.merge and name in previous.get("classes", {}) else {})))
+    classes = {name: classes[name] for name in CLASSES if name in classes}  # in CLASSES' order, however measured
     if args.merge and previous.get("command"):
         command = f"{previous['command']}; then {command}"
     record = dict(command=command if measured == set(CLASSES) else previous.get("command", command),

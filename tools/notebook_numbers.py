@@ -33,7 +33,7 @@ class CellDiff:
     """How one code cell's text outputs differ between two executions."""
 
     index: int
-    tolerance_class: str  # the cell's tolerance tag, or "exact"
+    tolerance_class: str  # the cell's tolerance tag, "exact", or the class of its glued verdict rows' unit
     pairs: list[tuple[float, float]] = field(default_factory=list)  # (reference, other) numbers that differ
     text_differs: bool = False
     first_line: str = ""

@@ -19,11 +19,11 @@ here, at the rates those runs reached (their warm rounds: prefinetune and finetu
 image-views/s, by feature level), the frozen passes at the zero-shot rate. With `--tiny` on a CPU the rates and
 the projection only exercise the code; with `--rates FILE` the projection uses rates recorded on a GPU instead (a
 counted estimate). `--budget-s`: start no chapter after that many seconds (the rest are reported as skipped);
-`--stop-s`: stop a chapter still running that many seconds after the start (reported as stopped), so that a
-machine lent for a fixed time returns the report. `--report DIR`: also copy `summary.json` and each executed
-chapter (or its partial notebook) there after every chapter (a device runner's result folder). A failing bench
-is reported and the chapters still run. Exit status 0 when every chapter passed, 1 if any failed, 2 when something
-is missing, 3 when chapters were skipped or stopped.
+`--stop-s`: stop a chapter still running that many seconds after the start (reported as stopped; none starts in
+its last `MIN_CHAPTER_S`), so that a machine lent for a fixed time returns the report. `--report DIR`: also copy
+`summary.json` and each executed chapter (or its partial notebook) there after every chapter (a device runner's
+result folder). A failing bench is reported and the chapters still run. Exit status 0 when every chapter passed, 1
+if any failed or the bench failed, 2 when something is missing, 3 when chapters were skipped or stopped.
 """
 
 from __future__ import annotations
@@ -141,6 +141,7 @@ def rates(device: str, tiny: bool) -> dict[str, float]:
     return bench.measured_rates(device, tiny=tiny)
 
 
+MIN_CHAPTER_S = 30  # with --stop-s, no chapter starts with less time left (its kernel would barely start)
 TARGET_HOURS = 0.5  # the whole paper profile on one GPU, the goal the finetune rate is measured against
 RATE_KEYS = ("zeroshot_views_per_s", "prefinetune_steps_per_s", "finetune_steps_per_s")
 
@@ -215,7 +216,8 @@ def projection(rate: dict[str, float], runs: dict[str, list[dict]], recorded: bo
     runs once and each seed repeat for every noise seed of the params file. The runs' own rates
     (``measured_run_rates``), or with ``recorded`` the rates in ``rate`` (every run at the cached prefinetune and
     finetune rates, evaluations at the zero-shot rate). ``parts``: which of the four kinds of work to count. Not
-    counted: the extra test passes of Table 1's ablations, model loading, and chapters the smoke skipped."""
+    counted: the extra test passes of Table 1's ablations, model loading, chapters the smoke skipped, and the runs
+    a stopped chapter had not trained yet."""
     out = {}
     for nb_id in [i for i in runs if i in PASSES or runs[i]]:
         params = paper_params(nb_id)
@@ -258,14 +260,13 @@ def write_summary(out: Path, report: Path | None = None, **fields) -> None:
         atomic_write_text(folder / "summary.json", json.dumps(fields, indent=1, default=str))
 
 
-def report_chapter(out: Path, report: Path | None, nb_id: str) -> None:
-    """Copy a chapter's executed notebook, or its partial one, into ``report`` (nothing without one)."""
-    if report is None:
-        return
-    for name in (f"{nb_id}.ipynb", f"{nb_id}.failed.ipynb"):
-        if (out / "executed" / name).is_file():
-            (report / "executed").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(out / "executed" / name, report / "executed" / name)
+def report_chapter(out: Path, report: Path | None, nb_id: str, passed: bool) -> None:
+    """Copy into ``report`` (nothing without one) the chapter's executed notebook where it passed, else its partial
+    one (the executed copy beside it would be an earlier run's, kept as the last good one)."""
+    source = out / "executed" / (f"{nb_id}.ipynb" if passed else f"{nb_id}.failed.ipynb")
+    if report is not None and source.is_file():
+        (report / "executed").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, report / "executed" / source.name)
 
 
 def print_projection(summary: dict, rate: dict, counted: dict, recorded: dict | None, rates_file: str | None) -> None:
@@ -316,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     report = Path(args.report) if args.report else None
+    if report is not None and report.resolve() == out.resolve():
+        print("paper_smoke: --report must be another folder than --out", file=sys.stderr)
+        return 2
     if report is not None:
         report.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -328,9 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 (the chapters are the smoke's main test: they still run)
         traceback.print_exc()
         bench_rates, bench_error = {}, f"{type(err).__name__}: {err}"
-    finally:
-        if args.device.startswith("cuda"):
-            torch.cuda.empty_cache()  # the chapters' kernels share this GPU
+    if args.device.startswith("cuda") and bench_error is None:
+        torch.cuda.empty_cache()  # the chapters' kernels share this GPU (after a CUDA error this would raise again)
     print(f"paper_smoke: bench rates on {where}:" if bench_rates else f"paper_smoke: the bench FAILED: {bench_error}",
           flush=True)
     for key, value in bench_rates.items():
@@ -343,9 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = Path(fakes["data"]) / "cache" / "runs"
     for nb_id in args.chapters:
         began = time.perf_counter()
-        if began - start > min(args.budget_s, args.stop_s):
-            spent = min(args.budget_s, args.stop_s)
-            results[nb_id] = dict(result=f"skipped: the budget of {spent:.0f} s was spent", seconds=0.0)
+        if began - start > min(args.budget_s, args.stop_s - MIN_CHAPTER_S):
+            results[nb_id] = dict(result=f"skipped: the budget of {min(args.budget_s, args.stop_s):.0f} s was "
+                                         "spent", seconds=0.0)
             continue
         before = set(trained_runs(runs))
         parameters = overrides(nb_id, fakes, args.device, args.tiny)
@@ -368,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                                          for (what, maps), v in measured.items()})
         print(f"paper_smoke: {nb_id} {result.split(':')[0]} in {results[nb_id]['seconds']:.0f} s", flush=True)
         write_summary(out, report, **summary)
-        report_chapter(out, report, nb_id)
+        report_chapter(out, report, nb_id, passed=result == "passed")
     print("\nchapter                     result   wall (s)  runs trained (finetuned)")
     for nb_id, r in results.items():
         print(f"{nb_id:27s} {r['result'].split(':')[0]:8s} {r['seconds']:8.0f}  {r.get('runs', 0):4d} "
