@@ -19,7 +19,7 @@ from .engine import ViewData, evaluation_mode, model_device
 from .groups import Group
 from .heads import fit_linear_head
 from .setups import TrainingSetup
-from .wrappers import OrbitWrapper
+from .wrappers import OrbitWrapper, _full_precision  # the wrappers' own rule for half-precision views
 from .zeroshot import orbit_predictions
 
 if TYPE_CHECKING:
@@ -104,9 +104,9 @@ def combined_map_symmetry(model: OrbitWrapper, feats: Tensor, labels: Tensor, he
         per_image = {"invariance": torch.zeros(feats.shape[0], dtype=torch.float64),
                      "equivariance": torch.zeros(feats.shape[0], dtype=torch.float64)}
         for start in range(0, feats.shape[0], batch_size):
-            # fp32 as forward_views computes: the maps are cached in fp16 on a GPU, and Z summed in fp16 would
-            # show fp16 rounding as a symmetry error
-            chunk = feats[start:start + batch_size].to(model_device(model)).float()
+            # in float32 as forward_views computes: the maps are cached in fp16 on a GPU, and Z summed in fp16
+            # would show fp16 rounding as a symmetry error
+            chunk = _full_precision(feats[start:start + batch_size].to(model_device(model)))
             truth = labels[start:start + batch_size]
             base = model.combined_views(chunk, model.view_weights(chunk))
             base_logits = {name: head(base) for name, head in heads.items()}
@@ -148,7 +148,7 @@ def plain_head_top1(head: nn.Module, feats: Tensor, labels: Tensor, batch_size: 
     device = model_device(head)
     hits = {"upright": 0, "rotated": 0.0, "mean_of_views": 0}
     for start in range(0, feats.shape[0], batch_size):
-        chunk = feats[start:start + batch_size].to(device).float()  # the mean of fp16 views in fp32
+        chunk = _full_precision(feats[start:start + batch_size].to(device))  # the mean of fp16 views in float32
         truth = labels[start:start + batch_size]
         per_view = torch.stack([head(chunk[:, k]).argmax(-1).cpu() == truth for k in range(chunk.shape[1])], 1)
         hits["upright"] += int(per_view[:, 0].sum())

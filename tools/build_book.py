@@ -194,7 +194,10 @@ def _run_papermill(command: list[str], stdin, env: dict, timeout_s: float | None
     one that finished as the time ran out gives its return code. On any other exception (Ctrl-C, which papermill
     gets from the terminal too) it has ``grace_s`` to finish saving before it is killed; then the exception goes
     on."""
-    pm = subprocess.Popen(command, stdin=stdin, env=env)
+    # a shell's background job inherits SIGINT ignored, and so would papermill: give it the default back, so that
+    # the interrupt saves the partial notebook instead of waiting out the grace
+    pm = subprocess.Popen(command, stdin=stdin, env=env,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         return pm.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
