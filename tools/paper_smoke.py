@@ -346,9 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     runs = Path(fakes["data"]) / "cache" / "runs"
     for nb_id in args.chapters:
         began = time.perf_counter()
-        if began - start > min(args.budget_s, args.stop_s - MIN_CHAPTER_S):
-            results[nb_id] = dict(result=f"skipped: the budget of {min(args.budget_s, args.stop_s):.0f} s was "
-                                         "spent", seconds=0.0)
+        if began - start > args.budget_s:
+            results[nb_id] = dict(result=f"skipped: the budget of {args.budget_s:.0f} s was spent", seconds=0.0)
+            continue
+        if began - start > args.stop_s - MIN_CHAPTER_S:
+            results[nb_id] = dict(result=f"skipped: less than {MIN_CHAPTER_S} s left before the stop at "
+                                         f"{args.stop_s:.0f} s", seconds=0.0)
             continue
         before = set(trained_runs(runs))
         parameters = overrides(nb_id, fakes, args.device, args.tiny)
