@@ -26,7 +26,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-__all__ = ["data_root", "cache_dir", "run_cache_dir", "cache_key", "atomic_save", "atomic_write_text",
+__all__ = ["data_root", "cache_dir", "run_cache_dir", "cache_key", "atomic_save", "atomic_write_text", "load_saved",
            "load_or_compute", "sha256_file", "tensor_fingerprint", "module_fingerprint", "class_code_fingerprint",
            "source_fingerprint", "package_code_fingerprint", "PACKAGE"]
 
@@ -198,6 +198,19 @@ def load_or_compute(path: str | Path, compute: Callable[[], T]) -> T:
     older version wrote: recomputing it would only leave another unreadable file behind, on every run.
     """
     path = Path(path)
+    found = load_saved(path)
+    if found is not None:
+        return found
+    result = compute()
+    atomic_save(result, path)
+    return result
+
+
+def load_saved(path: str | Path) -> Any | None:
+    """What ``atomic_save`` wrote at ``path`` (read weights_only, onto the CPU), or None when there is nothing to
+    read: no file, or one that cannot be read, which is moved aside to ``<name>.damaged`` with a warning (see
+    ``load_or_compute`` for the errors that are raised instead). Also removes the temporaries a killed save left."""
+    path = Path(path)
     if path.exists():
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -213,11 +226,9 @@ def load_or_compute(path: str | Path, compute: Callable[[], T]) -> T:
             aside = path.with_name(path.name + ".damaged")
             os.replace(path, aside)
             warnings.warn(f"cache file {path} could not be read ({type(err).__name__}: {str(err)[:120]}); "
-                          f"moved it to {aside.name} and recomputing", RuntimeWarning, stacklevel=2)
+                          f"moved it to {aside.name} and recomputing", RuntimeWarning, stacklevel=3)
     _remove_stale_temporaries(path)
-    result = compute()
-    atomic_save(result, path)
-    return result
+    return None
 
 
 # torch reads a truncated file as OSError(EINVAL), so only these errors say that the machine, not the file, failed

@@ -22,6 +22,7 @@ and ``TrainConfig.updated()`` give the article's two code versions.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import numbers
 import time
@@ -44,7 +45,7 @@ from .wrappers import NORMALISATIONS, EquiAttention, LambdaEquitune, OrbitWrappe
 __all__ = ["TrainConfig", "ViewData", "ImageViewData", "TRAINED_METHODS", "weight_net_for", "weighted_model",
            "model_device", "evaluation_mode", "batch_schedule", "extract_view_features", "features", "predict",
            "evaluate", "finetuned_part", "set_finetune_precision", "snapshot", "parameter_drift", "group_drift",
-           "reset_groups", "prefinetune", "finetune", "train_step_loss"]
+           "reset_groups", "prefinetune", "finetune", "finetune_state", "train_step_loss"]
 
 Tensor = torch.Tensor
 
@@ -556,7 +557,9 @@ def prefinetune(model: OrbitWrapper, train: ViewData, select: ViewData, config: 
 def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: TrainConfig,
              train_lambda_feats: Tensor | None = None, test_lambda_feats: Tensor | None = None,
              eval_every_round: bool = True, progress: bool = False,
-             tuned_gpu_kernels: bool = True, clock: list[dict] | None = None) -> tuple[list[dict], Tensor | None]:
+             tuned_gpu_kernels: bool = True, clock: list[dict] | None = None, *,
+             resume: dict | None = None,
+             checkpoint: Callable[[Callable[[], dict]], None] | None = None) -> tuple[list[dict], Tensor | None]:
     """Finetune the trunk (``finetuned_part``: with CLIP's attnpool where the head trains it; and the lambda
     network for ``backbone+lambda``) with the full forward.
 
@@ -572,6 +575,12 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
 
     Returns a tidy history (stage, round, step, loss, test_top1) and the predicted test classes [N_test] of
     the last evaluation (None when no round ran). ``clock``: as in ``prefinetune``.
+
+    ``checkpoint``: called after every round with a function of no arguments that captures, as copies, what the
+    rest of the run needs (``finetune_state``); the caller decides whether to call and save it. ``resume``: such a
+    state, of the same model, configuration and data; the run goes on from the round after it and ends with the
+    same weights, history and predictions, bit for bit, as a run that was never stopped (the trained part, the
+    weighting module, the optimisers' momenta and every random generator the rounds draw from are restored).
     """
     from tqdm import tqdm
 
@@ -593,9 +602,13 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
                   if opt is not None]
     schedule = batch_schedule(len(train), config.batch_size, config.finetune_rounds, config.finetune_steps,
                               config.data_order, config.seed)
-    history, step, predicted = [], 0, None
+    history, step, predicted, first = [], 0, None, 0
+    if resume is not None:
+        first, step, history, predicted = _restore_finetune(resume, model, optimisers, rng, len(schedule))
     with tuned_kernels(model.trunk, model_device(model), enabled=tuned_gpu_kernels):
         for r, batches in enumerate(tqdm(schedule, desc="finetune", disable=not progress, ascii=True)):
+            if r < first:  # trained before the run was stopped: restored above
+                continue
             began = time.perf_counter()
             model.train()
             losses = []
@@ -620,4 +633,50 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
                 predicted = predict(model, test, lambda_feats=frozen, seed=config.seed)
                 history.append(dict(stage="finetune", round=r, step=step, test_top1=top1(predicted, test.labels)))
             _clock_row(clock, "finetune", r, len(losses), trained - began, time.perf_counter() - trained)
+            if checkpoint is not None:
+                checkpoint(functools.partial(finetune_state, model, optimisers, rng, r + 1, step, history, predicted))
     return history, predicted
+
+
+def _numpy_state(rng: np.random.RandomState) -> dict:
+    """``rng``'s Mersenne Twister state in types a weights-only load reads (no numpy arrays)."""
+    _, keys, position, has_gauss, gauss = rng.get_state(legacy=True)
+    return dict(keys=torch.from_numpy(keys.astype(np.int64)), position=int(position), has_gauss=int(has_gauss),
+                gauss=float(gauss))
+
+
+def finetune_state(model: OrbitWrapper, optimisers: Sequence[torch.optim.Optimizer], rng: np.random.RandomState,
+                   next_round: int, step: int, history: list[dict], predicted: Tensor | None) -> dict:
+    """Copies of what finetuning needs to go on from round ``next_round`` (``finetune(resume=...)``): the trained part
+    and the weighting module, the optimisers' states, the random generators (torch's on the CPU and on the model's
+    CUDA device, and the per-batch group elements' numpy generator), the step count, the history and the last
+    predictions. Copies, because training goes on changing the live tensors in place."""
+    device = model_device(model)
+    generators = dict(torch=torch.get_rng_state(), numpy=_numpy_state(rng))
+    if device.type == "cuda":
+        generators["cuda"] = torch.cuda.get_rng_state(device)
+    return copy.deepcopy(dict(next_round=next_round, step=step, history=history, predicted=predicted,
+                              part=finetuned_part(model).state_dict(), weight_net=model.weight_net.state_dict(),
+                              optimisers=[opt.state_dict() for opt in optimisers], generators=generators))
+
+
+def _restore_finetune(state: dict, model: OrbitWrapper, optimisers: Sequence[torch.optim.Optimizer],
+                      rng: np.random.RandomState, rounds: int) -> tuple[int, int, list[dict], Tensor | None]:
+    """Load ``finetune_state``'s copies into the model, the optimisers and the generators; returns the first round
+    to train, the step count, the history so far and the last predictions."""
+    if not 0 < state["next_round"] <= rounds or len(state["optimisers"]) != len(optimisers):
+        raise ValueError(f"cannot resume finetuning: the state is of round {state['next_round'] - 1} with "
+                         f"{len(state['optimisers'])} optimisers, this run has {rounds} rounds and {len(optimisers)}")
+    finetuned_part(model).load_state_dict(state["part"])
+    model.weight_net.load_state_dict(state["weight_net"])
+    for opt, saved in zip(optimisers, state["optimisers"]):
+        opt.load_state_dict(copy.deepcopy(saved))  # SGD would step the state's own momentum buffers in place
+    generators = state["generators"]
+    torch.set_rng_state(generators["torch"])
+    device = model_device(model)
+    if device.type == "cuda" and "cuda" in generators:
+        torch.cuda.set_rng_state(generators["cuda"], device)
+    numpy = generators["numpy"]
+    rng.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["position"], numpy["has_gauss"],
+                   numpy["gauss"]))
+    return state["next_round"], state["step"], list(state["history"]), state["predicted"]

@@ -15,6 +15,7 @@ maps, the article's sec. 4.2). Methods: ``"lambda_equitune"`` and ``"equiattenti
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -25,7 +26,8 @@ from torch import nn
 
 from .backbones import CLIP_NAMES, CPU_PASS_IMAGES, TINY_CLIP_NAMES, load_backbone
 from .cache import cache_dir as default_cache_dir
-from .cache import cache_key, class_code_fingerprint, load_or_compute, module_fingerprint, package_code_fingerprint
+from .cache import (atomic_save, cache_key, class_code_fingerprint, load_or_compute, load_saved, module_fingerprint,
+                    package_code_fingerprint)
 from .cache import data_root as default_data_root
 from .data import (ISIC2018_CLASS_COUNTS, dataset_spec, fashion_mnist_arrays, get_dataset, load_digits,
                    load_fashion_mnist, proportional_counts, root_identity)
@@ -42,7 +44,7 @@ from .wrappers import EquiAttention, LambdaEquitune
 __all__ = ["LEVELS", "TrainingSetup", "TrainingRun", "seed_repeats", "correct_by_seed", "stand_in_index",
            "STAND_IN_CLASSES", "STAND_IN_TRAIN_IMAGES", "stand_in_counts", "isic_stand_in", "small_lambda_setup",
            "small_feature_map_setup", "clip_lambda_setup", "build_setup", "run_training", "training_code_fingerprint",
-           "feature_map_config", "trained_model", "check_map_image_size"]
+           "feature_map_config", "trained_model", "check_map_image_size", "RunCheckpoints"]
 
 Tensor = torch.Tensor
 LEVELS = ("embeddings", "maps")
@@ -376,7 +378,7 @@ def _relabel(labels: Tensor, classes: Sequence[int]) -> Tensor:
 def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = False,
                  heldout_fraction: float = 0.2, method: str = "lambda_equitune", align_views: bool = False,
                  weight_net: Callable[[], nn.Module] | None = None, ablate: bool = False,
-                 cache_dir: str | Path | None = None) -> TrainingRun:
+                 cache_dir: str | Path | None = None, checkpoint_every_s: float = 60.0) -> TrainingRun:
     """Prefinetune (cached), select the best weighting module, evaluate, finetune, evaluate.
 
     ``weight_net``: builds the module (default: the article's module for the setup's views and ``method``,
@@ -388,6 +390,12 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
     source code; a later call with the same settings loads it instead of training (other chapters reuse trained
     modules this way). The code part of the key (``training_code_fingerprint``) changes only when what the engine
     *does* changes, not with its documentation.
+
+    With ``cache_dir``, a run in progress also saves what it needs to go on (``partial_<key>.pt`` there) after
+    prefinetuning and after a finetuning round, once ``checkpoint_every_s`` seconds have passed since its start or
+    its last save: a run that is stopped (an interrupted kernel, a lost machine) and started again with the same
+    settings goes on from there, with the same result bit for bit as a run never stopped
+    (``equinb.engine.finetune``); the file is removed when the run is saved whole.
 
     Returns a ``TrainingRun``: ``row`` with keys ``prefinetune_top1`` (the article's "Prefinetune": the
     selected module on the full test set) and ``finetune_top1`` (after the last finetuning round), in
@@ -406,11 +414,15 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
     view_shape = tuple(setup.train_feats.shape[2:])  # one view: [D] or [C, h, w]
     make_net = weight_net if weight_net is not None else lambda: weight_net_for(method, view_shape)
 
-    def train() -> dict:
+    if not checkpoint_every_s >= 0:
+        raise ValueError(f"checkpoint_every_s must be a number of seconds >= 0, got {checkpoint_every_s!r}")
+
+    def train(partial: Path | None = None) -> dict:
         torch.manual_seed(config.seed)
         clock = []
+        checkpoints = None if partial is None else RunCheckpoints(partial, checkpoint_every_s, clock)
         row, history, states, predictions, drift = _run(setup, config, make_net(), progress, heldout_fraction,
-                                                        method, align_views, ablate, clock)
+                                                        method, align_views, ablate, clock, checkpoints)
         # the settings and wall times ride along for tools/paper_smoke.py, which counts and times the runs
         return dict(row=row, history=history, states=states, predictions=predictions, drift=drift, clock=clock,
                     config=config.as_dict(), maps=setup.level == "maps")
@@ -424,8 +436,49 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
         key = cache_key(setup=setup.key, config=config.as_dict(), method=method, align_views=align_views,
                         weight_net=repr(net), weight_net_code=_outside_code(net), heldout_fraction=heldout_fraction,
                         ablate=ablate, code=training_code_fingerprint())
-        out = load_or_compute(Path(cache_dir) / f"run_{key}.pt", train)
+        partial = Path(cache_dir) / f"partial_{key}.pt"
+        out = load_or_compute(Path(cache_dir) / f"run_{key}.pt", lambda: train(partial))
+        partial.unlink(missing_ok=True)
     return TrainingRun(out["row"], out["history"], out["states"], out["predictions"], out["drift"], config.seed)
+
+
+class RunCheckpoints:
+    """Where a run in progress saves what it needs to go on after a stop (``run_training``), and what it reads back.
+
+    The file holds the prefinetuning's outcome (the selected module's state, the history, the test predictions),
+    the last finetuning round's ``equinb.engine.finetune_state`` (or None) and the wall-clock rows so far. It is
+    written atomically, at most once every ``every_s`` seconds, so that short runs (the small profile's take
+    seconds) pay nothing for it.
+    """
+
+    def __init__(self, path: Path, every_s: float, clock: list[dict]) -> None:
+        self.path, self.every_s, self.clock = path, every_s, clock
+        self.saved_at = time.monotonic()
+        self.prefinetuned: dict | None = None
+
+    def load(self) -> dict | None:
+        """The saved state of a stopped run (its clock rows put back into ``clock``), or None to start afresh."""
+        state = load_saved(self.path)
+        if state is not None:
+            self.prefinetuned = state["prefinetune"]
+            self.clock[:] = state["clock"]
+        return state
+
+    def after_prefinetune(self, best: dict, history: list[dict], predictions: Tensor) -> None:
+        """Keep prefinetuning's outcome for every later save; save it if it is time."""
+        self.prefinetuned = copy.deepcopy(dict(best=best, history=history, predictions=predictions))
+        self._save_if_due(None)
+
+    def after_round(self, capture: Callable[[], dict]) -> None:
+        """``equinb.engine.finetune``'s ``checkpoint``: save the round's state (``capture()``) if it is time."""
+        self._save_if_due(capture)
+
+    def _save_if_due(self, capture: Callable[[], dict] | None) -> None:
+        if time.monotonic() - self.saved_at < self.every_s:
+            return
+        atomic_save(dict(prefinetune=self.prefinetuned, finetune=None if capture is None else capture(),
+                         clock=list(self.clock)), self.path)
+        self.saved_at = time.monotonic()
 
 
 def _outside_code(module: nn.Module) -> dict[str, str]:
@@ -471,8 +524,8 @@ def training_code_fingerprint() -> str:
 
 
 def _run(setup: TrainingSetup, config: TrainConfig, module: nn.Module, progress: bool, heldout_fraction: float,
-         method: str, align_views: bool, ablate: bool,
-         clock: list[dict] | None = None) -> tuple[dict, list[dict], dict, dict, list[dict]]:
+         method: str, align_views: bool, ablate: bool, clock: list[dict] | None = None,
+         checkpoints: RunCheckpoints | None = None) -> tuple[dict, list[dict], dict, dict, list[dict]]:
     model = weighted_model(setup.make_trunk(), module.to(model_device(setup.head)), setup.head,
                            setup.group, config, method=method, align_views=align_views,
                            normalise_views=setup.normalise_views)
@@ -490,17 +543,28 @@ def _run(setup: TrainingSetup, config: TrainConfig, module: nn.Module, progress:
     else:
         train_feats, train_labels, sel_feats, sel_labels = setup.train_feats, labels, setup.train_feats, labels
         train = setup.train
-    best, history = prefinetune(model, ViewData(train_feats, train_labels), ViewData(sel_feats, sel_labels), config,
-                                progress, clock=clock)
-    model.weight_net.load_state_dict(best)  # copies: finetuning leaves ``best`` as selected
-    predictions = dict(prefinetune=predict(model, setup.test, feats=setup.test_feats, seed=config.seed))
-    pre = top1(predictions["prefinetune"], setup.test.labels)
-    history.append(dict(stage="prefinetune", round=config.prefinetune_rounds, step=None, test_top1=pre))
+    resume = None if checkpoints is None else checkpoints.load()
+    if resume is None:
+        best, history = prefinetune(model, ViewData(train_feats, train_labels), ViewData(sel_feats, sel_labels),
+                                    config, progress, clock=clock)
+        model.weight_net.load_state_dict(best)  # copies: finetuning leaves ``best`` as selected
+        predictions = dict(prefinetune=predict(model, setup.test, feats=setup.test_feats, seed=config.seed))
+        pre = top1(predictions["prefinetune"], setup.test.labels)
+        history.append(dict(stage="prefinetune", round=config.prefinetune_rounds, step=None, test_top1=pre))
+        if checkpoints is not None:
+            checkpoints.after_prefinetune(best, history, predictions["prefinetune"])
+    else:  # a stopped run: prefinetuning's outcome as saved (finetuning reseeds, so nothing else carries over)
+        best, history = resume["prefinetune"]["best"], list(resume["prefinetune"]["history"])
+        model.weight_net.load_state_dict(best)
+        predictions = dict(prefinetune=resume["prefinetune"]["predictions"])
+        pre = top1(predictions["prefinetune"], setup.test.labels)
     set_finetune_precision(model, config)
     part = finetuned_part(model)  # the trunk, with the head's pool where finetuning trains it
-    before = snapshot(part)
+    before = snapshot(part)  # the fresh trunk's: made again the same way after a stop
     finetuned, last = finetune(model, train, setup.test, config, train_lambda_feats=train_feats,
-                               test_lambda_feats=setup.test_feats, progress=progress, clock=clock)
+                               test_lambda_feats=setup.test_feats, progress=progress, clock=clock,
+                               resume=None if resume is None else resume["finetune"],
+                               checkpoint=None if checkpoints is None else checkpoints.after_round)
     history += finetuned
     predictions["finetune"] = predictions["prefinetune"] if last is None else last
     row = dict(prefinetune_top1=pre, finetune_top1=top1(predictions["finetune"], setup.test.labels))

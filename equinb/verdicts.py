@@ -68,10 +68,13 @@ VERDICT_RULE = ("ours is the mean difference over the seeds; its 95% interval is
                 "articles give no margin within which a difference counts as none); "
                 "'not tested here' with the computed reason when the comparison cannot test the claim (a stage "
                 f"that changed no prediction, a run that diverged or sits at chance, fewer than {MIN_SEEDS} seeds "
-                "of a trained run, a statistic decided by construction, a task solved without training, a "
+                "of a trained run, a statistic about data or training that holds by construction, a task solved "
+                "without training, a "
                 "stand-in without the property the claim assumes, a setting this profile does not run, a verdict "
                 "that could not come out one way even with every item of the compared run, the first term of the "
-                "difference, at the end of the score scale)")
+                "difference, at the end of the score scale). A claim that a code's output has a symmetry is "
+                "decided by how the code is built: its row reads the errors measured on every test item, and its "
+                "'tested as' says when the construction decides it")
 
 
 @dataclass(frozen=True)

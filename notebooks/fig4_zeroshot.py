@@ -349,7 +349,8 @@ for transform in ("rot90", "rot180"):
 #   a transformed image has the same set of views as the original, only permuted. Equitune and equizero
 #   therefore do not depend on the random draw. Vanilla as published depends on the per-batch draws:
 #   the article's {glue:text}`vanilla_gap_vit` pp gap on ViT-B/16 ImageNetV2 rot90 (between the two articles'
-#   numbers) is of that kind. Its exact expectation is
+#   numbers) can be of that kind (this build measures the draws' spread on its own data only). Its exact
+#   expectation is
 #   the "as described" column.
 # - **Work done once.** With the transformations of this run, this chapter runs the encoder
 #   {glue:text}`views_per_image` times per image. The article's scheme runs one evaluation per (method,

@@ -121,7 +121,8 @@ for name, f in [("MobileNetV2", model), ("Equitune(MobileNetV2)", invariant)]:
 
 # %% [markdown]
 # What the invariance means for the predictions: the top-1 ImageNet class of each crop, transformed by each
-# element of the group. The bare model's answer depends on the rotation; the wrapped model gives one answer per crop.
+# element of the group, and how many distinct answers each crop gets: the wrapped model can only give one per crop
+# (it is invariant), the bare model as many as the turns change its answer.
 
 # %% tags=["exact"]
 g = equinb.get_group(group)

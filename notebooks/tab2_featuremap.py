@@ -364,8 +364,9 @@ glue("tab2_curves_finding", viz.describe_curves(curves, seed), display=False)
 #   $Z$ moves when the input turns and how far it is from the turned map. Where the published code's $Z$ is
 #   invariant to float rounding on every test image, the sign of the claim's statistic is fixed by how the code
 #   combines the views: the verdict reads the measured errors all the same, and its "tested as" column says that
-#   the code decides it. Average pooling hides the difference between the variants' logits; a head with
-#   positional information shows it.
+#   the code decides it. Whether the difference between the variants' maps reaches their logits depends on the
+#   head: the symmetry table above measures the logits' changes under the profile's head and, on the small
+#   profile, under the positional head.
 # - **Unnormalised λ.** The invariant rows keep the article's raw, unbounded λ, which acts as a per-view
 #   inverse temperature. The table of largest losses shows whether it stayed bounded at each learning
 #   rate. That is why the invariant row also runs at the feature-map rows' rate. When the loss runs

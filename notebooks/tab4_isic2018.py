@@ -30,12 +30,12 @@
 # equiattention there. (The article numbers this table "Table 3" a second time; its repository's README calls it
 # Table 4.)
 #
-# **What this chapter adds.** Two thirds of ISIC's test images are nevi (NV). A model that always answers
-# "nevus" scores their share as top-1 without having learned anything, so plain accuracy cannot tell a classifier
-# from a constant. The chapter counts the classes, computes the majority-class accuracy and the test-set size
-# behind the article's percentages, and scores every run also by **balanced accuracy** (the mean recall over
-# the classes; a constant answer scores 100/7 = 14.29%) and **macro F1**, with the zero-shot and majority
-# baselines on the same split and the confusion matrices. It also runs the ISIC equiattention the article's
+# **What this chapter adds.** Most of ISIC's images are nevi (NV; two thirds of its training images). A model
+# that always answers "nevus" scores their share as top-1 without having learned anything, so plain accuracy
+# cannot tell a classifier from a constant. The chapter counts the classes, computes the majority-class accuracy
+# and the test-set size behind the article's percentages, and scores every run also by **balanced accuracy** (the
+# mean recall over the classes; a constant answer scores 100/7 = 14.29%) and **macro F1**, with the zero-shot and
+# majority baselines on the same split and the confusion matrices. It also runs the ISIC equiattention the article's
 # Figure 3 shows.
 #
 # **Profiles.**

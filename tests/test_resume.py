@@ -1,0 +1,164 @@
+"""A training run that is stopped goes on from its last save and ends exactly as a run that was never stopped."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+import equinb.setups
+from equinb.engine import TrainConfig, finetune, finetuned_part
+from equinb.setups import run_training
+
+from test_engine import SMALL, _model, _setup
+
+# three finetuning rounds, so that a stop can fall between two of them; shuffled data continue across rounds,
+# so a resumed run that restarted the data stream would see other batches
+CONFIGS = {
+    "original": TrainConfig.original(**{**SMALL, "finetune_rounds": 3}),
+    "updated, shuffled, BatchNorm trained": TrainConfig.updated(**{**SMALL, "finetune_rounds": 3},
+                                                               data_order="shuffle", trunk_mode="train"),
+}
+
+
+def _finetune(config: TrainConfig, **options) -> tuple[torch.nn.Module, list[dict], torch.Tensor | None]:
+    setup = _setup(batchnorm=True)
+    model = _model(setup, config)
+    history, predicted = finetune(model, setup.train, setup.test, config, train_lambda_feats=setup.train_feats,
+                                  test_lambda_feats=setup.test_feats, **options)
+    return model, history, predicted
+
+
+def _trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {**{f"part.{k}": v for k, v in finetuned_part(model).state_dict().items()},
+            **{f"weight_net.{k}": v for k, v in model.weight_net.state_dict().items()}}
+
+
+def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_finetuning_resumed_after_any_round_ends_as_the_unstopped_run(name: str) -> None:
+    """Weights, BatchNorm statistics, momenta (CLIP's fp16 storage emulated), dropout, data order and the random
+    group element of each batch all carry over: every resumed run ends bit for bit where the whole run ended, and
+    trains only the rounds after its state."""
+    config = CONFIGS[name]
+    states = []
+    whole, history, predicted = _finetune(config, checkpoint=lambda capture: states.append(capture()))
+    assert [s["next_round"] for s in states] == [1, 2, 3]
+    for state in states:
+        clock = []
+        resumed, resumed_history, resumed_predicted = _finetune(config, resume=state, clock=clock)
+        assert [c["round"] for c in clock] == list(range(state["next_round"], 3))  # only the rounds left
+        assert resumed_history == history
+        assert torch.equal(resumed_predicted, predicted)
+        _assert_same_state(_trained_state(resumed), _trained_state(whole))
+
+
+def test_a_state_is_a_copy_that_later_steps_do_not_change() -> None:
+    config = CONFIGS["original"]
+    states = []
+    _finetune(config, checkpoint=lambda capture: states.append(capture()))
+    first = _trained_state(_finetune(config, resume=states[0])[0])
+    again = _trained_state(_finetune(config, resume=states[0])[0])
+    _assert_same_state(first, again)
+    assert not all(torch.equal(a, b) for a, b in zip(states[0]["part"].values(), states[-1]["part"].values()))
+
+
+def test_a_state_of_another_schedule_is_refused() -> None:
+    states = []
+    _finetune(CONFIGS["original"], checkpoint=lambda capture: states.append(capture()))
+    shorter = dataclasses.replace(CONFIGS["original"], finetune_rounds=2)
+    with pytest.raises(ValueError, match="cannot resume finetuning: the state is of round 2"):
+        _finetune(shorter, resume=states[-1])
+
+
+class Stop(Exception):
+    """Stands for a kernel interrupted or a machine lost in the middle of a run."""
+
+
+def _stop_after_saves(monkeypatch: pytest.MonkeyPatch, saves: int) -> list[Path]:
+    """Make the run's ``saves``-th save of its partial state the last thing it does."""
+    written, save = [], equinb.setups.atomic_save
+
+    def save_then_stop(obj, path, **options):
+        save(obj, path, **options)
+        written.append(Path(path))
+        if len(written) == saves:
+            raise Stop
+
+    monkeypatch.setattr(equinb.setups, "atomic_save", save_then_stop)
+    return written
+
+
+def _compare_runs(a: equinb.setups.TrainingRun, b: equinb.setups.TrainingRun) -> None:
+    assert a.row == b.row and a.history == b.history and a.drift == b.drift
+    assert a.predictions.keys() == b.predictions.keys()
+    for k in a.predictions:
+        assert torch.equal(a.predictions[k], b.predictions[k]), k
+    for stage in a.states:
+        _assert_same_state(a.states[stage], b.states[stage])
+
+
+@pytest.mark.parametrize("saves", [1, 2, 4])
+def test_a_stopped_run_goes_on_from_its_last_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 saves: int) -> None:
+    """Stopped after prefinetuning (1 save), after finetuning's first round (2) or after its last, before the
+    ablations (4): started again, the run does not prefinetune again, trains only the rounds left and is saved
+    exactly as the run that was never stopped, clock rows of every round included; its partial file is removed."""
+    setup = dataclasses.replace(_setup(batchnorm=True), key="toy")
+    config = CONFIGS["updated, shuffled, BatchNorm trained"]
+    whole = run_training(setup, config, cache_dir=tmp_path / "whole", ablate=True)
+    assert not list((tmp_path / "whole").glob("partial_*"))  # the default saves nothing of a run this short
+
+    written = _stop_after_saves(monkeypatch, saves)
+    with pytest.raises(Stop):
+        run_training(setup, config, cache_dir=tmp_path / "stopped", ablate=True, checkpoint_every_s=0)
+    assert [p.name.startswith("partial_") for p in written] == [True] * saves
+    assert not list((tmp_path / "stopped").glob("run_*"))
+
+    monkeypatch.setattr(equinb.setups, "atomic_save", equinb.cache.atomic_save)
+    monkeypatch.setattr(equinb.setups, "prefinetune", lambda *a, **k: pytest.fail("prefinetuned again"))
+    trained_rounds = []
+    engine_finetune = equinb.setups.finetune
+
+    def counting_finetune(*args, **options):
+        history, predicted = engine_finetune(*args, **options)
+        trained_rounds.append(len([c for c in options["clock"] if c["stage"] == "finetune"]))
+        return history, predicted
+
+    monkeypatch.setattr(equinb.setups, "finetune", counting_finetune)
+    resumed = run_training(setup, config, cache_dir=tmp_path / "stopped", ablate=True, checkpoint_every_s=0)
+    _compare_runs(resumed, whole)
+    assert trained_rounds == [3]  # the restored clock rows of the rounds before the stop, and the rounds left
+    saved = {p.name: torch.load(p, weights_only=True) for p in (tmp_path / "stopped").glob("run_*")}
+    reference = {p.name: torch.load(p, weights_only=True) for p in (tmp_path / "whole").glob("run_*")}
+    assert saved.keys() == reference.keys()
+    name = next(iter(saved))
+    assert [(c["stage"], c["round"]) for c in saved[name]["clock"]] == [
+        (c["stage"], c["round"]) for c in reference[name]["clock"]]
+    assert not list((tmp_path / "stopped").glob("partial_*"))
+
+
+def test_a_damaged_partial_file_is_set_aside_and_the_run_starts_over(tmp_path: Path) -> None:
+    setup = dataclasses.replace(_setup(), key="toy")
+    config = TrainConfig.updated(**SMALL)
+    whole = run_training(setup, config, cache_dir=tmp_path / "whole")
+    key = next((tmp_path / "whole").glob("run_*.pt")).name.removeprefix("run_")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / f"partial_{key}").write_bytes(b"not a torch file")
+    with pytest.warns(RuntimeWarning, match="could not be read"):
+        again = run_training(setup, config, cache_dir=tmp_path / "damaged")
+    _compare_runs(again, whole)
+    assert (tmp_path / "damaged" / f"partial_{key}.damaged").exists()
+
+
+@pytest.mark.parametrize("every", [-1.0, float("nan")])
+def test_a_negative_save_interval_is_refused(every: float) -> None:
+    with pytest.raises(ValueError, match="checkpoint_every_s must be a number of seconds >= 0"):
+        run_training(_setup(), TrainConfig.updated(**SMALL), checkpoint_every_s=every)
