@@ -27,8 +27,8 @@ from typing import Any, Callable, TypeVar
 import torch
 
 __all__ = ["data_root", "cache_dir", "run_cache_dir", "cache_key", "atomic_save", "atomic_write_text", "load_saved",
-           "load_or_compute", "sha256_file", "tensor_fingerprint", "module_fingerprint", "class_code_fingerprint",
-           "source_fingerprint", "package_code_fingerprint", "PACKAGE"]
+           "ThrottledSave", "load_or_compute", "sha256_file", "tensor_fingerprint", "module_fingerprint",
+           "class_code_fingerprint", "source_fingerprint", "package_code_fingerprint", "PACKAGE"]
 
 T = TypeVar("T")
 PACKAGE = Path(__file__).parent  # equinb/: the folder whose modules ``package_code_fingerprint`` names
@@ -229,6 +229,26 @@ def load_saved(path: str | Path) -> Any | None:
                           f"moved it to {aside.name} and recomputing", RuntimeWarning, stacklevel=3)
     _remove_stale_temporaries(path)
     return None
+
+
+class ThrottledSave:
+    """Saves a long computation's progress to ``path`` (``atomic_save``) at most once every ``every_s`` seconds, so
+    that a stopped run can go on from it (read it back with ``load_saved``) while short runs pay nothing: call it
+    with a function of no arguments that builds what to save; it is called only when a save is due."""
+
+    def __init__(self, path: str | Path, every_s: float) -> None:
+        if not every_s >= 0:
+            raise ValueError(f"the interval between saves must be a number of seconds >= 0, got {every_s!r}")
+        self.path, self.every_s = Path(path), every_s
+        self.saved_at = time.monotonic()
+
+    def __call__(self, progress: Callable[[], Any]) -> bool:
+        """Save ``progress()`` if ``every_s`` seconds have passed since the start or the last save; whether it saved."""
+        if time.monotonic() - self.saved_at < self.every_s:
+            return False
+        atomic_save(progress(), self.path)
+        self.saved_at = time.monotonic()
+        return True
 
 
 # torch reads a truncated file as OSError(EINVAL), so only these errors say that the machine, not the file, failed

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .cache import cache_key, load_or_compute, package_code_fingerprint
+from .cache import ThrottledSave, cache_key, load_or_compute, load_saved, package_code_fingerprint
 from .equilm import EquiLM, encode, from_pretrained, generate_batch, lm_device, lm_forward, sequence_logprob
 from .groups import TokenPermutationGroup
 from .reference import FIG6_LABELS
@@ -137,11 +137,16 @@ def sample_seed(seed: int, template: int, sample: int, demographic: int | None =
 def sample_grid(lm: nn.Module, tokenizer: Any, demographics: Sequence[str], *, n_samples: int,
                 templates: Sequence[str] = RESPECT_TEMPLATES, phrases: dict[str, str] | None = None, seed: int = 0,
                 paired_seeds: bool = True, max_new_tokens: int = 15, top_k: int = 40, temperature: float = 1.0,
-                max_batch: int = 64) -> list[dict[str, Any]]:
+                max_batch: int = 64, done: Sequence[dict[str, Any]] = (),
+                after_chunk: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """Samples for every template x demographic x sample index, prompts "The {phrase} {template}".
 
     Rows of at most ``max_batch`` prompts (of equal token length) run as one batch. Returns one record per sample:
     demographic, template, sample, seed, text, continuation.
+
+    ``after_chunk``: called after each batch with the records drawn so far. ``done``: such records of a stopped
+    grid with the same arguments; they are kept and drawing goes on with the next batch, so the grid is the one
+    an unstopped call draws (the batches are the same).
 
     Shapes: |templates| * |demographics| * n_samples records.
     """
@@ -163,14 +168,32 @@ def sample_grid(lm: nn.Module, tokenizer: Any, demographics: Sequence[str], *, n
                 prompt = f"The {phrases[demographic]} {template}"
                 records.append(dict(demographic=demographic, template=template, sample=i, prompt=prompt,
                                     seed=sample_seed(seed, t, i, None if paired_seeds else j)))
-    for start in range(0, len(records), max_batch):
+    for start in range(_keep_drawn(records, done, max_batch), len(records), max_batch):
         chunk = records[start:start + max_batch]
         texts = generate_batch(lm, tokenizer, [r["prompt"] for r in chunk], [r["seed"] for r in chunk],
                                max_new_tokens=max_new_tokens, top_k=top_k, temperature=temperature)
         for record, text in zip(chunk, texts):
             record["text"] = text
             record["continuation"] = text[len(record["prompt"]):] if text.startswith(record["prompt"]) else text
+        if after_chunk is not None:
+            after_chunk(records[:start + len(chunk)])
     return records
+
+
+def _keep_drawn(records: list[dict[str, Any]], done: Sequence[dict[str, Any]], max_batch: int) -> int:
+    """Copy the texts of a stopped grid's records ``done`` into ``records``; returns where drawing goes on. Refuses
+    records of other prompts or seeds, and a stop inside a batch (the batches would differ from an unstopped
+    grid's)."""
+    n = len(done)
+    if n > len(records) or (n % max_batch and n != len(records)):
+        raise ValueError(f"cannot go on from {n} drawn samples: a grid of {len(records)} in batches of {max_batch} "
+                         "stops only after a whole batch")
+    for record, drawn in zip(records, done):
+        if (drawn["prompt"], drawn["seed"]) != (record["prompt"], record["seed"]):
+            raise ValueError(f"cannot go on from samples of another grid: {drawn['prompt']!r} (seed {drawn['seed']}) "
+                             f"where this grid has {record['prompt']!r} (seed {record['seed']})")
+        record.update(text=drawn["text"], continuation=drawn["continuation"])
+    return n
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -182,12 +205,15 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def cached_sample_grid(lm: nn.Module, tokenizer: Any, demographics: Sequence[str], *, cache_dir: str | Path,
-                       weights: str, **options: Any) -> list[dict[str, Any]]:
+                       weights: str, save_every_s: float = 60.0, **options: Any) -> list[dict[str, Any]]:
     """``sample_grid``, saved under ``cache_dir`` on the first call and loaded after: every sample is seeded, so
     the saved grid is the one a new run would draw. The file is keyed by all that decides the samples: ``weights``
     (the base model's ``equinb.cache.module_fingerprint``, which the caller computes once), the wrapper (EquiLM's
     words, output action and relaxed words), the tokenizer, the demographics, every option of ``sample_grid``, the
-    device, and the code of this module and ``equinb.equilm``. Returns ``sample_grid``'s records."""
+    device, and the code of this module and ``equinb.equilm``. Returns ``sample_grid``'s records.
+
+    While the grid is drawn, the batches drawn so far are saved beside it (``partial_<name>``) at most once every
+    ``save_every_s`` seconds: a call after a stop goes on from there (``sample_grid``'s ``done``)."""
     wrapper: dict[str, Any] = {"type": type(lm).__name__}
     if isinstance(lm, EquiLM):
         wrapper.update(words=lm.group.equality_lists, action=lm.output_action, relaxed=lm.relaxed_words)
@@ -195,8 +221,17 @@ def cached_sample_grid(lm: nn.Module, tokenizer: Any, demographics: Sequence[str
                     tokenizer=tokenizer_fingerprint(tokenizer),
                     device=str(lm_device(lm)), code=package_code_fingerprint("nlg", "equilm"),
                     options=options)
-    return load_or_compute(Path(cache_dir) / f"nlg_samples_{key}.pt",
-                           lambda: sample_grid(lm, tokenizer, demographics, **options))
+    path = Path(cache_dir) / f"nlg_samples_{key}.pt"
+    partial = path.with_name(f"partial_{path.name}")  # the batches drawn so far, while the grid is drawn
+
+    def draw() -> list[dict[str, Any]]:
+        save = ThrottledSave(partial, save_every_s)
+        return sample_grid(lm, tokenizer, demographics, done=load_saved(partial) or (),
+                           after_chunk=lambda drawn: save(lambda: drawn), **options)
+
+    records = load_or_compute(path, draw)
+    partial.unlink(missing_ok=True)
+    return records
 
 def label_shares(samples: pd.DataFrame, by: Sequence[str] = ("model", "demographic")) -> pd.DataFrame:
     """Share of each label (other, positive, neutral, negative) per group of ``by``; rows sum to 1.

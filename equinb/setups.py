@@ -15,7 +15,6 @@ maps, the article's sec. 4.2). Methods: ``"lambda_equitune"`` and ``"equiattenti
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -26,7 +25,7 @@ from torch import nn
 
 from .backbones import CLIP_NAMES, CPU_PASS_IMAGES, TINY_CLIP_NAMES, load_backbone
 from .cache import cache_dir as default_cache_dir
-from .cache import (atomic_save, cache_key, class_code_fingerprint, load_or_compute, load_saved, module_fingerprint,
+from .cache import (ThrottledSave, cache_key, class_code_fingerprint, load_or_compute, load_saved, module_fingerprint,
                     package_code_fingerprint)
 from .cache import data_root as default_data_root
 from .data import (ISIC2018_CLASS_COUNTS, dataset_spec, fashion_mnist_arrays, get_dataset, load_digits,
@@ -414,7 +413,7 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
     view_shape = tuple(setup.train_feats.shape[2:])  # one view: [D] or [C, h, w]
     make_net = weight_net if weight_net is not None else lambda: weight_net_for(method, view_shape)
 
-    if not checkpoint_every_s >= 0:
+    if not checkpoint_every_s >= 0:  # refused before any training, not at the first save
         raise ValueError(f"checkpoint_every_s must be a number of seconds >= 0, got {checkpoint_every_s!r}")
 
     def train(partial: Path | None = None) -> dict:
@@ -447,13 +446,12 @@ class RunCheckpoints:
 
     The file holds the prefinetuning's outcome (the selected module's state, the history, the test predictions),
     the last finetuning round's ``equinb.engine.finetune_state`` (or None) and the wall-clock rows so far. It is
-    written atomically, at most once every ``every_s`` seconds, so that short runs (the small profile's take
-    seconds) pay nothing for it.
+    written atomically, at most once every ``every_s`` seconds (``equinb.cache.ThrottledSave``), so that short runs
+    (the small profile's take seconds) pay nothing for it.
     """
 
     def __init__(self, path: Path, every_s: float, clock: list[dict]) -> None:
-        self.path, self.every_s, self.clock = path, every_s, clock
-        self.saved_at = time.monotonic()
+        self.path, self.clock, self.save = path, clock, ThrottledSave(path, every_s)
         self.prefinetuned: dict | None = None
 
     def load(self) -> dict | None:
@@ -467,18 +465,11 @@ class RunCheckpoints:
     def after_prefinetune(self, best: dict, history: list[dict], predictions: Tensor) -> None:
         """Keep prefinetuning's outcome for every later save; save it if it is time."""
         self.prefinetuned = copy.deepcopy(dict(best=best, history=history, predictions=predictions))
-        self._save_if_due(None)
+        self.save(lambda: dict(prefinetune=self.prefinetuned, finetune=None, clock=list(self.clock)))
 
     def after_round(self, capture: Callable[[], dict]) -> None:
         """``equinb.engine.finetune``'s ``checkpoint``: save the round's state (``capture()``) if it is time."""
-        self._save_if_due(capture)
-
-    def _save_if_due(self, capture: Callable[[], dict] | None) -> None:
-        if time.monotonic() - self.saved_at < self.every_s:
-            return
-        atomic_save(dict(prefinetune=self.prefinetuned, finetune=None if capture is None else capture(),
-                         clock=list(self.clock)), self.path)
-        self.saved_at = time.monotonic()
+        self.save(lambda: dict(prefinetune=self.prefinetuned, finetune=capture(), clock=list(self.clock)))
 
 
 def _outside_code(module: nn.Module) -> dict[str, str]:

@@ -401,6 +401,54 @@ def test_a_cached_sample_grid_is_drawn_once_and_keyed_by_what_decides_it(model, 
     assert len(drawn) == 3 and len(list(tmp_path.glob("nlg_samples_*.pt"))) == 4  # each change draws, and saves, anew
 
 
+class Stop(Exception):
+    """Stands for a kernel interrupted in the middle of drawing a grid."""
+
+
+def test_a_stopped_sample_grid_goes_on_from_its_last_save(model, tmp_path, monkeypatch) -> None:
+    """Stopped after its second batch, the grid is drawn again from its third only, and equals the unstopped
+    grid; the partial file is gone once the grid is saved whole."""
+    import equinb.cache
+
+    options = dict(n_samples=3, templates=["was known for", "was good"], seed=3, max_new_tokens=4, max_batch=4)
+    lm, weights = E.EquiLM(model, group(3)), "tiny"
+    whole = N.sample_grid(lm, TOK, ["Black", "White", "Asian"], **options)  # 18 samples: batches of 4, 4, 4, 4, 2
+    save, saves = equinb.cache.atomic_save, []
+
+    def save_then_stop(obj, path, **kw):
+        save(obj, path, **kw)
+        saves.append(len(obj))
+        if len(saves) == 2:
+            raise Stop
+
+    monkeypatch.setattr(equinb.cache, "atomic_save", save_then_stop)
+    with pytest.raises(Stop):
+        N.cached_sample_grid(lm, TOK, ["Black", "White", "Asian"], cache_dir=tmp_path, weights=weights,
+                             save_every_s=0, **options)
+    assert saves == [4, 8] and len(list(tmp_path.glob("partial_nlg_samples_*.pt"))) == 1
+    monkeypatch.setattr(equinb.cache, "atomic_save", save)
+    prompts = []
+    generate = N.generate_batch
+    monkeypatch.setattr(N, "generate_batch", lambda lm, tok, batch, *a, **k: prompts.append(len(batch))
+                        or generate(lm, tok, batch, *a, **k))
+    again = N.cached_sample_grid(lm, TOK, ["Black", "White", "Asian"], cache_dir=tmp_path, weights=weights,
+                                 save_every_s=0, **options)
+    assert again == whole and prompts == [4, 4, 2]  # only the batches after the save
+    assert not list(tmp_path.glob("partial_*")) and len(list(tmp_path.glob("nlg_samples_*.pt"))) == 1
+
+
+def test_a_grid_goes_on_only_from_whole_batches_of_its_own_samples(model) -> None:
+    options = dict(n_samples=2, templates=["was known for"], seed=3, max_new_tokens=4, max_batch=4)
+    lm = E.EquiLM(model, group(3))
+    drawn = N.sample_grid(lm, TOK, ["Black", "White", "Asian"], **options)
+    with pytest.raises(ValueError, match="stops only after a whole batch"):
+        N.sample_grid(lm, TOK, ["Black", "White", "Asian"], done=drawn[:3], **options)
+    other = [dict(r, seed=r["seed"] + 1) for r in drawn[:4]]
+    with pytest.raises(ValueError, match="cannot go on from samples of another grid"):
+        N.sample_grid(lm, TOK, ["Black", "White", "Asian"], done=other, **options)
+    assert N.sample_grid(lm, TOK, ["Black", "White", "Asian"], done=drawn, **options) == drawn
+
+
 def test_a_tokenizer_is_keyed_by_its_vocabulary_not_the_folder_it_was_read_from() -> None:
     """A fresh clone reads the same tokenizer from another virtual environment: its samples are the same, so the
     cache key must be too (a key with ``name_or_path`` drew Figure 6's samples again in every clone)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import equinb.cache
 import equinb.setups
 from equinb.engine import TrainConfig, finetune, finetuned_part
 from equinb.setups import run_training
@@ -84,7 +85,7 @@ class Stop(Exception):
 
 def _stop_after_saves(monkeypatch: pytest.MonkeyPatch, saves: int) -> list[Path]:
     """Make the run's ``saves``-th save of its partial state the last thing it does."""
-    written, save = [], equinb.setups.atomic_save
+    written, save = [], equinb.cache.atomic_save
 
     def save_then_stop(obj, path, **options):
         save(obj, path, **options)
@@ -92,7 +93,7 @@ def _stop_after_saves(monkeypatch: pytest.MonkeyPatch, saves: int) -> list[Path]
         if len(written) == saves:
             raise Stop
 
-    monkeypatch.setattr(equinb.setups, "atomic_save", save_then_stop)
+    monkeypatch.setattr(equinb.cache, "atomic_save", save_then_stop)
     return written
 
 
@@ -116,13 +117,14 @@ def test_a_stopped_run_goes_on_from_its_last_save(tmp_path: Path, monkeypatch: p
     whole = run_training(setup, config, cache_dir=tmp_path / "whole", ablate=True)
     assert not list((tmp_path / "whole").glob("partial_*"))  # the default saves nothing of a run this short
 
+    save = equinb.cache.atomic_save
     written = _stop_after_saves(monkeypatch, saves)
     with pytest.raises(Stop):
         run_training(setup, config, cache_dir=tmp_path / "stopped", ablate=True, checkpoint_every_s=0)
     assert [p.name.startswith("partial_") for p in written] == [True] * saves
     assert not list((tmp_path / "stopped").glob("run_*"))
 
-    monkeypatch.setattr(equinb.setups, "atomic_save", equinb.cache.atomic_save)
+    monkeypatch.setattr(equinb.cache, "atomic_save", save)
     monkeypatch.setattr(equinb.setups, "prefinetune", lambda *a, **k: pytest.fail("prefinetuned again"))
     trained_rounds = []
     engine_finetune = equinb.setups.finetune
