@@ -27,7 +27,7 @@ from typing import Any, Callable, TypeVar
 import torch
 
 __all__ = ["data_root", "cache_dir", "run_cache_dir", "cache_key", "atomic_save", "atomic_write_text", "load_saved",
-           "ThrottledSave", "load_or_compute", "sha256_file", "tensor_fingerprint", "module_fingerprint",
+           "ThrottledSave", "discard", "load_or_compute", "sha256_file", "tensor_fingerprint", "module_fingerprint",
            "class_code_fingerprint", "source_fingerprint", "package_code_fingerprint", "PACKAGE"]
 
 T = TypeVar("T")
@@ -211,6 +211,7 @@ def load_saved(path: str | Path) -> Any | None:
     read: no file, or one that cannot be read, which is moved aside to ``<name>.damaged`` with a warning (see
     ``load_or_compute`` for the errors that are raised instead). Also removes the temporaries a killed save left."""
     path = Path(path)
+    _remove_stale_temporaries(path)
     if path.exists():
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -227,28 +228,47 @@ def load_saved(path: str | Path) -> Any | None:
             os.replace(path, aside)
             warnings.warn(f"cache file {path} could not be read ({type(err).__name__}: {str(err)[:120]}); "
                           f"moved it to {aside.name} and recomputing", RuntimeWarning, stacklevel=3)
-    _remove_stale_temporaries(path)
     return None
 
 
 class ThrottledSave:
     """Saves a long computation's progress to ``path`` (``atomic_save``) at most once every ``every_s`` seconds, so
-    that a stopped run can go on from it (read it back with ``load_saved``) while short runs pay nothing: call it
-    with a function of no arguments that builds what to save; it is called only when a save is due."""
+    that a stopped run can go on from it (read it back with ``load_saved``, remove it with ``discard``) while short
+    runs pay nothing: call it with a function of no arguments that builds what to save; it is called only when a
+    save is due.
+
+    The saves are a convenience, never the result: a save that fails for the machine (a full disk, a permission)
+    warns and ends the saving, and the computation goes on; an earlier save, if any, stays a state to go on from.
+    """
 
     def __init__(self, path: str | Path, every_s: float) -> None:
         if not every_s >= 0:
             raise ValueError(f"the interval between saves must be a number of seconds >= 0, got {every_s!r}")
         self.path, self.every_s = Path(path), every_s
         self.saved_at = time.monotonic()
+        self.failed = False
 
     def __call__(self, progress: Callable[[], Any]) -> bool:
         """Save ``progress()`` if ``every_s`` seconds have passed since the start or the last save; whether it saved."""
-        if time.monotonic() - self.saved_at < self.every_s:
+        if self.failed or time.monotonic() - self.saved_at < self.every_s:
             return False
-        atomic_save(progress(), self.path)
+        try:
+            atomic_save(progress(), self.path)
+        except OSError as err:
+            self.failed = True
+            warnings.warn(f"could not save progress to {self.path} ({type(err).__name__}: {err}); going on without "
+                          "saving it, so a stop would lose the work since the last save", RuntimeWarning,
+                          stacklevel=2)
+            return False
         self.saved_at = time.monotonic()
         return True
+
+
+def discard(path: str | Path) -> None:
+    """Remove ``path`` (a saved progress no longer needed) and the temporaries that killed saves of it left."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    _remove_stale_temporaries(path)
 
 
 # torch reads a truncated file as OSError(EINVAL), so only these errors say that the machine, not the file, failed

@@ -499,13 +499,14 @@ def _loss_rows(stage: str, round_index: int, first_step: int, losses: list[Tenso
 
 
 def _clock_row(clock: list[dict] | None, stage: str, round_index: int, steps: int, seconds: float,
-               evaluation_seconds: float) -> None:
+               evaluation_seconds: float, warm: bool) -> None:
     """Append one round's wall times to ``clock`` (when given): its training steps, from the first step until
     their losses are read (which waits for the device), and its evaluation (selection before a prefinetune round,
-    the test set after a finetune round). ``tools/paper_smoke.py`` turns them into rates."""
+    the test set after a finetune round). ``warm``: False for the first round a call trains (a resumed run's
+    first round too), which also pays for warming up. ``tools/paper_smoke.py`` turns warm rounds into rates."""
     if clock is not None:
         clock.append(dict(stage=stage, round=round_index, steps=steps, seconds=seconds,
-                          evaluation_seconds=evaluation_seconds))
+                          evaluation_seconds=evaluation_seconds, warm=warm))
 
 
 def prefinetune(model: OrbitWrapper, train: ViewData, select: ViewData, config: TrainConfig,
@@ -550,7 +551,7 @@ def prefinetune(model: OrbitWrapper, train: ViewData, select: ViewData, config: 
             losses.append(loss.detach())
         history += _loss_rows("prefinetune", r, step, losses)
         step += len(losses)
-        _clock_row(clock, "prefinetune", r, len(losses), time.perf_counter() - evaluated, evaluated - began)
+        _clock_row(clock, "prefinetune", r, len(losses), time.perf_counter() - evaluated, evaluated - began, r > 0)
     return best_state, history
 
 
@@ -579,8 +580,9 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
     ``checkpoint``: called after every round with a function of no arguments that captures, as copies, what the
     rest of the run needs (``finetune_state``); the caller decides whether to call and save it. ``resume``: such a
     state, of the same model, configuration and data; the run goes on from the round after it and ends with the
-    same weights, history and predictions, bit for bit, as a run that was never stopped (the trained part, the
-    weighting module, the optimisers' momenta and every random generator the rounds draw from are restored).
+    same weights, history and predictions as a run that was never stopped (the trained part, the weighting
+    module, the optimisers' momenta and every random generator the rounds draw from are restored): bit for bit on
+    a CPU; on a GPU as closely as two unstopped runs agree (cuDNN's autotuned kernels may sum in another order).
     """
     from tqdm import tqdm
 
@@ -632,7 +634,7 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
                 frozen = test_lambda_feats if config.lambda_input == "frozen_copy" else None
                 predicted = predict(model, test, lambda_feats=frozen, seed=config.seed)
                 history.append(dict(stage="finetune", round=r, step=step, test_top1=top1(predicted, test.labels)))
-            _clock_row(clock, "finetune", r, len(losses), trained - began, time.perf_counter() - trained)
+            _clock_row(clock, "finetune", r, len(losses), trained - began, time.perf_counter() - trained, r > first)
             if checkpoint is not None:
                 checkpoint(functools.partial(finetune_state, model, optimisers, rng, r + 1, step, history, predicted))
     return history, predicted

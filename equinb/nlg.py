@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .cache import ThrottledSave, cache_key, load_or_compute, load_saved, package_code_fingerprint
+from .cache import ThrottledSave, cache_key, discard, load_or_compute, load_saved, package_code_fingerprint
 from .equilm import EquiLM, encode, from_pretrained, generate_batch, lm_device, lm_forward, sequence_logprob
 from .groups import TokenPermutationGroup
 from .reference import FIG6_LABELS
@@ -230,7 +230,7 @@ def cached_sample_grid(lm: nn.Module, tokenizer: Any, demographics: Sequence[str
                            after_chunk=lambda drawn: save(lambda: drawn), **options)
 
     records = load_or_compute(path, draw)
-    partial.unlink(missing_ok=True)
+    discard(partial)
     return records
 
 def label_shares(samples: pd.DataFrame, by: Sequence[str] = ("model", "demographic")) -> pd.DataFrame:

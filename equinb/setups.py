@@ -25,8 +25,8 @@ from torch import nn
 
 from .backbones import CLIP_NAMES, CPU_PASS_IMAGES, TINY_CLIP_NAMES, load_backbone
 from .cache import cache_dir as default_cache_dir
-from .cache import (ThrottledSave, cache_key, class_code_fingerprint, load_or_compute, load_saved, module_fingerprint,
-                    package_code_fingerprint)
+from .cache import (ThrottledSave, cache_key, class_code_fingerprint, discard, load_or_compute, load_saved,
+                    module_fingerprint, package_code_fingerprint)
 from .cache import data_root as default_data_root
 from .data import (ISIC2018_CLASS_COUNTS, dataset_spec, fashion_mnist_arrays, get_dataset, load_digits,
                    load_fashion_mnist, proportional_counts, root_identity)
@@ -393,8 +393,9 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
     With ``cache_dir``, a run in progress also saves what it needs to go on (``partial_<key>.pt`` there) after
     prefinetuning and after a finetuning round, once ``checkpoint_every_s`` seconds have passed since its start or
     its last save: a run that is stopped (an interrupted kernel, a lost machine) and started again with the same
-    settings goes on from there, with the same result bit for bit as a run never stopped
-    (``equinb.engine.finetune``); the file is removed when the run is saved whole.
+    settings goes on from there, with the same result as a run never stopped (``equinb.engine.finetune``: bit for
+    bit on a CPU); the file is removed when the run is saved whole. A save that fails (a full disk) warns and the
+    run goes on without saving (``equinb.cache.ThrottledSave``).
 
     Returns a ``TrainingRun``: ``row`` with keys ``prefinetune_top1`` (the article's "Prefinetune": the
     selected module on the full test set) and ``finetune_top1`` (after the last finetuning round), in
@@ -437,7 +438,7 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
                         ablate=ablate, code=training_code_fingerprint())
         partial = Path(cache_dir) / f"partial_{key}.pt"
         out = load_or_compute(Path(cache_dir) / f"run_{key}.pt", lambda: train(partial))
-        partial.unlink(missing_ok=True)
+        discard(partial)
     return TrainingRun(out["row"], out["history"], out["states"], out["predictions"], out["drift"], config.seed)
 
 

@@ -180,3 +180,20 @@ def test_cache_folders_expand_the_home_folder(monkeypatch, tmp_path: Path) -> No
     monkeypatch.setenv("HOME", str(tmp_path))
     assert cache_dir("~/data") == tmp_path / "data" / "cache"
     assert run_cache_dir("~/data") == tmp_path / "data" / "cache" / "runs"
+
+
+def test_discard_removes_the_file_and_what_killed_saves_of_it_left(tmp_path) -> None:
+    import os
+    import time
+
+    from equinb.cache import atomic_save, discard
+
+    path = atomic_save({"step": 1}, tmp_path / "partial_x.pt")
+    stale, fresh = tmp_path / ".partial_x.pt.abc.tmp", tmp_path / ".partial_x.pt.def.tmp"
+    for tmp in (stale, fresh):
+        tmp.write_bytes(b"half")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    discard(path)
+    assert not path.exists() and not stale.exists()
+    assert fresh.exists()  # a save in progress (written within the hour) is left alone

@@ -61,9 +61,19 @@ def test_the_report_folder_gets_the_summary_and_every_executed_chapter(smoke: Pa
         f"{nb_id}.ipynb" for nb_id in paper_smoke.notebook_ids())
 
 
-def _clock(stage: str, rounds: list[tuple[int, float, float]]) -> list[dict]:
-    return [dict(stage=stage, round=r, steps=steps, seconds=seconds, evaluation_seconds=evaluation)
-            for r, (steps, seconds, evaluation) in enumerate(rounds)]
+def _clock(stage: str, rounds: list[tuple[int, float, float]], resumed_at: int | None = None) -> list[dict]:
+    return [dict(stage=stage, round=r, steps=steps, seconds=seconds, evaluation_seconds=evaluation,
+                 warm=r > 0 and r != resumed_at) for r, (steps, seconds, evaluation) in enumerate(rounds)]
+
+
+def test_a_resumed_runs_first_round_warms_up_again_and_sets_no_rate() -> None:
+    """A run stopped after round 0 and resumed in a new process pays the warm-up again in round 1: only round 2
+    sets the rate; a stage with no warm round (one round) still counts."""
+    finetune = _clock("finetune", [(10, 100.0, 1.0), (10, 100.0, 1.0), (10, 1.0, 1.0)], resumed_at=1)
+    once = _clock("prefinetune", [(10, 5.0, 2.0)])
+    rates = paper_smoke.measured_run_rates([dict(maps=False, test_images=1, clock=once + finetune)])
+    assert rates[("finetune", False)] == pytest.approx(10.0)
+    assert rates[("prefinetune", False)] == pytest.approx(2.0) and rates[("selection", False)] == pytest.approx(2.0)
 
 
 def test_projection_counts_the_params_files_at_the_runs_own_warm_rates() -> None:

@@ -137,14 +137,59 @@ def test_a_stopped_run_goes_on_from_its_last_save(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(equinb.setups, "finetune", counting_finetune)
     resumed = run_training(setup, config, cache_dir=tmp_path / "stopped", ablate=True, checkpoint_every_s=0)
     _compare_runs(resumed, whole)
-    assert trained_rounds == [3]  # the restored clock rows of the rounds before the stop, and the rounds left
+    # one clock row per round: those restored from the save and those trained after it, none twice
+    assert trained_rounds == [3]
     saved = {p.name: torch.load(p, weights_only=True) for p in (tmp_path / "stopped").glob("run_*")}
     reference = {p.name: torch.load(p, weights_only=True) for p in (tmp_path / "whole").glob("run_*")}
     assert saved.keys() == reference.keys()
     name = next(iter(saved))
     assert [(c["stage"], c["round"]) for c in saved[name]["clock"]] == [
         (c["stage"], c["round"]) for c in reference[name]["clock"]]
+    # the first round the new process trains warms up again, so no rate is read from it
+    first_after = {1: None, 2: 1, 4: None}[saves]
+    assert [c["warm"] for c in saved[name]["clock"] if c["stage"] == "finetune"] == [
+        r > 0 and r != first_after for r in range(3)]
     assert not list((tmp_path / "stopped").glob("partial_*"))
+
+
+def test_runs_stopped_in_one_folder_each_go_on_from_their_own_save(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    setup = dataclasses.replace(_setup(batchnorm=True), key="toy")
+    configs = list(CONFIGS.values())
+    wholes = [run_training(setup, c, cache_dir=tmp_path / "whole") for c in configs]
+    save = equinb.cache.atomic_save
+    for config, saves in zip(configs, (2, 3)):
+        _stop_after_saves(monkeypatch, saves)
+        with pytest.raises(Stop):
+            run_training(setup, config, cache_dir=tmp_path / "stopped", checkpoint_every_s=0)
+    assert len(list((tmp_path / "stopped").glob("partial_*"))) == 2
+    monkeypatch.setattr(equinb.cache, "atomic_save", save)
+    for config, whole in zip(configs, wholes):
+        _compare_runs(run_training(setup, config, cache_dir=tmp_path / "stopped", checkpoint_every_s=0), whole)
+    assert not list((tmp_path / "stopped").glob("partial_*"))
+
+
+def test_a_save_that_fails_for_the_machine_warns_and_the_run_goes_on(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while saving progress must not cost the run: it warns once, stops saving and ends as usual."""
+    import errno
+
+    setup = dataclasses.replace(_setup(), key="toy")
+    config = TrainConfig.updated(**SMALL)
+    whole = run_training(setup, config, cache_dir=tmp_path / "whole")
+    save, tries = equinb.cache.atomic_save, []
+
+    def full_disk(obj, path, **options):
+        if Path(path).name.startswith("partial_"):
+            tries.append(path)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(obj, path, **options)
+
+    monkeypatch.setattr(equinb.cache, "atomic_save", full_disk)
+    with pytest.warns(RuntimeWarning, match="could not save progress .* going on without saving it"):
+        again = run_training(setup, config, cache_dir=tmp_path / "full", checkpoint_every_s=0)
+    _compare_runs(again, whole)
+    assert len(tries) == 1 and len(list((tmp_path / "full").glob("run_*.pt"))) == 1
 
 
 def test_a_damaged_partial_file_is_set_aside_and_the_run_starts_over(tmp_path: Path) -> None:

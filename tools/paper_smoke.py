@@ -177,12 +177,13 @@ def trained_runs(runs: Path) -> dict[str, dict]:
 def measured_run_rates(runs: list[dict]) -> dict[tuple[str, bool], float]:
     """Rates the runs of one chapter reached, per (what, on maps): ``("prefinetune", maps)`` and ``("finetune",
     maps)`` in steps/s, ``("selection", maps)`` in seconds per round, ``("evaluation", maps)`` in test image-views/s;
-    from each run's rounds after its first (the first warms up), or its only round."""
+    from each run's warm rounds (not the first round a process trained: it warms up; a resumed run's first round
+    too), or a stage's rounds where none is warm."""
     totals: dict[tuple[str, bool], list[float]] = {}
     for run in runs:
         for stage in ("prefinetune", "finetune"):
             rounds = [r for r in run["clock"] if r["stage"] == stage]
-            for r in rounds[1:] or rounds:
+            for r in [r for r in rounds if r["warm"]] or rounds:
                 work = totals.setdefault((stage, run["maps"]), [0.0, 0.0])
                 work[0], work[1] = work[0] + r["steps"], work[1] + r["seconds"]
                 kind = "selection" if stage == "prefinetune" else "evaluation"
