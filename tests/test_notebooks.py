@@ -177,3 +177,34 @@ def test_isic_chapter_names_the_missing_data_folder(tmp_path: Path) -> None:
                           "ISIC 2018 'train' split not found")
     nb = json.loads((tmp_path / "tab4_isic2018.out.ipynb").read_text())
     assert "challenge.isic-archive.com" in json.dumps(nb)  # where to get it
+
+
+GLUE_ROLE = __import__("re").compile(r"\{glue(?::(text|md|any))?\}`([^`]+)`")
+
+
+def _glued_names(notebook: Path) -> set[str]:
+    cells = json.loads(notebook.read_text())["cells"]
+    return {o["metadata"]["scrapbook"]["name"] for c in cells for o in c.get("outputs", [])
+            if "scrapbook" in o.get("metadata", {})}
+
+
+def test_every_glue_reference_names_a_value_its_notebook_glues() -> None:
+    """Read each glue role as myst-nb reads it (``glue:text`` and ``glue:md`` take the text after the last colon as
+    a format, so ``path::key`` needs one: ``path::key:s``), and find the key among the values the committed
+    notebook glues. A broken reference fails ``make book`` (warnings are errors) only after every chapter ran."""
+    sources = sorted((ROOT / "book").glob("*.md")) + sorted(NOTEBOOKS.glob("*.py"))
+    problems, checked = [], 0
+    for source in sources:
+        for role, text in GLUE_ROLE.findall(source.read_text()):
+            key = text.rsplit(":", 1)[0] if role in ("text", "md") and ":" in text else text
+            doc, _, name = key.rpartition("::")
+            notebook = (source.parent / doc).resolve() if doc else source.with_suffix(".ipynb")
+            if not doc and source.suffix == ".md":
+                problems.append(f"{source.name}: {text!r} is read as the key {key!r} of the page itself, which glues "
+                                "nothing (a path::key reference to a notebook needs a format: path::key:s)")
+            elif not notebook.is_file():
+                problems.append(f"{source.name}: {text!r} names {notebook.name}, which is not a committed notebook")
+            elif name not in _glued_names(notebook):
+                problems.append(f"{source.name}: {text!r} reads the key {name!r}, which {notebook.name} does not glue")
+            checked += 1
+    assert checked > 100 and not problems, "\n".join(problems)
