@@ -68,13 +68,10 @@ VERDICT_RULE = ("ours is the mean difference over the seeds; its 95% interval is
                 "articles give no margin within which a difference counts as none); "
                 "'not tested here' with the computed reason when the comparison cannot test the claim (a stage "
                 f"that changed no prediction, a run that diverged or sits at chance, fewer than {MIN_SEEDS} seeds "
-                "of a trained run, a statistic about data or training that holds by construction, a task solved "
-                "without training, a "
+                "of a trained run, a statistic decided by construction, a task solved without training, a "
                 "stand-in without the property the claim assumes, a setting this profile does not run, a verdict "
                 "that could not come out one way even with every item of the compared run, the first term of the "
-                "difference, at the end of the score scale). A claim that a code's output has a symmetry is "
-                "decided by how the code is built: its row reads the errors measured on every test item, and its "
-                "'tested as' says when the construction decides it")
+                "difference, at the end of the score scale)")
 
 
 @dataclass(frozen=True)
@@ -326,16 +323,16 @@ def by_construction(control: Comparison, observed: Comparison, what: str) -> str
 
 
 def symmetry_by_construction(errors: ArrayLike, symmetry: str, code: str, rtol: float = 1e-5) -> str | None:
-    """A note for a verdict row when ``code``'s output has ``symmetry`` ("invariant" or "equivariant") to float
-    rounding on every test item (``errors``: per-item errors relative to the output's scale, [N]), else None. The
-    sign of a difference against the other symmetry's error is then fixed by how the output is built, which the
-    unit tests prove: the verdict still reads the interval (a claim of the other symmetry comes out reversed, a
-    claim of this one agrees), and the note says that the code, not the sample, decides it."""
+    """The reason a claim about ``code``'s symmetry is not tested here, when its output has ``symmetry``
+    ("invariant" or "equivariant") to float rounding on every test item (``errors``: per-item errors relative to
+    the output's scale, [N]); else None. The sign of a difference against the other symmetry's error is then fixed
+    by how the output is built (which the unit tests prove), not by the sample, so no verdict could come out
+    otherwise; the reason names the symmetry the code has, which answers the claim."""
     worst = float(np.max(np.asarray(errors, dtype=float)))
     if not worst < rtol:  # NaN is no proof
         return None
-    return (f"by construction: {code} is {symmetry} on every test image (largest relative error < {rtol:.0e}, "
-            f"float rounding), by how it combines the views")
+    return (f"holds by construction: {code} is {symmetry} on every test image (largest relative error < "
+            f"{rtol:.0e}, float rounding), by how it combines the views")
 
 
 def orientation_kept(on_original: ArrayLike, n_views: int, module: str) -> str:

@@ -81,13 +81,6 @@ show(pd.DataFrame([{"article": names[key], **verdict_counts(part.verdict.tolist(
 for key, value in counts.items():
     glue(f"claims_{key.replace(' ', '_')}", value, display=False)
 glue("claims_profile", profile, display=False)
-# a reversed claim that a code's output has a symmetry is decided by how that code is built, not by the sample
-built = [i for i, row in reported.items()
-         if row[VERDICT_COLUMN] == "reversed" and "by construction" in row.get("tested as", "")]
-by_construction = (f"{len(built)} of them decided by how the code is built: {', '.join(built)}" if built
-                   else "none of them by construction")
-glue("claims_by_construction", by_construction, display=False)
-print(f"reversed: {counts['reversed']} ({by_construction})")
 
 # %% [markdown]
 # ## The list
