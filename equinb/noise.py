@@ -75,6 +75,16 @@ class Tolerance:
             return reference == value or (math.isnan(reference) and math.isnan(value))
         return abs(value - reference) <= self.absolute + self.relative * abs(reference) + 1e-12
 
+    def used(self, reference: float, value: float) -> float:
+        """The share of this tolerance that the change from ``reference`` to ``value`` uses: 0 for none, above 1
+        where ``allows`` refuses it (infinite where a non-finite value does not match or the tolerance is 0)."""
+        if not (math.isfinite(reference) and math.isfinite(value)):
+            return 0.0 if self.allows(reference, value) else math.inf
+        change, allowed = abs(value - reference), self.absolute + self.relative * abs(reference)
+        if change == 0:
+            return 0.0
+        return change / allowed if allowed > 0 else math.inf
+
     def describe(self) -> str:
         """'±2.5 pp' or '±0.05 + 10%', for printing beside the numbers it covers."""
         parts = [f"±{self.absolute:g}{(' ' + self.unit) if self.unit else ''}"] if self.absolute else []

@@ -351,3 +351,41 @@ def test_the_committed_verdict_rows_are_cut_into_their_units(chapter: str) -> No
     assert expected and len(glued) == 1
     assert sorted(name for _, name in row_pieces(glued[0]) if name) == expected
 
+
+
+def test_tolerance_used_is_the_share_that_allows_compares_against():
+    assert PP.used(91.0, 91.0) == 0.0 and PP.used(91.0, 92.0) == pytest.approx(0.5)
+    assert PP.used(91.0, 89.0) == pytest.approx(1.0) and PP.allows(91.0, 89.0)
+    assert PP.used(91.0, 88.9) > 1.0 and not PP.allows(91.0, 88.9)
+    assert REL.used(4.0, 4.2) == pytest.approx(0.5) and REL.used(0.0, 0.1) == float("inf")
+    assert PP.used(float("nan"), float("nan")) == 0.0 and PP.used(1.0, float("inf")) == float("inf")
+
+
+def test_headroom_against_executed_chapters_fails_past_a_tolerance_or_on_an_exact_change(tmp_path, capsys):
+    """`notebook_numbers.py --against DIR` after `make book` on another CPU: the share of each class's tolerance
+    used, and a non-zero exit when one number went past it or a cell compared exactly moved."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import notebook_numbers
+    from notebook_numbers import diff_notebooks, headroom
+
+    tags = [["tolerance-top1"], ["exact"]]
+    ref = _executed(tmp_path, "ref", ["top-1 91.66 and 92.77\n", "error < 1e-05\n"], tags)
+    near = _executed(tmp_path, "near", ["top-1 93.18 and 92.77\n", "error < 1e-05\n"], tags)
+    far = _executed(tmp_path, "far", ["top-1 91.66 and 99.00\n", "error < 1e-04\n"], tags)
+    known = {"top1": PP}
+    (top1,) = headroom(diff_notebooks(ref, near), known).values()
+    assert (top1.numbers, top1.passes) == (1, True) and top1.max_used == pytest.approx(1.52 / 2.0)
+    rows = headroom(diff_notebooks(ref, far), known)
+    assert not rows["top1"].passes and rows["top1"].max_used == pytest.approx(6.23 / 2.0)
+    assert not rows["exact"].passes and rows["exact"].max_used == float("inf")
+    with pytest.raises(ValueError, match="unknown tolerance class 'top1'"):
+        headroom(diff_notebooks(ref, near), {})
+
+    committed = notebook_numbers.Path(notebook_numbers.__file__).resolve().parent.parent / "notebooks"
+    executed = tmp_path / "executed"
+    executed.mkdir()
+    assert notebook_numbers.main(["--against", str(executed)]) == 2  # nothing to pair is an error, not a pass
+    reference = sorted(committed.glob("*.ipynb"))[0]
+    (executed / reference.name).write_bytes(reference.read_bytes())
+    assert notebook_numbers.main(["--against", str(executed)]) == 0
+    assert "1 chapters against the committed outputs" in capsys.readouterr().out

@@ -1,12 +1,19 @@
 """Pair the text outputs of two executions of a chapter and list what differs: numbers, or text.
 
     .venv/bin/python tools/notebook_numbers.py REFERENCE.ipynb OTHER.ipynb [...]   # pairs of notebooks
+    .venv/bin/python tools/notebook_numbers.py --against _build/executed/notebooks      # after `make book`
 
 Prints, per code cell whose outputs differ, the tolerance class it is tagged with (or "exact"; a glued verdict row
 whose claim has a unit of its own counts in that unit's class, as the regression compares it), the largest
 absolute difference of its numbers, and whether any text between the numbers differs beyond what the
 regression allows (adjacent verdict words, such as agrees and inconclusive, may swap: their numbers are paired as
 usual). `tools/measure_noise.py` uses the same pairing to derive the tolerances.
+
+`--against DIR` pairs every committed chapter `notebooks/<id>.ipynb` that DIR holds an execution of (not the claim
+list, which the regression runs on the committed chapters), and ends with
+one row per tolerance class: how many numbers moved, the largest change, the tolerance and the largest share of it
+that one number used. Run after `make book` on another CPU, it says how close that CPU came to failing `make test`;
+the exit status is 1 when a number went past its tolerance, an exact cell moved or text differs.
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ from pathlib import Path
 
 import nbformat
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from build_book import AGGREGATES  # noqa: E402
 from nbval_tolerance import GLUED_IMAGES, tolerance_class  # noqa: E402
 
-from equinb.noise import NOTE_MARKER, row_pieces, same_text, split_numbers  # noqa: E402
+from equinb.noise import NOTE_MARKER, Tolerance, row_pieces, same_text, split_numbers, tolerances  # noqa: E402
 
 
 # cells the regression never compares (timings): a change there is neither noise to measure nor a failure
@@ -102,19 +111,86 @@ def diff_notebooks(reference: Path, other: Path) -> list[CellDiff]:
     return diffs
 
 
+@dataclass
+class ClassHeadroom:
+    """How far one tolerance class's numbers moved between two sets of executions, against its tolerance."""
+
+    name: str
+    tolerance: Tolerance | None  # None: the class is compared exactly
+    numbers: int = 0  # numbers that moved
+    max_abs: float = 0.0
+    max_used: float = 0.0  # the largest share of the tolerance one number used (inf: an exact number moved)
+    text_cells: int = 0  # cells whose text, not only numbers, differs
+
+    @property
+    def passes(self) -> bool:
+        return self.max_used <= 1.0 and not self.text_cells
+
+
+def headroom(diffs: list[CellDiff], known: dict[str, Tolerance]) -> dict[str, ClassHeadroom]:
+    """Per tolerance class (``exact`` included), the numbers that moved in ``diffs`` and the share of the class's
+    tolerance the largest change used."""
+    rows: dict[str, ClassHeadroom] = {}
+    for d in diffs:
+        tol = known.get(d.tolerance_class)
+        if d.tolerance_class != "exact" and tol is None:
+            raise ValueError(f"cell {d.index}: unknown tolerance class {d.tolerance_class!r}")
+        row = rows.setdefault(d.tolerance_class, ClassHeadroom(d.tolerance_class, tol))
+        row.numbers += len(d.pairs)
+        row.max_abs = max(row.max_abs, d.max_abs)
+        row.text_cells += d.text_differs
+        for a, b in d.pairs:
+            row.max_used = max(row.max_used, math.inf if tol is None else tol.used(a, b))
+    return rows
+
+
+def print_headroom(rows: dict[str, ClassHeadroom]) -> None:
+    print("| class | numbers moved | largest change | tolerance | largest share used | text differs |")
+    print("|---|---|---|---|---|---|")
+    for r in sorted(rows.values(), key=lambda r: r.name):
+        used = "moved" if r.tolerance is None else f"{100 * r.max_used:.0f}%"
+        tol = "exact" if r.tolerance is None else r.tolerance.describe()
+        print(f"| {r.name} | {r.numbers} | {r.max_abs:.4g} | {tol} | {used} | {r.text_cells or ''} |")
+    if not rows:
+        print("| (none) | 0 | | | | |")
+
+
+def print_diffs(reference: Path, other: Path) -> list[CellDiff]:
+    print(f"== {reference} vs {other}")
+    diffs = diff_notebooks(reference, other)
+    for d in diffs:
+        print(f"  cell {d.index:2d} [{d.tolerance_class}] {len(d.pairs)} numbers differ, max |diff| "
+              f"{d.max_abs:.4g} (rel {d.max_rel:.3g}){'; TEXT DIFFERS' if d.text_differs else ''}  "
+              f"| {d.first_line[:60]}")
+    return diffs
+
+
 def main(argv: list[str]) -> int:
     if argv in (["-h"], ["--help"]):
         print(__doc__)
         return 0
+    if argv and argv[0] == "--against":
+        if len(argv) != 2 or not Path(argv[1]).is_dir():
+            print("notebook_numbers: --against takes one folder of executed chapters, e.g. _build/executed/notebooks",
+                  file=sys.stderr)
+            return 2
+        committed = Path(__file__).resolve().parent.parent / "notebooks"
+        # an aggregate page reads the chapters it is given: the regression runs it on the committed ones, so an
+        # execution beside other chapters' executions is not comparable with its committed outputs
+        pairs = [(ref, Path(argv[1]) / ref.name) for ref in sorted(committed.glob("*.ipynb"))
+                 if (Path(argv[1]) / ref.name).is_file() and ref.stem not in AGGREGATES]
+        if not pairs:
+            print(f"notebook_numbers: {argv[1]} holds no execution of a chapter in {committed}", file=sys.stderr)
+            return 2
+        rows = headroom([d for ref, other in pairs for d in print_diffs(ref, other)], tolerances())
+        print(f"\n{len(pairs)} chapters against the committed outputs:")
+        print_headroom(rows)
+        return 0 if all(r.passes for r in rows.values()) else 1
     if len(argv) % 2 or not argv:
         print(__doc__, file=sys.stderr)
         return 2
     for ref, other in zip(argv[::2], argv[1::2]):
-        print(f"== {ref} vs {other}")
-        for d in diff_notebooks(Path(ref), Path(other)):
-            print(f"  cell {d.index:2d} [{d.tolerance_class}] {len(d.pairs)} numbers differ, max |diff| "
-                  f"{d.max_abs:.4g} (rel {d.max_rel:.3g}){'; TEXT DIFFERS' if d.text_differs else ''}  "
-                  f"| {d.first_line[:60]}")
+        print_diffs(Path(ref), Path(other))
     return 0
 
 
