@@ -3,6 +3,7 @@
 #   make book                 execute every chapter (small profile: CPU; offline after the first run) and build _build/html
 #   make book PROFILE=paper   the same with notebooks/params/<id>.paper.yaml (GPU + internet)
 #   make book REUSE=1         execute only chapters without an executed copy of this profile, then build
+#   make book JOBS=1          one chapter at a time on every core (default on the small profile: two at a time)
 #   make chapter ID=<id>      execute one chapter into _build/executed/ (PROFILE=paper, ARGS="-p seed 5")
 #   make paper-check          what the paper profile needs on this machine, and what is missing
 #   make paper-smoke          every chapter's paper path on fakes and random full-size CLIPs on a CUDA GPU, timed,
@@ -35,7 +36,7 @@ PIP_FILTER := { grep -v -E 'Location .* is ignored' || true; }
 .PHONY: help venv test test-portable book chapter paper-check paper-smoke gpu-bundle check-book notebooks clean
 
 help:
-	@sed -n '3,18p' Makefile | sed 's/^# *//'
+	@sed -n '3,19p' Makefile | sed 's/^# *//'
 
 venv: $(STAMP)
 
@@ -63,7 +64,7 @@ test-portable: $(STAMP)
 	$(PY) tools/test_portable.py
 
 book: $(STAMP)
-	$(PY) tools/build_book.py --profile "$(PROFILE)" $(if $(REUSE),--reuse,)
+	$(PY) tools/build_book.py --profile "$(PROFILE)" $(if $(REUSE),--reuse,) $(if $(JOBS),--jobs $(JOBS),)
 
 chapter: $(STAMP)
 	@test -n "$(ID)" || { echo "make chapter: give ID=<chapter id>, e.g. make chapter ID=fig4_zeroshot"; exit 2; }

@@ -197,3 +197,34 @@ def test_discard_removes_the_file_and_what_killed_saves_of_it_left(tmp_path) -> 
     discard(path)
     assert not path.exists() and not stale.exists()
     assert fresh.exists()  # a save in progress (written within the hour) is left alone
+
+
+def test_two_processes_that_need_one_result_compute_it_once(tmp_path: Path) -> None:
+    """``make book`` runs two chapters at once: one computes a shared feature cache, the other waits and reads it
+    (without the lock both would compute it, each taking the minutes it takes)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from equinb.cache import load_or_compute\n"
+        "def compute():\n"
+        "    with open(sys.argv[2], 'a') as log:\n"
+        "        log.write('computed\\n')\n"
+        "    time.sleep(1.0)\n"
+        "    return {'value': 7}\n"
+        "ready = Path(sys.argv[2]).with_name('ready-' + sys.argv[3])\n"
+        "ready.touch()\n"
+        "while len(list(ready.parent.glob('ready-*'))) < 2:  # both imported torch: they ask at the same time\n"
+        "    time.sleep(0.01)\n"
+        "print(load_or_compute(Path(sys.argv[1]), compute)['value'])\n"
+    )
+    target, log = tmp_path / "shared.pt", tmp_path / "computations.log"
+    root = Path(__file__).resolve().parent.parent
+    env = {**__import__("os").environ, "PYTHONPATH": str(root)}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(target), str(log), str(i)], env=env,
+                              stdout=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0] and outputs == ["7", "7"]
+    assert log.read_text().count("computed") == 1

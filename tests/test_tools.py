@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,7 +117,7 @@ def test_papermill_past_its_time_is_interrupted_then_killed() -> None:
 def _fake_papermill(returncode: int):
     """A stand-in for papermill's process (``build_book._run_papermill``): it writes the notebook and one table, as
     a chapter would, then exits with ``returncode``."""
-    def run(cmd, stdin, env, timeout_s):
+    def run(cmd, stdin, env, timeout_s, output=None):
         stdin.read()  # jupytext's notebook, as papermill reads it
         Path(cmd[cmd.index("-") + 1]).write_text('{"cells": []}')  # the notebook papermill writes
         tables = Path(env["EQUINB_DATA_OUT"]) / "own_model"
@@ -123,6 +125,69 @@ def _fake_papermill(returncode: int):
         (tables / "table-2.csv").write_text("b\n2\n")
         return returncode
     return run
+
+
+def _timed_papermill(spans: dict, failing: str = "", seconds: float = 0.4):
+    """A stand-in for papermill that records when each chapter ran and with what threads, and fails ``failing``."""
+    def run(cmd, stdin, env, timeout_s, output=None):
+        stdin.read()
+        out = Path(cmd[cmd.index("-") + 1])
+        nb_id = out.name.split(".")[0]
+        begun = time.monotonic()
+        if output is not None:
+            output.write(f"Executing {nb_id}\nPapermillExecutionError: {nb_id} broke\n" if nb_id == failing else "")
+        time.sleep(0.05 if nb_id == failing else seconds)
+        out.write_text('{"cells": []}')
+        spans[nb_id] = (begun, time.monotonic(), env.get("OMP_NUM_THREADS"))
+        return 1 if nb_id == failing else 0
+    return run
+
+
+def test_chapters_run_two_at_a_time_each_on_its_share_of_the_cores(tmp_path: Path, monkeypatch) -> None:
+    spans: dict = {}
+    monkeypatch.setattr(build_book, "EXECUTED", tmp_path)
+    monkeypatch.setattr(build_book, "available_cores", lambda: 4)
+    monkeypatch.setattr(build_book, "_run_papermill", _timed_papermill(spans))
+    ids = ["own_model", "fig4_zeroshot", "tab4_isic2018", "claim_list"]
+    build_book.execute_all(ids, "small", {}, keep_going=False, jobs=2)
+    chapters = [i for i in ids if i != "claim_list"]
+    most_at_once = max(sum(spans[o][0] <= spans[c][0] < spans[o][1] for o in chapters) for c in chapters)
+    assert most_at_once == 2  # never three: two workers
+    assert {spans[c][2] for c in chapters} == {"2"}  # 4 cores shared by 2 kernels
+    assert spans["claim_list"][0] >= max(spans[c][1] for c in chapters)  # it reads them all: after them
+    assert spans["claim_list"][2] != "2"
+    record = json.loads((tmp_path / "notebooks" / "own_model.run.json").read_text())
+    assert record["threads"] == "2 (2 chapters at a time)"
+    assert (tmp_path / "notebooks" / "own_model.log").is_file()
+
+
+def test_a_failed_chapter_among_two_at_a_time_starts_no_other_and_quotes_its_log(tmp_path: Path, monkeypatch) -> None:
+    spans: dict = {}
+    monkeypatch.setattr(build_book, "EXECUTED", tmp_path)
+    monkeypatch.setattr(build_book, "available_cores", lambda: 2)
+    monkeypatch.setattr(build_book, "_run_papermill", _timed_papermill(spans, failing="own_model"))
+    with pytest.raises(SystemExit):
+        build_book.execute_all(["own_model", "fig4_zeroshot", "tab4_isic2018", "claim_list"], "small", {},
+                               keep_going=False, jobs=2)
+    assert set(spans) == {"own_model", "fig4_zeroshot"}  # the one running beside it finished; none started after
+    spans.clear()
+    with pytest.raises(SystemExit):
+        build_book.execute_all(["own_model", "fig4_zeroshot", "tab4_isic2018"], "small", {}, keep_going=True, jobs=2)
+    assert set(spans) == {"own_model", "fig4_zeroshot", "tab4_isic2018"}
+
+
+def test_a_failure_quotes_the_end_of_the_chapters_log(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(build_book, "_run_papermill", _timed_papermill({}, failing="own_model"))
+    with pytest.raises(build_book.ChapterFailed, match=r"own_model.log, which ends:\n    Executing own_model\n"
+                                                      r"    PapermillExecutionError: own_model broke"):
+        build_book.execute("own_model", "small", tmp_path / "own_model.ipynb", log=tmp_path / "own_model.log")
+
+
+def test_two_chapters_at_a_time_only_on_the_small_profile_with_cores_to_share() -> None:
+    assert build_book.default_jobs("small", cores=2, environ={}) == 2
+    assert build_book.default_jobs("small", cores=1, environ={}) == 1
+    assert build_book.default_jobs("paper", cores=16, environ={}) == 1  # one GPU
+    assert build_book.default_jobs("small", cores=2, environ={"OMP_NUM_THREADS": "1"}) == 1  # a numerical mode
 
 
 @pytest.mark.parametrize("returncode", [1, -9])
@@ -196,7 +261,7 @@ def test_a_full_build_keeps_every_chapter_until_its_new_run_succeeds(tmp_path: P
         build_book.profile_marker(notebooks / f"{nb_id}.ipynb").write_text("small\n")
         (data / nb_id).mkdir(parents=True)
 
-    def first_fails(chapters, profile, parameters, keep_going):
+    def first_fails(chapters, profile, parameters, keep_going, jobs):
         build_book.fail(f"{chapters[0]} failed")
 
     monkeypatch.setattr(build_book, "execute_all", first_fails)
@@ -286,6 +351,11 @@ def test_execution_page_lists_every_recorded_chapter() -> None:
     page = provenance.execution_page([entry, {**entry, "chapter": "tab1_original_vs_updated", "wall (s)": 43}])
     assert "| fig4_zeroshot | small | 17 |" in page and "Total wall time of the chapters: 60 s" in page
     assert "No chapter" in provenance.execution_page([])
+    assert entry["threads"] == "all cores" and "overlap" not in page
+    together = provenance.record("fig4_zeroshot", "small", 0.0, 17.4, "cpu", threads=1, at_once=2)
+    assert together["threads"] == "1 (2 chapters at a time)"
+    assert "| fig4_zeroshot | small | 17 | 1970‑01‑01 00:00 | cpu | 1 (2 chapters at a time) |" in \
+        provenance.execution_page([together]) and "overlap" in provenance.execution_page([together])
 
 
 def test_the_measured_modes_cover_every_path_a_cpu_picks_and_the_holdouts_are_new() -> None:

@@ -2,12 +2,14 @@
 
 Usage (from the repository root; `make book` and `make chapter` call this):
 
-    .venv/bin/python tools/build_book.py [--profile small|paper] [--no-execute | --reuse] [--keep-going]
+    .venv/bin/python tools/build_book.py [--profile small|paper] [--no-execute | --reuse] [--keep-going] [--jobs N]
     .venv/bin/python tools/build_book.py --only fig4_zeroshot [--profile paper] [-p seed 5] [-p datasets '[digits]']
 
 `--only ID ...` executes just those chapters into `_build/executed/` (the others stay as they are) and builds no
 HTML; `--reuse` executes only the chapters that have no executed copy of the same profile, then builds the HTML;
-`--keep-going` runs the remaining chapters after one fails and reports every failure at the end. `-p NAME VALUE`
+`--keep-going` runs the remaining chapters after one fails and reports every failure at the end; `--jobs N` runs N
+chapters at the same time, each kernel on its share of the cores (default: 2 on the small profile where there are 2
+cores or more, since a small model's operations use a second thread poorly; 1 otherwise). `-p NAME VALUE`
 (the value is read as YAML) overrides a parameter; a name that the chapter's parameters cell does not declare is
 refused with the valid names (papermill itself would only warn and run the defaults).
 
@@ -31,6 +33,8 @@ elsewhere (`tools/test_portable.py` builds each numerical mode's book in its own
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
 import json
 import os
 import re
@@ -38,6 +42,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import NoReturn
@@ -47,6 +52,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diagrams  # noqa: E402
 import provenance  # noqa: E402
+from numerical_modes import thread_env  # noqa: E402
 
 from equinb.cache import atomic_write_text  # noqa: E402
 
@@ -178,26 +184,31 @@ def run_label(profile: str, parameters: dict | None) -> str:
     return f"{profile} ({', '.join(f'{k}={v!r}' for k, v in shown.items())})" if shown else profile
 
 
-def _papermill_failure(returncode: int) -> str:
+def _papermill_failure(returncode: int, logged: bool = False) -> str:
     if returncode < 0:  # killed by a signal: papermill printed nothing
         try:
             name = signal.Signals(-returncode).name
         except ValueError:  # a signal Python has no name for (a real-time one)
             name = str(-returncode)
         return f"papermill was killed by signal {name} (out of memory, or stopped)"
-    return "papermill failed; see its message above"
+    return "papermill failed" if logged else "papermill failed; see its message above"
 
 
-def _run_papermill(command: list[str], stdin, env: dict, timeout_s: float | None, grace_s: float = 30) -> int:
+_RUNNING: set[subprocess.Popen] = set()  # the papermill processes running now (several when chapters run together)
+
+
+def _run_papermill(command: list[str], stdin, env: dict, timeout_s: float | None, grace_s: float = 30,
+                   output=None) -> int:
     """papermill's return code. Past ``timeout_s`` it is interrupted (it then saves the partly executed notebook
     and stops its kernel), killed ``grace_s`` later if still running, and ``subprocess.TimeoutExpired`` is raised;
     one that finished as the time ran out gives its return code. On any other exception (Ctrl-C, which papermill
     gets from the terminal too) it has ``grace_s`` to finish saving before it is killed; then the exception goes
-    on."""
+    on. ``output``: a file that papermill's output goes to (default: this process's terminal)."""
     # a shell's background job inherits SIGINT ignored, and so would papermill: give it the default back, so that
     # the interrupt saves the partial notebook instead of waiting out the grace
-    pm = subprocess.Popen(command, stdin=stdin, env=env,
+    pm = subprocess.Popen(command, stdin=stdin, env=env, stdout=output, stderr=output,
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    _RUNNING.add(pm)
     try:
         return pm.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -209,6 +220,8 @@ def _run_papermill(command: list[str], stdin, env: dict, timeout_s: float | None
     except BaseException:
         _wait_or_kill(pm, grace_s)
         raise
+    finally:
+        _RUNNING.discard(pm)
 
 
 def _wait_or_kill(process: subprocess.Popen, grace_s: float) -> None:
@@ -220,7 +233,8 @@ def _wait_or_kill(process: subprocess.Popen, grace_s: float) -> None:
 
 
 def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None, env: dict | None = None,
-            data_out: Path | None = None, timeout_s: float | None = None, progress_bar: bool = True) -> None:
+            data_out: Path | None = None, timeout_s: float | None = None, progress_bar: bool = True,
+            log: Path | None = None, at_once: int = 1) -> None:
     """notebooks/<id>.py -> (jupytext) -> papermill -> out, and ``<out>.run.json`` (``provenance.record``); fails if
     either step fails. ``out`` (and the chapter's numbers under ``data_out``) is replaced only when the run
     succeeds: a failed or interrupted run leaves the last good copy as it was, and its own partial notebook as
@@ -230,7 +244,9 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
     ``parameters`` override the notebook's (after the profile's file); ``env`` is added to the environment of
     the kernel (numerical modes, data folders); ``data_out``: where the chapter files its tables' and figures'
     numbers (``equinb.tables.save_data``, as ``<data_out>/<id>/``; none written without it). ``timeout_s``: stop
-    a run that takes longer (``ChapterStopped``); ``progress_bar``: papermill's bar of cells.
+    a run that takes longer (``ChapterStopped``); ``progress_bar``: papermill's bar of cells. ``log``: a file for
+    papermill's output instead of the terminal (chapters run at the same time), whose end a failure quotes;
+    ``at_once``: how many chapters run at the same time, for the record.
     """
     source = ROOT / "notebooks" / f"{nb_id}.py"
     if not source.is_file():
@@ -264,20 +280,23 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
     succeeded = False
     try:
         try:
-            returncode = _run_papermill(run_pm, jt.stdout, env, timeout_s)
+            with open(log, "w") if log is not None else contextlib.nullcontext() as output:
+                returncode = _run_papermill(run_pm, jt.stdout, env, timeout_s, output=output)
         except subprocess.TimeoutExpired:
             returncode = None
         jt.stdout.close()
         kept = f"; {rel(out)} is the last good run, kept" if out.is_file() else ""
         partial = f"; the partly executed notebook is {rel(failed)}" if running.is_file() else ""
         where = f"(notebooks/{nb_id}, profile {profile})" + partial + kept
+        if log is not None and returncode != 0:
+            where += f"; its output is {rel(log)}, which ends:\n" + _tail(log)
         if returncode is None:  # before jupytext's status: a papermill stopped early may leave its pipe unread
             jt.wait()
             raise ChapterStopped(f"ran past its {timeout_s:.0f} s and was stopped {where}")
         if jt.wait() != 0:
             raise ChapterFailed(f"jupytext could not convert {rel(source)}")
         if returncode != 0:
-            raise ChapterFailed(f"{_papermill_failure(returncode)} {where}")
+            raise ChapterFailed(f"{_papermill_failure(returncode, log is not None)} {where}")
         if nb_id in AGGREGATES:
             hide_injected_parameters(running)
         # Unmark the last good copy before replacing it; the marker (written last, below) then only ever sits
@@ -301,9 +320,17 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
     seconds = time.perf_counter() - start
     device = str({**chapter_defaults(nb_id), **(yaml.safe_load(params.read_text()) if params else {}),
                   **(parameters or {})}.get("device", "cpu"))
-    provenance.write(run_record, provenance.record(nb_id, label, started, seconds, device))
+    threads = env.get("OMP_NUM_THREADS")
+    provenance.write(run_record, provenance.record(nb_id, label, started, seconds, device,
+                                                   None if threads is None else int(threads), at_once))
     atomic_write_text(marker, label + "\n")  # last: a marked chapter is complete, record and tables included
     print(f"build_book: notebooks/{nb_id} done in {seconds:.0f} s", flush=True)
+
+
+def _tail(log: Path, lines: int = 25) -> str:
+    """The last lines of a chapter's log, indented (papermill's error is there)."""
+    text = log.read_text(errors="replace").replace("\r", "\n") if log.is_file() else ""
+    return "\n".join("    " + line for line in [ln for ln in text.splitlines() if ln.strip()][-lines:])
 
 
 def hide_injected_parameters(executed: Path) -> None:
@@ -327,19 +354,73 @@ def executed_profile(nb_id: str) -> str | None:
     return marker.read_text().strip() if marker.is_file() and marker.with_suffix(".ipynb").is_file() else None
 
 
-def execute_all(ids: list[str], profile: str, parameters: dict, keep_going: bool) -> None:
-    """Execute chapters in order; with ``keep_going``, run the rest after a failure and fail at the end."""
-    failures = []
-    for nb_id in ids:
+def default_jobs(profile: str, cores: int | None = None, environ: dict | None = None) -> int:
+    """How many chapters ``make book`` runs at the same time: two on the small profile where there are two cores or
+    more (measured on 2 cores: two chapters on one thread each finish in 0.79 of the time of one after the other
+    on both threads, since a small model's operations use a second thread poorly); one on any other profile
+    (one GPU), or where the environment already sets the kernels' threads (a numerical mode)."""
+    environ = os.environ if environ is None else environ
+    cores = available_cores() if cores is None else cores
+    if profile != "small" or cores < 2 or any(k in environ for k in ("OMP_NUM_THREADS", "IPYTHONDIR")):
+        return 1
+    return 2
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def execute_all(ids: list[str], profile: str, parameters: dict, keep_going: bool, jobs: int = 1) -> None:
+    """Execute chapters, ``jobs`` at a time (each kernel then on its share of the cores, its output in
+    ``<id>.log``), in reading order; the pages computed from the chapters (``AGGREGATES``) after all of them.
+    With ``keep_going``, run the rest after a failure and fail at the end; without, start no chapter after one
+    failed (one already running finishes)."""
+    failures: list[str] = []
+    stopped = threading.Event()  # set by a failure without keep_going, or an interrupt: start no other chapter
+    chapters = [i for i in ids if i not in AGGREGATES]
+    jobs = max(1, min(jobs, len(chapters)))
+    env = thread_env(max(1, available_cores() // jobs)) if jobs > 1 else None
+    if jobs > 1:
+        print(f"build_book: {jobs} chapters at a time, {env['OMP_NUM_THREADS']} thread(s) each; each one's output "
+              f"in {rel(EXECUTED)}/notebooks/<id>.log (--jobs 1: one at a time, on every core)", flush=True)
+
+    def run(nb_id: str) -> None:
+        if stopped.is_set():
+            return
         out = EXECUTED / "notebooks" / f"{nb_id}.ipynb"
         try:  # a page computed from the chapters reads the ones executed here (not the committed ones)
             execute(nb_id, profile, out, {"chapters_dir": str(out.parent), **parameters} if nb_id in AGGREGATES
-                    else parameters, data_out=EXECUTED / "data")
-        except ChapterFailed as err:
-            if not keep_going:
-                fail(str(err))
+                    else parameters, data_out=EXECUTED / "data", env=env if nb_id not in AGGREGATES else None,
+                    progress_bar=jobs == 1, log=out.with_suffix(".log") if env and nb_id not in AGGREGATES else None,
+                    at_once=jobs if nb_id not in AGGREGATES else 1)
+        except BaseException as err:
+            if not keep_going or not isinstance(err, ChapterFailed):
+                stopped.set()  # before this worker takes the next chapter
+                raise
             print(f"build_book: error: {err}; continuing (--keep-going)", file=sys.stderr, flush=True)
             failures.append(nb_id)
+
+    try:
+        if jobs == 1:
+            for nb_id in chapters:
+                run(nb_id)
+        else:
+            with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+                pending = [pool.submit(run, nb_id) for nb_id in chapters]
+                try:
+                    for future in concurrent.futures.as_completed(pending):
+                        future.result()
+                except BaseException:  # a failure or an interrupt: start no other chapter
+                    stopped.set()
+                    if not isinstance(sys.exc_info()[1], ChapterFailed):  # interrupted: as one at a time would be
+                        for pm in list(_RUNNING):
+                            _wait_or_kill(pm, 30)
+                    raise
+        for nb_id in ids:
+            if nb_id in AGGREGATES:
+                run(nb_id)
+    except ChapterFailed as err:
+        fail(str(err))
     if failures:
         fail(f"{len(failures)} chapter(s) failed: {', '.join(failures)}")
 
@@ -401,11 +482,17 @@ def main(argv: list[str] | None = None) -> None:
                       help="execute only chapters without an executed copy of this profile, then build the HTML")
     mode.add_argument("--only", nargs="+", metavar="ID", help="execute only these chapters; no HTML")
     parser.add_argument("--keep-going", action="store_true", help="run the other chapters after one fails")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="chapters executed at the same time, each on its share of the cores (default: 2 on the "
+                             "small profile with 2 cores or more, else 1)")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="override a chapter parameter (VALUE is YAML: 3, 0.1, '[a, b]', '{k: v}')")
     args = parser.parse_args(argv)
     if args.profile not in PROFILES:
         fail(f"unknown PROFILE {args.profile!r}; valid profiles: {', '.join(PROFILES)}")
+    if args.jobs is not None and args.jobs < 1:
+        fail(f"--jobs must be 1 or more, got {args.jobs}")
+    jobs = default_jobs(args.profile) if args.jobs is None else args.jobs
     parameters = {name: parameter_value(value) for name, value in args.parameter}
     toc_ids = notebook_ids()
     ids = toc_ids
@@ -425,7 +512,7 @@ def main(argv: list[str] | None = None) -> None:
 
     start = time.perf_counter()
     if args.only:
-        execute_all(ids, args.profile, parameters, args.keep_going)
+        execute_all(ids, args.profile, parameters, args.keep_going, jobs)
         print(f"build_book: executed {', '.join(ids)} ({args.profile}) into {rel(EXECUTED)}/notebooks in "
               f"{time.perf_counter() - start:.0f} s; `make book REUSE=1` builds the HTML with them", flush=True)
         return
@@ -440,9 +527,9 @@ def main(argv: list[str] | None = None) -> None:
         missing = [i for i in ids if executed_profile(i) != args.profile or i in AGGREGATES]
         print(f"build_book: reusing {len(ids) - len(missing)} executed chapter(s); executing "
               f"{', '.join(missing) or 'none'}", flush=True)
-        execute_all(missing, args.profile, {}, args.keep_going)
+        execute_all(missing, args.profile, {}, args.keep_going, jobs)
     else:  # every chapter again; each keeps its last good copy until its new run succeeds
-        execute_all(ids, args.profile, {}, args.keep_going)
+        execute_all(ids, args.profile, {}, args.keep_going, jobs)
     remove_unlisted(ids)
     stage(ids)
     build_html()

@@ -51,19 +51,24 @@ HOLDOUT = ("sse-avx512-2threads", "avx2-sse-1thread")
 
 
 def mode_env(name: str) -> dict[str, str]:
-    """The environment variables of mode ``name``; unknown names list the valid ones.
-
-    torch takes its thread count from the cores it sees, not from ``OMP_NUM_THREADS`` alone, so a mode with a
-    thread count also points ``IPYTHONDIR`` at a profile whose startup file calls ``torch.set_num_threads``: every
-    notebook kernel (papermill's and nbval's) then runs with that many threads.
-    """
+    """The environment variables of mode ``name``; unknown names list the valid ones (a thread count: see
+    ``thread_env``)."""
     if name not in MODES:
         raise SystemExit(f"unknown numerical mode {name!r}; valid: {', '.join(MODES)}")
     env = dict(MODES[name])
     if "OMP_NUM_THREADS" in env:
-        threads = int(env["OMP_NUM_THREADS"])
-        startup = ROOT / "_build" / "ipython" / f"threads-{threads}" / "profile_default" / "startup"
-        startup.mkdir(parents=True, exist_ok=True)
-        (startup / "00-threads.py").write_text(f"import torch\ntorch.set_num_threads({threads})\n")
-        env["IPYTHONDIR"] = str(startup.parents[1])
+        env |= thread_env(int(env["OMP_NUM_THREADS"]))
     return env
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment variables that make every notebook kernel (papermill's and nbval's) compute on ``threads``
+    threads.
+
+    torch takes its thread count from the cores it sees, not from ``OMP_NUM_THREADS`` alone, so ``IPYTHONDIR``
+    points at a profile whose startup file calls ``torch.set_num_threads``.
+    """
+    startup = ROOT / "_build" / "ipython" / f"threads-{threads}" / "profile_default" / "startup"
+    startup.mkdir(parents=True, exist_ok=True)
+    (startup / "00-threads.py").write_text(f"import torch\ntorch.set_num_threads({threads})\n")
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "IPYTHONDIR": str(startup.parents[1])}

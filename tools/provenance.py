@@ -18,7 +18,7 @@ from pathlib import Path
 from equinb.cache import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
-FIELDS = ("chapter", "profile", "wall (s)", "started (UTC)", "device")  # per chapter
+FIELDS = ("chapter", "profile", "wall (s)", "started (UTC)", "device", "threads")  # per chapter
 ENVIRONMENT = ("commit", "hardware", "python", "torch", "numpy")  # once, or per chapter where they differ
 
 
@@ -43,30 +43,37 @@ def _environment() -> dict[str, str]:
 
 
 def _processor() -> str:
-    """The CPU's model name (Linux) or what ``platform`` knows, with the cores this process may use."""
+    """The CPU's model name (Linux) or what ``platform`` knows, with its widest vector extension (which sets the
+    numerical path a trained number takes: two CPUs of one model name may differ) and the cores this process may
+    use."""
     import os
 
-    name = platform.processor() or platform.machine()
+    name, extension = platform.processor() or platform.machine(), ""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+        lines = cpuinfo.read_text().splitlines()
+        name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), name)
+        flags = next((set(ln.split(":", 1)[1].split()) for ln in lines if ln.startswith("flags")), set())
+        extension = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"),
+                                                    ("sse4_2", "SSE4.2")) if flag in flags), "")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{name}, {cores} cores"
+    return f"{name}{f' ({extension})' if extension else ''}, {cores} cores"
 
 
-def record(nb_id: str, profile: str, started: float, seconds: float, device: str) -> dict:
-    """The provenance of one executed chapter (``started``: a Unix time)."""
+def record(nb_id: str, profile: str, started: float, seconds: float, device: str, threads: int | None = None,
+           at_once: int = 1) -> dict:
+    """The provenance of one executed chapter (``started``: a Unix time; ``threads``: the CPU threads its kernel
+    was given, None for all the cores; ``at_once``: how many chapters the build ran at the same time)."""
     hardware = _processor()
     if device.startswith("cuda"):
         import torch
 
         hardware = f"{torch.cuda.get_device_name(torch.device(device))}; {hardware}"
     start = datetime.datetime.fromtimestamp(started, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    shown = "all cores" if threads is None else str(threads)
     return {"chapter": nb_id, "profile": profile, "wall (s)": round(seconds), "started (UTC)": start,
-            **_environment(), "device": device, "hardware": hardware}
+            **_environment(), "device": device, "hardware": hardware,
+            "threads": shown + (f" ({at_once} chapters at a time)" if at_once > 1 else "")}
 
 
 def write(path: Path, entry: dict) -> None:
@@ -83,15 +90,18 @@ def execution_page(records: list[dict]) -> str:
     """The book's execution page (MyST Markdown): one row per chapter and the build's total, then the environment
     (one row when every chapter shares it)."""
     lines = ["# Execution", "",
-             "How this build of the book was computed: each chapter's profile, wall time, start and device, then the",
-             "commit of the repository, the hardware and the versions that ran it. `make book` writes this page from",
-             "the record it keeps beside every executed chapter.", ""]
+             "How this build of the book was computed: each chapter's profile, wall time, start, device and threads,",
+             "then the commit of the repository, the hardware and the versions that ran it. `make book` writes this",
+             "page from the record it keeps beside every executed chapter.", ""]
     if not records:
         return "\n".join(lines + ["No chapter of this build has an execution record.", ""])
     lines += [_row(FIELDS), "|" + "---|" * len(FIELDS)]
     lines += [_row([entry.get(field, "—") for field in FIELDS]) for entry in records]
     total = sum(entry.get("wall (s)", 0) for entry in records)
-    lines += ["", f"Total wall time of the chapters: {total} s ({total / 60:.1f} min).", "", "## Environment", ""]
+    together = " Chapters that ran at the same time overlap in it, so the build took less." \
+        if any("at a time" in str(entry.get("threads", "")) for entry in records) else ""
+    lines += ["", f"Total wall time of the chapters: {total} s ({total / 60:.1f} min).{together}", "",
+              "## Environment", ""]
     environments = {tuple(entry.get(field, "—") for field in ENVIRONMENT) for entry in records}
     if len(environments) == 1:
         lines += [f"- **{field}**: {value}" for field, value in zip(ENVIRONMENT, environments.pop())]
