@@ -356,9 +356,9 @@ def executed_profile(nb_id: str) -> str | None:
 
 def default_jobs(profile: str, cores: int | None = None, environ: dict | None = None) -> int:
     """How many chapters ``make book`` runs at the same time: two on the small profile where there are two cores or
-    more (measured on 2 cores: two chapters on one thread each finish in 0.79 of the time of one after the other
-    on both threads, since a small model's operations use a second thread poorly); one on any other profile
-    (one GPU), or where the environment already sets the kernels' threads (a numerical mode)."""
+    more, since a small model's operations use a second thread poorly (``bench/two_at_a_time.py``: two training
+    runs at once on one thread each took 0.58 of the wall time of one after the other on two, on 2 cores); one on
+    any other profile (one GPU), or where the environment already sets the kernels' threads (a numerical mode)."""
     environ = os.environ if environ is None else environ
     cores = available_cores() if cores is None else cores
     if profile != "small" or cores < 2 or any(k in environ for k in ("OMP_NUM_THREADS", "IPYTHONDIR")):
