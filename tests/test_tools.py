@@ -148,32 +148,34 @@ def test_chapters_run_two_at_a_time_each_on_its_share_of_the_cores(tmp_path: Pat
     monkeypatch.setattr(build_book, "EXECUTED", tmp_path)
     monkeypatch.setattr(build_book, "available_cores", lambda: 4)
     monkeypatch.setattr(build_book, "_run_papermill", _timed_papermill(spans))
-    ids = ["own_model", "fig4_zeroshot", "tab4_isic2018", "claim_list"]
+    ids = ["own_model", "fig4_zeroshot", "tab4_isic2018", "tab2_featuremap", "claim_list"]
     build_book.execute_all(ids, "small", {}, keep_going=False, jobs=2)
-    chapters = [i for i in ids if i != "claim_list"]
+    chapters = ["fig4_zeroshot", "tab4_isic2018", "tab2_featuremap"]
     most_at_once = max(sum(spans[o][0] <= spans[c][0] < spans[o][1] for o in chapters) for c in chapters)
     assert most_at_once == 2  # never three: two workers
     assert {spans[c][2] for c in chapters} == {"2"}  # 4 cores shared by 2 kernels
+    assert spans["own_model"][1] <= min(spans[c][0] for c in chapters)  # it times code: alone, first
     assert spans["claim_list"][0] >= max(spans[c][1] for c in chapters)  # it reads them all: after them
-    assert spans["claim_list"][2] != "2"
-    record = json.loads((tmp_path / "notebooks" / "own_model.run.json").read_text())
+    assert spans["own_model"][2] != "2" and spans["claim_list"][2] != "2"
+    record = json.loads((tmp_path / "notebooks" / "fig4_zeroshot.run.json").read_text())
     assert record["threads"] == "2 (2 chapters at a time)"
-    assert (tmp_path / "notebooks" / "own_model.log").is_file()
+    assert (tmp_path / "notebooks" / "fig4_zeroshot.log").is_file()
+    assert json.loads((tmp_path / "notebooks" / "own_model.run.json").read_text())["threads"] != record["threads"]
 
 
 def test_a_failed_chapter_among_two_at_a_time_starts_no_other_and_quotes_its_log(tmp_path: Path, monkeypatch) -> None:
     spans: dict = {}
     monkeypatch.setattr(build_book, "EXECUTED", tmp_path)
     monkeypatch.setattr(build_book, "available_cores", lambda: 2)
-    monkeypatch.setattr(build_book, "_run_papermill", _timed_papermill(spans, failing="own_model"))
+    monkeypatch.setattr(build_book, "_run_papermill", _timed_papermill(spans, failing="fig4_zeroshot"))
+    ids = ["fig4_zeroshot", "tab4_isic2018", "tab2_featuremap", "claim_list"]
     with pytest.raises(SystemExit):
-        build_book.execute_all(["own_model", "fig4_zeroshot", "tab4_isic2018", "claim_list"], "small", {},
-                               keep_going=False, jobs=2)
-    assert set(spans) == {"own_model", "fig4_zeroshot"}  # the one running beside it finished; none started after
+        build_book.execute_all(ids, "small", {}, keep_going=False, jobs=2)
+    assert set(spans) == {"fig4_zeroshot", "tab4_isic2018"}  # the one running beside it finished; none started after
     spans.clear()
     with pytest.raises(SystemExit):
-        build_book.execute_all(["own_model", "fig4_zeroshot", "tab4_isic2018"], "small", {}, keep_going=True, jobs=2)
-    assert set(spans) == {"own_model", "fig4_zeroshot", "tab4_isic2018"}
+        build_book.execute_all(ids, "small", {}, keep_going=True, jobs=2)
+    assert set(spans) == set(ids)
 
 
 def test_a_failure_quotes_the_end_of_the_chapters_log(tmp_path: Path, monkeypatch) -> None:

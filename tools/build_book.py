@@ -70,6 +70,9 @@ HTML = BUILD / "html"
 # Pages computed from the executed chapters (they read their glued verdicts): executed after them, always again
 # when the HTML is built, with ``chapters_dir`` pointing at the executed chapters.
 AGGREGATES = ("claim_list",)
+# Chapters whose tables time code: run on their own, on every core, before the others (no other chapter's work enters
+# their timings, whatever --jobs is).
+TIMED = ("own_model",)
 
 
 def rel(path: Path) -> str:
@@ -372,12 +375,14 @@ def available_cores() -> int:
 
 def execute_all(ids: list[str], profile: str, parameters: dict, keep_going: bool, jobs: int = 1) -> None:
     """Execute chapters, ``jobs`` at a time (each kernel then on its share of the cores, its output in
-    ``<id>.log``), in reading order; the pages computed from the chapters (``AGGREGATES``) after all of them.
+    ``<id>.log``), in reading order; the chapters that time code (``TIMED``) first and on their own, the pages
+    computed from the chapters (``AGGREGATES``) after all of them.
     With ``keep_going``, run the rest after a failure and fail at the end; without, start no chapter after one
     failed (one already running finishes)."""
     failures: list[str] = []
     stopped = threading.Event()  # set by a failure without keep_going, or an interrupt: start no other chapter
-    chapters = [i for i in ids if i not in AGGREGATES]
+    alone = [i for i in ids if i in TIMED or i in AGGREGATES]
+    chapters = [i for i in ids if i not in alone]
     jobs = max(1, min(jobs, len(chapters)))
     env = thread_env(max(1, available_cores() // jobs)) if jobs > 1 else None
     if jobs > 1:
@@ -388,11 +393,12 @@ def execute_all(ids: list[str], profile: str, parameters: dict, keep_going: bool
         if stopped.is_set():
             return
         out = EXECUTED / "notebooks" / f"{nb_id}.ipynb"
+        together = nb_id in chapters and jobs > 1
         try:  # a page computed from the chapters reads the ones executed here (not the committed ones)
             execute(nb_id, profile, out, {"chapters_dir": str(out.parent), **parameters} if nb_id in AGGREGATES
-                    else parameters, data_out=EXECUTED / "data", env=env if nb_id not in AGGREGATES else None,
-                    progress_bar=jobs == 1, log=out.with_suffix(".log") if env and nb_id not in AGGREGATES else None,
-                    at_once=jobs if nb_id not in AGGREGATES else 1)
+                    else parameters, data_out=EXECUTED / "data", env=env if together else None,
+                    progress_bar=not together, log=out.with_suffix(".log") if together else None,
+                    at_once=jobs if together else 1)
         except BaseException as err:
             if not keep_going or not isinstance(err, ChapterFailed):
                 stopped.set()  # before this worker takes the next chapter
@@ -401,6 +407,9 @@ def execute_all(ids: list[str], profile: str, parameters: dict, keep_going: bool
             failures.append(nb_id)
 
     try:
+        for nb_id in ids:
+            if nb_id in TIMED:
+                run(nb_id)
         if jobs == 1:
             for nb_id in chapters:
                 run(nb_id)
