@@ -25,7 +25,7 @@ def _mode(mkl: str | None, onednn: str | None, aten: str | None, threads: int | 
 
 
 MODES: dict[str, dict[str, str]] = {
-    # whatever this CPU offers, all cores: the reference outputs' mode (they were made so on a 2-core AVX2 machine)
+    # whatever this CPU offers, all cores: the reference outputs' mode (made so on a 2-core AVX-512 machine, Zen 4)
     "native": {},
     # an AVX2 machine with one core
     "avx2-1thread": _mode("AVX2", "AVX2", "avx2", 1),
