@@ -10,10 +10,10 @@ regression allows (adjacent verdict words, such as agrees and inconclusive, may 
 usual). `tools/measure_noise.py` uses the same pairing to derive the tolerances.
 
 `--against DIR` pairs every committed chapter `notebooks/<id>.ipynb` that DIR holds an execution of (not the claim
-list, which the regression runs on the committed chapters), and ends with
-one row per tolerance class: how many numbers moved, the largest change, the tolerance and the largest share of it
-that one number used. Run after `make book` on another CPU, it says how close that CPU came to failing `make test`;
-the exit status is 1 when a number went past its tolerance, an exact cell moved or text differs.
+list, which the regression runs on the committed chapters), and ends with one row per tolerance class: how many
+numbers moved, the largest change, the tolerance and the largest share of it that one number used. Run after `make
+book` on another CPU, it says how close that CPU came to failing `make test`; the exit status is 1 when a number
+went past its tolerance, an exact cell moved or text differs.
 """
 
 from __future__ import annotations
