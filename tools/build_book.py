@@ -52,7 +52,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diagrams  # noqa: E402
 import provenance  # noqa: E402
-from numerical_modes import thread_env  # noqa: E402
+from numerical_modes import available_cores, thread_env  # noqa: E402
 
 from equinb.cache import atomic_write_text  # noqa: E402
 
@@ -367,10 +367,6 @@ def default_jobs(profile: str, cores: int | None = None, environ: dict | None = 
     if profile != "small" or cores < 2 or any(k in environ for k in ("OMP_NUM_THREADS", "IPYTHONDIR")):
         return 1
     return 2
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def execute_all(ids: list[str], profile: str, parameters: dict, keep_going: bool, jobs: int = 1) -> None:

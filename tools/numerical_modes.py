@@ -12,6 +12,7 @@ tolerances carry over. Variables must be set before torch is imported: the tools
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +60,11 @@ def mode_env(name: str) -> dict[str, str]:
     if "OMP_NUM_THREADS" in env:
         env |= thread_env(int(env["OMP_NUM_THREADS"]))
     return env
+
+
+def available_cores() -> int:
+    """The cores this process may use (its affinity where the platform has one, else the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def thread_env(threads: int) -> dict[str, str]:

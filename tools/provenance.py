@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from equinb.cache import atomic_write_text
+from numerical_modes import available_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ("chapter", "profile", "wall (s)", "started (UTC)", "device", "threads")  # per chapter
@@ -46,8 +47,6 @@ def _processor() -> str:
     """The CPU's model name (Linux) or what ``platform`` knows, with its widest vector extension (which sets the
     numerical path a trained number takes: two CPUs of one model name may differ) and the cores this process may
     use."""
-    import os
-
     name, extension = platform.processor() or platform.machine(), ""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -56,8 +55,7 @@ def _processor() -> str:
         flags = next((set(ln.split(":", 1)[1].split()) for ln in lines if ln.startswith("flags")), set())
         extension = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"),
                                                     ("sse4_2", "SSE4.2")) if flag in flags), "")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{name}{f' ({extension})' if extension else ''}, {cores} cores"
+    return f"{name}{f' ({extension})' if extension else ''}, {available_cores()} cores"
 
 
 def record(nb_id: str, profile: str, started: float, seconds: float, device: str, threads: int | None = None,
