@@ -54,11 +54,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest tests
-	@if compgen -G "notebooks/*.ipynb" > /dev/null; then \
-	  echo "nbval: notebooks/*.ipynb"; \
-	  PYTHONPATH=tests$${PYTHONPATH:+:$$PYTHONPATH} $(PY) -m pytest -p nbval_tolerance --nbval --nbval-current-env \
-	    --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/*.ipynb -p no:cacheprovider; \
-	else echo "nbval: no notebooks/*.ipynb to check"; fi
+	$(PY) tools/nbval_chapters.py
 
 test-portable: $(STAMP)
 	$(PY) tools/test_portable.py

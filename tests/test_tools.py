@@ -105,17 +105,17 @@ def test_papermill_past_its_time_is_interrupted_then_killed() -> None:
                                       "print('ready', flush=True); time.sleep(120)"]
     began = time.perf_counter()
     with pytest.raises(subprocess.TimeoutExpired):
-        build_book._run_papermill(stubborn, subprocess.DEVNULL, dict(os.environ), timeout_s=1, grace_s=2)
+        build_book._run_child(stubborn, subprocess.DEVNULL, dict(os.environ), timeout_s=1, grace_s=2)
     assert 3 < time.perf_counter() - began < 30  # killed after the grace, not left running for 120 s
     began = time.perf_counter()
     with pytest.raises(subprocess.TimeoutExpired):
-        build_book._run_papermill([sys.executable, "-c", "import time; time.sleep(120)"], subprocess.DEVNULL,
+        build_book._run_child([sys.executable, "-c", "import time; time.sleep(120)"], subprocess.DEVNULL,
                                   dict(os.environ), timeout_s=1)
     assert time.perf_counter() - began < 15  # SIGINT alone stops a process that handles it
 
 
 def _fake_papermill(returncode: int):
-    """A stand-in for papermill's process (``build_book._run_papermill``): it writes the notebook and one table, as
+    """A stand-in for papermill's process (``build_book._run_child``): it writes the notebook and one table, as
     a chapter would, then exits with ``returncode``."""
     def run(cmd, stdin, env, timeout_s, output=None):
         stdin.read()  # jupytext's notebook, as papermill reads it
@@ -147,7 +147,7 @@ def test_chapters_run_two_at_a_time_each_on_its_share_of_the_cores(tmp_path: Pat
     spans: dict = {}
     monkeypatch.setattr(build_book, "EXECUTED", tmp_path)
     monkeypatch.setattr(build_book, "available_cores", lambda: 4)
-    monkeypatch.setattr(build_book, "_run_papermill", _timed_papermill(spans))
+    monkeypatch.setattr(build_book, "_run_child", _timed_papermill(spans))
     ids = ["own_model", "fig4_zeroshot", "tab4_isic2018", "tab2_featuremap", "claim_list"]
     build_book.execute_all(ids, "small", {}, keep_going=False, jobs=2)
     chapters = ["fig4_zeroshot", "tab4_isic2018", "tab2_featuremap"]
@@ -167,7 +167,7 @@ def test_a_failed_chapter_among_two_at_a_time_starts_no_other_and_quotes_its_log
     spans: dict = {}
     monkeypatch.setattr(build_book, "EXECUTED", tmp_path)
     monkeypatch.setattr(build_book, "available_cores", lambda: 2)
-    monkeypatch.setattr(build_book, "_run_papermill", _timed_papermill(spans, failing="fig4_zeroshot"))
+    monkeypatch.setattr(build_book, "_run_child", _timed_papermill(spans, failing="fig4_zeroshot"))
     ids = ["fig4_zeroshot", "tab4_isic2018", "tab2_featuremap", "claim_list"]
     with pytest.raises(SystemExit):
         build_book.execute_all(ids, "small", {}, keep_going=False, jobs=2)
@@ -179,10 +179,56 @@ def test_a_failed_chapter_among_two_at_a_time_starts_no_other_and_quotes_its_log
 
 
 def test_a_failure_quotes_the_end_of_the_chapters_log(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(build_book, "_run_papermill", _timed_papermill({}, failing="own_model"))
+    monkeypatch.setattr(build_book, "_run_child", _timed_papermill({}, failing="own_model"))
     with pytest.raises(build_book.ChapterFailed, match=r"own_model.log, which ends:\n    Executing own_model\n"
                                                       r"    PapermillExecutionError: own_model broke"):
         build_book.execute("own_model", "small", tmp_path / "own_model.ipynb", log=tmp_path / "own_model.log")
+
+
+def _printing_notebook(path: Path, printed: str, committed: str) -> None:
+    """A one-cell notebook that prints ``printed``, with ``committed`` as its reference output."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    cell = nbformat.v4.new_code_cell(f"print({printed!r})", execution_count=1)
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=committed + "\n")]
+    nb.cells.append(cell)
+    nbformat.write(nb, path)
+
+
+def test_nbval_runs_every_chapter_two_at_a_time_and_fails_on_one_that_differs(tmp_path: Path, monkeypatch,
+                                                                              capsys) -> None:
+    """``make test``'s notebook regression: real nbval runs, two at a time; a chapter whose output differs from its
+    committed one fails the whole (exit 1, its log printed), and the others still run."""
+    import nbval_chapters
+
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    _printing_notebook(notebooks / "a_same.ipynb", "top-1 91.5", "top-1 91.5")
+    _printing_notebook(notebooks / "b_differs.ipynb", "top-1 12.0", "top-1 91.5")
+    _printing_notebook(notebooks / "c_same.ipynb", "3 views", "3 views")
+    monkeypatch.setattr(nbval_chapters, "NOTEBOOKS", notebooks)
+    monkeypatch.setattr(nbval_chapters, "LOGS", tmp_path / "logs")
+    monkeypatch.setattr(build_book, "available_cores", lambda: 2)
+    assert nbval_chapters.main(["--jobs", "2"]) == 1
+    out, err = capsys.readouterr()
+    assert "a_same.ipynb passed" in out and "c_same.ipynb passed" in out and "b_differs.ipynb passed" not in out
+    assert "nbval failed on notebooks/b_differs.ipynb" in err and "top-1 12.0" in err  # its log, quoted
+    assert "1 of 3 chapter(s) failed" in err and (tmp_path / "logs" / "b_differs.log").is_file()
+    assert nbval_chapters.main(["a_same", "c_same"]) == 0
+    with pytest.raises(SystemExit, match="no notebooks/<id>.ipynb for d_missing"):
+        nbval_chapters.main(["d_missing"])
+
+
+def test_nbval_checks_the_chapters_in_reading_order_and_skips_none() -> None:
+    import nbval_chapters
+
+    ids = nbval_chapters.chapter_ids([])
+    committed = sorted(p.stem for p in nbval_chapters.NOTEBOOKS.glob("*.ipynb"))
+    assert sorted(ids) == committed  # every committed chapter, once
+    listed = [i for i in build_book.notebook_ids() if i in committed]
+    assert ids[:len(listed)] == listed
 
 
 def test_two_chapters_at_a_time_only_on_the_small_profile_with_cores_to_share() -> None:
@@ -200,7 +246,7 @@ def test_a_failed_run_keeps_the_last_good_chapter_and_its_numbers(tmp_path: Path
     build_book.profile_marker(out).write_text("small\n")
     (data / "own_model").mkdir(parents=True)
     (data / "own_model" / "table-1.csv").write_text("a\n1\n")
-    monkeypatch.setattr(build_book, "_run_papermill", _fake_papermill(returncode))
+    monkeypatch.setattr(build_book, "_run_child", _fake_papermill(returncode))
     with pytest.raises(build_book.ChapterFailed, match="is the last good run, kept") as info:
         build_book.execute("own_model", "small", out, data_out=data)
     assert returncode > 0 or "killed by signal SIGKILL" in str(info.value)
@@ -217,7 +263,7 @@ def test_a_run_that_succeeds_replaces_the_chapter_its_numbers_and_says_what_it_r
     out.with_suffix(".failed.ipynb").write_text("an older failure")
     (data / "own_model").mkdir(parents=True)
     (data / "own_model" / "table-1.csv").write_text("a\n1\n")  # a table this run no longer writes
-    monkeypatch.setattr(build_book, "_run_papermill", _fake_papermill(0))
+    monkeypatch.setattr(build_book, "_run_child", _fake_papermill(0))
     build_book.execute("own_model", "small", out, {"seed": 5}, data_out=data)
     assert out.read_text() == '{"cells": []}' and not out.with_suffix(".failed.ipynb").exists()
     assert [p.name for p in data.iterdir()] == ["own_model"]
@@ -241,7 +287,7 @@ def test_a_run_interrupted_while_publishing_leaves_no_marker_of_another_run(tmp_
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(build_book, "_run_papermill", _fake_papermill(0))
+    monkeypatch.setattr(build_book, "_run_child", _fake_papermill(0))
     monkeypatch.setattr(build_book.provenance, "record", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_book.execute("own_model", "small", out, {"seed": 5}, data_out=data)

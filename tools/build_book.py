@@ -45,7 +45,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 import yaml
 
@@ -197,17 +197,18 @@ def _papermill_failure(returncode: int, logged: bool = False) -> str:
     return "papermill failed" if logged else "papermill failed; see its message above"
 
 
-_RUNNING: set[subprocess.Popen] = set()  # the papermill processes running now (several when chapters run together)
+_RUNNING: set[subprocess.Popen] = set()  # the child processes running now (several when chapters run together)
 
 
-def _run_papermill(command: list[str], stdin, env: dict, timeout_s: float | None, grace_s: float = 30,
-                   output=None) -> int:
-    """papermill's return code. Past ``timeout_s`` it is interrupted (it then saves the partly executed notebook
-    and stops its kernel), killed ``grace_s`` later if still running, and ``subprocess.TimeoutExpired`` is raised;
-    one that finished as the time ran out gives its return code. On any other exception (Ctrl-C, which papermill
-    gets from the terminal too) it has ``grace_s`` to finish saving before it is killed; then the exception goes
-    on. ``output``: a file that papermill's output goes to (default: this process's terminal)."""
-    # a shell's background job inherits SIGINT ignored, and so would papermill: give it the default back, so that
+def _run_child(command: list[str], stdin, env: dict, timeout_s: float | None, grace_s: float = 30,
+               output=None) -> int:
+    """The return code of ``command`` (papermill, or nbval's pytest). Past ``timeout_s`` it is interrupted
+    (papermill then saves the partly executed notebook and stops its kernel), killed ``grace_s`` later if still
+    running, and ``subprocess.TimeoutExpired`` is raised; one that finished as the time ran out gives its return
+    code. On any other exception (Ctrl-C, which the child gets from the terminal too) it has ``grace_s`` to finish
+    saving before it is killed; then the exception goes on. ``output``: a file that its output goes to (default:
+    this process's terminal)."""
+    # a shell's background job inherits SIGINT ignored, and so would the child: give it the default back, so that
     # the interrupt saves the partial notebook instead of waiting out the grace
     pm = subprocess.Popen(command, stdin=stdin, env=env, stdout=output, stderr=output,
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -284,7 +285,7 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
     try:
         try:
             with open(log, "w") if log is not None else contextlib.nullcontext() as output:
-                returncode = _run_papermill(run_pm, jt.stdout, env, timeout_s, output=output)
+                returncode = _run_child(run_pm, jt.stdout, env, timeout_s, output=output)
         except subprocess.TimeoutExpired:
             returncode = None
         jt.stdout.close()
@@ -369,61 +370,76 @@ def default_jobs(profile: str, cores: int | None = None, environ: dict | None = 
     return 2
 
 
-def execute_all(ids: list[str], profile: str, parameters: dict, keep_going: bool, jobs: int = 1) -> None:
-    """Execute chapters, ``jobs`` at a time (each kernel then on its share of the cores, its output in
-    ``<id>.log``), in reading order; the chapters that time code (``TIMED``) first and on their own, the pages
-    computed from the chapters (``AGGREGATES``) after all of them.
-    With ``keep_going``, run the rest after a failure and fail at the end; without, start no chapter after one
-    failed (one already running finishes)."""
+def run_chapters(ids: list[str], jobs: int, keep_going: bool,
+                 run_one: Callable[[str, int, dict[str, str] | None], None]) -> list[str]:
+    """Call ``run_one(nb_id, at_once, env)`` for each chapter, ``jobs`` at a time, in the order of ``ids``: the
+    chapters that time code (``TIMED``) first and on their own, the pages computed from the chapters
+    (``AGGREGATES``) after all of them. A chapter run beside others gets ``at_once`` > 1 and ``env``, the variables
+    that put its kernel on its share of the cores; one run alone gets 1 and None (every core).
+    ``run_one`` raises ``ChapterFailed`` for a failed chapter. With ``keep_going``, the rest run after a failure and
+    the failed ids are returned; without, no chapter starts after one failed (one already running finishes) and the
+    failure is raised. An interrupt stops the child processes still running (``_RUNNING``) and goes on."""
     failures: list[str] = []
     stopped = threading.Event()  # set by a failure without keep_going, or an interrupt: start no other chapter
     alone = [i for i in ids if i in TIMED or i in AGGREGATES]
     chapters = [i for i in ids if i not in alone]
     jobs = max(1, min(jobs, len(chapters)))
     env = thread_env(max(1, available_cores() // jobs)) if jobs > 1 else None
-    if jobs > 1:
-        print(f"build_book: {jobs} chapters at a time, {env['OMP_NUM_THREADS']} thread(s) each; each one's output "
-              f"in {rel(EXECUTED)}/notebooks/<id>.log (--jobs 1: one at a time, on every core)", flush=True)
 
     def run(nb_id: str) -> None:
         if stopped.is_set():
             return
-        out = EXECUTED / "notebooks" / f"{nb_id}.ipynb"
         together = nb_id in chapters and jobs > 1
-        try:  # a page computed from the chapters reads the ones executed here (not the committed ones)
-            execute(nb_id, profile, out, {"chapters_dir": str(out.parent), **parameters} if nb_id in AGGREGATES
-                    else parameters, data_out=EXECUTED / "data", env=env if together else None,
-                    progress_bar=not together, log=out.with_suffix(".log") if together else None,
-                    at_once=jobs if together else 1)
+        try:
+            run_one(nb_id, jobs if together else 1, env if together else None)
         except BaseException as err:
             if not keep_going or not isinstance(err, ChapterFailed):
                 stopped.set()  # before this worker takes the next chapter
                 raise
-            print(f"build_book: error: {err}; continuing (--keep-going)", file=sys.stderr, flush=True)
+            print(f"error: {err}; going on with the other chapters", file=sys.stderr, flush=True)
             failures.append(nb_id)
 
+    for nb_id in ids:
+        if nb_id in TIMED:
+            run(nb_id)
+    if jobs == 1:
+        for nb_id in chapters:
+            run(nb_id)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+            pending = [pool.submit(run, nb_id) for nb_id in chapters]
+            try:
+                for future in concurrent.futures.as_completed(pending):
+                    future.result()
+            except BaseException:  # a failure or an interrupt: start no other chapter
+                stopped.set()
+                if not isinstance(sys.exc_info()[1], ChapterFailed):  # interrupted: as one at a time would be
+                    for child in list(_RUNNING):
+                        _wait_or_kill(child, 30)
+                raise
+    for nb_id in ids:
+        if nb_id in AGGREGATES:
+            run(nb_id)
+    return failures
+
+
+def execute_all(ids: list[str], profile: str, parameters: dict, keep_going: bool, jobs: int = 1) -> None:
+    """Execute chapters with papermill, ``jobs`` at a time (``run_chapters``; a chapter run beside others writes
+    its output to ``<id>.log``). With ``keep_going``, run the rest after a failure and fail at the end; without,
+    start no chapter after one failed."""
+    if max(1, min(jobs, len([i for i in ids if i not in TIMED and i not in AGGREGATES]))) > 1:
+        print(f"build_book: {jobs} chapters at a time, each on its share of the cores; each one's output in "
+              f"{rel(EXECUTED)}/notebooks/<id>.log (--jobs 1: one at a time, on every core)", flush=True)
+
+    def run(nb_id: str, at_once: int, env: dict[str, str] | None) -> None:
+        out = EXECUTED / "notebooks" / f"{nb_id}.ipynb"
+        # a page computed from the chapters reads the ones executed here (not the committed ones)
+        execute(nb_id, profile, out, {"chapters_dir": str(out.parent), **parameters} if nb_id in AGGREGATES
+                else parameters, data_out=EXECUTED / "data", env=env, progress_bar=at_once == 1,
+                log=out.with_suffix(".log") if at_once > 1 else None, at_once=at_once)
+
     try:
-        for nb_id in ids:
-            if nb_id in TIMED:
-                run(nb_id)
-        if jobs == 1:
-            for nb_id in chapters:
-                run(nb_id)
-        else:
-            with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-                pending = [pool.submit(run, nb_id) for nb_id in chapters]
-                try:
-                    for future in concurrent.futures.as_completed(pending):
-                        future.result()
-                except BaseException:  # a failure or an interrupt: start no other chapter
-                    stopped.set()
-                    if not isinstance(sys.exc_info()[1], ChapterFailed):  # interrupted: as one at a time would be
-                        for pm in list(_RUNNING):
-                            _wait_or_kill(pm, 30)
-                    raise
-        for nb_id in ids:
-            if nb_id in AGGREGATES:
-                run(nb_id)
+        failures = run_chapters(ids, jobs, keep_going, run)
     except ChapterFailed as err:
         fail(str(err))
     if failures:

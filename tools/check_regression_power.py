@@ -15,7 +15,6 @@ real changes, or when a cell raised an error instead (an error fails nbval whate
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
@@ -24,6 +23,9 @@ import tempfile
 from pathlib import Path
 
 import nbformat
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nbval_chapters import nbval_command, nbval_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # nbval colours its report
@@ -63,11 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy2(ROOT / "notebooks" / f"{args.chapter}.ipynb", copy)
         line = change_parameter(copy, args.parameter, args.factor)
         print(f"check_regression_power: {args.chapter} with `{line}`; nbval must fail", flush=True)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
-        result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-p", "nbval_tolerance", "--nbval", "--nbval-current-env",
-             "--nbval-sanitize-with", str(ROOT / "tests" / "nbval_sanitize.cfg"), str(copy), "-p", "no:cacheprovider",
-             "-q"], cwd=ROOT / "notebooks", env=env, capture_output=True, text=True)
+        result = subprocess.run([*nbval_command(copy), "-q"], cwd=ROOT / "notebooks", env=nbval_env(),
+                                capture_output=True, text=True)
     differ, raised = failed_cells(result.stdout)
     if result.returncode == 0 or raised or not differ:
         print(result.stdout[-3000:])
