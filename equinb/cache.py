@@ -28,8 +28,9 @@ from typing import Any, Callable, Iterator, TypeVar
 import torch
 
 __all__ = ["data_root", "cache_dir", "run_cache_dir", "cache_key", "atomic_save", "atomic_write_text", "load_saved",
-           "ThrottledSave", "computing", "discard", "load_or_compute", "sha256_file", "tensor_fingerprint",
-           "module_fingerprint", "class_code_fingerprint", "source_fingerprint", "package_code_fingerprint", "PACKAGE"]
+           "ThrottledSave", "computing", "discard", "load_or_compute", "load_or_compute_resumable", "sha256_file",
+           "tensor_fingerprint", "module_fingerprint", "class_code_fingerprint", "source_fingerprint",
+           "package_code_fingerprint", "PACKAGE"]
 
 T = TypeVar("T")
 PACKAGE = Path(__file__).parent  # equinb/: the folder whose modules ``package_code_fingerprint`` names
@@ -309,6 +310,16 @@ def discard(path: str | Path) -> None:
 # torch reads a truncated file as OSError(EINVAL), so only these errors say that the machine, not the file, failed
 _MACHINE_ERRNOS = {errno.EIO, errno.ENOMEM, errno.EACCES, errno.EPERM, errno.ESTALE, errno.ENODEV, errno.ENXIO}
 
+
+def load_or_compute_resumable(path: str | Path, compute: Callable[[Path], T]) -> T:
+    """``load_or_compute`` for a computation that saves its progress as it goes: ``compute(partial)`` keeps what it
+    has done so far in ``partial`` (``partial_<name>`` beside ``path``), where a computation stopped and started
+    again finds it; once the result is saved whole, ``partial`` is removed (``discard``)."""
+    path = Path(path)
+    partial = path.with_name(f"partial_{path.name}")
+    result = load_or_compute(path, lambda: compute(partial))
+    discard(partial)
+    return result
 
 def _machine_error(err: Exception) -> bool:
     """True for an error that a good file also meets: permissions, I/O, a failed allocation."""

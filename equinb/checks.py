@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import warnings
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -102,6 +103,7 @@ def _checked(model: Callable[..., Any], x: Tensor, group: Group | str, output: O
     check_selector(output)
     if isinstance(model, nn.Module):
         _check_model_takes(model, x)
+        _warn_if_training(model, what)
     with modes_restored(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
         if isinstance(model, nn.Module):
             with contextlib.suppress(NotImplementedError):  # a torch.export program has no modes: measured as it is
@@ -110,6 +112,21 @@ def _checked(model: Callable[..., Any], x: Tensor, group: Group | str, output: O
     if atol is not None and not err <= atol:
         raise AssertionError(f"{what} error over {group.name} is {err:.3g}, above atol={atol:g}")
     return err
+
+
+# modules whose outputs differ between training and evaluation mode
+_MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+def _warn_if_training(model: nn.Module, what: str) -> None:
+    """A UserWarning when ``model`` has a dropout or BatchNorm module in training mode: the check measures it in
+    evaluation mode, so its error says nothing of the outputs it gives as it is (a wrapper starts in training
+    mode, as any module, and ``LambdaEquitune``'s weighting network has dropout)."""
+    training = sorted({type(m).__name__ for m in model.modules() if m.training and isinstance(m, _MODE_DEPENDENT)})
+    if training:
+        warnings.warn(f"the {what} error is measured in evaluation mode, but the model is in training mode, in "
+                      f"which its {' and '.join(training)} layers change the outputs; call model.eval() before using "
+                      "it for inference", stacklevel=4)
 
 
 def _check_model_takes(model: nn.Module, x: Tensor) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .cache import ThrottledSave, cache_key, discard, load_or_compute, load_saved, package_code_fingerprint
+from .cache import ThrottledSave, cache_key, load_or_compute_resumable, load_saved, package_code_fingerprint
 from .equilm import EquiLM, encode, from_pretrained, generate_batch, lm_device, lm_forward, sequence_logprob
 from .groups import TokenPermutationGroup
 from .reference import FIG6_LABELS
@@ -221,17 +221,13 @@ def cached_sample_grid(lm: nn.Module, tokenizer: Any, demographics: Sequence[str
                     tokenizer=tokenizer_fingerprint(tokenizer),
                     device=str(lm_device(lm)), code=package_code_fingerprint("nlg", "equilm"),
                     options=options)
-    path = Path(cache_dir) / f"nlg_samples_{key}.pt"
-    partial = path.with_name(f"partial_{path.name}")  # the batches drawn so far, while the grid is drawn
 
-    def draw() -> list[dict[str, Any]]:
+    def draw(partial: Path) -> list[dict[str, Any]]:  # partial: the batches drawn so far, while the grid is drawn
         save = ThrottledSave(partial, save_every_s)
         return sample_grid(lm, tokenizer, demographics, done=load_saved(partial) or (),
                            after_chunk=lambda drawn: save(lambda: drawn), **options)
 
-    records = load_or_compute(path, draw)
-    discard(partial)
-    return records
+    return load_or_compute_resumable(Path(cache_dir) / f"nlg_samples_{key}.pt", draw)
 
 def label_shares(samples: pd.DataFrame, by: Sequence[str] = ("model", "demographic")) -> pd.DataFrame:
     """Share of each label (other, positive, neutral, negative) per group of ``by``; rows sum to 1.

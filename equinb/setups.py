@@ -25,8 +25,8 @@ from torch import nn
 
 from .backbones import CLIP_NAMES, CPU_PASS_IMAGES, TINY_CLIP_NAMES, load_backbone
 from .cache import cache_dir as default_cache_dir
-from .cache import (ThrottledSave, cache_key, class_code_fingerprint, discard, load_or_compute, load_saved,
-                    module_fingerprint, package_code_fingerprint)
+from .cache import (ThrottledSave, cache_key, class_code_fingerprint, load_or_compute, load_or_compute_resumable,
+                    load_saved, module_fingerprint, package_code_fingerprint)
 from .cache import data_root as default_data_root
 from .data import (ISIC2018_CLASS_COUNTS, dataset_spec, fashion_mnist_arrays, get_dataset, load_digits,
                    load_fashion_mnist, proportional_counts, root_identity)
@@ -390,7 +390,7 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
     modules this way). The code part of the key (``training_code_fingerprint``) changes only when what the engine
     *does* changes, not with its documentation.
 
-    With ``cache_dir``, a run in progress also saves what it needs to go on (``partial_<key>.pt`` there) after
+    With ``cache_dir``, a run in progress also saves what it needs to go on (``partial_run_<key>.pt`` there) after
     prefinetuning and after a finetuning round, once ``checkpoint_every_s`` seconds have passed since its start or
     its last save: a run that is stopped (an interrupted kernel, a lost machine) and started again with the same
     settings goes on from there, with the same result as a run never stopped (``equinb.engine.finetune``: bit for
@@ -436,9 +436,7 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
         key = cache_key(setup=setup.key, config=config.as_dict(), method=method, align_views=align_views,
                         weight_net=repr(net), weight_net_code=_outside_code(net), heldout_fraction=heldout_fraction,
                         ablate=ablate, code=training_code_fingerprint())
-        partial = Path(cache_dir) / f"partial_{key}.pt"
-        out = load_or_compute(Path(cache_dir) / f"run_{key}.pt", lambda: train(partial))
-        discard(partial)
+        out = load_or_compute_resumable(Path(cache_dir) / f"run_{key}.pt", train)
     return TrainingRun(out["row"], out["history"], out["states"], out["predictions"], out["drift"], config.seed)
 
 

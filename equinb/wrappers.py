@@ -61,7 +61,7 @@ import torch
 from torch import nn
 
 from .checks import modes_restored
-from .groups import Group, get_group
+from .groups import Group, TokenPermutationGroup, get_group
 from .outputs import OutputSelector, check_selector, select_output
 from .precision import parameter_dtype
 from .weighting import default_view_attention, default_weight_net
@@ -210,8 +210,10 @@ def proxy_scores(outputs: Tensor, proxy: str) -> Tensor:
                          f"LambdaEquitune or EquiAttention, which combine outputs of any shape")
     if outputs.shape[-1] == 1 and proxy != "max_logit":
         raise ValueError(f"EquiZero with proxy={proxy!r} needs K >= 2 class scores: over one logit the softmax is 1 "
-                         f"for every view, so every view ties and EquiZero would be the mean over the views; use "
-                         f"proxy='max_logit', or two-class logits (e.g. torch.cat([-z, z], -1))")
+                         f"for every view, so every view ties and EquiZero would be the mean over the views; give "
+                         f"two-class logits (output=lambda z: torch.cat([-z, z], -1): the view with the largest |z|, "
+                         f"the most confident), or proxy='max_logit' (the view with the largest z, which favours "
+                         f"the positive class)")
     return PROXIES[proxy](outputs)
 
 
@@ -287,7 +289,10 @@ class OrbitWrapper(nn.Module):
 
     ``torch.jit.script`` is not supported (use ``torch.jit.trace``, ``torch.export`` or ``torch.compile``).
 
-    Shapes: x [B, C, H, W] -> out [B, K]; weights [B, G].
+    Shapes: x [B, C, H, W] -> out [B, K] for a classifier, or [B, C, h, w] for a trunk of feature maps (aligned
+    by ``g_k^-1`` only with ``align_views``: equivariant; without it the views are combined as they are, and the
+    result is invariant); weights [B, G]. Inputs are cast to the dtype of the trunk's first layer (a float64 batch
+    into a float32 model gives float32).
     """
 
     method = "orbit"  # the method's name in the book's vocabulary (shown by repr)
@@ -301,8 +306,10 @@ class OrbitWrapper(nn.Module):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(group, (Group, str)):
+            hint = ("; a group of token permutations acts on a language model's tokens: use equinb.equilm.EquiLM"
+                    if isinstance(group, TokenPermutationGroup) else "")
             raise TypeError(f"group must be an equinb Group or a group name such as 'rot90' (see get_group), "
-                            f"got {type(group).__name__}")
+                            f"got {type(group).__name__}{hint}")
         if head is not None and not callable(head):
             raise TypeError(f"head must be an nn.Module (or a function) mapping the combined views to the output, "
                             f"got {type(head).__name__}")
@@ -516,11 +523,18 @@ class OrbitWrapper(nn.Module):
             weight_net = getattr(self, "weight_net", None)
             # one image repeated |G| times, or its orbit (one pass) where learned weights must be seen to roll
             # with the views
-            if weight_net is None:
-                view = self.view_outputs(x[:1, None])  # [1, 1, ...]
-                views = view.expand(1, self.group.order, *view.shape[2:])
-            else:
-                views = self.view_outputs(self.group.orbit(x[:1]))  # [1, G, ...]
+            try:
+                if weight_net is None:
+                    view = self.view_outputs(x[:1, None])  # [1, 1, ...]
+                    views = view.expand(1, self.group.order, *view.shape[2:])
+                else:
+                    views = self.view_outputs(self.group.orbit(x[:1]))  # [1, G, ...]
+            except RuntimeError as err:  # the model's own error names the probe's shape, not the caller's batch
+                raise RuntimeError(
+                    f"{type(self).__name__}: the model failed on the first call's check, which runs the first image "
+                    f"of the batch {tuple(x.shape)} alone (as [1, {', '.join(map(str, x.shape[1:]))}]"
+                    f"{'' if weight_net is None else ', or its orbit'}) before the orbit pass; check that the images "
+                    f"have the channels, size and dtype the model takes: {err}") from err
             self._check_head(views[:, 0])
             try:
                 weights = self.view_weights(views)
@@ -591,6 +605,12 @@ class OrbitWrapper(nn.Module):
                 f"this trunk gives {tuple(views.shape)}. Use a feature-map trunk, or align_views=False; bring a "
                 "one-channel map [B, h, w] to [B, 1, h, w], and patch tokens [B, T, D] to [B, D, h, w], in the trunk."
             )
+        if self.group.needs_square and views.shape[-1] != views.shape[-2]:
+            raise ValueError(
+                f"align_views=True turns each view's map back by quarter turns ({self.group.name}), so the trunk must "
+                f"give square maps; it gives maps of h x w = {views.shape[-2]} x {views.shape[-1]} "
+                f"(views {tuple(views.shape)}): make the trunk's padding and strides treat both axes alike, or use a "
+                "group without quarter turns (rot180, hflip, vflip)")
         return self.group.invert_orbit(views)
 
     def view_weights(self, views: Tensor) -> Tensor:
@@ -661,6 +681,10 @@ class OrbitWrapper(nn.Module):
         if views is None:
             if inputs is None:
                 raise ValueError("forward_views needs per-view inputs or computed views")
+            if inputs.ndim < 2 or inputs.shape[1] != self.group.order:  # before the trunk, whose error would not say
+                raise ValueError(f"{type(self).__name__}.forward_views: inputs must be the views [B, G, C, H, W] with "
+                                 f"G = {self.group.order} (the orbit, e.g. wrapper.group.orbit(x)); got "
+                                 f"{tuple(inputs.shape)}")
             views = self.view_outputs(inputs)
         for name, tensor in (("views", views), ("weight_views", weight_views)):
             if tensor is not None and (tensor.ndim < 2 or tensor.shape[1] != self.group.order):
@@ -692,9 +716,10 @@ class OrbitWrapper(nn.Module):
 
 
 class Equitune(OrbitWrapper):
-    """Equitune: the mean over the orbit, ``M_G(x) = 1/|G| sum_k g_k^-1 M(g_k x)`` (Basu et al. eq. 2).
+    """Equitune: the mean over the orbit, ``M_G(x) = 1/|G| sum_k g_k^-1 M(g_k x)`` (Basu et al. eq. 2), where
+    ``g_k^-1`` acts only on feature maps with ``align_views=True`` (a classifier's logits are invariant to it).
 
-    See ``OrbitWrapper`` for the arguments. Shapes: x [B, C, H, W] -> [B, K].
+    See ``OrbitWrapper`` for the arguments. Shapes: x [B, C, H, W] -> [B, K], or [B, C, h, w] for feature maps.
     """
 
     method = "equitune"
@@ -708,8 +733,10 @@ class EquiZero(OrbitWrapper):
     """Equizero: keep the single view that a proxy prefers (Basu et al. eq. 4).
 
     The proxy scores each view's head output (computed from the unaligned view): ``max_prob``
-    (the article's code), ``entropy`` (lowest entropy) or ``max_logit``. Views tied at the top score are
-    averaged (the article's code takes one of them; any fixed pick among tied views breaks invariance).
+    (the article's code), ``entropy`` (lowest entropy) or ``max_logit`` (the largest logit; on one logit [B, 1],
+    the most positive view, not the most confident: give ``torch.cat([-z, z], -1)`` for that). Views tied at the
+    top score are averaged (the article's code takes one of them; any fixed pick among tied views breaks
+    invariance).
 
     Args (besides ``OrbitWrapper``'s):
         proxy: one of ``PROXIES``. Default ``"max_prob"``.
@@ -806,7 +833,11 @@ class LambdaEquitune(OrbitWrapper):
                                  "copy, e.g. frozen_copy=copy.deepcopy(model)")
             frozen_copy.requires_grad_(False)
         self.frozen_copy = frozen_copy
-        self.train(self.training)  # the frozen copy in evaluation mode from the start, dropout as asked
+        # the weighting network in the wrapper's mode (dropout as asked), the frozen copy in evaluation mode from the
+        # start; the trunk's mode is left as the caller set it, as the other wrappers leave it
+        self.weight_net.train(self.training or self.dropout_in_eval)
+        if frozen_copy is not None:
+            frozen_copy.eval()
 
     def _options(self) -> dict[str, Any]:
         return dict(normalisation=self.normalisation, dropout_in_eval=self.dropout_in_eval,

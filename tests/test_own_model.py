@@ -13,6 +13,8 @@ import re
 import subprocess
 import sys
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -165,8 +167,14 @@ def test_check_invariance_and_equivariance() -> None:
 def test_the_checks_run_modules_in_evaluation_mode_and_restore_them() -> None:
     model = nn.Sequential(Recorder(), nn.Dropout(0.5)).train()
     x = _images()
-    assert check_invariance(Equitune(model, "rot90"), x, "rot90") < 1e-9  # dropout off during the check
+    with pytest.warns(UserWarning, match="measured in evaluation mode, but the model is in training mode, in which "
+                                         "its Dropout layers change the outputs; call model.eval"):
+        assert check_invariance(Equitune(model, "rot90"), x, "rot90") < 1e-9  # dropout off during the check
     assert all(m.training for m in model.modules())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # in evaluation mode, or in training mode without dropout or BatchNorm: none
+        check_invariance(Equitune(model, "rot90").eval(), x, "rot90")
+        check_invariance(Equitune(Recorder(), "rot90").train(), x, "rot90")
     with pytest.raises(TypeError, match="floating-point image batch"):
         check_invariance(model, x.to(torch.uint8), "rot90")
 
@@ -480,8 +488,10 @@ def _classifier(k: int, dtype: torch.dtype = torch.float64) -> nn.Module:
 @pytest.mark.parametrize("proxy", ["max_prob", "entropy"])
 def test_equizero_refuses_one_logit_where_every_view_would_tie(proxy: str) -> None:
     x, model = _images(), _classifier(1)
-    with pytest.raises(ValueError, match="K >= 2.*max_logit"):
+    with pytest.raises(ValueError, match=r"K >= 2.*the most confident\), or proxy='max_logit' .*favours the positive"):
         EquiZero(model, "rot90", proxy=proxy)(x)
+    two_class = EquiZero(model, "rot90", proxy=proxy, output=lambda z: torch.cat([-z, z], -1))  # the fix it gives
+    assert check_invariance(two_class, x, "rot90") < 1e-9
     # the proxy that is defined on one logit still works, and is invariant
     assert check_invariance(EquiZero(model, "rot90", proxy="max_logit"), x, "rot90") < 1e-9 < check_invariance(
         model, x, "rot90")
@@ -699,6 +709,55 @@ def test_aligning_views_refuses_token_sequences_whose_last_axis_is_not_space() -
     tokens = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.Flatten(2), Transpose())  # [B, 9, 8]
     with pytest.raises(ValueError, match=r"patch tokens \[B, T, D\] to \[B, D, h, w\]"):
         Equitune(tokens.double(), "hflip", align_views=True)(_images())
+
+
+def test_aligning_non_square_maps_under_quarter_turns_names_the_trunks_maps() -> None:
+    """Square images, but a trunk whose padding makes 12 x 10 maps: the error names the maps, not the images."""
+    trunk = nn.Conv2d(3, 4, 3, padding=(1, 0)).double()
+    with pytest.raises(ValueError, match=r"square maps; it gives maps of h x w = 12 x 10"):
+        Equitune(trunk, "rot90", align_views=True)(_images())
+    assert check_equivariance(Equitune(trunk, "hflip", align_views=True), _images(), "hflip") < 1e-9
+
+
+def test_wrapping_leaves_the_models_own_mode_as_it_was() -> None:
+    """Building a wrapper never switches the user's model into training mode (its dropout would then be on and
+    its BatchNorm statistics would move on a bare call)."""
+    for make in (lambda m: Equitune(m, "rot90"), lambda m: EquiZero(m, "rot90"),
+                 lambda m: LambdaEquitune(m, "rot90", example_input=_images()),
+                 lambda m: LambdaEquitune(m, "rot90", example_input=_images(), frozen_copy=Recorder(seed=1).train()),
+                 lambda m: EquiAttention(m, "rot90", example_input=_images())):
+        model = nn.Sequential(Recorder(), nn.Dropout(0.5)).eval()
+        wrapper = make(model)
+        assert wrapper.training and not any(m.training for m in model.modules()), type(wrapper).__name__
+        if isinstance(wrapper, LambdaEquitune):
+            assert wrapper.weight_net.training  # in the wrapper's mode
+            assert wrapper.frozen_copy is None or not wrapper.frozen_copy.training
+    wrapper = LambdaEquitune(Recorder().eval(), "rot90", example_input=_images(), dropout_in_eval=True).eval()
+    assert wrapper.weight_net.training and not wrapper.trunk.training  # as published: dropout on in evaluation
+
+
+def test_the_models_error_on_the_first_call_names_the_one_image_check() -> None:
+    """One-channel images into a three-channel model: PyTorch's error names the first call's batch of one, which the
+    caller never passed; the wrapper says where it comes from."""
+    gray = _images()[:, :1]
+    for wrapper in (Equitune(Recorder(), "rot90"), LambdaEquitune(Recorder(), "rot90", EmbeddingWeightNet(K, 7))):
+        with pytest.raises(RuntimeError, match=r"runs the first image of the batch \(3, 1, 12, 12\) alone .*"
+                                               r"channels, size and dtype the model takes: .*channels"):
+            wrapper(gray)
+
+
+def test_forward_views_refuses_inputs_without_the_views_axis_before_the_trunk() -> None:
+    wrapper = Equitune(Recorder(), "rot90")
+    with pytest.raises(ValueError, match=r"inputs must be the views \[B, G, C, H, W\] with G = 4 .*"
+                                         r"got \(3, 3, 12, 12\)"):
+        wrapper.forward_views(_images())
+    assert torch.equal(wrapper.forward_views(wrapper.group.orbit(_images())), wrapper.eval()(_images()))
+
+
+def test_a_token_group_in_an_image_wrapper_points_to_equilm() -> None:
+    group = equinb.TokenPermutationGroup(10, [[1, 2]])
+    with pytest.raises(TypeError, match="use equinb.equilm.EquiLM"):
+        Equitune(Recorder(), group)
 
 
 class Transpose(nn.Module):

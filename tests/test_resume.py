@@ -196,13 +196,13 @@ def test_a_damaged_partial_file_is_set_aside_and_the_run_starts_over(tmp_path: P
     setup = dataclasses.replace(_setup(), key="toy")
     config = TrainConfig.updated(**SMALL)
     whole = run_training(setup, config, cache_dir=tmp_path / "whole")
-    key = next((tmp_path / "whole").glob("run_*.pt")).name.removeprefix("run_")
+    name = next((tmp_path / "whole").glob("run_*.pt")).name
     (tmp_path / "damaged").mkdir()
-    (tmp_path / "damaged" / f"partial_{key}").write_bytes(b"not a torch file")
+    (tmp_path / "damaged" / f"partial_{name}").write_bytes(b"not a torch file")
     with pytest.warns(RuntimeWarning, match="could not be read"):
         again = run_training(setup, config, cache_dir=tmp_path / "damaged")
     _compare_runs(again, whole)
-    assert (tmp_path / "damaged" / f"partial_{key}.damaged").exists()
+    assert (tmp_path / "damaged" / f"partial_{name}.damaged").exists()
 
 
 @pytest.mark.parametrize("every", [-1.0, float("nan")])
