@@ -12,7 +12,8 @@
 #   make check-book           render every page of _build/html in headless Chromium and fail on overflow,
 #                             broken images, MathJax errors, NaN cells or requests outside the book
 #   make test                 unit tests + nbval regression of the committed notebooks (trained numbers
-#                             within their measured tolerance, everything else exactly)
+#                             within their measured tolerance, everything else exactly), two chapters at a time
+#                             as make book (JOBS=1: one at a time)
 #   make test-portable        make book + make test under each numerical mode (tools/numerical_modes.py)
 #   make notebooks            refresh the committed small-profile outputs notebooks/<id>.ipynb
 #   make clean                remove _build
@@ -54,7 +55,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest tests
-	$(PY) tools/nbval_chapters.py
+	$(PY) tools/nbval_chapters.py $(if $(JOBS),--jobs $(JOBS),)
 
 test-portable: $(STAMP)
 	$(PY) tools/test_portable.py

@@ -279,8 +279,9 @@ def profile_note(profile: str, small: str, paper: str) -> str:
     profile's setting (a clause each, e.g. "a MobileNetV2 on the 8x8 digits stands in for CLIP RN50 on CIFAR100")."""
     if profile == "small":
         return (f"This build ran the small profile: {small}. It re-runs the article's comparisons on a stand-in: "
-                "compare the directions and sizes of the differences with the article's, not the values (the verdict "
-                f"table does). The paper profile runs {paper}; this build did not produce its numbers.")
+                "compare the directions (signs) of the differences with the article's, as the verdict table does; "
+                f"neither the values nor the sizes of the differences carry over. The paper profile runs {paper}; "
+                "this build did not produce its numbers.")
     return f"This build ran the {profile} profile: {paper}."
 
 

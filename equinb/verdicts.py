@@ -21,9 +21,10 @@ zero-shot scores) needs no seeds. The interval's basis is printed beside it.
 - ``inconclusive``: the interval holds 0 (for a claim of *no* difference, only ``reversed`` or this: without a
   stated margin, a claim of no difference can be refuted, never confirmed);
 - ``not tested here: <reason>``, where a computed check says the comparison cannot test the claim: a stage that
-  changed no prediction, a run that diverged or sits at chance, a statistic that holds by construction (shown
-  by a control), a task the no-training baseline already solves, too few seeds, no article value, a setting
-  this profile does not run, or an outcome out of reach: with run a as measured, even run b at the end of the
+  changed no prediction, a run that diverged or sits at chance, a statistic decided by construction (shown
+  by a control, or by the exact symmetry of the code), a task the no-training baseline already solves, too few
+  seeds, no article value, a setting this profile does not run, or an outcome out of reach: with run a as
+  measured, even run b at the end of the
   score scale on every item (every image right, say) could not give the verdict on one side, so the verdict
   could not come out that way. Each reason is made by a function below from the numbers, never typed.
 
@@ -58,6 +59,8 @@ EFFECT_COLUMN = "effect of the change"
 NEEDS_OTHER_SETTING = "needs "  # how not_in_this_run's reasons start (the summary page leaves those claims out)
 MIN_SEEDS = 5  # a trained run's verdict needs at least this many seeds of every run it compares
 LOSS_BOUND = 1e6  # a training loss above this (or not finite) marks a diverged run
+# in the reason of a claim the code's own construction contradicts (not tested: no data could decide otherwise)
+FAILS_BY_CONSTRUCTION = "the claim fails for this code"
 VERDICT_RULE = ("ours is the mean difference over the seeds; its 95% interval is a t interval with the seeds and the "
                 "test items as crossed random effects (each noise counted once; with one seed and right/wrong "
                 "scores, McNemar's exact test, its interval widened for how many items differ; the noise column "
@@ -314,25 +317,30 @@ def solved_without_training(baseline_correct: ArrayLike, baseline: str) -> str |
 
 
 def by_construction(control: Comparison, observed: Comparison, what: str) -> str | None:
-    """``"holds by construction: ..."`` when a control that cannot carry the effect (an untrained module, a
-    permutation null) gives an interval that overlaps the observed one."""
+    """``"decided by construction: ..."`` when a control that cannot carry the effect (an untrained module, a
+    permutation null) gives an interval that overlaps the observed one: the statistic is what the construction
+    gives, whatever the module learned."""
     if control.interval[0] <= observed.interval[1] and observed.interval[0] <= control.interval[1]:
-        return (f"holds by construction: {what} gives {control.difference:+.3g} "
-                f"[{control.interval[0]:+.3g}, {control.interval[1]:+.3g}]")
+        return (f"decided by construction: {what}, which cannot carry the effect, gives "
+                f"{control.difference:+.3g} [{control.interval[0]:+.3g}, {control.interval[1]:+.3g}] as well")
     return None
 
 
-def symmetry_by_construction(errors: ArrayLike, symmetry: str, code: str, rtol: float = 1e-5) -> str | None:
+def symmetry_by_construction(errors: ArrayLike, symmetry: str, code: str, rtol: float = 1e-5, *,
+                             claimed: str | None = None) -> str | None:
     """The reason a claim about ``code``'s symmetry is not tested here, when its output has ``symmetry``
     ("invariant" or "equivariant") to float rounding on every test item (``errors``: per-item errors relative to
     the output's scale, [N]); else None. The sign of a difference against the other symmetry's error is then fixed
     by how the output is built (which the unit tests prove), not by the sample, so no verdict could come out
-    otherwise; the reason names the symmetry the code has, which answers the claim."""
+    otherwise; the reason names the symmetry the code has and, given the ``claimed`` one, what that means for the
+    claim (an invariant output is not equivariant: the claim then fails for this code, whatever the data)."""
     worst = float(np.max(np.asarray(errors, dtype=float)))
     if not worst < rtol:  # NaN is no proof
         return None
-    return (f"holds by construction: {code} is {symmetry} on every test image (largest relative error < "
-            f"{rtol:.0e}, float rounding), by how it combines the views")
+    answer = ("" if claimed is None else f", so the claim that it is {claimed} holds for this code whatever the data"
+              if claimed == symmetry else f", so it is not {claimed}: {FAILS_BY_CONSTRUCTION} whatever the data")
+    return (f"decided by construction: {code} is {symmetry} on every test image (largest relative error < "
+            f"{rtol:.0e}, float rounding), by how it combines the views{answer}")
 
 
 def orientation_kept(on_original: ArrayLike, n_views: int, module: str) -> str:
@@ -351,7 +359,7 @@ def orientation_kept(on_original: ArrayLike, n_views: int, module: str) -> str:
 
 
 def zero_by_construction(alike: float, model: str, copies: float = 0.0, what: str = "gap") -> str | None:
-    """``"holds by construction: ..."`` when in every paired unit of ``model`` the groups compared get the same
+    """``"decided by construction: ..."`` when in every paired unit of ``model`` the groups compared get the same
     label (``alike`` = 1.0, ``equinb.nlg.alike_unit_share``): its ``what`` is then 0 in every resample, and a
     difference against it can take one sign only. ``copies``: the share of units whose samples are permuted
     copies across the groups (``equinb.nlg.permuted_copy_share``), named as the cause when it is 1.0. Alike texts
@@ -359,7 +367,7 @@ def zero_by_construction(alike: float, model: str, copies: float = 0.0, what: st
     if not alike >= 1.0:  # NaN (no units) is not "every unit"
         return None
     cause = " (its samples are permuted copies, paired seeds)" if copies >= 1.0 else ""
-    return (f"holds by construction: every unit of {model} is labelled alike across the demographics{cause}, so "
+    return (f"decided by construction: every unit of {model} is labelled alike across the demographics{cause}, so "
             f"its {what} is 0 on every unit and the difference has one possible sign")
 
 
@@ -407,7 +415,7 @@ def out_of_reach(comparison: Comparison | None, side: int | None) -> str | None:
         low, high = top if sign > 0 else bottom
         return (f"the compared run {'above' if sign > 0 else 'below'} the reference (mean {reference:.2f}), and "
                 f"with every item of the compared run at the {'top' if sign > 0 else 'bottom'} of the scale the "
-                f"difference would be [{low:+.2f}, {high:+.2f}], which holds 0")
+                f"difference would be [{_end(low)}, {_end(high)}], which holds 0")
 
     if side == 0:
         return None if can[1] or can[-1] else f"out of reach: neither sign could come out; {needs(1)}"
@@ -416,6 +424,12 @@ def out_of_reach(comparison: Comparison | None, side: int | None) -> str | None:
     if not can[-side]:
         return f"out of reach: the claim could not be reversed; that needs {needs(-side)}"
     return None
+
+
+def _end(value: float) -> str:
+    """An interval end with a sign and two decimals, or two significant digits where two decimals would print a
+    number that is not zero as 0.00 (an end of -0.004 is below zero, which "-0.00" hides)."""
+    return f"{value:+.2f}" if value == 0 or abs(value) >= 0.005 else f"{value:+.2g}"
 
 
 def judge(comparison: Comparison | None, side: int | None, reasons: Sequence[str | None] = ()) -> str:
@@ -484,8 +498,11 @@ def effect_row(change: str, comparison: Comparison | None, *, reasons: Sequence[
 
 
 def verdict_counts(verdicts: Sequence[str]) -> dict[str, int]:
-    """How many verdicts are of each kind: tested, agrees, reversed, inconclusive, not tested here."""
+    """How many verdicts are of each kind: tested, agrees, reversed, inconclusive, not tested here, and of those not
+    tested, how many because the code's construction decides against the claim (``symmetry_by_construction``)."""
     kinds = ["agrees", "reversed", "inconclusive"]
     counts = {k: sum(v == k for v in verdicts) for k in kinds}
     counts[NOT_TESTED] = sum(str(v).startswith(NOT_TESTED) for v in verdicts)
-    return {"claims": len(verdicts), "tested": sum(counts[k] for k in kinds), **counts}
+    against = sum(str(v).startswith(NOT_TESTED) and FAILS_BY_CONSTRUCTION in str(v) for v in verdicts)
+    return {"claims": len(verdicts), "tested": sum(counts[k] for k in kinds), **counts,
+            "failing by construction": against}

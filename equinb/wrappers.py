@@ -795,8 +795,9 @@ class LambdaEquitune(OrbitWrapper):
             eq. 6: lambda / sum(lambda); a raw lambda can cross zero, and training then diverges on random data,
             so it is an as-published option) | ``"none"`` (the article's invariant code: lambda_k multiplies view
             k, which acts as a per-view inverse temperature of the logits, then a plain mean; with
-            ``output_softmax`` the softmax sees the scaled logits). ``equinb.engine.TrainConfig`` names the
-            article's code versions and passes its setting explicitly.
+            ``output_softmax`` the softmax sees the scaled logits; a raw lambda has no sign constraint, and a
+            negative one reverses the order of its view's logits, as it can at initialisation).
+            ``equinb.engine.TrainConfig`` names the article's code versions and passes its setting explicitly.
         frozen_copy: as published ("original" code), lambda is computed from the views of this frozen
             copy of the trunk instead of the trainable trunk. Default None (the trainable trunk).
         dropout_in_eval: as published, keep the weight network in training mode (dropout active)

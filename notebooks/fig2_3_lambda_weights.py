@@ -117,6 +117,8 @@ runs = run_cache_dir(data_root)
 noise = chapter_tolerances(profile, "top1", "weight", "share")  # how far printed numbers may move
 viz.book_style()
 glue("profile", profile, display=False)
+# the summary page names the stand-in
+glue("setting", f"{backbone} on {dataset}; orientation-free: {orientation_free}", display=False)
 glue("profile_note", profile_note(profile, "MobileNetV2's block-17 maps of the digits stand in for CLIP RN50 on "
                                   "CIFAR100, and randomly turned Fashion-MNIST images for ISIC 2018",
                                   "CLIP RN50's layer4 maps on CIFAR100 and ISIC 2018"), display=False)
@@ -237,7 +239,8 @@ for _, r in summary.iterrows():
 # orientation-free sets hold different images, so their differences are compared unpaired. On turned data the mean
 # weight of a column is near 1/4 for *any* module whose weights move with the views: a control shows it, the
 # natural-orientation module itself on the natural test images turned at random. Where that control's drop
-# overlaps the drop measured for the claim (their intervals), the claim holds by construction here. A turned
+# overlaps the drop measured for the claim (their intervals), the drop is decided by construction here, not by
+# what the module learned, and the claim is not tested. A turned
 # stand-in is orientation-free only on average: each image keeps the orientation it had before its turn, so the
 # claims about weights on data *without* an orientation are about data this stand-in does not have, and they are
 # not tested on it, whatever its modules learned (the reason prints how often the largest weight undoes the turn,
@@ -356,7 +359,8 @@ for key, figure in (("natural", nat), ("free", free_set)):
 #   The second is the share whose upright view has the smallest weight, which is what the article's
 #   surviving notebook computes.
 # - **Orientation-free data, per image.** On randomly turned data the mean weight of each column is near uniform for
-#   any module, so the verdicts mark the column means with the control above. The claims on uniformity are tested
+#   any module, so the verdicts mark the column means with a control (the natural-orientation module on the
+#   natural test images turned at random; see the verdicts section). The claims on uniformity are tested
 #   as the article states them: equiattention's, per image (the share of images with a weight outside [0.225,
 #   0.275], against none), and λ-equitune's, by its pattern of column means (the 90° and 270° views' weight
 #   together, against 1/2). On real ISIC images (the paper profile) they are tested; the turned stand-in keeps

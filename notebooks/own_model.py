@@ -133,6 +133,8 @@ with torch.no_grad():
         rows += [{"crop": i, "element": k, "MobileNetV2": categories[int(bare[i])],
                   "Equitune": categories[int(wrapped[i])]} for i in range(len(x))]
 predictions = pd.DataFrame(rows).set_index(["crop", "element"]).sort_index()  # a row per crop and element
+print(f"profile: {profile}; the top-1 ImageNet class of each crop under each element of {group}, bare and "
+      "wrapped")
 display(predictions)
 distinct = predictions.groupby(level="crop").nunique()
 print("distinct answers per crop: MobileNetV2", distinct["MobileNetV2"].tolist(),
@@ -281,8 +283,9 @@ with torch.no_grad():
             seconds[name].append(time.perf_counter() - start)
 cost = pd.DataFrame({"ms per batch": {n: 1000 * statistics.median(s) for n, s in seconds.items()}})
 cost["x one view"] = cost["ms per batch"] / cost.loc["model (one view)", "ms per batch"]
-print(f"profile: {profile}; {device}, {torch.get_num_threads()} threads; batch {batch_size} x {image_size} px, "
-      f"|G| = {g.order}; median of {timing_repeats} runs")
+print(f"profile: {profile}; time per batch of each way to run the model, and its multiple of one view; {device}, "
+      f"{torch.get_num_threads()} threads; batch {batch_size} x {image_size} px, |G| = {g.order}; median of "
+      f"{timing_repeats} runs")
 display(cost.round(2))
 ratio = cost.loc["equinb, default", "ms per batch"] / cost.loc["equinb, one pass", "ms per batch"]
 per_pass = invariant.images_per_pass(x) or g.order * len(x)  # None: the whole orbit in one pass (a GPU)

@@ -114,6 +114,7 @@ runs = run_cache_dir(data_root)
 noise = chapter_tolerances(profile, "top1", "logit", "loss")
 viz.book_style()
 glue("profile", profile, display=False)
+glue("setting", f"{backbone} on {dataset}", display=False)  # the summary page names the stand-in
 glue("schedule", schedule_note(image_size, prefinetune_rounds, finetune_rounds), display=False)  # summary page
 glue("profile_note", profile_note(profile, "MobileNetV2's 320×3×3 block-17 maps of the digits stand in for CLIP "
                                   "RN50's 2048×7×7 layer4 maps of CIFAR100", "CLIP RN50's layer4 maps on CIFAR100"),
@@ -165,6 +166,12 @@ print(noise_note(noise["top1"], "top-1 accuracies (%)"))
 show(beside_article(mapped, article, on="article_variant", article_on="variant", show=("variant",),
                     with_delta=profile == "paper"), f"This build beside the article's Table 2 (profile: {profile})")
 show(ours, f"Test predictions that finetuning changed, per run (profile: {profile})")
+unchanged_runs = [str(v) for v, n in zip(ours.variant, ours.finetune_changed) if n == 0]
+finetune_note = (f"finetuning changed no test prediction in {len(unchanged_runs)} of {len(ours)} runs"
+                 + (f" ({', '.join(unchanged_runs)}): their finetune columns repeat the prefinetune ones"
+                    if unchanged_runs else ""))
+print(f"profile: {profile}; seed {seed}: {finetune_note}")
+glue("finetune_note", finetune_note, display=False)  # the summary page, under its table
 for _, r in ours.iterrows():
     key = {article_rate: "invariant", map_rate: "invariant_map_rate", "feature map (as published)": "published",
            "feature map (as described)": "described"}[r.variant]
@@ -187,6 +194,11 @@ for name, (setup, config, options) in variants.items():
 spread = pd.DataFrame([dict(variant=name, **row) for name, rs in repeats.items() for row in stage_spread(rs)])
 print(noise_note(noise["top1"], "top-1 accuracies (%)"))
 show(spread, f"Top-1 (%) over seeds {seeds}, per run and stage (profile: {profile})")
+# a seed's table can look sound where its own or another seed's training ran away: say so beside the numbers
+ran_away = [note for name, rs in repeats.items() for stage in STAGES if (note := diverged_seeds(rs, stage, name))]
+ran_away_note = "; ".join(ran_away) if ran_away else "no run's training loss ran away in any seed"
+print(f"profile: {profile}; {ran_away_note}")
+glue("ran_away", ran_away_note, display=False)  # the summary page, under the seed-0 table
 
 # %% [markdown]
 # ### Did the loss stay bounded?
@@ -299,7 +311,8 @@ for stage in STAGES:
 errors_of = per_image[published]
 # the published code combines the maps unaligned (deviation A.1): where its Z is invariant to float rounding, the
 # code, not the sample, fixes the sign of the difference, so the claim is not tested
-construction = symmetry_by_construction(errors_of["invariance"], "invariant", "the published code's Z")
+construction = symmetry_by_construction(errors_of["invariance"], "invariant", "the published code's Z",
+                                        claimed="equivariant")
 claims.append(verdict_row("tab2.equivariant", compare(errors_of["equivariance"], errors_of["invariance"], scale=1.0,
                                                       deterministic=True, bounds=None), decimals=3,
                           reasons=[construction]))

@@ -96,6 +96,7 @@ runs = run_cache_dir(data_root)
 noise = chapter_tolerances(profile, "top1", "logit")  # how far printed numbers may move between CPUs
 viz.book_style()
 glue("profile", profile, display=False)
+glue("setting", f"{backbone} on {dataset}", display=False)  # the summary page names the stand-in
 glue("profile_note", profile_note(profile, "MobileNetV2's 320×3×3 block-17 maps of the digits stand in for CLIP "
                                   "RN50's 2048×7×7 layer4 maps of CIFAR100", "CLIP RN50's layer4 maps on CIFAR100"),
      display=False)
@@ -152,6 +153,12 @@ spread = pd.DataFrame([dict(method=m, alignment=a, **row) for (a, m), rs in repe
                        for row in stage_spread(rs)])
 show(spread, f"Top-1 (%) over seeds {seeds}, per run and stage (a run whose finetuning changed no test prediction "
              f"is repeated for its prefinetuning only; profile: {profile})")
+unchanged_runs = [f"{m}, {a}" for m, a, n in zip(ours.method, ours.alignment, ours.finetune_changed) if n == 0]
+finetune_note = (f"finetuning changed no test prediction in {len(unchanged_runs)} of {len(ours)} runs"
+                 + (f" ({', '.join(unchanged_runs)}): their finetune columns repeat the prefinetune ones"
+                    if unchanged_runs else ""))
+print(f"profile: {profile}; seed {seed}: {finetune_note}")
+glue("finetune_note", finetune_note, display=False)  # the summary page, under its table
 for _, r in ours.iterrows():
     key = f"{r.method}_{'described' if r.alignment == 'as described' else 'published'}"
     glue(f"{key}_prefinetune_top1", round(float(r.prefinetune_top1), 2), display=False)

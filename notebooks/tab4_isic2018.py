@@ -211,7 +211,7 @@ viz.glue_figure("tab4_samples", viz.class_samples(images, titles), data=pd.DataF
 # %% [markdown]
 # ```{glue:figure} tab4_samples
 # :name: fig-tab4-samples
-# :alt: A row of seven images, the first training image of each class, titled with class code, name and counts
+# :alt: Seven images, the first training image of each class, titled with the lesion class code, name and counts
 #
 # The first training image of each class. On the small profile these are Fashion-MNIST garments standing for the
 # lesion classes, each turned by its own random rotation; the counts show the imbalance: one class holds two

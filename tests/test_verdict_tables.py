@@ -42,7 +42,7 @@ def _rows(chapter: str) -> list[dict]:
 COMPUTED_REASONS = [re.compile(pattern) for pattern in (
     r"^\w+ changed no test prediction of ", r"^[^:;]{1,80} diverged (\(training loss above|in \d+ of \d+ seeds)",
     r"^[^:;]{1,80} is at chance \(top-1 ", r"^[^:;]{1,80} ran \d+ seeds? \(a verdict needs \d+\)$",
-    r"^solved without training: ", r"^holds by construction: ", r"^the stand-in turns upright images at random",
+    r"^solved without training: ", r"^decided by construction: ", r"^the stand-in turns upright images at random",
     "^" + re.escape(NEEDS_OTHER_SETTING), r"^out of reach: ", r"^nothing was measured$", r"^no article value$")]
 
 

@@ -155,9 +155,10 @@ def test_reasons_are_computed_from_the_numbers():
     good = (gen.random(400) < 0.9).astype(float)  # 40 items of room
     assert solved_without_training(good, "zero-shot equitune") is None
     control, observed = _comparison(-0.01, 0.01), _comparison(-0.02, 0.005)
-    assert by_construction(control, observed, "an untrained module").startswith("holds by construction")
+    assert by_construction(control, observed, "an untrained module").startswith("decided by construction")
     assert by_construction(control, _comparison(0.2, 0.3), "an untrained module") is None
-    assert zero_by_construction(1.0, "EquiLM g (d=3)", 1.0).startswith("holds by construction: every unit of EquiLM")
+    assert zero_by_construction(1.0, "EquiLM g (d=3)", 1.0).startswith("decided by construction: every unit of "
+                                                                        "EquiLM")
     assert "permuted copies" in zero_by_construction(1.0, "EquiLM g (d=3)", 1.0)
     assert "permuted copies" not in zero_by_construction(1.0, "EquiLM g (d=3)", 0.5)
     assert zero_by_construction(0.98, "EquiLM g (d=3)", 1.0) is None  # copies a scorer labels apart: a gap can open
@@ -199,8 +200,14 @@ def test_rows_take_the_claim_from_the_registry_and_never_print_nan():
 
 
 def test_verdict_counts():
+    from equinb.verdicts import FAILS_BY_CONSTRUCTION, symmetry_by_construction
+
+    against = symmetry_by_construction([0.0], "invariant", "Z", claimed="equivariant")
+    assert FAILS_BY_CONSTRUCTION in against
+    assert verdict_counts([f"{NOT_TESTED}: {against}", f"{NOT_TESTED}: x", "agrees"])["failing by construction"] == 1
     counts = verdict_counts(["agrees", "reversed", "inconclusive", "agrees", f"{NOT_TESTED}: x"])
-    assert counts == {"claims": 5, "tested": 4, "agrees": 2, "reversed": 1, "inconclusive": 1, NOT_TESTED: 1}
+    assert counts == {"claims": 5, "tested": 4, "agrees": 2, "reversed": 1, "inconclusive": 1, NOT_TESTED: 1,
+                      "failing by construction": 0}
 
 
 def test_a_symmetry_by_construction_leaves_its_claim_not_tested_and_says_which_symmetry_holds() -> None:
@@ -211,7 +218,11 @@ def test_a_symmetry_by_construction_leaves_its_claim_not_tested_and_says_which_s
 
     invariance, equivariance = [0.0, 3e-7, 9e-6], [0.4, 0.5, 0.45]
     reason = symmetry_by_construction(invariance, "invariant", "the published Z")
-    assert reason.startswith("holds by construction: the published Z is invariant") and "< 1e-05" in reason
+    assert reason.startswith("decided by construction: the published Z is invariant") and "< 1e-05" in reason
+    assert symmetry_by_construction(invariance, "invariant", "Z", claimed="equivariant").endswith(
+        "so it is not equivariant: the claim fails for this code whatever the data")
+    assert symmetry_by_construction(invariance, "invariant", "Z", claimed="invariant").endswith(
+        "so the claim that it is invariant holds for this code whatever the data")
     statistic = compare(equivariance, invariance, scale=1.0, deterministic=True, bounds=None)  # inv. − equiv.
     assert judge(statistic, +1, [reason]) == f"{NOT_TESTED}: {reason}"
     assert symmetry_by_construction([0.0, 2e-5], "invariant", "Z") is None  # one image beyond rounding: measured
