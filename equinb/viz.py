@@ -115,7 +115,8 @@ def zeroshot_panels(ours: pd.DataFrame, article: pd.DataFrame, transforms: Seque
 
 
 def robustness_plot(ours: pd.DataFrame, article: pd.DataFrame,
-                    transforms: Sequence[str] = ("none", "rot180", "rot90", "hflip")) -> Figure:
+                    transforms: Sequence[str] = ("none", "rot180", "rot90", "hflip"),
+                    title: str = "The plain model under each random transformation") -> Figure:
     """"The pretrained model is not robust": vanilla top-1 per transformation, per backbone and dataset.
 
     ``ours`` and ``article``: columns backbone, dataset, transform, top1 (vanilla rows only).
@@ -139,7 +140,7 @@ def robustness_plot(ours: pd.DataFrame, article: pd.DataFrame,
                   [f"{b}, {d}\n({src})" for src, b, d in keys], fontsize=LEGEND_SIZE, rotation=35, ha="right",
                   rotation_mode="anchor")  # slanted: nine two-word labels do not fit side by side
     ax.set_ylabel("vanilla top-1 accuracy (%)")
-    ax.set_title("The plain model under each random transformation", pad=30)
+    ax.set_title(title, pad=30)  # above the legend
     ax.set_ylim(bottom=0)
     ax.legend(frameon=False, ncol=len(transforms), loc="lower center", bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout()

@@ -295,7 +295,8 @@ viz.glue_figure("fig4_panels", viz.zeroshot_panels(published, ref_bars, transfor
                 data=bars[bars["transform"].isin(["rot90", "rot180"])])
 viz.glue_figure("fig4_robustness", viz.robustness_plot(
     published[published.method == "vanilla"], ref_bars[ref_bars.method == "vanilla"],
-    transforms=[t for t in ("none", "rot180", "rot90", "hflip") if t in transforms]),
+    transforms=[t for t in ("none", "rot180", "rot90", "hflip") if t in transforms],
+    title=f"The plain model under each random transformation (profile: {profile})"),
     data=bars[bars.method == "vanilla"])
 gap = published.pivot_table(index=["backbone", "dataset", "transform"], columns="method", values="top1")
 gap = gap[gap.index.get_level_values("transform").isin(["rot90", "rot180"])]
