@@ -103,11 +103,12 @@ def _checked(model: Callable[..., Any], x: Tensor, group: Group | str, output: O
     check_selector(output)
     if isinstance(model, nn.Module):
         _check_model_takes(model, x)
-        _warn_if_training(model, what)
     with modes_restored(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
         if isinstance(model, nn.Module):
+            training = _mode_dependent_training(model)
             with contextlib.suppress(NotImplementedError):  # a torch.export program has no modes: measured as it is
                 model.eval()
+            _warn_if_switched_off(training - _mode_dependent_training(model), what)
         err = measure(lambda z: select_output(model(z), output), group)
     if atol is not None and not err <= atol:
         raise AssertionError(f"{what} error over {group.name} is {err:.3g}, above atol={atol:g}")
@@ -118,14 +119,20 @@ def _checked(model: Callable[..., Any], x: Tensor, group: Group | str, output: O
 _MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
 
-def _warn_if_training(model: nn.Module, what: str) -> None:
-    """A UserWarning when ``model`` has a dropout or BatchNorm module in training mode: the check measures it in
-    evaluation mode, so its error says nothing of the outputs it gives as it is (a wrapper starts in training
-    mode, as any module, and ``LambdaEquitune``'s weighting network has dropout)."""
-    training = sorted({type(m).__name__ for m in model.modules() if m.training and isinstance(m, _MODE_DEPENDENT)})
-    if training:
+def _mode_dependent_training(model: nn.Module) -> set[nn.Module]:
+    """The dropout and BatchNorm modules of ``model`` that are in training mode."""
+    return {m for m in model.modules() if m.training and isinstance(m, _MODE_DEPENDENT)}
+
+
+def _warn_if_switched_off(switched: set[nn.Module], what: str) -> None:
+    """A UserWarning when the check's ``eval()`` switched dropout or BatchNorm modules of the model out of training
+    mode: its error then says nothing of the outputs the model gives as it is (a wrapper starts in training mode,
+    as any module, and ``LambdaEquitune``'s weighting network has dropout). Modules that stay in training mode
+    through ``eval()`` (``dropout_in_eval=True``, as the article's code) are measured with their noise: no warning."""
+    names = sorted({type(m).__name__ for m in switched})
+    if names:
         warnings.warn(f"the {what} error is measured in evaluation mode, but the model is in training mode, in "
-                      f"which its {' and '.join(training)} layers change the outputs; call model.eval() before using "
+                      f"which its {' and '.join(names)} layers change the outputs; call model.eval() before using "
                       "it for inference", stacklevel=4)
 
 

@@ -734,7 +734,8 @@ class EquiZero(OrbitWrapper):
 
     The proxy scores each view's head output (computed from the unaligned view): ``max_prob``
     (the article's code), ``entropy`` (lowest entropy) or ``max_logit`` (the largest logit; on one logit [B, 1],
-    the most positive view, not the most confident: give ``torch.cat([-z, z], -1)`` for that). Views tied at the
+    the most positive view, not the most confident: ``output=lambda z: torch.cat([-z, z], -1)`` picks that one
+    and returns its two-class logits [B, 2], ``z`` in column 1). Views tied at the
     top score are averaged (the article's code takes one of them; any fixed pick among tied views breaks
     invariance).
 

@@ -118,7 +118,9 @@ noise = chapter_tolerances(profile, "top1", "weight", "share")  # how far printe
 viz.book_style()
 glue("profile", profile, display=False)
 # the summary page names the stand-in
-glue("setting", f"{backbone} on {dataset}; orientation-free: {orientation_free}", display=False)
+glue("setting", f"{backbone} on {dataset}; orientation-free data: "
+     f"{'turned Fashion-MNIST (the Table 4 stand-in)' if orientation_free == 'stand_in' else orientation_free}",
+     display=False)
 glue("profile_note", profile_note(profile, "MobileNetV2's block-17 maps of the digits stand in for CLIP RN50 on "
                                   "CIFAR100, and randomly turned Fashion-MNIST images for ISIC 2018",
                                   "CLIP RN50's layer4 maps on CIFAR100 and ISIC 2018"), display=False)

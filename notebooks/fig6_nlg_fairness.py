@@ -59,7 +59,8 @@
 #   Sheng et al.'s BERT regard checkpoints from github.com/ewsheng/nlg-bias, or `sasha/regardv3` on the
 #   hub. Several classifiers vote by majority. The notebook stops in its first cells if none is given.
 #   That is 5,500 samples (1,500 per model over three demographics, 1,000 for the binary EquiLM), drawn twice with
-#   `paired_seeds` (the default): once with paired seeds for the tables, once independently for the verdicts.
+#   `paired_seeds` (the default): once with paired seeds for the label tables, once independently for the
+#   verdicts, the gap figure and the summary.
 
 # %% tags=["parameters", "hide-input"]
 profile: str = "small"  # small (SmolLM2-135M and VADER, CPU, offline) or paper (GPT-2 and regard classifiers)

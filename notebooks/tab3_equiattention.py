@@ -153,7 +153,7 @@ spread = pd.DataFrame([dict(method=m, alignment=a, **row) for (a, m), rs in repe
                        for row in stage_spread(rs)])
 show(spread, f"Top-1 (%) over seeds {seeds}, per run and stage (a run whose finetuning changed no test prediction "
              f"is repeated for its prefinetuning only; profile: {profile})")
-unchanged_runs = [f"{m}, {a}" for m, a, n in zip(ours.method, ours.alignment, ours.finetune_changed) if n == 0]
+unchanged_runs = [f"{m} ({a})" for m, a, n in zip(ours.method, ours.alignment, ours.finetune_changed) if n == 0]
 finetune_note = (f"finetuning changed no test prediction in {len(unchanged_runs)} of {len(ours)} runs"
                  + (f" ({', '.join(unchanged_runs)}): their finetune columns repeat the prefinetune ones"
                     if unchanged_runs else ""))

@@ -175,6 +175,9 @@ def test_the_checks_run_modules_in_evaluation_mode_and_restore_them() -> None:
         warnings.simplefilter("error")  # in evaluation mode, or in training mode without dropout or BatchNorm: none
         check_invariance(Equitune(model, "rot90").eval(), x, "rot90")
         check_invariance(Equitune(Recorder(), "rot90").train(), x, "rot90")
+        # dropout kept on in evaluation, as the article's code: eval() cannot switch it off, the check measures it
+        kept = LambdaEquitune(Recorder(), "rot90", example_input=x, dropout_in_eval=True).eval()
+        check_invariance(kept, x, "rot90")
     with pytest.raises(TypeError, match="floating-point image batch"):
         check_invariance(model, x.to(torch.uint8), "rot90")
 

@@ -185,6 +185,27 @@ def test_a_failure_quotes_the_end_of_the_chapters_log(tmp_path: Path, monkeypatc
         build_book.execute("own_model", "small", tmp_path / "own_model.ipynb", log=tmp_path / "own_model.log")
 
 
+def test_an_interrupt_among_chapters_run_together_reports_no_failure_of_theirs(monkeypatch, capsys) -> None:
+    """Ctrl-C reaches every child: a chapter whose child then exits is not reported as failed ("going on with the
+    other chapters" would be false), and the interrupt goes on."""
+    monkeypatch.setattr(build_book, "available_cores", lambda: 2)
+    started = []
+
+    def run_one(nb_id: str, at_once: int, env) -> None:
+        started.append(nb_id)
+        if nb_id == "tab1_original_vs_updated":
+            raise KeyboardInterrupt  # as the interrupt reaches this chapter's thread first
+        time.sleep(0.3)  # this child stops on the same interrupt a moment later
+        raise build_book.ChapterFailed(f"{nb_id}: papermill was killed by signal SIGINT")
+
+    with pytest.raises(KeyboardInterrupt):
+        build_book.run_chapters(["tab1_original_vs_updated", "tab2_featuremap", "tab3_equiattention"], 2,
+                                keep_going=True, run_one=run_one)
+    err = capsys.readouterr().err
+    assert "failed" not in err and "going on" not in err
+    assert "tab3_equiattention" not in started  # no chapter starts after the interrupt
+
+
 def _printing_notebook(path: Path, printed: str, committed: str) -> None:
     """A one-cell notebook that prints ``printed``, with ``committed`` as its reference output."""
     import nbformat

@@ -376,14 +376,15 @@ def run_chapters(ids: list[str], jobs: int, keep_going: bool,
     chapters that time code (``TIMED``) first and on their own, the pages computed from the chapters
     (``AGGREGATES``) after all of them. A chapter run beside others gets ``at_once`` > 1 and ``env``, the variables
     that put its kernel on its share of the cores; one run alone gets 1 and None (every core).
-    ``run_one`` raises ``ChapterFailed`` for a failed chapter. With ``keep_going``, the rest run after a failure and
-    the failed ids are returned; without, no chapter starts after one failed (one already running finishes) and the
-    failure is raised. An interrupt stops the child processes still running (``_RUNNING``) and goes on."""
-    failures: list[str] = []
+    ``run_one`` raises ``ChapterFailed`` for a failed chapter. With ``keep_going``, the rest run after a failure, a
+    line names each failure as it happens, their messages come at the end, and the failed ids are returned;
+    without, no chapter starts after one failed (one already running finishes) and the failure is raised. On an
+    interrupt (which the child processes get from the terminal too), each child still running (``_RUNNING``) has
+    30 s to finish saving before it is killed, and the interrupt goes on; no failure is reported for them."""
+    failures: dict[str, str] = {}
     stopped = threading.Event()  # set by a failure without keep_going, or an interrupt: start no other chapter
-    alone = [i for i in ids if i in TIMED or i in AGGREGATES]
-    chapters = [i for i in ids if i not in alone]
-    jobs = max(1, min(jobs, len(chapters)))
+    chapters = [i for i in ids if i not in TIMED and i not in AGGREGATES]
+    jobs = chapters_at_once(ids, jobs)
     env = thread_env(max(1, available_cores() // jobs)) if jobs > 1 else None
 
     def run(nb_id: str) -> None:
@@ -396,8 +397,11 @@ def run_chapters(ids: list[str], jobs: int, keep_going: bool,
             if not keep_going or not isinstance(err, ChapterFailed):
                 stopped.set()  # before this worker takes the next chapter
                 raise
-            print(f"error: {err}; going on with the other chapters", file=sys.stderr, flush=True)
-            failures.append(nb_id)
+            if stopped.is_set():  # interrupted: the child stopped because of it, not on its own
+                return
+            print(f"notebooks/{nb_id} failed (its report follows at the end); going on with the other chapters",
+                  file=sys.stderr, flush=True)
+            failures[nb_id] = str(err)
 
     for nb_id in ids:
         if nb_id in TIMED:
@@ -420,16 +424,25 @@ def run_chapters(ids: list[str], jobs: int, keep_going: bool,
     for nb_id in ids:
         if nb_id in AGGREGATES:
             run(nb_id)
-    return failures
+    for message in failures.values():
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    return list(failures)
+
+
+def chapters_at_once(ids: list[str], jobs: int) -> int:
+    """How many chapters ``run_chapters`` runs at the same time: ``jobs``, at most the chapters that may run
+    together (not those that time code or read the others), at least 1."""
+    return max(1, min(jobs, len([i for i in ids if i not in TIMED and i not in AGGREGATES])))
 
 
 def execute_all(ids: list[str], profile: str, parameters: dict, keep_going: bool, jobs: int = 1) -> None:
     """Execute chapters with papermill, ``jobs`` at a time (``run_chapters``; a chapter run beside others writes
     its output to ``<id>.log``). With ``keep_going``, run the rest after a failure and fail at the end; without,
     start no chapter after one failed."""
-    if max(1, min(jobs, len([i for i in ids if i not in TIMED and i not in AGGREGATES]))) > 1:
-        print(f"build_book: {jobs} chapters at a time, each on its share of the cores; each one's output in "
-              f"{rel(EXECUTED)}/notebooks/<id>.log (--jobs 1: one at a time, on every core)", flush=True)
+    if (together := chapters_at_once(ids, jobs)) > 1:
+        print(f"build_book: {together} chapters at a time, {max(1, available_cores() // together)} thread(s) each; "
+              f"each one's output in {rel(EXECUTED)}/notebooks/<id>.log (--jobs 1: one at a time, on every core)",
+              flush=True)
 
     def run(nb_id: str, at_once: int, env: dict[str, str] | None) -> None:
         out = EXECUTED / "notebooks" / f"{nb_id}.ipynb"
