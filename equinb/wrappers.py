@@ -456,7 +456,9 @@ class OrbitWrapper(nn.Module):
         if not isinstance(x, Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
         if x.ndim != 4:
-            hint = "; for one image [C, H, W] pass x[None] (a batch of one)" if x.ndim == 3 else ""
+            hint = ("; for one image [C, H, W] pass x[None] (a batch of one); a batch of 1-D signals [B, C, L] "
+                    "goes in as [B, C, 1, L] (x[:, :, None]) under a group without quarter turns (hflip reverses L)"
+                    if x.ndim == 3 else "")
             raise ValueError(f"input must be an image batch [B, C, H, W], got shape {tuple(x.shape)}{hint}")
         if not x.is_floating_point():
             raise TypeError(f"input images must be a floating-point tensor, got {x.dtype}: convert them as the model "
@@ -530,6 +532,8 @@ class OrbitWrapper(nn.Module):
                 else:
                     views = self.view_outputs(self.group.orbit(x[:1]))  # [1, G, ...]
             except RuntimeError as err:  # the model's own error names the probe's shape, not the caller's batch
+                if isinstance(err, torch.cuda.OutOfMemoryError):  # what a caller may catch to shrink its batch
+                    raise
                 raise RuntimeError(
                     f"{type(self).__name__}: the model failed on the first call's check, which runs the first image "
                     f"of the batch {tuple(x.shape)} alone (as [1, {', '.join(map(str, x.shape[1:]))}]"
@@ -681,7 +685,7 @@ class OrbitWrapper(nn.Module):
         if views is None:
             if inputs is None:
                 raise ValueError("forward_views needs per-view inputs or computed views")
-            if inputs.ndim < 2 or inputs.shape[1] != self.group.order:  # before the trunk, whose error would not say
+            if inputs.ndim != 5 or inputs.shape[1] != self.group.order:  # before the trunk, whose error would not say
                 raise ValueError(f"{type(self).__name__}.forward_views: inputs must be the views [B, G, C, H, W] with "
                                  f"G = {self.group.order} (the orbit, e.g. wrapper.group.orbit(x)); got "
                                  f"{tuple(inputs.shape)}")

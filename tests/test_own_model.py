@@ -749,11 +749,24 @@ def test_the_models_error_on_the_first_call_names_the_one_image_check() -> None:
             wrapper(gray)
 
 
+def test_out_of_memory_on_the_first_call_stays_out_of_memory() -> None:
+    """A caller catching torch's out-of-memory error to shrink its batch still gets it, not advice on channels."""
+    class Hungry(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="simulated"):
+        Equitune(Hungry(), "rot90")(_images())
+
+
 def test_forward_views_refuses_inputs_without_the_views_axis_before_the_trunk() -> None:
     wrapper = Equitune(Recorder(), "rot90")
     with pytest.raises(ValueError, match=r"inputs must be the views \[B, G, C, H, W\] with G = 4 .*"
                                          r"got \(3, 3, 12, 12\)"):
         wrapper.forward_views(_images())
+    two = Equitune(nn.Conv2d(2, 3, 3).double(), "hflip")  # two channels, two elements: an image batch passes dim 1
+    with pytest.raises(ValueError, match=r"inputs must be the views \[B, G, C, H, W\] with G = 2"):
+        two.forward_views(_images()[:, :2])
     assert torch.equal(wrapper.forward_views(wrapper.group.orbit(_images())), wrapper.eval()(_images()))
 
 
@@ -884,5 +897,10 @@ def test_unknown_keywords_name_the_wrapper_called_and_the_closest_valid_one() ->
 def test_one_image_without_a_batch_dim_and_the_base_class_get_a_message() -> None:
     with pytest.raises(ValueError, match=r"got shape \(3, 12, 12\); for one image \[C, H, W\] pass x\[None\]"):
         Equitune(Recorder(), "rot90")(_images(b=1)[0])
+    signals = torch.randn(4, 2, 9, dtype=torch.float64)  # [B, C, L]: the route the message gives
+    with pytest.raises(ValueError, match=r"\[B, C, 1, L\] \(x\[:, :, None\]\) under a group without quarter turns"):
+        Equitune(nn.Conv1d(2, 3, 3).double(), "hflip")(signals)
+    over_time = nn.Sequential(nn.Flatten(1, 2), nn.Conv1d(2, 3, 3), nn.Flatten()).double()  # [B, 2, 1, L] -> [B, 21]
+    assert check_invariance(Equitune(over_time, "hflip"), signals[:, :, None], "hflip") < 1e-9
     with pytest.raises(NotImplementedError, match=r"OrbitWrapper is the base class; use Equitune"):
         equinb.OrbitWrapper(Recorder(), "rot90")(_images(b=1))
