@@ -413,8 +413,9 @@ def out_of_reach(comparison: Comparison | None, side: int | None) -> str | None:
 
     def needs(sign: int) -> str:
         low, high = top if sign > 0 else bottom
-        return (f"the compared run {'above' if sign > 0 else 'below'} the reference (mean {reference:.2f}), and "
-                f"with every item of the compared run at the {'top' if sign > 0 else 'bottom'} of the scale the "
+        end = "top" if sign > 0 else "bottom"
+        return (f"the first term of the difference {'above' if sign > 0 else 'below'} the second (mean "
+                f"{reference:.2f}), and even with every item of the first term at the {end} of the score scale the "
                 f"difference would be [{_end(low)}, {_end(high)}], which holds 0")
 
     if side == 0:
@@ -429,7 +430,9 @@ def out_of_reach(comparison: Comparison | None, side: int | None) -> str | None:
 def _end(value: float) -> str:
     """An interval end with a sign and two decimals, or two significant digits where two decimals would print a
     number that is not zero as 0.00 (an end of -0.004 is below zero, which "-0.00" hides)."""
-    return f"{value:+.2f}" if value == 0 or abs(value) >= 0.005 else f"{value:+.2g}"
+    if value == 0:
+        return "+0.00"  # also -0.0, which would print as "-0.00"
+    return f"{value:+.2f}" if abs(value) >= 0.005 else f"{value:+.2g}"
 
 
 def judge(comparison: Comparison | None, side: int | None, reasons: Sequence[str | None] = ()) -> str:

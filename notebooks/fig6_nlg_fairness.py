@@ -374,11 +374,12 @@ if whole == ["d = 2"]:
     significant = [r["comparison"] for r in rows if r["observed"] == word[True]]
     group_size_finding = (
         f"the article's EquiGPT2 counts fit d = 2 only (d = 2 predicts {fits['d = 2']} of {len(marks)} outcomes, "
-        f"d = 3 {fits['d = 3']} of {len(marks)}); {len(significant)} of the {len(marks)} marks "
+        f"d = 3 predicts {fits['d = 3']} of {len(marks)}); {len(significant)} of the {len(marks)} marks "
         f"{'is a difference' if len(significant) == 1 else 'are differences'} at the 5% level "
         f"({'; '.join(significant) or 'none'}); the others show none at that level (|z| < 1.96), which does "
         "not prove them alike. The counts "
-        f"are consistent with the script's default size, with {'/'.join(outside)} outside the orbit, and then the "
+        f"are consistent with the default group size of the article's generation script, 2 ({' and '.join(pair)} "
+        f"swapped, {'/'.join(outside)} left unchanged), and then the "
         f"article's gap over the three demographics ({article_gaps['EquiGPT2, pre-fix g (article)']:.3f} in its "
         "Figure 6(a)) is not that of a three-member EquiLM; d = 3 is ruled out only if the regard classifier "
         "ignores the demographic word, which d = 3's predictions assume")

@@ -168,7 +168,7 @@ show(beside_article(mapped, article, on="article_variant", article_on="variant",
 show(ours, f"Test predictions that finetuning changed, per run (profile: {profile})")
 unchanged_runs = [str(v) for v, n in zip(ours.variant, ours.finetune_changed) if n == 0]
 finetune_note = (f"finetuning changed no test prediction in {len(unchanged_runs)} of {len(ours)} runs"
-                 + (f" ({', '.join(unchanged_runs)}): their finetune columns repeat the prefinetune ones"
+                 + (f" ({'; '.join(unchanged_runs)}): their finetune columns repeat the prefinetune ones"
                     if unchanged_runs else ""))
 print(f"profile: {profile}; seed {seed}: {finetune_note}")
 glue("finetune_note", finetune_note, display=False)  # the summary page, under its table
@@ -195,7 +195,11 @@ spread = pd.DataFrame([dict(variant=name, **row) for name, rs in repeats.items()
 print(noise_note(noise["top1"], "top-1 accuracies (%)"))
 show(spread, f"Top-1 (%) over seeds {seeds}, per run and stage (profile: {profile})")
 # a seed's table can look sound where its own or another seed's training ran away: say so beside the numbers
-ran_away = [note for name, rs in repeats.items() for stage in STAGES if (note := diverged_seeds(rs, stage, name))]
+ran_away = []
+for name, rs in repeats.items():  # one clause per run: "<name> diverged in ... and in ..."
+    notes = [note.removeprefix(f"{name} diverged ") for stage in STAGES if (note := diverged_seeds(rs, stage, name))]
+    if notes:
+        ran_away.append(f"{name} diverged " + " and ".join(notes))
 ran_away_note = "; ".join(ran_away) if ran_away else "no run's training loss ran away in any seed"
 print(f"profile: {profile}; {ran_away_note}")
 glue("ran_away", ran_away_note, display=False)  # the summary page, under the seed-0 table
@@ -318,7 +322,7 @@ claims.append(verdict_row("tab2.equivariant", compare(errors_of["equivariance"],
                           reasons=[construction]))
 publish_verdicts(claims, profile, "tab2_featuremap", "Table 2 claims, tested")
 row = claims[-1]  # the summary page quotes it
-glue("equivariant_claim", f"{row['ours']} {row['95% interval']}: {row['verdict vs the article']}", display=False)
+glue("equivariant_claim", f"{row['ours']} {row['95% interval']} ({row['verdict vs the article']})", display=False)
 for stage, row in zip(STAGES, claims):
     glue(f"published_minus_invariant_{stage}", row["ours"], display=False)
     glue(f"published_minus_invariant_{stage}_verdict", row["verdict vs the article"], display=False)

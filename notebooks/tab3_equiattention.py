@@ -153,9 +153,11 @@ spread = pd.DataFrame([dict(method=m, alignment=a, **row) for (a, m), rs in repe
                        for row in stage_spread(rs)])
 show(spread, f"Top-1 (%) over seeds {seeds}, per run and stage (a run whose finetuning changed no test prediction "
              f"is repeated for its prefinetuning only; profile: {profile})")
-unchanged_runs = [f"{m} ({a})" for m, a, n in zip(ours.method, ours.alignment, ours.finetune_changed) if n == 0]
+shown_as = {"lambda_equitune": "feature-map λ-equitune", "equiattention": "equiattention"}
+unchanged_runs = [f"{shown_as.get(m, m)} {a}" for m, a, n in zip(ours.method, ours.alignment, ours.finetune_changed)
+                  if n == 0]
 finetune_note = (f"finetuning changed no test prediction in {len(unchanged_runs)} of {len(ours)} runs"
-                 + (f" ({', '.join(unchanged_runs)}): their finetune columns repeat the prefinetune ones"
+                 + (f" ({'; '.join(unchanged_runs)}): their finetune columns repeat the prefinetune ones"
                     if unchanged_runs else ""))
 print(f"profile: {profile}; seed {seed}: {finetune_note}")
 glue("finetune_note", finetune_note, display=False)  # the summary page, under its table

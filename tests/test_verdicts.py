@@ -199,6 +199,13 @@ def test_rows_take_the_claim_from_the_registry_and_never_print_nan():
     assert len(VERDICT_COLUMN) >= max(map(len, VERDICTS))  # the header fixes the printed column's width
 
 
+def test_interval_ends_that_round_to_zero_keep_their_sign_and_digits():
+    from equinb.verdicts import _end
+
+    assert (_end(-0.0), _end(0.0), _end(-0.0036), _end(0.004), _end(-0.36)) == (
+        "+0.00", "+0.00", "-0.0036", "+0.004", "-0.36")
+
+
 def test_verdict_counts():
     from equinb.verdicts import FAILS_BY_CONSTRUCTION, symmetry_by_construction
 
