@@ -80,6 +80,13 @@ show(pd.DataFrame([{"article": names[key], **verdict_counts(part.verdict.tolist(
      f"Claims per article and verdict (this build: profile {profile})")
 for key, value in counts.items():
     glue(f"claims_{key.replace(' ', '_')}", value, display=False)
+# a claim of no difference can be refuted but never confirmed (no margin in the articles): its inconclusive is no
+# support, so the index says how many of the inconclusive are such claims
+no_difference = {c.id for c in claims() if c.direction == 0}
+inconclusive_none = int(listing[listing.id.isin(no_difference)].verdict.eq("inconclusive").sum())
+print(f"of the {counts['inconclusive']} inconclusive claims, {inconclusive_none} claim no difference (they can come "
+      "out reversed or inconclusive, never agree)")
+glue("claims_inconclusive_no_difference", inconclusive_none, display=False)
 glue("claims_profile", profile, display=False)
 
 # %% [markdown]
