@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+from numerical_modes import available_cores  # noqa: E402
 
 
 def worker(seed: int, threads: int, cache: str, rounds: int, steps: int) -> None:
@@ -68,7 +70,7 @@ def main() -> None:
         seed, threads, cache = args.worker
         worker(int(seed), int(threads), cache, args.rounds, args.steps)
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     if cores < 2:
         raise SystemExit("this machine has one core: there is nothing to share")
     half = cores // 2

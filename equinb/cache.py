@@ -307,10 +307,6 @@ def discard(path: str | Path) -> None:
     _remove_stale_temporaries(path)
 
 
-# torch reads a truncated file as OSError(EINVAL), so only these errors say that the machine, not the file, failed
-_MACHINE_ERRNOS = {errno.EIO, errno.ENOMEM, errno.EACCES, errno.EPERM, errno.ESTALE, errno.ENODEV, errno.ENXIO}
-
-
 def load_or_compute_resumable(path: str | Path, compute: Callable[[Path], T]) -> T:
     """``load_or_compute`` for a computation that saves its progress as it goes: ``compute(partial)`` keeps what it
     has done so far in ``partial`` (``partial_<name>`` beside ``path``), where a computation stopped and started
@@ -320,6 +316,11 @@ def load_or_compute_resumable(path: str | Path, compute: Callable[[Path], T]) ->
     result = load_or_compute(path, lambda: compute(partial))
     discard(partial)
     return result
+
+
+# torch reads a truncated file as OSError(EINVAL), so only these errors say that the machine, not the file, failed
+_MACHINE_ERRNOS = {errno.EIO, errno.ENOMEM, errno.EACCES, errno.EPERM, errno.ESTALE, errno.ENODEV, errno.ENXIO}
+
 
 def _machine_error(err: Exception) -> bool:
     """True for an error that a good file also meets: permissions, I/O, a failed allocation."""

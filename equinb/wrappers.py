@@ -737,11 +737,10 @@ class EquiZero(OrbitWrapper):
     """Equizero: keep the single view that a proxy prefers (Basu et al. eq. 4).
 
     The proxy scores each view's head output (computed from the unaligned view): ``max_prob``
-    (the article's code), ``entropy`` (lowest entropy) or ``max_logit`` (the largest logit; on one logit [B, 1],
-    the most positive view, not the most confident: ``output=lambda z: torch.cat([-z, z], -1)`` picks that one
-    and returns its two-class logits [B, 2], ``z`` in column 1). Views tied at the
-    top score are averaged (the article's code takes one of them; any fixed pick among tied views breaks
-    invariance).
+    (the article's code), ``entropy`` (lowest entropy) or ``max_logit`` (the largest logit; on one logit [B, 1]
+    it picks the most positive view, not the most confident: ``output=lambda z: torch.cat([-z, z], -1)`` picks the
+    most confident and returns its two-class logits [B, 2], ``z`` in column 1). Views tied at the top score are
+    averaged (the article's code takes one of them; any fixed pick among tied views breaks invariance).
 
     Args (besides ``OrbitWrapper``'s):
         proxy: one of ``PROXIES``. Default ``"max_prob"``.

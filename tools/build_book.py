@@ -383,9 +383,9 @@ def run_chapters(ids: list[str], jobs: int, keep_going: bool,
     30 s to finish saving before it is killed, and the interrupt goes on; no failure is reported for them."""
     failures: dict[str, str] = {}
     stopped = threading.Event()  # set by a failure without keep_going, or an interrupt: start no other chapter
-    chapters = [i for i in ids if i not in TIMED and i not in AGGREGATES]
+    chapters = sharing_chapters(ids)
     jobs = chapters_at_once(ids, jobs)
-    env = thread_env(max(1, available_cores() // jobs)) if jobs > 1 else None
+    env = thread_env(threads_each(jobs)) if jobs > 1 else None
 
     def run(nb_id: str) -> None:
         if stopped.is_set():
@@ -429,20 +429,34 @@ def run_chapters(ids: list[str], jobs: int, keep_going: bool,
     return list(failures)
 
 
+def sharing_chapters(ids: list[str]) -> list[str]:
+    """The chapters of ``ids`` that may run beside others: not those that time code or read the others."""
+    return [i for i in ids if i not in TIMED and i not in AGGREGATES]
+
+
 def chapters_at_once(ids: list[str], jobs: int) -> int:
-    """How many chapters ``run_chapters`` runs at the same time: ``jobs``, at most the chapters that may run
-    together (not those that time code or read the others), at least 1."""
-    return max(1, min(jobs, len([i for i in ids if i not in TIMED and i not in AGGREGATES])))
+    """How many chapters ``run_chapters`` runs at the same time: ``jobs``, at most ``sharing_chapters``, at least 1."""
+    return max(1, min(jobs, len(sharing_chapters(ids))))
+
+
+def threads_each(at_once: int) -> int:
+    """The threads of each kernel when ``at_once`` chapters share the cores."""
+    return max(1, available_cores() // at_once)
+
+
+def sharing_note(ids: list[str], jobs: int) -> str | None:
+    """"2 chapters at a time, 1 thread(s) each" where ``run_chapters`` runs chapters together, else None."""
+    at_once = chapters_at_once(ids, jobs)
+    return f"{at_once} chapters at a time, {threads_each(at_once)} thread(s) each" if at_once > 1 else None
 
 
 def execute_all(ids: list[str], profile: str, parameters: dict, keep_going: bool, jobs: int = 1) -> None:
     """Execute chapters with papermill, ``jobs`` at a time (``run_chapters``; a chapter run beside others writes
     its output to ``<id>.log``). With ``keep_going``, run the rest after a failure and fail at the end; without,
     start no chapter after one failed."""
-    if (together := chapters_at_once(ids, jobs)) > 1:
-        print(f"build_book: {together} chapters at a time, {max(1, available_cores() // together)} thread(s) each; "
-              f"each one's output in {rel(EXECUTED)}/notebooks/<id>.log (--jobs 1: one at a time, on every core)",
-              flush=True)
+    if note := sharing_note(ids, jobs):
+        print(f"build_book: {note}; each one's output in {rel(EXECUTED)}/notebooks/<id>.log (--jobs 1: one at a "
+              "time, on every core)", flush=True)
 
     def run(nb_id: str, at_once: int, env: dict[str, str] | None) -> None:
         out = EXECUTED / "notebooks" / f"{nb_id}.ipynb"

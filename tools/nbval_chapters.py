@@ -91,9 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--jobs must be 1 or more, got {args.jobs}")
     ids = chapter_ids(args.ids)
     jobs = build_book.default_jobs("small") if args.jobs is None else args.jobs
-    if (at_once := build_book.chapters_at_once(ids, jobs)) > 1:
-        print(f"nbval: {at_once} chapters at a time, {max(1, build_book.available_cores() // at_once)} thread(s) each "
-              "(--jobs 1: one at a time, on every core)", flush=True)
+    if note := build_book.sharing_note(ids, jobs):
+        print(f"nbval: {note} (--jobs 1: one at a time, on every core)", flush=True)
     start = time.perf_counter()
     failures = build_book.run_chapters(ids, jobs, keep_going=True, run_one=check)
     seconds = time.perf_counter() - start
