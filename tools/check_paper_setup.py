@@ -4,14 +4,15 @@ Usage (from the repository root; `make paper-check` calls this):
 
     .venv/bin/python tools/check_paper_setup.py [--profile paper]
 
-It reads each chapter's `notebooks/params/<id>.<profile>.yaml` and looks, without any GPU work or download, for:
-a CUDA GPU, the Python packages, the CLIP weights (in `clip_paths`, `clip_download_root` or `~/.cache/clip`), the
+It reads each chapter's `notebooks/params/<id>.<profile>.yaml` and looks, without any GPU work or download, for: a
+CUDA GPU, the Python packages, the CLIP weights (in `clip_paths`, `clip_download_root` or `~/.cache/clip`), the
 datasets under `$EQUINB_DATA` (or `data_root`), the language model and regard classifiers, and free disk for the
-caches. Something the chapter would download on its first run (CLIP weights, a dataset with `download: true`, a
-hub model) counts as present, marked "downloads on first run (internet)", only when its server (or the HTTPS proxy)
-answers from this machine within 3 s, name lookup included; offline, or with `HF_HUB_OFFLINE` set for a hub model,
-it is missing, with where to put the file. Exit status 1 when anything is
-missing, 0 when every chapter can run.
+caches (all chapters' caches together, against the free space). Something the chapter would download on its first
+run (CLIP weights, a dataset with `download: true`, a hub model) counts as present, marked "downloads on first run
+(internet)", only when its server (or the HTTPS proxy) answers from this machine within 3 s, name lookup included;
+offline, or with `HF_HUB_OFFLINE` set for a hub model, it is missing, with where to put the file. It ends with a
+to-do list, one line per missing piece with the chapters that need it. Exit status 1 when anything is missing, 0 when
+every chapter can run.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def _gpu(device: str) -> Item:
         return Item("GPU", True, f"not needed (device={device})")
     ok = torch.cuda.is_available()
     return Item("CUDA GPU", ok, torch.cuda.get_device_name(0) if ok else
-                "no CUDA GPU visible to torch: run on a GPU machine, or pass -p device cpu (slow)")
+                "no CUDA GPU visible to torch: run on a GPU machine, or run one chapter on the CPU (slow): make "
+                "chapter ID=<id> PROFILE=paper ARGS=\"-p device cpu\"")
 
 
 def _clip_weights(name: str, params: dict) -> Item:
@@ -152,73 +154,103 @@ def _mobilenet_weights() -> Item:
         return Item("MobileNetV2 ImageNet weights", False, str(err).splitlines()[0][:400])
 
 
-def _hub_model(what: str, source: str) -> Item:
+def _hub_model(what: str, source: str, parameter: str) -> Item:
+    """A hub model or local folder that the chapter's ``parameter`` names."""
     if Path(source).expanduser().is_dir() or Path(source).expanduser().is_file():
         return Item(what, True, source)
     cached = Path("~/.cache/huggingface/hub").expanduser() / f"models--{source.replace('/', '--')}"
     if cached.is_dir():
         return Item(what, True, f"{source} (in the Hugging Face cache)")
-    fix = f"copy the model into a local folder and pass its path instead of {source}"
+    fix = (f"copy the model into a local folder and set {parameter} to its path instead of {source} (in "
+           "notebooks/params/fig6_nlg_fairness.paper.yaml)")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return Item(what, False, f"not here, and HF_HUB_OFFLINE is set: {fix}")
     return _download(what, urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname,
                      f"from the Hugging Face hub ({source})", fix)
 
 
-def _disk(root: Path, need_gb: float) -> Item:
+def disk(root: Path, need_gb: float) -> Item:
+    """Free space under ``root`` (or its nearest existing parent) against ``need_gb``: every chapter's caches
+    together, since one build keeps them all."""
     probe = root if root.exists() else next(p for p in root.parents if p.exists())
     free = shutil.disk_usage(probe).free / 1e9
-    return Item(f"disk for caches (about {need_gb:g} GB, estimate)", free >= need_gb,
+    return Item(f"disk for every chapter's caches (about {need_gb:g} GB together, estimate)", free >= need_gb,
                 f"{free:.0f} GB free under {probe}" + ("" if free >= need_gb else
                                                         "; set EQUINB_DATA to a larger disk"))
 
 
-def chapter_needs(nb_id: str, params: dict) -> list[Item]:
-    """Everything one chapter's parameters ask for, checked."""
+def data_folder(params: dict) -> Path:
+    """Where a chapter's datasets and caches live: its ``data_root``, else ``$EQUINB_DATA``'s."""
     from equinb.cache import data_root
 
-    root = Path(params.get("data_root") or data_root())
+    return Path(params.get("data_root") or data_root())
+
+
+def chapter_needs(nb_id: str, params: dict) -> list[Item]:
+    """Everything one chapter's parameters ask for, checked (disk apart: ``disk`` counts every chapter at once)."""
+    if nb_id == "claim_list":  # it reads the verdicts of the chapters this build executed, nothing else
+        return []
+    root = data_folder(params)
     options = params.get("dataset_options") or {}
     items = [_gpu(params.get("device", "cpu"))]
     if nb_id == "own_model":  # the guide: the offline MobileNetV2, and ttach for its cost table
         return items + [_package("ttach", "book"), _mobilenet_weights()]
     if nb_id == "fig6_nlg_fairness":
-        items += [_package("transformers", "lm"), _hub_model("language model", str(params.get("lm_name", "")))]
+        items += [_package("transformers", "lm"),
+                  _hub_model("language model", str(params.get("lm_name", "")), "lm_name")]
         if params.get("scorer") == "regard":
             sources = params.get("regard_classifiers") or []
-            items += [_hub_model("regard classifier", s) for s in sources] or [Item(
+            items += [_hub_model("regard classifier", s, "regard_classifiers") for s in sources] or [Item(
                 "regard classifiers", False, "regard_classifiers is empty: fill it in notebooks/params/"
-                "fig6_nlg_fairness.paper.yaml (folders or hub ids, e.g. sasha/regardv3), or pass "
-                "-p regard_classifiers '[sasha/regardv3]'")]
-        return items + [_disk(root, DISK_GB[nb_id])]
+                "fig6_nlg_fairness.paper.yaml (folders or hub ids, e.g. sasha/regardv3), or pass make chapter "
+                "ID=fig6_nlg_fairness PROFILE=paper ARGS=\"-p regard_classifiers '[sasha/regardv3]'\"")]
+        return items
     items.append(_package("clip", "clip"))
     backbones = params.get("backbones") or [params.get("backbone", "RN50")]
     items += [_clip_weights(b, params) for b in backbones]
     datasets = list(params.get("datasets") or [params.get("dataset", "cifar100")])
     if params.get("orientation_free") == "isic2018":
         datasets.append("isic2018")
-    items += [_dataset(d, root, options.get(d, {})) for d in datasets]
-    return items + [_disk(root, DISK_GB.get(nb_id, 1.0))]
+    return items + [_dataset(d, root, options.get(d, {})) for d in datasets]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="paper", help="the params files to check (default: paper)")
     args = parser.parse_args(argv)
-    missing = 0
+    todo: dict[tuple[str, str], list[str]] = {}  # (what, fix) -> the chapters that need it
+    roots: dict[Path, float] = {}  # data folder -> the disk its chapters' caches take
     for nb_id in notebook_ids():
         path = ROOT / "notebooks" / "params" / f"{nb_id}.{args.profile}.yaml"
         if not path.is_file():
             print(f"\n{nb_id}: no {path.relative_to(ROOT)}")
-            missing += 1
+            todo.setdefault((f"{path.relative_to(ROOT)}", "write it (or run without this profile)"), []).append(nb_id)
             continue
         params = yaml.safe_load(path.read_text()) or {}
         print(f"\n{nb_id} ({path.relative_to(ROOT)})")
-        for item in chapter_needs(nb_id, params):
+        items = chapter_needs(nb_id, params)
+        if not items:
+            print("  needs nothing of its own: it reads the verdicts of the chapters the build executed")
+        for item in items:
             print(f"  [{'ok' if item.ok else 'MISSING'}] {item.what}: {item.note}")
-            missing += not item.ok
-    print(f"\n{missing} missing piece(s)" if missing else "\nevery chapter of the profile can run here")
-    return 1 if missing else 0
+            if not item.ok:
+                todo.setdefault((item.what, item.note), []).append(nb_id)
+        if nb_id in DISK_GB:
+            root = data_folder(params)
+            roots[root] = roots.get(root, 0.0) + DISK_GB[nb_id]
+    print()
+    for root, need_gb in roots.items():
+        item = disk(root, need_gb)
+        print(f"[{'ok' if item.ok else 'MISSING'}] {item.what}: {item.note}")
+        if not item.ok:
+            todo.setdefault((item.what, item.note), []).append("every chapter")
+    if not todo:
+        print("\nevery chapter of the profile can run here")
+        return 0
+    print(f"\nto do ({len(todo)} missing piece{'s' if len(todo) > 1 else ''}):")
+    for (what, fix), chapters in todo.items():
+        print(f"  - {what} (needed by {', '.join(chapters)}): {fix}")
+    return 1
 
 
 if __name__ == "__main__":
