@@ -10,6 +10,8 @@ parameters cell the same way.
 
 from __future__ import annotations
 
+import ast
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +24,8 @@ from .nlg import DEMOGRAPHICS, LABELS
 from .setups import check_map_image_size
 from .zeroshot import TRANSFORMS
 
-__all__ = ["PROFILES", "RULES", "check_params", "check_device", "profile_note", "schedule_note"]
+__all__ = ["PROFILES", "RULES", "RUN_PARAMETERS_ENV", "check_params", "check_device", "injected_parameters",
+           "changed_parameters", "profile_note", "schedule_note"]
 
 PROFILES = ("small", "paper")
 ORIENTATION_FREE = ("stand_in", "isic2018")
@@ -217,19 +220,81 @@ RULES: dict[str, Callable[[str, Any], None]] = {
 }
 
 
-def check_params(*, feature_maps: bool = False, **params: Any) -> None:
-    """Check a chapter's parameters (its parameters cell, passed by name) before any heavy work.
+PAPERMILL_HEADER = "# Parameters"  # the first line of the cell papermill injects after the parameters cell
+
+
+def injected_parameters(history: list[str] | None = None) -> dict[str, Any]:
+    """The parameters papermill injected into this kernel, by name: its last cell that starts with "# Parameters",
+    read from the kernel's input ``history`` (IPython's ``In`` by default). Values that are not literals are kept
+    as their source text. ``{}`` outside IPython or where papermill injected nothing."""
+    if history is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return {}
+        shell = get_ipython()
+        history = list(shell.user_ns.get("In", [])) if shell is not None else []
+    source = next((cell for cell in reversed(history) if cell.lstrip().startswith(PAPERMILL_HEADER)), None)
+    if source is None:
+        return {}
+    values: dict[str, Any] = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                values[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                values[node.targets[0].id] = ast.unparse(node.value)
+    return values
+
+
+RUN_PARAMETERS_ENV = "EQUINB_RUN_PARAMETERS"  # set by tools/build_book.py: the parameters changed for this run
+LOCATION_PARAMETERS = ("chapters_dir", "data_root", "clip_download_root")  # where files are, not what runs
+
+
+def changed_parameters() -> str:
+    """This run's changed parameters as ``"name=value, ..."``, "" for a profile's own run: what the book's build
+    passed with ``-p`` (``$EQUINB_RUN_PARAMETERS``), else every parameter papermill injected, those that only
+    say where files are left out."""
+    if RUN_PARAMETERS_ENV in os.environ:
+        return os.environ[RUN_PARAMETERS_ENV]
+    given = {k: v for k, v in injected_parameters().items() if k not in LOCATION_PARAMETERS}
+    return ", ".join(f"{k}={v!r}" for k, v in given.items())
+
+
+def _text_hint(value: Any) -> str:
+    """A hint for a list or dict that arrived as text: papermill's ``-p`` passes its value as a string."""
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        return (f". papermill's -p passes {value!r} as text: give lists and dicts with -y, e.g. papermill ... -y "
+                f"\"name: {value.strip()}\", or through make chapter ID=<id> ARGS=\"-p name '{value.strip()}'\"")
+    return ""
+
+
+def check_params(*, feature_maps: bool = False, injected: dict[str, Any] | None = None, **params: Any) -> None:
+    """Check a chapter's parameters (its parameters cell, every one passed by name) before any heavy work.
 
     ``feature_maps``: the chapter trains on the small profile's feature maps, which need maps of at least
-    3x3 (``image_size >= 65``). Raises ``ValueError`` naming the parameter and the valid values, or
+    3x3 (``image_size >= 65``). ``injected``: the parameters papermill injected (default: read from the kernel,
+    ``injected_parameters``); a name among them that the chapter does not have is refused, where papermill
+    would only warn and run the defaults. Raises ``ValueError`` naming the parameter and the valid values, or
     ``TypeError`` for a name that has no rule.
     """
     unknown = sorted(set(params) - set(RULES))
     if unknown:
         raise TypeError(f"no rule for chapter parameter(s) {unknown}; every parameter needs one in "
                         "equinb.chapter.RULES")
+    stray = sorted(set(injected_parameters() if injected is None else injected) - set(params))
+    if stray:
+        raise ValueError(f"this chapter has no parameter {', '.join(map(repr, stray))} (papermill passes unknown "
+                         f"names on with a warning, and the chapter would run its defaults); its parameters are: "
+                         f"{', '.join(params)}")
     for name, value in params.items():
-        RULES[name](name, value)
+        try:
+            RULES[name](name, value)
+        except ValueError as err:
+            hint = _text_hint(value)
+            if not hint:
+                raise
+            raise ValueError(f"{err}{hint}") from None
     if feature_maps and params.get("profile") == "small" and "image_size" in params:
         check_map_image_size(params["image_size"])
     if params.get("profile") == "paper":  # CLIP on the article's datasets; the small ones normalise themselves
@@ -256,8 +321,9 @@ def check_params(*, feature_maps: bool = False, **params: Any) -> None:
         others = [s for s in params["noise_seeds"] if s != params["seed"]]
         free = next(s for s in range(len(params["noise_seeds"]) + 1) if s not in params["noise_seeds"])
         raise ValueError(f"noise_seeds must not contain the run's own seed {params['seed']}; it is always included. "
-                         f"Pass other seeds as well, e.g. -p noise_seeds '{sorted([*others, free])}', or a seed "
-                         f"outside {list(params['noise_seeds'])}")
+                         f"Pass other seeds as well, e.g. make chapter ARGS=\"-p noise_seeds "
+                         f"'{sorted([*others, free])}'\" (papermill: -y \"noise_seeds: {sorted([*others, free])}\"), "
+                         f"or a seed outside {list(params['noise_seeds'])}")
     demographics = params.get("demographics")
     if demographics is not None:
         if len(set(demographics)) != len(demographics) or len(demographics) < 2:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .cache import atomic_write_text
+from .chapter import changed_parameters
 from .verdicts import NEEDS_OTHER_SETTING, NOT_TESTED, VERDICT_COLUMN
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ RUNNABLE_KEY = "verdicts_runnable"  # the rows of claims this profile runs, for 
 _NEEDS_OTHER_SETTING = f"{NOT_TESTED}: {NEEDS_OTHER_SETTING}"  # a verdict from equinb.verdicts.not_in_this_run
 DATA_ENV = "EQUINB_DATA_OUT"  # folder for the numbers behind each table and figure (unset: none written)
 TOC = Path(__file__).resolve().parents[1] / "_toc.yml"  # the book's table of contents, in a source checkout
-_chapter: dict = {"id": None, "prefix": "", "count": 0}  # the numbering of the running chapter
+_chapter: dict = {"id": None, "prefix": "", "count": 0, "changed": ""}  # the running chapter: numbering, parameters
 # A cell that holds only numbers (and their signs, brackets, units): it never wraps inside a number.
 _NUMERIC = re.compile(r"^[\s\d.,+\-−—%±×()\[\]en=/:]*$")
 # A cell of running text (a claim, a reason): it keeps a readable width when its table is wider than the column.
@@ -123,9 +124,13 @@ def chapter_number(chapter_id: str, toc: Path = TOC) -> int | None:
 
 def start_chapter(chapter_id: str) -> None:
     """Number the tables that follow as the book numbers ``chapter_id`` ("Table 2.1", "Table 2.2", ...; "Table 1",
-    ... on an unnumbered page), and file their data under ``$EQUINB_DATA_OUT/<chapter_id>/``."""
+    ... on an unnumbered page), and file their data under ``$EQUINB_DATA_OUT/<chapter_id>/``. A run with changed
+    parameters (``equinb.chapter.changed_parameters``) says so here and in every table's caption."""
     number = chapter_number(chapter_id)
-    _chapter.update(id=chapter_id, prefix=f"{number}." if number else "", count=0)
+    changed = changed_parameters()
+    _chapter.update(id=chapter_id, prefix=f"{number}." if number else "", count=0, changed=changed)
+    if changed:
+        print(f"this run changed the chapter's parameters: {changed} (the book's numbers are the profile's own run)")
 
 
 def save_data(frame: pd.DataFrame, name: str) -> str:
@@ -147,6 +152,8 @@ def _numbered(table: Table) -> Table:
     _chapter["count"] += 1
     label = f"Table {_chapter['prefix']}{_chapter['count']}"
     table.caption = f"{label}. {table.caption}" if table.caption else label
+    if _chapter.get("changed"):
+        table.caption += f" [changed parameters: {_chapter['changed']}]"
     table.data_href = save_data(table.frame, f"table-{_chapter['count']}")
     return table
 
@@ -186,7 +193,8 @@ def publish_verdicts(rows: list[dict], profile: str, chapter: str, caption: str)
     glue(VERDICTS_KEY, everything, display=False)
     glue(RUNNABLE_KEY, Table(first.frame, first.caption + (" (the claim list has them)" if others else ""),
                              hidden=hidden), display=False)
-    glue(CLAIMS_KEY, json.dumps([{**row, "profile": profile, "chapter": chapter} for row in rows],
+    label = f"{profile} ({_chapter['changed']})" if _chapter.get("changed") else profile
+    glue(CLAIMS_KEY, json.dumps([{**row, "profile": label, "chapter": chapter} for row in rows],
                                 ensure_ascii=False), display=False)
 
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from equinb.chapter import RULES, check_params
+from equinb import chapter
+from equinb.chapter import RULES, check_params, injected_parameters
 
 FIG4 = dict(profile="small", backbones=["mobilenet_v2"], datasets=["digits"], transforms=["none", "rot90"],
             image_size=64, batch_size=256, seed=0, device="cpu", data_root="", clip_paths={}, clip_download_root="",
@@ -48,7 +49,8 @@ def test_the_books_defaults_pass(params: dict) -> None:
         (TRAINING, dict(noise_seeds=[1, 1]), "noise_seeds must not repeat a seed"),
         (TRAINING, dict(noise_seeds=[1, -2]), "noise_seeds must be a list of integers >= 0"),
         (TRAINING, dict(noise_seeds=[0, 1]), "own seed 0; it is always included. Pass other seeds as well, e.g. "
-                                             "-p noise_seeds '[1, 2]'"),
+                                             "make chapter ARGS=\"-p noise_seeds '[1, 2]'\" (papermill: -y "
+                                             "\"noise_seeds: [1, 2]\")"),
         (TRAINING, dict(test_split="test", dataset="isic2018"),
          "test_split='test' is not valid for isic2018; its results are reported on the 'val' split"),
         (TRAINING, dict(test_split="train"), "test_split='train' is not valid for digits"),
@@ -90,3 +92,46 @@ def test_every_chapter_parameter_has_a_rule_and_every_rule_a_chapter() -> None:
 
     names = {name for nb_id in tn.chapter_ids() for name in tn.chapter_parameters(nb_id)}
     assert names == set(RULES), (sorted(names - set(RULES)), sorted(set(RULES) - names))
+
+
+def test_the_injected_parameters_are_read_from_papermills_cell() -> None:
+    history = ["", "profile: str = 'small'\nseed: int = 0", "# Parameters\nseed = 5\nclip_paths = {'RN50': 'a.pt'}\n"
+               "data_root = os.getcwd()\n", "check_params(...)"]
+    assert injected_parameters(history) == {"seed": 5, "clip_paths": {"RN50": "a.pt"}, "data_root": "os.getcwd()"}
+    assert injected_parameters(history[:2]) == {} and injected_parameters() == {}  # no papermill, no IPython
+
+
+def test_a_name_papermill_injected_that_the_chapter_lacks_is_refused() -> None:
+    check_params(**FIG4, injected={"seed": 5})
+    with pytest.raises(ValueError, match="this chapter has no parameter 'seeds'.*its parameters are: profile, "):
+        check_params(**FIG4, injected={"seeds": 5})
+
+
+@pytest.mark.parametrize("value", ["[1, 2]", " {'a': 1}"])
+def test_a_list_given_as_text_names_papermills_yaml_option(value: str) -> None:
+    with pytest.raises(ValueError, match="papermill's -p passes .* as text: give lists and dicts with -y"):
+        check_params(**{**TRAINING, "noise_seeds": value}, feature_maps=True)
+    with pytest.raises(ValueError) as info:
+        check_params(**{**TRAINING, "noise_seeds": "five"}, feature_maps=True)
+    assert "-y" not in str(info.value)  # text that is not a list gets the rule's message alone
+
+
+def test_a_run_with_changed_parameters_says_so_in_every_caption(monkeypatch, capsys) -> None:
+    import pandas as pd
+
+    from equinb import tables
+
+    monkeypatch.setattr(tables, "_chapter", dict(tables._chapter))  # the running chapter's state, restored after
+    monkeypatch.setenv(chapter.RUN_PARAMETERS_ENV, "seed=5")  # tools/build_book.py's -p
+    tables.start_chapter("fig4_zeroshot")
+    assert "this run changed the chapter's parameters: seed=5" in capsys.readouterr().out
+    table = tables._numbered(tables.Table(pd.DataFrame({"a": [1]}), "Top-1 (profile: small)"))
+    assert table.caption.endswith("(profile: small) [changed parameters: seed=5]")
+    monkeypatch.setenv(chapter.RUN_PARAMETERS_ENV, "")  # the profile's own run
+    tables.start_chapter("fig4_zeroshot")
+    table = tables._numbered(tables.Table(pd.DataFrame({"a": [1]}), "Top-1 (profile: small)"))
+    assert "changed" not in table.caption and not capsys.readouterr().out
+    # raw papermill: what it injected, where files live left out
+    monkeypatch.delenv(chapter.RUN_PARAMETERS_ENV)
+    monkeypatch.setattr(chapter, "injected_parameters", lambda: {"seed": 5, "data_root": "/d", "chapters_dir": "/c"})
+    assert chapter.changed_parameters() == "seed=5"

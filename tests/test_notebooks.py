@@ -73,6 +73,8 @@ def test_help_notebook_documents_every_parameter(tmp_path: Path, nb_id: str) -> 
         (dict(profile="huge"), "profile='huge' is not valid"),
         (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
         (dict(image_size=5), "image_size must be an integer >= 32, got 5"),
+        (dict(seeds=5), "this chapter has no parameter 'seeds'"),  # papermill itself only warns
+        (dict(noise_seeds="[1]"), "papermill's -p passes '[1]' as text: give lists and dicts with -y"),
     ],
 )
 def test_bad_parameters_fail_in_the_first_cells(tmp_path: Path, parameters: dict, message: str) -> None:
@@ -90,6 +92,18 @@ def test_bad_parameters_fail_in_the_first_cells(tmp_path: Path, parameters: dict
 )
 def test_tab1_bad_parameters_fail_in_the_first_cells(tmp_path: Path, parameters: dict, message: str) -> None:
     _expect_early_failure(tmp_path, "tab1_original_vs_updated", parameters, message)
+
+
+@pytest.mark.parametrize("nb_id", chapter_ids())
+def test_every_chapter_checks_every_parameter_it_declares(nb_id: str) -> None:
+    """check_params refuses an injected name the chapter lacks by comparing with the names it is given, so each
+    chapter must give it every name its parameters cell declares."""
+    import ast
+
+    tree = ast.parse((ROOT / "notebooks" / f"{nb_id}.py").read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "check_params"]
+    assert len(calls) == 1
+    assert {k.arg for k in calls[0].keywords} - {"feature_maps"} == set(chapter_parameters(nb_id))
 
 
 def _expect_early_failure(tmp_path: Path, nb_id: str, parameters: dict, message: str) -> None:

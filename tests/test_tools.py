@@ -54,8 +54,8 @@ def test_paper_check_counts_a_download_only_where_its_server_answers(tmp_path: P
 def test_paper_check_honours_hf_hub_offline(monkeypatch) -> None:
     monkeypatch.setattr(cps, "_reachable", lambda host: True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    item = cps._hub_model("language model", "some-org/some-model")
-    assert not item.ok and "HF_HUB_OFFLINE" in item.note
+    item = cps._hub_model("language model", "some-org/some-model", "lm_name")
+    assert not item.ok and "HF_HUB_OFFLINE" in item.note and "set lm_name to its path" in item.note
 
 
 def test_paper_check_wants_regard_classifiers() -> None:
@@ -68,6 +68,23 @@ def test_paper_check_of_the_own_model_guide_needs_no_clip() -> None:
     items = {item.what: item for item in cps.chapter_needs("own_model", dict(profile="paper", device="cpu"))}
     assert set(items) == {"GPU", "python package ttach", "MobileNetV2 ImageNet weights"}
     assert all(item.ok for item in items.values())
+
+
+def test_paper_check_adds_up_the_disk_and_ends_with_one_line_per_missing_piece(monkeypatch, capsys) -> None:
+    """Seven chapters that each fit the free disk can overflow it together; a piece six chapters miss (RN50's
+    weights) is one line of the to-do list, not six; the claim list needs nothing of its own."""
+    monkeypatch.setattr(cps, "_gpu", lambda device: cps.Item("CUDA GPU", False, "no GPU"))
+    seen = []
+    monkeypatch.setattr(cps, "disk", lambda root, need: seen.append(need) or cps.Item("disk", need < 1, "full"))
+    assert cps.main([]) == 1
+    out = capsys.readouterr().out
+    todo = out[out.index("to do ("):].splitlines()[1:]
+    assert seen == [pytest.approx(sum(cps.DISK_GB.values()))]  # one data folder: every chapter's caches at once
+    assert sum(line.startswith("  - CUDA GPU (needed by ") for line in todo) == 1
+    assert sum(line.startswith("  - CLIP RN50 weights (needed by ") for line in todo) == 1
+    assert any(line.startswith("  - disk (needed by every chapter)") for line in todo)
+    assert not any("claim_list" in line for line in todo)
+    assert "claim_list (notebooks/params/claim_list.paper.yaml)\n  needs nothing of its own" in out
 
 
 def test_chapter_parameters_are_read_from_the_parameters_cell() -> None:
@@ -84,6 +101,26 @@ def test_an_undeclared_parameter_is_refused_before_anything_runs(capsys) -> None
     with pytest.raises(SystemExit):
         build_book.main(["--only", "fig4_zeroshot_typo"])
     assert "unknown chapter 'fig4_zeroshot_typo'" in capsys.readouterr().err
+
+
+def test_a_negative_value_in_any_notation_is_a_value_and_the_profile_is_no_parameter(capsys) -> None:
+    assert build_book.take_parameters(["--only", "x", "-p", "lr", "-5e-8", "--parameter", "seed", "-1", "--jobs", "1"]
+                                      ) == (["--only", "x", "--jobs", "1"], [("lr", "-5e-8"), ("seed", "-1")])
+    with pytest.raises(SystemExit):
+        build_book.take_parameters(["--only", "x", "-p", "lr"])
+    assert "-p needs a NAME and a VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_book.main(["--only", "fig4_zeroshot", "-p", "profile", "paper"])
+    assert "set the profile with PROFILE=paper (make) or --profile paper, not -p profile" in capsys.readouterr().err
+
+
+def test_a_run_with_changed_parameters_is_kept_apart_from_the_profiles_own(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(build_book, "EXECUTED", tmp_path / "executed")
+    monkeypatch.setattr(build_book, "VARIANTS", tmp_path / "variants")
+    (tmp_path / "executed" / "notebooks").mkdir(parents=True)
+    (tmp_path / "executed" / "notebooks" / "fig4_zeroshot.ipynb").write_text("{}")
+    kept = build_book.keep_variant("fig4_zeroshot", {"seed": 5, "noise_seeds": [1, 2]})
+    assert kept == tmp_path / "variants" / "fig4_zeroshot.seed=5,noise_seeds=_1,2_.ipynb" and kept.read_text() == "{}"
 
 
 def test_parameter_values_read_numbers_in_any_notation_and_label_the_run() -> None:

@@ -10,8 +10,10 @@ HTML; `--reuse` executes only the chapters that have no executed copy of the sam
 `--keep-going` runs the remaining chapters after one fails and reports every failure at the end; `--jobs N` runs N
 chapters at the same time, each kernel on its share of the cores (default: 2 on the small profile where there are 2
 cores or more, since a small model's operations use a second thread poorly; 1 otherwise). `-p NAME VALUE`
-(the value is read as YAML) overrides a parameter; a name that the chapter's parameters cell does not declare is
-refused with the valid names (papermill itself would only warn and run the defaults).
+(the value is read as YAML, `-5e-8` included) overrides a parameter; a name that the chapter's parameters cell does
+not declare is refused with the valid names (papermill itself would only warn and run the defaults). A run with
+changed parameters is also copied to `_build/variants/<id>.<parameters>.ipynb`, which later builds leave alone: the
+book shows each profile's own runs.
 
 Steps:
   1. Read the chapter ids from `_toc.yml` (every `file: notebooks/<id>` entry).
@@ -55,6 +57,7 @@ import provenance  # noqa: E402
 from numerical_modes import available_cores, thread_env  # noqa: E402
 
 from equinb.cache import atomic_write_text  # noqa: E402
+from equinb.chapter import RUN_PARAMETERS_ENV  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's bin/, where jupyter-book lives
@@ -64,6 +67,7 @@ MODULE = [sys.executable, "-m"]
 PROFILES = ("small", "paper")
 BUILD = Path(os.environ.get("EQUINB_BUILD") or ROOT / "_build").resolve()  # tools/test_portable.py sets its own
 EXECUTED = BUILD / "executed"
+VARIANTS = BUILD / "variants"  # chapter runs with changed parameters (make chapter ARGS="-p ..."), kept apart
 STAGE = BUILD / "src"
 JB_OUT = BUILD / "jb"
 HTML = BUILD / "html"
@@ -180,11 +184,42 @@ def parameter_value(text: str):
     return yaml.load(text, Loader=_ParameterLoader)  # a SafeLoader: no arbitrary objects
 
 
+def take_parameters(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The ``-p NAME VALUE`` pairs of ``argv``, taken verbatim, and the other arguments: argparse would read a
+    VALUE such as ``-5e-8`` as an option."""
+    rest, pairs, i = [], [], 0
+    while i < len(argv):
+        if argv[i] in ("-p", "--parameter"):
+            if i + 2 >= len(argv):
+                fail(f"{argv[i]} needs a NAME and a VALUE, e.g. -p seed 5")
+            pairs.append((argv[i + 1], argv[i + 2]))
+            i += 3
+        else:
+            rest.append(argv[i])
+            i += 1
+    return rest, pairs
+
+
+def keep_variant(nb_id: str, parameters: dict) -> Path:
+    """Copy a chapter run with changed ``parameters`` to ``_build/variants/<id>.<parameters>.ipynb``, where later
+    builds leave it (the executed copy is the profile's own run's place). Returns the copy's path."""
+    slug = re.sub(r"[^A-Za-z0-9=.,_-]+", "_", parameters_text(parameters).replace(" ", ""))[:120] or "variant"
+    target = VARIANTS / f"{nb_id}.{slug}.ipynb"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(EXECUTED / "notebooks" / f"{nb_id}.ipynb", target)
+    return target
+
+
+def parameters_text(parameters: dict | None) -> str:
+    """The overridden parameters as ``"seed=5, lr=1e-07"`` ("" for none; an aggregate's build path left out)."""
+    return ", ".join(f"{k}={v!r}" for k, v in (parameters or {}).items() if k != "chapters_dir")
+
+
 def run_label(profile: str, parameters: dict | None) -> str:
     """The profile, with the overridden parameters if any: ``small`` or ``small (seed=5)``. A chapter run with
     overrides is recorded so, and never reused as the profile's own run."""
-    shown = {k: v for k, v in (parameters or {}).items() if k != "chapters_dir"}  # an aggregate's build path
-    return f"{profile} ({', '.join(f'{k}={v!r}' for k, v in shown.items())})" if shown else profile
+    text = parameters_text(parameters)
+    return f"{profile} ({text})" if text else profile
 
 
 def _papermill_failure(returncode: int, logged: bool = False) -> str:
@@ -279,6 +314,8 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
     # papermill warns that "-" (stdin) has no extension; that is intended here.
     env = dict(os.environ, PYTHONWARNINGS="ignore:the file is not specified with any extension", **(env or {}))
     env.pop("EQUINB_DATA_OUT", None)
+    # the kernel labels its tables with the parameters changed for this run (equinb.chapter.changed_parameters)
+    env[RUN_PARAMETERS_ENV] = parameters_text(parameters)
     if running_data is not None:
         env["EQUINB_DATA_OUT"] = str(running_data)
     succeeded = False
@@ -534,8 +571,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="chapters executed at the same time, each on its share of the cores (default: 2 on the "
                              "small profile with 2 cores or more, else 1)")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                        help="override a chapter parameter (VALUE is YAML: 3, 0.1, '[a, b]', '{k: v}')")
-    args = parser.parse_args(argv)
+                        help="override a chapter parameter (VALUE is YAML: 3, 0.1, -5e-8, '[a, b]', '{k: v}')")
+    rest, pairs = take_parameters(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(rest)
+    args.parameter = pairs
     if args.profile not in PROFILES:
         fail(f"unknown PROFILE {args.profile!r}; valid profiles: {', '.join(PROFILES)}")
     if args.jobs is not None and args.jobs < 1:
@@ -551,6 +590,9 @@ def main(argv: list[str] | None = None) -> None:
         ids = args.only
     elif parameters:
         fail("-p applies to one chapter at a time: add --only <id> (or use make chapter ID=<id>)")
+    if "profile" in parameters:
+        fail(f"set the profile with PROFILE={parameters['profile']} (make) or --profile {parameters['profile']}, not "
+             "-p profile: the profile also picks the parameters file notebooks/params/<id>.<profile>.yaml")
     print(f"build_book: profile {args.profile}; notebooks: {', '.join(ids) or '(none)'}", flush=True)
     for nb_id in ids:  # check every source, parameter file and parameter name before running anything
         if not (ROOT / "notebooks" / f"{nb_id}.py").is_file():
@@ -562,7 +604,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.only:
         execute_all(ids, args.profile, parameters, args.keep_going, jobs)
         print(f"build_book: executed {', '.join(ids)} ({args.profile}) into {rel(EXECUTED)}/notebooks in "
-              f"{time.perf_counter() - start:.0f} s; `make book REUSE=1` builds the HTML with them", flush=True)
+              f"{time.perf_counter() - start:.0f} s", flush=True)
+        if parameters:  # a variant: the book shows the profile's own runs, so keep it where no build replaces it
+            kept = [keep_variant(nb_id, parameters) for nb_id in ids]
+            print(f"build_book: this run ({run_label(args.profile, parameters)}) is kept as "
+                  f"{', '.join(map(rel, kept))}; open it in Jupyter. The book shows each profile's own runs: "
+                  "`make book REUSE=1` runs this chapter again with its defaults", flush=True)
+        else:
+            print("build_book: `make book REUSE=1` builds the HTML with them", flush=True)
         return
     if args.no_execute:
         wrong = {i: executed_profile(i) for i in ids
