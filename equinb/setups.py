@@ -696,7 +696,7 @@ def check_map_image_size(image_size: int) -> None:
     side = -(-int(image_size) // 32)  # MobileNetV2's last blocks have stride 32
     if side < 3:
         raise ValueError(f"image_size={image_size} gives {side}x{side} maps; the weighting networks need at least "
-                         "3x3: use image_size >= 65 (96 in the book)")
+                         "3x3: use image_size >= 65 (the book uses 72)")
 
 
 def feature_map_config(**overrides: Any) -> TrainConfig:

@@ -43,9 +43,8 @@ import torch
 __all__ = ["VERDICTS", "EFFECTS", "NOT_TESTED", "VERDICT_COLUMN", "EFFECT_COLUMN", "NEEDS_OTHER_SETTING", "MIN_SEEDS",
            "LOSS_BOUND", "VERDICT_RULE", "Comparison", "compare", "paired_interval", "judge", "effect", "verdict_row",
            "effect_row", "unchanged_stage", "diverged", "at_chance", "solved_without_training", "by_construction",
-           "zero_by_construction", "symmetry_by_construction", "orientation_kept", "too_few_seeds", "not_in_this_run",
-           "out_of_reach",
-           "verdict_counts"]
+           "difference_of_intervals", "zero_by_construction", "symmetry_by_construction", "orientation_kept",
+           "too_few_seeds", "not_in_this_run", "out_of_reach", "verdict_counts"]
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 
@@ -95,10 +94,11 @@ class Comparison:
     paired: bool = True
     unit: str = "items"
     reach: tuple[float, tuple[float, float], tuple[float, float]] | None = None
+    sizes: tuple[int, int] | None = None  # unpaired: the items of each test set (``items`` is the smaller)
 
     @property
     def basis(self) -> str:
-        text = f"{self.items} {self.unit}"
+        text = f"{self.items} {self.unit}" if self.sizes is None else f"{self.sizes[0]} and {self.sizes[1]} {self.unit}"
         if self.seeds > 1:
             text = f"{self.seeds} seeds × {text}"
         elif self.deterministic:
@@ -255,7 +255,8 @@ def compare(scores_a: ArrayLike, scores_b: ArrayLike, *, scale: float = 100.0, s
         reference = _point(a, groups) if paired else float(a.mean())
         reach = (scale * reference, *((scale * e[1], scale * e[2]) for e in ends))
     return Comparison(scale * point, (scale * low, scale * high), min(a.shape[0], b.shape[0]),
-                      min(a.shape[1], b.shape[1]), deterministic, paired, unit, reach)
+                      min(a.shape[1], b.shape[1]), deterministic, paired, unit, reach,
+                      None if paired else (a.shape[1], b.shape[1]))
 
 
 def paired_interval(scores_a: ArrayLike, scores_b: ArrayLike, **options: Any) -> tuple[float, float]:
@@ -317,13 +318,28 @@ def solved_without_training(baseline_correct: ArrayLike, baseline: str) -> str |
 
 
 def by_construction(control: Comparison, observed: Comparison, what: str) -> str | None:
-    """``"decided by construction: ..."`` when a control that cannot carry the effect (an untrained module, a
-    permutation null) gives an interval that overlaps the observed one: the statistic is what the construction
-    gives, whatever the module learned."""
-    if control.interval[0] <= observed.interval[1] and observed.interval[0] <= control.interval[1]:
+    """``"decided by construction: ..."`` when the observed statistic cannot be told apart from a control that
+    cannot carry the effect (an untrained module, a permutation null): the 95% interval of observed minus control
+    holds 0, so the run cannot separate what the module learned from what the construction gives. The two were
+    measured independently; the interval of their difference combines their own intervals, end by end, in
+    quadrature (Zou and Donner's MOVER), which two intervals that merely overlap do not show."""
+    low, high = difference_of_intervals(observed, control)
+    if low <= 0 <= high:
         return (f"decided by construction: {what}, which cannot carry the effect, gives "
-                f"{control.difference:+.3g} [{control.interval[0]:+.3g}, {control.interval[1]:+.3g}] as well")
+                f"{control.difference:+.3g} [{control.interval[0]:+.3g}, {control.interval[1]:+.3g}], and the "
+                f"observed minus it, {observed.difference - control.difference:+.3g} [{low:+.3g}, {high:+.3g}], "
+                "holds 0")
     return None
+
+
+def difference_of_intervals(a: Comparison, b: Comparison) -> tuple[float, float]:
+    """The 95% interval of ``a.difference - b.difference`` for two independent estimates, from their own intervals
+    (MOVER: each end moves by the two nearer half-widths combined in quadrature), so asymmetric intervals keep
+    their shape."""
+    point = a.difference - b.difference
+    low = point - math.hypot(a.difference - a.interval[0], b.interval[1] - b.difference)
+    high = point + math.hypot(a.interval[1] - a.difference, b.difference - b.interval[0])
+    return low, high
 
 
 def symmetry_by_construction(errors: ArrayLike, symmetry: str, code: str, rtol: float = 1e-5, *,

@@ -240,9 +240,10 @@ for _, r in summary.iterrows():
 # and the seeds, with the interval over the modules' seeds and the images. The natural and the
 # orientation-free sets hold different images, so their differences are compared unpaired. On turned data the mean
 # weight of a column is near 1/4 for *any* module whose weights move with the views: a control shows it, the
-# natural-orientation module itself on the natural test images turned at random. Where that control's drop
-# overlaps the drop measured for the claim (their intervals), the drop is decided by construction here, not by
-# what the module learned, and the claim is not tested. A turned
+# natural-orientation module itself on the natural test images turned at random. Where the drop measured for the
+# claim minus the control's drop has an interval that holds 0 (the two intervals combined, as two independent
+# estimates), the run cannot tell what the module learned from what the construction gives, and the claim is not
+# tested. A turned
 # stand-in is orientation-free only on average: each image keeps the orientation it had before its turn, so the
 # claims about weights on data *without* an orientation are about data this stand-in does not have, and they are
 # not tested on it, whatever its modules learned (the reason prints how often the largest weight undoes the turn,

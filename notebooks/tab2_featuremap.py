@@ -85,7 +85,7 @@ from equinb.analysis import frozen_test_logits, plain_head_top1, positional_head
 from equinb.cache import cache_dir, run_cache_dir
 from equinb.chapter import check_params, profile_note, schedule_note
 from equinb.engine import TrainConfig
-from equinb.evidence import (STAGES, compare_runs, diverged_seeds, finetune_changed, no_training_check, stage_problems,
+from equinb.evidence import (STAGES, compare_runs, finetune_changed, no_training_check, ran_away_note, stage_problems,
                              stage_runs, stage_spread)
 from equinb.noise import chapter_tolerances, loss_label, noise_note
 from equinb.reference import article_fig4, article_tab2, beside_article
@@ -195,14 +195,9 @@ spread = pd.DataFrame([dict(variant=name, **row) for name, rs in repeats.items()
 print(noise_note(noise["top1"], "top-1 accuracies (%)"))
 show(spread, f"Top-1 (%) over seeds {seeds}, per run and stage (profile: {profile})")
 # a seed's table can look sound where its own or another seed's training ran away: say so beside the numbers
-ran_away = []
-for name, rs in repeats.items():  # one clause per run: "<name> diverged in ... and in ..."
-    notes = [note.removeprefix(f"{name} diverged ") for stage in STAGES if (note := diverged_seeds(rs, stage, name))]
-    if notes:
-        ran_away.append(f"{name} diverged " + " and ".join(notes))
-ran_away_note = "; ".join(ran_away) if ran_away else "no run's training loss ran away in any seed"
-print(f"profile: {profile}; {ran_away_note}")
-glue("ran_away", ran_away_note, display=False)  # the summary page, under the seed-0 table
+ran_away = ran_away_note(repeats)
+print(f"profile: {profile}; {ran_away}")
+glue("ran_away", ran_away, display=False)  # the summary page, under the seed-0 table
 
 # %% [markdown]
 # ### Did the loss stay bounded?
@@ -300,8 +295,6 @@ for stage in STAGES:
     baseline = article_rate
     broken = [r for r in stage_problems(repeats[article_rate], stage, embeddings, article_rate)
               if r and "changed no test prediction" not in r]
-    if stage == "prefinetune":  # prefinetuning keeps the best λ it saw, but one from a run-away loss is no baseline
-        broken += [r for r in [diverged_seeds(repeats[article_rate], stage, article_rate)] if r]
     if broken and map_rate != article_rate:
         baseline = map_rate
     baselines[stage] = baseline

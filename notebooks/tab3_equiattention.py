@@ -75,7 +75,7 @@ from equinb.analysis import positional_head, symmetry_tables
 from equinb.cache import cache_dir, run_cache_dir
 from equinb.chapter import check_params, profile_note
 from equinb.engine import weight_net_for
-from equinb.evidence import STAGES, compare_runs, finetune_changed, no_training_check, stage_spread
+from equinb.evidence import STAGES, compare_runs, finetune_changed, no_training_check, ran_away_note, stage_spread
 from equinb.noise import chapter_tolerances, noise_note
 from equinb.reference import article_tab3, beside_article
 from equinb.setups import build_setup, feature_map_config, run_training, seed_repeats, trained_model
@@ -153,6 +153,7 @@ spread = pd.DataFrame([dict(method=m, alignment=a, **row) for (a, m), rs in repe
                        for row in stage_spread(rs)])
 show(spread, f"Top-1 (%) over seeds {seeds}, per run and stage (a run whose finetuning changed no test prediction "
              f"is repeated for its prefinetuning only; profile: {profile})")
+print(f"profile: {profile}; {ran_away_note({f'{m} {a}': rs for (a, m), rs in repeats.items()})}")
 shown_as = {"lambda_equitune": "feature-map λ-equitune", "equiattention": "equiattention"}
 unchanged_runs = [f"{shown_as.get(m, m)} {a}" for m, a, n in zip(ours.method, ours.alignment, ours.finetune_changed)
                   if n == 0]

@@ -7,8 +7,8 @@ import torch
 
 from equinb import evidence
 from equinb.engine import ViewData
-from equinb.evidence import (compare_runs, diverged_seeds, finetune_changed, stage_losses, stage_problems, stage_runs,
-                             trained_minus_frozen)
+from equinb.evidence import (compare_runs, diverged_seeds, finetune_changed, ran_away_note, stage_losses,
+                             stage_problems, stage_runs, trained_minus_frozen)
 from equinb.groups import get_group
 from equinb.setups import TrainingRun, TrainingSetup
 
@@ -56,8 +56,19 @@ def test_problems_are_computed_per_stage() -> None:
     assert "changed no test prediction of run" in stage_problems([_run(0.8, 0.8)], "finetune", setup, "run")[0]
     diverged = stage_problems([_run(0.8, 0.9, losses=(1.0, 1e9))], "finetune", setup, "run")
     assert any(r and "diverged" in r for r in diverged)
-    assert not any(stage_problems([_run(0.8, 0.9, losses=(1.0, 1e9))], "prefinetune", setup, "run"))  # best kept
+    # prefinetuning keeps the best λ it saw, but a run-away loss is no basis for a verdict either: one rule
+    run_away = stage_problems([_run(0.8, losses=(1e9, 1.0))], "prefinetune", setup, "run")
+    assert any(r and "diverged in 1 of 1 seeds" in r and "a prefinetune training loss" in r for r in run_away)
+    assert not any(stage_problems([_run(0.8, losses=(1.0, 0.5))], "prefinetune", setup, "run"))
     assert any(r and "at chance" in r for r in stage_problems([_run(0.25)], "prefinetune", setup, "run"))
+
+
+def test_the_ran_away_note_names_each_run_and_stage_once() -> None:
+    sound, away = _run(0.8, 0.9)._replace(seed=0), _run(0.8, 0.9, losses=(1.0, 1e9))._replace(seed=2)
+    assert ran_away_note({"a": [sound], "b": [sound]}) == "no run's training loss ran away in any seed"
+    assert ran_away_note({"a": [sound], "b": [sound, away]}) == (
+        "b diverged in 1 of 2 seeds (seed 2: a prefinetune training loss above 1e+06) and in 1 of 2 seeds (seed 2: "
+        "a finetune training loss above 1e+06)")
 
 
 def test_an_unchanged_finetune_stage_says_it_was_decided_on_the_first_seed_and_what_the_others_ran() -> None:
@@ -85,6 +96,11 @@ def test_compare_runs_pairs_seeds_and_needs_five() -> None:
     _, reasons, changed = compare_runs([_run(0.6, 0.6)], "prefinetune", [_run(0.6, 0.6)], "finetune", setup,
                                        ("x", "x"))
     assert changed == {"x": 0} and any(r and "changed no test prediction" in r for r in reasons)
+    # a finetune that changed nothing is the first reason, before a prefinetune loss that ran away
+    before = _run(0.6, 0.6, losses=(1e9, 1.0))
+    _, reasons, _ = compare_runs([before], "prefinetune", [before], "finetune", setup, ("x", "x"))
+    named = [r for r in reasons if r]
+    assert "changed no test prediction" in named[0] and any("diverged" in r for r in named[1:])
 
 
 @pytest.mark.parametrize("side, expected", [(1, "reversed"), (-1, "agrees")])
@@ -102,19 +118,35 @@ def test_compare_runs_through_judge_can_come_out_reversed(side: int, expected: s
 def test_every_trained_run_is_set_against_the_best_frozen_baseline(monkeypatch) -> None:
     frozen = {"equitune": torch.zeros(N, dtype=torch.float64), "equizero": torch.zeros(N, dtype=torch.float64)}
     frozen["equizero"][:int(0.9 * N)] = 1  # the frozen model's best: 90%
-    monkeypatch.setattr(evidence, "no_training_scores", lambda setup: frozen)
+    monkeypatch.setattr(evidence, "no_training_scores", lambda setup, split="test": frozen)
     repeats = {"low": [_run(0.5, 0.5, seed=s) for s in range(3)], "high": [_run(0.7, 0.8, seed=s) for s in range(3)]}
     rows = trained_minus_frozen([_setup()], repeats)
+    chosen = "chosen as the best on the training images"
     assert [text for text, _, _ in rows] == [
-        "low at prefinetune (50.00%, 3 seeds) minus zero-shot equizero (90.00%)",
-        "low at finetune (50.00%, 3 seeds) minus zero-shot equizero (90.00%)",
-        "high at prefinetune (70.00%, 3 seeds) minus zero-shot equizero (90.00%)",
-        "high at finetune (80.00%, 3 seeds) minus zero-shot equizero (90.00%)"]
+        f"low at prefinetune (50.00%, 3 seeds) minus zero-shot equizero (90.00%; {chosen})",
+        f"low at finetune (50.00%, 3 seeds) minus zero-shot equizero (90.00%; {chosen})",
+        f"high at prefinetune (70.00%, 3 seeds) minus zero-shot equizero (90.00%; {chosen})",
+        f"high at finetune (80.00%, 3 seeds) minus zero-shot equizero (90.00%; {chosen})"]
     high_finetune = rows[3][1]
     assert high_finetune.difference == pytest.approx(-10.0) and high_finetune.interval[1] < 0  # below the frozen
     assert any(r and "changed no test prediction of low" in r for r in rows[1][2])  # a stage that did nothing
     frozen["equizero"][:] = 0  # a frozen model that gets nothing right: then training adds
     assert trained_minus_frozen([_setup()], repeats)[3][1].interval[0] > 0
+
+
+def test_the_baseline_is_picked_on_the_training_images_and_scored_on_the_test_items(monkeypatch) -> None:
+    """The best of three baselines on the test items themselves scores above its expectation there (a winner's
+    pick); picked on the training images, the test items score the baseline as they score any other run."""
+    share = lambda p: torch.cat([torch.ones(int(p * N)), torch.zeros(N - int(p * N))]).double()  # noqa: E731
+    scores = {"train": {"equitune": share(0.8), "equizero": share(0.7)},
+              "test": {"equitune": share(0.6), "equizero": share(0.75)}}
+    monkeypatch.setattr(evidence, "no_training_scores", lambda setup, split="test": scores[split])
+    name, score = evidence.best_without_training([_setup()], chosen_on="train")
+    assert name == "zero-shot equitune" and float(score.mean()) == pytest.approx(0.6)
+    name, score = evidence.best_without_training([_setup()])  # the no-training check: the best on the test items
+    assert name == "zero-shot equizero" and float(score.mean()) == pytest.approx(0.75)
+    rows = trained_minus_frozen([_setup()], {"run": [_run(0.7, 0.7, seed=s) for s in range(3)]})
+    assert "minus zero-shot equitune (60.00%" in rows[0][0] and rows[0][1].difference == pytest.approx(10.0)
 
 
 def test_a_divergence_names_the_seeds_whose_loss_ran_away() -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from equinb.verdicts import (EFFECT_COLUMN, NOT_TESTED, MIN_SEEDS, VERDICT_COLUMN, VERDICTS, Comparison,
-                             at_chance, by_construction, compare, diverged, effect, effect_row, judge, not_in_this_run,
-                             orientation_kept, paired_interval, solved_without_training, too_few_seeds, unchanged_stage,
-                             verdict_counts, verdict_row, zero_by_construction)
+                             at_chance, by_construction, compare, difference_of_intervals, diverged, effect, effect_row,
+                             judge, not_in_this_run, orientation_kept, paired_interval, solved_without_training,
+                             too_few_seeds, unchanged_stage, verdict_counts, verdict_row, zero_by_construction)
 from equinb.claims import claim
 
 
@@ -58,7 +60,7 @@ def test_unpaired_comparison_of_two_test_sets():
     a, b = (rng.random(300) < 0.6).astype(float), (rng.random(120) < 0.9).astype(float)
     result = compare(a, b, paired=False)
     assert result.difference == pytest.approx(100 * (b.mean() - a.mean()))
-    assert result.interval[0] > 0 and result.basis == "120 items, 1 seed, two test sets"
+    assert result.interval[0] > 0 and result.basis == "300 and 120 items, 1 seed, two test sets"
     with pytest.raises(ValueError, match="one shape"):
         compare(a, b)  # paired needs the same items
 
@@ -94,6 +96,7 @@ def _comparison(low: float, high: float) -> Comparison:
     ((-0.5, 6.0), 1, "inconclusive"),
     ((-0.5, 6.0), 0, "inconclusive"),  # a claim of no difference can only be refuted
     ((1.0, 5.0), 0, "reversed"),
+    ((-5.0, -1.0), 0, "reversed"),  # a difference on either side refutes a claim of none
     ((1.0, 5.0), None, f"{NOT_TESTED}: no article value"),
 ])
 def test_judge_reads_the_interval_against_the_article_side(interval, side, expected):
@@ -157,6 +160,19 @@ def test_reasons_are_computed_from_the_numbers():
     control, observed = _comparison(-0.01, 0.01), _comparison(-0.02, 0.005)
     assert by_construction(control, observed, "an untrained module").startswith("decided by construction")
     assert by_construction(control, _comparison(0.2, 0.3), "an untrained module") is None
+    # overlapping intervals are no proof of equal values: 0.39 apart, the difference's interval excludes 0
+    control, observed = _comparison(-0.63, -0.55), _comparison(-0.56, -0.01)
+    assert control.interval[1] >= observed.interval[0] and by_construction(control, observed, "a control") is None
+    # the difference of two independent estimates: half-widths in quadrature (symmetric intervals), each side its own
+    low, high = difference_of_intervals(_comparison(1.0, 3.0), _comparison(-1.0, 0.0))
+    assert (low, high) == pytest.approx((2.5 - math.hypot(1.0, 0.5), 2.5 + math.hypot(1.0, 0.5)))
+    skewed = Comparison(2.0, (1.0, 5.0), 5, 100)
+    assert difference_of_intervals(skewed, _comparison(-1.0, 1.0)) == pytest.approx((2 - math.hypot(1, 1),
+                                                                                    2 + math.hypot(3, 1)))
+    assert difference_of_intervals(_comparison(-1.0, 1.0), skewed) == pytest.approx((-2 - math.hypot(1, 3),
+                                                                                    -2 + math.hypot(1, 1)))
+    # an observed statistic well below the control is not the construction's either
+    assert by_construction(_comparison(-0.01, 0.01), _comparison(-0.3, -0.2), "a control") is None
     assert zero_by_construction(1.0, "EquiLM g (d=3)", 1.0).startswith("decided by construction: every unit of "
                                                                         "EquiLM")
     assert "permuted copies" in zero_by_construction(1.0, "EquiLM g (d=3)", 1.0)
@@ -233,6 +249,7 @@ def test_a_symmetry_by_construction_leaves_its_claim_not_tested_and_says_which_s
     statistic = compare(equivariance, invariance, scale=1.0, deterministic=True, bounds=None)  # inv. − equiv.
     assert judge(statistic, +1, [reason]) == f"{NOT_TESTED}: {reason}"
     assert symmetry_by_construction([0.0, 2e-5], "invariant", "Z") is None  # one image beyond rounding: measured
+    assert symmetry_by_construction([0.0] * 9 + [5e-5], "invariant", "Z") is None  # the worst image, not the mean
     assert symmetry_by_construction([0.0, float("nan")], "invariant", "Z") is None
     # a Z with neither symmetry to rounding: the errors decide, either way
     assert judge(compare([0.01, 0.02, 0.015], [0.3, 0.6, 0.5], scale=1.0, deterministic=True, bounds=None),
@@ -400,6 +417,88 @@ def test_two_test_sets_add_their_variances_whichever_run_comes_first() -> None:
     width = lambda c: c.interval[1] - c.interval[0]  # noqa: E731
     ab, ba = width(compare(a, b, paired=False)), width(compare(b, a, paired=False))
     assert ab == pytest.approx(ba) and ab > 10
+
+
+def _satterthwaite_half(terms: list[tuple[float, float]]) -> float:
+    """The 95% half-width of a sum of independent variance terms [(variance, df)], by hand (tests only)."""
+    from scipy.stats import t as student
+
+    variance = sum(v for v, _ in terms)
+    df = variance ** 2 / sum(v ** 2 / d for v, d in terms)
+    return float(student.ppf(0.975, df)) * variance ** 0.5
+
+
+def test_two_test_sets_with_spread_each_add_their_variance() -> None:
+    a, b = np.r_[np.ones(150), np.zeros(150)], np.r_[np.ones(60), np.zeros(60)]
+    result = compare(a, b, paired=False, scale=1.0, bounds=None)
+    half = _satterthwaite_half([(a.var(ddof=1) / 300, 299), (b.var(ddof=1) / 120, 119)])
+    assert (result.interval[1] - result.interval[0]) / 2 == pytest.approx(half, rel=1e-12)
+    alone = max(_satterthwaite_half([(a.var(ddof=1) / 300, 299)]), _satterthwaite_half([(b.var(ddof=1) / 120, 119)]))
+    assert half > alone * 1.1  # not the larger of the two alone
+
+
+def test_one_seed_in_strata_weighs_each_stratum_by_one_over_k_squared_n() -> None:
+    """Balanced accuracy's interval with one seed: the variance of the mean of k stratum means is
+    sum_m var_m / (k^2 n_m), with Satterthwaite's degrees of freedom over the strata."""
+    rng = np.random.default_rng(11)
+    strata = np.repeat([0, 1, 2], 4)
+    a, b = rng.random(12), rng.random(12) + strata * 0.3  # not 1/0: the t interval, not McNemar's
+    d = b - a
+    result = compare(a, b, strata=strata, scale=1.0, bounds=None)
+    terms = [(d[strata == m].var(ddof=1) / (9 * 4), 3) for m in range(3)]
+    assert result.difference == pytest.approx(np.mean([d[strata == m].mean() for m in range(3)]), rel=1e-12)
+    assert (result.interval[1] - result.interval[0]) / 2 == pytest.approx(_satterthwaite_half(terms), rel=1e-12)
+
+
+def _crossed_terms(x: np.ndarray, strata: np.ndarray) -> tuple[float, float, float, list[tuple[float, float]]]:
+    """Seed, item and interaction variance terms of the strata-weighted mean of x [S, N], by hand (tests only):
+    the seed term from the per-seed points, the item term stratum by stratum, the interaction mean square times
+    the sum of the items' squared weights."""
+    n_seeds, n_items = x.shape
+    labels = np.unique(strata)
+    k = len(labels)
+    point = lambda row: np.mean([row[strata == m].mean() for m in labels])  # noqa: E731
+    seed = np.var([point(x[s]) for s in range(n_seeds)], ddof=1) / n_seeds
+    item_means = x.mean(axis=0)
+    item_terms = [(item_means[strata == m].var(ddof=1) / (k ** 2 * (strata == m).sum()), (strata == m).sum() - 1)
+                  for m in labels]
+    residual = x - x.mean(axis=1, keepdims=True) - item_means + x.mean()
+    weights = sum(1 / (k ** 2 * (strata == m).sum()) for m in labels)
+    interaction = (residual ** 2).sum() / ((n_seeds - 1) * (n_items - 1)) * weights / n_seeds
+    return seed, sum(v for v, _ in item_terms), interaction, item_terms
+
+
+def test_crossed_seeds_and_items_count_the_interaction_once_with_its_degrees_of_freedom() -> None:
+    """Strong seed and item effects: variance = seed + item - interaction (the interaction sits in both), and
+    Satterthwaite's degrees of freedom add each term's square over its own degrees of freedom, the subtracted one
+    included; unequal strata weigh the item term and the interaction alike."""
+    from scipy.stats import t as student
+
+    rng = np.random.default_rng(5)
+    strata = np.r_[np.zeros(3), np.ones(4), 2 * np.ones(5)].astype(int)
+    x = rng.normal(0, 1.0, (5, 1)) + rng.normal(0, 1.0, (1, 12)) + rng.normal(0, 0.3, (5, 12))
+    seed, item, interaction, item_terms = _crossed_terms(x, strata)
+    variance = seed + item - interaction
+    assert variance >= max(seed, item)  # the combined branch
+    df = variance ** 2 / (sum(v ** 2 / d for v, d in item_terms) + seed ** 2 / 4 + interaction ** 2 / (4 * 11))
+    result = compare(np.zeros_like(x), x, strata=strata, scale=1.0, bounds=None)
+    half = float(student.ppf(0.975, df)) * variance ** 0.5
+    assert (result.interval[1] - result.interval[0]) / 2 == pytest.approx(half, rel=1e-10)
+
+
+def test_where_the_interaction_outweighs_the_items_the_seed_term_stands_alone_on_s_minus_one_df() -> None:
+    """Item means all equal (every column of the noise sums to 0) and seeds that differ: the combined variance
+    falls below the seed term, so the seed term alone is the variance, on S - 1 degrees of freedom."""
+    from scipy.stats import t as student
+
+    rng = np.random.default_rng(8)
+    noise = rng.normal(0, 0.5, (5, 20))
+    x = rng.normal(0, 1.0, (5, 1)) + noise - noise.mean(axis=0)
+    seed, item, interaction, _ = _crossed_terms(x, np.zeros(20, dtype=int))
+    assert item == pytest.approx(0, abs=1e-20) and interaction > 0 and seed + item - interaction < seed
+    result = compare(np.zeros_like(x), x, scale=1.0, bounds=None)
+    half = float(student.ppf(0.975, 4)) * seed ** 0.5
+    assert (result.interval[1] - result.interval[0]) / 2 == pytest.approx(half, rel=1e-10)
 
 
 def test_four_seeds_are_one_too_few() -> None:
