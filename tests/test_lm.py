@@ -223,6 +223,29 @@ def test_word_ids_use_the_first_piece_with_a_leading_space() -> None:
     assert binary.order == 2 and binary.act(torch.tensor([ID[" Asian"]]), 1).tolist() == [ID[" Asian"]]
 
 
+def test_sequence_logprob_is_the_sum_of_each_continuation_tokens_log_probability(model) -> None:
+    """log P(x2 | x1) = sum_t log softmax(logits at position T1 - 1 + t)[x2_t], computed token by token; for one
+    token, the next-token log-probability after x1 alone."""
+    x1 = torch.tensor([[ID["The"], ID[" person"], ID[" was"]], [ID["The"], ID[" Black"], ID[" person"]]])
+    x2 = torch.tensor([[ID[" known"], ID[" for"]], [ID[" was"], ID[" good"]]])
+    by_hand = torch.zeros(2, dtype=torch.float64)
+    with torch.no_grad():
+        for t in range(2):
+            logits = model(torch.cat([x1, x2[:, :t]], dim=1)).logits[:, -1].double()
+            by_hand += torch.log_softmax(logits, -1).gather(-1, x2[:, t:t + 1]).squeeze(-1)
+        one = torch.log_softmax(model(x1).logits[:, -1].double(), -1).gather(-1, x2[:, :1]).squeeze(-1)
+    torch.testing.assert_close(E.sequence_logprob(model, x1, x2), by_hand, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(E.sequence_logprob(model, x1, x2[:, :1]), one, rtol=1e-10, atol=1e-10)
+
+
+def test_a_word_of_several_pieces_is_its_first_piece() -> None:
+    class TwoPieces(ToyTokenizer):
+        def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+            return [ID[" w3"], ID[" w4"]] if text == " Ashkenazi" else super().encode(text)
+
+    assert E.word_token_ids(TwoPieces(), ["Ashkenazi", "Black"]) == [ID[" w3"], ID[" Black"]]
+
+
 class _SharedFirstPiece(ToyTokenizer):
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return [ID[" w1"], ID[" w2"]] if text.strip().startswith("As") else super().encode(text)

@@ -226,6 +226,19 @@ def test_output_softmax_and_elementwise_max_as_published() -> None:
         _build("equizero", "model", "rot90", elementwise_max=True)
 
 
+def test_logit_factor_scales_the_head_output_before_any_softmax() -> None:
+    """out = logit_factor * head(sum_k w_k U_k), or sum_k w_k softmax(logit_factor * head(U_k)): a factor of 3 is
+    3x the logits in the first form and a sharper softmax per view in the second (1.0, the published value,
+    leaves a missing factor unseen)."""
+    x = _images(4)
+    plain, tripled = (_build("equitune", "model", "rot90", logit_factor=f) for f in (1.0, 3.0))
+    soft = _build("equitune", "model", "rot90", output_softmax=True, logit_factor=3.0)
+    with torch.no_grad():
+        per_view = soft.trunk(soft.group.orbit(x).flatten(0, 1)).reshape(3, 4, K)
+        torch.testing.assert_close(tripled(x), 3.0 * plain(x), **TOL)
+        torch.testing.assert_close(soft(x), torch.softmax(3.0 * per_view, -1).mean(1), **TOL)
+
+
 def test_lambda_none_is_the_article_code() -> None:
     """normalisation='none': mean_k head(lambda_k f_k), i.e. lambda is a per-view factor on the logits."""
     wrapper = _build("lambda:none", "embedding", "rot90")
@@ -255,6 +268,9 @@ def test_attention_weights_are_permutation_equivariant() -> None:
     torch.testing.assert_close(a.sum(-1), torch.ones(2, 5, dtype=torch.float64), **TOL)  # each view's row sums to 1
     torch.testing.assert_close(att(views), a.mean(1), **TOL)  # the weights are the columns' means
     assert (att(views) - 1 / 5).abs().max() > 1e-6  # not uniform (exactly 1/5 in float64), not plain equitune
+    # scaled dot-product attention: softmax(q k^T / sqrt(out_dim)) over the keys
+    q, k = att.q_net(views), att.k_net(views)
+    torch.testing.assert_close(a, torch.softmax(q @ k.transpose(1, 2) / 8 ** 0.5, dim=-1), **TOL)
 
 
 def test_cosine_head_normalises_each_embedding_on_its_own() -> None:
