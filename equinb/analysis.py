@@ -218,12 +218,10 @@ def group_changes(functions: dict[str, Callable[[Tensor], Tensor]], data: ViewDa
 
 
 @torch.no_grad()
-def frozen_test_logits(setup: TrainingSetup, batch_size: int = 256, split: str = "test") -> Tensor:
-    """The frozen head on every view of every test image (``split="train"``: training image). Shapes: -> [N, G, K]."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+def frozen_test_logits(setup: TrainingSetup, batch_size: int = 256) -> Tensor:
+    """The frozen head on every view of every test image. Shapes: -> [N, G, K]."""
     device = model_device(setup.head)
-    feats = setup.test_feats if split == "test" else setup.train_feats
+    feats = setup.test_feats
     return torch.cat([setup.head(feats[i:i + batch_size].flatten(0, 1).to(device)).reshape(
         min(batch_size, feats.shape[0] - i), feats.shape[1], -1).cpu() for i in range(0, feats.shape[0], batch_size)])
 
@@ -235,14 +233,12 @@ def no_training_predictions(setup: TrainingSetup) -> dict[str, Tensor]:
     return orbit_predictions(frozen_test_logits(setup), setup.group)
 
 
-def no_training_scores(setup: TrainingSetup, split: str = "test") -> dict[str, Tensor]:
-    """Per test image (``split="train"``: training image), how often the frozen model is right with no training, in
-    the article's test condition (every image turned by a random element of the group): vanilla's expected score
-    over the turns (the share of views it gets right), and equitune's and equizero's 1/0 (their views do not depend
-    on the turn). The baselines a trained run must beat before its comparisons mean anything. Shapes: ->
-    {method: [N]} (float)."""
-    logits = frozen_test_logits(setup, split=split)
-    labels = setup.test.labels if split == "test" else setup.train.labels
+def no_training_scores(setup: TrainingSetup) -> dict[str, Tensor]:
+    """Per test image, how often the frozen model is right with no training, in the article's test condition (every
+    image turned by a random element of the group): vanilla's expected score over the turns (the share of views
+    it gets right), and equitune's and equizero's 1/0 (their views do not depend on the turn). The baselines a
+    trained run must beat before its comparisons mean anything. Shapes: -> {method: [N]} (float)."""
+    logits, labels = frozen_test_logits(setup), setup.test.labels
     scores = {name: (p == labels).double() for name, p in orbit_predictions(logits, setup.group).items()}
     scores["vanilla"] = (logits.argmax(-1) == labels[:, None]).double().mean(1)
     return scores

@@ -224,9 +224,10 @@ PAPERMILL_HEADER = "# Parameters"  # the first line of the cell papermill inject
 
 
 def injected_parameters(history: list[str] | None = None) -> dict[str, Any]:
-    """The parameters papermill injected into this kernel, by name: its last cell that starts with "# Parameters",
-    read from the kernel's input ``history`` (IPython's ``In`` by default). Values that are not literals are kept
-    as their source text. ``{}`` outside IPython or where papermill injected nothing."""
+    """The parameters papermill injected into this kernel, by name: its last cell whose first line is exactly
+    "# Parameters" and that holds only assignments, read from the kernel's input ``history`` (IPython's ``In`` by
+    default). Values that are not literals are kept as their source text; papermill's ``--inject-paths`` names
+    (``PAPERMILL_*``) are left out. ``{}`` outside IPython or where papermill injected nothing."""
     if history is None:
         try:
             from IPython import get_ipython
@@ -234,30 +235,49 @@ def injected_parameters(history: list[str] | None = None) -> dict[str, Any]:
             return {}
         shell = get_ipython()
         history = list(shell.user_ns.get("In", [])) if shell is not None else []
-    source = next((cell for cell in reversed(history) if cell.lstrip().startswith(PAPERMILL_HEADER)), None)
-    if source is None:
-        return {}
-    values: dict[str, Any] = {}
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+    for source in reversed(history):
+        if source.strip().splitlines()[:1] != [PAPERMILL_HEADER]:
+            continue
+        try:
+            body = ast.parse(source).body
+        except SyntaxError:  # a cell of the user's that only looks like papermill's
+            continue
+        if not all(isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name)
+                   for n in body):
+            continue
+        values: dict[str, Any] = {}
+        for node in body:
+            name = node.targets[0].id
+            if name.startswith("PAPERMILL_"):
+                continue
             try:
-                values[node.targets[0].id] = ast.literal_eval(node.value)
+                values[name] = ast.literal_eval(node.value)
             except ValueError:
-                values[node.targets[0].id] = ast.unparse(node.value)
-    return values
+                values[name] = ast.unparse(node.value)
+        return values
+    return {}
 
 
 RUN_PARAMETERS_ENV = "EQUINB_RUN_PARAMETERS"  # set by tools/build_book.py: the parameters changed for this run
 LOCATION_PARAMETERS = ("chapters_dir", "data_root", "clip_download_root")  # where files are, not what runs
 
 
-def changed_parameters() -> str:
+PARAMS_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "params"  # the profiles' files, in the checkout
+
+
+def changed_parameters(chapter_id: str, params_dir: Path = PARAMS_DIR) -> str:
     """This run's changed parameters as ``"name=value, ..."``, "" for a profile's own run: what the book's build
-    passed with ``-p`` (``$EQUINB_RUN_PARAMETERS``), else every parameter papermill injected, those that only
+    passed with ``-p`` (``$EQUINB_RUN_PARAMETERS``); else, under plain papermill, what it injected beyond the
+    profile's own file (``<params_dir>/<chapter_id>.<profile>.yaml``, which ``-f`` passes whole), those that only
     say where files are left out."""
     if RUN_PARAMETERS_ENV in os.environ:
         return os.environ[RUN_PARAMETERS_ENV]
-    given = {k: v for k, v in injected_parameters().items() if k not in LOCATION_PARAMETERS}
+    import yaml
+
+    injected = injected_parameters()
+    profile_file = params_dir / f"{chapter_id}.{injected.get('profile', 'small')}.yaml"
+    own = (yaml.safe_load(profile_file.read_text()) or {}) if profile_file.is_file() else {}
+    given = {k: v for k, v in injected.items() if k not in LOCATION_PARAMETERS and not (k in own and own[k] == v)}
     return ", ".join(f"{k}={v!r}" for k, v in given.items())
 
 

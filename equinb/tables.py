@@ -127,7 +127,7 @@ def start_chapter(chapter_id: str) -> None:
     ... on an unnumbered page), and file their data under ``$EQUINB_DATA_OUT/<chapter_id>/``. A run with changed
     parameters (``equinb.chapter.changed_parameters``) says so here and in every table's caption."""
     number = chapter_number(chapter_id)
-    changed = changed_parameters()
+    changed = changed_parameters(chapter_id)
     _chapter.update(id=chapter_id, prefix=f"{number}." if number else "", count=0, changed=changed)
     if changed:
         print(f"this run changed the chapter's parameters: {changed} (the book's numbers are the profile's own run)")

@@ -317,18 +317,22 @@ def solved_without_training(baseline_correct: ArrayLike, baseline: str) -> str |
     return None
 
 
-def by_construction(control: Comparison, observed: Comparison, what: str) -> str | None:
+def by_construction(control: Comparison, observed: Comparison, what: str,
+                    difference: Comparison | None = None) -> str | None:
     """``"decided by construction: ..."`` when the observed statistic cannot be told apart from a control that
     cannot carry the effect (an untrained module, a permutation null): the 95% interval of observed minus control
-    holds 0, so the run cannot separate what the module learned from what the construction gives. The two were
-    measured independently; the interval of their difference combines their own intervals, end by end, in
-    quadrature (Zou and Donner's MOVER), which two intervals that merely overlap do not show."""
-    low, high = difference_of_intervals(observed, control)
+    holds 0, so the run cannot separate what the module learned from what the construction gives (two intervals
+    that merely overlap do not show that). ``difference``: that interval computed from the scores, where the
+    caller can (terms the two share then cancel); else the two are taken as independent estimates and their
+    intervals combined end by end in quadrature (``difference_of_intervals``, Zou and Donner's MOVER)."""
+    if difference is None:
+        point, (low, high) = observed.difference - control.difference, difference_of_intervals(observed, control)
+    else:
+        point, (low, high) = difference.difference, difference.interval
     if low <= 0 <= high:
         return (f"decided by construction: {what}, which cannot carry the effect, gives "
                 f"{control.difference:+.3g} [{control.interval[0]:+.3g}, {control.interval[1]:+.3g}], and the "
-                f"observed minus it, {observed.difference - control.difference:+.3g} [{low:+.3g}, {high:+.3g}], "
-                "holds 0")
+                f"observed minus it, {point:+.3g} [{low:+.3g}, {high:+.3g}], holds 0")
     return None
 
 

@@ -360,13 +360,13 @@ for (c, label), run in counterfactual.items():
 # ## Verdicts: the article's claims, tested
 # Updated minus original, per group and stage, and each code's finetune minus its prefinetune, in pp, averaged over
 # the seeds. The rule: {glue:text}`verdict_rule`. The last table sets every trained run and stage against the best
-# model without training (picked on the training images: the best of three picked on the test items would score there
-# above what it is worth), item by item: a negative difference means that the trained run does not do what the frozen
-# model does with no training at all, whatever the verdicts above say about the codes. Before finetuning the two codes
-# differ only in the softmax (the λ network's input and the learning rate act once the backbone trains), so the
-# prefinetune rows test that change alone; the claim that the gain comes from all three changes needs a gain to
-# attribute and the original code finetuned with one change at a time, and its row says which of the two this run
-# lacks.
+# model without training (cross-fitted: each half of the test items is scored by the model that is best on the other
+# half, since the best of three picked on the same items would score there above what it is worth), item by item: a
+# negative difference means that the trained run does not do what the frozen model does with no training at all,
+# whatever the verdicts above say about the codes. Before finetuning the two codes differ only in the softmax (the λ
+# network's input and the learning rate act once the backbone trains), so the prefinetune rows test that change alone;
+# the claim that the gain comes from all three changes needs a gain to attribute and the original code finetuned with
+# one change at a time, and its row says which of the two this run lacks.
 
 # %% tags=["tolerance-top1", "hide-input"]
 glue("verdict_rule", VERDICT_RULE, display=False)

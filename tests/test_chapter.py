@@ -1,6 +1,7 @@
 """Chapter parameters: one rule per name, bad values fail before any heavy work with the valid ones named."""
 
 import pytest
+import yaml
 
 from equinb import chapter
 from equinb.chapter import RULES, check_params, injected_parameters
@@ -99,6 +100,11 @@ def test_the_injected_parameters_are_read_from_papermills_cell() -> None:
                "data_root = os.getcwd()\n", "check_params(...)"]
     assert injected_parameters(history) == {"seed": 5, "clip_paths": {"RN50": "a.pt"}, "data_root": "os.getcwd()"}
     assert injected_parameters(history[:2]) == {} and injected_parameters() == {}  # no papermill, no IPython
+    # a cell of the user's that only starts like papermill's, or does not parse, is not papermill's
+    for cell in ("# Parameters I tried\nbest = 0.3", "# Parameters\nbest = (", "# Parameters\nprint(1)"):
+        assert injected_parameters([*history[:2], cell]) == {}
+    paths = "# Parameters\nseed = 5\nPAPERMILL_INPUT_PATH = 'a.ipynb'\nPAPERMILL_OUTPUT_PATH = 'b.ipynb'\n"
+    assert injected_parameters([paths]) == {"seed": 5}  # papermill --inject-paths
 
 
 def test_a_name_papermill_injected_that_the_chapter_lacks_is_refused() -> None:
@@ -116,7 +122,7 @@ def test_a_list_given_as_text_names_papermills_yaml_option(value: str) -> None:
     assert "-y" not in str(info.value)  # text that is not a list gets the rule's message alone
 
 
-def test_a_run_with_changed_parameters_says_so_in_every_caption(monkeypatch, capsys) -> None:
+def test_a_run_with_changed_parameters_says_so_in_every_caption(monkeypatch, capsys, tmp_path) -> None:
     import pandas as pd
 
     from equinb import tables
@@ -131,7 +137,17 @@ def test_a_run_with_changed_parameters_says_so_in_every_caption(monkeypatch, cap
     tables.start_chapter("fig4_zeroshot")
     table = tables._numbered(tables.Table(pd.DataFrame({"a": [1]}), "Top-1 (profile: small)"))
     assert "changed" not in table.caption and not capsys.readouterr().out
-    # raw papermill: what it injected, where files live left out
+    # plain papermill: what it injected beyond the profile's own file (-f passes it whole), where files live left out
     monkeypatch.delenv(chapter.RUN_PARAMETERS_ENV)
-    monkeypatch.setattr(chapter, "injected_parameters", lambda: {"seed": 5, "data_root": "/d", "chapters_dir": "/c"})
-    assert chapter.changed_parameters() == "seed=5"
+    (tmp_path / "fig4_zeroshot.paper.yaml").write_text("profile: paper\nbackbones: [RN50]\nseed: 0\n")
+    injected = {"profile": "paper", "backbones": ["RN50"], "seed": 5, "data_root": "/d", "chapters_dir": "/c"}
+    monkeypatch.setattr(chapter, "injected_parameters", lambda: injected)
+    assert chapter.changed_parameters("fig4_zeroshot", tmp_path) == "seed=5"
+    injected["seed"] = 0  # the paper profile's own run
+    assert chapter.changed_parameters("fig4_zeroshot", tmp_path) == ""
+    injected["profile"] = "small"  # the small profile has no file: everything injected is a change
+    assert chapter.changed_parameters("fig4_zeroshot", tmp_path) == "profile='small', backbones=['RN50'], seed=0"
+    # the repository's own paper file, as book/index.md's plain papermill command passes it
+    injected.clear()
+    injected.update(yaml.safe_load((chapter.PARAMS_DIR / "fig4_zeroshot.paper.yaml").read_text()))
+    assert chapter.changed_parameters("fig4_zeroshot") == ""

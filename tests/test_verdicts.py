@@ -173,6 +173,11 @@ def test_reasons_are_computed_from_the_numbers():
                                                                                     -2 + math.hypot(1, 1)))
     # an observed statistic well below the control is not the construction's either
     assert by_construction(_comparison(-0.01, 0.01), _comparison(-0.3, -0.2), "a control") is None
+    # observed minus control computed from the scores, where they share a term: that interval decides
+    control, observed = _comparison(-0.63, -0.55), _comparison(-0.56, -0.01)
+    assert by_construction(control, observed, "a control", difference=_comparison(-0.05, 0.4)).endswith(
+        "the observed minus it, +0.175 [-0.05, +0.4], holds 0")
+    assert by_construction(control, control, "a control", difference=_comparison(0.01, 0.02)) is None
     assert zero_by_construction(1.0, "EquiLM g (d=3)", 1.0).startswith("decided by construction: every unit of "
                                                                         "EquiLM")
     assert "permuted copies" in zero_by_construction(1.0, "EquiLM g (d=3)", 1.0)

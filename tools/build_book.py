@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -57,7 +58,7 @@ import provenance  # noqa: E402
 from numerical_modes import available_cores, thread_env  # noqa: E402
 
 from equinb.cache import atomic_write_text  # noqa: E402
-from equinb.chapter import RUN_PARAMETERS_ENV  # noqa: E402
+from equinb.chapter import LOCATION_PARAMETERS, RUN_PARAMETERS_ENV  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's bin/, where jupyter-book lives
@@ -203,7 +204,10 @@ def take_parameters(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
 def keep_variant(nb_id: str, parameters: dict) -> Path:
     """Copy a chapter run with changed ``parameters`` to ``_build/variants/<id>.<parameters>.ipynb``, where later
     builds leave it (the executed copy is the profile's own run's place). Returns the copy's path."""
-    slug = re.sub(r"[^A-Za-z0-9=.,_-]+", "_", parameters_text(parameters).replace(" ", ""))[:120] or "variant"
+    text = parameters_text(parameters)
+    slug = re.sub(r"[^A-Za-z0-9=.,_-]+", "_", text.replace(" ", ""))
+    if len(slug) > 100:  # a long set of parameters: its start and a hash, so that two sets never share a name
+        slug = f"{slug[:80]}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
     target = VARIANTS / f"{nb_id}.{slug}.ipynb"
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(EXECUTED / "notebooks" / f"{nb_id}.ipynb", target)
@@ -211,8 +215,10 @@ def keep_variant(nb_id: str, parameters: dict) -> Path:
 
 
 def parameters_text(parameters: dict | None) -> str:
-    """The overridden parameters as ``"seed=5, lr=1e-07"`` ("" for none; an aggregate's build path left out)."""
-    return ", ".join(f"{k}={v!r}" for k, v in (parameters or {}).items() if k != "chapters_dir")
+    """The overridden parameters as ``"seed=5, lr=1e-07"`` ("" for none). Those that only say where files are
+    (``equinb.chapter.LOCATION_PARAMETERS``: an aggregate's build path, a data folder) change no result and are
+    left out, as the kernel leaves them out of its captions."""
+    return ", ".join(f"{k}={v!r}" for k, v in (parameters or {}).items() if k not in LOCATION_PARAMETERS)
 
 
 def run_label(profile: str, parameters: dict | None) -> str:
@@ -312,10 +318,12 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
     start, started = time.perf_counter(), time.time()
     jt = subprocess.Popen(to_ipynb, stdout=subprocess.PIPE)
     # papermill warns that "-" (stdin) has no extension; that is intended here.
-    env = dict(os.environ, PYTHONWARNINGS="ignore:the file is not specified with any extension", **(env or {}))
+    env = dict({k: v for k, v in os.environ.items() if k != RUN_PARAMETERS_ENV},
+               PYTHONWARNINGS="ignore:the file is not specified with any extension", **(env or {}))
     env.pop("EQUINB_DATA_OUT", None)
-    # the kernel labels its tables with the parameters changed for this run (equinb.chapter.changed_parameters)
-    env[RUN_PARAMETERS_ENV] = parameters_text(parameters)
+    # the kernel labels its tables with the parameters changed for this run (equinb.chapter.changed_parameters),
+    # unless the caller says otherwise (tools/measure_noise.py: seed variants whose text must pair with the reference)
+    env.setdefault(RUN_PARAMETERS_ENV, parameters_text(parameters))
     if running_data is not None:
         env["EQUINB_DATA_OUT"] = str(running_data)
     succeeded = False
@@ -501,6 +509,9 @@ def execute_all(ids: list[str], profile: str, parameters: dict, keep_going: bool
         execute(nb_id, profile, out, {"chapters_dir": str(out.parent), **parameters} if nb_id in AGGREGATES
                 else parameters, data_out=EXECUTED / "data", env=env, progress_bar=at_once == 1,
                 log=out.with_suffix(".log") if at_once > 1 else None, at_once=at_once)
+        if parameters_text(parameters):  # a variant: kept where no build of the profile replaces it
+            print(f"build_book: this run ({run_label(profile, parameters)}) is also kept as "
+                  f"{rel(keep_variant(nb_id, parameters))}", flush=True)
 
     try:
         failures = run_chapters(ids, jobs, keep_going, run)
@@ -558,7 +569,8 @@ def remove_unlisted(ids: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # no abbreviations: take_parameters sees -p and --parameter only, and --param would bypass it
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--profile", default="small", help=f"one of {', '.join(PROFILES)} (default small)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--no-execute", action="store_true",
@@ -605,11 +617,9 @@ def main(argv: list[str] | None = None) -> None:
         execute_all(ids, args.profile, parameters, args.keep_going, jobs)
         print(f"build_book: executed {', '.join(ids)} ({args.profile}) into {rel(EXECUTED)}/notebooks in "
               f"{time.perf_counter() - start:.0f} s", flush=True)
-        if parameters:  # a variant: the book shows the profile's own runs, so keep it where no build replaces it
-            kept = [keep_variant(nb_id, parameters) for nb_id in ids]
-            print(f"build_book: this run ({run_label(args.profile, parameters)}) is kept as "
-                  f"{', '.join(map(rel, kept))}; open it in Jupyter. The book shows each profile's own runs: "
-                  "`make book REUSE=1` runs this chapter again with its defaults", flush=True)
+        if parameters_text(parameters):
+            print(f"build_book: open {rel(VARIANTS)}/<id>.<parameters>.ipynb in Jupyter. The book shows each "
+                  "profile's own runs: `make book REUSE=1` runs these chapters again with their defaults", flush=True)
         else:
             print("build_book: `make book REUSE=1` builds the HTML with them", flush=True)
         return

@@ -161,18 +161,23 @@ def _hub_model(what: str, source: str, parameter: str) -> Item:
     cached = Path("~/.cache/huggingface/hub").expanduser() / f"models--{source.replace('/', '--')}"
     if cached.is_dir():
         return Item(what, True, f"{source} (in the Hugging Face cache)")
-    fix = (f"copy the model into a local folder and set {parameter} to its path instead of {source} (in "
-           "notebooks/params/fig6_nlg_fairness.paper.yaml)")
+    fix = (f"copy the model into a local folder and set {parameter} to its path instead of {source} (in the "
+           "chapter's notebooks/params/<id>.<profile>.yaml)")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return Item(what, False, f"not here, and HF_HUB_OFFLINE is set: {fix}")
     return _download(what, urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname,
                      f"from the Hugging Face hub ({source})", fix)
 
 
+def existing(root: Path) -> Path:
+    """``root``, or its nearest parent that exists (the folder a first run would create lies there)."""
+    return root if root.exists() else next(p for p in root.parents if p.exists())
+
+
 def disk(root: Path, need_gb: float) -> Item:
-    """Free space under ``root`` (or its nearest existing parent) against ``need_gb``: every chapter's caches
-    together, since one build keeps them all."""
-    probe = root if root.exists() else next(p for p in root.parents if p.exists())
+    """Free space under ``root`` (or its nearest existing parent) against ``need_gb``: the caches of every chapter
+    on that filesystem together, since one build keeps them all."""
+    probe = existing(root)
     free = shutil.disk_usage(probe).free / 1e9
     return Item(f"disk for every chapter's caches (about {need_gb:g} GB together, estimate)", free >= need_gb,
                 f"{free:.0f} GB free under {probe}" + ("" if free >= need_gb else
@@ -219,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="paper", help="the params files to check (default: paper)")
     args = parser.parse_args(argv)
     todo: dict[tuple[str, str], list[str]] = {}  # (what, fix) -> the chapters that need it
-    roots: dict[Path, float] = {}  # data folder -> the disk its chapters' caches take
+    disks: dict[int, tuple[Path, float, list[str]]] = {}  # filesystem -> (a folder on it, GB, the chapters)
     for nb_id in notebook_ids():
         path = ROOT / "notebooks" / "params" / f"{nb_id}.{args.profile}.yaml"
         if not path.is_file():
@@ -235,15 +240,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  [{'ok' if item.ok else 'MISSING'}] {item.what}: {item.note}")
             if not item.ok:
                 todo.setdefault((item.what, item.note), []).append(nb_id)
-        if nb_id in DISK_GB:
+        if nb_id in DISK_GB:  # summed per filesystem: two data folders on one disk share its free space
             root = data_folder(params)
-            roots[root] = roots.get(root, 0.0) + DISK_GB[nb_id]
+            folder, need_gb, chapters = disks.get(os.stat(existing(root)).st_dev, (root, 0.0, []))
+            disks[os.stat(existing(root)).st_dev] = (folder, need_gb + DISK_GB[nb_id], [*chapters, nb_id])
     print()
-    for root, need_gb in roots.items():
-        item = disk(root, need_gb)
+    for folder, need_gb, chapters in disks.values():
+        item = disk(folder, need_gb)
         print(f"[{'ok' if item.ok else 'MISSING'}] {item.what}: {item.note}")
         if not item.ok:
-            todo.setdefault((item.what, item.note), []).append("every chapter")
+            todo[(item.what, item.note)] = chapters
     if not todo:
         print("\nevery chapter of the profile can run here")
         return 0

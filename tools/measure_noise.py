@@ -44,6 +44,7 @@ from numerical_modes import MEASURED as MEASURED_MODES  # noqa: E402
 from numerical_modes import mode_env  # noqa: E402
 
 from equinb.cache import atomic_write_text  # noqa: E402
+from equinb.chapter import RUN_PARAMETERS_ENV  # noqa: E402
 from equinb.noise import MEASURED  # noqa: E402
 
 TRAINING_CHAPTERS = ("tab1_original_vs_updated", "tab2_featuremap", "tab3_equiattention", "fig2_3_lambda_weights",
@@ -102,8 +103,10 @@ def run_variant(name: str, chapters: list[str], parameters: dict, env: dict, reu
         source = ROOT / "notebooks" / f"{nb_id}.py"
         if not (reuse and path.is_file() and path.stat().st_mtime > source.stat().st_mtime):
             seed = parameters.get("seed")
+            # a seed variant is the profile's run under another seed: its captions must pair with the reference's,
+            # so it is not labelled as a run with changed parameters
             execute(nb_id, "small", path, parameters=parameters if seed is None else seed_parameters(nb_id, seed),
-                    env=env)
+                    env={**(env or {}), RUN_PARAMETERS_ENV: ""})
         out[nb_id] = path
     return out
 
