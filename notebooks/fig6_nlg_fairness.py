@@ -263,11 +263,9 @@ show(both.reset_index(), f"Fairness gap per model and draws with its 95% bootstr
 # LM's gap and could not come out positive. So every model is sampled a second time for these claims, with its own
 # random numbers for every demographic (independent draws): the base LM and each EquiLM then carry the same kind
 # of sampling noise, which a max-minus-min gap turns into a positive bias for both. The bias depends on the shares
-# and the number of units and is largest where the shares are equal (for shares of similar spread), so a fairer
-# EquiLM's gap is overstated more than the base LM's: the difference of the two gaps is pulled towards the positive
-# side, against the article's claim, and a narrowing that agrees here is measured against that pull. The difference
-# can take either sign. A check still counts the units
-# labelled alike, and the copies, in case they are alike all the same. The per-demographic claims compare the
+# and the number of units, so it need not be the same for the two models: part of a difference of two gaps can be
+# the bias's, and this chapter does not estimate how much. The difference can take either sign. A check still counts
+# the units labelled alike, and the copies, in case they are alike all the same. The per-demographic claims compare the
 # positive shares of the base LM and EquiLM with $g$ (the article's code) unit by unit; the last claim compares the
 # two actions' shares of positive samples, averaged over the demographics, unit by unit (their gaps are both zero
 # by construction). The rule: {glue:text}`verdict_rule`. The gap claims' intervals are the exception: a gap is a
