@@ -15,6 +15,7 @@ maps, the article's sec. 4.2). Methods: ``"lambda_equitune"`` and ``"equiattenti
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -38,6 +39,7 @@ from .heads import PooledHead, fit_linear_head, linear_text_head, load_frozen_mo
 from .kernels import tuned_kernels
 from .metrics import top1
 from .precision import apply_clip_precision
+from .progress import RoundClock, report
 from .wrappers import EquiAttention, LambdaEquitune
 
 __all__ = ["LEVELS", "TrainingSetup", "TrainingRun", "seed_repeats", "correct_by_seed", "stand_in_index",
@@ -417,15 +419,20 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
     if not checkpoint_every_s >= 0:  # refused before any training, not at the first save
         raise ValueError(f"checkpoint_every_s must be a number of seconds >= 0, got {checkpoint_every_s!r}")
 
+    label = f"{method} on {setup.group.name}, seed {config.seed}"
+
     def train(partial: Path | None = None) -> dict:
         torch.manual_seed(config.seed)
-        clock = []
+        began = time.perf_counter()
+        report(f"{label}: training")
+        clock = RoundClock(label, dict(prefinetune=config.prefinetune_rounds, finetune=config.finetune_rounds))
         checkpoints = None if partial is None else RunCheckpoints(partial, checkpoint_every_s, clock)
         row, history, states, predictions, drift = _run(setup, config, make_net(), progress, heldout_fraction,
                                                         method, align_views, ablate, clock, checkpoints)
+        report(f"{label}: trained in {time.perf_counter() - began:.1f} s")
         # the settings and wall times ride along for tools/paper_smoke.py, which counts and times the runs
-        return dict(row=row, history=history, states=states, predictions=predictions, drift=drift, clock=clock,
-                    config=config.as_dict(), maps=setup.level == "maps")
+        return dict(row=row, history=history, states=states, predictions=predictions, drift=drift,
+                    clock=list(clock), config=config.as_dict(), maps=setup.level == "maps")
 
     if cache_dir is None:
         out = train()
@@ -436,7 +443,11 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
         key = cache_key(setup=setup.key, config=config.as_dict(), method=method, align_views=align_views,
                         weight_net=repr(net), weight_net_code=_outside_code(net), heldout_fraction=heldout_fraction,
                         ablate=ablate, code=training_code_fingerprint())
-        out = load_or_compute_resumable(Path(cache_dir) / f"run_{key}.pt", train)
+        label += f" (run {key[:8]})"
+        path = Path(cache_dir) / f"run_{key}.pt"
+        if path.is_file():
+            report(f"{label}: read from the cache")
+        out = load_or_compute_resumable(path, train)
     return TrainingRun(out["row"], out["history"], out["states"], out["predictions"], out["drift"], config.seed)
 
 

@@ -59,6 +59,7 @@ from numerical_modes import available_cores, thread_env  # noqa: E402
 
 from equinb.cache import atomic_write_text  # noqa: E402
 from equinb.chapter import LOCATION_PARAMETERS, RUN_PARAMETERS_ENV  # noqa: E402
+from equinb.progress import PROGRESS_ENV  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's bin/, where jupyter-book lives
@@ -312,15 +313,18 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
         run_pm += ["-f", str(params)]
     if parameters:
         run_pm += ["-y", yaml.safe_dump(parameters)]
+    progress = out.with_suffix(".progress.log")  # the kernel's training runs report there (equinb.progress)
+    progress.unlink(missing_ok=True)
     print(f"build_book: executing notebooks/{nb_id}.py -> {rel(out)}"
           + (f" with {rel(params)}" if params else "") + (f" and {parameters}" if parameters else "")
-          + (f" under {env}" if env else ""), flush=True)
+          + (f" under {env}" if env else "") + f"; its training runs: tail -f {rel(progress)}", flush=True)
     start, started = time.perf_counter(), time.time()
     jt = subprocess.Popen(to_ipynb, stdout=subprocess.PIPE)
     # papermill warns that "-" (stdin) has no extension; that is intended here.
     env = dict({k: v for k, v in os.environ.items() if k != RUN_PARAMETERS_ENV},
                PYTHONWARNINGS="ignore:the file is not specified with any extension", **(env or {}))
     env.pop("EQUINB_DATA_OUT", None)
+    env[PROGRESS_ENV] = str(progress)
     # the kernel labels its tables with the parameters changed for this run (equinb.chapter.changed_parameters),
     # unless the caller says otherwise (tools/measure_noise.py: seed variants whose text must pair with the reference)
     env.setdefault(RUN_PARAMETERS_ENV, parameters_text(parameters))
@@ -337,6 +341,8 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
         kept = f"; {rel(out)} is the last good run, kept" if out.is_file() else ""
         partial = f"; the partly executed notebook is {rel(failed)}" if running.is_file() else ""
         where = f"(notebooks/{nb_id}, profile {profile})" + partial + kept
+        if returncode != 0:
+            where += _last_progress(progress)
         if log is not None and returncode != 0:
             where += f"; its output is {rel(log)}, which ends:\n" + _tail(log)
         if returncode is None:  # before jupytext's status: a papermill stopped early may leave its pipe unread
@@ -374,6 +380,12 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
                                                    None if threads is None else int(threads), at_once))
     atomic_write_text(marker, label + "\n")  # last: a marked chapter is complete, record and tables included
     print(f"build_book: notebooks/{nb_id} done in {seconds:.0f} s", flush=True)
+
+
+def _last_progress(progress: Path) -> str:
+    """Where a stopped or failed chapter's training had got: the last line of its progress log, if any."""
+    lines = progress.read_text(errors="replace").splitlines() if progress.is_file() else []
+    return f"; its last progress line: {lines[-1]}" if lines else ""
 
 
 def _tail(log: Path, lines: int = 25) -> str:

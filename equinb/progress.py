@@ -1,0 +1,63 @@
+"""How far a long chapter has got, written outside the notebook.
+
+A chapter's outputs are its regression reference, so a run cannot print its progress into them (and a kernel's
+own standard streams end up there too). With ``EQUINB_PROGRESS_LOG`` naming a file, every training run
+(``equinb.setups.run_training``) appends a line there when it starts, after each round and when it ends, or
+when it is read from the cache instead: ``tail -f`` the file. ``tools/build_book.py`` sets it for each chapter it
+runs (``_build/executed/notebooks/<id>.progress.log``) and shows the lines of a chapter run alone. Nothing is
+written where the variable is unset.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from typing import Any
+
+PROGRESS_ENV = "EQUINB_PROGRESS_LOG"
+
+__all__ = ["PROGRESS_ENV", "report", "RoundClock"]
+
+_failed_paths: set[str] = set()
+
+
+def report(line: str) -> None:
+    """Append ``line``, after the time of day, to the file ``EQUINB_PROGRESS_LOG`` names (nothing if unset).
+
+    A file that cannot be written warns once and is skipped: progress is for the reader, never a reason to stop
+    a run."""
+    path = os.environ.get(PROGRESS_ENV, "")
+    if not path or path in _failed_paths:
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+    except OSError as err:
+        _failed_paths.add(path)
+        warnings.warn(f"{PROGRESS_ENV}={path} cannot be written ({type(err).__name__}: {err}); no progress lines",
+                      stacklevel=2)
+
+
+class RoundClock(list):
+    """The wall-clock rows of one training run (``equinb.engine`` appends one per round), each also reported as a
+    progress line: the stage, the round of how many, its time and the stage's time left at the mean pace of its
+    rounds so far.
+
+    ``label`` names the run in the lines; ``rounds``: how many rounds each stage has (``{"prefinetune": 5,
+    "finetune": 20}``). A plain list as far as the rows go (slice assignment, as a resumed run's, reports
+    nothing)."""
+
+    def __init__(self, label: str, rounds: dict[str, int]) -> None:
+        super().__init__()
+        self.label, self.rounds = label, dict(rounds)
+
+    def append(self, row: dict[str, Any]) -> None:
+        super().append(row)
+        stage, done = row["stage"], row["round"] + 1
+        total = self.rounds.get(stage, 0)
+        spent = [r["seconds"] + r["evaluation_seconds"] for r in self if r["stage"] == stage]
+        left = (total - done) * sum(spent) / len(spent)
+        report(f"{self.label}: {stage} round {done} of {total}, {row['steps']} steps in {row['seconds']:.1f} s"
+               f" (+{row['evaluation_seconds']:.1f} s evaluating)"
+               + (f"; about {left:.0f} s left in {stage}" if done < total else ""))
