@@ -9,6 +9,7 @@ Module map, bottom to top; a module imports only modules above it in this list (
     metrics     scores of predicted classes on imbalanced sets: confusion matrix, balanced accuracy, macro F1
     prompts     CLIP's class names and prompt templates
     cache       folders, keys, atomic compute-once files (damaged files are recomputed)
+    progress    how far long training runs have got, as lines in a file of the user's (never the notebook)
     groups      image groups and the token-permutation group
     outputs     which tensor of a model's output to use (the ``output=`` selector)
     precision   parameter dtypes: CLIP's fp16 rule for any module, fp16 storage emulated in fp32, its SGD step
@@ -38,7 +39,7 @@ The library in short (the chapter "Use equinb on your own model" shows each step
 
     import equinb
     invariant = equinb.Equitune(model, "rot90").eval()          # mean over the four rotations
-    equinb.check_invariance(invariant, x, "rot90")              # ~1e-6: float rounding
+    equinb.check_invariance(invariant, x, "rot90")              # about 1e-7: float rounding
     equivariant = equinb.Equitune(model.features, "rot90", align_views=True)   # feature maps
     equinb.check_equivariance(equivariant, x, "rot90")
 """

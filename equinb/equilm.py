@@ -157,12 +157,34 @@ def _forward_kwargs(model_class: type) -> tuple[str, bool]:
     return cache_name, "logits_to_keep" in params
 
 
+_HF_INTERFACE = ("a Hugging Face causal LM: forward(input_ids, use_cache=..., past_key_values=...) (``cache=`` in "
+                 "transformers >= 5) returning an output with .logits [B, T, V] and the key/value cache, which "
+                 "generation passes back with only the new tokens")
+
+
+def check_hf_causal_lm(model: nn.Module) -> None:
+    """A TypeError, before any forward, when ``model.forward`` cannot take the keywords a Hugging Face causal LM
+    takes (``input_ids``, ``use_cache`` and the cache); a model of one's own needs that interface, or
+    ``**kwargs``, for EquiLM and its generation."""
+    params = inspect.signature(type(model).forward).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    missing = [name for name in ("input_ids", "use_cache") if name not in params]
+    if not {"past_key_values", "cache"} & params.keys():
+        missing.append("past_key_values")
+    if missing:
+        raise TypeError(f"{type(model).__name__}.forward takes no {', '.join(missing)}: EquiLM wraps {_HF_INTERFACE}")
+
+
 def _hf_forward(model: nn.Module, input_ids: torch.Tensor, past_key_values: Any, last_only: bool) -> LMOutput:
     cache_name, has_keep = _forward_kwargs(type(model))
     kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": True, cache_name: past_key_values}
     if last_only and has_keep:
         kwargs["logits_to_keep"] = 1
     out = model(**kwargs)
+    if not isinstance(getattr(out, "logits", None), torch.Tensor):
+        raise TypeError(f"{type(model).__name__} returned a {type(out).__name__} with no .logits tensor: EquiLM "
+                        f"wraps {_HF_INTERFACE}")
     logits = out.logits[:, -1:] if last_only else out.logits
     cache = getattr(out, "cache", None)
     if cache is None:
@@ -217,6 +239,7 @@ class EquiLM(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch nn.Module (a Hugging Face causal LM), got {type(model).__name__}")
+        check_hf_causal_lm(model)
         if not isinstance(group, TokenPermutationGroup):
             raise TypeError(f"group must be a TokenPermutationGroup (see word_group), got {type(group).__name__}")
         if output_action not in OUTPUT_ACTIONS:

@@ -108,6 +108,14 @@ class Group:
         self._table = table
         self._inverse = [index[_d4_inverse(e)] for e in elements]
 
+    def __eq__(self, other: object) -> bool:
+        """Two groups are equal when they list the same elements in the same order (the order numbers the views);
+        the name is only a label."""
+        return isinstance(other, Group) and self.elements == other.elements
+
+    def __hash__(self) -> int:
+        return hash(self.elements)
+
     @property
     def order(self) -> int:
         """Number of elements |G|."""

@@ -54,6 +54,8 @@ classes.
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from typing import Any, Callable, Sequence, Union
 
@@ -126,6 +128,18 @@ def _checked_choice(value: Any, valid: Sequence[str], what: str, listed: str = "
     if name not in valid:
         raise ValueError(f"unknown {what} {value!r}; {listed}: {', '.join(valid)}")
     return name
+
+
+def _flag(value: Any, what: str) -> bool:
+    """``value`` as a bool if it is one (or 0, 1, a numpy or 0-d torch bool), else a TypeError: ``bool("False")``
+    is True, so a flag read from a text file would otherwise turn an option on silently."""
+    try:
+        plain = not isinstance(value, str) and value in (True, False)
+    except (RuntimeError, TypeError, ValueError):  # a tensor of several values, an object with no truth value
+        plain = False
+    if not plain:
+        raise TypeError(f"{what} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
 
 
 def _check_chunk_size(chunk_size: Any) -> ChunkSize:
@@ -255,15 +269,20 @@ class WrapperMismatchWarning(UserWarning):
     record that says how it was built)."""
 
 
-def _warn_mismatch(message: str) -> None:
-    """A ``WrapperMismatchWarning`` attributed to the first caller outside torch and equinb (the user's
-    ``load_state_dict`` line, however deep the wrapper sits in their model)."""
+def _warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """A warning attributed to the first caller outside torch and equinb (the user's ``load_state_dict`` or
+    forward line, however deep the wrapper sits in their model)."""
     import sys
 
     frame, level = sys._getframe(1), 2
     while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("torch", "equinb"):
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, WrapperMismatchWarning, stacklevel=level)
+    warnings.warn(message, category, stacklevel=level)
+
+
+def _warn_mismatch(message: str) -> None:
+    """A ``WrapperMismatchWarning`` at the user's ``load_state_dict`` line (``_warn_at_caller``)."""
+    _warn_at_caller(message, WrapperMismatchWarning)
 
 
 class OrbitWrapper(nn.Module):
@@ -274,7 +293,10 @@ class OrbitWrapper(nn.Module):
         group: the group acting on the input images (and on the feature maps when aligning).
         head: maps the combined trunk output to the final output; identity when ``None``.
         align_views: map view k back with g_k^-1 before combining (feature maps only). Default False
-            (as published; a no-op in the article's code). True = as described.
+            (as published; a no-op in the article's code). True = as described. Left at its default, a wrapper
+            whose trunk gives maps and that has no head to pool them warns on its first call: its output maps are
+            the unturned views' mean, invariant as a whole but with each map's content at every turned place
+            (pass ``align_views=False`` to say that is meant).
         output_softmax: apply softmax to each view's head output and combine probabilities (as published
             in the article's zero-shot and "original" code). Default False.
         logit_factor: multiplies the head output (as published: 1.0, i.e. raw cosine similarities).
@@ -298,7 +320,7 @@ class OrbitWrapper(nn.Module):
     method = "orbit"  # the method's name in the book's vocabulary (shown by repr)
 
     def __init__(self, model: nn.Module, group: Group | str, *, head: nn.Module | None = None,
-                 align_views: bool = False, output_softmax: bool = False, logit_factor: float = 1.0,
+                 align_views: bool | None = None, output_softmax: bool = False, logit_factor: float = 1.0,
                  normalise_views: bool = False, trunk_eval: bool = False, chunk_size: ChunkSize = "auto",
                  output: OutputSelector = None, **unknown: Any) -> None:
         super().__init__()
@@ -313,14 +335,21 @@ class OrbitWrapper(nn.Module):
         if head is not None and not callable(head):
             raise TypeError(f"head must be an nn.Module (or a function) mapping the combined views to the output, "
                             f"got {type(head).__name__}")
+        if isinstance(head, type):  # head=nn.Linear: calling the class would build a module, not apply one
+            raise TypeError(f"head must be a built module (or a function), got the class {head.__name__}; build it "
+                            f"first, e.g. head={head.__name__}(...)")
         self.trunk = model
         self.head = head if head is not None else nn.Identity()
         self.group = get_group(group)
-        self.align_views = bool(align_views)
-        self.output_softmax = bool(output_softmax)
+        self._align_views_default = align_views is None  # False, but unaligned maps with no head warn
+        self.align_views = False if align_views is None else _flag(align_views, "align_views")
+        self.output_softmax = _flag(output_softmax, "output_softmax")
+        if isinstance(logit_factor, bool) or not isinstance(logit_factor, numbers.Real) \
+                or not math.isfinite(logit_factor):
+            raise TypeError(f"logit_factor must be a finite number (the logits' scale), got {logit_factor!r}")
         self.logit_factor = float(logit_factor)
-        self.normalise_views = bool(normalise_views)
-        self.trunk_eval = bool(trunk_eval)
+        self.normalise_views = _flag(normalise_views, "normalise_views")
+        self.trunk_eval = _flag(trunk_eval, "trunk_eval")
         self.chunk_size = _check_chunk_size(chunk_size)
         self.output = check_selector(output)
         self._first_call_checked = False
@@ -540,6 +569,7 @@ class OrbitWrapper(nn.Module):
                     f"{'' if weight_net is None else ', or its orbit'}) before the orbit pass; check that the images "
                     f"have the channels, size and dtype the model takes: {err}") from err
             self._check_head(views[:, 0])
+            self._warn_unaligned_maps(views)
             try:
                 weights = self.view_weights(views)
             except (RuntimeError, ValueError) as err:
@@ -577,6 +607,18 @@ class OrbitWrapper(nn.Module):
                 f"weights by up to {error:.3g} instead of rolling them (largest weight {scale:.3g}), so the output "
                 "would not be invariant. Compute each view's weight from that view (the views are dim 1 of "
                 "[B, G, ...]), or make the weights permute with the views as ViewAttention does")
+
+    def _warn_unaligned_maps(self, views: Tensor) -> None:
+        """Warn when the output is the mean of unaligned feature maps [B, G, C, h, w] that no head pools, with
+        ``align_views`` left at its default: an object in one corner of the input shows in every corner its group
+        turns it to, which a user who wanted equivariant maps would not see from the output's shape."""
+        if (getattr(self, "_align_views_default", False) and views.ndim == 5 and isinstance(self.head, nn.Identity)
+                and self.group.order > 1):
+            _warn_at_caller(f"{type(self).__name__}: the trunk gives feature maps [C, h, w] and no head pools them, but "
+                          f"align_views is off: each output map is the mean of the {self.group.order} views' maps "
+                          f"without turning them back ({self.group.name}), so it is neither the input's map nor "
+                          "equivariant. Pass align_views=True for equivariant maps, or align_views=False (or a "
+                          "pooling head=) if this is meant.")
 
     def _check_head(self, view: Tensor) -> None:
         """A ValueError naming the head and the trunk's output shape when the head cannot take one view (every head
@@ -762,8 +804,8 @@ class EquiZero(OrbitWrapper):
         if elementwise_max and not self.output_softmax:
             raise ValueError("elementwise_max=True is the article's max over probabilities; set output_softmax=True")
         self.proxy = proxy
-        self.straight_through = bool(straight_through)
-        self.elementwise_max = bool(elementwise_max)
+        self.straight_through = _flag(straight_through, "straight_through")
+        self.elementwise_max = _flag(elementwise_max, "elementwise_max")
 
     def _options(self) -> dict[str, Any]:
         return dict(proxy=self.proxy, straight_through=self.straight_through, elementwise_max=self.elementwise_max,
@@ -808,8 +850,8 @@ class LambdaEquitune(OrbitWrapper):
             during evaluation too. Default False.
         example_input: a few images [B, C, H, W] that size the default ``weight_net`` (one is run).
 
-    A weighting network of the wrong size fails with a message on the first call's one-image check, before the
-    orbit pass.
+    A weighting network of the wrong size, or one whose weights do not move with the views, fails with a message
+    on the first call's check, which runs the first image's orbit (|G| images, one forward) before the batch's.
 
     Shapes: x [B, C, H, W] -> [B, K]; weights [B, G] (raw lambda for ``none``, else normalised).
     """
@@ -827,7 +869,7 @@ class LambdaEquitune(OrbitWrapper):
             raise TypeError(f"weight_net must be a torch.nn.Module, got {type(weight_net).__name__}")
         self.weight_net = weight_net
         self.normalisation = normalisation
-        self.dropout_in_eval = bool(dropout_in_eval)
+        self.dropout_in_eval = _flag(dropout_in_eval, "dropout_in_eval")
         if frozen_copy is not None:
             if not isinstance(frozen_copy, nn.Module):
                 raise TypeError(f"frozen_copy must be an nn.Module (a copy of the trunk), got "

@@ -81,6 +81,17 @@ def test_orbit_and_inverse_round_trip(name: str, image: torch.Tensor) -> None:
         assert torch.equal(moved, orbit[:, group.view_permutation(h)])
 
 
+def test_groups_are_equal_when_their_elements_are() -> None:
+    """A group built twice by name, or by hand with the same elements in the same order, is the same group (a dict
+    key or a comparison with a wrapper's group finds it); another order numbers the views otherwise."""
+    from equinb.groups import Group
+
+    rot90 = get_group("rot90")
+    assert rot90 == get_group("ROT90") == Group("mine", rot90.elements) and hash(rot90) == hash(get_group("rot90"))
+    assert rot90 != get_group("d4") and rot90 != Group("reordered", [(0, 0), (3, 0), (2, 0), (1, 0)])
+    assert rot90 != "rot90" and len({rot90, get_group("rot90"), get_group("rot180")}) == 2
+
+
 def test_bad_inputs() -> None:
     with pytest.raises(ValueError, match="valid names: .*rot90"):
         get_group("rot45")

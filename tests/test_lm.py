@@ -59,6 +59,24 @@ def tiny_gpt2(seed: int = 0, vocab_size: int = len(VOCAB)) -> torch.nn.Module:
     return GPT2LMHeadModel(config).double().eval()
 
 
+class PlainLM(torch.nn.Module):
+    """A language model of one's own without Hugging Face's interface: logits from the ids alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(len(VOCAB), len(VOCAB))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(input_ids)
+
+
+class DictLM(PlainLM):
+    """Takes Hugging Face's keywords but returns a dict, which has no ``.logits``."""
+
+    def forward(self, input_ids: torch.Tensor, use_cache: bool = False, past_key_values=None) -> dict:
+        return {"logits": self.embed(input_ids)}
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny matrices: one thread avoids OpenMP start-up and contention costs on small shared machines."""
@@ -273,6 +291,9 @@ def _labelled(labels: list[str]):
         (lambda: E.EquiLM(tiny_gpt2(vocab_size=70), group(3)), "build the group with word_group(..., vocab_size=70)"),
         (lambda: E.EquiLM(tiny_gpt2(), group(3), relaxed_words=[999]), "relaxed_words must be token ids"),
         (lambda: E.EquiLM(tiny_gpt2(), [[7, 8]]), "TokenPermutationGroup"),
+        (lambda: E.EquiLM(PlainLM(), group(3)), "PlainLM.forward takes no use_cache, past_key_values: EquiLM wraps a "
+                                                 "Hugging Face causal LM"),
+        (lambda: E.EquiLM(DictLM(), group(3))(torch.tensor([[1, 2]])), "DictLM returned a dict with no .logits tensor"),
         (lambda: E.EquiLM(tiny_gpt2(), group(3))(torch.tensor([1, 2])), "shape [B, T]"),
         (lambda: E.EquiLM(tiny_gpt2(), group(3))(torch.ones(1, 2)), "integer tensor"),
         (lambda: E.EquiLM(tiny_gpt2(), group(3))(torch.tensor([[1, 99]])), "outside the vocabulary 0..59"),

@@ -160,8 +160,18 @@ def test_check_invariance_and_equivariance() -> None:
     aligned = Equitune(model.maps, "rot90", align_views=True)  # feature maps, mapped back: equivariant
     assert check_equivariance(aligned, x, "rot90", atol=1e-9) < 1e-9
     assert check_equivariance(model.maps, x, "rot90") > 1e-3
-    published = Equitune(model.maps, "rot90")  # as published (no inverse): invariant maps, so not equivariant
-    assert check_invariance(published, x, "rot90") < 1e-9 < 1e-3 < check_equivariance(published, x, "rot90")
+    published = Equitune(model.maps, "rot90", align_views=False)  # as published (no inverse): invariant maps
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said explicitly: no warning
+        assert check_invariance(published, x, "rot90") < 1e-9 < 1e-3 < check_equivariance(published, x, "rot90")
+    # left at its default, unaligned maps that no head pools warn once, at the caller's line
+    with pytest.warns(UserWarning, match="the trunk gives feature maps .* and no head pools them") as caught:
+        Equitune(model.maps, "rot90")(x)
+    assert len(caught) == 1 and caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a pooling head, an aligned trunk or the trivial group: nothing to warn of
+        Equitune(model.maps, "rot90", head=nn.AdaptiveAvgPool2d(1))(x)
+        Equitune(model.maps, "trivial")(x)
 
 
 def test_the_checks_run_modules_in_evaluation_mode_and_restore_them() -> None:

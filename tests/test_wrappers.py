@@ -346,6 +346,27 @@ def test_bad_inputs() -> None:
         wrapper.forward_views(views=views, weight_views=views[:, :2])
 
 
+@pytest.mark.parametrize("option, value", [("align_views", "False"), ("output_softmax", "no"), ("trunk_eval", None),
+                                           ("normalise_views", torch.ones(2, dtype=torch.bool))])
+def test_a_flag_that_is_not_a_bool_is_refused(option: str, value: object) -> None:
+    """``bool("False")`` is True: a flag read from text would turn an option on silently."""
+    with pytest.raises(TypeError, match=f"{option} must be True or False, got"):
+        Equitune(nn.Identity(), "rot90", **{option: value})
+    with pytest.raises(TypeError, match="dropout_in_eval must be True or False"):
+        LambdaEquitune(nn.Identity(), "rot90", nn.Identity(), dropout_in_eval="True")
+    flags = Equitune(nn.Identity(), "rot90", align_views=1, output_softmax=torch.tensor(False))
+    assert flags.align_views is True and flags.output_softmax is False  # 0/1 and 0-d bool tensors are flags
+
+
+def test_a_head_class_or_a_text_logit_factor_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"got the class Linear; build it first, e.g. head=Linear\(\.\.\.\)"):
+        Equitune(nn.Identity(), "rot90", head=nn.Linear)
+    for factor in ("2", True, float("nan")):
+        with pytest.raises(TypeError, match="logit_factor must be a finite number"):
+            Equitune(nn.Identity(), "rot90", logit_factor=factor)
+    assert Equitune(nn.Identity(), "rot90", logit_factor=2).logit_factor == 2.0
+
+
 @pytest.mark.parametrize("group_name", IMAGE_GROUPS)
 def test_invariance_on_a_tiny_random_clip(group_name: str) -> None:
     """Every wrapper, at the embedding level (encoder -> cosine text head) and the feature-map level
