@@ -614,11 +614,11 @@ class OrbitWrapper(nn.Module):
         turns it to, which a user who wanted equivariant maps would not see from the output's shape."""
         if (getattr(self, "_align_views_default", False) and views.ndim == 5 and isinstance(self.head, nn.Identity)
                 and self.group.order > 1):
-            _warn_at_caller(f"{type(self).__name__}: the trunk gives feature maps [C, h, w] and no head pools them, but "
-                          f"align_views is off: each output map is the mean of the {self.group.order} views' maps "
-                          f"without turning them back ({self.group.name}), so it is neither the input's map nor "
-                          "equivariant. Pass align_views=True for equivariant maps, or align_views=False (or a "
-                          "pooling head=) if this is meant.")
+            _warn_at_caller(
+                f"{type(self).__name__}: the trunk gives feature maps [C, h, w] and no head pools them, but "
+                f"align_views is off: each output map is the mean of the {self.group.order} views' maps without "
+                f"turning them back ({self.group.name}), so it is neither the input's map nor equivariant. Pass "
+                "align_views=True for equivariant maps, or align_views=False (or a pooling head=) if this is meant.")
 
     def _check_head(self, view: Tensor) -> None:
         """A ValueError naming the head and the trunk's output shape when the head cannot take one view (every head
