@@ -69,13 +69,19 @@ def _header(name: Any) -> str:
 
 class Table:
     """A DataFrame for display: no row index, a caption, floats with ``decimals`` decimals, "—" for a missing
-    value. ``hidden`` columns are kept in ``frame`` (and glued JSON) but not shown."""
+    value. ``hidden`` columns are kept in ``frame`` (and glued JSON) but not shown. ``beneath``: columns shown in
+    HTML as a small second line of another column's cell (``{"noise": "95% interval"}``: each row's noise under
+    its interval, as "noise: ..."), so that a table of seven columns fits the book's column; the text form and
+    the data keep them as columns of their own."""
 
-    def __init__(self, frame: pd.DataFrame, caption: str = "", decimals: int = 2, hidden: tuple[str, ...] = ()) -> None:
+    def __init__(self, frame: pd.DataFrame, caption: str = "", decimals: int = 2, hidden: tuple[str, ...] = (),
+                 beneath: dict[str, str] | None = None) -> None:
         self.frame = frame.reset_index(drop=True)
         self.caption = caption
         self.decimals = decimals
         self.hidden = tuple(hidden)
+        self.beneath = {guest: host for guest, host in (beneath or {}).items()
+                        if guest in self.frame.columns and host in self.frame.columns}
         self.data_href = ""  # a CSV of the numbers, linked from the HTML caption when set
 
     def _shown(self) -> pd.DataFrame:
@@ -87,11 +93,14 @@ class Table:
         return shown.set_axis(headers, axis=1)
 
     @staticmethod
-    def _html_cell(value: str) -> str:
+    def _html_cell(value: str, notes: tuple[tuple[str, str], ...] = ()) -> str:
+        """One cell; ``notes``: (header, value) pairs of the columns shown beneath it ("—" ones left out)."""
+        below = "".join(f'<div class="equinb-beneath">{html.escape(name)}: {html.escape(note)}</div>'
+                        for name, note in notes if note != "—")
         if isinstance(value, Link):
-            return f'<td><a href="{html.escape(value.href)}">{html.escape(value)}</a></td>'
+            return f'<td><a href="{html.escape(value.href)}">{html.escape(value)}</a>{below}</td>'
         cls = ' class="num"' if _NUMERIC.match(value) else ' class="text"' if len(value.split()) >= PROSE_WORDS else ""
-        return f"<td{cls}>{html.escape(value)}</td>"
+        return f"<td{cls}>{html.escape(value)}{below}</td>"
 
     def __repr__(self) -> str:
         text = self._shown().to_string(index=False)
@@ -99,15 +108,34 @@ class Table:
 
     def _repr_html_(self) -> str:
         shown = self._shown()
+        guests = {_header(guest): _header(host) for guest, host in self.beneath.items()
+                  if _header(guest) in shown and _header(host) in shown}
+        columns = [c for c in shown.columns if c not in guests]
         # a hyphenated word (top-1) is one word: browsers may break a header after its hyphen
         head = "".join("<th>" + re.sub(r"(\S*\w-\w\S*)", r'<span class="equinb-nowrap">\1</span>',
-                                       html.escape(str(c))) + "</th>" for c in shown.columns)
-        rows = "".join("<tr>" + "".join(self._html_cell(v) for v in row) + "</tr>"
-                       for row in shown.itertuples(index=False))
+                                       html.escape(str(c))) + "</th>" for c in columns)
+        rows = "".join("<tr>" + "".join(self._html_cell(row[c], tuple((g, row[g]) for g, h in guests.items()
+                                                                        if h == c)) for c in columns) + "</tr>"
+                       for _, row in shown.iterrows())
         link = f' <a class="equinb-data" href="{html.escape(self.data_href)}">data (CSV)</a>' if self.data_href else ""
         caption = f"<caption>{html.escape(self.caption)}{link}</caption>" if self.caption or link else ""
         return (f'<div class="equinb-table"><table class="equinb">{caption}<thead><tr>{head}</tr></thead>'
                 f"<tbody>{rows}</tbody></table></div>")
+
+
+class Collapsed:
+    """A ``Table`` shown folded in HTML (a ``<details>`` box that opens on a click, its caption as the summary), for
+    long lists a reader rarely needs; its text form is the table's."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    def __repr__(self) -> str:
+        return repr(self.table)
+
+    def _repr_html_(self) -> str:
+        return (f'<details class="equinb-collapsed"><summary>{html.escape(self.table.caption)} (click to show)'
+                f"</summary>{self.table._repr_html_()}</details>")
 
 
 def chapter_number(chapter_id: str, toc: Path = TOC) -> int | None:
@@ -158,11 +186,16 @@ def _numbered(table: Table) -> Table:
     return table
 
 
-def show(frame: pd.DataFrame, caption: str = "", decimals: int = 2, hidden: tuple[str, ...] = ()) -> None:
+def show(frame: pd.DataFrame, caption: str = "", decimals: int = 2, hidden: tuple[str, ...] = (),
+         beneath: dict[str, str] | None = None) -> None:
     """Display ``frame`` as a ``Table`` in a notebook (returns nothing, so a cell does not show it twice)."""
     from IPython.display import display
 
-    display(_numbered(Table(frame, caption, decimals, hidden)))
+    display(_numbered(Table(frame, caption, decimals, hidden, beneath)))
+
+
+# a verdict table's columns shown under another's cell in HTML (``Table``'s ``beneath``): five columns fit the page
+VERDICT_BENEATH = {"tested as": "claim", "noise": "95% interval"}
 
 
 def publish_verdicts(rows: list[dict], profile: str, chapter: str, caption: str) -> None:
@@ -178,21 +211,22 @@ def publish_verdicts(rows: list[dict], profile: str, chapter: str, caption: str)
     from IPython.display import display
 
     hidden = ("id", "changed")
-    everything = Table(pd.DataFrame(rows), f"{caption} (profile: {profile})", hidden=hidden)
+    everything = Table(pd.DataFrame(rows), f"{caption} (profile: {profile})", hidden=hidden, beneath=VERDICT_BENEATH)
     elsewhere = [str(row.get(VERDICT_COLUMN, "")).startswith(_NEEDS_OTHER_SETTING) for row in rows]
     runnable = [row for row, other in zip(rows, elsewhere) if not other]
     others = [row for row, other in zip(rows, elsewhere) if other]
     note = f"; {len(others)} more need settings this profile does not run" if others else ""
     first = _numbered(Table(pd.DataFrame(runnable, columns=everything.frame.columns), everything.caption + note,
-                            hidden=hidden))
+                            hidden=hidden, beneath=VERDICT_BENEATH))
     display(first)
     if others:
         short = pd.DataFrame(others)[[c for c in ("claim", "article", VERDICT_COLUMN) if c in others[0]]]
-        display(_numbered(Table(short, f"{caption}: the {len(others)} claims that need settings this profile "
-                                       f"does not run (profile: {profile}; the claim list has them all)")))
+        display(Collapsed(_numbered(Table(short, f"{caption}: the {len(others)} claims that need settings this "
+                                                 f"profile does not run (profile: {profile}; the claim list has them "
+                                                 "all)"))))
     glue(VERDICTS_KEY, everything, display=False)
     glue(RUNNABLE_KEY, Table(first.frame, first.caption + (" (the claim list has them)" if others else ""),
-                             hidden=hidden), display=False)
+                             hidden=hidden, beneath=VERDICT_BENEATH), display=False)
     label = f"{profile} ({_chapter['changed']})" if _chapter.get("changed") else profile
     glue(CLAIMS_KEY, json.dumps([{**row, "profile": label, "chapter": chapter} for row in rows],
                                 ensure_ascii=False), display=False)

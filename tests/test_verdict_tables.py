@@ -128,3 +128,34 @@ def test_columns_that_would_show_under_one_name_are_refused() -> None:
     with pytest.raises(ValueError, match="repeated names"):
         repr(Table(pd.DataFrame({"prefinetune_top1": [1.0], "prefinetune top1": [2.0]})))
     assert "prefinetune top-1" in repr(Table(pd.DataFrame({"prefinetune_top1": [1.0]})))
+
+
+def test_a_column_shown_beneath_another_keeps_its_data() -> None:
+    """In HTML the noise sits under the interval (five columns fit the page); the text form and the data keep it
+    as a column, and a missing note ("—") is left out, not printed as "noise: —"."""
+    import pandas as pd
+
+    from equinb.tables import Table
+
+    frame = pd.DataFrame({"claim": ["a", "b"], "95% interval": ["[+1.00, +2.00]", "—"],
+                          "noise": ["5 seeds × 10 items", None]})
+    table = Table(frame, beneath={"noise": "95% interval", "missing": "claim"})
+    page = table._repr_html_()
+    assert "<th>noise</th>" not in page and "<th>95% interval</th>" in page
+    assert ('<td class="num">[+1.00, +2.00]<div class="equinb-beneath">noise: 5 seeds × 10 items</div></td>'
+            in page)
+    assert page.count("equinb-beneath") == 1 and "noise: —" not in page
+    assert "noise" in repr(table).splitlines()[0] and list(table.frame.columns) == ["claim", "95% interval", "noise"]
+
+
+def test_a_collapsed_table_folds_in_html_only() -> None:
+    import pandas as pd
+
+    from equinb.tables import Collapsed, Table
+
+    table = Table(pd.DataFrame({"claim": ["a"], "verdict vs the article": ["not tested here: needs x"]}), "Table 9.2")
+    folded = Collapsed(table)
+    assert repr(folded) == repr(table)
+    page = folded._repr_html_()
+    assert page.startswith('<details class="equinb-collapsed"><summary>Table 9.2 (click to show)</summary>')
+    assert table._repr_html_() in page and page.endswith("</details>")
