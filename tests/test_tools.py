@@ -165,6 +165,8 @@ def _fake_papermill(returncode: int):
         tables = Path(env["EQUINB_DATA_OUT"]) / "own_model"
         tables.mkdir(parents=True)
         (tables / "table-2.csv").write_text("b\n2\n")
+        with open(env["EQUINB_PROGRESS_LOG"], "a") as progress:  # where a training run reports (equinb.progress)
+            progress.write("12:00:00 run A: training\n12:00:09 run A: finetune round 3 of 8\n")
         return returncode
     return run
 
@@ -313,6 +315,9 @@ def test_a_failed_run_keeps_the_last_good_chapter_and_its_numbers(tmp_path: Path
     with pytest.raises(build_book.ChapterFailed, match="is the last good run, kept") as info:
         build_book.execute("own_model", "small", out, data_out=data)
     assert returncode > 0 or "killed by signal SIGKILL" in str(info.value)
+    # where its training had got, from the progress file build_book gave the kernel (one per chapter, beside it)
+    assert "; its last progress line: 12:00:09 run A: finetune round 3 of 8" in str(info.value)
+    assert out.with_suffix(".progress.log").read_text().count("\n") == 2
     assert out.read_text() == "the last good run" and build_book.profile_marker(out).read_text() == "small\n"
     assert out.with_suffix(".failed.ipynb").is_file()  # the partial run, beside it
     assert [p.name for p in data.iterdir()] == ["own_model"]  # the failed run's table is not left to be published
