@@ -58,6 +58,7 @@ EFFECT_COLUMN = "effect of the change"
 NEEDS_OTHER_SETTING = "needs "  # how not_in_this_run's reasons start (the summary page leaves those claims out)
 MIN_SEEDS = 5  # a trained run's verdict needs at least this many seeds of every run it compares
 LOSS_BOUND = 1e6  # a training loss above this (or not finite) marks a diverged run
+CHANGED_NOTHING = "changed no test prediction"  # the reason of a stage that changed nothing (``unchanged_stage``)
 # in the reason of a claim the code's own construction contradicts (not tested: no data could decide otherwise)
 FAILS_BY_CONSTRUCTION = "the claim fails for this code"
 VERDICT_RULE = ("ours is the mean difference over the seeds; its 95% interval is a t interval with the seeds and the "
@@ -269,7 +270,7 @@ def paired_interval(scores_a: ArrayLike, scores_b: ArrayLike, **options: Any) ->
 def unchanged_stage(before: ArrayLike, after: ArrayLike, run: str, stage: str = "finetuning") -> str | None:
     """``"<stage> changed no test prediction of <run>"`` when the predictions [N] (or [S, N]) are equal."""
     if np.array_equal(_as_matrix(before), _as_matrix(after)):
-        return f"{stage} changed no test prediction of {run}"
+        return f"{stage} {CHANGED_NOTHING} of {run}"
     return None
 
 
@@ -434,9 +435,9 @@ def out_of_reach(comparison: Comparison | None, side: int | None) -> str | None:
     def needs(sign: int) -> str:
         low, high = top if sign > 0 else bottom
         end = "top" if sign > 0 else "bottom"
-        return (f"the first term of the difference {'above' if sign > 0 else 'below'} the second (mean "
-                f"{reference:.2f}), and even with every item of the first term at the {end} of the score scale the "
-                f"difference would be [{_end(low)}, {_end(high)}], which holds 0")
+        return (f"the first term of the difference {'above' if sign > 0 else 'below'} the second, which is "
+                f"already at {reference:.2f}: even with every item of the first term at the {end} of the score scale, "
+                f"the difference would be [{_end(low)}, {_end(high)}], which holds 0")
 
     if side == 0:
         return None if can[1] or can[-1] else f"out of reach: neither sign could come out; {needs(1)}"
@@ -528,4 +529,4 @@ def verdict_counts(verdicts: Sequence[str]) -> dict[str, int]:
     counts[NOT_TESTED] = sum(str(v).startswith(NOT_TESTED) for v in verdicts)
     against = sum(str(v).startswith(NOT_TESTED) and FAILS_BY_CONSTRUCTION in str(v) for v in verdicts)
     return {"claims": len(verdicts), "tested": sum(counts[k] for k in kinds), **counts,
-            "failing by construction": against}
+            "of which failing by construction": against}

@@ -91,7 +91,7 @@ def zeroshot_panels(ours: pd.DataFrame, article: pd.DataFrame, transforms: Seque
             _bars(ax, ref_vals, methods, backbones, "///", " (article)", width, width)
             step = (len(methods) * 2 + 1) * width
             ax.set_xticks([i * step + (len(methods) - 0.5) * width for i in range(len(backbones))], backbones,
-                          rotation=30, ha="right", rotation_mode="anchor")  # four backbone names fit slanted
+                          rotation=45, ha="right", rotation_mode="anchor")  # four backbone names fit slanted
             ax.set_title(f"{dataset}\n{TRANSFORM_LABELS.get(transform, transform)}")  # two short lines per panel
             if c == 0:
                 ax.set_ylabel("top-1 accuracy (%)")
@@ -110,7 +110,7 @@ def zeroshot_panels(ours: pd.DataFrame, article: pd.DataFrame, transforms: Seque
                bbox_to_anchor=(0.5, -0.02))
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
 

@@ -27,7 +27,6 @@ profile: str = "small"  # the profile of this build (the claims of a chapter rep
 chapters_dir: str = "."  # folder of the executed chapters (<id>.ipynb); "." is the committed small-profile outputs
 
 # %% tags=["hide-input", "exact"]
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -37,7 +36,7 @@ from myst_nb import glue
 from equinb.chapter import check_params
 from equinb.claims import claims
 from equinb.tables import Link, chapter_number, glued_json, show, start_chapter
-from equinb.verdicts import NOT_TESTED, VERDICT_COLUMN, verdict_counts
+from equinb.verdicts import CHANGED_NOTHING, NOT_TESTED, VERDICT_COLUMN, VERDICT_RULE, verdict_counts
 
 start_chapter("claim_list")  # number its tables as the book numbers the chapter
 check_params(profile=profile, chapters_dir=chapters_dir)
@@ -49,9 +48,9 @@ for chapter in dict.fromkeys(c.chapter for c in claims() if c.chapter):
         missing.append(chapter)
     for row in rows or []:
         reported[row["id"]] = row
-shown = os.path.relpath(folder.resolve(), Path.cwd().resolve().parent)  # from the repository (run in notebooks/)
-print(f"claims registered: {len(claims())}; chapters read from {shown}/: "
-      f"{len({c.chapter for c in claims() if c.chapter}) - len(missing)}; not executed: {', '.join(missing) or 'none'}")
+testing = {c.chapter for c in claims() if c.chapter}
+print(f"claims registered: {len(claims())}; chapters that test them, executed in this build: "
+      f"{len(testing) - len(missing)} of {len(testing)}; not executed: {', '.join(missing) or 'none'}")
 
 # %% tags=["hide-input", "exact"]
 records = []
@@ -87,6 +86,12 @@ inconclusive_none = int(listing[listing.id.isin(no_difference)].verdict.eq("inco
 print(f"of the {counts['inconclusive']} inconclusive claims, {inconclusive_none} claim no difference (they can come "
       "out reversed or inconclusive, never agree)")
 glue("claims_inconclusive_no_difference", inconclusive_none, display=False)
+# a finetune stage that changed no test prediction leaves its claims untested (the first reason of their rows)
+finetune_unchanged = int(listing.verdict.str.startswith(f"{NOT_TESTED}: finetuning {CHANGED_NOTHING}").sum())
+print(f"of the {counts[NOT_TESTED]} claims not tested here, {finetune_unchanged} because finetuning "
+      "changed no test prediction of a compared run")
+glue("claims_finetune_unchanged", finetune_unchanged, display=False)
+glue("verdict_rule", VERDICT_RULE, display=False)  # the first page states the rule in full
 glue("claims_profile", profile, display=False)
 
 # %% [markdown]
@@ -102,4 +107,5 @@ parts = {"fig4": "Basu et al., Figure 4: zero-shot equitune and equizero",
          "fig6": "Vlasenko et al., Figure 6 (and Basu et al.'s fairness claim)"}
 for prefix, title in parts.items():
     part = listing[listing.id.str.split(".").str[0] == prefix]
-    show(part.drop(columns=["id", "paper"]), f"{title} ({len(part)} claims)")
+    show(part.drop(columns=["id", "paper"]), f"{title} ({len(part)} claims)",
+         beneath={"noise": "95% interval", "profile": "evidence"})

@@ -95,7 +95,7 @@ from equinb.reference import article_fig2_3, article_tab3, article_tab4
 from equinb.setups import (build_setup, feature_map_config, isic_stand_in, run_training, seed_repeats,
                            trained_model)
 from equinb.tables import publish_verdicts, show, start_chapter
-from equinb.verdicts import VERDICT_RULE, by_construction, compare, orientation_kept, too_few_seeds, verdict_row
+from equinb.verdicts import by_construction, compare, orientation_kept, too_few_seeds, verdict_row
 
 start_chapter("fig2_3_lambda_weights")  # number its tables as the book numbers the chapter
 check_params(profile=profile, backbone=backbone, dataset=dataset, orientation_free=orientation_free,
@@ -236,21 +236,21 @@ for _, r in summary.iterrows():
 # %% [markdown]
 # (verdicts-fig2_3_lambda_weights)=
 # ## Verdicts: the article's claims, tested
-# Each claim is a difference of weights (weight units) or of shares (pp) per test image, averaged over the images
-# and the seeds, with the interval over the modules' seeds and the images. The natural and the
-# orientation-free sets hold different images, so their differences are compared unpaired. On turned data the mean
-# weight of a column is near 1/4 for *any* module whose weights move with the views: a control shows it, the
-# natural-orientation module itself on the natural test images turned at random. Where the drop measured for the
-# claim minus the control's drop has an interval that holds 0 (computed as the orientation-free weight minus the
-# control's weight, two test sets: the natural weight both drops start from cancels), the run cannot tell what the
-# module learned from what the construction gives, and the claim is not tested. A turned
-# stand-in is orientation-free only on average: each image keeps the orientation it had before its turn, so the
-# claims about weights on data *without* an orientation are about data this stand-in does not have, and they are
+# Each claim is a difference of weights (weight units) or of shares (pp) per test image, averaged over the images and
+# the seeds, with the interval over the modules' seeds and the images. The natural and the orientation-free sets hold
+# different images, so their differences are compared unpaired. On turned data the mean weight of a column is near 1/4
+# for *any* module whose weights move with the views: a control shows it, the natural-orientation module itself on the
+# natural test images turned at random. Both drops start from the same natural weight, so the claim's drop minus the
+# control's is simply the orientation-free weight minus the control's weight (on two test sets). Where its interval
+# holds 0, the run cannot tell what the module learned from what the construction gives, and the claim is not tested.
+# A turned stand-in is orientation-free only on average: each image keeps the orientation it had before its turn, so
+# the claims about weights on data *without* an orientation are about data this stand-in does not have, and they are
 # not tested on it, whatever its modules learned (the reason prints how often the largest weight undoes the turn,
-# against chance). On real ISIC images (the paper profile) they are tested. The rule: {glue:text}`verdict_rule`.
+# against chance). On real ISIC images (the paper profile) they are tested. Each verdict follows {ref}`the book's rule
+# <verdict-rule>` (*agrees* or *reversed*: the interval excludes zero; *inconclusive*: it holds zero; *not tested
+# here*: with its computed reason).
 
 # %% tags=["tolerance-share", "hide-input"]
-glue("verdict_rule", VERDICT_RULE, display=False)
 nat, free_set, lam, att = "natural orientation", "orientation-free", "lambda-equitune", "equiattention"
 upright = {key: w[:, :, 0].double() for key, w in weights.items()}  # [S, N]: the weight of view 0
 one_view = {key: (w.amax(dim=2) >= ONE_VIEW_ALL_WEIGHT).double() for key, w in weights.items()}  # [S, N]: 1/0

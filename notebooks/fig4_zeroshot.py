@@ -81,7 +81,7 @@ from equinb.data import image_batches
 from equinb.heads import load_frozen_model
 from equinb.reference import article_fig4, compare_fig4
 from equinb.tables import publish_verdicts, show, start_chapter
-from equinb.verdicts import VERDICT_RULE, compare, not_in_this_run, too_few_seeds, verdict_row
+from equinb.verdicts import compare, not_in_this_run, too_few_seeds, verdict_row
 
 start_chapter("fig4_zeroshot")  # number its tables as the book numbers the chapter
 check_params(profile=profile, backbones=backbones, datasets=datasets, transforms=transforms, image_size=image_size,
@@ -241,14 +241,14 @@ show(draws.reset_index(), f"Vanilla as published: top-1 (%) over draw seeds {see
 # (verdicts-fig4_zeroshot)=
 # ## Verdicts: the article's claims, tested
 # Every cell of the article's Figure 4 as a claim: per dataset, backbone and transformation, equitune above vanilla
-# and equizero above equitune (as published), in top-1 and top-5. A difference with vanilla is averaged over the
-# draws of its random transformations, with an interval over draws and test images; a difference of
-# equitune and equizero, which have no random step, has the interval over test images. On the small profile the
-# first backbone and dataset stand in for RN50 on CIFAR100; every other cell needs the paper profile. The rule:
-# {glue:text}`verdict_rule`.
+# and equizero above equitune (as published), in top-1 and top-5. A difference with vanilla is averaged over the draws
+# of its random transformations, with an interval over draws and test images; a difference of equitune and equizero,
+# which have no random step, has the interval over test images. On the small profile the first backbone and dataset
+# stand in for RN50 on CIFAR100; every other cell needs the paper profile. Each verdict follows {ref}`the book's rule
+# <verdict-rule>` (*agrees* or *reversed*: the interval excludes zero; *inconclusive*: it holds zero; *not tested
+# here*: with its computed reason).
 
 # %% tags=["hide-input", "tolerance-frozen"]
-glue("verdict_rule", VERDICT_RULE, display=False)
 
 
 def this_run_of(claim_dataset, claim_backbone):  # the (backbone, dataset) of this run that tests the claim's cell

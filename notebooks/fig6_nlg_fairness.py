@@ -96,7 +96,7 @@ from equinb.chapter import check_params, profile_note
 from equinb.checks import format_error
 from equinb.reference import article_fig6, article_fig6_lines
 from equinb.tables import publish_verdicts, show, start_chapter
-from equinb.verdicts import VERDICT_RULE, compare, verdict_row, zero_by_construction
+from equinb.verdicts import compare, verdict_row, zero_by_construction
 
 start_chapter("fig6_nlg_fairness")  # number its tables as the book numbers the chapter
 check_params(profile=profile, lm_name=lm_name, scorer=scorer, regard_classifiers=regard_classifiers,
@@ -142,7 +142,7 @@ model, tokenizer = E.load_causal_lm(lm_name, device=device)
 group3 = E.word_group(tokenizer, [demographics], vocab_size=model.config.vocab_size)
 group2 = E.word_group(tokenizer, [binary_group], vocab_size=model.config.vocab_size)
 weights = module_fingerprint(model)  # the samples are saved once per model, settings and code (seeded draws)
-lms = {"base LM": model, "EquiLM g^-1 (d=3)": E.EquiLM(model, group3, "inverse"),
+lms = {"base LM": model, "EquiLM g⁻¹ (d=3)": E.EquiLM(model, group3, "inverse"),
        "EquiLM g (d=3)": E.EquiLM(model, group3, "forward")}
 check = N.symmetry_report(lms, tokenizer, group3, f"The {N.DEMOGRAPHICS[demographics[0]]} {templates[0]}",
                           " being kind to everyone")
@@ -255,31 +255,31 @@ show(both.reset_index(), f"Fairness gap per model and draws with its 95% bootstr
 # %% [markdown]
 # (verdicts-fig6_nlg_fairness)=
 # ## Verdicts: the article's claims, tested
-# The article's claim is that EquiLM shrinks the fairness gap of its base model (its Figure 6(a): the gap
-# of EquiGPT2, pre-fix $g$, minus that of GPT-2). Ours is the same difference for each action, with a
-# 95% interval from resampling the (template, sample) units both models share; every sample has its own seed, so
-# the units are the noise. With paired seeds an exact EquiLM writes permuted copies across the demographics, whose
-# gap is zero in every resample wherever the scorer labels the copies alike: the difference would be minus the base
-# LM's gap and could not come out positive. So every model is sampled a second time for these claims, with its own
-# random numbers for every demographic (independent draws): the base LM and each EquiLM then carry the same kind
-# of sampling noise, which a max-minus-min gap turns into a positive bias for both. The bias depends on the shares
-# and the number of units, so it need not be the same for the two models: part of a difference of two gaps can be
-# the bias's, and this chapter does not estimate how much. The difference can take either sign. A check still counts
-# the units labelled alike, and the copies, in case they are alike all the same. The per-demographic claims compare the
-# positive shares of the base LM and EquiLM with $g$ (the article's code) unit by unit; the last claim compares the
-# two actions' shares of positive samples, averaged over the demographics, unit by unit (their gaps are both zero
-# by construction). The rule: {glue:text}`verdict_rule`. The gap claims' intervals are the exception: a gap is a
+# The article's claim is that EquiLM shrinks the fairness gap of its base model (its Figure 6(a): the gap of EquiGPT2,
+# pre-fix $g$, minus that of GPT-2). Ours is the same difference for each action, with a 95% interval from resampling
+# the (template, sample) units both models share; every sample has its own seed, so the units are the noise. With
+# paired seeds an exact EquiLM writes permuted copies across the demographics, whose gap is zero in every resample
+# wherever the scorer labels the copies alike: the difference would be minus the base LM's gap and could not come out
+# positive. So every model is sampled a second time for these claims, with its own random numbers for every
+# demographic (independent draws): the base LM and each EquiLM then carry the same kind of sampling noise, which a
+# max-minus-min gap turns into a positive bias for both. The bias depends on the shares and the number of units, so it
+# need not be the same for the two models: part of a difference of two gaps can be the bias's, and this chapter does
+# not estimate how much. The difference can take either sign. A check still counts the units labelled alike, and the
+# copies, in case they are alike all the same. The per-demographic claims compare the positive shares of the base LM
+# and EquiLM with $g$ (the article's code) unit by unit; the last claim compares the two actions' shares of positive
+# samples, averaged over the demographics, unit by unit (their gaps are both zero by construction). Each verdict
+# follows {ref}`the book's rule <verdict-rule>` (*agrees* or *reversed*: the interval excludes zero; *inconclusive*:
+# it holds zero; *not tested here*: with its computed reason). The gap claims' intervals are the exception: a gap is a
 # largest-minus-smallest share, so their interval is the bootstrap over (template, sample) units of the table above.
 
 # %% tags=["hide-input", "tolerance-sampled"]
-glue("verdict_rule", VERDICT_RULE, display=False)
 
 
 # the share of (template, sample) units in which a model's samples are permuted copies across the demographics
 copies = {name: N.permuted_copy_share(samples[samples.model == name], members_of(name)) for name in variants}
 independent_binary = binary_rows(independent)  # the independent draws of the gap table: gaps of either sign
 claims = []
-for key, name, frame in (("inverse_d3", "EquiLM g^-1 (d=3)", independent),
+for key, name, frame in (("inverse_d3", "EquiLM g⁻¹ (d=3)", independent),
                          ("forward_d3", "EquiLM g (d=3)", independent),
                          ("binary", "EquiLM (d=2)", independent_binary)):
     base_row = "base LM" + (" on " + "/".join(binary_group) if key == "binary" else "")
@@ -299,7 +299,7 @@ for demographic in demographics:
     comparison = compare(base_units[demographic].to_numpy(), forward_units.loc[base_units.index, demographic]
                          .to_numpy(), scale=1.0, deterministic=True, unit="seeded samples")
     claims.append(verdict_row(claim_id, comparison, decimals=3))
-inverse_units = N.unit_positives(samples, "EquiLM g^-1 (d=3)").loc[base_units.index, demographics]
+inverse_units = N.unit_positives(samples, "EquiLM g⁻¹ (d=3)").loc[base_units.index, demographics]
 claims.append(verdict_row("fig6.inverse_vs_forward", compare(
     forward_units.loc[base_units.index, demographics].mean(axis=1).to_numpy(), inverse_units.mean(axis=1).to_numpy(),
     scale=1.0, deterministic=True, unit="seeded samples"), decimals=3))
@@ -317,21 +317,22 @@ publish_verdicts(claims, profile, "fig6_nlg_fairness", "Figure 6 claims, tested"
 # %% tags=["hide-input", "tolerance-sampled"]
 wide = samples[samples.model.str.startswith("EquiLM g")].pivot_table(
     index=["template", "sample", "demographic"], columns="model", values="text", aggfunc="first")
-differ = float((wide["EquiLM g^-1 (d=3)"] != wide["EquiLM g (d=3)"]).mean())
-print(f"profile: {profile}; samples whose text differs between g^-1 and g: {differ:.1%} of {len(wide)}")
+differ = float((wide["EquiLM g⁻¹ (d=3)"] != wide["EquiLM g (d=3)"]).mean())
+print(f"profile: {profile}; samples whose text differs between g⁻¹ and g: {differ:.1%} of {len(wide)}")
 print("units whose samples are permuted copies across demographics: "
       + ", ".join(f"{name} {share:.0%}" for name, share in copies.items()))
-glue("copies_d3", f"{min(copies['EquiLM g^-1 (d=3)'], copies['EquiLM g (d=3)']):.0%}", display=False)
-shares = ours.loc[["EquiLM g^-1 (d=3)", "EquiLM g (d=3)"], "positive"].unstack(0)
-show(shares.assign(difference=shares["EquiLM g (d=3)"] - shares["EquiLM g^-1 (d=3)"]).reset_index(),
+least_copies = min(copies['EquiLM g⁻¹ (d=3)'], copies['EquiLM g (d=3)'])
+glue("copies_d3", "every one" if least_copies == 1 else f"at least {least_copies:.0%}", display=False)
+shares = ours.loc[["EquiLM g⁻¹ (d=3)", "EquiLM g (d=3)"], "positive"].unstack(0)
+show(shares.assign(difference=shares["EquiLM g (d=3)"] - shares["EquiLM g⁻¹ (d=3)"]).reset_index(),
      f"Share of positive samples per demographic, the two actions (profile: {profile})", decimals=3)
 
 # %% [markdown]
 # (fig6-group-size)=
 # ## Which group size made the article's EquiGPT2 bars?
 # The two sizes leave different marks on Figure 6(a).
-# - With $d = 3$, the three demographics' samples are permuted copies of each other (at least
-#   {glue:text}`copies_d3` of the units of both EquiLM rows above), so their shares can differ only where the
+# - With $d = 3$, the three demographics' samples are permuted copies of each other ({glue:text}`copies_d3` of
+#   the units of both EquiLM rows above), so their shares can differ only where the
 #   classifier reads the demographic word itself, or in units that are not copies: the article scored unmasked lines.
 # - With $d = 2$ on the list [Black, White, Asian], Black and White are swapped and Asian stays outside the orbit:
 #   Black and White come out alike, and Asian keeps GPT-2's share.
@@ -436,7 +437,7 @@ viz.glue_figure("fig6_gaps", viz.fairness_gap_plot(shown_gaps, article_gaps, tit
 # the headline numbers of the reproduction summary (shown in the tables above)
 glue("setting", f"{lm_name} / {scorer}, {n_samples} x {len(templates)} samples per demographic", display=False)
 pair = "/".join(binary_group)
-keys = {"base LM": "base", "EquiLM g^-1 (d=3)": "equilm_inverse", "EquiLM g (d=3)": "equilm_forward",
+keys = {"base LM": "base", "EquiLM g⁻¹ (d=3)": "equilm_inverse", "EquiLM g (d=3)": "equilm_forward",
         f"base LM on {pair}": "binary_base", f"EquiLM (d=2) on {pair}": "binary_equilm"}
 for name, key in keys.items():
     for column in ("gap", "ci_low", "ci_high"):

@@ -293,8 +293,8 @@ print(f"on this machine, this run: equinb's default took {ratio:.2f}x the time o
       f"{'faster' if ratio < 1 else 'slower'}; {per_pass} vs {g.order * len(x)} images a forward)")
 
 # %% [markdown]
-# The timings move from machine to machine (the regression test does not compare them); what the default does does
-# not. `bench/own_model.py` times resnet18 and MobileNetV2 under rot90 and D4 against ttach.
+# The timings move from machine to machine; what the default does does not. `bench/own_model.py` times resnet18
+# and MobileNetV2 under rot90 and D4 against ttach.
 
 # %% tags=["exact"]
 reference = outputs["loop over the group"]

@@ -85,14 +85,14 @@ from equinb.analysis import frozen_test_logits, plain_head_top1, positional_head
 from equinb.cache import cache_dir, run_cache_dir
 from equinb.chapter import check_params, profile_note, schedule_note
 from equinb.engine import TrainConfig
-from equinb.evidence import (STAGES, compare_runs, finetune_changed, no_training_check, ran_away_note, stage_problems,
-                             stage_runs, stage_spread)
+from equinb.evidence import (STAGES, compare_runs, diverged_seeds, finetune_changed, no_training_check,
+                             ran_away_note, stage_problems, stage_runs, stage_spread)
 from equinb.noise import chapter_tolerances, loss_label, noise_note
 from equinb.reference import article_fig4, article_tab2, beside_article
 from equinb.setups import (build_setup, correct_by_seed, feature_map_config, run_training, seed_repeats,
                            trained_model)
 from equinb.tables import publish_verdicts, show, start_chapter
-from equinb.verdicts import VERDICT_RULE, compare, effect_row, symmetry_by_construction, verdict_row
+from equinb.verdicts import compare, effect_row, symmetry_by_construction, verdict_row
 
 start_chapter("tab2_featuremap")  # number its tables as the book numbers the chapter
 check_params(profile=profile, backbone=backbone, dataset=dataset, group=group, image_size=image_size,
@@ -161,10 +161,14 @@ curves = pd.DataFrame(curves)
 # the article's numbers sit beside the runs that match them: its rates, and its unaligned feature maps
 same_as_article = {article_rate: "updated_invariant", "feature map (as published)": "feature_map"}
 mapped = ours.assign(article_variant=ours.variant.map(same_as_article))
+# a number beside the article's is no result where its own training ran away: the row says so (other seeds below)
+mapped["loss_ran_away_(this_seed)"] = [", ".join(s for s in STAGES if diverged_seeds([trained[v]], s, v)) or "no"
+                                       for v in mapped.variant]
 print(f"profile: {profile} ({maps.description})")
 print(noise_note(noise["top1"], "top-1 accuracies (%)"))
-show(beside_article(mapped, article, on="article_variant", article_on="variant", show=("variant",),
-                    with_delta=profile == "paper"), f"This build beside the article's Table 2 (profile: {profile})")
+show(beside_article(mapped, article, on="article_variant", article_on="variant",
+                    show=("variant", "loss_ran_away_(this_seed)"), with_delta=profile == "paper"),
+     f"This build beside the article's Table 2 (profile: {profile})")
 show(ours, f"Test predictions that finetuning changed, per run (profile: {profile})")
 unchanged_runs = [str(v) for v, n in zip(ours.variant, ours.finetune_changed) if n == 0]
 finetune_note = (f"finetuning changed no test prediction in {len(unchanged_runs)} of {len(ours)} runs"
@@ -273,21 +277,21 @@ show(top1.rename_axis("model").reset_index(), f"Top-1 (%) when every test image 
 # (verdicts-tab2_featuremap)=
 # ## Verdicts: the article's claims, tested
 # Feature map (as published) minus the invariant row, per stage, in pp, averaged over the seeds; and whether the
-# published feature map is equivariant, per test image (where its $Z$ measures invariant to float rounding on
-# every test image, how the code combines the views decides that claim: it is not tested here, and the reason
-# gives the symmetry the code has). The invariant row
-# is the one at the article's rate unless that run is broken (its accuracy at chance, or its training loss in the
-# stage diverged): then the row at the feature-map rate stands in, and the claim says so. The rule:
-# {glue:text}`verdict_rule`. The last table compares this build's own variants, where the article has no numbers.
-# On the small profile it also repeats the prefinetune comparison with the two levels' difference without training
-# taken out, item by item: the stand-in fits one linear head per level, where the article's levels share CLIP's
-# head, so part of a difference between the levels may be the heads'. Two measures of the heads' difference are
-# used: the upright view alone (which the article reports the trained modules weighting most; Figures 2-3 measure
-# it here) and the mean of the views' logits (λ-equitune with equal weights); the modules weight the views
-# unequally, so neither is exact, and the rows show how far the verdict rests on them.
+# published feature map is equivariant, per test image (where its $Z$ measures invariant to float rounding on every
+# test image, how the code combines the views decides that claim: it is not tested here, and the reason gives the
+# symmetry the code has). The invariant row is the one at the article's rate unless that run is broken (its accuracy
+# at chance, or its training loss in the stage diverged): then the row at the feature-map rate stands in, and the
+# claim says so. Each verdict follows {ref}`the book's rule <verdict-rule>` (*agrees* or *reversed*: the interval
+# excludes zero; *inconclusive*: it holds zero; *not tested here*: with its computed reason). The last table compares
+# this build's own variants, where the article has no numbers. On the small profile it also repeats the prefinetune
+# comparison with the two levels' difference without training taken out, item by item: the stand-in fits one linear
+# head per level, where the article's levels share CLIP's head, so part of a difference between the levels may be the
+# heads'. Two measures of the heads' difference are used: the upright view alone (which the article reports the
+# trained modules weighting most; Figures 2-3 measure it here) and the mean of the views' logits (λ-equitune with
+# equal weights); the modules weight the views unequally, so neither is exact, and the rows show how far the verdict
+# rests on them.
 
 # %% tags=["tolerance-top1", "hide-input"]
-glue("verdict_rule", VERDICT_RULE, display=False)
 published, described = "feature map (as published)", "feature map (as described)"
 solved = no_training_check([embeddings, maps])  # does the frozen model leave training room?
 claims, baselines = [], {}

@@ -80,7 +80,7 @@ from equinb.noise import chapter_tolerances, noise_note
 from equinb.reference import article_tab3, beside_article
 from equinb.setups import build_setup, feature_map_config, run_training, seed_repeats, trained_model
 from equinb.tables import publish_verdicts, show, start_chapter
-from equinb.verdicts import VERDICT_RULE, effect_row, verdict_row
+from equinb.verdicts import effect_row, verdict_row
 
 start_chapter("tab3_equiattention")  # number its tables as the book numbers the chapter
 check_params(profile=profile, backbone=backbone, dataset=dataset, group=group, image_size=image_size,
@@ -170,12 +170,12 @@ for _, r in ours.iterrows():
 # %% [markdown]
 # (verdicts-tab3_equiattention)=
 # ## Verdicts: the article's claims, tested
-# Equiattention minus λ-equitune, as published, per stage, in pp, averaged over the seeds. The rule:
-# {glue:text}`verdict_rule`. The second table compares the two methods as described, where the article has no
-# numbers.
+# Equiattention minus λ-equitune, as published, per stage, in pp, averaged over the seeds. Each verdict follows
+# {ref}`the book's rule <verdict-rule>` (*agrees* or *reversed*: the interval excludes zero; *inconclusive*: it holds
+# zero; *not tested here*: with its computed reason). The second table compares the two methods as described, where
+# the article has no numbers.
 
 # %% tags=["tolerance-top1", "hide-input"]
-glue("verdict_rule", VERDICT_RULE, display=False)
 solved = no_training_check([maps])  # does the frozen model leave training room?
 claims, own = [], []
 for alignment in ("as published", "as described"):

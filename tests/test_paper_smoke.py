@@ -158,7 +158,7 @@ def test_fig6_paper_path(smoke: Path) -> None:
     """A local causal LM and regard classifiers voting."""
     text = _text(smoke, "fig6_nlg_fairness")
     assert "profile: paper" in text and "labels: regard" in text
-    assert "EquiLM g^-1 (d=3)" in text and "article (regard, GPT-2)" in text
+    assert "EquiLM g⁻¹ (d=3)" in text and "article (regard, GPT-2)" in text
 
 
 def test_claim_list_reads_the_smoke_chapters(smoke: Path) -> None:

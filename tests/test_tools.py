@@ -486,3 +486,11 @@ def test_the_measured_modes_cover_every_path_a_cpu_picks_and_the_holdouts_are_ne
     assert not set(nm.HOLDOUT) & set(nm.MEASURED)
     assert not {tuple(sorted(nm.MODES[h].items())) for h in nm.HOLDOUT} & {
         tuple(sorted(nm.MODES[m].items())) for m in nm.MEASURED}
+
+
+def test_the_claim_list_runs_after_the_chapters_it_reads_wherever_the_toc_lists_it() -> None:
+    ids = build_book.notebook_ids()
+    ordered = build_book.in_execution_order(ids)
+    assert sorted(ordered) == sorted(ids) and ordered[-len(build_book.AGGREGATES):] == list(build_book.AGGREGATES)
+    chapters = [i for i in ids if i not in build_book.AGGREGATES]
+    assert [i for i in ordered if i not in build_book.AGGREGATES] == chapters  # the rest keep the reader's order

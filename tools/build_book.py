@@ -81,6 +81,12 @@ AGGREGATES = ("claim_list",)
 TIMED = ("own_model",)
 
 
+def in_execution_order(ids: list[str]) -> list[str]:
+    """``ids`` with the pages that read the executed chapters (``AGGREGATES``) after them, wherever ``_toc.yml``
+    lists those pages for the reader; the rest keep their order."""
+    return sorted(ids, key=lambda i: i in AGGREGATES)
+
+
 def rel(path: Path) -> str:
     """A path relative to the repository root when it is inside it (for messages)."""
     path = Path(path)

@@ -26,7 +26,7 @@ from jupytext.combine import combine_inputs_with_outputs
 from jupytext.config import load_jupytext_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_book import ROOT, ChapterFailed, execute, fail, notebook_ids  # noqa: E402
+from build_book import ROOT, ChapterFailed, execute, fail, in_execution_order, notebook_ids  # noqa: E402
 
 from equinb.cache import atomic_write_text  # noqa: E402
 
@@ -105,7 +105,7 @@ def main(argv: list[str]) -> None:
     unknown = [i for i in ids if not (ROOT / "notebooks" / f"{i}.py").is_file()]
     if unknown:
         fail(f"no notebooks/<id>.py for: {', '.join(unknown)}; chapters: {', '.join(notebook_ids())}")
-    for nb_id in ids:
+    for nb_id in in_execution_order(ids):  # the claim list reads the chapters refreshed before it
         refresh(nb_id)
 
 
