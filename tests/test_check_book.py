@@ -56,7 +56,14 @@ def test_a_clean_page_passes(tmp_path: Path) -> None:
     ('<a href="data/missing.csv">data (CSV)</a>', "broken link: /data/missing.csv (404)"),
     ('<table><tr><td style="width: 40px">on the small profile the claim reads as a column of words</td></tr></table>',
      "text squeezed"),
+    ('<div class="equinb-table" style="overflow-x: auto"><table><tr><th>claim</th><th>verdict vs the article</th>'
+     f'</tr><tr><td>{"x" * 400}</td><td>agrees</td></tr></table></div>', "verdict table scrolls sideways"),
 ])
 def test_each_defect_fails(tmp_path: Path, body: str, problem: str) -> None:
     problems = _report(tmp_path, body)
     assert any(problem in p for p in problems), problems
+
+
+def test_another_wide_table_may_scroll_in_its_own_box(tmp_path: Path) -> None:
+    body = (f'<div class="equinb-table" style="overflow-x: auto">{TABLE.format(cell="x" * 400)}</div>')
+    assert _report(tmp_path, body) == []

@@ -7,7 +7,8 @@ Each page is served from a local HTTP server and loaded at 1280 px (and the page
 
 - horizontal overflow of the main column: an element that reaches past the column's right edge, or a
   scrolling box in the column whose content is wider than the box (a table or output the reader must scroll);
-  a table's own box may scroll, by design (``div.equinb-table`` at any width, a Markdown table on a phone);
+  a table's own box may scroll, by design (``div.equinb-table`` at any width, a Markdown table on a phone), but
+  not a table of verdicts at 1280 px;
 - a word or number broken across lines in a table header or a numeric cell, or (at 1280 px) a cell of running
   text (8 words or more) squeezed narrower than 10 em;
 - an image that is missing or did not decode, or (at 1280 px) a figure drawn more than 15% wider than it is
@@ -91,6 +92,13 @@ PAGE_CHECKS = r"""
                      (el.classList.contains('pst-scrollable-table-container') && window.innerWidth < 600);
     if (scrolls && el.scrollWidth > el.clientWidth + 1) {
       reported.add(el);  // what it holds is scrolled, not overflowing: its descendants are not checked
+      // a verdict table is what a reader came for: on a desktop column its verdicts are never scrolled out of view
+      const verdicts = [...el.querySelectorAll('th')].some((th) => th.textContent.trim().startsWith('verdict'));
+      if (tableBox && verdicts && window.innerWidth >= 1000) {
+        problems.push(`verdict table scrolls sideways: ${describe(el)} ` +
+                      `(${el.scrollWidth} px of content in ${el.clientWidth} px)`);
+        continue;
+      }
       if (tableBox) continue;
       problems.push(`overflow: ${describe(el)} scrolls sideways ` +
                     `(${el.scrollWidth} px of content in ${el.clientWidth} px)`);
