@@ -131,8 +131,9 @@ def _checked_choice(value: Any, valid: Sequence[str], what: str, listed: str = "
 
 
 def _flag(value: Any, what: str) -> bool:
-    """``value`` as a bool if it is one (or 0, 1, a numpy or 0-d torch bool), else a TypeError: ``bool("False")``
-    is True, so a flag read from a text file would otherwise turn an option on silently."""
+    """``value`` as a bool if it equals True or False (a bool, 0 or 1, a numpy or one-element torch bool), else a
+    TypeError: ``bool("False")`` is True, so a flag read from a text file would otherwise turn an option on
+    silently."""
     try:
         plain = not isinstance(value, str) and value in (True, False)
     except (RuntimeError, TypeError, ValueError):  # a tensor of several values, an object with no truth value
@@ -344,6 +345,8 @@ class OrbitWrapper(nn.Module):
         self._align_views_default = align_views is None  # False, but unaligned maps with no head warn
         self.align_views = False if align_views is None else _flag(align_views, "align_views")
         self.output_softmax = _flag(output_softmax, "output_softmax")
+        if isinstance(logit_factor, torch.Tensor) and logit_factor.numel() == 1:  # clip's logit_scale.exp()
+            logit_factor = float(logit_factor)
         if isinstance(logit_factor, bool) or not isinstance(logit_factor, numbers.Real) \
                 or not math.isfinite(logit_factor):
             raise TypeError(f"logit_factor must be a finite number (the logits' scale), got {logit_factor!r}")
@@ -616,7 +619,7 @@ class OrbitWrapper(nn.Module):
                 and self.group.order > 1):
             _warn_at_caller(
                 f"{type(self).__name__}: the trunk gives feature maps [C, h, w] and no head pools them, but "
-                f"align_views is off: each output map is the mean of the {self.group.order} views' maps without "
+                f"align_views is off: each output map combines the {self.group.order} views' maps without "
                 f"turning them back ({self.group.name}), so it is neither the input's map nor equivariant. Pass "
                 "align_views=True for equivariant maps, or align_views=False (or a pooling head=) if this is meant.")
 
@@ -801,11 +804,11 @@ class EquiZero(OrbitWrapper):
                  elementwise_max: bool = False, **kwargs: Any) -> None:
         super().__init__(model, group, **kwargs)
         proxy = _checked_choice(proxy, PROXIES, "proxy", "valid proxies")
-        if elementwise_max and not self.output_softmax:
-            raise ValueError("elementwise_max=True is the article's max over probabilities; set output_softmax=True")
-        self.proxy = proxy
         self.straight_through = _flag(straight_through, "straight_through")
         self.elementwise_max = _flag(elementwise_max, "elementwise_max")
+        if self.elementwise_max and not self.output_softmax:
+            raise ValueError("elementwise_max=True is the article's max over probabilities; set output_softmax=True")
+        self.proxy = proxy
 
     def _options(self) -> dict[str, Any]:
         return dict(proxy=self.proxy, straight_through=self.straight_through, elementwise_max=self.elementwise_max,

@@ -150,7 +150,7 @@ print("distinct answers per crop: MobileNetV2", distinct["MobileNetV2"].tolist()
 
 # %% tags=["exact"]
 equivariant = equinb.Equitune(model.features, group, align_views=True).eval()
-published = equinb.Equitune(model.features, group).eval()  # align_views=False
+published = equinb.Equitune(model.features, group, align_views=False).eval()  # as the articles' code
 pooled_head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), model.classifier)
 classifier = equinb.Equitune(model.features, group, align_views=True, head=pooled_head).eval()
 pair = x[:2]  # two crops make the check

@@ -291,7 +291,7 @@ rows = []
 for (g, c), r in trained.items():
     for group, d in group_drift(r.drift).items():
         rows.append({"group": g, "code": c, "lr": f"{configs[c].lr:.0e}", "parameters": group,
-                     "entries": d["entries"], "changed": share_text(d["changed_share"]),
+                     "entries": f"{d['entries']:,}", "changed": share_text(d["changed_share"]),
                      "relative change": f"{d['relative_change']:.2e}"})
 show(pd.DataFrame(rows), f"What finetuning changed in the trunk, per parameter group (profile: {profile})")
 
@@ -441,9 +441,9 @@ glue("tab1_curves_finding", viz.describe_curves(curves, seed), display=False)
 # (tab1-deviations)=
 # ## Deviations and notes
 # - **Relative gains.** The article's 11.12% and 9.28% are relative to the mean of the two codes' accuracies
-#   (3.70/33.27 and 4.98/53.66). Relative to the original code's accuracy they would be 11.78% and 9.73%; the
-#   article's Table 2 figure of 16.6% is relative to the original code's (computed in the cell under "The article's
-#   numbers").
+#   (3.70/33.27 and 4.98/53.66). Relative to the original code's accuracy they would be 11.78% and 9.73% (both
+#   computed in the cell under "The article's numbers"); the article's Table 2 figure, 16.6%, is relative to that
+#   table's baseline row instead.
 # - **As published, on purpose.** Both rows keep the article's quirks:
 #   - the λ network is selected on training images, before each round;
 #   - dropout stays on at evaluation;

@@ -494,3 +494,14 @@ def test_the_claim_list_runs_after_the_chapters_it_reads_wherever_the_toc_lists_
     assert sorted(ordered) == sorted(ids) and ordered[-len(build_book.AGGREGATES):] == list(build_book.AGGREGATES)
     chapters = [i for i in ids if i not in build_book.AGGREGATES]
     assert [i for i in ordered if i not in build_book.AGGREGATES] == chapters  # the rest keep the reader's order
+
+
+def test_the_index_lists_every_numbered_chapter_once_in_order() -> None:
+    """The first page's table of what each chapter asks numbers them as the book does (``_toc.yml``)."""
+    import re
+
+    from equinb.tables import chapter_number
+
+    rows = re.findall(r"^\| (\d+) \| ([^|]+) \|", (ROOT / "book" / "index.md").read_text(), flags=re.M)
+    numbered = sorted(n for n in map(chapter_number, build_book.notebook_ids()) if n is not None)
+    assert [int(n) for n, _ in rows] == numbered == list(range(1, len(numbered) + 1))

@@ -365,6 +365,11 @@ def test_a_head_class_or_a_text_logit_factor_is_refused() -> None:
         with pytest.raises(TypeError, match="logit_factor must be a finite number"):
             Equitune(nn.Identity(), "rot90", logit_factor=factor)
     assert Equitune(nn.Identity(), "rot90", logit_factor=2).logit_factor == 2.0
+    # CLIP's scale, a one-element tensor (a learned parameter's exp), is a number
+    assert Equitune(nn.Identity(), "rot90", logit_factor=torch.tensor(4.6).exp()).logit_factor == pytest.approx(99.48,
+                                                                                                             abs=0.01)
+    with pytest.raises(TypeError, match="elementwise_max must be True or False"):  # before the option's own check
+        EquiZero(nn.Identity(), "rot90", elementwise_max="False")
 
 
 @pytest.mark.parametrize("group_name", IMAGE_GROUPS)

@@ -319,7 +319,8 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
         run_pm += ["-f", str(params)]
     if parameters:
         run_pm += ["-y", yaml.safe_dump(parameters)]
-    progress = out.with_suffix(".progress.log")  # the kernel's training runs report there (equinb.progress)
+    # the kernel's training runs report there (equinb.progress); absolute, as the kernel runs in notebooks/
+    progress = out.with_suffix(".progress.log").resolve()
     progress.unlink(missing_ok=True)
     print(f"build_book: executing notebooks/{nb_id}.py -> {rel(out)}"
           + (f" with {rel(params)}" if params else "") + (f" and {parameters}" if parameters else "")
