@@ -168,6 +168,10 @@ def learning_curves(history: pd.DataFrame, title: str = "") -> Figure:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set(xlabel="prefinetune round", ylabel="selection top-1 (%)", title="selection, before each round")
     axes[1].set(xlabel="finetune round (0: selected λ net)", ylabel="test top-1 (%)", title="test, finetuning")
+    for ax in axes:  # a zoomed axis makes small moves look large: say how little it spans
+        low, high = ax.get_ylim()
+        if high - low < 10:
+            ax.set_ylabel(f"{ax.get_ylabel()}\n(the axis spans {high - low:.2g} pp)")
     handles, labels = axes[1].get_legend_handles_labels()  # below the panels: never over a line
     fig.legend(handles, labels, frameon=False, loc="lower center", ncol=2, bbox_to_anchor=(0.5, 0.0))
     if title:
@@ -317,7 +321,7 @@ def weight_histograms(weights: pd.DataFrame, bins: int = 20, title: str = "") ->
             values = weights[(weights["method"] == method) & (weights["rotation"] == rotation)]["weight"]
             ax = axes[r][c]
             ax.hist(values.clip(0.0, 1.0), bins=edges, color="#4c72b0")
-            ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of images
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=3, integer=True))  # counts of images; short panels: few ticks
             ax.set_ylabel(f"{rotation} deg\ncount")
             if r == 0:
                 ax.set_title(method)

@@ -73,6 +73,17 @@ def test_figures_are_drawn_no_wider_than_the_text_column(name: str) -> None:
     assert _png_width(fig) <= viz.FIGURE_WIDTH * DPI + 30
 
 
+def test_a_zoomed_axis_of_the_learning_curves_says_how_little_it_spans() -> None:
+    import matplotlib.pyplot as plt
+
+    rows = [dict(run="a", stage="prefinetune", round=r, select_top1=10.0 + 20 * r, test_top1=None) for r in range(3)]
+    rows += [dict(run="a", stage="finetune", round=r, select_top1=None, test_top1=92.0 + 0.1 * r) for r in range(3)]
+    fig = viz.learning_curves(pd.DataFrame(rows))
+    wide, zoomed = (ax.get_ylabel() for ax in fig.axes[:2])
+    assert "spans" not in wide and zoomed.startswith("test top-1 (%)\n(the axis spans 0.") and " pp)" in zoomed
+    plt.close(fig)
+
+
 def test_legends_of_line_and_bar_panels_sit_outside_the_axes() -> None:
     import matplotlib.pyplot as plt
 
