@@ -307,11 +307,24 @@ def lm_forward(lm: nn.Module, input_ids: torch.Tensor, past_key_values: Any = No
     return _hf_forward(lm, input_ids, past_key_values, last_only)
 
 
-def sequence_logprob(lm: nn.Module, context_ids: torch.Tensor, continuation_ids: torch.Tensor) -> torch.Tensor:
+def sequence_logprob(lm: nn.Module, context_ids: torch.Tensor | Sequence[torch.Tensor],
+                     continuation_ids: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
     """log P(X2 | X1): the summed log-probabilities of ``continuation_ids`` after ``context_ids`` (teacher forcing).
 
-    Shapes: context_ids [B, T1], continuation_ids [B, T2] -> [B].
+    Shapes: context_ids [B, T1], continuation_ids [B, T2] -> [B] (float64, on the model's device). Pairs of
+    different lengths: two lists of B one-dimensional id tensors, each pair scored in a forward of its own (no
+    padding, whose positions and attention a causal LM would need told).
     """
+    if isinstance(context_ids, (list, tuple)) or isinstance(continuation_ids, (list, tuple)):
+        if not (isinstance(context_ids, (list, tuple)) and isinstance(continuation_ids, (list, tuple))) or len(
+                context_ids) != len(continuation_ids) or not context_ids:
+            raise ValueError("pairs of different lengths are two lists of the same non-zero length, one 1-D id tensor "
+                             "per context and per continuation")
+        bad = [k for k, t in enumerate([*context_ids, *continuation_ids])
+               if not isinstance(t, torch.Tensor) or t.ndim != 1]
+        if bad:
+            raise ValueError(f"each context and continuation in a list is a 1-D tensor of ids; item {bad[0]} is not")
+        return torch.cat([sequence_logprob(lm, x1[None], x2[None]) for x1, x2 in zip(context_ids, continuation_ids)])
     _check_ids(context_ids, None, "context_ids")
     _check_ids(continuation_ids, None, "continuation_ids")
     if context_ids.shape[0] != continuation_ids.shape[0]:

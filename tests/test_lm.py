@@ -256,6 +256,28 @@ def test_sequence_logprob_is_the_sum_of_each_continuation_tokens_log_probability
     torch.testing.assert_close(E.sequence_logprob(model, x1, x2[:, :1]), one, rtol=1e-10, atol=1e-10)
 
 
+def test_pairs_of_different_lengths_are_scored_each_as_a_batch_of_one(model) -> None:
+    """Lists of 1-D ids score each pair alone: the same as a batch of one, whatever the other pairs' lengths; under
+    EquiLM with g⁻¹ a pair and its swapped copy have the same log-probability at every length."""
+    contexts = [torch.tensor([ID["The"], ID[" Black"], ID[" person"]]), torch.tensor([ID["The"], ID[" White"]])]
+    continuations = [torch.tensor([ID[" was"]]), torch.tensor([ID[" person"], ID[" was"], ID[" good"]])]
+    ragged = E.sequence_logprob(model, contexts, continuations)
+    alone = torch.cat([E.sequence_logprob(model, x1[None], x2[None]) for x1, x2 in zip(contexts, continuations)])
+    assert ragged.shape == (2,) and torch.equal(ragged, alone)
+    g = group(2)
+    lm = E.EquiLM(model, g, "inverse")
+    turned = [g.act(x, 1) for x in contexts]
+    assert not any(torch.equal(a, b) for a, b in zip(turned, contexts))  # each context names a swapped word
+    swapped = E.sequence_logprob(lm, turned, [g.act(x, 1) for x in continuations])
+    torch.testing.assert_close(swapped, E.sequence_logprob(lm, contexts, continuations), rtol=1e-9, atol=1e-9)
+    plain = E.sequence_logprob(model, turned, [g.act(x, 1) for x in continuations])
+    assert (plain - ragged).abs().max() > 1e-3  # the base model is not equivariant: the check has power
+    with pytest.raises(ValueError, match="two lists of the same non-zero length"):
+        E.sequence_logprob(model, contexts, continuations[:1])
+    with pytest.raises(ValueError, match="item 1 is not"):
+        E.sequence_logprob(model, [contexts[0], contexts[1][None]], continuations)
+
+
 def test_a_word_of_several_pieces_is_its_first_piece() -> None:
     class TwoPieces(ToyTokenizer):
         def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
