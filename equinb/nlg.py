@@ -10,6 +10,7 @@ imported lazily.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -23,6 +24,7 @@ from torch import nn
 from .cache import ThrottledSave, cache_key, load_or_compute_resumable, load_saved, package_code_fingerprint
 from .equilm import EquiLM, encode, from_pretrained, generate_batch, lm_device, lm_forward, sequence_logprob
 from .groups import TokenPermutationGroup
+from .progress import report
 from .reference import FIG6_LABELS
 from .verdicts import Comparison
 
@@ -222,12 +224,23 @@ def cached_sample_grid(lm: nn.Module, tokenizer: Any, demographics: Sequence[str
                     device=str(lm_device(lm)), code=package_code_fingerprint("nlg", "equilm"),
                     options=options)
 
+    kind = f"EquiLM ({lm.output_action}, d={lm.group.order})" if isinstance(lm, EquiLM) else wrapper["type"]
+    label = f"{kind} samples (grid {key[:8]})"
+    total = len(options.get("templates", RESPECT_TEMPLATES)) * len(demographics) * options.get("n_samples", 0)
+
+    def after_chunk(drawn: list[dict[str, Any]], save: ThrottledSave) -> None:
+        save(lambda: drawn)
+        report(f"{label}: {len(drawn)} of {total} drawn")  # equinb.progress: a line per batch, outside the notebook
+
     def draw(partial: Path) -> list[dict[str, Any]]:  # partial: the batches drawn so far, while the grid is drawn
         save = ThrottledSave(partial, save_every_s)
         return sample_grid(lm, tokenizer, demographics, done=load_saved(partial) or (),
-                           after_chunk=lambda drawn: save(lambda: drawn), **options)
+                           after_chunk=functools.partial(after_chunk, save=save), **options)
 
-    return load_or_compute_resumable(Path(cache_dir) / f"nlg_samples_{key}.pt", draw)
+    path = Path(cache_dir) / f"nlg_samples_{key}.pt"
+    if path.is_file():
+        report(f"{label}: read from the cache")
+    return load_or_compute_resumable(path, draw)
 
 def label_shares(samples: pd.DataFrame, by: Sequence[str] = ("model", "demographic")) -> pd.DataFrame:
     """Share of each label (other, positive, neutral, negative) per group of ``by``; rows sum to 1.

@@ -467,6 +467,21 @@ def test_a_cached_sample_grid_is_drawn_once_and_keyed_by_what_decides_it(model, 
     assert len(drawn) == 3 and len(list(tmp_path.glob("nlg_samples_*.pt"))) == 4  # each change draws, and saves, anew
 
 
+def test_a_sample_grid_reports_each_batch_then_its_cached_copy(model, tmp_path, monkeypatch) -> None:
+    """With EQUINB_PROGRESS_LOG set, a grid being drawn says how many samples of how many after each batch."""
+    from equinb.progress import PROGRESS_ENV
+
+    log = tmp_path / "progress.log"
+    monkeypatch.setenv(PROGRESS_ENV, str(log))
+    options = dict(n_samples=2, templates=["was known for", "was good"], seed=3, max_new_tokens=3, max_batch=4)
+    for _ in range(2):
+        N.cached_sample_grid(E.EquiLM(model, group(3)), TOK, ["Black", "White", "Asian"], cache_dir=tmp_path,
+                             weights="w", **options)
+    lines = [line[9:] for line in log.read_text().splitlines()]
+    assert re.fullmatch(r"EquiLM \(inverse, d=3\) samples \(grid [0-9a-f]{8}\): 4 of 12 drawn", lines[0]), lines
+    assert lines[-2].endswith(": 12 of 12 drawn") and lines[-1].endswith(": read from the cache")
+
+
 class Stop(Exception):
     """Stands for a kernel interrupted in the middle of drawing a grid."""
 
