@@ -8,8 +8,8 @@ Module map, bottom to top; a module imports only modules above it in this list (
     verdicts    two-level intervals over seeds and items, computed reasons, verdicts (agrees / reversed / ...)
     metrics     scores of predicted classes on imbalanced sets: confusion matrix, balanced accuracy, macro F1
     prompts     CLIP's class names and prompt templates
+    progress    how far long runs and sample grids have got, as lines in a file of the user's (never the notebook)
     cache       folders, keys, atomic compute-once files (damaged files are recomputed)
-    progress    how far long training runs have got, as lines in a file of the user's (never the notebook)
     groups      image groups and the token-permutation group
     outputs     which tensor of a model's output to use (the ``output=`` selector)
     precision   parameter dtypes: CLIP's fp16 rule for any module, fp16 storage emulated in fp32, its SGD step

@@ -27,6 +27,8 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 
+from .progress import report
+
 __all__ = ["data_root", "cache_dir", "run_cache_dir", "cache_key", "atomic_save", "atomic_write_text", "load_saved",
            "ThrottledSave", "computing", "discard", "load_or_compute", "load_or_compute_resumable", "sha256_file",
            "tensor_fingerprint", "module_fingerprint", "class_code_fingerprint", "source_fingerprint",
@@ -189,8 +191,9 @@ def atomic_save(obj: Any, path: str | Path, *, weights_only: bool = True) -> Pat
     return path
 
 
-def load_or_compute(path: str | Path, compute: Callable[[], T]) -> T:
-    """Load ``path`` (weights_only) if it exists, else compute, save atomically and return.
+def load_or_compute(path: str | Path, compute: Callable[[], T], progress_label: str = "") -> T:
+    """Load ``path`` (weights_only) if it exists, else compute, save atomically and return. With
+    ``progress_label``, a result that was loaded says so in the progress file (``equinb.progress.report``).
 
     A file that cannot be read (truncated or empty, as after a full disk or a killed copy) is treated as
     missing: a warning names it, it is moved aside to ``<name>.damaged`` and the result is recomputed. An error
@@ -201,15 +204,16 @@ def load_or_compute(path: str | Path, compute: Callable[[], T]) -> T:
     """
     path = Path(path)
     found = load_saved(path)
-    if found is not None:
-        return found
-    with computing(path):
-        found = load_saved(path)  # computed by another process while this one waited for it
-        if found is not None:
-            return found
-        result = compute()
-        atomic_save(result, path)
-    return result
+    if found is None:
+        with computing(path):
+            found = load_saved(path)  # computed by another process while this one waited for it
+            if found is None:
+                result = compute()
+                atomic_save(result, path)
+                return result
+    if progress_label:
+        report(f"{progress_label}: read from the cache")
+    return found
 
 
 @contextmanager
@@ -307,13 +311,13 @@ def discard(path: str | Path) -> None:
     _remove_stale_temporaries(path)
 
 
-def load_or_compute_resumable(path: str | Path, compute: Callable[[Path], T]) -> T:
+def load_or_compute_resumable(path: str | Path, compute: Callable[[Path], T], progress_label: str = "") -> T:
     """``load_or_compute`` for a computation that saves its progress as it goes: ``compute(partial)`` keeps what it
     has done so far in ``partial`` (``partial_<name>`` beside ``path``), where a computation stopped and started
     again finds it; once the result is saved whole, ``partial`` is removed (``discard``)."""
     path = Path(path)
     partial = path.with_name(f"partial_{path.name}")
-    result = load_or_compute(path, lambda: compute(partial))
+    result = load_or_compute(path, lambda: compute(partial), progress_label)
     discard(partial)
     return result
 

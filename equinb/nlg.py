@@ -10,7 +10,6 @@ imported lazily.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -140,15 +139,15 @@ def sample_grid(lm: nn.Module, tokenizer: Any, demographics: Sequence[str], *, n
                 templates: Sequence[str] = RESPECT_TEMPLATES, phrases: dict[str, str] | None = None, seed: int = 0,
                 paired_seeds: bool = True, max_new_tokens: int = 15, top_k: int = 40, temperature: float = 1.0,
                 max_batch: int = 64, done: Sequence[dict[str, Any]] = (),
-                after_chunk: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+                after_chunk: Callable[[list[dict[str, Any]], int], None] | None = None) -> list[dict[str, Any]]:
     """Samples for every template x demographic x sample index, prompts "The {phrase} {template}".
 
     Rows of at most ``max_batch`` prompts (of equal token length) run as one batch. Returns one record per sample:
     demographic, template, sample, seed, text, continuation.
 
-    ``after_chunk``: called after each batch with the records drawn so far. ``done``: such records of a stopped
-    grid with the same arguments; they are kept and drawing goes on with the next batch, so the grid is the one
-    an unstopped call draws (the batches are the same).
+    ``after_chunk``: called after each batch with the records drawn so far and how many the grid has. ``done``:
+    such records of a stopped grid with the same arguments; they are kept and drawing goes on with the next batch,
+    so the grid is the one an unstopped call draws (the batches are the same).
 
     Shapes: |templates| * |demographics| * n_samples records.
     """
@@ -178,7 +177,7 @@ def sample_grid(lm: nn.Module, tokenizer: Any, demographics: Sequence[str], *, n
             record["text"] = text
             record["continuation"] = text[len(record["prompt"]):] if text.startswith(record["prompt"]) else text
         if after_chunk is not None:
-            after_chunk(records[:start + len(chunk)])
+            after_chunk(records[:start + len(chunk)], len(records))
     return records
 
 
@@ -226,21 +225,19 @@ def cached_sample_grid(lm: nn.Module, tokenizer: Any, demographics: Sequence[str
 
     kind = f"EquiLM ({lm.output_action}, d={lm.group.order})" if isinstance(lm, EquiLM) else wrapper["type"]
     label = f"{kind} samples (grid {key[:8]})"
-    total = len(options.get("templates", RESPECT_TEMPLATES)) * len(demographics) * options.get("n_samples", 0)
-
-    def after_chunk(drawn: list[dict[str, Any]], save: ThrottledSave) -> None:
-        save(lambda: drawn)
-        report(f"{label}: {len(drawn)} of {total} drawn")  # equinb.progress: a line per batch, outside the notebook
 
     def draw(partial: Path) -> list[dict[str, Any]]:  # partial: the batches drawn so far, while the grid is drawn
         save = ThrottledSave(partial, save_every_s)
-        return sample_grid(lm, tokenizer, demographics, done=load_saved(partial) or (),
-                           after_chunk=functools.partial(after_chunk, save=save), **options)
 
-    path = Path(cache_dir) / f"nlg_samples_{key}.pt"
-    if path.is_file():
-        report(f"{label}: read from the cache")
-    return load_or_compute_resumable(path, draw)
+        def after_chunk(drawn: list[dict[str, Any]], total: int) -> None:
+            save(lambda: drawn)
+            report(f"{label}: {len(drawn)} of {total} drawn")  # equinb.progress: outside the notebook
+
+        return sample_grid(lm, tokenizer, demographics, done=load_saved(partial) or (), after_chunk=after_chunk,
+                           **options)
+
+    return load_or_compute_resumable(Path(cache_dir) / f"nlg_samples_{key}.pt", draw, progress_label=label)
+
 
 def label_shares(samples: pd.DataFrame, by: Sequence[str] = ("model", "demographic")) -> pd.DataFrame:
     """Share of each label (other, positive, neutral, negative) per group of ``by``; rows sum to 1.

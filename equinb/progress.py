@@ -4,9 +4,10 @@ A chapter's outputs are its regression reference, so a run cannot print its prog
 own standard streams end up there too). With ``EQUINB_PROGRESS_LOG`` naming a file, every training run
 (``equinb.setups.run_training``) appends a line there when it starts, after each round and when it ends, or
 when it is read from the cache instead, and a language model's grid of samples (``equinb.nlg.cached_sample_grid``)
-after each batch: ``tail -f`` the file. ``tools/build_book.py`` sets it for each chapter it
-runs (``_build/executed/notebooks/<id>.progress.log``) and shows the lines of a chapter run alone. Nothing is
-written where the variable is unset.
+after each batch (``equinb.cache.load_or_compute``'s ``progress_label`` says when a result was loaded instead):
+``tail -f`` the file. ``tools/build_book.py`` sets it for each chapter it runs
+(``_build/executed/notebooks/<id>.progress.log``), names it as the chapter starts and quotes its last line when the
+chapter fails. Nothing is written where the variable is unset.
 """
 
 from __future__ import annotations

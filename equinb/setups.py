@@ -444,10 +444,7 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
                         weight_net=repr(net), weight_net_code=_outside_code(net), heldout_fraction=heldout_fraction,
                         ablate=ablate, code=training_code_fingerprint())
         label += f" (run {key[:8]})"
-        path = Path(cache_dir) / f"run_{key}.pt"
-        if path.is_file():
-            report(f"{label}: read from the cache")
-        out = load_or_compute_resumable(path, train)
+        out = load_or_compute_resumable(Path(cache_dir) / f"run_{key}.pt", train, progress_label=label)
     return TrainingRun(out["row"], out["history"], out["states"], out["predictions"], out["drift"], config.seed)
 
 

@@ -78,3 +78,18 @@ def test_a_training_run_reports_each_round_then_its_cached_copy(tmp_path: Path,
     # the saved run holds plain rows, which a weights-only load accepts
     saved = torch.load(next((tmp_path / "runs").glob("run_*")), weights_only=True)
     assert type(saved["clock"]) is list and len(saved["clock"]) == 5
+
+
+def test_only_a_result_actually_loaded_is_reported_as_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A damaged file is recomputed, not 'read from the cache'; the next call reads what was saved."""
+    from equinb.cache import load_or_compute
+
+    log = tmp_path / "progress.log"
+    monkeypatch.setenv(PROGRESS_ENV, str(log))
+    path = tmp_path / "result.pt"
+    path.write_bytes(b"not a torch file")
+    with pytest.warns(RuntimeWarning, match="could not be read"):
+        assert load_or_compute(path, lambda: {"a": 1}, progress_label="result") == {"a": 1}
+    assert not log.exists()
+    assert load_or_compute(path, lambda: pytest.fail("computed again"), progress_label="result") == {"a": 1}
+    assert _lines(log) == ["result: read from the cache"]
