@@ -295,8 +295,8 @@ class OrbitWrapper(nn.Module):
         head: maps the combined trunk output to the final output; identity when ``None``.
         align_views: map view k back with g_k^-1 before combining (feature maps only). Default False
             (as published; a no-op in the article's code). True = as described. Left at its default, a wrapper
-            whose trunk gives maps and that has no head to pool them warns on its first call: its output maps are
-            the unturned views' mean, invariant as a whole but with each map's content at every turned place
+            whose trunk gives maps and that has no head to pool them warns on its first call: its output maps
+            combine the unturned views' maps, invariant as a whole but with each map's content at every turned place
             (pass ``align_views=False`` to say that is meant).
         output_softmax: apply softmax to each view's head output and combine probabilities (as published
             in the article's zero-shot and "original" code). Default False.
@@ -612,7 +612,7 @@ class OrbitWrapper(nn.Module):
                 "[B, G, ...]), or make the weights permute with the views as ViewAttention does")
 
     def _warn_unaligned_maps(self, views: Tensor) -> None:
-        """Warn when the output is the mean of unaligned feature maps [B, G, C, h, w] that no head pools, with
+        """Warn when the output combines unaligned feature maps [B, G, C, h, w] that no head pools, with
         ``align_views`` left at its default: an object in one corner of the input shows in every corner its group
         turns it to, which a user who wanted equivariant maps would not see from the output's shape."""
         if (getattr(self, "_align_views_default", False) and views.ndim == 5 and isinstance(self.head, nn.Identity)

@@ -353,7 +353,8 @@ verdict_column = "beats the majority class in balanced accuracy?"  # top-1 can s
 base = classification_scores(majority, labels, n_classes)
 # the article's test set is ISIC 2018's validation split: its majority class (nevus) is 123 of the 193 images
 # (rounded as the article rounds its top-1, so that its 63.73% finetune reads as the majority rate it is)
-article_majority = round(100 * max(ISIC2018_CLASS_COUNTS["val"]) / sum(ISIC2018_CLASS_COUNTS["val"]), 2)
+majority_count, val_images = max(ISIC2018_CLASS_COUNTS["val"]), sum(ISIC2018_CLASS_COUNTS["val"])
+article_majority = round(100 * majority_count / val_images, 2)
 beyond = []
 candidates = {**{f"{name}, {stage}": correct_by_seed(stage_runs(rs, stage), stage, labels) for name, rs in
                  repeats.items() for stage in STAGES},
@@ -375,7 +376,6 @@ print(f"profile: {profile}; differences in pp; majority class: top-1 {base['top1
       "accuracy)")
 show(beyond, f"Every run against the majority class (profile: {profile})")
 # an article top-1 at its test set's majority share is what a model that answers the majority class scores
-majority_count, val_images = max(ISIC2018_CLASS_COUNTS["val"]), sum(ISIC2018_CLASS_COUNTS["val"])
 at_majority = [f"{variant.replace('_', ' ')} {stage} ({article.loc[variant, f'{stage}_top1']:.2f}%)"
                for variant in article.index for stage in STAGES
                if abs(article.loc[variant, f"{stage}_top1"] - article_majority) < 0.005]
