@@ -21,12 +21,14 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 __all__ = ["Tolerance", "tolerance", "tolerances", "chapter_tolerances", "measured_profile", "noise_note",
            "loss_label", "split_numbers", "snap_numbers", "snap_rows", "row_pieces", "same_text", "NUMBER",
-           "UNIT_CLASSES"]
+           "UNIT_CLASSES", "TAG_PREFIX", "tagged_class", "verdict_class", "cpu_turns"]
 
 MEASURED = Path(__file__).with_name("noise_measured.json")
+TAG_PREFIX = "tolerance-"  # a cell tagged ``tolerance-<class>`` has its numbers compared within that class
 NOTE_MARKER = "between CPUs"  # in every ``noise_note`` line: the measurement leaves those lines out
 
 # A number as printed by Python, pandas and f-strings: sign, digits, optional decimals, optional exponent.
@@ -126,6 +128,32 @@ def chapter_tolerances(profile: str, *names: str) -> dict[str, Tolerance | None]
     if profile != measured_profile():
         return dict.fromkeys(names)
     return {name: tolerance(name, profile) for name in names}
+
+
+def tagged_class(tags: Sequence[str]) -> str | None:
+    """The class a cell's tags name (``["hide-input", "tolerance-top1"]`` -> ``"top1"``; None: compared exactly)."""
+    names = [t[len(TAG_PREFIX):] for t in tags if t.startswith(TAG_PREFIX)]
+    if len(names) > 1:
+        raise ValueError(f"a cell has several tolerance tags: {names}")
+    return names[0] if names else None
+
+
+def verdict_class(unit: str, cell_class: str | None) -> str | None:
+    """The class a glued verdict row's result is compared in: its claim's unit's (``UNIT_CLASSES``) where that
+    unit has one, else the class of the cell that published it."""
+    return UNIT_CLASSES.get(unit, cell_class)
+
+
+def cpu_turns(interval: tuple[float, float], tol: Tolerance) -> tuple[int, ...]:
+    """Where ``interval`` could lie on another CPU, if its numbers moved within ``tol``, other than where it lies:
+    0 (holding 0) for an interval that excludes 0 with its nearer end within ``tol`` of 0; +1 (above 0) and -1
+    (below 0) for one that holds 0 with its lower or upper end within ``tol`` of 0. Empty: its verdict stays.
+    Conservative: ``tol`` bounds how far one printed number moved between CPUs, and an interval's end pooled over
+    seeds usually moves less."""
+    low, high = interval
+    if low > 0 or high < 0:  # decided: the end nearer 0 is the one that could cross it
+        return (0,) if tol.allows(low if low > 0 else high, 0.0) else ()
+    return tuple(side for side, end in ((1, low), (-1, high)) if tol.allows(end, 0.0))
 
 
 def split_numbers(text: str) -> tuple[list[str], list[str]]:

@@ -13,6 +13,7 @@ when ``$EQUINB_DATA_OUT`` names a folder (``make book`` sets it) it writes each 
 
 from __future__ import annotations
 
+import copy
 import html
 import json
 import os
@@ -27,8 +28,8 @@ from .verdicts import NEEDS_OTHER_SETTING, NOT_TESTED, VERDICT_COLUMN
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Table", "Link", "show", "publish_verdicts", "glued_json", "start_chapter", "save_data", "VERDICTS_KEY",
-           "CLAIMS_KEY", "RUNNABLE_KEY", "DATA_ENV"]
+__all__ = ["Table", "Link", "show", "publish_verdicts", "glued_json", "glued_cell_tags", "start_chapter", "save_data",
+           "VERDICTS_KEY", "CLAIMS_KEY", "RUNNABLE_KEY", "DATA_ENV"]
 
 VERDICTS_KEY = "verdicts"  # the glued verdict table of a chapter
 CLAIMS_KEY = "verdicts_json"  # the same rows as JSON, read by the claim list
@@ -134,8 +135,10 @@ class Collapsed:
         return repr(self.table)
 
     def _repr_html_(self) -> str:
+        inner = copy.copy(self.table)
+        inner.caption = ""  # the summary line is the caption: an open box would show it twice (its CSV link stays)
         return (f'<details class="equinb-collapsed"><summary>{html.escape(self.table.caption)} (click to show)'
-                f"</summary>{self.table._repr_html_()}</details>")
+                f"</summary>{inner._repr_html_()}</details>")
 
 
 def chapter_number(chapter_id: str, toc: Path = TOC) -> int | None:
@@ -232,15 +235,29 @@ def publish_verdicts(rows: list[dict], profile: str, chapter: str, caption: str)
                                 ensure_ascii=False), display=False)
 
 
+def _glued(notebook: str | Path, key: str) -> tuple[dict, dict] | None:
+    """(the cell, its output) that glued ``key`` in an executed notebook, or None."""
+    for cell in json.loads(Path(notebook).read_text()).get("cells", []):
+        for output in cell.get("outputs", []):
+            if output.get("metadata", {}).get("scrapbook", {}).get("name") == key:
+                return cell, output
+    return None
+
+
 def glued_json(notebook: str | Path, key: str = CLAIMS_KEY) -> Any:
     """The value glued under ``key`` as JSON text in an executed notebook (``publish_verdicts``' rows), or None
     when the notebook has no such output."""
     import ast
 
-    cells = json.loads(Path(notebook).read_text()).get("cells", [])
-    for cell in cells:
-        for output in cell.get("outputs", []):
-            if output.get("metadata", {}).get("scrapbook", {}).get("name") == key:
-                text = output["data"]["application/papermill.record/text/plain"]
-                return json.loads(ast.literal_eval("".join(text) if isinstance(text, list) else text))
-    return None
+    found = _glued(notebook, key)
+    if found is None:
+        return None
+    text = found[1]["data"]["application/papermill.record/text/plain"]
+    return json.loads(ast.literal_eval("".join(text) if isinstance(text, list) else text))
+
+
+def glued_cell_tags(notebook: str | Path, key: str = CLAIMS_KEY) -> list[str] | None:
+    """The tags of the cell that glued ``key`` in an executed notebook (its ``tolerance-<class>`` says how far
+    its numbers may move between CPUs), or None when no cell did."""
+    found = _glued(notebook, key)
+    return None if found is None else list(found[0].get("metadata", {}).get("tags", []))

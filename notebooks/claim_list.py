@@ -35,7 +35,8 @@ from myst_nb import glue
 
 from equinb.chapter import check_params
 from equinb.claims import claims
-from equinb.tables import Link, chapter_number, glued_json, show, start_chapter
+from equinb.noise import NUMBER, chapter_tolerances, measured_profile, tagged_class, cpu_turns, verdict_class
+from equinb.tables import Link, chapter_number, glued_cell_tags, glued_json, show, start_chapter
 from equinb.verdicts import CHANGED_NOTHING, NOT_TESTED, VERDICT_COLUMN, VERDICT_RULE, verdict_counts
 
 start_chapter("claim_list")  # number its tables as the book numbers the chapter
@@ -93,6 +94,49 @@ print(f"of the {counts[NOT_TESTED]} claims not tested here, {finetune_unchanged}
 glue("claims_finetune_unchanged", finetune_unchanged, display=False)
 glue("verdict_rule", VERDICT_RULE, display=False)  # the first page states the rule in full
 glue("claims_profile", profile, display=False)
+
+# %% [markdown]
+# (claims-another-cpu)=
+# ## Which verdicts another CPU could turn
+# Trained numbers move a little between CPUs (other vector kernels, other thread counts), and the regression tests
+# allow each class of number a tolerance, measured by running the chapters under several numerical modes (the
+# chapters print it above their numbers). A verdict whose interval has an end within that tolerance of 0 could read
+# otherwise on another CPU: an agreeing or reversed one inconclusive, an inconclusive one decided. The test is
+# conservative: the tolerance bounds how far any one printed number of its class moved, while an interval's end,
+# pooled over seeds, usually moves less. It is no uncertainty of the result; the interval is that.
+
+# %% tags=["hide-input", "exact"]
+cell_classes = {chapter: tagged_class(glued_cell_tags(folder / f"{chapter}.ipynb") or [])
+                for chapter in testing if chapter not in missing}
+by_id = {c.id: c for c in claims()}
+tested = listing[listing.verdict.isin(["agrees", "reversed", "inconclusive"])]
+turnable = []
+for _, row in tested.iterrows():
+    name = verdict_class(by_id[row["id"]].unit, cell_classes.get(reported[row["id"]]["chapter"]))
+    tol = chapter_tolerances(profile, name)[name] if name else None
+    low, high = (float(x) for x in NUMBER.findall(row["95% interval"]))
+    # 0: the interval could hold 0 (inconclusive); a side: it could exclude 0 there (the claim's side: agrees)
+    readings = {"inconclusive" if side == 0 else "agrees" if side == by_id[row["id"]].side else "reversed"
+                for side in (cpu_turns((low, high), tol) if tol else ())}
+    if readings:
+        turnable.append({"claim": row["claim"], "verdict": row["verdict"], "95% interval": row["95% interval"],
+                         "its numbers move between CPUs within": tol.describe(),
+                         "on another CPU it could read": " or ".join(sorted(readings)), "evidence": row["evidence"]})
+turnable = pd.DataFrame(turnable, columns=["claim", "verdict", "95% interval", "its numbers move between CPUs within",
+                                           "on another CPU it could read", "evidence"])
+decided = int(tested.verdict.isin(["agrees", "reversed"]).sum())
+decided_turnable = int((turnable.verdict != "inconclusive").sum())
+if profile == measured_profile():
+    print(f"profile: {profile}; of the {len(tested)} tested verdicts, {len(turnable)} could read otherwise on "
+          f"another CPU: {decided_turnable} of the {decided} that agree or are reversed, "
+          f"{len(turnable) - decided_turnable} of the {len(tested) - decided} inconclusive")
+    show(turnable, f"Verdicts with an interval end within the cross-CPU tolerance of 0 (profile: {profile})",
+         beneath={"evidence": "claim"})
+else:
+    print(f"profile: {profile}; how far its numbers move between CPUs was measured on the {measured_profile()} "
+          "profile only: not assessed here")
+glue("claims_decided_turnable", decided_turnable, display=False)
+glue("claims_decided", decided, display=False)
 
 # %% [markdown]
 # ## The list

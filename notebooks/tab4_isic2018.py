@@ -374,7 +374,10 @@ beyond = pd.DataFrame(beyond)
 print(f"profile: {profile}; differences in pp; majority class: top-1 {base['top1']:.2f}, balanced accuracy "
       f"{base['balanced_accuracy']:.2f} (the article's test set: top-1 {article_majority:.2f}; it reports no balanced "
       "accuracy)")
-show(beyond, f"Every run against the majority class (profile: {profile})")
+shown = beyond.copy()
+for column in ("balanced accuracy − majority", "top-1 − majority", "article: top-1 − majority"):
+    shown[column] = shown[column].map(lambda x: "—" if pd.isna(x) else f"{x:+.2f}")  # signed, as its interval
+show(shown, f"Every run against the majority class (profile: {profile})")
 # an article top-1 at its test set's majority share is what a model that answers the majority class scores
 at_majority = [f"{variant.replace('_', ' ')} {stage} ({article.loc[variant, f'{stage}_top1']:.2f}%)"
                for variant in article.index for stage in STAGES

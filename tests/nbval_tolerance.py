@@ -17,9 +17,7 @@ import copy
 import pytest
 from nbval.plugin import IPyNbCell
 
-from equinb.noise import Tolerance, snap_rows, tolerance
-
-TAG_PREFIX = "tolerance-"
+from equinb.noise import Tolerance, snap_rows, tagged_class, tolerance
 # Figures glued for the book's captions are recorded under papermill's mime types. nbval never compares
 # images (a trained figure's pixels move with the CPU), so these are skipped too; the glued text beside them
 # is still compared.
@@ -28,10 +26,7 @@ GLUED_IMAGES = ("application/papermill.record/image/png", "application/papermill
 
 def tolerance_class(cell) -> str | None:
     """The class named by a cell's ``tolerance-<class>`` tag (None: the cell is compared exactly)."""
-    names = [t[len(TAG_PREFIX):] for t in cell.metadata.get("tags", []) if t.startswith(TAG_PREFIX)]
-    if len(names) > 1:
-        raise ValueError(f"a cell has several tolerance tags: {names}")
-    return names[0] if names else None
+    return tagged_class(cell.metadata.get("tags", []))
 
 
 def cell_tolerance(cell) -> Tolerance | None:

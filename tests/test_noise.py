@@ -12,11 +12,12 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from equinb.noise import Tolerance, loss_label, snap_numbers, split_numbers, tolerance, tolerances
+from equinb.noise import (TAG_PREFIX, Tolerance, loss_label, snap_numbers, split_numbers, tagged_class, tolerance,
+                          tolerances, cpu_turns, verdict_class)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from nbval_tolerance import TAG_PREFIX, cell_tolerance, snap_outputs  # noqa: E402
+from nbval_tolerance import cell_tolerance, snap_outputs  # noqa: E402
 
 PP = Tolerance("t", absolute=2.0, relative=0.0, unit="pp", basis="test")
 REL = Tolerance("r", absolute=0.0, relative=0.1, unit="", basis="test")
@@ -392,3 +393,23 @@ def test_headroom_against_executed_chapters_fails_past_a_tolerance_or_on_an_exac
     (executed / "claim_list.ipynb").write_bytes((committed / "claim_list.ipynb").read_bytes())
     assert notebook_numbers.main(["--against", str(executed)]) == 0  # the claim list is not paired: it reads the
     assert "1 chapters against the committed outputs" in capsys.readouterr().out  # chapters it is given
+
+
+def test_a_cells_tags_name_at_most_one_class() -> None:
+    assert tagged_class(["hide-input", TAG_PREFIX + "top1"]) == "top1" and tagged_class(["exact"]) is None
+    with pytest.raises(ValueError, match="several tolerance tags"):
+        tagged_class([TAG_PREFIX + "top1", TAG_PREFIX + "share"])
+    # a verdict row's result is compared in its unit's class where the unit has one, else in its cell's
+    assert verdict_class("weight", "share") == "weight" and verdict_class("pp", "top1") == "top1"
+    assert verdict_class("pp", None) is None
+
+
+def test_a_verdict_another_cpu_could_turn() -> None:
+    # decided: only the end nearer 0 counts; within ±2 pp of 0 it could hold 0 on another CPU
+    assert cpu_turns((1.5, 9.0), PP) == (0,) and cpu_turns((-9.0, -2.0), PP) == (0,)
+    assert cpu_turns((2.5, 9.0), PP) == () and cpu_turns((-9.0, -2.5), PP) == ()
+    # inconclusive: an end within the tolerance of 0 could leave 0 outside, on that end's side
+    assert cpu_turns((-1.0, 8.0), PP) == (1,) and cpu_turns((-8.0, 0.5), PP) == (-1,)
+    assert cpu_turns((-1.0, 1.0), PP) == (1, -1) and cpu_turns((-3.0, 3.0), PP) == ()
+    # a relative tolerance never carries a number to 0 (it shrinks with the value)
+    assert cpu_turns((0.01, 0.02), REL) == () and cpu_turns((-0.02, 0.02), REL) == ()
