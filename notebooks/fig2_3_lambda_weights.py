@@ -42,12 +42,14 @@
 #   is not on the upright view. The older definition, "the upright view has the smallest weight", is reported
 #   beside it: the article's surviving notebook counts that one.
 #
-# **Profiles.**
+# ```{admonition} Profiles: what this page runs on the small profile and on the paper profile
+# :class: dropdown
 # - *small*: MobileNetV2's block-17 maps of the digits at 72 px (Figure 2), and the Table 4 chapter's stand-in for
 #   ISIC 2018 (Figure 3): seven Fashion-MNIST classes at ISIC's class proportions, every image turned by its own
 #   random rotation, with a head that favours no orientation.
 # - *paper*: CLIP RN50 layer4 on CIFAR100 test (Figure 2), and on ISIC2018 validation (Figure 3,
 #   193 images).
+# ```
 
 # %% tags=["parameters", "hide-input"]
 profile: str = "small"  # small (MobileNetV2 + digits, CPU) or paper (CLIP RN50, GPU)

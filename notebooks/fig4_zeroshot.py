@@ -41,7 +41,8 @@
 # - Besides the article's "flip", which is really a 180-degree rotation, we add a true mirror flip
 #   (`hflip`).
 #
-# **Profiles.**
+# ```{admonition} Profiles: what this page runs on the small profile and on the paper profile
+# :class: dropdown
 # - *small* (default; CPU, offline): MobileNetV2 with its official ImageNet weights, used
 #   frozen. A linear head, fitted once on the **upright** training digits, stands in for CLIP's text
 #   head; it never sees a rotated image. Test set: scikit-learn digits (719 images). This is a small
@@ -50,6 +51,7 @@
 # - *paper* (GPU, internet): CLIP RN50, RN101, ViT-B/32 and ViT-B/16 on CIFAR100 (test, 10,000) and ImageNetV2
 #   matched-frequency (10,000), with prompt-ensemble text heads: one forward pass of each backbone per test image
 #   and distinct view ({glue:text}`views_per_image` views), no training.
+# ```
 
 # %% tags=["parameters", "hide-input"]
 profile: str = "small"  # small (MobileNetV2 + digits, CPU, offline) or paper (CLIP, GPU, internet)

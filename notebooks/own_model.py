@@ -30,10 +30,12 @@
 # forwards of the model and no training. Equizero keeps the single most confident view instead. λ-equitune
 # learns a weight per view. Equiattention lets the views attend to each other {cite}`vlasenko2024even`.
 #
-# **Profiles.**
+# ```{admonition} Profiles: what this page runs on the small profile and on the paper profile
+# :class: dropdown
 # - *small* (default; CPU, offline): a few 224 px crops of the two photos that
 #   scikit-learn ships.
 # - *paper* (GPU): the same steps on a GPU with a larger batch, where one batched pass is the default.
+# ```
 
 # %% tags=["parameters", "hide-input"]
 profile: str = "small"  # small (CPU, offline) or paper (the same steps on a GPU)

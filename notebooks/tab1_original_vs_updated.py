@@ -46,7 +46,8 @@
 # - logit factor 1;
 # - the backbone in evaluation mode while it is finetuned (BatchNorm keeps its running statistics).
 #
-# **Profiles.**
+# ```{admonition} Profiles: what this page runs on the small profile and on the paper profile
+# :class: dropdown
 # - *small* (default; CPU, offline):
 #   - MobileNetV2 with ImageNet weights at 64 px on the digits.
 #   - Blocks 0-17 are frozen and their per-view outputs cached. Only the last block (the 1x1
@@ -58,6 +59,7 @@
 #   - The article's schedule and learning rates are kept. With 1,078 training images, a round of the
 #     restarted loader ends after 34 batches.
 # - *paper* (GPU, internet): CLIP RN50, CIFAR100 train and test, the article's full schedule, real fp16 weights.
+# ```
 
 # %% tags=["parameters", "hide-input"]
 profile: str = "small"  # small (MobileNetV2 + digits, CPU) or paper (CLIP RN50 + CIFAR100, GPU)

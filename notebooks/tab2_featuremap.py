@@ -35,7 +35,8 @@
 # This chapter runs both variants: `align_views=False` (as published) and `align_views=True` (as described).
 # It then measures what each variant does to $Z$ and to the logits.
 #
-# **Profiles.**
+# ```{admonition} Profiles: what this page runs on the small profile and on the paper profile
+# :class: dropdown
 # - *small* (default; CPU, offline):
 #   - MobileNetV2 with ImageNet weights, up to block 17, at 72 px on the digits. Blocks 0-16 are frozen and
 #     cached per view.
@@ -48,6 +49,7 @@
 # - *paper* (GPU, internet): CLIP RN50 on CIFAR100, with the article's prefinetuning schedule. The
 #   article's finetuning settings for this table are unrecorded. Both profiles finetune the trunk and
 #   the module together at lr 5e-8, as the article's ISIC feature-map run does.
+# ```
 
 # %% tags=["parameters", "hide-input"]
 profile: str = "small"  # small (MobileNetV2 + digits, CPU) or paper (CLIP RN50 + CIFAR100, GPU)

@@ -35,13 +35,16 @@
 # and `as described` (aligned views, $g_k^{-1}$ applied to view $k$). The λ-equitune runs and their seeds are
 # the ones of the Table 2 chapter, loaded from the run cache when that chapter ran first.
 #
-# **Profiles.** As in the Table 2 chapter:
+# ```{admonition} Profiles: what this page runs on the small profile and on the paper profile
+# :class: dropdown
+# As in the Table 2 chapter:
 # - *small*: MobileNetV2's 320×3×3 block-17 maps of digits at 72 px; 10 prefinetuning rounds and 1 finetuning
 #   round.
 # - *paper*: CLIP RN50 layer4 on CIFAR100.
 #
 # In both profiles the article's module sizes are used: 32 convolution channels, 8 features per channel
 # and 128 hidden units.
+# ```
 
 # %% tags=["parameters", "hide-input"]
 profile: str = "small"  # small (MobileNetV2 + digits, CPU) or paper (CLIP RN50 + CIFAR100, GPU)

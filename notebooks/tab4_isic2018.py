@@ -38,7 +38,8 @@
 # majority baselines on the same split and the confusion matrices. It also runs the ISIC equiattention the article's
 # Figure 3 shows.
 #
-# **Profiles.**
+# ```{admonition} Profiles: what this page runs on the small profile and on the paper profile
+# :class: dropdown
 # - *small* (default; CPU, offline once Debian's Fashion-MNIST package is fetched): a stand-in in
 #   the article's regime. Seven Fashion-MNIST classes stand for MEL, NV, BCC, AKIEC, BKL, DF and VASC (shirt,
 #   T-shirt/top, pullover, coat, dress, bag, sandal), at ISIC's training proportions for training and with ISIC's
@@ -48,6 +49,7 @@
 #   and the schedule is shortened as there: 10 prefinetuning rounds and 1 finetuning round.
 # - *paper* (GPU, the ISIC data): CLIP RN50 on the official training split (10,015 images) and validation
 #   split (the article's test set), with the settings of the article's ISIC job.
+# ```
 
 # %% tags=["parameters", "hide-input"]
 profile: str = "small"  # small (MobileNetV2 + the Fashion-MNIST stand-in, CPU) or paper (CLIP RN50 + ISIC 2018, GPU)
