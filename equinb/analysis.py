@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .cache import cache_key, load_or_compute, package_code_fingerprint
-from .checks import format_error, largest_error
+from .checks import format_error, largest_error, seeded
 from .engine import ViewData, evaluation_mode, model_device
 from .groups import Group
 from .heads import fit_linear_head
@@ -51,8 +51,7 @@ def view_weights(model: OrbitWrapper, feats: Tensor, batch_size: int = 256, seed
     -> [N, G].
     """
     out = []
-    with evaluation_mode(model), torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with evaluation_mode(model), seeded(seed):
         for start in range(0, feats.shape[0], batch_size):
             chunk = feats[start:start + batch_size].to(model_device(model))
             out.append(model.view_weights(chunk).float().cpu())

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .cache import sha256_file
-from .checks import modes_restored
+from .checks import modes_restored, seeded
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .precision import parameter_dtype
 
@@ -289,8 +289,7 @@ def tiny_clip(kind: str = "rn", seed: int = 0, image_resolution: int | None = No
         raise ValueError(f"Unknown tiny CLIP kind {kind!r}; valid kinds: {list(_TINY_VISION)}.")
     clip = _import_clip()
     vision = dict(_TINY_VISION[kind], **({} if image_resolution is None else {"image_resolution": image_resolution}))
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = clip.model.CLIP(**vision, **_TINY_TEXT)
     return model.eval()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import numbers
 import warnings
 from typing import Any, Callable, Iterable, Iterator
 
@@ -42,6 +43,16 @@ def modes_restored(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, mode in modes:
             m.training = mode
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """torch's global generators (the CPU's and every CUDA device's) seeded with ``seed`` inside the block, and put
+    back as they were on exit: a computation's own draws never move the caller's stream (whether a training run
+    trained or was read from a cache, say)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
 
 
 @torch.no_grad()
@@ -80,8 +91,11 @@ def format_error(err: float, scale: float = 1.0, rtol: float = 1e-5) -> str:
 
     Errors at float-rounding level differ between machines and runs (summation order), so a notebook that
     printed them would fail its regression test. ``bound = rtol * 10^ceil(log10(max(scale, 1)))``: a power of
-    ten, so that a small change of the scale does not change the printed bound.
+    ten, so that a small change of the scale does not change the printed bound. A scale that is not finite (the
+    outputs of a diverged model) gives no bound: the error prints as it is.
     """
+    if not math.isfinite(scale):
+        return f"{err:.2g}"
     bound = rtol * 10.0 ** math.ceil(math.log10(max(abs(scale), 1.0)))
     return f"< {bound:.0e} (float rounding)" if err < bound else f"{err:.2g}"
 
@@ -97,7 +111,7 @@ def _checked(model: Callable[..., Any], x: Tensor, group: Group | str, output: O
                         f"got a {kind}")
     if x.shape[0] == 0:
         raise ValueError("x is an empty batch: a check needs at least one image")
-    if atol is not None and (isinstance(atol, bool) or not isinstance(atol, (int, float))):
+    if atol is not None and (isinstance(atol, bool) or not isinstance(atol, numbers.Real)):
         raise TypeError(f"atol must be a number (the largest error allowed) or None, got {atol!r}")
     group = get_group(group)
     check_selector(output)
@@ -136,13 +150,19 @@ def _warn_if_switched_off(switched: set[nn.Module], what: str) -> None:
                       "it for inference", stacklevel=4)
 
 
-def _check_model_takes(model: nn.Module, x: Tensor) -> None:
-    """A ValueError naming both when ``x`` is on another device than every tensor of ``model`` (PyTorch's own error
-    comes from deep inside the model). A model split over devices is left to itself; dtypes too, since equinb's
-    wrappers convert the images to their trunk's dtype themselves."""
+def device_elsewhere(model: nn.Module, x: Tensor) -> torch.device | None:
+    """The one device that every tensor of ``model`` is on, when ``x`` is on another; else None (a model split over
+    devices, or one without tensors, is left to itself). Callers raise with it: PyTorch's own error names neither
+    tensor and comes from deep inside the model."""
     devices = {t.device for t in itertools.chain(model.parameters(), model.buffers())}
-    if len(devices) == 1 and x.device not in devices:
-        (device,) = devices
+    return next(iter(devices)) if len(devices) == 1 and x.device not in devices else None
+
+
+def _check_model_takes(model: nn.Module, x: Tensor) -> None:
+    """A ValueError naming both devices when ``x`` is not where ``model`` is (``device_elsewhere``); dtypes are
+    left alone, since equinb's wrappers convert the images to their trunk's dtype themselves."""
+    device = device_elsewhere(model, x)
+    if device is not None:
         raise ValueError(f"x is on {x.device} and the model on {device}; move x first: x.to('{device}')")
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checks import modes_restored
+from .checks import modes_restored, seeded
 from .groups import Group
 from .kernels import tuned_kernels
 from .metrics import top1
@@ -373,8 +373,7 @@ def predict(model: OrbitWrapper, data: ViewData, batch_size: int = 256, feats: T
     predictions = []
     # every device's generator is saved and restored: manual_seed reseeds CUDA's too, and training's dropout
     # continues from it after each evaluation
-    with evaluation_mode(model), torch.no_grad(), torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with evaluation_mode(model), torch.no_grad(), seeded(seed):
         for i, start in enumerate(range(0, len(data), batch_size)):
             if max_batches is not None and i >= max_batches:
                 break
@@ -524,41 +523,40 @@ def prefinetune(model: OrbitWrapper, train: ViewData, select: ViewData, config: 
     """
     from tqdm import tqdm
 
-    torch.manual_seed(config.seed)
-    rng = np.random.RandomState(config.seed)
-    opt = _sgd(model.weight_net.parameters(), config.prelr, config.momentum)
-    schedule = batch_schedule(len(train), config.batch_size, config.prefinetune_rounds,
-                              config.prefinetune_steps, config.data_order, config.seed)
-    max_sel = config.selection_batches if config.selection == "train_first_batches" else None
-    best, best_state, history, step = -1.0, copy.deepcopy(model.weight_net.state_dict()), [], 0
-    for r, batches in enumerate(tqdm(schedule, desc="prefinetune", disable=not progress, ascii=True)):
-        began = time.perf_counter()
-        acc = evaluate(model, select, config.batch_size, max_batches=max_sel, seed=config.seed + r,
-                       data_are_features=True)
-        evaluated = time.perf_counter()
-        history.append(dict(stage="prefinetune", round=r, step=step, select_top1=acc))
-        if acc > best:
-            best, best_state = acc, copy.deepcopy(model.weight_net.state_dict())
-        model.train()
-        losses = []
-        for index, element in zip(batches, _draw_elements(len(batches), model.group.order, rng)):
-            feats, labels = train.batch(index, element, model.group)
-            feats = _on(model, feats)  # one copy to the device: the same tensor is the views and the weights' input
-            loss = train_step_loss(model, feats, labels, weight_views=feats)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach())
-        history += _loss_rows("prefinetune", r, step, losses)
-        step += len(losses)
-        _clock_row(clock, "prefinetune", r, len(losses), time.perf_counter() - evaluated, evaluated - began, r > 0)
-    return best_state, history
+    with seeded(config.seed):  # the caller's generators as they were afterwards
+        rng = np.random.RandomState(config.seed)
+        opt = _sgd(model.weight_net.parameters(), config.prelr, config.momentum)
+        schedule = batch_schedule(len(train), config.batch_size, config.prefinetune_rounds,
+                                  config.prefinetune_steps, config.data_order, config.seed)
+        max_sel = config.selection_batches if config.selection == "train_first_batches" else None
+        best, best_state, history, step = -1.0, copy.deepcopy(model.weight_net.state_dict()), [], 0
+        for r, batches in enumerate(tqdm(schedule, desc="prefinetune", disable=not progress, ascii=True)):
+            began = time.perf_counter()
+            acc = evaluate(model, select, config.batch_size, max_batches=max_sel, seed=config.seed + r,
+                           data_are_features=True)
+            evaluated = time.perf_counter()
+            history.append(dict(stage="prefinetune", round=r, step=step, select_top1=acc))
+            if acc > best:
+                best, best_state = acc, copy.deepcopy(model.weight_net.state_dict())
+            model.train()
+            losses = []
+            for index, element in zip(batches, _draw_elements(len(batches), model.group.order, rng)):
+                feats, labels = train.batch(index, element, model.group)
+                feats = _on(model, feats)  # one copy to the device: the same tensor is the views and the weights' input
+                loss = train_step_loss(model, feats, labels, weight_views=feats)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.detach())
+            history += _loss_rows("prefinetune", r, step, losses)
+            step += len(losses)
+            _clock_row(clock, "prefinetune", r, len(losses), time.perf_counter() - evaluated, evaluated - began, r > 0)
+        return best_state, history
 
 
 def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: TrainConfig,
              train_lambda_feats: Tensor | None = None, test_lambda_feats: Tensor | None = None,
-             eval_every_round: bool = True, progress: bool = False,
-             tuned_gpu_kernels: bool = True, clock: list[dict] | None = None, *,
+             progress: bool = False, clock: list[dict] | None = None, *,
              resume: dict | None = None,
              checkpoint: Callable[[Callable[[], dict]], None] | None = None) -> tuple[list[dict], Tensor | None]:
     """Finetune the trunk (``finetuned_part``: with CLIP's attnpool where the head trains it; and the lambda
@@ -571,8 +569,8 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
     ``lambda_input="frozen_copy"`` (the frozen copy never changes, so caching it is exact).
     The trunk's weights take the precision of ``config.param_dtype`` first (``set_finetune_precision``); fp16
     values emulated in fp32 are stepped by ``HalfStorageSGD``, every other parameter by plain SGD (PyTorch's
-    default, ``foreach`` on CUDA, as the article's code). ``tuned_gpu_kernels``: on CUDA, cuDNN's autotuner and
-    channels-last weights for the trunk (``equinb.kernels``; no change on a CPU).
+    default, ``foreach`` on CUDA, as the article's code). On CUDA the trunk runs with cuDNN's autotuner and
+    channels-last weights (``equinb.kernels``; no change on a CPU).
 
     Returns a tidy history (stage, round, step, loss, test_top1) and the predicted test classes [N_test] of
     the last evaluation (None when no round ran). ``clock``: as in ``prefinetune``.
@@ -593,51 +591,51 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
     part = finetuned_part(model)
     if part is not model.trunk:  # the run's own copy of the head's pool trains from here on
         part["pool"].requires_grad_(True)
-    torch.manual_seed(config.seed)
-    rng = np.random.RandomState(config.seed + 1)
-    stored_half = [p for name, p in part.named_parameters() if emulated and name in half]
-    params = [p for p in part.parameters() if not any(p is q for q in stored_half)]
-    if config.finetune_params == "backbone+lambda":
-        params += list(model.weight_net.parameters())
-    optimisers = [opt for opt in (_sgd(params, config.lr, config.momentum),
-                                  HalfStorageSGD(stored_half, config.lr, config.momentum) if stored_half else None)
-                  if opt is not None]
-    schedule = batch_schedule(len(train), config.batch_size, config.finetune_rounds, config.finetune_steps,
-                              config.data_order, config.seed)
-    history, step, predicted, first = [], 0, None, 0
-    if resume is not None:
-        first, step, history, predicted = _restore_finetune(resume, model, optimisers, rng, len(schedule))
-    with tuned_kernels(model.trunk, model_device(model), enabled=tuned_gpu_kernels):
-        for r, batches in enumerate(tqdm(schedule, desc="finetune", disable=not progress, ascii=True)):
-            if r < first:  # trained before the run was stopped: restored above
-                continue
-            began = time.perf_counter()
-            model.train()
-            losses = []
-            for index, element in zip(batches, _draw_elements(len(batches), model.group.order, rng)):
-                views, labels = train.batch(index, element, model.group)
-                lam = None
-                if train_lambda_feats is not None and config.lambda_input == "frozen_copy":
-                    lam = ViewData(train_lambda_feats, train.labels).batch(index, element, model.group)[0]
-                feats = features(model, views)
-                loss = train_step_loss(model, feats, labels, weight_views=feats if lam is None else lam)
-                for opt in optimisers:
-                    opt.zero_grad(set_to_none=True)
-                loss.backward()
-                for opt in optimisers:
-                    opt.step()
-                losses.append(loss.detach())
-            history += _loss_rows("finetune", r, step, losses)
-            step += len(losses)
-            trained = time.perf_counter()
-            if eval_every_round or r == len(schedule) - 1:
+    with seeded(config.seed):  # restored below for a resumed run; the caller's kept
+        rng = np.random.RandomState(config.seed + 1)
+        stored_half = [p for name, p in part.named_parameters() if emulated and name in half]
+        params = [p for p in part.parameters() if not any(p is q for q in stored_half)]
+        if config.finetune_params == "backbone+lambda":
+            params += list(model.weight_net.parameters())
+        optimisers = [opt for opt in (_sgd(params, config.lr, config.momentum),
+                                      HalfStorageSGD(stored_half, config.lr, config.momentum) if stored_half else None)
+                      if opt is not None]
+        schedule = batch_schedule(len(train), config.batch_size, config.finetune_rounds, config.finetune_steps,
+                                  config.data_order, config.seed)
+        history, step, predicted, first = [], 0, None, 0
+        if resume is not None:
+            first, step, history, predicted = _restore_finetune(resume, model, optimisers, rng, len(schedule))
+        with tuned_kernels(model.trunk, model_device(model)):
+            for r, batches in enumerate(tqdm(schedule, desc="finetune", disable=not progress, ascii=True)):
+                if r < first:  # trained before the run was stopped: restored above
+                    continue
+                began = time.perf_counter()
+                model.train()
+                losses = []
+                for index, element in zip(batches, _draw_elements(len(batches), model.group.order, rng)):
+                    views, labels = train.batch(index, element, model.group)
+                    lam = None
+                    if train_lambda_feats is not None and config.lambda_input == "frozen_copy":
+                        lam = ViewData(train_lambda_feats, train.labels).batch(index, element, model.group)[0]
+                    feats = features(model, views)
+                    loss = train_step_loss(model, feats, labels, weight_views=feats if lam is None else lam)
+                    for opt in optimisers:
+                        opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    for opt in optimisers:
+                        opt.step()
+                    losses.append(loss.detach())
+                history += _loss_rows("finetune", r, step, losses)
+                step += len(losses)
+                trained = time.perf_counter()
                 frozen = test_lambda_feats if config.lambda_input == "frozen_copy" else None
                 predicted = predict(model, test, lambda_feats=frozen, seed=config.seed)
                 history.append(dict(stage="finetune", round=r, step=step, test_top1=top1(predicted, test.labels)))
-            _clock_row(clock, "finetune", r, len(losses), trained - began, time.perf_counter() - trained, r > first)
-            if checkpoint is not None:
-                checkpoint(functools.partial(finetune_state, model, optimisers, rng, r + 1, step, history, predicted))
-    return history, predicted
+                _clock_row(clock, "finetune", r, len(losses), trained - began, time.perf_counter() - trained, r > first)
+                if checkpoint is not None:
+                    checkpoint(functools.partial(finetune_state, model, optimisers, rng, r + 1, step, history,
+                                                 predicted))
+        return history, predicted
 
 
 def _numpy_state(rng: np.random.RandomState) -> dict:

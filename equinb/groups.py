@@ -34,7 +34,12 @@ __all__ = [
     "GROUP_NAMES",
     "get_group",
     "d4_act",
+    "OUTPUT_ACTIONS",
 ]
+
+# how a token-permutation group maps view k's logits back: by g_k^-1 (equivariant for any d), or by g_k (the
+# article's original code; the same for d = 2)
+OUTPUT_ACTIONS: tuple[str, ...] = ("inverse", "forward")
 
 _D4Element = tuple[int, int]  # (quarter turns r in 0..3, mirror s in 0..1)
 
@@ -220,6 +225,19 @@ def _element_index(k: Any, order: int, name: str) -> int:
     return index
 
 
+def _integer(value: Any, what: str) -> int:
+    """``value`` as an int (a Python or NumPy integer, a 0-d integer tensor); a TypeError for anything else."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, got {value!r}") from None
+
+
+def _check_output_action(output_action: Any) -> None:
+    if output_action not in OUTPUT_ACTIONS:
+        raise ValueError(f"unknown output_action {output_action!r}; valid: {', '.join(map(repr, OUTPUT_ACTIONS))}")
+
+
 def get_group(name: str | Group) -> Group:
     """The image group called ``name`` (case-insensitive); a ``Group`` is returned as it is.
 
@@ -254,9 +272,11 @@ class TokenPermutationGroup:
     """
 
     def __init__(self, vocab_size: int, equality_lists: Sequence[Sequence[int]]) -> None:
-        if int(vocab_size) <= 0:
+        vocab_size = _integer(vocab_size, "vocab_size")
+        if vocab_size <= 0:
             raise ValueError(f"vocab_size must be positive, got {vocab_size}")
-        lists = [tuple(int(t) for t in ids) for ids in equality_lists]
+        # a float id such as 1.9 would otherwise truncate to another token silently
+        lists = [tuple(_integer(t, "a token id") for t in ids) for ids in equality_lists]
         if not lists:
             raise ValueError("equality_lists is empty; give at least one tuple of token ids")
         sizes = {len(ids) for ids in lists}
@@ -316,7 +336,7 @@ class TokenPermutationGroup:
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
             raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got ids from {int(ids.min())} to "
                              f"{int(ids.max())} (mask padding before acting on the ids)")
-        return self.perms[self._check_index(k)].to(ids.device)[ids]
+        return self.perms[self._check_index(k)].to(ids.device)[ids].to(ids.dtype)  # int32 ids stay int32
 
     def act_logits(self, logits: torch.Tensor, k: int) -> torch.Tensor:
         """Apply g^k to the vocabulary axis: ``out[..., v] = logits[..., g^-k(v)]``. Shapes: [..., V] -> [..., V]."""
@@ -337,8 +357,7 @@ class TokenPermutationGroup:
 
         Shapes: view_logits [..., d, V] -> [..., V].
         """
-        if output_action not in ("inverse", "forward"):
-            raise ValueError(f"unknown output_action {output_action!r}; valid: 'inverse', 'forward'")
+        _check_output_action(output_action)
         if view_logits.ndim < 2 or view_logits.shape[-2] != self.order:
             raise ValueError(f"view_logits must be [..., d={self.order}, V], got {tuple(view_logits.shape)}")
         back = [self.act_logits(view_logits[..., k, :], self.inverse(k) if output_action == "inverse" else k)

@@ -164,14 +164,14 @@ def frozen_head(backbone: Backbone, dataset: str, cache_dir: str | Path, *, batc
     if backbone.text_model is not None:
         classes, templates = dataset_classes(dataset), templates_for(dataset)
         key = cache_key(kind="text_head", model=module_fingerprint(backbone.text_model), classes=classes,
-                        templates=templates)
+                        templates=templates, code=package_code_fingerprint("heads", "prompts"))
         weights = load_or_compute(Path(cache_dir) / f"text_head_{key}.pt", lambda: prompt_ensemble_weights(
             backbone.text_model, classes, templates, backbone.device).cpu())
         return CosineHead(weights.to(backbone.device))
     loader, ident = image_batches(backbone, dataset, "train", batch_size, data_root, num_workers, dataset_options)
-    # the fitting code is in the key: a change of fit_linear_head refits instead of loading an old head
+    # the code that loads the images, embeds and fits them is in the key: a change of any refits
     key = cache_key(kind="linear_head", encoder=module_fingerprint(backbone.encoder), data=ident,
-                    code=package_code_fingerprint("heads"))
+                    code=package_code_fingerprint("heads", "data", "backbones"))
 
     def fit() -> dict:
         with torch.no_grad():

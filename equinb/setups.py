@@ -29,6 +29,7 @@ from .cache import cache_dir as default_cache_dir
 from .cache import (ThrottledSave, cache_key, class_code_fingerprint, load_or_compute, load_or_compute_resumable,
                     load_saved, module_fingerprint, package_code_fingerprint)
 from .cache import data_root as default_data_root
+from .checks import seeded
 from .data import (ISIC2018_CLASS_COUNTS, dataset_spec, fashion_mnist_arrays, get_dataset, load_digits,
                    load_fashion_mnist, proportional_counts, root_identity)
 from .engine import (ImageViewData, TrainConfig, ViewData, extract_view_features, finetune, finetuned_part,
@@ -422,24 +423,25 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
     label = f"{method} on {setup.group.name}, seed {config.seed}"
 
     def train(partial: Path | None = None) -> dict:
-        torch.manual_seed(config.seed)
-        began = time.perf_counter()
-        report(f"{label}: training")
-        clock = RoundClock(label, dict(prefinetune=config.prefinetune_rounds, finetune=config.finetune_rounds))
-        checkpoints = None if partial is None else RunCheckpoints(partial, checkpoint_every_s, clock)
-        row, history, states, predictions, drift = _run(setup, config, make_net(), progress, heldout_fraction,
-                                                        method, align_views, ablate, clock, checkpoints)
-        report(f"{label}: trained in {time.perf_counter() - began:.1f} s")
-        # the settings and wall times ride along for tools/paper_smoke.py, which counts and times the runs
-        return dict(row=row, history=history, states=states, predictions=predictions, drift=drift,
-                    clock=list(clock), config=config.as_dict(), maps=setup.level == "maps")
+        with seeded(config.seed):  # a cached run and a trained one leave the caller's generators alike
+            began = time.perf_counter()
+            report(f"{label}: training")
+            clock = RoundClock(label, dict(prefinetune=config.prefinetune_rounds, finetune=config.finetune_rounds))
+            checkpoints = None if partial is None else RunCheckpoints(partial, checkpoint_every_s, clock)
+            row, history, states, predictions, drift = _run(setup, config, make_net(), progress, heldout_fraction,
+                                                            method, align_views, ablate, clock, checkpoints)
+            report(f"{label}: trained in {time.perf_counter() - began:.1f} s")
+            # the settings and wall times ride along for tools/paper_smoke.py, which counts and times the runs
+            return dict(row=row, history=history, states=states, predictions=predictions, drift=drift,
+                        clock=list(clock), config=config.as_dict(), maps=setup.level == "maps")
 
     if cache_dir is None:
         out = train()
     else:
         if not setup.key:
             raise ValueError("this setup has no key, so its runs cannot be cached; pass cache_dir=None")
-        net = make_net()
+        with seeded(config.seed):  # built for its architecture only: its random initial weights draw nothing of ours
+            net = make_net()
         key = cache_key(setup=setup.key, config=config.as_dict(), method=method, align_views=align_views,
                         weight_net=repr(net), weight_net_code=_outside_code(net), heldout_fraction=heldout_fraction,
                         ablate=ablate, code=training_code_fingerprint())
@@ -506,7 +508,8 @@ TRAINING_SOURCES = ("engine", "setups", "wrappers", "weighting", "groups", "head
 
 
 # what makes the cached frozen features: the data's loading and preparation, the backbone, the split and the pass
-FEATURE_SOURCES = ("data", "backbones", "setups", "engine", "groups", "precision")
+# (whose cuDNN autotuning may change a GPU's last bits)
+FEATURE_SOURCES = ("data", "backbones", "setups", "engine", "groups", "precision", "kernels")
 
 
 def feature_code_fingerprint() -> str:

@@ -172,6 +172,9 @@ class ViewAttention(nn.Module):
     def __init__(self, channels: int, map_size: tuple[int, int] | None = None, hidden: int = 128,
                  out_dim: int = 128, **map_kwargs: int) -> None:
         super().__init__()
+        if map_size is None and map_kwargs:  # they size the map encoder, which embeddings do not have
+            raise ValueError(f"ViewAttention: {sorted(map_kwargs)} apply to feature maps only; give map_size= too, "
+                             "or leave them out for embeddings")
 
         def make() -> nn.Module:
             if map_size is None:

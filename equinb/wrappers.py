@@ -62,7 +62,7 @@ from typing import Any, Callable, Sequence, Union
 import torch
 from torch import nn
 
-from .checks import modes_restored
+from .checks import device_elsewhere, modes_restored
 from .groups import Group, TokenPermutationGroup, get_group
 from .outputs import OutputSelector, check_selector, select_output
 from .precision import parameter_dtype
@@ -149,10 +149,10 @@ def _check_chunk_size(chunk_size: Any) -> ChunkSize:
         return None
     if isinstance(chunk_size, str) and chunk_size.lower() == "auto":
         return "auto"
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
         raise ValueError(f"chunk_size must be 'auto', None (one batched pass) or an integer >= 1 (trunk images per "
                          f"forward), got {chunk_size!r}")
-    return chunk_size
+    return int(chunk_size)
 
 
 def _tracing() -> bool:
@@ -350,6 +350,8 @@ class OrbitWrapper(nn.Module):
         if isinstance(logit_factor, bool) or not isinstance(logit_factor, numbers.Real) \
                 or not math.isfinite(logit_factor):
             raise TypeError(f"logit_factor must be a finite number (the logits' scale), got {logit_factor!r}")
+        if not logit_factor > 0:  # 0 makes every view's softmax uniform (EquiZero then ties every view); < 0 inverts it
+            raise ValueError(f"logit_factor must be > 0 (the logits' scale, such as CLIP's 100), got {logit_factor!r}")
         self.logit_factor = float(logit_factor)
         self.normalise_views = _flag(normalise_views, "normalise_views")
         self.trunk_eval = _flag(trunk_eval, "trunk_eval")
@@ -636,11 +638,9 @@ class OrbitWrapper(nn.Module):
                              f"({str(view.dtype).removeprefix('torch.')}): {err}") from err
 
     def _check_device(self, x: Tensor) -> None:
-        """A ValueError when every parameter sits on one device and ``x`` on another (PyTorch's own error names
-        neither tensor, and comes from deep inside the trunk). A model split over devices is left to itself."""
-        devices = {t.device for t in self.parameters()} | {t.device for t in self.buffers()}
-        if len(devices) == 1 and x.device not in devices:
-            (device,) = devices
+        """A ValueError naming both devices when ``x`` is not where the wrapper is (``checks.device_elsewhere``)."""
+        device = device_elsewhere(self, x)
+        if device is not None:
             raise ValueError(f"{type(self).__name__}: the input is on {x.device} and the model on {device}; move one "
                              f"to the other first, e.g. x.to('{device}') or wrapper.to('{x.device}')")
 
@@ -750,10 +750,15 @@ class OrbitWrapper(nn.Module):
         self.check_first_call(x)
         return self.forward_views(views=self.views(x), return_weights=return_weights)
 
-    def _sized_weight_net(self, example_input: Tensor | None,
-                          make: Callable[[tuple[int, ...]], nn.Module]) -> nn.Module:
-        """A weighting network sized from the trunk's view of ``example_input`` (one image is run, in evaluation
-        mode, without gradients; module modes are restored), on the view's device and dtype."""
+    def _sized_weight_net(self, example_input: Tensor | None, make: Callable[[tuple[int, ...]], nn.Module],
+                          given: nn.Module | None = None) -> nn.Module:
+        """``given``, or else a weighting network sized from the trunk's view of ``example_input`` (one image is
+        run, in evaluation mode, without gradients; module modes are restored), on the view's device and dtype."""
+        if given is not None:
+            if example_input is not None:  # it would be ignored: a wrong-sized image would pass unseen
+                raise ValueError(f"{type(self).__name__}: give weight_net= or example_input= (which only sizes the "
+                                 "default weighting network), not both")
+            return given
         if example_input is None:
             raise ValueError(f"{type(self).__name__} needs weight_net=, or example_input= (a few images [B, C, H, W] "
                              "the model accepts) to size the default weighting network from the model's views")
@@ -808,6 +813,9 @@ class EquiZero(OrbitWrapper):
         self.elementwise_max = _flag(elementwise_max, "elementwise_max")
         if self.elementwise_max and not self.output_softmax:
             raise ValueError("elementwise_max=True is the article's max over probabilities; set output_softmax=True")
+        if self.elementwise_max and self.straight_through:  # the max over probabilities selects no view to pass
+            raise ValueError("straight_through=True passes the mean's gradient through a selected view; "
+                             "elementwise_max=True selects none: choose one of them")
         self.proxy = proxy
 
     def _options(self) -> dict[str, Any]:
@@ -866,8 +874,7 @@ class LambdaEquitune(OrbitWrapper):
                  example_input: Tensor | None = None, **kwargs: Any) -> None:
         super().__init__(model, group, **kwargs)
         normalisation = _checked_choice(normalisation, NORMALISATIONS, "normalisation")
-        if weight_net is None:
-            weight_net = self._sized_weight_net(example_input, default_weight_net)
+        weight_net = self._sized_weight_net(example_input, default_weight_net, weight_net)
         if not isinstance(weight_net, nn.Module):
             raise TypeError(f"weight_net must be a torch.nn.Module, got {type(weight_net).__name__}")
         self.weight_net = weight_net
@@ -940,8 +947,7 @@ class EquiAttention(OrbitWrapper):
     def __init__(self, model: nn.Module, group: Group | str, weight_net: nn.Module | None = None, *,
                  example_input: Tensor | None = None, **kwargs: Any) -> None:
         super().__init__(model, group, **kwargs)
-        if weight_net is None:
-            weight_net = self._sized_weight_net(example_input, default_view_attention)
+        weight_net = self._sized_weight_net(example_input, default_view_attention, weight_net)
         if not isinstance(weight_net, nn.Module):
             raise TypeError(f"weight_net must be a torch.nn.Module, got {type(weight_net).__name__}")
         self.weight_net = weight_net

@@ -1,5 +1,6 @@
 """Caches: stable keys, atomic writes, compute-once loading that survives damaged files, code fingerprints."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,8 @@ def test_format_error_hides_only_float_rounding() -> None:
     assert format_error(1e-9, 9.0) == format_error(1e-9, 9.9)  # the bound is a power of ten
     assert format_error(0.15, 1.5) == "0.15"
     assert format_error(2e-3, 0.5) == "0.002"
+    # a diverged model's outputs give a scale that is not finite: the error prints as it is, no bound
+    assert format_error(0.1, math.nan) == "0.1" and format_error(math.nan, math.inf) == "nan"
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])

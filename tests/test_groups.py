@@ -2,6 +2,8 @@
 
 import itertools
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -166,6 +168,15 @@ def test_token_group_bad_inputs() -> None:
             group.act(torch.tensor(ids), 1)
     with pytest.raises(ValueError, match="vocabulary size 10"):
         group.act_logits(torch.zeros(2, 11), 1)
+    # a float id or vocabulary size is refused, not truncated to another token (1.9 would have become 1)
+    with pytest.raises(TypeError, match="a token id must be an integer, got 1.9"):
+        TokenPermutationGroup(10, [(1.9, 2)])
+    with pytest.raises(TypeError, match="vocab_size must be an integer, got 10.5"):
+        TokenPermutationGroup(10.5, [(1, 2)])
+    assert TokenPermutationGroup(np.int64(10), [(np.int64(1), torch.tensor(2))]).equality_lists == [(1, 2)]
+    # ids keep their dtype
+    assert group.act(torch.tensor([1, 2, 3], dtype=torch.int32), 1).tolist() == [2, 1, 3]
+    assert group.act(torch.tensor([1, 2, 3], dtype=torch.int32), 1).dtype == torch.int32
 
 
 class _ToyLM(torch.nn.Module):

@@ -209,3 +209,19 @@ def test_a_damaged_partial_file_is_set_aside_and_the_run_starts_over(tmp_path: P
 def test_a_negative_save_interval_is_refused(every: float) -> None:
     with pytest.raises(ValueError, match="checkpoint_every_s must be a number of seconds >= 0"):
         run_training(_setup(), TrainConfig.updated(**SMALL), checkpoint_every_s=every)
+
+
+def test_a_run_leaves_the_callers_random_stream_as_it_found_it(tmp_path: Path) -> None:
+    """Training seeds torch's generators for its own draws; the caller's next draw is the same whether the run
+    trained, was read from the cache or did not happen (it used to depend on the cache)."""
+    setup = dataclasses.replace(_setup(), key="toy")
+    config = TrainConfig.updated(**SMALL)
+    torch.manual_seed(123)
+    untouched = torch.rand(3)
+    draws = []
+    for _ in ("trained", "read from the cache"):
+        torch.manual_seed(123)
+        run_training(setup, config, cache_dir=tmp_path)
+        draws.append(torch.rand(3))
+    assert len(list(tmp_path.glob("run_*.pt"))) == 1  # the second call loaded the first's run
+    assert torch.equal(draws[0], untouched) and torch.equal(draws[1], untouched)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -365,6 +366,10 @@ def test_a_head_class_or_a_text_logit_factor_is_refused() -> None:
         with pytest.raises(TypeError, match="logit_factor must be a finite number"):
             Equitune(nn.Identity(), "rot90", logit_factor=factor)
     assert Equitune(nn.Identity(), "rot90", logit_factor=2).logit_factor == 2.0
+    for factor in (0, -1.0):  # 0: every view's softmax uniform; < 0: the softmax inverted
+        with pytest.raises(ValueError, match="logit_factor must be > 0"):
+            Equitune(nn.Identity(), "rot90", logit_factor=factor)
+    assert Equitune(nn.Identity(), "rot90", chunk_size=np.int64(2)).chunk_size == 2  # a NumPy integer is one
     # CLIP's scale, a one-element tensor (a learned parameter's exp), is a number
     assert Equitune(nn.Identity(), "rot90", logit_factor=torch.tensor(4.6).exp()).logit_factor == pytest.approx(99.48,
                                                                                                              abs=0.01)
@@ -536,3 +541,16 @@ def test_confident_float32_views_are_ranked_in_full_precision(proxy: str, logits
     views = torch.tensor([logits], dtype=torch.float32)  # [1, G=2, K=3]
     weights = EquiZero(nn.Identity(), "rot180", proxy=proxy).view_weights(views)
     assert torch.equal(weights, torch.tensor([[0.0, 1.0]]))
+
+
+def test_an_argument_that_would_be_ignored_is_refused() -> None:
+    net = EmbeddingWeightNet(4)
+    with pytest.raises(ValueError, match="give weight_net= or example_input=.*not both"):
+        LambdaEquitune(nn.Identity(), "rot90", net, example_input=torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="give weight_net= or example_input=.*not both"):
+        EquiAttention(nn.Identity(), "rot90", ViewAttention(4), example_input=torch.zeros(1, 3, 8, 8))
+    assert LambdaEquitune(nn.Identity(), "rot90", net).weight_net is net
+    with pytest.raises(ValueError, match=r"\['conv_channels'\] apply to feature maps only"):
+        ViewAttention(4, conv_channels=8)
+    with pytest.raises(ValueError, match="elementwise_max=True selects none"):
+        EquiZero(nn.Identity(), "rot90", output_softmax=True, elementwise_max=True, straight_through=True)
