@@ -106,7 +106,10 @@ def stage_problems(runs: Sequence[TrainingRun], stage: str, setup: TrainingSetup
             f" (so the other {skipped} seed{'s' if skipped > 1 else ''} ran prefinetuning only)" if skipped else "")
         reasons.append(unchanged_stage(runs[0].predictions["prefinetune"], runs[0].predictions["finetune"], first))
     reasons.append(diverged_seeds(runs, stage, name))
-    reasons.append(at_chance(correct_by_seed(ran, stage, setup.test.labels), setup.n_classes, name))
+    # balanced accuracy where the classes differ in size: a run that answers the majority class for every image
+    # has no skill, whatever its top-1
+    reasons.append(at_chance(correct_by_seed(ran, stage, setup.test.labels), setup.n_classes, name,
+                             labels=setup.test.labels))
     return reasons
 
 

@@ -21,8 +21,9 @@ zero-shot scores) needs no seeds. The interval's basis is printed beside it.
 - ``inconclusive``: the interval holds 0 (for a claim of *no* difference, only ``reversed`` or this: without a
   stated margin, a claim of no difference can be refuted, never confirmed);
 - ``not tested here: <reason>``, where a computed check says the comparison cannot test the claim: a stage that
-  changed no prediction, a run that diverged or sits at chance, a statistic decided by construction (shown
-  by a control, or by the exact symmetry of the code), a task the no-training baseline already solves, too few
+  changed no prediction, a run that diverged or sits at chance, scores that are not finite, a statistic that a
+  control which cannot carry the effect matches, one decided by construction (by the exact symmetry of the
+  code), a task the no-training baseline already solves, too few
   seeds, no article value, a setting this profile does not run, or an outcome out of reach: with run a as
   measured, even run b at the end of the
   score scale on every item (every image right, say) could not give the verdict on one side, so the verdict
@@ -44,7 +45,7 @@ __all__ = ["VERDICTS", "EFFECTS", "NOT_TESTED", "VERDICT_COLUMN", "EFFECT_COLUMN
            "LOSS_BOUND", "VERDICT_RULE", "Comparison", "compare", "paired_interval", "judge", "effect", "verdict_row",
            "effect_row", "unchanged_stage", "diverged", "at_chance", "solved_without_training", "by_construction",
            "difference_of_intervals", "zero_by_construction", "symmetry_by_construction", "orientation_kept",
-           "too_few_seeds", "not_in_this_run", "out_of_reach", "verdict_counts"]
+           "too_few_seeds", "not_in_this_run", "out_of_reach", "not_finite", "verdict_counts"]
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 
@@ -71,7 +72,8 @@ VERDICT_RULE = ("ours is the mean difference over the seeds; its 95% interval is
                 "articles give no margin within which a difference counts as none); "
                 "'not tested here' with the computed reason when the comparison cannot test the claim (a stage "
                 f"that changed no prediction, a run that diverged or sits at chance, fewer than {MIN_SEEDS} seeds "
-                "of a trained run, a statistic decided by construction, a task solved without training, a "
+                "of a trained run, a statistic that a control which cannot carry the effect matches, a statistic "
+                "decided by construction, a task solved without training, a "
                 "stand-in without the property the claim assumes, a setting this profile does not run, a verdict "
                 "that could not come out one way even with every item of the compared run, the first term of the "
                 "difference, at the end of the score scale)")
@@ -293,12 +295,21 @@ def _accuracy_interval(correct: np.ndarray, level: float = 0.95) -> tuple[float,
     return compare(np.zeros_like(correct), correct, deterministic=True, bounds=None).interval
 
 
-def at_chance(correct: ArrayLike, n_classes: int, run: str) -> str | None:
+def at_chance(correct: ArrayLike, n_classes: int, run: str, labels: ArrayLike | None = None) -> str | None:
     """``"<run> is at chance ..."`` when the 95% interval of its accuracy (per-item 1/0 [N] or [S, N]) holds the
-    chance rate 1/n_classes."""
+    chance rate 1/n_classes. With the true ``labels`` [N] of a test set whose classes are unequal in size, its
+    balanced accuracy is read instead (the mean of the per-class accuracies, which a run that answers one class
+    for every item scores at exactly 1/n_classes, whatever that class's share of the top-1)."""
     x = _as_matrix(correct)
-    low, high = _accuracy_interval(x)
     chance = 100.0 / n_classes
+    counts = None if labels is None else np.unique(_as_matrix(labels).reshape(-1), return_counts=True)[1]
+    if counts is not None and counts.min() != counts.max():
+        level = compare(np.full_like(x, 1.0 / n_classes), x, strata=labels)
+        if level.interval[0] <= 1e-9 and level.interval[1] >= -1e-9:  # exactly at chance up to float rounding
+            return (f"{run} is at chance in balanced accuracy ({chance + level.difference:.2f}%, chance {chance:.2f}% "
+                    f"on {len(counts)} classes of unequal size; top-1 {100 * x.mean():.2f}%)")
+        return None
+    low, high = _accuracy_interval(x)
     if low <= chance <= high:
         return f"{run} is at chance (top-1 {100 * x.mean():.2f}%, chance {chance:.2f}%)"
     return None
@@ -320,7 +331,7 @@ def solved_without_training(baseline_correct: ArrayLike, baseline: str) -> str |
 
 def by_construction(control: Comparison, observed: Comparison, what: str,
                     difference: Comparison | None = None) -> str | None:
-    """``"decided by construction: ..."`` when the observed statistic cannot be told apart from a control that
+    """``"indistinguishable from a control: ..."`` when the observed statistic cannot be told apart from a control that
     cannot carry the effect (an untrained module, a permutation null): the 95% interval of observed minus control
     holds 0, so the run cannot separate what the module learned from what the construction gives (two intervals
     that merely overlap do not show that). ``difference``: that interval computed from the scores, where the
@@ -331,7 +342,7 @@ def by_construction(control: Comparison, observed: Comparison, what: str,
     else:
         point, (low, high) = difference.difference, difference.interval
     if low <= 0 <= high:
-        return (f"decided by construction: {what}, which cannot carry the effect, gives "
+        return (f"indistinguishable from a control: {what}, which cannot carry the effect, gives "
                 f"{control.difference:+.3g} [{control.interval[0]:+.3g}, {control.interval[1]:+.3g}], and the "
                 f"observed minus it, {point:+.3g} [{low:+.3g}, {high:+.3g}], holds 0")
     return None
@@ -412,6 +423,16 @@ def not_in_this_run(needed: dict[str, str], present: dict[str, Sequence[str]]) -
 
 # -- verdicts and rows --
 
+def not_finite(comparison: Comparison | None) -> str | None:
+    """``"the compared scores are not all finite ..."`` when the difference or its interval is NaN or infinite
+    (a diverged run's NaN weights, say): such an interval neither holds nor excludes 0, and would otherwise read
+    as a tested "inconclusive"."""
+    if comparison is None or all(math.isfinite(v) for v in (comparison.difference, *comparison.interval)):
+        return None
+    return (f"the compared scores are not all finite (difference {comparison.difference}, interval "
+            f"[{comparison.interval[0]}, {comparison.interval[1]}]): a run gave NaN or infinite scores")
+
+
 def _seeds_reason(comparison: Comparison | None) -> str | None:
     """The seed rule, applied to every comparison a verdict or an effect reads: a comparison of trained runs (any
     random step) with fewer than ``MIN_SEEDS`` seeds has an items-only interval that leaves out the seeds' noise,
@@ -460,7 +481,7 @@ def judge(comparison: Comparison | None, side: int | None, reasons: Sequence[str
     """The verdict on one claim: the first computed reason that applies (``reasons``, the seed rule, then
     ``out_of_reach``), else the interval against the article's ``side`` of 0 (+1, -1, or 0 for a claim of no
     difference; None: the article gives neither a value nor a direction). See the module docstring."""
-    for reason in (*reasons, _seeds_reason(comparison), out_of_reach(comparison, side)):
+    for reason in (*reasons, not_finite(comparison), _seeds_reason(comparison), out_of_reach(comparison, side)):
         if reason:
             return f"{NOT_TESTED}: {reason}"
     if comparison is None:
@@ -478,7 +499,7 @@ def effect(comparison: Comparison | None, reasons: Sequence[str | None] = ()) ->
     """The effect of one of the book's own changes (no article side): ``non-zero`` when the interval excludes 0,
     ``inconclusive`` when it holds 0, or ``not tested here: <reason>`` (the same seed rule as ``judge``, and
     ``out_of_reach`` when neither sign could come out)."""
-    for reason in (*reasons, _seeds_reason(comparison), out_of_reach(comparison, 0)):
+    for reason in (*reasons, not_finite(comparison), _seeds_reason(comparison), out_of_reach(comparison, 0)):
         if reason:
             return f"{NOT_TESTED}: {reason}"
     if comparison is None:

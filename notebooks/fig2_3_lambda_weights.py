@@ -40,7 +40,7 @@
 #   270, 90), and histograms.
 # - Per image: the largest weight (one-hot near 1, uniform at 0.25), and the share of images whose largest weight
 #   is not on the upright view. The older definition, "the upright view has the smallest weight", is reported
-#   beside it: the article's surviving notebook counts that one.
+#   beside it: an earlier public notebook of the article's repository (commit 1d5db7f) counts that one.
 #
 # ```{admonition} Profiles: what this page runs on the small profile and on the paper profile
 # :class: dropdown
@@ -91,7 +91,7 @@ from equinb import get_group, viz
 from equinb.analysis import ONE_VIEW_ALL_WEIGHT, rotation_labels, view_weights, weight_summary
 from equinb.cache import run_cache_dir
 from equinb.chapter import check_params, profile_note
-from equinb.evidence import finetune_changed
+from equinb.evidence import finetune_changed, stage_problems
 from equinb.noise import chapter_tolerances, noise_note
 from equinb.reference import article_fig2_3, article_tab3, article_tab4
 from equinb.setups import (build_setup, feature_map_config, isic_stand_in, run_training, seed_repeats,
@@ -169,6 +169,7 @@ setups = {"natural orientation": (natural, config), "orientation-free": (free, f
 methods = {"lambda-equitune": "lambda_equitune", "equiattention": "equiattention"}  # label: method
 seeds = [seed, *noise_seeds]
 weights, accuracy = {}, []  # weights[figure, method]: [S, N, G], one row per seed
+problems = {}  # [figure, method]: why the module's runs could not be compared (a diverged seed, chance level)
 for figure, (setup, cfg) in setups.items():
     print(f"{figure}: {setup.description}")
     for label, method in methods.items():
@@ -179,6 +180,7 @@ for figure, (setup, cfg) in setups.items():
         weights[figure, label] = torch.stack([view_weights(trained_model(setup, cfg, method, False,
                                                                          r.states["prefinetune"]),
                                                            setup.test_feats, seed=seed) for r in repeats])
+        problems[figure, label] = stage_problems(repeats, "prefinetune", setup, f"{label} ({figure})")
         accuracy += [dict(figure=figure, method=label, seed=s, prefinetune_top1=r.row["prefinetune_top1"])
                      for s, r in zip(seeds, repeats)]
 print(noise_note(noise["top1"], "top-1 accuracies (%)"))
@@ -272,25 +274,29 @@ claims = []
 for label, key in ((lam, "lambda"), (att, "attention")):
     claims.append(verdict_row(f"fig2.upright_weight.{key}", compare(const(upright[nat, label], uniform),
                                                                     upright[nat, label], scale=1.0),
-                              reasons=few, decimals=3))
+                              reasons=[*problems[nat, label], *few], decimals=3))
+both_natural = [*problems[nat, lam], *problems[nat, att], *few]
 claims.append(verdict_row("fig2.upright_weight.attention_minus_lambda", compare(upright[nat, lam], upright[nat, att],
-                                                                                scale=1.0), reasons=few, decimals=3))
+                                                                                scale=1.0), reasons=both_natural,
+                          decimals=3))
 for label, key in ((lam, "lambda"), (att, "attention")):
     claims.append(verdict_row(f"fig2.one_hot.{key}", compare(const(one_view[nat, label], 0.5), one_view[nat, label]),
-                              reasons=few))
+                              reasons=[*problems[nat, label], *few]))
 claims.append(verdict_row("fig2.not_upright.attention_minus_lambda", compare(not_upright[nat, lam],
-                                                                             not_upright[nat, att]), reasons=few))
+                                                                             not_upright[nat, att]),
+                          reasons=both_natural))
 # every weight within [0.225, 0.275] (the article's bin around 1/4): the share of images with one outside it, vs 0
 outside = ((weights[free_set, att] < 0.225) | (weights[free_set, att] > 0.275)).any(dim=2).double()  # [S, N]
-claims.append(verdict_row("fig3.attention_uniform", compare(const(outside, 0.0), outside), reasons=[kept[att], *few]))
+claims.append(verdict_row("fig3.attention_uniform", compare(const(outside, 0.0), outside),
+                          reasons=[kept[att], *problems[free_set, att], *few]))
 # the article's non-uniform column means favour the quarter turns: the 90° and 270° views' weight together, vs 1/2
 quarter_turns = weights[free_set, lam][:, :, [columns.index("90"), columns.index("270")]].sum(2).double()  # [S, N]
 claims.append(verdict_row("fig3.lambda_not_uniform", compare(const(quarter_turns, 0.5), quarter_turns, scale=1.0),
-                          reasons=[kept[lam], *few], decimals=3))
+                          reasons=[kept[lam], *problems[free_set, lam], *few], decimals=3))
 turned_natural = natural.reoriented(seed) if free.turns is not None else None
 for label, key, method in ((lam, "lambda", "lambda_equitune"), (att, "attention", "equiattention")):
     observed = compare(upright[nat, label], upright[free_set, label], scale=1.0, paired=False)
-    reasons = list(few)
+    reasons = [*problems[nat, label], *problems[free_set, label], *few]
     if turned_natural is not None:  # the same natural module, on the same images turned at random
         module = trained_model(natural, config, method, False, run_training(
             natural, config, method=method, align_views=False, cache_dir=runs).states["prefinetune"])
@@ -363,8 +369,8 @@ for key, figure in (("natural", nat), ("free", free_set)):
 # ## Deviations and notes
 # - **Two definitions** ({ref}`deviation B.20 <dev-b20>`). "Not the natural orientation" is reported two ways. The first
 #   is the share of images whose largest weight is not on the upright view (ties go to the upright view).
-#   The second is the share whose upright view has the smallest weight, which is what the article's
-#   surviving notebook computes.
+#   The second is the share whose upright view has the smallest weight, which is what an earlier public notebook
+#   of the article's repository (commit 1d5db7f) computes.
 # - **Orientation-free data, per image.** On randomly turned data the mean weight of each column is near uniform for
 #   any module, so the verdicts mark the column means with a control (the natural-orientation module on the
 #   natural test images turned at random; see the verdicts section). The claims on uniformity are tested

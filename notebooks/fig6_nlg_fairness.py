@@ -477,4 +477,4 @@ glue("share_differing_inverse_forward", float(differ), display=False)
 #   unmasked lines with a majority vote. `RegardClassifier` takes any number of classifiers and votes;
 #   ties go to the first classifier. `mask_demographic=True` follows Sheng et al.'s XYZ masking.
 # - **Not run here.** The relaxed variant R-EquiLM (`EquiLM(relaxed_words=...)`) has no result in the
-#   article's blog post, and the attention variant is not re-implemented ({ref}`deviations A.10 <dev-a10>`).
+#   article, and the attention variant is not re-implemented ({ref}`deviations A.10 <dev-a10>`).

@@ -336,6 +336,8 @@ show(pd.DataFrame(turn_rows), f"Share (%) of test images whose largest weight un
                               f"(profile: {profile})", decimals=1)
 for r in turn_rows:
     glue(f"undo_share_{glue_names[r['module']]}", round(r["share"], 1), display=False)
+    glue(f"undo_reading_{glue_names[r['module']]}", f"{r['reading']}, 95% interval {r['95% interval']}",
+         display=False)  # the summary page gives each share with its reading
 
 # %% [markdown]
 # (tab4-majority)=

@@ -10,8 +10,9 @@ import torch
 
 from equinb.verdicts import (EFFECT_COLUMN, NOT_TESTED, MIN_SEEDS, VERDICT_COLUMN, VERDICTS, Comparison,
                              at_chance, by_construction, compare, difference_of_intervals, diverged, effect, effect_row,
-                             judge, not_in_this_run, orientation_kept, paired_interval, solved_without_training,
-                             too_few_seeds, unchanged_stage, verdict_counts, verdict_row, zero_by_construction)
+                             judge, not_finite, not_in_this_run, orientation_kept, paired_interval,
+                             solved_without_training, too_few_seeds, unchanged_stage, verdict_counts, verdict_row,
+                             zero_by_construction)
 from equinb.claims import claim
 
 
@@ -158,7 +159,7 @@ def test_reasons_are_computed_from_the_numbers():
     good = (gen.random(400) < 0.9).astype(float)  # 40 items of room
     assert solved_without_training(good, "zero-shot equitune") is None
     control, observed = _comparison(-0.01, 0.01), _comparison(-0.02, 0.005)
-    assert by_construction(control, observed, "an untrained module").startswith("decided by construction")
+    assert by_construction(control, observed, "an untrained module").startswith("indistinguishable from a control")
     assert by_construction(control, _comparison(0.2, 0.3), "an untrained module") is None
     # overlapping intervals are no proof of equal values: 0.39 apart, the difference's interval excludes 0
     control, observed = _comparison(-0.63, -0.55), _comparison(-0.56, -0.01)
@@ -545,3 +546,28 @@ def test_at_chance_reads_every_seed() -> None:
     correct = np.zeros((5, 100))
     correct[0, :10], correct[1:, :60] = 1, 1  # one seed at chance (10 classes), four far above it
     assert at_chance(correct, 10, "run") is None
+
+
+def test_a_run_that_answers_the_majority_class_is_at_chance_on_unequal_classes() -> None:
+    # ISIC-like proportions: class 0 holds two thirds of the items; a run answering 0 everywhere scores 66.7% top-1
+    labels = np.repeat(np.arange(7), [200, 20, 20, 20, 20, 10, 10])
+    majority_only = np.stack([(labels == 0).astype(float)] * 5)  # [S, N], five seeds that collapsed alike
+    reason = at_chance(majority_only, 7, "the finetuned run", labels=labels)
+    assert reason.startswith("the finetuned run is at chance in balanced accuracy (14.29%, chance 14.29%")
+    assert at_chance(majority_only, 7, "run") is None  # top-1 alone (the old rule) let it pass
+    gen = np.random.default_rng(1)
+    skilled = np.stack([(gen.random(len(labels)) < 0.7).astype(float) for _ in range(5)])  # right 70% in every class
+    assert at_chance(skilled, 7, "run", labels=labels) is None
+    # a verdict on such a run is not given: agrees without the reason, not tested with it
+    prefinetuned = np.stack([(gen.random(len(labels)) < 0.47).astype(float) for _ in range(5)])
+    assert judge(compare(prefinetuned, majority_only), 1) == "agrees"
+    assert judge(compare(prefinetuned, majority_only), 1, [reason]).startswith("not tested here: the finetuned run")
+
+
+def test_scores_that_are_not_finite_get_no_verdict() -> None:
+    a, b = np.zeros((5, 50)), np.ones((5, 50))
+    b[2, 3] = np.nan  # a diverged seed's NaN weight
+    comparison = compare(a, b, scale=1.0, bounds=None)
+    assert judge(comparison, 1).startswith("not tested here: the compared scores are not all finite")
+    assert effect(comparison).startswith("not tested here: the compared scores are not all finite")
+    assert not_finite(compare(a, np.ones((5, 50)), scale=1.0)) is None
