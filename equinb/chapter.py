@@ -11,6 +11,7 @@ parameters cell the same way.
 from __future__ import annotations
 
 import ast
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +26,7 @@ from .setups import check_map_image_size
 from .zeroshot import TRANSFORMS
 
 __all__ = ["PROFILES", "RULES", "RUN_PARAMETERS_ENV", "check_params", "check_device", "injected_parameters",
-           "changed_parameters", "profile_note", "schedule_note"]
+           "changed_parameters", "profile_note", "schedule_note", "loader_note"]
 
 PROFILES = ("small", "paper")
 ORIENTATION_FREE = ("stand_in", "isic2018")
@@ -369,6 +370,19 @@ def profile_note(profile: str, small: str, paper: str) -> str:
                 f"neither the values nor the sizes of the differences carry over. The paper profile runs {paper}; "
                 "this build did not produce its numbers.")
     return f"This build ran the {profile} profile: {paper}."
+
+
+def loader_note(train_images: int, batch_size: int, steps: int, selection_batches: int | None) -> str:
+    """How the article's restarted loader meets this training set: the batches of one round (at most ``steps``)
+    and what the selection on the first ``selection_batches`` batches covers (None: selection on held-out data)."""
+    batches = min(steps, math.ceil(train_images / batch_size))
+    note = (f"{train_images:,} training images: a round of the restarted loader has {batches} batches of "
+            f"{batch_size} (the schedule allows {steps})")
+    if selection_batches is not None:
+        seen = min(train_images, selection_batches * batch_size)
+        note += (f"; selection on the first {selection_batches} training batches reads "
+                 + ("every training image" if seen == train_images else f"the first {seen:,} training images"))
+    return note
 
 
 def schedule_note(image_size: int, prefinetune_rounds: int, finetune_rounds: int) -> str:

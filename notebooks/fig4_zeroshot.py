@@ -145,7 +145,8 @@ model = torch.nn.Sequential(backbone.encoder, head)
 with torch.no_grad():
     for label, f in [("bare model", model), ("equitune", Equitune(model, rot90)), ("equizero", EquiZero(model, rot90))]:
         err, scale = invariance_error(f, x, rot90), f(x).abs().max().item()
-        print(f"{label:>10}: max |f(g x) - f(x)| over C4 = {format_error(err, scale)}  (output scale {scale:.1f})")
+        print(f"{label:>10}: max |f(g x) - f(x)| over C4 = {format_error(err, scale)}  (output scale {scale:.1f}; "
+              f"profile: {profile})")
 
 # %% [markdown]
 # (fig4-orbit)=
@@ -358,7 +359,7 @@ for transform in ("rot90", "rot180"):
 # - **Work done once.** With the transformations of this run, this chapter runs the encoder
 #   {glue:text}`views_per_image` times per image. The article's scheme runs one evaluation per (method,
 #   transformation), which is {glue:text}`article_passes` encoder passes per image for the same table
-#   (`bench/zeroshot.py` measures both).
+#   (the repository's `bench/zeroshot.py` times both; its timings are not part of this page).
 # - **Small profile.** A linear head fitted on upright digits stands in for CLIP's text head. Digits
 #   have a preferred orientation, as natural images do, so the ordering vanilla < equitune < equizero is
 #   what this profile can test; the ranking table above describes, row by row, the point values here and in the

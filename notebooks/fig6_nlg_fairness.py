@@ -461,8 +461,9 @@ glue("share_differing_inverse_forward", float(differ), display=False)
 # - **"other" are blank lines in the article.** Its "other" bars count the blank lines that `\n\n` tokens left
 #   in the sample files, each of which the classifier still labelled. Here every sample stops at its first
 #   newline, so *other* is an empty continuation (the model wrote a newline or end of text at once).
-# - **Denominators 500 to 508.** The article divides by the number of lines in each file (504, 506, 504;
-#   500, 506, 508), not by the 500 samples. We divide by the number of samples.
+# - **Denominators 500 to 508.** The article divides by the number of lines in each file (GPT-2's, then
+#   EquiGPT2's, each for White, Black and Asian: 504, 506, 504; 500, 506, 508), not by the 500 samples. We divide
+#   by the number of samples.
 # - **Seeded sampling.** The article's sampling was unseeded. Here every sample has its own
 #   `torch.Generator`. With `paired_seeds` (the default), the demographics share random numbers, which
 #   makes the comparison between demographics paired. Set it to False for independent draws.

@@ -308,8 +308,8 @@ print(f"images per forward: equinb default {per_pass}, one pass {g.order * len(x
 
 # %% [markdown]
 # ## Export
-# The wrappers trace and export like any module: `torch.export.export` gives a graph of the whole orbit
-# computation, `torch.jit.trace` and `torch.compile` work too. `torch.jit.script` is not supported and says so.
+# The wrappers export like any module: `torch.export.export` gives a graph of the whole orbit computation, whose
+# outputs the cell compares with the wrapper's. `torch.jit.script` is not supported and says so.
 
 # %% tags=["exact"]
 exported = torch.export.export(invariant, (x,))

@@ -42,8 +42,8 @@
 #   round.
 # - *paper*: CLIP RN50 layer4 on CIFAR100.
 #
-# In both profiles the article's module sizes are used: 32 convolution channels, 8 features per channel
-# and 128 hidden units.
+# In both profiles the article's module sizes are used (the setup cell prints them: convolution channels,
+# features per channel, hidden units).
 # ```
 
 # %% tags=["parameters", "hide-input"]
@@ -84,6 +84,7 @@ from equinb.reference import article_tab3, beside_article
 from equinb.setups import build_setup, feature_map_config, run_training, seed_repeats, trained_model
 from equinb.tables import publish_verdicts, show, start_chapter
 from equinb.verdicts import effect_row, verdict_row
+from equinb.weighting import MapEncoder
 
 start_chapter("tab3_equiattention")  # number its tables as the book numbers the chapter
 check_params(profile=profile, backbone=backbone, dataset=dataset, group=group, image_size=image_size,
@@ -127,6 +128,10 @@ methods = ("lambda_equitune", "equiattention")
 sizes = {m: sum(p.numel() for p in weight_net_for(m, maps.map_shape).parameters()) for m in methods}
 print(f"maps per view: {maps.map_shape}; parameters: lambda network {sizes['lambda_equitune']:,}, "
       f"attention {sizes['equiattention']:,}")
+for m in methods:  # each module reads a map through the article's map encoder (the attention through two)
+    encoder = next(e for e in weight_net_for(m, maps.map_shape).modules() if isinstance(e, MapEncoder))
+    print(f"{m} map encoder: {encoder.conv.out_channels} convolution channels, {encoder.pre_proj.out_features} "
+          f"features per channel, {encoder.mlp[0].out_features} hidden units")
 rows, curves, repeats = [], [], {}
 for method in methods:
     for align in (False, True):
