@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .cache import sha256_file
-from .groups import OUTPUT_ACTIONS, TokenPermutationGroup
+from .groups import OUTPUT_ACTIONS, TokenPermutationGroup, check_output_action
 
 __all__ = [
     "GENERAL_WORDS", "SMOLLM2", "OUTPUT_ACTIONS", "word_token_ids", "word_group", "EquiLM", "LMOutput",
@@ -241,8 +241,7 @@ class EquiLM(nn.Module):
         check_hf_causal_lm(model)
         if not isinstance(group, TokenPermutationGroup):
             raise TypeError(f"group must be a TokenPermutationGroup (see word_group), got {type(group).__name__}")
-        if output_action not in OUTPUT_ACTIONS:  # before the model is loaded or run
-            raise ValueError(f"unknown output_action {output_action!r}; valid: {', '.join(map(repr, OUTPUT_ACTIONS))}")
+        check_output_action(output_action)  # before the model is run
         vocab = _model_vocab_size(model)
         if vocab is not None and vocab != group.vocab_size:
             raise ValueError(f"the group acts on {group.vocab_size} token ids but the model outputs {vocab} logits; "

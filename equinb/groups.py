@@ -35,6 +35,7 @@ __all__ = [
     "get_group",
     "d4_act",
     "OUTPUT_ACTIONS",
+    "check_output_action",
 ]
 
 # how a token-permutation group maps view k's logits back: by g_k^-1 (equivariant for any d), or by g_k (the
@@ -233,7 +234,8 @@ def _integer(value: Any, what: str) -> int:
         raise TypeError(f"{what} must be an integer, got {value!r}") from None
 
 
-def _check_output_action(output_action: Any) -> None:
+def check_output_action(output_action: Any) -> None:
+    """A ValueError naming the valid values unless ``output_action`` is one of ``OUTPUT_ACTIONS``."""
     if output_action not in OUTPUT_ACTIONS:
         raise ValueError(f"unknown output_action {output_action!r}; valid: {', '.join(map(repr, OUTPUT_ACTIONS))}")
 
@@ -357,7 +359,7 @@ class TokenPermutationGroup:
 
         Shapes: view_logits [..., d, V] -> [..., V].
         """
-        _check_output_action(output_action)
+        check_output_action(output_action)
         if view_logits.ndim < 2 or view_logits.shape[-2] != self.order:
             raise ValueError(f"view_logits must be [..., d={self.order}, V], got {tuple(view_logits.shape)}")
         back = [self.act_logits(view_logits[..., k, :], self.inverse(k) if output_action == "inverse" else k)

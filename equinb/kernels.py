@@ -25,16 +25,16 @@ def uses_tuned_kernels(module: nn.Module, device: str | torch.device) -> bool:
 
 
 @contextmanager
-def tuned_kernels(module: nn.Module, device: str | torch.device, enabled: bool = True) -> Iterator[nn.Module]:
+def tuned_kernels(module: nn.Module, device: str | torch.device) -> Iterator[nn.Module]:
     """Inside the block, ``module``'s 4-d weights are channels-last and cuDNN autotunes its kernels (CUDA only).
 
     The autotuner picks the fastest kernel per input shape on first use (a few slow first steps); channels-last
     lets the fp16 tensor-core kernels run without layout conversions. On exit, also after an error, the autotuner
     setting is restored and the weights return to the default (contiguous) layout, the one CLIP builds. The
     parameters stay the same objects, so an optimiser built before or inside the block keeps working.
-    ``enabled=False`` or another device: the block runs unchanged.
+    On another device (or a trunk without convolutions) the block runs unchanged.
     """
-    if not (enabled and uses_tuned_kernels(module, device)):
+    if not uses_tuned_kernels(module, device):
         yield module
         return
     benchmark = torch.backends.cudnn.benchmark

@@ -148,8 +148,8 @@ def cpu_turns(interval: tuple[float, float], tol: Tolerance) -> tuple[int, ...]:
     """Where ``interval`` could lie on another CPU, if its numbers moved within ``tol``, other than where it lies:
     0 (holding 0) for an interval that excludes 0 with its nearer end within ``tol`` of 0; +1 (above 0) and -1
     (below 0) for one that holds 0 with its lower or upper end within ``tol`` of 0. Empty: its verdict stays.
-    Conservative: ``tol`` bounds how far one printed number moved between CPUs, and an interval's end pooled over
-    seeds usually moves less."""
+    Conservative: ``tol`` is a factor (1.5) times the largest move of any printed number of its class between the
+    measured CPUs (``tools/measure_noise.py``), an interval's printed ends included."""
     low, high = interval
     if low > 0 or high < 0:  # decided: the end nearer 0 is the one that could cross it
         return (0,) if tol.allows(low if low > 0 else high, 0.0) else ()
@@ -216,7 +216,7 @@ def row_pieces(text: str) -> list[tuple[str, str | None]]:
     for begin, end in zip([0, *starts], [*starts, len(text)]):
         row = text[begin:end]
         found, result = _ROW_ID.search(row), _RESULT.search(row)
-        name = UNIT_CLASSES.get(units.get(found.group(1), "")) if begin in starts and found and result else None
+        name = verdict_class(units.get(found.group(1), ""), None) if begin in starts and found and result else None
         if name is None:
             pieces.append((row, None))
         else:

@@ -102,8 +102,9 @@ glue("claims_profile", profile, display=False)
 # allow each class of number a tolerance, measured by running the chapters under several numerical modes (the
 # chapters print it above their numbers). A verdict whose interval has an end within that tolerance of 0 could read
 # otherwise on another CPU: an agreeing or reversed one inconclusive, an inconclusive one decided. The test is
-# conservative: the tolerance bounds how far any one printed number of its class moved, while an interval's end,
-# pooled over seeds, usually moves less. It is no uncertainty of the result; the interval is that.
+# conservative: the interval's ends are among the numbers the tolerance was measured on, and it is 1.5 times the
+# largest move of any of them, so the list may name verdicts that no measured CPU changed. It is no uncertainty of
+# the result; the interval is that.
 
 # %% tags=["hide-input", "exact"]
 cell_classes = {chapter: tagged_class(glued_cell_tags(folder / f"{chapter}.ipynb") or [])
