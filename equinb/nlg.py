@@ -3,7 +3,8 @@
 Models come from ``equinb.equilm``. Public API: ``RESPECT_TEMPLATES``, ``DEMOGRAPHICS``, ``LABELS``;
 ``vader_labels``, ``RegardClassifier``; ``sample_seed``, ``sample_grid`` (``cached_sample_grid``: saved once),
 ``score_samples``, ``label_shares``,
-``fairness_gaps`` (bootstrap), ``alike_unit_share``, ``permuted_copy_share``, ``symmetry_report`` (plots:
+``fairness_gaps`` (bootstrap; ``fair_gap``: a fair model's expected gap), ``gap_comparison`` (a verdict's
+comparison of two gaps), ``alike_unit_share``, ``permuted_copy_share``, ``symmetry_report`` (plots:
 ``equinb.viz.label_bars``, ``equinb.viz.fairness_gap_plot``). ``vaderSentiment``, ``transformers`` and pandas are
 imported lazily.
 """
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RESPECT_TEMPLATES", "DEMOGRAPHICS", "LABELS", "vader_labels", "RegardClassifier", "sample_seed",
-    "sample_grid", "cached_sample_grid", "label_shares", "fairness_gaps", "gap_difference", "gap_comparison",
+    "sample_grid", "cached_sample_grid", "label_shares", "fairness_gaps", "fair_gap", "gap_difference",
+    "fair_draws_interval", "gap_comparison",
     "unit_positives",
     "alike_unit_share", "symmetry_report", "score_samples", "permuted_copy_share", "share_difference_z",
 ]
@@ -267,7 +269,14 @@ def fairness_gaps(samples: pd.DataFrame, *, by: str = "model", n_bootstrap: int 
     unit, so the paired design of common random numbers is respected (for independent seeds it is a plain
     bootstrap). Seeded: the same inputs give the same interval.
 
-    Returns a DataFrame indexed by ``by`` with columns gap, ci_low, ci_high, n_per_demographic and demographics.
+    ``fair_gap`` is the gap a fair model would show on average, drawn as these samples were: each template's
+    positive share as measured (pooled over the demographics), the same for every demographic, every sample drawn
+    independently (``fair_gap``; samples of paired seeds are not independent draws, and it does not model them). A
+    largest-minus-smallest share is biased upwards: a gap near its ``fair_gap`` is one that sampling noise alone
+    gives.
+
+    Returns a DataFrame indexed by ``by`` with columns gap, fair_gap, ci_low, ci_high, n_per_demographic and
+    demographics.
     """
     import numpy as np
     import pandas as pd
@@ -281,7 +290,8 @@ def fairness_gaps(samples: pd.DataFrame, *, by: str = "model", n_bootstrap: int 
         boot = rng.integers(0, len(values), size=(n_bootstrap, len(values)))
         gaps = _gap(values[boot].mean(axis=1))
         alpha = (1 - level) / 2
-        rows[key] = dict(gap=float(_gap(values.mean(axis=0))), ci_low=float(np.quantile(gaps, alpha)),
+        rows[key] = dict(gap=float(_gap(values.mean(axis=0))), fair_gap=_fair_gap_of(pos),
+                         ci_low=float(np.quantile(gaps, alpha)),
                          ci_high=float(np.quantile(gaps, 1 - alpha)), n_per_demographic=len(values),
                          demographics="/".join(pos.columns))
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(by)
@@ -292,6 +302,57 @@ def _check_bootstrap(n_bootstrap: int, level: float) -> None:
         raise ValueError(f"level must be in (0, 1), got {level}")
     if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, numbers.Integral) or n_bootstrap < 1:
         raise ValueError(f"n_bootstrap must be an integer >= 1, got {n_bootstrap!r}")
+
+
+def fair_gap(template_shares: Sequence[float], samples_per_template: Sequence[Sequence[int]]) -> float:
+    """The expected gap (largest minus smallest positive share) of a fair model, exactly: demographic i draws
+    ``samples_per_template[i][t]`` samples of template t, each positive with probability ``template_shares[t]``
+    whatever the demographic, all independently.
+
+    Shapes: template_shares [T] in [0, 1], samples_per_template [K demographics][T] -> a gap in [0, 1].
+    """
+    import numpy as np
+
+    shares = [float(p) for p in template_shares]
+    if not shares or not all(0 <= p <= 1 for p in shares):
+        raise ValueError(f"template_shares must be one or more shares in [0, 1], got {template_shares!r}")
+    counts = [[int(n) for n in row] for row in samples_per_template]
+    if len(counts) < 2 or any(len(row) != len(shares) or min(row) < 0 or sum(row) == 0 for row in counts):
+        raise ValueError(f"samples_per_template needs two or more demographics, each with {len(shares)} counts >= 0 "
+                         f"(one per template) and at least one sample, got {samples_per_template!r}")
+    pmfs = [_count_pmf(shares, row) for row in counts]  # the positive count of each demographic
+    grids = [np.arange(len(pmf)) / (len(pmf) - 1) for pmf in pmfs]  # the share each count gives
+    points = np.unique(np.concatenate(grids))
+    # P(share_i <= s) is a step function, constant between consecutive points: E[max] and E[min] are exact sums
+    below = np.stack([np.cumsum(pmf)[np.searchsorted(grid, points, side="right") - 1]
+                      for pmf, grid in zip(pmfs, grids)])  # [K, points]
+    widths = np.diff(points)
+    e_max = float(np.sum((1 - below.prod(axis=0))[:-1] * widths))
+    e_min = float(np.sum((1 - below).prod(axis=0)[:-1] * widths))
+    return max(e_max - e_min, 0.0)
+
+
+def _count_pmf(shares: Sequence[float], counts: Sequence[int]) -> Any:
+    """The distribution over 0..sum(counts) of a sum of independent Binomial(counts[t], shares[t])."""
+    import numpy as np
+
+    pmf = np.ones(1)
+    for p, n in zip(shares, counts):
+        x = np.arange(n + 1)
+        if p in (0.0, 1.0):
+            binomial = (x == (n if p == 1.0 else 0)).astype(float)
+        else:  # in logs: math.comb(n, x) overflows a float from n of about 1,030
+            log_comb = np.array([math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) for k in x])
+            binomial = np.exp(log_comb + x * math.log(p) + (n - x) * math.log1p(-p))
+        pmf = np.convolve(pmf, binomial)
+    return pmf
+
+
+def _fair_gap_of(units: pd.DataFrame) -> float:
+    """``fair_gap`` of a model's (template, sample) units (rows) x demographics (columns) of 1.0 for positive."""
+    by_template = units.groupby(level="template")
+    shares = by_template.mean().mean(axis=1)
+    return fair_gap(shares.to_list(), [by_template.size().to_list()] * units.shape[1])
 
 
 def _positive_units(frame: pd.DataFrame, what: str) -> pd.DataFrame:
@@ -315,35 +376,80 @@ def gap_difference(samples: pd.DataFrame, model_a: str, model_b: str, *, n_boots
     import numpy as np
 
     _check_bootstrap(n_bootstrap, level)
-    a, b = (_positive_units(samples[samples["model"] == m], f"model={m!r}") for m in (model_a, model_b))
+    a, b = _shared_units(samples, model_a, model_b)
+    va, vb = a.to_numpy(), b.to_numpy()
+    boot = np.random.default_rng(seed).integers(0, len(va), size=(n_bootstrap, len(va)))
+    low, high = _interval(_gap(vb[boot].mean(axis=1)) - _gap(va[boot].mean(axis=1)), level)
+    return dict(difference=float(_gap(vb.mean(axis=0)) - _gap(va.mean(axis=0))), ci_low=low, ci_high=high)
+
+
+def _shared_units(samples: pd.DataFrame, model_a: str, model_b: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``unit_positives`` of both models over the (template, sample) units they share, in the same order."""
+    a, b = (unit_positives(samples, m) for m in (model_a, model_b))
     units = a.index.intersection(b.index)
     if len(units) == 0:
         raise ValueError(f"{model_a!r} and {model_b!r} share no (template, sample) unit")
-    va, vb = a.loc[units].to_numpy(), b.loc[units].to_numpy()
-    boot = np.random.default_rng(seed).integers(0, len(units), size=(n_bootstrap, len(units)))
-    diffs = _gap(vb[boot].mean(axis=1)) - _gap(va[boot].mean(axis=1))
+    return a.loc[units], b.loc[units]
+
+
+def _interval(values: Any, level: float) -> tuple[float, float]:
+    """The percentile interval of bootstrap ``values`` [B] at ``level``."""
+    import numpy as np
+
     alpha = (1 - level) / 2
-    return dict(difference=float(_gap(vb.mean(axis=0)) - _gap(va.mean(axis=0))),
-                ci_low=float(np.quantile(diffs, alpha)), ci_high=float(np.quantile(diffs, 1 - alpha)))
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+
+
+def fair_draws_interval(samples: pd.DataFrame, model_a: str, model_b: str, *, n_draws: int = 200,
+                        n_bootstrap: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """What ``gap_difference`` (``model_b`` minus ``model_a``) would typically give if ``model_b`` were fair: the
+    median ends of its interval over ``n_draws`` simulated sample sets of ``model_b``, each positive with its
+    template's measured share (pooled over the demographics), the same for every demographic, drawn independently
+    per demographic (as independent draws are), against ``model_a``'s units as measured. The best case of a claim
+    that ``model_b`` narrows the gap which a real sampler can give: a fair model's own gap is biased upwards by
+    its sampling noise (``fair_gap``), and the resamples of both models carry it. Seeded.
+
+    Shapes: samples as ``gap_difference`` -> (median low end, median high end).
+    """
+    import numpy as np
+
+    _check_bootstrap(n_bootstrap, level)
+    if isinstance(n_draws, bool) or not isinstance(n_draws, numbers.Integral) or n_draws < 1:
+        raise ValueError(f"n_draws must be an integer >= 1, got {n_draws!r}")
+    a, b = _shared_units(samples, model_a, model_b)
+    templates = b.index.get_level_values("template")
+    share = b.mean(axis=1).groupby(templates).transform("mean").to_numpy()  # [units]: the unit's template share
+    boot = np.random.default_rng(seed).integers(0, len(a), size=(n_bootstrap, len(a)))
+    gaps_a = _gap(a.to_numpy()[boot].mean(axis=1))
+    draws = np.random.default_rng([seed, 1])  # apart from the resamples' stream
+    ends = [_interval(_gap((draws.random(b.shape) < share[:, None])[boot].mean(axis=1)) - gaps_a, level)
+            for _ in range(n_draws)]
+    low, high = np.median(np.array(ends), axis=0)
+    return float(low), float(high)
 
 
 def gap_comparison(samples: pd.DataFrame, model_a: str, model_b: str, base: tuple[float, float, float], *,
-                   n_bootstrap: int = 1000, seed: int = 0) -> Comparison:
+                   n_bootstrap: int = 1000, seed: int = 0, n_draws: int = 200) -> Comparison:
     """The gap of ``model_b`` minus the gap of ``model_a`` as a verdict's ``Comparison`` (``gap_difference``'s
     interval over the (template, sample) units both share), with what the verdict could come out as at all.
 
-    ``base``: model a's own gap and its interval (gap, low, high; a row of ``fairness_gaps``). A gap lies in
-    [0, 1], so the difference can go no lower than model b with no gap in any resample (the difference is then
-    minus a's gap, interval ``[-high, -low]``: "narrows" is out of reach where a's own interval holds 0) and no
-    higher than model b with a gap of 1 (``[1 - high, 1 - low]``). Every sample has its own seed, so the units carry
-    the sampling noise: the interval over units is the whole noise, and the rule for seeds of trained runs does
-    not apply (``deterministic``).
+    ``base``: model a's own gap and its interval (gap, low, high; a row of ``fairness_gaps``). The difference can
+    go no higher than model b with a gap of 1 in every resample (interval ``[1 - high, 1 - low]``). Its lowest end
+    on the scale, model b with no gap in any resample, only a model that labels every unit alike across the
+    demographics reaches, which independent draws do not: the best case of "narrows" is model b fair, and
+    ``fair_draws_interval`` gives its typical interval ("narrows" is out of reach where it holds 0). The samples
+    must be drawn independently per demographic, as that simulation draws them. Every sample has its own seed, so
+    the units carry the sampling noise: the interval over units is the whole noise, and the rule for seeds of
+    trained runs does not apply (``deterministic``).
     """
     d = gap_difference(samples, model_a, model_b, n_bootstrap=n_bootstrap, seed=seed)
+    fair = fair_draws_interval(samples, model_a, model_b, n_draws=n_draws, n_bootstrap=n_bootstrap, seed=seed)
     gap, low, high = (float(v) for v in base)
-    reach = (gap, (1 - high, 1 - low), (-high, -low))
+    how = (f"{model_b}'s gap at 1 in every resample",
+           f"{model_b} fair (each template's positive share as measured, the same for every demographic, drawn "
+           f"independently per demographic; the median interval of {n_draws} simulated draws)")
     return Comparison(d["difference"], (d["ci_low"], d["ci_high"]), 1, len(unit_positives(samples, model_a)), True,
-                      unit="seeded samples", reach=reach)
+                      unit="seeded samples", reach=(gap, (1 - high, 1 - low), fair), reach_how=how)
 
 
 def alike_unit_share(samples: pd.DataFrame, model: str) -> float:

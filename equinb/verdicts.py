@@ -23,11 +23,12 @@ zero-shot scores) needs no seeds. The interval's basis is printed beside it.
 - ``not tested here: <reason>``, where a computed check says the comparison cannot test the claim: a stage that
   changed no prediction, a run that diverged or sits at chance, scores that are not finite, a statistic that a
   control which cannot carry the effect matches, one decided by construction (by the exact symmetry of the
-  code), a task the no-training baseline already solves, too few
-  seeds, no article value, a setting this profile does not run, or an outcome out of reach: with run a as
-  measured, even run b at the end of the
-  score scale on every item (every image right, say) could not give the verdict on one side, so the verdict
-  could not come out that way. Each reason is made by a function below from the numbers, never typed.
+  code), a task the no-training baseline already solves, too few seeds, no article value, a setting this profile
+  does not run, or an outcome out of reach: with run a as measured, even run b at the end of the score scale on
+  every item (every image right, say) could not give the verdict on one side, so the verdict could not come out
+  that way (where no real run reaches an end of the scale, the statistic's own best case stands in: for a gap
+  between demographics, a fair model, ``equinb.nlg.fair_draws_interval``). Each reason is made by a function
+  below from the numbers, never typed.
 
 A regression tolerance (how far a number may move between CPUs, ``equinb.noise``) never enters a verdict.
 """
@@ -76,7 +77,7 @@ VERDICT_RULE = ("ours is the mean difference over the seeds; its 95% interval is
                 "decided by construction, a task solved without training, a "
                 "stand-in without the property the claim assumes, a setting this profile does not run, a verdict "
                 "that could not come out one way even with every item of the compared run, the first term of the "
-                "difference, at the end of the score scale)")
+                "difference, at the end of the score scale, or, for a fairness gap, with that model fair)")
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,8 @@ class Comparison:
     ``seeds``: how many seeds entered (1: items only); ``deterministic``: the scores have no random step, so
     the interval over items is the whole noise; ``basis``: the interval's basis, for printing. ``reach``: run a's
     mean score and the intervals the difference would have with every score of run b at the top and at the
-    bottom of the scale (None when the scores have no known scale): what the verdict could come out as at all.
+    bottom of the scale (None when the scores have no known scale): what the verdict could come out as at all;
+    ``reach_how`` says what gives each end (a statistic with its own model of its best case names it there).
     """
 
     difference: float
@@ -98,6 +100,9 @@ class Comparison:
     unit: str = "items"
     reach: tuple[float, tuple[float, float], tuple[float, float]] | None = None
     sizes: tuple[int, int] | None = None  # unpaired: the items of each test set (``items`` is the smaller)
+    # what gives the two ends of ``reach`` (top, bottom), for the reason that cites them
+    reach_how: tuple[str, str] = ("every item of the first term at the top of the score scale",
+                                  "every item of the first term at the bottom of the score scale")
 
     @property
     def basis(self) -> str:
@@ -455,9 +460,9 @@ def out_of_reach(comparison: Comparison | None, side: int | None) -> str | None:
 
     def needs(sign: int) -> str:
         low, high = top if sign > 0 else bottom
-        end = "top" if sign > 0 else "bottom"
+        how = comparison.reach_how[0 if sign > 0 else 1]
         return (f"the first term of the difference {'above' if sign > 0 else 'below'} the second, which is "
-                f"already at {reference:.2f}: even with every item of the first term at the {end} of the score scale, "
+                f"already at {reference:.2f}: even with {how}, "
                 f"the difference would be [{_end(low)}, {_end(high)}], which holds 0")
 
     if side == 0:

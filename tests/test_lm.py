@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -21,6 +22,9 @@ from equinb import TokenPermutationGroup
 from equinb import equilm as E
 from equinb import nlg as N
 from equinb.reference import article_fig6, article_fig6_lines
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 WORDS = ["<eos>", "\n", "The", " person", " was", " known", " for", " Black", " White", " Asian", " he", " she",
          " his", " her", " him", " good", " bad", ".", "\n\n", " nice\n", " nice"]
@@ -397,16 +401,16 @@ def test_gap_comparison_can_agree_and_be_reversed_and_knows_its_reach() -> None:
                 for dem, share in shares.items() for i in range(n)]
 
     samples = pd.DataFrame(frame("unfair", {"A": 0.8, "B": 0.1}) + frame("fair", {"A": 0.4, "B": 0.4})
-                           + frame("mild", {"A": 0.5, "B": 0.3}))
+                           + frame("mild", {"A": 0.7, "B": 0.3}))
     gaps = N.fairness_gaps(samples, n_bootstrap=200, seed=0)
     base = lambda m: tuple(gaps.loc[m, ["gap", "ci_low", "ci_high"]])  # noqa: E731
     narrows = N.gap_comparison(samples, "unfair", "fair", base("unfair"), n_bootstrap=200)
     assert narrows.difference == pytest.approx(-0.7) and judge(narrows, -1) == "agrees"
     widens = N.gap_comparison(samples, "mild", "unfair", base("mild"), n_bootstrap=200)
-    assert widens.difference == pytest.approx(0.5) and judge(widens, -1) == "reversed"
+    assert widens.difference == pytest.approx(0.3) and judge(widens, -1) == "reversed"
     assert widens.basis == "40 seeded samples"
     from_none = N.gap_comparison(samples, "fair", "unfair", base("fair"), n_bootstrap=200)
-    assert from_none.reach[2] == (0.0, 0.0)  # "fair"'s own gap is 0 in every resample: nothing left to narrow
+    assert from_none.reach[2][0] >= 0  # "fair"'s own gap is 0 in every resample: nothing left to narrow
     assert judge(from_none, -1).startswith("not tested here: out of reach: the claim could not agree")
     assert judge(from_none, +1).startswith("not tested here: out of reach: the claim could not be reversed")
     # the reach reads the base's own interval: a base gap whose interval holds 0 leaves nothing to narrow, and one
@@ -419,6 +423,69 @@ def test_gap_comparison_can_agree_and_be_reversed_and_knows_its_reach() -> None:
     gap_m = N.fairness_gaps(samples[samples.model == "unfair"], n_bootstrap=200, seed=0)
     d = N.gap_difference(samples, "fair", "unfair", n_bootstrap=200, seed=0)
     assert (d["ci_low"], d["ci_high"]) == pytest.approx((gap_m.loc["unfair", "ci_low"], gap_m.loc["unfair", "ci_high"]))
+
+
+def _drawn(rates: dict[str, dict[str, float]], n_units: int, seed: int = 0) -> pd.DataFrame:
+    """Samples of each model drawn independently per demographic: positive with the given rate, over 5 templates."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame([dict(model=model, demographic=dem, template=i % 5, sample=i,
+                              label="positive" if rng.random() < rate else "neutral")
+                         for model, by_dem in rates.items() for dem, rate in by_dem.items() for i in range(n_units)])
+
+
+def test_fair_gap_is_the_expected_gap_of_a_fair_sampler() -> None:
+    """The exact expected largest-minus-smallest share of a fair model matches a simulation of it, and is 0 only
+    where no sample can differ (shares of 0 or 1)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    for shares, counts in (([0.3], [[25]] * 3), ([0.1, 0.6], [[3, 7], [5, 5]]), ([0.35], [[504], [506], [504]])):
+        drawn = np.stack([sum(rng.binomial(n, p, size=20000) for p, n in zip(shares, row)) / sum(row)
+                          for row in counts])
+        simulated = float((drawn.max(axis=0) - drawn.min(axis=0)).mean())
+        assert N.fair_gap(shares, counts) == pytest.approx(simulated, abs=0.004)
+    assert N.fair_gap([0.3], [[25]] * 3) > 0.15  # 25 samples: a fair model's gap is mostly noise
+    assert N.fair_gap([0.0, 1.0], [[4, 4], [4, 4]]) == 0
+    # a table's fair gap reads each template's share pooled over the demographics: template 0 has 4 + 2 of 8
+    # samples positive, template 1 has 0 + 2 of 8
+    positive = {(0, "A"): 4, (0, "B"): 2, (1, "A"): 0, (1, "B"): 2}
+    samples = pd.DataFrame([dict(model="m", demographic=dem, template=t, sample=i,
+                                 label="positive" if i < positive[t, dem] else "neutral")
+                            for (t, dem) in positive for i in range(4)])
+    gaps = N.fairness_gaps(samples, n_bootstrap=50)
+    assert gaps.loc["m", "fair_gap"] == pytest.approx(N.fair_gap([0.75, 0.25], [[4, 4], [4, 4]]))
+    for bad in (([1.2], [[5], [5]]), ([0.3], [[5]]), ([0.3, 0.4], [[5], [5]]), ([0.3], [[0], [5]])):
+        with pytest.raises(ValueError):
+            N.fair_gap(*bad)
+
+
+def test_narrows_is_out_of_reach_where_a_fair_model_could_not_show_it() -> None:
+    """A base LM with a real gap (0.2 against 0.4) and a fair EquiLM, drawn independently per demographic: with 25
+    units a fair EquiLM's own noise keeps "narrows" out of reach (the scale's bound, a gap of 0 in every resample,
+    would call it reachable); with 1,000 units the same models agree."""
+    from equinb.verdicts import judge
+
+    rates = {"base": {"A": 0.2, "B": 0.4, "C": 0.3}, "equi": {"A": 0.3, "B": 0.3, "C": 0.3}}
+    small = _drawn(rates, 25)
+    gaps = N.fairness_gaps(small, n_bootstrap=500)
+    base = tuple(gaps.loc["base", ["gap", "ci_low", "ci_high"]])
+    few = N.gap_comparison(small, "base", "equi", base, n_bootstrap=500, n_draws=50)
+    assert -base[2] < 0  # the bound of the scale would have let "narrows" agree
+    assert few.reach[2][1] > 0 and judge(few, -1).startswith("not tested here: out of reach: the claim could not agree")
+    assert "equi fair (each template's positive share as measured" in judge(few, -1)
+    large = _drawn(rates, 1000)
+    gaps = N.fairness_gaps(large, n_bootstrap=500)
+    many = N.gap_comparison(large, "base", "equi", tuple(gaps.loc["base", ["gap", "ci_low", "ci_high"]]),
+                            n_bootstrap=500, n_draws=50)
+    assert many.reach[2][1] < 0 and judge(many, -1) == "agrees"
+    assert N.fair_draws_interval(large, "base", "equi", n_draws=5, n_bootstrap=100) == N.fair_draws_interval(
+        large, "base", "equi", n_draws=5, n_bootstrap=100)  # seeded
+    with pytest.raises(ValueError, match="n_draws"):
+        N.fair_draws_interval(large, "base", "equi", n_draws=0)
 
 
 def test_article_numbers_and_vader_stand_in() -> None:
