@@ -27,8 +27,9 @@ zero-shot scores) needs no seeds. The interval's basis is printed beside it.
   does not run, or an outcome out of reach: with run a as measured, even run b at the end of the score scale on
   every item (every image right, say) could not give the verdict on one side, so the verdict could not come out
   that way (where no real run reaches an end of the scale, the statistic's own best case stands in: for a gap
-  between demographics, a fair model, ``equinb.nlg.fair_draws_interval``). Each reason is made by a function
-  below from the numbers, never typed.
+  between demographics, a fair model, ``equinb.nlg.fair_draws_interval``, which must show the narrowing in half
+  of its simulated draws). A measured reversal is reported all the same. Each reason is made by a function below
+  from the numbers, never typed.
 
 A regression tolerance (how far a number may move between CPUs, ``equinb.noise``) never enters a verdict.
 """
@@ -77,7 +78,8 @@ VERDICT_RULE = ("ours is the mean difference over the seeds; its 95% interval is
                 "decided by construction, a task solved without training, a "
                 "stand-in without the property the claim assumes, a setting this profile does not run, a verdict "
                 "that could not come out one way even with every item of the compared run, the first term of the "
-                "difference, at the end of the score scale, or, for a fairness gap, with that model fair)")
+                "difference, at the end of the score scale, or, for a narrower fairness gap, that a fair model would "
+                "show in fewer than half of simulated draws; a measured reversal is still reported)")
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,8 @@ def _mean_variance(x: np.ndarray, groups: list[np.ndarray]) -> tuple[float, floa
     per-item means (within each stratum, strata weighted equally; a stratum of one item takes the strata's pooled
     spread, as the interaction term assumes one spread for all); both hold the seed-by-item noise once, so it is
     taken out once (the interaction mean square). Where that difference falls below the larger of the two terms,
-    that term alone is the variance, with its own degrees of freedom."""
+    that term alone is the variance, with its own degrees of freedom. NaN where nothing estimates it: one seed and
+    no stratum of two items or more (one item, say), where a variance of 0 would print a zero-width interval."""
     n_seeds = x.shape[0]
     k = len(groups)
     item_means = x.mean(axis=0)
@@ -174,7 +177,7 @@ def _mean_variance(x: np.ndarray, groups: list[np.ndarray]) -> tuple[float, floa
     item = sum(v for v, _ in item_terms)
     item_spread = sum(v ** 2 / df for v, df in item_terms)
     if n_seeds == 1:
-        return item, item_spread
+        return (item, item_spread) if pooled_df else (math.nan, 0.0)
     seed_points = np.array([_point(x[s:s + 1], groups) for s in range(n_seeds)])
     seed = float(seed_points.var(ddof=1)) / n_seeds
     residual = x - x.mean(axis=1, keepdims=True) - item_means + x.mean()
@@ -222,6 +225,8 @@ def _difference_interval(a: np.ndarray, b: np.ndarray, groups: list[np.ndarray] 
         whole = lambda x: _mean_variance(x, [np.arange(x.shape[1])])  # noqa: E731
         (va, sa), (vb, sb) = whole(a), whole(b)
         variance, spread = va + vb, sa + sb
+    if math.isnan(variance):  # no degrees of freedom: the interval is unknown, not of zero width
+        return point, -math.inf, math.inf
     if variance <= 0:
         return point, point, point
     half = _t_quantile(level, variance ** 2 / spread if spread > 0 else math.inf) * math.sqrt(variance)
@@ -257,7 +262,8 @@ def compare(scores_a: ArrayLike, scores_b: ArrayLike, *, scale: float = 100.0, s
     reach = None
     if bounds is not None and all(bounds[0] <= x.min() and x.max() <= bounds[1] for x in (a, b)):
         span = bounds[1] - bounds[0]  # no difference of two means on the scale lies beyond +-span
-        low, high = max(low, -span), min(high, span)
+        if math.isfinite(low) and math.isfinite(high):  # an unknown interval stays unknown (not_finite)
+            low, high = max(low, -span), min(high, span)
         # b at either end of the scale on every item, against a as measured
         ends = [_difference_interval(a, np.full_like(b, end), groups, level) for end in bounds[::-1]]
         reference = _point(a, groups) if paired else float(a.mean())
@@ -434,6 +440,9 @@ def not_finite(comparison: Comparison | None) -> str | None:
     as a tested "inconclusive"."""
     if comparison is None or all(math.isfinite(v) for v in (comparison.difference, *comparison.interval)):
         return None
+    if math.isfinite(comparison.difference) and all(math.isinf(v) for v in comparison.interval):
+        return (f"no interval can be estimated from {comparison.basis}: one seed and no two items of one stratum "
+                f"leave the noise without degrees of freedom")
     return (f"the compared scores are not all finite (difference {comparison.difference}, interval "
             f"[{comparison.interval[0]}, {comparison.interval[1]}]): a run gave NaN or infinite scores")
 
@@ -451,12 +460,17 @@ def out_of_reach(comparison: Comparison | None, side: int | None) -> str | None:
     """``"out of reach: ..."`` when the verdict could not come out one of its ways: with run a as measured, run b at
     the end of the score scale on every item still gives an interval that holds 0 on the article's ``side`` (the
     claim could never agree), or on the other side (never be reversed). ``side`` 0 (a claim of no difference, or
-    an effect without a side): when neither sign is reachable. None when the comparison has no ``reach``."""
+    an effect without a side): when neither sign is reachable. None when the comparison has no ``reach``, and
+    where the measured interval already excludes 0 against the claim: a reversal is evidence against the claim
+    whether or not it could have agreed (a claim that cannot agree then reads *reversed* or not tested, as a claim
+    of no difference reads *reversed* or *inconclusive*)."""
     if comparison is None or comparison.reach is None or side is None:
         return None
     reference, top, bottom = comparison.reach
     # a sign the measured interval shows is reachable, whatever the ends give (their spread is run a's alone)
     can = {1: top[0] > 0 or comparison.interval[0] > 0, -1: bottom[1] < 0 or comparison.interval[1] < 0}
+    if side and comparison.interval[0 if side < 0 else 1] * side < 0:
+        return None  # measured on the other side of 0: reversed, whether or not the claim could have agreed
 
     def needs(sign: int) -> str:
         low, high = top if sign > 0 else bottom
@@ -549,8 +563,14 @@ def effect_row(change: str, comparison: Comparison | None, *, reasons: Sequence[
 
 def verdict_counts(verdicts: Sequence[str]) -> dict[str, int]:
     """How many verdicts are of each kind: tested, agrees, reversed, inconclusive, not tested here, and of those not
-    tested, how many because the code's construction decides against the claim (``symmetry_by_construction``)."""
+    tested, how many because the code's construction decides against the claim (``symmetry_by_construction``).
+    A verdict of none of these kinds (a claim no chapter published, a missing value) is a ValueError, so the kinds
+    always add up to the claims."""
     kinds = ["agrees", "reversed", "inconclusive"]
+    unknown = [v for v in verdicts if v not in kinds and not str(v).startswith(NOT_TESTED)]
+    if unknown:
+        raise ValueError(f"{len(unknown)} verdict(s) of no known kind ({kinds} or '{NOT_TESTED}: <reason>'): "
+                         f"{unknown[:3]}")
     counts = {k: sum(v == k for v in verdicts) for k in kinds}
     counts[NOT_TESTED] = sum(str(v).startswith(NOT_TESTED) for v in verdicts)
     against = sum(str(v).startswith(NOT_TESTED) and FAILS_BY_CONSTRUCTION in str(v) for v in verdicts)

@@ -287,13 +287,14 @@ print(f"profile: {profile}; gap minus fair gap (the excess over a fair model's a
 # max-minus-min gap turns into a positive bias for both (the table's fair gaps). The bias depends on the shares and the
 # number of units, so part of a difference of two gaps can be the bias's, and the difference can take either sign.
 # The bias also bounds what "narrows" can show: an EquiLM drawn independently has a gap of zero in every resample only
-# if it labels every unit alike (never positive, say), so the best case of the claim is a fair EquiLM. The cell
-# simulates it (each template's positive share as measured for that EquiLM, the same for every demographic, 200 sample
-# sets drawn like these) and reads the claim as *not tested here* (out of reach) where the median of those intervals
-# would still hold zero. A check still counts the units labelled alike, and the copies, in case they are alike all the
-# same. The per-demographic claims compare the positive shares of the base LM and EquiLM with $g$ (the article's code)
-# unit by unit; the last claim compares the two actions' shares of positive samples, averaged over the demographics,
-# unit by unit (their gaps are both zero by construction). Each verdict
+# if it labels every unit alike (never positive, say), so the best case of the claim, among models with that EquiLM's
+# positive share on each template, is a fair EquiLM. The cell simulates it (each template's share as measured, the same
+# for every demographic, 200 sample sets drawn like these) and reads the claim as *not tested here* (out of reach)
+# where fewer than half of those sets would show the narrowing (their median interval holds zero); a measured widening
+# still reads *reversed*. A check still counts the units labelled alike, and the copies, in case they are alike all
+# the same. The per-demographic claims compare the positive shares of the base LM and EquiLM with $g$ (the article's
+# code) unit by unit; the last claim compares the two actions' shares of positive samples, averaged over the
+# demographics, unit by unit (their gaps are both zero by construction). Each verdict
 # follows {ref}`the book's rule <verdict-rule>` (*agrees* or *reversed*: the interval excludes zero; *inconclusive*:
 # it holds zero; *not tested here*: with its computed reason). The gap claims' intervals are the exception: a gap is a
 # largest-minus-smallest share, so their interval is the bootstrap over (template, sample) units of the table above.

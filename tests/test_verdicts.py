@@ -235,6 +235,9 @@ def test_verdict_counts():
     assert FAILS_BY_CONSTRUCTION in against
     counts = verdict_counts([f"{NOT_TESTED}: {against}", f"{NOT_TESTED}: x", "agrees"])
     assert counts["of which failing by construction"] == 1
+    for unknown in (None, float("nan"), "agree", "not tested"):  # a missing verdict or a typo is not dropped
+        with pytest.raises(ValueError, match="no known kind"):
+            verdict_counts(["agrees", unknown])
     counts = verdict_counts(["agrees", "reversed", "inconclusive", "agrees", f"{NOT_TESTED}: x"])
     assert counts == {"claims": 5, "tested": 4, "agrees": 2, "reversed": 1, "inconclusive": 1, NOT_TESTED: 1,
                       "of which failing by construction": 0}
@@ -280,9 +283,13 @@ def test_a_verdict_that_could_not_come_out_one_way_is_not_tested() -> None:
     ceiling = np.ones(719)
     ceiling[0] = 0  # run a gets 718 of 719 items: b cannot be measurably above it
     b = (gen.random(719) < 0.99).astype(float)
-    at_top = compare(ceiling, b, deterministic=True)
-    assert judge(at_top, +1).startswith("not tested here: out of reach: the claim could not agree")
-    assert "could not be reversed" in judge(at_top, -1)  # nor can "b below a" fail
+    near = ceiling.copy()
+    near[1] = 0  # one item fewer than a: not measurably below it
+    assert judge(compare(ceiling, near, deterministic=True), +1).startswith(
+        "not tested here: out of reach: the claim could not agree")
+    at_top = compare(ceiling, b, deterministic=True)  # measurably below a: the claim could not agree, yet it failed
+    assert at_top.interval[1] < 0 and judge(at_top, +1) == "reversed"
+    assert "could not be reversed" in judge(at_top, -1)  # nor can "b below a" fail: its agreement is no test
     floor = np.zeros(719)
     floor[0] = 1  # a claim that b scores above a run with 1 item right can never be reversed
     assert "could not be reversed" in judge(compare(floor, b, deterministic=True), +1)
@@ -571,3 +578,18 @@ def test_scores_that_are_not_finite_get_no_verdict() -> None:
     assert judge(comparison, 1).startswith("not tested here: the compared scores are not all finite")
     assert effect(comparison).startswith("not tested here: the compared scores are not all finite")
     assert not_finite(compare(a, np.ones((5, 50)), scale=1.0)) is None
+
+
+def test_one_seed_without_two_items_of_a_stratum_has_no_interval_and_no_verdict() -> None:
+    """One item and one seed (or strata of one item each) leave the noise nothing to be estimated from: the
+    interval is unknown, not of zero width, and the verdict is not tested (it used to agree on a single item)."""
+    for a, b, options in (([0.5], [0.7], dict(deterministic=True)),
+                          ([0.5, 0.2, 0.4], [0.7, 0.1, 0.5], dict(strata=[0, 1, 2], deterministic=True)),
+                          ([0.5], [0.7], dict(paired=False, deterministic=True))):
+        comparison = compare(a, b, **options)
+        assert comparison.interval == (-math.inf, math.inf)
+        for verdict in (judge(comparison, +1), judge(comparison, -1), effect(comparison)):
+            assert verdict.startswith(f"{NOT_TESTED}: no interval can be estimated")
+    # two items of one stratum estimate it, and binary scores of one item have McNemar's exact interval
+    assert judge(compare([0.5, 0.2], [0.7, 0.5], deterministic=True, bounds=None), +1) in VERDICTS
+    assert compare([1.0], [0.0], deterministic=True).interval == pytest.approx((-100.0, 95.0))
