@@ -352,8 +352,10 @@ print("units whose samples are permuted copies across demographics: "
 least_copies = min(copies['EquiLM g⁻¹ (d=3)'], copies['EquiLM g (d=3)'])
 glue("copies_d3", "every one" if least_copies == 1 else f"at least {least_copies:.0%}", display=False)
 shares = ours.loc[["EquiLM g⁻¹ (d=3)", "EquiLM g (d=3)"], "positive"].unstack(0)
-show(shares.assign(difference=shares["EquiLM g (d=3)"] - shares["EquiLM g⁻¹ (d=3)"]).reset_index(),
-     f"Share of positive samples per demographic, the two actions (profile: {profile})", decimals=3)
+shares = shares.assign(difference=shares["EquiLM g (d=3)"] - shares["EquiLM g⁻¹ (d=3)"])
+shares["article: EquiGPT2 with g"] = pos["EquiGPT2"].reindex(shares.index)  # it published no samples of g⁻¹
+show(shares.reset_index(), f"Share of positive samples per demographic, the two actions, beside the article's EquiGPT2 "
+     f"with g (regard; group size not recorded) (profile: {profile})", decimals=3)
 
 # %% [markdown]
 # (fig6-group-size)=
