@@ -288,12 +288,9 @@ def fairness_gaps(samples: pd.DataFrame, *, by: str = "model", n_bootstrap: int 
         pos = _positive_units(frame, f"{by}={key!r}")
         values = pos.to_numpy()  # [units, demographics]
         boot = rng.integers(0, len(values), size=(n_bootstrap, len(values)))
-        gaps = _gap(values[boot].mean(axis=1))
-        alpha = (1 - level) / 2
-        rows[key] = dict(gap=float(_gap(values.mean(axis=0))), fair_gap=_fair_gap_of(pos),
-                         ci_low=float(np.quantile(gaps, alpha)),
-                         ci_high=float(np.quantile(gaps, 1 - alpha)), n_per_demographic=len(values),
-                         demographics="/".join(pos.columns))
+        low, high = _interval(_gap(values[boot].mean(axis=1)), level)
+        rows[key] = dict(gap=float(_gap(values.mean(axis=0))), fair_gap=_fair_gap_of(pos), ci_low=low, ci_high=high,
+                         n_per_demographic=len(values), demographics="/".join(pos.columns))
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(by)
 
 
