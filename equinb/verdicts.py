@@ -316,7 +316,8 @@ def at_chance(correct: ArrayLike, n_classes: int, run: str, labels: ArrayLike | 
     counts = None if labels is None else np.unique(_as_matrix(labels).reshape(-1), return_counts=True)[1]
     if counts is not None and counts.min() != counts.max():
         level = compare(np.full_like(x, 1.0 / n_classes), x, strata=labels)
-        if level.interval[0] <= 1e-9 and level.interval[1] >= -1e-9:  # exactly at chance up to float rounding
+        # the interval holds chance (1e-9: the float rounding of an interval that ends exactly at it)
+        if level.interval[0] <= 1e-9 and level.interval[1] >= -1e-9:
             return (f"{run} is at chance in balanced accuracy ({chance + level.difference:.2f}%, chance {chance:.2f}% "
                     f"on {len(counts)} classes of unequal size; top-1 {100 * x.mean():.2f}%)")
         return None

@@ -103,7 +103,8 @@ glue("claims_profile", profile, display=False)
 # chapters print it above their numbers). A verdict whose interval has an end within that tolerance of 0 could read
 # otherwise on another CPU: an agreeing or reversed one inconclusive, an inconclusive one decided. The test is
 # conservative: the interval's ends are among the numbers the tolerance was measured on, and it is 1.5 times the
-# largest move of any of them, so the list may name verdicts that no measured CPU changed. It is no uncertainty of
+# largest move of any of them (or a floor, where no number of the class moved), so the list may name verdicts that no
+# measured CPU changed. It is no uncertainty of
 # the result; the interval is that.
 
 # %% tags=["hide-input", "exact"]
@@ -133,11 +134,16 @@ if profile == measured_profile():
           f"{len(turnable) - decided_turnable} of the {len(tested) - decided} inconclusive")
     show(turnable, f"Verdicts with an interval end within the cross-CPU tolerance of 0 (profile: {profile})",
          beneath={"evidence": "claim"})
+    cross_cpu_reading = (f"Of the {decided} verdicts that agree or are reversed, {decided_turnable} rest on an "
+                         "interval with an end within the cross-CPU tolerance of 0, and could read inconclusive on "
+                         "another CPU")
 else:
     print(f"profile: {profile}; how far its numbers move between CPUs was measured on the {measured_profile()} "
           "profile only: not assessed here")
-glue("claims_decided_turnable", decided_turnable, display=False)
-glue("claims_decided", decided, display=False)
+    cross_cpu_reading = ("How far this profile's numbers move between CPUs was not measured (only the "
+                         f"{measured_profile()} profile's was), so which verdicts another CPU could turn is not "
+                         "assessed")
+glue("cross_cpu_reading", cross_cpu_reading, display=False)  # the summary page's sentence
 
 # %% [markdown]
 # ## The list

@@ -42,8 +42,8 @@
 #   round.
 # - *paper*: CLIP RN50 layer4 on CIFAR100.
 #
-# In both profiles the article's module sizes are used (the setup cell prints them: convolution channels,
-# features per channel, hidden units).
+# In both profiles the modules' map encoders take the article's sizes (the setup cell compares them with the
+# article's: convolution channels, features per channel, hidden units).
 # ```
 
 # %% tags=["parameters", "hide-input"]
@@ -128,10 +128,13 @@ methods = ("lambda_equitune", "equiattention")
 sizes = {m: sum(p.numel() for p in weight_net_for(m, maps.map_shape).parameters()) for m in methods}
 print(f"maps per view: {maps.map_shape}; parameters: lambda network {sizes['lambda_equitune']:,}, "
       f"attention {sizes['equiattention']:,}")
-for m in methods:  # each module reads a map through the article's map encoder (the attention through two)
-    encoder = next(e for e in weight_net_for(m, maps.map_shape).modules() if isinstance(e, MapEncoder))
-    print(f"{m} map encoder: {encoder.conv.out_channels} convolution channels, {encoder.pre_proj.out_features} "
-          f"features per channel, {encoder.mlp[0].out_features} hidden units")
+article_sizes = (32, 8, 128)  # the article's map encoder: convolution channels, features per channel, hidden units
+for m in methods:  # each module reads a map through map encoders; every one of them is compared
+    encoders = [e for e in weight_net_for(m, maps.map_shape).modules() if isinstance(e, MapEncoder)]
+    found = sorted({(e.conv.out_channels, e.pre_proj.out_features, e.mlp[0].out_features) for e in encoders})
+    print(f"{m}: {len(encoders)} map encoder(s) of (convolution channels, features per channel, hidden units) "
+          f"{', '.join(map(str, found))}; the article's {article_sizes}: "
+          f"{'the same' if found == [article_sizes] else 'different'}")
 rows, curves, repeats = [], [], {}
 for method in methods:
     for align in (False, True):
