@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RESPECT_TEMPLATES", "DEMOGRAPHICS", "LABELS", "vader_labels", "RegardClassifier", "sample_seed",
     "sample_grid", "cached_sample_grid", "label_shares", "fairness_gaps", "fair_gap", "gap_difference",
-    "fair_draws_interval", "gap_comparison",
+    "fair_draws_interval", "gap_comparison", "seeds_paired",
     "unit_positives",
     "alike_unit_share", "symmetry_report", "score_samples", "permuted_copy_share", "share_difference_z",
 ]
@@ -271,7 +271,7 @@ def fairness_gaps(samples: pd.DataFrame, *, by: str = "model", n_bootstrap: int 
 
     ``fair_gap`` is the gap a fair model would show on average, drawn as these samples were: each template's
     positive share as measured (pooled over the demographics), the same for every demographic, every sample drawn
-    independently (``fair_gap``; samples of paired seeds are not independent draws, and it does not model them). A
+    independently (``fair_gap``); NaN for samples of paired seeds (``seeds_paired``), which are not such draws. A
     largest-minus-smallest share is biased upwards: a gap near its ``fair_gap`` is one that sampling noise alone
     gives.
 
@@ -289,9 +289,20 @@ def fairness_gaps(samples: pd.DataFrame, *, by: str = "model", n_bootstrap: int 
         values = pos.to_numpy()  # [units, demographics]
         boot = rng.integers(0, len(values), size=(n_bootstrap, len(values)))
         low, high = _interval(_gap(values[boot].mean(axis=1)), level)
-        rows[key] = dict(gap=float(_gap(values.mean(axis=0))), fair_gap=_fair_gap_of(pos), ci_low=low, ci_high=high,
+        fair = float("nan") if seeds_paired(frame) else _fair_gap_of(pos)  # it models independent draws only
+        rows[key] = dict(gap=float(_gap(values.mean(axis=0))), fair_gap=fair, ci_low=low, ci_high=high,
                          n_per_demographic=len(values), demographics="/".join(pos.columns))
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(by)
+
+
+def seeds_paired(frame: pd.DataFrame) -> bool:
+    """Whether the samples of ``frame`` (one model) share their generator seed across the demographics of a
+    (template, sample) unit, as ``sample_grid(paired_seeds=True)`` draws them: such samples are not independent
+    draws per demographic. False without a ``seed`` column (nothing says they are paired)."""
+    if "seed" not in frame.columns or frame.empty:
+        return False
+    per_unit = frame.groupby(["template", "sample"])["seed"].nunique()
+    return bool((per_unit == 1).all()) and frame["demographic"].nunique() > 1
 
 
 def _check_bootstrap(n_bootstrap: int, level: float) -> None:
@@ -418,6 +429,10 @@ def fair_draws_interval(samples: pd.DataFrame, model_a: str, model_b: str, *, n_
     _check_bootstrap(n_bootstrap, level)
     if isinstance(n_draws, bool) or not isinstance(n_draws, numbers.Integral) or n_draws < 1:
         raise ValueError(f"n_draws must be an integer >= 1, got {n_draws!r}")
+    if seeds_paired(samples[samples["model"] == model_b]):
+        raise ValueError(f"{model_b!r}'s samples share their seeds across the demographics (paired seeds); a fair "
+                         "model is simulated with independent draws per demographic, so compare samples drawn with "
+                         "paired_seeds=False")
     a, b = _shared_units(samples, model_a, model_b)
     templates = b.index.get_level_values("template")
     share = b.mean(axis=1).groupby(templates).transform("mean").to_numpy()  # [units]: the unit's template share

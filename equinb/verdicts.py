@@ -108,7 +108,10 @@ class Comparison:
 
     @property
     def basis(self) -> str:
-        text = f"{self.items} {self.unit}" if self.sizes is None else f"{self.sizes[0]} and {self.sizes[1]} {self.unit}"
+        if self.sizes is not None:
+            text = f"{self.sizes[0]} and {self.sizes[1]} {self.unit}"
+        else:  # "1 item", not "1 items"
+            text = f"{self.items} {self.unit[:-1] if self.items == 1 and self.unit.endswith('s') else self.unit}"
         if self.seeds > 1:
             text = f"{self.seeds} seeds × {text}"
         elif self.deterministic:

@@ -255,8 +255,8 @@ gaps = gap_table(samples)  # the samples above
 article_gaps = {"GPT2 (article)": article_gap("base LM"),
                 "EquiGPT2, pre-fix g (article)": article_gap("EquiLM g (d=3)")}
 independent = labelled_samples(False) if paired_seeds else samples  # every model drawn independently per demographic
-# a fair gap models independent draws: paired seeds' samples are not, so their rows have none
-draws = ({"paired seeds": gaps.assign(fair_gap=float("nan")), "independent": gap_table(independent)} if paired_seeds
+# a fair gap models independent draws: paired seeds' samples are not, so their rows have none (NaN)
+draws = ({"paired seeds": gaps, "independent": gap_table(independent)} if paired_seeds
          else {"independent": gaps})
 # the figure and the summary show the independent draws: those the verdicts read, drawn as the article's samples were
 # (with paired seeds an exact EquiLM's gap is zero by construction)

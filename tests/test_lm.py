@@ -493,6 +493,22 @@ def test_narrows_is_out_of_reach_where_a_fair_model_could_not_show_it() -> None:
         N.fair_draws_interval(large, "base", "equi", n_draws=0)
 
 
+def test_paired_seed_samples_have_no_fair_gap_and_no_fair_reach() -> None:
+    """A fair gap and a simulated fair model assume independent draws per demographic: samples that share their seed
+    across the demographics of a unit (paired seeds) get no fair gap, and the fair-model reach refuses them."""
+    import numpy as np
+
+    independent = _drawn({"base": {"A": 0.2, "B": 0.4}, "equi": {"A": 0.3, "B": 0.3}}, 40)
+    paired = independent.assign(seed=independent["template"] * 1000 + independent["sample"])
+    unpaired = paired.assign(seed=paired["seed"] * 2 + (paired["demographic"] == "B"))
+    assert N.seeds_paired(paired) and not N.seeds_paired(unpaired) and not N.seeds_paired(independent)
+    assert N.fairness_gaps(paired, n_bootstrap=50)["fair_gap"].isna().all()
+    assert np.isfinite(N.fairness_gaps(unpaired, n_bootstrap=50)["fair_gap"]).all()
+    with pytest.raises(ValueError, match="paired seeds"):
+        N.fair_draws_interval(paired, "base", "equi", n_draws=2, n_bootstrap=20)
+    N.fair_draws_interval(unpaired, "base", "equi", n_draws=2, n_bootstrap=20)
+
+
 def test_article_numbers_and_vader_stand_in() -> None:
     article = article_fig6()
     assert article.shape == (6, 4) and article.loc[("GPT2", "Black"), "positive"] == pytest.approx(0.1897)

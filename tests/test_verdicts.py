@@ -37,6 +37,7 @@ def test_compare_checks_its_input_and_names_its_basis():
         compare(a, b[:-1])
     assert compare(a, b).basis == "50 items, 1 seed"
     assert compare(a, b, deterministic=True).basis == "50 items (no random step)"
+    assert compare(a[:1], b[:1], deterministic=True).basis == "1 item (no random step)"
 
 
 def test_seed_noise_widens_the_interval_and_the_point_is_the_seed_mean():
