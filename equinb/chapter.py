@@ -11,7 +11,6 @@ parameters cell the same way.
 from __future__ import annotations
 
 import ast
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +19,7 @@ import torch
 
 from .backbones import BACKBONE_NAMES, CLIP_NAMES, TINY_CLIP_NAMES
 from .data import DATASET_NAMES, FASHION_MNIST_CLASSES, ISIC2018_CLASSES, dataset_spec
+from .engine import TrainConfig, batch_schedule
 from .groups import GROUP_NAMES
 from .nlg import DEMOGRAPHICS, LABELS
 from .setups import check_map_image_size
@@ -372,15 +372,21 @@ def profile_note(profile: str, small: str, paper: str) -> str:
     return f"This build ran the {profile} profile: {paper}."
 
 
-def loader_note(train_images: int, batch_size: int, steps: int, selection_batches: int | None) -> str:
-    """How the article's restarted loader meets this training set: the batches of one round (at most ``steps``)
-    and what the selection on the first ``selection_batches`` batches covers (None: selection on held-out data)."""
-    batches = min(steps, math.ceil(train_images / batch_size))
-    note = (f"{train_images:,} training images: a round of the restarted loader has {batches} batches of "
-            f"{batch_size} (the schedule allows {steps})")
-    if selection_batches is not None:
-        seen = min(train_images, selection_batches * batch_size)
-        note += (f"; selection on the first {selection_batches} training batches reads "
+def loader_note(train_images: int, config: TrainConfig) -> str:
+    """How ``config``'s prefinetuning loader meets a training set of ``train_images`` images: the batches of one
+    round (counted by the engine's own schedule), and what a selection on the first training batches reads."""
+    batches = batch_schedule(train_images, config.batch_size, 1, config.prefinetune_steps, config.data_order,
+                             config.seed)[0]
+    if config.data_order == "restart":
+        note = (f"{train_images:,} training images: a round of the restarted loader has {len(batches)} batches of "
+                f"{config.batch_size} (the schedule allows {config.prefinetune_steps})")
+    else:
+        note = (f"{train_images:,} training images in shuffled epochs that go on across rounds: {len(batches)} "
+                f"batches of {config.batch_size} per round")
+    limit = config.selection_limit
+    if limit is not None:
+        seen = min(train_images, limit * config.batch_size)
+        note += (f"; selection on the first {limit} training batches reads "
                  + ("every training image" if seen == train_images else f"the first {seen:,} training images"))
     return note
 

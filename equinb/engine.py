@@ -137,6 +137,12 @@ class TrainConfig:
         if not isinstance(self.seed, numbers.Integral) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
             raise ValueError(f"TrainConfig.seed must be an integer in [0, 2**32), got {self.seed!r}")
 
+    @property
+    def selection_limit(self) -> int | None:
+        """How many batches of the selection set an evaluation reads: the first ``selection_batches`` as published
+        (of the training set), None (all of a held-out split) otherwise."""
+        return self.selection_batches if self.selection == "train_first_batches" else None
+
     @classmethod
     def original(cls, **overrides: Any) -> "TrainConfig":
         """The article's "original code": double softmax, frozen-copy lambda input, lr 5e-7, backbone only."""
@@ -528,11 +534,10 @@ def prefinetune(model: OrbitWrapper, train: ViewData, select: ViewData, config: 
         opt = _sgd(model.weight_net.parameters(), config.prelr, config.momentum)
         schedule = batch_schedule(len(train), config.batch_size, config.prefinetune_rounds,
                                   config.prefinetune_steps, config.data_order, config.seed)
-        max_sel = config.selection_batches if config.selection == "train_first_batches" else None
         best, best_state, history, step = -1.0, copy.deepcopy(model.weight_net.state_dict()), [], 0
         for r, batches in enumerate(tqdm(schedule, desc="prefinetune", disable=not progress, ascii=True)):
             began = time.perf_counter()
-            acc = evaluate(model, select, config.batch_size, max_batches=max_sel, seed=config.seed + r,
+            acc = evaluate(model, select, config.batch_size, max_batches=config.selection_limit, seed=config.seed + r,
                            data_are_features=True)
             evaluated = time.perf_counter()
             history.append(dict(stage="prefinetune", round=r, step=step, select_top1=acc))

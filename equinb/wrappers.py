@@ -758,6 +758,8 @@ class OrbitWrapper(nn.Module):
             if example_input is not None:  # it would be ignored: a wrong-sized image would pass unseen
                 raise ValueError(f"{type(self).__name__}: give weight_net= or example_input= (which only sizes the "
                                  "default weighting network), not both")
+            if not isinstance(given, nn.Module):
+                raise TypeError(f"weight_net must be a torch.nn.Module, got {type(given).__name__}")
             return given
         if example_input is None:
             raise ValueError(f"{type(self).__name__} needs weight_net=, or example_input= (a few images [B, C, H, W] "
@@ -875,8 +877,6 @@ class LambdaEquitune(OrbitWrapper):
         super().__init__(model, group, **kwargs)
         normalisation = _checked_choice(normalisation, NORMALISATIONS, "normalisation")
         weight_net = self._sized_weight_net(example_input, default_weight_net, weight_net)
-        if not isinstance(weight_net, nn.Module):
-            raise TypeError(f"weight_net must be a torch.nn.Module, got {type(weight_net).__name__}")
         self.weight_net = weight_net
         self.normalisation = normalisation
         self.dropout_in_eval = _flag(dropout_in_eval, "dropout_in_eval")
@@ -948,8 +948,6 @@ class EquiAttention(OrbitWrapper):
                  example_input: Tensor | None = None, **kwargs: Any) -> None:
         super().__init__(model, group, **kwargs)
         weight_net = self._sized_weight_net(example_input, default_view_attention, weight_net)
-        if not isinstance(weight_net, nn.Module):
-            raise TypeError(f"weight_net must be a torch.nn.Module, got {type(weight_net).__name__}")
         self.weight_net = weight_net
 
     def view_weights(self, views: Tensor) -> Tensor:

@@ -162,8 +162,7 @@ setups = {name: full if name == base else full.restricted(g, [full.group.element
           for name, g in group_objects.items()}
 print(full.description)
 updated = configs["updated"]
-print(loader_note(len(full.train), updated.batch_size, prefinetune_steps,
-                  updated.selection_batches if updated.selection == "train_first_batches" else None))
+print(loader_note(len(full.train), updated))
 torch.manual_seed(seed)
 model = weighted_model(full.make_trunk(), EmbeddingWeightNet(full.embed_dim), full.head, full.group,
                        TrainConfig.updated(dropout_in_eval=False)).to(full.head.weight.device).eval()

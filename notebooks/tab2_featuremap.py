@@ -146,8 +146,7 @@ maps = build_setup(profile, "maps", group_object, **setup_options)
 embeddings = build_setup(profile, "embeddings", group_object, **setup_options)
 print(maps.description)
 print(f"maps per view: {maps.map_shape}")
-print(loader_note(len(maps.train), map_config.batch_size, prefinetune_steps,
-                  map_config.selection_batches if map_config.selection == "train_first_batches" else None))
+print(loader_note(len(maps.train), map_config))
 article_rate = f"updated invariant (prelr {prelr_embedding:g})"
 map_rate = f"updated invariant (prelr {prelr:g})"
 variants = {name: (embeddings, replace(embedding_config, prelr=rate), dict())

@@ -154,11 +154,18 @@ def test_a_run_with_changed_parameters_says_so_in_every_caption(monkeypatch, cap
 
 
 def test_the_loader_note_counts_a_rounds_batches_and_what_selection_reads() -> None:
-    from equinb.chapter import loader_note
+    from dataclasses import replace
 
-    assert loader_note(1078, 32, 100, 50) == ("1,078 training images: a round of the restarted loader has 34 batches "
-                                              "of 32 (the schedule allows 100); selection on the first 50 training "
-                                              "batches reads every training image")
-    assert loader_note(50000, 32, 100, 50).endswith("reads the first 1,600 training images")
-    held_out = loader_note(50000, 32, 100, None)  # selection on held-out data: nothing to say about the loader
+    from equinb.chapter import loader_note
+    from equinb.engine import TrainConfig
+
+    config = TrainConfig.updated(prefinetune_steps=100, batch_size=32, selection_batches=50)
+    assert loader_note(1078, config) == ("1,078 training images: a round of the restarted loader has 34 batches "
+                                         "of 32 (the schedule allows 100); selection on the first 50 training "
+                                         "batches reads every training image")
+    assert loader_note(50000, config).endswith("reads the first 1,600 training images")
+    held_out = loader_note(50000, replace(config, selection="heldout"))  # nothing to say about the loader
     assert "has 100 batches" in held_out and "selection" not in held_out
+    # shuffled epochs go on across rounds: a round has all its steps, whatever the data
+    assert "shuffled epochs" in loader_note(1078, replace(config, data_order="shuffle")) and ": 100 batches" in \
+        loader_note(1078, replace(config, data_order="shuffle"))
