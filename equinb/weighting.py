@@ -95,8 +95,9 @@ class MapEncoder(nn.Module):
         h, w = map_size
         if h < kernel or w < kernel:
             raise ValueError(
-                f"feature maps of size {h}x{w} are smaller than the {kernel}x{kernel} kernel; "
-                f"use a larger input so the map is at least {kernel}x{kernel}"
+                f"feature maps of size {h}x{w} are smaller than the {kernel}x{kernel} kernel; use a larger input "
+                f"so the map is at least {kernel}x{kernel}, or, for a trunk that pools its maps, end it with "
+                "nn.Flatten() so that its views are embeddings [D], or pass weight_net="
             )
         self.channels, self.map_size = int(channels), (int(h), int(w))
         self.conv = nn.Conv2d(1, conv_channels, kernel)
@@ -110,7 +111,9 @@ class MapEncoder(nn.Module):
         b, g, c, h, w = maps.shape
         if (c, (h, w)) != (self.channels, self.map_size):
             raise ValueError(f"MapEncoder was built for [*, *, {self.channels}, {self.map_size[0]}, "
-                             f"{self.map_size[1]}] maps, got {tuple(maps.shape)}")
+                             f"{self.map_size[1]}] maps, got {tuple(maps.shape)}: its sizes are fixed when it is "
+                             "built (a wrapper's default one from example_input), so build it, or the wrapper, with "
+                             "images of this size, or resize the images to the size it was built for")
         x = self._per_channel_features(maps.to(self.conv.weight.dtype).reshape(b * g * c, h, w))
         return self.mlp(x.reshape(b, g, c * self.pre_proj.out_features))
 

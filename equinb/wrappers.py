@@ -573,8 +573,7 @@ class OrbitWrapper(nn.Module):
                     f"of the batch {tuple(x.shape)} alone (as [1, {', '.join(map(str, x.shape[1:]))}]"
                     f"{'' if weight_net is None else ', or its orbit'}) before the orbit pass; check that the images "
                     f"have the channels, size and dtype the model takes: {err}") from err
-            self._check_head(views[:, 0])
-            self._warn_unaligned_maps(views)
+            self._warn_unaligned_maps(views, self._check_head(views[:, 0]))
             try:
                 weights = self.view_weights(views)
             except (RuntimeError, ValueError) as err:
@@ -586,52 +585,61 @@ class OrbitWrapper(nn.Module):
                     f"({str(views.dtype).removeprefix('torch.')}): {err}") from err
             self.combine(views, self.checked_weights(weights, views))
             if weight_net is not None:
-                self._check_weights_roll(views, weights)
+                self._check_weights_permute(views, weights)
         self._first_call_checked = True
 
-    def _check_weights_roll(self, views: Tensor, raw: Tensor) -> None:
+    def _check_weights_permute(self, views: Tensor, raw: Tensor) -> None:
         """A ValueError when the weighting network's weights do not move with its views: ``raw``, the weights of one
-        image's orbit ``views``, and the weights of the same views rolled by one place must agree, rolled. A network
-        that mixes the views (a Linear over all of them, say) passes the shape check and breaks invariance silently.
-        Runs inside ``check_first_call`` (evaluation mode, no gradients). Shapes: views [1, G, ...], raw [1, G]."""
+        image's orbit ``views``, must permute as the views do when the image is transformed by each group element
+        (``Group.view_permutation``). A network that mixes the views (a Linear over all of them, or one that reads a
+        neighbouring view) passes the shape check and breaks invariance silently; every element is tried, since a
+        network may move with one permutation of the views (a rotation's) and not with another (a mirror's). Runs
+        inside ``check_first_call`` (evaluation mode, no gradients). Shapes: views [1, G, ...], raw [1, G]."""
         g = self.group.order
-        if g < 2:
+        if views.device.type == "meta":  # shapes only (a dry run): there are no values to compare
             return
-        order = torch.roll(torch.arange(g, device=views.device), 1)
         dtype = torch.promote_types(raw.dtype, torch.float32)  # compared in their own precision, at least float32
-        weights, rolled = raw.to(dtype), self.view_weights(views[:, order]).to(dtype)
-        error = float((rolled - weights[:, order]).abs().max())
+        weights, error, moved_by = raw.to(dtype), 0.0, 0
+        for k in range(1, g):
+            order = torch.tensor(self.group.view_permutation(k), device=views.device)
+            k_error = float((self.view_weights(views[:, order]).to(dtype) - weights[:, order]).abs().max())
+            if not k_error <= error:  # the largest, NaN kept
+                error, moved_by = k_error, k
         scale = float(weights.abs().max())
         # rounding only, in the coarser of the views' and the weights' precision (attention's column means are summed
-        # in another order once the views are rolled: a few units of the last place); NaN fails too
+        # in another order once the views are permuted: a few units of the last place); NaN fails too
         eps = max(torch.finfo(views.dtype).eps, torch.finfo(raw.dtype).eps)
         if not error <= 64 * eps * max(scale, 1.0):
             raise ValueError(
                 f"{type(self).__name__}: the weighting network {_short_repr(self.weight_net)} does not compute each "
-                f"view's weight from that view alone: rolling the {g} views of an image by one place changed the "
-                f"weights by up to {error:.3g} instead of rolling them (largest weight {scale:.3g}), so the output "
-                "would not be invariant. Compute each view's weight from that view (the views are dim 1 of "
-                "[B, G, ...]), or make the weights permute with the views as ViewAttention does")
+                f"view's weight from that view alone: transforming an image by element {moved_by} of {self.group.name} "
+                f"permutes its {g} views, and it changed their weights by up to {error:.3g} instead of permuting them "
+                f"(largest weight {scale:.3g}), so the output would not be invariant. Compute each view's weight from "
+                "that view (the views are dim 1 of [B, G, ...]), or make the weights permute with the views as "
+                "ViewAttention does")
 
-    def _warn_unaligned_maps(self, views: Tensor) -> None:
-        """Warn when the output combines unaligned feature maps [B, G, C, h, w] that no head pools, with
+    def _warn_unaligned_maps(self, views: Tensor, head_output: Tensor) -> None:
+        """Warn when the output combines unaligned feature maps [B, G, C, h, w] that the head keeps spatial (no head,
+        or a head whose output on one view, ``head_output`` [1, ...], is still a map [1, C', h', w']), with
         ``align_views`` left at its default: an object in one corner of the input shows in every corner its group
-        turns it to, which a user who wanted equivariant maps would not see from the output's shape."""
-        if (getattr(self, "_align_views_default", False) and views.ndim == 5 and isinstance(self.head, nn.Identity)
-                and self.group.order > 1):
+        turns it to, which a user who wanted equivariant maps would not see from the output's shape. Maps of 1 x 1
+        (a pooled trunk or head) are both the input's map and equivariant: no warning."""
+        if (getattr(self, "_align_views_default", False) and views.ndim == 5 and head_output.ndim >= 4
+                and tuple(head_output.shape[-2:]) != (1, 1) and self.group.order > 1):
             _warn_at_caller(
-                f"{type(self).__name__}: the trunk gives feature maps [C, h, w] and no head pools them, but "
+                f"{type(self).__name__}: the trunk gives feature maps [C, h, w] and the head keeps them spatial, but "
                 f"align_views is off: each output map combines the {self.group.order} views' maps without "
                 f"turning them back ({self.group.name}), so it is neither the input's map nor equivariant. Pass "
                 "align_views=True for equivariant maps, or align_views=False (or a pooling head=) if this is meant.")
 
-    def _check_head(self, view: Tensor) -> None:
-        """A ValueError naming the head and the trunk's output shape when the head cannot take one view (every head
-        input, the combined views included, has a view's shape); PyTorch's own error names neither. Shapes: [1, ...]."""
+    def _check_head(self, view: Tensor) -> Tensor:
+        """The head's output on one view, or a ValueError naming the head and the trunk's output shape when the head
+        cannot take it (every head input, the combined views included, has a view's shape); PyTorch's own error
+        names neither. Shapes: [1, ...] -> [1, ...]."""
         if isinstance(self.head, nn.Identity):
-            return
+            return view
         try:
-            self.apply_head(view)
+            return self.apply_head(view)
         except (RuntimeError, ValueError) as err:
             raise ValueError(f"{type(self).__name__}: the head {_short_repr(self.head)} does not take the trunk's "
                              f"output [B, {', '.join(map(str, view.shape[1:]))}] "
@@ -767,7 +775,15 @@ class OrbitWrapper(nn.Module):
         self._check_images(example_input)
         with modes_restored(self.trunk), torch.no_grad():
             self.trunk.eval()
-            view = self.view_outputs(example_input[:1, None])[0, 0]
+            try:
+                view = self.view_outputs(example_input[:1, None])[0, 0]
+            except RuntimeError as err:  # the model's own error names neither the wrapper nor example_input
+                if isinstance(err, torch.cuda.OutOfMemoryError):
+                    raise
+                raise RuntimeError(
+                    f"{type(self).__name__}: the model failed on example_input {tuple(example_input.shape)} (its "
+                    "first image alone sizes the default weighting network); check that the images have the "
+                    f"channels, size and dtype the model takes: {err}") from err
         return make(tuple(view.shape)).to(device=view.device, dtype=view.dtype)
 
 

@@ -164,13 +164,18 @@ def test_check_invariance_and_equivariance() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said explicitly: no warning
         assert check_invariance(published, x, "rot90") < 1e-9 < 1e-3 < check_equivariance(published, x, "rot90")
-    # left at its default, unaligned maps that no head pools warn once, at the caller's line
-    with pytest.warns(UserWarning, match="the trunk gives feature maps .* and no head pools them") as caught:
-        Equitune(model.maps, "rot90")(x)
-    assert len(caught) == 1 and caught[0].filename == __file__
+    # left at its default, unaligned maps that the head keeps spatial (no head, or a segmentation head) warn once,
+    # at the caller's line
+    for head in (None, nn.Conv2d(model.maps(x[:1]).shape[1], 3, 1).double()):
+        with pytest.warns(UserWarning, match="feature maps .* and the head keeps them spatial") as caught:
+            unaligned = Equitune(model.maps, "rot90", head=head)
+            unaligned(x)
+        assert len(caught) == 1 and caught[0].filename == __file__
+        assert check_equivariance(unaligned, x, "rot90") > 1e-3  # what the warning is about
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a pooling head, an aligned trunk or the trivial group: nothing to warn of
+        warnings.simplefilter("error")  # a pooling head, maps pooled to 1 x 1, the trivial group: nothing to warn of
         Equitune(model.maps, "rot90", head=nn.AdaptiveAvgPool2d(1))(x)
+        Equitune(nn.Sequential(model.maps, nn.AdaptiveAvgPool2d(1)), "rot90")(x)
         Equitune(model.maps, "trivial")(x)
 
 
@@ -372,6 +377,25 @@ def test_a_model_on_another_device_than_the_input_is_refused_with_a_message() ->
         Equitune(model, "rot90")(_images(b=2))
     model.to_empty(device="cpu")  # one device again: it runs
     assert Equitune(model, "rot90")(_images(b=2)).shape == (2, 5)
+
+
+def test_every_wrapper_runs_on_the_meta_device_for_a_shapes_only_dry_run() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 10 * 10, 5)).to("meta").eval()
+    x = torch.randn(2, 3, 12, 12, device="meta")
+    for wrapper in (Equitune(model, "d4"), EquiZero(model, "d4"), LambdaEquitune(model, "d4", example_input=x),
+                    EquiAttention(model, "d4", example_input=x)):
+        out = wrapper.eval()(x)
+        assert out.shape == (2, 5) and out.device.type == "meta"
+
+
+def test_example_input_the_model_cannot_take_is_named_in_the_error() -> None:
+    with pytest.raises(RuntimeError, match=r"LambdaEquitune: the model failed on example_input \(2, 1, 12, 12\)"):
+        LambdaEquitune(Recorder(), "rot90", example_input=_images(b=2)[:, :1])
+    with pytest.raises(ValueError, match=r"end it with nn.Flatten\(\) so that its views are embeddings"):
+        LambdaEquitune(nn.Sequential(Recorder().maps, nn.AdaptiveAvgPool2d(1)), "rot90", example_input=_images(b=2))
+    sized = LambdaEquitune(Recorder().maps, "rot90", example_input=_images(b=2), normalisation="softmax").eval()
+    with pytest.raises(ValueError, match=r"its sizes are fixed when it is built"):
+        sized(_images(b=2, size=16))
 
 
 def test_trace_export_state_dicts_and_batch_sizes_work_and_script_says_it_is_unsupported(tmp_path) -> None:
@@ -858,6 +882,29 @@ def test_a_weighting_network_that_mixes_the_views_is_refused_on_the_first_call()
     assert check_invariance(per_view, _images(b=2), "rot90") < 1e-9  # per-view networks pass the same check
 
 
+class NeighbourWeights(nn.Module):
+    """Each view's weight times its cyclic neighbour's: weights that move with a cyclic shift of the views (a
+    rotation's permutation) and not with a mirror's. Shapes: [B, G, D] -> [B, G]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = EmbeddingWeightNet(K, 7).double()
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        lam = self.net(views)
+        return lam * torch.roll(lam, 1, dims=1)
+
+
+def test_the_weight_check_tries_every_element_not_one_shift() -> None:
+    """Under rot90 every view permutation is a cyclic shift, so NeighbourWeights moves with the views and the wrapper
+    is invariant; under d4 a mirror permutes the views otherwise, invariance breaks, and the first call refuses it."""
+    x = _images(b=2)
+    rotations = LambdaEquitune(Recorder(), "rot90", NeighbourWeights()).eval()
+    assert check_invariance(rotations, x, "rot90") < 1e-9
+    with pytest.raises(ValueError, match=r"transforming an image by element \d of d4 permutes its 8 views"):
+        LambdaEquitune(Recorder(), "d4", NeighbourWeights())(x)
+
+
 class PositionJitter(nn.Module):
     """A per-view weighting network plus ``size`` times each view's position: weights that do not roll with the
     views by ``size``, in the network's dtype. Shapes: [B, G, D] -> [B, G]."""
@@ -871,7 +918,7 @@ class PositionJitter(nn.Module):
         return lam + self.size * torch.arange(lam.shape[1], dtype=lam.dtype)
 
 
-def test_the_roll_check_tolerates_rounding_of_the_weights_precision_and_nothing_more() -> None:
+def test_the_weight_check_tolerates_rounding_of_the_weights_precision_and_nothing_more() -> None:
     x = _images(b=2)
     for size in (1e-4, 1e-9, 1e-12):  # above float64's rounding (64 eps is about 1e-14)
         with pytest.raises(ValueError, match=r"does not compute each view's weight"):
