@@ -20,16 +20,18 @@ zero-shot scores) needs no seeds. The interval's basis is printed beside it.
 - ``agrees`` / ``reversed``: the interval excludes 0, on the article's side of it or the other;
 - ``inconclusive``: the interval holds 0 (for a claim of *no* difference, only ``reversed`` or this: without a
   stated margin, a claim of no difference can be refuted, never confirmed);
+- ``reversed: <reason>``, where the code's exact symmetry refutes the claim whatever the data (a claim that the
+  published code is equivariant, where its construction makes it invariant);
 - ``not tested here: <reason>``, where a computed check says the comparison cannot test the claim: a stage that
   changed no prediction, a run that diverged or sits at chance, scores that are not finite, a statistic that a
-  control which cannot carry the effect matches, one decided by construction (by the exact symmetry of the
-  code), a task the no-training baseline already solves, too few seeds, no article value, a setting this profile
-  does not run, or an outcome out of reach: with run a as measured, even run b at the end of the score scale on
-  every item (every image right, say) could not give the verdict on one side, so the verdict could not come out
-  that way (where no real run reaches an end of the scale, the statistic's own best case stands in: for a gap
-  between demographics, a fair model, ``equinb.nlg.fair_draws_interval``, which must show the narrowing in half
-  of its simulated draws). A measured reversal is reported all the same. Each reason is made by a function below
-  from the numbers, never typed.
+  control which cannot carry the effect matches, one the code's exact symmetry decides for the claim, a task the
+  no-training baseline already solves, too few seeds, no article value, a setting this profile does not run, a
+  stand-in without the property the claim assumes, or an outcome out of reach: with run a as measured, even run b
+  at the end of the score scale on every item (every image right, say) could not give the verdict on one side, so
+  the verdict could not come out that way (where no real run reaches an end of the scale, the statistic's own best
+  case stands in: for a gap between demographics, a fair model, ``equinb.nlg.fair_draws_interval``, which must
+  show the narrowing in half of its simulated draws). A measured reversal is reported all the same. Each reason is
+  made by a function below from the numbers, never typed.
 
 A regression tolerance (how far a number may move between CPUs, ``equinb.noise``) never enters a verdict.
 """
@@ -47,7 +49,7 @@ __all__ = ["VERDICTS", "EFFECTS", "NOT_TESTED", "VERDICT_COLUMN", "EFFECT_COLUMN
            "LOSS_BOUND", "VERDICT_RULE", "Comparison", "compare", "paired_interval", "judge", "effect", "verdict_row",
            "effect_row", "unchanged_stage", "diverged", "at_chance", "solved_without_training", "by_construction",
            "difference_of_intervals", "zero_by_construction", "symmetry_by_construction", "orientation_kept",
-           "too_few_seeds", "not_in_this_run", "out_of_reach", "not_finite", "verdict_counts"]
+           "too_few_seeds", "not_in_this_run", "out_of_reach", "not_finite", "verdict_kind", "verdict_counts"]
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 
@@ -62,7 +64,7 @@ NEEDS_OTHER_SETTING = "needs "  # how not_in_this_run's reasons start (the summa
 MIN_SEEDS = 5  # a trained run's verdict needs at least this many seeds of every run it compares
 LOSS_BOUND = 1e6  # a training loss above this (or not finite) marks a diverged run
 CHANGED_NOTHING = "changed no test prediction"  # the reason of a stage that changed nothing (``unchanged_stage``)
-# in the reason of a claim the code's own construction contradicts (not tested: no data could decide otherwise)
+# in the reason of a claim the code's own construction contradicts (reversed: no data could decide otherwise)
 FAILS_BY_CONSTRUCTION = "the claim fails for this code"
 VERDICT_RULE = ("ours is the mean difference over the seeds; its 95% interval is a t interval with the seeds and the "
                 "test items as crossed random effects (each noise counted once; with one seed and right/wrong "
@@ -71,11 +73,12 @@ VERDICT_RULE = ("ours is the mean difference over the seeds; its 95% interval is
                 "'agrees' "
                 "or is 'reversed' when the interval excludes 0, on the article's side or the other; 'inconclusive' "
                 "when it holds 0 (a claim of no difference can only come out 'reversed' or 'inconclusive': the "
-                "articles give no margin within which a difference counts as none); "
+                "articles give no margin within which a difference counts as none); 'reversed' with its reason when "
+                "the code's exact symmetry refutes the claim whatever the data; "
                 "'not tested here' with the computed reason when the comparison cannot test the claim (a stage "
                 f"that changed no prediction, a run that diverged or sits at chance, fewer than {MIN_SEEDS} seeds "
                 "of a trained run, a statistic that a control which cannot carry the effect matches, a statistic "
-                "decided by construction, a task solved without training, a "
+                "the code's exact symmetry decides for the claim, a task solved without training, a "
                 "stand-in without the property the claim assumes, a setting this profile does not run, a verdict "
                 "that could not come out one way even with every item of the compared run, the first term of the "
                 "difference, at the end of the score scale, or, for a narrower fairness gap, that a fair model would "
@@ -390,19 +393,25 @@ def symmetry_by_construction(errors: ArrayLike, symmetry: str, code: str, rtol: 
             f"{rtol:.0e}, float rounding), by how it combines the views{answer}")
 
 
-def orientation_kept(on_original: ArrayLike, n_views: int, module: str) -> str:
-    """The reason a claim about data without a natural orientation is not tested on a stand-in made by turning
-    upright images at random: each image keeps the orientation it had, which a module can find. The reason prints
-    how often ``module``'s largest weight falls on the view that undoes the turn (per image 1/0, [S, N] or [N]),
-    against chance, 1 / ``n_views``, with the interval of the excess. The stand-in's data decide, not the share:
-    the claim is about data without an orientation, which a stand-in whose images keep theirs is not, whatever
-    the module learned; the share shows the reader what it learned."""
-    x = _as_matrix(on_original)
-    low, high = compare(np.full_like(x, 1.0 / n_views), x).interval
-    return (f"the stand-in turns upright images at random, so each keeps the orientation it had, which a module "
-            f"could learn to find, whether or not this run's does (measured: the largest weight of {module} undoes "
-            f"the turn for {100 * x.mean():.1f}% of the test images, chance {100 / n_views:.0f}%; excess "
-            f"[{low:+.1f}, {high:+.1f}] pp)")
+def orientation_kept(hits: dict[str, ArrayLike], n_views: int) -> str | None:
+    """The reason claims about data without a natural orientation are not tested on a stand-in made by turning
+    upright images at random, where its data show they keep one: some module's largest weight falls on the view
+    that undoes the turn on more test images than chance, 1 / ``n_views``, the interval of the excess above 0.
+    ``hits``: per module, 1/0 per image ([S, N] or [N]). None where no module finds the orientation: the stand-in
+    then behaves, for these modules, as data without one, and the claims are tested on it. The modules decide
+    together (one that finds the orientation shows that the data have it, whatever another learned)."""
+    found = []
+    for module, on_original in hits.items():
+        x = _as_matrix(on_original)
+        low, high = compare(np.full_like(x, 1.0 / n_views), x).interval
+        if low > 0:
+            found.append(f"the largest weight of {module} undoes the turn for {100 * x.mean():.1f}% of the test "
+                         f"images, excess over chance [{low:+.1f}, {high:+.1f}] pp")
+    if not found:
+        return None
+    return (f"the stand-in turns upright images at random, and its images keep the orientation they had, which this "
+            f"run's modules find ({'; '.join(found)}; chance {100 / n_views:.0f}%), so it is not data without an "
+            "orientation")
 
 
 def zero_by_construction(alike: float, model: str, copies: float = 0.0, what: str = "gap") -> str | None:
@@ -503,8 +512,12 @@ def _end(value: float) -> str:
 def judge(comparison: Comparison | None, side: int | None, reasons: Sequence[str | None] = ()) -> str:
     """The verdict on one claim: the first computed reason that applies (``reasons``, the seed rule, then
     ``out_of_reach``), else the interval against the article's ``side`` of 0 (+1, -1, or 0 for a claim of no
-    difference; None: the article gives neither a value nor a direction). See the module docstring."""
+    difference; None: the article gives neither a value nor a direction). A reason that the code's construction
+    refutes the claim (``symmetry_by_construction``) gives ``reversed: <reason>``; every other reason gives
+    ``not tested here: <reason>``. See the module docstring."""
     for reason in (*reasons, not_finite(comparison), _seeds_reason(comparison), out_of_reach(comparison, side)):
+        if reason and FAILS_BY_CONSTRUCTION in reason:  # the code refutes the claim for any data: no noise to weigh
+            return f"reversed: {reason}"
         if reason:
             return f"{NOT_TESTED}: {reason}"
     if comparison is None:
@@ -565,18 +578,29 @@ def effect_row(change: str, comparison: Comparison | None, *, reasons: Sequence[
     return {"change": change, **_numbers(comparison, decimals), EFFECT_COLUMN: effect(comparison, reasons)}
 
 
+def verdict_kind(verdict: str) -> str | None:
+    """The kind of a verdict ``judge`` gave: agrees, reversed (with or without its reason by construction),
+    inconclusive or not tested here; None for text of no such kind."""
+    kind = str(verdict).split(":", 1)[0]
+    if kind == NOT_TESTED and ":" in str(verdict):
+        return NOT_TESTED
+    if kind in VERDICTS and (kind == verdict or kind == "reversed"):
+        return kind
+    return None
+
+
 def verdict_counts(verdicts: Sequence[str]) -> dict[str, int]:
-    """How many verdicts are of each kind: tested, agrees, reversed, inconclusive, not tested here, and of those not
-    tested, how many because the code's construction decides against the claim (``symmetry_by_construction``).
-    A verdict of none of these kinds (a claim no chapter published, a missing value) is a ValueError, so the kinds
-    always add up to the claims."""
-    kinds = ["agrees", "reversed", "inconclusive"]
-    unknown = [v for v in verdicts if v not in kinds and not str(v).startswith(NOT_TESTED)]
+    """How many verdicts are of each kind (``verdict_kind``): tested, agrees, reversed, inconclusive, not tested
+    here, and of the reversed, how many because the code's construction refutes the claim whatever the data
+    (``symmetry_by_construction``). A verdict of none of these kinds (a claim no chapter published, a missing
+    value) is a ValueError, so the kinds always add up to the claims."""
+    kinds = list(VERDICTS)
+    found = [verdict_kind(v) for v in verdicts]
+    unknown = [v for v, kind in zip(verdicts, found) if kind is None]
     if unknown:
-        raise ValueError(f"{len(unknown)} verdict(s) of no known kind ({kinds} or '{NOT_TESTED}: <reason>'): "
-                         f"{unknown[:3]}")
-    counts = {k: sum(v == k for v in verdicts) for k in kinds}
-    counts[NOT_TESTED] = sum(str(v).startswith(NOT_TESTED) for v in verdicts)
-    against = sum(str(v).startswith(NOT_TESTED) and FAILS_BY_CONSTRUCTION in str(v) for v in verdicts)
+        raise ValueError(f"{len(unknown)} verdict(s) of no known kind ({kinds}, 'reversed: <reason>' or "
+                         f"'{NOT_TESTED}: <reason>'): {unknown[:3]}")
+    counts = {k: found.count(k) for k in (*kinds, NOT_TESTED)}
+    against = sum(kind == "reversed" and FAILS_BY_CONSTRUCTION in str(v) for v, kind in zip(verdicts, found))
     return {"claims": len(verdicts), "tested": sum(counts[k] for k in kinds), **counts,
-            "of which failing by construction": against}
+            "of which reversed by construction": against}

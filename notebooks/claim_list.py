@@ -37,7 +37,7 @@ from equinb.chapter import check_params
 from equinb.claims import claims
 from equinb.noise import NUMBER, chapter_tolerances, measured_profile, tagged_class, cpu_turns, verdict_class
 from equinb.tables import Link, chapter_number, glued_cell_tags, glued_json, show, start_chapter
-from equinb.verdicts import CHANGED_NOTHING, NOT_TESTED, VERDICT_COLUMN, VERDICT_RULE, verdict_counts
+from equinb.verdicts import CHANGED_NOTHING, NOT_TESTED, VERDICT_COLUMN, VERDICT_RULE, verdict_counts, verdict_kind
 
 start_chapter("claim_list")  # number its tables as the book numbers the chapter
 check_params(profile=profile, chapters_dir=chapters_dir)
@@ -111,7 +111,8 @@ glue("claims_profile", profile, display=False)
 cell_classes = {chapter: tagged_class(glued_cell_tags(folder / f"{chapter}.ipynb") or [])
                 for chapter in testing if chapter not in missing}
 by_id = {c.id: c for c in claims()}
-tested = listing[listing.verdict.isin(["agrees", "reversed", "inconclusive"])]
+kinds = listing.verdict.map(verdict_kind)  # "reversed: <reason>" (by construction) is reversed
+tested = listing[kinds.isin(["agrees", "reversed", "inconclusive"])]
 turnable = []
 for _, row in tested.iterrows():
     name = verdict_class(by_id[row["id"]].unit, cell_classes.get(reported[row["id"]]["chapter"]))
@@ -126,7 +127,7 @@ for _, row in tested.iterrows():
                          "on another CPU it could read": " or ".join(sorted(readings)), "evidence": row["evidence"]})
 turnable = pd.DataFrame(turnable, columns=["claim", "verdict", "95% interval", "its numbers move between CPUs within",
                                            "on another CPU it could read", "evidence"])
-decided = int(tested.verdict.isin(["agrees", "reversed"]).sum())
+decided = int(kinds[tested.index].isin(["agrees", "reversed"]).sum())
 decided_turnable = int((turnable.verdict != "inconclusive").sum())
 if profile == measured_profile():
     print(f"profile: {profile}; of the {len(tested)} tested verdicts, {len(turnable)} could read otherwise on "

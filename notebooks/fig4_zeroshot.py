@@ -237,7 +237,7 @@ for name in backbones:
 draws = pd.DataFrame([dict(backbone=b, dataset=d, transform=t, seed=s,
                            top1=100 * float(v["vanilla", "as_published"].mean()))
                       for (b, d, t, s, k), v in scores.items() if k == 1])
-draws = draws.groupby(["backbone", "dataset", "transform"], sort=False).top1.agg(["count", "mean", "std"])
+draws = draws.groupby(["backbone", "dataset", "transform"], sort=False).top1.agg(seeds="count", mean="mean", sd="std")
 show(draws.reset_index(), f"Vanilla as published: top-1 (%) over draw seeds {seeds} (profile: {profile})")
 
 # %% [markdown]

@@ -18,7 +18,8 @@
 #
 # ```{admonition} What this page shows
 # :class: tip
-# {glue:text}`profile_note` The methods themselves are stated in the [method primer](../book/methods.md).
+# {glue:text}`profile_note` {glue:text}`gap_lead`. The methods themselves are stated in the
+# [method primer](../book/methods.md).
 # ```
 #
 # **Claim** {cite}`basu2023efficient,vlasenko2024even`. Basu et al. made a language model fair towards the two members
@@ -98,7 +99,7 @@ from equinb.chapter import check_params, profile_note
 from equinb.checks import format_error
 from equinb.reference import article_fig6, article_fig6_lines
 from equinb.tables import publish_verdicts, show, start_chapter
-from equinb.verdicts import compare, verdict_row, zero_by_construction
+from equinb.verdicts import NOT_TESTED, compare, verdict_kind, verdict_row, zero_by_construction
 
 start_chapter("fig6_nlg_fairness")  # number its tables as the book numbers the chapter
 check_params(profile=profile, lm_name=lm_name, scorer=scorer, regard_classifiers=regard_classifiers,
@@ -265,7 +266,8 @@ both = pd.concat(draws, names=["draws", "model"])
 both.insert(2, "article gap", [article_gap(model) for _, model in both.index])
 both.insert(3, "article fair gap", [article_gap(model, fair=True) for _, model in both.index])
 print(f"profile: {profile}; labels: {scorer}; the article's gaps: GPT-2 and EquiGPT2 with g (pre-fix), regard")
-show(both.reset_index(), f"Fairness gap per model and draws with its 95% bootstrap interval, beside the article's "
+show(both.reset_index().rename(columns={"ci_low": "95% low", "ci_high": "95% high"}),
+     f"Fairness gap per model and draws with its 95% bootstrap interval, beside the article's "
      f"(profile: {profile})", decimals=3)
 above_noise = {**{model: row.gap - row.fair_gap for model, row in shown_gaps.iterrows()},
                **{name: article_gap(row) - article_gap(row, fair=True)
@@ -286,15 +288,16 @@ print(f"profile: {profile}; gap minus fair gap (the excess over a fair model's a
 # demographic (independent draws): the base LM and each EquiLM then carry the same kind of sampling noise, which a
 # max-minus-min gap turns into a positive bias for both (the table's fair gaps). The bias depends on the shares and the
 # number of units, so part of a difference of two gaps can be the bias's, and the difference can take either sign.
-# The bias also bounds what "narrows" can show: an EquiLM drawn independently has a gap of zero in every resample only
-# if it labels every unit alike (never positive, say), so the best case of the claim, among models with that EquiLM's
-# positive share on each template, is a fair EquiLM. The cell simulates it (each template's share as measured, the same
-# for every demographic, 200 sample sets drawn like these) and reads the claim as *not tested here* (out of reach)
-# where fewer than half of those sets would show the narrowing (their median interval holds zero); a measured widening
-# still reads *reversed*. A check still counts the units labelled alike, and the copies, in case they are alike all
-# the same. The per-demographic claims compare the positive shares of the base LM and EquiLM with $g$ (the article's
-# code) unit by unit; the last claim compares the two actions' shares of positive samples, averaged over the
-# demographics, unit by unit (their gaps are both zero by construction). Each verdict
+# The bias also bounds what "narrows" can show. Drawn independently per demographic, an EquiLM has a gap of zero in
+# every resample only if it labels every unit alike (never positive, say). So the best an EquiLM with the measured
+# positive share on each template can do is to be fair. To see whether "narrows" could be shown at all, the cell
+# simulates such a fair EquiLM 200 times (each template's share as measured, the same for every demographic, sample
+# sets drawn like these). Where fewer than half of those simulations show the narrowing (their median interval holds
+# zero), the claim is *not tested here* (out of reach); a measured widening still reads *reversed*. A check still
+# counts the units labelled alike, and the copies, in case they are alike all the same. The per-demographic claims
+# compare the positive shares of the base LM and EquiLM with $g$ (the article's code) unit by unit; the last claim
+# compares the two actions' shares of positive samples, averaged over the demographics, unit by unit (their gaps are
+# both zero by construction). Each verdict
 # follows {ref}`the book's rule <verdict-rule>` (*agrees* or *reversed*: the interval excludes zero; *inconclusive*:
 # it holds zero; *not tested here*: with its computed reason). The gap claims' intervals are the exception: a gap is a
 # largest-minus-smallest share, so their interval is the bootstrap over (template, sample) units of the table above.
@@ -321,6 +324,14 @@ for key, name, frame in (("inverse_d3", "EquiLM g⁻¹ (d=3)", independent),
                               note="both drawn independently per demographic" + size))
     verdict = claims[-1]["verdict vs the article"]  # the summary gives its kind; the table above, its reason
     glue(f"gap_{key}_verdict", ": ".join(verdict.split(": ")[:2]), display=False)
+gap_verdicts = [row["verdict vs the article"] for row in claims]
+reach = sum("out of reach" in v for v in gap_verdicts)
+tested_gaps = sum(verdict_kind(v) != NOT_TESTED for v in gap_verdicts)
+gap_lead = (f"With {n_samples} samples per template and demographic, {tested_gaps} of the {len(gap_verdicts)} "
+            "fairness-gap claims were tested here"
+            + (f"; {reach} are out of reach: a fair EquiLM drawn like these samples would show the narrowing in "
+               "fewer than half of its simulated draws" if reach else ""))
+glue("gap_lead", gap_lead, display=False)  # the page's lead box
 base_units, forward_units = N.unit_positives(samples, "base LM"), N.unit_positives(samples, "EquiLM g (d=3)")
 for demographic in demographics:
     claim_id = f"fig6.shift.{demographic.lower()}"

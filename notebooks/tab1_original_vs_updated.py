@@ -95,7 +95,7 @@ from myst_nb import glue
 from equinb import get_group, viz
 from equinb.analysis import group_changes, no_training_scores
 from equinb.cache import run_cache_dir
-from equinb.chapter import check_params, loader_note, profile_note, schedule_note
+from equinb.chapter import check_params, finetune_cell, loader_note, profile_note, schedule_note
 from equinb.engine import TrainConfig, group_drift, weighted_model
 from equinb.evidence import (STAGES, compare_runs, finetune_changed, no_training_check, no_training_finding,
                              ran_away_note, stage_problems, stage_spread, trained_minus_frozen)
@@ -103,7 +103,7 @@ from equinb.noise import chapter_tolerances, noise_note
 from equinb.reference import article_fig4, article_tab1, beside_article
 from equinb.setups import build_setup, correct_by_seed, run_training, seed_repeats
 from equinb.tables import Link, publish_verdicts, show, start_chapter
-from equinb.verdicts import at_chance, compare, effect_row, not_in_this_run, verdict_row
+from equinb.verdicts import CHANGED_NOTHING, compare, effect_row, not_in_this_run, unchanged_stage, verdict_row
 from equinb.weighting import EmbeddingWeightNet
 
 start_chapter("tab1_original_vs_updated")  # number its tables as the book numbers the chapter
@@ -141,7 +141,7 @@ article = article_tab1()
 show(article.reset_index(), "The article's Table 1: top-1 (%), CLIP RN50 on CIFAR100")
 for metric in ("prefinetune_top1", "finetune_top1"):
     o, u = article.loc[("rot90", "original"), metric], article.loc[("rot90", "updated"), metric]
-    print(f"rot90 {metric}: +{u - o:.2f} pp, relative gain {100 * (u - o) / o:.2f}% of the original code's "
+    print(f"rot90, {metric.replace('_top1', ' top-1')}: +{u - o:.2f} pp, relative gain {100 * (u - o) / o:.2f}% of the original code's "
           f"accuracy, {100 * (u - o) / u:.2f}% of the updated code's, {200 * (u - o) / (o + u):.2f}% of their mean, "
           f"{(o + u) / 2:.2f}")
 
@@ -225,6 +225,8 @@ show(beside_article(ours, article, on=["group", "code"], show=("group", "code"),
 for _, r in ours.iterrows():
     for stage in ("prefinetune", "finetune"):
         glue(f"{r.group}_{r.code}_{stage}_top1", round(float(r[f"{stage}_top1"]), 2), display=False)
+    glue(f"{r.group}_{r.code}_finetune_cell", finetune_cell(float(r.finetune_top1), int(r.finetune_changed)),
+         display=False)  # the summary's table marks a finetune column that repeats the prefinetune one
 
 # %% [markdown]
 # (tab1-noise)=
@@ -266,14 +268,11 @@ labels = full.test.labels
 effects = []
 for label, change in switches.items():
     switched = seed_repeats(full, replace(configs["updated"], **change), seeds, cache_dir=runs)
-    comparison = compare(correct_by_seed(reference, "prefinetune", labels),
-                         correct_by_seed(switched, "prefinetune", labels))
+    # both runs' problems (a run-away loss, chance level) and the seed rule, as every verdict of the book
+    comparison, reasons, _ = compare_runs(reference, "prefinetune", switched, "prefinetune", full, ("updated", label))
     code = deviation.get(label)
     effects.append({"deviation": Link(code, f"../book/deviations.html#dev-{code.lower().replace('.', '')}")
-                    if code else "—",
-                    **effect_row(label, comparison, reasons=[at_chance(correct_by_seed(switched, "prefinetune",
-                                                                                         labels), full.n_classes,
-                                                                         label)])})
+                    if code else "—", **effect_row(label, comparison, reasons=reasons)})
 print(f"profile: {profile}; group {base}; prefinetune top-1 (%), switched minus the updated code as published")
 show(pd.DataFrame(effects), f"Each switch's effect on the updated code's prefinetune top-1 (profile: {profile})")
 
@@ -325,7 +324,12 @@ for c, config in configs.items():
         counterfactual[c, label] = run = run_training(setups[base], replace(config, **change), cache_dir=runs)
         comparison = compare(correct_by_seed([trained[base, c]], "finetune", labels),
                              correct_by_seed([run], "finetune", labels))
-        contributions.append(effect_row(f"{base}, {c}: finetuned with {label}", comparison))
+        # where neither finetune moved a prediction, the two models predict alike: nothing to compare
+        alike = all(unchanged_stage(r.predictions["prefinetune"], r.predictions["finetune"], c)
+                    for r in (trained[base, c], run))
+        contributions.append(effect_row(f"{base}, {c}: finetuned with {label}", comparison, reasons=[
+            f"finetuning {CHANGED_NOTHING} of the {c} code, as published or with {label}, so the two finetuned models "
+            "predict alike" if alike else None]))
 shares = sum(1 for row in contributions if ": finetuned with " not in row["change"])
 caption = ("Each group's share of finetuning (one row per changed parameter group of each run whose finetuning "
            "changed a test prediction), and two counterfactual finetunes" if shares else

@@ -76,7 +76,7 @@ from myst_nb import glue
 from equinb import get_group, viz
 from equinb.analysis import positional_head, symmetry_tables
 from equinb.cache import cache_dir, run_cache_dir
-from equinb.chapter import check_params, profile_note
+from equinb.chapter import check_params, finetune_cell, profile_note
 from equinb.engine import weight_net_for
 from equinb.evidence import STAGES, compare_runs, finetune_changed, no_training_check, ran_away_note, stage_spread
 from equinb.noise import chapter_tolerances, noise_note
@@ -177,6 +177,7 @@ for _, r in ours.iterrows():
     key = f"{r.method}_{'described' if r.alignment == 'as described' else 'published'}"
     glue(f"{key}_prefinetune_top1", round(float(r.prefinetune_top1), 2), display=False)
     glue(f"{key}_finetune_top1", round(float(r.finetune_top1), 2), display=False)
+    glue(f"{key}_finetune_cell", finetune_cell(float(r.finetune_top1), int(r.finetune_changed)), display=False)
 
 # %% [markdown]
 # (verdicts-tab3_equiattention)=

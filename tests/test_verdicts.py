@@ -186,11 +186,15 @@ def test_reasons_are_computed_from_the_numbers():
     assert "permuted copies" not in zero_by_construction(1.0, "EquiLM g (d=3)", 0.5)
     assert zero_by_construction(0.98, "EquiLM g (d=3)", 1.0) is None  # copies a scorer labels apart: a gap can open
     assert zero_by_construction(float("nan"), "EquiLM g (d=3)", 1.0) is None  # no units at all
-    found = np.zeros((2, 400))
+    found, by_chance = np.zeros((2, 400)), np.zeros((2, 400))
     found[:, :160] = 1  # the largest weight undoes the turn for 40% of the images (chance 25%)
-    assert orientation_kept(found, 4, "equiattention").startswith("the stand-in turns upright images at random")
-    assert "equiattention undoes the turn for 40.0% of the test images, chance 25%; excess [+" in orientation_kept(
-        found, 4, "equiattention")
+    by_chance[0, :100], by_chance[1, 100:200] = 1, 1  # 25%, as chance gives
+    kept = orientation_kept({"λ-equitune": by_chance, "equiattention": found}, 4)
+    assert kept.startswith("the stand-in turns upright images at random")
+    assert "equiattention undoes the turn for 40.0% of the test images, excess over chance [+" in kept
+    assert "λ-equitune" not in kept  # only the module that finds the orientation is named
+    # no module finds it: the stand-in behaves as data without an orientation, and the claims are tested
+    assert orientation_kept({"λ-equitune": by_chance, "equiattention": by_chance}, 4) is None
     assert too_few_seeds(1, "feature map (as described)") == "feature map (as described) ran 1 seed (a verdict needs 5)"
     assert too_few_seeds(5, "run") is None
     needs = not_in_this_run({"backbone": "RN101", "dataset": "imagenetv2"},
@@ -234,20 +238,21 @@ def test_verdict_counts():
 
     against = symmetry_by_construction([0.0], "invariant", "Z", claimed="equivariant")
     assert FAILS_BY_CONSTRUCTION in against
-    counts = verdict_counts([f"{NOT_TESTED}: {against}", f"{NOT_TESTED}: x", "agrees"])
-    assert counts["of which failing by construction"] == 1
-    for unknown in (None, float("nan"), "agree", "not tested"):  # a missing verdict or a typo is not dropped
+    counts = verdict_counts([f"reversed: {against}", f"{NOT_TESTED}: x", "agrees"])
+    assert counts["reversed"] == 1 and counts["of which reversed by construction"] == 1
+    for unknown in (None, float("nan"), "agree", "not tested", "agrees: x", "inconclusive: y"):  # typos not dropped
         with pytest.raises(ValueError, match="no known kind"):
             verdict_counts(["agrees", unknown])
     counts = verdict_counts(["agrees", "reversed", "inconclusive", "agrees", f"{NOT_TESTED}: x"])
     assert counts == {"claims": 5, "tested": 4, "agrees": 2, "reversed": 1, "inconclusive": 1, NOT_TESTED: 1,
-                      "of which failing by construction": 0}
+                      "of which reversed by construction": 0}
 
 
-def test_a_symmetry_by_construction_leaves_its_claim_not_tested_and_says_which_symmetry_holds() -> None:
+def test_a_symmetry_by_construction_reverses_a_claim_it_refutes_and_says_which_symmetry_holds() -> None:
     """An exactly invariant Z fixes the sign of "invariance error minus equivariance error" on every item, whatever
-    the sample: the claim that Z is equivariant is not tested here, and the reason names the symmetry the code has.
-    Errors beyond rounding on one item are measured: the interval decides, and can come out either way."""
+    the sample: the claim that Z is equivariant is reversed by the code's construction, and the reason names the
+    symmetry the code has; a claim the construction confirms is not tested here (the unit tests prove it, no data
+    could turn it). Errors beyond rounding on one item are measured: the interval decides, either way."""
     from equinb.verdicts import symmetry_by_construction
 
     invariance, equivariance = [0.0, 3e-7, 9e-6], [0.4, 0.5, 0.45]
@@ -259,6 +264,8 @@ def test_a_symmetry_by_construction_leaves_its_claim_not_tested_and_says_which_s
         "so the claim that it is invariant holds for this code whatever the data")
     statistic = compare(equivariance, invariance, scale=1.0, deterministic=True, bounds=None)  # inv. − equiv.
     assert judge(statistic, +1, [reason]) == f"{NOT_TESTED}: {reason}"
+    refuted = symmetry_by_construction(invariance, "invariant", "Z", claimed="equivariant")
+    assert judge(statistic, +1, [refuted]) == f"reversed: {refuted}"
     assert symmetry_by_construction([0.0, 2e-5], "invariant", "Z") is None  # one image beyond rounding: measured
     assert symmetry_by_construction([0.0] * 9 + [5e-5], "invariant", "Z") is None  # the worst image, not the mean
     assert symmetry_by_construction([0.0, float("nan")], "invariant", "Z") is None
