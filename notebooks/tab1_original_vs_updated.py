@@ -141,9 +141,9 @@ article = article_tab1()
 show(article.reset_index(), "The article's Table 1: top-1 (%), CLIP RN50 on CIFAR100")
 for metric in ("prefinetune_top1", "finetune_top1"):
     o, u = article.loc[("rot90", "original"), metric], article.loc[("rot90", "updated"), metric]
-    print(f"rot90, {metric.replace('_top1', ' top-1')}: +{u - o:.2f} pp, relative gain {100 * (u - o) / o:.2f}% of the original code's "
-          f"accuracy, {100 * (u - o) / u:.2f}% of the updated code's, {200 * (u - o) / (o + u):.2f}% of their mean, "
-          f"{(o + u) / 2:.2f}")
+    print(f"rot90, {metric.replace('_top1', ' top-1')}: +{u - o:.2f} pp, relative gain {100 * (u - o) / o:.2f}% "
+          f"of the original code's accuracy, {100 * (u - o) / u:.2f}% of the updated code's, "
+          f"{200 * (u - o) / (o + u):.2f}% of their mean, {(o + u) / 2:.2f}")
 
 # %% [markdown]
 # ## Setup (cached once) and a symmetry check
