@@ -19,7 +19,7 @@ import pytest
 
 from equinb.claims import claim, claims, claims_of
 from equinb.tables import glued_json
-from equinb.verdicts import NEEDS_OTHER_SETTING, NOT_TESTED, VERDICT_COLUMN
+from equinb.verdicts import FAILS_BY_CONSTRUCTION, NEEDS_OTHER_SETTING, NOT_TESTED, VERDICT_COLUMN
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -57,6 +57,11 @@ def verdict_problem(row: dict) -> str | None:
         if not any(form.search(reason) for form in COMPUTED_REASONS):
             return f"a reason no reason function makes: {reason!r}"
         return None
+    if verdict.startswith("reversed: "):  # refuted by the code's construction: that reason, and a measured reversal
+        reason = verdict.removeprefix("reversed: ")
+        if not (reason.startswith("decided by construction: ") and FAILS_BY_CONSTRUCTION in reason):
+            return f"a reversal with a reason other than the code's construction: {reason!r}"
+        verdict = "reversed"
     if any(count == 0 for count in row.get("changed", {}).values()):
         return f"a compared finetune stage changed no prediction, yet the verdict is {verdict!r}"
     match = INTERVAL.match(row["95% interval"])
@@ -91,6 +96,11 @@ def test_the_rule_checker_catches_each_fault() -> None:
     assert "changed no prediction" in verdict_problem(stuck)
     assert verdict_problem({**stuck, VERDICT_COLUMN: f"{NOT_TESTED}: finetuning changed no test prediction of "
                                                      "the updated code"}) is None
+    refuted = f"reversed: decided by construction: Z is invariant, so it is not equivariant: {FAILS_BY_CONSTRUCTION}"
+    assert verdict_problem({**good, "95% interval": "[-5.00, -1.00]", VERDICT_COLUMN: refuted}) is None
+    assert "holds 0" in verdict_problem({**good, "95% interval": "[-5.00, +1.00]", VERDICT_COLUMN: refuted})
+    assert "other than the code's construction" in verdict_problem({**good, "95% interval": "[-5.00, -1.00]",
+                                                                     VERDICT_COLUMN: "reversed: it looks wrong"})
     for typed in ("the stand-in is too easy", "no run does this; besides, finetuning changed no test prediction of r"):
         assert verdict_problem({**good, VERDICT_COLUMN: f"{NOT_TESTED}: {typed}"}).startswith(
             "a reason no reason function makes")
