@@ -54,10 +54,11 @@ classes.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Iterator, Sequence, Union
 
 import torch
 from torch import nn
@@ -559,20 +560,16 @@ class OrbitWrapper(nn.Module):
             weight_net = getattr(self, "weight_net", None)
             # one image repeated |G| times, or its orbit (one pass) where learned weights must be seen to roll
             # with the views
-            try:
+            # the model's own error would name the probe's shape, not the caller's batch
+            with self._model_failure_named(
+                    f"the first call's check, which runs the first image of the batch {tuple(x.shape)} alone (as "
+                    f"[1, {', '.join(map(str, x.shape[1:]))}]{'' if weight_net is None else ', or its orbit'}) before "
+                    "the orbit pass"):
                 if weight_net is None:
                     view = self.view_outputs(x[:1, None])  # [1, 1, ...]
                     views = view.expand(1, self.group.order, *view.shape[2:])
                 else:
                     views = self.view_outputs(self.group.orbit(x[:1]))  # [1, G, ...]
-            except RuntimeError as err:  # the model's own error names the probe's shape, not the caller's batch
-                if isinstance(err, torch.cuda.OutOfMemoryError):  # what a caller may catch to shrink its batch
-                    raise
-                raise RuntimeError(
-                    f"{type(self).__name__}: the model failed on the first call's check, which runs the first image "
-                    f"of the batch {tuple(x.shape)} alone (as [1, {', '.join(map(str, x.shape[1:]))}]"
-                    f"{'' if weight_net is None else ', or its orbit'}) before the orbit pass; check that the images "
-                    f"have the channels, size and dtype the model takes: {err}") from err
             self._warn_unaligned_maps(views, self._check_head(views[:, 0]))
             try:
                 weights = self.view_weights(views)
@@ -587,6 +584,19 @@ class OrbitWrapper(nn.Module):
             if weight_net is not None:
                 self._check_weights_permute(views, weights)
         self._first_call_checked = True
+
+    @contextlib.contextmanager
+    def _model_failure_named(self, what: str) -> Iterator[None]:
+        """A RuntimeError of the model inside the block raised again with the wrapper's name and ``what`` it was
+        running (PyTorch's own error names neither); out-of-memory errors pass as they are, since a caller may
+        catch them to shrink its batch."""
+        try:
+            yield
+        except RuntimeError as err:
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                raise
+            raise RuntimeError(f"{type(self).__name__}: the model failed on {what}; check that the images have the "
+                               f"channels, size and dtype the model takes: {err}") from err
 
     def _check_weights_permute(self, views: Tensor, raw: Tensor) -> None:
         """A ValueError when the weighting network's weights do not move with its views: ``raw``, the weights of one
@@ -775,15 +785,9 @@ class OrbitWrapper(nn.Module):
         self._check_images(example_input)
         with modes_restored(self.trunk), torch.no_grad():
             self.trunk.eval()
-            try:
+            with self._model_failure_named(f"example_input {tuple(example_input.shape)} (its first image alone sizes "
+                                           "the default weighting network)"):
                 view = self.view_outputs(example_input[:1, None])[0, 0]
-            except RuntimeError as err:  # the model's own error names neither the wrapper nor example_input
-                if isinstance(err, torch.cuda.OutOfMemoryError):
-                    raise
-                raise RuntimeError(
-                    f"{type(self).__name__}: the model failed on example_input {tuple(example_input.shape)} (its "
-                    "first image alone sizes the default weighting network); check that the images have the "
-                    f"channels, size and dtype the model takes: {err}") from err
         return make(tuple(view.shape)).to(device=view.device, dtype=view.dtype)
 
 
