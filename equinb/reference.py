@@ -13,7 +13,8 @@ import pandas as pd
 
 __all__ = ["REFERENCE_CSV", "FIG6_LABELS", "reference_rows", "reference_table", "display_numbers",
            "beside_article", "article_fig4", "compare_fig4", "article_tab1", "article_tab2", "article_tab3",
-           "article_tab4", "count_behind", "article_fig2_3", "article_fig6", "article_fig6_lines"]
+           "article_tab4", "ARTICLE_ROW_NAMES", "article_shown", "count_behind", "article_fig2_3", "article_fig6",
+           "article_fig6_lines"]
 
 REFERENCE_CSV = Path(__file__).with_name("article_numbers.csv")
 # Label categories of the article's Figure 6(a), bottom to top of a bar.
@@ -145,23 +146,26 @@ def article_fig6_lines() -> pd.Series:
 
 
 def article_tab1() -> pd.DataFrame:
-    """Table 1: top-1 (%) per (group, code) with columns ``prefinetune_top1``, ``finetune_top1``; groups in this
-    library's names (the article's ``flip`` is ``rot180``), code ``original`` | ``updated``."""
+    """Table 1: top-1 (%) per (group, code), in the article's order, with columns ``prefinetune_top1``,
+    ``finetune_top1``; groups in this library's names (the article's ``flip`` is ``rot180``), code ``original`` |
+    ``updated``."""
     ref = reference_table("tab1_original_vs_updated")
     ref = ref.assign(group=ref["transform"].replace({"flip": "rot180"}), code=ref.variant.str.replace("_invariant", ""))
-    return ref.pivot_table(index=["group", "code"], columns="metric", values="value")
+    return ref.pivot_table(index=["group", "code"], columns="metric", values="value", sort=False)
 
 
 def article_tab2() -> pd.DataFrame:
-    """Table 2: top-1 (%) per variant (``updated_invariant``, ``feature_map``), one column per metric."""
+    """Table 2: top-1 (%) per variant (``updated_invariant``, ``feature_map``, the article's order), one column per
+    metric."""
     return reference_table("tab2_invariant_vs_featuremap").pivot_table(index="variant", columns="metric",
-                                                                       values="value")
+                                                                       values="value", sort=False)
 
 
 def article_tab3() -> pd.DataFrame:
-    """Table 3: top-1 (%) per method (``lambda_equitune``, ``equiattention``), one column per metric."""
+    """Table 3: top-1 (%) per method (``lambda_equitune``, ``equiattention``, the article's order), one column per
+    metric."""
     return reference_table("tab3_equitune_vs_equiattention").pivot_table(index="method", columns="metric",
-                                                                          values="value")
+                                                                          values="value", sort=False)
 
 
 def article_tab4() -> pd.DataFrame:
@@ -169,6 +173,21 @@ def article_tab4() -> pd.DataFrame:
     ``updated_invariant``, ``feature_map``), columns ``prefinetune_top1``, ``finetune_top1``."""
     return reference_table("tab4_isic2018").pivot_table(index="variant", columns="metric", values="value",
                                                         sort=False)
+
+
+# The article code's keys for the rows of its Tables 2-4, as the chapters name the same rows of their own runs.
+ARTICLE_ROW_NAMES = {"original_invariant": "original invariant", "updated_invariant": "updated invariant",
+                     "feature_map": "feature map", "lambda_equitune": "feature-map λ-equitune",
+                     "equiattention": "equiattention"}
+
+
+def article_shown(table: pd.DataFrame) -> pd.DataFrame:
+    """One of the article's top-1 tables (``article_tab1`` to ``article_tab4``) as a chapter prints it: the index as
+    leading columns, its row keys under the chapters' names (``ARTICLE_ROW_NAMES``), prefinetune before finetune
+    (the order of training)."""
+    stages = [c for c in ("prefinetune_top1", "finetune_top1") if c in table.columns]
+    ordered = table[stages + [c for c in table.columns if c not in stages]]
+    return ordered.rename(index=ARTICLE_ROW_NAMES).reset_index()
 
 
 def count_behind(percent: float, n: int, decimals: int = 2) -> int | None:

@@ -95,12 +95,13 @@ from myst_nb import glue
 from equinb import get_group, viz
 from equinb.analysis import group_changes, no_training_scores
 from equinb.cache import run_cache_dir
-from equinb.chapter import check_params, finetune_cell, loader_note, profile_note, schedule_note
+from equinb.chapter import (check_params, finetune_cell, loader_note, profile_note, schedule_note,
+                            settings_table)
 from equinb.engine import TrainConfig, group_drift, weighted_model
 from equinb.evidence import (STAGES, compare_runs, finetune_changed, no_training_check, no_training_finding,
                              ran_away_note, stage_problems, stage_spread, trained_minus_frozen)
 from equinb.noise import chapter_tolerances, noise_note
-from equinb.reference import article_fig4, article_tab1, beside_article
+from equinb.reference import article_fig4, article_shown, article_tab1, beside_article
 from equinb.setups import build_setup, correct_by_seed, run_training, seed_repeats
 from equinb.tables import Link, publish_verdicts, show, start_chapter
 from equinb.verdicts import CHANGED_NOTHING, compare, effect_row, not_in_this_run, unchanged_stage, verdict_row
@@ -138,7 +139,7 @@ print(f"profile={profile} backbone={backbone} dataset={dataset} groups={groups} 
 
 # %% tags=["hide-input", "exact"]
 article = article_tab1()
-show(article.reset_index(), "The article's Table 1: top-1 (%), CLIP RN50 on CIFAR100")
+show(article_shown(article), "The article's Table 1: top-1 (%), CLIP RN50 on CIFAR100")
 for metric in ("prefinetune_top1", "finetune_top1"):
     o, u = article.loc[("rot90", "original"), metric], article.loc[("rot90", "updated"), metric]
     print(f"rot90, {metric.replace('_top1', ' top-1')}: +{u - o:.2f} pp, relative gain {100 * (u - o) / o:.2f}% "
@@ -178,8 +179,7 @@ for label, change in changes.items():
 # with this chapter's schedule):
 
 # %% tags=["hide-input", "exact"]
-show(pd.DataFrame({code: config.as_dict() for code, config in configs.items()}).astype(str).rename_axis(
-    "setting").reset_index(), f"Settings of the two code versions (profile: {profile})")
+show(settings_table(configs), f"Settings of the two code versions (profile: {profile})")
 
 # %% tags=["tolerance-top1"]
 rows, curves, trained = [], [], {}
@@ -366,7 +366,7 @@ for (c, label), run in counterfactual.items():
 
 # %% [markdown]
 # (verdicts-tab1_original_vs_updated)=
-# ## Verdicts: the article's claims, tested
+# ## Verdicts on the article's claims
 # Updated minus original, per group and stage, and each code's finetune minus its prefinetune, in pp, averaged over
 # the seeds. Each verdict follows {ref}`the book's rule <verdict-rule>` (*agrees* or *reversed*: the interval excludes
 # zero; *inconclusive*: it holds zero; *not tested here*: with its computed reason). The last table sets every trained
@@ -409,7 +409,7 @@ trained_runs = ([f"the {c} code" for c in configs] + [f"the updated code with {l
 needed = {"": f"the original code with one of its changes alone ({', '.join(acting)})"}
 claims.append(verdict_row("tab1.gain_sources", None,
                           reasons=[no_gain or not_in_this_run(needed, {"": trained_runs})]))
-publish_verdicts(claims, profile, "tab1_original_vs_updated", "Table 1 claims, tested")
+publish_verdicts(claims, profile, "tab1_original_vs_updated", "Table 1 claims and their verdicts")
 frozen = []
 for name, setup in setups.items():
     article_best = max(zero_shot[name, m] for m in ("vanilla", "equitune", "equizero"))

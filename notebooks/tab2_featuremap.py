@@ -90,7 +90,7 @@ from equinb.engine import TrainConfig
 from equinb.evidence import (STAGES, compare_runs, diverged_seeds, finetune_changed, no_training_check,
                              ran_away_note, stage_problems, stage_runs, stage_spread)
 from equinb.noise import chapter_tolerances, loss_label, noise_note
-from equinb.reference import article_fig4, article_tab2, beside_article
+from equinb.reference import article_fig4, article_shown, article_tab2, beside_article
 from equinb.setups import (build_setup, correct_by_seed, feature_map_config, run_training, seed_repeats,
                            trained_model)
 from equinb.tables import publish_verdicts, show, start_chapter
@@ -129,7 +129,7 @@ print(f"profile={profile} backbone={backbone} dataset={dataset} group={group} de
 
 # %% tags=["hide-input", "exact"]
 article = article_tab2()
-show(article.reset_index(), "The article's Table 2: top-1 (%), CLIP RN50 on CIFAR100")
+show(article_shown(article), "The article's Table 2: top-1 (%), CLIP RN50 on CIFAR100")
 invariant_top1 = article.loc["updated_invariant", "prefinetune_top1"]
 gain = article.loc["feature_map", "prefinetune_top1"] - invariant_top1
 print(f"prefinetune gain of the feature maps: {gain:+.2f} pp, {100 * gain / invariant_top1:.1f}% of the invariant "
@@ -283,7 +283,7 @@ show(top1.rename_axis("model").reset_index(), f"Top-1 (%) when every test image 
 
 # %% [markdown]
 # (verdicts-tab2_featuremap)=
-# ## Verdicts: the article's claims, tested
+# ## Verdicts on the article's claims
 # Feature map (as published) minus the invariant row, per stage, in pp, averaged over the seeds; and whether the
 # published feature map is equivariant, per test image (where its $Z$ measures invariant to float rounding on every
 # test image, how the code combines the views decides that claim for any data: it is reversed, and the reason gives
@@ -320,7 +320,7 @@ construction = symmetry_by_construction(errors_of["invariance"], "invariant", "t
 claims.append(verdict_row("tab2.equivariant", compare(errors_of["equivariance"], errors_of["invariance"], scale=1.0,
                                                       deterministic=True, bounds=None), decimals=3,
                           reasons=[construction]))
-publish_verdicts(claims, profile, "tab2_featuremap", "Table 2 claims, tested")
+publish_verdicts(claims, profile, "tab2_featuremap", "Table 2 claims and their verdicts")
 row = claims[-1]  # the summary page quotes it
 glue("equivariant_claim", f"{row['ours']} {row['95% interval']} ({row['verdict vs the article']})", display=False)
 for stage, row in zip(STAGES, claims):

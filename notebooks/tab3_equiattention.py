@@ -80,7 +80,7 @@ from equinb.chapter import check_params, finetune_cell, profile_note
 from equinb.engine import weight_net_for
 from equinb.evidence import STAGES, compare_runs, finetune_changed, no_training_check, ran_away_note, stage_spread
 from equinb.noise import chapter_tolerances, noise_note
-from equinb.reference import article_tab3, beside_article
+from equinb.reference import ARTICLE_ROW_NAMES, article_shown, article_tab3, beside_article
 from equinb.setups import build_setup, feature_map_config, run_training, seed_repeats, trained_model
 from equinb.tables import publish_verdicts, show, start_chapter
 from equinb.verdicts import effect_row, verdict_row
@@ -112,7 +112,7 @@ print(f"profile={profile} backbone={backbone} dataset={dataset} group={group} de
 
 # %% tags=["hide-input", "exact"]
 article = article_tab3()
-show(article.reset_index(), "The article's Table 3: top-1 (%), CLIP RN50 on CIFAR100")
+show(article_shown(article), "The article's Table 3: top-1 (%), CLIP RN50 on CIFAR100")
 
 # %% [markdown]
 # (tab3-runs)=
@@ -144,7 +144,7 @@ for method in methods:
         repeats[alignment, method] = [run, *seed_repeats(maps, config, noise_seeds, finetune=finetune_changed(run) > 0,
                                                          cache_dir=runs, **options)]
         rows.append(dict(method=method, alignment=alignment, **run.row, finetune_changed=finetune_changed(run)))
-        curves += [dict(run=f"{method} ({alignment})", **h) for h in run.history]
+        curves += [dict(run=f"{ARTICLE_ROW_NAMES[method]} ({alignment})", **h) for h in run.history]
 ours = pd.DataFrame(rows)
 curves = pd.DataFrame(curves)
 seeds = [seed, *noise_seeds]
@@ -156,17 +156,17 @@ seeds = [seed, *noise_seeds]
 # the article's numbers sit beside the runs that match them: unaligned views, as its code
 print(f"profile: {profile} ({maps.description})")
 print(noise_note(noise["top1"], "top-1 accuracies (%)"))
-show(beside_article(ours.assign(article_method=ours.method.where(ours.alignment == "as published")), article,
-                    on="article_method", article_on="method", show=("method", "alignment"),
-                    with_delta=profile == "paper"), f"This build (seed {seed}) beside the article's Table 3 "
+beside = beside_article(ours.assign(article_method=ours.method.where(ours.alignment == "as published")), article,
+                        on="article_method", article_on="method", show=("method", "alignment"),
+                        with_delta=profile == "paper")
+show(beside.replace({"method": ARTICLE_ROW_NAMES}), f"This build (seed {seed}) beside the article's Table 3 "
                                                     f"(profile: {profile})")
-spread = pd.DataFrame([dict(method=m, alignment=a, **row) for (a, m), rs in repeats.items()
+spread = pd.DataFrame([dict(method=ARTICLE_ROW_NAMES[m], alignment=a, **row) for (a, m), rs in repeats.items()
                        for row in stage_spread(rs)])
 show(spread, f"Top-1 (%) over seeds {seeds}, per run and stage (a run whose finetuning changed no test prediction "
              f"is repeated for its prefinetuning only; profile: {profile})")
-print(f"profile: {profile}; {ran_away_note({f'{m} {a}': rs for (a, m), rs in repeats.items()})}")
-shown_as = {"lambda_equitune": "feature-map λ-equitune", "equiattention": "equiattention"}
-unchanged_runs = [f"{shown_as.get(m, m)} {a}" for m, a, n in zip(ours.method, ours.alignment, ours.finetune_changed)
+print(f"profile: {profile}; {ran_away_note({f'{ARTICLE_ROW_NAMES[m]} {a}': rs for (a, m), rs in repeats.items()})}")
+unchanged_runs = [f"{ARTICLE_ROW_NAMES[m]} {a}" for m, a, n in zip(ours.method, ours.alignment, ours.finetune_changed)
                   if n == 0]
 finetune_note = (f"finetuning changed no test prediction in {len(unchanged_runs)} of {len(ours)} runs"
                  + (f" ({'; '.join(unchanged_runs)}): their finetune columns repeat the prefinetune ones"
@@ -181,7 +181,7 @@ for _, r in ours.iterrows():
 
 # %% [markdown]
 # (verdicts-tab3_equiattention)=
-# ## Verdicts: the article's claims, tested
+# ## Verdicts on the article's claims
 # Equiattention minus λ-equitune, as published, per stage, in pp, averaged over the seeds. Each verdict follows
 # {ref}`the book's rule <verdict-rule>` (*agrees* or *reversed*: the interval excludes zero; *inconclusive*: it holds
 # zero; *not tested here*: with its computed reason). The second table compares the two methods as described, where
@@ -200,7 +200,7 @@ for alignment in ("as published", "as described"):
                                       reasons=[solved, *reasons], changed=changed))
         else:
             own.append(effect_row(f"equiattention − λ-equitune, {stage}, as described", comparison, reasons=reasons))
-publish_verdicts(claims, profile, "tab3_equiattention", "Table 3 claims, tested")
+publish_verdicts(claims, profile, "tab3_equiattention", "Table 3 claims and their verdicts")
 show(pd.DataFrame(own), f"This build's own comparison, in pp (profile: {profile})")
 for row in claims:
     stage = row["id"].rsplit(".", 1)[1]
@@ -216,8 +216,9 @@ for row in claims:
 # %% tags=["hide-input", "tolerance-logit"]
 positional = {"positional": positional_head(maps, cache_dir(data_root))} if profile == "small" else {}
 heads = {"head": maps.head, **positional}
-models = {f"{method} ({alignment})": trained_model(maps, config, method, alignment == "as described",
-                                                  repeats[alignment, method][0].states["prefinetune"])
+models = {f"{ARTICLE_ROW_NAMES[method]} ({alignment})":
+          trained_model(maps, config, method, alignment == "as described",
+                        repeats[alignment, method][0].states["prefinetune"])
           for method in methods for alignment in ("as published", "as described")}
 errors, top1, _ = symmetry_tables(models, maps, heads)
 print(f"profile: {profile}; largest change over the non-identity rotations, {len(maps.test)} test images")
