@@ -16,7 +16,8 @@ Columns: ``id``, ``article`` (basu2023 | vlasenko2024), ``where`` (section, tabl
 claim, with the article's numbers), ``statistic`` (the signed difference a chapter computes), ``unit`` (pp,
 weight, share, relative), ``article_value`` (that difference in the article; empty when it states only a
 direction), ``derivation`` (how the value follows from the printed numbers), ``direction`` (+, -, or 0 for a claim
-of no difference; empty: the sign of the value), ``chapter`` (the chapter that tests it; empty: none).
+of no difference; empty: the sign of the value), ``chapter`` (the chapter that tests it; empty: none),
+``no_chapter_because`` (why no chapter tests it; required exactly when ``chapter`` is empty).
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ class Claim:
     derivation: str
     direction: int | None  # +1, -1, 0 (no difference), or None: the sign of article_value
     chapter: str
+    no_chapter_because: str = ""  # why no chapter tests it: given exactly when ``chapter`` is empty
+
+    def __post_init__(self) -> None:
+        if bool(self.chapter) == bool(self.no_chapter_because):
+            raise ValueError(f"claim {self.id}: give a chapter or the reason why none tests it, not both or neither")
 
     @property
     def side(self) -> int | None:
@@ -67,7 +73,8 @@ def _from_csv() -> list[Claim]:
     with CLAIMS_CSV.open(newline="") as handle:
         return [Claim(r["id"], r["article"], r["where"], r["claim"], r["statistic"], r["unit"],
                       float(r["article_value"]) if r["article_value"] else None, r["derivation"],
-                      _direction(r["direction"]), r["chapter"]) for r in csv.DictReader(handle)]
+                      _direction(r["direction"]), r["chapter"], r["no_chapter_because"])
+                for r in csv.DictReader(handle)]
 
 
 def fig4_claim_id(dataset: str, backbone: str, transform: str, better: str, metric: str) -> str:
@@ -99,6 +106,10 @@ def _fig4_claims() -> list[Claim]:
     return out
 
 
+_CURVES_UNTESTED = ("no chapter re-runs Basu et al.'s finetuning of the whole CLIP model (equitune, equizero and "
+                    "λ-equitune, 4,000 steps per backbone); its numbers come from their plotting code only")
+
+
 def _curve_claims() -> list[Claim]:
     from .reference import reference_rows
 
@@ -118,7 +129,7 @@ def _curve_claims() -> list[Claim]:
                 f"reaches {lam:.2f}% top-1 (from {start[backbone, 'lambda_equitune']:.2f}%), against {o:.2f}% with "
                 f"{other} (from {start[backbone, other]:.2f}%).",
                 f"top-1 after 4,000 finetuning steps, λ-equitune − {other}", "pp", round(lam - o, 4),
-                f"{lam:.2f} − {o:.2f}", None, ""))
+                f"{lam:.2f} − {o:.2f}", None, "", _CURVES_UNTESTED))
     return out
 
 

@@ -60,7 +60,7 @@ for c in claims():
     if row is not None:
         verdict, build = row[VERDICT_COLUMN], row["profile"]
     elif not c.chapter:
-        verdict, build = f"{NOT_TESTED}: no chapter of this book computes this comparison", profile
+        verdict, build = f"{NOT_TESTED}: {c.no_chapter_because}", profile
     elif c.chapter in missing:
         verdict, build = f"{NOT_TESTED}: the chapter {c.chapter} was not executed in this build", profile
     else:
