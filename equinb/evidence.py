@@ -17,8 +17,8 @@ import torch
 
 from .analysis import no_training_scores
 from .setups import TrainingRun, TrainingSetup, correct_by_seed
-from .verdicts import (EFFECT_COLUMN, LOSS_BOUND, NOT_TESTED, Comparison, at_chance, compare, diverged,
-                       solved_without_training, too_few_seeds, unchanged_stage)
+from .verdicts import (EFFECT_COLUMN, LOSS_BOUND, NOT_TESTED, Comparison, at_chance, below_majority, compare,
+                       diverged, solved_without_training, too_few_seeds, unchanged_stage)
 
 __all__ = ["STAGES", "STAGE_CHANGE", "stage_runs", "stage_spread", "stage_losses", "diverged_seeds",
            "finetune_changed", "ran_away_note", "stage_problems", "compare_runs", "no_training_check",
@@ -118,13 +118,15 @@ def compare_runs(runs_a: Sequence[TrainingRun], stage_a: str, runs_b: Sequence[T
                  scores: dict[str, torch.Tensor] | None = None
                  ) -> tuple[Comparison, list[str | None], dict[str, int]]:
     """Run b at ``stage_b`` minus run a at ``stage_a``, seed by seed (as many seeds as both ran), with the reasons
-    of ``stage_problems`` for both and ``too_few_seeds``, and, for each compared finetune stage, how many test
+    of ``stage_problems`` for both, ``too_few_seeds`` and, for top-1, ``below_majority``, and, for each compared
+    finetune stage, how many test
     predictions it changed (``{name: count}``; a verdict row records it). ``balanced``: the difference of balanced
     accuracies (items within classes, the classes weighted equally). ``scores``: per-item scores [S, N] to use
     instead of correctness (e.g. a weight), keyed "a" and "b"."""
     a, b = stage_runs(runs_a, stage_a), stage_runs(runs_b, stage_b)
     n = min(len(a), len(b))
     labels = setup.test.labels
+    top1 = scores is None and not balanced  # a comparison of top-1, which the largest class of a test set can lift
     if scores is None:
         scores = {"a": correct_by_seed(a[:n], stage_a, labels), "b": correct_by_seed(b[:n], stage_b, labels)}
     comparison = compare(scores["a"][:n], scores["b"][:n], strata=labels if balanced else None)
@@ -137,6 +139,9 @@ def compare_runs(runs_a: Sequence[TrainingRun], stage_a: str, runs_b: Sequence[T
         reasons += problems[1:] if stage == "finetune" else problems
     reasons = [*unchanged, *reasons]
     reasons.append(too_few_seeds(n, f"{names[0]} and {names[1]}" if names[0] != names[1] else names[0]))
+    if top1:
+        reasons.append(below_majority(scores["a"][:n], scores["b"][:n], labels,
+                                      (f"{names[0]} {stage_a}", f"{names[1]} {stage_b}")))
     changed = {name: finetune_changed(runs[0]) for name, runs, stage in ((names[0], runs_a, stage_a),
                                                                          (names[1], runs_b, stage_b))
                if stage == "finetune"}

@@ -23,7 +23,8 @@ zero-shot scores) needs no seeds. The interval's basis is printed beside it.
 - ``reversed: <reason>``, where the code's exact symmetry refutes the claim whatever the data (a claim that the
   published code is equivariant, where its construction makes it invariant);
 - ``not tested here: <reason>``, where a computed check says the comparison cannot test the claim: a stage that
-  changed no prediction, a run that diverged or sits at chance, scores that are not finite, a statistic that a
+  changed no prediction, a run that diverged or sits at chance, two runs compared in top-1 that both score below
+  answering the majority class of an imbalanced test set, scores that are not finite, a statistic that a
   control which cannot carry the effect matches, one the code's exact symmetry decides for the claim, a task the
   no-training baseline already solves, too few seeds, no article value, a setting this profile does not run, a
   stand-in without the property the claim assumes, or an outcome out of reach: with run a as measured, even run b
@@ -47,9 +48,10 @@ import torch
 
 __all__ = ["VERDICTS", "EFFECTS", "NOT_TESTED", "VERDICT_COLUMN", "EFFECT_COLUMN", "NEEDS_OTHER_SETTING", "MIN_SEEDS",
            "LOSS_BOUND", "VERDICT_RULE", "Comparison", "compare", "paired_interval", "judge", "effect", "verdict_row",
-           "effect_row", "unchanged_stage", "diverged", "at_chance", "solved_without_training", "by_construction",
-           "difference_of_intervals", "zero_by_construction", "symmetry_by_construction", "orientation_kept",
-           "too_few_seeds", "not_in_this_run", "out_of_reach", "not_finite", "verdict_kind", "verdict_counts"]
+           "effect_row", "unchanged_stage", "diverged", "at_chance", "below_majority", "solved_without_training",
+           "by_construction", "difference_of_intervals", "zero_by_construction", "symmetry_by_construction",
+           "orientation_kept", "too_few_seeds", "not_in_this_run", "out_of_reach", "not_finite", "verdict_kind",
+           "verdict_counts"]
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 
@@ -76,7 +78,9 @@ VERDICT_RULE = ("ours is the mean difference over the seeds; its 95% interval is
                 "articles give no margin within which a difference counts as none); 'reversed' with its reason when "
                 "the code's exact symmetry refutes the claim whatever the data; "
                 "'not tested here' with the computed reason when the comparison cannot test the claim (a stage "
-                f"that changed no prediction, a run that diverged or sits at chance, fewer than {MIN_SEEDS} seeds "
+                f"that changed no prediction, a run that diverged or sits at chance, two runs compared in top-1 that "
+                "both score below answering the majority class of an imbalanced test set, fewer than "
+                f"{MIN_SEEDS} seeds "
                 "of a trained run, a statistic that a control which cannot carry the effect matches, a statistic "
                 "the code's exact symmetry decides for the claim, a task solved without training, a "
                 "stand-in without the property the claim assumes, a setting this profile does not run, a verdict "
@@ -331,6 +335,27 @@ def at_chance(correct: ArrayLike, n_classes: int, run: str, labels: ArrayLike | 
     if low <= chance <= high:
         return f"{run} is at chance (top-1 {100 * x.mean():.2f}%, chance {chance:.2f}%)"
     return None
+
+
+def below_majority(correct_a: ArrayLike, correct_b: ArrayLike, labels: ArrayLike,
+                   names: tuple[str, str]) -> str | None:
+    """``"both below the majority class: ..."`` when two runs compared in top-1 (per-item 1/0 scores [S, N] each, on
+    a test set whose true ``labels`` [N] fall in classes of unequal size) both score below the top-1 of answering the
+    largest class for every item. There a top-1 difference can come from answering that class more or less often
+    rather than from what either run learned; the reason gives the difference in balanced accuracy, which the
+    largest class cannot lift."""
+    a, b = _as_matrix(correct_a), _as_matrix(correct_b)
+    counts = np.unique(_as_matrix(labels).reshape(-1), return_counts=True)[1]
+    majority = 100.0 * counts.max() / counts.sum()
+    top_a, top_b = 100.0 * a.mean(), 100.0 * b.mean()
+    if counts.min() == counts.max() or max(top_a, top_b) >= majority:
+        return None
+    balanced = compare(a, b, strata=labels)
+    low, high = balanced.interval
+    return (f"both below the majority class: {names[0]} ({top_a:.2f}%) and {names[1]} ({top_b:.2f}%) score under the "
+            f"{majority:.2f}% top-1 of answering the largest class for every item, where a top-1 difference can come "
+            f"from answering that class more or less often; in balanced accuracy the difference is "
+            f"{balanced.difference:+.2f} pp [{low:+.2f}, {high:+.2f}]")
 
 
 def solved_without_training(baseline_correct: ArrayLike, baseline: str) -> str | None:

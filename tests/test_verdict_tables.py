@@ -37,11 +37,12 @@ def _rows(chapter: str) -> list[dict]:
 
 
 # The forms of the reasons the reason functions make (equinb.verdicts: unchanged_stage, diverged, at_chance,
-# solved_without_training, by_construction, zero_by_construction, orientation_kept, too_few_seeds, not_in_this_run,
-# out_of_reach, not_finite (both its forms), judge's own two; equinb.evidence: stage_problems, diverged_seeds).
+# below_majority, solved_without_training, by_construction, zero_by_construction, orientation_kept, too_few_seeds,
+# not_in_this_run, out_of_reach, not_finite (both its forms), judge's own two;
+# equinb.evidence: stage_problems, diverged_seeds).
 COMPUTED_REASONS = [re.compile(pattern) for pattern in (
     r"^\w+ changed no test prediction of ", r"^[^:;]{1,80} diverged (\(training loss above|in \d+ of \d+ seeds)",
-    r"^[^:;]{1,80} is at chance (\(top-1 |in balanced accuracy \()",
+    r"^[^:;]{1,80} is at chance (\(top-1 |in balanced accuracy \()", r"^both below the majority class: ",
     r"^[^:;]{1,80} ran \d+ seeds? \(a verdict needs \d+\)$",
     r"^solved without training: ", r"^decided by construction: ", r"^indistinguishable from a control: ",
     r"^the stand-in turns upright images at random", r"^the compared scores are not all finite ",

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from equinb.verdicts import (EFFECT_COLUMN, NOT_TESTED, MIN_SEEDS, VERDICT_COLUMN, VERDICTS, Comparison,
-                             at_chance, by_construction, compare, difference_of_intervals, diverged, effect, effect_row,
-                             judge, not_finite, not_in_this_run, orientation_kept, paired_interval,
+                             at_chance, below_majority, by_construction, compare, difference_of_intervals, diverged,
+                             effect, effect_row, judge, not_finite, not_in_this_run, orientation_kept, paired_interval,
                              solved_without_training, too_few_seeds, unchanged_stage, verdict_counts, verdict_row,
                              zero_by_construction)
 from equinb.claims import claim
@@ -154,6 +154,16 @@ def test_reasons_are_computed_from_the_numbers():
     chance = (gen.random(400) < 0.1).astype(float)  # 10 classes, right 10% of the time
     assert at_chance(chance, 10, "run").startswith("run is at chance")
     assert at_chance(np.ones(400), 10, "run") is None
+    # 3 classes of 60, 30 and 10 items: answering the largest for every item scores 60% top-1
+    labels = np.repeat([0, 1, 2], [60, 30, 10])
+    majority = (labels == 0).astype(float)  # right exactly on the largest class: top-1 60%, balanced 33.3%
+    learned = np.r_[np.zeros(30), np.ones(25), np.zeros(20), np.ones(25)]  # 50% top-1, every class partly right
+    names = ("a", "b")
+    reason = below_majority(learned[:100][None], (majority * (np.arange(100) < 55))[None], labels, names)
+    assert reason.startswith("both below the majority class: a (50.00%) and b (55.00%) score under the 60.00%")
+    assert "in balanced accuracy the difference is -" in reason  # b's gain is the largest class alone
+    assert below_majority(learned[None], majority[None], labels, names) is None  # b reaches the majority rate
+    assert below_majority(learned[None], learned[None], np.repeat([0, 1], 50), names) is None  # equal classes
     nearly_all = np.ones(400)
     nearly_all[0] = 0  # 399 of 400 right: a run with all 400 right is not measurably above it
     assert "could not score measurably above" in solved_without_training(nearly_all, "zero-shot equitune")
