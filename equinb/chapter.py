@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -25,8 +25,12 @@ from .nlg import DEMOGRAPHICS, LABELS
 from .setups import check_map_image_size
 from .zeroshot import TRANSFORMS
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 __all__ = ["PROFILES", "RULES", "RUN_PARAMETERS_ENV", "check_params", "check_device", "injected_parameters",
-           "changed_parameters", "profile_note", "schedule_note", "loader_note", "finetune_cell"]
+           "changed_parameters", "profile_note", "schedule_note", "loader_note", "finetune_cell", "SETTING_MEANINGS",
+           "settings_table"]
 
 PROFILES = ("small", "paper")
 ORIENTATION_FREE = ("stand_in", "isic2018")
@@ -370,6 +374,43 @@ def profile_note(profile: str, small: str, paper: str) -> str:
                 f"neither the values nor the sizes of the differences carry over. The paper profile runs {paper}; "
                 "this build did not produce its numbers.")
     return f"This build ran the {profile} profile: {paper}."
+
+
+# What each ``TrainConfig`` field sets, in a reader's words (a settings table prints it beside the field's name,
+# which is what a papermill run passes).
+SETTING_MEANINGS = {
+    "prefinetune_rounds": "rounds of prefinetuning (the weighting network alone)",
+    "prefinetune_steps": "batches per prefinetuning round",
+    "prelr": "learning rate of the weighting network in prefinetuning",
+    "finetune_rounds": "rounds of finetuning",
+    "finetune_steps": "batches per finetuning round",
+    "lr": "learning rate of finetuning",
+    "momentum": "SGD momentum (no weight decay, no schedule)",
+    "batch_size": "images per batch",
+    "output_softmax": "average the views' probabilities, then cross-entropy (a double softmax)",
+    "lambda_input": "what the weighting network reads: a frozen copy of the backbone, or the backbone being trained",
+    "finetune_params": "what finetuning updates",
+    "data_order": "restart: one unshuffled pass restarted every round; shuffle: epochs that go on across rounds",
+    "selection": "the images on which the best round is chosen",
+    "selection_batches": "how many batches that choice reads",
+    "dropout_in_eval": "the weighting network's dropout stays on in every evaluation",
+    "param_dtype": "precision of the weights: CLIP's fp16 (updates below half its spacing are lost) or fp32",
+    "trunk_mode": "BatchNorm in finetuning: running statistics (eval) or each batch's (train)",
+    "logit_factor": "factor on the cosine logits",
+    "normalisation": "how the views' weights are normalised",
+    "seed": "data order, dropout and the random group element of each batch",
+}
+
+
+def settings_table(configs: dict[str, TrainConfig]) -> pd.DataFrame:
+    """Every setting of the named runs ``configs``, one row per ``TrainConfig`` field: its name (what a papermill
+    run passes), what it sets (``SETTING_MEANINGS``) and each run's value, as text."""
+    import pandas as pd
+
+    values = pd.DataFrame({name: config.as_dict() for name, config in configs.items()}).astype(str)
+    meanings = values.index.map(SETTING_MEANINGS.__getitem__)  # every field has one (tests/test_chapter.py)
+    return values.rename_axis("setting").assign(what_it_sets=meanings).reset_index()[
+        ["setting", "what_it_sets", *configs]]
 
 
 def loader_note(train_images: int, config: TrainConfig) -> str:

@@ -169,3 +169,16 @@ def test_the_loader_note_counts_a_rounds_batches_and_what_selection_reads() -> N
     # shuffled epochs go on across rounds: a round has all its steps, whatever the data
     assert "shuffled epochs" in loader_note(1078, replace(config, data_order="shuffle")) and ": 100 batches" in \
         loader_note(1078, replace(config, data_order="shuffle"))
+
+
+def test_the_settings_table_describes_every_training_setting() -> None:
+    from dataclasses import fields
+
+    from equinb.chapter import SETTING_MEANINGS, settings_table
+    from equinb.engine import TrainConfig
+
+    assert set(SETTING_MEANINGS) == {f.name for f in fields(TrainConfig)}  # a new setting needs its words
+    table = settings_table({"original": TrainConfig.original(), "updated": TrainConfig.updated()})
+    assert list(table.columns) == ["setting", "what_it_sets", "original", "updated"]
+    row = table.set_index("setting").loc["lr"]
+    assert (row.what_it_sets, row.original, row.updated) == ("learning rate of finetuning", "5e-07", "5e-08")
