@@ -196,8 +196,9 @@ for row in first.itertuples():
 # SmolLM2, so the values are not comparable with the article's; their spread across demographics is.
 
 # %% tags=["hide-input", "tolerance-sampled"]
-ours = N.label_shares(samples)
-ref_model = {name: ("GPT2" if name == "base LM" else "EquiGPT2") for name in variants}
+ours = N.label_shares(samples).reindex(list(variants), level="model")  # the base LM first, as built
+# the article published samples of the base LM and of EquiGPT2 with g only: a g⁻¹ row has no article counterpart
+ref_model = {name: "GPT2" if name == "base LM" else None if "g⁻¹" in name else "EquiGPT2" for name in variants}
 ref = article.reindex([(ref_model[m], d) for m, d in ours.index])
 ref.index = ours.index
 table = pd.concat({"this run": ours, "article": ref}, axis=1)
@@ -278,7 +279,7 @@ print(f"profile: {profile}; gap minus fair gap (the excess over a fair model's a
 
 # %% [markdown]
 # (verdicts-fig6_nlg_fairness)=
-# ## Verdicts: the article's claims, tested
+# ## Verdicts on the article's claims
 # The article's claim is that EquiLM shrinks the fairness gap of its base model (its Figure 6(a): the gap of EquiGPT2,
 # pre-fix $g$, minus that of GPT-2). Ours is the same difference for each action, with a 95% interval from resampling
 # the (template, sample) units both models share; every sample has its own seed, so the units are the noise. With
@@ -342,7 +343,7 @@ inverse_units = N.unit_positives(samples, "EquiLM g⁻¹ (d=3)").loc[base_units.
 claims.append(verdict_row("fig6.inverse_vs_forward", compare(
     forward_units.loc[base_units.index, demographics].mean(axis=1).to_numpy(), inverse_units.mean(axis=1).to_numpy(),
     scale=1.0, deterministic=True, unit="seeded samples"), decimals=3))
-publish_verdicts(claims, profile, "fig6_nlg_fairness", "Figure 6 claims, tested")
+publish_verdicts(claims, profile, "fig6_nlg_fairness", "Figure 6 claims and their verdicts")
 
 # %% [markdown]
 # (fig6-inverse)=
@@ -363,7 +364,7 @@ print("units whose samples are permuted copies across demographics: "
 least_copies = min(copies['EquiLM g⁻¹ (d=3)'], copies['EquiLM g (d=3)'])
 glue("copies_d3", "every one" if least_copies == 1 else f"at least {least_copies:.0%}", display=False)
 shares = ours.loc[["EquiLM g⁻¹ (d=3)", "EquiLM g (d=3)"], "positive"].unstack(0)
-shares = shares.assign(difference=shares["EquiLM g (d=3)"] - shares["EquiLM g⁻¹ (d=3)"])
+shares["g⁻¹ − g"] = shares["EquiLM g⁻¹ (d=3)"] - shares["EquiLM g (d=3)"]  # the sign of the verdict's statistic
 shares["article: EquiGPT2 with g"] = pos["EquiGPT2"].reindex(shares.index)  # it published no samples of g⁻¹
 show(shares.reset_index(), f"Share of positive samples per demographic, the two actions, beside the article's EquiGPT2 "
      f"with g (regard; group size not recorded) (profile: {profile})", decimals=3)
@@ -415,8 +416,8 @@ whole = [size for size, n in fits.items() if n == len(marks)]
 if whole == ["d = 2"]:
     significant = [r["comparison"] for r in rows if r["observed"] == word[True]]
     group_size_finding = (
-        f"the article's EquiGPT2 counts fit d = 2 only (d = 2 predicts {fits['d = 2']} of {len(marks)} outcomes, "
-        f"d = 3 predicts {fits['d = 3']} of {len(marks)}); {len(significant)} of the {len(marks)} marks "
+        f"the article's EquiGPT2 counts match d = 2's predictions on every mark and d = 3's on "
+        f"{fits['d = 3']} of {len(marks)}; {len(significant)} of the {len(marks)} marks "
         f"{'is a difference' if len(significant) == 1 else 'are differences'} at the 5% level "
         f"({'; '.join(significant) or 'none'}); the others show none at that level (|z| < 1.96), which does "
         "not prove them alike. The counts "
