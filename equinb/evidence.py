@@ -117,12 +117,11 @@ def compare_runs(runs_a: Sequence[TrainingRun], stage_a: str, runs_b: Sequence[T
                  setup: TrainingSetup, names: tuple[str, str], *, balanced: bool = False,
                  scores: dict[str, torch.Tensor] | None = None
                  ) -> tuple[Comparison, list[str | None], dict[str, int]]:
-    """Run b at ``stage_b`` minus run a at ``stage_a``, seed by seed (as many seeds as both ran), with the reasons
-    of ``stage_problems`` for both, ``too_few_seeds`` and, for top-1, ``below_majority``, and, for each compared
-    finetune stage, how many test
-    predictions it changed (``{name: count}``; a verdict row records it). ``balanced``: the difference of balanced
-    accuracies (items within classes, the classes weighted equally). ``scores``: per-item scores [S, N] to use
-    instead of correctness (e.g. a weight), keyed "a" and "b"."""
+    """Run b at ``stage_b`` minus run a at ``stage_a``, seed by seed (as many seeds as both ran), with the reasons of
+    ``stage_problems`` for both, ``too_few_seeds`` and, for top-1, ``below_majority``, and, for each compared finetune
+    stage, how many test predictions it changed (``{name: count}``; a verdict row records it). ``balanced``: the
+    difference of balanced accuracies (items within classes, the classes weighted equally). ``scores``: per-item scores
+    [S, N] to use instead of correctness (e.g. a weight), keyed "a" and "b"."""
     a, b = stage_runs(runs_a, stage_a), stage_runs(runs_b, stage_b)
     n = min(len(a), len(b))
     labels = setup.test.labels

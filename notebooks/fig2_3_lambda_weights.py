@@ -201,8 +201,8 @@ show(modules.reset_index(), f"Prefinetune top-1 (%) of the modules over seeds {s
 # Means over the test images and the seeds. Shares are fractions of the test images ("argmax": the view with the
 # largest weight). `share argmax not upright` is the share whose largest weight is not on the upright view;
 # `share argmax on unturned view` the share whose largest weight sits on the view that shows the image as it was
-# before its random turn: on the natural set that view is the upright one, so this share is one minus the first; on the
-# turned stand-in it says whether the module finds each image's original orientation (chance: one in four).
+# before its random turn: on the natural set that view is the upright one, so this share is one minus the first; on
+# the turned stand-in it says whether the module finds each image's original orientation (chance: one in four).
 
 # %% tags=["hide-input", "tolerance-weight"]
 # the view that shows each test image as it was before its random turn (view 0 when nothing was turned)
@@ -230,8 +230,8 @@ show(summary.merge(article_one_view.reset_index(), on=["figure", "method"], how=
 
 # %% tags=["tolerance-share"]
 print(noise_note(noise["share"], "shares (%)"))
-# each seed's share of one-view images: two modules can share a mean while their seeds differ (a seed's share moves
-# between CPUs more than the mean does, so it is printed here, in % with the shares' tolerance)
+# each seed's share of one-view images: two modules can share a mean while their seeds differ (a seed's share can
+# move between CPUs beyond the weights' tolerance, so it is printed here, in %, under the shares')
 one_view = pd.DataFrame([dict(figure=f, method=m, **{f"seed {s}": 100 * float(x) for s, x in zip(
     seeds, (w.amax(dim=2) >= ONE_VIEW_ALL_WEIGHT).double().mean(dim=1), strict=True)})
     for (f, m), w in weights.items()])
@@ -256,16 +256,14 @@ for _, r in summary.iterrows():
 # different images, so their differences are compared unpaired. On turned data the mean weight of a column is near 1/4
 # for *any* module whose weights move with the views: a control shows it, the natural-orientation module itself on the
 # natural test images turned at random (every seed's module). Both drops start from the same natural weights, so the
-# claim's drop minus the control's is simply the orientation-free weight minus the control's weight (on two test
-# sets). Where its interval
-# holds 0, the run cannot tell what the module learned from what the construction gives, and the claim is not tested.
-# A turned stand-in is orientation-free only on average: each image may keep the orientation it had before its
-# turn. Where a module's largest weight undoes the turn on more images than chance (beyond the interval), the
-# stand-in is not data *without* an orientation, and the claims about such data are not tested on it (the reason
-# prints the shares); where no module finds it, they are tested. On real ISIC images (the paper profile) they are
-# tested. Each verdict follows {ref}`the book's rule
-# <verdict-rule>` (*agrees* or *reversed*: the interval excludes zero; *inconclusive*: it holds zero; *not tested
-# here*: with its computed reason).
+# claim's drop minus the control's is simply the orientation-free weight minus the control's weight (on two test sets).
+# Where its interval holds 0, the run cannot tell what the module learned from what the construction gives, and the
+# claim is not tested. A turned stand-in is orientation-free only on average: each image may keep the orientation it had
+# before its turn. Where a module's largest weight undoes the turn on more images than chance (beyond the interval), the
+# stand-in is not data *without* an orientation, and the claims about such data are not tested on it (the reason prints
+# the shares); where no module finds it, they are tested. On real ISIC images (the paper profile) they are tested. Each
+# verdict follows {ref}`the book's rule <verdict-rule>` (*agrees* or *reversed*: the interval excludes zero;
+# *inconclusive*: it holds zero; *not tested here*: with its computed reason).
 
 # %% tags=["tolerance-share", "hide-input"]
 nat, free_set, lam, att = "natural orientation", "orientation-free", "lambda-equitune", "equiattention"

@@ -449,20 +449,20 @@ glue("best_run", best, display=False)
 # %% [markdown]
 # (verdicts-tab4_isic2018)=
 # ## Verdicts on the article's claims
-# Differences of top-1 in pp, as the article's table reads, averaged over the seeds: updated minus original, feature
-# map minus the updated invariant row, each run's finetune minus its prefinetune, and feature-map λ-equitune minus
+# Differences of top-1 in pp, as the article's table reads, averaged over the seeds: updated minus original, feature map
+# minus the updated invariant row, each run's finetune minus its prefinetune, and feature-map λ-equitune minus
 # equiattention. Where the best no-training baseline leaves no room (even a run with every test image right could not
-# score measurably above it), the task is solved without training and the claims are not tested; so is a comparison
-# with a prefinetune stage whose training loss ran away (its selected λ is no basis for a verdict). Where both compared
-# runs score below answering the largest class for every test image, a top-1 difference is not tested either: it can
-# come from answering that class more or less often, and the reason gives the balanced-accuracy difference instead.
-# The λ-equitune vs
-# equiattention claim assumes that equiattention's weights are uniform on data without a natural orientation; a
-# stand-in made by turning upright images keeps each image's original orientation in its pixels, which a module can
-# learn to find ({ref}`the table above <tab4-orientation>` measures how often it does), so there it is not tested.
-# Each verdict follows {ref}`the book's rule <verdict-rule>` (*agrees* or *reversed*: the interval excludes zero;
-# *inconclusive*: it holds zero; *not tested here*: with its computed reason). The last table compares this build's
-# own variants, and the two codes in balanced accuracy, where the article has no numbers.
+# score measurably above it), the task is solved without training and the claims are not tested; so is a comparison with
+# a prefinetune stage whose training loss ran away (its selected λ is no basis for a verdict). Where both compared runs
+# score below answering the largest class for every test image, a top-1 difference is not tested either: it can come
+# from answering that class more or less often, and the reason gives the balanced-accuracy difference instead. The
+# λ-equitune vs equiattention claim assumes that equiattention's weights are uniform on data without a natural
+# orientation; a stand-in made by turning upright images may keep each image's original orientation in its pixels, which
+# a module can learn to find ({ref}`the table above <tab4-orientation>` measures how often it does): where a module
+# finds it beyond chance, the stand-in is not such data and the claim is not tested on it. Each verdict follows
+# {ref}`the book's rule <verdict-rule>` (*agrees* or *reversed*: the interval excludes zero; *inconclusive*: it holds
+# zero; *not tested here*: with its computed reason). The last table compares this build's own variants, and the two
+# codes in balanced accuracy, where the article has no numbers.
 
 # %% tags=["tolerance-imbalanced", "hide-input"]
 solved = no_training_check([embeddings, maps])  # does the frozen model leave training room?
