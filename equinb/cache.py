@@ -368,12 +368,22 @@ def _strip_signature_annotations(tree: ast.AST) -> ast.AST:
     return tree
 
 
-def source_fingerprint(*paths: str | Path) -> str:
-    """Hash of what Python files *do*: their syntax trees without docstrings, comments, layout or the type hints
-    of function signatures.
+def _strip_raised_messages(tree: ast.AST) -> ast.AST:
+    # the text of a raised error never reaches a result: a run that raises caches nothing, and no code here reads
+    # a caught error's message; its class and the condition that raises it stay
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+            node.exc.args = [ast.Constant("") if isinstance(arg, (ast.Constant, ast.JoinedStr, ast.BinOp)) else arg
+                             for arg in node.exc.args]
+    return tree
 
-    A cached result keyed by it survives edits of documentation, formatting and signatures' type hints, and is
-    recomputed after any change of a statement, name or constant.
+
+def source_fingerprint(*paths: str | Path) -> str:
+    """Hash of what Python files *do*: their syntax trees without docstrings, comments, layout, the type hints
+    of function signatures or the messages of the errors they raise.
+
+    A cached result keyed by it survives edits of documentation, formatting, signatures' type hints and error
+    messages, and is recomputed after any change of a statement, name or constant.
     """
     digest = hashlib.sha256()
     for path in paths:
@@ -385,7 +395,7 @@ def source_fingerprint(*paths: str | Path) -> str:
 def _syntax_dump(text: str, filename: str) -> str:
     """What ``source_fingerprint`` hashes of one file's ``text``. Memoised by the text itself, so an edited file is
     parsed again: every training run fingerprints the same ten modules, and parsing them took 0.13 s a run."""
-    tree = _strip_signature_annotations(_strip_docstrings(ast.parse(text, filename=filename)))
+    tree = _strip_raised_messages(_strip_signature_annotations(_strip_docstrings(ast.parse(text, filename=filename))))
     return ast.dump(tree, annotate_fields=False, include_attributes=False)
 
 

@@ -97,7 +97,8 @@ class MapEncoder(nn.Module):
             raise ValueError(
                 f"feature maps of size {h}x{w} are smaller than the {kernel}x{kernel} kernel; use a larger input "
                 f"so the map is at least {kernel}x{kernel}, or, for a trunk that pools its maps, end it with "
-                "nn.Flatten() so that its views are embeddings [D], or pass weight_net="
+                "nn.Flatten() so that its views are embeddings [D], or pass your own weight_net= (a module from "
+                "[B, G, C, h, w] maps to [B, G] weights)"
             )
         self.channels, self.map_size = int(channels), (int(h), int(w))
         self.conv = nn.Conv2d(1, conv_channels, kernel)

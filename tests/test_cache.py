@@ -119,6 +119,22 @@ def test_source_fingerprint_ignores_documentation_but_not_code(tmp_path: Path) -
     assert source_fingerprint(source) != fields  # an annotated assignment can decide a dataclass's fields
 
 
+def test_source_fingerprint_ignores_error_messages_but_not_what_raises(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+
+    def fingerprint(body: str) -> str:
+        source.write_text(f"def f(x):\n    if x < 0:\n        {body}\n    return x\n")
+        return source_fingerprint(source)
+
+    before = fingerprint('raise ValueError("x must be >= 0")')
+    assert fingerprint('raise ValueError(f"x must not be negative, got {x}")') == before
+    assert fingerprint('raise ValueError("x must be " + "positive")') == before
+    assert fingerprint('raise TypeError("x must be >= 0")') != before  # another class can be caught differently
+    assert fingerprint('raise ValueError("x must be >= 0", x)') != before  # an argument that is not text stays
+    source.write_text('def f(x):\n    if x <= 0:\n        raise ValueError("x must be >= 0")\n    return x\n')
+    assert source_fingerprint(source) != before  # the condition that raises is code
+
+
 def test_editing_the_engine_docstrings_keeps_the_run_cache(tmp_path: Path, monkeypatch) -> None:
     """The run-cache key hashes the training modules; prose edits in the real engine must not change it."""
     import shutil
