@@ -39,6 +39,7 @@ from .groups import Group
 from .kernels import tuned_kernels
 from .metrics import top1
 from .precision import HalfStorageSGD, apply_clip_precision, parameter_groups
+from .progress import counted
 from .weighting import default_view_attention, default_weight_net
 from .wrappers import NORMALISATIONS, EquiAttention, LambdaEquitune, OrbitWrapper
 
@@ -333,12 +334,18 @@ def batch_schedule(n: int, batch_size: int, rounds: int, steps: int, order: str,
 
 @torch.no_grad()
 def extract_view_features(trunk: Callable[[Tensor], Tensor], data: ViewData, batch_size: int = 256,
-                          device: str | torch.device = "cpu", progress: bool = False) -> Tensor:
-    """Run a frozen trunk once on every view. Shapes: views [N, G, ...] -> outputs [N, G, ...] (CPU)."""
+                          device: str | torch.device = "cpu", progress: bool = False,
+                          label: str = "frozen features") -> Tensor:
+    """Run a frozen trunk once on every view. Shapes: views [N, G, ...] -> outputs [N, G, ...] (CPU).
+
+    ``progress`` draws a bar on standard error; ``label`` names the pass in the progress file's lines
+    (``equinb.progress.counted``)."""
     from tqdm import tqdm
 
     outs = []
-    for start in tqdm(range(0, len(data), batch_size), desc="features", disable=not progress, ascii=True):
+    starts = range(0, len(data), batch_size)
+    for start in tqdm(counted(starts, label, len(starts)), total=len(starts), desc="features", disable=not progress,
+                      ascii=True):
         chunk, _ = data.batch(torch.arange(start, min(start + batch_size, len(data))))
         b, g = chunk.shape[:2]
         out = trunk(chunk.to(device).flatten(0, 1))

@@ -3,11 +3,12 @@
 A chapter's outputs are its regression reference, so a run cannot print its progress into them (and a kernel's
 own standard streams end up there too). With ``EQUINB_PROGRESS_LOG`` naming a file, every training run
 (``equinb.setups.run_training``) appends a line there when it starts, after each round and when it ends, or
-when it is read from the cache instead, and a language model's grid of samples (``equinb.nlg.cached_sample_grid``)
-after each batch (``equinb.cache.load_or_compute``'s ``progress_label`` says when a result was loaded instead):
-``tail -f`` the file. ``tools/build_book.py`` sets it for each chapter it runs
-(``_build/executed/notebooks/<id>.progress.log``), names it as the chapter starts and quotes its last line when the
-chapter fails. Nothing is written where the variable is unset.
+when it is read from the cache instead; a frozen pass over a dataset (the views' features before training, a
+zero-shot evaluation's logits) every half minute and when it ends (``counted``); and a language model's grid of
+samples (``equinb.nlg.cached_sample_grid``) after each batch (``equinb.cache.load_or_compute``'s
+``progress_label`` says when a result was loaded instead): ``tail -f`` the file. ``tools/build_book.py`` sets
+it for each chapter it runs (``_build/executed/notebooks/<id>.progress.log``), names it as the chapter starts and
+quotes its last line when the chapter fails. Nothing is written where the variable is unset.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
 
 PROGRESS_ENV = "EQUINB_PROGRESS_LOG"
 
-__all__ = ["PROGRESS_ENV", "report", "RoundClock"]
+__all__ = ["PROGRESS_ENV", "report", "counted", "RoundClock"]
+
+_Item = TypeVar("_Item")
 
 _failed_paths: set[str] = set()
 
@@ -63,3 +67,19 @@ class RoundClock(list):
         report(f"{self.label}: {stage} round {done} of {total}, {row['steps']} steps in {row['seconds']:.1f} s"
                f" (+{row['evaluation_seconds']:.1f} s evaluating)"
                + (f"; about {left:.0f} s left in {stage}" if done < total else ""))
+
+
+def counted(items: Iterable[_Item], label: str, total: int | None = None, every_s: float = 30.0) -> Iterator[_Item]:
+    """``items``, unchanged, reporting how many have passed: at most one line every ``every_s`` seconds (with the
+    time left at the mean pace so far, where ``total`` is known) and one when they are exhausted. For passes of
+    minutes with no rounds to report, such as a frozen encoder over a paper-size test split."""
+    began = last = time.perf_counter()
+    done = 0
+    for done, item in enumerate(items, start=1):
+        yield item
+        now = time.perf_counter()
+        if now - last >= every_s and (total is None or done < total):
+            last = now
+            left = "" if total is None else f"; about {(total - done) * (now - began) / done:.0f} s left"
+            report(f"{label}: {done}" + ("" if total is None else f" of {total}") + f" batches{left}")
+    report(f"{label}: {done} batches in {time.perf_counter() - began:.1f} s")

@@ -241,10 +241,12 @@ def _load_small_maps(source: str, group: Group, image_size: int, split_block: in
         for split, ds in splits.items():
             # small chunks (CPU_PASS_IMAGES images x G views): faster on a CPU, same bits
             inputs = extract_view_features(prefix, ViewData(group.orbit(ds.tensors[0]), ds.tensors[1]),
-                                           batch_size=CPU_PASS_IMAGES, progress=progress)
+                                           batch_size=CPU_PASS_IMAGES, progress=progress,
+                                           label=f"{source} {split} views, frozen blocks 0-{split_block - 1}")
             out[f"{split}_inputs"] = inputs
-            out[f"{split}_maps"] = extract_view_features(trunk, ViewData(inputs, ds.tensors[1]),
-                                                         batch_size=CPU_PASS_IMAGES)
+            out[f"{split}_maps"] = extract_view_features(
+                trunk, ViewData(inputs, ds.tensors[1]), batch_size=CPU_PASS_IMAGES,
+                label=f"{source} {split} views, blocks {split_block}-{last_block}")
         return out
 
     cached = load_or_compute(Path(cache_dir) / f"small_maps_{key}.pt", compute)
@@ -664,7 +666,8 @@ def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = 
                     **({"level": level} if level == "maps" else {}))
     def extract() -> dict:
         with tuned_kernels(encoder, device):
-            return {split: extract_view_features(embed, data, batch_size, device, progress)
+            return {split: extract_view_features(embed, data, batch_size, device, progress,
+                                                 label=f"CLIP {backbone_name} {dataset} {split} views")
                     for split, data in (("train", train), ("test", test))}
 
     cached = load_or_compute(Path(cache_dir) / f"lambda_clip_{key}.pt", extract)

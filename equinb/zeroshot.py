@@ -18,6 +18,7 @@ views as the original (permuted), so equitune and equizero do not depend on the 
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -31,6 +32,7 @@ from .data import group_transform_indices, image_batches
 from .groups import Group, d4_act, get_group
 from .heads import load_frozen_model
 from .kernels import tuned_kernels
+from .progress import counted
 from .wrappers import EquiZero, Equitune
 
 if TYPE_CHECKING:
@@ -84,8 +86,11 @@ def view_elements(transforms: Sequence[str]) -> list[tuple[int, int]]:
 @torch.no_grad()
 def per_view_logits(encoder: nn.Module, head: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                     elements: Sequence[tuple[int, int]], device: str | torch.device = "cpu",
-                    progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                    progress: bool = False, label: str = "zero-shot views") -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of every view of every image, one encoder pass per (image, view).
+
+    ``progress`` draws a bar on standard error; ``label`` names the pass in the progress file's lines
+    (``equinb.progress.counted``).
 
     Shapes: batches of (images [B, 3, S, S], labels [B]) -> logits [N, E, C] (float32, CPU), labels [N].
     """
@@ -94,7 +99,9 @@ def per_view_logits(encoder: nn.Module, head: nn.Module, batches: Iterable[tuple
     dtype = next(encoder.parameters()).dtype
     outs, ys = [], []
     with tuned_kernels(encoder, device):  # CUDA: cuDNN autotuning and channels-last (equinb.kernels)
-        for images, labels in tqdm(batches, disable=not progress, desc="views", ascii=True):
+        total = len(batches) if isinstance(batches, Sized) else None
+        for images, labels in tqdm(counted(batches, label, total), total=total, disable=not progress, desc="views",
+                                   ascii=True):
             for part in cpu_chunks(images.to(device, non_blocking=True)):
                 views = torch.cat([d4_act(part, e) for e in elements])  # [E*b, 3, S, S], element-major
                 logits = head(encoder(views.to(dtype)))
@@ -106,7 +113,7 @@ def per_view_logits(encoder: nn.Module, head: nn.Module, batches: Iterable[tuple
 def cached_per_view_logits(cache_dir: str | Path, encoder: nn.Module, head: nn.Module,
                            batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                            elements: Sequence[tuple[int, int]], dataset_id: dict, device: str | torch.device = "cpu",
-                           progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                           progress: bool = False, label: str = "zero-shot views") -> tuple[torch.Tensor, torch.Tensor]:
     """``per_view_logits`` cached under a key hashing the encoder and head weights, the dataset, views, device and
     the code that loads and prepares the images and runs the pass.
 
@@ -119,7 +126,7 @@ def cached_per_view_logits(cache_dir: str | Path, encoder: nn.Module, head: nn.M
                     dtype=str(next(encoder.parameters()).dtype), code=code)
     path = Path(cache_dir) / f"view_logits_{key}.pt"
     result = load_or_compute(path, lambda: dict(zip(
-        ("logits", "labels"), per_view_logits(encoder, head, batches, elements, device, progress))))
+        ("logits", "labels"), per_view_logits(encoder, head, batches, elements, device, progress, label))))
     return result["logits"], result["labels"]
 
 
@@ -227,7 +234,7 @@ def orbit_logits(backbone_name: str, dataset: str, *, transforms: Sequence[str] 
         num_workers=num_workers, dataset_options=dataset_options)
     loader, ident = image_batches(backbone, dataset, "test", batch_size, str(root), num_workers, dataset_options)
     logits, labels = cached_per_view_logits(cache_dir, backbone.encoder, head, loader, elements, ident, device,
-                                            progress)
+                                            progress, label=f"zero-shot {backbone_name} on {dataset}")
     return logits, labels, elements
 
 

@@ -12,7 +12,7 @@ import torch
 
 import equinb.progress
 from equinb.engine import TrainConfig
-from equinb.progress import PROGRESS_ENV, RoundClock, report
+from equinb.progress import PROGRESS_ENV, RoundClock, counted, report
 from equinb.setups import run_training
 
 from test_engine import SMALL, _setup
@@ -61,8 +61,8 @@ def test_a_round_line_says_the_time_left_at_the_stage_mean_pace(tmp_path: Path,
 def test_a_training_run_reports_each_round_then_its_cached_copy(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     log = tmp_path / "progress.log"
+    setup = dataclasses.replace(_setup(), key="toy")  # its frozen pass, before the log is set, reports nothing
     monkeypatch.setenv(PROGRESS_ENV, str(log))
-    setup = dataclasses.replace(_setup(), key="toy")
     config = TrainConfig.updated(**SMALL)  # 3 prefinetuning rounds, 2 finetuning rounds
     run_training(setup, config, cache_dir=tmp_path / "runs")
     run_training(setup, config, cache_dir=tmp_path / "runs")
@@ -93,3 +93,26 @@ def test_only_a_result_actually_loaded_is_reported_as_read(tmp_path: Path, monke
     assert not log.exists()
     assert load_or_compute(path, lambda: pytest.fail("computed again"), progress_label="result") == {"a": 1}
     assert _lines(log) == ["result: read from the cache"]
+
+
+def test_a_counted_pass_reports_at_most_every_interval_and_when_it_ends(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "progress.log"
+    monkeypatch.setenv(PROGRESS_ENV, str(log))
+    ticks = iter([0.0, 10.0, 40.0, 50.0, 100.0, 130.0, 131.0])  # the clock at start and after each item
+    monkeypatch.setattr(equinb.progress.time, "perf_counter", lambda: next(ticks))
+    assert list(counted("abcde", "pass P", total=5)) == list("abcde")
+    lines = _lines(log)
+    assert lines == ["pass P: 2 of 5 batches; about 60 s left", "pass P: 4 of 5 batches; about 25 s left",
+                     "pass P: 5 batches in 131.0 s"]
+
+
+def test_a_frozen_feature_pass_reports_its_label(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from equinb.engine import ViewData, extract_view_features
+
+    log = tmp_path / "progress.log"
+    monkeypatch.setenv(PROGRESS_ENV, str(log))
+    views = ViewData(torch.randn(5, 4, 3), torch.zeros(5, dtype=torch.long))
+    out = extract_view_features(lambda v: 2 * v, views, batch_size=2, label="toy views")
+    assert torch.equal(out, 2 * views.inputs)
+    assert re.fullmatch(r"toy views: 3 batches in \d+\.\d s", _lines(log)[-1])
