@@ -199,7 +199,7 @@ def count_behind(percent: float, n: int, decimals: int = 2) -> int | None:
 
 def article_fig2_3() -> pd.DataFrame:
     """Figures 2 and 3: the long reference rows with ``figure`` (``natural orientation`` for CIFAR100,
-    ``orientation-free`` for ISIC2018) and the chapter's method labels (``lambda-equitune``, ``equiattention``)."""
+    ``orientation-free`` for ISIC2018) and the chapter's method labels (``λ-equitune``, ``equiattention``)."""
     ref = reference_table("fig2_3_lambda_weights")
-    return ref.assign(method=ref.method.replace({"lambda_equitune": "lambda-equitune"}),
+    return ref.assign(method=ref.method.replace({"lambda_equitune": "λ-equitune"}),
                       figure=ref.dataset.map({"CIFAR100": "natural orientation", "ISIC2018": "orientation-free"}))

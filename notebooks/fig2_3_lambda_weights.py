@@ -166,7 +166,8 @@ if orientation_free == "stand_in":
 else:
     free = build_setup(profile, "maps", group_object, dataset=orientation_free, **common)
 setups = {"natural orientation": (natural, config), "orientation-free": (free, free_config)}
-methods = {"lambda-equitune": "lambda_equitune", "equiattention": "equiattention"}  # label: method
+methods = {"λ-equitune": "lambda_equitune", "equiattention": "equiattention"}  # label: method
+glue_names = {"λ-equitune": "lambda", "equiattention": "equiattention"}  # label: its name in the glued keys
 seeds = [seed, *noise_seeds]
 weights, accuracy = {}, []  # weights[figure, method]: [S, N, G], one row per seed
 problems = {}  # [figure, method]: why the module's runs could not be compared (a diverged seed, chance level)
@@ -187,9 +188,9 @@ for figure, (setup, cfg) in setups.items():
                      for s, r in zip(seeds, repeats)]
 print(noise_note(noise["top1"], "top-1 accuracies (%)"))
 # the article's prefinetune top-1 of the same modules: Table 3 (CIFAR100) and Table 4's feature-map row (ISIC 2018)
-article_top1 = {("natural orientation", "lambda-equitune"): article_tab3().loc["lambda_equitune", "prefinetune_top1"],
+article_top1 = {("natural orientation", "λ-equitune"): article_tab3().loc["lambda_equitune", "prefinetune_top1"],
                 ("natural orientation", "equiattention"): article_tab3().loc["equiattention", "prefinetune_top1"],
-                ("orientation-free", "lambda-equitune"): article_tab4().loc["feature_map", "prefinetune_top1"]}
+                ("orientation-free", "λ-equitune"): article_tab4().loc["feature_map", "prefinetune_top1"]}
 modules = pd.DataFrame(accuracy).groupby(["figure", "method"], sort=False).prefinetune_top1.agg(
     seeds="count", mean="mean", sd="std")
 modules["article (CLIP RN50)"] = [article_top1.get(key, float("nan")) for key in modules.index]
@@ -242,7 +243,7 @@ for _, r in summary[summary.figure == "orientation-free"].iterrows():
     print(f"{r.method}, orientation-free: the largest weight is on the view that {what} for "
           f"{100 * r.share_argmax_on_original:.1f}% of the test images (chance: {100 / len(columns):.0f}%)")
 for _, r in summary.iterrows():
-    key = f"{'natural' if r.figure == 'natural orientation' else 'free'}_{r.method.split('-')[0]}"
+    key = f"{'natural' if r.figure == 'natural orientation' else 'free'}_{glue_names[r.method]}"
     glue(f"{key}_mean_0", round(float(r[f"mean_{columns[0]}"]), 3), display=False)
     glue(f"{key}_share_argmax", round(100 * float(r.share_argmax_not_upright), 1), display=False)
     glue(f"{key}_share_smallest", round(100 * float(r.share_upright_smallest), 1), display=False)
@@ -266,7 +267,7 @@ for _, r in summary.iterrows():
 # *inconclusive*: it holds zero; *not tested here*: with its computed reason).
 
 # %% tags=["tolerance-share", "hide-input"]
-nat, free_set, lam, att = "natural orientation", "orientation-free", "lambda-equitune", "equiattention"
+nat, free_set, lam, att = "natural orientation", "orientation-free", "λ-equitune", "equiattention"
 upright = {key: w[:, :, 0].double() for key, w in weights.items()}  # [S, N]: the weight of view 0
 one_view = {key: (w.amax(dim=2) >= ONE_VIEW_ALL_WEIGHT).double() for key, w in weights.items()}  # [S, N]: 1/0
 not_upright = {key: (w.argmax(dim=2) != 0).double() for key, w in weights.items()}
