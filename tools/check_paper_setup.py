@@ -38,7 +38,7 @@ from build_book import notebook_ids  # noqa: E402
 # Disk each chapter's caches take in the paper profile (estimates from the cache layouts: fp16 features of
 # 16,000 + 10,000 CIFAR100 images x 4 views; layer4 maps of RN50 are 2048 x 7 x 7 per view).
 DISK_GB = {"fig4_zeroshot": 1.5, "tab1_original_vs_updated": 0.3, "tab2_featuremap": 21.0,
-           "tab3_equiattention": 0.1, "fig2_3_lambda_weights": 1.0, "tab4_isic2018": 9.0, "fig6_nlg_fairness": 0.1}
+           "tab3_equiattention": 0.1, "tab4_isic2018": 9.0, "fig2_3_lambda_weights": 1.0, "fig6_nlg_fairness": 0.1}
 
 
 @dataclass
