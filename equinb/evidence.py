@@ -156,9 +156,18 @@ def no_training_check(setups: Sequence[TrainingSetup]) -> str | None:
     return solved_without_training(score, baseline)
 
 
-def best_without_training(setups: Sequence[TrainingSetup], chosen_on: str = "test") -> tuple[str, torch.Tensor]:
-    """The best no-training baseline of ``setups`` (each head's ``no_training_scores``, by mean score) and its
-    per-item test scores. Shapes: -> (name, [N]).
+def _mean(score: torch.Tensor, labels: torch.Tensor | None) -> float:
+    """The mean of per-item scores [..., N], or with ``labels`` [N] the mean over the classes of each class's mean
+    (of 1/0 scores: the balanced accuracy, as ``compare`` with the classes as strata)."""
+    if labels is None:
+        return float(score.mean())
+    return float(torch.stack([score[..., labels == c].mean() for c in labels.unique()]).mean())
+
+
+def best_without_training(setups: Sequence[TrainingSetup], chosen_on: str = "test", balanced: bool = False
+                          ) -> tuple[str, torch.Tensor]:
+    """The best no-training baseline of ``setups`` (each head's ``no_training_scores``, by mean score, or by
+    balanced accuracy where ``balanced``) and its per-item test scores. Shapes: -> (name, [N]).
 
     ``chosen_on="test"``: the best on the test items themselves (the no-training check: is any baseline out of a
     trained run's reach?). ``chosen_on="halves"``: cross-fitted, each half of the test items (even and odd
@@ -168,14 +177,16 @@ def best_without_training(setups: Sequence[TrainingSetup], chosen_on: str = "tes
     level = lambda setup: f" ({setup.level})"  # noqa: E731
     baselines = {f"zero-shot {name}" + (level(setup) if len(setups) > 1 else ""): score
                  for setup in setups for name, score in no_training_scores(setup).items()}
+    labels = setups[0].test.labels if balanced else None
     if chosen_on == "test":
-        baseline = max(baselines, key=lambda name: float(baselines[name].mean()))
+        baseline = max(baselines, key=lambda name: _mean(baselines[name], labels))
         return baseline, baselines[baseline]
     if chosen_on != "halves":
         raise ValueError(f"chosen_on must be 'test' or 'halves', got {chosen_on!r}")
     n = len(next(iter(baselines.values())))
     halves = (torch.arange(0, n, 2), torch.arange(1, n, 2))
-    picks = [max(baselines, key=lambda name: float(baselines[name][other].mean())) for other in halves[::-1]]
+    picks = [max(baselines, key=lambda name: _mean(baselines[name][other], None if labels is None else labels[other]))
+             for other in halves[::-1]]
     score = torch.empty_like(baselines[picks[0]])
     for half, pick in zip(halves, picks):
         score[half] = baselines[pick][half]
@@ -183,23 +194,27 @@ def best_without_training(setups: Sequence[TrainingSetup], chosen_on: str = "tes
     return name, score
 
 
-def trained_minus_frozen(setups: Sequence[TrainingSetup], repeats: dict[str, Sequence[TrainingRun]]
-                         ) -> list[tuple[str, Comparison, list[str | None]]]:
+def trained_minus_frozen(setups: Sequence[TrainingSetup], repeats: dict[str, Sequence[TrainingRun]],
+                         balanced: bool = False) -> list[tuple[str, Comparison, list[str | None]]]:
     """Every run and stage of ``repeats`` minus the best no-training baseline of ``setups``, item by item, in pp
     (negative: the trained run does not do what the frozen model does with no training), each with the reasons
     of ``stage_problems``. The baseline is cross-fitted on halves of the test items (``best_without_training``),
     so that the pick does not lower every difference. No best run is picked: a pick between runs a few tenths
-    apart would differ between CPUs. Returns (description, comparison, reasons) per run and stage."""
+    apart would differ between CPUs. ``balanced``: balanced accuracy (picked and compared with the classes as
+    strata), for test sets whose classes differ in size. Returns (description, comparison, reasons) per run and
+    stage."""
     labels = setups[0].test.labels
-    baseline, score = best_without_training(setups, chosen_on="halves")
+    strata = labels if balanced else None
+    baseline, score = best_without_training(setups, chosen_on="halves", balanced=balanced)
+    metric = " balanced accuracy" if balanced else ""
     rows = []
     for name, runs in repeats.items():
         for stage in STAGES:
             scores = correct_by_seed(stage_runs(runs, stage), stage, labels)
             seeds = f"{scores.shape[0]} seed{'s' if scores.shape[0] != 1 else ''}"
-            rows.append((f"{name} at {stage} ({100 * float(scores.mean()):.2f}%, {seeds}) minus {baseline} "
-                         f"({100 * float(score.mean()):.2f}%; each half of the items scored by the best on the "
-                         "other half)", compare(score.expand_as(scores), scores),
+            rows.append((f"{name} at {stage} ({100 * _mean(scores, strata):.2f}%{metric}, {seeds}) minus {baseline} "
+                         f"({100 * _mean(score, strata):.2f}%; each half of the items scored by the best on the "
+                         "other half)", compare(score.expand_as(scores), scores, strata=strata),
                          stage_problems(runs, stage, setups[0], name)))
     return rows
 

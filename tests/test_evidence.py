@@ -153,6 +153,28 @@ def test_the_baseline_is_cross_fitted_on_halves_of_the_test_items(monkeypatch) -
         evidence.best_without_training([_setup()], chosen_on="train")
 
 
+def test_on_unequal_classes_the_baseline_is_picked_and_compared_in_balanced_accuracy(monkeypatch) -> None:
+    """A baseline that answers the largest class is the best in top-1 (80%) and a coin in balanced accuracy (50%);
+    one right on 60% of every class is the better baseline for a balanced comparison."""
+    labels = (torch.arange(N) >= 160).long()  # 160 items of class 0, 40 of class 1
+    data = ViewData(torch.zeros(N, 4, 1), labels)
+    setup = TrainingSetup(get_group("rot90"), lambda: None, None, data, data, torch.zeros(N, 4, 1),
+                          torch.zeros(N, 4, 1))
+    majority = (labels == 0).double()
+    fair = (torch.arange(N) % 5 < 3).double()  # 60% of each class, and of each half of the items
+    monkeypatch.setattr(evidence, "no_training_scores", lambda setup: {"majority": majority, "fair": fair})
+    assert evidence.best_without_training([setup], chosen_on="halves")[0] == "zero-shot majority"
+    name, score = evidence.best_without_training([setup], chosen_on="halves", balanced=True)
+    assert name == "zero-shot fair" and torch.equal(score, fair)
+    perfect = TrainingRun({}, [dict(stage="prefinetune", loss=1.0), dict(stage="finetune", loss=1.0)], {},
+                          {"prefinetune": labels.clone(), "finetune": labels.clone()}, [])
+    (text, comparison, _), _ = trained_minus_frozen([setup], {"perfect": [perfect]}, balanced=True)
+    assert text.startswith("perfect at prefinetune (100.00% balanced accuracy, 1 seed) minus zero-shot fair (60.00%;")
+    assert comparison.difference == pytest.approx(40.0)  # 100% - 60%, both balanced
+    # in top-1 the baseline is the majority answer: 100% - 80%
+    assert trained_minus_frozen([setup], {"perfect": [perfect]})[0][1].difference == pytest.approx(20.0)
+
+
 def test_a_divergence_names_the_seeds_whose_loss_ran_away() -> None:
     runs = [_run(0.8, 0.9)._replace(seed=0), _run(0.8, 0.9, losses=(1.0, 1e9))._replace(seed=3),
             _run(0.8, 0.9, losses=(float("nan"),))._replace(seed=4)]
