@@ -502,6 +502,8 @@ def test_the_index_lists_every_numbered_chapter_once_in_order() -> None:
 
     from equinb.tables import chapter_number
 
-    rows = re.findall(r"^\| (\d+) \| ([^|]+) \|", (ROOT / "book" / "index.md").read_text(), flags=re.M)
+    rows = re.findall(r"^\| (\d+) \| \[[^]|]+\]\(\.\./notebooks/(\w+)\.ipynb\) \|",
+                      (ROOT / "book" / "index.md").read_text(), flags=re.M)
     numbered = sorted(n for n in map(chapter_number, build_book.notebook_ids()) if n is not None)
     assert [int(n) for n, _ in rows] == numbered == list(range(1, len(numbered) + 1))
+    assert all(chapter_number(nb_id) == int(n) for n, nb_id in rows), rows  # each row links the chapter it numbers
