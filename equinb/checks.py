@@ -27,7 +27,7 @@ from .groups import Group, get_group
 from .outputs import OutputSelector, check_selector, select_output
 
 __all__ = ["invariance_error", "equivariance_error", "largest_error", "format_error", "check_invariance",
-           "check_equivariance", "modes_restored"]
+           "check_equivariance", "check_image_batch", "modes_restored"]
 
 Tensor = torch.Tensor
 
@@ -100,15 +100,28 @@ def format_error(err: float, scale: float = 1.0, rtol: float = 1e-5) -> str:
     return f"< {bound:.0e} (float rounding)" if err < bound else f"{err:.2g}"
 
 
+def check_image_batch(x: object, name: str = "input") -> None:
+    """A TypeError (not a tensor, not floating point) or ValueError (not 4-D) saying what to do, when ``x`` is not
+    a floating-point image batch [B, C, H, W]. The groups act on the last two dims of anything, so a [B, D] batch
+    would be turned as a matrix and an [H, W, C] image on its W and C; the wrappers and the checks refuse both."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor image batch [B, C, H, W], got {type(x).__name__}")
+    if x.ndim != 4:
+        hint = ("; for one image [C, H, W] pass x[None] (a batch of one); a batch of 1-D signals [B, C, L] "
+                "goes in as [B, C, 1, L] (x[:, :, None]) under a group without quarter turns (hflip reverses L)"
+                if x.ndim == 3 else "")
+        raise ValueError(f"{name} must be an image batch [B, C, H, W] (the group acts on H and W), got shape "
+                         f"{tuple(x.shape)}{hint}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be floating-point images, got {x.dtype}: convert them as the model expects "
+                        "first (for uint8 images typically x.float() / 255, then the model's normalisation)")
+
+
 def _checked(model: Callable[..., Any], x: Tensor, group: Group | str, output: OutputSelector, atol: float | None,
              measure: Callable[[Callable[[Tensor], Tensor], Group], float], what: str) -> float:
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module or a function), got {type(model).__name__}")
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim != 4:
-        # the group acts on the last two dims of anything: a [B, D] batch would be "rotated" as a matrix
-        kind = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-        raise TypeError(f"x must be a floating-point image batch [B, C, H, W] (the group acts on H and W), "
-                        f"got a {kind}")
+    check_image_batch(x, "x")
     if x.shape[0] == 0:
         raise ValueError("x is an empty batch: a check needs at least one image")
     if atol is not None and (isinstance(atol, bool) or not isinstance(atol, numbers.Real)):
@@ -189,15 +202,21 @@ def check_equivariance(model: Callable[..., Any], x: Tensor, group: Group | str,
 
     Shapes: x [B, C, H, W]; outputs [B, ..., h, w] (square for rotation groups).
     """
-    def spatial(f: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    def spatial(f: Callable[[Tensor], Tensor], group: Group) -> Callable[[Tensor], Tensor]:
         def checked(z: Tensor) -> Tensor:
             y = f(z)
             if act_output is None and y.ndim < 3:  # the group would act on [B, K] as on a matrix
                 raise ValueError(f"check_equivariance moves the outputs by the group on their last two (spatial) "
                                  f"dims, but this model gives outputs of shape {tuple(y.shape)}, which have none: "
                                  f"use check_invariance for a classifier, or pass act_output=")
+            if act_output is None and group.needs_square and y.shape[-1] != y.shape[-2]:
+                raise ValueError(f"check_equivariance turns the model's outputs as it turns the images, by quarter "
+                                 f"turns under {group.name}, but the outputs of these square images are not square "
+                                 f"(shape {tuple(y.shape)}): a padding, stride or kernel that treats height and width "
+                                 "differently cannot be equivariant to quarter turns; use a group without them "
+                                 "(rot180, hflip, vflip), or pass act_output= for outputs the group moves otherwise")
             return y
         return checked
 
     return _checked(model, x, group, output, atol,
-                    lambda f, g: equivariance_error(spatial(f), x, g, act_output), "equivariance")
+                    lambda f, g: equivariance_error(spatial(f, g), x, g, act_output), "equivariance")

@@ -63,7 +63,7 @@ from typing import Any, Callable, Iterator, Sequence, Union
 import torch
 from torch import nn
 
-from .checks import device_elsewhere, modes_restored
+from .checks import check_image_batch, device_elsewhere, modes_restored
 from .groups import Group, TokenPermutationGroup, get_group
 from .outputs import OutputSelector, check_selector, select_output
 from .precision import parameter_dtype
@@ -204,10 +204,18 @@ def _refuse_extra_inputs(wrapper: nn.Module, extra: tuple) -> None:
                         "keyword-only")
 
 
-def _short_repr(module: nn.Module) -> str:
+def _batchnorm_training(module: nn.Module) -> bool:
+    """Whether a BatchNorm layer of ``module`` normalises with the statistics of its batch (training mode)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in module.modules())
+
+
+def _short_repr(module: nn.Module | Callable) -> str:
+    """One line for ``module`` (a head can be any function) in a message or a wrapper's repr."""
     text = repr(module)
     if "\n" not in text and len(text) <= 100:
         return text
+    if not isinstance(module, nn.Module):
+        return f"{type(module).__name__} {text.splitlines()[0][:80]}..."
     count = sum(p.numel() for p in module.parameters())
     return f"{type(module).__name__} ({count:,} parameters; print this attribute for its layers)"
 
@@ -376,6 +384,8 @@ class OrbitWrapper(nn.Module):
         """The group, method and options, and one line per submodule (``print(wrapper.trunk)`` shows the trunk)."""
         lines = [f"{type(self).__name__}(", f"  {self.extra_repr()}"]
         lines += [f"  ({name}): {_short_repr(child)}" for name, child in self.named_children()]
+        if not isinstance(self.head, nn.Module):  # a function head is no child module
+            lines.append(f"  (head): {_short_repr(self.head)}")
         return "\n".join(lines + [")"])
 
     # What a saved state dict records beside the tensors. The options left out only change how a pass runs (the
@@ -488,21 +498,14 @@ class OrbitWrapper(nn.Module):
         return out.reshape(b, g, *out.shape[1:])
 
     def _check_images(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        if x.ndim != 4:
-            hint = ("; for one image [C, H, W] pass x[None] (a batch of one); a batch of 1-D signals [B, C, L] "
-                    "goes in as [B, C, 1, L] (x[:, :, None]) under a group without quarter turns (hflip reverses L)"
-                    if x.ndim == 3 else "")
-            raise ValueError(f"input must be an image batch [B, C, H, W], got shape {tuple(x.shape)}{hint}")
-        if not x.is_floating_point():
-            raise TypeError(f"input images must be a floating-point tensor, got {x.dtype}: convert them as the model "
-                            "expects first (for uint8 images typically x.float() / 255, then the model's "
-                            "normalisation)")
+        check_image_batch(x, "input")
         if x.shape[-2] != x.shape[-1] and self.group.needs_square:
+            # square [B, H, W, C] images (from numpy or PIL) read as [B, C, H, W] look like non-square ones
+            layout = (f"; these look like channels-last images [B, H, W, C] = {list(x.shape)}: permute them to "
+                      "[B, C, H, W] with x.permute(0, 3, 1, 2)" if x.shape[1] == x.shape[2] != x.shape[3] else "")
             raise ValueError(f"{self.group.name} turns an image by 90 degrees, which makes an H x W = "
                              f"{x.shape[-2]} x {x.shape[-1]} image {x.shape[-1]} x {x.shape[-2]}: crop or pad the "
-                             "images to a square, or use a group without quarter turns (rot180, hflip, vflip)")
+                             f"images to a square, or use a group without quarter turns (rot180, hflip, vflip){layout}")
 
     def images_per_pass(self, x: Tensor, trunk: nn.Module | None = None) -> int | None:
         """Trunk images per forward on the image path for ``x``, or None for one batched pass.
@@ -533,6 +536,11 @@ class OrbitWrapper(nn.Module):
         size = self.images_per_pass(x, trunk)
         if size is None or size >= x.shape[0] * self.group.order:
             return self.view_outputs(self.group.orbit(x), trunk)  # orbit [B, G, C, H, W]
+        if size < self.group.order and _batchnorm_training(trunk if trunk is not None else self.trunk):
+            warnings.warn(f"{type(self).__name__}: chunk_size={size} splits each orbit of {self.group.order} views "
+                          "into several forwards while BatchNorm layers of the trunk train: each piece is normalised "
+                          "with its own batch statistics, so the output is not invariant. Use a chunk_size of at "
+                          f"least {self.group.order} (whole orbits), or trunk_eval=True", stacklevel=3)
         # the orbit of a few images at a time (never the whole batch's), each in forwards of at most `size` images
         blocks = x.split(max(1, size // self.group.order))
         return torch.cat([self.view_outputs(self.group.orbit(part), trunk, chunk_size=size) for part in blocks])
@@ -608,6 +616,16 @@ class OrbitWrapper(nn.Module):
         g = self.group.order
         if views.device.type == "meta":  # shapes only (a dry run): there are no values to compare
             return
+        # NaN would fail the comparison below and blame a weighting network that may be right
+        if not bool(torch.isfinite(views).all()):
+            raise ValueError(f"{type(self).__name__}: the model's outputs for the first image's views are not finite "
+                             "(NaN or inf), so the check that the weighting network's weights move with the views "
+                             "cannot run: check that image (x[0]) and the model's parameters (a diverged checkpoint "
+                             "holds NaN)")
+        if not bool(torch.isfinite(raw).all()):
+            raise ValueError(f"{type(self).__name__}: the weighting network {_short_repr(self.weight_net)} gives "
+                             "weights that are not finite (NaN or inf) for the first image's views, which are "
+                             "finite: check its parameters (a diverged checkpoint holds NaN)")
         dtype = torch.promote_types(raw.dtype, torch.float32)  # compared in their own precision, at least float32
         weights, error, moved_by = raw.to(dtype), 0.0, 0
         for k in range(1, g):
@@ -693,9 +711,10 @@ class OrbitWrapper(nn.Module):
         if tuple(weights.shape) != tuple(views.shape[:2]):
             source = getattr(self, "weight_net", None)
             source = f"the weighting network {type(source).__name__}" if source is not None else "view_weights"
+            trailing = (" (squeeze the trailing dim of size 1, e.g. end with .squeeze(-1))"
+                        if tuple(weights.shape) == (*views.shape[:2], 1) else "")
             raise ValueError(f"{type(self).__name__}: {source} must map views [B, G, ...] to one weight per view "
-                             f"[B, G] = {list(views.shape[:2])}, got {list(weights.shape)} (squeeze a trailing "
-                             f"dim of size 1, e.g. end with .squeeze(-1))")
+                             f"[B, G] = {list(views.shape[:2])}, got {list(weights.shape)}{trailing}")
         return weights
 
     def view_scales(self, views: Tensor, weights: Tensor) -> tuple[Tensor | None, Tensor]:
@@ -777,7 +796,10 @@ class OrbitWrapper(nn.Module):
                 raise ValueError(f"{type(self).__name__}: give weight_net= or example_input= (which only sizes the "
                                  "default weighting network), not both")
             if not isinstance(given, nn.Module):
-                raise TypeError(f"weight_net must be a torch.nn.Module, got {type(given).__name__}")
+                # LambdaEquitune(model, "d4", x) puts the images in the third parameter, weight_net
+                images = (": images go in as example_input=images (a keyword argument)"
+                          if isinstance(given, Tensor) else "")
+                raise TypeError(f"weight_net must be a torch.nn.Module, got {type(given).__name__}{images}")
             return given
         if example_input is None:
             raise ValueError(f"{type(self).__name__} needs weight_net=, or example_input= (a few images [B, C, H, W] "

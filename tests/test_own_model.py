@@ -193,7 +193,7 @@ def test_the_checks_run_modules_in_evaluation_mode_and_restore_them() -> None:
         # dropout kept on in evaluation, as the article's code: eval() cannot switch it off, the check measures it
         kept = LambdaEquitune(Recorder(), "rot90", example_input=x, dropout_in_eval=True).eval()
         check_invariance(kept, x, "rot90")
-    with pytest.raises(TypeError, match="floating-point image batch"):
+    with pytest.raises(TypeError, match="floating-point images, got torch.uint8"):
         check_invariance(model, x.to(torch.uint8), "rot90")
 
 
@@ -366,7 +366,7 @@ def test_repr_shows_group_method_and_options_in_a_few_lines() -> None:
 
 def test_integer_images_are_refused_with_a_message() -> None:
     wrapper = Equitune(Recorder(), "rot90")
-    with pytest.raises(TypeError, match=r"floating-point tensor, got torch.uint8.*x.float\(\) / 255"):
+    with pytest.raises(TypeError, match=r"floating-point images, got torch.uint8.*x.float\(\) / 255"):
         wrapper(torch.zeros(2, 3, 12, 12, dtype=torch.uint8))
     assert wrapper.trunk.batches == []
 
@@ -565,7 +565,7 @@ def test_weights_of_the_wrong_shape_fail_on_the_first_image_naming_the_network()
 
 
 def test_the_checks_refuse_inputs_that_are_not_image_batches_and_outputs_without_space() -> None:
-    with pytest.raises(TypeError, match=r"image batch \[B, C, H, W\]"):
+    with pytest.raises(ValueError, match=r"image batch \[B, C, H, W\]"):
         check_invariance(nn.Linear(10, 3), torch.randn(10, 10), "rot90")  # would rotate a [B, D] matrix
     with pytest.raises(ValueError, match="use check_invariance"):
         check_equivariance(_classifier(K), _images(b=K), "rot90")  # would rotate [B, K] logits
@@ -961,3 +961,83 @@ def test_one_image_without_a_batch_dim_and_the_base_class_get_a_message() -> Non
     assert check_invariance(Equitune(over_time, "hflip"), signals[:, :, None], "hflip") < 1e-9
     with pytest.raises(NotImplementedError, match=r"OrbitWrapper is the base class; use Equitune"):
         equinb.OrbitWrapper(Recorder(), "rot90")(_images(b=1))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A new user's mistakes and edge cases: each fails with what was wrong and what to do.
+
+def test_a_nan_first_image_is_named_instead_of_blaming_the_weighting_network() -> None:
+    x = _images(b=2)
+    x[0, 0, 0, 0] = float("nan")
+    for make in (lambda: LambdaEquitune(Recorder(), "d4", EmbeddingWeightNet(K, 7).double()),
+                 lambda: EquiAttention(Recorder(), "d4", example_input=_images(b=1))):
+        with pytest.raises(ValueError, match=r"outputs for the first image's views are not finite .* \(x\[0\]\)"):
+            make().eval()(x)
+    broken = EmbeddingWeightNet(K, 7).double()
+    with torch.no_grad():
+        next(broken.parameters()).fill_(float("nan"))  # a diverged checkpoint's weighting network
+    with pytest.raises(ValueError, match=r"gives weights that are not finite .* which are finite"):
+        LambdaEquitune(Recorder(), "d4", broken).eval()(_images(b=2))
+
+
+def test_a_function_head_with_a_long_repr_gets_the_head_message_and_shows_in_repr() -> None:
+    import functools
+
+    head = functools.partial(lambda z, weight: z @ weight, weight=torch.randn(7, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"the head partial functools\.partial.*does not take the trunk's output"):
+        Equitune(Recorder(), "rot90", head=head)(_images(b=2))
+    assert "(head): partial functools.partial" in repr(Equitune(Recorder(), "rot90", head=head))
+
+
+def test_channels_last_images_are_named_as_such_under_quarter_turns() -> None:
+    hwc = _images(b=2).permute(0, 2, 3, 1)  # [B, 12, 12, 3], as from numpy
+    with pytest.raises(ValueError, match=r"channels-last images \[B, H, W, C\] = \[2, 12, 12, 3\].*permute\(0, 3, 1, "
+                                         r"2\)"):
+        Equitune(Recorder(), "rot90")(hwc)
+    with pytest.raises(ValueError, match=r"crop or pad the images to a square, .*vflip\)$"):  # no layout hint
+        Equitune(Recorder(), "rot90")(torch.randn(1, 3, 8, 12, dtype=torch.float64))
+
+
+def test_check_equivariance_names_non_square_outputs_of_square_images() -> None:
+    model = nn.Conv2d(3, 2, 3, padding=(1, 0)).double()  # 12 x 12 -> 12 x 10
+    with pytest.raises(ValueError, match=r"outputs of these square images are not square \(shape \(2, 2, 12, 10\)\)"):
+        check_equivariance(model, _images(b=2), "rot90")
+    assert check_equivariance(model, _images(b=2), "hflip") > 0  # no quarter turns: measured
+
+
+def test_a_weighting_network_of_another_shape_gets_the_squeeze_hint_only_for_a_trailing_one() -> None:
+    class Shaped(nn.Module):
+        def __init__(self, shape) -> None:
+            super().__init__()
+            self.shape = shape
+
+        def forward(self, views):
+            return views.sum() * torch.ones(self.shape(views), dtype=views.dtype)
+
+    with pytest.raises(ValueError, match=r"got \[1, 4, 1\] \(squeeze the trailing dim of size 1"):
+        LambdaEquitune(Recorder(), "rot90", Shaped(lambda v: (v.shape[0], 4, 1)))(_images(b=2))
+    with pytest.raises(ValueError, match=r"got \[1, 2\]$"):
+        LambdaEquitune(Recorder(), "rot90", Shaped(lambda v: (1, 2)))(_images(b=2))
+
+
+def test_images_passed_where_weight_net_goes_say_example_input() -> None:
+    with pytest.raises(TypeError, match=r"got Tensor: images go in as example_input=images"):
+        LambdaEquitune(Recorder(), "rot90", _images(b=1))
+
+
+def test_a_chunk_size_that_splits_orbits_warns_while_batchnorm_trains() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(K)).double()
+    model(_images(b=2))  # materialise the lazy layer
+    with pytest.warns(UserWarning, match=r"chunk_size=3 splits each orbit of 8 views .* at least 8"):
+        Equitune(model, "d4", chunk_size=3).train()(_images(b=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Equitune(model, "d4", chunk_size=8).train()(_images(b=2))  # whole orbits
+        Equitune(model, "d4", chunk_size=3).eval()(_images(b=2))  # running statistics: any chunking
+
+
+def test_the_checks_refuse_a_wrong_rank_as_the_wrappers_do() -> None:
+    one = _images(b=1)[0]
+    for call in (lambda: check_invariance(Recorder(), one, "rot90"), lambda: Equitune(Recorder(), "rot90")(one)):
+        with pytest.raises(ValueError, match=r"image batch \[B, C, H, W\].*pass x\[None\]"):
+            call()
