@@ -236,6 +236,10 @@ baselines = pd.DataFrame([dict(run=name, **classification_scores(p, labels, n_cl
                           for name, p in predictions.items()])
 show(baselines, f"Baselines without training on the {len(labels)} test images, scores in % (profile: {profile})")
 glue("majority_balanced", round(float(baselines.balanced_accuracy[0]), 2), display=False)
+# the summary's row without training: equitune, λ-equitune with equal weights (named in advance, not picked here)
+equitune_row = baselines.set_index("run").loc["zero-shot equitune"]
+glue("zero_shot_equitune_top1", round(float(equitune_row.top1), 2), display=False)
+glue("zero_shot_equitune_balanced", round(float(equitune_row.balanced_accuracy), 2), display=False)
 
 # %% [markdown]
 # ## Symmetry check
