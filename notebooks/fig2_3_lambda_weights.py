@@ -305,7 +305,9 @@ claims.append(verdict_row("fig3.attention_uniform", compare(const(outside, 0.0),
 # the article's non-uniform column means favour the quarter turns: the 90° and 270° views' weight together, vs 1/2
 quarter_turns = weights[free_set, lam][:, :, [columns.index("90"), columns.index("270")]].sum(2).double()  # [S, N]
 claims.append(verdict_row("fig3.lambda_not_uniform", compare(const(quarter_turns, 0.5), quarter_turns, scale=1.0),
-                          reasons=[kept, *problems[free_set, lam], *few], decimals=3))
+                          reasons=[kept, *problems[free_set, lam], *few], decimals=3,
+                          note="the article's pattern; reversed would mean weights that favour 0° and 180°, still "
+                               "not uniform"))
 turned_natural = natural.reoriented(seed) if free.turns is not None else None
 for label, key, method in ((lam, "lambda", "lambda_equitune"), (att, "attention", "equiattention")):
     observed = compare(upright[nat, label], upright[free_set, label], scale=1.0, paired=False)
