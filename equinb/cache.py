@@ -368,13 +368,19 @@ def _strip_signature_annotations(tree: ast.AST) -> ast.AST:
     return tree
 
 
+def _is_text(node: ast.expr) -> bool:
+    """A string literal, an f-string, or an expression that starts from one (``"a" + b``, ``"%s" % x``)."""
+    if isinstance(node, ast.BinOp):
+        return _is_text(node.left)
+    return isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str))
+
+
 def _strip_raised_messages(tree: ast.AST) -> ast.AST:
     # the text of a raised error never reaches a result: a run that raises caches nothing, and no code here reads
-    # a caught error's message; its class and the condition that raises it stay
+    # a caught error's message; its class, its other arguments and the condition that raises it stay
     for node in ast.walk(tree):
         if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
-            node.exc.args = [ast.Constant("") if isinstance(arg, (ast.Constant, ast.JoinedStr, ast.BinOp)) else arg
-                             for arg in node.exc.args]
+            node.exc.args = [ast.Constant("") if _is_text(arg) else arg for arg in node.exc.args]
     return tree
 
 

@@ -131,6 +131,7 @@ def test_source_fingerprint_ignores_error_messages_but_not_what_raises(tmp_path:
     assert fingerprint('raise ValueError("x must be " + "positive")') == before
     assert fingerprint('raise TypeError("x must be >= 0")') != before  # another class can be caught differently
     assert fingerprint('raise ValueError("x must be >= 0", x)') != before  # an argument that is not text stays
+    assert fingerprint('raise ValueError(2)') != fingerprint('raise ValueError(3)')  # a number is no message
     source.write_text('def f(x):\n    if x <= 0:\n        raise ValueError("x must be >= 0")\n    return x\n')
     assert source_fingerprint(source) != before  # the condition that raises is code
 
