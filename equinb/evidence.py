@@ -18,7 +18,7 @@ import torch
 from .analysis import no_training_scores
 from .setups import TrainingRun, TrainingSetup, correct_by_seed
 from .verdicts import (EFFECT_COLUMN, LOSS_BOUND, NOT_TESTED, Comparison, at_chance, below_majority, compare,
-                       diverged, solved_without_training, too_few_seeds, unchanged_stage)
+                       diverged, solved_without_training, stratified_mean, too_few_seeds, unchanged_stage)
 
 __all__ = ["STAGES", "STAGE_CHANGE", "stage_runs", "stage_spread", "stage_losses", "diverged_seeds",
            "finetune_changed", "ran_away_note", "stage_problems", "compare_runs", "no_training_check",
@@ -156,14 +156,6 @@ def no_training_check(setups: Sequence[TrainingSetup]) -> str | None:
     return solved_without_training(score, baseline)
 
 
-def _mean(score: torch.Tensor, labels: torch.Tensor | None) -> float:
-    """The mean of per-item scores [..., N], or with ``labels`` [N] the mean over the classes of each class's mean
-    (of 1/0 scores: the balanced accuracy, as ``compare`` with the classes as strata)."""
-    if labels is None:
-        return float(score.mean())
-    return float(torch.stack([score[..., labels == c].mean() for c in labels.unique()]).mean())
-
-
 def best_without_training(setups: Sequence[TrainingSetup], chosen_on: str = "test", balanced: bool = False
                           ) -> tuple[str, torch.Tensor]:
     """The best no-training baseline of ``setups`` (each head's ``no_training_scores``, by mean score, or by
@@ -179,13 +171,14 @@ def best_without_training(setups: Sequence[TrainingSetup], chosen_on: str = "tes
                  for setup in setups for name, score in no_training_scores(setup).items()}
     labels = setups[0].test.labels if balanced else None
     if chosen_on == "test":
-        baseline = max(baselines, key=lambda name: _mean(baselines[name], labels))
+        baseline = max(baselines, key=lambda name: stratified_mean(baselines[name], labels))
         return baseline, baselines[baseline]
     if chosen_on != "halves":
         raise ValueError(f"chosen_on must be 'test' or 'halves', got {chosen_on!r}")
     n = len(next(iter(baselines.values())))
     halves = (torch.arange(0, n, 2), torch.arange(1, n, 2))
-    picks = [max(baselines, key=lambda name: _mean(baselines[name][other], None if labels is None else labels[other]))
+    picks = [max(baselines, key=lambda name: stratified_mean(baselines[name][other],
+                                                             None if labels is None else labels[other]))
              for other in halves[::-1]]
     score = torch.empty_like(baselines[picks[0]])
     for half, pick in zip(halves, picks):
@@ -212,9 +205,9 @@ def trained_minus_frozen(setups: Sequence[TrainingSetup], repeats: dict[str, Seq
         for stage in STAGES:
             scores = correct_by_seed(stage_runs(runs, stage), stage, labels)
             seeds = f"{scores.shape[0]} seed{'s' if scores.shape[0] != 1 else ''}"
-            rows.append((f"{name} at {stage} ({100 * _mean(scores, strata):.2f}%{metric}, {seeds}) minus {baseline} "
-                         f"({100 * _mean(score, strata):.2f}%; each half of the items scored by the best on the "
-                         "other half)", compare(score.expand_as(scores), scores, strata=strata),
+            rows.append((f"{name} at {stage} ({100 * stratified_mean(scores, strata):.2f}%{metric}, {seeds}) minus "
+                         f"{baseline} ({100 * stratified_mean(score, strata):.2f}%; each half of the items scored by "
+                         "the best on the other half)", compare(score.expand_as(scores), scores, strata=strata),
                          stage_problems(runs, stage, setups[0], name)))
     return rows
 

@@ -47,11 +47,11 @@ import numpy as np
 import torch
 
 __all__ = ["VERDICTS", "EFFECTS", "NOT_TESTED", "VERDICT_COLUMN", "EFFECT_COLUMN", "NEEDS_OTHER_SETTING", "MIN_SEEDS",
-           "LOSS_BOUND", "VERDICT_RULE", "Comparison", "compare", "paired_interval", "judge", "effect", "verdict_row",
-           "effect_row", "unchanged_stage", "diverged", "at_chance", "below_majority", "solved_without_training",
-           "by_construction", "difference_of_intervals", "zero_by_construction", "symmetry_by_construction",
-           "orientation_kept", "too_few_seeds", "not_in_this_run", "out_of_reach", "not_finite", "verdict_kind",
-           "verdict_counts"]
+           "LOSS_BOUND", "VERDICT_RULE", "Comparison", "compare", "stratified_mean", "paired_interval", "judge",
+           "effect", "verdict_row", "effect_row", "unchanged_stage", "diverged", "at_chance", "below_majority",
+           "solved_without_training", "by_construction", "difference_of_intervals", "zero_by_construction",
+           "symmetry_by_construction", "orientation_kept", "too_few_seeds", "not_in_this_run", "out_of_reach",
+           "not_finite", "verdict_kind", "verdict_counts"]
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 
@@ -148,6 +148,14 @@ def _groups(n_items: int, strata: ArrayLike | None) -> list[np.ndarray]:
 
 def _point(x: np.ndarray, groups: list[np.ndarray]) -> float:
     return float(np.mean([np.mean([x[s, m].mean() for m in groups]) for s in range(x.shape[0])]))
+
+
+def stratified_mean(scores: ArrayLike, strata: ArrayLike | None = None) -> float:
+    """The statistic ``compare`` differences: the mean of per-item scores [S, N] or [N] over seeds and items, or with
+    ``strata`` [N] the mean over strata of each stratum's mean (of 1/0 scores with the classes as strata: the
+    balanced accuracy)."""
+    x = _as_matrix(scores)
+    return _point(x, _groups(x.shape[1], strata))
 
 
 def _t_quantile(level: float, df: float) -> float:
