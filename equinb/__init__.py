@@ -1,6 +1,6 @@
 """equinb: make pretrained models invariant or equivariant to finite groups, and re-run the articles.
 
-Module map, bottom to top; a module imports only modules above it in this list (``tests/test_layering.py``):
+Module map, bottom to top; a module imports only modules listed before it (``tests/test_layering.py``):
 
     reference   the articles' numbers, reshaped for the chapters' tables
     claims      every claim of both articles: full text, the article's value, the chapter that tests it

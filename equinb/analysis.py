@@ -14,12 +14,13 @@ import torch
 from torch import nn
 
 from .cache import cache_key, load_or_compute, package_code_fingerprint
-from .checks import format_error, largest_error, seeded
-from .engine import ViewData, evaluation_mode, model_device
+from .checks import evaluation_mode, format_error, largest_error, seeded
+from .engine import ViewData, extract_view_features, model_device
 from .groups import Group
 from .heads import fit_linear_head
 from .setups import TrainingSetup
-from .wrappers import OrbitWrapper, _full_precision  # the wrappers' own rule for half-precision views
+from .precision import full_precision  # the wrappers' own rule for half-precision views
+from .wrappers import OrbitWrapper
 from .zeroshot import orbit_predictions
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ def combined_map_symmetry(model: OrbitWrapper, feats: Tensor, labels: Tensor, he
         for start in range(0, feats.shape[0], batch_size):
             # in float32 as forward_views computes: the maps are cached in fp16 on a GPU, and Z summed in fp16
             # would show fp16 rounding as a symmetry error
-            chunk = _full_precision(feats[start:start + batch_size].to(model_device(model)))
+            chunk = full_precision(feats[start:start + batch_size].to(model_device(model)))
             truth = labels[start:start + batch_size]
             base = model.combined_views(chunk, model.view_weights(chunk))
             base_logits = {name: head(base) for name, head in heads.items()}
@@ -147,7 +148,7 @@ def plain_head_top1(head: nn.Module, feats: Tensor, labels: Tensor, batch_size: 
     device = model_device(head)
     hits = {"upright": 0, "rotated": 0.0, "mean_of_views": 0}
     for start in range(0, feats.shape[0], batch_size):
-        chunk = _full_precision(feats[start:start + batch_size].to(device))  # the mean of fp16 views in float32
+        chunk = full_precision(feats[start:start + batch_size].to(device))  # the mean of fp16 views in float32
         truth = labels[start:start + batch_size]
         per_view = torch.stack([head(chunk[:, k]).argmax(-1).cpu() == truth for k in range(chunk.shape[1])], 1)
         hits["upright"] += int(per_view[:, 0].sum())
@@ -219,10 +220,8 @@ def group_changes(functions: dict[str, Callable[[Tensor], Tensor]], data: ViewDa
 @torch.no_grad()
 def frozen_test_logits(setup: TrainingSetup, batch_size: int = 256) -> Tensor:
     """The frozen head on every view of every test image. Shapes: -> [N, G, K]."""
-    device = model_device(setup.head)
-    feats = setup.test_feats
-    return torch.cat([setup.head(feats[i:i + batch_size].flatten(0, 1).to(device)).reshape(
-        min(batch_size, feats.shape[0] - i), feats.shape[1], -1).cpu() for i in range(0, feats.shape[0], batch_size)])
+    return extract_view_features(setup.head, ViewData(setup.test_feats, setup.test.labels), batch_size,
+                                 device=model_device(setup.head), label="frozen head on the test views")
 
 
 def no_training_predictions(setup: TrainingSetup) -> dict[str, Tensor]:

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .cache import sha256_file
-from .checks import modes_restored, seeded
+from .checks import evaluation_mode, seeded
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .precision import parameter_dtype
 
@@ -223,8 +223,7 @@ class Backbone:
         """
         trunk, _ = self.feature_split()
         size = self.input_size if input_size is None else int(input_size)
-        with modes_restored(trunk):
-            trunk.eval()
+        with evaluation_mode(trunk):
             out = trunk(torch.zeros(1, 3, size, size, device=self.device, dtype=self.dtype))
         c, h, w = out.shape[1:]
         return int(c), int(h), int(w)

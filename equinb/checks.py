@@ -1,7 +1,8 @@
 """Measured symmetry: invariance and equivariance errors of any function, and how to print them.
 
 Used by the tests (which assert the errors are at float rounding, or are not), by the chapters (which
-print them) and by ``analysis`` and ``nlg`` (which measure trained and language models).
+print them, the language-model chapter included) and by ``analysis`` (which measures trained models); the wrappers,
+backbones, engine and setups use its seeding and mode helpers.
 
 ``check_invariance`` and ``check_equivariance`` (also ``equinb.check_invariance``) are the user-facing forms:
 they take a group by name, pick the model's output tensor (``output=``, as the wrappers do), run a module in
@@ -27,7 +28,7 @@ from .groups import Group, get_group
 from .outputs import OutputSelector, check_selector, select_output
 
 __all__ = ["invariance_error", "equivariance_error", "largest_error", "format_error", "check_invariance",
-           "check_equivariance", "check_image_batch", "modes_restored"]
+           "check_equivariance", "check_image_batch", "modes_restored", "evaluation_mode", "training_modules"]
 
 Tensor = torch.Tensor
 
@@ -43,6 +44,15 @@ def modes_restored(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, mode in modes:
             m.training = mode
+
+
+@contextlib.contextmanager
+def evaluation_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in evaluation mode inside the block; every submodule's mode is restored on exit, also after an
+    error (``modes_restored``)."""
+    with modes_restored(module):
+        module.eval()
+        yield module
 
 
 @contextlib.contextmanager
@@ -132,10 +142,10 @@ def _checked(model: Callable[..., Any], x: Tensor, group: Group | str, output: O
         _check_model_takes(model, x)
     with modes_restored(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
         if isinstance(model, nn.Module):
-            training = _mode_dependent_training(model)
+            training = training_modules(model)
             with contextlib.suppress(NotImplementedError):  # a torch.export program has no modes: measured as it is
                 model.eval()
-            _warn_if_switched_off(training - _mode_dependent_training(model), what)
+            _warn_if_switched_off(training - training_modules(model), what)
         err = measure(lambda z: select_output(model(z), output), group)
     if atol is not None and not err <= atol:
         raise AssertionError(f"{what} error over {group.name} is {err:.3g}, above atol={atol:g}")
@@ -146,9 +156,10 @@ def _checked(model: Callable[..., Any], x: Tensor, group: Group | str, output: O
 _MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
 
-def _mode_dependent_training(model: nn.Module) -> set[nn.Module]:
-    """The dropout and BatchNorm modules of ``model`` that are in training mode."""
-    return {m for m in model.modules() if m.training and isinstance(m, _MODE_DEPENDENT)}
+def training_modules(model: nn.Module, kinds: type | tuple[type, ...] = _MODE_DEPENDENT) -> set[nn.Module]:
+    """The submodules of ``model`` (itself included) of ``kinds`` that are in training mode; by default the ones
+    whose outputs depend on the mode (dropout and BatchNorm)."""
+    return {m for m in model.modules() if m.training and isinstance(m, kinds)}
 
 
 def _warn_if_switched_off(switched: set[nn.Module], what: str) -> None:

@@ -455,7 +455,23 @@ def _download_imagenetv2(url: str, folder: Path) -> None:
         shutil.move(str(extracted), str(folder))  # a rename: the same file system
 
 
-class ImageNetV2(Dataset):
+class _ImageFiles(Dataset):
+    """A labelled list of image files: ``samples`` [(path, label)], ``targets`` (the labels), ``transform``
+    applied to each RGB image as it is read."""
+
+    samples: list[tuple[Path, int]]
+    transform: Callable | None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        img = _load_rgb(path)
+        return (self.transform(img) if self.transform is not None else img), label
+
+
+class ImageNetV2(_ImageFiles):
     """ImageNetV2 matched-frequency (10,000 images): ``<root>/imagenetv2/imagenetv2-matched-frequency-format-val``.
 
     Each subfolder is named by its ImageNet class index 0..999, and that integer is the label. Folder names
@@ -494,21 +510,13 @@ class ImageNetV2(Dataset):
         self.targets = [label for _, label in samples]
         self.transform = transform
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        path, label = self.samples[index]
-        img = _load_rgb(path)
-        return (self.transform(img) if self.transform is not None else img), label
-
 
 # --------------------------------------------------------------------------------------------------
 # ISIC 2018 Task 3
 # --------------------------------------------------------------------------------------------------
 
 
-class ISIC2018(Dataset):
+class ISIC2018(_ImageFiles):
     """ISIC 2018 Task 3 (lesion diagnosis): ``"train"`` = official training set (10,015 images), ``"val"`` =
     official validation set (193 images; the article's test set).
 
@@ -566,14 +574,6 @@ class ISIC2018(Dataset):
         self.targets = [label for _, label in samples]
         self.classes = list(ISIC2018_CLASSES)
         self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        path, label = self.samples[index]
-        img = _load_rgb(path)
-        return (self.transform(img) if self.transform is not None else img), label
 
 
 # --------------------------------------------------------------------------------------------------

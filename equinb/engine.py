@@ -26,7 +26,6 @@ import functools
 import itertools
 import numbers
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checks import modes_restored, seeded
+from .checks import evaluation_mode, seeded
 from .groups import Group
 from .kernels import tuned_kernels
 from .metrics import top1
@@ -44,7 +43,7 @@ from .weighting import default_view_attention, default_weight_net
 from .wrappers import NORMALISATIONS, EquiAttention, LambdaEquitune, OrbitWrapper
 
 __all__ = ["TrainConfig", "ViewData", "ImageViewData", "TRAINED_METHODS", "weight_net_for", "weighted_model",
-           "model_device", "evaluation_mode", "batch_schedule", "extract_view_features", "features", "predict",
+           "model_device", "batch_schedule", "extract_view_features", "features", "predict",
            "evaluate", "finetuned_part", "set_finetune_precision", "snapshot", "parameter_drift", "group_drift",
            "reset_groups", "prefinetune", "finetune", "finetune_state", "train_step_loss"]
 
@@ -283,15 +282,6 @@ def weighted_model(trunk: nn.Module, weight_net: nn.Module, head: nn.Module, gro
                           dropout_in_eval=config.dropout_in_eval, **common)
 
 
-@contextmanager
-def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in evaluation mode inside the block; every submodule's mode is restored on exit, also after an
-    error (``equinb.checks.modes_restored``)."""
-    with modes_restored(model):
-        model.eval()
-        yield model
-
-
 def model_device(model: nn.Module) -> torch.device:
     """Where a wrapper's views must be: the device of its head's first parameter or buffer, else of the whole
     module's (a head without tensors, such as ``nn.Identity``, follows the trunk); the CPU for a module with none.
@@ -521,6 +511,25 @@ def _clock_row(clock: list[dict] | None, stage: str, round_index: int, steps: in
                           evaluation_seconds=evaluation_seconds, warm=warm))
 
 
+def _train_round(model: OrbitWrapper, batches: Sequence[Tensor], rng: np.random.RandomState,
+                 optimisers: Sequence[torch.optim.Optimizer],
+                 step_inputs: Callable[[Tensor, int], tuple[Tensor, Tensor, Tensor]]) -> list[Tensor]:
+    """One round of SGD steps, both stages' loop: per batch of indices, a group element drawn from ``rng`` permutes
+    the views; ``step_inputs(index, element)`` gives the views, labels and the weighting network's input; the
+    losses stay on the device (detached), so no step waits for the host."""
+    losses = []
+    for index, element in zip(batches, _draw_elements(len(batches), model.group.order, rng)):
+        views, labels, weight_views = step_inputs(index, element)
+        loss = train_step_loss(model, views, labels, weight_views=weight_views)
+        for opt in optimisers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in optimisers:
+            opt.step()
+        losses.append(loss.detach())
+    return losses
+
+
 def prefinetune(model: OrbitWrapper, train: ViewData, select: ViewData, config: TrainConfig,
                 progress: bool = False, clock: list[dict] | None = None) -> tuple[dict, list[dict]]:
     """Train only the lambda network on cached per-view features; keep the best by selection accuracy.
@@ -539,6 +548,12 @@ def prefinetune(model: OrbitWrapper, train: ViewData, select: ViewData, config: 
     with seeded(config.seed):  # the caller's generators as they were afterwards
         rng = np.random.RandomState(config.seed)
         opt = _sgd(model.weight_net.parameters(), config.prelr, config.momentum)
+
+        def prefinetune_inputs(index: Tensor, element: int) -> tuple[Tensor, Tensor, Tensor]:
+            feats, labels = train.batch(index, element, model.group)
+            feats = _on(model, feats)  # one copy to the device: the same tensor is the views and the weights' input
+            return feats, labels, feats
+
         schedule = batch_schedule(len(train), config.batch_size, config.prefinetune_rounds,
                                   config.prefinetune_steps, config.data_order, config.seed)
         best, best_state, history, step = -1.0, copy.deepcopy(model.weight_net.state_dict()), [], 0
@@ -551,15 +566,7 @@ def prefinetune(model: OrbitWrapper, train: ViewData, select: ViewData, config: 
             if acc > best:
                 best, best_state = acc, copy.deepcopy(model.weight_net.state_dict())
             model.train()
-            losses = []
-            for index, element in zip(batches, _draw_elements(len(batches), model.group.order, rng)):
-                feats, labels = train.batch(index, element, model.group)
-                feats = _on(model, feats)  # one copy to the device: the same tensor is the views and the weights' input
-                loss = train_step_loss(model, feats, labels, weight_views=feats)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.detach())
+            losses = _train_round(model, batches, rng, [opt], prefinetune_inputs)
             history += _loss_rows("prefinetune", r, step, losses)
             step += len(losses)
             _clock_row(clock, "prefinetune", r, len(losses), time.perf_counter() - evaluated, evaluated - began, r > 0)
@@ -617,26 +624,21 @@ def finetune(model: OrbitWrapper, train: ViewData, test: ViewData, config: Train
         history, step, predicted, first = [], 0, None, 0
         if resume is not None:
             first, step, history, predicted = _restore_finetune(resume, model, optimisers, rng, len(schedule))
+
+        def finetune_inputs(index: Tensor, element: int) -> tuple[Tensor, Tensor, Tensor]:
+            views, labels = train.batch(index, element, model.group)
+            lam = None
+            if train_lambda_feats is not None and config.lambda_input == "frozen_copy":
+                lam = ViewData(train_lambda_feats, train.labels).batch(index, element, model.group)[0]
+            feats = features(model, views)
+            return feats, labels, feats if lam is None else lam
         with tuned_kernels(model.trunk, model_device(model)):
             for r, batches in enumerate(tqdm(schedule, desc="finetune", disable=not progress, ascii=True)):
                 if r < first:  # trained before the run was stopped: restored above
                     continue
                 began = time.perf_counter()
                 model.train()
-                losses = []
-                for index, element in zip(batches, _draw_elements(len(batches), model.group.order, rng)):
-                    views, labels = train.batch(index, element, model.group)
-                    lam = None
-                    if train_lambda_feats is not None and config.lambda_input == "frozen_copy":
-                        lam = ViewData(train_lambda_feats, train.labels).batch(index, element, model.group)[0]
-                    feats = features(model, views)
-                    loss = train_step_loss(model, feats, labels, weight_views=feats if lam is None else lam)
-                    for opt in optimisers:
-                        opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    for opt in optimisers:
-                        opt.step()
-                    losses.append(loss.detach())
+                losses = _train_round(model, batches, rng, optimisers, finetune_inputs)
                 history += _loss_rows("finetune", r, step, losses)
                 step += len(losses)
                 trained = time.perf_counter()

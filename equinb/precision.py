@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-__all__ = ["GROUPS", "parameter_dtype", "clip_half_names", "parameter_groups", "apply_clip_precision", "round_fp16",
-           "HalfStorageSGD"]
+__all__ = ["GROUPS", "parameter_dtype", "full_precision", "clip_half_names", "parameter_groups",
+           "apply_clip_precision", "round_fp16", "HalfStorageSGD"]
 
 Tensor = torch.Tensor
 _ATTENTION_HALVES = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias", "bias_k",
@@ -38,6 +38,13 @@ def parameter_dtype(module: Any) -> torch.dtype | None:
     if not isinstance(module, nn.Module):
         return None
     return next((t.dtype for t in module.parameters() if t.is_floating_point()), None)
+
+
+def full_precision(x: Tensor | None) -> Tensor | None:
+    """A half-precision tensor (fp16 or bf16, as an fp16 trunk's views on CUDA) in float32, any other (or None) as
+    it is: views are combined, and views or logits compared, in float32, whether computed now or read from a cache
+    of an fp16 trunk's outputs."""
+    return x.float() if x is not None and x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def clip_half_names(module: nn.Module) -> list[str]:

@@ -584,15 +584,18 @@ def _ablations(model: LambdaEquitune | EquiAttention, part: nn.Module, setup: Tr
     value before finetuning."""
     frozen = setup.test_feats if config.lambda_input == "frozen_copy" else None
     out = {}
-    for group in dict.fromkeys(d["group"] for d in drift if d["changed_share"] > 0):
-        saved = reset_groups(part, before, [group])
-        out[f"finetune, {group} reset"] = predict(model, setup.test, lambda_feats=frozen, seed=config.seed)
-        reset_groups(part, saved, [group])
-    if config.finetune_params == "backbone+lambda":
-        finetuned = copy.deepcopy(model.weight_net.state_dict())
-        model.weight_net.load_state_dict(best)
-        out["finetune, λ network reset"] = predict(model, setup.test, lambda_feats=frozen, seed=config.seed)
-        model.weight_net.load_state_dict(finetuned)
+    # with the kernels the finetuned model's own predictions ran with (``finetune``): on a GPU, other kernels would
+    # round fp16 sums otherwise and add changes that no reset made
+    with tuned_kernels(model.trunk, model_device(model)):
+        for group in dict.fromkeys(d["group"] for d in drift if d["changed_share"] > 0):
+            saved = reset_groups(part, before, [group])
+            out[f"finetune, {group} reset"] = predict(model, setup.test, lambda_feats=frozen, seed=config.seed)
+            reset_groups(part, saved, [group])
+        if config.finetune_params == "backbone+lambda":
+            finetuned = copy.deepcopy(model.weight_net.state_dict())
+            model.weight_net.load_state_dict(best)
+            out["finetune, λ network reset"] = predict(model, setup.test, lambda_feats=frozen, seed=config.seed)
+            model.weight_net.load_state_dict(finetuned)
     return out
 
 

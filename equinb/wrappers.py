@@ -63,10 +63,10 @@ from typing import Any, Callable, Iterator, Sequence, Union
 import torch
 from torch import nn
 
-from .checks import check_image_batch, device_elsewhere, modes_restored
+from .checks import check_image_batch, device_elsewhere, evaluation_mode, modes_restored, training_modules
 from .groups import Group, TokenPermutationGroup, get_group
 from .outputs import OutputSelector, check_selector, select_output
-from .precision import parameter_dtype
+from .precision import full_precision, parameter_dtype
 from .weighting import default_view_attention, default_weight_net
 
 __all__ = [
@@ -100,7 +100,7 @@ def _max_prob_score(logits: Tensor) -> Tensor:
     the same order of views as p, without p itself, which rounds to exactly 1.0 in float32 once the top logit
     leads by about 17, so that confident views tie and the lowest view index, a different view after a turn,
     would win. Shapes: [..., K] -> [...]."""
-    z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    z = full_precision(logits)
     rest = (z - z.amax(dim=-1, keepdim=True)).scatter(-1, z.argmax(dim=-1, keepdim=True), float("-inf"))
     return -torch.logsumexp(rest, dim=-1)  # another class equal to the top keeps its exp(0) = 1: p = 1/2 or less
 
@@ -204,11 +204,6 @@ def _refuse_extra_inputs(wrapper: nn.Module, extra: tuple) -> None:
                         "keyword-only")
 
 
-def _batchnorm_training(module: nn.Module) -> bool:
-    """Whether a BatchNorm layer of ``module`` normalises with the statistics of its batch (training mode)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in module.modules())
-
-
 def _short_repr(module: nn.Module | Callable) -> str:
     """One line for ``module`` (a head can be any function) in a message or a wrapper's repr."""
     text = repr(module)
@@ -257,12 +252,6 @@ def normalise_weights(raw: Tensor, normalisation: str) -> Tensor:
     if normalisation == "none":
         return raw / raw.shape[-1]
     raise ValueError(f"unknown normalisation {normalisation!r}; valid: {', '.join(NORMALISATIONS)}")
-
-
-def _full_precision(views: Tensor | None) -> Tensor | None:
-    """Half-precision views (fp16 or bf16 trunks, as CLIP on CUDA) in float32, where they are combined: the same
-    rule for views computed here and views computed before (a cache of an fp16 trunk's outputs)."""
-    return views.float() if views is not None and views.dtype in (torch.float16, torch.bfloat16) else views
 
 
 def _weighted_sum(values: Tensor, weights: Tensor) -> Tensor:
@@ -463,12 +452,12 @@ class OrbitWrapper(nn.Module):
                      chunk_size: int | None = None) -> Tensor:
         """The trunk on every view in one batched pass (``trunk``: default self.trunk).
 
-        Inputs are cast to the trunk's parameter dtype; half-precision outputs (fp16 trunks, as CLIP on CUDA)
-        are combined in float32. Outputs are L2-normalised when ``normalise_views``. The view is the tensor that
-        ``output`` selects from the trunk's output. ``chunk_size``: forwards of at most that many trunk images,
-        whole orbits (``chunk_size // G`` per forward) when one fits, else pieces of one image's views; default
-        None, one pass (the wrapper's ``chunk_size`` applies to the image path ``views(x)``, not here: the
-        training engine's calls stay one pass).
+        Inputs are cast to the dtype the trunk's first layer reads (``_input_dtype``); half-precision outputs (fp16
+        trunks, as CLIP on CUDA) are combined in float32. Outputs are L2-normalised when ``normalise_views``. The
+        view is the tensor that ``output`` selects from the trunk's output. ``chunk_size``: forwards of at most that
+        many trunk images, whole orbits (``chunk_size // G`` per forward) when one fits, else pieces of one image's
+        views; default None, one pass (the wrapper's ``chunk_size`` applies to the image path ``views(x)``, not
+        here: the training engine's calls stay one pass).
         Shapes: inputs [B, G, ...] -> views [B, G, ...].
         """
         trunk = trunk if trunk is not None else self.trunk
@@ -488,7 +477,7 @@ class OrbitWrapper(nn.Module):
                              f"{list(out.shape)}, whose first dim is not one per image: it drops the batch dim (a "
                              f".squeeze() at batch size 1?); keep it, e.g. .squeeze(-1), or select the view with "
                              f"output=")
-        out = _full_precision(out)
+        out = full_precision(out)
         if self.normalise_views:
             if out.ndim != 2:  # dim=-1 of a map [N, C, h, w] is its width: no view would have unit norm
                 raise ValueError(f"{type(self).__name__}: normalise_views=True L2-normalises embedding views [B, D]; "
@@ -536,7 +525,9 @@ class OrbitWrapper(nn.Module):
         size = self.images_per_pass(x, trunk)
         if size is None or size >= x.shape[0] * self.group.order:
             return self.view_outputs(self.group.orbit(x), trunk)  # orbit [B, G, C, H, W]
-        if size < self.group.order and _batchnorm_training(trunk if trunk is not None else self.trunk):
+        batchnorm_training = training_modules(trunk if trunk is not None else self.trunk,
+                                              nn.modules.batchnorm._BatchNorm)
+        if size < self.group.order and batchnorm_training:
             warnings.warn(f"{type(self).__name__}: chunk_size={size} splits each orbit of {self.group.order} views "
                           "into several forwards while BatchNorm layers of the trunk train: each piece is normalised "
                           "with its own batch statistics, so the output is not invariant. Use a chunk_size of at "
@@ -718,7 +709,8 @@ class OrbitWrapper(nn.Module):
         return weights
 
     def view_scales(self, views: Tensor, weights: Tensor) -> tuple[Tensor | None, Tensor]:
-        """Optional per-view factors on the values, and the combination weights. Default: none."""
+        """Optional per-view factors on the values, and the combination weights. Default: none.
+        Shapes: views [B, G, ...], weights [B, G] -> (scales [B, G] or None, weights [B, G])."""
         return None, weights
 
     def per_view_outputs(self, values: Tensor, scales: Tensor | None = None) -> Tensor:
@@ -777,12 +769,14 @@ class OrbitWrapper(nn.Module):
                 raise ValueError(f"{type(self).__name__}.forward_views: {name} must be [B, G, ...] with G = "
                                  f"{self.group.order}, one per element of {self.group.name}; got "
                                  f"{tuple(tensor.shape)}")
-        views, weight_views = _full_precision(views), _full_precision(weight_views)
+        views, weight_views = full_precision(views), full_precision(weight_views)
         weights = self.checked_weights(self.view_weights(views if weight_views is None else weight_views), views)
         out = self.combine(views, weights)
         return (out, weights) if return_weights else out
 
     def forward(self, x: Tensor, *extra: Any, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """The wrapped model on a batch: every view of ``x`` through the trunk, weighted, combined and headed; with
+        ``return_weights``, also each view's weight. Shapes: x [B, ...] -> [B, ...] (and weights [B, G])."""
         _refuse_extra_inputs(self, extra)
         self.check_first_call(x)
         return self.forward_views(views=self.views(x), return_weights=return_weights)
@@ -805,8 +799,7 @@ class OrbitWrapper(nn.Module):
             raise ValueError(f"{type(self).__name__} needs weight_net=, or example_input= (a few images [B, C, H, W] "
                              "the model accepts) to size the default weighting network from the model's views")
         self._check_images(example_input)
-        with modes_restored(self.trunk), torch.no_grad():
-            self.trunk.eval()
+        with evaluation_mode(self.trunk), torch.no_grad():
             with self._model_failure_named(f"example_input {tuple(example_input.shape)} (its first image alone sizes "
                                            "the default weighting network)"):
                 view = self.view_outputs(example_input[:1, None])[0, 0]
@@ -955,11 +948,16 @@ class LambdaEquitune(OrbitWrapper):
         return lam if self.normalisation == "none" else normalise_weights(lam, self.normalisation)
 
     def view_scales(self, views: Tensor, weights: Tensor) -> tuple[Tensor | None, Tensor]:
+        """Without normalisation (the original code), λ scales each view and the views are averaged; otherwise the
+        normalised λ are the combination weights. Shapes: views [B, G, ...], weights [B, G] -> ([B, G] or None,
+        [B, G])."""
         if self.normalisation == "none":  # lambda scales each view; the combination is a plain mean
             return weights, torch.full_like(weights, 1.0 / weights.shape[1])
         return None, weights
 
     def forward(self, x: Tensor, *extra: Any, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """As ``OrbitWrapper.forward``, with λ computed from each view (as published, from a frozen copy's views
+        where the wrapper keeps one). Shapes: x [B, ...] -> [B, ...] (and weights [B, G])."""
         _refuse_extra_inputs(self, extra)
         self.check_first_call(x)
         frozen = None

@@ -45,6 +45,7 @@ __all__ = [
     "view_elements",
     "per_view_logits",
     "cached_per_view_logits",
+    "topk_hits",
     "topk_accuracy",
     "evaluate_views",
     "per_image_correct",
@@ -130,11 +131,16 @@ def cached_per_view_logits(cache_dir: str | Path, encoder: nn.Module, head: nn.M
     return result["logits"], result["labels"]
 
 
+def topk_hits(scores: torch.Tensor, labels: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """1.0 for each row whose label is among its k highest scores, else 0.0 (with fewer than k classes, every
+    class counts). Shapes: scores [N, C], labels [N] -> [N] (float64)."""
+    top = scores.topk(min(k, scores.shape[-1]), dim=-1).indices
+    return (top == labels[:, None]).any(dim=-1).double()
+
+
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
     """Percentage of rows whose label is among the k highest scores. Shapes: scores [N, C], labels [N]."""
-    k = min(k, scores.shape[-1])
-    top = scores.topk(k, dim=-1).indices
-    return 100.0 * (top == labels[:, None]).any(dim=-1).double().mean().item()
+    return 100.0 * topk_hits(scores, labels, k).mean().item()
 
 
 def _method_scores(logits: torch.Tensor, elements: Sequence[tuple[int, int]], transform: str, batch_size: int,
@@ -193,7 +199,7 @@ def per_image_correct(logits: torch.Tensor, labels: torch.Tensor, elements: Sequ
 
     Shapes: logits [N, E, C] over ``elements``, labels [N] -> {(method, reading): scores [N]}.
     """
-    return {key: torch.stack([(s.topk(k, dim=-1).indices == labels[:, None]).any(-1).double() for s in scores]).mean(0)
+    return {key: torch.stack([topk_hits(s, labels, k) for s in scores]).mean(0)
             for key, scores in _method_scores(logits, elements, transform, batch_size, seed).items()}
 
 

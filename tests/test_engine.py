@@ -604,7 +604,7 @@ def test_half_precision_cached_views_are_combined_as_computed_views_are() -> Non
 
 
 def test_half_storage_sgd_calls_its_closure_and_evaluation_mode_restores_after_an_error() -> None:
-    from equinb.engine import evaluation_mode
+    from equinb.checks import evaluation_mode
     from equinb.precision import HalfStorageSGD
 
     w = nn.Parameter(torch.ones(3))

@@ -121,3 +121,15 @@ def test_bad_arguments_fail_before_a_model_loads(monkeypatch: pytest.MonkeyPatch
     for transforms in ("rot90", []):  # a bare name would be read one letter at a time
         with pytest.raises(ValueError, match="transforms must be a non-empty list of names"):
             zeroshot.run_zeroshot("mobilenet_v2", "digits", transforms=transforms)
+
+
+def test_top5_on_fewer_than_five_classes_counts_every_class_in_both_readers():
+    """A test set of 3 classes: top-5 holds every class, so each image is a hit, in the per-image scores as in
+    the table (the per-image scores once asked topk for 5 of 3 and raised)."""
+    torch.manual_seed(0)
+    elements = zs.view_elements(["rot90"])
+    views = torch.randn(12, len(elements), 3)  # [N, E, C]: 3 classes
+    labels = torch.randint(0, 3, (12,))
+    scores = zs.per_image_correct(views, labels, elements, "rot90", k=5)
+    assert all(bool((s == 1).all()) for s in scores.values())
+    assert zs.topk_accuracy(views[:, 0], labels, 5) == 100.0
