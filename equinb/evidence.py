@@ -17,8 +17,8 @@ import torch
 
 from .analysis import no_training_scores
 from .setups import TrainingRun, TrainingSetup, correct_by_seed
-from .verdicts import (EFFECT_COLUMN, LOSS_BOUND, NOT_TESTED, Comparison, at_chance, below_majority, compare,
-                       diverged, solved_without_training, stratified_mean, too_few_seeds, unchanged_stage)
+from .verdicts import (LOSS_BOUND, NOT_TESTED, Comparison, at_chance, below_majority, compare,
+                       diverged, effect, solved_without_training, stratified_mean, too_few_seeds, unchanged_stage)
 
 __all__ = ["STAGES", "STAGE_CHANGE", "stage_runs", "stage_spread", "stage_losses", "diverged_seeds",
            "finetune_changed", "ran_away_note", "stage_problems", "compare_runs", "no_training_check",
@@ -212,12 +212,14 @@ def trained_minus_frozen(setups: Sequence[TrainingSetup], repeats: dict[str, Seq
     return rows
 
 
-def no_training_finding(rows: Sequence[dict]) -> str:
-    """One sentence on the ``effect_row`` rows of ``trained_minus_frozen``: how many of the trained runs and stages
-    that could be judged score below, and how many above, the best model without training."""
-    judged = [r for r in rows if not r[EFFECT_COLUMN].startswith(NOT_TESTED)]
-    below = sum(r[EFFECT_COLUMN] == "non-zero" and r["ours"].startswith("-") for r in judged)
-    above = sum(r[EFFECT_COLUMN] == "non-zero" and r["ours"].startswith("+") for r in judged)
+def no_training_finding(rows: Sequence[tuple[str, Comparison | None, Sequence[str | None]]]) -> str:
+    """One sentence on the rows of ``trained_minus_frozen`` (description, comparison, reasons): how many of the
+    trained runs and stages that could be judged (``effect``) score below, and how many above, the best model
+    without training. Each is its own 95% interval; the count is not corrected for how many there are."""
+    effects = [(comparison, effect(comparison, reasons)) for _, comparison, reasons in rows]
+    judged = [(comparison, kind) for comparison, kind in effects if not kind.startswith(NOT_TESTED)]
+    below = sum(kind == "non-zero" and comparison.interval[1] < 0 for comparison, kind in judged)
+    above = sum(kind == "non-zero" and comparison.interval[0] > 0 for comparison, kind in judged)
     return (f"of the {len(judged)} trained runs and stages that could be judged ({len(rows) - len(judged)} more "
             f"could not), {below} score below the best model without training and {above} above it, beyond the "
-            "noise")
+            f"noise (each a 95% interval of its own, not corrected for the {len(judged)} comparisons)")

@@ -542,17 +542,24 @@ def _end(value: float) -> str:
     return f"{value:+.2f}" if abs(value) >= 0.005 else f"{value:+.2g}"
 
 
+def _first_reason(comparison: Comparison | None, side: int | None, reasons: Sequence[str | None]) -> str | None:
+    """The first reason, in the order ``judge`` and ``effect`` weigh them, that the comparison gives no verdict:
+    the chapter's own ``reasons``, then non-finite numbers, the seed rule and ``out_of_reach``; None if none."""
+    return next((r for r in (*reasons, not_finite(comparison), _seeds_reason(comparison),
+                             out_of_reach(comparison, side)) if r), None)
+
+
 def judge(comparison: Comparison | None, side: int | None, reasons: Sequence[str | None] = ()) -> str:
     """The verdict on one claim: the first computed reason that applies (``reasons``, the seed rule, then
     ``out_of_reach``), else the interval against the article's ``side`` of 0 (+1, -1, or 0 for a claim of no
     difference; None: the article gives neither a value nor a direction). A reason that the code's construction
     refutes the claim (``symmetry_by_construction``) gives ``reversed: <reason>``; every other reason gives
     ``not tested here: <reason>``. See the module docstring."""
-    for reason in (*reasons, not_finite(comparison), _seeds_reason(comparison), out_of_reach(comparison, side)):
-        if reason and FAILS_BY_CONSTRUCTION in reason:  # the code refutes the claim for any data: no noise to weigh
-            return f"reversed: {reason}"
-        if reason:
-            return f"{NOT_TESTED}: {reason}"
+    reason = _first_reason(comparison, side, reasons)
+    if reason and FAILS_BY_CONSTRUCTION in reason:  # the code refutes the claim for any data: no noise to weigh
+        return f"reversed: {reason}"
+    if reason:
+        return f"{NOT_TESTED}: {reason}"
     if comparison is None:
         return f"{NOT_TESTED}: nothing was measured"
     if side is None:
@@ -568,9 +575,9 @@ def effect(comparison: Comparison | None, reasons: Sequence[str | None] = ()) ->
     """The effect of one of the book's own changes (no article side): ``non-zero`` when the interval excludes 0,
     ``inconclusive`` when it holds 0, or ``not tested here: <reason>`` (the same seed rule as ``judge``, and
     ``out_of_reach`` when neither sign could come out)."""
-    for reason in (*reasons, not_finite(comparison), _seeds_reason(comparison), out_of_reach(comparison, 0)):
-        if reason:
-            return f"{NOT_TESTED}: {reason}"
+    reason = _first_reason(comparison, 0, reasons)
+    if reason:
+        return f"{NOT_TESTED}: {reason}"
     if comparison is None:
         return f"{NOT_TESTED}: nothing was measured"
     return "non-zero" if comparison.excludes_zero else "inconclusive"

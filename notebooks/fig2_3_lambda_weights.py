@@ -231,13 +231,9 @@ show(summary.merge(article_one_view.reset_index(), on=["figure", "method"], how=
 
 # %% tags=["tolerance-share"]
 print(noise_note(noise["share"], "shares (%)"))
-# each seed's share of one-view images: two modules can share a mean while their seeds differ (a seed's share can
-# move between CPUs beyond the weights' tolerance, so it is printed here, in %, under the shares')
-one_view = pd.DataFrame([dict(figure=f, method=m, **{f"seed {s}": 100 * float(x) for s, x in zip(
-    seeds, (w.amax(dim=2) >= ONE_VIEW_ALL_WEIGHT).double().mean(dim=1), strict=True)})
-    for (f, m), w in weights.items()])
-show(one_view, f"Share (%) of the test images on which one view has a weight of at least {ONE_VIEW_ALL_WEIGHT}, per "
-     f"seed (profile: {profile})", decimals=1)
+# no per-seed shares of one-view images: whether one seed's module puts all its weight on one view is a near-tie
+# that another CPU can tip (a seed's share moved by 31.9 pp under a held-out numerical mode, past the measured
+# tolerance); the verdicts' intervals carry the spread over seeds, and the mean over seeds is in the table above
 for _, r in summary[summary.figure == "orientation-free"].iterrows():
     what = "undoes the random turn" if free.turns is not None else "shows the image as given"
     print(f"{r.method}, orientation-free: the largest weight is on the view that {what} for "
@@ -275,7 +271,6 @@ on_original = {key: (w.argmax(dim=2) == original[key[0]]).double() for key, w in
 # on a turned stand-in, whether its images keep an orientation the modules find (None on real data without one)
 kept = orientation_kept({label: on_original[free_set, label] for label in (lam, att)}, len(columns)) \
     if free.turns is not None else None
-uniform = 1.0 / len(columns)
 few = [too_few_seeds(len(seeds), "the modules")]
 
 
@@ -285,7 +280,7 @@ def const(like, value):  # a constant score per seed and image, to compare a sta
 
 claims = []
 for label, key in ((lam, "lambda"), (att, "attention")):
-    claims.append(verdict_row(f"fig2.upright_weight.{key}", compare(const(upright[nat, label], uniform),
+    claims.append(verdict_row(f"fig2.upright_weight.{key}", compare(const(upright[nat, label], 0.5),
                                                                     upright[nat, label], scale=1.0),
                               reasons=[*problems[nat, label], *few], decimals=3))
 both_natural = [*problems[nat, lam], *problems[nat, att], *few]
@@ -303,11 +298,10 @@ outside = ((weights[free_set, att] < 0.225) | (weights[free_set, att] > 0.275)).
 claims.append(verdict_row("fig3.attention_uniform", compare(const(outside, 0.0), outside),
                           reasons=[kept, *problems[free_set, att], *few]))
 # the article's non-uniform column means favour the quarter turns: the 90° and 270° views' weight together, vs 1/2
+# (reversed: the 0° and 180° views get more than half, a pattern the article's means do not show)
 quarter_turns = weights[free_set, lam][:, :, [columns.index("90"), columns.index("270")]].sum(2).double()  # [S, N]
 claims.append(verdict_row("fig3.lambda_not_uniform", compare(const(quarter_turns, 0.5), quarter_turns, scale=1.0),
-                          reasons=[kept, *problems[free_set, lam], *few], decimals=3,
-                          note="the article's pattern; reversed would mean weights that favour 0° and 180°, still "
-                               "not uniform"))
+                          reasons=[kept, *problems[free_set, lam], *few], decimals=3))
 turned_natural = natural.reoriented(seed) if free.turns is not None else None
 for label, key, method in ((lam, "lambda", "lambda_equitune"), (att, "attention", "equiattention")):
     observed = compare(upright[nat, label], upright[free_set, label], scale=1.0, paired=False)
@@ -392,8 +386,9 @@ for key, figure in (("natural", nat), ("free", free_set)):
 #   natural test images turned at random; see the verdicts section). The claims on uniformity are tested
 #   as the article states them: equiattention's, per image (the share of images with a weight outside [0.225,
 #   0.275], against none), and λ-equitune's, by its pattern of column means (the 90° and 270° views' weight
-#   together, against 1/2). On real ISIC images (the paper profile) they are tested; the turned stand-in keeps
-#   each image's orientation, so there they read "not tested here" with the share that shows it.
+#   together, against 1/2). They are tested on data without an orientation; where the test images of a turned
+#   stand-in keep the orientation they had (some module's largest weight undoes the turn more often than chance,
+#   which the verdicts compute), they read "not tested here" with the share that shows it.
 # - **Modules plotted.** As in the article, these are the modules selected by prefinetuning, with
 #   unaligned views (as published).
 # - **Numeric order.** The article's bar plot orders the rotations as strings (0, 180, 270, 90); here they

@@ -46,7 +46,7 @@
 # - *small* (default; CPU, offline): MobileNetV2 with its official ImageNet weights, used
 #   frozen. A linear head, fitted once on the **upright** training digits, stands in for CLIP's text
 #   head; it never sees a rotated image. Test set: scikit-learn digits (719 images). This is a small
-#   analog of the experiment: it shows the same mechanism on real pretrained features, but its numbers
+#   analog of the experiment: it runs the same methods on real pretrained features, but its numbers
 #   are not the article's.
 # - *paper* (GPU, internet): CLIP RN50, RN101, ViT-B/32 and ViT-B/16 on CIFAR100 (test, 10,000) and ImageNetV2
 #   matched-frequency (10,000), with prompt-ensemble text heads: one forward pass of each backbone per test image

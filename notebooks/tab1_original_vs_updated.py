@@ -145,6 +145,10 @@ for metric in ("prefinetune_top1", "finetune_top1"):
     print(f"rot90, {metric.replace('_top1', ' top-1')}: +{u - o:.2f} pp, relative gain {100 * (u - o) / o:.2f}% "
           f"of the original code's accuracy, {100 * (u - o) / u:.2f}% of the updated code's, "
           f"{200 * (u - o) / (o + u):.2f}% of their mean, {(o + u) / 2:.2f}")
+gains = article["finetune_top1"] - article["prefinetune_top1"]  # per group and code: what finetuning added
+print("the article's finetuning gains (finetune − prefinetune top-1, pp): "
+      + ", ".join(f"{group} {code} {gain:+.2f}" for (group, code), gain in gains.items()))
+glue("article_finetune_gains", f"{gains.min():+.2f} to {gains.max():+.2f} pp", display=False)
 
 # %% [markdown]
 # ## Setup (cached once) and a symmetry check
@@ -410,10 +414,11 @@ needed = {"": f"the original code with one of its changes alone ({', '.join(acti
 claims.append(verdict_row("tab1.gain_sources", None,
                           reasons=[no_gain or not_in_this_run(needed, {"": trained_runs})]))
 publish_verdicts(claims, profile, "tab1_original_vs_updated", "Table 1 claims and their verdicts")
-frozen = []
+frozen, frozen_comparisons = [], []
 for name, setup in setups.items():
     article_best = max(zero_shot[name, m] for m in ("vanilla", "equitune", "equizero"))
     rows = trained_minus_frozen([setup], {f"the {code} code": repeats[name, code] for code in configs})
+    frozen_comparisons += rows
     for (code, stage), (text, comparison, reasons) in zip([(c, s) for c in configs for s in STAGES], rows):
         row = effect_row(f"{name}: {text}", comparison, reasons=reasons)
         frozen.append({"change": row.pop("change"),
@@ -421,7 +426,7 @@ for name, setup in setups.items():
 show(pd.DataFrame(frozen), f"Every trained run minus the best model without training, top-1 (%) differences; "
                            f"article: its run minus its best zero-shot top-1, CLIP RN50 on CIFAR100 (profile: "
                            f"{profile})")
-glue("no_training_finding", no_training_finding(frozen), display=False)
+glue("no_training_finding", no_training_finding(frozen_comparisons), display=False)
 for row in claims:
     key = row["id"].split(".", 1)[1].replace(".", "_")  # e.g. updated_minus_original_rot90_prefinetune
     glue(f"{key}_ours", row["ours"], display=False)
@@ -462,7 +467,10 @@ glue("tab1_curves_finding", viz.describe_curves(curves, seed), display=False)
 #   Each is a `TrainConfig` option (`selection`, `dropout_in_eval`, `normalisation`, `data_order`). The
 #   table "As described, one switch at a time" measures what each changes, with its noise.
 # - **Precision** ({ref}`deviation A.8 <dev-a8>`). `param_dtype="clip_fp16"` (as published, the default) applies
-#   CLIP's rule to any trunk (`equinb.precision`); `"fp32"` keeps every update. `trunk_mode="eval"` (as published)
+#   CLIP's rule to any trunk (`equinb.precision`); `"fp32"` keeps every update. On a CPU the fp16 weights are fp16
+#   values held in fp32 (`HalfStorageSGD`): the forward and backward passes run in fp32, and only the gradient, the
+#   momentum and the stored weights are rounded to fp16. On the article's GPU the passes themselves ran in fp16,
+#   with no loss scaling; their intermediate rounding is not reproduced here. `trunk_mode="eval"` (as published)
 #   keeps BatchNorm's statistics; `"train"` lets them adapt. The section {ref}`tab1-mechanism` measures, on this
 #   profile, what each group of parameters changed and what each counterfactual does.
 # - **Small profile.** A MobileNetV2 on digits is not CLIP on CIFAR100, and only its last block is finetuned:

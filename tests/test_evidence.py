@@ -190,16 +190,22 @@ def test_stage_losses_are_the_stage_s_own() -> None:
     assert stage_losses(runs, "finetune") == [1.0, 2.0] and stage_losses(runs, "prefinetune") == [1.0, 2.0, 1.0, 0.5]
 
 
-def test_the_no_training_finding_counts_judged_rows_by_sign() -> None:
-    from equinb.evidence import no_training_finding
-    from equinb.verdicts import EFFECT_COLUMN
+def _finding_row(low: float, high: float, reasons: tuple = ()) -> tuple:
+    """A row of ``trained_minus_frozen`` whose interval is [low, high] (pp), five seeds."""
+    from equinb.verdicts import Comparison
 
-    rows = [{"ours": "-13.13", EFFECT_COLUMN: "non-zero"}, {"ours": "+2.00", EFFECT_COLUMN: "non-zero"},
-            {"ours": "-0.50", EFFECT_COLUMN: "inconclusive"},
-            {"ours": "-4.45", EFFECT_COLUMN: "not tested here: the compared runs ran 1 seed (a verdict needs 5)"}]
+    return ("run", Comparison((low + high) / 2, (low, high), 5, 100), list(reasons))
+
+
+def test_the_no_training_finding_counts_judged_rows_by_the_sign_of_their_interval() -> None:
+    from equinb.evidence import no_training_finding
+
+    rows = [_finding_row(-15.0, -11.0), _finding_row(1.0, 3.0), _finding_row(-2.0, 1.0),
+            _finding_row(-6.0, -3.0, ("the compared runs ran 1 seed (a verdict needs 5)",))]
     assert no_training_finding(rows) == ("of the 3 trained runs and stages that could be judged (1 more could "
                                          "not), 1 score below the best model without training and 1 above it, "
-                                         "beyond the noise")
+                                         "beyond the noise (each a 95% interval of its own, not corrected for the "
+                                         "3 comparisons)")
 
 
 def test_stage_spread_compares_the_stages_on_the_same_seeds_only() -> None:
@@ -247,7 +253,6 @@ def test_at_chance_is_read_over_the_seeds_that_ran_the_stage() -> None:
 
 def test_an_inconclusive_difference_counts_neither_below_nor_above() -> None:
     from equinb.evidence import no_training_finding
-    from equinb.verdicts import EFFECT_COLUMN
 
-    assert no_training_finding([{"ours": "+0.50", EFFECT_COLUMN: "inconclusive"}]).endswith(
-        "0 score below the best model without training and 0 above it, beyond the noise")
+    assert "0 score below the best model without training and 0 above it, beyond the noise" in no_training_finding(
+        [_finding_row(-0.5, 1.5)])
