@@ -26,7 +26,7 @@ from equinb.backbones import load_backbone
 from equinb.data import load_digits
 from equinb.groups import get_group
 from equinb.kernels import tuned_kernels
-from equinb.engine import TrainConfig, ViewData, features, prefinetune, weighted_model
+from equinb.engine import TrainConfig, ViewData, features, prefinetune, train_step_loss, weighted_model
 from equinb.setups import small_lambda_setup
 from equinb.weighting import EmbeddingWeightNet
 
@@ -143,9 +143,13 @@ def measured_rates(device: str = "cuda", tiny: bool = False, steps: int = 60) ->
     feats = nn.functional.normalize(torch.randn(32, 4, dim, device=device), dim=-1)
     opt = torch.optim.SGD(lam.weight_net.parameters(), lr=0.33, momentum=0.9)
 
-    def step(optimiser, **views) -> None:
-        loss = nn.functional.cross_entropy(lam.forward_views(**views), labels)
-        optimiser.zero_grad()
+    def step(optimiser: torch.optim.Optimizer, views: torch.Tensor | None = None,
+             inputs: torch.Tensor | None = None) -> None:
+        # the engine's step: views from the trunk (finetune) or cached (prefinetune), its loss (the article's cross-
+        # entropy, on probabilities where the configuration says so), the same optimiser calls
+        computed = views if views is not None else features(lam, inputs)
+        loss = train_step_loss(lam, computed, labels, weight_views=computed)
+        optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
 

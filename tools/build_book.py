@@ -60,6 +60,7 @@ from numerical_modes import available_cores, thread_env  # noqa: E402
 from equinb.cache import atomic_write_text  # noqa: E402
 from equinb.chapter import LOCATION_PARAMETERS, RUN_PARAMETERS_ENV  # noqa: E402
 from equinb.progress import PROGRESS_ENV  # noqa: E402
+from equinb.tables import DATA_ENV  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's bin/, where jupyter-book lives
@@ -246,9 +247,10 @@ def _papermill_failure(returncode: int, logged: bool = False) -> str:
 
 
 _RUNNING: set[subprocess.Popen] = set()  # the child processes running now (several when chapters run together)
+STOP_GRACE_S = 30  # an interrupted child's time to save its partial notebook before it is killed
 
 
-def _run_child(command: list[str], stdin, env: dict, timeout_s: float | None, grace_s: float = 30,
+def _run_child(command: list[str], stdin, env: dict, timeout_s: float | None, grace_s: float = STOP_GRACE_S,
                output=None) -> int:
     """The return code of ``command`` (papermill, or nbval's pytest). Past ``timeout_s`` it is interrupted
     (papermill then saves the partly executed notebook and stops its kernel), killed ``grace_s`` later if still
@@ -330,13 +332,13 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
     # papermill warns that "-" (stdin) has no extension; that is intended here.
     env = dict({k: v for k, v in os.environ.items() if k != RUN_PARAMETERS_ENV},
                PYTHONWARNINGS="ignore:the file is not specified with any extension", **(env or {}))
-    env.pop("EQUINB_DATA_OUT", None)
+    env.pop(DATA_ENV, None)
     env[PROGRESS_ENV] = str(progress)
     # the kernel labels its tables with the parameters changed for this run (equinb.chapter.changed_parameters),
     # unless the caller says otherwise (tools/measure_noise.py: seed variants whose text must pair with the reference)
     env.setdefault(RUN_PARAMETERS_ENV, parameters_text(parameters))
     if running_data is not None:
-        env["EQUINB_DATA_OUT"] = str(running_data)
+        env[DATA_ENV] = str(running_data)
     succeeded = False
     try:
         try:

