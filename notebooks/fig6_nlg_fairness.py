@@ -430,8 +430,8 @@ others = len(marks) - len(telling)  # marks both sizes predict alike
 evidence = (f"of the {len(telling)} marks on which the two sizes predict differently, "
             + "; ".join(f"{len(found)} differ{'s' if len(found) == 1 else ''} at the 5% level as {size} predicts"
                         + (f" ({'; '.join(found)})" if found else "") for size, found in shown.items())
-            + (f"; {'; '.join(silent)} show{'s' if len(silent) == 1 else ''} no difference at that level, which "
-               "does not prove them alike" if silent else "")
+            + (f"; {'; '.join(silent)} show{'s' if len(silent) == 1 else ''} no difference at that level (|z| < "
+               "1.96), which does not prove them alike" if silent else "")
             + (" (the other mark, predicted alike by both sizes, cannot tell them apart)" if others == 1
                else f" (the other {others} marks, predicted alike by both sizes, cannot tell them apart)"))
 if shown["d = 2"] and not shown["d = 3"] and whole == ["d = 2"]:
