@@ -127,17 +127,27 @@ IMPORTS = ("papermill.cli", "ipykernel.kernelapp", "myst_nb", "jupytext", "nbfor
            "scipy.stats", "clip", "transformers")
 
 
+IMPORT_FAILED = "IMPORT FAILED\t"  # marks the probe's own lines: a library that prints on import is no failure
+IMPORT_TIMEOUT_S = 90  # a hung import must not eat a lent machine's time
+
+
 def failed_imports(modules: Sequence[str] = IMPORTS) -> list[str]:
     """``module: error`` for each of ``modules`` that does not import, in a fresh interpreter (the chapters' kernels
-    are fresh ones: what this process has imported already proves nothing for them)."""
+    are fresh ones: what this process has imported already proves nothing for them), with no GPU visible (an import
+    must not need one) and matplotlib's file backend; a probe that hangs past ``IMPORT_TIMEOUT_S`` is a failure."""
     probe = ("import importlib, sys\n"
              "for name in sys.argv[1:]:\n"
              "    try:\n"
              "        importlib.import_module(name)\n"
              "    except Exception as err:\n"
-             "        print(f'{name}: {type(err).__name__}: {err}')\n")
-    done = subprocess.run([sys.executable, "-c", probe, *modules], capture_output=True, text=True, timeout=300)
-    lines = done.stdout.splitlines()
+             f"        print({IMPORT_FAILED!r} + f'{{name}}: {{type(err).__name__}}: {{err}}', flush=True)\n")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
+    try:
+        done = subprocess.run([sys.executable, "-c", probe, *modules], capture_output=True, text=True, env=env,
+                              timeout=IMPORT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return [f"the import check of {', '.join(modules)} did not end in {IMPORT_TIMEOUT_S} s"]
+    lines = [line[len(IMPORT_FAILED):] for line in done.stdout.splitlines() if line.startswith(IMPORT_FAILED)]
     if done.returncode != 0 and not lines:
         lines = [f"the import check itself failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}"]
     return lines
@@ -177,10 +187,14 @@ def started() -> float:
     if STARTED_ENV not in os.environ:
         return now
     try:
-        return now - max(0.0, time.time() - float(os.environ[STARTED_ENV]))
+        since = time.time() - float(os.environ[STARTED_ENV])
     except ValueError:
-        raise SystemExit(f"paper_smoke: ${STARTED_ENV} must be a time in seconds (date +%s), got "
-                         f"{os.environ[STARTED_ENV]!r}") from None
+        since = math.nan
+    if not 0 <= since < 86_400:  # NaN, infinite, in the future or over a day ago: not a start date +%s wrote
+        print(f"paper_smoke: ${STARTED_ENV} must be the start in seconds since 1970 (date +%s), within a day, got "
+              f"{os.environ[STARTED_ENV]!r}", file=sys.stderr)
+        raise SystemExit(2)
+    return now - since
 TARGET_HOURS = 0.5  # the whole paper profile on one GPU, the goal the finetune rate is measured against
 RATE_KEYS = ("zeroshot_views_per_s", "prefinetune_steps_per_s", "finetune_steps_per_s")
 
@@ -397,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
             results[nb_id] = dict(result=f"skipped: the budget of {args.budget_s:.0f} s was spent", seconds=0.0)
             continue
         if began - start > args.stop_s - STOP_GRACE_S - MIN_CHAPTER_S:
-            results[nb_id] = dict(result=f"skipped: less than {MIN_CHAPTER_S} s left before the stop at "
-                                         f"{args.stop_s:.0f} s", seconds=0.0)
+            results[nb_id] = dict(result=f"skipped: less than {MIN_CHAPTER_S} s left to run before the stop at "
+                                         f"{args.stop_s:.0f} s (less {STOP_GRACE_S} s to save)", seconds=0.0)
             continue
         before = set(trained_runs(runs))
         parameters = overrides(nb_id, fakes, args.device, args.tiny)
