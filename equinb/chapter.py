@@ -435,7 +435,7 @@ def loader_note(train_images: int, config: TrainConfig) -> str:
 def finetune_cell(top1: float, changed: int) -> str:
     """A finetune top-1 (%) for a table beside the article's, marked where finetuning changed none of the run's test
     predictions (``changed``): it then repeats the prefinetune number, and is no result of finetuning."""
-    return f"{top1:.2f}" if changed else f"{top1:.2f} (= prefinetune: no test prediction changed)"
+    return f"{top1:.2f}" if changed else f"{top1:.2f} (= its run's prefinetune: no test prediction changed)"
 
 
 def schedule_note(image_size: int, prefinetune_rounds: int, finetune_rounds: int) -> str:

@@ -145,15 +145,18 @@ def verdict_class(unit: str, cell_class: str | None) -> str | None:
 
 
 def cpu_turns(interval: tuple[float, float], tol: Tolerance) -> tuple[int, ...]:
-    """Where ``interval`` could lie on another CPU, if its numbers moved within ``tol``, other than where it lies:
-    0 (holding 0) for an interval that excludes 0 with its nearer end within ``tol`` of 0; +1 (above 0) and -1
-    (below 0) for one that holds 0 with its lower or upper end within ``tol`` of 0. Empty: its verdict stays.
-    Conservative: ``tol`` is a factor (1.5) times the largest move of any printed number of its class between the
-    measured CPUs (``tools/measure_noise.py``), an interval's printed ends included."""
+    """Where ``interval`` could lie on another CPU, if each of its ends moved within ``tol``, other than where it
+    lies: 0 (holding 0), +1 (above 0), -1 (below 0). It can lie above 0 where its lower end is above 0 or within
+    ``tol`` of it, below 0 likewise by its upper end, and hold 0 where each end is on its side of 0 or within
+    ``tol`` of it: an interval above 0 whose upper end is within ``tol`` of 0 too could lie below it. Empty: its
+    verdict stays. Conservative: ``tol`` is a factor (1.5) times the largest move of any printed number of its class
+    between the measured CPUs (``tools/measure_noise.py``), an interval's printed ends included."""
     low, high = interval
-    if low > 0 or high < 0:  # decided: the end nearer 0 is the one that could cross it
-        return (0,) if tol.allows(low if low > 0 else high, 0.0) else ()
-    return tuple(side for side, end in ((1, low), (-1, high)) if tol.allows(end, 0.0))
+    near = lambda end: tol.allows(end, 0.0)  # noqa: E731  (an end another CPU could carry to 0)
+    where = 1 if low > 0 else -1 if high < 0 else 0
+    could = {1: low > 0 or near(low), -1: high < 0 or near(high),
+             0: (low <= 0 or near(low)) and (high >= 0 or near(high))}
+    return tuple(side for side in (0, 1, -1) if side != where and could[side])
 
 
 def split_numbers(text: str) -> tuple[list[str], list[str]]:

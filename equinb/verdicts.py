@@ -521,8 +521,8 @@ def out_of_reach(comparison: Comparison | None, side: int | None) -> str | None:
     def needs(sign: int) -> str:
         low, high = top if sign > 0 else bottom
         how = comparison.reach_how[0 if sign > 0 else 1]
-        return (f"the first term of the difference {'above' if sign > 0 else 'below'} the second, which is "
-                f"already at {reference:.2f}: even with {how}, "
+        return (f"the first term of the difference {'above' if sign > 0 else 'below'} the second ({reference:.2f} "
+                f"as measured): even with {how}, "
                 f"the difference would be [{_end(low)}, {_end(high)}], which holds 0")
 
     if side == 0:

@@ -135,9 +135,13 @@ if profile == measured_profile():
           f"{len(turnable) - decided_turnable} of the {len(tested) - decided} inconclusive")
     show(turnable, f"Verdicts with an interval end within the cross-CPU tolerance of 0 (profile: {profile})",
          beneath={"evidence": "claim"})
+    # a decided verdict whose interval could cross 0 entirely could read the opposite verdict, not only inconclusive
+    flips = int(sum(len(set(r["on another CPU it could read"].split(" or ")) - {"inconclusive", r["verdict"]}) > 0
+                    for _, r in turnable.iterrows() if r["verdict"] != "inconclusive"))
     cross_cpu_reading = (f"Of the {decided} verdicts that agree or are reversed, {decided_turnable} rest on an "
-                         "interval with an end within the cross-CPU tolerance of 0, and could read inconclusive on "
-                         "another CPU")
+                         "interval with an end closer to 0 than their numbers move between CPUs (the chapters print "
+                         "that tolerance beside their tables), and could read inconclusive on another CPU"
+                         + (f"; {flips} of them could even read the other way" if flips else ""))
 else:
     print(f"profile: {profile}; how far its numbers move between CPUs was measured on the {measured_profile()} "
           "profile only: not assessed here")

@@ -204,6 +204,8 @@ show(modules.reset_index(), f"Prefinetune top-1 (%) of the modules over seeds {s
 # `share argmax on unturned view` the share whose largest weight sits on the view that shows the image as it was
 # before its random turn: on the natural set that view is the upright one, so this share is one minus the first; on
 # the turned stand-in it says whether the module finds each image's original orientation (chance: one in four).
+# The second table's shares are means over the seeds too: two modules can print the same mean while their seeds
+# spread very differently, which the width of their verdicts' intervals shows.
 
 # %% tags=["hide-input", "tolerance-weight"]
 # the view that shows each test image as it was before its random turn (view 0 when nothing was turned)

@@ -427,13 +427,14 @@ for row, differs2 in telling:
         shown["d = 2" if differs2 else "d = 3"].append(f"{row['comparison']}, z = {row['z']}")
 silent = [row["comparison"] for row, _ in telling if row["observed"] == word[False]]
 others = len(marks) - len(telling)  # marks both sizes predict alike
-evidence = (f"of the {len(telling)} marks on which the two sizes predict differently, "
+evidence = (f"of the {len(telling)} comparisons of the article's counts on which the two group sizes predict "
+            "different outcomes, "
             + "; ".join(f"{len(found)} differ{'s' if len(found) == 1 else ''} at the 5% level as {size} predicts"
                         + (f" ({'; '.join(found)})" if found else "") for size, found in shown.items())
             + (f"; {'; '.join(silent)} show{'s' if len(silent) == 1 else ''} no difference at that level (|z| < "
                "1.96), which does not prove them alike" if silent else "")
-            + (" (the other mark, predicted alike by both sizes, cannot tell them apart)" if others == 1
-               else f" (the other {others} marks, predicted alike by both sizes, cannot tell them apart)"))
+            + (" (the other comparison, predicted alike by both sizes, cannot tell them apart)" if others == 1
+               else f" (the other {others} comparisons, predicted alike by both sizes, cannot tell them apart)"))
 if shown["d = 2"] and not shown["d = 3"] and whole == ["d = 2"]:
     group_size_finding = (
         f"{evidence}. The counts are therefore consistent with d = 2 and not with d = 3, as the default group size "

@@ -405,11 +405,13 @@ def test_a_cells_tags_name_at_most_one_class() -> None:
 
 
 def test_a_verdict_another_cpu_could_turn() -> None:
-    # decided: only the end nearer 0 counts; within ±2 pp of 0 it could hold 0 on another CPU
+    # decided: within ±2 pp of 0, the nearer end could carry the interval over 0 on another CPU
     assert cpu_turns((1.5, 9.0), PP) == (0,) and cpu_turns((-9.0, -2.0), PP) == (0,)
     assert cpu_turns((2.5, 9.0), PP) == () and cpu_turns((-9.0, -2.5), PP) == ()
     # inconclusive: an end within the tolerance of 0 could leave 0 outside, on that end's side
     assert cpu_turns((-1.0, 8.0), PP) == (1,) and cpu_turns((-8.0, 0.5), PP) == (-1,)
     assert cpu_turns((-1.0, 1.0), PP) == (1, -1) and cpu_turns((-3.0, 3.0), PP) == ()
+    # decided with both ends within the tolerance of 0: it could hold 0, or lie on the other side
+    assert cpu_turns((0.5, 1.5), PP) == (0, -1) and cpu_turns((-1.5, -0.5), PP) == (0, 1)
     # a relative tolerance never carries a number to 0 (it shrinks with the value)
     assert cpu_turns((0.01, 0.02), REL) == () and cpu_turns((-0.02, 0.02), REL) == ()
