@@ -270,6 +270,20 @@ LOCATION_PARAMETERS = ("chapters_dir", "data_root", "clip_download_root")  # whe
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "params"  # the profiles' files, in the checkout
 
 
+def profile_parameters_file(chapter_id: str, profile: str, params_dir: Path = PARAMS_DIR) -> Path:
+    """Where a profile keeps a chapter's parameters: ``<params_dir>/<chapter_id>.<profile>.yaml`` (papermill passes
+    it whole with ``-f``; the small profile has none, its values are the notebook's defaults). It may not exist."""
+    return params_dir / f"{chapter_id}.{profile}.yaml"
+
+
+def profile_parameters(chapter_id: str, profile: str, params_dir: Path = PARAMS_DIR) -> dict:
+    """The parameters a profile's file sets for a chapter ({} where it has none)."""
+    import yaml
+
+    path = profile_parameters_file(chapter_id, profile, params_dir)
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
 def changed_parameters(chapter_id: str, params_dir: Path = PARAMS_DIR) -> str:
     """This run's changed parameters as ``"name=value, ..."``, "" for a profile's own run: what the book's build
     passed with ``-p`` (``$EQUINB_RUN_PARAMETERS``); else, under plain papermill, what it injected beyond the
@@ -277,11 +291,8 @@ def changed_parameters(chapter_id: str, params_dir: Path = PARAMS_DIR) -> str:
     say where files are left out."""
     if RUN_PARAMETERS_ENV in os.environ:
         return os.environ[RUN_PARAMETERS_ENV]
-    import yaml
-
     injected = injected_parameters()
-    profile_file = params_dir / f"{chapter_id}.{injected.get('profile', 'small')}.yaml"
-    own = (yaml.safe_load(profile_file.read_text()) or {}) if profile_file.is_file() else {}
+    own = profile_parameters(chapter_id, injected.get("profile", "small"), params_dir)
     given = {k: v for k, v in injected.items() if k not in LOCATION_PARAMETERS and not (k in own and own[k] == v)}
     return ", ".join(f"{k}={v!r}" for k, v in given.items())
 

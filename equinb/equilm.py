@@ -341,11 +341,12 @@ def sequence_logprob(lm: nn.Module, context_ids: torch.Tensor | Sequence[torch.T
 # ----------------------------------------------------------------------------------------------------------------
 
 def _check_sampling(max_new_tokens: int, top_k: int, temperature: float) -> None:
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    # a bool is an int to Python: top_k=True would sample greedily as top_k=1 without a word
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if not isinstance(top_k, int) or top_k < 1:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
 
 

@@ -103,7 +103,7 @@ def stage_problems(runs: Sequence[TrainingRun], stage: str, setup: TrainingSetup
         # decided on the first seed's run: a chapter finetunes the other seeds only where that one changed something
         skipped = len(runs) - len(ran)
         first = f"{name} in the first seed's run" + (
-            f" (so the other {skipped} seed{'s' if skipped > 1 else ''} ran prefinetuning only)" if skipped else "")
+            f", so the other {skipped} seed{'s' if skipped > 1 else ''} ran prefinetuning only" if skipped else "")
         reasons.append(unchanged_stage(runs[0].predictions["prefinetune"], runs[0].predictions["finetune"], first))
     reasons.append(diverged_seeds(runs, stage, name))
     # balanced accuracy where the classes differ in size: a run that answers the majority class for every image

@@ -77,8 +77,8 @@ def test_an_unchanged_finetune_stage_says_it_was_decided_on_the_first_seed_and_w
     setup = _setup()
     repeats = [_run(0.8, 0.8), _run(0.8, seed=1), _run(0.8, seed=2)]  # seeds 1 and 2: prefinetuning only
     assert stage_problems(repeats, "finetune", setup, "updated")[0] == (
-        "finetuning changed no test prediction of updated in the first seed's run (so the other 2 seeds ran "
-        "prefinetuning only)")
+        "finetuning changed no test prediction of updated in the first seed's run, so the other 2 seeds ran "
+        "prefinetuning only")
     all_finetuned = [_run(0.8, 0.8), _run(0.8, 0.8, seed=1)]
     assert stage_problems(all_finetuned, "finetune", setup, "updated")[0] == (
         "finetuning changed no test prediction of updated in the first seed's run")

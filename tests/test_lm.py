@@ -324,6 +324,7 @@ def _labelled(labels: list[str]):
         (lambda: E.EquiLM(tiny_gpt2(), group(3))(torch.ones(1, 2)), "integer tensor"),
         (lambda: E.EquiLM(tiny_gpt2(), group(3))(torch.tensor([[1, 99]])), "outside the vocabulary 0..59"),
         (lambda: E.generate(tiny_gpt2(), TOK, "The person", seed=0, top_k=0), "top_k must be a positive"),
+        (lambda: E.generate(tiny_gpt2(), TOK, "The person", seed=0, top_k=True), "top_k must be a positive"),
         (lambda: E.generate(tiny_gpt2(), TOK, "The person", seed=0, temperature=0), "temperature must be"),
         (lambda: E.generate(tiny_gpt2(), TOK, "The person", seed=0, max_new_tokens=0), "max_new_tokens"),
         (lambda: E.generate(tiny_gpt2(), TOK, "The\n person", seed=0), "single line"),

@@ -58,7 +58,7 @@ import provenance  # noqa: E402
 from numerical_modes import available_cores, thread_env  # noqa: E402
 
 from equinb.cache import atomic_write_text  # noqa: E402
-from equinb.chapter import LOCATION_PARAMETERS, RUN_PARAMETERS_ENV  # noqa: E402
+from equinb.chapter import LOCATION_PARAMETERS, RUN_PARAMETERS_ENV, profile_parameters_file  # noqa: E402
 from equinb.progress import PROGRESS_ENV  # noqa: E402
 from equinb.tables import DATA_ENV  # noqa: E402
 
@@ -172,7 +172,7 @@ def params_file(nb_id: str, profile: str) -> Path | None:
     """The papermill parameter file of a profile (None for small: the notebook's defaults are small)."""
     if profile == "small":
         return None
-    path = ROOT / "notebooks" / "params" / f"{nb_id}.{profile}.yaml"
+    path = profile_parameters_file(nb_id, profile)
     if not path.is_file():
         fail(f"profile {profile!r} needs the parameter file {rel(path)} for notebook {nb_id!r}, "
              "and it does not exist")

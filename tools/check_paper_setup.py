@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 from build_book import notebook_ids  # noqa: E402
 
+from equinb.chapter import profile_parameters_file  # noqa: E402
+
 # Disk each chapter's caches take in the paper profile (estimates from the cache layouts: fp16 features of
 # 16,000 + 10,000 CIFAR100 images x 4 views; layer4 maps of RN50 are 2048 x 7 x 7 per view).
 DISK_GB = {"fig4_zeroshot": 1.5, "tab1_original_vs_updated": 0.3, "tab2_featuremap": 21.0,
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     todo: dict[tuple[str, str], list[str]] = {}  # (what, fix) -> the chapters that need it
     disks: dict[int, tuple[Path, float, list[str]]] = {}  # filesystem -> (a folder on it, GB, the chapters)
     for nb_id in notebook_ids():
-        path = ROOT / "notebooks" / "params" / f"{nb_id}.{args.profile}.yaml"
+        path = profile_parameters_file(nb_id, args.profile)
         if not path.is_file():
             print(f"\n{nb_id}: no {path.relative_to(ROOT)}")
             todo.setdefault((f"{path.relative_to(ROOT)}", "write it (or run without this profile)"), []).append(nb_id)

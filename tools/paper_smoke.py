@@ -42,7 +42,6 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import paper_fakes  # noqa: E402
@@ -50,6 +49,7 @@ from build_book import (AGGREGATES, ROOT, STOP_GRACE_S, ChapterFailed, ChapterSt
                         in_execution_order, notebook_ids)
 
 from equinb.cache import atomic_write_text  # noqa: E402
+from equinb.chapter import profile_parameters, profile_parameters_file  # noqa: E402
 
 # Per chapter of the paper profile: its frozen passes over a dataset (dataset, splits, views) and the backbones it
 # runs them on. The trained runs are not stated but counted: the runs each chapter adds to the run cache during the
@@ -258,8 +258,10 @@ def dataset_of(run: dict, default: str) -> str:
 
 def paper_params(nb_id: str) -> dict:
     """A chapter's parameters under the paper profile: its defaults, then its params file."""
-    return {**chapter_defaults(nb_id),
-            **(yaml.safe_load((ROOT / "notebooks" / "params" / f"{nb_id}.paper.yaml").read_text()) or {})}
+    if not profile_parameters_file(nb_id, "paper").is_file():  # its defaults are the small profile's
+        raise FileNotFoundError(f"{profile_parameters_file(nb_id, 'paper')}: the paper profile of {nb_id} has no "
+                                "parameter file")
+    return {**chapter_defaults(nb_id), **profile_parameters(nb_id, "paper")}
 
 
 def projection(rate: dict[str, float], runs: dict[str, list[dict]], recorded: bool = False,
