@@ -28,7 +28,8 @@ from .groups import Group, get_group
 from .outputs import OutputSelector, check_selector, select_output
 
 __all__ = ["invariance_error", "equivariance_error", "largest_error", "format_error", "check_invariance",
-           "check_equivariance", "check_image_batch", "modes_restored", "evaluation_mode", "training_modules"]
+           "check_equivariance", "check_image_batch", "check_group_images", "channels_last_hint", "modes_restored",
+           "evaluation_mode", "training_modules"]
 
 Tensor = torch.Tensor
 
@@ -117,7 +118,10 @@ def check_image_batch(x: object, name: str = "input") -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor image batch [B, C, H, W], got {type(x).__name__}")
     if x.ndim != 4:
-        hint = ("; for one image [C, H, W] pass x[None] (a batch of one); a batch of 1-D signals [B, C, L] "
+        # [B, H, W] is how one-channel batches (MNIST) often arrive: x[None] would make them one B-channel image
+        grey = "a batch of one-channel images [B, H, W] goes in as x[:, None]; "
+        one = "for one image [C, H, W] pass x[None] (a batch of one); "
+        hint = (f"; {grey + one if x.shape[0] not in (1, 3, 4) else one + grey}a batch of 1-D signals [B, C, L] "
                 "goes in as [B, C, 1, L] (x[:, :, None]) under a group without quarter turns (hflip reverses L)"
                 if x.ndim == 3 else "")
         raise ValueError(f"{name} must be an image batch [B, C, H, W] (the group acts on H and W), got shape "
@@ -125,6 +129,28 @@ def check_image_batch(x: object, name: str = "input") -> None:
     if not x.is_floating_point():
         raise TypeError(f"{name} must be floating-point images, got {x.dtype}: convert them as the model expects "
                         "first (for uint8 images typically x.float() / 255, then the model's normalisation)")
+
+
+def channels_last_hint(x: Tensor) -> str:
+    """``"; these look like channels-last images ..."`` when a batch read as [B, C, H, W] looks like [B, H, W, C]
+    images (from numpy or PIL): its last dim is a channel count (1, 3 or 4) and its second is not; else ""."""
+    if x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        return (f"; these look like channels-last images [B, H, W, C] = {list(x.shape)}: permute them to "
+                "[B, C, H, W] with x.permute(0, 3, 1, 2)")
+    return ""
+
+
+def check_group_images(x: Tensor, group: Group, name: str = "input") -> None:
+    """``check_image_batch``, and a ValueError where ``group`` has quarter turns and the images are not square
+    (a turn would change their shape), with the channels-last hint first where it applies."""
+    check_image_batch(x, name)
+    if x.shape[-2] != x.shape[-1] and group.needs_square:
+        layout = channels_last_hint(x)
+        raise ValueError(f"{group.name} turns an image by 90 degrees, which makes an H x W = {x.shape[-2]} x "
+                         f"{x.shape[-1]} image {x.shape[-1]} x {x.shape[-2]}"
+                         + (f"{layout}; or, if they are [B, C, H, W], " if layout else ": ")
+                         + "crop or pad the images to a square, or use a group without quarter turns (rot180, "
+                         "hflip, vflip)")
 
 
 def _checked(model: Callable[..., Any], x: Tensor, group: Group | str, output: OutputSelector, atol: float | None,
@@ -137,6 +163,7 @@ def _checked(model: Callable[..., Any], x: Tensor, group: Group | str, output: O
     if atol is not None and (isinstance(atol, bool) or not isinstance(atol, numbers.Real)):
         raise TypeError(f"atol must be a number (the largest error allowed) or None, got {atol!r}")
     group = get_group(group)
+    check_group_images(x, group, "x")  # a quarter turn of a non-square image is no image of the same shape
     check_selector(output)
     if isinstance(model, nn.Module):
         _check_model_takes(model, x)

@@ -89,5 +89,8 @@ def select_output(out: Any, output: OutputSelector = None) -> torch.Tensor:
                         "tensor to use: a key or attribute name (output='logits'), an index (output=0) or a "
                         "callable (output=lambda out: out['scores'])")
     got = "nothing" if picked is None else f"a {type(picked).__name__}"
-    raise TypeError(f"output={output!r} selected {got} from the model's output, which is {what}; pass output= a key, "
-                    "attribute, index or callable that gives a tensor")
+    # a wrapper returns the tensor its own output= selected: the selector copied into a check finds nothing to pick
+    fix = (": the model already returns a tensor (a wrapper returns the one its output= selected), so leave output= "
+           "out here" if isinstance(out, torch.Tensor) else "; pass output= a key, attribute, index or callable that "
+           "gives a tensor")
+    raise TypeError(f"output={output!r} selected {got} from the model's output, which is {what}{fix}")

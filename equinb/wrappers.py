@@ -63,7 +63,8 @@ from typing import Any, Callable, Iterator, Sequence, Union
 import torch
 from torch import nn
 
-from .checks import check_image_batch, device_elsewhere, evaluation_mode, modes_restored, training_modules
+from .checks import (channels_last_hint, check_group_images, device_elsewhere, evaluation_mode,
+                     modes_restored, training_modules)
 from .groups import Group, TokenPermutationGroup, get_group
 from .outputs import OutputSelector, check_selector, select_output
 from .precision import full_precision, parameter_dtype
@@ -487,14 +488,7 @@ class OrbitWrapper(nn.Module):
         return out.reshape(b, g, *out.shape[1:])
 
     def _check_images(self, x: Tensor) -> None:
-        check_image_batch(x, "input")
-        if x.shape[-2] != x.shape[-1] and self.group.needs_square:
-            # square [B, H, W, C] images (from numpy or PIL) read as [B, C, H, W] look like non-square ones
-            layout = (f"; these look like channels-last images [B, H, W, C] = {list(x.shape)}: permute them to "
-                      "[B, C, H, W] with x.permute(0, 3, 1, 2)" if x.shape[1] == x.shape[2] != x.shape[3] else "")
-            raise ValueError(f"{self.group.name} turns an image by 90 degrees, which makes an H x W = "
-                             f"{x.shape[-2]} x {x.shape[-1]} image {x.shape[-1]} x {x.shape[-2]}: crop or pad the "
-                             f"images to a square, or use a group without quarter turns (rot180, hflip, vflip){layout}")
+        check_group_images(x, self.group, "input")
 
     def images_per_pass(self, x: Tensor, trunk: nn.Module | None = None) -> int | None:
         """Trunk images per forward on the image path for ``x``, or None for one batched pass.
@@ -528,10 +522,10 @@ class OrbitWrapper(nn.Module):
         batchnorm_training = training_modules(trunk if trunk is not None else self.trunk,
                                               nn.modules.batchnorm._BatchNorm)
         if size < self.group.order and batchnorm_training:
-            warnings.warn(f"{type(self).__name__}: chunk_size={size} splits each orbit of {self.group.order} views "
-                          "into several forwards while BatchNorm layers of the trunk train: each piece is normalised "
-                          "with its own batch statistics, so the output is not invariant. Use a chunk_size of at "
-                          f"least {self.group.order} (whole orbits), or trunk_eval=True", stacklevel=3)
+            _warn_at_caller(f"{type(self).__name__}: chunk_size={size} splits each orbit of {self.group.order} views "
+                            "into several forwards while BatchNorm layers of the trunk train: each piece is "
+                            "normalised with its own batch statistics, so the output is not invariant. Use a "
+                            f"chunk_size of at least {self.group.order} (whole orbits), or trunk_eval=True")
         # the orbit of a few images at a time (never the whole batch's), each in forwards of at most `size` images
         blocks = x.split(max(1, size // self.group.order))
         return torch.cat([self.view_outputs(self.group.orbit(part), trunk, chunk_size=size) for part in blocks])
@@ -563,7 +557,7 @@ class OrbitWrapper(nn.Module):
             with self._model_failure_named(
                     f"the first call's check, which runs the first image of the batch {tuple(x.shape)} alone (as "
                     f"[1, {', '.join(map(str, x.shape[1:]))}]{'' if weight_net is None else ', or its orbit'}) before "
-                    "the orbit pass"):
+                    "the orbit pass", images=x):
                 if weight_net is None:
                     view = self.view_outputs(x[:1, None])  # [1, 1, ...]
                     views = view.expand(1, self.group.order, *view.shape[2:])
@@ -585,17 +579,18 @@ class OrbitWrapper(nn.Module):
         self._first_call_checked = True
 
     @contextlib.contextmanager
-    def _model_failure_named(self, what: str) -> Iterator[None]:
+    def _model_failure_named(self, what: str, images: Tensor | None = None) -> Iterator[None]:
         """A RuntimeError of the model inside the block raised again with the wrapper's name and ``what`` it was
-        running (PyTorch's own error names neither); out-of-memory errors pass as they are, since a caller may
-        catch them to shrink its batch."""
+        running (PyTorch's own error names neither), and where ``images`` look channels-last, the permute that fixes
+        them; out-of-memory errors pass as they are, since a caller may catch them to shrink its batch."""
         try:
             yield
         except RuntimeError as err:
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 raise
-            raise RuntimeError(f"{type(self).__name__}: the model failed on {what}; check that the images have the "
-                               f"channels, size and dtype the model takes: {err}") from err
+            layout = "" if images is None else channels_last_hint(images)
+            raise RuntimeError(f"{type(self).__name__}: the model failed on {what}{layout}; check that the images "
+                               f"have the channels, size and dtype the model takes: {err}") from err
 
     def _check_weights_permute(self, views: Tensor, raw: Tensor) -> None:
         """A ValueError when the weighting network's weights do not move with its views: ``raw``, the weights of one
@@ -801,7 +796,7 @@ class OrbitWrapper(nn.Module):
         self._check_images(example_input)
         with evaluation_mode(self.trunk), torch.no_grad():
             with self._model_failure_named(f"example_input {tuple(example_input.shape)} (its first image alone sizes "
-                                           "the default weighting network)"):
+                                           "the default weighting network)", images=example_input):
                 view = self.view_outputs(example_input[:1, None])[0, 0]
         return make(tuple(view.shape)).to(device=view.device, dtype=view.dtype)
 

@@ -612,7 +612,8 @@ def test_a_non_square_image_under_quarter_turns_is_refused_with_the_fix() -> Non
     maps = nn.Conv2d(3, 4, 3, padding=1)
     x = torch.randn(1, 3, 8, 12)
     for make in (lambda: Equitune(maps, "rot90", align_views=True)(x),
-                 lambda: LambdaEquitune(maps, "d4", example_input=x)):  # at construction, not at every call after
+                 lambda: LambdaEquitune(maps, "d4", example_input=x),  # at construction, not at every call after
+                 lambda: equinb.check_equivariance(maps, x, "rot90")):  # the images, not the model's padding
         with pytest.raises(ValueError, match=r"8 x 12 image 12 x 8: crop or pad .* \(rot180, hflip, vflip\)"):
             make()
     assert equinb.check_equivariance(Equitune(maps, "hflip", align_views=True), x, "hflip") < 1e-5
@@ -996,6 +997,24 @@ def test_channels_last_images_are_named_as_such_under_quarter_turns() -> None:
         Equitune(Recorder(), "rot90")(hwc)
     with pytest.raises(ValueError, match=r"crop or pad the images to a square, .*vflip\)$"):  # no layout hint
         Equitune(Recorder(), "rot90")(torch.randn(1, 3, 8, 12, dtype=torch.float64))
+    # without quarter turns the model itself fails on them: its error gets the same permute
+    convolution = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()).double()
+    with pytest.raises(RuntimeError, match=r"channels-last images \[B, H, W, C\] = \[2, 12, 12, 3\]"):
+        Equitune(convolution, "hflip")(hwc)
+
+
+def test_one_channel_batches_without_their_channel_dim_get_the_fix_for_a_batch_first() -> None:
+    with pytest.raises(ValueError, match=r"got shape \(8, 28, 28\); a batch of one-channel images \[B, H, W\] "
+                                         r"goes in as x\[:, None\]; for one image"):
+        Equitune(Recorder(), "d4")(torch.randn(8, 28, 28, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"got shape \(3, 28, 28\); for one image \[C, H, W\] pass x\[None\]"):
+        Equitune(Recorder(), "d4")(torch.randn(3, 28, 28, dtype=torch.float64))
+
+
+def test_a_selector_copied_from_a_wrapper_into_a_check_says_to_leave_it_out() -> None:
+    wrapper = Equitune(Recorder(lambda lo, m: (lo, m)), "rot90", output=0)
+    with pytest.raises(TypeError, match=r"the model already returns a tensor .* leave output= out here"):
+        check_invariance(wrapper, _images(b=2), "rot90", output=0)
 
 
 def test_check_equivariance_names_non_square_outputs_of_square_images() -> None:
@@ -1028,8 +1047,9 @@ def test_images_passed_where_weight_net_goes_say_example_input() -> None:
 def test_a_chunk_size_that_splits_orbits_warns_while_batchnorm_trains() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(K)).double()
     model(_images(b=2))  # materialise the lazy layer
-    with pytest.warns(UserWarning, match=r"chunk_size=3 splits each orbit of 8 views .* at least 8"):
+    with pytest.warns(UserWarning, match=r"chunk_size=3 splits each orbit of 8 views .* at least 8") as caught:
         Equitune(model, "d4", chunk_size=3).train()(_images(b=2))
+    assert caught[0].filename == __file__  # the caller's line, not torch's (whose line would show it only once)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Equitune(model, "d4", chunk_size=8).train()(_images(b=2))  # whole orbits
