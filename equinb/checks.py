@@ -157,13 +157,12 @@ def _checked(model: Callable[..., Any], x: Tensor, group: Group | str, output: O
              measure: Callable[[Callable[[Tensor], Tensor], Group], float], what: str) -> float:
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module or a function), got {type(model).__name__}")
-    check_image_batch(x, "x")
+    group = get_group(group)
+    check_group_images(x, group, "x")  # an image batch, square under quarter turns (a turn keeps its shape)
     if x.shape[0] == 0:
         raise ValueError("x is an empty batch: a check needs at least one image")
     if atol is not None and (isinstance(atol, bool) or not isinstance(atol, numbers.Real)):
         raise TypeError(f"atol must be a number (the largest error allowed) or None, got {atol!r}")
-    group = get_group(group)
-    check_group_images(x, group, "x")  # a quarter turn of a non-square image is no image of the same shape
     check_selector(output)
     if isinstance(model, nn.Module):
         _check_model_takes(model, x)

@@ -234,8 +234,8 @@ show(summary.merge(article_one_view.reset_index(), on=["figure", "method"], how=
 # %% tags=["tolerance-share"]
 print(noise_note(noise["share"], "shares (%)"))
 # no per-seed shares of one-view images: whether one seed's module puts all its weight on one view is a near-tie
-# that another CPU can tip (a seed's share moved by 31.9 pp under a held-out numerical mode, past the measured
-# tolerance); the verdicts' intervals carry the spread over seeds, and the mean over seeds is in the table above
+# that another CPU can tip (a held-out numerical mode moved one seed's share past the measured tolerance:
+# tools/README.md); the verdicts' intervals carry the spread over seeds, and the mean over seeds is in the table above
 for _, r in summary[summary.figure == "orientation-free"].iterrows():
     what = "undoes the random turn" if free.turns is not None else "shows the image as given"
     print(f"{r.method}, orientation-free: the largest weight is on the view that {what} for "

@@ -45,11 +45,11 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import paper_fakes  # noqa: E402
-from build_book import (AGGREGATES, ROOT, STOP_GRACE_S, ChapterFailed, ChapterStopped, chapter_defaults, execute,  # noqa: E402
-                        in_execution_order, notebook_ids)
+from build_book import (AGGREGATES, ROOT, STOP_GRACE_S, ChapterFailed, ChapterStopped, chapter_defaults, execute,
+                        in_execution_order, notebook_ids, params_file)
 
 from equinb.cache import atomic_write_text  # noqa: E402
-from equinb.chapter import profile_parameters, profile_parameters_file  # noqa: E402
+from equinb.chapter import profile_parameters  # noqa: E402
 
 # Per chapter of the paper profile: its frozen passes over a dataset (dataset, splits, views) and the backbones it
 # runs them on. The trained runs are not stated but counted: the runs each chapter adds to the run cache during the
@@ -258,9 +258,7 @@ def dataset_of(run: dict, default: str) -> str:
 
 def paper_params(nb_id: str) -> dict:
     """A chapter's parameters under the paper profile: its defaults, then its params file."""
-    if not profile_parameters_file(nb_id, "paper").is_file():  # its defaults are the small profile's
-        raise FileNotFoundError(f"{profile_parameters_file(nb_id, 'paper')}: the paper profile of {nb_id} has no "
-                                "parameter file")
+    params_file(nb_id, "paper")  # refuses a chapter without one (its defaults are the small profile's), or a typo
     return {**chapter_defaults(nb_id), **profile_parameters(nb_id, "paper")}
 
 
