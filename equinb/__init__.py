@@ -2,6 +2,7 @@
 
 Module map, bottom to top; a module imports only modules listed before it (``tests/test_layering.py``):
 
+    validation  argument checks several modules share: a name from a fixed list, a flag
     reference   the articles' numbers, reshaped for the chapters' tables
     claims      every claim of both articles: full text, the article's value, the chapter that tests it
     noise       measured tolerances of printed numbers between CPUs (the notebook regression only)

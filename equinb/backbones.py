@@ -35,6 +35,7 @@ from .cache import sha256_file
 from .checks import evaluation_mode, seeded
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .precision import parameter_dtype
+from .validation import check_choice
 
 __all__ = [
     "CPU_PASS_IMAGES",
@@ -247,8 +248,7 @@ def load_backbone(name: str, device: str | torch.device = "cpu", *, download_roo
             embeddings); any other value is refused.
         seed: seed of the tiny random CLIPs.
     """
-    if name not in BACKBONE_NAMES:  # before CLIP is imported: a typo must not read as a missing package
-        raise ValueError(f"Unknown backbone {name!r}; valid names: {list(BACKBONE_NAMES)}.")
+    check_choice(name, BACKBONE_NAMES, "backbone")  # before CLIP is imported: a typo must not read as a missing package
     dev = torch.device(device)
     if name == "mobilenet_v2":
         return _load_mobilenet_v2(dev, path=path, input_size=input_size)
@@ -257,8 +257,7 @@ def load_backbone(name: str, device: str | torch.device = "cpu", *, download_roo
         return _clip_backbone(name, model, input_size)
 
     clip = _import_clip()
-    if name not in clip.available_models():
-        raise ValueError(f"Unknown backbone {name!r}; valid names: {list(BACKBONE_NAMES)}.")
+    check_choice(name, clip.available_models(), "CLIP backbone")
     if path is not None:
         _check_release(name, path, clip.clip._MODELS)
         model = _clip_from_file(path, dev)
@@ -284,8 +283,7 @@ def tiny_clip(kind: str = "rn", seed: int = 0, image_resolution: int | None = No
     D = 32). ``image_resolution`` overrides the input size (``"rn"`` at 96 px gives 3x3 maps, enough for
     the feature-map weighting networks). Its state dict loads back with ``load_backbone(<CLIP name>, path=...)``.
     """
-    if kind not in _TINY_VISION:
-        raise ValueError(f"Unknown tiny CLIP kind {kind!r}; valid kinds: {list(_TINY_VISION)}.")
+    check_choice(kind, _TINY_VISION, "tiny CLIP kind")
     clip = _import_clip()
     vision = dict(_TINY_VISION[kind], **({} if image_resolution is None else {"image_resolution": image_resolution}))
     with seeded(seed):

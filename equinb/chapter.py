@@ -24,6 +24,7 @@ from .groups import GROUP_NAMES
 from .nlg import DEMOGRAPHICS, LABELS
 from .setups import check_map_image_size
 from .zeroshot import TRANSFORMS
+from .validation import check_setting
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,10 +41,7 @@ MIN_IMAGE_SIZE = 32  # MobileNetV2 and the CLIP ResNets reduce the input by 32: 
 
 
 def _choice(valid: tuple[str, ...]) -> Callable[[str, Any], None]:
-    def rule(name: str, value: Any) -> None:
-        if value not in valid:
-            raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, valid))}")
-    return rule
+    return lambda name, value: check_setting(name, value, valid)
 
 
 def _choices(valid: tuple[str, ...]) -> Callable[[str, Any], None]:

@@ -37,6 +37,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from .cache import data_root, sha256_file
 from .groups import Group, get_group
+from .validation import check_choice
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -140,23 +141,15 @@ def _resolve_root(root: str | Path | None) -> Path:
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or name not in DATASETS:
-        valid = ", ".join(repr(n) for n in DATASETS)
-        raise ValueError(f"unknown dataset {name!r}; valid names: {valid}")
-    return name
+    return check_choice(name, DATASETS, "dataset")
 
 
 def _check_split(name: str, split: str) -> str:
-    valid = DATASETS[name].splits
-    if not isinstance(split, str) or split not in valid:
-        raise ValueError(f"unknown split {split!r} for dataset {name!r}; valid splits: {', '.join(map(repr, valid))}")
-    return split
+    return check_choice(split, DATASETS[name].splits, "split", note=f" (the splits of {name!r})")
 
 
 def _check_per(per: str) -> str:
-    if not isinstance(per, str) or per not in TRANSFORM_PER:
-        raise ValueError(f"unknown per={per!r}; valid choices: {', '.join(map(repr, TRANSFORM_PER))}")
-    return per
+    return check_choice(per, TRANSFORM_PER, "per")
 
 
 def _load_rgb(path: Path) -> Any:

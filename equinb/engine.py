@@ -41,6 +41,7 @@ from .precision import HalfStorageSGD, apply_clip_precision, parameter_groups
 from .progress import counted
 from .weighting import default_view_attention, default_weight_net
 from .wrappers import NORMALISATIONS, EquiAttention, LambdaEquitune, OrbitWrapper
+from .validation import check_choice, check_setting
 
 __all__ = ["TrainConfig", "ViewData", "ImageViewData", "TRAINED_METHODS", "weight_net_for", "weighted_model",
            "model_device", "batch_schedule", "extract_view_features", "features", "predict",
@@ -118,8 +119,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name, valid in _CHOICES.items():
-            if getattr(self, name) not in valid:
-                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is not valid; choose one of {valid}")
+            check_setting(f"TrainConfig.{name}", getattr(self, name), valid)
         # counts must be integers (int() would take 2.5 or "32" and fail later, inside a loop)
         for name, least in (("prefinetune_rounds", 0), ("prefinetune_steps", 0), ("finetune_rounds", 0),
                             ("finetune_steps", 0), ("batch_size", 1), ("selection_batches", 1)):
@@ -239,8 +239,7 @@ TRAINED_METHODS = ("lambda_equitune", "equiattention")
 
 
 def _check_method(method: str) -> None:
-    if method not in TRAINED_METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(map(repr, TRAINED_METHODS))}")
+    check_choice(method, TRAINED_METHODS, "method")
 
 
 def weight_net_for(method: str, view_shape: tuple[int, ...]) -> nn.Module:
@@ -309,8 +308,7 @@ def batch_schedule(n: int, batch_size: int, rounds: int, steps: int, order: str,
     if order == "restart":
         batches = [torch.arange(s, min(s + batch_size, n)) for s in starts][:steps]
         return [batches for _ in range(rounds)]
-    if order != "shuffle":
-        raise ValueError(f"unknown data order {order!r}; valid: 'restart', 'shuffle'")
+    check_choice(order, ("restart", "shuffle"), "data order")
     gen = torch.Generator().manual_seed(seed)
 
     def epochs() -> Iterator[Tensor]:

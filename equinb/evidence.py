@@ -19,6 +19,7 @@ from .analysis import no_training_scores
 from .setups import TrainingRun, TrainingSetup, correct_by_seed
 from .verdicts import (LOSS_BOUND, NOT_TESTED, Comparison, at_chance, below_majority, compare,
                        diverged, effect, solved_without_training, stratified_mean, too_few_seeds, unchanged_stage)
+from .validation import check_choice
 
 __all__ = ["STAGES", "STAGE_CHANGE", "stage_runs", "stage_spread", "stage_losses", "diverged_seeds",
            "finetune_changed", "ran_away_note", "stage_problems", "compare_runs", "no_training_check",
@@ -29,8 +30,7 @@ STAGES = ("prefinetune", "finetune")
 
 def stage_runs(runs: Sequence[TrainingRun], stage: str) -> list[TrainingRun]:
     """The runs that ran ``stage`` (seed repeats may be prefinetune-only; the first run always ran both)."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+    check_choice(stage, STAGES, "stage")
     return [r for r in runs if stage == "prefinetune" or any(h.get("stage") == "finetune" for h in r.history)]
 
 

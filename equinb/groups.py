@@ -28,6 +28,8 @@ from typing import Any, Sequence
 
 import torch
 
+from .validation import check_choice
+
 __all__ = [
     "Group",
     "TokenPermutationGroup",
@@ -236,8 +238,7 @@ def _integer(value: Any, what: str) -> int:
 
 def check_output_action(output_action: Any) -> None:
     """A ValueError naming the valid values unless ``output_action`` is one of ``OUTPUT_ACTIONS``."""
-    if output_action not in OUTPUT_ACTIONS:
-        raise ValueError(f"unknown output_action {output_action!r}; valid: {', '.join(map(repr, OUTPUT_ACTIONS))}")
+    check_choice(output_action, OUTPUT_ACTIONS, "output_action")
 
 
 def get_group(name: str | Group) -> Group:
@@ -250,11 +251,9 @@ def get_group(name: str | Group) -> Group:
     if isinstance(name, Group):
         return name
     key = name.strip().lower() if isinstance(name, str) else None
-    if key not in _GROUPS and key not in _ALIASES:
-        valid = ", ".join(repr(n) for n in GROUP_NAMES)
-        raise ValueError(f"unknown group {name!r}; valid names: {valid}, in any case ('flip' = 'rot180', the "
-                         "article's 180-degree rotation; the mirror flip is 'hflip')")
-    canonical = _ALIASES.get(key, key)
+    canonical = _ALIASES[key] if key in _ALIASES else check_choice(
+        name, GROUP_NAMES, "group", any_case=True,
+        note=", in any case ('flip' = 'rot180', the article's 180-degree rotation; the mirror flip is 'hflip')")
     return Group(canonical, _GROUPS[canonical])
 
 

@@ -12,6 +12,8 @@ Nothing here imports a model or touches data; it is plain Python lists.
 
 from __future__ import annotations
 
+from .validation import check_choice
+
 __all__ = [
     "IMAGENET_CLASSES",
     "IMAGENET_TEMPLATES",
@@ -338,10 +340,4 @@ def templates_for(dataset: str) -> list[str]:
     Raises:
         ValueError: if ``dataset`` is not a key of ``TEMPLATES``; the message lists the valid keys.
     """
-    try:
-        return TEMPLATES[dataset]
-    except KeyError:
-        valid = ", ".join(sorted(TEMPLATES))
-        raise ValueError(
-            f"unknown dataset {dataset!r} for prompt templates; valid names: {valid}"
-        ) from None
+    return TEMPLATES[check_choice(dataset, sorted(TEMPLATES), "dataset for prompt templates")]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .validation import check_choice
+
 __all__ = ["REFERENCE_CSV", "FIG6_LABELS", "reference_rows", "reference_table", "display_numbers",
            "beside_article", "article_fig4", "compare_fig4", "article_tab1", "article_tab2", "article_tab3",
            "article_tab4", "ARTICLE_ROW_NAMES", "article_shown", "count_behind", "article_fig2_3", "article_fig6",
@@ -28,8 +30,7 @@ def reference_rows(artifact: str | None = None) -> list[dict[str, object]]:
     if artifact is None:
         return rows
     known = sorted({str(r["artifact"]) for r in rows})
-    if artifact not in known:
-        raise ValueError(f"unknown artifact {artifact!r}; valid: {', '.join(known)}")
+    check_choice(artifact, known, "artifact")
     return [r for r in rows if r["artifact"] == artifact]
 
 

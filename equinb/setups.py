@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbones import CLIP_NAMES, CPU_PASS_IMAGES, TINY_CLIP_NAMES, load_backbone
+from .backbones import CLIP_NAMES, CPU_PASS_IMAGES, TINY_CLIP_NAMES, Backbone, load_backbone
 from .cache import cache_dir as default_cache_dir
 from .cache import (ThrottledSave, cache_key, class_code_fingerprint, load_or_compute, load_or_compute_resumable,
                     load_saved, module_fingerprint, package_code_fingerprint)
 from .cache import data_root as default_data_root
 from .checks import seeded
-from .data import (ISIC2018_CLASS_COUNTS, dataset_spec, fashion_mnist_arrays, get_dataset, load_digits,
+from .data import (ISIC2018_CLASS_COUNTS, DatasetSpec, dataset_spec, fashion_mnist_arrays, get_dataset, load_digits,
                    load_fashion_mnist, proportional_counts, root_identity)
 from .engine import (ImageViewData, TrainConfig, ViewData, extract_view_features, finetune, finetuned_part,
                      model_device, parameter_drift, predict, prefinetune, reset_groups, set_finetune_precision,
@@ -42,6 +42,7 @@ from .metrics import top1
 from .precision import apply_clip_precision
 from .progress import RoundClock, report
 from .wrappers import EquiAttention, LambdaEquitune
+from .validation import check_choice
 
 __all__ = ["LEVELS", "TrainingSetup", "TrainingRun", "seed_repeats", "correct_by_seed", "stand_in_index",
            "STAND_IN_CLASSES", "STAND_IN_TRAIN_IMAGES", "stand_in_counts", "isic_stand_in", "small_lambda_setup",
@@ -189,11 +190,9 @@ _SMALL_MAPS: dict[tuple, tuple[dict, dict, nn.Module, str]] = {}
 def _small_source(source: str, split: str, size: int, mean: Sequence[float], std: Sequence[float],
                   index: dict[str, Sequence[int]] | None, root: str | None):
     """The images of a small-profile source: ``digits`` (scikit-learn's) or ``fashion_mnist`` images ``index``."""
-    if source == "digits":
+    if check_choice(source, ("digits", "fashion_mnist"), "small-profile source") == "digits":
         return load_digits(split, size, mean, std)
-    if source == "fashion_mnist":
-        return load_fashion_mnist(split, size, mean, std, root=root, index=None if index is None else index[split])
-    raise ValueError(f"unknown small-profile source {source!r}; valid: 'digits', 'fashion_mnist'")
+    return load_fashion_mnist(split, size, mean, std, root=root, index=None if index is None else index[split])
 
 
 def _cached_small_maps(source: str, group: Group, image_size: int, split_block: int, last_block: int,
@@ -266,14 +265,12 @@ def _small_setup(group: Group, level: str, cached: dict, labels: dict, trunk: nn
     """A small-profile setup at the ``"embeddings"`` or ``"maps"`` level from a cached frozen pass. ``head`` maps
     normalised embeddings [B, C] to logits (embeddings), or pooled maps [B, C] (maps: logits from the
     unnormalised pooled map, as in the article's feature-map code)."""
-    if level == "embeddings":  # global average pooling, then CLIP-like L2-normalised embeddings
+    if check_choice(level, LEVELS, "level") == "embeddings":  # global average pooling, then CLIP-like embeddings
         feats = {s: _pooled_embeddings(cached[f"{s}_maps"]) for s in ("train", "test")}
         trunk, full_head = nn.Sequential(trunk, _POOL), head
-    elif level == "maps":
+    else:
         feats = {s: cached[f"{s}_maps"] for s in ("train", "test")}
         full_head = nn.Sequential(_POOL, head)
-    else:
-        raise ValueError(f"unknown level {level!r}; valid: {', '.join(map(repr, LEVELS))}")
     return TrainingSetup(
         group=group, make_trunk=lambda: copy.deepcopy(trunk).requires_grad_(True), head=full_head,
         train=ViewData(cached["train_inputs"], labels["train"]), test=ViewData(cached["test_inputs"], labels["test"]),
@@ -526,54 +523,74 @@ def training_code_fingerprint() -> str:
     return package_code_fingerprint(*TRAINING_SOURCES)
 
 
+class _Split(NamedTuple):
+    """The training split as ``_run`` uses it: the frozen per-view features the weighting module fits on and those
+    it is selected on, and the items finetuning trains on (images or views)."""
+
+    fit: ViewData
+    select: ViewData
+    finetune: ViewData
+
+
+def _selection_split(setup: TrainingSetup, config: TrainConfig, heldout_fraction: float) -> _Split:
+    """``config.selection == "heldout"``: a fixed part of the training split (``heldout_fraction``, drawn by the
+    run's seed) selects the module and is never trained on; else (as published) the training split does both."""
+    labels = setup.train.labels
+    if config.selection != "heldout":
+        whole = ViewData(setup.train_feats, labels)
+        return _Split(whole, whole, setup.train)
+    n_sel = max(1, int(round(heldout_fraction * len(labels))))
+    if n_sel >= len(labels):
+        raise ValueError(f"heldout_fraction={heldout_fraction} of {len(labels)} training items holds them all "
+                         "out, leaving nothing to train on; use a smaller fraction or more items")
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(config.seed))
+    sel, fit = perm[:n_sel], perm[n_sel:]
+    return _Split(ViewData(setup.train_feats[fit], labels[fit]), ViewData(setup.train_feats[sel], labels[sel]),
+                  setup.train.subset(fit))
+
+
+def _prefinetuned(model: LambdaEquitune | EquiAttention, setup: TrainingSetup, split: _Split, config: TrainConfig,
+                  progress: bool, clock: list[dict] | None, checkpoints: RunCheckpoints | None,
+                  resume: dict | None) -> tuple[dict, list[dict], Tensor]:
+    """Prefinetune ``model``'s weighting module and load the selected state into it, or (``resume``, a stopped run)
+    load the state it saved: the selected state, the history and the test predictions [N_test]."""
+    if resume is not None:  # a stopped run: prefinetuning's outcome as saved (finetuning reseeds, nothing else carries)
+        best = resume["prefinetune"]["best"]
+        model.weight_net.load_state_dict(best)
+        return best, list(resume["prefinetune"]["history"]), resume["prefinetune"]["predictions"]
+    best, history = prefinetune(model, split.fit, split.select, config, progress, clock=clock)
+    model.weight_net.load_state_dict(best)  # copies: finetuning leaves ``best`` as selected
+    predicted = predict(model, setup.test, feats=setup.test_feats, seed=config.seed)
+    history.append(dict(stage="prefinetune", round=config.prefinetune_rounds, step=None,
+                        test_top1=top1(predicted, setup.test.labels)))
+    if checkpoints is not None:
+        checkpoints.after_prefinetune(best, history, predicted)
+    return best, history, predicted
+
+
 def _run(setup: TrainingSetup, config: TrainConfig, module: nn.Module, progress: bool, heldout_fraction: float,
          method: str, align_views: bool, ablate: bool, clock: list[dict] | None = None,
          checkpoints: RunCheckpoints | None = None) -> tuple[dict, list[dict], dict, dict, list[dict]]:
+    """One run: prefinetune (or resume), finetune, and the finetuned model's ablations; ``run_training``'s parts."""
     model = weighted_model(setup.make_trunk(), module.to(model_device(setup.head)), setup.head,
                            setup.group, config, method=method, align_views=align_views,
                            normalise_views=setup.normalise_views)
-    labels = setup.train.labels
-    if config.selection == "heldout":  # a fixed held-out part of the training split, never trained on
-        n_sel = max(1, int(round(heldout_fraction * len(labels))))
-        if n_sel >= len(labels):
-            raise ValueError(f"heldout_fraction={heldout_fraction} of {len(labels)} training items holds them all "
-                             "out, leaving nothing to train on; use a smaller fraction or more items")
-        perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(config.seed))
-        sel, fit = perm[:n_sel], perm[n_sel:]
-        train_feats, train_labels = setup.train_feats[fit], labels[fit]
-        sel_feats, sel_labels = setup.train_feats[sel], labels[sel]
-        train = setup.train.subset(fit)
-    else:
-        train_feats, train_labels, sel_feats, sel_labels = setup.train_feats, labels, setup.train_feats, labels
-        train = setup.train
+    split = _selection_split(setup, config, heldout_fraction)
     resume = None if checkpoints is None else checkpoints.load()
-    if resume is None:
-        best, history = prefinetune(model, ViewData(train_feats, train_labels), ViewData(sel_feats, sel_labels),
-                                    config, progress, clock=clock)
-        model.weight_net.load_state_dict(best)  # copies: finetuning leaves ``best`` as selected
-        predictions = dict(prefinetune=predict(model, setup.test, feats=setup.test_feats, seed=config.seed))
-        pre = top1(predictions["prefinetune"], setup.test.labels)
-        history.append(dict(stage="prefinetune", round=config.prefinetune_rounds, step=None, test_top1=pre))
-        if checkpoints is not None:
-            checkpoints.after_prefinetune(best, history, predictions["prefinetune"])
-    else:  # a stopped run: prefinetuning's outcome as saved (finetuning reseeds, so nothing else carries over)
-        best, history = resume["prefinetune"]["best"], list(resume["prefinetune"]["history"])
-        model.weight_net.load_state_dict(best)
-        predictions = dict(prefinetune=resume["prefinetune"]["predictions"])
-        pre = top1(predictions["prefinetune"], setup.test.labels)
+    best, history, prefinetuned = _prefinetuned(model, setup, split, config, progress, clock, checkpoints, resume)
     set_finetune_precision(model, config)
     part = finetuned_part(model)  # the trunk, with the head's pool where finetuning trains it
     before = snapshot(part)  # the fresh trunk's: made again the same way after a stop
-    finetuned, last = finetune(model, train, setup.test, config, train_lambda_feats=train_feats,
+    finetuned, last = finetune(model, split.finetune, setup.test, config, train_lambda_feats=split.fit.inputs,
                                test_lambda_feats=setup.test_feats, progress=progress, clock=clock,
                                resume=None if resume is None else resume["finetune"],
                                checkpoint=None if checkpoints is None else checkpoints.after_round)
     history += finetuned
-    predictions["finetune"] = predictions["prefinetune"] if last is None else last
-    row = dict(prefinetune_top1=pre, finetune_top1=top1(predictions["finetune"], setup.test.labels))
+    predictions = dict(prefinetune=prefinetuned, finetune=prefinetuned if last is None else last)
+    row = {f"{stage}_top1": top1(predictions[stage], setup.test.labels) for stage in ("prefinetune", "finetune")}
     states = dict(prefinetune=best, finetune=copy.deepcopy(model.weight_net.state_dict()))
     drift = parameter_drift(before, part)
-    if ablate and last is not None and not torch.equal(last, predictions["prefinetune"]):
+    if ablate and last is not None and not torch.equal(last, prefinetuned):
         predictions.update(_ablations(model, part, setup, config, before, drift, best))
     return row, history, states, predictions, drift
 
@@ -618,11 +635,8 @@ def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = 
     ``max_train`` bounds what is loaded and cached. The frozen model's normalised features of every view
     are cached on disk (atomic, keyed by the weights, data and group).
     """
-    if level not in LEVELS:  # checked before the backbone loads and its head is built
-        raise ValueError(f"unknown level {level!r}; valid: {', '.join(map(repr, LEVELS))}")
-    if backbone_name not in (*CLIP_NAMES, *TINY_CLIP_NAMES):
-        raise ValueError(f"clip_lambda_setup needs a CLIP backbone, got {backbone_name!r}; valid: "
-                         f"{', '.join(CLIP_NAMES + TINY_CLIP_NAMES)}")
+    check_choice(level, LEVELS, "level")  # before the backbone loads and its head is built
+    check_choice(backbone_name, (*CLIP_NAMES, *TINY_CLIP_NAMES), "CLIP backbone", note=" (the paper profile's trunk)")
     root = Path(data_root) if data_root else default_data_root()
     spec = dataset_spec(dataset)
     # the splits open first: a missing dataset is named before CLIP loads (or downloads)
@@ -632,41 +646,15 @@ def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = 
         backbone_name, dataset, device=device, data_root=str(root), cache_dir=cache_dir,
         clip_path=clip_path, clip_download_root=clip_download_root, dataset_options=dataset_options)
     head = linear_text_head(text_head).to(device)
-    mean = torch.tensor(backbone.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(backbone.std, device=device).view(1, 3, 1, 1)
-
-    def prepare(x: Tensor) -> Tensor:  # uint8 [B, H, W, 3] -> normalised [B, 3, S, S] on the device
-        x = x.to(device).permute(0, 3, 1, 2).float() / 255
-        x = nn.functional.interpolate(x, size=backbone.input_size, mode="bicubic", align_corners=False)
-        return ((x.clamp(0, 1) - mean) / std).to(backbone.dtype)
-
-    def split_data(split: str, limit: int | None) -> ImageViewData:
-        ds = datasets[split]
-        if spec.in_memory:  # CIFAR100: uint8 [N, 32, 32, 3] in memory
-            images = torch.as_tensor(ds.data[:limit])
-        else:  # image files (ISIC2018): decoded once, resized and centre-cropped as CLIP's preprocessing
-            images = _decode_uint8(ds, limit, backbone.input_size)
-        # On a GPU the uint8 images live there from the start (CIFAR100's 16,000 training images take 49 MB,
-        # ISIC's 10,015 at 224 px 1.5 GB): no host-to-device copy per step, nothing to prefetch.
-        images = images.to(device) if torch.device(device).type == "cuda" else images
-        return ImageViewData(images, torch.as_tensor(ds.targets[:limit]), group, prepare)
-
-    train, test = split_data("train", max_train), split_data(spec.eval_split, None)  # ISIC2018: validation
-    encoder = backbone.encoder.requires_grad_(False)
-    if level == "maps":
-        encoder, pool = backbone.feature_split()  # stem..layer4 and attnpool
-        # the article's finetuning trains the whole image encoder, attnpool included; the text head stays fixed
-        head = PooledHead(pool, head, finetune_pool=True)
-        embed = encoder
-        description = (f"CLIP {backbone_name} up to layer4, maps combined over the views, then attnpool (both "
-                       f"finetuned) and the prompt-ensemble text head (fixed), {dataset}")
-    else:
-        embed = lambda v: nn.functional.normalize(encoder(v).float(), dim=-1)  # noqa: E731
-        description = f"CLIP {backbone_name} image encoder (finetuned whole), prompt-ensemble text head, {dataset}"
+    train = _clip_images(backbone, datasets["train"], spec, group, device, max_train)
+    test = _clip_images(backbone, datasets[spec.eval_split], spec, group, device, None)  # ISIC2018: validation
+    encoder, head, embed, parts = _clip_trunk(backbone, head, level)
+    description = f"CLIP {backbone_name} {parts}, {dataset}"
     key = cache_key(kind="lambda_clip", weights=module_fingerprint(backbone.encoder), dataset=dataset,
                     root=root_identity(root), n_train=len(train), n_test=len(test), elements=group.elements,
                     device=torch.device(device).type, code=feature_code_fingerprint(),
                     **({"level": level} if level == "maps" else {}))
+
     def extract() -> dict:
         with tuned_kernels(encoder, device):
             return {split: extract_view_features(embed, data, batch_size, device, progress,
@@ -679,6 +667,44 @@ def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = 
         test=test, train_feats=cached["train"], test_feats=cached["test"], description=description,
         normalise_views=level == "embeddings", key=f"clip-{level}-{key}",
     )
+
+
+def _clip_images(backbone: Backbone, ds: Any, spec: DatasetSpec, group: Group, device: str,
+                 limit: int | None) -> ImageViewData:
+    """The first ``limit`` images of a split (all for None) as the CLIP encoder's per-view inputs: kept as uint8
+    and, per batch, resized (bicubic) to the encoder's size and normalised on the device, in its dtype."""
+    mean = torch.tensor(backbone.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(backbone.std, device=device).view(1, 3, 1, 1)
+
+    def prepare(x: Tensor) -> Tensor:  # uint8 [B, H, W, 3] -> normalised [B, 3, S, S] on the device
+        x = x.to(device).permute(0, 3, 1, 2).float() / 255
+        x = nn.functional.interpolate(x, size=backbone.input_size, mode="bicubic", align_corners=False)
+        return ((x.clamp(0, 1) - mean) / std).to(backbone.dtype)
+
+    if spec.in_memory:  # CIFAR100: uint8 [N, 32, 32, 3] in memory
+        images = torch.as_tensor(ds.data[:limit])
+    else:  # image files (ISIC2018): decoded once, resized and centre-cropped as CLIP's preprocessing
+        images = _decode_uint8(ds, limit, backbone.input_size)
+    # On a GPU the uint8 images live there from the start (CIFAR100's 16,000 training images take 49 MB,
+    # ISIC's 10,015 at 224 px 1.5 GB): no host-to-device copy per step, nothing to prefetch.
+    images = images.to(device) if torch.device(device).type == "cuda" else images
+    return ImageViewData(images, torch.as_tensor(ds.targets[:limit]), group, prepare)
+
+
+def _clip_trunk(backbone: Backbone, head: nn.Module, level: str
+                ) -> tuple[nn.Module, nn.Module, Callable[[Tensor], Tensor], str]:
+    """What a level of the paper profile finetunes and what it caches: the trunk (frozen here; each run trains a
+    copy), the head on the combined views, the frozen pass whose per-view outputs are cached, and the parts in
+    words. ``head``: the prompt-ensemble text head, which stays fixed."""
+    encoder = backbone.encoder.requires_grad_(False)
+    if level == "maps":
+        encoder, pool = backbone.feature_split()  # stem..layer4 and attnpool
+        # the article's finetuning trains the whole image encoder, attnpool included; the text head stays fixed
+        return (encoder, PooledHead(pool, head, finetune_pool=True), encoder,
+                "up to layer4, maps combined over the views, then attnpool (both finetuned) and the prompt-ensemble "
+                "text head (fixed)")
+    return (encoder, head, lambda v: nn.functional.normalize(encoder(v).float(), dim=-1),
+            "image encoder (finetuned whole), prompt-ensemble text head")
 
 
 def _decode_uint8(ds: Any, limit: int | None, size: int) -> Tensor:
@@ -740,8 +766,8 @@ def build_setup(profile: str, level: str, group: Group, *, backbone: str = "RN50
     local CLIP files and ``dataset_options`` dataset names to ``get_dataset`` options. Empty strings mean
     defaults (``$EQUINB_DATA``, download CLIP to ``~/.cache/clip``).
     """
-    if level not in LEVELS:
-        raise ValueError(f"unknown level {level!r}; valid: {', '.join(map(repr, LEVELS))}")
+    check_choice(level, LEVELS, "level")
+    check_choice(profile, ("small", "paper"), "profile")
     cache = default_cache_dir(data_root) if data_root else None
     if profile == "small":
         if level == "maps":
@@ -749,13 +775,11 @@ def build_setup(profile: str, level: str, group: Group, *, backbone: str = "RN50
                                            last_block=last_block, cache_dir=cache, progress=progress)
         return small_lambda_setup(group, image_size=image_size, split_block=split_block, last_block=last_block,
                                   cache_dir=cache, progress=progress)
-    if profile == "paper":
-        return clip_lambda_setup(group, backbone, dataset, device=device, data_root=data_root or None,
-                                 cache_dir=cache, clip_path=(clip_paths or {}).get(backbone),
-                                 clip_download_root=clip_download_root or None, max_train=max_train,
-                                 dataset_options=(dataset_options or {}).get(dataset, {}), level=level,
-                                 progress=progress)
-    raise ValueError(f"unknown profile {profile!r}; valid: 'small', 'paper'")
+    return clip_lambda_setup(group, backbone, dataset, device=device, data_root=data_root or None,
+                             cache_dir=cache, clip_path=(clip_paths or {}).get(backbone),
+                             clip_download_root=clip_download_root or None, max_train=max_train,
+                             dataset_options=(dataset_options or {}).get(dataset, {}), level=level,
+                             progress=progress)
 
 
 def trained_model(setup: TrainingSetup, config: TrainConfig, method: str, align_views: bool,

@@ -58,7 +58,7 @@ import contextlib
 import math
 import numbers
 import warnings
-from typing import Any, Callable, Iterator, Sequence, Union
+from typing import Any, Callable, Iterator, Union
 
 import torch
 from torch import nn
@@ -69,6 +69,7 @@ from .groups import Group, TokenPermutationGroup, get_group
 from .outputs import OutputSelector, check_selector, select_output
 from .precision import full_precision, parameter_dtype
 from .weighting import default_view_attention, default_weight_net
+from .validation import check_choice, check_flag
 
 __all__ = [
     "OrbitWrapper",
@@ -121,28 +122,6 @@ NORMALISATIONS = ("none", "softmax", "sum")
 # 224 px: 32-64, 16-32 and 4 images per forward); more images per forward leave the cache and run slower per image.
 CPU_CHUNK_PIXELS = 4 * 224 * 224
 ChunkSize = Union[int, str, None]
-
-
-def _checked_choice(value: Any, valid: Sequence[str], what: str, listed: str = "valid") -> str:
-    """``value`` in lower case if it names one of ``valid`` (any case, as group names), else a ValueError that
-    lists them."""
-    name = value.lower() if isinstance(value, str) else value
-    if name not in valid:
-        raise ValueError(f"unknown {what} {value!r}; {listed}: {', '.join(valid)}")
-    return name
-
-
-def _flag(value: Any, what: str) -> bool:
-    """``value`` as a bool if it equals True or False (a bool, 0 or 1, a numpy or one-element torch bool), else a
-    TypeError: ``bool("False")`` is True, so a flag read from a text file would otherwise turn an option on
-    silently."""
-    try:
-        plain = not isinstance(value, str) and value in (True, False)
-    except (RuntimeError, TypeError, ValueError):  # a tensor of several values, an object with no truth value
-        plain = False
-    if not plain:
-        raise TypeError(f"{what} must be True or False, got {value!r} ({type(value).__name__})")
-    return bool(value)
 
 
 def _check_chunk_size(chunk_size: Any) -> ChunkSize:
@@ -222,7 +201,7 @@ def proxy_scores(outputs: Tensor, proxy: str) -> Tensor:
     Refuses outputs that are not class scores [B, G, K] (a map's softmax over its width would give "scores" of
     the wrong shape) and one class score under ``max_prob`` or ``entropy``: a softmax over one logit is 1 for every
     view, so every view would tie and EquiZero would silently be the mean over the views (Equitune)."""
-    proxy = _checked_choice(proxy, PROXIES, "proxy", "valid proxies")
+    proxy = check_choice(proxy, PROXIES, "proxy", any_case=True)
     if outputs.ndim != 3:
         raise ValueError(f"EquiZero scores each view by its output's class scores [B, G, K], but the head's "
                          f"per-view outputs have shape {list(outputs.shape)}: give a classifier's logits [B, K] "
@@ -246,13 +225,12 @@ def normalise_weights(raw: Tensor, normalisation: str) -> Tensor:
 
     Shapes: raw [B, G] -> weights [B, G].
     """
+    check_choice(normalisation, NORMALISATIONS, "normalisation")
     if normalisation == "softmax":
         return torch.softmax(raw, dim=-1)
     if normalisation == "sum":
         return raw / raw.sum(dim=-1, keepdim=True)
-    if normalisation == "none":
-        return raw / raw.shape[-1]
-    raise ValueError(f"unknown normalisation {normalisation!r}; valid: {', '.join(NORMALISATIONS)}")
+    return raw / raw.shape[-1]
 
 
 def _weighted_sum(values: Tensor, weights: Tensor) -> Tensor:
@@ -294,9 +272,9 @@ class OrbitWrapper(nn.Module):
         head: maps the combined trunk output to the final output; identity when ``None``.
         align_views: map view k back with g_k^-1 before combining (feature maps only). Default False
             (as published; a no-op in the article's code). True = as described. Left at its default, a wrapper
-            whose trunk gives maps and that has no head to pool them warns on its first call: its output maps
-            combine the unturned views' maps, invariant as a whole but with each map's content at every turned place
-            (pass ``align_views=False`` to say that is meant).
+            whose trunk gives maps (or token sequences [N, T, D]) and that has no head to pool them warns on its
+            first call: its output combines the unturned views' maps (tokens), invariant as a whole but with each
+            map's content at every turned place (pass ``align_views=False`` to say that is meant).
         output_softmax: apply softmax to each view's head output and combine probabilities (as published
             in the article's zero-shot and "original" code). Default False.
         logit_factor: multiplies the head output (as published: 1.0, i.e. raw cosine similarities).
@@ -342,8 +320,8 @@ class OrbitWrapper(nn.Module):
         self.head = head if head is not None else nn.Identity()
         self.group = get_group(group)
         self._align_views_default = align_views is None  # False, but unaligned maps with no head warn
-        self.align_views = False if align_views is None else _flag(align_views, "align_views")
-        self.output_softmax = _flag(output_softmax, "output_softmax")
+        self.align_views = False if align_views is None else check_flag(align_views, "align_views")
+        self.output_softmax = check_flag(output_softmax, "output_softmax")
         if isinstance(logit_factor, torch.Tensor) and logit_factor.numel() == 1:  # clip's logit_scale.exp()
             logit_factor = float(logit_factor)
         if isinstance(logit_factor, bool) or not isinstance(logit_factor, numbers.Real) \
@@ -352,8 +330,8 @@ class OrbitWrapper(nn.Module):
         if not logit_factor > 0:  # 0 makes every view's softmax uniform (EquiZero then ties every view); < 0 inverts it
             raise ValueError(f"logit_factor must be > 0 (the logits' scale, such as CLIP's 100), got {logit_factor!r}")
         self.logit_factor = float(logit_factor)
-        self.normalise_views = _flag(normalise_views, "normalise_views")
-        self.trunk_eval = _flag(trunk_eval, "trunk_eval")
+        self.normalise_views = check_flag(normalise_views, "normalise_views")
+        self.trunk_eval = check_flag(trunk_eval, "trunk_eval")
         self.chunk_size = _check_chunk_size(chunk_size)
         self.output = check_selector(output)
         self._first_call_checked = False
@@ -633,18 +611,31 @@ class OrbitWrapper(nn.Module):
                 "ViewAttention does")
 
     def _warn_unaligned_maps(self, views: Tensor, head_output: Tensor) -> None:
-        """Warn when the output combines unaligned feature maps [B, G, C, h, w] that the head keeps spatial (no head,
-        or a head whose output on one view, ``head_output`` [1, ...], is still a map [1, C', h', w']), with
-        ``align_views`` left at its default: an object in one corner of the input shows in every corner its group
-        turns it to, which a user who wanted equivariant maps would not see from the output's shape. Maps of 1 x 1
-        (a pooled trunk or head) are both the input's map and equivariant: no warning."""
-        if (getattr(self, "_align_views_default", False) and views.ndim == 5 and head_output.ndim >= 4
-                and tuple(head_output.shape[-2:]) != (1, 1) and self.group.order > 1):
+        """Warn when the output combines unaligned views that keep the input's layout and that the head keeps so,
+        with ``align_views`` left at its default: feature maps [B, G, C, h, w] that stay maps [1, C', h', w'] after
+        the head (``head_output``, the head on one view; no head keeps them), or token sequences [B, G, T, D] that
+        stay sequences [1, T', D'] (patch tokens of a vision transformer). An object in one corner of the input then
+        shows in every corner its group turns it to, and a token holds a different patch in each view, which a user
+        who wanted an equivariant output would not see from its shape. Maps of 1 x 1 and single tokens (a pooled
+        trunk or head) hold no place of the input: no warning."""
+        if not getattr(self, "_align_views_default", False) or self.group.order == 1:
+            return
+        maps = views.ndim == 5 and head_output.ndim >= 4 and tuple(head_output.shape[-2:]) != (1, 1)
+        tokens = views.ndim == 4 and head_output.ndim == 3 and head_output.shape[1] > 1
+        if maps:
             _warn_at_caller(
                 f"{type(self).__name__}: the trunk gives feature maps [C, h, w] and the head keeps them spatial, but "
                 f"align_views is off: each output map combines the {self.group.order} views' maps without "
                 f"turning them back ({self.group.name}), so it is neither the input's map nor equivariant. Pass "
                 "align_views=True for equivariant maps, or align_views=False (or a pooling head=) if this is meant.")
+        elif tokens:
+            _warn_at_caller(
+                f"{type(self).__name__}: the trunk gives token sequences [T, D] and the head keeps them, but "
+                f"align_views is off: token t of the output combines token t of the {self.group.order} views, which "
+                f"come from different places of the input in each view ({self.group.name} turns the image), so the "
+                "output is invariant as a whole but no token is the input's. For equivariant tokens, reshape patch "
+                "tokens to maps [D, h, w] in the trunk and pass align_views=True; pass align_views=False (or a head= "
+                "that pools the tokens or takes the class token) if this is meant.")
 
     def _check_head(self, view: Tensor) -> Tensor:
         """The head's output on one view, or a ValueError naming the head and the trunk's output shape when the head
@@ -840,9 +831,9 @@ class EquiZero(OrbitWrapper):
     def __init__(self, model: nn.Module, group: Group | str, *, proxy: str = "max_prob", straight_through: bool = False,
                  elementwise_max: bool = False, **kwargs: Any) -> None:
         super().__init__(model, group, **kwargs)
-        proxy = _checked_choice(proxy, PROXIES, "proxy", "valid proxies")
-        self.straight_through = _flag(straight_through, "straight_through")
-        self.elementwise_max = _flag(elementwise_max, "elementwise_max")
+        proxy = check_choice(proxy, PROXIES, "proxy", any_case=True)
+        self.straight_through = check_flag(straight_through, "straight_through")
+        self.elementwise_max = check_flag(elementwise_max, "elementwise_max")
         if self.elementwise_max and not self.output_softmax:
             raise ValueError("elementwise_max=True is the article's max over probabilities; set output_softmax=True")
         if self.elementwise_max and self.straight_through:  # the max over probabilities selects no view to pass
@@ -905,11 +896,11 @@ class LambdaEquitune(OrbitWrapper):
                  normalisation: str = "softmax", frozen_copy: nn.Module | None = None, dropout_in_eval: bool = False,
                  example_input: Tensor | None = None, **kwargs: Any) -> None:
         super().__init__(model, group, **kwargs)
-        normalisation = _checked_choice(normalisation, NORMALISATIONS, "normalisation")
+        normalisation = check_choice(normalisation, NORMALISATIONS, "normalisation", any_case=True)
         weight_net = self._sized_weight_net(example_input, default_weight_net, weight_net)
         self.weight_net = weight_net
         self.normalisation = normalisation
-        self.dropout_in_eval = _flag(dropout_in_eval, "dropout_in_eval")
+        self.dropout_in_eval = check_flag(dropout_in_eval, "dropout_in_eval")
         if frozen_copy is not None:
             if not isinstance(frozen_copy, nn.Module):
                 raise TypeError(f"frozen_copy must be an nn.Module (a copy of the trunk), got "

@@ -33,6 +33,7 @@ from .groups import Group, d4_act, get_group
 from .heads import load_frozen_model
 from .kernels import tuned_kernels
 from .progress import counted
+from .validation import check_choice
 from .wrappers import EquiZero, Equitune
 
 if TYPE_CHECKING:
@@ -63,8 +64,7 @@ ZEROSHOT_METHODS = ("vanilla", "equitune", "equizero")
 
 def transform_group(name: str) -> Group:
     """The group of a test transformation (``none`` -> trivial; ``flip`` -> the article's rot180)."""
-    if name not in TRANSFORMS and name != "flip":
-        raise ValueError(f"unknown transformation {name!r}; valid: {', '.join(TRANSFORMS)} ('flip' = 'rot180')")
+    check_choice(name, (*TRANSFORMS, "flip"), "transformation", note=" ('flip' = 'rot180')")
     return get_group("trivial" if name == "none" else name)
 
 

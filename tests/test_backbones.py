@@ -249,7 +249,7 @@ def test_mobilenet_missing_everywhere(monkeypatch: pytest.MonkeyPatch, tmp_path:
 def test_unknown_name_lists_valid_names(monkeypatch: pytest.MonkeyPatch) -> None:
     # checked before CLIP is imported: without the clip extra a typo must still name the valid backbones
     monkeypatch.setattr(bb, "_import_clip", lambda: pytest.fail("CLIP imported before the name was checked"))
-    with pytest.raises(ValueError, match="valid names") as err:
+    with pytest.raises(ValueError, match="unknown backbone .resnet18.; valid: ") as err:
         bb.load_backbone("resnet18")
     for name in ("mobilenet_v2", "RN50", "ViT-B/32", "tiny-clip-rn"):
         assert name in str(err.value)

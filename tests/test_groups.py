@@ -95,7 +95,7 @@ def test_groups_are_equal_when_their_elements_are() -> None:
 
 
 def test_bad_inputs() -> None:
-    with pytest.raises(ValueError, match="valid names: .*rot90"):
+    with pytest.raises(ValueError, match="unknown group .rot45.; valid: .*.rot90."):
         get_group("rot45")
     rot90 = get_group("rot90")
     with pytest.raises(ValueError, match="last two dims must be equal"):

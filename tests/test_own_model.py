@@ -129,7 +129,7 @@ def test_groups_by_name_in_any_case_everywhere() -> None:
     assert get_group(get_group("d4")).name == "d4"
     flip = get_group("Flip")  # the article's "flip" is a 180-degree rotation, and is named so
     assert flip.name == "rot180" and torch.equal(flip.act(x, 1), torch.rot90(x, 2, dims=(-2, -1)))
-    with pytest.raises(ValueError, match=r"valid names: .*'flip' = 'rot180'.*mirror flip is 'hflip'"):
+    with pytest.raises(ValueError, match=r"valid: .*'flip' = 'rot180'.*mirror flip is 'hflip'"):
         get_group("mirror")
     weights = dict(weight_net=EmbeddingWeightNet(K).double())
     for wrapper in (Equitune(Recorder(), "D4"), EquiZero(Recorder(), "D4"),
@@ -177,6 +177,46 @@ def test_check_invariance_and_equivariance() -> None:
         Equitune(model.maps, "rot90", head=nn.AdaptiveAvgPool2d(1))(x)
         Equitune(nn.Sequential(model.maps, nn.AdaptiveAvgPool2d(1)), "rot90")(x)
         Equitune(model.maps, "trivial")(x)
+
+
+class PatchTokens(nn.Module):
+    """A vision transformer's patch embedding: [B, 3, 12, 12] -> tokens [B, 9, 8] (4 x 4 patches), or with
+    ``class_token`` one more token in front."""
+
+    def __init__(self, class_token: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Conv2d(3, 8, 4, stride=4).double()
+        self.class_token = nn.Parameter(torch.randn(1, 1, 8, dtype=torch.float64)) if class_token else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        if self.class_token is None:
+            return tokens
+        return torch.cat([self.class_token.expand(len(x), 1, 8) + tokens.mean(1, keepdim=True), tokens], dim=1)
+
+
+def test_unaligned_token_sequences_warn_once_at_the_callers_line() -> None:
+    """Patch tokens combined over unturned views: token t holds a different patch in each view. Left at its default,
+    the wrapper says so (a user who wanted equivariant tokens sees only the shape); said explicitly, pooled by the
+    head or taken as the class token, it does not."""
+    x = _images()
+    for head in (None, nn.Linear(8, K).double()):  # the head keeps one output per token
+        with pytest.warns(UserWarning, match=r"token sequences \[T, D\] and the head keeps them") as caught:
+            unaligned = Equitune(PatchTokens(), "rot90", head=head)
+            out = unaligned(x)
+        assert len(caught) == 1 and caught[0].filename == __file__
+        assert out.shape[:2] == (3, 9)
+        assert check_invariance(unaligned, x, "rot90") < 1e-9  # invariant as a whole, as the warning says
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Equitune(PatchTokens(), "rot90", align_views=False)(x)  # said explicitly
+        Equitune(PatchTokens(), "rot90", head=lambda tokens: tokens.mean(1))(x)  # pooled
+        Equitune(PatchTokens(class_token=True), "rot90", head=lambda tokens: tokens[:, 0])(x)  # the class token
+        Equitune(PatchTokens(), "trivial")(x)  # one view: nothing is combined
+    with pytest.raises(ValueError, match=r"align_views=True needs spatial trunk outputs .* patch tokens \[B, T, D\] "
+                                         r"to \[B, D, h, w\]"):
+        Equitune(PatchTokens(), "rot90", align_views=True)(x)
 
 
 def test_the_checks_run_modules_in_evaluation_mode_and_restore_them() -> None:

@@ -327,11 +327,11 @@ def test_bad_inputs() -> None:
         Equitune(lambda z: z, get_group("rot90"))
     with pytest.raises(TypeError, match="get_group"):
         Equitune(nn.Identity(), 90)
-    with pytest.raises(ValueError, match="valid names"):
+    with pytest.raises(ValueError, match="unknown group .rot45.; valid: "):
         Equitune(nn.Identity(), "rot45")
-    with pytest.raises(ValueError, match="valid proxies"):
+    with pytest.raises(ValueError, match="unknown proxy .variance.; valid: .max_prob., .entropy."):
         EquiZero(nn.Identity(), get_group("rot90"), proxy="variance")
-    with pytest.raises(ValueError, match="valid: none, softmax, sum"):
+    with pytest.raises(ValueError, match="valid: .none., .softmax., .sum."):
         LambdaEquitune(nn.Identity(), get_group("rot90"), nn.Identity(), normalisation="l2")
     aligned = _build("equitune", "embedding", "rot90", align=True)
     with pytest.raises(ValueError, match="spatial trunk outputs"):
