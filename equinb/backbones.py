@@ -257,7 +257,7 @@ def load_backbone(name: str, device: str | torch.device = "cpu", *, download_roo
         return _clip_backbone(name, model, input_size)
 
     clip = _import_clip()
-    check_choice(name, clip.available_models(), "CLIP backbone")
+    check_choice(name, clip.available_models(), "CLIP backbone", note=" (what the installed clip package provides)")
     if path is not None:
         _check_release(name, path, clip.clip._MODELS)
         model = _clip_from_file(path, dev)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -30,8 +31,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["PROFILES", "RULES", "RUN_PARAMETERS_ENV", "check_params", "check_device", "injected_parameters",
-           "changed_parameters", "profile_note", "schedule_note", "loader_note", "finetune_cell", "SETTING_MEANINGS",
-           "settings_table"]
+           "parameters_cell", "profile_values", "same_value", "changed_parameters", "profile_note", "schedule_note",
+           "loader_note", "finetune_cell", "SETTING_MEANINGS", "settings_table"]
 
 PROFILES = ("small", "paper")
 ORIENTATION_FREE = ("stand_in", "isic2018")
@@ -226,46 +227,81 @@ RULES: dict[str, Callable[[str, Any], None]] = {
 PAPERMILL_HEADER = "# Parameters"  # the first line of the cell papermill injects after the parameters cell
 
 
-def injected_parameters(history: list[str] | None = None) -> dict[str, Any]:
-    """The parameters papermill injected into this kernel, by name: its last cell whose first line is exactly
-    "# Parameters" and that holds only assignments, read from the kernel's input ``history`` (IPython's ``In`` by
-    default). Values that are not literals are kept as their source text; papermill's ``--inject-paths`` names
-    (``PAPERMILL_*``) are left out. ``{}`` outside IPython or where papermill injected nothing."""
-    if history is None:
-        try:
-            from IPython import get_ipython
-        except ImportError:
-            return {}
-        shell = get_ipython()
-        history = list(shell.user_ns.get("In", [])) if shell is not None else []
-    for source in reversed(history):
+def _kernel_history() -> list[str]:
+    """The sources of the cells this IPython kernel ran, in order (``In``); [] outside IPython."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return []
+    shell = get_ipython()
+    return list(shell.user_ns.get("In", [])) if shell is not None else []
+
+
+def _papermill_cell(history: list[str]) -> tuple[int, list[ast.stmt]] | None:
+    """The index and statements of papermill's injected cell in ``history``: the last cell whose first line is
+    exactly "# Parameters" and that holds only assignments of names; None where there is none."""
+    for index in range(len(history) - 1, -1, -1):
+        source = history[index]
         if source.strip().splitlines()[:1] != [PAPERMILL_HEADER]:
             continue
         try:
             body = ast.parse(source).body
         except SyntaxError:  # a cell of the user's that only looks like papermill's
             continue
-        if not all(isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name)
-                   for n in body):
+        if all(isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name)
+               for n in body):
+            return index, body
+    return None
+
+
+def injected_parameters(history: list[str] | None = None) -> dict[str, Any]:
+    """The parameters papermill injected into this kernel, by name (``_papermill_cell``), read from the kernel's
+    input ``history`` (IPython's ``In`` by default). Values that are not literals are kept as their source text;
+    papermill's ``--inject-paths`` names (``PAPERMILL_*``) are left out. ``{}`` outside IPython or where papermill
+    injected nothing."""
+    found = _papermill_cell(_kernel_history() if history is None else history)
+    if found is None:
+        return {}
+    values: dict[str, Any] = {}
+    for node in found[1]:
+        name = node.targets[0].id
+        if name.startswith("PAPERMILL_"):
             continue
-        values: dict[str, Any] = {}
-        for node in body:
-            name = node.targets[0].id
-            if name.startswith("PAPERMILL_"):
-                continue
-            try:
-                values[name] = ast.literal_eval(node.value)
-            except ValueError:
-                values[name] = ast.unparse(node.value)
-        return values
-    return {}
+        try:
+            values[name] = ast.literal_eval(node.value)
+        except ValueError:
+            values[name] = ast.unparse(node.value)
+    return values
 
 
 RUN_PARAMETERS_ENV = "EQUINB_RUN_PARAMETERS"  # set by tools/build_book.py: the parameters changed for this run
 LOCATION_PARAMETERS = ("chapters_dir", "data_root", "clip_download_root")  # where files are, not what runs
 
 
-PARAMS_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "params"  # the profiles' files, in the checkout
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"  # the chapters' sources, in the checkout
+PARAMS_DIR = NOTEBOOKS_DIR / "params"  # the profiles' files
+
+
+def parameters_cell(chapter_id: str, notebooks_dir: Path = NOTEBOOKS_DIR) -> tuple[list[str], dict[str, Any]]:
+    """What the parameters cell of ``<notebooks_dir>/<chapter_id>.py`` (its cell tagged ``parameters``) declares:
+    the names in order, and the defaults of those whose value is a literal. ``([], {})`` where the file or the cell
+    is missing."""
+    path = notebooks_dir / f"{chapter_id}.py"
+    text = path.read_text() if path.is_file() else ""
+    header = re.search(r'^# %% tags=\[[^\]]*"parameters"[^\]]*\]$', text, flags=re.M)  # other tags may follow
+    if header is None:
+        return [], {}
+    cell = re.split(r"^# %%", text[header.end():], maxsplit=1, flags=re.M)[0]
+    names: list[str] = []
+    defaults: dict[str, Any] = {}
+    for node in ast.parse(cell).body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.append(node.target.id)
+            try:
+                defaults[node.target.id] = ast.literal_eval(node.value) if node.value is not None else None
+            except ValueError:  # an expression (a path from the environment): no literal default
+                defaults.pop(node.target.id, None)
+    return names, defaults
 
 
 def profile_parameters_file(chapter_id: str, profile: str, params_dir: Path = PARAMS_DIR) -> Path:
@@ -282,25 +318,69 @@ def profile_parameters(chapter_id: str, profile: str, params_dir: Path = PARAMS_
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
+def profile_values(chapter_id: str, profile: str, params_dir: Path = PARAMS_DIR) -> dict:
+    """A chapter's parameters as a profile runs them: the notebook's literal defaults (``parameters_cell``, from the
+    notebooks beside ``params_dir``), then the profile's file."""
+    return {**parameters_cell(chapter_id, params_dir.parent)[1], **profile_parameters(chapter_id, profile, params_dir)}
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal and of the same type: ``1`` is no ``True`` and ``0.0`` no ``0`` for a parameter (the rules refuse
+    one and take the other), so one never stands for the other."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(same_value, a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
 def changed_parameters(chapter_id: str, params_dir: Path = PARAMS_DIR) -> str:
     """This run's changed parameters as ``"name=value, ..."``, "" for a profile's own run: what the book's build
-    passed with ``-p`` (``$EQUINB_RUN_PARAMETERS``); else, under plain papermill, what it injected beyond the
-    profile's own file (``<params_dir>/<chapter_id>.<profile>.yaml``, which ``-f`` passes whole), those that only
-    say where files are left out."""
+    passed with ``-p`` (``$EQUINB_RUN_PARAMETERS``); else, under plain papermill, what it injected that differs from
+    the profile's own values (``profile_values``: its file ``<params_dir>/<chapter_id>.<profile>.yaml``, which ``-f``
+    passes whole, over the notebook's defaults), those that only say where files are left out."""
     if RUN_PARAMETERS_ENV in os.environ:
         return os.environ[RUN_PARAMETERS_ENV]
     injected = injected_parameters()
-    own = profile_parameters(chapter_id, injected.get("profile", "small"), params_dir)
-    given = {k: v for k, v in injected.items() if k not in LOCATION_PARAMETERS and not (k in own and own[k] == v)}
+    own = profile_values(chapter_id, injected.get("profile", "small"), params_dir)
+    given = {k: v for k, v in injected.items()
+             if k not in LOCATION_PARAMETERS and not (k in own and same_value(own[k], v))}
     return ", ".join(f"{k}={v!r}" for k, v in given.items())
 
 
-def _text_hint(value: Any) -> str:
-    """A hint for a list or dict that arrived as text: papermill's ``-p`` passes its value as a string."""
-    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+def _text_hint(name: str, value: Any) -> str:
+    """How to pass parameter ``name`` where its ``value`` was refused for how it arrived: a list or dict as text
+    (papermill's ``-p`` passes anything but a number, True, False or None as a string), one item where the parameter
+    takes a list of them, a flag as the text "True" or "False" (papermill's ``-r``, or quotes in YAML). Only a value
+    the parameter's rule takes is suggested; "" otherwise."""
+    import yaml
+
+    text = value.strip() if isinstance(value, str) else None
+    if text is not None and text[:1] in ("[", "{"):
+        try:
+            parsed = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return ""
+        if not _accepts(name, parsed):
+            return ""
         return (f". papermill's -p passes {value!r} as text: give lists and dicts with -y, e.g. papermill ... -y "
-                f"\"name: {value.strip()}\", or through make chapter ID=<id> ARGS=\"-p name '{value.strip()}'\"")
+                f"\"{name}: {text}\", or through make chapter ID=<id> ARGS=\"-p {name} '{text}'\"")
+    if not isinstance(value, (list, tuple, dict)) and _accepts(name, [value]):
+        listed = yaml.safe_dump([value], default_flow_style=True, width=float("inf")).strip()
+        return f". {name} takes a list: papermill ... -y \"{name}: {listed}\""
+    if RULES.get(name) is _flag and text is not None and text.lower() in ("true", "false"):
+        return (f". {value!r} is text, not a bool: papermill ... -p {name} {text.capitalize()} (papermill converts "
+                f"it), or -y \"{name}: {text.lower()}\" without quotes")
     return ""
+
+
+def _accepts(name: str, value: Any) -> bool:
+    """Whether parameter ``name``'s rule takes ``value``."""
+    try:
+        RULES[name](name, value)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def check_params(*, feature_maps: bool = False, injected: dict[str, Any] | None = None, **params: Any) -> None:
@@ -325,7 +405,7 @@ def check_params(*, feature_maps: bool = False, injected: dict[str, Any] | None 
         try:
             RULES[name](name, value)
         except ValueError as err:
-            hint = _text_hint(value)
+            hint = _text_hint(name, value)
             if not hint:
                 raise
             raise ValueError(f"{err}{hint}") from None

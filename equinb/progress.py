@@ -51,12 +51,25 @@ class RoundClock(list):
     rounds so far.
 
     ``label`` names the run in the lines; ``rounds``: how many rounds each stage has (``{"prefinetune": 5,
-    "finetune": 20}``). A plain list as far as the rows go (slice assignment, as a resumed run's, reports
-    nothing)."""
+    "finetune": 20}``). A plain list as far as the rows go: only ``append`` reports a round (a stopped run's rows
+    come back with ``restore``, reported as one line)."""
 
     def __init__(self, label: str, rounds: dict[str, int]) -> None:
         super().__init__()
         self.label, self.rounds = label, dict(rounds)
+        self.resumed = False  # set by ``restore``: the run goes on from a stopped one's save
+        self.restored_s = 0.0  # the seconds of the rounds it put back
+
+    def restore(self, rows: list[dict[str, Any]], source: str) -> None:
+        """Put back the rows of a stopped run that goes on from ``source`` (a file's name), reported as one line:
+        how many rounds of each stage it had done, and their time."""
+        self[:] = rows
+        self.resumed = True
+        self.restored_s = sum(r["seconds"] + r["evaluation_seconds"] for r in rows)
+        done = ", ".join(f"{stage} {sum(r['stage'] == stage for r in rows)} of {total}"
+                         for stage, total in self.rounds.items())
+        report(f"{self.label}: resumed from {source} (rounds done: {done}; {self.restored_s:.1f} s of rounds before "
+               "the stop)")
 
     def append(self, row: dict[str, Any]) -> None:
         super().append(row)

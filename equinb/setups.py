@@ -15,6 +15,7 @@ maps, the article's sec. 4.2). Methods: ``"lambda_equitune"`` and ``"equiattenti
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -205,9 +206,9 @@ def _cached_small_maps(source: str, group: Group, image_size: int, split_block: 
     view, [N, G, ...]: the trainable trunk's inputs) and ``{split}_maps`` (the frozen trunk's maps of every view,
     [N, G, C, h, w]); ``trunk`` = blocks ``split_block..last_block``, its weights stored as fp16 values as CLIP
     stores its own (``equinb.precision``: so the frozen maps and every finetune start from the same weights,
-    whatever precision the finetune keeps); ``key`` names the cache. The embedding and feature-map setups share
-    one cache per (source, images, size, blocks, group), loaded once per process (nothing here is modified in
-    place: setups index these tensors, and ``make_trunk`` copies the trunk).
+    whatever precision the finetune keeps); ``key`` names the cache (one file per split). The embedding and
+    feature-map setups share one cache per (source, images, size, blocks, group), loaded once per process
+    (nothing here is modified in place: setups index these tensors, and ``make_trunk`` copies the trunk).
     """
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     picked = None if index is None else tuple((k, tuple(int(i) for i in v)) for k, v in sorted(index.items()))
@@ -235,20 +236,21 @@ def _load_small_maps(source: str, group: Group, image_size: int, split_block: in
                     images={s: ds.tensors[0].shape[0] for s, ds in splits.items()}, index=index or {},
                     code=feature_code_fingerprint())
 
-    def compute() -> dict:
-        out = {}
-        for split, ds in splits.items():
-            # small chunks (CPU_PASS_IMAGES images x G views): faster on a CPU, same bits
-            inputs = extract_view_features(prefix, ViewData(group.orbit(ds.tensors[0]), ds.tensors[1]),
-                                           batch_size=CPU_PASS_IMAGES, progress=progress,
-                                           label=f"{source} {split} views, frozen blocks 0-{split_block - 1}")
-            out[f"{split}_inputs"] = inputs
-            out[f"{split}_maps"] = extract_view_features(
-                trunk, ViewData(inputs, ds.tensors[1]), batch_size=CPU_PASS_IMAGES,
-                label=f"{source} {split} views, blocks {split_block}-{last_block}")
-        return out
+    def compute(split: str) -> dict:
+        ds = splits[split]
+        # small chunks (CPU_PASS_IMAGES images x G views): faster on a CPU, same bits
+        inputs = extract_view_features(prefix, ViewData(group.orbit(ds.tensors[0]), ds.tensors[1]),
+                                       batch_size=CPU_PASS_IMAGES, progress=progress,
+                                       label=f"{source} {split} views, frozen blocks 0-{split_block - 1}")
+        maps = extract_view_features(trunk, ViewData(inputs, ds.tensors[1]), batch_size=CPU_PASS_IMAGES,
+                                     label=f"{source} {split} views, blocks {split_block}-{last_block}")
+        return dict(inputs=inputs, maps=maps)
 
-    cached = load_or_compute(Path(cache_dir) / f"small_maps_{key}.pt", compute)
+    # one file per split: a pass that is stopped keeps the splits it finished
+    cached = {}
+    for split in splits:
+        part = load_or_compute(Path(cache_dir) / f"small_maps_{key}_{split}.pt", functools.partial(compute, split))
+        cached[f"{split}_inputs"], cached[f"{split}_maps"] = part["inputs"], part["maps"]
     return cached, {s: ds.tensors[1] for s, ds in splits.items()}, trunk, key
 
 
@@ -429,7 +431,9 @@ def run_training(setup: TrainingSetup, config: TrainConfig, *, progress: bool = 
             checkpoints = None if partial is None else RunCheckpoints(partial, checkpoint_every_s, clock)
             row, history, states, predictions, drift = _run(setup, config, make_net(), progress, heldout_fraction,
                                                             method, align_views, ablate, clock, checkpoints)
-            report(f"{label}: trained in {time.perf_counter() - began:.1f} s")
+            elapsed = time.perf_counter() - began
+            before = f", {elapsed + clock.restored_s:.1f} s with its rounds before the stop" if clock.resumed else ""
+            report(f"{label}: trained in {elapsed:.1f} s{before}")
             # the settings and wall times ride along for tools/paper_smoke.py, which counts and times the runs
             return dict(row=row, history=history, states=states, predictions=predictions, drift=drift,
                         clock=list(clock), config=config.as_dict(), maps=setup.level == "maps")
@@ -458,7 +462,7 @@ class RunCheckpoints:
     (the small profile's take seconds) pay nothing for it.
     """
 
-    def __init__(self, path: Path, every_s: float, clock: list[dict]) -> None:
+    def __init__(self, path: Path, every_s: float, clock: RoundClock) -> None:
         self.path, self.clock, self.save = path, clock, ThrottledSave(path, every_s)
         self.prefinetuned: dict | None = None
 
@@ -467,7 +471,7 @@ class RunCheckpoints:
         state = load_saved(self.path)
         if state is not None:
             self.prefinetuned = state["prefinetune"]
-            self.clock[:] = state["clock"]
+            self.clock.restore(state["clock"], self.path.name)
         return state
 
     def after_prefinetune(self, best: dict, history: list[dict], predictions: Tensor) -> None:
@@ -503,12 +507,12 @@ def correct_by_seed(runs: Sequence[TrainingRun], stage: str, labels: Tensor) -> 
 
 
 TRAINING_SOURCES = ("engine", "setups", "wrappers", "weighting", "groups", "heads", "precision", "kernels", "outputs",
-                    "metrics")
+                    "metrics", "validation")
 
 
 # what makes the cached frozen features: the data's loading and preparation, the backbone, the split and the pass
 # (whose cuDNN autotuning may change a GPU's last bits)
-FEATURE_SOURCES = ("data", "backbones", "setups", "engine", "groups", "precision", "kernels")
+FEATURE_SOURCES = ("data", "backbones", "setups", "engine", "groups", "precision", "kernels", "validation")
 
 
 def feature_code_fingerprint() -> str:
@@ -633,10 +637,12 @@ def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = 
     Images are kept as uint8 and resized (bicubic) and normalised on the device per batch. As published,
     only the first 16,000 training images are ever used (unshuffled loader restarted every round), so
     ``max_train`` bounds what is loaded and cached. The frozen model's normalised features of every view
-    are cached on disk (atomic, keyed by the weights, data and group).
+    are cached on disk, one file per split (atomic, keyed by the weights, data and group).
     """
     check_choice(level, LEVELS, "level")  # before the backbone loads and its head is built
-    check_choice(backbone_name, (*CLIP_NAMES, *TINY_CLIP_NAMES), "CLIP backbone", note=" (the paper profile's trunk)")
+    if backbone_name not in (*CLIP_NAMES, *TINY_CLIP_NAMES):
+        raise ValueError(f"clip_lambda_setup needs a CLIP backbone, got {backbone_name!r}; valid: "
+                         f"{', '.join(map(repr, CLIP_NAMES + TINY_CLIP_NAMES))}")
     root = Path(data_root) if data_root else default_data_root()
     spec = dataset_spec(dataset)
     # the splits open first: a missing dataset is named before CLIP loads (or downloads)
@@ -655,13 +661,16 @@ def clip_lambda_setup(group: Group, backbone_name: str = "RN50", dataset: str = 
                     device=torch.device(device).type, code=feature_code_fingerprint(),
                     **({"level": level} if level == "maps" else {}))
 
-    def extract() -> dict:
+    def extract(split: str, data: ImageViewData) -> Tensor:
         with tuned_kernels(encoder, device):
-            return {split: extract_view_features(embed, data, batch_size, device, progress,
-                                                 label=f"CLIP {backbone_name} {dataset} {split} views")
-                    for split, data in (("train", train), ("test", test))}
+            return extract_view_features(embed, data, batch_size, device, progress,
+                                         label=f"CLIP {backbone_name} {dataset} {split} views")
 
-    cached = load_or_compute(Path(cache_dir) / f"lambda_clip_{key}.pt", extract)
+    # one file per split: a pass that is stopped keeps the splits it finished (a paper-size split takes hours on a
+    # CPU), and none is written twice
+    cached = {split: load_or_compute(Path(cache_dir) / f"lambda_clip_{key}_{split}.pt",
+                                     functools.partial(extract, split, data))
+              for split, data in (("train", train), ("test", test))}
     return TrainingSetup(
         group=group, make_trunk=lambda: copy.deepcopy(encoder).requires_grad_(True), head=head, train=train,
         test=test, train_feats=cached["train"], test_feats=cached["test"], description=description,

@@ -176,25 +176,28 @@ def save_data(frame: pd.DataFrame, name: str) -> str:
     return f"../data/{_chapter['id']}/{name}.csv"
 
 
-def _numbered(table: Table) -> Table:
-    """``table`` with the next number of the running chapter in its caption and its data filed, if one started."""
+def _numbered(table: Table, computed: bool = True) -> Table:
+    """``table`` with the next number of the running chapter in its caption and its data filed, if one started.
+    ``computed``: the table holds this run's results, so a run with changed parameters says so in its caption (the
+    article's own numbers do not change with them)."""
     if not _chapter["id"]:
         return table
     _chapter["count"] += 1
     label = f"Table {_chapter['prefix']}{_chapter['count']}"
     table.caption = f"{label}. {table.caption}" if table.caption else label
-    if _chapter.get("changed"):
+    if computed and _chapter.get("changed"):
         table.caption += f" [changed parameters: {_chapter['changed']}]"
     table.data_href = save_data(table.frame, f"table-{_chapter['count']}")
     return table
 
 
 def show(frame: pd.DataFrame, caption: str = "", decimals: int = 2, hidden: tuple[str, ...] = (),
-         beneath: dict[str, str] | None = None) -> None:
-    """Display ``frame`` as a ``Table`` in a notebook (returns nothing, so a cell does not show it twice)."""
+         beneath: dict[str, str] | None = None, computed: bool = True) -> None:
+    """Display ``frame`` as a ``Table`` in a notebook (returns nothing, so a cell does not show it twice);
+    ``computed=False`` for a table of the article's numbers alone (``_numbered``)."""
     from IPython.display import display
 
-    display(_numbered(Table(frame, caption, decimals, hidden, beneath)))
+    display(_numbered(Table(frame, caption, decimals, hidden, beneath), computed))
 
 
 # a verdict table's columns shown under another's cell in HTML (``Table``'s ``beneath``): five columns fit the page

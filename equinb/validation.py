@@ -10,14 +10,17 @@ __all__ = ["check_choice", "check_setting", "check_flag"]
 
 
 def check_choice(value: Any, valid: Iterable[str], what: str, *, any_case: bool = False, note: str = "") -> str:
-    """``value`` if it is one of ``valid`` (compared in lower case, and returned so, where ``any_case``), else a
-    ValueError "unknown <what> <value>; valid: 'a', 'b'<note>". ``note`` adds what the list alone does not say (an
-    alias, a common confusion)."""
+    """``value`` if it is one of ``valid`` (with ``any_case``: the one it names in any case and with spaces around,
+    as ``valid`` spells it), else a ValueError "unknown <what> <value>; valid: 'a', 'b'<note>". ``note`` adds what
+    the list alone does not say (an alias, a common confusion)."""
     valid = tuple(valid)
-    name = value.strip().lower() if any_case and isinstance(value, str) else value
-    if not isinstance(name, str) or name not in valid:
-        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(map(repr, valid))}{note}")
-    return name
+    if any_case and isinstance(value, str):
+        spelled = {v.lower(): v for v in valid}.get(value.strip().lower())
+        if spelled is not None:
+            return spelled
+    elif isinstance(value, str) and value in valid:
+        return value
+    raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(map(repr, valid))}{note}")
 
 
 def check_setting(name: str, value: Any, valid: Iterable[str]) -> None:

@@ -621,7 +621,8 @@ class OrbitWrapper(nn.Module):
         if not getattr(self, "_align_views_default", False) or self.group.order == 1:
             return
         maps = views.ndim == 5 and head_output.ndim >= 4 and tuple(head_output.shape[-2:]) != (1, 1)
-        tokens = views.ndim == 4 and head_output.ndim == 3 and head_output.shape[1] > 1
+        # [1, T, D] with several tokens of several features: not logits [1, K, 1]
+        tokens = views.ndim == 4 and head_output.ndim == 3 and min(head_output.shape[1:]) > 1
         if maps:
             _warn_at_caller(
                 f"{type(self).__name__}: the trunk gives feature maps [C, h, w] and the head keeps them spatial, but "
@@ -634,8 +635,9 @@ class OrbitWrapper(nn.Module):
                 f"align_views is off: token t of the output combines token t of the {self.group.order} views, which "
                 f"come from different places of the input in each view ({self.group.name} turns the image), so the "
                 "output is invariant as a whole but no token is the input's. For equivariant tokens, reshape patch "
-                "tokens to maps [D, h, w] in the trunk and pass align_views=True; pass align_views=False (or a head= "
-                "that pools the tokens or takes the class token) if this is meant.")
+                "tokens to maps [D, h, w] in the trunk (a one-channel map [h, w] to [1, h, w]) and pass "
+                "align_views=True; pass align_views=False (or a head= that pools the tokens or takes the class "
+                "token) if this is meant.")
 
     def _check_head(self, view: Tensor) -> Tensor:
         """The head's output on one view, or a ValueError naming the head and the trunk's output shape when the head

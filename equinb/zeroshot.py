@@ -121,7 +121,7 @@ def cached_per_view_logits(cache_dir: str | Path, encoder: nn.Module, head: nn.M
     The file is written atomically; a changed weight, dataset, view list or device type gives a new key.
     """
     # the images' loading and preparation, the encoder, the head and the pass (cuDNN autotuned on a GPU)
-    code = package_code_fingerprint("data", "backbones", "heads", "zeroshot", "groups", "kernels")
+    code = package_code_fingerprint("data", "backbones", "heads", "zeroshot", "groups", "kernels", "validation")
     key = cache_key(kind="per_view_logits", encoder=module_fingerprint(encoder), head=module_fingerprint(head),
                     dataset=dataset_id, elements=list(elements), device=torch.device(device).type,
                     dtype=str(next(encoder.parameters()).dtype), code=code)

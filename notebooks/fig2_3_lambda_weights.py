@@ -141,15 +141,15 @@ article_means = ref[ref.metric.str.startswith("mean_weight_rot")].assign(
     rotation=lambda f: f.metric.str.replace("mean_weight_rot", ""))
 columns = rotation_labels(group_object)
 show(article_means.pivot_table(index=["figure", "method"], columns="rotation", values="value", sort=False)[
-    columns].reset_index(), "The article's mean weight per view", decimals=3)
+    columns].reset_index(), "The article's mean weight per view", decimals=3, computed=False)
 show(ref[ref.metric == "share_argmax_not_upright"][["dataset", "method", "value", "note"]],
-     "The article's share of images that do not favour their natural orientation")
+     "The article's share of images that do not favour their natural orientation", computed=False)
 CIFAR100_TEST_IMAGES = 10_000  # the histograms' images per view
 near_one = ref[ref.metric.str.startswith("images_weight_ge_0.995_rot")].groupby(["figure", "method"], sort=False)
 article_one_view = (near_one.value.sum() / CIFAR100_TEST_IMAGES).rename("article_share_one_view_all_weight")
 show(near_one.value.sum().astype(int).rename("images").reset_index().merge(article_one_view.reset_index()),
      f"The article's images (of {CIFAR100_TEST_IMAGES:,}) with one view weighted at least {ONE_VIEW_ALL_WEIGHT}, "
-     f"summed over the views of its histograms", decimals=4)
+     f"summed over the views of its histograms", decimals=4, computed=False)
 
 # %% [markdown]
 # ## Trained modules, under every seed (loaded from the run cache, or trained once)

@@ -126,7 +126,8 @@ print(f"profile={profile} lm={lm_name} scorer={scorer} samples per template and 
 
 # %% tags=["hide-input", "exact"]
 article = article_fig6()
-show(article.reset_index(), "The article's Figure 6(a): label shares per model and demographic", decimals=4)
+show(article.reset_index(), "The article's Figure 6(a): label shares per model and demographic", decimals=4,
+     computed=False)
 
 # %% [markdown]
 # ## Symmetry check on the real model
@@ -416,7 +417,8 @@ for label, (ka, na), (kb, nb), differs2, differs3 in marks:
     rows.append({"comparison": label, "positive a": f"{ka}/{na} = {ka / na:.3f}",
                  "positive b": f"{kb}/{nb} = {kb / nb:.3f}", "z": f"{z:+.2f}", "observed": word[observed],
                  "d = 2 predicts": word[differs2], "d = 3 predicts": word[differs3]})
-show(pd.DataFrame(rows), "The article's EquiGPT2 counts against the marks of each group size (regard, GPT-2)")
+show(pd.DataFrame(rows), "The article's EquiGPT2 counts against the marks of each group size (regard, GPT-2)",
+     computed=False)
 whole = [size for size, n in fits.items() if n == len(marks)]
 # only a mark the two sizes predict differently can tell them apart, and only a difference at the 5% level counts
 # for the size that predicts it: "alike" is the absence of evidence, not evidence of sameness

@@ -139,7 +139,7 @@ print(f"profile={profile} backbone={backbone} dataset={dataset} groups={groups} 
 
 # %% tags=["hide-input", "exact"]
 article = article_tab1()
-show(article_shown(article), "The article's Table 1: top-1 (%), CLIP RN50 on CIFAR100")
+show(article_shown(article), "The article's Table 1: top-1 (%), CLIP RN50 on CIFAR100", computed=False)
 for metric in ("prefinetune_top1", "finetune_top1"):
     o, u = article.loc[("rot90", "original"), metric], article.loc[("rot90", "updated"), metric]
     print(f"rot90, {metric.replace('_top1', ' top-1')}: +{u - o:.2f} pp, relative gain {100 * (u - o) / o:.2f}% "

@@ -144,13 +144,13 @@ print(f"profile={profile} backbone={backbone} dataset={dataset} test_split={test
 
 # %% tags=["hide-input", "exact"]
 article = article_tab4()
-show(article_shown(article), "The article's ISIC table: top-1 (%), CLIP RN50 on ISIC 2018")
+show(article_shown(article), "The article's ISIC table: top-1 (%), CLIP RN50 on ISIC 2018", computed=False)
 behind = pd.DataFrame([{"variant": ARTICLE_ROW_NAMES[v], "stage": m.replace("_top1", ""),
                         "article (%)": f"{article.loc[v, m]:.2f}",
                         **{f"k of {n}": "none" if (k := count_behind(article.loc[v, m], n)) is None else k
                            for n in (193, 194)}}
                        for v in article.index for m in article.columns])
-show(behind, "The count of correct images behind each printed accuracy")
+show(behind, "The count of correct images behind each printed accuracy", computed=False)
 fits = {n: bool((behind[f"k of {n}"] != "none").all()) for n in (193, 194)}
 print("test-set size consistent with every printed accuracy: "
       + ", ".join(f"{n} images: {'yes' if ok else 'no'}" for n, ok in fits.items()))

@@ -219,6 +219,23 @@ def test_stand_in_index_draws_the_counts_per_class_in_split_order(monkeypatch) -
         su.stand_in_index([3, 1], {"train": [6], "test": [4, 1]})
 
 
+def test_group_changes_try_every_element_not_the_first() -> None:
+    """A function of the rotated views alone is invariant to the rotations (elements 1-3 of d4) and not to the
+    mirrors: only a measurement over every element tells it from the mean of all views. The images are 4 x 4, since
+    a 3 x 3 image averaged over its rotations is already mirror-symmetric (both would pass)."""
+    group = get_group("d4")
+    images = torch.randn(8, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    data = en.ViewData(group.orbit(images), torch.zeros(8, dtype=torch.long))  # [8, 8, 1, 4, 4]
+    head = nn.Linear(16, 4).double()
+    all_views = lambda v: head(v.flatten(2)).mean(1)  # noqa: E731
+    rotations = lambda v: head(v[:, :4].flatten(2)).mean(1)  # noqa: E731
+    changes = analysis.group_changes({"all": all_views, "rotations": rotations}, data, group)
+    assert changes["all"].endswith("(float rounding)") and "float rounding" not in changes["rotations"]
+    rotation_only = analysis.group_changes({"rotations": rotations}, data.restrict(get_group("rot90"), [0, 1, 2, 3]),
+                                           get_group("rot90"))
+    assert rotation_only["rotations"].endswith("(float rounding)")  # invariant where the mirrors are not measured
+
+
 def test_group_changes_tell_an_invariant_function_from_one_view() -> None:
     setup = _digit_like_setup()
     mean_of_views = lambda v: setup.head(v).mean(1)  # noqa: E731

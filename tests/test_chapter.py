@@ -107,19 +107,84 @@ def test_the_injected_parameters_are_read_from_papermills_cell() -> None:
     assert injected_parameters([paths]) == {"seed": 5}  # papermill --inject-paths
 
 
-def test_a_name_papermill_injected_that_the_chapter_lacks_is_refused() -> None:
-    check_params(**FIG4, injected={"seed": 5})
-    with pytest.raises(ValueError, match="this chapter has no parameter 'seeds'.*its parameters are: profile, "):
-        check_params(**FIG4, injected={"seeds": 5})
+NOTEBOOK = """# %%
+import os
+
+# %% tags=["parameters", "hide-input"]
+profile: str = "small"  # small or paper
+backbones: list[str] = ["mobilenet_v2"]
+seed: int = 0  # article: 0
+templates: list[str] = [
+    "was known for",  # a value over several lines
+]
+data_root: str = os.environ.get("EQUINB_DATA", "")  # no literal
+
+# %%
+check_params(...)
+"""
 
 
-@pytest.mark.parametrize("value", ["[1, 2]", " {'a': 1}"])
-def test_a_list_given_as_text_names_papermills_yaml_option(value: str) -> None:
-    with pytest.raises(ValueError, match="papermill's -p passes .* as text: give lists and dicts with -y"):
-        check_params(**{**TRAINING, "noise_seeds": value}, feature_maps=True)
+def test_the_parameters_cell_gives_the_names_and_literal_defaults(tmp_path) -> None:
+    (tmp_path / "ch.py").write_text(NOTEBOOK)
+    assert chapter.parameters_cell("ch", tmp_path) == (
+        ["profile", "backbones", "seed", "templates", "data_root"],
+        {"profile": "small", "backbones": ["mobilenet_v2"], "seed": 0, "templates": ["was known for"]})
+    assert chapter.parameters_cell("missing", tmp_path) == ([], {})
+    (tmp_path / "untagged.py").write_text(NOTEBOOK.replace('tags=["parameters", "hide-input"]', ""))
+    assert chapter.parameters_cell("untagged", tmp_path) == ([], {})
+    names, defaults = chapter.parameters_cell("fig6_nlg_fairness")  # the repository's: a list over several lines
+    assert names[0] == "profile" and isinstance(defaults["templates"], list) and len(defaults["templates"]) > 1
+
+
+def test_same_value_needs_the_same_type() -> None:
+    assert chapter.same_value(0, 0) and chapter.same_value([1, "a"], [1, "a"]) and chapter.same_value({"a": [1]},
+                                                                                                    {"a": [1]})
+    for a, b in ((1, True), (0, 0.0), ([1], (1,)), ([1], [True]), ({"a": 1}, {"a": 1.0}), ([1], [1, 2])):
+        assert not chapter.same_value(a, b) and not chapter.same_value(b, a), (a, b)
+
+
+@pytest.mark.parametrize("name, value", [("noise_seeds", "[1, 2]"), ("dataset_options", " {'cifar100': {}}")])
+def test_a_list_given_as_text_names_papermills_yaml_option(name: str, value: str) -> None:
+    with pytest.raises(ValueError, match=r"papermill's -p passes .* as text: give lists and dicts with -y, e.g. "
+                                         rf"papermill \.\.\. -y \"{name}: "):
+        check_params(**{**TRAINING, name: value}, feature_maps=True)
     with pytest.raises(ValueError) as info:
         check_params(**{**TRAINING, "noise_seeds": "five"}, feature_maps=True)
     assert "-y" not in str(info.value)  # text that is not a list gets the rule's message alone
+
+
+@pytest.mark.parametrize("params, hint", [
+    (dict(FIG4, transforms="rot90"), 'transforms takes a list: papermill ... -y "transforms: [rot90]"'),
+    (dict(FIG4, backbones="mobilenet_v2"), '-y "backbones: [mobilenet_v2]"'),
+    (dict(TRAINING, noise_seeds=3), '-y "noise_seeds: [3]"'),
+    (dict(NLG, templates="was known, for"), "-y \"templates: ['was known, for']\""),  # one item, quoted
+])
+def test_one_item_where_a_list_is_taken_is_shown_the_list(params: dict, hint: str) -> None:
+    with pytest.raises(ValueError) as info:
+        check_params(**params)
+    assert hint in str(info.value)
+
+
+@pytest.mark.parametrize("params", [dict(FIG4, transforms="rot45"), dict(TRAINING, seed="[1]"),
+                                    dict(TRAINING, noise_seeds="[1, -2]")])
+def test_no_hint_suggests_a_value_the_rule_refuses(params: dict) -> None:
+    """rot45 is no transformation as a list either; a seed is no list; [1, -2] is refused as a list too."""
+    with pytest.raises(ValueError) as info:
+        check_params(**params)
+    assert "-y" not in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["False", "true", " TRUE"])
+def test_a_flag_given_as_text_is_shown_the_bool(value: str) -> None:
+    with pytest.raises(ValueError) as info:
+        check_params(**{**NLG, "paired_seeds": value})
+    message = str(info.value)
+    assert f"paired_seeds must be True or False, got {value!r}. {value!r} is text, not a bool" in message
+    assert f"-p paired_seeds {value.strip().capitalize()}" in message
+    assert f'-y "paired_seeds: {value.strip().lower()}"' in message
+    with pytest.raises(ValueError) as info:
+        check_params(**{**NLG, "paired_seeds": "yes"})
+    assert "-p" not in str(info.value)  # other text gets the rule's message alone
 
 
 def test_a_run_with_changed_parameters_says_so_in_every_caption(monkeypatch, capsys, tmp_path) -> None:
@@ -133,20 +198,29 @@ def test_a_run_with_changed_parameters_says_so_in_every_caption(monkeypatch, cap
     assert "this run changed the chapter's parameters: seed=5" in capsys.readouterr().out
     table = tables._numbered(tables.Table(pd.DataFrame({"a": [1]}), "Top-1 (profile: small)"))
     assert table.caption.endswith("(profile: small) [changed parameters: seed=5]")
+    article = tables._numbered(tables.Table(pd.DataFrame({"a": [1]}), "The article's Table 1"), computed=False)
+    assert article.caption.endswith(". The article's Table 1")  # numbered, not tagged: the article's numbers
     monkeypatch.setenv(chapter.RUN_PARAMETERS_ENV, "")  # the profile's own run
     tables.start_chapter("fig4_zeroshot")
     table = tables._numbered(tables.Table(pd.DataFrame({"a": [1]}), "Top-1 (profile: small)"))
     assert "changed" not in table.caption and not capsys.readouterr().out
     # plain papermill: what it injected beyond the profile's own file (-f passes it whole), where files live left out
     monkeypatch.delenv(chapter.RUN_PARAMETERS_ENV)
-    (tmp_path / "fig4_zeroshot.paper.yaml").write_text("profile: paper\nbackbones: [RN50]\nseed: 0\n")
+    params = tmp_path / "params"
+    params.mkdir()
+    (params / "fig4_zeroshot.paper.yaml").write_text("profile: paper\nbackbones: [RN50]\nseed: 0\n")
+    (tmp_path / "fig4_zeroshot.py").write_text(NOTEBOOK)  # the notebook's parameters cell: its defaults
     injected = {"profile": "paper", "backbones": ["RN50"], "seed": 5, "data_root": "/d", "chapters_dir": "/c"}
     monkeypatch.setattr(chapter, "injected_parameters", lambda: injected)
-    assert chapter.changed_parameters("fig4_zeroshot", tmp_path) == "seed=5"
+    assert chapter.changed_parameters("fig4_zeroshot", params) == "seed=5"
     injected["seed"] = 0  # the paper profile's own run
-    assert chapter.changed_parameters("fig4_zeroshot", tmp_path) == ""
-    injected["profile"] = "small"  # the small profile has no file: everything injected is a change
-    assert chapter.changed_parameters("fig4_zeroshot", tmp_path) == "profile='small', backbones=['RN50'], seed=0"
+    assert chapter.changed_parameters("fig4_zeroshot", params) == ""
+    injected["profile"] = "small"  # the small profile has no file: what differs from the notebook's defaults
+    assert chapter.changed_parameters("fig4_zeroshot", params) == "backbones=['RN50']"
+    injected["backbones"] = ["mobilenet_v2"]  # every value the notebook's own: the profile's own run
+    assert chapter.changed_parameters("fig4_zeroshot", params) == ""
+    injected["seed"] = 0.0  # equal, but not the notebook's value (the rule refuses it)
+    assert chapter.changed_parameters("fig4_zeroshot", params) == "seed=0.0"
     # the repository's own paper file, as book/index.md's plain papermill command passes it
     injected.clear()
     injected.update(yaml.safe_load((chapter.PARAMS_DIR / "fig4_zeroshot.paper.yaml").read_text()))

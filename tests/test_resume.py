@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
 import equinb.cache
+import equinb.progress
 import equinb.setups
 from equinb.engine import TrainConfig, finetune, finetuned_part
 from equinb.setups import run_training
@@ -135,10 +137,18 @@ def test_a_stopped_run_goes_on_from_its_last_save(tmp_path: Path, monkeypatch: p
         return history, predicted
 
     monkeypatch.setattr(equinb.setups, "finetune", counting_finetune)
+    log = tmp_path / "progress.log"
+    monkeypatch.setenv(equinb.progress.PROGRESS_ENV, str(log))
     resumed = run_training(setup, config, cache_dir=tmp_path / "stopped", ablate=True, checkpoint_every_s=0)
     _compare_runs(resumed, whole)
     # one clock row per round: those restored from the save and those trained after it, none twice
     assert trained_rounds == [3]
+    # the progress file says that the run went on, from where, and counts the rounds' time before the stop
+    lines = log.read_text()
+    pre, done = config.prefinetune_rounds, {1: 0, 2: 1, 4: 3}[saves]
+    assert re.search(rf": resumed from partial_run_\w+\.pt \(rounds done: prefinetune {pre} of {pre}, finetune {done} "
+                     r"of 3; [0-9.]+ s of rounds before the stop\)", lines)
+    assert re.search(r": trained in [0-9.]+ s, [0-9.]+ s with its rounds before the stop\n", lines)
     saved = {p.name: torch.load(p, weights_only=True) for p in (tmp_path / "stopped").glob("run_*")}
     reference = {p.name: torch.load(p, weights_only=True) for p in (tmp_path / "whole").glob("run_*")}
     assert saved.keys() == reference.keys()
@@ -225,3 +235,46 @@ def test_a_run_leaves_the_callers_random_stream_as_it_found_it(tmp_path: Path) -
         draws.append(torch.rand(3))
     assert len(list(tmp_path.glob("run_*.pt"))) == 1  # the second call loaded the first's run
     assert torch.equal(draws[0], untouched) and torch.equal(draws[1], untouched)
+
+
+def test_a_stopped_frozen_pass_keeps_the_splits_it_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paper setup's frozen pass (a tiny random CLIP on a fake CIFAR100) saves one file per split: stopped
+    during the test split, the next call reads the training split's file and passes over the test split alone,
+    and the features are those of a pass never stopped."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import paper_fakes
+
+    from equinb.groups import get_group
+
+    paper_fakes.cifar100(tmp_path / "data", n_train=6, n_test=4)
+    group = get_group("rot90")
+
+    def setup(cache: Path):
+        return equinb.setups.clip_lambda_setup(group, "tiny-clip-rn", "cifar100", data_root=tmp_path / "data",
+                                               cache_dir=cache, batch_size=4, dataset_options={"verify_md5": False})
+
+    whole = setup(tmp_path / "whole")
+    assert sorted(p.name.rsplit("_", 1)[1] for p in (tmp_path / "whole").glob("lambda_clip_*.pt")) == [
+        "test.pt", "train.pt"]
+    passes = []
+    extract = equinb.setups.extract_view_features
+
+    def stopped_at_test(embed, data, *args, **kwargs):
+        passes.append(len(data))
+        if len(passes) == 2:
+            raise Stop
+        return extract(embed, data, *args, **kwargs)
+
+    monkeypatch.setattr(equinb.setups, "extract_view_features", stopped_at_test)
+    with pytest.raises(Stop):
+        setup(tmp_path / "stopped")
+    assert [p.name.rsplit("_", 1)[1] for p in (tmp_path / "stopped").glob("lambda_clip_*.pt")] == ["train.pt"]
+    passes.clear()
+    monkeypatch.setattr(equinb.setups, "extract_view_features", lambda *a, **k: passes.append(len(a[1])) or extract(
+        *a, **k))
+    resumed = setup(tmp_path / "stopped")
+    assert passes == [4]  # the test split alone
+    assert torch.equal(resumed.train_feats, whole.train_feats) and torch.equal(resumed.test_feats, whole.test_feats)
+

@@ -128,6 +128,22 @@ def test_a_run_with_changed_parameters_is_kept_apart_from_the_profiles_own(tmp_p
     assert kept == tmp_path / "variants" / "fig4_zeroshot.seed=5,noise_seeds=_1,2_.ipynb" and kept.read_text() == "{}"
 
 
+def test_a_value_the_profile_runs_with_is_no_change(capsys) -> None:
+    """``-p seed 0`` on the small profile is its own run (labelled and reused as such); a value only one of the
+    chapters runs with stays a change for all of them."""
+    small, paper = (build_book.profile_values("fig4_zeroshot", profile) for profile in ("small", "paper"))
+    assert (small["seed"], small["device"], paper["seed"], paper["device"]) == (0, "cpu", 0, "cuda")
+    assert paper["backbones"] != small["backbones"]
+    given = {"seed": 0, "transforms": ["none"], "backbones": paper["backbones"]}
+    assert build_book.without_own_values(["fig4_zeroshot"], "small", given) == {
+        "transforms": ["none"], "backbones": paper["backbones"]}
+    assert "build_book: seed=0: the profile's own value(s), not a change" in capsys.readouterr().out
+    assert build_book.without_own_values(["fig4_zeroshot"], "paper", given) == {"transforms": ["none"]}
+    both = ["fig4_zeroshot", "tab1_original_vs_updated"]  # tab1 has no batch_size
+    assert build_book.without_own_values(both, "small", {"seed": 0, "device": "cpu", "batch_size": 256}) == {
+        "batch_size": 256}
+
+
 def test_parameter_values_read_numbers_in_any_notation_and_label_the_run() -> None:
     assert build_book.parameter_value("1e-3") == 0.001 and build_book.parameter_value("-2E+2") == -200.0
     assert build_book.parameter_value("0.1") == 0.1 and build_book.parameter_value("[a, b]") == ["a", "b"]

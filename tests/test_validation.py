@@ -12,6 +12,8 @@ def test_a_choice_is_returned_as_given_or_in_lower_case() -> None:
     assert check_choice(" Rot90 ", ("rot90",), "group", any_case=True) == "rot90"
     with pytest.raises(ValueError, match="unknown group 'Rot90'; valid: 'rot90'$"):
         check_choice("Rot90", ("rot90",), "group")  # case counts unless any_case
+    assert check_choice("rn50", ("RN50", "ViT-B/32"), "backbone", any_case=True) == "RN50"  # as valid spells it
+    assert check_choice("RN50", ("RN50",), "backbone", any_case=True) == "RN50"
 
 
 @pytest.mark.parametrize("value", ["l2", None, 3, ["sum"]])

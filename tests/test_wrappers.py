@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from equinb.checks import check_invariance
+from equinb.checks import check_equivariance, check_invariance
 from equinb.groups import get_group
 from equinb.heads import CosineHead
 from equinb.weighting import EmbeddingWeightNet, FeatureMapWeightNet, ViewAttention
@@ -146,6 +146,17 @@ def test_feature_map_alignment(method: str, group_name: str) -> None:
                     torch.testing.assert_close(z_moved, z, **TOL)
                     if not torch.equal(group.act(z, k), z):
                         assert (z_moved - group.act(z, k)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("method", ["equitune", "lambda:softmax", "lambda:sum", "attention"])
+def test_the_aligned_forward_pass_is_equivariant_end_to_end(method: str) -> None:
+    """The wrapper's own forward (weights from the views, the views aligned, combined), not its parts: the combined
+    map of g x is g applied to that of x, for every element of d4, and the bare trunk is not equivariant."""
+    wrapper = _build(method, "feature_map", "d4", align=True).eval()
+    wrapper.head = nn.Identity()  # the output is the combined map Z
+    x = _images(1)
+    assert check_equivariance(wrapper, x, "d4", atol=1e-10) < 1e-10
+    assert check_equivariance(wrapper.trunk, x, "d4") > 1e-3
 
 
 def test_aligned_views_break_logit_invariance_through_a_positional_head() -> None:

@@ -58,7 +58,9 @@ import provenance  # noqa: E402
 from numerical_modes import available_cores, thread_env  # noqa: E402
 
 from equinb.cache import atomic_write_text  # noqa: E402
-from equinb.chapter import LOCATION_PARAMETERS, RUN_PARAMETERS_ENV, profile_parameters_file  # noqa: E402
+from equinb import chapter  # noqa: E402
+from equinb.chapter import (LOCATION_PARAMETERS, RUN_PARAMETERS_ENV, parameters_cell,  # noqa: E402
+                            profile_parameters_file)
 from equinb.progress import PROGRESS_ENV  # noqa: E402
 from equinb.tables import DATA_ENV  # noqa: E402
 
@@ -108,28 +110,13 @@ def fail(msg: str) -> NoReturn:
 
 
 def chapter_parameters(nb_id: str) -> list[str]:
-    """The names declared in a chapter's parameters cell: its ``name: type = value  # help`` lines."""
-    text = (ROOT / "notebooks" / f"{nb_id}.py").read_text()
-    header = re.search(r'^# %% tags=\[[^\]]*"parameters"[^\]]*\]$', text, flags=re.M)  # other tags may follow
-    if header is None:
-        return []
-    cell = text[header.end():].split("# %%", 1)[0]
-    return re.findall(r"^([a-z_][a-z0-9_]*): [A-Za-z_.\[\], ]+ = ", cell, flags=re.M)
+    """The names declared in a chapter's parameters cell (``equinb.chapter.parameters_cell``)."""
+    return parameters_cell(nb_id, ROOT / "notebooks")[0]
 
 
 def chapter_defaults(nb_id: str) -> dict:
-    """The literal default values of a chapter's parameters cell, by name (values that are not literals: left out)."""
-    import ast
-
-    text = (ROOT / "notebooks" / f"{nb_id}.py").read_text()
-    defaults = {}
-    for name, value in re.findall(r"^([a-z_][a-z0-9_]*): [A-Za-z_.\[\], ]+ = (.+?)(?:  #.*)?$", text, flags=re.M):
-        if name in chapter_parameters(nb_id):
-            try:
-                defaults[name] = ast.literal_eval(value.strip())
-            except (ValueError, SyntaxError):
-                pass
-    return defaults
+    """The literal default values of a chapter's parameters cell, by name."""
+    return parameters_cell(nb_id, ROOT / "notebooks")[1]
 
 
 def check_parameter_names(nb_id: str, names, source: str) -> None:
@@ -178,6 +165,25 @@ def params_file(nb_id: str, profile: str) -> Path | None:
              "and it does not exist")
     check_parameter_names(nb_id, list(yaml.safe_load(path.read_text()) or {}), rel(path))
     return path
+
+
+def profile_values(nb_id: str, profile: str) -> dict:
+    """A chapter's parameters as a profile runs them (``equinb.chapter.profile_values``): the notebook's defaults,
+    then the profile's file, which must exist for any profile but the small one and name only declared parameters."""
+    params_file(nb_id, profile)
+    return chapter.profile_values(nb_id, profile, ROOT / "notebooks" / "params")
+
+
+def without_own_values(ids: list[str], profile: str, parameters: dict) -> dict:
+    """``parameters`` less those that every chapter of ``ids`` already runs with under ``profile``
+    (``profile_values``): ``-p seed 0`` on the small profile is its own run, labelled and reused as such."""
+    own = [profile_values(nb_id, profile) for nb_id in ids]
+    same = {k: v for k, v in parameters.items() if all(k in values and chapter.same_value(values[k], v)
+                                                        for values in own)}
+    if same:
+        print(f"build_book: {parameters_text(same) or ', '.join(same)}: the profile's own value(s), not a change",
+              flush=True)
+    return {k: v for k, v in parameters.items() if k not in same}
 
 
 class _ParameterLoader(yaml.SafeLoader):
@@ -632,6 +638,7 @@ def main(argv: list[str] | None = None) -> None:
             fail(f"_toc.yml lists notebooks/{nb_id} but notebooks/{nb_id}.py does not exist")
         params_file(nb_id, args.profile)
         check_parameter_names(nb_id, list(parameters), "-p")
+    parameters = without_own_values(ids, args.profile, parameters)
 
     start = time.perf_counter()
     if args.only:

@@ -45,11 +45,10 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import paper_fakes  # noqa: E402
-from build_book import (AGGREGATES, ROOT, STOP_GRACE_S, ChapterFailed, ChapterStopped, chapter_defaults, execute,
-                        in_execution_order, notebook_ids, params_file)
+from build_book import (AGGREGATES, ROOT, STOP_GRACE_S, ChapterFailed, ChapterStopped, execute, in_execution_order,
+                        notebook_ids, profile_values)
 
 from equinb.cache import atomic_write_text  # noqa: E402
-from equinb.chapter import profile_parameters  # noqa: E402
 
 # Per chapter of the paper profile: its frozen passes over a dataset (dataset, splits, views) and the backbones it
 # runs them on. The trained runs are not stated but counted: the runs each chapter adds to the run cache during the
@@ -257,9 +256,9 @@ def dataset_of(run: dict, default: str) -> str:
 
 
 def paper_params(nb_id: str) -> dict:
-    """A chapter's parameters under the paper profile: its defaults, then its params file."""
-    params_file(nb_id, "paper")  # refuses a chapter without one (its defaults are the small profile's), or a typo
-    return {**chapter_defaults(nb_id), **profile_parameters(nb_id, "paper")}
+    """A chapter's parameters under the paper profile: its defaults, then its params file (a chapter without one
+    is refused: its defaults are the small profile's)."""
+    return profile_values(nb_id, "paper")
 
 
 def projection(rate: dict[str, float], runs: dict[str, list[dict]], recorded: bool = False,
