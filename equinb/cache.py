@@ -1,9 +1,9 @@
 """Caches on disk: where they live, their keys, atomic writes, compute-once loading that survives damage.
 
 One place decides the folders: ``data_root()`` (``$EQUINB_DATA``, else ``~/.cache/equinb``) holds the
-datasets, ``cache_dir()`` (``<data root>/cache``) the computed features and heads, ``run_cache_dir()``
-(``<cache>/runs``) the trained runs. A key (``cache_key``) hashes everything that changes a result; for
-code, ``source_fingerprint`` hashes the syntax tree without docstrings, so editing prose does not
+datasets, ``cache_dir()`` (``$EQUINB_CACHE``, else ``<data root>/cache``) the computed features and heads,
+``run_cache_dir()`` (``<cache>/runs``) the trained runs. A key (``cache_key``) hashes everything that changes a
+result; for code, ``source_fingerprint`` hashes the syntax tree without docstrings, so editing prose does not
 invalidate a cache while a changed statement does.
 """
 
@@ -43,9 +43,15 @@ def data_root() -> Path:
     return Path(os.environ.get("EQUINB_DATA") or "~/.cache/equinb").expanduser()
 
 
+CACHE_ENV = "EQUINB_CACHE"  # the caches apart from the datasets: another disk, or a folder of one's own experiments
+
+
 def cache_dir(root: str | Path | None = None) -> Path:
-    """Computed features, heads and logits: ``<root>/cache`` (empty or None root: ``data_root()``)."""
-    return (Path(root).expanduser() if root else data_root()) / "cache"
+    """Computed features, heads, logits and runs: ``<root>/cache``; with an empty or None root (a chapter's
+    ``data_root`` left empty), ``$EQUINB_CACHE`` if set and non-empty, else ``<data_root()>/cache``."""
+    if root:
+        return Path(root).expanduser() / "cache"
+    return Path(os.environ.get(CACHE_ENV) or data_root() / "cache").expanduser()
 
 
 def run_cache_dir(root: str | Path | None = None) -> Path:

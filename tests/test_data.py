@@ -30,6 +30,21 @@ from equinb.groups import get_group
 # ---------------------------------------------------------------------------------------------- root
 
 
+def test_the_caches_go_where_equinb_cache_says_unless_a_root_is_given(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Path) -> None:
+    from equinb import cache
+
+    monkeypatch.setenv("EQUINB_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv(cache.CACHE_ENV, raising=False)
+    assert cache.cache_dir() == tmp_path / "data" / "cache" == cache.cache_dir("")
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "mine"))
+    assert cache.cache_dir() == tmp_path / "mine" and cache.run_cache_dir() == tmp_path / "mine" / "runs"
+    assert data.data_root() == tmp_path / "data"  # the datasets stay
+    assert cache.cache_dir(tmp_path / "root") == tmp_path / "root" / "cache"  # a chapter's data_root: its own
+    monkeypatch.setenv(cache.CACHE_ENV, "")
+    assert cache.cache_dir() == tmp_path / "data" / "cache"
+
+
 def test_data_root_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("EQUINB_DATA", str(tmp_path))
     assert data.data_root() == tmp_path

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 from build_book import notebook_ids  # noqa: E402
 
+from equinb.cache import cache_dir  # noqa: E402
 from equinb.chapter import profile_parameters_file  # noqa: E402
 
 # Disk each chapter's caches take in the paper profile (estimates from the cache layouts: fp16 features of
@@ -183,7 +184,7 @@ def disk(root: Path, need_gb: float) -> Item:
     free = shutil.disk_usage(probe).free / 1e9
     return Item(f"disk for every chapter's caches (about {need_gb:g} GB together, estimate)", free >= need_gb,
                 f"{free:.0f} GB free under {probe}" + ("" if free >= need_gb else
-                                                        "; set EQUINB_DATA to a larger disk"))
+                                                        "; set EQUINB_CACHE (or EQUINB_DATA) to a larger disk"))
 
 
 def data_folder(params: dict) -> Path:
@@ -242,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  [{'ok' if item.ok else 'MISSING'}] {item.what}: {item.note}")
             if not item.ok:
                 todo.setdefault((item.what, item.note), []).append(nb_id)
-        if nb_id in DISK_GB:  # summed per filesystem: two data folders on one disk share its free space
-            root = data_folder(params)
+        if nb_id in DISK_GB:  # summed per filesystem: two cache folders on one disk share its free space
+            root = cache_dir(params.get("data_root") or None)
             folder, need_gb, chapters = disks.get(os.stat(existing(root)).st_dev, (root, 0.0, []))
             disks[os.stat(existing(root)).st_dev] = (folder, need_gb + DISK_GB[nb_id], [*chapters, nb_id])
     print()

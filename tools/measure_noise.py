@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> None:
         variants[f"seed{seed}"] = run_variant(f"seed{seed}", trained, {"seed": seed}, {}, args.reuse)
     for mode in args.modes:
         data = ROOT / "_build" / "noise" / f"data-{mode}"
-        variants[mode] = run_variant(mode, args.chapters, {}, dict(mode_env(mode), EQUINB_DATA=str(data)),
-                                     args.reuse)
+        variants[mode] = run_variant(mode, args.chapters, {}, dict(mode_env(mode), EQUINB_DATA=str(data),
+                                                                   EQUINB_CACHE=str(data / "cache")), args.reuse)
 
     spread = {c: {v: dict(max_abs=0.0, max_rel=0.0, numbers=0) for v in variants} for c in CLASSES}
     moved_exact, moved_text = [], []

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         log = OUT / f"{mode}.log"
         log.write_text(f"mode {mode}: {mode_env(mode)}; EQUINB_DATA={data}\n")
         # its own build folder: the book of a mode never replaces the one in _build/
-        env = dict(os.environ, EQUINB_DATA=str(data), EQUINB_BUILD=str(OUT / mode / "build"), **mode_env(mode))
+        env = dict(os.environ, EQUINB_DATA=str(data), EQUINB_CACHE=str(data / "cache"),  # empty, whatever is set
+                   EQUINB_BUILD=str(OUT / mode / "build"), **mode_env(mode))
         for target in ([] if args.skip_book else ["book"]) + ["test"]:
             print(f"test_portable: {mode}: make {target} (log: {log.relative_to(ROOT)})", flush=True)
             passed, seconds = run_step(target, env, log)
