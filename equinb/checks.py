@@ -172,10 +172,62 @@ def _checked(model: Callable[..., Any], x: Tensor, group: Group | str, output: O
             with contextlib.suppress(NotImplementedError):  # a torch.export program has no modes: measured as it is
                 model.eval()
             _warn_if_switched_off(training - training_modules(model), what)
-        err = measure(lambda z: select_output(model(z), output), group)
+        seen: list[Tensor] = []
+
+        def f(z: Tensor) -> Tensor:
+            y = select_output(model(z), output)
+            if z is x and not seen:  # f(x): what the outputs look like decides whether the check can tell
+                seen.append(y)
+            return y
+
+        try:
+            err = measure(f, group)
+        except RuntimeError as error:
+            hint = _dtype_hint(model, x) if isinstance(model, nn.Module) else ""
+            if not hint:
+                raise
+            raise RuntimeError(f"{error}\n{hint}") from error
+    if seen and group.order > 1:
+        _warn_if_powerless(seen[0], atol, what)
     if atol is not None and not err <= atol:
         raise AssertionError(f"{what} error over {group.name} is {err:.3g}, above atol={atol:g}")
     return err
+
+
+ROUNDING_RTOL = 1e-5  # format_error's default: errors below this (times the outputs' scale) print as float rounding
+
+
+def _warn_if_powerless(base: Tensor, atol: float | None, what: str) -> None:
+    """A UserWarning when the model's outputs on x, ``base``, make any model pass: all of them within ``atol`` (or
+    the float-rounding bound) of zero (a head initialised at zero, a random network whose logits vanish, weights
+    that did not load), or the same for every image of the batch (a model that ignores its input is invariant and
+    equivariant to anything). The error is absolute, so it cannot tell such a model from a symmetric one."""
+    if not isinstance(base, Tensor) or not base.is_floating_point() or base.numel() == 0:
+        return
+    floor = atol if atol is not None else ROUNDING_RTOL
+    scale = float(base.abs().max())
+    if not math.isfinite(scale):
+        return
+    if scale <= floor:
+        warnings.warn(f"the model's outputs on x are at most {scale:.2g} in size, within "
+                      f"{'atol' if atol is not None else 'the float-rounding bound'} ({floor:g}) of zero: any model's "
+                      f"{what} error would be that small, so this check cannot tell. Check a model whose outputs are "
+                      "larger (a head initialised at zero, or weights that did not load?)", stacklevel=4)
+    elif base.shape[0] > 1 and float((base - base[:1]).abs().max()) <= floor:
+        warnings.warn(f"the model gives the same outputs for every image of x (within {floor:g}): a model that "
+                      f"ignores its input passes any {what} check, so this one cannot tell. Check with images the "
+                      "model tells apart (random ones), or a model whose outputs depend on them", stacklevel=4)
+
+
+def _dtype_hint(model: nn.Module, x: Tensor) -> str:
+    """Where every floating-point tensor of ``model`` has one dtype and ``x`` another, the cast that fixes it ("" if
+    not): a model's own error ("Input type ... and weight type ...") names neither tensor."""
+    dtypes = {t.dtype for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()}
+    if len(dtypes) != 1 or x.dtype in dtypes:
+        return ""
+    dtype = str(next(iter(dtypes))).removeprefix("torch.")
+    return (f"x is {str(x.dtype).removeprefix('torch.')} and the model's weights {dtype}: pass x.to(torch.{dtype}) "
+            f"(equinb's wrappers cast the images to their trunk's dtype themselves)")
 
 
 # modules whose outputs differ between training and evaluation mode
@@ -247,11 +299,14 @@ def check_equivariance(model: Callable[..., Any], x: Tensor, group: Group | str,
                                  f"dims, but this model gives outputs of shape {tuple(y.shape)}, which have none: "
                                  f"use check_invariance for a classifier, or pass act_output=")
             if act_output is None and group.needs_square and y.shape[-1] != y.shape[-2]:
+                tokens = (" Outputs [B, T, D] of tokens are no maps: bring patch tokens to [B, D, h, w] (without a "
+                          "class token) first." if y.ndim == 3 else "")
                 raise ValueError(f"check_equivariance turns the model's outputs as it turns the images, by quarter "
                                  f"turns under {group.name}, but the outputs of these square images are not square "
                                  f"(shape {tuple(y.shape)}): a padding, stride or kernel that treats height and width "
                                  "differently cannot be equivariant to quarter turns; use a group without them "
-                                 "(rot180, hflip, vflip), or pass act_output= for outputs the group moves otherwise")
+                                 "(rot180, hflip, vflip), or pass act_output= for outputs the group moves otherwise."
+                                 + tokens)
             return y
         return checked
 

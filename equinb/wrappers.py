@@ -412,9 +412,23 @@ class OrbitWrapper(nn.Module):
         if key not in state_dict:  # a state dict without the record (filtered to tensors): load, unchecked
             if key in missing_keys:
                 missing_keys.remove(key)
-            _warn_mismatch(f"{type(self).__name__}.load_state_dict: no {key!r} record (a state dict filtered "
-                           f"to its tensors, or written by other code), so the group and options it was saved with "
-                           f"were not checked")
+            why = self._why_no_record(state_dict, prefix)
+            _warn_mismatch(f"{type(self).__name__}.load_state_dict: no {key!r} record{why}, so the group and options "
+                           "it was saved with were not checked")
+
+    def _why_no_record(self, state_dict: dict[str, Any], prefix: str) -> str:
+        """Why a state dict has no record, in words for the warning: another prefix (a compiled or nested wrapper's
+        keys start with ``_orig_mod.`` or ``1.``: strip it), the bare model's weights (keys without ``trunk.``: load
+        them into ``wrapper.trunk``), or else a state dict filtered to its tensors or written by other code."""
+        elsewhere = sorted(k for k in state_dict if k.endswith("_extra_state"))
+        if elsewhere:
+            return (f" (there is one under {elsewhere[0]!r}: the keys carry another prefix, such as a compiled "
+                    "wrapper's '_orig_mod.'; strip it, or load into the module that saved them)")
+        trunk = set(self.trunk.state_dict())
+        if trunk and trunk <= {k.removeprefix(prefix) for k in state_dict if k.startswith(prefix)}:
+            return (" (its keys are those of the bare model, without 'trunk.': load them with "
+                    "wrapper.trunk.load_state_dict(...))")
+        return " (a state dict filtered to its tensors, or written by other code)"
 
     def __prepare_scriptable__(self) -> "OrbitWrapper":
         raise TypeError(f"torch.jit.script does not support equinb's {type(self).__name__} (its groups, output "
@@ -613,29 +627,34 @@ class OrbitWrapper(nn.Module):
     def _warn_unaligned_maps(self, views: Tensor, head_output: Tensor) -> None:
         """Warn when the output combines unaligned views that keep the input's layout and that the head keeps so,
         with ``align_views`` left at its default: feature maps [B, G, C, h, w] that stay maps [1, C', h', w'] after
-        the head (``head_output``, the head on one view; no head keeps them), or token sequences [B, G, T, D] that
-        stay sequences [1, T', D'] (patch tokens of a vision transformer). An object in one corner of the input then
-        shows in every corner its group turns it to, and a token holds a different patch in each view, which a user
-        who wanted an equivariant output would not see from its shape. Maps of 1 x 1 and single tokens (a pooled
-        trunk or head) hold no place of the input: no warning."""
+        the head (``head_output``, the head on one view; no head keeps them), one-channel maps [B, G, h, h], or what
+        looks like the patch tokens of a vision transformer, [B, G, T, D] kept as [1, T, D] with T (or T - 1, a
+        class token in front) a square number of patches. An object in one corner of the input then shows in every
+        corner its group turns it to, and a token holds a different patch in each view, which a user who wanted an
+        equivariant output would not see from its shape. Maps of 1 x 1, single tokens and the logits of a few heads
+        [1, heads, K] hold no place of the input: no warning."""
         if not getattr(self, "_align_views_default", False) or self.group.order == 1:
             return
-        maps = views.ndim == 5 and head_output.ndim >= 4 and tuple(head_output.shape[-2:]) != (1, 1)
-        # [1, T, D] with several tokens of several features: not logits [1, K, 1]
-        tokens = views.ndim == 4 and head_output.ndim == 3 and min(head_output.shape[1:]) > 1
-        if maps:
+        three = views.ndim == 4 and head_output.ndim == 3  # [1, h, w] or [1, T, D]
+        one_channel = three and head_output.shape[1] == head_output.shape[2] >= 3
+        count = head_output.shape[1] if three else 0
+        patches = any(n >= 4 and math.isqrt(n) ** 2 == n for n in (count, count - 1))
+        tokens = three and not one_channel and patches and head_output.shape[2] > 1
+        if one_channel or (views.ndim == 5 and head_output.ndim >= 4 and tuple(head_output.shape[-2:]) != (1, 1)):
+            shape, fix = ("one-channel maps [h, w]", "bring them to [1, h, w] in the trunk and pass align_views=True"
+                          ) if one_channel else ("feature maps [C, h, w]", "pass align_views=True")
             _warn_at_caller(
-                f"{type(self).__name__}: the trunk gives feature maps [C, h, w] and the head keeps them spatial, but "
-                f"align_views is off: each output map combines the {self.group.order} views' maps without "
-                f"turning them back ({self.group.name}), so it is neither the input's map nor equivariant. Pass "
-                "align_views=True for equivariant maps, or align_views=False (or a pooling head=) if this is meant.")
+                f"{type(self).__name__}: the trunk gives {shape} and the head keeps them spatial, but align_views is "
+                f"off: each output map combines the {self.group.order} views' maps without turning them back "
+                f"({self.group.name}), so it is neither the input's map nor equivariant. For equivariant maps, {fix}; "
+                "pass align_views=False (or a pooling head=) if this is meant.")
         elif tokens:
             _warn_at_caller(
-                f"{type(self).__name__}: the trunk gives token sequences [T, D] and the head keeps them, but "
-                f"align_views is off: token t of the output combines token t of the {self.group.order} views, which "
-                f"come from different places of the input in each view ({self.group.name} turns the image), so the "
-                "output is invariant as a whole but no token is the input's. For equivariant tokens, reshape patch "
-                "tokens to maps [D, h, w] in the trunk (a one-channel map [h, w] to [1, h, w]) and pass "
+                f"{type(self).__name__}: the trunk gives what look like patch tokens [T, D] and the head keeps them, "
+                f"but align_views is off: token t of the output combines token t of the {self.group.order} views, "
+                f"which come from different places of the input in each view ({self.group.name} turns the image), so "
+                "the output is invariant as a whole but no token is the input's. For equivariant tokens, drop the "
+                "class token (t[:, 1:]), reshape the patch tokens to maps [D, h, w] in the trunk and pass "
                 "align_views=True; pass align_views=False (or a head= that pools the tokens or takes the class "
                 "token) if this is meant.")
 

@@ -4,6 +4,7 @@ exactly above ``atol``. A checker that skipped an element would call any model s
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -69,3 +70,44 @@ def test_a_check_names_the_devices_when_the_images_are_elsewhere() -> None:
     model = torch.nn.Conv2d(3, 2, 3).to("meta")
     with pytest.raises(ValueError, match=r"x is on cpu and the model on meta; move x first: x.to\('meta'\)"):
         check_invariance(model, torch.zeros(1, 3, 8, 8), "rot90")
+
+
+class Scaled(nn.Module):
+    """A random linear classifier whose logits are multiplied by ``scale`` (a random network whose logits vanish,
+    or a head initialised at zero for 0), or that ignores its input (``constant``). Shapes: [B, 3, H, W] -> [B, 4]."""
+
+    def __init__(self, scale: float = 1.0, constant: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc, self.scale, self.constant = nn.LazyLinear(4).double(), scale, constant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.fc(x.flatten(1)) * self.scale
+        return logits[:1].expand_as(logits) if self.constant else logits
+
+
+@pytest.mark.parametrize("check", [check_invariance, check_equivariance])
+def test_a_check_whose_model_cannot_fail_says_so(check) -> None:
+    """Outputs within the tolerance of zero, or the same for every image: any model would pass, so the check warns
+    (the bare model is not symmetric, and its error is small only because its outputs are)."""
+    x = _images()
+    maps = check is check_equivariance
+    wrap = (lambda m: nn.Sequential(m, nn.Unflatten(1, (1, 2, 2)))) if maps else (lambda m: m)  # [B, 1, 2, 2]
+    with pytest.warns(UserWarning, match=r"outputs on x are at most [0-9.]+e-09 in size, within the float-rounding "
+                                         r"bound \(1e-05\) of zero: any model's .* error would be that small"):
+        assert check(wrap(Scaled(1e-9)), x, "rot90") < 1e-8
+    with pytest.warns(UserWarning, match=r"outputs on x are at most 0 in size, within atol \(0.001\) of zero"):
+        check(wrap(Scaled(0.0)), x, "rot90", atol=1e-3)
+    with pytest.warns(UserWarning, match="same outputs for every image of x"):
+        check(wrap(Scaled(constant=True)), x, "rot90")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # outputs that vary: the check can tell, and does
+        assert check(wrap(Scaled()), x, "rot90") > 1e-3
+        assert check(wrap(Scaled(1e-9)), x, "trivial") == 0.0  # no other element: nothing to tell
+
+
+def test_a_model_of_another_dtype_is_named_with_its_cast() -> None:
+    model = nn.Conv2d(3, 2, 3).double()
+    with pytest.raises(RuntimeError, match=r"x is float32 and the model's weights float64: pass "
+                                           r"x\.to\(torch\.float64\)"):
+        check_equivariance(model, _images().float(), "hflip")

@@ -201,12 +201,15 @@ def test_unaligned_token_sequences_warn_once_at_the_callers_line() -> None:
     the wrapper says so (a user who wanted equivariant tokens sees only the shape); said explicitly, pooled by the
     head or taken as the class token, it does not."""
     x = _images()
-    for head in (None, nn.Linear(8, K).double()):  # the head keeps one output per token
-        with pytest.warns(UserWarning, match=r"token sequences \[T, D\] and the head keeps them") as caught:
-            unaligned = Equitune(PatchTokens(), "rot90", head=head)
+    # no head, a head that keeps one output per token, 9 patch tokens behind a class token
+    for trunk, head in ((PatchTokens(), None), (PatchTokens(), nn.Linear(8, K).double()),
+                        (PatchTokens(class_token=True), None)):
+        with pytest.warns(UserWarning, match=r"patch tokens \[T, D\] and the head keeps them.* drop the class token "
+                                             r"\(t\[:, 1:\]\)") as caught:
+            unaligned = Equitune(trunk, "rot90", head=head)
             out = unaligned(x)
         assert len(caught) == 1 and caught[0].filename == __file__
-        assert out.shape[:2] == (3, 9)
+        assert out.shape[1] in (9, 10)
         assert check_invariance(unaligned, x, "rot90") < 1e-9  # invariant as a whole, as the warning says
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -215,9 +218,12 @@ def test_unaligned_token_sequences_warn_once_at_the_callers_line() -> None:
         Equitune(PatchTokens(class_token=True), "rot90", head=lambda tokens: tokens[:, 0])(x)  # the class token
         Equitune(PatchTokens(), "trivial")(x)  # one view: nothing is combined
         Equitune(nn.Sequential(Recorder(), nn.Unflatten(1, (K, 1))), "rot90")(x)  # logits [B, K, 1]: no tokens
-    one_channel = nn.Sequential(PatchTokens().embed, nn.Flatten(1, 2))  # a one-channel-like map [B, 8 * 3, 3]
-    with pytest.warns(UserWarning, match=r"a one-channel map \[h, w\] to \[1, h, w\]"):
-        Equitune(one_channel, "rot90")(x)
+        heads = nn.Sequential(Recorder(), nn.Linear(K, 2 * K).double(), nn.Unflatten(1, (2, K)))
+        Equitune(heads, "rot90")(x)  # the logits of two heads [B, 2, K]: no tokens
+    torch.manual_seed(0)
+    one_channel = nn.Sequential(nn.Conv2d(3, 1, 3, padding=1).double(), nn.Flatten(1, 2))  # maps [B, 12, 12]
+    with pytest.warns(UserWarning, match=r"one-channel maps \[h, w\] .* bring them to \[1, h, w\] in the trunk"):
+        assert check_equivariance(Equitune(one_channel, "rot90"), x, "rot90") > 1e-3
     with pytest.raises(ValueError, match=r"align_views=True needs spatial trunk outputs .* patch tokens \[B, T, D\] "
                                          r"to \[B, D, h, w\]"):
         Equitune(PatchTokens(), "rot90", align_views=True)(x)
@@ -513,9 +519,19 @@ def test_saved_records_check_options_classes_prefixes_and_load_old_state_dicts()
         nn.Sequential(nn.Identity(), Equitune(Recorder(), "d4")).load_state_dict(nested.state_dict())
     tensors = {k: v for k, v in saved.items() if isinstance(v, torch.Tensor)}  # saved before the record, or filtered
     fresh = LambdaEquitune(Recorder(seed=9), "rot90", example_input=x, normalisation="sum")
-    with pytest.warns(equinb.WrapperMismatchWarning, match=r"no '_extra_state' record .* not checked"):
+    with pytest.warns(equinb.WrapperMismatchWarning, match=r"no '_extra_state' record \(a state dict filtered to "
+                                                           r"its tensors, .* not checked"):
         result = fresh.load_state_dict(tensors)  # strict: every tensor must still match
     assert not result.missing_keys and not result.unexpected_keys
+    # the record under another prefix (a compiled wrapper's), and the bare model's keys: each named with its fix
+    compiled = {f"_orig_mod.{k}": v for k, v in saved.items()}
+    with pytest.raises(RuntimeError), pytest.warns(equinb.WrapperMismatchWarning,
+                                                   match=r"there is one under '_orig_mod\._extra_state'.* strip it"):
+        LambdaEquitune(Recorder(), "rot90", example_input=x).load_state_dict(compiled)
+    with pytest.raises(RuntimeError), pytest.warns(equinb.WrapperMismatchWarning,
+                                                   match=r"those of the bare model, without 'trunk\.': load them with "
+                                                         r"wrapper\.trunk\.load_state_dict"):
+        Equitune(Recorder(), "rot90").load_state_dict(Recorder(seed=3).state_dict())
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in tensors.items())
     with pytest.raises(RuntimeError, match=r"Missing key\(s\).*weight_net"), pytest.warns(
             equinb.WrapperMismatchWarning):  # strictness kept for the tensors
