@@ -116,7 +116,12 @@ def check_image_batch(x: object, name: str = "input") -> None:
     a floating-point image batch [B, C, H, W]. The groups act on the last two dims of anything, so a [B, D] batch
     would be turned as a matrix and an [H, W, C] image on its W and C; the wrappers and the checks refuse both."""
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor image batch [B, C, H, W], got {type(x).__name__}")
+        # a NumPy or PIL image is [H, W, C] (uint8 0-255) as image libraries give it
+        shape = getattr(x, "shape", None)
+        hint = ("; a NumPy image [H, W, C] goes in as torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255 "
+                "(then normalised as the model expects), a batch [B, H, W, C] as .permute(0, 3, 1, 2)"
+                if shape is not None and len(shape) in (3, 4) else "")
+        raise TypeError(f"{name} must be a torch.Tensor image batch [B, C, H, W], got {type(x).__name__}{hint}")
     if x.ndim != 4:
         # [B, H, W] is how one-channel batches (MNIST) often arrive: x[None] would make them one B-channel image
         grey = "a batch of one-channel images [B, H, W] goes in as x[:, None]; "

@@ -111,3 +111,18 @@ def test_a_model_of_another_dtype_is_named_with_its_cast() -> None:
     with pytest.raises(RuntimeError, match=r"x is float32 and the model's weights float64: pass "
                                            r"x\.to\(torch\.float64\)"):
         check_equivariance(model, _images().float(), "hflip")
+
+
+def test_a_numpy_image_is_shown_the_conversion() -> None:
+    import numpy as np
+
+    image = np.zeros((6, 6, 3), dtype=np.uint8)
+    with pytest.raises(TypeError, match=r"got ndarray; a NumPy image \[H, W, C\] goes in as torch\.from_numpy\(a\)"
+                                        r"\.permute\(2, 0, 1\)\[None\]\.float\(\) / 255"):
+        check_invariance(_net(), image, "rot90")
+    converted = torch.from_numpy(image).permute(2, 0, 1)[None].double() / 255
+    assert check_invariance(_net(), converted, "rot90") == 0.0  # the fix runs (a blank image is invariant)
+    with pytest.raises(TypeError) as info:
+        check_invariance(_net(), [1, 2], "rot90")
+    assert "NumPy" not in str(info.value)  # no shape: the plain message
+
