@@ -11,6 +11,7 @@ parameters cell the same way.
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -297,10 +298,8 @@ def parameters_cell(chapter_id: str, notebooks_dir: Path = NOTEBOOKS_DIR) -> tup
     for node in ast.parse(cell).body:
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             names.append(node.target.id)
-            try:
+            with contextlib.suppress(ValueError):  # an expression (a path from the environment): no literal default
                 defaults[node.target.id] = ast.literal_eval(node.value) if node.value is not None else None
-            except ValueError:  # an expression (a path from the environment): no literal default
-                defaults.pop(node.target.id, None)
     return names, defaults
 
 

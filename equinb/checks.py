@@ -188,7 +188,10 @@ def _checked(model: Callable[..., Any], x: Tensor, group: Group | str, output: O
         try:
             err = measure(f, group)
         except RuntimeError as error:
-            hint = _dtype_hint(model, x) if isinstance(model, nn.Module) else ""
+            # only a dtype error gets the cast: a wrapper casts its input itself, and an out-of-memory error passes
+            # as it is (a caller may catch it to shrink its batch)
+            dtype_error = "type" in str(error) and not isinstance(error, torch.cuda.OutOfMemoryError)
+            hint = _dtype_hint(model, x) if dtype_error and isinstance(model, nn.Module) else ""
             if not hint:
                 raise
             raise RuntimeError(f"{error}\n{hint}") from error
@@ -218,7 +221,7 @@ def _warn_if_powerless(base: Tensor, atol: float | None, what: str) -> None:
                       f"{'atol' if atol is not None else 'the float-rounding bound'} ({floor:g}) of zero: any model's "
                       f"{what} error would be that small, so this check cannot tell. Check a model whose outputs are "
                       "larger (a head initialised at zero, or weights that did not load?)", stacklevel=4)
-    elif base.shape[0] > 1 and float((base - base[:1]).abs().max()) <= floor:
+    elif base.ndim > 0 and base.shape[0] > 1 and float((base - base[:1]).abs().max()) <= floor:
         warnings.warn(f"the model gives the same outputs for every image of x (within {floor:g}): a model that "
                       f"ignores its input passes any {what} check, so this one cannot tell. Check with images the "
                       "model tells apart (random ones), or a model whose outputs depend on them", stacklevel=4)

@@ -113,6 +113,26 @@ def test_a_model_of_another_dtype_is_named_with_its_cast() -> None:
         check_equivariance(model, _images().float(), "hflip")
 
 
+def test_another_error_of_a_model_of_another_dtype_gets_no_cast() -> None:
+    """The model fails for a reason that is not the dtype (its own bug): the error passes as it is."""
+    class Broken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3).double()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("shape mismatch in the user's code")
+
+    with pytest.raises(RuntimeError) as info:
+        check_invariance(Broken(), _images().float(), "hflip")
+    assert str(info.value) == "shape mismatch in the user's code"
+
+
+def test_a_check_of_a_scalar_output_runs() -> None:
+    """A function of the batch that returns one number (a loss, a mean) is checked as it is."""
+    assert check_invariance(lambda z: z.mean(), _images(), "rot90") < 1e-12
+
+
 def test_a_numpy_image_is_shown_the_conversion() -> None:
     import numpy as np
 
