@@ -24,7 +24,7 @@ from .data import DATASET_NAMES, FASHION_MNIST_CLASSES, ISIC2018_CLASSES, datase
 from .engine import TrainConfig, batch_schedule
 from .groups import GROUP_NAMES
 from .nlg import DEMOGRAPHICS, LABELS
-from .setups import check_map_image_size
+from .setups import PROFILES, check_map_image_size
 from .zeroshot import TRANSFORMS
 from .validation import check_setting
 
@@ -35,7 +35,6 @@ __all__ = ["PROFILES", "RULES", "RUN_PARAMETERS_ENV", "check_params", "check_dev
            "parameters_cell", "profile_values", "same_value", "changed_parameters", "profile_note", "schedule_note",
            "loader_note", "finetune_cell", "SETTING_MEANINGS", "settings_table"]
 
-PROFILES = ("small", "paper")
 ORIENTATION_FREE = ("stand_in", "isic2018")
 SCORERS = ("vader", "regard")
 CLIP_BACKBONES = (*CLIP_NAMES, *TINY_CLIP_NAMES)  # the paper profile's (the tiny ones for its CPU smoke)

@@ -307,8 +307,8 @@ def check_equivariance(model: Callable[..., Any], x: Tensor, group: Group | str,
                                  f"dims, but this model gives outputs of shape {tuple(y.shape)}, which have none: "
                                  f"use check_invariance for a classifier, or pass act_output=")
             if act_output is None and group.needs_square and y.shape[-1] != y.shape[-2]:
-                tokens = (" Outputs [B, T, D] of tokens are no maps: bring patch tokens to [B, D, h, w] (without a "
-                          "class token) first." if y.ndim == 3 else "")
+                tokens = (" Outputs [B, T, D] of tokens are no maps: bring patch tokens to [B, D, h, w] first "
+                          "(equinb.outputs.patch_tokens_to_map)." if y.ndim == 3 else "")
                 raise ValueError(f"check_equivariance turns the model's outputs as it turns the images, by quarter "
                                  f"turns under {group.name}, but the outputs of these square images are not square "
                                  f"(shape {tuple(y.shape)}): a padding, stride or kernel that treats height and width "

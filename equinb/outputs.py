@@ -10,16 +10,27 @@ and others carry ``.logits``). A selector names the tensor to use:
 
 Anything else, or a selection that does not give a tensor, raises a ``TypeError`` that names the selector
 and describes what the model returned.
+
+Several maps of one size (a segmentation model's ``out`` and ``aux``) go through one wrapper as one tensor:
+``output=lambda out: torch.cat([out["out"], out["aux"]], dim=1)``, then ``y.split([c_out, c_aux], dim=1)``; the
+group acts on each channel's map alike, so each part is as equivariant as the whole.
+
+``patch_tokens_to_map`` turns a vision transformer's patch tokens [B, T, D] into feature maps [B, D, h, w], which
+the group turns as it turns the image: ``output=lambda out: patch_tokens_to_map(out.last_hidden_state)`` with
+``align_views=True`` gives equivariant patch features.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
 from collections.abc import Mapping
 from typing import Any, Callable, Union
 
 import torch
 
-__all__ = ["OutputSelector", "check_selector", "select_output", "describe_output"]
+__all__ = ["OutputSelector", "check_selector", "select_output", "describe_output", "patch_grid",
+           "patch_tokens_to_map"]
 
 OutputSelector = Union[None, str, int, Callable[[Any], torch.Tensor]]
 
@@ -38,20 +49,39 @@ def _a(name: str) -> str:
     return f"an {name}" if name[:1].lower() in "aeiou" else f"a {name}"
 
 
+def _names(out: Any) -> list:
+    """The keys of a mapping, the fields of a namedtuple, or the public attributes of an object (else none)."""
+    if isinstance(out, Mapping):
+        return list(out)
+    if isinstance(out, tuple) and hasattr(out, "_fields"):
+        return list(out._fields)
+    if isinstance(out, (torch.Tensor, tuple, list)) or not hasattr(out, "__dict__"):
+        return []
+    return [k for k in vars(out) if not k.startswith("_")]
+
+
 def describe_output(out: Any) -> str:
     """A short description of a model output for error messages: its type and its keys, fields or length."""
     name = type(out).__name__
     if isinstance(out, torch.Tensor):
         return f"a tensor of shape {tuple(out.shape)}"
     if isinstance(out, Mapping):
-        return f"{_a(name)} with keys {list(out)[:12]}"
+        return f"{_a(name)} with keys {_names(out)[:12]}"
     if isinstance(out, tuple) and hasattr(out, "_fields"):
-        return f"a namedtuple {name} with fields {list(out._fields)}"
+        return f"a namedtuple {name} with fields {_names(out)}"
     if isinstance(out, (tuple, list)):
         kinds = [type(v).__name__ for v in out[:8]]
         return f"{_a(name)} of length {len(out)} ({', '.join(kinds)}{', ...' if len(out) > 8 else ''})"
-    fields = [k for k in vars(out) if not k.startswith("_")][:12] if hasattr(out, "__dict__") else []
+    fields = _names(out)[:12]
     return _a(name) + (f" with attributes {fields}" if fields else "")
+
+
+def _did_you_mean(output: OutputSelector, out: Any) -> str:
+    """" (did you mean 'logits'?)" for a misspelt key or attribute name, else nothing."""
+    if not isinstance(output, str):
+        return ""
+    near = difflib.get_close_matches(output, [k for k in _names(out) if isinstance(k, str)], n=1)
+    return f" (did you mean {near[0]!r}?)" if near else ""
 
 
 def _pick(out: Any, output: OutputSelector) -> Any:
@@ -93,4 +123,47 @@ def select_output(out: Any, output: OutputSelector = None) -> torch.Tensor:
     fix = (": the model already returns a tensor (a wrapper returns the one its output= selected), so leave output= "
            "out here" if isinstance(out, torch.Tensor) else "; pass output= a key, attribute, index or callable that "
            "gives a tensor")
-    raise TypeError(f"output={output!r} selected {got} from the model's output, which is {what}{fix}")
+    raise TypeError(f"output={output!r}{_did_you_mean(output, out)} selected {got} from the model's output, "
+                    f"which is {what}{fix}")
+
+
+def patch_grid(count: int) -> tuple[int, int] | None:
+    """``(prefix, side)`` when ``count`` tokens look like a vision transformer's: ``side * side`` patches, at least
+    2 x 2, after ``prefix`` = 0 tokens, or 1 (a class token in front); None otherwise."""
+    for prefix in (0, 1):
+        side = math.isqrt(max(count - prefix, 0))
+        if side >= 2 and side * side == count - prefix:
+            return prefix, side
+    return None
+
+
+def patch_tokens_to_map(tokens: torch.Tensor, *, prefix_tokens: int | None = None,
+                        grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """A vision transformer's patch tokens as feature maps, which ``align_views=True`` turns back view by view.
+
+    The patches are in row-major order, as torchvision's, timm's, CLIP's and Hugging Face's vision transformers
+    give them. ``prefix_tokens``: the tokens before the patches, dropped (a class token: 1; a class token and 4
+    registers: 5); default 0 when T is a square number, 1 when T - 1 is. ``grid``: the patch grid (h, w); default
+    square. A group acts on the maps as on the image when the image is h x w whole patches.
+
+    Shapes: tokens [B, T, D] -> maps [B, D, h, w], T = prefix_tokens + h * w.
+    """
+    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3:
+        what = f"shape {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else describe_output(tokens)
+        raise ValueError(f"patch_tokens_to_map takes tokens [B, T, D], got {what}: select the token tensor first "
+                         "(a Hugging Face model's out.last_hidden_state, a timm model's forward_features(x))")
+    count = tokens.shape[1]
+    if grid is None:
+        found = patch_grid(count) if prefix_tokens is None else None
+        prefix_tokens = found[0] if found else (prefix_tokens or 0)
+        side = math.isqrt(max(count - prefix_tokens, 0))
+        grid = (side, side)
+    elif prefix_tokens is None:
+        prefix_tokens = count - grid[0] * grid[1]
+    h, w = grid
+    if prefix_tokens < 0 or min(h, w) < 1 or count - prefix_tokens != h * w:
+        raise ValueError(f"patch_tokens_to_map: {count} tokens are not {prefix_tokens} prefix tokens and a grid of "
+                         f"{h} x {w} patches; pass prefix_tokens= (the class and register tokens in front of the "
+                         "patches) and, for a grid that is not square, grid=(h, w)")
+    patches = tokens[:, prefix_tokens:]  # [B, h * w, D]
+    return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)

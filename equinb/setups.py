@@ -45,13 +45,14 @@ from .progress import RoundClock, report
 from .wrappers import EquiAttention, LambdaEquitune
 from .validation import check_choice
 
-__all__ = ["LEVELS", "TrainingSetup", "TrainingRun", "seed_repeats", "correct_by_seed", "stand_in_index",
+__all__ = ["LEVELS", "PROFILES", "TrainingSetup", "TrainingRun", "seed_repeats", "correct_by_seed", "stand_in_index",
            "STAND_IN_CLASSES", "STAND_IN_TRAIN_IMAGES", "stand_in_counts", "isic_stand_in", "small_lambda_setup",
            "small_feature_map_setup", "clip_lambda_setup", "build_setup", "run_training", "training_code_fingerprint",
            "feature_map_config", "trained_model", "check_map_image_size", "RunCheckpoints"]
 
 Tensor = torch.Tensor
 LEVELS = ("embeddings", "maps")
+PROFILES = ("small", "paper")  # small: MobileNetV2 on digits, on a CPU; paper: CLIP on the datasets, on a GPU
 
 
 class TrainingRun(NamedTuple):
@@ -776,7 +777,7 @@ def build_setup(profile: str, level: str, group: Group, *, backbone: str = "RN50
     defaults (``$EQUINB_DATA``, download CLIP to ``~/.cache/clip``).
     """
     check_choice(level, LEVELS, "level")
-    check_choice(profile, ("small", "paper"), "profile")
+    check_choice(profile, PROFILES, "profile")
     cache = default_cache_dir(data_root) if data_root else None
     if profile == "small":
         if level == "maps":

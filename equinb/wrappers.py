@@ -66,7 +66,7 @@ from torch import nn
 from .checks import (channels_last_hint, check_group_images, device_elsewhere, evaluation_mode,
                      modes_restored, training_modules)
 from .groups import Group, TokenPermutationGroup, get_group
-from .outputs import OutputSelector, check_selector, select_output
+from .outputs import OutputSelector, check_selector, patch_grid, select_output
 from .precision import full_precision, parameter_dtype
 from .weighting import default_view_attention, default_weight_net
 from .validation import check_choice, check_flag
@@ -638,7 +638,7 @@ class OrbitWrapper(nn.Module):
         three = views.ndim == 4 and head_output.ndim == 3  # [1, h, w] or [1, T, D]
         one_channel = three and head_output.shape[1] == head_output.shape[2] >= 3
         count = head_output.shape[1] if three else 0
-        patches = any(n >= 4 and math.isqrt(n) ** 2 == n for n in (count, count - 1))
+        patches = patch_grid(count) is not None
         tokens = three and not one_channel and patches and head_output.shape[2] > 1
         if one_channel or (views.ndim == 5 and head_output.ndim >= 4 and tuple(head_output.shape[-2:]) != (1, 1)):
             shape, fix = ("one-channel maps [h, w]", "bring them to [1, h, w] in the trunk and pass align_views=True"
@@ -653,10 +653,10 @@ class OrbitWrapper(nn.Module):
                 f"{type(self).__name__}: the trunk gives what look like patch tokens [T, D] and the head keeps them, "
                 f"but align_views is off: token t of the output combines token t of the {self.group.order} views, "
                 f"which come from different places of the input in each view ({self.group.name} turns the image), so "
-                "the output is invariant as a whole but no token is the input's. For equivariant tokens, drop the "
-                "class token (t[:, 1:]), reshape the patch tokens to maps [D, h, w] in the trunk and pass "
-                "align_views=True; pass align_views=False (or a head= that pools the tokens or takes the class "
-                "token) if this is meant.")
+                "the output is invariant as a whole but no token is the input's. For equivariant tokens, turn the "
+                "patch tokens into maps [D, h, w] (output=equinb.outputs.patch_tokens_to_map, which drops a class "
+                "token) and pass align_views=True; pass align_views=False (or a head= that pools the tokens or takes "
+                "the class token) if this is meant.")
 
     def _check_head(self, view: Tensor) -> Tensor:
         """The head's output on one view, or a ValueError naming the head and the trunk's output shape when the head
@@ -686,7 +686,8 @@ class OrbitWrapper(nn.Module):
             raise ValueError(
                 "align_views=True needs spatial trunk outputs [B, G, C, h, w] (the group acts on the last two dims); "
                 f"this trunk gives {tuple(views.shape)}. Use a feature-map trunk, or align_views=False; bring a "
-                "one-channel map [B, h, w] to [B, 1, h, w], and patch tokens [B, T, D] to [B, D, h, w], in the trunk."
+                "one-channel map [B, h, w] to [B, 1, h, w] in the trunk, and patch tokens [B, T, D] to maps "
+                "[B, D, h, w] with output=equinb.outputs.patch_tokens_to_map."
             )
         if self.group.needs_square and views.shape[-1] != views.shape[-2]:
             raise ValueError(

@@ -104,7 +104,9 @@ def test_hugging_face_model_outputs_are_recognised_by_their_logits() -> None:
 
 @pytest.mark.parametrize(("output", "message"), [
     (None, r"returned a dict with keys \['scores', 'maps'\], not a tensor, and it has no \.logits; pass output="),
-    ("score", r"output='score' selected nothing from the model's output, which is a dict with keys"),
+    ("score", r"output='score' \(did you mean 'scores'\?\) selected nothing from the model's output, which is a "
+              r"dict with keys"),
+    ("logits", r"output='logits' selected nothing from the model's output, which is a dict with keys"),
     (lambda out: out["scores"].tolist(), r"output=<function .*> selected a list"),
 ])
 def test_an_unselectable_output_fails_after_one_image_naming_the_selector(output, message: str) -> None:
@@ -204,8 +206,9 @@ def test_unaligned_token_sequences_warn_once_at_the_callers_line() -> None:
     # no head, a head that keeps one output per token, 9 patch tokens behind a class token
     for trunk, head in ((PatchTokens(), None), (PatchTokens(), nn.Linear(8, K).double()),
                         (PatchTokens(class_token=True), None)):
-        with pytest.warns(UserWarning, match=r"patch tokens \[T, D\] and the head keeps them.* drop the class token "
-                                             r"\(t\[:, 1:\]\)") as caught:
+        with pytest.warns(UserWarning, match=r"patch tokens \[T, D\] and the head keeps them.* turn the patch tokens "
+                                             r"into maps \[D, h, w\] \(output=equinb\.outputs\.patch_tokens_to_map"
+                          ) as caught:
             unaligned = Equitune(trunk, "rot90", head=head)
             out = unaligned(x)
         assert len(caught) == 1 and caught[0].filename == __file__
@@ -225,8 +228,101 @@ def test_unaligned_token_sequences_warn_once_at_the_callers_line() -> None:
     with pytest.warns(UserWarning, match=r"one-channel maps \[h, w\] .* bring them to \[1, h, w\] in the trunk"):
         assert check_equivariance(Equitune(one_channel, "rot90"), x, "rot90") > 1e-3
     with pytest.raises(ValueError, match=r"align_views=True needs spatial trunk outputs .* patch tokens \[B, T, D\] "
-                                         r"to \[B, D, h, w\]"):
+                                         r"to maps \[B, D, h, w\] with output=equinb\.outputs\.patch_tokens_to_map"):
         Equitune(PatchTokens(), "rot90", align_views=True)(x)
+
+
+class TinyViT(nn.Module):
+    """A vision transformer with nothing symmetric about it: patch embedding, learned positions, a class token and
+    one attention layer. Shapes: [B, 3, 12, 12] -> tokens [B, 1 + 9, 8] (a class token, 3 x 3 patches)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.positions = nn.Parameter(torch.randn(1, 10, 8))
+        self.class_token = nn.Parameter(torch.randn(1, 1, 8))
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = self.embed(x).flatten(2).transpose(1, 2)  # row-major, as torchvision's and timm's
+        tokens = torch.cat([self.class_token.expand(len(x), 1, 8), patches], dim=1) + self.positions
+        return tokens + self.attention(tokens, tokens, tokens, need_weights=False)[0]
+
+
+def test_patch_tokens_become_maps_that_the_group_turns_back() -> None:
+    """``patch_tokens_to_map`` gives the patch embedding's own map (the class token dropped), and with it a vision
+    transformer's patch features become equivariant under align_views=True; without alignment they are not."""
+    x = _images()
+    embedding = PatchTokens(class_token=True)
+    maps = equinb.outputs.patch_tokens_to_map(embedding(x))
+    torch.testing.assert_close(maps, embedding.embed(x), rtol=0, atol=0)  # [B, 8, 3, 3], the conv's map itself
+    to_map = equinb.outputs.patch_tokens_to_map
+    assert check_equivariance(TinyViT(), x, "rot90", output=to_map) > 1e-2  # the bare transformer is not
+    for group in ("rot90", "d4", "hflip"):
+        equivariant = Equitune(TinyViT(), group, output=to_map, align_views=True).eval()
+        assert equivariant(x).shape == (3, 8, 3, 3)
+        assert check_equivariance(equivariant, x, group) < 1e-9
+    with pytest.warns(UserWarning, match="feature maps"):  # maps, but left unaligned
+        assert check_equivariance(Equitune(TinyViT(), "rot90", output=to_map), x, "rot90") > 1e-3
+
+
+def test_patch_tokens_with_registers_or_a_grid_that_is_not_square_or_no_tokens() -> None:
+    tokens = torch.arange(2 * 11 * 3, dtype=torch.float64).reshape(2, 11, 3)  # 5 prefix tokens, 2 x 3 patches
+    to_map = equinb.outputs.patch_tokens_to_map
+    maps = to_map(tokens, prefix_tokens=5, grid=(2, 3))
+    assert maps.shape == (2, 3, 2, 3)
+    torch.testing.assert_close(maps[:, :, 1, 2], tokens[:, 5 + 1 * 3 + 2], rtol=0, atol=0)  # row-major patches
+    torch.testing.assert_close(to_map(tokens, grid=(2, 3)), maps, rtol=0, atol=0)  # prefix: what the grid leaves
+    assert to_map(tokens[:, 2:]).shape == (2, 3, 3, 3)  # 9 tokens: a square, no prefix
+    assert to_map(tokens[:, 1:]).shape == (2, 3, 3, 3)  # 10: a class token in front
+    assert to_map(tokens[:, 1:], prefix_tokens=6).shape == (2, 3, 2, 2)
+    with pytest.raises(ValueError, match=r"11 tokens are not 0 prefix tokens and a grid of 3 x 3 patches; pass "
+                                         r"prefix_tokens="):
+        to_map(tokens)
+    with pytest.raises(ValueError, match=r"11 tokens are not 0 prefix tokens and a grid of 4 x 3 patches"):
+        to_map(tokens, prefix_tokens=0, grid=(4, 3))
+    with pytest.raises(ValueError, match=r"11 tokens are not -1 prefix tokens and a grid of 4 x 3"):
+        to_map(tokens, grid=(4, 3))
+    with pytest.raises(ValueError, match=r"takes tokens \[B, T, D\], got shape \(2, 3, 2, 3\)"):
+        to_map(maps)
+    with pytest.raises(ValueError, match=r"got a dict with keys \['last_hidden_state'\]: select the token tensor "
+                                         r"first \(a Hugging Face model's out\.last_hidden_state"):
+        to_map({"last_hidden_state": tokens})
+
+
+def test_two_maps_of_one_model_through_one_wrapper_are_each_equivariant() -> None:
+    """The recipe of ``equinb.outputs``: a segmentation model's two maps concatenated by ``output=`` and split after
+    the wrapper; each part is equivariant, and is the map a wrapper of that one map gives."""
+    model = Recorder(lambda logits, maps: {"out": maps[:, :3], "aux": torch.tanh(maps)})
+    x = _images()
+    both = Equitune(model, "d4", output=lambda out: torch.cat([out["out"], out["aux"]], dim=1),
+                    align_views=True).eval()
+    out, aux = both(x).split([3, 4], dim=1)
+    torch.testing.assert_close(out, Equitune(model, "d4", output="out", align_views=True)(x), **TOL)
+    torch.testing.assert_close(aux, Equitune(model, "d4", output="aux", align_views=True)(x), **TOL)
+    for part in (0, 1):
+        split = lambda z, part=part: both(z).split([3, 4], dim=1)[part]  # noqa: E731
+        assert check_equivariance(split, x, "d4") < 1e-9
+        assert check_equivariance(model, x, "d4", output=("out", "aux")[part]) > 1e-3
+
+
+def test_a_misspelt_field_or_attribute_is_named_with_the_nearest_one() -> None:
+    Out = collections.namedtuple("Out", ["logits", "hidden"])
+    x = _images(b=2)
+    with pytest.raises(TypeError, match=r"output='logit' \(did you mean 'logits'\?\) selected nothing from the "
+                                        r"model's output, which is a namedtuple Out"):
+        Equitune(Recorder(lambda lo, m: Out(lo, m)), "rot90", output="logit")(x)
+
+    @dataclasses.dataclass
+    class Result:
+        last_hidden_state: torch.Tensor
+
+    with pytest.raises(TypeError, match=r"output='last_hidden_states' \(did you mean 'last_hidden_state'\?\)"):
+        Equitune(Recorder(lambda lo, m: Result(m)), "rot90", output="last_hidden_states")(x)
+    with pytest.raises(TypeError, match=r"output='xyz' selected nothing"):  # nothing near: no guess
+        Equitune(Recorder(lambda lo, m: Out(lo, m)), "rot90", output="xyz")(x)
 
 
 def test_the_checks_run_modules_in_evaluation_mode_and_restore_them() -> None:
@@ -805,7 +901,7 @@ def test_aligning_views_refuses_token_sequences_whose_last_axis_is_not_space() -
     """Patch tokens [B, T, D] have no spatial last two dims: aligning them would flip or turn the embedding axis
     and still pass check_equivariance (which applies the same action)."""
     tokens = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.Flatten(2), Transpose())  # [B, 9, 8]
-    with pytest.raises(ValueError, match=r"patch tokens \[B, T, D\] to \[B, D, h, w\]"):
+    with pytest.raises(ValueError, match=r"patch tokens \[B, T, D\] to maps \[B, D, h, w\] with output=equinb"):
         Equitune(tokens.double(), "hflip", align_views=True)(_images())
 
 

@@ -69,7 +69,6 @@ BIN = Path(sys.executable).parent  # the venv's bin/, where jupyter-book lives
 # jupytext and papermill run as modules of this interpreter: that works wherever they are importable, also from a
 # `pip install --target` folder on PYTHONPATH, which puts no scripts next to the interpreter (an offline GPU box).
 MODULE = [sys.executable, "-m"]
-PROFILES = ("small", "paper")
 BUILD = Path(os.environ.get("EQUINB_BUILD") or ROOT / "_build").resolve()  # tools/test_portable.py sets its own
 EXECUTED = BUILD / "executed"
 VARIANTS = BUILD / "variants"  # chapter runs with changed parameters (make chapter ARGS="-p ..."), kept apart
@@ -598,7 +597,7 @@ def remove_unlisted(ids: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     # no abbreviations: take_parameters sees -p and --parameter only, and --param would bypass it
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--profile", default="small", help=f"one of {', '.join(PROFILES)} (default small)")
+    parser.add_argument("--profile", default="small", help=f"one of {', '.join(chapter.PROFILES)} (default small)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--no-execute", action="store_true",
                       help="reuse the notebooks already in _build/executed (same profile) and only rebuild HTML")
@@ -614,8 +613,8 @@ def main(argv: list[str] | None = None) -> None:
     rest, pairs = take_parameters(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(rest)
     args.parameter = pairs
-    if args.profile not in PROFILES:
-        fail(f"unknown PROFILE {args.profile!r}; valid profiles: {', '.join(PROFILES)}")
+    if args.profile not in chapter.PROFILES:
+        fail(f"unknown PROFILE {args.profile!r}; valid profiles: {', '.join(chapter.PROFILES)}")
     if args.jobs is not None and args.jobs < 1:
         fail(f"--jobs must be 1 or more, got {args.jobs}")
     jobs = default_jobs(args.profile) if args.jobs is None else args.jobs
