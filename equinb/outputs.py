@@ -16,8 +16,8 @@ Several maps of one size (a segmentation model's ``out`` and ``aux``) go through
 group acts on each channel's map alike, so each part is as equivariant as the whole.
 
 ``patch_tokens_to_map`` turns a vision transformer's patch tokens [B, T, D] into feature maps [B, D, h, w], which
-the group turns as it turns the image: ``output=lambda out: patch_tokens_to_map(out.last_hidden_state)`` with
-``align_views=True`` gives equivariant patch features.
+the group turns as it turns the image: ``output=lambda out: patch_tokens_to_map(out.last_hidden_state,
+prefix_tokens=1)`` with ``align_views=True`` gives equivariant patch features (a class token in front).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _a(name: str) -> str:
     return f"an {name}" if name[:1].lower() in "aeiou" else f"a {name}"
 
 
-def _names(out: Any) -> list:
+def _names(out: Any) -> list[Any]:
     """The keys of a mapping, the fields of a namedtuple, or the public attributes of an object (else none)."""
     if isinstance(out, Mapping):
         return list(out)
@@ -80,7 +80,10 @@ def _did_you_mean(output: OutputSelector, out: Any) -> str:
     """" (did you mean 'logits'?)" for a misspelt key or attribute name, else nothing."""
     if not isinstance(output, str):
         return ""
-    near = difflib.get_close_matches(output, [k for k in _names(out) if isinstance(k, str)], n=1)
+    names = [k for k in _names(out) if isinstance(k, str)]
+    if output in names:  # a key that is there but holds no tensor is no misspelling
+        return ""
+    near = difflib.get_close_matches(output, names, n=1)
     return f" (did you mean {near[0]!r}?)" if near else ""
 
 
@@ -129,7 +132,8 @@ def select_output(out: Any, output: OutputSelector = None) -> torch.Tensor:
 
 def patch_grid(count: int) -> tuple[int, int] | None:
     """``(prefix, side)`` when ``count`` tokens look like a vision transformer's: ``side * side`` patches, at least
-    2 x 2, after ``prefix`` = 0 tokens, or 1 (a class token in front); None otherwise."""
+    2 x 2, after ``prefix`` = 0 tokens, or 1 (a class token in front); None otherwise. A guess for warnings only: 9
+    tokens are also a class token, 4 registers and 2 x 2 patches."""
     for prefix in (0, 1):
         side = math.isqrt(max(count - prefix, 0))
         if side >= 2 and side * side == count - prefix:
@@ -137,33 +141,44 @@ def patch_grid(count: int) -> tuple[int, int] | None:
     return None
 
 
-def patch_tokens_to_map(tokens: torch.Tensor, *, prefix_tokens: int | None = None,
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def patch_tokens_to_map(tokens: torch.Tensor, *, prefix_tokens: int,
                         grid: tuple[int, int] | None = None) -> torch.Tensor:
     """A vision transformer's patch tokens as feature maps, which ``align_views=True`` turns back view by view.
 
-    The patches are in row-major order, as torchvision's, timm's, CLIP's and Hugging Face's vision transformers
-    give them. ``prefix_tokens``: the tokens before the patches, dropped (a class token: 1; a class token and 4
-    registers: 5); default 0 when T is a square number, 1 when T - 1 is. ``grid``: the patch grid (h, w); default
-    square. A group acts on the maps as on the image when the image is h x w whole patches.
+    ``prefix_tokens``: the tokens in front of the patches, dropped: 1 for a class token (torchvision's, CLIP's and
+    Hugging Face's ViT), 1 + r with r register tokens, 0 for none. It has no default because the count of tokens
+    cannot tell (9 tokens are 3 x 3 patches, or a class token, 4 registers and 2 x 2 patches), and a wrong layout
+    still passes ``check_equivariance`` of the wrapper: the orbit average makes any fixed layout equivariant.
+    ``grid``: the patch grid (h, w), for an image that is not square; default square. The patches must be in
+    row-major order, as torchvision's, timm's, Hugging Face's and CLIP's are (CLIP's transformer is sequence-first,
+    [T, B, D]: permute it to [B, T, D] first). The maps are a view of ``tokens``, not a copy.
 
     Shapes: tokens [B, T, D] -> maps [B, D, h, w], T = prefix_tokens + h * w.
     """
-    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3:
-        what = f"shape {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else describe_output(tokens)
-        raise ValueError(f"patch_tokens_to_map takes tokens [B, T, D], got {what}: select the token tensor first "
-                         "(a Hugging Face model's out.last_hidden_state, a timm model's forward_features(x))")
+    if not isinstance(tokens, torch.Tensor):
+        raise TypeError(f"patch_tokens_to_map takes tokens [B, T, D], got {describe_output(tokens)}: select the token "
+                        "tensor first (a Hugging Face model's out.last_hidden_state, a timm model's "
+                        "forward_features(x))")
+    if tokens.ndim != 3:
+        hint = (": a channels-last map [B, h, w, C], as torchvision's Swin gives, needs .permute(0, 3, 1, 2) "
+                "instead" if tokens.ndim == 4 else "")
+        raise ValueError(f"patch_tokens_to_map takes tokens [B, T, D], got shape {tuple(tokens.shape)}{hint}")
+    if not _is_count(prefix_tokens):
+        raise TypeError(f"prefix_tokens must be an integer >= 0 (1 for a class token), got {prefix_tokens!r}")
+    if grid is not None and not (isinstance(grid, (tuple, list)) and len(grid) == 2
+                                 and all(_is_count(n) and n >= 1 for n in grid)):
+        raise TypeError(f"grid must be (h, w), two integers >= 1, got {grid!r}")
     count = tokens.shape[1]
-    if grid is None:
-        found = patch_grid(count) if prefix_tokens is None else None
-        prefix_tokens = found[0] if found else (prefix_tokens or 0)
-        side = math.isqrt(max(count - prefix_tokens, 0))
-        grid = (side, side)
-    elif prefix_tokens is None:
-        prefix_tokens = count - grid[0] * grid[1]
-    h, w = grid
-    if prefix_tokens < 0 or min(h, w) < 1 or count - prefix_tokens != h * w:
-        raise ValueError(f"patch_tokens_to_map: {count} tokens are not {prefix_tokens} prefix tokens and a grid of "
-                         f"{h} x {w} patches; pass prefix_tokens= (the class and register tokens in front of the "
-                         "patches) and, for a grid that is not square, grid=(h, w)")
-    patches = tokens[:, prefix_tokens:]  # [B, h * w, D]
-    return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+    patches = count - prefix_tokens
+    h, w = grid if grid is not None else (math.isqrt(max(patches, 0)),) * 2
+    if patches < 1 or patches != h * w:
+        fits = (f"but grid={tuple(grid)} holds {h * w}" if grid is not None else "which fill no square grid; pass "
+                "grid=(h, w) for an image that is not square, or check prefix_tokens (a class token: 1; a class "
+                "token and r registers: 1 + r)")
+        raise ValueError(f"patch_tokens_to_map: {count} tokens less prefix_tokens={prefix_tokens} leave {patches} "
+                         f"patch tokens, {fits}")
+    return tokens[:, prefix_tokens:].transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)

@@ -654,9 +654,9 @@ class OrbitWrapper(nn.Module):
                 f"but align_views is off: token t of the output combines token t of the {self.group.order} views, "
                 f"which come from different places of the input in each view ({self.group.name} turns the image), so "
                 "the output is invariant as a whole but no token is the input's. For equivariant tokens, turn the "
-                "patch tokens into maps [D, h, w] (output=equinb.outputs.patch_tokens_to_map, which drops a class "
-                "token) and pass align_views=True; pass align_views=False (or a head= that pools the tokens or takes "
-                "the class token) if this is meant.")
+                "patch tokens into maps [D, h, w] (output=lambda t: equinb.outputs.patch_tokens_to_map(t, "
+                "prefix_tokens=1), 1 for a class token in front) and pass align_views=True; pass "
+                "align_views=False (or a head= that pools the tokens or takes the class token) if this is meant.")
 
     def _check_head(self, view: Tensor) -> Tensor:
         """The head's output on one view, or a ValueError naming the head and the trunk's output shape when the head
@@ -687,7 +687,8 @@ class OrbitWrapper(nn.Module):
                 "align_views=True needs spatial trunk outputs [B, G, C, h, w] (the group acts on the last two dims); "
                 f"this trunk gives {tuple(views.shape)}. Use a feature-map trunk, or align_views=False; bring a "
                 "one-channel map [B, h, w] to [B, 1, h, w] in the trunk, and patch tokens [B, T, D] to maps "
-                "[B, D, h, w] with output=equinb.outputs.patch_tokens_to_map."
+                "[B, D, h, w] with output=lambda t: equinb.outputs.patch_tokens_to_map(t, prefix_tokens=1) (1 for a "
+                "class token in front)."
             )
         if self.group.needs_square and views.shape[-1] != views.shape[-2]:
             raise ValueError(

@@ -207,8 +207,8 @@ def test_unaligned_token_sequences_warn_once_at_the_callers_line() -> None:
     for trunk, head in ((PatchTokens(), None), (PatchTokens(), nn.Linear(8, K).double()),
                         (PatchTokens(class_token=True), None)):
         with pytest.warns(UserWarning, match=r"patch tokens \[T, D\] and the head keeps them.* turn the patch tokens "
-                                             r"into maps \[D, h, w\] \(output=equinb\.outputs\.patch_tokens_to_map"
-                          ) as caught:
+                                             r"into maps \[D, h, w\] \(output=lambda t: equinb\.outputs\."
+                                             r"patch_tokens_to_map\(t, prefix_tokens=1\)") as caught:
             unaligned = Equitune(trunk, "rot90", head=head)
             out = unaligned(x)
         assert len(caught) == 1 and caught[0].filename == __file__
@@ -228,7 +228,8 @@ def test_unaligned_token_sequences_warn_once_at_the_callers_line() -> None:
     with pytest.warns(UserWarning, match=r"one-channel maps \[h, w\] .* bring them to \[1, h, w\] in the trunk"):
         assert check_equivariance(Equitune(one_channel, "rot90"), x, "rot90") > 1e-3
     with pytest.raises(ValueError, match=r"align_views=True needs spatial trunk outputs .* patch tokens \[B, T, D\] "
-                                         r"to maps \[B, D, h, w\] with output=equinb\.outputs\.patch_tokens_to_map"):
+                                         r"to maps \[B, D, h, w\] with output=lambda t: equinb\.outputs\."
+                                         r"patch_tokens_to_map"):
         Equitune(PatchTokens(), "rot90", align_views=True)(x)
 
 
@@ -256,9 +257,13 @@ def test_patch_tokens_become_maps_that_the_group_turns_back() -> None:
     transformer's patch features become equivariant under align_views=True; without alignment they are not."""
     x = _images()
     embedding = PatchTokens(class_token=True)
-    maps = equinb.outputs.patch_tokens_to_map(embedding(x))
-    torch.testing.assert_close(maps, embedding.embed(x), rtol=0, atol=0)  # [B, 8, 3, 3], the conv's map itself
-    to_map = equinb.outputs.patch_tokens_to_map
+    maps = equinb.outputs.patch_tokens_to_map(embedding(x), prefix_tokens=1)
+    # the conv's map itself, [B, 8, 3, 3]: the layout, which no equivariance check of the wrapper could catch
+    torch.testing.assert_close(maps, embedding.embed(x), rtol=0, atol=0)
+
+    def to_map(tokens: torch.Tensor) -> torch.Tensor:
+        return equinb.outputs.patch_tokens_to_map(tokens, prefix_tokens=1)
+
     assert check_equivariance(TinyViT(), x, "rot90", output=to_map) > 1e-2  # the bare transformer is not
     for group in ("rot90", "d4", "hflip"):
         equivariant = Equitune(TinyViT(), group, output=to_map, align_views=True).eval()
@@ -268,28 +273,37 @@ def test_patch_tokens_become_maps_that_the_group_turns_back() -> None:
         assert check_equivariance(Equitune(TinyViT(), "rot90", output=to_map), x, "rot90") > 1e-3
 
 
-def test_patch_tokens_with_registers_or_a_grid_that_is_not_square_or_no_tokens() -> None:
+def test_patch_tokens_with_registers_or_a_grid_that_is_not_square_or_wrong_arguments() -> None:
     tokens = torch.arange(2 * 11 * 3, dtype=torch.float64).reshape(2, 11, 3)  # 5 prefix tokens, 2 x 3 patches
     to_map = equinb.outputs.patch_tokens_to_map
     maps = to_map(tokens, prefix_tokens=5, grid=(2, 3))
     assert maps.shape == (2, 3, 2, 3)
     torch.testing.assert_close(maps[:, :, 1, 2], tokens[:, 5 + 1 * 3 + 2], rtol=0, atol=0)  # row-major patches
-    torch.testing.assert_close(to_map(tokens, grid=(2, 3)), maps, rtol=0, atol=0)  # prefix: what the grid leaves
-    assert to_map(tokens[:, 2:]).shape == (2, 3, 3, 3)  # 9 tokens: a square, no prefix
-    assert to_map(tokens[:, 1:]).shape == (2, 3, 3, 3)  # 10: a class token in front
-    assert to_map(tokens[:, 1:], prefix_tokens=6).shape == (2, 3, 2, 2)
-    with pytest.raises(ValueError, match=r"11 tokens are not 0 prefix tokens and a grid of 3 x 3 patches; pass "
-                                         r"prefix_tokens="):
-        to_map(tokens)
-    with pytest.raises(ValueError, match=r"11 tokens are not 0 prefix tokens and a grid of 4 x 3 patches"):
-        to_map(tokens, prefix_tokens=0, grid=(4, 3))
-    with pytest.raises(ValueError, match=r"11 tokens are not -1 prefix tokens and a grid of 4 x 3"):
-        to_map(tokens, grid=(4, 3))
-    with pytest.raises(ValueError, match=r"takes tokens \[B, T, D\], got shape \(2, 3, 2, 3\)"):
-        to_map(maps)
-    with pytest.raises(ValueError, match=r"got a dict with keys \['last_hidden_state'\]: select the token tensor "
-                                         r"first \(a Hugging Face model's out\.last_hidden_state"):
-        to_map({"last_hidden_state": tokens})
+    assert to_map(tokens, prefix_tokens=2).shape == (2, 3, 3, 3)  # 9 patches: square by default
+    assert to_map(tokens, prefix_tokens=7).shape == (2, 3, 2, 2)
+    assert to_map(tokens[:, :2], prefix_tokens=1).shape == (2, 3, 1, 1)  # one patch: a 1 x 1 map
+    with pytest.raises(ValueError, match=r"11 tokens less prefix_tokens=0 leave 11 patch tokens, which fill no "
+                                         r"square grid; pass grid=\(h, w\) .* check prefix_tokens"):
+        to_map(tokens, prefix_tokens=0)
+    with pytest.raises(ValueError, match=r"11 tokens less prefix_tokens=1 leave 10 patch tokens, but "
+                                         r"grid=\(4, 3\) holds 12"):
+        to_map(tokens, prefix_tokens=1, grid=(4, 3))
+    with pytest.raises(ValueError, match=r"leave 0 patch tokens"):
+        to_map(tokens, prefix_tokens=11)
+    with pytest.raises(TypeError, match=r"missing 1 required keyword-only argument: 'prefix_tokens'"):
+        to_map(tokens)  # no guess: 9 tokens are 3 x 3 patches or a class token, 4 registers and 2 x 2 patches
+    for bad in (1.0, True, -1, "1"):
+        with pytest.raises(TypeError, match=r"prefix_tokens must be an integer >= 0"):
+            to_map(tokens, prefix_tokens=bad)
+    for bad in (3, (3,), (3.0, 3.0), (0, 9), (2, 3, 1)):
+        with pytest.raises(TypeError, match=r"grid must be \(h, w\), two integers >= 1"):
+            to_map(tokens, prefix_tokens=2, grid=bad)
+    with pytest.raises(ValueError, match=r"takes tokens \[B, T, D\], got shape \(2, 3, 2, 3\): a channels-last "
+                                         r"map \[B, h, w, C\], as torchvision's Swin gives, needs \.permute"):
+        to_map(maps, prefix_tokens=0)
+    with pytest.raises(TypeError, match=r"got a dict with keys \['last_hidden_state'\]: select the token tensor "
+                                        r"first \(a Hugging Face model's out\.last_hidden_state"):
+        to_map({"last_hidden_state": tokens}, prefix_tokens=1)
 
 
 def test_two_maps_of_one_model_through_one_wrapper_are_each_equivariant() -> None:
@@ -323,6 +337,8 @@ def test_a_misspelt_field_or_attribute_is_named_with_the_nearest_one() -> None:
         Equitune(Recorder(lambda lo, m: Result(m)), "rot90", output="last_hidden_states")(x)
     with pytest.raises(TypeError, match=r"output='xyz' selected nothing"):  # nothing near: no guess
         Equitune(Recorder(lambda lo, m: Out(lo, m)), "rot90", output="xyz")(x)
+    with pytest.raises(TypeError, match=r"output='hidden' selected a tuple"):  # a key there, not a tensor: no guess
+        Equitune(Recorder(lambda lo, m: {"logits": lo, "hidden": (m,), "hidden_": m}), "rot90", output="hidden")(x)
 
 
 def test_the_checks_run_modules_in_evaluation_mode_and_restore_them() -> None:
@@ -901,7 +917,7 @@ def test_aligning_views_refuses_token_sequences_whose_last_axis_is_not_space() -
     """Patch tokens [B, T, D] have no spatial last two dims: aligning them would flip or turn the embedding axis
     and still pass check_equivariance (which applies the same action)."""
     tokens = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.Flatten(2), Transpose())  # [B, 9, 8]
-    with pytest.raises(ValueError, match=r"patch tokens \[B, T, D\] to maps \[B, D, h, w\] with output=equinb"):
+    with pytest.raises(ValueError, match=r"patch tokens \[B, T, D\] to maps \[B, D, h, w\] with output=lambda t"):
         Equitune(tokens.double(), "hflip", align_views=True)(_images())
 
 
