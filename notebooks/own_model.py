@@ -20,9 +20,10 @@
 # :class: tip
 # This build ran the **{glue:text}`own_profile`** profile. The other chapters re-run the articles' experiments;
 # this one is a guide. It takes a pretrained model, here torchvision's MobileNetV2 with its ImageNet weights, and
-# makes it invariant to rotations without retraining. It then makes its feature maps equivariant, trains
-# λ-equitune for a few steps, saves and loads the result, measures what the symmetry costs, and exports the model
-# with `torch.export`. The methods are explained in the [method primer](../book/methods.md).
+# makes it invariant to rotations without retraining. It then makes its feature maps, and a vision transformer's
+# patch tokens, equivariant, trains λ-equitune for a few steps, saves and loads the result, measures what the
+# symmetry costs, and exports the model with `torch.export`. The methods are explained in the
+# [method primer](../book/methods.md).
 # ```
 #
 # **The idea** {cite}`basu2023efficient`. A model $M$ is not invariant to a group $G$ of transformations, but the
@@ -61,7 +62,8 @@ import ttach
 from IPython.display import display
 from myst_nb import glue
 from sklearn.datasets import load_sample_images
-from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
+from torchvision.models import MobileNet_V2_Weights, VisionTransformer, mobilenet_v2
+from torchvision.models.feature_extraction import create_feature_extractor
 
 import equinb
 from equinb.backbones import IMAGENET_MEAN, IMAGENET_STD, load_backbone
@@ -167,6 +169,43 @@ with torch.no_grad():
     err = equinb.check_invariance(classifier, pair, group)
     print(f"aligned maps -> pooled head: invariance error of the logits "
           f"{equinb.format_error(err, classifier(pair).abs().max().item())}")
+
+# %% [markdown]
+# ## A vision transformer's patch tokens
+# A vision transformer gives tokens `[B, T, D]`, not maps: a class token, then one token per patch in row-major
+# order. `equinb.outputs.patch_tokens_to_map` drops the tokens in front of the patches (`prefix_tokens=1`: the class
+# token; vision transformers with register tokens have more) and lays the patch tokens out as maps `[B, D, h, w]`,
+# which `align_views=True` turns back like any feature map. Here a small torchvision `VisionTransformer` with
+# random weights (the mechanics need none; a pretrained one is wrapped the same way), its tokens taken after the
+# encoder with torchvision's feature extractor. The patches must tile the image, so that a rotation moves whole
+# patches: the crops are cut to a multiple of the 32 px patch.
+#
+# The aligned error below is float rounding by construction, whatever layout the maps were given: the orbit
+# average makes any fixed layout equivariant. What makes the maps the image's is the right `prefix_tokens` and
+# patch order; the tests of equinb check that layout against the patch embedding's own map.
+
+# %% tags=["exact"]
+side = image_size // 32 * 32  # whole patches of 32 px
+start = (image_size - side) // 2
+tiles = pair[..., start:start + side, start:start + side]
+torch.manual_seed(seed)
+vit = VisionTransformer(image_size=side, patch_size=32, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128)
+vit_tokens = create_feature_extractor(vit.to(device).eval(), {"encoder.ln": "tokens"})  # {"tokens": [B, T, 64]}
+
+
+def token_maps(out: dict) -> torch.Tensor:
+    """The patch tokens after the encoder as maps [B, 64, h, w], the class token in front dropped."""
+    return equinb.outputs.patch_tokens_to_map(out["tokens"], prefix_tokens=1)
+
+
+vit_equivariant = equinb.Equitune(vit_tokens, group, output=token_maps, align_views=True).eval()
+with torch.no_grad():
+    tokens = vit_tokens(tiles)
+    scale = tokens["tokens"].abs().max().item()
+    print(f"tokens {tuple(tokens['tokens'].shape)} -> maps {tuple(token_maps(tokens).shape)}")
+    for name, f, selector in [("ViT patch maps", vit_tokens, token_maps), ("aligned", vit_equivariant, None)]:
+        err = equinb.check_equivariance(f, tiles, group, output=selector)
+        print(f"{name:>14}: equivariance error of the maps {equinb.format_error(err, scale)}")
 
 # %% [markdown]
 # ## λ-equitune, trained in a few steps
