@@ -155,7 +155,9 @@ def patch_tokens_to_map(tokens: torch.Tensor, *, prefix_tokens: int,
     still passes ``check_equivariance`` of the wrapper: the orbit average makes any fixed layout equivariant.
     ``grid``: the patch grid (h, w), for an image that is not square; default square. The patches must be in
     row-major order, as torchvision's, timm's, Hugging Face's and CLIP's are (CLIP's transformer is sequence-first,
-    [T, B, D]: permute it to [B, T, D] first). The maps are a view of ``tokens``, not a copy.
+    [T, B, D]: permute it to [B, T, D] first). The image must be whole patches, so that the group moves whole
+    patches (torchvision's ViT refuses other sizes; Hugging Face's drops the remainder without a word). The maps
+    are a view of ``tokens``, not a copy.
 
     Shapes: tokens [B, T, D] -> maps [B, D, h, w], T = prefix_tokens + h * w.
     """
