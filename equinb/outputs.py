@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any, Callable, Union
 
 import torch
 
-__all__ = ["OutputSelector", "check_selector", "select_output", "describe_output", "patch_grid",
-           "patch_tokens_to_map"]
+__all__ = ["OutputSelector", "check_selector", "select_output", "describe_output", "patch_tokens_to_map"]
 
 OutputSelector = Union[None, str, int, Callable[[Any], torch.Tensor]]
 
@@ -77,13 +77,13 @@ def describe_output(out: Any) -> str:
 
 
 def _did_you_mean(output: OutputSelector, out: Any) -> str:
-    """" (did you mean 'logits'?)" for a misspelt key or attribute name, else nothing."""
+    """The hint ``" (did you mean 'logits'?)"`` for a misspelt key or attribute name, else an empty string."""
     if not isinstance(output, str):
         return ""
-    names = [k for k in _names(out) if isinstance(k, str)]
-    if output in names:  # a key that is there but holds no tensor is no misspelling
+    # a key or attribute that is there but holds no tensor is no misspelling (a property or class attribute too)
+    if output in out if isinstance(out, Mapping) else hasattr(out, output):
         return ""
-    near = difflib.get_close_matches(output, names, n=1)
+    near = difflib.get_close_matches(output, [k for k in _names(out) if isinstance(k, str)], n=1)
     return f" (did you mean {near[0]!r}?)" if near else ""
 
 
@@ -142,7 +142,8 @@ def patch_grid(count: int) -> tuple[int, int] | None:
 
 
 def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """An integer >= 0 (NumPy's included), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
 
 
 def patch_tokens_to_map(tokens: torch.Tensor, *, prefix_tokens: int,
@@ -156,7 +157,8 @@ def patch_tokens_to_map(tokens: torch.Tensor, *, prefix_tokens: int,
     ``grid``: the patch grid (h, w), for an image that is not square; default square. The patches must be in
     row-major order, as torchvision's, timm's, Hugging Face's and CLIP's are (CLIP's transformer is sequence-first,
     [T, B, D]: permute it to [B, T, D] first). The image must be whole patches, so that the group moves whole
-    patches (torchvision's ViT refuses other sizes; Hugging Face's drops the remainder without a word). The maps
+    patches (torchvision's ViT refuses other sizes; Hugging Face's, with interpolate_pos_encoding=True, drops the
+    remainder without a word). The maps
     are a view of ``tokens``, not a copy.
 
     Shapes: tokens [B, T, D] -> maps [B, D, h, w], T = prefix_tokens + h * w.
@@ -177,7 +179,11 @@ def patch_tokens_to_map(tokens: torch.Tensor, *, prefix_tokens: int,
     count = tokens.shape[1]
     patches = count - prefix_tokens
     h, w = grid if grid is not None else (math.isqrt(max(patches, 0)),) * 2
-    if patches < 1 or patches != h * w:
+    if patches < 1:
+        raise ValueError(f"patch_tokens_to_map: prefix_tokens={prefix_tokens} leaves no patch of the {count} tokens; "
+                         "pass the number of tokens in front of the patches (a class token: 1; a class token and r "
+                         "registers: 1 + r)")
+    if patches != h * w:
         fits = (f"but grid={tuple(grid)} holds {h * w}" if grid is not None else "which fill no square grid; pass "
                 "grid=(h, w) for an image that is not square, or check prefix_tokens (a class token: 1; a class "
                 "token and r registers: 1 + r)")

@@ -655,8 +655,9 @@ class OrbitWrapper(nn.Module):
                 f"which come from different places of the input in each view ({self.group.name} turns the image), so "
                 "the output is invariant as a whole but no token is the input's. For equivariant tokens, turn the "
                 "patch tokens into maps [D, h, w] (output=lambda t: equinb.outputs.patch_tokens_to_map(t, "
-                "prefix_tokens=1), 1 for a class token in front) and pass align_views=True; pass "
-                "align_views=False (or a head= that pools the tokens or takes the class token) if this is meant.")
+                "prefix_tokens=1), 1 for a class token in front, 0 without one; a head= then takes maps [B, D, h, w]) "
+                "and pass align_views=True; pass align_views=False (or a head= that pools the tokens or takes the "
+                "class token) if this is meant.")
 
     def _check_head(self, view: Tensor) -> Tensor:
         """The head's output on one view, or a ValueError naming the head and the trunk's output shape when the head

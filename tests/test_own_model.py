@@ -15,6 +15,7 @@ import sys
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -182,7 +183,7 @@ def test_check_invariance_and_equivariance() -> None:
 
 
 class PatchTokens(nn.Module):
-    """A vision transformer's patch embedding: [B, 3, 12, 12] -> tokens [B, 9, 8] (4 x 4 patches), or with
+    """A vision transformer's patch embedding: [B, 3, 12, 12] -> tokens [B, 9, 8] (3 x 3 patches), or with
     ``class_token`` one more token in front."""
 
     def __init__(self, class_token: bool = False) -> None:
@@ -278,7 +279,9 @@ def test_patch_tokens_with_registers_or_a_grid_that_is_not_square_or_wrong_argum
     to_map = equinb.outputs.patch_tokens_to_map
     maps = to_map(tokens, prefix_tokens=5, grid=(2, 3))
     assert maps.shape == (2, 3, 2, 3)
-    torch.testing.assert_close(maps[:, :, 1, 2], tokens[:, 5 + 1 * 3 + 2], rtol=0, atol=0)  # row-major patches
+    # row-major patches: token 5 + 3 i + j is at (i, j); a column-major layout would put token 5 + 2 j + i there
+    torch.testing.assert_close(maps, tokens[:, 5:].reshape(2, 2, 3, 3).permute(0, 3, 1, 2), rtol=0, atol=0)
+    assert maps[0, 0, 0, 1] == tokens[0, 6, 0] and maps[0, 0, 1, 0] == tokens[0, 8, 0]
     assert to_map(tokens, prefix_tokens=2).shape == (2, 3, 3, 3)  # 9 patches: square by default
     assert to_map(tokens, prefix_tokens=7).shape == (2, 3, 2, 2)
     assert to_map(tokens[:, :2], prefix_tokens=1).shape == (2, 3, 1, 1)  # one patch: a 1 x 1 map
@@ -288,8 +291,10 @@ def test_patch_tokens_with_registers_or_a_grid_that_is_not_square_or_wrong_argum
     with pytest.raises(ValueError, match=r"11 tokens less prefix_tokens=1 leave 10 patch tokens, but "
                                          r"grid=\(4, 3\) holds 12"):
         to_map(tokens, prefix_tokens=1, grid=(4, 3))
-    with pytest.raises(ValueError, match=r"leave 0 patch tokens"):
-        to_map(tokens, prefix_tokens=11)
+    for prefix in (11, 12):
+        with pytest.raises(ValueError, match=rf"prefix_tokens={prefix} leaves no patch of the 11 tokens"):
+            to_map(tokens, prefix_tokens=prefix)
+    assert to_map(tokens, prefix_tokens=np.int64(2)).shape == (2, 3, 3, 3)  # NumPy's integers are integers
     with pytest.raises(TypeError, match=r"missing 1 required keyword-only argument: 'prefix_tokens'"):
         to_map(tokens)  # no guess: 9 tokens are 3 x 3 patches or a class token, 4 registers and 2 x 2 patches
     for bad in (1.0, True, -1, "1"):
@@ -339,6 +344,17 @@ def test_a_misspelt_field_or_attribute_is_named_with_the_nearest_one() -> None:
         Equitune(Recorder(lambda lo, m: Out(lo, m)), "rot90", output="xyz")(x)
     with pytest.raises(TypeError, match=r"output='hidden' selected a tuple"):  # a key there, not a tensor: no guess
         Equitune(Recorder(lambda lo, m: {"logits": lo, "hidden": (m,), "hidden_": m}), "rot90", output="hidden")(x)
+
+    class WithProperty:  # an attribute that is there, as a property, but holds no tensor
+        def __init__(self, maps: torch.Tensor) -> None:
+            self.hidden_ = maps
+
+        @property
+        def hidden(self) -> tuple:
+            return (self.hidden_,)
+
+    with pytest.raises(TypeError, match=r"output='hidden' selected a tuple"):
+        Equitune(Recorder(lambda lo, m: WithProperty(m)), "rot90", output="hidden")(x)
 
 
 def test_the_checks_run_modules_in_evaluation_mode_and_restore_them() -> None:
