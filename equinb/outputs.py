@@ -130,17 +130,6 @@ def select_output(out: Any, output: OutputSelector = None) -> torch.Tensor:
                     f"which is {what}{fix}")
 
 
-def patch_grid(count: int) -> tuple[int, int] | None:
-    """``(prefix, side)`` when ``count`` tokens look like a vision transformer's: ``side * side`` patches, at least
-    2 x 2, after ``prefix`` = 0 tokens, or 1 (a class token in front); None otherwise. A guess for warnings only: 9
-    tokens are also a class token, 4 registers and 2 x 2 patches."""
-    for prefix in (0, 1):
-        side = math.isqrt(max(count - prefix, 0))
-        if side >= 2 and side * side == count - prefix:
-            return prefix, side
-    return None
-
-
 def _is_count(value: Any) -> bool:
     """An integer >= 0 (NumPy's included), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
@@ -158,8 +147,7 @@ def patch_tokens_to_map(tokens: torch.Tensor, *, prefix_tokens: int,
     row-major order, as torchvision's, timm's, Hugging Face's and CLIP's are (CLIP's transformer is sequence-first,
     [T, B, D]: permute it to [B, T, D] first). The image must be whole patches, so that the group moves whole
     patches (torchvision's ViT refuses other sizes; Hugging Face's, with interpolate_pos_encoding=True, drops the
-    remainder without a word). The maps
-    are a view of ``tokens``, not a copy.
+    remainder without a word). The maps are a view of ``tokens``, not a copy.
 
     Shapes: tokens [B, T, D] -> maps [B, D, h, w], T = prefix_tokens + h * w.
     """

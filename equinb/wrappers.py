@@ -66,7 +66,7 @@ from torch import nn
 from .checks import (channels_last_hint, check_group_images, device_elsewhere, evaluation_mode,
                      modes_restored, training_modules)
 from .groups import Group, TokenPermutationGroup, get_group
-from .outputs import OutputSelector, check_selector, patch_grid, select_output
+from .outputs import OutputSelector, check_selector, select_output
 from .precision import full_precision, parameter_dtype
 from .weighting import default_view_attention, default_weight_net
 from .validation import check_choice, check_flag
@@ -637,9 +637,9 @@ class OrbitWrapper(nn.Module):
             return
         three = views.ndim == 4 and head_output.ndim == 3  # [1, h, w] or [1, T, D]
         one_channel = three and head_output.shape[1] == head_output.shape[2] >= 3
-        count = head_output.shape[1] if three else 0
-        patches = patch_grid(count) is not None
-        tokens = three and not one_channel and patches and head_output.shape[2] > 1
+        # T tokens of a square of at least 2 x 2 patches, or T - 1 behind a class token (registers are not seen)
+        tokens = three and not one_channel and head_output.shape[2] > 1 and any(
+            n >= 4 and math.isqrt(n) ** 2 == n for n in (head_output.shape[1], head_output.shape[1] - 1))
         if one_channel or (views.ndim == 5 and head_output.ndim >= 4 and tuple(head_output.shape[-2:]) != (1, 1)):
             shape, fix = ("one-channel maps [h, w]", "bring them to [1, h, w] in the trunk and pass align_views=True"
                           ) if one_channel else ("feature maps [C, h, w]", "pass align_views=True")

@@ -113,11 +113,6 @@ def chapter_parameters(nb_id: str) -> list[str]:
     return parameters_cell(nb_id, ROOT / "notebooks")[0]
 
 
-def chapter_defaults(nb_id: str) -> dict:
-    """The literal default values of a chapter's parameters cell, by name."""
-    return parameters_cell(nb_id, ROOT / "notebooks")[1]
-
-
 def check_parameter_names(nb_id: str, names, source: str) -> None:
     """Refuse parameter names the chapter does not declare, naming the ones it does."""
     declared = chapter_parameters(nb_id)
@@ -387,8 +382,7 @@ def execute(nb_id: str, profile: str, out: Path, parameters: dict | None = None,
             shutil.rmtree(running_data, ignore_errors=True)
     label = run_label(profile, parameters)
     seconds = time.perf_counter() - start
-    device = str({**chapter_defaults(nb_id), **(yaml.safe_load(params.read_text()) if params else {}),
-                  **(parameters or {})}.get("device", "cpu"))
+    device = str({**profile_values(nb_id, profile), **(parameters or {})}.get("device", "cpu"))
     threads = env.get("OMP_NUM_THREADS")
     provenance.write(run_record, provenance.record(nb_id, label, started, seconds, device,
                                                    None if threads is None else int(threads), at_once))
