@@ -182,7 +182,8 @@ with torch.no_grad():
 #
 # The aligned error below is float rounding by construction, whatever layout the maps were given: the orbit
 # average makes any fixed layout equivariant. What makes the maps the image's is the right `prefix_tokens` and
-# patch order; the tests of equinb check that layout against the patch embedding's own map.
+# patch order, so the cell also checks the layout: the tokens as they enter the encoder (the class token, then the
+# patches), laid out by `patch_tokens_to_map`, must be the patch embedding's own map.
 
 # %% tags=["exact"]
 side = image_size // 32 * 32  # whole patches of 32 px
@@ -191,6 +192,8 @@ tiles = pair[..., start:start + side, start:start + side]
 torch.manual_seed(seed)
 vit = VisionTransformer(image_size=side, patch_size=32, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128)
 vit_tokens = create_feature_extractor(vit.to(device).eval(), {"encoder.ln": "tokens"})  # {"tokens": [B, T, 64]}
+# torchvision's own steps: the patch embedding's map [B, 64, h, w], and the tokens that enter the encoder
+embedding = create_feature_extractor(vit, {"conv_proj": "map", "cat": "tokens"})
 
 
 def token_maps(out: dict) -> torch.Tensor:
@@ -203,6 +206,9 @@ with torch.no_grad():
     tokens = vit_tokens(tiles)
     scale = tokens["tokens"].abs().max().item()
     print(f"tokens {tuple(tokens['tokens'].shape)} -> maps {tuple(token_maps(tokens).shape)}")
+    entering = embedding(tiles)
+    print("layout: the encoder's input tokens as maps equal the patch embedding's map:",
+          torch.equal(token_maps(entering), entering["map"]))
     for name, f, selector in [("ViT patch maps", vit_tokens, token_maps), ("aligned", vit_equivariant, None)]:
         err = equinb.check_equivariance(f, tiles, group, output=selector)
         print(f"{name:>14}: equivariance error of the maps {equinb.format_error(err, scale)}")
