@@ -432,19 +432,21 @@ def orientation_kept(hits: dict[str, ArrayLike], n_views: int) -> str | None:
     that undoes the turn on more test images than chance, 1 / ``n_views``, the interval of the excess above 0.
     ``hits``: per module, 1/0 per image ([S, N] or [N]). None where no module finds the orientation: the stand-in
     then behaves, for these modules, as data without one, and the claims are tested on it. The modules decide
-    together (one that finds the orientation shows that the data have it, whatever another learned)."""
-    found = []
+    together (one that finds the orientation shows that the data have it, whatever another learned), and the
+    reason names every module with its share and interval, so that its words stay the same where a module's
+    interval end near 0 falls on the other side on another CPU (only its numbers move)."""
+    shown, found = [], False
     for module, on_original in hits.items():
         x = _as_matrix(on_original)
         low, high = compare(np.full_like(x, 1.0 / n_views), x).interval
-        if low > 0:
-            found.append(f"the largest weight of {module} undoes the turn for {100 * x.mean():.1f}% of the test "
-                         f"images, excess over chance [{low:+.1f}, {high:+.1f}] pp")
+        found |= low > 0
+        shown.append(f"{module}: {100 * x.mean():.1f}% of the test images, excess over chance [{low:+.1f}, "
+                     f"{high:+.1f}] pp")
     if not found:
         return None
-    return (f"the stand-in turns upright images at random, and its images keep the orientation they had, which this "
-            f"run's modules find ({'; '.join(found)}; chance {100 / n_views:.0f}%), so it is not data without an "
-            "orientation")
+    return (f"the stand-in turns upright images at random, and its images keep the orientation they had: the largest "
+            f"weight of at least one of this run's modules undoes the turn more often than chance, {100 / n_views:.0f}%"
+            f" ({'; '.join(shown)}), so it is not data without an orientation")
 
 
 def zero_by_construction(alike: float, model: str, copies: float = 0.0, what: str = "gap") -> str | None:
