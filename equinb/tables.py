@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cache import atomic_write_text
 from .chapter import changed_parameters
-from .verdicts import NEEDS_OTHER_SETTING, NOT_TESTED, VERDICT_COLUMN
+from .verdicts import MARGINS_KEY, NEEDS_OTHER_SETTING, NOT_TESTED, VERDICT_COLUMN
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -216,7 +216,7 @@ def publish_verdicts(rows: list[dict], profile: str, chapter: str, caption: str)
 
     from IPython.display import display
 
-    hidden = ("id", "changed")
+    hidden = ("id", "changed", MARGINS_KEY)
     everything = Table(pd.DataFrame(rows), f"{caption} (profile: {profile})", hidden=hidden, beneath=VERDICT_BENEATH)
     elsewhere = [str(row.get(VERDICT_COLUMN, "")).startswith(_NEEDS_OTHER_SETTING) for row in rows]
     runnable = [row for row, other in zip(rows, elsewhere) if not other]

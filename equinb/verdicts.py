@@ -51,13 +51,14 @@ __all__ = ["VERDICTS", "EFFECTS", "NOT_TESTED", "VERDICT_COLUMN", "EFFECT_COLUMN
            "effect", "verdict_row", "effect_row", "unchanged_stage", "diverged", "at_chance", "below_majority",
            "solved_without_training", "by_construction", "difference_of_intervals", "zero_by_construction",
            "symmetry_by_construction", "orientation_kept", "too_few_seeds", "not_in_this_run", "out_of_reach",
-           "not_finite", "verdict_kind", "verdict_counts"]
+           "not_finite", "verdict_kind", "verdict_counts", "Reason", "MARGINS_KEY"]
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 
 VERDICTS = ("agrees", "reversed", "inconclusive")
 EFFECTS = ("non-zero", "inconclusive")  # the book's own comparisons, which have no article side
 NOT_TESTED = "not tested here"
+MARGINS_KEY = "reason rests on"  # a verdict row's margins of its reason (``Reason``), kept, not shown
 # Printed headers at least as wide as any short verdict, so that a verdict turning into an adjacent one on
 # another CPU does not re-flow the printed table.
 VERDICT_COLUMN = "verdict vs the article"
@@ -87,6 +88,22 @@ VERDICT_RULE = ("ours is the mean difference over the seeds; its 95% interval is
                 "that could not come out one way even with every item of the compared run, the first term of the "
                 "difference, at the end of the score scale, or, for a narrower fairness gap, that a fair model would "
                 "show in fewer than half of simulated draws; a measured reversal is still reported)")
+
+
+class Reason(str):
+    """A computed reason (its text) that rests on trained numbers compared with a threshold: ``margins``, each
+    (number, threshold, kind), the number in the unit it is printed in. ``kind`` says what the number is:
+    ``"statistic"`` (the claim's own statistic), ``"top-1"`` (a run's top-1, as the chapter prints them) or
+    ``"share"`` (a share of test images, pp). A trained number moves a little between CPUs, so where one lies that
+    near its threshold the reason might not apply on another CPU; the claim list says which (``equinb.noise``: a
+    reason never reads a tolerance itself). A reason with no margins rests on exact facts (counts, settings)."""
+
+    margins: tuple[tuple[float, float, str], ...]
+
+    def __new__(cls, text: str, margins: Sequence[tuple[float, float, str]] = ()) -> Reason:
+        reason = super().__new__(cls, text)
+        reason.margins = tuple((float(value), float(threshold), kind) for value, threshold, kind in margins)
+        return reason
 
 
 @dataclass(frozen=True)
@@ -336,12 +353,14 @@ def at_chance(correct: ArrayLike, n_classes: int, run: str, labels: ArrayLike | 
         level = compare(np.full_like(x, 1.0 / n_classes), x, strata=labels)
         # the interval holds chance (1e-9: the float rounding of an interval that ends exactly at it)
         if level.interval[0] <= 1e-9 and level.interval[1] >= -1e-9:
-            return (f"{run} is at chance in balanced accuracy ({chance + level.difference:.2f}%, chance {chance:.2f}% "
-                    f"on {len(counts)} classes of unequal size; top-1 {100 * x.mean():.2f}%)")
+            return Reason(f"{run} is at chance in balanced accuracy ({chance + level.difference:.2f}%, chance "
+                          f"{chance:.2f}% on {len(counts)} classes of unequal size; top-1 {100 * x.mean():.2f}%)",
+                          [(chance + end, chance, "top-1") for end in level.interval])
         return None
     low, high = _accuracy_interval(x)
     if low <= chance <= high:
-        return f"{run} is at chance (top-1 {100 * x.mean():.2f}%, chance {chance:.2f}%)"
+        return Reason(f"{run} is at chance (top-1 {100 * x.mean():.2f}%, chance {chance:.2f}%)",
+                      [(low, chance, "top-1"), (high, chance, "top-1")])
     return None
 
 
@@ -360,10 +379,11 @@ def below_majority(correct_a: ArrayLike, correct_b: ArrayLike, labels: ArrayLike
         return None
     balanced = compare(a, b, strata=labels)
     low, high = balanced.interval
-    return (f"both below the majority class: {names[0]} ({top_a:.2f}%) and {names[1]} ({top_b:.2f}%) score under the "
-            f"{majority:.2f}% top-1 of answering the largest class for every item, where a top-1 difference can come "
-            f"from answering that class more or less often; in balanced accuracy the difference is "
-            f"{balanced.difference:+.2f} pp [{low:+.2f}, {high:+.2f}]")
+    return Reason(f"both below the majority class: {names[0]} ({top_a:.2f}%) and {names[1]} ({top_b:.2f}%) score "
+                  f"under the {majority:.2f}% top-1 of answering the largest class for every item, where a top-1 "
+                  f"difference can come from answering that class more or less often; in balanced accuracy the "
+                  f"difference is {balanced.difference:+.2f} pp [{low:+.2f}, {high:+.2f}]",
+                  [(max(top_a, top_b), majority, "top-1")])
 
 
 def solved_without_training(baseline_correct: ArrayLike, baseline: str) -> str | None:
@@ -393,9 +413,10 @@ def by_construction(control: Comparison, observed: Comparison, what: str,
     else:
         point, (low, high) = difference.difference, difference.interval
     if low <= 0 <= high:
-        return (f"indistinguishable from a control: {what}, which cannot carry the effect, gives "
-                f"{control.difference:+.3g} [{control.interval[0]:+.3g}, {control.interval[1]:+.3g}], and the "
-                f"observed minus it, {point:+.3g} [{low:+.3g}, {high:+.3g}], holds 0")
+        return Reason(f"indistinguishable from a control: {what}, which cannot carry the effect, gives "
+                      f"{control.difference:+.3g} [{control.interval[0]:+.3g}, {control.interval[1]:+.3g}], and the "
+                      f"observed minus it, {point:+.3g} [{low:+.3g}, {high:+.3g}], holds 0",
+                      [(low, 0.0, "statistic"), (high, 0.0, "statistic")])
     return None
 
 
@@ -435,18 +456,20 @@ def orientation_kept(hits: dict[str, ArrayLike], n_views: int) -> str | None:
     together (one that finds the orientation shows that the data have it, whatever another learned), and the
     reason names every module with its share and interval, so that its words stay the same where a module's
     interval end near 0 falls on the other side on another CPU (only its numbers move)."""
-    shown, found = [], False
+    shown, lows = [], []
     for module, on_original in hits.items():
         x = _as_matrix(on_original)
         low, high = compare(np.full_like(x, 1.0 / n_views), x).interval
-        found |= low > 0
+        lows.append(low)
         shown.append(f"{module}: {100 * x.mean():.1f}% of the test images, excess over chance [{low:+.1f}, "
                      f"{high:+.1f}] pp")
-    if not found:
+    if not max(lows, default=0.0) > 0:
         return None
-    return (f"the stand-in turns upright images at random, and its images keep the orientation they had: the largest "
-            f"weight of at least one of this run's modules undoes the turn more often than chance, {100 / n_views:.0f}%"
-            f" ({'; '.join(shown)}), so it is not data without an orientation")
+    # it stops applying only where every module's lower end falls to 0: the highest one is the margin
+    return Reason(f"the stand-in turns upright images at random, and its images keep the orientation they had: the "
+                  f"largest weight of at least one of this run's modules undoes the turn more often than chance, "
+                  f"{100 / n_views:.0f}% ({'; '.join(shown)}), so it is not data without an orientation",
+                  [(max(lows), 0.0, "share")])
 
 
 def zero_by_construction(alike: float, model: str, copies: float = 0.0, what: str = "gap") -> str | None:
@@ -600,7 +623,8 @@ def verdict_row(claim_id: str, comparison: Comparison | None, *, reasons: Sequen
     this build computed (the claim's statistic, and ``note`` where the chapter had to choose, e.g. a baseline),
     the article's value, ours with its interval and basis, and the verdict. A missing number prints as "—".
     ``changed``: per compared finetune stage, the test predictions it changed (kept, not shown: the book's tests
-    check that a stage that changed none is never given a verdict)."""
+    check that a stage that changed none is never given a verdict). ``MARGINS_KEY``: the margins of the reason
+    that decided the verdict (``Reason``; kept, not shown: the claim list reads them)."""
     from .claims import claim
 
     c = claim(claim_id)
@@ -609,9 +633,12 @@ def verdict_row(claim_id: str, comparison: Comparison | None, *, reasons: Sequen
         article = {1: "> 0", -1: "< 0", 0: "= 0"}[c.side]
     tested = f"{c.statistic} ({note})" if note else c.statistic
     numbers = _numbers(comparison, decimals)  # the verdict right after the interval it reads, so it stays in view
+    reason = _first_reason(comparison, c.side, reasons)
     return {"claim": c.text, "article": article, "ours": numbers["ours"], "95% interval": numbers["95% interval"],
             VERDICT_COLUMN: judge(comparison, c.side, reasons), "noise": numbers["noise"], "tested as": tested,
-            "id": c.id, "changed": dict(changed or {})}
+            "id": c.id, "changed": dict(changed or {}),
+            MARGINS_KEY: [[round(value, 4), round(threshold, 4), kind]
+                          for value, threshold, kind in getattr(reason, "margins", ())]}
 
 
 def effect_row(change: str, comparison: Comparison | None, *, reasons: Sequence[str | None] = (),

@@ -37,7 +37,8 @@ from equinb.chapter import check_params
 from equinb.claims import claims
 from equinb.noise import NUMBER, chapter_tolerances, measured_profile, tagged_class, cpu_turns, verdict_class
 from equinb.tables import Link, chapter_number, glued_cell_tags, glued_json, show, start_chapter
-from equinb.verdicts import CHANGED_NOTHING, NOT_TESTED, VERDICT_COLUMN, VERDICT_RULE, verdict_counts, verdict_kind
+from equinb.verdicts import (CHANGED_NOTHING, MARGINS_KEY, NOT_TESTED, VERDICT_COLUMN, VERDICT_RULE, verdict_counts,
+                             verdict_kind)
 
 start_chapter("claim_list")  # number its tables as the book numbers the chapter
 check_params(profile=profile, chapters_dir=chapters_dir)
@@ -106,6 +107,14 @@ glue("claims_profile", profile, display=False)
 # largest move of any of them (or a floor, where no number of the class moved), so the list may name verdicts that no
 # measured CPU changed. It is no uncertainty of
 # the result; the interval is that.
+#
+# A *not tested here* verdict can turn too, where its computed reason rests on a trained number compared with a
+# threshold (a run at chance, two runs below the majority class, a statistic a control matches, a stand-in whose
+# images keep their orientation): where that number lies within its tolerance of the threshold, the reason might
+# not apply on another CPU, and the claim would be tested there. The regression tests would flag such a build, as
+# they flag any verdict that changes otherwise than between an interval's neighbouring readings. The converse, a
+# tested verdict that another CPU could move into such a reason, is not listed: a check that did not apply keeps no
+# number.
 
 # %% tags=["hide-input", "exact"]
 cell_classes = {chapter: tagged_class(glued_cell_tags(folder / f"{chapter}.ipynb") or [])
@@ -125,23 +134,48 @@ for _, row in tested.iterrows():
         turnable.append({"claim": row["claim"], "verdict": row["verdict"], "95% interval": row["95% interval"],
                          "its numbers move between CPUs within": tol.describe(),
                          "on another CPU it could read": " or ".join(sorted(readings)), "evidence": row["evidence"]})
+# what a reason's number is (``equinb.verdicts.Reason``) -> the class it moves in: the claim's statistic in its
+# unit's class, a run's top-1 in the class of the chapter's table, a share of images in the share class
+untested = listing[kinds == NOT_TESTED]
+for _, row in untested.iterrows():
+    cell_class = cell_classes.get(reported[row["id"]]["chapter"]) if row["id"] in reported else None
+    margin_class = {"statistic": verdict_class(by_id[row["id"]].unit, cell_class), "top-1": cell_class,
+                    "share": "share"}
+    near = []
+    for value, threshold, kind in reported.get(row["id"], {}).get(MARGINS_KEY, []):
+        name = margin_class[kind]
+        tol = chapter_tolerances(profile, name)[name] if name else None
+        if tol and tol.allows(value, threshold):
+            near.append(tol.describe())
+    if near:
+        turnable.append({"claim": row["claim"], "verdict": row["verdict"], "95% interval": row["95% interval"],
+                         "its numbers move between CPUs within": " and ".join(dict.fromkeys(near)),
+                         "on another CPU it could read": "tested (its reason's number is within that of its "
+                                                         "threshold)", "evidence": row["evidence"]})
 turnable = pd.DataFrame(turnable, columns=["claim", "verdict", "95% interval", "its numbers move between CPUs within",
                                            "on another CPU it could read", "evidence"])
 decided = int(kinds[tested.index].isin(["agrees", "reversed"]).sum())
-decided_turnable = int((turnable.verdict != "inconclusive").sum())
+untested_turnable = int(turnable.verdict.map(verdict_kind).eq(NOT_TESTED).sum())
+decided_turnable = int(turnable.verdict.map(verdict_kind).isin(["agrees", "reversed"]).sum())
 if profile == measured_profile():
-    print(f"profile: {profile}; of the {len(tested)} tested verdicts, {len(turnable)} could read otherwise on "
-          f"another CPU: {decided_turnable} of the {decided} that agree or are reversed, "
-          f"{len(turnable) - decided_turnable} of the {len(tested) - decided} inconclusive")
-    show(turnable, f"Verdicts with an interval end within the cross-CPU tolerance of 0 (profile: {profile})",
+    print(f"profile: {profile}; of the {len(tested)} tested verdicts, {len(turnable) - untested_turnable} could read "
+          f"otherwise on another CPU: {decided_turnable} of the {decided} that agree or are reversed, "
+          f"{len(turnable) - untested_turnable - decided_turnable} of the {len(tested) - decided} inconclusive; of the "
+          f"{len(untested)} not tested here, {untested_turnable} could be tested (their reason rests on a trained "
+          "number within its tolerance of its threshold)")
+    show(turnable, f"Verdicts with an interval end, or a reason's number, within the cross-CPU tolerance of its "
+                   f"threshold (profile: {profile})",
          beneath={"evidence": "claim"})
     # a decided verdict whose interval could cross 0 entirely could read the opposite verdict, not only inconclusive
     flips = int(sum(len(set(r["on another CPU it could read"].split(" or ")) - {"inconclusive", r["verdict"]}) > 0
-                    for _, r in turnable.iterrows() if r["verdict"] != "inconclusive"))
+                    for _, r in turnable.iterrows() if verdict_kind(r["verdict"]) in ("agrees", "reversed")))
     cross_cpu_reading = (f"Of the {decided} verdicts that agree or are reversed, {decided_turnable} rest on an "
                          "interval with an end closer to 0 than their numbers move between CPUs (the chapters print "
                          "that tolerance beside their tables), and could read inconclusive on another CPU"
-                         + (f"; {flips} of them could even read the other way" if flips else ""))
+                         + (f"; {flips} of them could even read the other way" if flips else "")
+                         + (f"; and {untested_turnable} of the {len(untested)} not tested here give a reason whose "
+                            "trained number lies that near its threshold, and could be tested there"
+                            if untested_turnable else ""))
 else:
     print(f"profile: {profile}; how far its numbers move between CPUs was measured on the {measured_profile()} "
           "profile only: not assessed here")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from equinb.verdicts import (EFFECT_COLUMN, NOT_TESTED, MIN_SEEDS, VERDICT_COLUMN, VERDICTS, Comparison,
+from equinb.verdicts import (EFFECT_COLUMN, MARGINS_KEY, NOT_TESTED, MIN_SEEDS, VERDICT_COLUMN, VERDICTS, Comparison,
                              at_chance, below_majority, by_construction, compare, difference_of_intervals, diverged,
                              effect, effect_row, judge, not_finite, not_in_this_run, orientation_kept, paired_interval,
                              solved_without_training, too_few_seeds, unchanged_stage, verdict_counts, verdict_row,
@@ -570,6 +570,32 @@ def test_a_row_keeps_its_note_and_the_changed_predictions_the_table_test_reads()
     claim_id = "tab1.updated_minus_original.rot90.prefinetune"
     row = verdict_row(claim_id, Comparison(3.0, (1.0, 5.0), 5, 100), note="baseline: X", changed={"updated": 0})
     assert row["tested as"] == f"{claim(claim_id).statistic} (baseline: X)" and row["changed"] == {"updated": 0}
+    assert row[MARGINS_KEY] == []  # tested: no reason, so no margins
+
+
+def test_a_reason_on_trained_numbers_keeps_the_number_its_check_compared() -> None:
+    """The margins another CPU could move across (the claim list reads them): each check's decisive number and its
+    threshold, in the unit the reason prints; they reach the verdict row only from the reason that decided it."""
+    labels = np.repeat([0, 1, 2], [60, 30, 10])
+    majority = (labels == 0).astype(float)
+    learned = np.r_[np.zeros(30), np.ones(25), np.zeros(20), np.ones(25)]
+    reason = below_majority(learned[None], (majority * (np.arange(100) < 55))[None], labels, ("a", "b"))
+    assert reason.margins == ((pytest.approx(55.0), 60.0, "top-1"),)  # the higher top-1 against the majority rate
+    chance = np.r_[np.ones(40), np.zeros(360)]  # 10% right on 10 classes
+    low, high = at_chance(chance, 10, "run").margins
+    assert low[0] < 10.0 < high[0] and low[1:] == high[1:] == (10.0, "top-1")
+    control = _comparison(-0.01, 0.01)
+    ends = by_construction(control, control, "a control", difference=_comparison(-0.05, 0.4)).margins
+    assert ends == ((-0.05, 0.0, "statistic"), (0.4, 0.0, "statistic"))
+    found, by_chance = np.zeros((2, 400)), np.zeros((2, 400))
+    found[:, :160], by_chance[:, :100] = 1, 1
+    kept = orientation_kept({"a": by_chance, "b": found}, 4)
+    (value, threshold, kind), = kept.margins  # the highest lower end: the reason holds while it stays above 0
+    assert threshold == 0.0 and kind == "share" and f"[{value:+.1f}," in kept
+    row = verdict_row("tab4.finetune_gain.original", _comparison(-1.0, 1.0), reasons=[None, kept, reason])
+    assert row[VERDICT_COLUMN] == f"{NOT_TESTED}: {kept}" and row[MARGINS_KEY] == [[round(value, 4), 0.0, "share"]]
+    untouched = verdict_row("tab4.finetune_gain.original", _comparison(-1.0, 1.0), reasons=["a setting"])
+    assert untouched[MARGINS_KEY] == []  # a reason on exact facts has none
 
 
 def test_at_chance_reads_every_seed() -> None:
