@@ -93,7 +93,7 @@ VERDICT_RULE = ("ours is the mean difference over the seeds; its 95% interval is
 class Reason(str):
     """A computed reason (its text) that rests on trained numbers compared with a threshold: ``margins``, each
     (number, threshold, kind), the number in the unit it is printed in. ``kind`` says what the number is:
-    ``"statistic"`` (the claim's own statistic), ``"top-1"`` (a run's top-1, as the chapter prints them) or
+    ``"statistic"`` (the claim's own statistic), ``"top-1"`` (a run's accuracy, top-1 or balanced, in %) or
     ``"share"`` (a share of test images, pp). A trained number moves a little between CPUs, so where one lies that
     near its threshold the reason might not apply on another CPU; the claim list says which (``equinb.noise``: a
     reason never reads a tolerance itself). A reason with no margins rests on exact facts (counts, settings)."""

@@ -123,10 +123,16 @@ cell_classes = {chapter: tagged_class(glued_cell_tags(folder / f"{chapter}.ipynb
 by_id = {c.id: c for c in claims()}
 kinds = listing.verdict.map(verdict_kind)  # "reversed: <reason>" (by construction) is reversed
 tested = listing[kinds.isin(["agrees", "reversed", "inconclusive"])]
+
+
+def class_tolerance(name: str | None):
+    """The tolerance of a class on this profile (None: no class, or a profile without measured tolerances)."""
+    return chapter_tolerances(profile, name)[name] if name else None
+
+
 turnable = []
 for _, row in tested.iterrows():
-    name = verdict_class(by_id[row["id"]].unit, cell_classes.get(reported[row["id"]]["chapter"]))
-    tol = chapter_tolerances(profile, name)[name] if name else None
+    tol = class_tolerance(verdict_class(by_id[row["id"]].unit, cell_classes.get(reported[row["id"]]["chapter"])))
     low, high = (float(x) for x in NUMBER.findall(row["95% interval"]))
     # 0: the interval could hold 0 (inconclusive); a side: it could exclude 0 there (the claim's side: agrees)
     readings = {"inconclusive" if side == 0 else "agrees" if side == by_id[row["id"]].side else "reversed"
@@ -142,18 +148,19 @@ for _, row in untested.iterrows():
     cell_class = cell_classes.get(reported[row["id"]]["chapter"]) if row["id"] in reported else None
     margin_class = {"statistic": verdict_class(by_id[row["id"]].unit, cell_class), "top-1": cell_class,
                     "share": "share"}
-    near = []
+    near = {}  # the reason's numbers near their threshold, and their tolerance
     for value, threshold, kind in reported.get(row["id"], {}).get(MARGINS_KEY, []):
-        name = margin_class[kind]
-        tol = chapter_tolerances(profile, name)[name] if name else None
+        tol = class_tolerance(margin_class[kind])
         if tol and tol.allows(value, threshold):
-            near.append(tol.describe())
-    if near:  # the reason's opening words (the list below has it in full)
-        opening = re.split(r"[:(;]", row["verdict"].split(": ", 1)[1], maxsplit=1)[0].strip()
-        turnable.append({"claim": row["claim"], "verdict": f"{NOT_TESTED}: {opening} …",
+            near[f"{value:.4g} against {threshold:.4g}"] = tol.describe()
+    if near:  # the reason's opening words and its numbers near their threshold (the list below has it in full)
+        opening = re.split(r"[:(;,]", row["verdict"].split(": ", 1)[1], maxsplit=1)[0].strip()
+        numbers = f"its number{'s' if len(near) > 1 else ''} {'; '.join(near)}"
+        turnable.append({"claim": row["claim"], "verdict": f"{NOT_TESTED}: {opening} … ({numbers})",
                          "95% interval": row["95% interval"],
-                         "its numbers move between CPUs within": " and ".join(dict.fromkeys(near)),
-                         "on another CPU it could read": "tested", "evidence": row["evidence"]})
+                         "its numbers move between CPUs within": " and ".join(dict.fromkeys(near.values())),
+                         "on another CPU it could read": "tested",
+                         "evidence": row["evidence"]})
 turnable = pd.DataFrame(turnable, columns=["claim", "verdict", "95% interval", "its numbers move between CPUs within",
                                            "on another CPU it could read", "evidence"])
 decided = int(kinds[tested.index].isin(["agrees", "reversed"]).sum())
