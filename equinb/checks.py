@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import math
 import numbers
+import sys
 import warnings
 from typing import Any, Callable, Iterable, Iterator
 
@@ -28,8 +29,8 @@ from .groups import Group, get_group
 from .outputs import OutputSelector, check_selector, select_output
 
 __all__ = ["invariance_error", "equivariance_error", "largest_error", "format_error", "check_invariance",
-           "check_equivariance", "check_image_batch", "check_group_images", "channels_last_hint", "modes_restored",
-           "evaluation_mode", "training_modules"]
+           "check_equivariance", "check_image_batch", "check_group_images", "channels_last_hint",
+           "channels_last_maps_hint", "modes_restored", "evaluation_mode", "training_modules", "warn_at_caller"]
 
 Tensor = torch.Tensor
 
@@ -142,6 +143,27 @@ def channels_last_hint(x: Tensor) -> str:
     if x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
         return (f"; these look like channels-last images [B, H, W, C] = {list(x.shape)}: permute them to "
                 "[B, C, H, W] with x.permute(0, 3, 1, 2)")
+    return ""
+
+
+def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """A warning attributed to the first caller outside torch and equinb (the user's ``load_state_dict``, forward
+    or check line, however deep the wrapper sits in their model)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("torch", "equinb"):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+def channels_last_maps_hint(y: Tensor) -> str:
+    """``"look like channels-last maps ..."`` when outputs read as maps [..., C, h, w] look like [..., h, w, C]
+    (torchvision's and timm's Swin give those): the two dims before the last are equal and the last differs, so the
+    group, which acts on the last two dims, would move the channels as if they were a width; else "". Square maps
+    [C, h, h] never match; a map [C, h, w] with C == h != w does (the hint then says which layout it assumed)."""
+    if y.ndim >= 4 and y.shape[-3] == y.shape[-2] != y.shape[-1]:
+        return (f"look like channels-last maps [..., h, w, C] = {list(y.shape)}, and the group acts on the "
+                "last two dims (here w and C): permute them to [..., C, h, w] where the model's output is selected, "
+                "e.g. output=lambda out: out.permute(0, 3, 1, 2)")
     return ""
 
 
@@ -306,15 +328,19 @@ def check_equivariance(model: Callable[..., Any], x: Tensor, group: Group | str,
                 raise ValueError(f"check_equivariance moves the outputs by the group on their last two (spatial) "
                                  f"dims, but this model gives outputs of shape {tuple(y.shape)}, which have none: "
                                  f"use check_invariance for a classifier, or pass act_output=")
+            layout = channels_last_maps_hint(y) if act_output is None else ""
             if act_output is None and group.needs_square and y.shape[-1] != y.shape[-2]:
                 tokens = (" Outputs [B, T, D] of tokens are no maps: bring patch tokens to [B, D, h, w] first "
                           "(equinb.outputs.patch_tokens_to_map)." if y.ndim == 3 else "")
+                why = f"; they {layout}" if layout else (": a padding, stride or kernel that treats height and width "
+                                                         "differently cannot be equivariant to quarter turns")
                 raise ValueError(f"check_equivariance turns the model's outputs as it turns the images, by quarter "
                                  f"turns under {group.name}, but the outputs of these square images are not square "
-                                 f"(shape {tuple(y.shape)}): a padding, stride or kernel that treats height and width "
-                                 "differently cannot be equivariant to quarter turns; use a group without them "
-                                 "(rot180, hflip, vflip), or pass act_output= for outputs the group moves otherwise."
-                                 + tokens)
+                                 f"(shape {tuple(y.shape)}){why}; use a group without quarter turns (rot180, hflip, "
+                                 "vflip), or pass act_output= for outputs the group moves otherwise." + tokens)
+            if layout:  # a mirror of [h, w, C] reverses the channels: the error measured would mean nothing
+                warn_at_caller(f"check_equivariance: the model's outputs {layout}; else pass "
+                               "act_output= for outputs the group moves otherwise")
             return y
         return checked
 

@@ -6,7 +6,10 @@ and others carry ``.logits``). A selector names the tensor to use:
 - ``None`` (default): the output itself when it is a tensor, else its ``.logits`` (attribute or key);
 - a string: a key of a mapping, or an attribute (a namedtuple field, a dataclass field);
 - an integer: an index of a tuple or list (a namedtuple included), or of a Hugging Face ``ModelOutput``;
-- a callable: ``output(out) -> Tensor``.
+- a callable: ``output(out) -> Tensor``;
+- a tuple of strings and integers: a path, each step applied to what the one before selected
+  (``output=("hidden_states", -1)``: a Hugging Face model's last hidden layer); unlike a callable, it shows in
+  ``repr`` and is saved in a wrapper's ``state_dict`` record.
 
 Anything else, or a selection that does not give a tensor, raises a ``TypeError`` that names the selector
 and describes what the model returned.
@@ -32,17 +35,23 @@ import torch
 
 __all__ = ["OutputSelector", "check_selector", "select_output", "describe_output", "patch_tokens_to_map"]
 
-OutputSelector = Union[None, str, int, Callable[[Any], torch.Tensor]]
+OutputSelector = Union[None, str, int, tuple[Union[str, int], ...], Callable[[Any], torch.Tensor]]
+
+
+def _is_step(step: Any) -> bool:
+    """A key or attribute name, or an index (not a bool): one step of a selector."""
+    return isinstance(step, str) or (isinstance(step, int) and not isinstance(step, bool))
 
 
 def check_selector(output: Any) -> OutputSelector:
-    """Refuse a selector that is not None, a string, an integer or a callable (at construction)."""
-    if output is None or isinstance(output, str) or callable(output):
+    """Refuse a selector that is not None, a string, an integer, a tuple of those or a callable (at construction)."""
+    if output is None or _is_step(output) or (callable(output) and not isinstance(output, tuple)):
         return output
-    if isinstance(output, int) and not isinstance(output, bool):
+    if isinstance(output, tuple) and output and all(_is_step(step) for step in output):
         return output
     raise TypeError(f"output={output!r} is not a selector; pass None (a tensor, or its .logits), a key or attribute "
-                    "name (str), an index (int), or a callable that maps the model's output to a tensor")
+                    "name (str), an index (int), a path of those (a non-empty tuple such as ('hidden_states', -1)), "
+                    "or a callable that maps the model's output to a tensor")
 
 
 def _a(name: str) -> str:
@@ -88,6 +97,12 @@ def _did_you_mean(output: OutputSelector, out: Any) -> str:
 
 
 def _pick(out: Any, output: OutputSelector) -> Any:
+    if isinstance(output, tuple):  # a path: a step that finds nothing ends it (select_output names that step)
+        for step in output:
+            out = _pick(out, step)
+            if out is None:
+                return None
+        return out
     if output is None:
         if isinstance(out, torch.Tensor):
             return out
@@ -116,6 +131,8 @@ def select_output(out: Any, output: OutputSelector = None) -> torch.Tensor:
     picked = _pick(out, output)
     if isinstance(picked, torch.Tensor):
         return picked
+    if isinstance(output, tuple):
+        raise _path_error(out, output)
     what = describe_output(out)
     if output is None:
         raise TypeError(f"the model returned {what}, not a tensor, and it has no .logits; pass output= to say which "
@@ -128,6 +145,22 @@ def select_output(out: Any, output: OutputSelector = None) -> torch.Tensor:
            "gives a tensor")
     raise TypeError(f"output={output!r}{_did_you_mean(output, out)} selected {got} from the model's output, "
                     f"which is {what}{fix}")
+
+
+def _path_error(out: Any, path: tuple[str | int, ...]) -> TypeError:
+    """The error of a path ``output=`` that gave no tensor: the step where it failed, what that step was applied to
+    and what it found (a misspelt name gets its nearest one)."""
+    for i, step in enumerate(path):
+        picked = _pick(out, step)
+        if picked is None or (i == len(path) - 1 and not isinstance(picked, torch.Tensor)):
+            where = "the model's output" if i == 0 else f"what {path[:i]!r} selected"
+            got = "nothing" if picked is None else f"a {type(picked).__name__}"
+            end = ("; end the path before this step, or select from the tensor with a callable" if
+                   isinstance(out, torch.Tensor) else "")
+            return TypeError(f"output={path!r}: step {i + 1}, {step!r}{_did_you_mean(step, out)}, selected {got} "
+                             f"from {where}, which is {describe_output(out)}{end}")
+        out = picked
+    return TypeError(f"output={path!r} selected no tensor")  # not reached: a path that ends in a tensor returns it
 
 
 def _is_count(value: Any) -> bool:

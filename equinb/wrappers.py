@@ -57,14 +57,13 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-import warnings
 from typing import Any, Callable, Iterator, Union
 
 import torch
 from torch import nn
 
-from .checks import (channels_last_hint, check_group_images, device_elsewhere, evaluation_mode,
-                     modes_restored, training_modules)
+from .checks import (channels_last_hint, channels_last_maps_hint, check_group_images, device_elsewhere,
+                     evaluation_mode, modes_restored, training_modules, warn_at_caller)
 from .groups import Group, TokenPermutationGroup, get_group
 from .outputs import OutputSelector, check_selector, select_output
 from .precision import full_precision, parameter_dtype
@@ -242,25 +241,28 @@ def _weighted_sum(values: Tensor, weights: Tensor) -> Tensor:
 SAVED_FORMAT = 1  # the version of the record a wrapper's state dict keeps under "_extra_state"
 
 
+# Tokens a vision transformer may put in front of its patches: none, a class token, and registers (Darcet et al.
+# 2024 trained 1, 2, 4, 8 and 16 of them; DINOv2 with registers has a class token and 4), with or without the class
+# token. Counts above 1 need a grid of at least 4 x 4 patches: a [1, 6, D] output (two in front of 2 x 2?) is more
+# likely six heads' scores than tokens, and the warning would be noise.
+_TOKEN_PREFIXES = (0, 1, 2, 3, 4, 5, 8, 9, 16, 17)
+
+
+def patch_token_prefixes(t: int) -> list[int]:
+    """The counts of tokens in front of the patches (``_TOKEN_PREFIXES``) that leave ``t`` tokens a square grid of
+    patches: at least 2 x 2 behind 0 or 1 of them, 4 x 4 behind more; smallest first, [] for none. 261 gives [5]
+    (a class token, 4 registers, 16 x 16 patches), 197 gives [1], 9 gives [0]."""
+    return [p for p in _TOKEN_PREFIXES if t - p >= (4 if p <= 1 else 16) and math.isqrt(t - p) ** 2 == t - p]
+
+
 class WrapperMismatchWarning(UserWarning):
     """Weights loaded into an equinb wrapper built differently from the one that saved them (or saved without the
     record that says how it was built)."""
 
 
-def _warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
-    """A warning attributed to the first caller outside torch and equinb (the user's ``load_state_dict`` or
-    forward line, however deep the wrapper sits in their model)."""
-    import sys
-
-    frame, level = sys._getframe(1), 2
-    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("torch", "equinb"):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
-
-
 def _warn_mismatch(message: str) -> None:
-    """A ``WrapperMismatchWarning`` at the user's ``load_state_dict`` line (``_warn_at_caller``)."""
-    _warn_at_caller(message, WrapperMismatchWarning)
+    """A ``WrapperMismatchWarning`` at the user's ``load_state_dict`` line (``checks.warn_at_caller``)."""
+    warn_at_caller(message, WrapperMismatchWarning)
 
 
 class OrbitWrapper(nn.Module):
@@ -514,10 +516,10 @@ class OrbitWrapper(nn.Module):
         batchnorm_training = training_modules(trunk if trunk is not None else self.trunk,
                                               nn.modules.batchnorm._BatchNorm)
         if size < self.group.order and batchnorm_training:
-            _warn_at_caller(f"{type(self).__name__}: chunk_size={size} splits each orbit of {self.group.order} views "
-                            "into several forwards while BatchNorm layers of the trunk train: each piece is "
-                            "normalised with its own batch statistics, so the output is not invariant. Use a "
-                            f"chunk_size of at least {self.group.order} (whole orbits), or trunk_eval=True")
+            warn_at_caller(f"{type(self).__name__}: chunk_size={size} splits each orbit of {self.group.order} views "
+                           "into several forwards while BatchNorm layers of the trunk train: each piece is "
+                           "normalised with its own batch statistics, so the output is not invariant. Use a "
+                           f"chunk_size of at least {self.group.order} (whole orbits), or trunk_eval=True")
         # the orbit of a few images at a time (never the whole batch's), each in forwards of at most `size` images
         blocks = x.split(max(1, size // self.group.order))
         return torch.cat([self.view_outputs(self.group.orbit(part), trunk, chunk_size=size) for part in blocks])
@@ -556,6 +558,7 @@ class OrbitWrapper(nn.Module):
                 else:
                     views = self.view_outputs(self.group.orbit(x[:1]))  # [1, G, ...]
             self._warn_unaligned_maps(views, self._check_head(views[:, 0]))
+            self._warn_channels_last_maps(views)
             try:
                 weights = self.view_weights(views)
             except (RuntimeError, ValueError) as err:
@@ -624,40 +627,55 @@ class OrbitWrapper(nn.Module):
                 "that view (the views are dim 1 of [B, G, ...]), or make the weights permute with the views as "
                 "ViewAttention does")
 
+    def _warn_channels_last_maps(self, views: Tensor) -> None:
+        """Warn when ``align_views`` would turn back maps that look channels-last [B, G, h, w, C]
+        (``checks.channels_last_maps_hint``) under a group without quarter turns: a mirror of the last two dims then
+        reverses the channels of each view, which raises nothing, and ``check_equivariance`` applies the same
+        action to the outputs, so it would pass. Under quarter turns ``align`` refuses such maps (not square)."""
+        layout = channels_last_maps_hint(views) if self.align_views and views.ndim == 5 else ""
+        if layout and not self.group.needs_square:
+            warn_at_caller(f"{type(self).__name__}: align_views=True turns each view back by {self.group.name} on "
+                           f"the last two dims of the trunk's views [B, G, ...], which {layout}. If the maps are "
+                           "[C, h, w] with C == h, this is meant: filter this warning")
+
     def _warn_unaligned_maps(self, views: Tensor, head_output: Tensor) -> None:
         """Warn when the output combines unaligned views that keep the input's layout and that the head keeps so,
         with ``align_views`` left at its default: feature maps [B, G, C, h, w] that stay maps [1, C', h', w'] after
         the head (``head_output``, the head on one view; no head keeps them), one-channel maps [B, G, h, h], or what
-        looks like the patch tokens of a vision transformer, [B, G, T, D] kept as [1, T, D] with T (or T - 1, a
-        class token in front) a square number of patches. An object in one corner of the input then shows in every
-        corner its group turns it to, and a token holds a different patch in each view, which a user who wanted an
-        equivariant output would not see from its shape. Maps of 1 x 1, single tokens and the logits of a few heads
-        [1, heads, K] hold no place of the input: no warning."""
+        looks like the patch tokens of a vision transformer, [B, G, T, D] kept as [1, T, D] with T less a count of
+        tokens in front (``patch_token_prefixes``) a square number of patches. An object in one corner of the input
+        then shows in every corner its group turns it to, and a token holds a different patch in each view, which a
+        user who wanted an equivariant output would not see from its shape. Maps of 1 x 1, single tokens and the
+        logits of a few heads [1, heads, K] hold no place of the input: no warning."""
         if not getattr(self, "_align_views_default", False) or self.group.order == 1:
             return
         three = views.ndim == 4 and head_output.ndim == 3  # [1, h, w] or [1, T, D]
         one_channel = three and head_output.shape[1] == head_output.shape[2] >= 3
-        # T tokens of a square of at least 2 x 2 patches, or T - 1 behind a class token (registers are not seen)
-        tokens = three and not one_channel and head_output.shape[2] > 1 and any(
-            n >= 4 and math.isqrt(n) ** 2 == n for n in (head_output.shape[1], head_output.shape[1] - 1))
+        prefixes = patch_token_prefixes(head_output.shape[1]) if three and head_output.shape[2] > 1 else []
+        tokens = not one_channel and bool(prefixes)
         if one_channel or (views.ndim == 5 and head_output.ndim >= 4 and tuple(head_output.shape[-2:]) != (1, 1)):
+            layout = channels_last_maps_hint(views)
             shape, fix = ("one-channel maps [h, w]", "bring them to [1, h, w] in the trunk and pass align_views=True"
-                          ) if one_channel else ("feature maps [C, h, w]", "pass align_views=True")
-            _warn_at_caller(
+                          ) if one_channel else ("feature maps [C, h, w]", "pass align_views=True" + (
+                              f" (first: they {layout})" if layout else ""))
+            warn_at_caller(
                 f"{type(self).__name__}: the trunk gives {shape} and the head keeps them spatial, but align_views is "
                 f"off: each output map combines the {self.group.order} views' maps without turning them back "
                 f"({self.group.name}), so it is neither the input's map nor equivariant. For equivariant maps, {fix}; "
                 "pass align_views=False (or a pooling head=) if this is meant.")
         elif tokens:
-            _warn_at_caller(
-                f"{type(self).__name__}: the trunk gives what look like patch tokens [T, D] and the head keeps them, "
-                f"but align_views is off: token t of the output combines token t of the {self.group.order} views, "
-                f"which come from different places of the input in each view ({self.group.name} turns the image), so "
-                "the output is invariant as a whole but no token is the input's. For equivariant tokens, turn the "
-                "patch tokens into maps [D, h, w] (output=lambda t: equinb.outputs.patch_tokens_to_map(t, "
-                "prefix_tokens=1), 1 for a class token in front, 0 without one; a head= then takes maps [B, D, h, w]) "
-                "and pass align_views=True; pass align_views=False (or a head= that pools the tokens or takes the "
-                "class token) if this is meant.")
+            t = head_output.shape[1]
+            fits = " or ".join(f"{p} in front of {math.isqrt(t - p)} x {math.isqrt(t - p)} patches" for p in prefixes)
+            warn_at_caller(
+                f"{type(self).__name__}: the trunk gives what look like patch tokens [T, D] = [{t}, "
+                f"{head_output.shape[2]}] ({fits}) and the head keeps them, but align_views is off: token t of the "
+                f"output combines token t of the {self.group.order} views, which come from different places of the "
+                f"input in each view ({self.group.name} turns the image), so the output is invariant as a whole but "
+                "no token is the input's. For equivariant tokens, turn the patch tokens into maps [D, h, w] "
+                f"(output=lambda t: equinb.outputs.patch_tokens_to_map(t, prefix_tokens={prefixes[0]}), counting the "
+                "tokens in front of the patches: the class token and any register tokens, 0 for none; a head= then "
+                "takes maps [B, D, h, w]) and pass align_views=True; pass align_views=False (or a head= that pools the "
+                "tokens or takes the class token) if this is meant.")
 
     def _check_head(self, view: Tensor) -> Tensor:
         """The head's output on one view, or a ValueError naming the head and the trunk's output shape when the head
@@ -692,11 +710,13 @@ class OrbitWrapper(nn.Module):
                 "class token in front)."
             )
         if self.group.needs_square and views.shape[-1] != views.shape[-2]:
+            layout = channels_last_maps_hint(views)
+            fix = f"; they {layout}" if layout else (": make the trunk's padding and strides treat both axes alike, "
+                                                     "or use a group without quarter turns (rot180, hflip, vflip)")
             raise ValueError(
                 f"align_views=True turns each view's map back by quarter turns ({self.group.name}), so the trunk must "
                 f"give square maps; it gives maps of h x w = {views.shape[-2]} x {views.shape[-1]} "
-                f"(views {tuple(views.shape)}): make the trunk's padding and strides treat both axes alike, or use a "
-                "group without quarter turns (rot180, hflip, vflip)")
+                f"(views {tuple(views.shape)}){fix}")
         return self.group.invert_orbit(views)
 
     def view_weights(self, views: Tensor) -> Tensor:

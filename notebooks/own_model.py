@@ -174,7 +174,8 @@ with torch.no_grad():
 # ## A vision transformer's patch tokens
 # A vision transformer gives tokens `[B, T, D]`, not maps: a class token, then one token per patch in row-major
 # order. `equinb.outputs.patch_tokens_to_map` drops the tokens in front of the patches (`prefix_tokens=1`: the class
-# token; vision transformers with register tokens have more) and lays the patch tokens out as maps `[B, D, h, w]`,
+# token; vision transformers with register tokens have more, and a wrapper that combines tokens unaligned warns
+# with the count it finds) and lays the patch tokens out as maps `[B, D, h, w]`,
 # which `align_views=True` turns back like any feature map. Here a small torchvision `VisionTransformer` with
 # random weights (the mechanics need none; a pretrained one is wrapped the same way), its tokens taken after the
 # encoder with torchvision's feature extractor. The patches must tile the image, so that a rotation moves whole
@@ -370,9 +371,14 @@ except TypeError as error:
 
 # %% [markdown]
 # ## Notes
-# - **Which output.** Models that return a dict, a tuple or an object take `output=` (a key, an index or a
-#   callable); an output with `.logits` (Hugging Face's) is used as it is. A wrong choice fails on the first image,
-#   with the selector named, before the orbit pass.
+# - **Which output.** Models that return a dict, a tuple or an object take `output=` (a key, an index, a path of
+#   those such as `("hidden_states", -1)`, or a callable); an output with `.logits` (Hugging Face's) is used as it
+#   is. A wrong choice fails on the first image, with the selector (and a path's failing step) named, before the
+#   orbit pass.
+# - **Channels-last maps.** Swin models (torchvision's, timm's) give maps `[B, h, w, C]`, and the group acts on the
+#   last two dims: permute them to `[B, C, h, w]` in `output=`. Under quarter turns such maps are refused (not
+#   square); under a mirror nothing would fail, since the mirror would reverse the channels, so a wrapper with
+#   `align_views=True` whose maps look channels-last warns on its first call, as does `check_equivariance`.
 # - **λ-equitune's defaults.** The default normalisation is a softmax over the views (the article's feature-map
 #   code). The article's text divides λ by its sum: the weights are then not bounded (the `sum` line above says
 #   whether they left [0, 1] in this run), and training can diverge. Its invariant code uses λ unnormalised

@@ -120,6 +120,38 @@ def test_an_unselectable_output_fails_after_one_image_naming_the_selector(output
 def test_a_selector_of_the_wrong_type_is_refused_at_construction() -> None:
     with pytest.raises(TypeError, match=r"output=1\.5 is not a selector"):
         Equitune(Recorder(), "rot90", output=1.5)
+    for bad in ((), ("hidden_states", 1.0), (True,), ("a", None)):
+        with pytest.raises(TypeError, match=r"is not a selector; .* a path of those \(a non-empty tuple"):
+            Equitune(Recorder(), "rot90", output=bad)
+
+
+@dataclasses.dataclass
+class HiddenStates:  # Hugging Face's outputs with output_hidden_states=True: a tuple of every layer's states
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple
+
+
+def test_a_path_selector_picks_a_nested_tensor_shows_in_repr_and_is_saved() -> None:
+    """``output=("hidden_states", -1)`` is the callable ``lambda out: out.hidden_states[-1]`` as a plain value: the
+    same outputs, in repr and in the saved record; a path that finds no tensor names the step that failed."""
+    model = Recorder(lambda logits, maps: HiddenStates(maps, (maps.mean((2, 3)), logits)))
+    x = _images()
+    path = Equitune(model, "rot90", output=("hidden_states", -1))
+    torch.testing.assert_close(path(x), Equitune(model, "rot90", output=lambda out: out.hidden_states[-1])(x), **TOL)
+    torch.testing.assert_close(path(x), Equitune(Recorder(), "rot90")(x), **TOL)
+    assert "output=('hidden_states', -1)" in repr(path)
+    assert path.state_dict()["_extra_state"]["options"]["output"] == "('hidden_states', -1)"
+    assert check_invariance(model, x, "rot90", output=("hidden_states", 0)) > 1e-3  # the checks take it too
+    for output, message in ((("hidden_state", -1), r"step 1, 'hidden_state' \(did you mean 'hidden_states'\?\), "
+                                                     r"selected nothing from the model's output, which is a "
+                                                     r"HiddenStates"),
+                            (("hidden_states", 2), r"step 2, 2, selected nothing from what \('hidden_states',\) "
+                                                   r"selected, which is a tuple of length 2 \(Tensor, Tensor\)"),
+                            (("hidden_states",), r"step 1, 'hidden_states', selected a tuple"),
+                            (("last_hidden_state", 0), r"step 2, 0, selected nothing .* a tensor of shape \(1, 4, 6, "
+                                                       r"6\); end the path before this step")):
+        with pytest.raises(TypeError, match=rf"output={re.escape(repr(output))}: {message}"):
+            Equitune(model, "rot90", output=output)(x)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -205,11 +237,13 @@ def test_unaligned_token_sequences_warn_once_at_the_callers_line() -> None:
     head or taken as the class token, it does not."""
     x = _images()
     # no head, a head that keeps one output per token, 9 patch tokens behind a class token
-    for trunk, head in ((PatchTokens(), None), (PatchTokens(), nn.Linear(8, K).double()),
-                        (PatchTokens(class_token=True), None)):
-        with pytest.warns(UserWarning, match=r"patch tokens \[T, D\] and the head keeps them.* turn the patch tokens "
-                                             r"into maps \[D, h, w\] \(output=lambda t: equinb\.outputs\."
-                                             r"patch_tokens_to_map\(t, prefix_tokens=1\)") as caught:
+    for trunk, head, prefix in ((PatchTokens(), None, 0), (PatchTokens(), nn.Linear(8, K).double(), 0),
+                                (PatchTokens(class_token=True), None, 1)):
+        t = 9 + prefix
+        with pytest.warns(UserWarning, match=rf"patch tokens \[T, D\] = \[{t}, (8|{K})\] \({prefix} in front of 3 x 3 "
+                                             r"patches\) and the head keeps them.* turn the patch tokens into maps "
+                                             r"\[D, h, w\] \(output=lambda t: equinb\.outputs\.patch_tokens_to_map"
+                                             rf"\(t, prefix_tokens={prefix}\)") as caught:
             unaligned = Equitune(trunk, "rot90", head=head)
             out = unaligned(x)
         assert len(caught) == 1 and caught[0].filename == __file__
@@ -251,6 +285,45 @@ class TinyViT(nn.Module):
         patches = self.embed(x).flatten(2).transpose(1, 2)  # row-major, as torchvision's and timm's
         tokens = torch.cat([self.class_token.expand(len(x), 1, 8), patches], dim=1) + self.positions
         return tokens + self.attention(tokens, tokens, tokens, need_weights=False)[0]
+
+
+class RegisterViT(nn.Module):
+    """A patch embedding with a class token and 4 register tokens in front, as DINOv2 with registers: [B, 3, 16, 16]
+    -> tokens [B, 1 + 4 + 16, 8] (4 x 4 patches)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.embed = nn.Conv2d(3, 8, 4, stride=4).double()
+        self.front = nn.Parameter(torch.randn(1, 5, 8, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        return torch.cat([self.front.expand(len(x), 5, 8) + tokens.mean(1, keepdim=True), tokens], dim=1)
+
+
+def test_tokens_behind_registers_warn_with_their_count_and_become_equivariant_maps() -> None:
+    """A class token and registers in front of the patches: the unaligned-token warning counts them (T - 5 is 4 x 4)
+    and its fix, with that count, gives equivariant maps."""
+    from equinb.wrappers import patch_token_prefixes
+
+    x = _images(size=16)
+    with pytest.warns(UserWarning, match=r"patch tokens \[T, D\] = \[21, 8\] \(5 in front of 4 x 4 patches\).*"
+                                         r"patch_tokens_to_map\(t, prefix_tokens=5\), counting the tokens in front "
+                                         r"of the patches: the class token and any register tokens") as caught:
+        Equitune(RegisterViT(), "rot90")(x)
+    assert len(caught) == 1 and caught[0].filename == __file__
+
+    def to_map(tokens: torch.Tensor) -> torch.Tensor:
+        return equinb.outputs.patch_tokens_to_map(tokens, prefix_tokens=5)
+
+    torch.testing.assert_close(to_map(RegisterViT()(x)), RegisterViT().embed(x), rtol=0, atol=0)
+    assert check_equivariance(Equitune(RegisterViT(), "d4", output=to_map, align_views=True), x, "d4") < 1e-9
+    # DINOv2 with registers and ViT-B/16 at 224 px, patch tokens alone or behind a class token, 4 registers without
+    # one; 25 tokens fit two layouts (the smaller count first); 6 are 2 x 2 behind two only, too small a grid for
+    # more than a class token in front (six heads' scores, more likely), and 23 fit none
+    assert [patch_token_prefixes(t) for t in (261, 197, 9, 10, 20, 25)] == [[5], [1], [0], [1], [4], [0, 9]]
+    assert patch_token_prefixes(6) == patch_token_prefixes(3) == patch_token_prefixes(23) == []
 
 
 def test_patch_tokens_become_maps_that_the_group_turns_back() -> None:
@@ -893,6 +966,19 @@ def test_compiling_keeps_no_guard_on_the_first_call_check() -> None:
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames  # no recompilation
 
 
+def test_a_wrapper_compiled_before_any_eager_call_skips_the_first_call_check() -> None:
+    """What the README says: a graph keeps no first-call check, so its warnings come from an eager call only."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    wrapper, x = Equitune(RegisterViT(), "rot90").eval(), _images(size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the unaligned-token warning would raise here
+        compiled = torch.compile(wrapper, backend="eager", dynamic=False)(x)
+    with pytest.warns(UserWarning, match=r"look like patch tokens \[T, D\] = \[21, 8\]"):
+        torch.testing.assert_close(wrapper(x), compiled)
+
+
 def test_output_softmax_over_one_number_per_view_is_refused() -> None:
     scalar = nn.Sequential(nn.Flatten(), nn.LazyLinear(1), nn.Flatten(0))  # [B, 3, 12, 12] -> [B]
     with pytest.raises(ValueError, match=r"one number per view .* would run over the views"):
@@ -935,6 +1021,53 @@ def test_aligning_views_refuses_token_sequences_whose_last_axis_is_not_space() -
     tokens = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.Flatten(2), Transpose())  # [B, 9, 8]
     with pytest.raises(ValueError, match=r"patch tokens \[B, T, D\] to maps \[B, D, h, w\] with output=lambda t"):
         Equitune(tokens.double(), "hflip", align_views=True)(_images())
+
+
+class ChannelsLast(nn.Module):
+    """A CNN whose maps come out channels-last, as torchvision's and timm's Swin give them: [B, 3, 12, 12] ->
+    [B, 6, 6, 4]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.conv(x)).permute(0, 2, 3, 1)
+
+
+def test_channels_last_maps_are_named_before_a_mirror_reverses_their_channels() -> None:
+    """Aligned under a mirror, maps [h, w, C] raise nothing: the mirror reverses the channels instead of the
+    rows, and check_equivariance, which moves the outputs the same way, passes. The wrapper and the check say
+    what the layout looks like; with the permute they name, the maps are the model's own and equivariant."""
+    x = _images()
+    first_layout = lambda out: out.permute(0, 3, 1, 2)  # noqa: E731
+    hint = r"look like channels-last maps \[\.\.\., h, w, C\] = \[1, 2, 6, 6, 4\].*out\.permute\(0, 3, 1, 2\)"
+    for group in ("hflip", "vflip", "rot180"):
+        wrong = Equitune(ChannelsLast(), group, align_views=True)
+        with pytest.warns(UserWarning, match=rf"align_views=True turns each view back by {group} .*{hint}") as caught:
+            y = wrong(x)
+        assert caught[0].filename == __file__
+        with pytest.warns(UserWarning, match=r"check_equivariance: the model's outputs look like channels-last"):
+            assert check_equivariance(wrong, x, group) < 1e-9  # the same wrong action on both sides: it passes
+        right = Equitune(ChannelsLast(), group, align_views=True, output=first_layout)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert check_equivariance(right, x, group) < 1e-9
+            # the warned layout was wrong, not only differently laid out: its channels were mirrored
+            assert (y.permute(0, 3, 1, 2) - right(x)).abs().max() > 1e-2
+    with pytest.raises(ValueError, match=r"square maps; it gives maps of h x w = 6 x 4 \(views \(1, 4, 6, 6, 4\)\); "
+                                         r"they look like channels-last maps"):
+        Equitune(ChannelsLast(), "rot90", align_views=True)(x)
+    with pytest.raises(ValueError, match=r"not square \(shape \(3, 6, 6, 4\)\); they look like channels-last maps"):
+        check_equivariance(ChannelsLast(), x, "rot90")
+    with pytest.warns(UserWarning, match=r"feature maps \[C, h, w\] .* pass align_views=True \(first: they look "
+                                         r"like channels-last maps"):
+        Equitune(ChannelsLast(), "rot90")(x)
+    with warnings.catch_warnings():  # channels-first maps, square or not, get no layout hint
+        warnings.simplefilter("error")
+        Equitune(Recorder(lambda logits, maps: maps), "hflip", align_views=True)(x)
+        Equitune(nn.Conv2d(3, 4, 3, padding=(1, 0)).double(), "hflip", align_views=True)(x)
 
 
 def test_aligning_non_square_maps_under_quarter_turns_names_the_trunks_maps() -> None:
