@@ -58,7 +58,7 @@ ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 VERDICTS = ("agrees", "reversed", "inconclusive")
 EFFECTS = ("non-zero", "inconclusive")  # the book's own comparisons, which have no article side
 NOT_TESTED = "not tested here"
-MARGINS_KEY = "reason rests on"  # a verdict row's margins of its reason (``Reason``), kept, not shown
+MARGINS_KEY = "reason rests on"  # a verdict row's margins of its reasons (``Reason``), kept, not shown
 # Printed headers at least as wide as any short verdict, so that a verdict turning into an adjacent one on
 # another CPU does not re-flow the printed table.
 VERDICT_COLUMN = "verdict vs the article"
@@ -96,9 +96,18 @@ class Reason(str):
     ``"statistic"`` (the claim's own statistic), ``"top-1"`` (a run's accuracy, top-1 or balanced, in %) or
     ``"share"`` (a share of test images, pp). A trained number moves a little between CPUs, so where one lies that
     near its threshold the reason might not apply on another CPU; the claim list says which (``equinb.noise``: a
-    reason never reads a tolerance itself). A reason with no margins rests on exact facts (counts, settings)."""
+    reason never reads a tolerance itself). A reason with no margins rests on exact facts (counts, settings).
+
+    A check that compared a trained number and found it on the other side of its threshold returns an empty
+    ``Reason`` (``nothing(margins)``): false, as no reason, so that every caller skips it, but it keeps the number,
+    since on another CPU the number could cross and the check apply (the claim list names those too)."""
 
     margins: tuple[tuple[float, float, str], ...]
+
+    @classmethod
+    def nothing(cls, margins: Sequence[tuple[float, float, str]]) -> Reason:
+        """No reason (an empty, false string) that keeps the numbers its check compared: a near miss."""
+        return cls("", margins)
 
     def __new__(cls, text: str, margins: Sequence[tuple[float, float, str]] = ()) -> Reason:
         reason = super().__new__(cls, text)
@@ -341,42 +350,46 @@ def _accuracy_interval(correct: np.ndarray, level: float = 0.95) -> tuple[float,
     return compare(np.zeros_like(correct), correct, deterministic=True, bounds=None).interval
 
 
-def at_chance(correct: ArrayLike, n_classes: int, run: str, labels: ArrayLike | None = None) -> str | None:
+def at_chance(correct: ArrayLike, n_classes: int, run: str, labels: ArrayLike | None = None) -> Reason:
     """``"<run> is at chance ..."`` when the 95% interval of its accuracy (per-item 1/0 [N] or [S, N]) holds the
-    chance rate 1/n_classes. With the true ``labels`` [N] of a test set whose classes are unequal in size, its
-    balanced accuracy is read instead (the mean of the per-class accuracies, which a run that answers one class
-    for every item scores at exactly 1/n_classes, whatever that class's share of the top-1)."""
+    chance rate 1/n_classes, else ``Reason.nothing`` with the interval's ends. With the true ``labels`` [N] of a
+    test set whose classes are unequal in size, its balanced accuracy is read instead (the mean of the per-class
+    accuracies, which a run that answers one class for every item scores at exactly 1/n_classes, whatever that
+    class's share of the top-1)."""
     x = _as_matrix(correct)
     chance = 100.0 / n_classes
     counts = None if labels is None else np.unique(_as_matrix(labels).reshape(-1), return_counts=True)[1]
     if counts is not None and counts.min() != counts.max():
         level = compare(np.full_like(x, 1.0 / n_classes), x, strata=labels)
+        ends = [(chance + end, chance, "top-1") for end in level.interval]
         # the interval holds chance (1e-9: the float rounding of an interval that ends exactly at it)
         if level.interval[0] <= 1e-9 and level.interval[1] >= -1e-9:
             return Reason(f"{run} is at chance in balanced accuracy ({chance + level.difference:.2f}%, chance "
-                          f"{chance:.2f}% on {len(counts)} classes of unequal size; top-1 {100 * x.mean():.2f}%)",
-                          [(chance + end, chance, "top-1") for end in level.interval])
-        return None
+                          f"{chance:.2f}% on {len(counts)} classes of unequal size; top-1 {100 * x.mean():.2f}%)", ends)
+        return Reason.nothing(ends)
     low, high = _accuracy_interval(x)
+    ends = [(low, chance, "top-1"), (high, chance, "top-1")]
     if low <= chance <= high:
-        return Reason(f"{run} is at chance (top-1 {100 * x.mean():.2f}%, chance {chance:.2f}%)",
-                      [(low, chance, "top-1"), (high, chance, "top-1")])
-    return None
+        return Reason(f"{run} is at chance (top-1 {100 * x.mean():.2f}%, chance {chance:.2f}%)", ends)
+    return Reason.nothing(ends)
 
 
 def below_majority(correct_a: ArrayLike, correct_b: ArrayLike, labels: ArrayLike,
-                   names: tuple[str, str]) -> str | None:
+                   names: tuple[str, str]) -> Reason | None:
     """``"both below the majority class: ..."`` when two runs compared in top-1 (per-item 1/0 scores [S, N] each, on
     a test set whose true ``labels`` [N] fall in classes of unequal size) both score below the top-1 of answering the
     largest class for every item. There a top-1 difference can come from answering that class more or less often
     rather than from what either run learned; the reason gives the difference in balanced accuracy, which the
-    largest class cannot lift."""
+    largest class cannot lift. Else ``Reason.nothing`` with the higher top-1 where one reaches the majority rate,
+    or None where the classes are equal in size (an exact fact: no number could make it apply)."""
     a, b = _as_matrix(correct_a), _as_matrix(correct_b)
     counts = np.unique(_as_matrix(labels).reshape(-1), return_counts=True)[1]
     majority = 100.0 * counts.max() / counts.sum()
     top_a, top_b = 100.0 * a.mean(), 100.0 * b.mean()
-    if counts.min() == counts.max() or max(top_a, top_b) >= majority:
+    if counts.min() == counts.max():
         return None
+    if max(top_a, top_b) >= majority:
+        return Reason.nothing([(max(top_a, top_b), majority, "top-1")])
     balanced = compare(a, b, strata=labels)
     low, high = balanced.interval
     return Reason(f"both below the majority class: {names[0]} ({top_a:.2f}%) and {names[1]} ({top_b:.2f}%) score "
@@ -401,23 +414,24 @@ def solved_without_training(baseline_correct: ArrayLike, baseline: str) -> str |
 
 
 def by_construction(control: Comparison, observed: Comparison, what: str,
-                    difference: Comparison | None = None) -> str | None:
+                    difference: Comparison | None = None) -> Reason:
     """``"indistinguishable from a control: ..."`` when the observed statistic cannot be told apart from a control that
     cannot carry the effect (an untrained module, a permutation null): the 95% interval of observed minus control
     holds 0, so the run cannot separate what the module learned from what the construction gives (two intervals
     that merely overlap do not show that). ``difference``: that interval computed from the scores, where the
     caller can (terms the two share then cancel); else the two are taken as independent estimates and their
-    intervals combined end by end in quadrature (``difference_of_intervals``, Zou and Donner's MOVER)."""
+    intervals combined end by end in quadrature (``difference_of_intervals``, Zou and Donner's MOVER). Else
+    ``Reason.nothing`` with that interval's ends."""
     if difference is None:
         point, (low, high) = observed.difference - control.difference, difference_of_intervals(observed, control)
     else:
         point, (low, high) = difference.difference, difference.interval
+    ends = [(low, 0.0, "statistic"), (high, 0.0, "statistic")]
     if low <= 0 <= high:
         return Reason(f"indistinguishable from a control: {what}, which cannot carry the effect, gives "
                       f"{control.difference:+.3g} [{control.interval[0]:+.3g}, {control.interval[1]:+.3g}], and the "
-                      f"observed minus it, {point:+.3g} [{low:+.3g}, {high:+.3g}], holds 0",
-                      [(low, 0.0, "statistic"), (high, 0.0, "statistic")])
-    return None
+                      f"observed minus it, {point:+.3g} [{low:+.3g}, {high:+.3g}], holds 0", ends)
+    return Reason.nothing(ends)
 
 
 def difference_of_intervals(a: Comparison, b: Comparison) -> tuple[float, float]:
@@ -447,12 +461,13 @@ def symmetry_by_construction(errors: ArrayLike, symmetry: str, code: str, rtol: 
             f"{rtol:.0e}, float rounding), by how it combines the views{answer}")
 
 
-def orientation_kept(hits: dict[str, ArrayLike], n_views: int) -> str | None:
+def orientation_kept(hits: dict[str, ArrayLike], n_views: int) -> Reason:
     """The reason claims about data without a natural orientation are not tested on a stand-in made by turning
     upright images at random, where its data show they keep one: some module's largest weight falls on the view
     that undoes the turn on more test images than chance, 1 / ``n_views``, the interval of the excess above 0.
-    ``hits``: per module, 1/0 per image ([S, N] or [N]). None where no module finds the orientation: the stand-in
-    then behaves, for these modules, as data without one, and the claims are tested on it. The modules decide
+    ``hits``: per module, 1/0 per image ([S, N] or [N]). ``Reason.nothing`` (the highest lower end) where no
+    module finds the orientation: the stand-in then behaves, for these modules, as data without one, and the claims
+    are tested on it. The modules decide
     together (one that finds the orientation shows that the data have it, whatever another learned), and the
     reason names every module with its share and interval, so that its words stay the same where a module's
     interval end near 0 falls on the other side on another CPU (only its numbers move)."""
@@ -463,13 +478,13 @@ def orientation_kept(hits: dict[str, ArrayLike], n_views: int) -> str | None:
         lows.append(low)
         shown.append(f"{module}: {100 * x.mean():.1f}% of the test images, excess over chance [{low:+.1f}, "
                      f"{high:+.1f}] pp")
+    # it applies while any module's lower end lies above 0: the highest one is the margin, either way
+    margin = [(max(lows, default=0.0), 0.0, "share")]
     if not max(lows, default=0.0) > 0:
-        return None
-    # it stops applying only where every module's lower end falls to 0: the highest one is the margin
+        return Reason.nothing(margin)
     return Reason(f"the stand-in turns upright images at random, and its images keep the orientation they had: the "
                   f"largest weight of at least one of this run's modules undoes the turn more often than chance, "
-                  f"{100 / n_views:.0f}% ({'; '.join(shown)}), so it is not data without an orientation",
-                  [(max(lows), 0.0, "share")])
+                  f"{100 / n_views:.0f}% ({'; '.join(shown)}), so it is not data without an orientation", margin)
 
 
 def zero_by_construction(alike: float, model: str, copies: float = 0.0, what: str = "gap") -> str | None:
@@ -624,7 +639,9 @@ def verdict_row(claim_id: str, comparison: Comparison | None, *, reasons: Sequen
     the article's value, ours with its interval and basis, and the verdict. A missing number prints as "—".
     ``changed``: per compared finetune stage, the test predictions it changed (kept, not shown: the book's tests
     check that a stage that changed none is never given a verdict). ``MARGINS_KEY``: the margins of the reason
-    that decided the verdict (``Reason``; kept, not shown: the claim list reads them)."""
+    that decided a *not tested here* verdict, or of a tested one the near misses of its ``reasons`` (the checks
+    that compared a trained number and did not apply, ``Reason.nothing``): kept, not shown; the claim list reads
+    them to name the verdicts another CPU could turn."""
     from .claims import claim
 
     c = claim(claim_id)
@@ -634,11 +651,12 @@ def verdict_row(claim_id: str, comparison: Comparison | None, *, reasons: Sequen
     tested = f"{c.statistic} ({note})" if note else c.statistic
     numbers = _numbers(comparison, decimals)  # the verdict right after the interval it reads, so it stays in view
     reason = _first_reason(comparison, c.side, reasons)
+    margins = getattr(reason, "margins", ()) if reason else [m for r in reasons for m in getattr(r, "margins", ())]
     return {"claim": c.text, "article": article, "ours": numbers["ours"], "95% interval": numbers["95% interval"],
             VERDICT_COLUMN: judge(comparison, c.side, reasons), "noise": numbers["noise"], "tested as": tested,
             "id": c.id, "changed": dict(changed or {}),
             MARGINS_KEY: [[round(value, 4), round(threshold, 4), kind]
-                          for value, threshold, kind in getattr(reason, "margins", ())]}
+                          for value, threshold, kind in margins]}
 
 
 def effect_row(change: str, comparison: Comparison | None, *, reasons: Sequence[str | None] = (),

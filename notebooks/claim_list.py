@@ -112,10 +112,10 @@ glue("claims_profile", profile, display=False)
 # A *not tested here* verdict can turn too, where its computed reason rests on a trained number compared with a
 # threshold (a run at chance, two runs below the majority class, a statistic a control matches, a stand-in whose
 # images keep their orientation): where that number lies within its tolerance of the threshold, the reason might
-# not apply on another CPU, and the claim would be tested there. The regression tests would flag such a build, as
-# they flag any verdict that changes otherwise than between an interval's neighbouring readings. The converse, a
-# tested verdict that another CPU could move into such a reason, is not listed: a check that did not apply keeps no
-# number.
+# not apply on another CPU, and the claim would be tested there. The converse as well: a tested verdict whose checks
+# compared such a number and did not apply (each keeps its number), one of them within its tolerance of the
+# threshold, could read *not tested here* on another CPU. The regression tests would flag either build, as they
+# flag any verdict that changes otherwise than between an interval's neighbouring readings.
 
 # %% tags=["hide-input", "exact"]
 cell_classes = {chapter: tagged_class(glued_cell_tags(folder / f"{chapter}.ipynb") or [])
@@ -130,6 +130,26 @@ def class_tolerance(name: str | None):
     return chapter_tolerances(profile, name)[name] if name else None
 
 
+def near_thresholds(claim_id: str) -> dict[str, str]:
+    """The numbers the verdict's checks compared (``equinb.verdicts.Reason``: the deciding reason's, or a tested
+    verdict's near misses) that lie within their cross-CPU tolerance of the threshold, each with that tolerance. A
+    number moves in its class: the claim's statistic in its unit's class, a run's top-1 in the class of the chapter's
+    table, a share of images in the share class."""
+    cell_class = cell_classes.get(reported[claim_id]["chapter"]) if claim_id in reported else None
+    margin_class = {"statistic": verdict_class(by_id[claim_id].unit, cell_class), "top-1": cell_class,
+                    "share": "share"}
+    near = {}
+    for value, threshold, kind in reported.get(claim_id, {}).get(MARGINS_KEY, []):
+        tol = class_tolerance(margin_class[kind])
+        if tol and tol.allows(value, threshold):
+            near[f"{value:.4g} against {threshold:.4g}"] = tol.describe()
+    return near
+
+
+def numbers_named(near: dict[str, str]) -> str:
+    return f"number{'s' if len(near) > 1 else ''} {'; '.join(near)}"
+
+
 turnable = []
 for _, row in tested.iterrows():
     tol = class_tolerance(verdict_class(by_id[row["id"]].unit, cell_classes.get(reported[row["id"]]["chapter"])))
@@ -137,26 +157,22 @@ for _, row in tested.iterrows():
     # 0: the interval could hold 0 (inconclusive); a side: it could exclude 0 there (the claim's side: agrees)
     readings = {"inconclusive" if side == 0 else "agrees" if side == by_id[row["id"]].side else "reversed"
                 for side in (cpu_turns((low, high), tol) if tol else ())}
+    near = near_thresholds(row["id"])  # a check that did not apply, with its number near its threshold
+    if near:
+        readings.add(NOT_TESTED)
     if readings:
-        turnable.append({"claim": row["claim"], "verdict": row["verdict"], "95% interval": row["95% interval"],
-                         "its numbers move between CPUs within": tol.describe(),
+        moves = [tol.describe()] if tol and readings - {NOT_TESTED} else []
+        turnable.append({"claim": row["claim"],
+                         "verdict": row["verdict"] + (f" (a check's {numbers_named(near)})" if near else ""),
+                         "95% interval": row["95% interval"],
+                         "its numbers move between CPUs within": " and ".join(dict.fromkeys([*moves, *near.values()])),
                          "on another CPU it could read": " or ".join(sorted(readings)), "evidence": row["evidence"]})
-# what a reason's number is (``equinb.verdicts.Reason``) -> the class it moves in: the claim's statistic in its
-# unit's class, a run's top-1 in the class of the chapter's table, a share of images in the share class
 untested = listing[kinds == NOT_TESTED]
 for _, row in untested.iterrows():
-    cell_class = cell_classes.get(reported[row["id"]]["chapter"]) if row["id"] in reported else None
-    margin_class = {"statistic": verdict_class(by_id[row["id"]].unit, cell_class), "top-1": cell_class,
-                    "share": "share"}
-    near = {}  # the reason's numbers near their threshold, and their tolerance
-    for value, threshold, kind in reported.get(row["id"], {}).get(MARGINS_KEY, []):
-        tol = class_tolerance(margin_class[kind])
-        if tol and tol.allows(value, threshold):
-            near[f"{value:.4g} against {threshold:.4g}"] = tol.describe()
+    near = near_thresholds(row["id"])  # the reason's numbers near their threshold, and their tolerance
     if near:  # the reason's opening words and its numbers near their threshold (the list below has it in full)
         opening = re.split(r"[:(;,]", row["verdict"].split(": ", 1)[1], maxsplit=1)[0].strip()
-        numbers = f"its number{'s' if len(near) > 1 else ''} {'; '.join(near)}"
-        turnable.append({"claim": row["claim"], "verdict": f"{NOT_TESTED}: {opening} … ({numbers})",
+        turnable.append({"claim": row["claim"], "verdict": f"{NOT_TESTED}: {opening} … (its {numbers_named(near)})",
                          "95% interval": row["95% interval"],
                          "its numbers move between CPUs within": " and ".join(dict.fromkeys(near.values())),
                          "on another CPU it could read": "tested",
@@ -164,24 +180,33 @@ for _, row in untested.iterrows():
 turnable = pd.DataFrame(turnable, columns=["claim", "verdict", "95% interval", "its numbers move between CPUs within",
                                            "on another CPU it could read", "evidence"])
 decided = int(kinds[tested.index].isin(["agrees", "reversed"]).sum())
-untested_turnable = int(turnable.verdict.map(verdict_kind).eq(NOT_TESTED).sum())
-decided_turnable = int(turnable.verdict.map(verdict_kind).isin(["agrees", "reversed"]).sum())
+turnable_kinds = turnable.verdict.map(verdict_kind)
+could_read = turnable["on another CPU it could read"].str.split(" or ").map(set)
+by_interval = could_read.map(lambda readings: bool(readings - {NOT_TESTED, "tested"}))  # an interval end near 0
+untested_turnable = int(turnable_kinds.eq(NOT_TESTED).sum())
+decided_turnable = int((turnable_kinds.isin(["agrees", "reversed"]) & by_interval).sum())
+inconclusive_turnable = int((turnable_kinds.eq("inconclusive") & by_interval).sum())
+tested_by_check = int(could_read.map(lambda readings: NOT_TESTED in readings).sum())
 if profile == measured_profile():
-    print(f"profile: {profile}; of the {len(tested)} tested verdicts, {len(turnable) - untested_turnable} could read "
-          f"otherwise on another CPU: {decided_turnable} of the {decided} that agree or are reversed, "
-          f"{len(turnable) - untested_turnable - decided_turnable} of the {len(tested) - decided} inconclusive; of the "
-          f"{len(untested)} not tested here, {untested_turnable} could be tested (their reason rests on a trained "
-          "number within its tolerance of its threshold)")
-    show(turnable, f"Verdicts with an interval end, or a reason's number, within the cross-CPU tolerance of its "
+    print(f"profile: {profile}; of the {len(tested)} tested verdicts, {decided_turnable + inconclusive_turnable} "
+          f"could read otherwise on another CPU by their interval: {decided_turnable} of the {decided} that agree or "
+          f"are reversed, {inconclusive_turnable} of the {len(tested) - decided} inconclusive; {tested_by_check} could "
+          f"read not tested there (a check that did not apply compared a trained number within its tolerance of its "
+          f"threshold); of the {len(untested)} not tested here, {untested_turnable} could be tested (their reason "
+          "rests on a trained number within its tolerance of its threshold)")
+    show(turnable, f"Verdicts with an interval end, or a check's number, within the cross-CPU tolerance of its "
                    f"threshold (profile: {profile})",
          beneath={"evidence": "claim"})
     # a decided verdict whose interval could cross 0 entirely could read the opposite verdict, not only inconclusive
-    flips = int(sum(len(set(r["on another CPU it could read"].split(" or ")) - {"inconclusive", r["verdict"]}) > 0
-                    for _, r in turnable.iterrows() if verdict_kind(r["verdict"]) in ("agrees", "reversed")))
+    flips = int(sum(bool(readings - {"inconclusive", NOT_TESTED, kind})
+                    for kind, readings in zip(turnable_kinds, could_read) if kind in ("agrees", "reversed")))
     cross_cpu_reading = (f"Of the {decided} verdicts that agree or are reversed, {decided_turnable} rest on an "
                          "interval with an end closer to 0 than their numbers move between CPUs (the chapters print "
                          "that tolerance beside their tables), and could read inconclusive on another CPU"
                          + (f"; {flips} of them could even read the other way" if flips else "")
+                         + (f"; {tested_by_check} of the {len(tested)} tested could read not tested there, a check "
+                            "that did not apply having compared a trained number that near its threshold"
+                            if tested_by_check else "")
                          + (f"; and {untested_turnable} of the {len(untested)} not tested here give a reason whose "
                             "trained number lies that near its threshold, and could be tested there"
                             if untested_turnable else ""))

@@ -155,7 +155,7 @@ def test_reasons_are_computed_from_the_numbers():
     gen = np.random.default_rng(0)
     chance = (gen.random(400) < 0.1).astype(float)  # 10 classes, right 10% of the time
     assert at_chance(chance, 10, "run").startswith("run is at chance")
-    assert at_chance(np.ones(400), 10, "run") is None
+    assert at_chance(np.ones(400), 10, "run") == ""  # no reason (a near miss: false)
     # 3 classes of 60, 30 and 10 items: answering the largest for every item scores 60% top-1
     labels = np.repeat([0, 1, 2], [60, 30, 10])
     majority = (labels == 0).astype(float)  # right exactly on the largest class: top-1 60%, balanced 33.3%
@@ -164,7 +164,7 @@ def test_reasons_are_computed_from_the_numbers():
     reason = below_majority(learned[:100][None], (majority * (np.arange(100) < 55))[None], labels, names)
     assert reason.startswith("both below the majority class: a (50.00%) and b (55.00%) score under the 60.00%")
     assert "in balanced accuracy the difference is -" in reason  # b's gain is the largest class alone
-    assert below_majority(learned[None], majority[None], labels, names) is None  # b reaches the majority rate
+    assert below_majority(learned[None], majority[None], labels, names) == ""  # b reaches the majority rate
     assert below_majority(learned[None], learned[None], np.repeat([0, 1], 50), names) is None  # equal classes
     nearly_all = np.ones(400)
     nearly_all[0] = 0  # 399 of 400 right: a run with all 400 right is not measurably above it
@@ -173,10 +173,10 @@ def test_reasons_are_computed_from_the_numbers():
     assert solved_without_training(good, "zero-shot equitune") is None
     control, observed = _comparison(-0.01, 0.01), _comparison(-0.02, 0.005)
     assert by_construction(control, observed, "an untrained module").startswith("indistinguishable from a control")
-    assert by_construction(control, _comparison(0.2, 0.3), "an untrained module") is None
+    assert by_construction(control, _comparison(0.2, 0.3), "an untrained module") == ""
     # overlapping intervals are no proof of equal values: 0.39 apart, the difference's interval excludes 0
     control, observed = _comparison(-0.63, -0.55), _comparison(-0.56, -0.01)
-    assert control.interval[1] >= observed.interval[0] and by_construction(control, observed, "a control") is None
+    assert control.interval[1] >= observed.interval[0] and by_construction(control, observed, "a control") == ""
     # the difference of two independent estimates: half-widths in quadrature (symmetric intervals), each side its own
     low, high = difference_of_intervals(_comparison(1.0, 3.0), _comparison(-1.0, 0.0))
     assert (low, high) == pytest.approx((2.5 - math.hypot(1.0, 0.5), 2.5 + math.hypot(1.0, 0.5)))
@@ -186,12 +186,12 @@ def test_reasons_are_computed_from_the_numbers():
     assert difference_of_intervals(_comparison(-1.0, 1.0), skewed) == pytest.approx((-2 - math.hypot(1, 3),
                                                                                     -2 + math.hypot(1, 1)))
     # an observed statistic well below the control is not the construction's either
-    assert by_construction(_comparison(-0.01, 0.01), _comparison(-0.3, -0.2), "a control") is None
+    assert by_construction(_comparison(-0.01, 0.01), _comparison(-0.3, -0.2), "a control") == ""
     # observed minus control computed from the scores, where they share a term: that interval decides
     control, observed = _comparison(-0.63, -0.55), _comparison(-0.56, -0.01)
     assert by_construction(control, observed, "a control", difference=_comparison(-0.05, 0.4)).endswith(
         "the observed minus it, +0.175 [-0.05, +0.4], holds 0")
-    assert by_construction(control, control, "a control", difference=_comparison(0.01, 0.02)) is None
+    assert by_construction(control, control, "a control", difference=_comparison(0.01, 0.02)) == ""
     assert zero_by_construction(1.0, "EquiLM g (d=3)", 1.0).startswith("decided by construction: every unit of "
                                                                         "EquiLM")
     assert "permuted copies" in zero_by_construction(1.0, "EquiLM g (d=3)", 1.0)
@@ -209,7 +209,7 @@ def test_reasons_are_computed_from_the_numbers():
     alone = orientation_kept({"λ-equitune": found, "equiattention": found}, 4)
     assert re.sub(NUMBER, "#", alone) == re.sub(NUMBER, "#", kept)
     # no module finds it: the stand-in behaves as data without an orientation, and the claims are tested
-    assert orientation_kept({"λ-equitune": by_chance, "equiattention": by_chance}, 4) is None
+    assert orientation_kept({"λ-equitune": by_chance, "equiattention": by_chance}, 4) == ""
     assert too_few_seeds(1, "feature map (as described)") == "feature map (as described) ran 1 seed (a verdict needs 5)"
     assert too_few_seeds(5, "run") is None
     needs = not_in_this_run({"backbone": "RN101", "dataset": "imagenetv2"},
@@ -418,7 +418,7 @@ def test_at_chance_reads_five_identical_seeds_as_one_accuracy() -> None:
     correct[:, :9] = 1  # 9% on 10 classes: the upper end must reach above the measured 9%
     assert at_chance(correct, 10, "the run") and at_chance(correct[0], 10, "the run")
     correct[:, :40] = 1
-    assert at_chance(correct, 10, "the run") is None
+    assert at_chance(correct, 10, "the run") == ""
 
 
 def test_one_seeds_interval_counts_how_many_items_differ_as_random() -> None:
@@ -598,10 +598,40 @@ def test_a_reason_on_trained_numbers_keeps_the_number_its_check_compared() -> No
     assert untouched[MARGINS_KEY] == []  # a reason on exact facts has none
 
 
+def test_a_check_that_did_not_apply_keeps_its_number_for_a_tested_verdict() -> None:
+    """The converse: a check that compared a trained number and did not apply returns a false, empty reason that
+    keeps the number (another CPU could move it across its threshold and make the check apply). A tested verdict's
+    row keeps every such near miss; a not-tested one only its deciding reason's numbers; an exact fact keeps none."""
+    labels = np.repeat([0, 1, 2], [60, 30, 10])
+    learned = np.r_[np.zeros(30), np.ones(25), np.zeros(20), np.ones(25)]  # 50% top-1
+    reaches = np.r_[np.ones(62), np.zeros(38)]  # 62% top-1, above the 60% majority rate
+    near = below_majority(learned[None], reaches[None], labels, ("a", "b"))
+    assert not near and near.margins == ((pytest.approx(62.0), pytest.approx(60.0), "top-1"),)
+    assert below_majority(learned[None], learned[None], np.repeat([0, 1], 50), ("a", "b")) is None  # equal classes
+    far = at_chance(np.r_[np.ones(300), np.zeros(100)], 10, "run")  # 75% on 10 classes
+    assert not far and [m[1:] for m in far.margins] == [(10.0, "top-1")] * 2 and far.margins[0][0] > 60
+    found, by_chance = np.zeros((2, 400)), np.zeros((2, 400))
+    by_chance[0, :100], by_chance[1, 100:200] = 1, 1
+    kept = orientation_kept({"a": by_chance, "b": by_chance}, 4)
+    (low, threshold, kind), = kept.margins
+    assert not kept and low < 0 and (threshold, kind) == (0.0, "share")
+    control = by_construction(_comparison(-0.01, 0.01), _comparison(0.2, 0.3), "a control")
+    assert not control and control.margins[0][1:] == (0.0, "statistic") and control.margins[0][0] > 0
+    # a tested verdict: every near miss of its reasons, in order; judge and effect skip them as no reason
+    row = verdict_row("tab4.finetune_gain.original", _comparison(0.5, 1.5), reasons=[None, near, far, "", kept])
+    assert row[VERDICT_COLUMN] == "agrees" and judge(_comparison(0.5, 1.5), 1, [near, far, kept]) == "agrees"
+    assert row[MARGINS_KEY] == [[round(v, 4), round(t, 4), k] for r in (near, far, kept) for v, t, k in r.margins]
+    # not tested: the deciding reason's numbers only, not the near misses beside it
+    at = at_chance(np.r_[np.ones(40), np.zeros(360)], 10, "run")
+    row = verdict_row("tab4.finetune_gain.original", _comparison(0.5, 1.5), reasons=[near, at, kept])
+    assert row[VERDICT_COLUMN] == f"{NOT_TESTED}: {at}"
+    assert row[MARGINS_KEY] == [[round(v, 4), round(t, 4), k] for v, t, k in at.margins]
+
+
 def test_at_chance_reads_every_seed() -> None:
     correct = np.zeros((5, 100))
     correct[0, :10], correct[1:, :60] = 1, 1  # one seed at chance (10 classes), four far above it
-    assert at_chance(correct, 10, "run") is None
+    assert at_chance(correct, 10, "run") == ""
 
 
 def test_a_run_that_answers_the_majority_class_is_at_chance_on_unequal_classes() -> None:
@@ -610,10 +640,10 @@ def test_a_run_that_answers_the_majority_class_is_at_chance_on_unequal_classes()
     majority_only = np.stack([(labels == 0).astype(float)] * 5)  # [S, N], five seeds that collapsed alike
     reason = at_chance(majority_only, 7, "the finetuned run", labels=labels)
     assert reason.startswith("the finetuned run is at chance in balanced accuracy (14.29%, chance 14.29%")
-    assert at_chance(majority_only, 7, "run") is None  # top-1 alone (the old rule) let it pass
+    assert at_chance(majority_only, 7, "run") == ""  # top-1 alone (the old rule) let it pass
     gen = np.random.default_rng(1)
     skilled = np.stack([(gen.random(len(labels)) < 0.7).astype(float) for _ in range(5)])  # right 70% in every class
-    assert at_chance(skilled, 7, "run", labels=labels) is None
+    assert at_chance(skilled, 7, "run", labels=labels) == ""
     # a verdict on such a run is not given: agrees without the reason, not tested with it
     prefinetuned = np.stack([(gen.random(len(labels)) < 0.47).astype(float) for _ in range(5)])
     assert judge(compare(prefinetuned, majority_only), 1) == "agrees"
