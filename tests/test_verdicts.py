@@ -610,7 +610,7 @@ def test_a_check_that_did_not_apply_keeps_its_number_for_a_tested_verdict() -> N
     assert below_majority(learned[None], learned[None], np.repeat([0, 1], 50), ("a", "b")) is None  # equal classes
     far = at_chance(np.r_[np.ones(300), np.zeros(100)], 10, "run")  # 75% on 10 classes
     assert not far and [m[1:] for m in far.margins] == [(10.0, "top-1")] * 2 and far.margins[0][0] > 60
-    found, by_chance = np.zeros((2, 400)), np.zeros((2, 400))
+    by_chance = np.zeros((2, 400))
     by_chance[0, :100], by_chance[1, 100:200] = 1, 1
     kept = orientation_kept({"a": by_chance, "b": by_chance}, 4)
     (low, threshold, kind), = kept.margins
