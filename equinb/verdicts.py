@@ -58,7 +58,8 @@ ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 VERDICTS = ("agrees", "reversed", "inconclusive")
 EFFECTS = ("non-zero", "inconclusive")  # the book's own comparisons, which have no article side
 NOT_TESTED = "not tested here"
-MARGINS_KEY = "reason rests on"  # a verdict row's margins of its reasons (``Reason``), kept, not shown
+# a verdict row's trained numbers that its checks compared with a threshold (``Reason.margins``), kept, not shown
+MARGINS_KEY = "numbers its checks compared"
 # Printed headers at least as wide as any short verdict, so that a verdict turning into an adjacent one on
 # another CPU does not re-flow the printed table.
 VERDICT_COLUMN = "verdict vs the article"
@@ -467,10 +468,10 @@ def orientation_kept(hits: dict[str, ArrayLike], n_views: int) -> Reason:
     that undoes the turn on more test images than chance, 1 / ``n_views``, the interval of the excess above 0.
     ``hits``: per module, 1/0 per image ([S, N] or [N]). ``Reason.nothing`` (the highest lower end) where no
     module finds the orientation: the stand-in then behaves, for these modules, as data without one, and the claims
-    are tested on it. The modules decide
-    together (one that finds the orientation shows that the data have it, whatever another learned), and the
-    reason names every module with its share and interval, so that its words stay the same where a module's
-    interval end near 0 falls on the other side on another CPU (only its numbers move)."""
+    are tested on it. The modules decide together (one that finds the orientation shows that the data have it,
+    whatever another learned), and the reason names every module with its share and interval, so that its words
+    stay the same where a module's interval end near 0 falls on the other side on another CPU (only its numbers
+    move)."""
     shown, lows = [], []
     for module, on_original in hits.items():
         x = _as_matrix(on_original)
@@ -479,8 +480,9 @@ def orientation_kept(hits: dict[str, ArrayLike], n_views: int) -> Reason:
         shown.append(f"{module}: {100 * x.mean():.1f}% of the test images, excess over chance [{low:+.1f}, "
                      f"{high:+.1f}] pp")
     # it applies while any module's lower end lies above 0: the highest one is the margin, either way
-    margin = [(max(lows, default=0.0), 0.0, "share")]
-    if not max(lows, default=0.0) > 0:
+    highest = max(lows, default=0.0)
+    margin = [(highest, 0.0, "share")]
+    if not highest > 0:
         return Reason.nothing(margin)
     return Reason(f"the stand-in turns upright images at random, and its images keep the orientation they had: the "
                   f"largest weight of at least one of this run's modules undoes the turn more often than chance, "
