@@ -30,7 +30,8 @@ from .outputs import OutputSelector, check_selector, select_output
 
 __all__ = ["invariance_error", "equivariance_error", "largest_error", "format_error", "check_invariance",
            "check_equivariance", "check_image_batch", "check_group_images", "channels_last_hint",
-           "channels_last_maps_hint", "modes_restored", "evaluation_mode", "training_modules", "warn_at_caller"]
+           "channels_last_maps_hint", "keeps_aspect", "modes_restored", "evaluation_mode", "training_modules",
+           "warn_at_caller"]
 
 Tensor = torch.Tensor
 
@@ -155,12 +156,31 @@ def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
     warnings.warn(message, category, stacklevel=level)
 
 
-def channels_last_maps_hint(y: Tensor) -> str:
+def _aspect_mismatch(h: int, w: int, image_size: tuple[int, int] | None) -> float:
+    """How far h : w is from the image's H : W (None: square), as the absolute log of their ratio."""
+    height, width = image_size or (1, 1)
+    return abs(math.log(h * width / (w * height)))
+
+
+def keeps_aspect(h: int, w: int, image_size: tuple[int, int] | None = None) -> bool:
+    """Whether a map of h x w keeps the aspect ratio of images of ``image_size`` (H, W; None: square) within one
+    cell of rounding on its shorter side, as a convolutional trunk's maps do (Swin: 64 x 96 -> 2 x 3). Tokens
+    [T, D] of a vision transformer do not (197 x 768)."""
+    return min(h, w) > 0 and _aspect_mismatch(h, w, image_size) <= math.log1p(1 / min(h, w)) + 1e-12
+
+
+def channels_last_maps_hint(y: Tensor, image_size: tuple[int, int] | None = None) -> str:
     """``"look like channels-last maps ..."`` when outputs read as maps [..., C, h, w] look like [..., h, w, C]
-    (torchvision's and timm's Swin give those): the two dims before the last are equal and the last differs, so the
-    group, which acts on the last two dims, would move the channels as if they were a width; else "". Square maps
-    [C, h, h] never match; a map [C, h, w] with C == h != w does (the hint then says which layout it assumed)."""
-    if y.ndim >= 4 and y.shape[-3] == y.shape[-2] != y.shape[-1]:
+    (torchvision's and timm's Swin give those), so that the group, which acts on the last two dims, would move the
+    channels as if they were a width; else "". The map's height and width keep the image's aspect ratio H : W
+    (``image_size``; None: square images): the hint applies where dims -3, -2 match that ratio (within one cell of
+    rounding) and more closely than dims -2, -1 do. For square images that is [h, h, C] with C != h, and a
+    channels-first map [C, h, w] with C == h != w (the hint then says which layout it assumed); square maps [C, h, h]
+    never match, nor does [h, w, C] with C == w, which no shape can tell apart."""
+    if y.ndim < 4 or 0 in y.shape[-3:]:
+        return ""
+    a, b, c = (int(n) for n in y.shape[-3:])
+    if keeps_aspect(a, b, image_size) and _aspect_mismatch(a, b, image_size) < _aspect_mismatch(b, c, image_size):
         return (f"look like channels-last maps [..., h, w, C] = {list(y.shape)}, and the group acts on the "
                 "last two dims (here w and C): permute them to [..., C, h, w] where the model's output is selected, "
                 "e.g. output=lambda out: out.permute(0, 3, 1, 2)")
@@ -328,19 +348,33 @@ def check_equivariance(model: Callable[..., Any], x: Tensor, group: Group | str,
                 raise ValueError(f"check_equivariance moves the outputs by the group on their last two (spatial) "
                                  f"dims, but this model gives outputs of shape {tuple(y.shape)}, which have none: "
                                  f"use check_invariance for a classifier, or pass act_output=")
-            layout = channels_last_maps_hint(y) if act_output is None else ""
-            if act_output is None and group.needs_square and y.shape[-1] != y.shape[-2]:
-                tokens = (" Outputs [B, T, D] of tokens are no maps: bring patch tokens to [B, D, h, w] first "
-                          "(equinb.outputs.patch_tokens_to_map)." if y.ndim == 3 else "")
+            if act_output is not None:
+                return y
+            image_size = (int(x.shape[-2]), int(x.shape[-1]))
+            layout, keeps = channels_last_maps_hint(y, image_size), keeps_aspect(y.shape[-2], y.shape[-1], image_size)
+            if y.ndim == 3 and not keeps:  # under a mirror the error would be measured on a flipped D axis
+                raise ValueError(f"check_equivariance moves the model's outputs by the group on their last two dims as "
+                                 f"a map's height and width, but outputs {tuple(y.shape)} of images "
+                                 f"{image_size[0]} x {image_size[1]} do not keep the images' aspect ratio: they look "
+                                 "like tokens [B, T, D], which are no map. Bring patch tokens to maps [B, D, h, w] "
+                                 "first (output=lambda t: equinb.outputs.patch_tokens_to_map(t, prefix_tokens=1), 1 "
+                                 "for a class token in front), or pass act_output= for outputs the group moves "
+                                 "otherwise")
+            if group.needs_square and y.shape[-1] != y.shape[-2]:
                 why = f"; they {layout}" if layout else (": a padding, stride or kernel that treats height and width "
                                                          "differently cannot be equivariant to quarter turns")
                 raise ValueError(f"check_equivariance turns the model's outputs as it turns the images, by quarter "
                                  f"turns under {group.name}, but the outputs of these square images are not square "
                                  f"(shape {tuple(y.shape)}){why}; use a group without quarter turns (rot180, hflip, "
-                                 "vflip), or pass act_output= for outputs the group moves otherwise." + tokens)
+                                 "vflip), or pass act_output= for outputs the group moves otherwise.")
             if layout:  # a mirror of [h, w, C] reverses the channels: the error measured would mean nothing
                 warn_at_caller(f"check_equivariance: the model's outputs {layout}; else pass "
                                "act_output= for outputs the group moves otherwise")
+            elif not keeps:
+                warn_at_caller(f"check_equivariance: the model's outputs {tuple(y.shape)} have last two dims that do "
+                               f"not keep the aspect ratio of the images ({image_size[0]} x {image_size[1]}), as a "
+                               "map's height and width would: if they are no map, the error measured means nothing; "
+                               "pass act_output= for outputs the group moves otherwise")
             return y
         return checked
 

@@ -96,6 +96,27 @@ def _did_you_mean(output: OutputSelector, out: Any) -> str:
     return f" (did you mean {near[0]!r}?)" if near else ""
 
 
+def _tensor_selectors(out: Any) -> list[str | int]:
+    """The keys, fields, attributes or indices of ``out`` that hold a tensor (at most 6), for a hint naming them."""
+    names = _names(out)  # a Hugging Face ModelOutput is a mapping of the fields that are set
+    if names:
+        return [n for n in names if isinstance(_pick(out, n), torch.Tensor)][:6]
+    if isinstance(out, (tuple, list)):
+        return [i for i, v in enumerate(out) if isinstance(v, torch.Tensor)][:6]
+    return []
+
+
+def _asked_for_hint(step: Any, out: Any) -> str:
+    """For a Hugging Face output without ``hidden_states`` or ``attentions``: those are returned only when asked."""
+    if not (isinstance(step, str) and callable(getattr(out, "to_tuple", None))):
+        return ""
+    for field in ("hidden_states", "attentions"):
+        if step.endswith(field) and _pick(out, step) is None:
+            return (f"; a Hugging Face model returns {field} only when asked: set model.config.output_{field} = True "
+                    "before wrapping it")
+    return ""
+
+
 def _pick(out: Any, output: OutputSelector) -> Any:
     if isinstance(output, tuple):  # a path: a step that finds nothing ends it (select_output names that step)
         for step in output:
@@ -135,16 +156,18 @@ def select_output(out: Any, output: OutputSelector = None) -> torch.Tensor:
         raise _path_error(out, output)
     what = describe_output(out)
     if output is None:
+        found = _tensor_selectors(out)
+        example = (f"output={found[0]!r} (its tensors: {', '.join(map(repr, found))})" if found else
+                   "a key or attribute name, an index or a callable such as output=lambda out: out.pooler_output")
         raise TypeError(f"the model returned {what}, not a tensor, and it has no .logits; pass output= to say which "
-                        "tensor to use: a key or attribute name (output='logits'), an index (output=0) or a "
-                        "callable (output=lambda out: out['scores'])")
+                        f"tensor to use, e.g. {example}")
     got = "nothing" if picked is None else f"a {type(picked).__name__}"
     # a wrapper returns the tensor its own output= selected: the selector copied into a check finds nothing to pick
     fix = (": the model already returns a tensor (a wrapper returns the one its output= selected), so leave output= "
            "out here" if isinstance(out, torch.Tensor) else "; pass output= a key, attribute, index or callable that "
            "gives a tensor")
     raise TypeError(f"output={output!r}{_did_you_mean(output, out)} selected {got} from the model's output, "
-                    f"which is {what}{fix}")
+                    f"which is {what}{_asked_for_hint(output, out) or fix}")
 
 
 def _path_error(out: Any, path: tuple[str | int, ...]) -> TypeError:
@@ -158,7 +181,7 @@ def _path_error(out: Any, path: tuple[str | int, ...]) -> TypeError:
             end = ("; end the path before this step, or select from the tensor with a callable" if
                    isinstance(out, torch.Tensor) else "")
             return TypeError(f"output={path!r}: step {i + 1}, {step!r}{_did_you_mean(step, out)}, selected {got} "
-                             f"from {where}, which is {describe_output(out)}{end}")
+                             f"from {where}, which is {describe_output(out)}{end}{_asked_for_hint(step, out)}")
         out = picked
     return TypeError(f"output={path!r} selected no tensor")  # not reached: a path that ends in a tensor returns it
 

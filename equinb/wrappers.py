@@ -306,7 +306,9 @@ class OrbitWrapper(nn.Module):
         super().__init__()
         _refuse_unknown_keywords(type(self), unknown)
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            hint = (": wrap a function in a module first (class Model(torch.nn.Module) with forward calling it), so "
+                    "that its parameters, device and modes can be found" if callable(model) else "")
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}{hint}")
         if not isinstance(group, (Group, str)):
             hint = ("; a group of token permutations acts on a language model's tokens: use equinb.equilm.EquiLM"
                     if isinstance(group, TokenPermutationGroup) else "")
@@ -552,13 +554,15 @@ class OrbitWrapper(nn.Module):
                     f"the first call's check, which runs the first image of the batch {tuple(x.shape)} alone (as "
                     f"[1, {', '.join(map(str, x.shape[1:]))}]{'' if weight_net is None else ', or its orbit'}) before "
                     "the orbit pass", images=x):
+                probe = x[:1].clone()  # a model that works in place (x.mul_) must not change the caller's images
                 if weight_net is None:
-                    view = self.view_outputs(x[:1, None])  # [1, 1, ...]
+                    view = self.view_outputs(probe[:, None])  # [1, 1, ...]
                     views = view.expand(1, self.group.order, *view.shape[2:])
                 else:
-                    views = self.view_outputs(self.group.orbit(x[:1]))  # [1, G, ...]
-            self._warn_unaligned_maps(views, self._check_head(views[:, 0]))
-            self._warn_channels_last_maps(views)
+                    views = self.view_outputs(self.group.orbit(probe))  # [1, G, ...]
+            image_size = (int(x.shape[-2]), int(x.shape[-1]))
+            self._warn_unaligned_maps(views, self._check_head(views[:, 0]), image_size)
+            self._warn_channels_last_maps(views, image_size)
             try:
                 weights = self.view_weights(views)
             except (RuntimeError, ValueError) as err:
@@ -571,6 +575,7 @@ class OrbitWrapper(nn.Module):
             self.combine(views, self.checked_weights(weights, views))
             if weight_net is not None:
                 self._check_weights_permute(views, weights)
+                self._check_weight_sums(weights)
         self._first_call_checked = True
 
     @contextlib.contextmanager
@@ -586,6 +591,10 @@ class OrbitWrapper(nn.Module):
             layout = "" if images is None else channels_last_hint(images)
             raise RuntimeError(f"{type(self).__name__}: the model failed on {what}{layout}; check that the images "
                                f"have the channels, size and dtype the model takes: {err}") from err
+
+    def _check_weight_sums(self, raw: Tensor) -> None:
+        """A method's rule for the first image's weights [1, G] from its weighting network, beyond permuting with
+        the views (``EquiAttention``: they sum to 1). None by default: λ-equitune's may take any sum."""
 
     def _check_weights_permute(self, views: Tensor, raw: Tensor) -> None:
         """A ValueError when the weighting network's weights do not move with its views: ``raw``, the weights of one
@@ -627,18 +636,18 @@ class OrbitWrapper(nn.Module):
                 "that view (the views are dim 1 of [B, G, ...]), or make the weights permute with the views as "
                 "ViewAttention does")
 
-    def _warn_channels_last_maps(self, views: Tensor) -> None:
+    def _warn_channels_last_maps(self, views: Tensor, image_size: tuple[int, int]) -> None:
         """Warn when ``align_views`` would turn back maps that look channels-last [B, G, h, w, C]
         (``checks.channels_last_maps_hint``) under a group without quarter turns: a mirror of the last two dims then
         reverses the channels of each view, which raises nothing, and ``check_equivariance`` applies the same
         action to the outputs, so it would pass. Under quarter turns ``align`` refuses such maps (not square)."""
-        layout = channels_last_maps_hint(views) if self.align_views and views.ndim == 5 else ""
+        layout = channels_last_maps_hint(views, image_size) if self.align_views and views.ndim == 5 else ""
         if layout and not self.group.needs_square:
             warn_at_caller(f"{type(self).__name__}: align_views=True turns each view back by {self.group.name} on "
                            f"the last two dims of the trunk's views [B, G, ...], which {layout}. If the maps are "
                            "[C, h, w] with C == h, this is meant: filter this warning")
 
-    def _warn_unaligned_maps(self, views: Tensor, head_output: Tensor) -> None:
+    def _warn_unaligned_maps(self, views: Tensor, head_output: Tensor, image_size: tuple[int, int]) -> None:
         """Warn when the output combines unaligned views that keep the input's layout and that the head keeps so,
         with ``align_views`` left at its default: feature maps [B, G, C, h, w] that stay maps [1, C', h', w'] after
         the head (``head_output``, the head on one view; no head keeps them), one-channel maps [B, G, h, h], or what
@@ -654,7 +663,7 @@ class OrbitWrapper(nn.Module):
         prefixes = patch_token_prefixes(head_output.shape[1]) if three and head_output.shape[2] > 1 else []
         tokens = not one_channel and bool(prefixes)
         if one_channel or (views.ndim == 5 and head_output.ndim >= 4 and tuple(head_output.shape[-2:]) != (1, 1)):
-            layout = channels_last_maps_hint(views)
+            layout = channels_last_maps_hint(views, image_size)
             shape, fix = ("one-channel maps [h, w]", "bring them to [1, h, w] in the trunk and pass align_views=True"
                           ) if one_channel else ("feature maps [C, h, w]", "pass align_views=True" + (
                               f" (first: they {layout})" if layout else ""))
@@ -1022,3 +1031,15 @@ class EquiAttention(OrbitWrapper):
 
     def view_weights(self, views: Tensor) -> Tensor:
         return self.weight_net(views)
+
+    def _check_weight_sums(self, raw: Tensor) -> None:
+        """A ValueError when the weighting network's weights of the first image's views do not sum to 1: the output
+        would then be the views' mean scaled by that sum, still invariant, so no other check would see it."""
+        if raw.device.type == "meta":
+            return
+        total = float(raw.detach().to(torch.promote_types(raw.dtype, torch.float32)).sum())
+        if not abs(total - 1.0) <= 64 * torch.finfo(raw.dtype).eps * raw.shape[1]:
+            raise ValueError(f"{type(self).__name__}: the weighting network {_short_repr(self.weight_net)} gives "
+                             f"the first image's {raw.shape[1]} views weights that sum to {total:.4g}, not 1, so the "
+                             "output would be scaled by that sum: normalise them over the views (a softmax over dim "
+                             "1), or use LambdaEquitune, whose weights need no sum")

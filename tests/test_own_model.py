@@ -104,7 +104,8 @@ def test_hugging_face_model_outputs_are_recognised_by_their_logits() -> None:
 
 
 @pytest.mark.parametrize(("output", "message"), [
-    (None, r"returned a dict with keys \['scores', 'maps'\], not a tensor, and it has no \.logits; pass output="),
+    (None, r"returned a dict with keys \['scores', 'maps'\], not a tensor, and it has no \.logits; pass output= to "
+           r"say which tensor to use, e\.g\. output='scores' \(its tensors: 'scores', 'maps'\)"),
     ("score", r"output='score' \(did you mean 'scores'\?\) selected nothing from the model's output, which is a "
               r"dict with keys"),
     ("logits", r"output='logits' selected nothing from the model's output, which is a dict with keys"),
@@ -117,12 +118,33 @@ def test_an_unselectable_output_fails_after_one_image_naming_the_selector(output
     assert trunk.batches == [1]  # one image, not the orbit of the batch (48 images)
 
 
+def test_hugging_face_outputs_without_hidden_states_say_how_to_ask_for_them() -> None:
+    """A Hugging Face model returns hidden_states only with output_hidden_states=True: a path that asks for them
+    says so, and an output with no .logits names the tensors it has."""
+    outputs = pytest.importorskip("transformers.modeling_outputs")
+    model = Recorder(lambda lo, m: outputs.ImageClassifierOutput(logits=lo))
+    with pytest.raises(TypeError, match=r"step 1, 'hidden_states', selected nothing .* set "
+                                        r"model\.config\.output_hidden_states = True"):
+        Equitune(model, "rot90", output=("hidden_states", -1))(_images())
+    pooled = Recorder(lambda lo, m: outputs.BaseModelOutputWithPooling(last_hidden_state=m, pooler_output=lo))
+    with pytest.raises(TypeError, match=r"e\.g\. output='last_hidden_state' \(its tensors: 'last_hidden_state', "
+                                        r"'pooler_output'\)"):
+        Equitune(pooled, "rot90")(_images())
+
+
 def test_a_selector_of_the_wrong_type_is_refused_at_construction() -> None:
     with pytest.raises(TypeError, match=r"output=1\.5 is not a selector"):
         Equitune(Recorder(), "rot90", output=1.5)
     for bad in ((), ("hidden_states", 1.0), (True,), ("a", None)):
         with pytest.raises(TypeError, match=r"is not a selector; .* a path of those \(a non-empty tuple"):
             Equitune(Recorder(), "rot90", output=bad)
+
+
+def test_a_function_or_other_non_module_as_the_model_is_refused_with_the_fix() -> None:
+    with pytest.raises(TypeError, match=r"got function: wrap a function in a module first"):
+        Equitune(lambda z: z.mean((2, 3)), "rot90")
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module, got str$"):
+        Equitune("resnet18", "rot90")
 
 
 @dataclasses.dataclass
@@ -1070,6 +1092,71 @@ def test_channels_last_maps_are_named_before_a_mirror_reverses_their_channels() 
         Equitune(nn.Conv2d(3, 4, 3, padding=(1, 0)).double(), "hflip", align_views=True)(x)
 
 
+def test_channels_last_maps_of_non_square_images_are_named_by_the_images_aspect_ratio() -> None:
+    """Images of 12 x 16 give channels-last maps [6, 8, 4], whose dims before the last differ: they keep the images'
+    aspect ratio, as a map's height and width do, and the channels do not, so the wrapper and the check name the
+    layout. Channels-first maps [6, 6, 8] of the same images (C == h) keep it in their last two dims: no hint."""
+    x = torch.randn(2, 3, 12, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with pytest.warns(UserWarning, match=r"look like channels-last maps \[\.\.\., h, w, C\] = \[1, 2, 6, 8, 4\]"):
+        wrong = Equitune(ChannelsLast(), "hflip", align_views=True)
+        y = wrong(x)
+    right = Equitune(ChannelsLast(), "hflip", align_views=True, output=lambda out: out.permute(0, 3, 1, 2))
+    assert (y.permute(0, 3, 1, 2) - right(x)).abs().max() > 1e-2  # the mirror reversed the channels
+    with pytest.warns(UserWarning, match=r"check_equivariance: the model's outputs look like channels-last"):
+        check_equivariance(ChannelsLast(), x, "hflip")
+    assert equinb.checks.channels_last_maps_hint(torch.zeros(2, 6, 8, 4), (12, 16))
+    assert not equinb.checks.channels_last_maps_hint(torch.zeros(2, 6, 6, 8), (12, 16))  # channels first, C == h
+    assert equinb.checks.channels_last_maps_hint(torch.zeros(2, 6, 6, 8))  # without the images' size: square assumed
+    assert not equinb.checks.channels_last_maps_hint(torch.zeros(2, 8, 6, 6))
+    square_first = nn.Conv2d(3, 6, 3, stride=2, padding=1).double()  # [B, 6, 6, 8]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Equitune(square_first, "hflip", align_views=True)(x)
+        assert check_equivariance(Equitune(square_first, "hflip", align_views=True), x, "hflip") < 1e-9
+
+
+def test_tokens_are_refused_by_the_equivariance_check_under_every_group() -> None:
+    """Outputs [B, T, D] that do not keep the images' aspect ratio are tokens, no map: under a mirror the check would
+    flip D and report a number that means nothing, so it refuses them as under quarter turns; a one-channel map
+    [B, h, w] is checked as a map, and 4-d outputs of another aspect ratio are measured with a warning."""
+    x = _images()
+
+    class Tokens(nn.Module):
+        def forward(self, z: torch.Tensor) -> torch.Tensor:  # [B, 3, 12, 12] -> [B, 37, 5]: 1 + 36 patch tokens
+            patches = z.unfold(2, 2, 2).unfold(3, 2, 2).mean((-1, -2)).flatten(2).transpose(1, 2)  # [B, 36, 3]
+            return torch.cat([torch.zeros_like(patches[:, :1]), patches], 1) @ torch.ones(3, 5, dtype=z.dtype)
+
+    for group in ("hflip", "rot180", "rot90"):
+        with pytest.raises(ValueError, match=r"outputs \(3, 37, 5\) of images 12 x 12 do not keep the images' aspect "
+                                             r"ratio: they look like tokens \[B, T, D\].*patch_tokens_to_map"):
+            check_equivariance(Tokens(), x, group)
+    assert check_equivariance(lambda z: z.mean(1), x, "d4") < 1e-12  # a one-channel map [B, h, w]
+    with pytest.warns(UserWarning, match=r"outputs \(3, 4, 12, 2\) have last two dims that do not keep the aspect "
+                                         r"ratio of the images \(12 x 12\)"):
+        check_equivariance(lambda z: z[..., :2].repeat(1, 2, 1, 1)[:, :4], x, "hflip")
+
+
+def test_the_first_call_leaves_the_callers_images_as_they_were() -> None:
+    """A model that works in place (x.mul_) must not change the caller's images through the first call's check,
+    which runs the first image alone: that image would then be scaled twice in the orbit pass."""
+    class InPlace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = Recorder()
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            z.mul_(2.0)
+            return self.inner(z)
+
+    x = _images()
+    kept = x.clone()
+    for make in (lambda m: Equitune(m, "rot90"), lambda m: LambdaEquitune(m, "rot90", EmbeddingWeightNet(K, 7))):
+        wrapper = make(InPlace()).eval()
+        y = wrapper(x)
+        assert torch.equal(x, kept)
+        torch.testing.assert_close(y, wrapper(x.clone()), **TOL)  # the first call gives what later calls give
+
+
 def test_aligning_non_square_maps_under_quarter_turns_names_the_trunks_maps() -> None:
     """Square images, but a trunk whose padding makes 12 x 10 maps: the error names the maps, not the images."""
     trunk = nn.Conv2d(3, 4, 3, padding=(1, 0)).double()
@@ -1203,6 +1290,23 @@ def test_a_weighting_network_that_mixes_the_views_is_refused_on_the_first_call()
         EquiAttention(Recorder(), "rot90", mixing)(_images(b=2))
     per_view = LambdaEquitune(Recorder(), "rot90", EmbeddingWeightNet(K, 7).double()).eval()
     assert check_invariance(per_view, _images(b=2), "rot90") < 1e-9  # per-view networks pass the same check
+
+
+def test_attention_weights_that_do_not_sum_to_one_are_refused_on_the_first_call() -> None:
+    """EquiAttention's weights are the column means of a row-stochastic matrix and sum to 1; a network whose weights
+    do not (exp without the softmax's division) scales the output and stays invariant, so only this check sees it.
+    λ-equitune's weights may take any sum (its article text and code divide differently)."""
+    unnormalised = nn.Sequential(EmbeddingWeightNet(K, 7), Exp()).double()
+    with pytest.raises(ValueError, match=r"views weights that sum to [0-9.e+-]+, not 1, so the output would be scaled"):
+        EquiAttention(Recorder(), "rot90", unnormalised)(_images(b=2))
+    LambdaEquitune(Recorder(), "rot90", unnormalised)(_images(b=2))
+    softmax = nn.Sequential(EmbeddingWeightNet(K, 7), nn.Softmax(dim=1)).double()
+    assert check_invariance(EquiAttention(Recorder(), "rot90", softmax).eval(), _images(b=2), "rot90") < 1e-9
+
+
+class Exp(nn.Module):
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z.exp()
 
 
 class NeighbourWeights(nn.Module):
