@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PROFILES", "RULES", "RUN_PARAMETERS_ENV", "check_params", "check_device", "injected_parameters",
            "parameters_cell", "profile_values", "same_value", "changed_parameters", "profile_note", "schedule_note",
-           "loader_note", "finetune_cell", "SETTING_MEANINGS", "settings_table"]
+           "loader_note", "SETTING_MEANINGS", "settings_table"]
 
 ORIENTATION_FREE = ("stand_in", "isic2018")
 SCORERS = ("vader", "regard")
@@ -517,12 +517,6 @@ def loader_note(train_images: int, config: TrainConfig) -> str:
         note += (f"; selection on the first {limit} training batches reads "
                  + ("every training image" if seen == train_images else f"the first {seen:,} training images"))
     return note
-
-
-def finetune_cell(top1: float, changed: int) -> str:
-    """A finetune top-1 (%) for a table beside the article's, marked where finetuning changed none of the run's test
-    predictions (``changed``): it then repeats the prefinetune number, and is no result of finetuning."""
-    return f"{top1:.2f}" if changed else f"{top1:.2f} (= its run's prefinetune: no test prediction changed)"
 
 
 def schedule_note(image_size: int, prefinetune_rounds: int, finetune_rounds: int) -> str:

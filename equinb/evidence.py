@@ -22,7 +22,7 @@ from .verdicts import (LOSS_BOUND, NOT_TESTED, Comparison, at_chance, below_majo
 from .validation import check_choice
 
 __all__ = ["STAGES", "STAGE_CHANGE", "stage_runs", "stage_spread", "stage_losses", "diverged_seeds",
-           "finetune_changed", "ran_away_note", "stage_problems", "compare_runs", "no_training_check",
+           "finetune_changed", "top1_cell", "ran_away_note", "stage_problems", "compare_runs", "no_training_check",
            "best_without_training", "trained_minus_frozen", "no_training_finding"]
 
 STAGES = ("prefinetune", "finetune")
@@ -77,6 +77,27 @@ def diverged_seeds(runs: Sequence[TrainingRun], stage: str, name: str) -> str | 
     seeds = ", ".join("?" if r.seed is None else str(r.seed) for r in bad)
     return (f"{name} diverged in {len(bad)} of {len(ran)} seeds (seed{'s' if len(bad) > 1 else ''} {seeds}: a {stage} "
             f"training loss above {LOSS_BOUND:.0e})")
+
+
+def top1_cell(top1: float, runs: Sequence[TrainingRun], stage: str) -> str:
+    """A top-1 (%) of ``stage`` for a table beside the article's, ``runs`` the seeds it averages (the first run
+    alone for a seed-0 table), marked where it is no result of that stage: "= prefinetune: unchanged" where
+    finetuning changed no test prediction of the first run (the number then repeats that run's prefinetune one,
+    and its seed repeats stopped before finetuning, so a mean over seeds is the first seed's alone), or "its ...
+    loss ran away" where a training loss did, in this stage or in the prefinetuning it starts from. Marks stay
+    under eight words, so that a table cell holding one is not squeezed."""
+    check_choice(stage, STAGES, "stage")
+    marks = []
+    if stage == "finetune" and finetune_changed(runs[0]) == 0:
+        first = "its first seed" if runs[0].seed is None else f"seed {runs[0].seed}"
+        marks.append(("" if len(runs) == 1 else f"{first} alone, ") + "= prefinetune: unchanged")
+    for earlier in STAGES[:STAGES.index(stage) + 1]:
+        ran = stage_runs(runs, earlier)
+        away = sum(diverged(stage_losses([r], earlier), "") is not None for r in ran)
+        if away:
+            marks.append(f"{earlier} loss ran away in {away}/{len(ran)} seeds" if len(ran) > 1
+                         else f"its {earlier} loss ran away")
+    return f"{top1:.2f}" + (f" ({'; '.join(marks)})" if marks else "")
 
 
 def ran_away_note(repeats: dict[str, Sequence[TrainingRun]]) -> str:

@@ -98,7 +98,7 @@ def compare_fig4(ours: pd.DataFrame, article: pd.DataFrame,
     """Our top-1 (both readings) beside the article's, one row per (backbone, dataset, transform, method).
 
     ``ours``: tidy rows from ``run_zeroshot``; ``article``: ``article_fig4()``. Without ``stand_in`` a row meets
-    the article's row of the same backbone and dataset, and ``delta = ours (as published) - article (seed files)``.
+    the article's row of the same backbone and dataset, and ``delta = ours (as published) - article (result files)``.
     ``stand_in`` maps this run's (backbone, dataset) to the article's (backbone, dataset) it stands in for (the
     small profile: a different model and data; unmapped cells meet their own), so the article's numbers sit beside
     ours with an ``article cell`` column naming them and no ``delta``: a difference of two different experiments is
@@ -125,7 +125,7 @@ def compare_fig4(ours: pd.DataFrame, article: pd.DataFrame,
                            on=["_backbone", "_dataset", "transform", "method"], how="left")
         table = table.drop(columns=["_backbone", "_dataset"])
     return table.rename(columns={"as_published": "ours (as published)", "as_described": "ours (as described)",
-                                 "seed_top1": "article (seed files)", "paper_top1": "article (Basu et al.)"})
+                                 "seed_top1": "article (result files)", "paper_top1": "article (Basu et al.)"})
 
 
 def article_fig6() -> pd.DataFrame:

@@ -34,7 +34,7 @@
 #   - λ-equitune: the softmax weights;
 #   - equiattention: the column means of the attention matrix.
 #   They come from the modules selected by prefinetuning, as published (unaligned views), under every seed: the
-#   natural-orientation runs are those of the Table 3 chapter, the orientation-free runs those of the Table 4
+#   natural-orientation runs are those of the Table 3 chapter, the orientation-free runs those of the ISIC
 #   chapter, loaded from the run cache when those chapters ran first.
 # - The mean weight per rotation, in numeric order (the article's plot orders them as strings: 0, 180,
 #   270, 90), and histograms.
@@ -44,7 +44,7 @@
 #
 # ```{admonition} Profiles: what this page runs on the small profile and on the paper profile
 # :class: dropdown
-# - *small*: MobileNetV2's block-17 maps of the digits at 72 px (Figure 2), and the Table 4 chapter's stand-in for
+# - *small*: MobileNetV2's block-17 maps of the digits at 72 px (Figure 2), and the ISIC chapter's stand-in for
 #   ISIC 2018 (Figure 3): seven Fashion-MNIST classes at ISIC's class proportions, every image turned by its own
 #   random rotation, with a head that favours no orientation.
 # - *paper*: CLIP RN50 layer4 on CIFAR100 test (Figure 2), and on ISIC2018 validation (Figure 3,
@@ -55,11 +55,11 @@
 profile: str = "small"  # small (MobileNetV2 + digits, CPU) or paper (CLIP RN50, GPU)
 backbone: str = "mobilenet_v2"  # mobilenet_v2 (small) or a CLIP ResNet name such as RN50 (paper)
 dataset: str = "digits"  # digits (small) or cifar100 (paper): the dataset of Figure 2
-orientation_free: str = "stand_in"  # stand_in (small: the Table 4 chapter's stand-in) or isic2018 (paper)
-stand_in_classes: list = [6, 0, 2, 4, 3, 8, 5]  # small profile: as in the Table 4 chapter
-stand_in_train: int = 600  # small profile: as in the Table 4 chapter
-stand_in_shots: int = 1  # small profile: as in the Table 4 chapter
-stand_in_seed: int = 0  # small profile: as in the Table 4 chapter
+orientation_free: str = "stand_in"  # stand_in (small: the ISIC chapter's stand-in) or isic2018 (paper)
+stand_in_classes: list = [6, 0, 2, 4, 3, 8, 5]  # small profile: as in the ISIC chapter
+stand_in_train: int = 600  # small profile: as in the ISIC chapter
+stand_in_shots: int = 1  # small profile: as in the ISIC chapter
+stand_in_seed: int = 0  # small profile: as in the ISIC chapter
 group: str = "rot90"  # the group of the views (article: rot90)
 image_size: int = 72  # small profile: MobileNetV2 input size in px (72 gives 3x3 maps)
 split_block: int = 17  # small profile: MobileNetV2 blocks before this index are frozen and cached
@@ -67,7 +67,7 @@ last_block: int = 17  # small profile: the last MobileNetV2 block used; its outp
 prefinetune_rounds: int = 10  # article: 20
 prefinetune_steps: int = 100  # article: 100 steps per round (fewer when the restarted loader runs out)
 prelr: float = 0.1  # article: 0.1 on CIFAR100
-prelr_orientation_free: float = 0.33  # article: 0.33 for its ISIC2018 runs (as the Table 4 chapter)
+prelr_orientation_free: float = 0.33  # article: 0.33 for its ISIC2018 runs (as the ISIC chapter)
 finetune_rounds: int = 1  # the plotted modules are the prefinetuned ones; this keeps the run keys of Tables 3-4
 finetune_steps: int = 500  # article: 500 steps per round
 lr: float = 5e-8  # as in the Table 3 and 4 chapters
@@ -114,14 +114,14 @@ if (profile == "small") != (orientation_free == "stand_in"):
 group_object = get_group(group)  # an unknown name fails here, listing the valid ones
 config = feature_map_config(prelr=prelr, prefinetune_rounds=prefinetune_rounds, prefinetune_steps=prefinetune_steps,
                             finetune_rounds=finetune_rounds, finetune_steps=finetune_steps, lr=lr, seed=seed)
-free_config = replace(config, prelr=prelr_orientation_free)  # the Table 4 chapter's feature-map runs
+free_config = replace(config, prelr=prelr_orientation_free)  # the ISIC chapter's feature-map runs
 runs = run_cache_dir(data_root)
 noise = chapter_tolerances(profile, "top1", "weight", "share")  # how far printed numbers may move
 viz.book_style()
 glue("profile", profile, display=False)
 # the summary page names the stand-in
 glue("setting", f"{backbone} on {dataset}; orientation-free data: "
-     f"{'turned Fashion-MNIST (the Table 4 stand-in)' if orientation_free == 'stand_in' else orientation_free}",
+     f"{'turned Fashion-MNIST (the ISIC stand-in)' if orientation_free == 'stand_in' else orientation_free}",
      display=False)
 glue("profile_note", profile_note(profile, "MobileNetV2's block-17 maps of the digits stand in for CLIP RN50 on "
                                   "CIFAR100, and randomly turned Fashion-MNIST images for ISIC 2018",
@@ -187,7 +187,7 @@ for figure, (setup, cfg) in setups.items():
         accuracy += [dict(figure=figure, method=label, seed=s, prefinetune_top1=r.row["prefinetune_top1"])
                      for s, r in zip(seeds, repeats)]
 print(noise_note(noise["top1"], "top-1 accuracies (%)"))
-# the article's prefinetune top-1 of the same modules: Table 3 (CIFAR100) and Table 4's feature-map row (ISIC 2018)
+# the article's prefinetune top-1 of the same modules: Table 3 (CIFAR100) and the ISIC table's feature-map row
 article_top1 = {("natural orientation", "λ-equitune"): article_tab3().loc["lambda_equitune", "prefinetune_top1"],
                 ("natural orientation", "equiattention"): article_tab3().loc["equiattention", "prefinetune_top1"],
                 ("orientation-free", "λ-equitune"): article_tab4().loc["feature_map", "prefinetune_top1"]}
@@ -195,7 +195,7 @@ modules = pd.DataFrame(accuracy).groupby(["figure", "method"], sort=False).prefi
     seeds="count", mean="mean", sd="std")
 modules["article (CLIP RN50)"] = [article_top1.get(key, float("nan")) for key in modules.index]
 show(modules.reset_index(), f"Prefinetune top-1 (%) of the modules over seeds {seeds}, beside the article's on "
-     f"CIFAR100 and ISIC 2018 (no equiattention run there) (profile: {profile})")
+     f"CIFAR100 and ISIC 2018 (the article reports no equiattention top-1 on ISIC 2018; profile: {profile})")
 
 # %% [markdown]
 # ## Mean weight per rotation, and how often the upright view is not preferred
@@ -234,8 +234,8 @@ show(summary.merge(article_one_view.reset_index(), on=["figure", "method"], how=
 # %% tags=["tolerance-share"]
 print(noise_note(noise["share"], "shares (%)"))
 # no per-seed shares of one-view images: whether one seed's module puts all its weight on one view is a near-tie
-# that another CPU can tip (a held-out numerical mode moved one seed's share past the measured tolerance:
-# tools/README.md); the verdicts' intervals carry the spread over seeds, and the mean over seeds is in the table above
+# that another CPU can tip (on a numerical path the tolerance was not measured on, one seed's share moved past it);
+# the verdicts' intervals carry the spread over seeds, and the mean over seeds is in the table above
 for _, r in summary[summary.figure == "orientation-free"].iterrows():
     what = "undoes the random turn" if free.turns is not None else "shows the image as given"
     print(f"{r.method}, orientation-free: the largest weight is on the view that {what} for "
@@ -363,7 +363,10 @@ for key, figure in (("natural", nat), ("free", free_set)):
 # :alt: Bar charts of the mean weight of each rotated view on orientation-free data, beside the article
 #
 # Figure 3a: the mean weight of each view on orientation-free data (small profile: the turned Fashion-MNIST
-# stand-in; paper profile: ISIC 2018), this build (solid) beside the article (hatched).
+# stand-in; paper profile: ISIC 2018), this build (solid) beside the article (hatched). The stand-in's images
+# were each turned at random, so its 0° view is an image in a random orientation: whatever orientation a module
+# prefers, its mean weights over the views are 1/4 each in expectation, and the bars cannot show a preference
+# (the share of images whose largest weight undoes the turn, in the verdicts' section, can).
 # <a href="../data/fig2_3_lambda_weights/fig2_3_means_free.csv">data (CSV)</a>
 # ```
 #

@@ -254,6 +254,13 @@ def article_gap(row_name, fair=False):  # the article's gap for a row of gap_tab
     return float(shares.max() - shares.min())
 
 
+def article_file(row_name):  # which of the article's sample files gives a row's article gap, and which lines of it
+    model, _, members = row_name.partition(" on ")
+    source = {"GPT2": "GPT-2 samples", "EquiGPT2": f"EquiGPT2 samples (g over {', '.join(pos['EquiGPT2'].index)}; "
+                                                   "group size not recorded)"}.get(article_source.get(model), "—")
+    return source + (f", {' and '.join(members.split('/'))} lines only" if members and source != "—" else "")
+
+
 gaps = gap_table(samples)  # the samples above
 article_gaps = {"GPT2 (article)": article_gap("base LM"),
                 "EquiGPT2, pre-fix g (article)": article_gap("EquiLM g (d=3)")}
@@ -267,6 +274,7 @@ shown_gaps = draws["independent"]
 both = pd.concat(draws, names=["draws", "model"])
 both.insert(2, "article gap", [article_gap(model) for _, model in both.index])
 both.insert(3, "article fair gap", [article_gap(model, fair=True) for _, model in both.index])
+both.insert(4, "article gap from", [article_file(model) for _, model in both.index])
 print(f"profile: {profile}; labels: {scorer}; the article's gaps: GPT-2 and EquiGPT2 with g (pre-fix), regard")
 show(both.reset_index().rename(columns={"ci_low": "95% low", "ci_high": "95% high"}),
      f"Fairness gap per model and draws with its 95% bootstrap interval, beside the article's "

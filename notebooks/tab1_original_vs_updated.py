@@ -95,11 +95,11 @@ from myst_nb import glue
 from equinb import get_group, viz
 from equinb.analysis import group_changes, no_training_scores
 from equinb.cache import run_cache_dir
-from equinb.chapter import (check_params, finetune_cell, loader_note, profile_note, schedule_note,
+from equinb.chapter import (check_params, loader_note, profile_note, schedule_note,
                             settings_table)
 from equinb.engine import TrainConfig, group_drift, weighted_model
 from equinb.evidence import (STAGES, compare_runs, finetune_changed, no_training_check, no_training_finding,
-                             ran_away_note, stage_problems, stage_spread, trained_minus_frozen)
+                             ran_away_note, stage_problems, stage_spread, top1_cell, trained_minus_frozen)
 from equinb.noise import chapter_tolerances, noise_note
 from equinb.reference import article_fig4, article_shown, article_tab1, beside_article
 from equinb.setups import build_setup, correct_by_seed, run_training, seed_repeats
@@ -227,10 +227,9 @@ print(f"profile: {profile} ({full.description})")
 show(beside_article(ours, article, on=["group", "code"], show=("group", "code"), with_delta=profile == "paper"),
      f"This build beside the article's Table 1, top-1 (%) (profile: {profile})")  # no delta across profiles
 for _, r in ours.iterrows():
-    for stage in ("prefinetune", "finetune"):
-        glue(f"{r.group}_{r.code}_{stage}_top1", round(float(r[f"{stage}_top1"]), 2), display=False)
-    glue(f"{r.group}_{r.code}_finetune_cell", finetune_cell(float(r.finetune_top1), int(r.finetune_changed)),
-         display=False)  # the summary's table marks a finetune column that repeats the prefinetune one
+    for stage in STAGES:  # the summary's table marks a number that is no result of its stage (unchanged, ran away)
+        glue(f"{r.group}_{r.code}_{stage}_cell",
+             top1_cell(float(r[f"{stage}_top1"]), [trained[r.group, r.code]], stage), display=False)
 
 # %% [markdown]
 # (tab1-noise)=

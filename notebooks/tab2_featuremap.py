@@ -85,10 +85,10 @@ from myst_nb import glue
 from equinb import get_group, viz
 from equinb.analysis import frozen_test_logits, plain_head_top1, positional_head, symmetry_tables
 from equinb.cache import cache_dir, run_cache_dir
-from equinb.chapter import check_params, finetune_cell, loader_note, profile_note, schedule_note
+from equinb.chapter import check_params, loader_note, profile_note, schedule_note
 from equinb.engine import TrainConfig
 from equinb.evidence import (STAGES, compare_runs, diverged_seeds, finetune_changed, no_training_check,
-                             ran_away_note, stage_problems, stage_runs, stage_spread)
+                             ran_away_note, stage_problems, stage_runs, stage_spread, top1_cell)
 from equinb.noise import chapter_tolerances, loss_label, noise_note
 from equinb.reference import article_fig4, article_shown, article_tab2, beside_article
 from equinb.setups import (build_setup, correct_by_seed, feature_map_config, run_training, seed_repeats,
@@ -186,9 +186,8 @@ glue("finetune_note", finetune_note, display=False)  # the summary page, under i
 for _, r in ours.iterrows():
     key = {article_rate: "invariant", map_rate: "invariant_map_rate", "feature map (as published)": "published",
            "feature map (as described)": "described"}[r.variant]
-    for stage in STAGES:
-        glue(f"{key}_{stage}_top1", round(float(r[f"{stage}_top1"]), 2), display=False)
-    glue(f"{key}_finetune_cell", finetune_cell(float(r.finetune_top1), int(r.finetune_changed)), display=False)
+    for stage in STAGES:  # the summary's table marks a number that is no result of its stage (unchanged, ran away)
+        glue(f"{key}_{stage}_cell", top1_cell(float(r[f"{stage}_top1"]), [trained[r.variant]], stage), display=False)
 
 # %% [markdown]
 # (tab2-noise)=

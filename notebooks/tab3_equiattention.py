@@ -76,9 +76,10 @@ from myst_nb import glue
 from equinb import get_group, viz
 from equinb.analysis import positional_head, symmetry_tables
 from equinb.cache import cache_dir, run_cache_dir
-from equinb.chapter import check_params, finetune_cell, profile_note
+from equinb.chapter import check_params, profile_note
 from equinb.engine import weight_net_for
-from equinb.evidence import STAGES, compare_runs, finetune_changed, no_training_check, ran_away_note, stage_spread
+from equinb.evidence import (STAGES, compare_runs, finetune_changed, no_training_check, ran_away_note, stage_spread,
+                             top1_cell)
 from equinb.noise import chapter_tolerances, noise_note
 from equinb.reference import ARTICLE_ROW_NAMES, article_shown, article_tab3, beside_article
 from equinb.setups import build_setup, feature_map_config, run_training, seed_repeats, trained_model
@@ -175,9 +176,9 @@ print(f"profile: {profile}; seed {seed}: {finetune_note}")
 glue("finetune_note", finetune_note, display=False)  # the summary page, under its table
 for _, r in ours.iterrows():
     key = f"{r.method}_{'described' if r.alignment == 'as described' else 'published'}"
-    glue(f"{key}_prefinetune_top1", round(float(r.prefinetune_top1), 2), display=False)
-    glue(f"{key}_finetune_top1", round(float(r.finetune_top1), 2), display=False)
-    glue(f"{key}_finetune_cell", finetune_cell(float(r.finetune_top1), int(r.finetune_changed)), display=False)
+    for stage in STAGES:  # the summary's table marks a number that is no result of its stage
+        glue(f"{key}_{stage}_cell", top1_cell(float(r[f"{stage}_top1"]), repeats[r.alignment, r.method][:1], stage),
+             display=False)
 
 # %% [markdown]
 # (verdicts-tab3_equiattention)=

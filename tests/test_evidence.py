@@ -8,7 +8,7 @@ import torch
 from equinb import evidence
 from equinb.engine import ViewData
 from equinb.evidence import (compare_runs, diverged_seeds, finetune_changed, ran_away_note, stage_losses,
-                             stage_problems, stage_runs, trained_minus_frozen)
+                             stage_problems, stage_runs, top1_cell, trained_minus_frozen)
 from equinb.groups import get_group
 from equinb.setups import TrainingRun, TrainingSetup
 
@@ -69,6 +69,26 @@ def test_the_ran_away_note_names_each_run_and_stage_once() -> None:
     assert ran_away_note({"a": [sound], "b": [sound, away]}) == (
         "b diverged in 1 of 2 seeds (seed 2: a prefinetune training loss above 1e+06) and in 1 of 2 seeds (seed 2: "
         "a finetune training loss above 1e+06)")
+
+
+def test_a_table_cell_marks_a_number_that_is_no_result_of_its_stage() -> None:
+    """A top-1 beside the article's says where finetuning changed nothing or a loss (this stage's or the
+    prefinetuning it starts from) ran away; a sound number is the number alone."""
+    sound, unchanged = _run(0.8, 0.9), _run(0.8)
+    away = _run(0.8, losses=(1e9, 1.0))  # its prefinetuning ran away, and it was never finetuned
+    assert top1_cell(80.0, [sound], "prefinetune") == "80.00" and top1_cell(90.0, [sound], "finetune") == "90.00"
+    assert top1_cell(80.0, [unchanged], "finetune") == "80.00 (= prefinetune: unchanged)"
+    assert top1_cell(80.0, [unchanged, sound], "finetune") == (
+        "80.00 (its first seed alone, = prefinetune: unchanged)")
+    assert top1_cell(80.0, [unchanged._replace(seed=3), sound], "finetune").startswith("80.00 (seed 3 alone, ")
+    assert top1_cell(80.0, [away], "prefinetune") == "80.00 (its prefinetune loss ran away)"
+    assert top1_cell(80.0, [sound, away, sound], "prefinetune") == (
+        "80.00 (prefinetune loss ran away in 1/3 seeds)")
+    finetuned_away = _run(0.8, 0.9, losses=(1.0, 1e9))  # both stages log the run-away loss
+    assert top1_cell(90.0, [finetuned_away], "finetune") == (
+        "90.00 (its prefinetune loss ran away; its finetune loss ran away)")
+    with pytest.raises(ValueError, match="unknown stage"):
+        top1_cell(80.0, [sound], "test")
 
 
 def test_an_unchanged_finetune_stage_says_it_was_decided_on_the_first_seed_and_what_the_others_ran() -> None:

@@ -49,15 +49,15 @@ def test_compare_fig4_deltas_for_the_same_cell_and_none_for_a_stand_in():
     article = article_fig4()
     same = compare_fig4(_zeroshot_rows("RN50", "cifar100"), article)
     row = same[(same["transform"] == "rot90") & (same.method == "vanilla")].iloc[0]
-    assert row["article (seed files)"] == 24.28 and abs(row["delta"] - (50.0 - 24.28)) < 1e-9
+    assert row["article (result files)"] == 24.28 and abs(row["delta"] - (50.0 - 24.28)) < 1e-9
     stand_in = compare_fig4(_zeroshot_rows("mobilenet_v2", "digits"), article,
                             stand_in={("mobilenet_v2", "digits"): ("RN50", "cifar100")})
     assert "delta" not in stand_in.columns and set(stand_in["article cell"]) == {"RN50 / cifar100"}
     rot90 = stand_in[(stand_in["transform"] == "rot90") & (stand_in.method == "equizero")].iloc[0]
-    assert rot90["article (seed files)"] == 38.89 and rot90["article (Basu et al.)"] == 38.87
-    assert stand_in[stand_in["transform"] == "hflip"]["article (seed files)"].isna().all()  # the article has none
+    assert rot90["article (result files)"] == 38.89 and rot90["article (Basu et al.)"] == 38.87
+    assert stand_in[stand_in["transform"] == "hflip"]["article (result files)"].isna().all()  # the article has none
     unmatched = compare_fig4(_zeroshot_rows("mobilenet_v2", "digits"), article)  # no stand-in: nothing lines up
-    assert unmatched["article (seed files)"].isna().all()
+    assert unmatched["article (result files)"].isna().all()
     with pytest.raises(ValueError, match="the article does not have"):
         compare_fig4(_zeroshot_rows("mobilenet_v2", "digits"), article,
                      stand_in={("mobilenet_v2", "digits"): ("RN50", "mnist")})
