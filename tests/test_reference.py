@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -64,3 +67,41 @@ def test_compare_fig4_deltas_for_the_same_cell_and_none_for_a_stand_in():
     with pytest.raises(ValueError, match="this run does not have"):  # a typo would give a table of dashes
         compare_fig4(_zeroshot_rows("mobilenet_v2", "digits"), article,
                      stand_in={("mobilenetv2", "digits"): ("RN50", "cifar100")})
+
+
+BOOK = Path(__file__).resolve().parent.parent / "book"
+_NUMBER = re.compile(r"(?<![\w.])[-+−]?\d+(?:\.\d+)?")
+
+
+def _article_cells(page: Path) -> list[tuple[str, str]]:
+    """(header, cell) of every cell of a Markdown table of ``page`` under a header naming the article, without the
+    cells a chapter fills in (glue)."""
+    cells, header = [], None
+    for line in page.read_text().splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        row = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = row
+        elif not set(line) <= set("|-: "):
+            cells += [(h, c) for h, c in zip(header, row) if "article" in h and "glue:" not in c]
+    return cells
+
+
+def test_the_article_numbers_typed_into_the_book_pages_are_the_articles() -> None:
+    """The summary's tables type the article's values beside the glued ones: each must be a value of the article's
+    number table, as printed (its decimals; a column in % may show a fraction as a percentage)."""
+    table = pd.read_csv(Path(__file__).resolve().parent.parent / "equinb" / "article_numbers.csv")
+    values = pd.to_numeric(table["value"], errors="coerce").dropna().tolist()
+    checked = 0
+    for page in sorted(BOOK.glob("*.md")):
+        for header, cell in _article_cells(page):
+            for text in _NUMBER.findall(cell):
+                x, decimals = float(text.replace("−", "-")), len(text.partition(".")[2])
+                scales = (1.0, 100.0) if "%" in header else (1.0,)
+                assert any(abs(round(v * k, decimals) - x) < 1e-9 for v in values for k in scales), (
+                    f"{page.name}: {text} under {header!r} is no value of equinb/article_numbers.csv")
+                checked += 1
+    assert checked >= 30  # the summary's tables of Tables 1-4, Figures 2-3 and Figure 4
+
