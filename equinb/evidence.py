@@ -21,7 +21,7 @@ from .verdicts import (LOSS_BOUND, NOT_TESTED, Comparison, at_chance, below_majo
                        diverged, effect, solved_without_training, stratified_mean, too_few_seeds, unchanged_stage)
 from .validation import check_choice
 
-__all__ = ["STAGES", "STAGE_CHANGE", "stage_runs", "stage_spread", "stage_losses", "diverged_seeds",
+__all__ = ["STAGES", "STAGE_CHANGE", "stage_runs", "stage_spread", "stage_losses", "ran_away", "diverged_seeds",
            "finetune_changed", "top1_cell", "ran_away_note", "stage_problems", "compare_runs", "no_training_check",
            "best_without_training", "trained_minus_frozen", "no_training_finding"]
 
@@ -66,12 +66,17 @@ def stage_losses(runs: Sequence[TrainingRun], stage: str) -> list[float | None]:
     return [h.get("loss") for run in stage_runs(runs, stage) for h in run.history if h.get("stage") == stage]
 
 
+def ran_away(runs: Sequence[TrainingRun], stage: str) -> list[TrainingRun]:
+    """The runs (seeds) that ran ``stage`` and logged a training loss there that ran away (``diverged``: not finite,
+    or above ``LOSS_BOUND``)."""
+    return [r for r in stage_runs(runs, stage) if diverged(stage_losses([r], stage), "")]
+
+
 def diverged_seeds(runs: Sequence[TrainingRun], stage: str, name: str) -> str | None:
     """``"<name> diverged in k of n seeds (seed s, ...)"`` when a training loss of ``stage`` ran away (``diverged``:
     not finite, or above ``LOSS_BOUND``) in the runs of some seeds; None when it did in none. A seed's own tables
     may look sound where another seed diverged, so the reason names the seeds."""
-    ran = stage_runs(runs, stage)
-    bad = [r for r in ran if diverged(stage_losses([r], stage), name)]
+    ran, bad = stage_runs(runs, stage), ran_away(runs, stage)
     if not bad:
         return None
     seeds = ", ".join("?" if r.seed is None else str(r.seed) for r in bad)
@@ -92,10 +97,9 @@ def top1_cell(top1: float, runs: Sequence[TrainingRun], stage: str) -> str:
         first = "its first seed" if runs[0].seed is None else f"seed {runs[0].seed}"
         marks.append(("" if len(runs) == 1 else f"{first} alone, ") + "= prefinetune: unchanged")
     for earlier in STAGES[:STAGES.index(stage) + 1]:
-        ran = stage_runs(runs, earlier)
-        away = sum(diverged(stage_losses([r], earlier), "") is not None for r in ran)
+        ran, away = len(stage_runs(runs, earlier)), len(ran_away(runs, earlier))
         if away:
-            marks.append(f"{earlier} loss ran away in {away}/{len(ran)} seeds" if len(ran) > 1
+            marks.append(f"{earlier} loss ran away in {away}/{ran} seeds" if ran > 1
                          else f"its {earlier} loss ran away")
     return f"{top1:.2f}" + (f" ({'; '.join(marks)})" if marks else "")
 
