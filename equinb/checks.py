@@ -370,11 +370,6 @@ def check_equivariance(model: Callable[..., Any], x: Tensor, group: Group | str,
             if layout:  # a mirror of [h, w, C] reverses the channels: the error measured would mean nothing
                 warn_at_caller(f"check_equivariance: the model's outputs {layout}; else pass "
                                "act_output= for outputs the group moves otherwise")
-            elif not keeps:
-                warn_at_caller(f"check_equivariance: the model's outputs {tuple(y.shape)} have last two dims that do "
-                               f"not keep the aspect ratio of the images ({image_size[0]} x {image_size[1]}), as a "
-                               "map's height and width would: if they are no map, the error measured means nothing; "
-                               "pass act_output= for outputs the group moves otherwise")
             return y
         return checked
 

@@ -1118,7 +1118,7 @@ def test_channels_last_maps_of_non_square_images_are_named_by_the_images_aspect_
 def test_tokens_are_refused_by_the_equivariance_check_under_every_group() -> None:
     """Outputs [B, T, D] that do not keep the images' aspect ratio are tokens, no map: under a mirror the check would
     flip D and report a number that means nothing, so it refuses them as under quarter turns; a one-channel map
-    [B, h, w] is checked as a map, and 4-d outputs of another aspect ratio are measured with a warning."""
+    [B, h, w] is checked as a map, and so are maps [B, C, h, w] that a padding made one cell narrower."""
     x = _images()
 
     class Tokens(nn.Module):
@@ -1131,9 +1131,10 @@ def test_tokens_are_refused_by_the_equivariance_check_under_every_group() -> Non
                                              r"ratio: they look like tokens \[B, T, D\].*patch_tokens_to_map"):
             check_equivariance(Tokens(), x, group)
     assert check_equivariance(lambda z: z.mean(1), x, "d4") < 1e-12  # a one-channel map [B, h, w]
-    with pytest.warns(UserWarning, match=r"outputs \(3, 4, 12, 2\) have last two dims that do not keep the aspect "
-                                         r"ratio of the images \(12 x 12\)"):
-        check_equivariance(lambda z: z[..., :2].repeat(1, 2, 1, 1)[:, :4], x, "hflip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_equivariance(Equitune(nn.Conv2d(3, 4, 3, padding=(1, 0)).double(), "hflip", align_views=True), x,
+                                  "hflip") < 1e-9  # [B, 4, 12, 10]
 
 
 def test_the_first_call_leaves_the_callers_images_as_they_were() -> None:
