@@ -285,8 +285,8 @@ for c in claims_of("fig4_zeroshot"):
     a = torch.stack([v[worse, "as_published"] for v in per_seed]) if random else per_seed[0][worse, "as_published"]
     b = torch.stack([v[better, "as_published"] for v in per_seed]) if random else per_seed[0][better, "as_published"]
     note = f"{ran[0]} on {ran[1]}" if profile == "small" else ""
-    ours_n, article_n = (len(dataset_spec(d).classes()) for d in (ran[1], dataset)) if ran[1] != dataset else (0, 0)
-    if k > 1 and ours_n != article_n:  # the same k is another question over another number of classes
+    if k > 1 and ran[1] != dataset:  # the same k can be another question over another number of classes
+        ours_n, article_n = (len(dataset_spec(d).classes()) for d in (ran[1], dataset))
         note += (f"; top-{k} of {ours_n} classes: a random ranking is right {k / ours_n:.0%} of the time, "
                  f"on {dataset}'s {article_n}: {k / article_n:.0%}")
     reasons = [too_few_seeds(len(seeds), "vanilla's random draws")] if random else []
